@@ -1,0 +1,1 @@
+"""Build, train, evaluate and export ResNet-ASPP (DeepLab) models to the ONNX contract."""

@@ -1,0 +1,103 @@
+"""Export a SegmentationModel to the ONNX contract (see shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+
+from service import __version__
+from service.contract import (
+    CONFIDENCE_OUTPUT,
+    INPUT_NAME,
+    LABELS_OUTPUT,
+    VOC_CLASSES,
+    ModelMetadata,
+    voc_colormap,
+)
+
+from .models import ARCHITECTURES, SegmentationModel
+from .wrapper import ExportWrapper, preprocessing_constants
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_classes(num_classes: int) -> list[str]:
+    """VOC names for 21-class models, generic names otherwise."""
+    if num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+
+
+def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Sequence[str] | None = None,
+                   palette: Sequence[Sequence[int]] | None = None, input_size: int | None = None,
+                   source: str = "random-init", source_sha256: str = "",
+                   extra: dict[str, str] | None = None) -> ModelMetadata:
+    """Metadata for a model: its normalisation comes from the model's own preprocessing convention."""
+    mean, std, order = preprocessing_constants(model.preprocessing)
+    names = list(classes) if classes is not None else default_classes(num_classes)
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")
+    colours = [list(c) for c in palette] if palette is not None else voc_colormap(num_classes)
+    size = input_size or ARCHITECTURES.get(model.arch, ARCHITECTURES["deeplabv3_resnet50"]).default_input_size
+    return ModelMetadata(
+        classes=names, palette=colours, input_size=size, arch=model.arch, source=source,
+        source_sha256=source_sha256, mean=list(mean), std=list(std), channel_order=order,
+        project_version=__version__, extra=dict(extra or {}),
+    )
+
+
+def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelMetadata, *,
+                confidence: bool = False, opset: int = DEFAULT_OPSET,
+                example_hw: tuple[int, int] = (97, 131)) -> Path:
+    """Trace `model` wrapped in the contract's pre/post-processing and write a checked ONNX file.
+
+    The example input is batch 2 and an odd, non-square size so that no dimension gets specialised.
+    """
+    if opset < 17:
+        raise ValueError("the contract needs opset >= 17")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model.eval(), confidence=confidence).eval()
+    example = torch.randint(0, 256, (2, *example_hw, 3), dtype=torch.uint8)
+    outputs = [LABELS_OUTPUT, CONFIDENCE_OUTPUT] if confidence else [LABELS_OUTPUT]
+    dynamic = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
+    dynamic.update({name: {0: "batch", 1: "height", 2: "width"} for name in outputs})
+    start = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (example,), str(out_path), input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True,
+        )
+    proto = onnx.load(str(out_path))
+    meta = metadata.to_props()
+    meta["confidence"] = "true" if confidence else "false"
+    onnx.helper.set_model_props(proto, meta)
+    proto.doc_string = f"{metadata.arch} segmentation model, ONNX contract v1 (uint8 NHWC RGB -> uint8 labels)"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(out_path))
+    log.info("exported %s in %.1fs (%.1f MB)", out_path, time.perf_counter() - start,
+             out_path.stat().st_size / 1e6)
+    return out_path
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Read the contract metadata back from an ONNX file."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props})

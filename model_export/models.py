@@ -1,0 +1,209 @@
+"""ResNet-ASPP (DeepLab) architectures on torchvision backbones.
+
+Key layout follows torchvision's segmentation models (`backbone.*`, `classifier.*`, `aux_classifier.*`), so
+torchvision's published deeplabv3 checkpoints load with `strict=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
+from torchvision.models.segmentation.fcn import FCNHead
+
+DEEPLABV2_RATES = (6, 12, 18, 24)
+DEEPLABV3_RATES = (12, 24, 36)
+
+
+class ASPPSum(nn.Module):
+    """DeepLab-v2 ASPP: parallel 3x3 atrous convs straight to the classes, summed (no image pooling)."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = DEEPLABV2_RATES) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r, bias=True) for r in rates
+        )
+        for conv in self.convs:
+            # The seed initialises the classifier with N(0, 0.01) and zero bias.
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs[0](x)
+        for conv in self.convs[1:]:
+            out = out + conv(x)
+        return out
+
+
+class ThinDeepLabHead(nn.Sequential):
+    """torchvision's DeepLabHead layout with a narrower ASPP, for the demo and test models."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 64,
+                 rates: Sequence[int] = DEEPLABV3_RATES) -> None:
+        super().__init__(
+            ASPP(in_channels, rates, out_channels=channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + ASPP head. `forward` returns logits at the feature stride (not upsampled).
+
+    Training compares them with nearest-downsampled labels, as the seed does; the export wrapper upsamples.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None,
+                 arch: str, preprocessing: str, output_stride: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+        self.arch = arch
+        # "imagenet": RGB, (x/255 - mean)/std. "caffe": BGR, x - mean. It belongs to the weights.
+        self.preprocessing = preprocessing
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(x)["out"])
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Main logits and, when the model has an aux head, the aux logits (both at feature stride)."""
+        feats = self.backbone(x)
+        aux = self.aux_classifier(feats["aux"]) if self.aux_classifier is not None and "aux" in feats else None
+        return self.classifier(feats["out"]), aux
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules trained at 10x/20x LR: the newly initialised classifier heads."""
+        return [m for m in (self.classifier, self.aux_classifier) if m is not None]
+
+
+def _dilation_flags(output_stride: int) -> list[bool]:
+    if output_stride == 8:
+        return [False, True, True]
+    if output_stride == 16:
+        return [False, False, True]
+    raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+
+
+def _resnet(layers: Sequence[int], output_stride: int, base_width: int = 64) -> resnet.ResNet:
+    """torchvision ResNet with Bottleneck blocks; `base_width` < 64 narrows every stage for thin variants."""
+    flags = _dilation_flags(output_stride)
+    net = resnet.ResNet(resnet.Bottleneck, list(layers), replace_stride_with_dilation=flags)
+    if base_width != 64:
+        # Rebuild the stages through torchvision's own _make_layer with narrower planes.
+        net.inplanes, net.dilation = base_width, 1
+        net.conv1 = nn.Conv2d(3, base_width, kernel_size=7, stride=2, padding=3, bias=False)
+        net.bn1 = nn.BatchNorm2d(base_width)
+        net.layer1 = net._make_layer(resnet.Bottleneck, base_width, layers[0])
+        net.layer2 = net._make_layer(resnet.Bottleneck, base_width * 2, layers[1], stride=2, dilate=flags[0])
+        net.layer3 = net._make_layer(resnet.Bottleneck, base_width * 4, layers[2], stride=2, dilate=flags[1])
+        net.layer4 = net._make_layer(resnet.Bottleneck, base_width * 8, layers[3], stride=2, dilate=flags[2])
+        net.fc = nn.Linear(base_width * 8 * resnet.Bottleneck.expansion, 1000)
+    return net
+
+
+def _caffe_style(net: resnet.ResNet) -> None:
+    """Match the MSRA/DeepLab-v2 Caffe ResNet: ceil-mode max pool, stride on the 1x1 conv, and the dilation
+    of a dilated stage applied to its first block too. These change activations, not parameter shapes."""
+    net.maxpool.ceil_mode = True
+    first = net.layer2[0]
+    first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+    for stage in (net.layer3, net.layer4):
+        rate = stage[-1].conv2.dilation
+        stage[0].conv2.dilation = rate
+        stage[0].conv2.padding = rate
+
+
+def _assemble(net: resnet.ResNet, head: nn.Module, aux_in: int | None, num_classes: int, arch: str,
+              preprocessing: str, output_stride: int) -> SegmentationModel:
+    return_layers = {"layer4": "out"}
+    aux = None
+    if aux_in is not None:
+        return_layers["layer3"] = "aux"
+        aux = FCNHead(aux_in, num_classes)
+    backbone = IntermediateLayerGetter(net, return_layers=return_layers)
+    return SegmentationModel(backbone, head, aux, arch, preprocessing, output_stride)
+
+
+def deeplabv2_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
+                        caffe_style: bool = True) -> SegmentationModel:
+    """The seed model: ResNet-101 at output stride 8, summed ASPP at rates 6/12/18/24."""
+    net = _resnet([3, 4, 23, 3], output_stride)
+    if caffe_style:
+        _caffe_style(net)
+    head = ASPPSum(2048, num_classes)
+    return _assemble(net, head, 1024 if aux_loss else None, num_classes, "deeplabv2_resnet101",
+                     "imagenet", output_stride)
+
+
+def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: bool,
+               output_stride: int) -> SegmentationModel:
+    net = _resnet(layers, output_stride)
+    head = DeepLabHead(2048, num_classes)
+    return _assemble(net, head, 1024 if aux_loss else None, num_classes, arch, "imagenet", output_stride)
+
+
+def deeplabv3_resnet50(num_classes: int = 21, aux_loss: bool = False,
+                       output_stride: int = 8) -> SegmentationModel:
+    """torchvision's deeplabv3_resnet50 layout (ASPP with image pooling, rates 12/24/36)."""
+    return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride)
+
+
+def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False,
+                        output_stride: int = 8) -> SegmentationModel:
+    """torchvision's deeplabv3_resnet101 layout."""
+    return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride)
+
+
+def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
+                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1)) -> SegmentationModel:
+    """A narrow, shallow DeepLab-v2 (same structure, fewer channels) for tests."""
+    net = _resnet(layers, output_stride, base_width)
+    _caffe_style(net)
+    head = ASPPSum(base_width * 32, num_classes)
+    return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_thin",
+                     "imagenet", output_stride)
+
+
+def deeplabv3_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 16,
+                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
+                   head_channels: int = 64) -> SegmentationModel:
+    """A narrow DeepLab-v3 for the embedded demo model and tests."""
+    net = _resnet(layers, output_stride, base_width)
+    head = ThinDeepLabHead(base_width * 32, num_classes, head_channels)
+    return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv3_thin",
+                     "imagenet", output_stride)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture and what it was designed around."""
+
+    builder: Callable[..., SegmentationModel]
+    default_input_size: int
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "deeplabv2_resnet101": ArchSpec(deeplabv2_resnet101, 513),
+    "deeplabv3_resnet50": ArchSpec(deeplabv3_resnet50, 513),
+    "deeplabv3_resnet101": ArchSpec(deeplabv3_resnet101, 513),
+    "deeplabv2_thin": ArchSpec(deeplabv2_thin, 321),
+    "deeplabv3_thin": ArchSpec(deeplabv3_thin, 256),
+}
+
+
+def build_model(arch: str, num_classes: int = 21, **kwargs: object) -> SegmentationModel:
+    """Build an architecture by name; kwargs go to its builder (aux_loss, output_stride, ...)."""
+    try:
+        spec = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+    return spec.builder(num_classes=num_classes, **kwargs)

@@ -1,0 +1,59 @@
+"""The in-graph pre/post-processing that turns a SegmentationModel into the ONNX contract:
+uint8 NHWC RGB in, uint8 [N, H, W] labels (and optional uint8 confidence) out."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.contract import CAFFE_MEAN_RGB, CAFFE_STD_RGB, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+from .models import SegmentationModel
+
+PREPROCESSING = {
+    # name: (mean RGB in 0..255, std RGB in 0..255, channel order the network expects)
+    "imagenet": (IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, "RGB"),
+    "caffe": (CAFFE_MEAN_RGB, CAFFE_STD_RGB, "BGR"),
+}
+
+
+def preprocessing_constants(name: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Mean and std (RGB order, pixel units) and channel order for a preprocessing convention."""
+    try:
+        return PREPROCESSING[name]
+    except KeyError:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PREPROCESSING)}") from None
+
+
+def normalize_nchw(x: torch.Tensor, preprocessing: str) -> torch.Tensor:
+    """float RGB NCHW in 0..255 -> the tensor the network was trained on. Used by training and export alike."""
+    mean, std, order = preprocessing_constants(preprocessing)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean_t) / std_t
+    if order == "BGR":
+        x = x[:, [2, 1, 0]]
+    return x
+
+
+class ExportWrapper(nn.Module):
+    """uint8 NHWC RGB -> normalise -> model -> bilinear upsample to input HxW -> argmax -> uint8."""
+
+    def __init__(self, model: SegmentationModel, confidence: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.confidence = confidence
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        x = normalize_nchw(x, self.model.preprocessing)
+        logits = self.model(x)
+        # size from the input's runtime shape (not a Python int) keeps H and W dynamic in the traced graph.
+        logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)
+        # ArgMax yields int64; the contract is uint8 (<= 255 classes, checked by the metadata).
+        labels = logits.argmax(dim=1).to(torch.uint8)
+        if not self.confidence:
+            return labels
+        conf = torch.softmax(logits, dim=1).amax(dim=1)
+        return labels, torch.round(conf * 255.0).to(torch.uint8)

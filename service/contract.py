@@ -1,0 +1,156 @@
+"""The ONNX contract shared by the exporter and the service (see shared/DESIGN.md).
+
+This module is deliberately free of torch and onnx: the exporter writes these keys, the service reads them
+through onnxruntime's model metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+INPUT_NAME = "image"
+LABELS_OUTPUT = "labels"
+CONFIDENCE_OUTPUT = "confidence"
+
+# Keys every contract-conforming model carries in `metadata_props`.
+REQUIRED_KEYS = ("classes", "palette", "input_size", "arch", "source", "mean", "std")
+
+# torchvision / ImageNet convention, in 0..255 pixel units, RGB order.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# The DeepLab-v2 Caffe convention: BGR input, mean subtracted, no std division. Listed here in RGB order.
+CAFFE_MEAN_RGB = (122.675, 116.669, 104.008)
+CAFFE_STD_RGB = (1.0, 1.0, 1.0)
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+class ContractError(ValueError):
+    """A model file does not meet the ONNX contract."""
+
+
+def voc_colormap(n: int = 256) -> list[list[int]]:
+    """The PASCAL VOC colour map (bit-interleaved class ids), the palette VOC label PNGs use."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything the service needs to know about a model, stored in the ONNX `metadata_props`."""
+
+    classes: list[str]
+    palette: list[list[int]]
+    input_size: int
+    arch: str
+    source: str
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN_RGB))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD_RGB))
+    channel_order: str = "RGB"
+    ignore_index: int = 255
+    precision: str = "fp32"
+    project_version: str = "0.1.0"
+    source_sha256: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ContractError("metadata 'classes' is empty")
+        if len(self.classes) > 255:
+            raise ContractError(f"{len(self.classes)} classes do not fit the uint8 label output (max 255)")
+        if len(self.palette) < len(self.classes):
+            raise ContractError(
+                f"metadata 'palette' has {len(self.palette)} colours for {len(self.classes)} classes"
+            )
+        for colour in self.palette:
+            if len(colour) != 3 or not all(0 <= int(v) <= 255 for v in colour):
+                raise ContractError(f"metadata 'palette' entry {colour!r} is not an [r, g, b] triple")
+        if self.input_size <= 0:
+            raise ContractError(f"metadata 'input_size' must be positive, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ContractError("metadata 'mean' and 'std' must be three numbers, std > 0")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ContractError(f"metadata 'channel_order' must be RGB or BGR, got {self.channel_order!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def pad_rgb(self) -> tuple[int, int, int]:
+        """Letterbox padding colour: the mean, which the in-graph normalisation maps to zero."""
+        return tuple(int(round(v)) for v in self.mean)  # type: ignore[return-value]
+
+    def to_props(self) -> dict[str, str]:
+        """Serialise to ONNX `metadata_props` (string to string)."""
+        props = {
+            "classes": json.dumps(list(self.classes)),
+            "palette": json.dumps([[int(v) for v in c] for c in self.palette]),
+            "input_size": str(int(self.input_size)),
+            "arch": self.arch,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "mean": json.dumps([float(v) for v in self.mean]),
+            "std": json.dumps([float(v) for v in self.std]),
+            "channel_order": self.channel_order,
+            "ignore_index": str(int(self.ignore_index)),
+            "precision": self.precision,
+            "project_version": self.project_version,
+        }
+        props.update(self.extra)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> ModelMetadata:
+        """Parse ONNX `metadata_props`; raise ContractError naming what is missing or malformed."""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise ContractError(
+                f"model metadata is missing {missing}; export it with `segment-export export` "
+                "so classes, palette, input size and normalisation travel with the graph"
+            )
+        known = {
+            "classes", "palette", "input_size", "arch", "source", "source_sha256", "mean", "std",
+            "channel_order", "ignore_index", "precision", "project_version",
+        }
+        try:
+            return cls(
+                classes=[str(c) for c in _json(props, "classes")],
+                palette=[[int(v) for v in c] for c in _json(props, "palette")],
+                input_size=int(props["input_size"]),
+                arch=props["arch"],
+                source=props["source"],
+                source_sha256=props.get("source_sha256", ""),
+                mean=[float(v) for v in _json(props, "mean")],
+                std=[float(v) for v in _json(props, "std")],
+                channel_order=props.get("channel_order", "RGB"),
+                ignore_index=int(props.get("ignore_index", "255")),
+                precision=props.get("precision", "fp32"),
+                project_version=props.get("project_version", ""),
+                extra={k: v for k, v in props.items() if k not in known},
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ContractError):
+                raise
+            raise ContractError(f"model metadata is malformed: {exc}") from exc
+
+
+def _json(props: dict[str, str], key: str) -> Any:
+    try:
+        return json.loads(props[key])
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"model metadata {key!r} is not valid JSON: {exc}") from exc
