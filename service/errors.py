@@ -1,0 +1,24 @@
+"""The API's error type: every client-visible failure carries an HTTP status and a stable code."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {"code", "message"}}` with `status`.
+
+    `code` is stable and documented; clients switch on it. `message` is for humans.
+    """
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def to_body(self, request_id: str | None = None) -> dict[str, object]:
+        """The JSON body for this error."""
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if request_id:
+            body["request_id"] = request_id
+        return {"error": body}
