@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # this subcommand has not been built yet
+            if exc.name and name.startswith(exc.name):  # this subcommand has not been built yet
                 continue
             raise
         module.register(sub)

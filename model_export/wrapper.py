@@ -26,15 +26,25 @@ def preprocessing_constants(name: str) -> tuple[tuple[float, ...], tuple[float, 
         raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PREPROCESSING)}") from None
 
 
+class Normalize(nn.Module):
+    """float RGB NCHW in 0..255 -> the tensor the network was trained on. Training and export share it."""
+
+    def __init__(self, preprocessing: str) -> None:
+        super().__init__()
+        mean, std, order = preprocessing_constants(preprocessing)
+        # Buffers, not tensors built in forward, so tracing records them as constants without warnings.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.bgr = order == "BGR"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x[:, [2, 1, 0]] if self.bgr else x
+
+
 def normalize_nchw(x: torch.Tensor, preprocessing: str) -> torch.Tensor:
-    """float RGB NCHW in 0..255 -> the tensor the network was trained on. Used by training and export alike."""
-    mean, std, order = preprocessing_constants(preprocessing)
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean_t) / std_t
-    if order == "BGR":
-        x = x[:, [2, 1, 0]]
-    return x
+    """Functional form of `Normalize`, for training loops."""
+    return Normalize(preprocessing).to(x.device)(x)
 
 
 class ExportWrapper(nn.Module):
@@ -43,11 +53,12 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: SegmentationModel, confidence: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.normalize = Normalize(model.preprocessing)
         self.confidence = confidence
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).to(torch.float32)
-        x = normalize_nchw(x, self.model.preprocessing)
+        x = self.normalize(x)
         logits = self.model(x)
         # size from the input's runtime shape (not a Python int) keeps H and W dynamic in the traced graph.
         logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)

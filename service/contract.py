@@ -93,7 +93,7 @@ class ModelMetadata:
     @property
     def pad_rgb(self) -> tuple[int, int, int]:
         """Letterbox padding colour: the mean, which the in-graph normalisation maps to zero."""
-        return tuple(int(round(v)) for v in self.mean)  # type: ignore[return-value]
+        return tuple(round(v) for v in self.mean)  # type: ignore[return-value]
 
     def to_props(self) -> dict[str, str]:
         """Serialise to ONNX `metadata_props` (string to string)."""

@@ -1,0 +1,79 @@
+"""`segment-export export`: checkpoint or published weights -> contract ONNX (fp32, fp16 or int8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from .cli import CliError
+from .export import build_metadata, export_onnx, sha256_file
+from .models import ARCHITECTURES, build_model
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand."""
+    p = sub.add_parser("export", help="export a model to the ONNX contract",
+                       description="Export a model to ONNX: uint8 NHWC RGB in, uint8 labels out.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", type=Path, help="a training checkpoint or a torchvision .pth state_dict")
+    src.add_argument("--random-init", action="store_true", help="random weights (for timing and tests)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (read from a checkpoint)")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--classes", type=Path, help="JSON file with the list of class names")
+    p.add_argument("--input-size", type=int, help="long side the service letterboxes to")
+    p.add_argument("--confidence", action="store_true", help="add the uint8 max-softmax `confidence` output")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--calibration-dir", type=Path, help="images for int8 calibration")
+    p.add_argument("--calibration-count", type=int, default=32)
+    p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace):  # -> tuple[SegmentationModel, list[str] | None, str, str]
+    if args.random_init:
+        if not args.arch:
+            raise CliError("--random-init needs --arch")
+        return build_model(args.arch, args.num_classes), None, "random-init", ""
+    if not args.weights.is_file():
+        raise CliError(f"weights file {args.weights} does not exist")
+    from .weights import load_weights
+
+    model, info = load_weights(args.weights, arch=args.arch)
+    classes = info.get("classes") if isinstance(info, dict) else None
+    return model, classes, f"file:{args.weights.name}", sha256_file(args.weights)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export as the parsed arguments say; print a one-line JSON summary."""
+    start = time.perf_counter()
+    model, classes, source, sha = _load(args)
+    if args.classes:
+        classes = json.loads(args.classes.read_text())
+    num_classes = len(classes) if classes else args.num_classes
+    meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=args.input_size,
+                          source=source, source_sha256=sha)
+    if args.precision == "fp32":
+        path = export_onnx(model, args.output, meta, confidence=args.confidence, opset=args.opset)
+    else:
+        from .quantize import make_variant
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", meta, confidence=args.confidence,
+                               opset=args.opset)
+            path = make_variant(fp32, args.output, args.precision, calibration_dir=args.calibration_dir,
+                                calibration_count=args.calibration_count)
+    if args.triton_repo:
+        from .triton import write_triton_repository
+
+        write_triton_repository(path, args.triton_repo)
+    print(json.dumps({"output": str(path), "precision": args.precision, "arch": meta.arch,
+                      "size_mb": round(path.stat().st_size / 1e6, 2),
+                      "seconds": round(time.perf_counter() - start, 2)}))
+    return 0
