@@ -1,0 +1,272 @@
+"""Image input for the service: decode untrusted bytes to RGB, letterbox to the model size and back.
+
+Decoding policy (every failure is an `ApiError` with a stable code, never a 500):
+
+- no bytes: 400 `empty_body`;
+- bytes that start with no supported signature (SVG, PDF, HTML, text, random bytes, other formats):
+  415 `unsupported_media_type`;
+- a supported signature that Pillow cannot parse or decode (truncated, bad CRC, broken Huffman data, a GIF
+  header followed by a script): 400 `corrupt_image`;
+- zero width or height: 400 `corrupt_image`;
+- more pixels than `max_pixels`, or a Pillow decompression bomb: 413 `image_too_large`.
+
+Accepted formats are JPEG (and MPO, the multi-picture JPEG many phones write), PNG/APNG, WebP, BMP, GIF and
+TIFF. The allow-list goes to `Image.open(formats=...)`, so Pillow never tries its other parsers (EPS, for one,
+would shell out to Ghostscript).
+
+Conversions to RGB, all applied after EXIF orientation:
+- transparency (RGBA, LA, PA, palette with tRNS) is composited over white, the background a viewer shows on a
+  page, because the colour under fully transparent pixels is arbitrary (often black) and would mislead the model;
+- 16-bit and 32-bit integer greyscale is scaled to 8 bits (`round(v / 257)`), not clipped as Pillow's own
+  `convert("L")` does; float images are taken as 0..1 when they fit, otherwise stretched min..max;
+- CMYK with an embedded ICC profile goes through LittleCMS to sRGB, otherwise Pillow's plain conversion;
+- animated GIF/PNG/WebP and multi-page TIFF give their first frame.
+
+Thread safety: nothing here mutates module or Pillow globals. The pixel limit is checked on the header size before
+any pixel is decoded, instead of setting `Image.MAX_IMAGE_PIXELS` per call; Pillow's own bomb check stays on as a
+second line (it raises at twice its default of ~89 MP, which is then also answered 413).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+from service.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Pillow format names we decode. MPO is how Pillow names JPEGs with a multi-picture (MPF) segment.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+# Leading bytes of the accepted formats. Used only to tell "corrupt image" (400) from "not an image" (415)
+# when Pillow refuses to open the bytes.
+_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG / MPO
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+    b"II+\x00",  # BigTIFF
+    b"MM\x00+",
+)
+
+_WHITE = (255, 255, 255)
+# Fully parsed once; the profile object is immutable and only read by the transforms.
+_SRGB_PROFILE = ImageCms.createProfile("sRGB")
+
+
+def _has_supported_signature(data: bytes) -> bool:
+    if data.startswith(_SIGNATURES):
+        return True
+    if data[:2] == b"BM":  # two letters alone would match plain text; also require a known DIB header size
+        return int.from_bytes(data[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode untrusted image bytes to a uint8 H×W×3 RGB array (read-only), EXIF orientation applied.
+
+    Raises `ApiError` (400 `empty_body` / `corrupt_image`, 415 `unsupported_media_type`, 413 `image_too_large`).
+    """
+    if not data:
+        raise ApiError(400, "empty_body", "the request carried no image bytes")
+    # Pillow's module-level LOAD_TRUNCATED_IMAGES must stay False, or truncated files decode as grey padding.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated uploads would be accepted")
+
+    try:
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        if _has_supported_signature(data):
+            raise ApiError(400, "corrupt_image", "the image header is corrupt or truncated") from exc
+        raise ApiError(
+            415, "unsupported_media_type",
+            f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
+        ) from exc
+    except Exception as exc:  # any parser failure on hostile bytes is the client's problem, not a 500
+        raise ApiError(400, "corrupt_image", f"the image header could not be parsed: {exc}") from exc
+
+    with img:
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ApiError(400, "corrupt_image", f"the image has zero size ({width}x{height})")
+        # Checked on the header, before a single pixel is decoded: the bomb never gets its memory.
+        if width * height > max_pixels:
+            raise ApiError(
+                413, "image_too_large",
+                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+            )
+        try:
+            img.load()  # decodes the first frame; raises on truncated or corrupt data
+        except Image.DecompressionBombError as exc:
+            raise ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}") from exc
+        except MemoryError as exc:
+            raise ApiError(413, "image_too_large", "the image does not fit in memory") from exc
+        except Exception as exc:
+            raise ApiError(400, "corrupt_image", f"the image data is corrupt or truncated: {exc}") from exc
+        rgb = _to_rgb(_oriented(img))
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _oriented(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag. A broken EXIF block is ignored rather than failing a decodable image."""
+    try:
+        # in_place: no copy of the pixels when there is nothing to rotate (the common case)
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception as exc:
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB following the module's documented policy."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode)).convert("RGB")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Map 16/32-bit integer or float greyscale to 0..255 without clipping the range away."""
+    if mode == "F":
+        values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(values.min()), float(values.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.rint(values * 255.0).astype(np.uint8)
+        return _stretch(values, lo, hi)
+    if mode == "I":
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > 65535:  # not a 16-bit image stored as int32: use the range it has
+            return _stretch(values.astype(np.float64), lo, hi)
+    # 16-bit range: v / 257 maps 65535 to 255 and 0 to 0 exactly; (v + 128) // 257 is that, rounded.
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, _SRGB_PROFILE, outputMode="RGB")
+        except Exception as exc:  # a broken profile is no reason to refuse the pixels
+            log.debug("CMYK ICC profile unusable, falling back to plain conversion: %s", exc)
+    return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------- letterbox
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """Where an original image sits inside the size×size letterboxed tensor.
+
+    The content occupies rows `top:top+new_h` and columns `left:left+new_w`; `letterbox` always places it
+    top-left (top = left = 0), but `unletterbox` honours any offsets.
+    """
+
+    orig_h: int
+    orig_w: int
+    new_h: int
+    new_w: int
+    top: int = 0
+    left: int = 0
+    size: int = 0
+
+
+def compute_letterbox(orig_h: int, orig_w: int, size: int) -> LetterboxInfo:
+    """The letterbox geometry: the long side becomes `size`, the short side scales with it (at least 1 px)."""
+    if orig_h <= 0 or orig_w <= 0:
+        raise ValueError(f"image has zero size ({orig_w}x{orig_h})")
+    if size <= 0:
+        raise ValueError(f"letterbox size must be positive, got {size}")
+    scale = size / max(orig_h, orig_w)
+    new_h = min(size, max(1, round(orig_h * scale)))
+    new_w = min(size, max(1, round(orig_w * scale)))
+    return LetterboxInfo(orig_h=orig_h, orig_w=orig_w, new_h=new_h, new_w=new_w, top=0, left=0, size=size)
+
+
+def letterbox(
+    image: np.ndarray,
+    size: int,
+    pad_rgb: tuple[int, int, int],
+    *,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize an H×W×3 uint8 image so its long side is `size`, place it top-left, pad to size×size.
+
+    Top-left placement matches DeepLab training, which pads crops at the bottom/right; pass the model mean as
+    `pad_rgb` so the padding normalises to zero. Shrinking uses INTER_AREA (it averages, so no aliasing);
+    enlarging uses INTER_LINEAR. `out`, if given, is a size×size×3 uint8 array (e.g. one slot of the batch
+    tensor) written in place, which saves a copy when stacking a batch.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"letterbox expects uint8 HxWx3, got {image.dtype} {image.shape}")
+    info = compute_letterbox(image.shape[0], image.shape[1], size)
+    if out is None:
+        out = np.empty((size, size, 3), dtype=np.uint8)
+    elif out.shape != (size, size, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {(size, size, 3)}, got {out.dtype} {out.shape}")
+
+    region = out[: info.new_h, : info.new_w]
+    if (info.new_h, info.new_w) == image.shape[:2]:
+        region[...] = image
+    else:
+        shrinking = info.new_h * info.new_w < info.orig_h * info.orig_w
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
+    # Padding only where the content is not: the right strip and the bottom strip.
+    out[: info.new_h, info.new_w :] = pad_rgb
+    out[info.new_h :, :] = pad_rgb
+    return out, info
+
+
+def resize_nearest(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize with pixel-centre alignment (cv2.INTER_NEAREST_EXACT).
+
+    Plain INTER_NEAREST samples at pixel corners, shifting masks by up to half a source pixel against the
+    centre-aligned image resize and the model's align_corners=False upsample. The centre-aligned version also
+    makes an enlarge-then-shrink round trip exact.
+    """
+    if values.shape[:2] == (height, width):
+        return values
+    return cv2.resize(values, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def unletterbox(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """Crop the valid region of a model output (labels or confidence, H×W uint8) and resize it to the original.
+
+    Returns an (orig_h, orig_w) array; nearest-neighbour, so class ids are never blended.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"unletterbox expects a 2-D map, got shape {labels.shape}")
+    if labels.shape[0] < info.top + info.new_h or labels.shape[1] < info.left + info.new_w:
+        raise ValueError(f"map {labels.shape} is smaller than the letterboxed region {info}")
+    valid = labels[info.top : info.top + info.new_h, info.left : info.left + info.new_w]
+    if valid.shape == (info.orig_h, info.orig_w):
+        return valid.copy()  # never hand out a view that keeps the whole batch output alive
+    # cv2 wants contiguous input for some paths; a crop view of the padded map is not.
+    return resize_nearest(np.ascontiguousarray(valid), info.orig_w, info.orig_h)
