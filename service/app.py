@@ -1,0 +1,371 @@
+"""The FastAPI application: routes, error envelope, lifespan (load → warm up → serve → drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__, outputs
+from .batcher import Batcher
+from .engine import Engine, finish, load_engine, prepare
+from .errors import ApiError
+from .imaging import decode_image
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
+from .results_cache import ResultsCache, new_result_id
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+OutputKind = Literal["labels", "color", "overlay", "polygons", "stats"]
+OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "polygons", "stats")
+# Reachable without an API key: probes, scraping, the docs and the static web page.
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+                "/", "/favicon.ico")
+PUBLIC_PREFIXES = ("/static/",)
+_MEDIA = {"labels": "image/png", "color": "image/png", "png": "image/png", "jpeg": "image/jpeg"}
+# Accept-header negotiation when `output` is not given: first match by quality wins.
+_ACCEPT_TO_OUTPUT = {"image/png": "labels", "image/jpeg": "overlay", "application/geo+json": "polygons",
+                     "application/json": "stats"}
+
+
+@dataclass
+class ServiceState:
+    """What the routes share: settings, the engine and batcher once loaded, metrics, the result cache."""
+
+    settings: Settings
+    metrics: Metrics
+    cache: ResultsCache
+    pool: ThreadPoolExecutor
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    warm: bool = False
+    warmup_error: str | None = None
+    warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.engine is None:
+            return False, "loading"
+        if self.warmup_error:
+            return False, "warmup_failed"
+        if not self.warm:
+            return False, "warming_up"
+        if self.batcher is None or not self.batcher.running:
+            return False, "shutting_down"
+        if self.batcher.full:
+            return False, "overloaded"
+        return True, "ok"
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def _engine(state: ServiceState) -> tuple[Engine, Batcher]:
+    if state.engine is None or state.batcher is None:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
+    return state.engine, state.batcher
+
+
+def _negotiate(accept: str | None) -> str:
+    """The output kind for an Accept header (labels when nothing specific is asked for)."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, part in enumerate((accept or "").split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if media.lower() in _ACCEPT_TO_OUTPUT and q > 0:
+            ranked.append((-q, index, _ACCEPT_TO_OUTPUT[media.lower()]))
+    return min(ranked)[2] if ranked else "labels"
+
+
+async def _read_upload(request: Request, settings: Settings) -> bytes:
+    """The image bytes: multipart field `image`, or the raw body for any other content type."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=4, max_fields=32, max_part_size=settings.max_upload_bytes)
+        try:
+            field_value = form.get("image")
+            if field_value is None:
+                raise ApiError(422, "invalid_request", "multipart body has no field named 'image'")
+            if isinstance(field_value, UploadFile):
+                return await field_value.read()
+            return field_value.encode("latin-1", errors="replace")  # a text field: let decode judge it
+        finally:
+            await form.close()
+    # Any other type (image/*, application/octet-stream, curl --data-binary's form-urlencoded default) is the
+    # image itself; decode_image sniffs the real format from the bytes.
+    return await request.body()
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
+    settings = settings or Settings()
+    metrics = Metrics(settings.max_batch_size)
+    state = ServiceState(
+        settings=settings, metrics=metrics,
+        cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
+        pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        try:
+            state.engine = engine or await loop.run_in_executor(None, load_engine, settings)
+        except Exception as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        eng = state.engine
+        metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
+                          model=eng.name)
+        state.batcher = Batcher(eng.run, max_batch_size=settings.max_batch_size,
+                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
+        state.batcher.start()
+        state.warmup_task = loop.create_task(_warm_up(state))
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and finished open requests; now drain anything left queued.
+            if state.warmup_task is not None:
+                state.warmup_task.cancel()
+            await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
+            state.pool.shutdown(wait=False, cancel_futures=True)
+            log.info("drained and stopped")
+
+    app = FastAPI(
+        title="Segmentation service", version=__version__, lifespan=lifespan,
+        description="Semantic segmentation (DeepLab ResNet-ASPP on onnxruntime) with dynamic batching. "
+                    "Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
+    )
+    app.state.service = state
+
+    # Middleware: the last added is the outermost. Request context wraps everything, so every response
+    # (401, 413 and crashes included) gets an X-Request-ID and is counted.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS,
+                       public_prefixes=PUBLIC_PREFIXES)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Result-ID", "Retry-After"],
+                           max_age=600)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    _install_error_handlers(app, metrics)
+    _install_routes(app)
+    return app
+
+
+async def _warm_up(state: ServiceState) -> None:
+    assert state.engine is not None
+    sizes = (1, state.settings.max_batch_size) if state.engine.on_gpu and state.settings.max_batch_size > 1 else (1,)
+    try:
+        await asyncio.to_thread(state.engine.warm_up, sizes)
+        state.warm = True
+    except Exception as exc:
+        state.warmup_error = f"{type(exc).__name__}: {exc}"
+        log.exception("warm-up failed; /readyz stays 503")
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("request %s: %s %s", request.state.request_id, exc.code, exc.message)
+        metrics.rejected.labels(reason=exc.code).inc()
+        return error_response(exc, request.scope)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return await api_error(request, ApiError(422, "invalid_request", "; ".join(problems) or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return await api_error(request, ApiError(exc.status_code, code, str(exc.detail),
+                                                 dict(exc.headers or {})))
+
+
+_SEGMENT_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {
+        "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
+                "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}},
+        "413": {"description": "upload or image too large"},
+        "415": {"description": "not a supported image"},
+        "422": {"description": "invalid parameters or missing field `image`"},
+        "503": {"description": "overloaded (see Retry-After)"},
+        "504": {"description": "inference timed out"},
+    },
+}
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
+    async def segment(
+        request: Request,
+        output: OutputKind | None = Query(None, description="labels | color | overlay | polygons | stats; "
+                                                            "default from Accept, else labels"),
+        alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours"),
+        format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
+        tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
+        min_area: float = Query(0.0, ge=0.0, description="drop polygons smaller than this, pixels²"),
+    ) -> Response:
+        state = _state(request)
+        settings, metrics = state.settings, state.metrics
+        engine, batcher = _engine(state)
+        request_id = request.state.request_id
+        kind = output or _negotiate(request.headers.get("accept"))
+        loop = asyncio.get_running_loop()
+        timing: dict[str, float] = {}
+
+        data = await _read_upload(request, settings)
+        if not data:
+            raise ApiError(400, "empty_body", "the request carried no image bytes")
+
+        t0 = time.perf_counter()
+        image, tensor, info = await loop.run_in_executor(state.pool, _decode_and_prepare, engine, data,
+                                                         settings.max_pixels)
+        timing["decode"] = time.perf_counter() - t0
+
+        result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
+        timing["queue"], timing["inference"] = result.queue_s, result.inference_s
+
+        t0 = time.perf_counter()
+        result_id = new_result_id()
+        body, media = await loop.run_in_executor(
+            state.pool, _finish_and_encode, state, engine, image, result.labels, info, result_id, kind,
+            alpha, format, tolerance, min_area)
+        timing["encode"] = time.perf_counter() - t0
+        for stage, seconds in timing.items():
+            metrics.stage_duration.labels(stage=stage).observe(seconds)
+
+        headers = {"X-Result-ID": result_id, "X-Batch-Size": str(result.batch_size),
+                   "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
+        if isinstance(body, dict):
+            body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}
+            return JSONResponse(body, headers=headers, media_type=media)
+        return Response(body, media_type=media, headers=headers)
+
+    @app.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"}})
+    async def result(request: Request, result_id: str,
+                     name: Literal["labels.png", "color.png", "overlay.png"]) -> Response:
+        state = _state(request)
+        engine, _ = _engine(state)
+        stored = state.cache.get(result_id)
+        if stored is None:
+            raise ApiError(404, "result_not_found", f"no result {result_id!r} (unknown or expired)")
+        palette = engine.metadata.palette
+        kind = name.removesuffix(".png")
+
+        def encode() -> bytes:
+            if kind == "labels":
+                return outputs.encode_labels_png(stored.labels, palette)
+            if kind == "color":
+                return outputs.encode_color_png(stored.labels, palette)
+            return outputs.encode_overlay(stored.image, stored.labels, palette, 0.5, "png")
+
+        data = await asyncio.get_running_loop().run_in_executor(state.pool, encode)
+        return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
+
+    @app.get("/classes", summary="Class names and colours from the model metadata")
+    async def classes(request: Request) -> dict[str, Any]:
+        engine, _ = _engine(_state(request))
+        meta = engine.metadata
+        return {
+            "model": engine.name, "arch": meta.arch, "precision": engine.precision,
+            "input_size": meta.input_size, "ignore_index": meta.ignore_index,
+            "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
+                        for i, name in enumerate(meta.classes)],
+        }
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit")
+    async def readyz(request: Request) -> JSONResponse:
+        state = _state(request)
+        ready, status = state.readiness()
+        body: dict[str, Any] = {"ready": ready, "status": status}
+        if state.engine is not None:
+            eng = state.engine
+            body.update(provider=eng.provider, requested_providers=eng.requested_providers,
+                        precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
+                        input_size=eng.input_size, intra_op_threads=eng.intra_op_threads)
+        if state.warmup_error:
+            body["error"] = state.warmup_error
+        if state.batcher is not None:
+            body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics_route(request: Request) -> Response:
+        state = _state(request)
+        if state.batcher is not None:
+            state.metrics.queue_depth.set(state.batcher.depth)
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+# -- work done in the codec thread pool, off the event loop ---------------------------------------------------
+
+def _decode_and_prepare(engine: Engine, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    image = decode_image(data, max_pixels)
+    tensor, info = prepare(engine, image)
+    return image, tensor, info
+
+
+def _finish_and_encode(state: ServiceState, engine: Engine, image: np.ndarray, labels_small: np.ndarray,
+                       info: Any, result_id: str, kind: str, alpha: float, fmt: str, tolerance: float,
+                       min_area: float) -> tuple[bytes | dict[str, Any], str]:
+    labels = finish(labels_small, info)
+    state.cache.put(result_id, labels, image)
+    meta = engine.metadata
+    if kind == "labels":
+        return outputs.encode_labels_png(labels, meta.palette), "image/png"
+    if kind == "color":
+        return outputs.encode_color_png(labels, meta.palette), "image/png"
+    if kind == "overlay":
+        return outputs.encode_overlay(image, labels, meta.palette, alpha, fmt), _MEDIA[fmt]
+    header: dict[str, Any] = {
+        "id": result_id, "model": engine.name, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "classes_present": outputs.classes_present(labels, meta.classes),
+    }
+    if kind == "polygons":
+        # A GeoJSON FeatureCollection at the top level (foreign members are allowed), so GIS tools read it.
+        collection = outputs.polygons_geojson(labels, meta.classes, tolerance, min_area)
+        return {**collection, **header}, "application/geo+json"
+    return {**outputs.class_stats(labels, meta.classes), **header}, "application/json"

@@ -1,0 +1,177 @@
+"""Dynamic batching: one worker owns the ORT session and is fed by a bounded asyncio queue.
+
+A batch is cut when it holds `max_batch_size` images or `max_wait_ms` after its first image arrived
+(Triton's `max_queue_delay`). Inference runs in a dedicated thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceResult:
+    """Labels at the inference size, with the time spent queued and in the model."""
+
+    labels: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray
+    future: asyncio.Future[InferenceResult]
+    request_id: str | None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Collects letterboxed images into batches and runs them through `run_batch` in one thread."""
+
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
+                 max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
+                 retry_after_s: int = 1) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.retry_after_s = retry_after_s
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # One thread: the worker owns the session, batches never overlap.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._accepting = False
+        self._busy = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker on the running loop."""
+        self._queue = asyncio.Queue(self.max_queue)
+        self._accepting = True
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the worker."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self._queue is not None and (self._queue.qsize() or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        # Anything still queued after the timeout is answered rather than left hanging.
+        while self._queue is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def full(self) -> bool:
+        return self._queue is not None and self._queue.full()
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._worker is not None and not self._worker.done()
+
+    # -- requests --------------------------------------------------------------------------------------------
+    async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None) -> InferenceResult:
+        """Queue one letterboxed image and wait for its labels.
+
+        Raises ApiError 503 `overloaded` (queue full), 504 `timeout`, 500 `inference_failed`.
+        """
+        if not self.running or self._queue is None:
+            raise ApiError(503, "shutting_down", "the server is not accepting work",
+                           {"Retry-After": str(self.retry_after_s)})
+        future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(tensor, future, request_id))
+        except asyncio.QueueFull:
+            raise ApiError(503, "overloaded", f"the inference queue is full ({self.max_queue}); retry shortly",
+                           {"Retry-After": str(self.retry_after_s)}) from None
+        self._observe_depth()
+        try:
+            # A timeout or a cancelled handler cancels the future; the worker then skips this item.
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"inference did not finish within {timeout_s:g}s") from None
+
+    # -- worker ----------------------------------------------------------------------------------------------
+    async def _work(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            self._observe_depth()
+            live = [item for item in batch if not item.future.done()]  # drop timed-out / disconnected
+            if not live:
+                continue
+            self._busy = True
+            started = time.perf_counter()
+            try:
+                tensor = np.stack([item.tensor for item in live])
+                labels = await loop.run_in_executor(self._executor, self._run_batch, tensor)
+            except Exception as exc:  # ORT failure: those requests fail, the worker carries on
+                log.exception("inference failed for a batch of %d (requests %s)", len(live),
+                              [item.request_id for item in live])
+                error = ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}")
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            finally:
+                self._busy = False
+            inference_s = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(len(live))
+            for i, item in enumerate(live):
+                if not item.future.done():  # the client may have gone away while we ran
+                    item.future.set_result(InferenceResult(labels[i], started - item.enqueued, inference_s,
+                                                           len(live)))
+
+    async def _collect(self) -> list[_Item]:
+        """Block for the first item, then take more until the batch is full or max_wait has passed."""
+        assert self._queue is not None
+        first = await self._queue.get()
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    def _observe_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.depth)

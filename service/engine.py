@@ -1,0 +1,203 @@
+"""The onnxruntime engine: load a contract-conforming model, check it, warm it up, run batches.
+
+Also the one synchronous `segment_images` path (letterbox → run → unletterbox) shared by the service's batcher,
+the batch CLI's local mode and the evaluator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .imaging import LetterboxInfo, letterbox, unletterbox
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_SHORT_NAMES = {
+    "cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider",
+}
+
+
+class EngineError(RuntimeError):
+    """The engine cannot start: missing model file, unusable provider, or REQUIRE_GPU unmet."""
+
+
+def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
+    """Provider names in priority order from a settings string ('auto' or a comma list)."""
+    available = list(ort.get_available_providers() if available is None else available)
+    if spec.strip().lower() == "auto":
+        return [p for p in (CUDA, CPU) if p in available] or [CPU]
+    wanted = [_SHORT_NAMES.get(name.strip().lower(), name.strip()) for name in spec.split(",") if name.strip()]
+    unknown = [p for p in wanted if p not in available]
+    if unknown:
+        raise EngineError(f"execution providers {unknown} are not available in this onnxruntime build "
+                          f"(available: {available})")
+    return wanted
+
+
+def _provider_options(name: str) -> dict[str, str]:
+    # EXHAUSTIVE re-tunes cuDNN for every new input shape; HEURISTIC is stable across sizes.
+    if name == CUDA:
+        return {"cudnn_conv_algo_search": "HEURISTIC"}
+    return {}
+
+
+def resolve_model_path(path: Path, precision: str, cuda_active: bool) -> Path:
+    """Pick the precision variant of a model: `x.onnx` → sibling `x.fp16.onnx` / `x.int8.onnx`.
+
+    'auto' prefers fp16 on CUDA when the sibling exists and stays on the given file otherwise; an explicit
+    precision requires its variant (or the given file itself when it already is that variant).
+    """
+    if precision in ("auto", "fp32") and not (precision == "auto" and cuda_active):
+        return path
+    variant = "fp16" if precision == "auto" else precision
+    if path.name.endswith(f".{variant}.onnx"):
+        return path
+    sibling = path.with_name(f"{path.name.removesuffix('.onnx')}.{variant}.onnx")
+    if sibling.exists():
+        return sibling
+    if precision == "auto":
+        return path
+    raise EngineError(f"SEGMENT_PRECISION={precision} but {sibling} does not exist "
+                      f"(export it with segment-export, or use SEGMENT_PRECISION=auto)")
+
+
+def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
+    """Check the graph's input/output names, types and ranks and parse its metadata; raise ContractError."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs:
+        raise ContractError(f"model has no input named {INPUT_NAME!r} (inputs: {sorted(inputs)})")
+    image = inputs[INPUT_NAME]
+    if image.type != "tensor(uint8)" or len(image.shape) != 4 or image.shape[3] != 3:
+        raise ContractError(f"input {INPUT_NAME!r} must be uint8 [batch, height, width, 3] RGB, "
+                            f"got {image.type} {image.shape}")
+    if LABELS_OUTPUT not in outputs:
+        raise ContractError(f"model has no output named {LABELS_OUTPUT!r} (outputs: {sorted(outputs)})")
+    labels = outputs[LABELS_OUTPUT]
+    if labels.type != "tensor(uint8)" or len(labels.shape) != 3:
+        raise ContractError(f"output {LABELS_OUTPUT!r} must be uint8 [batch, height, width], "
+                            f"got {labels.type} {labels.shape}")
+    props = session.get_modelmeta().custom_metadata_map
+    if not props:
+        raise ContractError("model has no metadata_props (classes, palette, input_size...); "
+                            "export it with `segment-export export`")
+    return ModelMetadata.from_props(props)
+
+
+@dataclass
+class Engine:
+    """A loaded, checked ORT session plus what the service needs to know about it."""
+
+    session: ort.InferenceSession
+    metadata: ModelMetadata
+    model_path: Path
+    provider: str
+    requested_providers: list[str]
+    intra_op_threads: int
+    has_confidence: bool = False
+
+    @property
+    def input_size(self) -> int:
+        return self.metadata.input_size
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.precision
+
+    @property
+    def name(self) -> str:
+        """Model name for responses and metrics: the file name without `.onnx`."""
+        return self.model_path.name.removesuffix(".onnx")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in (CUDA, "TensorrtExecutionProvider")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Labels [N, H, W] uint8 for a uint8 NHWC RGB batch. Thread-safe (ORT's run is)."""
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"batch must be uint8 [N, H, W, 3], got {batch.dtype} {batch.shape}")
+        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: np.ascontiguousarray(batch)})
+        if labels.shape != batch.shape[:3]:
+            raise RuntimeError(f"model returned labels {labels.shape} for input {batch.shape}")
+        return labels
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> float:
+        """Run the model on the inference size so the first request pays no allocation/tuning; seconds."""
+        start = time.perf_counter()
+        size = self.input_size
+        pad = np.array(self.metadata.pad_rgb, dtype=np.uint8)
+        for n in batch_sizes:
+            self.run(np.broadcast_to(pad, (n, size, size, 3)).copy())
+        elapsed = time.perf_counter() - start
+        log.info("warm-up on %s at %dx%d took %.2fs", list(batch_sizes), size, size, elapsed)
+        return elapsed
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Create the ORT session from settings, check the contract and the provider actually in use."""
+    path = Path(settings.model_path)
+    requested = resolve_providers(settings.providers)
+    path = resolve_model_path(path, settings.precision, cuda_active=CUDA in requested)
+    if not path.is_file():
+        raise EngineError(f"model file {path} not found; set SEGMENT_MODEL_PATH to a .onnx file exported "
+                          "with `segment-export export`")
+    options = ort.SessionOptions()
+    # Explicit: ORT's default reads the host's cores, not the container's share.
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=[(p, _provider_options(p)) for p in requested])
+    except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
+        raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
+    metadata = validate_contract(session)
+    active = session.get_providers()[0]
+    if requested and active != requested[0]:
+        # The known trap: CUDA requested, the library or driver missing, ORT quietly runs on CPU.
+        log.warning("requested %s but onnxruntime is running %s (silent fallback)", requested[0], active)
+    if settings.require_gpu and active != CUDA:
+        raise EngineError(f"SEGMENT_REQUIRE_GPU is set but the provider in use is {active} "
+                          f"(requested {requested}, available {ort.get_available_providers()})")
+    engine = Engine(
+        session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
+        intra_op_threads=settings.intra_op_threads,
+        has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()},
+    )
+    log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads", path, metadata.arch,
+             metadata.precision, metadata.num_classes, metadata.input_size, active, settings.intra_op_threads)
+    return engine
+
+
+def prepare(engine: Engine, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox one RGB image to the model's square inference size (pad colour = the mean)."""
+    return letterbox(image, engine.input_size, engine.metadata.pad_rgb)
+
+
+def finish(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """Crop the padding off a label map and resize it back to the original image size."""
+    return unletterbox(labels, info)
+
+
+def segment_images(engine: Engine, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps at original size for RGB uint8 images, synchronously; the service's batcher does the same."""
+    results: list[np.ndarray] = []
+    for start in range(0, len(images), max(1, batch_size)):
+        prepared = [prepare(engine, image) for image in images[start:start + batch_size]]
+        labels = engine.run(np.stack([tensor for tensor, _ in prepared]))
+        results.extend(finish(lab, info) for lab, (_, info) in zip(labels, prepared, strict=True))
+    return results

@@ -1,0 +1,45 @@
+"""Prometheus metrics, one CollectorRegistry per app so several apps (tests) never collide.
+
+The names are a public interface: deployment dashboards and alerts are written against them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """All service metrics, registered on a private registry."""
+
+    def __init__(self, max_batch_size: int = 8) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("segment_requests", "HTTP requests by route template and status code",
+                                ["route", "status"], registry=r)
+        self.request_duration = Histogram("segment_request_duration_seconds", "HTTP request latency",
+                                          ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.stage_duration = Histogram("segment_stage_duration_seconds",
+                                        "Per-request time in each stage: decode, queue, inference, encode",
+                                        ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
+        self.batch_size = Histogram("segment_batch_size", "Images per inference batch",
+                                    buckets=[float(b) for b in batch_buckets], registry=r)
+        self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker", registry=r)
+        self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled", registry=r)
+        self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
+        self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
+                                ["provider", "precision", "arch", "model"], registry=r)
+
+    def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
+        """Publish the loaded model as an info gauge (value 1)."""
+        self.model_info.clear()
+        self.model_info.labels(provider=provider, precision=precision, arch=arch, model=model).set(1)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

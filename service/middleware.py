@@ -1,0 +1,150 @@
+"""Pure-ASGI middleware: request ids + request metrics, API-key auth, and the upload size limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so uploads stream through untouched and the size limit can count bytes as
+they arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming id is echoed only if it is short and harmless in logs and headers.
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id assigned to this request by RequestContextMiddleware."""
+    return scope.get("state", {}).get("request_id")
+
+
+def error_response(error: ApiError, scope: Scope) -> JSONResponse:
+    """The JSON envelope for an ApiError, carrying the request id."""
+    return JSONResponse(error.to_body(request_id_of(scope)), status_code=error.status, headers=error.headers)
+
+
+class RequestContextMiddleware:
+    """Outermost: assigns X-Request-ID, counts every response by route template and status, catches crashes."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, inflight_paths: Iterable[str] = ("/segment",)) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.inflight_paths = frozenset(inflight_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        request_id = incoming if incoming and _SANE_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        tracked = scope["path"] in self.inflight_paths
+        if tracked:
+            self.metrics.inflight.inc()
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answer in our envelope (with the id) before Starlette's generic 500; it sees the response started.
+            log.exception("unhandled error in request %s", request_id)
+            if not started:
+                error = ApiError(500, "internal_error", "internal server error")
+                await error_response(error, scope)(scope, receive, send_with_id)
+            raise
+        finally:
+            if tracked:
+                self.metrics.inflight.dec()
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+            self.metrics.requests.labels(route=label, status=str(status)).inc()
+            self.metrics.request_duration.labels(route=label).observe(time.perf_counter() - t0)
+
+
+class ApiKeyMiddleware:
+    """401 `unauthorized` unless `X-API-Key: <key>` or `Authorization: Bearer <key>` matches a configured key."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str],
+                 public_prefixes: Iterable[str] = ()) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.public_paths = frozenset(public_paths)
+        self.public_prefixes = tuple(public_prefixes)
+
+    def _allowed(self, headers: Headers) -> bool:
+        candidate = headers.get("x-api-key")
+        if candidate is None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            candidate = token.strip() if scheme.lower() == "bearer" else None
+        if not candidate:
+            return False
+        # compare_digest against every key: timing reveals nothing about which prefix matched.
+        return any(secrets.compare_digest(candidate.encode(), key) for key in self.keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS"
+                or scope["path"] in self.public_paths or scope["path"].startswith(self.public_prefixes)
+                or self._allowed(Headers(scope=scope))):
+            await self.app(scope, receive, send)
+            return
+        error = ApiError(401, "unauthorized", "missing or invalid API key (send X-API-Key or "
+                         "Authorization: Bearer)", {"WWW-Authenticate": "Bearer"})
+        await error_response(error, scope)(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 `payload_too_large` for bodies over `max_bytes`: from Content-Length before reading anything, and by
+    counting the streamed bytes (chunked uploads, lying headers) so a body is never read whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> ApiError:
+        return ApiError(413, "payload_too_large", f"upload exceeds the limit of {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._error(), scope)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the handler's body read, answered by the ApiError handler.
+                    raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
