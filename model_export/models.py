@@ -134,33 +134,38 @@ def _assemble(net: resnet.ResNet, head: nn.Module, aux_in: int | None, num_class
 
 
 def deeplabv2_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                        caffe_style: bool = True) -> SegmentationModel:
-    """The seed model: ResNet-101 at output stride 8, summed ASPP at rates 6/12/18/24."""
-    net = _resnet([3, 4, 23, 3], output_stride)
+                        caffe_style: bool = True, base_width: int = 64) -> SegmentationModel:
+    """The seed model: ResNet-101 at output stride 8, summed ASPP at rates 6/12/18/24.
+
+    `base_width` < 64 keeps the depth and structure with fewer channels (for fast tests).
+    """
+    net = _resnet([3, 4, 23, 3], output_stride, base_width)
     if caffe_style:
         _caffe_style(net)
-    head = ASPPSum(2048, num_classes)
-    return _assemble(net, head, 1024 if aux_loss else None, num_classes, "deeplabv2_resnet101",
+    head = ASPPSum(base_width * 32, num_classes)
+    return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_resnet101",
                      "imagenet", output_stride)
 
 
 def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: bool,
-               output_stride: int) -> SegmentationModel:
-    net = _resnet(layers, output_stride)
-    head = DeepLabHead(2048, num_classes)
-    return _assemble(net, head, 1024 if aux_loss else None, num_classes, arch, "imagenet", output_stride)
+               output_stride: int, base_width: int) -> SegmentationModel:
+    net = _resnet(layers, output_stride, base_width)
+    in_ch = base_width * 32
+    head = DeepLabHead(in_ch, num_classes) if base_width == 64 else ThinDeepLabHead(in_ch, num_classes)
+    return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, arch, "imagenet",
+                     output_stride)
 
 
-def deeplabv3_resnet50(num_classes: int = 21, aux_loss: bool = False,
-                       output_stride: int = 8) -> SegmentationModel:
+def deeplabv3_resnet50(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
+                       base_width: int = 64) -> SegmentationModel:
     """torchvision's deeplabv3_resnet50 layout (ASPP with image pooling, rates 12/24/36)."""
-    return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride)
+    return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride, base_width)
 
 
-def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False,
-                        output_stride: int = 8) -> SegmentationModel:
+def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
+                        base_width: int = 64) -> SegmentationModel:
     """torchvision's deeplabv3_resnet101 layout."""
-    return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride)
+    return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride, base_width)
 
 
 def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
