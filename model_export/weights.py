@@ -1,0 +1,337 @@
+"""Load weights into our architectures: torchvision's published deeplabv3 `.pth` files, downloaded by their
+well-known URL with the torchvision sha256-prefix check and a local cache, and the project's own checkpoints.
+
+Every failure a user can cause (no network, bad hash, truncated file, wrong keys) raises `WeightsError` with
+one readable message; the CLI prints it without a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .models import SegmentationModel, build_model
+
+log = logging.getLogger(__name__)
+
+# torchvision's published COCO-trained (VOC label set) deeplabv3 weights; see
+# torchvision/models/segmentation/deeplabv3.py (DeepLabV3_ResNet*_Weights.COCO_WITH_VOC_LABELS_V1).
+DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
+PUBLISHED: dict[str, str] = {
+    "deeplabv3_resnet50": "deeplabv3_resnet50_coco-cd0a2569.pth",
+    "deeplabv3_resnet101": "deeplabv3_resnet101_coco-586e9e4e.pth",
+}
+# torchvision evaluates these weights after resizing the short side to 520.
+PUBLISHED_INPUT_SIZE = 520
+BASE_URL_ENV = "SEGMENT_WEIGHTS_BASE_URL"
+CACHE_ENV = "SEGMENT_CACHE_DIR"
+# A short socket timeout: with no network we want to fail in seconds, not minutes.
+CONNECT_TIMEOUT_S = 10.0
+# torch.hub's convention: the sha256 prefix sits between the last '-' and the extension.
+_HASH_RE = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
+_MAX_LISTED = 8
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be fetched, read or loaded; the message says what to do."""
+
+
+@dataclass
+class WeightsInfo:
+    """Where a model's weights came from and what they expect."""
+
+    kind: str  # "torchvision" | "project"
+    arch: str
+    num_classes: int
+    source: str
+    sha256: str = ""
+    classes: list[str] | None = None
+    input_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """The weights cache: `override`, else $SEGMENT_CACHE_DIR, else ~/.cache/segment-service."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "segment-service"
+
+
+def hash_prefix(file_name: str) -> str | None:
+    """The sha256 prefix embedded in a torchvision-style file name (`name-<hex>.pth`), or None."""
+    match = _HASH_RE.search(file_name)
+    return match.group(1) if match else None
+
+
+def published_url(name: str, base_url: str | None = None) -> str:
+    """The download URL of a published model name; the base URL can be overridden (mirrors, tests)."""
+    if name not in PUBLISHED:
+        raise WeightsError(f"no published weights named {name!r}; choose one of {sorted(PUBLISHED)}")
+    base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    return base.rstrip("/") + "/" + PUBLISHED[name]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_hash(path: Path, expected_prefix: str | None) -> str:
+    """Full sha256 of `path`; if it does not start with `expected_prefix` the file is deleted and we raise."""
+    digest = _sha256(path)
+    if expected_prefix and not digest.startswith(expected_prefix):
+        path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"sha256 of {path.name} is {digest[:16]}..., expected it to start with {expected_prefix}; "
+            f"the file is corrupt or not the published one and was removed from the cache ({path})"
+        )
+    return digest
+
+
+def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT_TIMEOUT_S,
+          progress: bool = True) -> tuple[Path, str]:
+    """Return (local path, sha256) for `url`, downloading into the cache unless a verified copy is there.
+
+    The download streams to a `.part` file and is renamed only after the hash check passes, so an
+    interrupted or corrupt download never poisons the cache.
+    """
+    file_name = url.rstrip("/").rsplit("/", 1)[-1]
+    prefix = hash_prefix(file_name)
+    folder = cache_dir(cache)
+    target = folder / file_name
+    if target.exists():
+        log.info("using cached %s", target)
+        return target, verify_hash(target, prefix)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    manual = (f"download it by other means from {url} and save it as {target} "
+              "(the sha256 must start with the hex after the last '-'); a re-run then uses it")
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "segment-service"})
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=file_name,
+                      disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if total is not None and part.stat().st_size != total:
+            raise WeightsError(f"download of {url} ended after {part.stat().st_size} of {total} bytes; "
+                               f"retry, or {manual}")
+    except WeightsError:
+        part.unlink(missing_ok=True)
+        raise
+    except urllib.error.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise WeightsError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; {manual}") from None
+    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise WeightsError(f"cannot download {url} ({reason}); no network? {manual}") from None
+    digest = verify_hash(part, prefix)
+    part.replace(target)
+    log.info("saved %s (sha256 %s)", target, digest)
+    return target, digest
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
+    """`torch.load` a file safely (tensors and plain containers only), turning failures into WeightsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line[:300]}"
+        ) from None
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
+    return obj
+
+
+def is_project_checkpoint(obj: Mapping[str, Any]) -> bool:
+    """The project's training checkpoints are dicts that name their arch next to the state_dict."""
+    return "state_dict" in obj and "arch" in obj
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a checkpoint: a bare state_dict, or one under `state_dict`/`model`
+    (torchvision's reference scripts use `model`). A DataParallel `module.` prefix is stripped."""
+    for key in ("state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError("the file holds no tensors: it is not a state_dict")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                            what: str = "checkpoint") -> None:
+    """`load_state_dict(strict=True)`, but a mismatch raises one WeightsError listing missing keys,
+    unexpected keys and shape mismatches (long lists summarised)."""
+    expected = model.state_dict()
+    state = dict(state_dict)
+    # Files saved before BatchNorm counted batches lack these buffers; they do not affect inference.
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                    for k, v in expected.items() if k in state and state[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {_listing(shapes)}")
+        arch = getattr(model, "arch", type(model).__name__)
+        raise WeightsError(f"{what} does not fit {arch}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+def infer_torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """deeplabv3_resnet50 or _resnet101 from the depth of layer3 (6 or 23 blocks) in a torchvision file."""
+    blocks = {k.split(".")[2] for k in state_dict if k.startswith("backbone.layer3.")}
+    depth = {6: "deeplabv3_resnet50", 23: "deeplabv3_resnet101"}.get(len(blocks))
+    if depth is None:
+        raise WeightsError(
+            f"cannot tell the architecture of this state_dict (backbone.layer3 has {len(blocks)} blocks); "
+            "pass arch explicitly"
+        )
+    return depth
+
+
+def load_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str | None = None, *,
+                                keep_aux: bool = True, what: str = "state_dict") -> SegmentationModel:
+    """Build `arch` with the file's class count and aux head (if any) and load it with strict checking.
+
+    With keep_aux=False the aux head's keys are dropped and the model is built without it, which is what
+    inference and export want.
+    """
+    arch = arch or infer_torchvision_arch(state_dict)
+    head = "classifier.4.weight"
+    if head not in state_dict:
+        raise WeightsError(f"{what} has no {head}: not a torchvision deeplabv3 layout "
+                           f"(first keys: {_listing(sorted(state_dict))})")
+    num_classes = int(state_dict[head].shape[0])
+    has_aux = any(k.startswith("aux_classifier.") for k in state_dict)
+    if not keep_aux:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_classifier.")}
+    try:
+        model = build_model(arch, num_classes, aux_loss=has_aux and keep_aux)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"cannot build {arch}: {exc}") from None
+    load_state_dict_checked(model, state_dict, what)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- project
+
+def _project_loader() -> Any:
+    """The training helper's `load_checkpoint_model`, wherever it lives (checkpoint.py or train.py)."""
+    import importlib
+
+    for name in ("model_export.checkpoint", "model_export.train"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        loader = getattr(module, "load_checkpoint_model", None)
+        if loader is not None:
+            return loader
+    return None
+
+
+def _load_project(path: Path, obj: Mapping[str, Any]) -> tuple[SegmentationModel, WeightsInfo]:
+    loader = _project_loader()
+    if loader is not None:
+        loaded = loader(path)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    else:
+        # Minimal fallback that reads the documented checkpoint keys (arch, num_classes, model_kwargs).
+        kwargs = obj.get("model_kwargs")
+        kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+        state = extract_state_dict(obj)
+        try:
+            model = build_model(str(obj["arch"]), int(obj.get("num_classes") or 21), **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"cannot build {obj['arch']} from {path}: {exc}") from None
+        if obj.get("preprocessing"):
+            model.preprocessing = str(obj["preprocessing"])
+        load_state_dict_checked(model, state, f"checkpoint {path.name}")
+    classes = obj.get("classes")
+    info = WeightsInfo(
+        kind="project", arch=str(obj["arch"]), num_classes=int(obj.get("num_classes") or len(classes or []) or 0),
+        source=f"checkpoint {path.name}", sha256=_sha256(path),
+        classes=list(classes) if classes else None,
+        input_size=int(obj["input_size"]) if obj.get("input_size") else None,
+    )
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux: bool = True,
+                 cache: str | Path | None = None, base_url: str | None = None
+                 ) -> tuple[SegmentationModel, WeightsInfo]:
+    """Load any weights we understand into an eval-mode model.
+
+    `path_or_name` is a file (a torchvision deeplabv3 state_dict, or a project training checkpoint) or the
+    name of a published torchvision model (`deeplabv3_resnet101`), which is fetched through the cache.
+    """
+    source_url = None
+    if str(path_or_name) in PUBLISHED and not Path(path_or_name).exists():
+        source_url = published_url(str(path_or_name), base_url)
+        path, digest = fetch(source_url, cache=cache)
+        arch = arch or str(path_or_name)
+    else:
+        path, digest = Path(path_or_name), ""
+    obj = read_checkpoint(path)
+    if is_project_checkpoint(obj):
+        return _load_project(path, obj)
+    model = load_torchvision_state_dict(extract_state_dict(obj), arch, keep_aux=keep_aux,
+                                        what=f"weights file {path.name}")
+    info = WeightsInfo(
+        kind="torchvision", arch=model.arch, num_classes=int(model.classifier[-1].out_channels),
+        source=source_url or f"file {path.name}", sha256=digest or _sha256(path),
+        input_size=PUBLISHED_INPUT_SIZE,
+    )
+    return model, info

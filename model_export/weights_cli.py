@@ -1,0 +1,72 @@
+"""`segment-export pretrained NAME`: fetch torchvision's published deeplabv3 weights and export them to ONNX."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from service.contract import VOC_CLASSES
+
+from .weights import (
+    BASE_URL_ENV,
+    CACHE_ENV,
+    PUBLISHED,
+    PUBLISHED_INPUT_SIZE,
+    WeightsError,
+    cache_dir,
+    extract_state_dict,
+    fetch,
+    load_torchvision_state_dict,
+    published_url,
+    read_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `pretrained` subcommand."""
+    p = subparsers.add_parser(
+        "pretrained", help="download torchvision's published deeplabv3 weights and export them to ONNX",
+        description="Download (or reuse from the cache) torchvision's COCO-trained deeplabv3 weights with "
+                    "the 21 VOC classes, check the sha256 prefix in the file name, and export the ONNX contract.",
+    )
+    p.add_argument("name", choices=sorted(PUBLISHED), help="published model")
+    p.add_argument("-o", "--output", type=Path, default=None, help="ONNX path (default: <name>.onnx)")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"where downloads are kept (default: ${CACHE_ENV} or ~/.cache/segment-service)")
+    p.add_argument("--base-url", default=None,
+                   help=f"mirror to download from instead of download.pytorch.org (or ${BASE_URL_ENV})")
+    p.add_argument("--url", default=None,
+                   help="full URL of a file with the same layout; its name must follow the torchvision "
+                        "'<name>-<sha256 prefix>.pth' convention")
+    p.add_argument("--confidence", action="store_true", help="also output the uint8 confidence map")
+    p.add_argument("--keep-aux", action="store_true",
+                   help="keep the auxiliary FCN head (unused at inference; off by default)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch, convert and export; user-facing failures become CliError."""
+    from .cli import CliError
+    from .export import build_metadata, export_onnx
+
+    try:
+        url = args.url or published_url(args.name, args.base_url)
+        path, digest = fetch(url, cache=args.cache_dir)
+        state = extract_state_dict(read_checkpoint(path))
+        model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
+                                            what=f"weights file {path.name}")
+    except WeightsError as exc:
+        raise CliError(str(exc)) from None
+    num_classes = int(model.classifier[-1].out_channels)
+    classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+    meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=PUBLISHED_INPUT_SIZE,
+                          source=url, source_sha256=digest,
+                          extra={"weights": "torchvision COCO_WITH_VOC_LABELS_V1"})
+    out = args.output or Path(f"{args.name}.onnx")
+    export_onnx(model, out, meta, confidence=args.confidence)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {url} (sha256 {digest}); "
+          f"cache: {cache_dir(args.cache_dir)}")
+    return 0
