@@ -1,0 +1,147 @@
+"""Raster outputs: the class-id palette PNG, the colour PNG and the overlay blended over the input.
+
+Speed notes (1024×768 VOC-style mask, 2-core CPU; see the report in the commit history for the numbers):
+- Colourising goes through Pillow's palette → RGB conversion (a C lookup, ~2 ms) instead of numpy fancy
+  indexing `lut[labels]` (~17 ms).
+- PNGs use zlib's Z_RLE strategy: label maps are long runs, so RLE compresses them to about the size of zlib
+  level 6 at a tenth of the time, and the level barely matters. The palette PNG takes ~2 ms.
+- The RGB PNG goes through OpenCV's libpng with the "Up" filter: Pillow always runs PNG's adaptive filter
+  search on RGB, which alone costs ~40 ms here.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# With Z_RLE the zlib level changes size and time by a few percent only; 1 keeps the worst case (noisy maps)
+# cheap.
+DEFAULT_PNG_COMPRESS_LEVEL = 1
+DEFAULT_JPEG_QUALITY = 90
+_Z_RLE = 3  # zlib strategy constant (zlib.Z_RLE), which Pillow takes as `compress_type`
+
+Palette = Sequence[Sequence[int]]
+
+
+def palette_lut(palette: Palette) -> np.ndarray:
+    """A (256, 3) uint8 lookup table: row i is the colour of class i; ids beyond the palette are black.
+
+    `lut[labels]` colourises a label map with numpy; `colorize` does the same several times faster.
+    """
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    colours = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:256]
+    if colours.size and (colours.min() < 0 or colours.max() > 255):
+        raise ValueError("palette colours must be in 0..255")
+    lut[: len(colours)] = colours
+    return lut
+
+
+def _check_labels(labels: np.ndarray) -> None:
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"labels must be a 2-D uint8 array, got {labels.dtype} {labels.shape}")
+
+
+def _palette_image(labels: np.ndarray, lut: np.ndarray, n_colours: int = 256) -> Image.Image:
+    img = Image.fromarray(np.ascontiguousarray(labels))  # mode "L"; putpalette makes it "P" in place
+    img.putpalette(lut[:n_colours].tobytes(), rawmode="RGB")
+    return img
+
+
+def colorize(labels: np.ndarray, palette: Palette, *, bgr: bool = False) -> np.ndarray:
+    """H×W×3 uint8 image of the class colours (RGB, or BGR for OpenCV)."""
+    _check_labels(labels)
+    lut = palette_lut(palette)
+    if bgr:
+        lut = np.ascontiguousarray(lut[:, ::-1])
+    return np.asarray(_palette_image(labels, lut).convert("RGB"))
+
+
+def _png(img: Image.Image, compress_level: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level, compress_type=_Z_RLE)
+    return buf.getvalue()
+
+
+def encode_labels_png(
+    labels: np.ndarray, palette: Palette, *, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL
+) -> bytes:
+    """A palette ("P" mode) PNG whose pixel values are the class ids, as VOC ground truth is stored.
+
+    The PLTE chunk holds enough colours for both the palette and the largest id present, so models with 16
+    classes or fewer get a 4-bit PNG.
+    """
+    _check_labels(labels)
+    n_colours = max(len(palette), int(labels.max()) + 1 if labels.size else 1)
+    return _png(_palette_image(labels, palette_lut(palette), min(256, max(1, n_colours))), compress_level)
+
+
+# OpenCV ≥ 4.11 lets us pick the PNG filter; older builds fall back to libpng's default choice.
+_CV_PNG_PARAMS = [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    _CV_PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
+def encode_color_png(
+    labels: np.ndarray, palette: Palette, *, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL
+) -> bytes:
+    """An RGB PNG with every pixel painted in its class colour."""
+    bgr = colorize(labels, palette, bgr=True)  # imencode takes BGR and writes an RGB PNG
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compress_level, *_CV_PNG_PARAMS])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode the colour PNG")
+    return buf.tobytes()
+
+
+def blend_overlay(
+    image: np.ndarray, labels: np.ndarray, palette: Palette, alpha: float, *, blend_background: bool = False
+) -> np.ndarray:
+    """`image·(1−alpha) + colour·alpha`; background (class 0) pixels keep the input unless `blend_background`."""
+    _check_labels(labels)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 HxWx3, got {image.dtype} {image.shape}")
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within 0..1, got {alpha}")
+    colour = colorize(labels, palette)
+    # cv2.addWeighted is a rounding, saturating SIMD blend, far faster than float numpy on large images.
+    blended = cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
+    if not blend_background:
+        cv2.copyTo(image, (labels == 0).view(np.uint8), blended)  # ~0.2 ms; np.copyto(where=) takes ~14 ms
+    return blended
+
+
+def encode_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: Palette,
+    alpha: float,
+    fmt: str = "jpeg",
+    *,
+    blend_background: bool = False,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+) -> bytes:
+    """The class colours blended over the input image, as JPEG (default) or PNG.
+
+    Background (class 0) is left unblended by default so the photo stays readable; `blend_background=True`
+    tints it too. `fmt` is "jpeg" (or "jpg") or "png".
+    """
+    fmt = fmt.lower()
+    if fmt not in ("jpeg", "jpg", "png"):
+        raise ValueError(f"overlay format must be 'jpeg' or 'png', got {fmt!r}")
+    blended = blend_overlay(image, labels, palette, alpha, blend_background=blend_background)
+    if fmt == "png":
+        # a photo: zlib's default strategy with libpng's adaptive filters suits it better than RLE
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+        if not ok:
+            raise RuntimeError("OpenCV failed to encode the overlay PNG")
+        return buf.tobytes()
+    out = io.BytesIO()
+    Image.fromarray(blended).save(out, format="JPEG", quality=jpeg_quality)
+    return out.getvalue()
