@@ -10,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm import tqdm
 
+from .checkpoint import CheckpointError, load_checkpoint_model
+from .checkpoint import read_checkpoint as read_training_checkpoint
+from .cli import CliError
 from .models import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
@@ -43,22 +46,10 @@ _HASH_RE = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 _MAX_LISTED = 8
 
 
-class WeightsError(ValueError):
-    """A weights file cannot be fetched, read or loaded; the message says what to do."""
+class WeightsError(CliError, ValueError):
+    """A weights file cannot be fetched, read or loaded; the message says what to do.
 
-
-@dataclass
-class WeightsInfo:
-    """Where a model's weights came from and what they expect."""
-
-    kind: str  # "torchvision" | "project"
-    arch: str
-    num_classes: int
-    source: str
-    sha256: str = ""
-    classes: list[str] | None = None
-    input_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    It is a CliError, so any `segment-export` subcommand that loads weights prints it as one clean line."""
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -153,6 +144,13 @@ def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT
 
 # ---------------------------------------------------------------------------------------------- reading
 
+def _raise_unreadable(path: Path, exc: Exception) -> NoReturn:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise WeightsError(
+        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line[:300]}"
+    ) from None
+
+
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     """`torch.load` a file safely (tensors and plain containers only), turning failures into WeightsError."""
     path = Path(path)
@@ -160,11 +158,12 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
         raise WeightsError(f"weights file {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "can still be loaded" in str(exc):
+            raise  # a complete pickle holding more than tensors (e.g. a training checkpoint's RNG state)
+        _raise_unreadable(path, exc)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line[:300]}"
-        ) from None
+        _raise_unreadable(path, exc)
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
     return obj
@@ -263,59 +262,34 @@ def load_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor], arch: st
 
 # ---------------------------------------------------------------------------------------------- project
 
-def _project_loader() -> Any:
-    """The training helper's `load_checkpoint_model`, wherever it lives (checkpoint.py or train.py)."""
-    import importlib
-
-    for name in ("model_export.checkpoint", "model_export.train"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        loader = getattr(module, "load_checkpoint_model", None)
-        if loader is not None:
-            return loader
-    return None
-
-
-def _load_project(path: Path, obj: Mapping[str, Any]) -> tuple[SegmentationModel, WeightsInfo]:
-    loader = _project_loader()
-    if loader is not None:
-        loaded = loader(path)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-    else:
-        # Minimal fallback that reads the documented checkpoint keys (arch, num_classes, model_kwargs).
-        kwargs = obj.get("model_kwargs")
-        kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
-        state = extract_state_dict(obj)
-        try:
-            model = build_model(str(obj["arch"]), int(obj.get("num_classes") or 21), **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise WeightsError(f"cannot build {obj['arch']} from {path}: {exc}") from None
-        if obj.get("preprocessing"):
-            model.preprocessing = str(obj["preprocessing"])
-        load_state_dict_checked(model, state, f"checkpoint {path.name}")
-    classes = obj.get("classes")
-    info = WeightsInfo(
-        kind="project", arch=str(obj["arch"]), num_classes=int(obj.get("num_classes") or len(classes or []) or 0),
-        source=f"checkpoint {path.name}", sha256=_sha256(path),
-        classes=list(classes) if classes else None,
-        input_size=int(obj["input_size"]) if obj.get("input_size") else None,
-    )
-    return model.eval(), info
+def _load_project(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+    """A training checkpoint, through model_export.checkpoint (the training side owns that format)."""
+    try:
+        model, meta = load_checkpoint_model(path)
+    except CheckpointError as exc:
+        raise WeightsError(str(exc).strip().splitlines()[0]) from None
+    except RuntimeError:
+        # A strict load_state_dict mismatch: explain it key by key instead of torch's wall of text.
+        ckpt = read_training_checkpoint(path)
+        model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+        load_state_dict_checked(model, ckpt["state_dict"], f"checkpoint {path.name}")
+        raise
+    info = {**meta, "kind": "project", "sha256": _sha256(path),
+            "source": meta.get("source") or f"checkpoint {path.name}"}
+    return model, info
 
 
 # ---------------------------------------------------------------------------------------------- entry point
 
 def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux: bool = True,
                  cache: str | Path | None = None, base_url: str | None = None
-                 ) -> tuple[SegmentationModel, WeightsInfo]:
-    """Load any weights we understand into an eval-mode model.
+                 ) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Load any weights we understand into an eval-mode model; returns (model, info).
 
     `path_or_name` is a file (a torchvision deeplabv3 state_dict, or a project training checkpoint) or the
     name of a published torchvision model (`deeplabv3_resnet101`), which is fetched through the cache.
+    `info` always has kind ("torchvision" | "project"), arch, num_classes, source, sha256, classes (or None)
+    and input_size; a training checkpoint adds its own fields (palette, iteration, args, ...).
     """
     source_url = None
     if str(path_or_name) in PUBLISHED and not Path(path_or_name).exists():
@@ -324,14 +298,17 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
         arch = arch or str(path_or_name)
     else:
         path, digest = Path(path_or_name), ""
-    obj = read_checkpoint(path)
-    if is_project_checkpoint(obj):
-        return _load_project(path, obj)
+    try:
+        obj = read_checkpoint(path)
+    except pickle.UnpicklingError:
+        return _load_project(path)  # says clearly if it is not one of ours either
+    if obj.get("format") is not None or is_project_checkpoint(obj):
+        return _load_project(path)
     model = load_torchvision_state_dict(extract_state_dict(obj), arch, keep_aux=keep_aux,
                                         what=f"weights file {path.name}")
-    info = WeightsInfo(
-        kind="torchvision", arch=model.arch, num_classes=int(model.classifier[-1].out_channels),
-        source=source_url or f"file {path.name}", sha256=digest or _sha256(path),
-        input_size=PUBLISHED_INPUT_SIZE,
-    )
+    info = {
+        "kind": "torchvision", "arch": model.arch, "num_classes": int(model.classifier[-1].out_channels),
+        "source": source_url or f"file {path.name}", "sha256": digest or _sha256(path), "classes": None,
+        "input_size": PUBLISHED_INPUT_SIZE if source_url else None,
+    }
     return model, info

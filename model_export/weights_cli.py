@@ -13,7 +13,6 @@ from .weights import (
     CACHE_ENV,
     PUBLISHED,
     PUBLISHED_INPUT_SIZE,
-    WeightsError,
     cache_dir,
     extract_state_dict,
     fetch,
@@ -48,18 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fetch, convert and export; user-facing failures become CliError."""
-    from .cli import CliError
+    """Fetch, convert and export."""
     from .export import build_metadata, export_onnx
 
-    try:
-        url = args.url or published_url(args.name, args.base_url)
-        path, digest = fetch(url, cache=args.cache_dir)
-        state = extract_state_dict(read_checkpoint(path))
-        model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
-                                            what=f"weights file {path.name}")
-    except WeightsError as exc:
-        raise CliError(str(exc)) from None
+    # WeightsError is a CliError: no network, a bad hash or a bad file end as one clear line.
+    url = args.url or published_url(args.name, args.base_url)
+    path, digest = fetch(url, cache=args.cache_dir)
+    state = extract_state_dict(read_checkpoint(path))
+    model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
+                                        what=f"weights file {path.name}")
     num_classes = int(model.classifier[-1].out_channels)
     classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
     meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=PUBLISHED_INPUT_SIZE,

@@ -82,7 +82,7 @@ def test_old_files_and_dataparallel_prefix_load(thin_state, tmp_path) -> None:
     for key, value in model.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(value, thin_state[key]), key
-    assert info.num_classes == 21 and info.kind == "torchvision"
+    assert info["num_classes"] == 21 and info["kind"] == "torchvision"
 
 
 def test_not_a_state_dict(tmp_path) -> None:
@@ -90,3 +90,36 @@ def test_not_a_state_dict(tmp_path) -> None:
         load_weights(_save([1, 2, 3], tmp_path / "list.pth"))
     with pytest.raises(WeightsError, match="no tensors"):
         load_weights(_save({"epoch": 3}, tmp_path / "empty.pth"))
+
+
+def _training_checkpoint(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
+    from model_export.checkpoint import rng_state, save_checkpoint
+
+    return save_checkpoint(tmp_path / "train.pt", {
+        "arch": "deeplabv3_thin", "num_classes": 21, "model_kwargs": {}, "preprocessing": "imagenet",
+        "classes": [f"c{i}" for i in range(21)], "input_size": 96, "state_dict": state,
+        "rng": rng_state(), "source": "tests",
+    })
+
+
+def test_project_training_checkpoint_loads_through_checkpoint_module(thin_state, tmp_path) -> None:
+    # The RNG state holds numpy arrays, which the weights-only unpickler refuses: dispatch must still work.
+    model, info = load_weights(_training_checkpoint(tmp_path, thin_state))
+    assert info["kind"] == "project" and info["arch"] == "deeplabv3_thin"
+    assert info["classes"][3] == "c3" and info["input_size"] == 96 and len(info["sha256"]) == 64
+    assert all(torch.equal(v, thin_state[k]) for k, v in model.state_dict().items())
+
+
+def test_mismatched_training_checkpoint_lists_keys(thin_state, tmp_path) -> None:
+    state = dict(thin_state)
+    del state["classifier.4.weight"]
+    with pytest.raises(WeightsError, match=r"checkpoint train.pt does not fit.*missing keys: classifier.4.weight"):
+        load_weights(_training_checkpoint(tmp_path, state))
+
+
+def test_foreign_pickle_is_refused_clearly(tmp_path) -> None:
+    import numpy as np
+
+    path = _save({"weights": np.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(WeightsError, match=r"not a model_export\.train checkpoint"):
+        load_weights(path)

@@ -47,7 +47,7 @@ def test_fetch_downloads_verifies_and_reuses_cache(served_dir, closed_port_url, 
     again, got_again = fetch(closed_port_url + served.name, cache=cache, progress=False)
     assert again == path and got_again == digest
     model, info = load_weights(path, arch="deeplabv3_thin")
-    assert info.kind == "torchvision" and info.sha256 == digest
+    assert info["kind"] == "torchvision" and info["sha256"] == digest
     assert model.aux_classifier is not None
     model_no_aux, _ = load_weights(path, arch="deeplabv3_thin", keep_aux=False)
     assert model_no_aux.aux_classifier is None

@@ -56,7 +56,7 @@ def test_published_layout_loads_strict_with_and_without_aux(torchvision_model, e
     _, _, digest, cached = exported
     reference = torchvision_model.state_dict()
     model, info = load_weights(cached)  # arch inferred from the layer3 depth
-    assert info.arch == "deeplabv3_resnet50" and info.sha256 == digest
+    assert info["arch"] == "deeplabv3_resnet50" and info["sha256"] == digest
     ours = model.state_dict()
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
