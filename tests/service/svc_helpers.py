@@ -1,0 +1,141 @@
+"""Helpers for the service tests: hand-made ONNX models, images, and a live uvicorn server in a thread."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import uvicorn
+from onnx import TensorProto, helper
+from PIL import Image
+
+from service.app import create_app
+from service.contract import ModelMetadata, voc_colormap
+from service.settings import Settings
+
+RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
+
+
+def make_rule_model(path: Path, *, input_size: int = 96, metadata: bool = True, input_dtype: int = TensorProto.UINT8,
+                    labels_dtype: int = TensorProto.UINT8, fixed_hw: int | None = None) -> Path:
+    """A small real ONNX graph with a predictable answer: the dominant channel of each pixel is its class
+    (R→1, G→2, B→3), pixels whose brightest channel is below 64 are background (0).
+
+    The tiny random DeepLab answers one class everywhere, which would let label-mapping bugs through; this
+    model gives rich, known label maps and still goes through onnxruntime and the ONNX contract.
+    """
+    h = fixed_hw or "height"
+    w = fixed_hw or "width"
+    image = helper.make_tensor_value_info("image", input_dtype, ["batch", h, w, 3])
+    labels = helper.make_tensor_value_info("labels", labels_dtype, ["batch", h, w])
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["x", "axis"], ["peak"], keepdims=0),
+        helper.make_node("Less", ["peak", "threshold"], ["dark"]),
+        helper.make_node("ArgMax", ["x"], ["channel"], axis=3, keepdims=0),
+        helper.make_node("Add", ["channel", "one"], ["cls"]),
+        helper.make_node("Where", ["dark", "zero", "cls"], ["chosen"]),
+        helper.make_node("Cast", ["chosen"], ["labels"], to=labels_dtype),
+    ]
+    inits = [
+        helper.make_tensor("axis", TensorProto.INT64, [1], [3]),
+        helper.make_tensor("threshold", TensorProto.FLOAT, [], [64.0]),
+        helper.make_tensor("one", TensorProto.INT64, [], [1]),
+        helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+    ]
+    graph = helper.make_graph(nodes, "rule", [image], [labels], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    if metadata:
+        meta = ModelMetadata(classes=RULE_CLASSES, palette=voc_colormap(5), input_size=input_size, arch="rule",
+                             source="tests: hand-written graph")
+        helper.set_model_props(model, meta.to_props())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def with_input_size(src: Path, dst: Path, input_size: int) -> Path:
+    """A copy of a contract model whose metadata asks for another inference size."""
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == "input_size":
+            prop.value = str(input_size)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scene(width: int = 150, height: int = 100) -> np.ndarray:
+    """A synthetic RGB scene at any size: dark background, a red square with a blue hole, a green bar and a
+    red gradient (whose dark end is background)."""
+    img = np.full((height, width, 3), 20, np.uint8)
+
+    def box(x0: float, y0: float, x1: float, y1: float) -> tuple[slice, slice]:
+        return slice(int(y0 * height), int(y1 * height)), slice(int(x0 * width), int(x1 * width))
+
+    img[box(0.07, 0.1, 0.4, 0.6)] = (220, 30, 30)
+    img[box(0.17, 0.25, 0.3, 0.45)] = (30, 30, 220)
+    img[box(0.13, 0.7, 0.87, 0.9)] = (30, 200, 40)
+    rows, cols = box(0.53, 0.05, 0.93, 0.5)
+    ramp = np.linspace(0, 255, cols.stop - cols.start, dtype=np.uint8)
+    img[rows, cols, 0] = ramp[None, :]
+    return img
+
+
+class LiveServer:
+    """uvicorn running `create_app(settings)` in a thread, on a socket bound before it starts (no port race)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def state(self):
+        return self.app.state.service
+
+    def start(self, wait_ready: bool = True) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        if wait_ready:
+            with httpx.Client(base_url=self.url) as client:
+                while client.get("/readyz").status_code != 200:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("server never became ready")
+                    time.sleep(0.02)
+        return self
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copyfile(src, dst)
+    return dst

@@ -1,0 +1,114 @@
+"""Engine: contract checks at load, provider selection, precision variants, the shared sync path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+
+from service.contract import ContractError
+from service.engine import (
+    CPU,
+    CUDA,
+    EngineError,
+    load_engine,
+    resolve_model_path,
+    resolve_providers,
+    segment_images,
+)
+from service.imaging import letterbox, unletterbox
+from service.settings import Settings
+from tests.service.svc_helpers import RULE_CLASSES, make_rule_model, scene
+
+
+def settings_for(model: Path, **kw) -> Settings:
+    return Settings(model_path=model, **kw)
+
+
+def test_loads_tiny_deeplab_and_reads_metadata(tiny_onnx_model: Path) -> None:
+    engine = load_engine(settings_for(tiny_onnx_model, intra_op_threads=1))
+    assert engine.metadata.classes == ["background", "red", "green", "blue", "stripes"]
+    assert engine.input_size == 64
+    assert engine.provider == CPU == engine.session.get_providers()[0]
+    assert engine.session.get_session_options().intra_op_num_threads == 1
+    assert engine.name == "tiny"
+    assert not engine.has_confidence
+
+
+def test_confidence_output_is_detected(tiny_onnx_model_with_confidence: Path) -> None:
+    assert load_engine(settings_for(tiny_onnx_model_with_confidence)).has_confidence
+
+
+def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "bare.onnx", metadata=False)
+    with pytest.raises(ContractError, match="metadata"):
+        load_engine(settings_for(model))
+
+
+def test_wrong_input_dtype_is_refused(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "float_in.onnx", input_dtype=TensorProto.FLOAT)
+    with pytest.raises(ContractError, match=r"input 'image' must be uint8.*tensor\(float\)"):
+        load_engine(settings_for(model))
+
+
+def test_wrong_labels_dtype_is_refused(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "int64_out.onnx", labels_dtype=TensorProto.INT64)
+    with pytest.raises(ContractError, match=r"output 'labels' must be uint8.*tensor\(int64\)"):
+        load_engine(settings_for(model))
+
+
+def test_missing_and_garbage_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"not found.*SEGMENT_MODEL_PATH"):
+        load_engine(settings_for(tmp_path / "nope.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ContractError, match="cannot load"):
+        load_engine(settings_for(junk))
+
+
+def test_provider_resolution() -> None:
+    assert resolve_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert resolve_providers("auto", [CPU]) == [CPU]
+    assert resolve_providers("cuda, cpu", [CUDA, CPU]) == [CUDA, CPU]
+    assert resolve_providers("CPUExecutionProvider", [CPU]) == [CPU]
+    with pytest.raises(EngineError, match="not available"):
+        resolve_providers("cuda", [CPU])
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this host has CUDA")
+def test_require_gpu_fails_on_a_cpu_only_host(rule_model: Path) -> None:
+    with pytest.raises(EngineError, match=r"REQUIRE_GPU.*CPUExecutionProvider"):
+        load_engine(settings_for(rule_model, require_gpu=True))
+
+
+def test_precision_variants(tmp_path: Path, rule_model: Path) -> None:
+    base = shutil.copyfile(rule_model, tmp_path / "m.onnx")
+    assert resolve_model_path(base, "auto", cuda_active=True) == base  # no sibling: stay
+    assert resolve_model_path(base, "fp32", cuda_active=True) == base
+    fp16 = shutil.copyfile(rule_model, tmp_path / "m.fp16.onnx")
+    assert resolve_model_path(base, "auto", cuda_active=True) == fp16
+    assert resolve_model_path(base, "auto", cuda_active=False) == base
+    assert resolve_model_path(base, "fp16", cuda_active=False) == fp16
+    with pytest.raises(EngineError, match=r"m\.int8\.onnx does not exist"):
+        resolve_model_path(base, "int8", cuda_active=False)
+
+
+def test_segment_images_matches_direct_ort(rule_model: Path) -> None:
+    """The sync path: letterbox → one batched run → unletterbox, per image at its own size."""
+    engine = load_engine(settings_for(rule_model))
+    session = ort.InferenceSession(str(rule_model), providers=[CPU])
+    images = [scene(150, 100), scene(96, 96), scene(40, 130)]
+    got = segment_images(engine, images, batch_size=2)
+    for image, labels in zip(images, got, strict=True):
+        assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
+        tensor, info = letterbox(image, 96, engine.metadata.pad_rgb)
+        expected = unletterbox(session.run(None, {"image": tensor[None]})[0][0], info)
+        np.testing.assert_array_equal(labels, expected)
+    # The 96x96 scene needs no letterbox: the answer is the raw session output.
+    np.testing.assert_array_equal(got[1], session.run(None, {"image": images[1][None]})[0][0])
+    assert set(np.unique(got[0]).tolist()) == {0, 1, 2, 3}  # background, red, green bar, blue hole
+    assert len(RULE_CLASSES) == engine.metadata.num_classes
