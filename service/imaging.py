@@ -8,9 +8,12 @@ Decoding policy (every failure is an `ApiError` with a stable code, never a 500)
 - a supported signature that Pillow cannot parse or decode (truncated, bad CRC, broken Huffman data, a GIF
   header followed by a script): 400 `corrupt_image`;
 - zero width or height: 400 `corrupt_image`;
-- more pixels than `max_pixels`, or a Pillow decompression bomb: 413 `image_too_large`.
+- more pixels than `max_pixels`, a Pillow decompression bomb, or PNG text/ICC chunks that inflate past
+  Pillow's limits: 413 `image_too_large`.
+- damaged JPEG entropy data that libjpeg recovers from, and PNG IDAT chunks whose CRC alone is wrong (zlib's
+  Adler-32 still vouches for the pixels), decode as browsers show them.
 
-Accepted formats are JPEG (and MPO, the multi-picture JPEG many phones write), PNG/APNG, WebP, BMP, GIF and
+Accepted formats are JPEG (MPO, the multi-picture JPEG many phones write, included), PNG/APNG, WebP, BMP, GIF and
 TIFF. The allow-list goes to `Image.open(formats=...)`, so Pillow never tries its other parsers (EPS, for one,
 would shell out to Ghostscript).
 
@@ -41,8 +44,8 @@ from service.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-# Pillow format names we decode. MPO is how Pillow names JPEGs with a multi-picture (MPF) segment.
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Pillow format names we decode. Multi-picture JPEGs (MPO, as many phones write) open through the JPEG plugin.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 # Leading bytes of the accepted formats. Used only to tell "corrupt image" (400) from "not an image" (415)
 # when Pillow refuses to open the bytes.
@@ -58,6 +61,8 @@ _SIGNATURES = (
 )
 
 _WHITE = (255, 255, 255)
+# Register every Pillow plugin now, at import, rather than lazily inside the first worker threads.
+Image.init()
 # Fully parsed once; the profile object is immutable and only read by the transforms.
 _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
@@ -93,7 +98,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
         ) from exc
     except Exception as exc:  # any parser failure on hostile bytes is the client's problem, not a 500
-        raise ApiError(400, "corrupt_image", f"the image header could not be parsed: {exc}") from exc
+        raise _decode_failure(exc, "the image header could not be parsed") from exc
 
     with img:
         width, height = img.size
@@ -107,14 +112,29 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             )
         try:
             img.load()  # decodes the first frame; raises on truncated or corrupt data
-        except Image.DecompressionBombError as exc:
-            raise ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}") from exc
-        except MemoryError as exc:
-            raise ApiError(413, "image_too_large", "the image does not fit in memory") from exc
         except Exception as exc:
-            raise ApiError(400, "corrupt_image", f"the image data is corrupt or truncated: {exc}") from exc
-        rgb = _to_rgb(_oriented(img))
+            raise _decode_failure(exc, "the image data is corrupt or truncated") from exc
+        try:
+            rgb = _to_rgb(_oriented(img))
+        except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
+            raise ApiError(
+                415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
+            ) from exc
         return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_failure(exc: Exception, what: str) -> ApiError:
+    """The client-facing error for an exception Pillow raised while parsing or decoding."""
+    # Pillow refuses zlib-compressed metadata (zTXt/iTXt/iCCP) that inflates past its limits with a plain
+    # ValueError; that is a decompression bomb too.
+    bomb = isinstance(exc, Image.DecompressionBombError) or (
+        isinstance(exc, ValueError) and "Decompressed data too large" in str(exc)
+    )
+    if bomb:
+        return ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}")
+    if isinstance(exc, MemoryError):
+        return ApiError(413, "image_too_large", "the image does not fit in memory")
+    return ApiError(400, "corrupt_image", f"{what}: {exc}")
 
 
 def _oriented(img: Image.Image) -> Image.Image:
@@ -132,8 +152,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode)).convert("RGB")
+    if mode.startswith(("I", "F")):  # I;16*, I (int32), F (float32): greyscale deeper than 8 bits
+        return Image.fromarray(_scale_to_uint8(np.asarray(img))).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(img)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
@@ -144,18 +164,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
     """Map 16/32-bit integer or float greyscale to 0..255 without clipping the range away."""
-    if mode == "F":
-        values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if values.dtype.kind == "f":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(values.min()), float(values.max())
         if lo >= 0.0 and hi <= 1.0:
             return np.rint(values * 255.0).astype(np.uint8)
         return _stretch(values, lo, hi)
-    if mode == "I":
-        lo, hi = int(values.min()), int(values.max())
-        if lo < 0 or hi > 65535:  # not a 16-bit image stored as int32: use the range it has
-            return _stretch(values.astype(np.float64), lo, hi)
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi > 65535:  # not 16-bit data: use the range it has
+        return _stretch(values.astype(np.float64), lo, hi)
     # 16-bit range: v / 257 maps 65535 to 255 and 0 to 0 exactly; (v + 128) // 257 is that, rounded.
     return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
