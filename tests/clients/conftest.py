@@ -1,0 +1,45 @@
+"""Fixtures for the client tests: one real server per module, and real images on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.clients.serving import running_server
+from tests.photos import photo
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_onnx_model: Path) -> Iterator[str]:
+    """A real uvicorn server with the tiny model, no API key."""
+    with running_server(tiny_onnx_model) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_server_url(tiny_onnx_model: Path) -> Iterator[str]:
+    """A real uvicorn server that requires `API_KEY`."""
+    with running_server(tiny_onnx_model, api_keys=[API_KEY]) as url:
+        yield url
+
+
+def write_photos(folder: Path) -> list[Path]:
+    """Three real photographs in three formats (one in a subfolder), small enough to be quick."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sub").mkdir(exist_ok=True)
+    paths = [folder / "astronaut.png", folder / "coffee.jpg", folder / "sub" / "chelsea.webp"]
+    Image.fromarray(photo("astronaut.png", (96, 80))).save(paths[0])
+    Image.fromarray(photo("coffee.png", (120, 72))).save(paths[1], quality=90)
+    Image.fromarray(photo("chelsea.png", (64, 90))).save(paths[2], lossless=True)
+    return paths
+
+
+@pytest.fixture
+def astronaut() -> np.ndarray:
+    return photo("astronaut.png", (96, 80))

@@ -1,0 +1,147 @@
+"""service.client against a real server: every output kind, results by id, and typed error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.client import (
+    AsyncSegmentClient,
+    SegmentApiError,
+    SegmentClient,
+    SegmentConnectionError,
+)
+from tests.clients.conftest import API_KEY
+
+
+def _palette(client: SegmentClient) -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)
+    for entry in client.classes()["classes"]:
+        lut[entry["id"]] = entry["color"]
+    return lut
+
+
+def test_every_output_kind_is_consistent(server_url: str, astronaut: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(path)
+    with SegmentClient(server_url) as client:
+        names = [c["name"] for c in client.classes()["classes"]]
+        labels = client.segment(path, "labels")
+        assert labels.media_type == "image/png" and labels.result_id
+        ids = labels.array()
+        assert ids.shape == astronaut.shape[:2] and ids.dtype == np.uint8
+        assert int(ids.max()) < len(names)
+
+        color = client.segment(path, "color").array()
+        np.testing.assert_array_equal(color, _palette(client)[ids])
+
+        overlay = client.segment(path, "overlay", alpha=0.5, format="png")
+        assert overlay.media_type == "image/png"
+        assert overlay.array().shape == astronaut.shape
+        jpeg = client.segment(path, "overlay")
+        assert jpeg.media_type == "image/jpeg" and jpeg.content[:3] == b"\xff\xd8\xff"
+
+        stats = client.stats(path)
+        assert (stats["width"], stats["height"]) == (96, 80)
+        counts = np.bincount(ids.ravel(), minlength=256)
+        assert {c["class_id"]: c["pixels"] for c in stats["classes"]} == {
+            int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+        assert stats["classes_present"] == [names[i] for i in np.flatnonzero(counts)]
+        assert sum(c["fraction"] for c in stats["classes"]) == pytest.approx(1.0)
+        assert "timing_ms" in stats and stats["id"]
+
+        polygons = client.polygons(path, tolerance=1.0)
+        assert polygons["type"] == "FeatureCollection"
+        drawn = {f["properties"]["class_id"] for f in polygons["features"]}
+        assert drawn == {int(i) for i in np.flatnonzero(counts) if i != 0}
+
+
+def test_inputs_bytes_array_and_path_agree(server_url: str, astronaut: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(astronaut).save(path)
+    with SegmentClient(server_url) as client:
+        from_path = client.labels(path)
+        np.testing.assert_array_equal(client.labels(path.read_bytes()), from_path)
+        np.testing.assert_array_equal(client.labels(astronaut), from_path)  # sent as lossless PNG
+        np.testing.assert_array_equal(client.labels(str(path)), from_path)
+
+
+def test_results_by_id_match_the_answer(server_url: str, astronaut: np.ndarray) -> None:
+    with SegmentClient(server_url) as client:
+        first = client.segment(astronaut, "labels")
+        assert first.result_id is not None
+        again = Image.open(io.BytesIO(client.result(first.result_id, "labels")))
+        np.testing.assert_array_equal(np.asarray(again), first.array())
+        color = Image.open(io.BytesIO(client.result(first.result_id, "color"))).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(color), _palette(client)[first.array()])
+        overlay = Image.open(io.BytesIO(client.result(first.result_id, "overlay")))
+        assert overlay.size == (astronaut.shape[1], astronaut.shape[0])
+
+
+@pytest.mark.parametrize(("body", "params", "status", "code"), [
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", {}, 415, "unsupported_media_type"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, {}, 400, "corrupt_image"),
+    (b"", {}, 400, "empty_body"),
+    (None, {"alpha": 2.0}, 422, "invalid_request"),
+])
+def test_errors_map_to_typed_exception(server_url: str, astronaut: np.ndarray, body: bytes | None,
+                                       params: dict[str, float], status: int, code: str) -> None:
+    with SegmentClient(server_url) as client, pytest.raises(SegmentApiError) as info:
+        client.segment(astronaut if body is None else body, "stats", **params)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.message and info.value.request_id
+
+
+def test_unknown_result_is_404(server_url: str) -> None:
+    with SegmentClient(server_url) as client, pytest.raises(SegmentApiError) as info:
+        client.result("does-not-exist", "color")
+    assert (info.value.status, info.value.code) == (404, "result_not_found")
+
+
+def test_api_key_is_sent(keyed_server_url: str, astronaut: np.ndarray) -> None:
+    with SegmentClient(keyed_server_url) as anonymous, pytest.raises(SegmentApiError) as info:
+        anonymous.segment(astronaut, "stats")
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+    with SegmentClient(keyed_server_url, api_key=API_KEY) as client:
+        assert client.stats(astronaut)["width"] == 96
+
+
+def test_unreachable_server_raises_connection_error() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with SegmentClient(f"http://127.0.0.1:{port}", timeout=5) as client, pytest.raises(SegmentConnectionError):
+        client.stats(b"\x89PNG")
+
+
+def test_threads_share_one_client(server_url: str, astronaut: np.ndarray) -> None:
+    with SegmentClient(server_url, max_connections=4) as client:
+        expected = client.labels(astronaut)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: client.labels(astronaut), range(8)))
+    for labels in answers:
+        np.testing.assert_array_equal(labels, expected)
+
+
+def test_async_client(server_url: str, astronaut: np.ndarray) -> None:
+    async def run() -> tuple[list[np.ndarray], dict[str, object], int]:
+        async with AsyncSegmentClient(server_url) as client:
+            results = await asyncio.gather(*(client.segment(astronaut, "labels") for _ in range(4)))
+            classes = await client.classes()
+            with pytest.raises(SegmentApiError) as info:
+                await client.segment(b"not an image", "labels")
+            return [r.array() for r in results], dict(classes), info.value.status
+
+    arrays, classes, status = asyncio.run(run())
+    with SegmentClient(server_url) as client:
+        expected = client.labels(astronaut)
+    for labels in arrays:
+        np.testing.assert_array_equal(labels, expected)
+    assert classes["classes"] and status == 415
