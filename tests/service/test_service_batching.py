@@ -1,0 +1,153 @@
+"""Dynamic batching under real concurrency: batches form, overload is refused cleanly, failures stay contained."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.svc_helpers import png_bytes, scene
+
+
+def metric_samples(text: str, name: str) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+async def _burst(url: str, bodies: list[bytes], params: dict, timeout: float = 60) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies) + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        return await asyncio.gather(*(client.post("/segment", content=b, params=params) for b in bodies))
+
+
+def test_concurrent_requests_form_batches(serve, rule_model: Path) -> None:
+    server = serve(rule_model, max_batch_size=8, max_wait_ms=30)
+    images = [scene(120 + 7 * i, 90 + 3 * i) for i in range(16)]
+    responses = asyncio.run(_burst(server.url, [png_bytes(im) for im in images], {"output": "labels"}))
+    assert [r.status_code for r in responses] == [200] * 16
+    # Each answer belongs to its own request (sizes differ), even though they shared batches.
+    for image, r in zip(images, responses, strict=True):
+        assert Image.open(io.BytesIO(r.content)).size == (image.shape[1], image.shape[0])
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
+    with server.client() as client:
+        text = client.get("/metrics").text
+    count = metric_samples(text, "segment_batch_size_count")[()]
+    total = metric_samples(text, "segment_batch_size_sum")[()]
+    singles = metric_samples(text, "segment_batch_size_bucket")[(("le", "1.0"),)]
+    assert total == 16  # every image counted once; the warm-up does not go through the batcher
+    assert count < 16 and singles < count, (count, singles)
+
+
+def test_batching_off_runs_one_by_one(serve, rule_model: Path) -> None:
+    server = serve(rule_model, max_batch_size=1)
+    responses = asyncio.run(_burst(server.url, [png_bytes(scene())] * 6, {"output": "stats"}))
+    assert all(r.status_code == 200 and r.headers["x-batch-size"] == "1" for r in responses)
+
+
+def test_overload_gives_503_and_loses_no_accepted_request(serve, slow_model: Path) -> None:
+    server = serve(slow_model, max_batch_size=1, max_queue=2, max_wait_ms=0)
+    images = [scene(100 + i, 80) for i in range(10)]
+    seen_not_ready = []
+
+    async def run() -> list[httpx.Response]:
+        task = asyncio.ensure_future(_burst(server.url, [png_bytes(im) for im in images], {"output": "labels"}))
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            while not task.done():
+                r = await client.get("/readyz")
+                if r.status_code == 503:
+                    seen_not_ready.append(r.json()["status"])
+                await asyncio.sleep(0.01)
+        return await task
+
+    responses = asyncio.run(run())
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503}, codes
+    for image, r in zip(images, responses, strict=True):
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "overloaded"
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.headers["x-request-id"]
+        else:
+            assert Image.open(io.BytesIO(r.content)).size == (image.shape[1], 80)
+    assert "overloaded" in seen_not_ready  # readiness drops while the queue is at its limit
+    with server.client() as client:
+        assert client.get("/readyz").status_code == 200  # and comes back
+        rejected = metric_samples(client.get("/metrics").text, "segment_rejected_total")
+    assert rejected[(("reason", "overloaded"),)] == codes.count(503)
+
+
+def test_timeout_gives_504_and_the_worker_survives(serve, slow_model: Path) -> None:
+    server = serve(slow_model, max_batch_size=1, request_timeout_s=0.05)
+    bodies = [png_bytes(scene())] * 3
+    responses = asyncio.run(_burst(server.url, bodies, {}))
+    assert [r.status_code for r in responses] == [504] * 3
+    assert {r.json()["error"]["code"] for r in responses} == {"timeout"}
+    # Timed-out items were skipped, not run: the worker is idle again and health/readiness answer.
+    time.sleep(0.5)
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").json()["queue_depth"] == 0
+
+
+def test_disconnected_client_does_not_poison_the_batch(serve, slow_model: Path) -> None:
+    server = serve(slow_model, max_batch_size=4, max_wait_ms=50)
+    image = scene(90, 60)
+
+    async def run() -> tuple[list[object], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=0.05) as impatient, \
+                httpx.AsyncClient(base_url=server.url, timeout=30) as patient:
+            gone = [impatient.post("/segment", content=png_bytes(image)) for _ in range(2)]
+            kept = [patient.post("/segment", content=png_bytes(image)) for _ in range(2)]
+            results = await asyncio.gather(*gone, *kept, return_exceptions=True)
+        return results[:2], results[2:]
+
+    gone, kept = asyncio.run(run())
+    assert all(isinstance(g, httpx.TimeoutException) for g in gone)
+    for r in kept:
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (90, 60)
+    with server.client() as client:
+        r = client.post("/segment", content=png_bytes(image))
+        assert r.status_code == 200
+
+
+def test_inference_failure_is_a_500_json_and_the_worker_keeps_running(serve, broken_model: Path) -> None:
+    """A graph that fails inside onnxruntime for real inputs: readiness says so, requests get a clean 500."""
+    server = serve(broken_model, wait_ready=False)
+    with server.client() as client:
+        deadline = time.monotonic() + 10
+        while (body := client.get("/readyz").json())["status"] != "warmup_failed":
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+        assert "error" in body
+        for _ in range(2):  # twice: the worker is still there after the first failure
+            r = client.post("/segment", content=png_bytes(scene()), headers={"X-Request-ID": "req-42"})
+            assert r.status_code == 500
+            err = r.json()["error"]
+            assert err["code"] == "inference_failed" and err["request_id"] == "req-42"
+            assert r.headers["x-request-id"] == "req-42"
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+
+
+def test_readiness_waits_for_warm_up(serve, slow_model: Path) -> None:
+    """/healthz answers at once; /readyz is 503 `warming_up` until the first model run has finished."""
+    server = serve(slow_model, wait_ready=False, max_batch_size=1)
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 200
+        first = client.get("/readyz")
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert first.status_code == 503 and first.json()["status"] == "warming_up"
+    assert np.isfinite(first.json()["input_size"])
