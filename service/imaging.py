@@ -11,7 +11,8 @@ Decoding policy (every failure is an `ApiError` with a stable code, never a 500)
 - more pixels than `max_pixels`, a Pillow decompression bomb, or PNG text/ICC chunks that inflate past
   Pillow's limits: 413 `image_too_large`.
 - damaged JPEG entropy data that libjpeg recovers from, and PNG IDAT chunks whose CRC alone is wrong (zlib's
-  Adler-32 still vouches for the pixels), decode as browsers show them.
+  Adler-32 still vouches for the pixels), decode as browsers show them; so does a PNG cut after its last
+  pixel (only the IEND trailer missing).
 
 Accepted formats are JPEG (MPO, the multi-picture JPEG many phones write, included), PNG/APNG, WebP, BMP, GIF and
 TIFF. The allow-list goes to `Image.open(formats=...)`, so Pillow never tries its other parsers (EPS, for one,
@@ -90,15 +91,15 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        if _has_supported_signature(data):
-            raise ApiError(400, "corrupt_image", "the image header is corrupt or truncated") from exc
-        raise ApiError(
-            415, "unsupported_media_type",
-            f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
-        ) from exc
     except Exception as exc:  # any parser failure on hostile bytes is the client's problem, not a 500
-        raise _decode_failure(exc, "the image header could not be parsed") from exc
+        error = _decode_failure(exc, "the image header is corrupt or truncated")
+        if error.status == 400 and not _has_supported_signature(data):
+            # Pillow tried a plugin on a loose match (e.g. text starting with "BM") or found nothing at all.
+            error = ApiError(
+                415, "unsupported_media_type",
+                f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
+            )
+        raise error from exc
 
     with img:
         width, height = img.size
@@ -134,6 +135,8 @@ def _decode_failure(exc: Exception, what: str) -> ApiError:
         return ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}")
     if isinstance(exc, MemoryError):
         return ApiError(413, "image_too_large", "the image does not fit in memory")
+    if isinstance(exc, UnidentifiedImageError):
+        return ApiError(400, "corrupt_image", what)  # its message only names the BytesIO object
     return ApiError(400, "corrupt_image", f"{what}: {exc}")
 
 
