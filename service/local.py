@@ -1,0 +1,84 @@
+"""In-process segmentation with the service's own code path, for the batch CLI's `--local` mode.
+
+Nothing here re-implements a step: decoding is `service.imaging.decode_image`, letterbox → ORT → unletterbox is
+`service.engine.segment_images`, and the bytes come from `service.outputs`, exactly as `POST /segment` makes
+them. `render` is the output dispatch; a local answer carries the same JSON fields as the server's, except the
+result `id` (there is no result cache in-process).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import outputs
+from .client import OUTPUTS, SegmentResult
+from .contract import ModelMetadata
+from .engine import Engine, load_engine, segment_images
+from .imaging import decode_image
+from .settings import Settings
+
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+def render(kind: str, image: np.ndarray, labels: np.ndarray, meta: ModelMetadata, model: str, *,
+           alpha: float = 0.5, fmt: str = "jpeg", tolerance: float = 1.0,
+           min_area: float = 0.0) -> tuple[bytes | dict[str, Any], str]:
+    """The body and media type of output `kind` for a label map at the image's size (as the service answers)."""
+    if kind == "labels":
+        return outputs.encode_labels_png(labels, meta.palette), "image/png"
+    if kind == "color":
+        return outputs.encode_color_png(labels, meta.palette), "image/png"
+    if kind == "overlay":
+        return outputs.encode_overlay(image, labels, meta.palette, alpha, fmt), _MEDIA[fmt]
+    if kind not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {kind!r}")
+    header: dict[str, Any] = {
+        "model": model, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
+        "classes_present": outputs.classes_present(labels, meta.classes),
+    }
+    if kind == "polygons":
+        return {**outputs.polygons_geojson(labels, meta.classes, tolerance, min_area), **header}, \
+            "application/geo+json"
+    return {**outputs.class_stats(labels, meta.classes), **header}, "application/json"
+
+
+class LocalSegmenter:
+    """An ORT session in this process, answering like `SegmentClient.segment` does. Thread-safe."""
+
+    def __init__(self, model_path: str | Path, *, providers: str = "auto", threads: int | None = None) -> None:
+        overrides: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
+        if threads:
+            overrides["intra_op_threads"] = threads
+        self.settings = Settings(**overrides)
+        self.engine: Engine = load_engine(self.settings)
+
+    def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label maps at original size for decoded RGB images."""
+        return segment_images(self.engine, images, batch_size=self.settings.max_batch_size)
+
+    def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
+                format: str | None = None, tolerance: float | None = None,
+                min_area: float | None = None) -> SegmentResult:
+        """Segment encoded image bytes. Bad input raises `service.errors.ApiError`, as the service answers it."""
+        t0 = time.perf_counter()
+        image = decode_image(data, self.settings.max_pixels)
+        t1 = time.perf_counter()
+        (labels,) = self.labels([image])
+        t2 = time.perf_counter()
+        body, media = render(output, image, labels, self.engine.metadata, self.engine.name,
+                             alpha=0.5 if alpha is None else alpha, fmt=format or "jpeg",
+                             tolerance=1.0 if tolerance is None else tolerance,
+                             min_area=0.0 if min_area is None else min_area)
+        timing = {"decode": t1 - t0, "inference": t2 - t1, "encode": time.perf_counter() - t2}
+        if isinstance(body, dict):
+            body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}
+            content = json.dumps(body).encode()
+        else:
+            content = body
+        return SegmentResult(output=output, content=content, media_type=media, result_id=None, request_id=None)
