@@ -202,6 +202,15 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------------- letterbox
 
 
+# Interpolation choice, measured against a Pillow LANCZOS reference (PSNR) on a 2-core CPU:
+# - zone plate 1024x768 → 513 (scale 0.50): LINEAR 16.3 dB 1.6 ms, AREA 24.9 dB 12.6 ms: LINEAR aliases badly;
+# - astronaut 512 → 321 (0.63): LINEAR 39.6 dB 0.3 ms, AREA 40.3 dB 4.5 ms;
+# - coffee 600x400 → 513 (0.86): LINEAR 39.2 dB 0.8 ms, AREA 38.7 dB 5.4 ms: no gain from AREA;
+# - enlarging chelsea 451x300 → 513: LINEAR 43.2 dB, AREA 43.5 dB, same speed.
+# So INTER_AREA only where it pays for itself: shrinking to less than 3/4.
+AREA_BELOW_SCALE = 0.75
+
+
 @dataclass(frozen=True)
 class LetterboxInfo:
     """Where an original image sits inside the size×size letterboxed tensor.
@@ -241,9 +250,10 @@ def letterbox(
     """Resize an H×W×3 uint8 image so its long side is `size`, place it top-left, pad to size×size.
 
     Top-left placement matches DeepLab training, which pads crops at the bottom/right; pass the model mean as
-    `pad_rgb` so the padding normalises to zero. Shrinking uses INTER_AREA (it averages, so no aliasing);
-    enlarging uses INTER_LINEAR. `out`, if given, is a size×size×3 uint8 array (e.g. one slot of the batch
-    tensor) written in place, which saves a copy when stacking a batch.
+    `pad_rgb` so the padding normalises to zero. Shrinking by more than `AREA_BELOW_SCALE` uses INTER_AREA
+    (it averages, so no aliasing); milder shrinks and enlarging use INTER_LINEAR.
+    `out`, if given, is a size×size×3 uint8 array (e.g. one slot of the batch tensor) written in place, which
+    saves a copy when stacking a batch.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"letterbox expects uint8 HxWx3, got {image.dtype} {image.shape}")
@@ -257,8 +267,8 @@ def letterbox(
     if (info.new_h, info.new_w) == image.shape[:2]:
         region[...] = image
     else:
-        shrinking = info.new_h * info.new_w < info.orig_h * info.orig_w
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        scale = max(info.new_h, info.new_w) / max(info.orig_h, info.orig_w)
+        interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
         cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
     # Padding only where the content is not: the right strip and the bottom strip.
     out[: info.new_h, info.new_w :] = pad_rgb
