@@ -1,0 +1,214 @@
+"""`segment-webcam`: live segmentation of a camera or a video file through the service.
+
+    segment-webcam 0 --server http://localhost:8000                 # camera 0, in a window
+    segment-webcam clip.mp4 --server URL --out seg.mp4 --inflight 4  # headless, to a video file
+
+Frames are JPEG-encoded and sent over one `SegmentClient` (kept-alive connections) with up to `--inflight`
+requests at once, so throughput is set by the server's batching rather than by one round trip per frame. Results
+are consumed oldest-first, so the output keeps the frame order. The server returns class ids (`labels`, a small
+palette PNG) and the overlay is blended here with the service's own `blend_overlay`, on the original frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.client import SegmentApiError, SegmentClient, SegmentClientError
+from service.outputs.masks import blend_overlay
+
+WINDOW = "segment-webcam"
+_FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
+_HUD_HEIGHT = 22
+
+
+@dataclass
+class Stats:
+    """Running numbers for the HUD and the final summary."""
+
+    frames: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    fps: float = 0.0  # exponential moving average of the output rate
+    latency_ms: float = 0.0
+    _last: float | None = None
+
+    def tick(self, latency_s: float) -> None:
+        now = time.perf_counter()
+        if self._last is not None and now > self._last:
+            rate = 1.0 / (now - self._last)
+            self.fps = rate if self.fps == 0 else 0.9 * self.fps + 0.1 * rate
+        self._last = now
+        self.latency_ms = 1000 * latency_s if self.latency_ms == 0 else 0.9 * self.latency_ms + 100 * latency_s
+        self.frames += 1
+
+    @property
+    def mean_fps(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+def open_capture(source: str) -> cv2.VideoCapture:
+    """A camera index ("0") or a video file path."""
+    capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise SystemExit(f"segment-webcam: cannot open video source {source!r}")
+    return capture
+
+
+def bgr_palette(classes: dict) -> list[tuple[int, int, int]]:
+    """The model's class colours in OpenCV's BGR order (frames stay BGR end to end)."""
+    palette = [(0, 0, 0)] * (max((c["id"] for c in classes["classes"]), default=0) + 1)
+    for entry in classes["classes"]:
+        r, g, b = entry["color"]
+        palette[entry["id"]] = (b, g, r)
+    return palette
+
+
+def draw_hud(frame: np.ndarray, stats: Stats, inflight: int) -> None:
+    """FPS, latency and requests in flight, on a dark strip at the top-left."""
+    text = f"{stats.fps:5.1f} FPS  {stats.latency_ms:6.0f} ms  {inflight} in flight"
+    (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    cv2.rectangle(frame, (0, 0), (min(frame.shape[1], width + 10), _HUD_HEIGHT), (0, 0, 0), cv2.FILLED)
+    cv2.putText(frame, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _request(client: SegmentClient, jpeg: bytes) -> tuple[np.ndarray, float]:
+    """Runs in a worker thread: labels for one frame, and the round-trip time."""
+    start = time.perf_counter()
+    labels = client.segment(jpeg, "labels").array()
+    return labels, time.perf_counter() - start
+
+
+class Sink:
+    """Where finished frames go: a window, a video file, or both."""
+
+    def __init__(self, out: Path | None, show: bool, fps: float, fourcc: str | None) -> None:
+        self.out, self.show, self.fps = out, show, fps
+        self.fourcc = fourcc or _FOURCC_BY_SUFFIX.get(out.suffix.lower(), "mp4v") if out else None
+        self.writer: cv2.VideoWriter | None = None
+        self.quit = False
+
+    def put(self, frame: np.ndarray) -> None:
+        if self.out is not None:
+            if self.writer is None:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                              (frame.shape[1], frame.shape[0]))
+                if not self.writer.isOpened():
+                    raise SystemExit(f"segment-webcam: cannot write {self.out} with codec {self.fourcc!r}")
+            self.writer.write(frame)
+        if self.show:
+            try:
+                cv2.imshow(WINDOW, frame)
+            except cv2.error as exc:
+                raise SystemExit("segment-webcam: this OpenCV build has no GUI (opencv-python-headless?); "
+                                 "use --out FILE for headless use") from exc
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                self.quit = True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        if self.show:
+            cv2.destroyAllWindows()
+
+
+def run(args: argparse.Namespace) -> Stats:
+    """The capture → request → blend → show/write loop; returns the final numbers."""
+    capture = open_capture(args.source)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    sink = Sink(args.out, args.show or args.out is None, fps if 1 <= fps <= 240 else 25.0, args.fourcc)
+    stats = Stats()
+    pending: deque[tuple[np.ndarray, Future[tuple[np.ndarray, float]]]] = deque()
+    encode = [cv2.IMWRITE_JPEG_QUALITY, args.jpeg_quality]
+    with (SegmentClient(args.server, api_key=args.api_key, max_connections=args.inflight, retries=1) as client,
+          ThreadPoolExecutor(args.inflight, thread_name_prefix="segment") as pool):
+        palette = bgr_palette(client.classes())
+        exhausted = False
+        try:
+            while not sink.quit:
+                # Keep the pipeline full: up to `inflight` frames on the wire at once.
+                while not exhausted and len(pending) < args.inflight:
+                    if args.max_frames and stats.frames + len(pending) >= args.max_frames:
+                        exhausted = True
+                        break
+                    ok, frame = capture.read()
+                    if not ok:
+                        exhausted = True
+                        break
+                    ok, jpeg = cv2.imencode(".jpg", frame, encode)
+                    if not ok:
+                        raise RuntimeError("JPEG encoding failed")
+                    pending.append((frame, pool.submit(_request, client, jpeg.tobytes())))
+                if not pending:
+                    break
+                frame, future = pending.popleft()  # oldest first: output order = capture order
+                try:
+                    labels, latency = future.result()
+                    shown = blend_overlay(frame, labels, palette, args.alpha)
+                except SegmentApiError as exc:  # one bad frame: show it plain, keep going
+                    stats.errors += 1
+                    print(f"segment-webcam: frame {stats.frames}: {exc}", file=sys.stderr)
+                    shown, latency = frame.copy(), 0.0
+                stats.tick(latency)
+                if not args.no_hud:
+                    draw_hud(shown, stats, len(pending))
+                sink.put(shown)
+        finally:
+            for _, future in pending:
+                future.cancel()
+            capture.release()
+            sink.close()
+    return stats
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="segment-webcam",
+                                     description="Segment a camera or video file live through the service.")
+    parser.add_argument("source", nargs="?", default="0", help="camera index (default 0) or video file path")
+    parser.add_argument("--server", default=os.environ.get("SEGMENT_URL", "http://127.0.0.1:8000"),
+                        help="service base URL (default $SEGMENT_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("SEGMENT_API_KEY"), help="X-API-Key")
+    parser.add_argument("--inflight", type=int, default=4, help="requests in flight at once (default 4)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
+    parser.add_argument("--out", type=Path, help="write the result to this video file (headless)")
+    parser.add_argument("--fourcc", help="codec for --out (default by extension: mp4v, MJPG for .avi, "
+                                         "FFV1 for .mkv)")
+    parser.add_argument("--show", action="store_true", help="also show a window when writing --out")
+    parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: all)")
+    parser.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of the uploaded frames")
+    parser.add_argument("--no-hud", action="store_true", help="no FPS/latency text on the frames")
+    args = parser.parse_args(argv)
+    if args.inflight < 1:
+        parser.error("--inflight must be at least 1")
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error("--alpha must be within 0..1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some failed."""
+    args = parse_args(argv)
+    try:
+        stats = run(args)
+    except SegmentClientError as exc:
+        print(f"segment-webcam: {exc}", file=sys.stderr)
+        return 2
+    print(f"segment-webcam: {stats.frames} frames, {stats.errors} errors, {stats.mean_fps:.1f} FPS on average",
+          file=sys.stderr)
+    return 1 if stats.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
