@@ -9,13 +9,15 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -173,7 +175,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     _install_error_handlers(app, metrics)
     _install_routes(app)
+    _install_web_page(app)
     return app
+
+
+# -- the web page (issue 6): plain files in service/static, no build step -------------------------------------
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _install_web_page(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _warm_up(state: ServiceState) -> None:
