@@ -1,0 +1,280 @@
+// The web page of the segmentation service: plain browser JavaScript, no build step.
+// One upload asks for `stats` (legend + result id); the colour mask is then fetched by id and blended here on
+// a canvas, so the opacity slider is instant. Polygons are asked for only when their toggle is switched on.
+"use strict";
+
+const KEY_STORAGE = "segment.apiKey";
+const $ = (id) => document.getElementById(id);
+const state = {
+  classes: [],        // [{id, name, color}] from /classes
+  file: null,         // the File being shown
+  image: null,        // ImageBitmap of the upload (EXIF orientation applied by the browser)
+  mask: null,         // canvas: class colours, background transparent
+  stats: null,        // the stats answer (has `id`, `classes`, `width`, `height`)
+  polygons: null,     // the polygons answer, once asked for
+  run: 0,             // increments per upload, so a slow older answer never overwrites a newer one
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(`${code}: ${message}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let code = `http_${response.status}`, message = response.statusText;
+    try {
+      const body = await response.json();
+      if (body && body.error) ({ code, message } = body.error);
+    } catch (_) { /* not JSON: keep the status line */ }
+    throw new ApiError(response.status, code, message);
+  }
+  return response;
+}
+
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+function showError(err) {
+  setStatus(err instanceof ApiError ? `Error ${err.status} ${err.message}` : `Error: ${err.message}`, true);
+  if (err instanceof ApiError && err.code === "unauthorized") $("api-key").focus();
+}
+
+async function loadClasses() {
+  try {
+    const info = await (await api("/classes")).json();
+    state.classes = info.classes;
+    $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
+  } catch (err) {
+    $("model").textContent = "model info unavailable";
+    showError(err);
+  }
+}
+
+function classColor(id) {
+  const entry = state.classes.find((c) => c.id === id);
+  return entry ? `rgb(${entry.color.join(",")})` : "#888";
+}
+
+async function segment(output, query = "") {
+  const file = state.file;
+  const response = await api(`/segment?output=${output}${query}`, {
+    method: "POST",
+    headers: { "Content-Type": file.type || "application/octet-stream" },
+    body: file,
+  });
+  return response.json();
+}
+
+// The colour mask with the background (class 0's colour) made transparent, as the server's overlay leaves the
+// background unblended.
+async function loadMask(resultId) {
+  const blob = await (await api(`/results/${resultId}/color.png`)).blob();
+  const bitmap = await createImageBitmap(blob);
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const bg = (state.classes.find((c) => c.id === 0) || { color: [0, 0, 0] }).color;
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] === bg[0] && d[i + 1] === bg[1] && d[i + 2] === bg[2]) d[i + 3] = 0;
+  }
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function render() {
+  const canvas = $("canvas");
+  if (!state.image) return;
+  canvas.width = state.image.width;
+  canvas.height = state.image.height;
+  const ctx = canvas.getContext("2d");
+  const view = $("view").value;
+  const alpha = Number($("alpha").value) / 100;
+  ctx.globalAlpha = 1;
+  if (view === "color" && state.mask) {
+    ctx.fillStyle = classColor(0);
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.drawImage(state.mask, 0, 0, canvas.width, canvas.height);
+    return;
+  }
+  ctx.drawImage(state.image, 0, 0);
+  if (view === "overlay" && state.mask) {
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(state.mask, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+  }
+}
+
+function renderLegend(stats) {
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const entry of stats.classes) {
+    const li = document.createElement("li");
+    li.dataset.classId = entry.class_id;
+    li.dataset.className = entry.class_name;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = classColor(entry.class_id);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = entry.class_name;
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = `${(entry.fraction * 100).toFixed(1)}%`;
+    pct.title = `${entry.pixels} pixels`;
+    li.append(swatch, name, pct);
+    legend.append(li);
+  }
+  const t = stats.timing_ms || {};
+  $("timing").textContent = `${stats.width}×${stats.height} · ` +
+    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
+}
+
+function renderPolygons() {
+  const svg = $("polygon-layer");
+  const on = $("polygons").checked && state.polygons;
+  svg.hidden = !on;
+  svg.replaceChildren();
+  if (!on) return;
+  const { width, height } = state.stats;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const fill = $("fill-polygons").checked;
+  for (const feature of state.polygons.features) {
+    // Vertices are pixel centres; +0.5 puts them on the centres of the canvas pixels.
+    const d = feature.geometry.coordinates
+      .map((ring) => "M" + ring.map(([x, y]) => `${x + 0.5},${y + 0.5}`).join("L") + "Z").join(" ");
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("d", d);
+    const color = classColor(feature.properties.class_id);
+    path.setAttribute("stroke", color);
+    path.setAttribute("fill", fill ? color : "none");
+    path.setAttribute("fill-opacity", fill ? "0.35" : "0");
+    path.dataset.classId = feature.properties.class_id;
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${feature.properties.class_name}: ${feature.properties.area} px`;
+    path.append(title);
+    svg.append(path);
+  }
+}
+
+async function togglePolygons() {
+  if ($("polygons").checked && state.stats && !state.polygons) {
+    const run = state.run;
+    setStatus("Tracing polygons…");
+    try {
+      const polygons = await segment("polygons", "&tolerance=1");
+      if (run !== state.run) return;
+      state.polygons = polygons;
+      setStatus(`${polygons.features.length} polygons.`);
+    } catch (err) {
+      showError(err);
+      return;
+    }
+  }
+  renderPolygons();
+  $("stage").dataset.polygons = $("polygons").checked && state.polygons ? state.polygons.features.length : "";
+}
+
+async function handleFile(file) {
+  if (!file) return;
+  const run = ++state.run;
+  Object.assign(state, { file, stats: null, mask: null, polygons: null });
+  document.querySelectorAll(".downloads a").forEach((a) => a.classList.add("disabled"));
+  $("stage").dataset.state = "busy";
+  setStatus(`Segmenting ${file.name}…`);
+  try {
+    if (!state.classes.length) await loadClasses();
+    state.image = await createImageBitmap(file, { imageOrientation: "from-image" });
+    render();
+    const stats = await segment("stats");
+    const mask = await loadMask(stats.id);
+    if (run !== state.run) return;
+    Object.assign(state, { stats, mask });
+    render();
+    renderLegend(stats);
+    document.querySelectorAll(".downloads a").forEach((a) => a.classList.remove("disabled"));
+    $("stage").dataset.state = "ready";
+    $("stage").dataset.resultId = stats.id;
+    setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.`);
+    await togglePolygons();
+  } catch (err) {
+    if (run !== state.run) return;
+    $("stage").dataset.state = state.image ? "error" : "empty";
+    showError(err);
+  }
+}
+
+async function download(event) {
+  event.preventDefault();
+  const a = event.currentTarget;
+  if (!state.stats) return;
+  const base = (state.file.name || "image").replace(/\.[^.]+$/, "");
+  try {
+    let blob, name;
+    if (a.dataset.result) {
+      blob = await (await api(`/results/${state.stats.id}/${a.dataset.result}.png`)).blob();
+      name = `${base}-${a.dataset.result}.png`;
+    } else {
+      if (a.dataset.json === "polygons" && !state.polygons) state.polygons = await segment("polygons", "&tolerance=1");
+      const body = a.dataset.json === "stats" ? state.stats : state.polygons;
+      blob = new Blob([JSON.stringify(body, null, 1)], { type: "application/json" });
+      name = `${base}-${a.dataset.json}.${a.dataset.json === "polygons" ? "geojson" : "json"}`;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function setUp() {
+  const key = $("api-key");
+  key.value = localStorage.getItem(KEY_STORAGE) || "";
+  key.addEventListener("change", () => {
+    localStorage.setItem(KEY_STORAGE, key.value.trim());
+    loadClasses().then(() => { if (state.file && !state.stats) handleFile(state.file); });
+  });
+  $("file").addEventListener("change", (e) => handleFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => handleFile(e.dataTransfer.files[0]));
+  $("alpha").addEventListener("input", () => {
+    $("alpha-value").textContent = `${$("alpha").value}%`;
+    render();
+  });
+  $("view").addEventListener("change", render);
+  $("polygons").addEventListener("change", togglePolygons);
+  $("fill-polygons").addEventListener("change", renderPolygons);
+  document.querySelectorAll(".downloads a").forEach((a) => a.addEventListener("click", download));
+  loadClasses();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

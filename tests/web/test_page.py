@@ -1,0 +1,174 @@
+"""The web page at `/`, driven in a real headless Chromium (Debian's /usr/bin/chromium through Playwright).
+
+No skip: without Chromium this test fails, because the page would otherwise ship untested. `.ci/run` installs
+the `chromium` apt package and the `playwright` Python package (never `playwright install`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_export.synthetic import SceneConfig, render_scene
+from service.client import SegmentClient
+from tests.clients.serving import DEMO_MODEL, REPO, running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = REPO / "docs" / "web-screenshot.png"
+KEY = "web-test-key"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_onnx_model: Path) -> Path:
+    """The trained demo model when it is there (it finds real classes: a better legend and screenshot)."""
+    return DEMO_MODEL if DEMO_MODEL.is_file() else tiny_onnx_model
+
+
+@pytest.fixture(scope="module")
+def url(model: Path) -> Iterator[str]:
+    with running_server(model, api_keys=[KEY]) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic scene with several objects, as PNG (lossless, so canvas pixels can be compared exactly)."""
+    config = SceneConfig(min_side=240, max_side=320, min_objects=3, max_objects=4)
+    image, _ = render_scene(7, 3, config)
+    path = tmp_path_factory.mktemp("web") / "scene.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture
+def browser_page() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (apt-get install -y chromium); "
+                    "the web page must be tested in a real browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def _canvas_pixel(page: object, x: int, y: int) -> list[int]:
+    return page.evaluate(  # type: ignore[attr-defined]
+        "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"
+        ".getImageData(x, y, 1, 1).data.slice(0, 3))", [x, y])
+
+
+def _set_alpha(page: object, percent: int) -> None:
+    page.evaluate(  # type: ignore[attr-defined]
+        "(v) => { const el = document.getElementById('alpha'); el.value = v;"
+        " el.dispatchEvent(new Event('input')); }", percent)
+
+
+def _drop_file(page: object, path: Path) -> None:
+    """A real drag-and-drop: a DataTransfer holding the file, dropped on the drop zone."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(  # type: ignore[attr-defined]
+        """([b64, name]) => { const dt = new DataTransfer();
+             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+             dt.items.add(new File([bytes], name, { type: 'image/png' })); return dt; }""", [data, path.name])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
+
+
+def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> None:
+    page = browser_page
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" and "401" not in msg.text
+            else None)
+
+    with SegmentClient(url, api_key=KEY) as client:
+        stats = client.stats(scene)
+        labels = client.labels(scene)
+        polygons = client.polygons(scene, tolerance=1.0)
+        color_png = client.segment(scene, "color").array()
+        palette = {c["id"]: c["color"] for c in client.classes()["classes"]}
+    original = np.asarray(Image.open(scene).convert("RGB"))
+
+    # 1. The service requires a key: without one, the page says so instead of failing silently.
+    page.goto(url + "/")
+    assert page.title() == "Segmentation service"
+    page.set_input_files("#file", str(scene))
+    page.wait_for_selector("#status.error")
+    assert "401 unauthorized" in page.text_content("#status")
+
+    # 2. Entering the key retries the upload; the key is kept in localStorage.
+    page.fill("#api-key", KEY)
+    with page.expect_response(lambda r: "output=stats" in r.url and r.status == 200) as answer:
+        page.press("#api-key", "Tab")
+    page.wait_for_selector("#stage[data-state=ready]")
+    page.reload()
+    assert page.input_value("#api-key") == KEY
+
+    # 3. Drag and drop the image; the legend lists exactly the classes present, with their percentages.
+    with page.expect_response(lambda r: "output=stats" in r.url and r.status == 200) as answer:
+        _drop_file(page, scene)
+    page.wait_for_selector("#stage[data-state=ready]")
+    page_stats = answer.value.json()
+    legend = page.eval_on_selector_all(
+        "#legend li", "items => items.map(li => [li.dataset.className, li.querySelector('.pct').textContent])")
+    expected = [[c["class_name"], f"{c['fraction'] * 100:.1f}%"] for c in stats["classes"]]
+    assert legend == expected
+    assert [c["class_name"] for c in page_stats["classes"]] == stats["classes_present"]
+    assert [name for name, _ in legend] == stats["classes_present"]
+
+    # 4. The overlay is blended on the canvas: opacity 0 shows the photo, 100 the class colour.
+    fg = np.argwhere(labels != 0)
+    assert len(fg), "the model predicts no foreground on the scene"
+    y, x = (int(v) for v in fg[len(fg) // 2])
+    _set_alpha(page, 100)
+    assert _canvas_pixel(page, x, y) == palette[int(labels[y, x])]
+    _set_alpha(page, 0)
+    assert _canvas_pixel(page, x, y) == original[y, x].tolist()
+    _set_alpha(page, 50)
+    half = np.asarray(_canvas_pixel(page, x, y))
+    mix = (original[y, x].astype(float) + np.asarray(palette[int(labels[y, x])])) / 2
+    assert np.abs(half - mix).max() <= 2
+    bg = np.argwhere(labels == 0)
+    if len(bg):  # background stays the photo at any opacity, as in the server's overlay
+        by, bx = (int(v) for v in bg[0])
+        assert _canvas_pixel(page, bx, by) == original[by, bx].tolist()
+
+    # 5. Polygons: one SVG path per feature of the server's answer.
+    page.check("#polygons")
+    page.wait_for_selector("#stage[data-polygons]:not([data-polygons=''])")
+    assert page.locator("#polygon-layer path").count() == len(polygons["features"])
+    assert page.is_visible("#polygon-layer") == bool(polygons["features"])
+
+    # 6. Download the colour PNG: the same pixels the API returns.
+    with page.expect_download() as download:
+        page.click("a[data-result=color]")
+    saved = np.asarray(Image.open(io.BytesIO(Path(download.value.path()).read_bytes())).convert("RGB"))
+    np.testing.assert_array_equal(saved, color_png)
+
+    _set_alpha(page, 60)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert problems == []
+
+
+def test_static_files_are_public(url: str) -> None:
+    import httpx
+
+    for path, kind in (("/", "text/html"), ("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        response = httpx.get(url + path)  # no key: the page must load so it can ask for one
+        assert response.status_code == 200, path
+        assert kind in response.headers["content-type"]
+    assert httpx.get(url + "/classes").status_code == 401
