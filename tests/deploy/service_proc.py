@@ -45,27 +45,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def image_env(name: str, workdir: Path, overrides: dict[str, str]) -> dict[str, str]:
-    """The final stage's ENV, with the image's venv bin mapped onto this venv's, plus `overrides`."""
+def image_env(name: str, workdir: Path, overrides: dict[str, str], venv_bin: Path = VENV_BIN) -> dict[str, str]:
+    """The final stage's ENV, with the image's /opt/venv/bin mapped onto `venv_bin`, plus `overrides`."""
     envs = dockerfile(name).envs
     assert envs["PATH"].startswith("/opt/venv/bin:"), envs["PATH"]
     env = {"HOME": str(workdir), "LANG": "C.UTF-8"}
     env.update({k: os.environ[k] for k in PASSTHROUGH if k in os.environ})
     env.update(envs)
-    env["PATH"] = f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env["PATH"] = f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     env.update(overrides)
     return env
 
 
-def start_image_command(name: str, model: Path, workdir: Path, **extra: str) -> ImageProcess:
+def start_image_command(name: str, model: Path, workdir: Path, venv_bin: Path = VENV_BIN,
+                        **extra: str) -> ImageProcess:
     """Run docker/Dockerfile.<name>'s CMD with its ENV; only host, port and model path are changed.
 
-    The working directory is an empty folder, as the image's WORKDIR holds no source tree.
+    The working directory is an empty folder, as the image's WORKDIR holds no source tree. `venv_bin`
+    stands in for the image's /opt/venv/bin (default: the venv running the tests).
     """
     argv = exec_form(dockerfile(name).cmd)
     port = free_port()
     env = image_env(name, workdir, {"SEGMENT_HOST": "127.0.0.1", "SEGMENT_PORT": str(port),
-                                    "SEGMENT_MODEL_PATH": str(model), **extra})
+                                    "SEGMENT_MODEL_PATH": str(model), **extra}, venv_bin)
     resolved = shutil.which(argv[0], path=env["PATH"])
     assert resolved, f"{argv[0]} is not on the image PATH (is the package installed with its entry points?)"
     log_path = workdir / f"{name}-{port}.log"
