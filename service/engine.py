@@ -160,6 +160,9 @@ def load_engine(settings: Settings) -> Engine:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Spinning worker threads would keep the cores busy between ops and starve the event loop (and the codec
+    # pool) on small machines; blocking costs microseconds per op.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=[(p, _provider_options(p)) for p in requested])

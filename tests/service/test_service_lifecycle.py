@@ -1,0 +1,164 @@
+"""Process lifecycle through the real `segment-serve` entry point: startup refusal, readiness, SIGTERM drain;
+and the event loop staying responsive during long inference."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from onnx import TensorProto
+from PIL import Image
+
+from tests.service.svc_helpers import make_rule_model, png_bytes, scene
+
+SEGMENT_SERVE = Path(sys.executable).with_name("segment-serve")
+
+
+class ServeProcess:
+    """`segment-serve` as a child process on an ephemeral port, its log collected by a reader thread."""
+
+    def __init__(self, model: Path, **env: str) -> None:
+        environ = {**os.environ, "SEGMENT_MODEL_PATH": str(model), "SEGMENT_HOST": "127.0.0.1",
+                   "SEGMENT_PORT": "0", "SEGMENT_LOG_LEVEL": "info", **env}
+        self.proc = subprocess.Popen([str(SEGMENT_SERVE)], env=environ, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_listening(self, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
+            if match:
+                self.url = match.group(1)
+                return self.url
+            if self.proc.poll() is not None:
+                raise AssertionError(f"segment-serve exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.02)
+        raise AssertionError(f"segment-serve did not start:\n{self.log}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url) as client:
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, self.log
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def test_readme_flow_segment_serve_answers_readyz(processes, tiny_onnx_model: Path) -> None:
+    """`SEGMENT_MODEL_PATH=... segment-serve`, then /readyz reports the model and provider."""
+    server = ServeProcess(tiny_onnx_model)
+    processes.append(server)
+    server.wait_listening()
+    server.wait_ready()
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["provider"] == "CPUExecutionProvider" and ready["arch"] == "deeplabv3_thin"
+    assert "CPUExecutionProvider" in server.log  # the provider in use is logged at startup
+
+
+@pytest.mark.parametrize("kind,expect", [("bare", "metadata"), ("float", "must be uint8")])
+def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: str, expect: str) -> None:
+    model = (make_rule_model(tmp_path / "bare.onnx", metadata=False) if kind == "bare"
+             else make_rule_model(tmp_path / "float.onnx", input_dtype=TensorProto.FLOAT))
+    server = ServeProcess(model)
+    processes.append(server)
+    assert server.proc.wait(60) == 3
+    server._reader.join(5)
+    assert "cannot start" in server.log and expect in server.log, server.log
+
+
+def test_sigterm_drains_in_flight_requests(processes, slow_model: Path) -> None:
+    server = ServeProcess(slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
+    processes.append(server)
+    server.wait_listening()
+    server.wait_ready()
+    images = [scene(100 + 10 * i, 70) for i in range(6)]
+
+    def post(image) -> httpx.Response:
+        return httpx.post(f"{server.url}/segment", content=png_bytes(image), timeout=60)
+
+    with ThreadPoolExecutor(len(images)) as pool, httpx.Client(base_url=server.url) as client:
+        futures = [pool.submit(post, im) for im in images]
+        deadline = time.monotonic() + 20
+        while "segment_inflight_requests 6.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * len(images)
+    for image, r in zip(images, responses, strict=True):
+        assert Image.open(io.BytesIO(r.content)).size == (image.shape[1], 70)
+    # uvicorn re-raises the captured SIGTERM once shutdown is complete, so "killed by SIGTERM" is a clean exit.
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    server._reader.join(5)
+    assert "drained and stopped" in server.log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/healthz")
+
+
+def test_healthz_answers_in_milliseconds_during_long_inference(serve, slow_model: Path) -> None:
+    """Inference, decoding and encoding run off the event loop: liveness answers while a long batch runs.
+
+    Were inference on the loop, each /healthz would wait for the whole batch. Absolute numbers depend on how
+    busy the machine is (2 shared cores here), so the bound is relative to the batch's own inference time.
+    """
+    server = serve(slow_model, max_batch_size=4, max_wait_ms=20)
+    big = png_bytes(scene(1600, 1200))
+
+    async def run() -> tuple[list[float], list[httpx.Response]]:
+        latencies: list[float] = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            posts = asyncio.gather(*(client.post("/segment", content=big) for _ in range(4)))
+            await asyncio.sleep(0.05)
+            while not posts.done():
+                t0 = time.perf_counter()
+                r = await client.get("/healthz")
+                assert r.status_code == 200
+                latencies.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.005)
+            return latencies, await posts
+
+    latencies, responses = asyncio.run(run())
+    assert all(r.status_code == 200 for r in responses)
+    inference_s = max(float(re.search(r"inference;dur=([\d.]+)", r.headers["server-timing"]).group(1))
+                      for r in responses) / 1000
+    latencies.sort()
+    assert inference_s > 0.3 and len(latencies) >= 5, (inference_s, latencies)
+    assert latencies[-1] < inference_s / 3, (inference_s, latencies)
+    assert latencies[len(latencies) // 2] < 0.1, latencies
