@@ -98,11 +98,23 @@ async function loadMask(resultId) {
   return canvas;
 }
 
+// Display size: as large as the viewer allows (small images are scaled up too), aspect ratio kept. The SVG
+// polygon layer covers the canvas box, so it follows.
+function fitToViewer(canvas) {
+  const box = document.querySelector(".viewer");
+  const style = getComputedStyle(box);
+  const room = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const scale = Math.min(room / canvas.width, (0.75 * window.innerHeight) / canvas.height);
+  canvas.style.width = `${Math.floor(canvas.width * scale)}px`;
+  canvas.style.height = `${Math.floor(canvas.height * scale)}px`;
+}
+
 function render() {
   const canvas = $("canvas");
   if (!state.image) return;
   canvas.width = state.image.width;
   canvas.height = state.image.height;
+  fitToViewer(canvas);
   const ctx = canvas.getContext("2d");
   const view = $("view").value;
   const alpha = Number($("alpha").value) / 100;
@@ -271,6 +283,7 @@ function setUp() {
     render();
   });
   $("view").addEventListener("change", render);
+  window.addEventListener("resize", () => { if (state.image) fitToViewer($("canvas")); });
   $("polygons").addEventListener("change", togglePolygons);
   $("fill-polygons").addEventListener("change", renderPolygons);
   document.querySelectorAll(".downloads a").forEach((a) => a.addEventListener("click", download));
