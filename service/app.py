@@ -271,8 +271,9 @@ def _install_routes(app: FastAPI) -> None:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
 
         t0 = time.perf_counter()
-        image, tensor, info = await loop.run_in_executor(state.pool, _decode_and_prepare, engine, data,
-                                                         settings.max_pixels)
+        with batcher.expecting():  # a batch being formed now waits for this image
+            image, tensor, info = await loop.run_in_executor(state.pool, _decode_and_prepare, engine, data,
+                                                             settings.max_pixels)
         timing["decode"] = time.perf_counter() - t0
 
         result = await batcher.infer(tensor, settings.request_timeout_s, request_id)

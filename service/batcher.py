@@ -1,7 +1,9 @@
 """Dynamic batching: one worker owns the ORT session and is fed by a bounded asyncio queue.
 
 A batch is cut when it holds `max_batch_size` images or `max_wait_ms` after its first image arrived
-(Triton's `max_queue_delay`). Inference runs in a dedicated thread so the event loop stays free.
+(Triton's `max_queue_delay`), or at once when no other request is on its way (being decoded): waiting then
+could only add latency, so a lone request pays no batching delay. Inference runs in a dedicated thread so the
+event loop stays free.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -58,6 +60,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._accepting = False
         self._busy = False
+        self._incoming = 0  # requests decoding now, which will reach the queue shortly
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +100,15 @@ class Batcher:
         return self._accepting and self._worker is not None and not self._worker.done()
 
     # -- requests --------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Mark a request as on its way (decoding) so a forming batch waits for it, up to max_wait_ms."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
     async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None) -> InferenceResult:
         """Queue one letterboxed image and wait for its labels.
 
@@ -163,6 +175,8 @@ class Batcher:
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if self._incoming == 0:  # nobody on the way: waiting would only add latency
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -151,3 +151,13 @@ def test_readiness_waits_for_warm_up(serve, slow_model: Path) -> None:
             time.sleep(0.02)
     assert first.status_code == 503 and first.json()["status"] == "warming_up"
     assert np.isfinite(first.json()["input_size"])
+
+
+def test_a_lone_request_pays_no_batching_delay(serve, rule_model: Path) -> None:
+    """With nothing else on its way, the batch is cut at once rather than after max_wait_ms."""
+    server = serve(rule_model, max_batch_size=8, max_wait_ms=1000)
+    with server.client() as client:
+        for _ in range(3):
+            r = client.post("/segment", params={"output": "stats"}, content=png_bytes(scene()))
+            assert r.status_code == 200
+            assert r.json()["timing_ms"]["queue"] < 300, r.json()["timing_ms"]
