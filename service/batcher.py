@@ -143,8 +143,9 @@ class Batcher:
             self._busy = True
             started = time.perf_counter()
             try:
-                tensor = np.stack([item.tensor for item in live])
-                labels = await loop.run_in_executor(self._executor, self._run_batch, tensor)
+                # Stacking copies N letterboxed images (MBs): done in the inference thread, not on the loop.
+                tensors = [item.tensor for item in live]
+                labels = await loop.run_in_executor(self._executor, self._stack_and_run, tensors)
             except Exception as exc:  # ORT failure: those requests fail, the worker carries on
                 log.exception("inference failed for a batch of %d (requests %s)", len(live),
                               [item.request_id for item in live])
@@ -162,6 +163,9 @@ class Batcher:
                 if not item.future.done():  # the client may have gone away while we ran
                     item.future.set_result(InferenceResult(labels[i], started - item.enqueued, inference_s,
                                                            len(live)))
+
+    def _stack_and_run(self, tensors: list[np.ndarray]) -> np.ndarray:
+        return self._run_batch(np.stack(tensors))
 
     async def _collect(self) -> list[_Item]:
         """Block for the first item, then take more until the batch is full or max_wait has passed."""

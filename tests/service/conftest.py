@@ -28,6 +28,12 @@ def slow_model(tiny_onnx_model: Path, models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def very_slow_model(tiny_onnx_model: Path, models_dir: Path) -> Path:
+    """The tiny DeepLab at 1280x1280: ~0.5 s per image, for watching the server while one image runs."""
+    return with_input_size(tiny_onnx_model, models_dir / "very_slow.onnx", 1280)
+
+
+@pytest.fixture(scope="session")
 def broken_model(models_dir: Path) -> Path:
     """Meets the contract on paper but its graph only accepts 32x32, so every real run fails inside ORT."""
     return make_rule_model(models_dir / "broken.onnx", input_size=64, fixed_hw=32)

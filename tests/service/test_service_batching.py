@@ -139,9 +139,9 @@ def test_inference_failure_is_a_500_json_and_the_worker_keeps_running(serve, bro
         assert client.get("/readyz").status_code == 503
 
 
-def test_readiness_waits_for_warm_up(serve, slow_model: Path) -> None:
+def test_readiness_waits_for_warm_up(serve, very_slow_model: Path) -> None:
     """/healthz answers at once; /readyz is 503 `warming_up` until the first model run has finished."""
-    server = serve(slow_model, wait_ready=False, max_batch_size=1)
+    server = serve(very_slow_model, wait_ready=False, max_batch_size=1)
     with server.client() as client:
         assert client.get("/healthz").status_code == 200
         first = client.get("/readyz")
