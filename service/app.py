@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -237,7 +237,8 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
     },
     "responses": {
         "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
-                "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}},
+                "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}, "application/geo+json": {}}},
+        "400": {"description": "empty body or corrupt image"},
         "413": {"description": "upload or image too large"},
         "415": {"description": "not a supported image"},
         "422": {"description": "invalid parameters or missing field `image`"},
@@ -332,7 +333,8 @@ def _install_routes(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit")
+    @app.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",
+             responses={503: {"description": "not ready: loading, warming up, overloaded or shutting down"}})
     async def readyz(request: Request) -> JSONResponse:
         state = _state(request)
         ready, status = state.readiness()
@@ -348,7 +350,7 @@ def _install_routes(app: FastAPI) -> None:
             body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue)
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True, response_class=PlainTextResponse)
     async def metrics_route(request: Request) -> Response:
         state = _state(request)
         if state.batcher is not None:
