@@ -35,12 +35,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 OutputKind = Literal["labels", "color", "overlay", "polygons", "stats"]
-OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "polygons", "stats")
 # Reachable without an API key: probes, scraping, the docs and the static web page.
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                 "/", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
-_MEDIA = {"labels": "image/png", "color": "image/png", "png": "image/png", "jpeg": "image/jpeg"}
 # Accept-header negotiation when `output` is not given: first match by quality wins.
 _ACCEPT_TO_OUTPUT = {"image/png": "labels", "image/jpeg": "overlay", "application/geo+json": "polygons",
                      "application/json": "stats"}
@@ -305,15 +303,11 @@ def _install_routes(app: FastAPI) -> None:
         stored = state.cache.get(result_id)
         if stored is None:
             raise ApiError(404, "result_not_found", f"no result {result_id!r} (unknown or expired)")
-        palette = engine.metadata.palette
         kind = name.removesuffix(".png")
 
         def encode() -> bytes:
-            if kind == "labels":
-                return outputs.encode_labels_png(stored.labels, palette)
-            if kind == "color":
-                return outputs.encode_color_png(stored.labels, palette)
-            return outputs.encode_overlay(stored.image, stored.labels, palette, 0.5, "png")
+            body, _ = outputs.render_output(kind, stored.image, stored.labels, engine.metadata, fmt="png")
+            return body  # type: ignore[return-value]  # image kinds are always bytes
 
         data = await asyncio.get_running_loop().run_in_executor(state.pool, encode)
         return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
@@ -371,19 +365,5 @@ def _finish_and_encode(state: ServiceState, engine: Engine, image: np.ndarray, l
                        min_area: float) -> tuple[bytes | dict[str, Any], str]:
     labels = finish(labels_small, info)
     state.cache.put(result_id, labels, image)
-    meta = engine.metadata
-    if kind == "labels":
-        return outputs.encode_labels_png(labels, meta.palette), "image/png"
-    if kind == "color":
-        return outputs.encode_color_png(labels, meta.palette), "image/png"
-    if kind == "overlay":
-        return outputs.encode_overlay(image, labels, meta.palette, alpha, fmt), _MEDIA[fmt]
-    header: dict[str, Any] = {
-        "id": result_id, "model": engine.name, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
-        "classes_present": outputs.classes_present(labels, meta.classes),
-    }
-    if kind == "polygons":
-        # A GeoJSON FeatureCollection at the top level (foreign members are allowed), so GIS tools read it.
-        collection = outputs.polygons_geojson(labels, meta.classes, tolerance, min_area)
-        return {**collection, **header}, "application/geo+json"
-    return {**outputs.class_stats(labels, meta.classes), **header}, "application/json"
+    return outputs.render_output(kind, image, labels, engine.metadata, {"id": result_id, "model": engine.name},
+                                 alpha=alpha, fmt=fmt, tolerance=tolerance, min_area=min_area)

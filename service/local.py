@@ -1,8 +1,8 @@
 """In-process segmentation with the service's own code path, for the batch CLI's `--local` mode.
 
 Nothing here re-implements a step: decoding is `service.imaging.decode_image`, letterbox → ORT → unletterbox is
-`service.engine.segment_images`, and the bytes come from `service.outputs`, exactly as `POST /segment` makes
-them. `render` is the output dispatch; a local answer carries the same JSON fields as the server's, except the
+`service.engine.segment_images`, and the bytes come from `service.outputs.render_output`, exactly as
+`POST /segment` makes them. A local answer carries the same JSON fields as the server's, except the
 result `id` (there is no result cache in-process).
 """
 
@@ -17,35 +17,10 @@ from typing import Any
 import numpy as np
 
 from . import outputs
-from .client import OUTPUTS, SegmentResult
-from .contract import ModelMetadata
+from .client import SegmentResult
 from .engine import Engine, load_engine, segment_images
 from .imaging import decode_image
 from .settings import Settings
-
-_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
-
-
-def render(kind: str, image: np.ndarray, labels: np.ndarray, meta: ModelMetadata, model: str, *,
-           alpha: float = 0.5, fmt: str = "jpeg", tolerance: float = 1.0,
-           min_area: float = 0.0) -> tuple[bytes | dict[str, Any], str]:
-    """The body and media type of output `kind` for a label map at the image's size (as the service answers)."""
-    if kind == "labels":
-        return outputs.encode_labels_png(labels, meta.palette), "image/png"
-    if kind == "color":
-        return outputs.encode_color_png(labels, meta.palette), "image/png"
-    if kind == "overlay":
-        return outputs.encode_overlay(image, labels, meta.palette, alpha, fmt), _MEDIA[fmt]
-    if kind not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {kind!r}")
-    header: dict[str, Any] = {
-        "model": model, "width": int(labels.shape[1]), "height": int(labels.shape[0]),
-        "classes_present": outputs.classes_present(labels, meta.classes),
-    }
-    if kind == "polygons":
-        return {**outputs.polygons_geojson(labels, meta.classes, tolerance, min_area), **header}, \
-            "application/geo+json"
-    return {**outputs.class_stats(labels, meta.classes), **header}, "application/json"
 
 
 class LocalSegmenter:
@@ -71,10 +46,11 @@ class LocalSegmenter:
         t1 = time.perf_counter()
         (labels,) = self.labels([image])
         t2 = time.perf_counter()
-        body, media = render(output, image, labels, self.engine.metadata, self.engine.name,
-                             alpha=0.5 if alpha is None else alpha, fmt=format or "jpeg",
-                             tolerance=1.0 if tolerance is None else tolerance,
-                             min_area=0.0 if min_area is None else min_area)
+        body, media = outputs.render_output(output, image, labels, self.engine.metadata,
+                                            {"model": self.engine.name},
+                                            alpha=0.5 if alpha is None else alpha, fmt=format or "jpeg",
+                                            tolerance=1.0 if tolerance is None else tolerance,
+                                            min_area=0.0 if min_area is None else min_area)
         timing = {"decode": t1 - t0, "inference": t2 - t1, "encode": time.perf_counter() - t2}
         if isinstance(body, dict):
             body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}

@@ -11,10 +11,12 @@ from service.outputs.masks import (
     palette_lut,
 )
 from service.outputs.polygons import polygons_geojson
+from service.outputs.render import OUTPUTS, render_output
 from service.outputs.stats import class_counts, class_name, class_stats, classes_present
 
 __all__ = [
     "DEFAULT_PNG_COMPRESS_LEVEL",
+    "OUTPUTS",
     "class_counts",
     "class_name",
     "class_stats",
@@ -24,4 +26,5 @@ __all__ = [
     "encode_overlay",
     "palette_lut",
     "polygons_geojson",
+    "render_output",
 ]

@@ -86,8 +86,10 @@ def test_overload_gives_503_and_loses_no_accepted_request(serve, slow_model: Pat
     assert rejected[(("reason", "overloaded"),)] == codes.count(503)
 
 
-def test_timeout_gives_504_and_the_worker_survives(serve, slow_model: Path) -> None:
-    server = serve(slow_model, max_batch_size=1, request_timeout_s=0.05)
+def test_timeout_gives_504_and_the_worker_survives(serve, very_slow_model: Path) -> None:
+    # 0.5 s of inference against a 0.05 s timeout: a 10x margin so a starved event loop on a loaded CI
+    # machine cannot deliver a finished result before the timeout fires.
+    server = serve(very_slow_model, max_batch_size=1, request_timeout_s=0.05)
     bodies = [png_bytes(scene())] * 3
     responses = asyncio.run(_burst(server.url, bodies, {}))
     assert [r.status_code for r in responses] == [504] * 3
