@@ -30,14 +30,14 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """Scene geometry. Sizes are in pixels; object size is a fraction of the short image side."""
+    """Scene geometry. Sizes are in pixels; object size (diameter) is a fraction of the short image side."""
 
-    min_side: int = 112
-    max_side: int = 176
+    min_side: int = 112  # short side range; the long side is always max_side
+    max_side: int = 160
     min_objects: int = 1
     max_objects: int = 4
-    min_scale: float = 0.3
-    max_scale: float = 0.7
+    min_scale: float = 0.35
+    max_scale: float = 0.75
     ignore_border: int = 0  # width of a 255 band on object boundaries (VOC style); 0 = exact masks
 
 
@@ -177,8 +177,9 @@ OBJECTS: dict[str, ObjectClass] = {
 def render_scene(seed: int, index: int, config: SceneConfig = SceneConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Scene `index` of the dataset with `seed`: (RGB uint8 HxWx3, label uint8 HxW with class ids / 255)."""
     rng = np.random.default_rng([seed, index])
-    h = int(rng.integers(config.min_side, config.max_side + 1))
-    w = int(rng.integers(config.min_side, config.max_side + 1))
+    # The long side is always max_side, so a model served at input_size = max_side sees scenes at scale 1.
+    short = int(rng.integers(config.min_side, config.max_side + 1))
+    h, w = (short, config.max_side) if rng.random() < 0.5 else (config.max_side, short)
     img = _background(rng, h, w)
     label = np.zeros((h, w), np.uint8)
     short = min(h, w)

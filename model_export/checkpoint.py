@@ -1,0 +1,92 @@
+"""Training checkpoints: one `torch.save`d dict that both resumes training and rebuilds the model for export.
+
+Format (`format == "model_export.train/1"`):
+
+| key | what |
+|---|---|
+| `format` | the string above |
+| `arch`, `num_classes`, `model_kwargs` | `build_model(arch, num_classes, **model_kwargs)` rebuilds the network |
+| `preprocessing` | "imagenet" or "caffe" (how inputs are normalised; belongs to the weights) |
+| `classes`, `palette` | class names and [r, g, b] colours, carried into the ONNX metadata |
+| `input_size` | the crop size it was trained at (the metadata's `input_size`) |
+| `state_dict` | the model's parameters and buffers |
+| `optimizer` | the SGD state (momentum buffers), for resuming |
+| `iteration`, `max_iter` | iterations done, and the length of the poly schedule |
+| `rng` | python / numpy / torch (and CUDA) generator states |
+| `args` | the training settings, for the record and for resuming |
+| `source` | provenance of the initial weights |
+
+`load_checkpoint_model(path)` returns `(model, info)`; `info` is the dict without `state_dict`/`optimizer`.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .models import SegmentationModel, build_model
+
+FORMAT = "model_export.train/1"
+
+
+class CheckpointError(ValueError):
+    """The file is not a readable training checkpoint; the message names it."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator state a training run may touch."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename), so an interrupted save never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, **ckpt}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU; clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: the dict holds numpy/python RNG states. Only load checkpoints you trust.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a model_export.train checkpoint (format {FORMAT!r})")
+    return ckpt
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Rebuild the trained model (eval mode, CPU) and return it with the checkpoint's other fields."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    model.preprocessing = ckpt.get("preprocessing", model.preprocessing)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    info = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer")}
+    return model.eval(), info

@@ -1,0 +1,218 @@
+"""`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.
+
+Two kinds of model:
+- an exported `.onnx` file goes through the service's own path: `service.imaging.decode_image` on the JPEG
+  bytes, `service.engine.load_engine` (contract checks, ORT session) and `service.engine.segment_images`
+  (letterbox to the metadata's input size, run, unletterbox). What is measured is what is served.
+- a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch, letterboxed the same way by
+  default (`--input-size 0` runs at native resolution), with optional multi-scale + flip testing: softmax
+  probabilities are averaged over scales and mirrors at the letterboxed size.
+
+The confusion matrix accumulates over the whole split (model_export.metrics documents undefined classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint_model
+from .data import DatasetError, VOCSegmentation
+from .metrics import ConfusionMatrix, SegmentationScores
+from .models import SegmentationModel
+from .wrapper import normalize_nchw, preprocessing_constants
+
+log = logging.getLogger(__name__)
+
+# (image paths, decoded-later) -> label maps at original size
+Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+
+
+def decode(path: Path) -> np.ndarray:
+    """The service's decoder (EXIF orientation, mode conversion) on a dataset image file."""
+    from service.errors import ApiError
+    from service.imaging import decode_image
+
+    try:
+        return decode_image(_read_bytes(path), max_pixels=1 << 31)
+    except ApiError as exc:
+        raise DatasetError(f"cannot decode image file {path}: {exc}") from None
+
+
+def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto") -> tuple[Predictor, list[str]]:
+    """Predict through the service engine; returns the predictor and the model's class names."""
+    from service.engine import load_engine, segment_images
+    from service.settings import Settings
+
+    kwargs: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
+    if threads:
+        kwargs["intra_op_threads"] = threads
+    engine = load_engine(Settings(**kwargs))
+
+    def predict(paths: Sequence[Path]) -> list[np.ndarray]:
+        return segment_images(engine, [decode(p) for p in paths], batch_size=len(paths))
+
+    return predict, list(engine.metadata.classes)
+
+
+@torch.no_grad()
+def predict_probs(model: SegmentationModel, image: np.ndarray, scales: Sequence[float] = (1.0,),
+                  flip: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """Softmax probabilities [C, H, W] for one RGB uint8 image, averaged over scales (and mirrors)."""
+    device = device or torch.device("cpu")
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None].to(device)
+    x = normalize_nchw(x, model.preprocessing)
+    h, w = image.shape[:2]
+    total = None
+    for s in scales:
+        xs = x if s == 1 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                                            mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            inp = xs.flip(-1) if mirrored else xs
+            logits = F.interpolate(model(inp), size=(h, w), mode="bilinear", align_corners=False)
+            probs = torch.softmax(logits, dim=1)
+            probs = probs.flip(-1) if mirrored else probs
+            total = probs if total is None else total + probs
+    assert total is not None
+    return total[0] / (len(scales) * (2 if flip else 1))
+
+
+def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales: Sequence[float] = (1.0,),
+                         flip: bool = False, device: str = "auto") -> tuple[Predictor, list[str]]:
+    """Predict with a training checkpoint in PyTorch. `input_size` None = the checkpoint's own (letterboxed
+    like the service), 0 = native resolution."""
+    from service.imaging import letterbox, unletterbox
+
+    from .train import pick_device
+
+    model, info = load_checkpoint_model(path)
+    dev = pick_device(device)
+    model.to(dev)
+    size = info.get("input_size", 0) if input_size is None else input_size
+    pad = tuple(round(v) for v in preprocessing_constants(model.preprocessing)[0])
+
+    def predict(paths: Sequence[Path]) -> list[np.ndarray]:
+        out = []
+        for p in paths:
+            image = decode(p)
+            if size:
+                boxed, lb = letterbox(image, size, pad)  # type: ignore[arg-type]
+                probs = predict_probs(model, boxed, scales, flip, dev)
+                labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+                out.append(unletterbox(labels, lb))
+            else:
+                out.append(predict_probs(model, image, scales, flip, dev).argmax(0).to(torch.uint8).cpu().numpy())
+        return out
+
+    return predict, list(info["classes"])
+
+
+def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *, batch_size: int = 8,
+                   limit: int | None = None, progress: bool = True,
+                   on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None
+                   ) -> SegmentationScores:
+    """Run `predict` over the split and score it; `on_prediction(id, target, pred)` sees every pair."""
+    cm = ConfusionMatrix(num_classes)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    with tqdm(total=n, desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            preds = predict([dataset.image_path(i) for i in idx])
+            for i, pred in zip(idx, preds, strict=True):
+                target = dataset.read_label(i)
+                if pred.shape != target.shape:
+                    raise DatasetError(f"prediction {pred.shape} and label {dataset.label_path(i)} "
+                                       f"{target.shape} differ in size")
+                cm.update(target, pred)
+                if on_prediction is not None:
+                    on_prediction(dataset.ids[i], target, pred)
+            bar.update(len(idx))
+            bar.set_postfix(miou=f"{cm.compute().miou:.4f}")
+    return cm.compute()
+
+
+def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val", *,
+                   labels_dir: str = "SegmentationClass", scales: Sequence[float] = (1.0,), flip: bool = False,
+                   input_size: int | None = None, threads: int = 0, device: str = "auto",
+                   batch_size: int = 8, limit: int | None = None, progress: bool = True,
+                   on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+                   ) -> tuple[SegmentationScores, list[str]]:
+    """Score an `.onnx` file or a training checkpoint on a split; returns the scores and class names."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix == ".onnx":
+        if tuple(scales) != (1.0,) or flip or input_size is not None:
+            raise ValueError("multi-scale, flip and --input-size need a PyTorch checkpoint: an ONNX file "
+                             "outputs labels at its own input size, exactly as the service runs it")
+        predict, classes = onnx_predictor(path, threads=threads, providers="cpu" if device == "cpu" else "auto")
+    else:
+        predict, classes = checkpoint_predictor(path, input_size, scales, flip, device)
+    dataset = VOCSegmentation(data, split, labels_dir)
+    scores = evaluate_split(predict, dataset, len(classes), batch_size=batch_size, limit=limit,
+                            progress=progress, on_prediction=on_prediction)
+    return scores, classes
+
+
+def format_scores(scores: SegmentationScores, classes: list[str]) -> str:
+    """A small human-readable table."""
+    lines = [f"mIoU {scores.miou:.4f}   pixel accuracy {scores.pixel_accuracy:.4f}   "
+             f"mean class accuracy {scores.mean_class_accuracy:.4f}"]
+    for name, iou in zip(classes, scores.per_class_iou, strict=True):
+        lines.append(f"  {name:<16} {'n/a (absent)' if np.isnan(iou) else f'{iou:.4f}'}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cli import CliError
+    from .train import parse_floats
+
+    try:
+        torch.set_num_threads(args.threads) if args.threads else None
+        scores, classes = evaluate_model(
+            args.model, args.data, args.split, labels_dir=args.labels_dir, scales=parse_floats(args.scales),
+            flip=args.flip, input_size=args.input_size, threads=args.threads, device=args.device,
+            batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
+        )
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(format_scores(scores, classes))
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores.as_dict(classes), indent=2) + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `segment-export evaluate`."""
+    p = subparsers.add_parser("evaluate", help="mIoU / per-class IoU / pixel accuracy of a model on a split",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="an exported .onnx file or a training checkpoint (.pt)")
+    p.add_argument("--data", required=True, help="dataset root holding VOCdevkit/VOC2012")
+    p.add_argument("--split", default="val")
+    p.add_argument("--labels-dir", default="SegmentationClass")
+    p.add_argument("--scales", default="1", help="checkpoints only: test scales, e.g. 0.75,1,1.25")
+    p.add_argument("--flip", action="store_true", help="checkpoints only: add mirrored inputs")
+    p.add_argument("--input-size", type=int, help="checkpoints only: letterbox size (0 = native resolution)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--threads", type=int, default=0, help="torch / onnxruntime intra-op threads")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
