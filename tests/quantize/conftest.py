@@ -1,0 +1,72 @@
+"""A tiny *trained* model and a folder of real photos for the precision-variant tests.
+
+Agreement between int8 and fp32 means little on random weights, which predict one class everywhere; a few
+seconds of training on synthetic scenes gives label maps with several classes and real decision boundaries.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.photos import PHOTOS, photo_path
+
+SIZE = 64
+TRAIN_SEED = 4321  # scenes for the test model; the calibration seed of model_export.calibration differs
+
+
+def _scenes(start: int, n: int):  # -> tuple[torch.Tensor, torch.Tensor]
+    import cv2
+    import torch
+
+    from model_export.synthetic import render_scene
+
+    xs, ys = [], []
+    for i in range(start, start + n):
+        img, lab = render_scene(TRAIN_SEED, i)
+        xs.append(cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+        ys.append(cv2.resize(lab, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST))
+    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float(), torch.from_numpy(np.stack(ys)).long()
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A thin DeepLab-v3 trained ~10 s on synthetic scenes (the demo's 7 classes), exported at input size 64."""
+    import torch
+    import torch.nn.functional as F
+
+    from model_export import synthetic
+    from model_export.export import build_metadata, export_onnx
+    from model_export.models import build_model
+    from model_export.wrapper import normalize_nchw
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_thin", num_classes=len(synthetic.CLASSES), base_width=8, head_channels=16)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = [_scenes(8 * b, 8) for b in range(12)]
+    for it in range(120):
+        x, y = batches[it % len(batches)]
+        logits = F.interpolate(model(normalize_nchw(x, model.preprocessing)), size=(SIZE, SIZE),
+                               mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, y, ignore_index=synthetic.IGNORE_INDEX)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    meta = build_metadata(model, num_classes=len(synthetic.CLASSES), classes=synthetic.CLASSES,
+                          palette=synthetic.PALETTE, input_size=SIZE, source="tests: 120 Adam steps on synthetic")
+    return export_onnx(model, tmp_path_factory.mktemp("trained") / "tiny.onnx", meta)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibration folder: the five real sample photos (PNG and JPEG) plus a file that is not an image."""
+    root = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        shutil.copy(photo_path(name), root / name)
+    (root / "README.txt").write_text("not an image; calibration must skip it\n")
+    return root
