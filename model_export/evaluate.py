@@ -57,13 +57,16 @@ def decode(path: Path) -> np.ndarray:
 
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto") -> tuple[Predictor, list[str]]:
     """Predict through the service engine; returns the predictor and the model's class names."""
-    from service.engine import load_engine, segment_images
+    from service.engine import EngineError, load_engine, segment_images
     from service.settings import Settings
 
     kwargs: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
     if threads:
         kwargs["intra_op_threads"] = threads
-    engine = load_engine(Settings(**kwargs))
+    try:
+        engine = load_engine(Settings(**kwargs))
+    except EngineError as exc:  # ContractError is already a ValueError
+        raise ValueError(str(exc)) from None
 
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
         return segment_images(engine, [decode(p) for p in paths], batch_size=len(paths))

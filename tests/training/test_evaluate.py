@@ -1,0 +1,97 @@
+"""Metrics against torchmetrics, and evaluation of checkpoints and ONNX files through the service path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from model_export.cli import main
+from model_export.evaluate import evaluate_model
+from model_export.export import build_metadata, export_onnx
+from model_export.metrics import ConfusionMatrix
+from model_export.train import load_checkpoint_model
+
+
+def _torchmetrics(targets: list[np.ndarray], preds: list[np.ndarray], n: int, average: str | None) -> torch.Tensor:
+    metric = MulticlassJaccardIndex(num_classes=n, ignore_index=255, average=average)
+    for t, p in zip(targets, preds, strict=True):
+        metric.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(t.astype(np.int64)))
+    return metric.compute()
+
+
+def test_miou_equals_torchmetrics_including_absent_classes() -> None:
+    rng = np.random.default_rng(0)
+    n = 8
+    targets, preds = [], []
+    for _ in range(5):
+        t = rng.choice([0, 1, 2, 3, 255], size=(20, 30), p=[0.4, 0.2, 0.2, 0.1, 0.1]).astype(np.uint8)
+        p = np.where(rng.random((20, 30)) < 0.7, np.where(t == 255, 0, t), rng.integers(0, 6, (20, 30)))
+        targets.append(t)
+        preds.append(p.astype(np.uint8))
+    # Classes 4 and 5 occur only as (wrong) predictions; 6 and 7 occur nowhere: undefined, left out.
+    cm = ConfusionMatrix(n)
+    for t, p in zip(targets, preds, strict=True):
+        cm.update(t, p)
+    ours = cm.compute()
+    assert np.isnan(ours.per_class_iou[6]) and np.isnan(ours.per_class_iou[7])
+    assert ours.per_class_iou[4] == 0.0
+    assert abs(ours.miou - float(_torchmetrics(targets, preds, n, "macro"))) < 1e-6
+    per_class = _torchmetrics(targets, preds, n, "none").numpy()
+    defined = ~np.isnan(ours.per_class_iou)
+    assert np.allclose(np.array(ours.per_class_iou)[defined], per_class[defined], atol=1e-6)
+    valid = np.concatenate([t.ravel() for t in targets]) != 255
+    correct = np.concatenate([(t == p).ravel() for t, p in zip(targets, preds, strict=True)])
+    assert ours.pixel_accuracy == pytest.approx(correct[valid].mean(), abs=1e-12)
+
+
+def test_perfect_and_ignored_predictions() -> None:
+    cm = ConfusionMatrix(3)
+    t = np.array([[0, 1, 255], [2, 2, 255]], np.uint8)
+    cm.update(t, np.array([[0, 1, 2], [2, 2, 0]], np.uint8))  # errors only where ignored
+    s = cm.compute()
+    assert s.miou == 1.0 and s.pixel_accuracy == 1.0 and cm.matrix.sum() == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_from_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, info = load_checkpoint_model(tiny_checkpoint)
+    meta = build_metadata(model, num_classes=info["num_classes"], classes=info["classes"],
+                          palette=info["palette"], input_size=info["input_size"], source="tests")
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", meta)
+
+
+def test_onnx_evaluation_goes_through_the_service_and_matches_torchmetrics(
+        tiny_voc: Path, tiny_checkpoint: Path, tiny_onnx_from_checkpoint: Path) -> None:
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    scores, classes = evaluate_model(tiny_onnx_from_checkpoint, tiny_voc, "val", progress=False,
+                                     on_prediction=lambda i, t, p: pairs.__setitem__(i, (t, p)))
+    assert len(pairs) == 4 and len(classes) == 7
+    targets, preds = zip(*pairs.values(), strict=True)
+    assert all(t.shape == p.shape for t, p in pairs.values())  # back at the original size
+    assert abs(scores.miou - float(_torchmetrics(list(targets), list(preds), 7, "macro"))) < 1e-6
+    # The checkpoint, letterboxed the same way in PyTorch, predicts (nearly) the same labels.
+    ckpt_preds: dict[str, np.ndarray] = {}
+    evaluate_model(tiny_checkpoint, tiny_voc, "val", progress=False,
+                   on_prediction=lambda i, t, p: ckpt_preds.__setitem__(i, p))
+    agree = np.mean(np.concatenate([(ckpt_preds[i] == p).ravel() for i, (_, p) in pairs.items()]))
+    assert agree > 0.99
+
+
+def test_multiscale_flip_is_for_checkpoints(tiny_voc: Path, tiny_checkpoint: Path,
+                                            tiny_onnx_from_checkpoint: Path,
+                                            capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    scores, _ = evaluate_model(tiny_checkpoint, tiny_voc, "val", scales=(0.75, 1.0, 1.25), flip=True,
+                               progress=False)
+    assert 0.0 <= scores.miou <= 1.0
+    assert main(["evaluate", "--model", str(tiny_onnx_from_checkpoint), "--data", str(tiny_voc),
+                 "--flip", "--no-progress"]) == 2
+    assert "need a PyTorch checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_checkpoint), "--data", str(tiny_voc), "--no-progress",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
+    assert main(["evaluate", "--model", str(tmp_path / "none.onnx"), "--data", str(tiny_voc)]) == 2
+    assert "model file not found" in capsys.readouterr().err
