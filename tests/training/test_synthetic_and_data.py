@@ -42,9 +42,12 @@ def test_each_class_has_its_own_colour_family() -> None:
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
         for c in range(1, len(CLASSES)):
             if (lab == c).sum() > 200:
-                hues.setdefault(c, []).append(float(np.median(hsv[..., 0][lab == c])))
+                hues.setdefault(c, []).extend(hsv[..., 0][lab == c].astype(float).tolist())
     assert len(hues) == len(CLASSES) - 1
-    centre = {c: float(np.median(v)) for c, v in hues.items()}
+    # OpenCV hue is an angle in 0..180 (red wraps around), so take the circular mean.
+    angle = {c: np.deg2rad(np.array(v) * 2) for c, v in hues.items()}
+    centre = {c: float(np.rad2deg(np.arctan2(np.sin(a).mean(), np.cos(a).mean())) / 2 % 180)
+              for c, a in angle.items()}
     for a in centre:
         for b in centre:
             if a < b:
