@@ -1,0 +1,191 @@
+"""Turn the benchmark JSON files into markdown tables and matplotlib plots.
+
+Usage: python -m bench.report [--docs docs]
+Reads docs/bench/perf.json (and docs/bench/stagefix.json when present), writes docs/bench-*.png and replaces the
+block between `<!-- perf:begin -->` and `<!-- perf:end -->` in docs/BENCHMARKS.md (the prose around it is
+written by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+ENGINES = ("ort", "eager", "service_batched", "service_unbatched")
+LABELS = {"ort": "raw ORT", "eager": "PyTorch eager", "service_batched": "service, batching on",
+          "service_unbatched": "service, batching off"}
+
+
+def _points(perf: dict[str, Any], engine: str, size: str) -> list[dict[str, Any]]:
+    return sorted((p for p in perf["points"] if p["engine"] == engine and p["size"] == size),
+                  key=lambda p: p["concurrency"])
+
+
+def _sizes(perf: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(p["size"] for p in perf["points"]))
+
+
+def _at(perf: dict[str, Any], engine: str, size: str, c: int) -> dict[str, Any] | None:
+    return next((p for p in _points(perf, engine, size) if p["concurrency"] == c), None)
+
+
+def plot_concurrency(perf: dict[str, Any], out: Path) -> None:
+    sizes = _sizes(perf)
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 4 * len(sizes)), squeeze=False)
+    for row, size in enumerate(sizes):
+        for engine in ENGINES:
+            pts = _points(perf, engine, size)
+            cs = [p["concurrency"] for p in pts]
+            axes[row][0].plot(cs, [p["throughput"] for p in pts], marker="o", label=LABELS[engine])
+            axes[row][1].plot(cs, [p["p95"] for p in pts], marker="o", label=LABELS[engine])
+        axes[row][0].set(title=f"throughput, {size} upload", xlabel="concurrency", ylabel="images/s", xscale="log")
+        axes[row][1].set(title=f"p95 latency, {size} upload", xlabel="concurrency", ylabel="ms", xscale="log",
+                         yscale="log")
+        for ax in axes[row]:
+            ax.set_xticks(sorted({p["concurrency"] for p in perf["points"]}))
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+        axes[row][0].legend(fontsize=8)
+    fig.suptitle(f"{perf['model']['arch']} at letterbox {perf['model']['input_size']}, "
+                 f"{perf['model']['threads']} threads, CPU")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def plot_stages(perf: dict[str, Any], out: Path, concurrency: int) -> None:
+    bars = []
+    for size in _sizes(perf):
+        for engine in ("service_batched", "service_unbatched"):
+            p = _at(perf, engine, size, concurrency)
+            if p:
+                bars.append((f"{size}\n{LABELS[engine].replace('service, ', '')}", p["stages_ms"], p["p50"]))
+    stages = ["decode", "queue", "inference", "encode"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    left = [0.0] * len(bars)
+    for stage in stages:
+        values = [b[1].get(stage, 0.0) for b in bars]
+        ax.barh([b[0] for b in bars], values, left=left, label=stage)
+        left = [a + v for a, v in zip(left, values, strict=True)]
+    ax.set(xlabel="mean ms per request", title=f"where a request's time goes (service metrics, concurrency "
+                                                f"{concurrency})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['throughput']:.1f} ({p['p50']:.0f} / {p['p95']:.0f} / {p['p99']:.0f})"
+
+
+def perf_tables(perf: dict[str, Any]) -> list[str]:
+    m, model = perf["machine"], perf["model"]
+    lines = [
+        f"Command: `{perf['command'].strip()}` ({perf['elapsed_s'] / 60:.1f} min). "
+        f"Machine: {m['cpu']}, {m['platform']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}.",
+        f"Load while measuring: before {m['load_before']}; after {m['load_after']}.",
+        f"Model: `{model['arch']}` {model['kwargs'] or '(default widths)'}, {model['weights']}, letterbox "
+        f"{model['input_size']}, ONNX {model['onnx_mb']:.1f} MB, {model['threads']} intra-op threads everywhere.",
+        "",
+        "### Best batch size of each engine (images/s, model only, letterboxed tensor)",
+        "",
+        "| engine | " + " | ".join(f"batch {b}" for b in perf["batch_sweep"]["ort"]["img_per_s"]) + " | best |",
+        "|---|" + "---|" * (len(perf["batch_sweep"]["ort"]["img_per_s"]) + 1),
+    ]
+    for engine in ("ort", "eager"):
+        sweep = perf["batch_sweep"][engine]
+        lines.append(f"| {LABELS[engine]} | " + " | ".join(f"{v:.1f}" for v in sweep["img_per_s"].values())
+                     + f" | {sweep['best']} |")
+    levels = sorted({p["concurrency"] for p in perf["points"]})
+    for size in _sizes(perf):
+        lines += ["", f"### {size} uploads: images/s (latency p50 / p95 / p99, ms)", "",
+                  "| concurrency | " + " | ".join(LABELS[e] for e in ENGINES) + " |", "|---|" + "---|" * 4]
+        for c in levels:
+            lines.append(f"| {c} | " + " | ".join(_fmt(_at(perf, e, size, c)) for e in ENGINES) + " |")
+    lines += ["", "### Ratios (throughput, same run)", "",
+              "| upload | concurrency | service batching on / raw ORT | service batching off / raw ORT | "
+              "raw ORT / PyTorch eager | mean batch (on) |", "|---|---|---|---|---|---|"]
+    for size in _sizes(perf):
+        for c in levels:
+            o, e = _at(perf, "ort", size, c), _at(perf, "eager", size, c)
+            b, u = _at(perf, "service_batched", size, c), _at(perf, "service_unbatched", size, c)
+            if o and e and b and u:
+                lines.append(f"| {size} | {c} | {b['throughput'] / o['throughput']:.2f} | "
+                             f"{u['throughput'] / o['throughput']:.2f} | {o['throughput'] / e['throughput']:.1f}× | "
+                             f"{b['mean_batch']:.1f} |")
+    lines += ["", "### Stage means from the service's `segment_stage_duration_seconds` (ms per request)", "",
+              "`decode` = decode + letterbox, `encode` = resize back + cache + PNG encode (as the service groups "
+              "them).", "",
+              "| upload | service | concurrency | decode | queue | inference | encode | client p50 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for size in _sizes(perf):
+        for engine in ("service_batched", "service_unbatched"):
+            for c in (1, 16):
+                p = _at(perf, engine, size, c)
+                if p:
+                    s = p["stages_ms"]
+                    lines.append(f"| {size} | {LABELS[engine]} | {c} | " + " | ".join(
+                        f"{s.get(k, 0):.1f}" for k in ("decode", "queue", "inference", "encode"))
+                        + f" | {p['p50']:.1f} |")
+    split = perf.get("stage_split_ms")
+    if split:
+        keys = list(next(iter(split.values())))
+        lines += ["", "### The same functions timed one by one (single request, no concurrency; median ms)", "",
+                  "| upload | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for size, t in split.items():
+            lines.append(f"| {size} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |")
+    r50 = perf.get("resnet50_check")
+    if r50:
+        lines += ["", "### Full-width `deeplabv3_resnet50`, batch 1, interleaved", "",
+                  f"{r50['size']}×{r50['size']}: ORT {r50['ort_ms']:.0f} ms, eager {r50['eager_ms']:.0f} ms, "
+                  f"eager/ORT = **{r50['eager_over_ort']:.2f}×** (median of {r50['reps']} paired runs)."]
+    return lines
+
+
+def fix_tables(fix: dict[str, Any]) -> list[str]:
+    lines = ["", "### Before/after the fix (same run, interleaved)", "",
+             f"Command: `{fix['command'].strip()}`. Load: {fix['load']}.", "",
+             "| server | upload | concurrency | images/s | vs raw ORT | p50 ms | " +
+             " | ".join(fix["stages"]) + " |", "|---|---|---|---|---|---|" + "---|" * len(fix["stages"])]
+    for row in fix["rows"]:
+        lines.append(f"| {row['server']} | {row['size']} | {row['concurrency']} | {row['throughput']:.1f} | "
+                     f"{row['vs_ort']:.2f} | {row['p50']:.0f} | "
+                     + " | ".join(f"{row['stages_ms'].get(s, 0):.1f}" for s in fix["stages"]) + " |")
+    return lines
+
+
+def replace_block(path: Path, tag: str, lines: list[str]) -> None:
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=Path, default=Path("docs"))
+    args = ap.parse_args(argv)
+    perf = json.loads((args.docs / "bench" / "perf.json").read_text())
+    plot_concurrency(perf, args.docs / "bench-concurrency.png")
+    plot_stages(perf, args.docs / "bench-stages.png", 16)
+    lines = perf_tables(perf)
+    fix_path = args.docs / "bench" / "stagefix.json"
+    if fix_path.exists():
+        lines += fix_tables(json.loads(fix_path.read_text()))
+    replace_block(args.docs / "BENCHMARKS.md", "perf", lines)
+    print("wrote", args.docs / "BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

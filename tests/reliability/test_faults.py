@@ -1,0 +1,130 @@
+"""Faults the service must survive or refuse clearly (what tests/service does not already cover):
+
+- a missing model file: the process exits with a clear message and /readyz is never 200;
+- an onnxruntime error in the middle of serving (one poisoned input): the requests of that batch get a 500 JSON
+  with their request id, readiness stays green, and the next requests are answered correctly.
+
+Covered elsewhere and not repeated here: off-contract models at startup and a model failing every run
+(tests/service/test_service_lifecycle.py, test_service_batching.py), SIGTERM draining in-flight requests
+(test_service_lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bench.harness import ServerProcess, decode_labels
+from tests.reliability.test_badimages_http import rule_labels
+from tests.service.svc_helpers import make_rule_model, png_bytes, scene
+
+POISONED = (0, 9)
+POISON = 200  # a red value at the top-left pixel of a batch that makes the graph fail inside onnxruntime
+
+
+def make_poisonable_model(path: Path) -> Path:
+    """The rule model plus a data-dependent Gather: it reads row `R` of a 200-row table, where R is the largest
+    red value among the top-left pixels of the batch's images. R >= 200 is an index out of bounds, which
+    onnxruntime refuses at run time ("indices element out of data bounds"), a real ORT error. The gathered value
+    is 0, added to the labels, so every other input is answered exactly like the rule model."""
+    make_rule_model(path)
+    model = onnx.load(str(path))
+    g = model.graph
+    labels = next(n for n in g.node if n.output[0] == "labels")
+    labels.output[0] = "labels_clean"
+    g.initializer.extend([
+        helper.make_tensor("start", TensorProto.INT64, [4], [0, 0, 0, 0]),
+        helper.make_tensor("end", TensorProto.INT64, [4], [2**62, 1, 1, 1]),
+        helper.make_tensor("table", TensorProto.UINT8, [POISON], [0] * POISON),
+    ])
+    g.node.extend([
+        helper.make_node("Slice", ["image", "start", "end"], ["corner"]),  # [N,1,1,1] uint8: R of pixel (0,0)
+        helper.make_node("ReduceMax", ["corner"], ["corner_max"], keepdims=0),  # scalar: any image can poison
+        helper.make_node("Cast", ["corner_max"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["zero_or_fail"], axis=0),
+        helper.make_node("Add", ["labels_clean", "zero_or_fail"], ["labels"]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def poisoned(width: int = 96, height: int = 72) -> np.ndarray:
+    image = scene(width, height)
+    image[:8, :8] = (POISON + 50, 0, 0)  # a block, so it survives the letterbox resize
+    return image
+
+
+def test_missing_model_file_fails_startup_clearly(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "model.onnx"
+    server = ServerProcess(missing)
+    seen_ready = False
+    with httpx.Client(base_url=server.url, timeout=2) as client:
+        while server.proc.poll() is None:  # poll readiness for the whole life of the process
+            with contextlib.suppress(httpx.TransportError):
+                seen_ready |= client.get("/readyz").status_code == 200
+            time.sleep(0.05)
+    assert server.terminate() == 3  # segment-serve's startup-failure exit status
+    assert not seen_ready
+    assert "cannot start" in server.log and str(missing) in server.log and "not found" in server.log, server.log
+
+
+@pytest.fixture(scope="module")
+def poison_server(tmp_path_factory: pytest.TempPathFactory):
+    model = make_poisonable_model(tmp_path_factory.mktemp("faults") / "poison.onnx")
+    with ServerProcess(model, SEGMENT_MAX_BATCH_SIZE="4", SEGMENT_MAX_WAIT_MS="50",
+                       SEGMENT_INTRA_OP_THREADS="1") as server:
+        yield server.wait_ready()
+
+
+def test_an_ort_error_fails_its_batch_only(poison_server: ServerProcess) -> None:
+    clean = scene(96, 64)  # long side = the model's 96: letterboxing is exact, so the rule gives the answer
+    with httpx.Client(base_url=poison_server.url, timeout=30) as client:
+        for attempt in range(2):  # twice: the worker is still alive after the first failure
+            r = client.post("/segment", content=png_bytes(poisoned()), headers={"X-Request-ID": f"poison-{attempt}"})
+            assert r.status_code == 500, r.text
+            error = r.json()["error"]
+            assert error["code"] == "inference_failed" and error["request_id"] == f"poison-{attempt}"
+            assert "Gather" in error["message"] or "out of" in error["message"], error
+            assert client.get("/readyz").status_code == 200  # a bad input is not an unhealthy server
+            ok = client.post("/segment", content=png_bytes(clean), params={"output": "labels"})
+            assert ok.status_code == 200
+            np.testing.assert_array_equal(decode_labels(ok.content), rule_labels(clean))
+        text = client.get("/metrics").text
+    assert 'segment_rejected_total{reason="inference_failed"} 2.0' in text
+
+
+def test_a_poisoned_batch_under_concurrency(poison_server: ServerProcess) -> None:
+    """Poisoned and clean uploads arrive together and share batches: a poisoned request is never a 200, a clean
+    one is either its exact answer or (when it shared the failed batch) a 500 `inference_failed`, never
+    something else; afterwards everything is answered."""
+    # Two poisoned among 16: at most two batches (of at most 4) can fail, so at least 8 answers must be 200.
+    images = [poisoned(96, 50 + i) if i in POISONED else scene(96, 50 + i) for i in range(16)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=poison_server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/segment", content=png_bytes(im),
+                                                      params={"output": "labels"}) for im in images))
+
+    responses = asyncio.run(burst())
+    for i, (image, r) in enumerate(zip(images, responses, strict=True)):
+        if r.status_code == 200:
+            assert i not in POISONED, "a poisoned upload was answered"
+            np.testing.assert_array_equal(decode_labels(r.content), rule_labels(image))
+        else:
+            assert r.status_code == 500 and r.json()["error"]["code"] == "inference_failed"
+            assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+    assert sum(r.status_code == 200 for r in responses) >= 8
+    after = [scene(96, 60 + i) for i in range(4)]
+    with httpx.Client(base_url=poison_server.url, timeout=30) as client:
+        for image in after:
+            r = client.post("/segment", content=png_bytes(image), params={"output": "labels"})
+            np.testing.assert_array_equal(decode_labels(r.content), rule_labels(image))
