@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -57,6 +57,14 @@ class ServiceState:
     warm: bool = False
     warmup_error: str | None = None
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    admitted: int = 0  # /segment requests between admission and answer (decoding, queued, running, encoding)
+
+    @property
+    def max_admitted(self) -> int:
+        """Admission bound: the inference queue, as much again waiting to be decoded, and one running batch.
+        Without it the excess of an overload piles up in front of the decoder, unbounded, and is only refused
+        after paying for its decode (measured: accepted p50 12 s, p99 58 s at 4x capacity)."""
+        return 2 * self.settings.max_queue + self.settings.max_batch_size
 
     def readiness(self) -> tuple[bool, str]:
         if self.engine is None:
@@ -67,13 +75,27 @@ class ServiceState:
             return False, "warming_up"
         if self.batcher is None or not self.batcher.running:
             return False, "shutting_down"
-        if self.batcher.full:
+        if self.batcher.full or self.admitted >= self.max_admitted:
             return False, "overloaded"
         return True, "ok"
 
 
 def _state(request: Request) -> ServiceState:
     return request.app.state.service
+
+
+async def _admit(request: Request) -> AsyncIterator[None]:
+    """Refuse a /segment request up front (503 + Retry-After, before reading or decoding it) when too many are
+    already in progress; count it while it is handled."""
+    state = _state(request)
+    if state.admitted >= state.max_admitted:
+        raise ApiError(503, "overloaded", f"too many requests in progress ({state.max_admitted}); retry shortly",
+                       {"Retry-After": "1"})
+    state.admitted += 1
+    try:
+        yield
+    finally:
+        state.admitted -= 1
 
 
 def _engine(state: ServiceState) -> tuple[Engine, Batcher]:
@@ -256,6 +278,7 @@ def _install_routes(app: FastAPI) -> None:
         format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
         tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
         min_area: float = Query(0.0, ge=0.0, description="drop polygons smaller than this, pixels²"),
+        _admitted: None = Depends(_admit),
     ) -> Response:
         state = _state(request)
         settings, metrics = state.settings, state.metrics
