@@ -3,10 +3,10 @@
 Both keep the contract untouched at the edges: uint8 NHWC `image` in, uint8 `labels` (and `confidence`) out,
 the same metadata plus `precision`, the calibration set and the measured label agreement with fp32.
 
-What stays in float in the int8 file (`keep_float`), chosen by measurement on the trained demo model
-(numbers and command in docs/PRECISION.md):
+What stays in float in the int8 file (`keep_float`), chosen by measurement on a trained demo-style thin model
+(numbers and command in docs/PRECISION.md); the default keeps all three:
 - "tail": every node after the last Conv (bilinear Resize to full size, ArgMax, Softmax/confidence, Casts).
-  Argmax over 8-bit logits turns small logit gaps into ties; in float the tail costs a few ms.
+  Argmax over 8-bit logits turns small logit gaps into ties.
 - "last_conv": the 1x1 classifier conv, so the logits themselves are never rounded to 8 bits.
 - "first_conv": the stem conv that reads the normalised image.
 """
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 KEEP_FLOAT_CHOICES = ("tail", "last_conv", "first_conv")
-DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("tail", "last_conv")
+# All three: on a trained thin model they take photo agreement from 99.20% to 99.45% and mIoU from -0.04 to +0.01
+# points, and together they are < 1% of ResNet-50's MACs (no slowdown measurable): docs/PRECISION.md.
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("tail", "last_conv", "first_conv")
 # Agreement with fp32 is measured on at most this many images (calibration images or demo scenes).
 AGREEMENT_IMAGES = 16
 
