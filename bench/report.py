@@ -2,8 +2,8 @@
 
 Usage: python -m bench.report [--docs docs]
 Reads docs/bench/perf.json (and docs/bench/stagefix.json when present), writes docs/bench-*.png and replaces the
-block between `<!-- perf:begin -->` and `<!-- perf:end -->` in docs/BENCHMARKS.md (the prose around it is
-written by hand).
+block between `<!-- perf:begin -->` and `<!-- perf:end -->` in docs/BENCHMARKS.md; from docs/bench/reliability.json
+the `overload` and `soak` blocks of docs/RELIABILITY.md. The prose around the blocks is written by hand.
 """
 
 from __future__ import annotations
@@ -164,6 +164,39 @@ def fix_tables(fix: dict[str, Any]) -> list[str]:
     return lines
 
 
+def overload_tables(rel: dict[str, Any]) -> list[str]:
+    runs = [(k, rel[k]) for k in ("overload_before_admission_fix", "overload") if k in rel]
+    lines = [f"Load: {runs[-1][1]['load']}.", "",
+             "| run | capacity img/s | offered req/s | 200 | 503 (all with Retry-After) | other 5xx | not sent "
+             "(client cap) | 200s identical to direct ORT | accepted p50 / p99 | RSS start → max (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in runs:
+        name = "before the admission bound" if key.endswith("fix") else "now"
+        retry = "yes" if r["missing_retry_after"] == 0 else f"{r['missing_retry_after']} without"
+        lines.append(f"| {name} | {r['capacity']:.1f} | {r['rate']:.1f} | {r['accepted']} | "
+                     f"{r['rejected']} ({retry}) | "
+                     f"{r['other_5xx']} | {r['not_sent']} | {r['exact']} / {r['accepted']} | "
+                     f"{r['accepted_p50_ms'] / 1000:.1f} s / {r['accepted_p99_ms'] / 1000:.1f} s | "
+                     f"{r['rss_start_kib'] / 1024:.0f} → {r['rss_max_kib'] / 1024:.0f} |")
+    return lines
+
+
+def soak_tables(rel: dict[str, Any]) -> list[str]:
+    lines = ["| run | requests | failures | RSS after warm-up | RSS at end | max after warm-up | growth (end) | "
+             "time | load |", "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(k for k in rel if k.startswith("soak")):
+        r = rel[key]
+        name = "default settings" if key == "soak" else f"control: {r['env']}"
+        lines.append(f"| {name} | {r['requests']} (warm-up {r['warmup']}) | {r['failures']} | "
+                     f"{r['rss_after_warmup_kib'] / 1024:.0f} MiB | {r['rss_end_kib'] / 1024:.0f} MiB | "
+                     f"{r['rss_max_after_warmup_kib'] / 1024:.0f} MiB "
+                     f"(+{(r['rss_max_after_warmup_kib'] / r['rss_after_warmup_kib'] - 1) * 100:.1f} %) | "
+                     f"{r['growth'] * 100:+.1f} % | {r['seconds']:.0f} s | {r['load'].split('load average ')[1]} |")
+    lines += ["", "Commands: `" + "`, `".join(rel[k]["command"].strip() for k in sorted(rel) if k.startswith("soak"))
+              + "`."]
+    return lines
+
+
 def replace_block(path: Path, tag: str, lines: list[str]) -> None:
     begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
@@ -184,6 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     if fix_path.exists():
         lines += fix_tables(json.loads(fix_path.read_text()))
     replace_block(args.docs / "BENCHMARKS.md", "perf", lines)
+    rel_path = args.docs / "bench" / "reliability.json"
+    if rel_path.exists():
+        rel = json.loads(rel_path.read_text())
+        if "overload" in rel:
+            replace_block(args.docs / "RELIABILITY.md", "overload", overload_tables(rel))
+        if "soak" in rel:
+            replace_block(args.docs / "RELIABILITY.md", "soak", soak_tables(rel))
     print("wrote", args.docs / "BENCHMARKS.md")
 
 
