@@ -1,0 +1,45 @@
+"""The committed demo model still does what its card says, measured through the served ONNX path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_export.evaluate import evaluate_model
+from model_export.export import read_metadata, sha256_file
+from model_export.synthetic import CLASSES, PALETTE, SceneConfig, write_dataset
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+RECORD = MODELS / "default.json"
+FRESH_SEED = 2  # neither the training seed (0) nor the recorded held-out seed (1)
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    if not RECORD.is_file():
+        pytest.fail("models/default.json is missing; run models/make_default.py")
+    return json.loads(RECORD.read_text())
+
+
+def test_default_model_file_matches_its_record(record: dict) -> None:
+    onnx_path = MODELS / "default.onnx"
+    assert onnx_path.stat().st_size < 15 * 1024 * 1024
+    assert sha256_file(onnx_path) == record["sha256"]
+    meta = read_metadata(onnx_path)
+    assert meta.classes == list(CLASSES) == record["classes"]
+    assert meta.palette[: len(CLASSES)] == PALETTE
+    assert meta.input_size == record["input_size"]
+    assert "synthetic" in meta.source
+    # The card states the measured value (0.894 against a 0.90 target); this floor catches a broken rebuild.
+    assert record["miou"] >= 0.88
+
+
+def test_default_model_reaches_its_recorded_miou_on_fresh_scenes(record: dict, tmp_path: Path) -> None:
+    held = record["held_out"]
+    write_dataset(tmp_path, train=0, val=80, seed=FRESH_SEED,
+                  config=SceneConfig(ignore_border=held["ignore_border"]))
+    scores, classes = evaluate_model(MODELS / "default.onnx", tmp_path, "val", threads=2, progress=False)
+    assert classes == list(CLASSES)
+    assert scores.miou >= record["miou"] - 0.02, (scores.miou, record["miou"])
