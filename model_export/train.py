@@ -199,6 +199,7 @@ class TrainConfig:
     base_lr: float = 2.5e-4
     weight_decay: float = 5e-4
     crop_size: int = 321
+    input_size: int | None = None  # the long side to serve at (checkpoint/metadata); default: crop_size
     min_scale: float = 0.5
     max_scale: float = 1.5
     mirror: bool = True
@@ -303,7 +304,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt_path = out / "checkpoint.pt"
     meta = {"arch": cfg.arch, "num_classes": len(cfg.classes), "model_kwargs": cfg.model_kwargs,
             "preprocessing": model.preprocessing, "classes": list(cfg.classes),
-            "palette": voc_colormap(len(cfg.classes)), "input_size": cfg.crop_size,
+            "palette": voc_colormap(len(cfg.classes)), "input_size": cfg.input_size or cfg.crop_size,
             "source": f"init={cfg.init or 'random'}"}
     if resume is not None:
         meta["source"] = resume.get("source", meta["source"])
@@ -387,8 +388,9 @@ def _run(args: argparse.Namespace) -> int:
             data=args.data, out=args.out, split=args.split, labels_dir=args.labels_dir, arch=args.arch,
             classes=parse_classes(args.classes), model_kwargs=_model_kwargs(args), init=args.init,
             max_iter=args.iters, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
-            weight_decay=args.weight_decay, crop_size=args.crop_size, min_scale=args.min_scale,
-            max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales, train_bn=args.train_bn,
+            weight_decay=args.weight_decay, crop_size=args.crop_size, input_size=args.input_size,
+            min_scale=args.min_scale, max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales,
+            train_bn=args.train_bn,
             seed=args.seed, save_every=args.save_every, log_every=args.log_every, workers=args.workers,
             device=args.device, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
         )
@@ -424,6 +426,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2.5e-4, help="base learning rate")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--crop-size", type=int, default=321)
+    p.add_argument("--input-size", type=int, help="long side to serve/evaluate at, recorded in the checkpoint "
+                                                  "(default: the crop size)")
     p.add_argument("--min-scale", type=float, default=0.5)
     p.add_argument("--max-scale", type=float, default=1.5)
     p.add_argument("--no-mirror", action="store_true")

@@ -209,9 +209,11 @@ def test_train_cli_runs_and_reports_bad_input_in_one_line(tiny_voc: Path, tmp_pa
     common = ["train", "--arch", "deeplabv3_thin", "--classes", "synthetic", "--base-width", "4",
               "--head-channels", "8", "--output-stride", "16", "--crop-size", "32", "--batch-size", "2",
               "--no-progress", "--train-bn"]
-    assert main([*common, "--data", str(tiny_voc), "--out", str(tmp_path / "r"), "--iters", "2"]) == 0
+    assert main([*common, "--data", str(tiny_voc), "--out", str(tmp_path / "r"), "--iters", "2",
+                 "--input-size", "48"]) == 0
     model, info = load_checkpoint_model(tmp_path / "r" / "checkpoint.pt")
     assert info["iteration"] == 2 and info["arch"] == "deeplabv3_thin" and not model.training
+    assert info["input_size"] == 48 and info["classes"] == list(CLASSES)
     capsys.readouterr()
     assert main([*common, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
