@@ -7,10 +7,11 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .cli import CliError
 from .export import build_metadata, export_onnx, sha256_file
-from .models import ARCHITECTURES, build_model
+from .models import ARCHITECTURES, SegmentationModel, build_model
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -36,29 +37,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace):  # -> tuple[SegmentationModel, list[str] | None, str, str]
+def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], str, str]:
+    """The model, what its weights file says about itself (classes, palette, input_size), source, sha256."""
     if args.random_init:
         if not args.arch:
             raise CliError("--random-init needs --arch")
-        return build_model(args.arch, args.num_classes), None, "random-init", ""
+        return build_model(args.arch, args.num_classes), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")
     from .weights import load_weights
 
     model, info = load_weights(args.weights, arch=args.arch)
-    classes = info.get("classes") if isinstance(info, dict) else None
-    return model, classes, f"file:{args.weights.name}", sha256_file(args.weights)
+    return model, info, f"file:{args.weights.name}", sha256_file(args.weights)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
     start = time.perf_counter()
-    model, classes, source, sha = _load(args)
-    if args.classes:
-        classes = json.loads(args.classes.read_text())
+    model, info, source, sha = _load(args)
+    classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")
     num_classes = len(classes) if classes else args.num_classes
-    meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=args.input_size,
-                          source=source, source_sha256=sha)
+    # A training checkpoint knows the size it was trained at and its palette; flags override.
+    meta = build_metadata(model, num_classes=num_classes, classes=classes,
+                          palette=None if args.classes else info.get("palette"),
+                          input_size=args.input_size or info.get("input_size"), source=source, source_sha256=sha)
     if args.precision == "fp32":
         path = export_onnx(model, args.output, meta, confidence=args.confidence, opset=args.opset)
     else:
