@@ -25,7 +25,7 @@ from . import __version__, outputs
 from .batcher import Batcher
 from .engine import Engine, finish, load_engine, prepare
 from .errors import ApiError
-from .imaging import decode_image
+from .imaging import decode_image, decode_image_for_model
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
@@ -295,7 +295,7 @@ def _install_routes(app: FastAPI) -> None:
         t0 = time.perf_counter()
         with batcher.expecting():  # a batch being formed now waits for this image
             image, tensor, info = await loop.run_in_executor(state.pool, _decode_and_prepare, engine, data,
-                                                             settings.max_pixels)
+                                                             settings.max_pixels, kind == "overlay")
         timing["decode"] = time.perf_counter() - t0
 
         result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
@@ -304,7 +304,7 @@ def _install_routes(app: FastAPI) -> None:
         t0 = time.perf_counter()
         result_id = new_result_id()
         body, media = await loop.run_in_executor(
-            state.pool, _finish_and_encode, state, engine, image, result.labels, info, result_id, kind,
+            state.pool, _finish_and_encode, state, engine, data, image, result.labels, info, result_id, kind,
             alpha, format, tolerance, min_area)
         timing["encode"] = time.perf_counter() - t0
         for stage, seconds in timing.items():
@@ -329,7 +329,9 @@ def _install_routes(app: FastAPI) -> None:
         kind = name.removesuffix(".png")
 
         def encode() -> bytes:
-            body, _ = outputs.render_output(kind, stored.image, stored.labels, engine.metadata, fmt="png")
+            # The upload was accepted once, so it decodes again; only an overlay needs its pixels.
+            image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
+            body, _ = outputs.render_output(kind, image, stored.labels, engine.metadata, fmt="png")
             return body  # type: ignore[return-value]  # image kinds are always bytes
 
         data = await asyncio.get_running_loop().run_in_executor(state.pool, encode)
@@ -377,16 +379,22 @@ def _install_routes(app: FastAPI) -> None:
 
 # -- work done in the codec thread pool, off the event loop ---------------------------------------------------
 
-def _decode_and_prepare(engine: Engine, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    image = decode_image(data, max_pixels)
-    tensor, info = prepare(engine, image)
+def _decode_and_prepare(engine: Engine, data: bytes, max_pixels: int,
+                        full_resolution: bool) -> tuple[np.ndarray, np.ndarray, Any]:
+    # Only an overlay shows the upload's pixels at full size; every other output needs just the model's view.
+    if full_resolution:
+        image = decode_image(data, max_pixels)
+        tensor, info = prepare(engine, image)
+    else:
+        image, orig_hw = decode_image_for_model(data, max_pixels, engine.input_size)
+        tensor, info = prepare(engine, image, orig_hw)
     return image, tensor, info
 
 
-def _finish_and_encode(state: ServiceState, engine: Engine, image: np.ndarray, labels_small: np.ndarray,
-                       info: Any, result_id: str, kind: str, alpha: float, fmt: str, tolerance: float,
-                       min_area: float) -> tuple[bytes | dict[str, Any], str]:
+def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
+                       labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,
+                       tolerance: float, min_area: float) -> tuple[bytes | dict[str, Any], str]:
     labels = finish(labels_small, info)
-    state.cache.put(result_id, labels, image)
+    state.cache.put(result_id, labels, data)
     return outputs.render_output(kind, image, labels, engine.metadata, {"id": result_id, "model": engine.name},
                                  alpha=alpha, fmt=fmt, tolerance=tolerance, min_area=min_area)

@@ -186,9 +186,13 @@ def load_engine(settings: Settings) -> Engine:
     return engine
 
 
-def prepare(engine: Engine, image: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox one RGB image to the model's square inference size (pad colour = the mean)."""
-    return letterbox(image, engine.input_size, engine.metadata.pad_rgb)
+def prepare(engine: Engine, image: np.ndarray,
+            orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox one RGB image to the model's square inference size (pad colour = the mean).
+
+    `orig_hw`: the original size when `image` was decoded reduced (see `decode_image_for_model`).
+    """
+    return letterbox(image, engine.input_size, engine.metadata.pad_rgb, orig_hw=orig_hw)
 
 
 def finish(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:

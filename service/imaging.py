@@ -81,6 +81,21 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
     Raises `ApiError` (400 `empty_body` / `corrupt_image`, 415 `unsupported_media_type`, 413 `image_too_large`).
     """
+    return _decode(data, max_pixels, None)[0]
+
+
+def decode_image_for_model(data: bytes, max_pixels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode for inference at `size`: returns the RGB array, possibly reduced, and the original (h, w).
+
+    A JPEG much larger than the model's input is decoded straight at 1/2, 1/4 or 1/8 scale in libjpeg's DCT
+    domain (Pillow's `draft`), never below the letterbox size, so the letterbox resize only ever shrinks by
+    less than 2x. For a 1024x768 upload to a 512 model that halves decode + letterbox time, and a 12 MP
+    phone photo decodes ~8x faster. Other formats decode in full. Errors as `decode_image`.
+    """
+    return _decode(data, max_pixels, size)
+
+
+def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     if not data:
         raise ApiError(400, "empty_body", "the request carried no image bytes")
     # Pillow's module-level LOAD_TRUNCATED_IMAGES must stay False, or truncated files decode as grey padding.
@@ -111,6 +126,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 413, "image_too_large",
                 f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
             )
+        if reduce_to is not None and img.format in ("JPEG", "MPO"):
+            target = compute_letterbox(height, width, reduce_to)
+            img.draft("RGB", (target.new_w, target.new_h))  # picks the smallest DCT scale >= the target
+        reduced_size = img.size
         try:
             img.load()  # decodes the first frame; raises on truncated or corrupt data
         except Exception as exc:
@@ -121,7 +140,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             raise ApiError(
                 415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
             ) from exc
-        return np.asarray(rgb, dtype=np.uint8)
+        # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
+        turned = rgb.size != reduced_size
+        return np.asarray(rgb, dtype=np.uint8), ((width, height) if turned else (height, width))
 
 
 def _decode_failure(exc: Exception, what: str) -> ApiError:
@@ -246,6 +267,7 @@ def letterbox(
     pad_rgb: tuple[int, int, int],
     *,
     out: np.ndarray | None = None,
+    orig_hw: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, LetterboxInfo]:
     """Resize an H×W×3 uint8 image so its long side is `size`, place it top-left, pad to size×size.
 
@@ -253,11 +275,12 @@ def letterbox(
     `pad_rgb` so the padding normalises to zero. Shrinking by more than `AREA_BELOW_SCALE` uses INTER_AREA
     (it averages, so no aliasing); milder shrinks and enlarging use INTER_LINEAR.
     `out`, if given, is a size×size×3 uint8 array (e.g. one slot of the batch tensor) written in place, which
-    saves a copy when stacking a batch.
+    saves a copy when stacking a batch. `orig_hw` is the true original size when `image` was decoded reduced
+    (`decode_image_for_model`): the geometry, and so `unletterbox`, follows the original.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"letterbox expects uint8 HxWx3, got {image.dtype} {image.shape}")
-    info = compute_letterbox(image.shape[0], image.shape[1], size)
+    info = compute_letterbox(*(orig_hw or image.shape[:2]), size)
     if out is None:
         out = np.empty((size, size, 3), dtype=np.uint8)
     elif out.shape != (size, size, 3) or out.dtype != np.uint8:
@@ -267,7 +290,7 @@ def letterbox(
     if (info.new_h, info.new_w) == image.shape[:2]:
         region[...] = image
     else:
-        scale = max(info.new_h, info.new_w) / max(info.orig_h, info.orig_w)
+        scale = max(info.new_h, info.new_w) / max(image.shape[:2])
         interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
         cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
     # Padding only where the content is not: the right strip and the bottom strip.

@@ -15,18 +15,21 @@ OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "polygons", "stats")
 _IMAGE_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-def render_output(kind: str, image: np.ndarray, labels: np.ndarray, meta: ModelMetadata,
+def render_output(kind: str, image: np.ndarray | None, labels: np.ndarray, meta: ModelMetadata,
                   header: dict[str, Any] | None = None, *, alpha: float = 0.5, fmt: str = "jpeg",
                   tolerance: float = 1.0, min_area: float = 0.0) -> tuple[bytes | dict[str, Any], str]:
     """Body and media type of output `kind` for a label map at the image's size.
 
-    JSON outputs get `width`, `height`, `classes_present` plus the caller's `header` fields (id, model).
+    `image` (the upload at full size) is needed only for `overlay`. JSON outputs get `width`, `height`,
+    `classes_present` plus the caller's `header` fields (id, model).
     """
     if kind == "labels":
         return encode_labels_png(labels, meta.palette), "image/png"
     if kind == "color":
         return encode_color_png(labels, meta.palette), "image/png"
     if kind == "overlay":
+        if image is None:
+            raise ValueError("an overlay needs the image")
         return encode_overlay(image, labels, meta.palette, alpha, fmt), _IMAGE_MEDIA[fmt]
     if kind not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {kind!r}")

@@ -194,3 +194,30 @@ def test_exif_orientation_and_odd_modes(rule_server: LiveServer, image: np.ndarr
         r = post(rule_server, buf.getvalue(), output="labels")
         assert r.status_code == 200, (mode, r.text)
         assert decode_png(r.content).size == (150, 100)
+
+
+def test_large_jpeg_is_segmented_from_a_reduced_decode_at_full_output_size(rule_server: LiveServer) -> None:
+    """A JPEG 4x the model's size decodes reduced (DCT scaling) for labels/stats, yet every mask comes back at
+    the upload's size, agrees with the full-decode reference, and the cached overlay is full resolution."""
+    from service.imaging import decode_image
+
+    big = photo("astronaut.png", size=(400, 300))
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "JPEG", quality=92)
+    data = buf.getvalue()
+    reference = reference_labels(rule_server.settings.model_path, decode_image(data, 10**8), 96)
+    with rule_server.client() as client:
+        r = client.post("/segment", params={"output": "labels"}, content=data,
+                        headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        labels = np.asarray(decode_png(r.content))
+        assert labels.shape == (300, 400)
+        assert (labels == reference).mean() > 0.97  # the rule model flips on near-ties between channels
+        overlay = client.get(f"/results/{r.headers['x-result-id']}/overlay.png")
+        assert overlay.status_code == 200
+        assert decode_png(overlay.content).size == (400, 300)
+        direct = client.post("/segment", params={"output": "overlay", "format": "png", "alpha": 0.0},
+                             content=data, headers={"Content-Type": "image/jpeg"})
+        # alpha 0: the overlay is the full-resolution decoded upload itself.
+        np.testing.assert_array_equal(np.asarray(decode_png(direct.content).convert("RGB")),
+                                      decode_image(data, 10**8))

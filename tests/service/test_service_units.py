@@ -40,8 +40,9 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> No
         Settings()
 
 
-def arrays(n_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros(n_bytes // 4, np.uint8), np.zeros(3 * n_bytes // 4, np.uint8)
+def arrays(n_bytes: int) -> tuple[np.ndarray, bytes]:
+    """A label map and the upload bytes it came from, n_bytes in all."""
+    return np.zeros(n_bytes // 4, np.uint8), bytes(3 * n_bytes // 4)
 
 
 def test_cache_ttl() -> None:
