@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
+GPU_DEFAULT_BATCH = 8
 
 
 def default_model_path() -> Path:
@@ -69,7 +70,9 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of `segment-serve`. Environment: `SEGMENT_<NAME>`, e.g. `SEGMENT_MAX_BATCH_SIZE=16`."""
 
-    model_config = SettingsConfigDict(env_prefix="SEGMENT_", protected_namespaces=(), extra="ignore")
+    # env_ignore_empty: `SEGMENT_X=` (as compose writes `${SEGMENT_X:-}`) means "use the default".
+    model_config = SettingsConfigDict(env_prefix="SEGMENT_", protected_namespaces=(), extra="ignore",
+                                      env_ignore_empty=True)
 
     model_path: Path = Field(default_factory=default_model_path, description="ONNX file meeting the contract")
     host: str = "0.0.0.0"
@@ -78,7 +81,9 @@ class Settings(BaseSettings):
                                                "e.g. 'cuda,cpu' or 'CPUExecutionProvider'")
     require_gpu: bool = Field(False, description="fail startup unless CUDA is the provider actually in use")
     intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int | None = Field(
+        None, ge=1, description="largest batch; unset: 8 when CUDA runs, 1 on CPU, where batching raised the "
+                                "per-image time (docs/BENCHMARKS.md) instead of lowering it")
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -109,3 +114,9 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         return value.lower()
+
+    def batch_size_for(self, on_gpu: bool) -> int:
+        """The batch limit in force: the setting, or the measured default for the provider that runs."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return GPU_DEFAULT_BATCH if on_gpu else 1
