@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.markdown import write_section
 from service.imaging import decode_image, decode_image_for_model, letterbox
 from tests.photos import photo
 
-BEGIN, END = "<!-- decode:begin -->", "<!-- decode:end -->"
 UPLOADS = ((512, 512), (1024, 768), (1920, 1080), (4032, 3024))
 PAD = (124, 116, 104)
 
@@ -64,7 +64,6 @@ def main() -> None:
         rows.append(f"| {w}x{h} JPEG | {statistics.median(before):.1f} | {statistics.median(after):.1f} | "
                     f"{ratio:.2f}x | {diff:.2f} |")
     section = "\n".join([
-        BEGIN,
         "### Largest non-model cost, fixed: decode + letterbox (before / after, same run)",
         "",
         f"Command: `python -m bench.decode_bench --size {args.size} --reps {args.reps}`. Letterbox size "
@@ -74,14 +73,8 @@ def main() -> None:
         "mean abs pixel difference of the model input (0..255) |",
         "|---|---|---|---|---|",
         *rows,
-        END,
     ])
-    text = args.out.read_text() if args.out.exists() else ""
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.out.write_text(text)
+    write_section(args.out, "decode", section)
     print(section)
 
 

@@ -28,14 +28,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.markdown import write_section
 from model_export.calibration import decode_file, letterboxed
 from model_export.export import build_metadata, export_onnx
 from model_export.models import build_model
 from model_export.quantize import DEFAULT_KEEP_FLOAT, make_variant
 from model_export.wrapper import ExportWrapper
 
-MARKERS = {"speed": ("<!-- speed:begin -->", "<!-- speed:end -->"),
-           "accuracy": ("<!-- accuracy:begin -->", "<!-- accuracy:end -->")}
 # The demo model's held-out split (models/make_default.py): seed 1 was never used for training.
 HELD_OUT = {"seed": 1, "scenes": 200, "ignore_border": 2}
 KEEP_FLOAT_TRIALS = {"nothing": (), "tail": ("tail",), "tail + last conv": ("tail", "last_conv"),
@@ -60,20 +59,6 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def write_section(out: Path, text: str, section: str = "speed") -> None:
-    """Replace the text between `section`'s markers in `out` (appending the section if it is not there)."""
-    begin, end = MARKERS[section]
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    old = out.read_text() if out.exists() else "# Reduced precision\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1]
-    else:
-        new = f"{old.rstrip()}\n\n{block}\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(new)
 
 
 def accuracy(model_path: Path, out: Path, threads: int, calibration_count: int) -> None:
@@ -117,7 +102,7 @@ def accuracy(model_path: Path, out: Path, threads: int, calibration_count: int) 
         "",
         *rows,
     ])
-    write_section(out, text, "accuracy")
+    write_section(out, "accuracy", text)
     print(text)
 
 
@@ -212,7 +197,7 @@ def main() -> None:
         f"{100 * int8_vs_fp32:.2f}% (random weights: logits are nearly tied everywhere, so this says nothing "
         "about trained accuracy; see the accuracy section).",
     ])
-    write_section(args.out, text)
+    write_section(args.out, "speed", text)
     print(text)
 
 

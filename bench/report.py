@@ -1,7 +1,7 @@
 """Turn the benchmark JSON files into markdown tables and matplotlib plots.
 
 Usage: python -m bench.report [--docs docs]
-Reads docs/bench/perf.json (and docs/bench/stagefix.json when present), writes docs/bench-*.png and replaces the
+Reads docs/bench/perf.json, writes docs/bench-*.png and replaces the
 block between `<!-- perf:begin -->` and `<!-- perf:end -->` in docs/BENCHMARKS.md; from docs/bench/reliability.json
 the `overload` and `soak` blocks of docs/RELIABILITY.md. The prose around the blocks is written by hand.
 """
@@ -17,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
+from bench.markdown import write_section
 
 ENGINES = ("ort", "eager", "service_batched", "service_unbatched")
 LABELS = {"ort": "raw ORT", "eager": "PyTorch eager", "service_batched": "service, batching on",
@@ -152,18 +154,6 @@ def perf_tables(perf: dict[str, Any]) -> list[str]:
     return lines
 
 
-def fix_tables(fix: dict[str, Any]) -> list[str]:
-    lines = ["", "### Before/after the fix (same run, interleaved)", "",
-             f"Command: `{fix['command'].strip()}`. Load: {fix['load']}.", "",
-             "| server | upload | concurrency | images/s | vs raw ORT | p50 ms | " +
-             " | ".join(fix["stages"]) + " |", "|---|---|---|---|---|---|" + "---|" * len(fix["stages"])]
-    for row in fix["rows"]:
-        lines.append(f"| {row['server']} | {row['size']} | {row['concurrency']} | {row['throughput']:.1f} | "
-                     f"{row['vs_ort']:.2f} | {row['p50']:.0f} | "
-                     + " | ".join(f"{row['stages_ms'].get(s, 0):.1f}" for s in fix["stages"]) + " |")
-    return lines
-
-
 def overload_tables(rel: dict[str, Any]) -> list[str]:
     runs = [(k, rel[k]) for k in ("overload_before_admission_fix", "overload") if k in rel]
     lines = [f"Load: {runs[-1][1]['load']}.", "",
@@ -197,14 +187,6 @@ def soak_tables(rel: dict[str, Any]) -> list[str]:
     return lines
 
 
-def replace_block(path: Path, tag: str, lines: list[str]) -> None:
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=Path, default=Path("docs"))
@@ -213,17 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     plot_concurrency(perf, args.docs / "bench-concurrency.png")
     plot_stages(perf, args.docs / "bench-stages.png", 16)
     lines = perf_tables(perf)
-    fix_path = args.docs / "bench" / "stagefix.json"
-    if fix_path.exists():
-        lines += fix_tables(json.loads(fix_path.read_text()))
-    replace_block(args.docs / "BENCHMARKS.md", "perf", lines)
+    write_section(args.docs / "BENCHMARKS.md", "perf", "\n".join(lines))
     rel_path = args.docs / "bench" / "reliability.json"
     if rel_path.exists():
         rel = json.loads(rel_path.read_text())
         if "overload" in rel:
-            replace_block(args.docs / "RELIABILITY.md", "overload", overload_tables(rel))
+            write_section(args.docs / "RELIABILITY.md", "overload", "\n".join(overload_tables(rel)))
         if "soak" in rel:
-            replace_block(args.docs / "RELIABILITY.md", "soak", soak_tables(rel))
+            write_section(args.docs / "RELIABILITY.md", "soak", "\n".join(soak_tables(rel)))
     print("wrote", args.docs / "BENCHMARKS.md")
 
 
