@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-# Module names, in help order. A module missing here is a programming error, not a user error.
+# Module names, in help order.
 SUBCOMMAND_MODULES = (
     "model_export.export_cli",
     "model_export.weights_cli",
@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):  # this subcommand has not been built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
