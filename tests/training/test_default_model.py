@@ -32,8 +32,8 @@ def test_default_model_file_matches_its_record(record: dict) -> None:
     assert meta.palette[: len(CLASSES)] == PALETTE
     assert meta.input_size == record["input_size"]
     assert "synthetic" in meta.source
-    # The card states the measured value (0.894 against a 0.90 target); this floor catches a broken rebuild.
-    assert record["miou"] >= 0.88
+    # The target for the demo model; the fresh-scene test below holds the file to its recorded value.
+    assert record["miou"] >= 0.90, record["miou"]
 
 
 def test_default_model_reaches_its_recorded_miou_on_fresh_scenes(record: dict, tmp_path: Path) -> None:
@@ -42,4 +42,5 @@ def test_default_model_reaches_its_recorded_miou_on_fresh_scenes(record: dict, t
                   config=SceneConfig(ignore_border=held["ignore_border"]))
     scores, classes = evaluate_model(MODELS / "default.onnx", tmp_path, "val", threads=2, progress=False)
     assert classes == list(CLASSES)
-    assert scores.miou >= record["miou"] - 0.02, (scores.miou, record["miou"])
+    floor = record["miou"] - 0.02  # the recorded held-out value, less the tolerance for a different sample
+    assert scores.miou >= floor, (scores.miou, floor)
