@@ -54,8 +54,10 @@ def test_batching_off_runs_one_by_one(serve, rule_model: Path) -> None:
     assert all(r.status_code == 200 and r.headers["x-batch-size"] == "1" for r in responses)
 
 
-def test_overload_gives_503_and_loses_no_accepted_request(serve, slow_model: Path) -> None:
-    server = serve(slow_model, max_batch_size=1, max_queue=2, max_wait_ms=0)
+def test_overload_gives_503_and_loses_no_accepted_request(serve, very_slow_model: Path) -> None:
+    # ~0.5 s an image keeps the server at its limit for over a second, so /readyz polling cannot miss it
+    # even on a loaded CI machine.
+    server = serve(very_slow_model, max_batch_size=1, max_queue=2, max_wait_ms=0)
     images = [scene(100 + i, 80) for i in range(10)]
     seen_not_ready = []
 
