@@ -1,6 +1,6 @@
 """Export deeplabv3_resnet50 (random weights) and time ONNX Runtime against PyTorch eager, interleaved.
 
-Usage: python bench/export_bench.py [--size 513] [--threads 2] [--reps 10] [--out docs/EXPORT_BENCH.md]
+Usage: python -m bench.export_bench [--size 513] [--threads 2] [--reps 10] [--out docs/EXPORT_BENCH.md]
 Reports export time, file size and the ORT/eager latency ratio (medians of interleaved runs, one process).
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
     lines = [
         f"# Export benchmark: {args.arch}",
         "",
-        f"Command: `python bench/export_bench.py --arch {args.arch} --size {args.size} --threads {args.threads} "
+        f"Command: `python -m bench.export_bench --arch {args.arch} --size {args.size} --threads {args.threads} "
         f"--reps {args.reps}`",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"onnxruntime {ort.__version__}, {args.threads} threads, random weights, batch 1.",

@@ -1,8 +1,8 @@
 """int8 ORT vs fp32 ORT vs PyTorch eager on one model (default deeplabv3_resnet50, random weights), CPU.
 
-Usage: python bench/precision_bench.py [--size 513] [--threads 2] [--reps 10] [--calibration-dir DIR]
+Usage: python -m bench.precision_bench [--size 513] [--threads 2] [--reps 10] [--calibration-dir DIR]
        [--calibration-count 8] [--out docs/PRECISION.md]
-       python bench/precision_bench.py --accuracy-model models/default.onnx   # accuracy section instead
+       python -m bench.precision_bench --accuracy-model models/default.onnx   # accuracy section instead
 
 All three run the same contract graph on the same real photo, letterboxed as the service does: eager is the
 export wrapper's torch forward (normalise, backbone, ASPP, upsample, argmax), the ORT files are its fp32 export
@@ -90,7 +90,7 @@ def accuracy(model_path: Path, out: Path, threads: int, calibration_count: int) 
             default = " (default)" if precision == "int8" and tuple(keep) == DEFAULT_KEEP_FLOAT else ""
             rows.append(f"| {name}{default} | {100 * scores.miou:.2f} | {100 * (scores.miou - base.miou):+.2f} | "
                         f"{100 * on_photos:.2f}% | {100 * on_calib:.2f}% |")
-    cmd = f"python bench/precision_bench.py --accuracy-model {model_path} --calibration-count {calibration_count}"
+    cmd = f"python -m bench.precision_bench --accuracy-model {model_path} --calibration-count {calibration_count}"
     text = "\n".join([
         f"## Accuracy: `{model_path.name}` ({meta.arch}, input size {meta.input_size})",
         "",
@@ -176,7 +176,7 @@ def main() -> None:
         size = f"{sizes[name]:.1f}" if name in sizes else "-"
         rows.append(f"| {label} | {med[name]:.0f} | {min(times[name]):.0f} | {max(times[name]):.0f} | "
                     f"{ratio} | {size} |")
-    cmd = (f"python bench/precision_bench.py --arch {args.arch} --size {args.size} --threads {args.threads} "
+    cmd = (f"python -m bench.precision_bench --arch {args.arch} --size {args.size} --threads {args.threads} "
            f"--reps {args.reps} --calibration-count {args.calibration_count} --keep-float '{args.keep_float}'")
     text = "\n".join([
         f"## Speed: {args.arch}, {args.size}x{args.size}, batch 1, {args.threads} threads, CPU",
