@@ -30,7 +30,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache, new_result_id
-from .settings import GPU_DEFAULT_BATCH, Settings
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class ServiceState:
         """Admission bound: the inference queue, as much again waiting to be decoded, and one running batch.
         Without it the excess of an overload piles up in front of the decoder, unbounded, and is only refused
         after paying for its decode (measured: accepted p50 12 s, p99 58 s at 4x capacity)."""
-        batch = self.batcher.max_batch_size if self.batcher else self.settings.max_batch_size or 1
-        return 2 * self.settings.max_queue + batch
+        return 2 * self.settings.max_queue + self.settings.max_batch_size
 
     def readiness(self) -> tuple[bool, str]:
         if self.engine is None:
@@ -144,7 +143,7 @@ async def _read_upload(request: Request, settings: Settings) -> bytes:
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or Settings()
-    metrics = Metrics(settings.max_batch_size or GPU_DEFAULT_BATCH)
+    metrics = Metrics(settings.max_batch_size)
     state = ServiceState(
         settings=settings, metrics=metrics,
         cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
@@ -162,7 +161,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
-        state.batcher = Batcher(eng.run, max_batch_size=settings.batch_size_for(eng.on_gpu),
+        state.batcher = Batcher(eng.run, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
         state.batcher.start()
         state.warmup_task = loop.create_task(_warm_up(state))
@@ -214,7 +213,7 @@ def _install_web_page(app: FastAPI) -> None:
 
 async def _warm_up(state: ServiceState) -> None:
     assert state.engine is not None
-    batch = state.batcher.max_batch_size if state.batcher else 1
+    batch = state.settings.max_batch_size
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
     try:
         await asyncio.to_thread(state.engine.warm_up, sizes)
@@ -365,7 +364,7 @@ def _install_routes(app: FastAPI) -> None:
             body.update(provider=eng.provider, requested_providers=eng.requested_providers,
                         precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
                         input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
-                        max_batch_size=state.batcher.max_batch_size if state.batcher else None)
+                        max_batch_size=state.settings.max_batch_size)
         if state.warmup_error:
             body["error"] = state.warmup_error
         if state.batcher is not None:

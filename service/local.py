@@ -35,7 +35,7 @@ class LocalSegmenter:
 
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Label maps at original size for decoded RGB images."""
-        return segment_images(self.engine, images, batch_size=self.settings.batch_size_for(self.engine.on_gpu))
+        return segment_images(self.engine, images, batch_size=self.settings.max_batch_size)
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,

@@ -11,7 +11,6 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
-GPU_DEFAULT_BATCH = 8
 
 
 def default_model_path() -> Path:
@@ -81,9 +80,7 @@ class Settings(BaseSettings):
                                                "e.g. 'cuda,cpu' or 'CPUExecutionProvider'")
     require_gpu: bool = Field(False, description="fail startup unless CUDA is the provider actually in use")
     intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
-    max_batch_size: int | None = Field(
-        None, ge=1, description="largest batch; unset: 8 when CUDA runs, 1 on CPU, where batching raised the "
-                                "per-image time (docs/BENCHMARKS.md) instead of lowering it")
+    max_batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -114,9 +111,3 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         return value.lower()
-
-    def batch_size_for(self, on_gpu: bool) -> int:
-        """The batch limit in force: the setting, or the measured default for the provider that runs."""
-        if self.max_batch_size is not None:
-            return self.max_batch_size
-        return GPU_DEFAULT_BATCH if on_gpu else 1

@@ -28,12 +28,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
-    assert (s.host, s.port, s.providers, s.max_batch_size, s.max_queue) == ("0.0.0.0", 8000, "auto", None, 64)
-    # Unset, the batch limit follows the provider actually running: batching on CUDA, not on CPU.
-    assert (s.batch_size_for(on_gpu=True), s.batch_size_for(on_gpu=False)) == (8, 1)
-    assert Settings(max_batch_size=4).batch_size_for(on_gpu=False) == 4
-    monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "")  # compose's `${SEGMENT_MAX_BATCH_SIZE:-}`: the default
-    assert Settings().max_batch_size is None
+    assert (s.host, s.port, s.providers, s.max_batch_size, s.max_queue) == ("0.0.0.0", 8000, "auto", 8, 64)
+    monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "")  # compose's `${SEGMENT_X:-}`: the default
+    assert Settings().max_batch_size == 8
     monkeypatch.delenv("SEGMENT_MAX_BATCH_SIZE")
     assert s.api_keys == [] and s.intra_op_threads == available_cpus() >= 1
     assert s.model_path.name == "default.onnx" and s.model_path.parent.name == "models"
