@@ -1,9 +1,9 @@
 """`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.
 
 Two kinds of model:
-- an exported `.onnx` file goes through the service's own path: `service.imaging.decode_image` on the JPEG
-  bytes, `service.engine.load_engine` (contract checks, ORT session) and `service.engine.segment_images`
-  (letterbox to the metadata's input size, run, unletterbox). What is measured is what is served.
+- an exported `.onnx` file goes through the service's own path: `service.engine.load_engine` (contract checks,
+  ORT session), `service.engine.decode_and_prepare` on the file's bytes (decode, letterbox to the metadata's
+  input size) and `service.engine.run_prepared` (run, unletterbox). What is measured is what is served.
 - a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch, letterboxed the same way by
   default (`--input-size 0` runs at native resolution), with optional multi-scale + flip testing: softmax
   probabilities are averaged over scales and mirrors at the letterboxed size.
@@ -57,7 +57,8 @@ def decode(path: Path) -> np.ndarray:
 
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto") -> tuple[Predictor, list[str]]:
     """Predict through the service engine; returns the predictor and the model's class names."""
-    from service.engine import EngineError, load_engine, segment_images
+    from service.engine import EngineError, decode_and_prepare, load_engine, run_prepared
+    from service.errors import ApiError
     from service.settings import Settings
 
     kwargs: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
@@ -68,8 +69,15 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
     except EngineError as exc:  # ContractError is already a ValueError
         raise ValueError(str(exc)) from None
 
+    def prepared(path: Path) -> tuple[np.ndarray, Any]:
+        try:
+            _, tensor, info = decode_and_prepare(engine, _read_bytes(path), 1 << 31)
+        except ApiError as exc:
+            raise DatasetError(f"cannot decode image file {path}: {exc}") from None
+        return tensor, info
+
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
-        return segment_images(engine, [decode(p) for p in paths], batch_size=len(paths))
+        return run_prepared(engine, [prepared(p) for p in paths], batch_size=len(paths))
 
     return predict, list(engine.metadata.classes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,9 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, outputs
 from .batcher import Batcher
-from .engine import Engine, finish, load_engine, prepare
+from .engine import Engine, decode_and_prepare, finish, load_engine
 from .errors import ApiError
-from .imaging import decode_image, decode_image_for_model
+from .imaging import decode_image
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
@@ -295,8 +296,9 @@ def _install_routes(app: FastAPI) -> None:
 
         t0 = time.perf_counter()
         with batcher.expecting():  # a batch being formed now waits for this image
-            image, tensor, info = await loop.run_in_executor(state.pool, _decode_and_prepare, engine, data,
-                                                             settings.max_pixels, kind == "overlay")
+            image, tensor, info = await loop.run_in_executor(
+                state.pool, functools.partial(decode_and_prepare, engine, data, settings.max_pixels,
+                                              full_resolution=kind == "overlay"))
         timing["decode"] = time.perf_counter() - t0
 
         result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
@@ -380,18 +382,6 @@ def _install_routes(app: FastAPI) -> None:
 
 
 # -- work done in the codec thread pool, off the event loop ---------------------------------------------------
-
-def _decode_and_prepare(engine: Engine, data: bytes, max_pixels: int,
-                        full_resolution: bool) -> tuple[np.ndarray, np.ndarray, Any]:
-    # Only an overlay shows the upload's pixels at full size; every other output needs just the model's view.
-    if full_resolution:
-        image = decode_image(data, max_pixels)
-        tensor, info = prepare(engine, image)
-    else:
-        image, orig_hw = decode_image_for_model(data, max_pixels, engine.input_size)
-        tensor, info = prepare(engine, image, orig_hw)
-    return image, tensor, info
-
 
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
                        labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,

@@ -1,6 +1,7 @@
 """The onnxruntime engine: load a contract-conforming model, check it, warm it up, run batches.
 
-Also the one synchronous `segment_images` path (letterbox → run → unletterbox) shared by the service's batcher,
+Also the one synchronous path (`decode_and_prepare` → `run_prepared`: decode, letterbox, run, unletterbox) shared by
+the service's batcher,
 the batch CLI's local mode and the evaluator.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
-from .imaging import LetterboxInfo, letterbox, unletterbox
+from .imaging import LetterboxInfo, decode_image, decode_image_for_model, letterbox, unletterbox
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,34 @@ def finish(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:
     return unletterbox(labels, info)
 
 
-def segment_images(engine: Engine, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps at original size for RGB uint8 images, synchronously; the service's batcher does the same."""
+def decode_and_prepare(engine: Engine, data: bytes, max_pixels: int, *,
+                       full_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, LetterboxInfo]:
+    """Upload bytes → (decoded RGB image, letterboxed tensor, geometry), as `POST /segment` does it.
+
+    Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large JPEG
+    decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.
+    Raises `ApiError` for bad bytes.
+    """
+    if full_resolution:
+        image = decode_image(data, max_pixels)
+        tensor, info = prepare(engine, image)
+    else:
+        image, orig_hw = decode_image_for_model(data, max_pixels, engine.input_size)
+        tensor, info = prepare(engine, image, orig_hw)
+    return image, tensor, info
+
+
+def run_prepared(engine: Engine, prepared: Sequence[tuple[np.ndarray, LetterboxInfo]],
+                 batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps at original size for letterboxed tensors, in batches; the service's batcher does the same."""
     results: list[np.ndarray] = []
-    for start in range(0, len(images), max(1, batch_size)):
-        prepared = [prepare(engine, image) for image in images[start:start + batch_size]]
-        labels = engine.run(np.stack([tensor for tensor, _ in prepared]))
-        results.extend(finish(lab, info) for lab, (_, info) in zip(labels, prepared, strict=True))
+    for start in range(0, len(prepared), max(1, batch_size)):
+        chunk = prepared[start:start + batch_size]
+        labels = engine.run(np.stack([tensor for tensor, _ in chunk]))
+        results.extend(finish(lab, info) for lab, (_, info) in zip(labels, chunk, strict=True))
     return results
+
+
+def segment_images(engine: Engine, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    """Label maps at original size for decoded RGB uint8 images, synchronously."""
+    return run_prepared(engine, [prepare(engine, image) for image in images], batch_size)

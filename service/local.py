@@ -1,7 +1,7 @@
 """In-process segmentation with the service's own code path, for the batch CLI's `--local` mode.
 
-Nothing here re-implements a step: decoding is `service.imaging.decode_image`, letterbox → ORT → unletterbox is
-`service.engine.segment_images`, and the bytes come from `service.outputs.render_output`, exactly as
+Nothing here re-implements a step: decode + letterbox is `service.engine.decode_and_prepare`, ORT → unletterbox
+is `service.engine.run_prepared`, and the bytes come from `service.outputs.render_output`, exactly as
 `POST /segment` makes them. A local answer carries the same JSON fields as the server's, except the
 result `id` (there is no result cache in-process).
 """
@@ -18,8 +18,7 @@ import numpy as np
 
 from . import outputs
 from .client import SegmentResult
-from .engine import Engine, load_engine, segment_images
-from .imaging import decode_image
+from .engine import Engine, decode_and_prepare, load_engine, run_prepared, segment_images
 from .settings import Settings
 
 
@@ -42,9 +41,10 @@ class LocalSegmenter:
                 min_area: float | None = None) -> SegmentResult:
         """Segment encoded image bytes. Bad input raises `service.errors.ApiError`, as the service answers it."""
         t0 = time.perf_counter()
-        image = decode_image(data, self.settings.max_pixels)
+        image, tensor, info = decode_and_prepare(self.engine, data, self.settings.max_pixels,
+                                                 full_resolution=output == "overlay")
         t1 = time.perf_counter()
-        (labels,) = self.labels([image])
+        (labels,) = run_prepared(self.engine, [(tensor, info)])
         t2 = time.perf_counter()
         body, media = outputs.render_output(output, image, labels, self.engine.metadata,
                                             {"model": self.engine.name},

@@ -221,3 +221,8 @@ def test_large_jpeg_is_segmented_from_a_reduced_decode_at_full_output_size(rule_
         # alpha 0: the overlay is the full-resolution decoded upload itself.
         np.testing.assert_array_equal(np.asarray(decode_png(direct.content).convert("RGB")),
                                       decode_image(data, 10**8))
+    # The batch CLI's local mode decodes the same way, so it answers exactly what the server answered.
+    from service.local import LocalSegmenter
+
+    local = LocalSegmenter(rule_server.settings.model_path, providers="cpu").segment(data, "labels")
+    np.testing.assert_array_equal(np.asarray(decode_png(local.content)), labels)
