@@ -133,7 +133,7 @@ def stage_split(engine_settings: Settings, bodies: dict[str, list[bytes]], reps:
     (= decode + letterbox) and `encode` (= resize back + PNG encode) stages."""
     from service import outputs
     from service.engine import finish
-    from service.imaging import decode_image
+    from service.imaging import decode_image_for_model
 
     engine = load_engine(engine_settings)
     out: dict[str, Any] = {}
@@ -142,9 +142,10 @@ def stage_split(engine_settings: Settings, bodies: dict[str, list[bytes]], reps:
         for _ in range(reps):
             for data in blobs:
                 t0 = time.perf_counter()
-                image = decode_image(data, engine_settings.max_pixels)
+                # As the service decodes for every output but overlay (large JPEGs reduced).
+                image, orig_hw = decode_image_for_model(data, engine_settings.max_pixels, engine.input_size)
                 t1 = time.perf_counter()
-                tensor, info = prepare(engine, image)
+                tensor, info = prepare(engine, image, orig_hw)
                 t2 = time.perf_counter()
                 small = engine.run(tensor[None])[0]
                 t3 = time.perf_counter()

@@ -22,15 +22,15 @@ import httpx
 import numpy as np
 
 from bench.harness import ServerProcess, closed_loop, decode_labels, open_loop, proc_memory_kib
-from service.engine import load_engine, segment_images
-from service.imaging import decode_image
+from service.engine import decode_and_prepare, load_engine, run_prepared
 from service.settings import Settings
 
 
 def direct_labels(model: Path, bodies: Sequence[bytes]) -> list[np.ndarray]:
     """Labels for each upload from a direct onnxruntime session (one image per run, no batcher, no HTTP)."""
     engine = load_engine(Settings(model_path=model))
-    return [segment_images(engine, [decode_image(b, 40_000_000)], batch_size=1)[0] for b in bodies]
+    # The service's own decode path (a large JPEG decodes reduced for labels), so "identical" can be exact.
+    return [run_prepared(engine, [decode_and_prepare(engine, b, 40_000_000)[1:]])[0] for b in bodies]
 
 
 class MemorySampler:
