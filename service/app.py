@@ -162,8 +162,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
-        state.batcher = Batcher(eng.run, max_batch_size=settings.max_batch_size,
-                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics)
+        state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
+                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
+                                concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
+                                padded_size=eng.padded_size)
         state.batcher.start()
         state.warmup_task = loop.create_task(_warm_up(state))
         try:
@@ -218,6 +220,10 @@ async def _warm_up(state: ServiceState) -> None:
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
     try:
         await asyncio.to_thread(state.engine.warm_up, sizes)
+        if state.engine.runner is not None:
+            for bucket in state.engine.runner.buckets:
+                if bucket.memory_bytes is not None:
+                    state.metrics.bucket_memory.labels(bucket=str(bucket.size)).set(bucket.memory_bytes)
         state.warm = True
     except Exception as exc:
         state.warmup_error = f"{type(exc).__name__}: {exc}"
@@ -366,11 +372,14 @@ def _install_routes(app: FastAPI) -> None:
             body.update(provider=eng.provider, requested_providers=eng.requested_providers,
                         precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
                         input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
-                        max_batch_size=state.settings.max_batch_size)
+                        max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None)
+            if eng.runner is not None:
+                body.update(eng.runner.describe())
         if state.warmup_error:
             body["error"] = state.warmup_error
         if state.batcher is not None:
-            body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue)
+            body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue,
+                        concurrent_batches=state.batcher.concurrency)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True, response_class=PlainTextResponse)

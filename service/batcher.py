@@ -1,9 +1,13 @@
-"""Dynamic batching: one worker owns the ORT session and is fed by a bounded asyncio queue.
+"""Dynamic batching: `concurrency` workers, fed by one bounded asyncio queue, run batches on the engine.
 
 A batch is cut when it holds `max_batch_size` images or `max_wait_ms` after its first image arrived
 (Triton's `max_queue_delay`), or at once when no other request is on its way (being decoded): waiting then
-could only add latency, so a lone request pays no batching delay. Inference runs in a dedicated thread so the
+could only add latency, so a lone request pays no batching delay. Inference runs in dedicated threads so the
 event loop stays free.
+
+Several batches in flight (Triton's instance group) keep a GPU busy while another batch's inputs are copied
+in and its labels copied out: measured on an H100, two threads on one session raised batch-8 throughput
+32-39 %. Workers take turns to collect, so a forming batch is never split between two idle workers.
 """
 
 from __future__ import annotations
@@ -45,40 +49,48 @@ class _Item:
 class Batcher:
     """Collects letterboxed images into batches and runs them through `run_batch` in one thread."""
 
-    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
+    def __init__(self, run_images: Callable[[list[np.ndarray]], np.ndarray], *, max_batch_size: int,
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
-                 retry_after_s: int = 1) -> None:
-        self._run_batch = run_batch
+                 retry_after_s: int = 1, concurrency: int = 1,
+                 padded_size: Callable[[int], int] | None = None) -> None:
+        self._run_images = run_images
+        self._padded_size = padded_size or (lambda count: count)
+        self.concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
         self.retry_after_s = retry_after_s
         self._queue: asyncio.Queue[_Item] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        # One thread: the worker owns the session, batches never overlap.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._workers: list[asyncio.Task[None]] = []
+        self._collecting: asyncio.Lock | None = None
+        # One thread per worker: at most `concurrency` batches run at once.
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="inference")
         self._accepting = False
-        self._busy = False
+        self.in_flight = 0  # batches running now
+        self.peak_in_flight = 0  # the most that ever ran at once: the proof that batches overlap
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker on the running loop."""
         self._queue = asyncio.Queue(self.max_queue)
+        self._collecting = asyncio.Lock()
         self._accepting = True
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the worker."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
-        while self._queue is not None and (self._queue.qsize() or self._busy) and time.monotonic() < deadline:
+        while self._queue is not None and (self._queue.qsize() or self.in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
         # Anything still queued after the timeout is answered rather than left hanging.
         while self._queue is not None and not self._queue.empty():
             item = self._queue.get_nowait()
@@ -97,7 +109,7 @@ class Batcher:
 
     @property
     def running(self) -> bool:
-        return self._accepting and self._worker is not None and not self._worker.done()
+        return self._accepting and bool(self._workers) and not any(w.done() for w in self._workers)
 
     # -- requests --------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -132,20 +144,21 @@ class Batcher:
 
     # -- worker ----------------------------------------------------------------------------------------------
     async def _work(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._collecting is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            async with self._collecting:  # one worker forms a batch at a time; the others run theirs
+                batch = await self._collect()
             self._observe_depth()
             live = [item for item in batch if not item.future.done()]  # drop timed-out / disconnected
             if not live:
                 continue
-            self._busy = True
+            self._batch_started()
             started = time.perf_counter()
             try:
-                # Stacking copies N letterboxed images (MBs): done in the inference thread, not on the loop.
+                # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
                 tensors = [item.tensor for item in live]
-                labels = await loop.run_in_executor(self._executor, self._stack_and_run, tensors)
+                labels = await loop.run_in_executor(self._executor, self._run_images, tensors)
             except Exception as exc:  # ORT failure: those requests fail, the worker carries on
                 log.exception("inference failed for a batch of %d (requests %s)", len(live),
                               [item.request_id for item in live])
@@ -155,17 +168,26 @@ class Batcher:
                         item.future.set_exception(error)
                 continue
             finally:
-                self._busy = False
+                self._batch_finished()
             inference_s = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(live))
+                self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
             for i, item in enumerate(live):
                 if not item.future.done():  # the client may have gone away while we ran
                     item.future.set_result(InferenceResult(labels[i], started - item.enqueued, inference_s,
                                                            len(live)))
 
-    def _stack_and_run(self, tensors: list[np.ndarray]) -> np.ndarray:
-        return self._run_batch(np.stack(tensors))
+    def _batch_started(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if self.metrics is not None:
+            self.metrics.batches_in_flight.set(self.in_flight)
+
+    def _batch_finished(self) -> None:
+        self.in_flight -= 1
+        if self.metrics is not None:
+            self.metrics.batches_in_flight.set(self.in_flight)
 
     async def _collect(self) -> list[_Item]:
         """Block for the first item, then take more until the batch is full or max_wait has passed."""

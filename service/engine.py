@@ -18,14 +18,13 @@ import onnxruntime as ort
 
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 from .imaging import LetterboxInfo, decode_image, decode_image_for_model, letterbox, unletterbox
+from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, FixedShapeRunner, create_session, memory_in_use
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 _SHORT_NAMES = {
-    "cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+    "cuda": CUDA, "cpu": CPU, "tensorrt": TENSORRT, "trt": TENSORRT,
     "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider",
 }
 
@@ -45,13 +44,6 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
         raise EngineError(f"execution providers {unknown} are not available in this onnxruntime build "
                           f"(available: {available})")
     return wanted
-
-
-def _provider_options(name: str) -> dict[str, str]:
-    # EXHAUSTIVE re-tunes cuDNN for every new input shape; HEURISTIC is stable across sizes.
-    if name == CUDA:
-        return {"cudnn_conv_algo_search": "HEURISTIC"}
-    return {}
 
 
 def resolve_model_path(path: Path, precision: str, cuda_active: bool) -> Path:
@@ -99,7 +91,12 @@ def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
 
 @dataclass
 class Engine:
-    """A loaded, checked ORT session plus what the service needs to know about it."""
+    """A loaded, checked ORT model plus what the service needs to know about it.
+
+    `session` is the session the contract was checked on. With fixed shapes (`runner` set, the default on GPU)
+    batches are padded to bucket sizes and each bucket has its own session; otherwise `session` runs every batch
+    at its own size, which costs nothing on CPU.
+    """
 
     session: ort.InferenceSession
     metadata: ModelMetadata
@@ -108,6 +105,7 @@ class Engine:
     requested_providers: list[str]
     intra_op_threads: int
     has_confidence: bool = False
+    runner: FixedShapeRunner | None = None
 
     @property
     def input_size(self) -> int:
@@ -124,49 +122,79 @@ class Engine:
 
     @property
     def on_gpu(self) -> bool:
-        return self.provider in (CUDA, "TensorrtExecutionProvider")
+        return self.provider in GPU_PROVIDERS
+
+    def padded_size(self, count: int) -> int:
+        """How many rows a batch of `count` images really runs as (more than `count` only with buckets)."""
+        return self.runner.padded_size(count) if self.runner is not None else count
+
+    def run_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Labels [N, H, W] uint8 for N letterboxed uint8 RGB images of one size. Thread-safe (ORT's run is)."""
+        first = images[0]
+        if first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
+            raise ValueError(f"images must be uint8 [H, W, 3], got {first.dtype} {first.shape}")
+        if self.runner is not None:
+            return self._checked(self.runner.run_images(images), (len(images), *first.shape))
+        return self._run_dynamic(np.stack(images))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Labels [N, H, W] uint8 for a uint8 NHWC RGB batch. Thread-safe (ORT's run is)."""
+        """Labels [N, H, W] uint8 for a uint8 NHWC RGB batch."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"batch must be uint8 [N, H, W, 3], got {batch.dtype} {batch.shape}")
-        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: np.ascontiguousarray(batch)})
-        if labels.shape != batch.shape[:3]:
-            raise RuntimeError(f"model returned labels {labels.shape} for input {batch.shape}")
+        if self.runner is not None:
+            return self.run_images(list(batch))
+        return self._run_dynamic(np.ascontiguousarray(batch))
+
+    def _run_dynamic(self, batch: np.ndarray) -> np.ndarray:
+        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: batch})
+        return self._checked(labels, batch.shape)
+
+    @staticmethod
+    def _checked(labels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+        if labels.shape != tuple(input_shape[:3]):
+            raise RuntimeError(f"model returned labels {labels.shape} for input {tuple(input_shape)}")
         return labels
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> float:
-        """Run the model on the inference size so the first request pays no allocation/tuning; seconds."""
+        """Run the model on the inference size so the first request pays no allocation/tuning; seconds.
+
+        With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored).
+        """
         start = time.perf_counter()
         size = self.input_size
-        pad = np.array(self.metadata.pad_rgb, dtype=np.uint8)
-        for n in batch_sizes:
-            self.run(np.broadcast_to(pad, (n, size, size, 3)).copy())
+        if self.runner is not None:
+            self.runner.warm_up()
+            batch_sizes = self.runner.sizes
+        else:
+            pad = np.array(self.metadata.pad_rgb, dtype=np.uint8)
+            for n in batch_sizes:
+                self.run(np.broadcast_to(pad, (n, size, size, 3)).copy())
         elapsed = time.perf_counter() - start
         log.info("warm-up on %s at %dx%d took %.2fs", list(batch_sizes), size, size, elapsed)
         return elapsed
 
 
+def uses_fixed_shapes(mode: str, provider: str) -> bool:
+    """Whether an engine on `provider` pads to buckets: 'auto' means on GPU providers only (measured: on CPU a
+    changing batch size costs nothing, and padding would cost compute)."""
+    return mode == "on" or (mode == "auto" and provider in GPU_PROVIDERS)
+
+
 def load_engine(settings: Settings) -> Engine:
-    """Create the ORT session from settings, check the contract and the provider actually in use."""
+    """Create the ORT session(s) from settings, check the contract and the provider actually in use."""
     path = Path(settings.model_path)
     requested = resolve_providers(settings.providers)
     path = resolve_model_path(path, settings.precision, cuda_active=CUDA in requested)
     if not path.is_file():
         raise EngineError(f"model file {path} not found; set SEGMENT_MODEL_PATH to a .onnx file exported "
                           "with `segment-export export`")
-    options = ort.SessionOptions()
-    # Explicit: ORT's default reads the host's cores, not the container's share.
-    options.intra_op_num_threads = settings.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Spinning worker threads would keep the cores busy between ops and starve the event loop (and the codec
-    # pool) on small machines; blocking costs microseconds per op.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    memory_before = memory_in_use(on_gpu=any(p in GPU_PROVIDERS for p in requested))
+
+    def make_session() -> ort.InferenceSession:
+        return create_session(path, requested, settings.intra_op_threads, settings.cuda_options)
+
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=[(p, _provider_options(p)) for p in requested])
+        session = make_session()
     except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
         raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
     metadata = validate_contract(session)
@@ -177,13 +205,20 @@ def load_engine(settings: Settings) -> Engine:
     if settings.require_gpu and active != CUDA:
         raise EngineError(f"SEGMENT_REQUIRE_GPU is set but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})")
+    runner = None
+    if uses_fixed_shapes(settings.fixed_shapes, active):
+        size = metadata.input_size
+        runner = FixedShapeRunner(settings.batch_buckets, (size, size), metadata.pad_rgb, make_session,
+                                  on_gpu=active in GPU_PROVIDERS)
+        runner.adopt(session, memory_before)
     engine = Engine(
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
         intra_op_threads=settings.intra_op_threads,
-        has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()},
+        has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
     )
-    log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads", path, metadata.arch,
-             metadata.precision, metadata.num_classes, metadata.input_size, active, settings.intra_op_threads)
+    log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
+             metadata.precision, metadata.num_classes, metadata.input_size, active, settings.intra_op_threads,
+             f", fixed-shape buckets {runner.sizes}" if runner else "")
     return engine
 
 
@@ -224,7 +259,7 @@ def run_prepared(engine: Engine, prepared: Sequence[tuple[np.ndarray, LetterboxI
     results: list[np.ndarray] = []
     for start in range(0, len(prepared), max(1, batch_size)):
         chunk = prepared[start:start + batch_size]
-        labels = engine.run(np.stack([tensor for tensor, _ in chunk]))
+        labels = engine.run_images([tensor for tensor, _ in chunk])
         results.extend(finish(lab, info) for lab, (_, info) in zip(labels, chunk, strict=True))
     return results
 

@@ -30,6 +30,13 @@ class Metrics:
         self.batch_size = Histogram("segment_batch_size", "Images per inference batch",
                                     buckets=[float(b) for b in batch_buckets], registry=r)
         self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker", registry=r)
+        self.padding_images = Counter("segment_batch_padding_images",
+                                      "Padding rows run to fill fixed-shape batch buckets (compute spent on no "
+                                      "image); divide by segment_batch_size_sum for the waste", registry=r)
+        self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now", registry=r)
+        self.bucket_memory = Gauge("segment_bucket_memory_bytes",
+                                   "Memory taken by each fixed-shape bucket's session when built and warmed "
+                                   "(GPU memory on CUDA, resident memory on CPU)", ["bucket"], registry=r)
         self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled", registry=r)
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",

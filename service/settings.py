@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .buckets import normalise_buckets
 
 MB = 1024 * 1024
 
@@ -96,11 +98,44 @@ class Settings(BaseSettings):
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
+    fixed_shapes: Literal["auto", "on", "off"] = Field(
+        "auto", description="pad batches to bucket sizes, one session per bucket, so no session ever sees a "
+                            "second input shape (cuDNN re-plans on every change); 'auto': on for GPU providers")
+    batch_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="comma list of bucket batch sizes; empty: 1, 2, 4, ... up to "
+                                          "max_batch_size (which is always a bucket)")
+    concurrent_batches: int | None = Field(
+        None, ge=1, description="batches in flight at once (Triton's instance count); unset: 2 on GPU, 1 on CPU")
+    cuda_options: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="extra CUDA provider options, 'key=value,key=value' "
+                                          "(they override the defaults prefer_nhwc=1, "
+                                          "cudnn_conv_algo_search=HEURISTIC)")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _bucket_list(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("cuda_options", mode="before")
+    @classmethod
+    def _key_values(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = [item.partition("=") for item in _split_csv(value)]  # type: ignore[union-attr]
+        bad = [key for key, sep, _ in pairs if not sep or not key.strip()]
+        if bad:
+            raise ValueError(f"expected key=value pairs, got {bad}")
+        return {key.strip(): val.strip() for key, _, val in pairs}
+
+    @model_validator(mode="after")
+    def _buckets_fit(self) -> Settings:
+        self.batch_buckets = normalise_buckets(self.batch_buckets, self.max_batch_size)
+        return self
 
     @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", mode="before")
     @classmethod

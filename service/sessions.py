@@ -1,0 +1,190 @@
+"""onnxruntime sessions for the engine: provider and session options, and one fixed-shape session per bucket.
+
+Torch-free and HTTP-free: the service, the batch CLI's local mode, evaluation and the benchmarks all build their
+sessions here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .buckets import bucket_for, fill_bucket
+from .contract import INPUT_NAME, LABELS_OUTPUT
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)
+
+
+def provider_options(name: str, cuda_options: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Options for one execution provider; `cuda_options` (a setting) is passed through last, so it wins."""
+    if name != CUDA:
+        return {}
+    # Measured on an H100 (deeplabv3_resnet101, 513x513, fp16): NHWC kernels give 1.4x at the best batch and
+    # 1.8x at batch 1 over NCHW. HEURISTIC: EXHAUSTIVE was slower (217 vs 250 img/s at batch 16) and DEFAULT
+    # falls back to very slow kernels.
+    return {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **(cuda_options or {})}
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """The session options every engine session uses."""
+    options = ort.SessionOptions()
+    # Explicit: ORT's default reads the host's cores, not the container's share.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Spinning worker threads would keep the cores busy between ops and starve the event loop (and the codec
+    # pool) on small machines; blocking costs microseconds per op.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def create_session(path: Path, providers: Sequence[str], intra_op_threads: int,
+                   cuda_options: Mapping[str, str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession for `path` on `providers` (in priority order) with the engine's options."""
+    return ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
+                                providers=[(p, provider_options(p, cuda_options)) for p in providers])
+
+
+def memory_in_use(on_gpu: bool) -> int | None:
+    """Bytes in use now: the GPU's (NVML, when nvidia-ml-py is installed) or this process's resident set.
+
+    Read before and after a bucket's session is built and warmed, the difference is that bucket's cost.
+    """
+    if on_gpu:
+        try:
+            import pynvml  # optional: nvidia-ml-py, installed with the GPU image
+
+            pynvml.nvmlInit()
+            device = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device)).used)
+        except Exception:  # no NVML library, no driver, or a UUID in CUDA_VISIBLE_DEVICES: unknown
+            return None
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class BucketSession:
+    """One bucket's session, and what it has run: the proof that it only ever saw one input shape."""
+
+    size: int
+    session: ort.InferenceSession | None = None
+    memory_bytes: int | None = None
+    warmup_s: float | None = None
+    runs: int = 0
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is)."""
+        assert self.session is not None, "bucket session used before it was built"
+        with self._lock:
+            self.runs += 1
+            self.shapes.add(batch.shape)
+        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: batch})
+        return labels
+
+    def describe(self) -> dict[str, object]:
+        """What `/readyz` reports for this bucket."""
+        return {"batch_size": self.size, "memory_bytes": self.memory_bytes,
+                "warmup_ms": None if self.warmup_s is None else round(self.warmup_s * 1000, 1), "runs": self.runs}
+
+
+class FixedShapeRunner:
+    """Runs any number of images as batches padded to bucket sizes, one session per bucket.
+
+    Every bucket session sees exactly one input shape, [size, S, S, 3] with S the model's inference size. An
+    input of another height or width (only offline callers send those) goes to a separate dynamic session.
+    """
+
+    def __init__(self, sizes: Sequence[int], input_hw: tuple[int, int], pad_rgb: Sequence[int],
+                 make_session: Callable[[], ort.InferenceSession], on_gpu: bool) -> None:
+        self.buckets = [BucketSession(size) for size in sorted(sizes)]
+        self.sizes = [b.size for b in self.buckets]
+        self.input_hw = input_hw
+        self.pad_rgb = tuple(pad_rgb)
+        self.on_gpu = on_gpu
+        self._make_session = make_session
+        self._other_shapes: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+        self._memory_mark: int | None = None
+        self.real_rows = 0
+        self.padded_rows = 0
+
+    def adopt(self, session: ort.InferenceSession, memory_before: int | None) -> None:
+        """Use an already built session (the one the contract was checked on) for the smallest bucket;
+        `memory_before` is the reading taken before it was built."""
+        self.buckets[0].session = session
+        self._memory_mark = memory_before
+
+    def warm_up(self) -> None:
+        """Build every bucket's session and run it twice on its one shape, recording time and memory."""
+        mark = self._memory_mark
+        height, width = self.input_hw
+        for bucket in self.buckets:
+            start = time.perf_counter()
+            if bucket.session is None:
+                bucket.session = self._make_session()
+            batch = np.broadcast_to(np.asarray(self.pad_rgb, np.uint8), (bucket.size, height, width, 3)).copy()
+            for _ in range(2):  # the first run plans and allocates; the second proves the steady state
+                bucket.run(batch)
+            bucket.warmup_s = time.perf_counter() - start
+            now = memory_in_use(self.on_gpu)
+            if mark is not None and now is not None:
+                bucket.memory_bytes = max(0, now - mark)
+            mark = now
+            log.info("bucket %d warmed in %.2fs (%s bytes)", bucket.size, bucket.warmup_s, bucket.memory_bytes)
+
+    def padded_size(self, count: int) -> int:
+        """The rows a batch of `count` images runs as (summed over chunks of the largest bucket)."""
+        largest = self.sizes[-1]
+        full, rest = divmod(count, largest)
+        return full * largest + (bucket_for(rest, self.sizes) if rest else 0)
+
+    def run_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Labels [N, H, W] for N letterboxed uint8 images: padded rows are computed and dropped, never returned."""
+        if images[0].shape[:2] != self.input_hw:
+            return self._run_other_shape(np.stack(images))
+        largest = self.sizes[-1]
+        parts = []
+        for start in range(0, len(images), largest):
+            chunk = images[start:start + largest]
+            bucket = self.buckets[self.sizes.index(bucket_for(len(chunk), self.sizes))]
+            labels = bucket.run(fill_bucket(chunk, bucket.size, self.pad_rgb))
+            parts.append(labels[:len(chunk)])
+            with self._lock:
+                self.real_rows += len(chunk)
+                self.padded_rows += bucket.size - len(chunk)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run_other_shape(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._other_shapes is None:
+                log.warning("input %s differs from the inference size %s: running it on a separate dynamic "
+                            "session (slow on CUDA while its shape keeps changing)", batch.shape, self.input_hw)
+                self._other_shapes = self._make_session()
+        (labels,) = self._other_shapes.run([LABELS_OUTPUT], {INPUT_NAME: batch})
+        return labels
+
+    def describe(self) -> dict[str, object]:
+        """Buckets and padding waste, for `/readyz`."""
+        total = self.real_rows + self.padded_rows
+        return {"buckets": [b.describe() for b in self.buckets],
+                "padding_fraction": round(self.padded_rows / total, 4) if total else 0.0}

@@ -1,0 +1,159 @@
+"""Fixed-shape execution (the GPU default), proven on CPU: every session sees one input shape, padding never
+reaches an answer, a mask is the same whatever bucket ran it, every bucket is warm before readiness, and
+several batches really run at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
+from service.engine import load_engine, prepare, uses_fixed_shapes
+from service.sessions import CPU, CUDA, provider_options
+from service.settings import Settings
+from tests.photos import PHOTOS, photo
+from tests.service.svc_helpers import png_bytes, scene
+from tests.service.test_service_batching import metric_samples
+
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "default.onnx"
+
+
+def fixed_engine(model: Path, **overrides):
+    settings = Settings(model_path=model, providers="cpu", intra_op_threads=2, fixed_shapes="on", **overrides)
+    engine = load_engine(settings)
+    engine.warm_up()
+    return engine
+
+
+def test_bucket_arithmetic() -> None:
+    assert default_buckets(8) == [1, 2, 4, 8]
+    assert default_buckets(12) == [1, 2, 4, 8, 12]
+    assert default_buckets(1) == [1]
+    assert normalise_buckets([], 8) == [1, 2, 4, 8]
+    assert normalise_buckets([4, 2, 2], 8) == [2, 4, 8]  # the batcher's largest batch is always a bucket
+    with pytest.raises(ValueError, match="outside"):
+        normalise_buckets([0, 4], 8)
+    with pytest.raises(ValueError, match="outside"):
+        normalise_buckets([16], 8)
+    assert [bucket_for(n, [1, 2, 4, 8]) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    with pytest.raises(ValueError, match="exceed"):
+        bucket_for(9, [1, 2, 4, 8])
+    images = [np.full((4, 5, 3), i, np.uint8) for i in range(3)]
+    batch = fill_bucket(images, 4, (7, 8, 9))
+    assert batch.shape == (4, 4, 5, 3) and batch.flags.c_contiguous
+    assert [int(batch[i].max()) for i in range(3)] == [0, 1, 2]
+    assert (batch[3] == np.array([7, 8, 9], np.uint8)).all()  # padding is the mean colour, mapped to 0 in-graph
+
+
+def test_settings_and_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGMENT_BATCH_BUCKETS", "2, 4")
+    monkeypatch.setenv("SEGMENT_CUDA_OPTIONS", "prefer_nhwc=0, gpu_mem_limit=4000000000")
+    monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "16")
+    settings = Settings()
+    assert settings.batch_buckets == [2, 4, 16]
+    assert settings.cuda_options == {"prefer_nhwc": "0", "gpu_mem_limit": "4000000000"}
+    assert provider_options(CUDA) == {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1"}
+    assert provider_options(CUDA, settings.cuda_options)["prefer_nhwc"] == "0"  # the setting wins
+    assert provider_options(CPU, settings.cuda_options) == {}
+    monkeypatch.setenv("SEGMENT_CUDA_OPTIONS", "prefer_nhwc")
+    with pytest.raises(ValueError, match="key=value"):
+        Settings()
+    assert uses_fixed_shapes("auto", CUDA) and not uses_fixed_shapes("auto", CPU)
+    assert uses_fixed_shapes("on", CPU) and not uses_fixed_shapes("off", CUDA)
+
+
+def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
+    """The trained demo model on real photos: each photo alone, then inside batches of every size 1..11
+    (padded to buckets 1, 2, 4, 8, and 11 = 8 + 3 as two chunks). Padded rows are computed and dropped."""
+    engine = fixed_engine(DEMO_MODEL)
+    tensors = [prepare(engine, photo(name))[0] for name in PHOTOS]
+    tensors += [prepare(engine, scene(300 + 10 * i, 200))[0] for i in range(6)]
+    alone = [engine.run_images([t])[0] for t in tensors]
+    reference = engine.session.run(None, {"image": np.stack(tensors[:4])})[0]  # a plain dynamic session
+    for i in range(4):
+        np.testing.assert_array_equal(alone[i], reference[i])
+    for count in range(1, len(tensors) + 1):
+        got = engine.run_images(tensors[:count])
+        assert got.shape == (count, engine.input_size, engine.input_size)  # never a padded row
+        for i in range(count):
+            np.testing.assert_array_equal(got[i], alone[i], err_msg=f"image {i} in a batch of {count}")
+    size = engine.input_size
+    for bucket in engine.runner.buckets:
+        assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
+    assert engine.padded_size(3) == 4 and engine.padded_size(11) == 12 and engine.padded_size(8) == 8
+    # An offline caller's other size runs on its own dynamic session, leaving the buckets' one shape alone.
+    odd = engine.run_images([tensors[0][:200, :150]])
+    assert odd.shape == (1, 200, 150)
+    assert all(len(b.shapes) == 1 for b in engine.runner.buckets)
+
+
+def _readyz(url: str) -> tuple[int, dict]:
+    r = httpx.get(f"{url}/readyz", timeout=10)
+    return r.status_code, r.json()
+
+
+def test_every_bucket_is_warm_before_ready_and_each_session_sees_one_shape(serve, slow_model: Path) -> None:
+    server = serve(slow_model, wait_ready=False, fixed_shapes="on", max_batch_size=4, max_wait_ms=200,
+                   intra_op_threads=1)
+    deadline = time.monotonic() + 120
+    seen_warming = False
+    while True:
+        status, body = _readyz(server.url)
+        runner = server.state.engine.runner if server.state.engine is not None else None
+        if status == 200:
+            # Readiness only once every bucket has been built and run on its shape.
+            assert runner is not None and all(b.runs >= 2 and b.warmup_s for b in runner.buckets)
+            break
+        seen_warming |= body.get("status") == "warming_up"
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+    assert seen_warming  # the 768-px model warms three buckets slowly enough to be seen doing it
+    assert body["fixed_shapes"] is True and [b["batch_size"] for b in body["buckets"]] == [1, 2, 4]
+    assert all(b["warmup_ms"] > 0 and b["memory_bytes"] is not None for b in body["buckets"])
+
+    async def burst(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/segment", content=png_bytes(scene(90 + i, 70)),
+                                                      params={"output": "stats"}) for i in range(n)))
+
+    sizes_run = set()
+    for n in (1, 3, 2, 5, 1, 4):
+        responses = asyncio.run(burst(n))
+        assert [r.status_code for r in responses] == [200] * n
+        sizes_run |= {int(r.headers["x-batch-size"]) for r in responses}
+    assert len(sizes_run) >= 2, sizes_run  # batches of several sizes really ran
+    size = server.state.engine.input_size
+    for bucket in server.state.engine.runner.buckets:
+        assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
+    with server.client() as client:
+        text = client.get("/metrics").text
+        body = client.get("/readyz").json()
+    padding = metric_samples(text, "segment_batch_padding_images_total")[()]
+    runner = server.state.engine.runner
+    assert padding == runner.padded_rows and runner.real_rows == 16
+    assert (padding > 0) == (3 in sizes_run)  # only a batch of 3 pads (to 4) with buckets 1, 2, 4
+    assert body["padding_fraction"] == pytest.approx(runner.padded_rows / (runner.padded_rows + 16), abs=1e-3)
+    memory = metric_samples(text, "segment_bucket_memory_bytes")
+    assert {dict(k)["bucket"] for k in memory} == {"1", "2", "4"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_concurrent_batches_overlap(serve, very_slow_model: Path, concurrency: int) -> None:
+    server = serve(very_slow_model, max_batch_size=1, max_wait_ms=0, concurrent_batches=concurrency,
+                   intra_op_threads=1)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/segment", content=png_bytes(scene(80, 60 + i)),
+                                                      params={"output": "stats"}) for i in range(4)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 4
+    assert server.state.batcher.peak_in_flight == concurrency
+    assert server.state.batcher.in_flight == 0
+    assert _readyz(server.url)[1]["concurrent_batches"] == concurrency
