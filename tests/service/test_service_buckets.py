@@ -30,6 +30,15 @@ def fixed_engine(model: Path, **overrides):
     return engine
 
 
+def assert_one_shape_per_session(engine) -> None:
+    """Each bucket has its own ORT session, and each session has run exactly one input shape."""
+    buckets = engine.runner.buckets
+    assert len({id(b.session) for b in buckets}) == len(buckets), "buckets share a session"
+    size = engine.input_size
+    for bucket in buckets:
+        assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
+
+
 def test_bucket_arithmetic() -> None:
     assert default_buckets(8) == [1, 2, 4, 8]
     assert default_buckets(12) == [1, 2, 4, 8, 12]
@@ -82,14 +91,13 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
         assert got.shape == (count, engine.input_size, engine.input_size)  # never a padded row
         for i in range(count):
             np.testing.assert_array_equal(got[i], alone[i], err_msg=f"image {i} in a batch of {count}")
-    size = engine.input_size
-    for bucket in engine.runner.buckets:
-        assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
+    assert_one_shape_per_session(engine)
     assert engine.padded_size(3) == 4 and engine.padded_size(11) == 12 and engine.padded_size(8) == 8
     # An offline caller's other size runs on its own dynamic session, leaving the buckets' one shape alone.
     odd = engine.run_images([tensors[0][:200, :150]])
     assert odd.shape == (1, 200, 150)
-    assert all(len(b.shapes) == 1 for b in engine.runner.buckets)
+    assert_one_shape_per_session(engine)
+    assert all(engine.runner._other_shapes is not b.session for b in engine.runner.buckets)
 
 
 def _readyz(url: str) -> tuple[int, dict]:
@@ -127,9 +135,7 @@ def test_every_bucket_is_warm_before_ready_and_each_session_sees_one_shape(serve
         assert [r.status_code for r in responses] == [200] * n
         sizes_run |= {int(r.headers["x-batch-size"]) for r in responses}
     assert len(sizes_run) >= 2, sizes_run  # batches of several sizes really ran
-    size = server.state.engine.input_size
-    for bucket in server.state.engine.runner.buckets:
-        assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
+    assert_one_shape_per_session(server.state.engine)
     with server.client() as client:
         text = client.get("/metrics").text
         body = client.get("/readyz").json()
