@@ -1,0 +1,191 @@
+"""The GPU benchmark's references: the model (exported fp32 + fp16), raw onnxruntime per batch size in both
+layouts, IOBinding / CUDA graphs, and PyTorch eager fp16 channels_last, all on the same weights.
+
+torch is imported inside the functions, so the load-generator processes that import this package stay light.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import INPUT_NAME, LABELS_OUTPUT
+from service.sessions import CPU, CUDA, create_session, session_options
+
+Runner = Callable[[np.ndarray], object]
+
+
+def providers(provider: str) -> list[str]:
+    """The provider, then CPU for any node it cannot run (as the service asks)."""
+    return [provider] if provider == CPU else [provider, CPU]
+
+
+def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photo-like RGB image (gradients and blobs): what BN calibration and uploads need, no files."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), np.float32)
+    for channel in range(3):
+        fx, fy, phase = [*rng.uniform(0.002, 0.02, 2).tolist(), rng.uniform(0, 6.28)]
+        image[..., channel] = 128 + 60 * np.sin(xx * fx + yy * fy + phase)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, height / 3)
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        image[mask] = rng.uniform(0, 255, 3)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def export_models(workdir: Path, arch: str, input_size: int, device: str) -> tuple[dict[str, Any], Any]:
+    """Export `arch` (seeded random weights, BatchNorm statistics recalibrated on photo-like images so fp16
+    activations stay in range) to model.onnx and its fp16 sibling model.fp16.onnx. Returns the facts and the
+    eager model."""
+    import torch
+
+    from model_export.export import build_metadata, export_onnx
+    from model_export.models import build_model
+    from model_export.quantize import _props, _write_props, convert_fp16
+    from model_export.wrapper import ExportWrapper
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=21)
+    start = time.perf_counter()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration batches
+    wrapper = ExportWrapper(model).to(device).train()
+    with torch.no_grad():
+        for i in range(8):
+            batch = np.stack([synthetic_photo(input_size, input_size, seed=4 * i + j) for j in range(4)])
+            wrapper(torch.from_numpy(batch).to(device))
+    model = model.cpu().eval()
+    calibrate_s = time.perf_counter() - start
+    meta = build_metadata(model, num_classes=21, input_size=input_size,
+                          source="bench: random init, seed 0, BatchNorm recalibrated on synthetic photos")
+    start = time.perf_counter()
+    fp32 = export_onnx(model, workdir / "model.onnx", meta)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fp16 = workdir / "model.fp16.onnx"
+    convert_fp16(fp32, fp16)
+    props = _props(fp32)
+    props["precision"] = "fp16"
+    _write_props(fp16, props)
+    fp16_s = time.perf_counter() - start
+    return {"arch": arch, "input_size": input_size, "fp32": str(fp32), "fp16": str(fp16),
+            "fp32_mb": fp32.stat().st_size / 1e6, "fp16_mb": fp16.stat().st_size / 1e6,
+            "bn_calibration_s": calibrate_s, "export_s": export_s, "fp16_convert_s": fp16_s}, model
+
+
+def throughput(run: Runner, batch: np.ndarray, seconds: float, min_runs: int = 10, threads: int = 1) -> float:
+    """Images per second of `run(batch)` after three warm runs, over at least `seconds` and `min_runs`,
+    from `threads` threads at once."""
+    for _ in range(3):
+        run(batch)
+
+    def loop() -> int:
+        runs = 0
+        deadline = time.perf_counter() + seconds
+        while runs < min_runs or time.perf_counter() < deadline:
+            run(batch)
+            runs += 1
+        return runs
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(lambda _: loop(), range(threads)))
+    return total * len(batch) / (time.perf_counter() - start)
+
+
+def raw_ort(model: Path, sizes: list[int], input_size: int, seconds: float, provider: str,
+            layouts: dict[str, dict[str, str]]) -> dict[str, dict[int, float]]:
+    """img/s of raw onnxruntime per batch size and layout, one session per size (one shape each), with the
+    service's own session and provider options."""
+    out: dict[str, dict[int, float]] = {}
+    rng = np.random.default_rng(0)
+    for layout, options in layouts.items():
+        out[layout] = {}
+        for size in sizes:
+            session = create_session(model, providers(provider), intra_op_threads=4, cuda_options=options)
+            batch = np.stack([synthetic_photo(input_size, input_size, int(s)) for s in rng.integers(0, 99, size)])
+            out[layout][size] = throughput(lambda b, s=session: s.run([LABELS_OUTPUT], {INPUT_NAME: b}), batch,
+                                           seconds)
+            del session
+    return out
+
+
+def two_threads(model: Path, size: int, input_size: int, seconds: float, provider: str) -> float:
+    """img/s of two threads running batches of `size` on one NHWC session (what concurrent batches buy)."""
+    session = create_session(model, providers(provider), intra_op_threads=4)
+    batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
+    return throughput(lambda b: session.run([LABELS_OUTPUT], {INPUT_NAME: b}), batch, seconds, threads=2)
+
+
+def bound_variants(model: Path, size: int, input_size: int, seconds: float) -> dict[str, float | str]:
+    """IOBinding with device buffers (input copied in, labels copied out each run), with and without a CUDA
+    graph; img/s, or the error that stopped a variant."""
+    out: dict[str, float | str] = {}
+    batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
+    for name, extra in (("iobinding", {}), ("cuda_graph", {"enable_cuda_graph": "1"})):
+        try:
+            options = {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **extra}
+            session = ort.InferenceSession(str(model), sess_options=session_options(4),
+                                           providers=[(CUDA, options)])
+            x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
+            y = ort.OrtValue.ortvalue_from_shape_and_type((size, input_size, input_size), np.uint8, "cuda", 0)
+            binding = session.io_binding()
+            binding.bind_ortvalue_input(INPUT_NAME, x)
+            binding.bind_ortvalue_output(LABELS_OUTPUT, y)
+
+            def run(b: np.ndarray, s: ort.InferenceSession = session, x: ort.OrtValue = x, y: ort.OrtValue = y,
+                    binding: Any = binding) -> object:
+                x.update_inplace(b)
+                s.run_with_iobinding(binding)
+                return y.numpy()
+
+            out[name] = throughput(run, batch, seconds)
+            del session
+        except Exception as exc:  # an experiment: record why it could not run
+            out[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return out
+
+
+def eager(model: Any, sizes: list[int], input_size: int, seconds: float, device: str) -> dict[int, float]:
+    """img/s of PyTorch eager on the same weights and the same contract (uint8 in, labels out, copies
+    included): fp16 autocast and channels_last on CUDA, fp32 on CPU."""
+    import torch
+
+    from model_export.wrapper import ExportWrapper
+
+    wrapper = ExportWrapper(model).to(device).eval()
+    if device == "cuda":
+        wrapper = wrapper.to(memory_format=torch.channels_last)
+    out: dict[int, float] = {}
+    for size in sizes:
+        batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
+
+        def run(b: np.ndarray) -> object:
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.float16, enabled=device == "cuda"):
+                return wrapper(torch.from_numpy(b).to(device)).cpu()
+
+        out[size] = throughput(run, batch, seconds)
+    return out
+
+
+def release_gpu_memory() -> None:
+    """Give the eager model's cached GPU memory back before the service runs beside this process."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
