@@ -76,20 +76,30 @@ def gpu_memory_of(pid: int) -> int | None:
     return None
 
 
-def _client(args: tuple[str, list[bytes], int, float]) -> tuple[list[tuple[int, float, int]], float]:
-    url, bodies, concurrency, seconds = args
-    samples, wall = asyncio.run(closed_loop(url, bodies, concurrency, seconds, 10**9, {"output": "labels"}))
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads (the event loop is the main thread,
+    whose tid is the pid)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _client(args: tuple[str, list[bytes], int, float, str]) -> tuple[list[tuple[int, float, int]], float]:
+    url, bodies, concurrency, seconds, output = args
+    samples, wall = asyncio.run(closed_loop(url, bodies, concurrency, seconds, 10**9, {"output": output}))
     return [(s.status, s.latency_s, s.batch_size) for s in samples], wall
 
 
 def load_point(pool: ProcessPoolExecutor, server: ServerProcess, bodies: list[bytes], concurrency: int,
-               seconds: float, processes: int) -> dict[str, Any]:
+               seconds: float, processes: int, output: str = "labels") -> dict[str, Any]:
     """A closed loop of `concurrency` clients spread over load-generator processes (one Python client
     process tops out near the GPU's rate)."""
     procs = max(1, min(processes, concurrency))
     shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
     before = server.metrics()
-    results = list(pool.map(_client, [(server.url, bodies, share, seconds) for share in shares]))
+    cpu0, loop0 = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
+    results = list(pool.map(_client, [(server.url, bodies, share, seconds, output) for share in shares]))
+    cpu1, loop1 = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
     after = server.metrics()
     samples = [s for part, _ in results for s in part]
     wall = max(w for _, w in results)
@@ -97,7 +107,9 @@ def load_point(pool: ProcessPoolExecutor, server: ServerProcess, bodies: list[by
     summary = latency_summary([lat for status, lat, _ in samples if status == 200], wall)
     summary.update(concurrency=concurrency, errors=len([s for s in samples if s[0] != 200]), statuses=bad,
                    mean_batch=float(np.mean([b for _, _, b in samples])) if samples else 0.0,
-                   stages_ms=stage_means_ms(before, after))
+                   stages_ms=stage_means_ms(before, after), server_cores=(cpu1 - cpu0) / wall,
+                   loop_cores=(loop1 - loop0) / wall,
+                   server_cpu_ms_per_request=(cpu1 - cpu0) * 1000 / max(1, len(samples)))
     return summary
 
 
@@ -118,8 +130,11 @@ async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
                    seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None
                    ) -> dict[str, Any]:
-    """Start the service with `env`, optionally time the first batch of every bucket, then each load point."""
-    out: dict[str, Any] = {"env": env, "points": []}
+    """Start the service with `env`, optionally time the first batch of every bucket, then each load point.
+    An `output` key in `env` picks the output kind the clients ask for (labels by default)."""
+    env = dict(env)
+    output = env.pop("output", "labels")
+    out: dict[str, Any] = {"env": env, "output": output, "points": []}
     start = time.perf_counter()
     with ServerProcess(model, **env) as server:
         server.wait_ready(timeout=600)
@@ -128,9 +143,12 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
         if first_batches:
             out["first_batches"] = asyncio.run(_first_batches(server.url, bodies[0], first_batches))
         for concurrency in concurrencies:
-            out["points"].append(load_point(pool, server, bodies, concurrency, seconds, processes))
-            print(f"  c={concurrency}: {out['points'][-1]['throughput']:.1f} img/s, "
-                  f"p50 {out['points'][-1]['p50']:.1f} ms, p99 {out['points'][-1]['p99']:.1f} ms", flush=True)
+            point = load_point(pool, server, bodies, concurrency, seconds, processes, output)
+            out["points"].append(point)
+            print(f"  c={concurrency}: {point['throughput']:.1f} img/s, p50 {point['p50']:.1f} ms, "
+                  f"p99 {point['p99']:.1f} ms; server {point['server_cores']:.1f} cores "
+                  f"(loop {point['loop_cores']:.2f}), {point['server_cpu_ms_per_request']:.1f} CPU-ms/request, "
+                  f"batch {point['mean_batch']:.1f}, stages {point['stages_ms']}", flush=True)
         out["gpu_memory_mib"] = gpu_memory_of(server.pid)
     return out
 
@@ -148,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raw-seconds", type=float, default=1.5, help="per raw/eager measurement")
     ap.add_argument("--clients", type=int, default=4, help="load-generator processes")
     ap.add_argument("--skip", default="", help="comma list of stages to skip: raw,bound,eager,off,fp32,before")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, or output=KIND), repeatable")
+    ap.add_argument("--variant-concurrency", default="32,64")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu_bench"))
     ap.add_argument("--json", type=Path, default=Path("gpu_bench.json"))
     ap.add_argument("--out", type=Path, default=Path("docs"))
@@ -214,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",
                                      "SEGMENT_CUDA_OPTIONS": "prefer_nhwc=0", "SEGMENT_MAX_BATCH_SIZE": "8"},
                                     [8, 32]))
+        for spec in args.variant:
+            name, _, pairs = spec.partition(":")
+            env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+            stage(f"variant_{name}", lambda env=env: run(env, ints(args.variant_concurrency)))
     save()
     write_section(args.out / "BENCHMARKS.md", "gpu", render(results))
     print(render(results))
