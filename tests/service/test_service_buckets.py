@@ -15,12 +15,12 @@ import pytest
 from service.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
 from service.engine import load_engine, prepare, uses_fixed_shapes
 from service.sessions import CPU, CUDA, provider_options
-from service.settings import Settings
+from service.settings import Settings, default_model_path
 from tests.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service.test_service_batching import metric_samples
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "default.onnx"
+DEMO_MODEL = default_model_path()  # the trained embedded demo model
 
 
 def fixed_engine(model: Path, **overrides):
