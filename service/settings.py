@@ -13,12 +13,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MB = 1024 * 1024
 
 
+# The embedded demo model ships inside the package (package data), so every install finds it, editable or not.
+EMBEDDED_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+
+
 def default_model_path() -> Path:
-    """The embedded model: `<repo>/models/default.onnx` next to the package, else `./models/default.onnx`."""
-    beside_package = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
-    if beside_package.exists():
-        return beside_package
-    return Path("models") / "default.onnx"
+    """The embedded demo model, wherever the package is installed."""
+    return EMBEDDED_MODEL
 
 
 def available_cpus() -> int:
