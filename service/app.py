@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     return app
 
 
-# -- the web page (issue 6): plain files in service/static, no build step -------------------------------------
+# -- the web page: plain files in service/static, no build step -------------------------------------
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
