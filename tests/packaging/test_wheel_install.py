@@ -54,9 +54,14 @@ class Installed:
 
 
 def _tracked_sources(dest: Path) -> None:
-    """Copy the files git tracks under SOURCES (no build leftovers, no caches) into `dest`."""
-    files = subprocess.run(["git", "ls-files", "-z", *SOURCES], cwd=REPO, capture_output=True, check=True
-                           ).stdout.decode().split("\0")
+    """Copy the files git tracks under SOURCES (no build leftovers, no caches) into `dest`; outside a git
+    checkout, every file under SOURCES except caches."""
+    listing = subprocess.run(["git", "ls-files", "-z", *SOURCES], cwd=REPO, capture_output=True)
+    if listing.returncode == 0 and listing.stdout:
+        files = listing.stdout.decode().split("\0")
+    else:
+        files = [str(p.relative_to(REPO)) for src in SOURCES for p in ([REPO / src] if (REPO / src).is_file()
+                 else (REPO / src).rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
     for name in filter(None, files):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
