@@ -2,7 +2,7 @@
 
 Usage: python -m bench.precision_bench [--size 513] [--threads 2] [--reps 10] [--calibration-dir DIR]
        [--calibration-count 8] [--out docs/PRECISION.md]
-       python -m bench.precision_bench --accuracy-model models/default.onnx   # accuracy section instead
+       python -m bench.precision_bench --accuracy-model service/models/default.onnx   # accuracy section instead
 
 All three run the same contract graph on the same real photo, letterboxed as the service does: eager is the
 export wrapper's torch forward (normalise, backbone, ASPP, upsample, argmax), the ORT files are its fp32 export

@@ -1,4 +1,4 @@
-"""Service throughput with the int8 variant against the fp32 model, in one run (issue 8).
+"""Service throughput with the int8 variant against the fp32 model, in one run.
 
 Exports `--arch` (random weights, BN statistics calibrated on photos so the net is not degenerate) at
 `--input-size`, quantises it with `segment-export`'s own `make_variant` (calibrated on real photographs), starts

@@ -1,7 +1,7 @@
 """`segment`: segment a folder of images, through a running service or in-process, resumably.
 
     segment images/ --out masks/ --output color --server http://localhost:8000 -j 4
-    segment images/ --out masks/ --output stats --local models/default.onnx
+    segment images/ --out masks/ --output stats --local model.onnx
 
 - Inputs are files and folders (searched recursively for image files); outputs mirror the folder layout under
   `--out`, with the extension of the output kind (`.png`, `.jpg`, `.geojson`, `.json`).

@@ -1,7 +1,11 @@
-"""`segment-webcam`: live segmentation of a camera or a video file through the service.
+"""`segment-webcam`: live segmentation of a camera or a video file through the service, or in this process.
 
     segment-webcam 0 --server http://localhost:8000                 # camera 0, in a window
     segment-webcam clip.mp4 --server URL --out seg.mp4 --inflight 4  # headless, to a video file
+    segment-webcam 0 --local model.onnx                             # onnxruntime here, no server
+
+A window needs an OpenCV build with a GUI (`opencv-python`); the serve extra installs the headless build, with
+which only `--out` works.
 
 Frames are JPEG-encoded and sent over one `SegmentClient` (kept-alive connections) with up to `--inflight`
 requests at once, so throughput is set by the server's batching rather than by one round trip per frame. Results
@@ -12,19 +16,22 @@ palette PNG) and the overlay is blended here with the service's own `blend_overl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from service.client import SegmentApiError, SegmentClient, SegmentClientError
+from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
+from service.errors import ApiError
 from service.outputs.masks import blend_overlay
 
 WINDOW = "segment-webcam"
@@ -66,6 +73,51 @@ def open_capture(source: str) -> cv2.VideoCapture:
     return capture
 
 
+def has_gui() -> bool:
+    """Whether this OpenCV build can open windows (opencv-python-headless cannot)."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:"):
+            return line.split(":", 1)[1].strip().upper() != "NONE"
+    return True  # unknown layout: let imshow decide
+
+
+NO_GUI = ("segment-webcam: this OpenCV build has no GUI (opencv-python-headless, as the serve extra installs), "
+          "so it cannot show a window. Write a video with --out FILE instead, or replace it with the GUI build: "
+          "pip uninstall -y opencv-python-headless && pip install opencv-python")
+
+
+class Segmenter(Protocol):
+    """What the loop needs: `SegmentClient` (--server) and `service.local.LocalSegmenter` (--local) both are."""
+
+    def segment(self, data: bytes, output: str = "labels") -> SegmentResult: ...
+
+
+def local_classes(segmenter: object) -> dict:
+    """The `GET /classes` answer for an in-process model: names and colours from its metadata."""
+    meta = segmenter.engine.metadata  # type: ignore[attr-defined]
+    return {"classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
+                        for i, name in enumerate(meta.classes)]}
+
+
+def open_segmenter(args: argparse.Namespace) -> contextlib.AbstractContextManager[tuple[Segmenter, dict]]:
+    """The client for --server, or an onnxruntime session in this process for --local, with the class colours."""
+    if args.local is not None:
+        from service.local import LocalSegmenter  # onnxruntime: only in --local mode
+
+        try:
+            segmenter = LocalSegmenter(args.local, providers=args.providers, threads=args.threads)
+        except Exception as exc:  # missing file, not the ONNX contract, unknown provider: nothing can run
+            raise SystemExit(f"segment-webcam: cannot load {args.local}: {exc}") from exc
+        return contextlib.nullcontext((segmenter, local_classes(segmenter)))
+
+    @contextlib.contextmanager
+    def remote() -> Iterator[tuple[Segmenter, dict]]:
+        with SegmentClient(args.server, api_key=args.api_key, max_connections=args.inflight, retries=1) as client:
+            yield client, client.classes()
+
+    return remote()
+
+
 def bgr_palette(classes: dict) -> list[tuple[int, int, int]]:
     """The model's class colours in OpenCV's BGR order (frames stay BGR end to end)."""
     palette = [(0, 0, 0)] * (max((c["id"] for c in classes["classes"]), default=0) + 1)
@@ -83,7 +135,7 @@ def draw_hud(frame: np.ndarray, stats: Stats, inflight: int) -> None:
     cv2.putText(frame, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def _request(client: SegmentClient, jpeg: bytes) -> tuple[np.ndarray, float]:
+def _request(client: Segmenter, jpeg: bytes) -> tuple[np.ndarray, float]:
     """Runs in a worker thread: labels for one frame, and the round-trip time."""
     start = time.perf_counter()
     labels = client.segment(jpeg, "labels").array()
@@ -98,6 +150,7 @@ class Sink:
         self.fourcc = fourcc or _FOURCC_BY_SUFFIX.get(out.suffix.lower(), "mp4v") if out else None
         self.writer: cv2.VideoWriter | None = None
         self.quit = False
+        self.window = False  # a window was opened: close() destroys it
 
     def put(self, frame: np.ndarray) -> None:
         if self.out is not None:
@@ -112,29 +165,33 @@ class Sink:
             try:
                 cv2.imshow(WINDOW, frame)
             except cv2.error as exc:
-                raise SystemExit("segment-webcam: this OpenCV build has no GUI (opencv-python-headless?); "
-                                 "use --out FILE for headless use") from exc
+                raise SystemExit(NO_GUI) from exc
+            self.window = True
             if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                 self.quit = True
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
-        if self.show:
-            cv2.destroyAllWindows()
+        if self.window:
+            with contextlib.suppress(cv2.error):  # never mask the error that ended the loop
+                cv2.destroyAllWindows()
 
 
 def run(args: argparse.Namespace) -> Stats:
     """The capture → request → blend → show/write loop; returns the final numbers."""
+    show = args.show or args.out is None
+    if show and not has_gui():  # before opening the camera or the model: fail at once, with the way out
+        raise SystemExit(NO_GUI)
     capture = open_capture(args.source)
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    sink = Sink(args.out, args.show or args.out is None, fps if 1 <= fps <= 240 else 25.0, args.fourcc)
+    sink = Sink(args.out, show, fps if 1 <= fps <= 240 else 25.0, args.fourcc)
     stats = Stats()
     pending: deque[tuple[np.ndarray, Future[tuple[np.ndarray, float]]]] = deque()
     encode = [cv2.IMWRITE_JPEG_QUALITY, args.jpeg_quality]
-    with (SegmentClient(args.server, api_key=args.api_key, max_connections=args.inflight, retries=1) as client,
+    with (open_segmenter(args) as (client, classes),
           ThreadPoolExecutor(args.inflight, thread_name_prefix="segment") as pool):
-        palette = bgr_palette(client.classes())
+        palette = bgr_palette(classes)
         exhausted = False
         try:
             while not sink.quit:
@@ -157,7 +214,7 @@ def run(args: argparse.Namespace) -> Stats:
                 try:
                     labels, latency = future.result()
                     shown = blend_overlay(frame, labels, palette, args.alpha)
-                except SegmentApiError as exc:  # one bad frame: show it plain, keep going
+                except (SegmentApiError, ApiError) as exc:  # one bad frame: show it plain, keep going
                     stats.errors += 1
                     print(f"segment-webcam: frame {stats.frames}: {exc}", file=sys.stderr)
                     shown, latency = frame.copy(), 0.0
@@ -175,10 +232,16 @@ def run(args: argparse.Namespace) -> Stats:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment-webcam",
-                                     description="Segment a camera or video file live through the service.")
+                                     description="Segment a camera or video file live through the service "
+                                                 "(--server) or in this process (--local).")
     parser.add_argument("source", nargs="?", default="0", help="camera index (default 0) or video file path")
-    parser.add_argument("--server", default=os.environ.get("SEGMENT_URL", "http://127.0.0.1:8000"),
-                        help="service base URL (default $SEGMENT_URL or http://127.0.0.1:8000)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--server", default=os.environ.get("SEGMENT_URL", "http://127.0.0.1:8000"),
+                       help="service base URL (default $SEGMENT_URL or http://127.0.0.1:8000)")
+    where.add_argument("--local", metavar="MODEL", type=Path,
+                       help="ONNX model to run in this process with onnxruntime instead of a server")
+    parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--api-key", default=os.environ.get("SEGMENT_API_KEY"), help="X-API-Key")
     parser.add_argument("--inflight", type=int, default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")

@@ -1,50 +1,130 @@
 """`segment-export`: one CLI for export, weights, training and evaluation.
 
 Each subcommand lives in its own module, which exposes `register(subparsers)`; the module adds its parser
-and sets `func` to a callable taking the parsed args and returning an exit code.
+and sets `func` to a callable taking the parsed args and returning an exit code. Only the module of the
+subcommand being run is imported: `segment-export --help` loads no torch, and a missing export extra is
+reported as such instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 
-# Module names, in help order.
-SUBCOMMAND_MODULES = (
-    "model_export.export_cli",
-    "model_export.weights_cli",
-    "model_export.train",
-    "model_export.evaluate",
-    "model_export.caffe.cli",
-    "model_export.synthetic",
-)
+# name -> (module, one-line help), in help order. tests/export/test_export_cli.py checks that each help line
+# is the one the module registers.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("model_export.export_cli", "export a model to the ONNX contract"),
+    "pretrained": ("model_export.weights_cli",
+                   "download torchvision's published deeplabv3 weights and export them to ONNX"),
+    "train": ("model_export.train", "train a DeepLab model on a VOC-layout dataset"),
+    "evaluate": ("model_export.evaluate", "mIoU / per-class IoU / pixel accuracy of a model on a split"),
+    "convert-caffe": ("model_export.caffe.cli",
+                      "convert the DeepLab-v2 ResNet-101 .caffemodel to ONNX (no Caffe needed)"),
+    "synth": ("model_export.synthetic", "write a synthetic segmentation dataset in the VOC layout"),
+}
+# Top-level modules that only the `export` extra installs.
+EXPORT_EXTRA_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxconverter_common", "google", "onnxscript"})
+EXPORT_EXTRA_HINT = "pip install 'segment-service[export]'"
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one clear line, exit code 2, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every available subcommand registered."""
-    parser = argparse.ArgumentParser(prog="segment-export", description=__doc__.splitlines()[0])
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help line ends with its default; None and False (i.e. "not given") are left out."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        default = action.default
+        return (bool(action.option_strings) and action.help is not argparse.SUPPRESS
+                and default is not None and default is not False and default is not argparse.SUPPRESS)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if self._shows_default(action) and "%(default)" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):
+            action = copy.copy(action)  # an option without help text still gets its default line
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Subcommand parsers show their defaults, whichever module registers them."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class MissingExtraError(CliError):
+    """A module of the `export` extra is not installed."""
+
+    def __init__(self, command: str, module: str) -> None:
+        super().__init__(f"`segment-export {command}` needs the export extra (torch, torchvision, onnx), "
+                         f"which is not installed (no module named {module!r}). Install it with: "
+                         f"{EXPORT_EXTRA_HINT}")
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The missing module's name if the export extra provides it, else None."""
+    name = (exc.name or "").split(".")[0]
+    return exc.name if name in EXPORT_EXTRA_MODULES else None
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Only `command`'s module is imported (None: none, every subcommand a stub)."""
+    parser = argparse.ArgumentParser(
+        prog="segment-export", description=__doc__.splitlines()[0],
+        epilog=f"Every command but synth needs the export extra (torch, torchvision, onnx): {EXPORT_EXTRA_HINT}. "
+               "`segment-export COMMAND --help` shows a command's options and their defaults.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as exc:
+            missing = _missing_extra(exc)
+            if missing is None:
+                raise
+            raise MissingExtraError(name, missing) from exc
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `segment-export`."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    command = _chosen_command(argv)
     try:
-        return int(args.func(args) or 0)
+        args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return int(args.func(args) or 0)
+        except ModuleNotFoundError as exc:  # a lazy import inside the command
+            missing = _missing_extra(exc)
+            if missing is None:
+                raise
+            raise MissingExtraError(args.command, missing) from exc
     except CliError as exc:
-        print(f"segment-export {args.command}: error: {exc}", file=sys.stderr)
+        print(f"segment-export {command or ''}: error: {exc}".replace(" :", ":"), file=sys.stderr)
         return 2
 
 

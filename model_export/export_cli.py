@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .cli import CliError
-from .export import build_metadata, export_onnx, sha256_file
 from .models import ARCHITECTURES, SegmentationModel, build_model
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,6 +44,7 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
         return build_model(args.arch, args.num_classes), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")
+    from .export import sha256_file
     from .weights import load_weights
 
     model, info = load_weights(args.weights, arch=args.arch)
@@ -53,6 +53,8 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
 
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
+    from .export import build_metadata, export_onnx  # onnx: only when exporting, not for --help
+
     start = time.perf_counter()
     model, info, source, sha = _load(args)
     classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")

@@ -1,5 +1,6 @@
 """Load weights into our architectures: torchvision's published deeplabv3 `.pth` files, downloaded by their
-well-known URL with the torchvision sha256-prefix check and a local cache, and the project's own checkpoints.
+well-known URL with torch.hub's downloader and sha256-prefix check into torch's hub cache, and the project's
+own checkpoints.
 
 Every failure a user can cause (no network, bad hash, truncated file, wrong keys) raises `WeightsError` with
 one readable message; the CLI prints it without a traceback.
@@ -7,19 +8,19 @@ one readable message; the CLI prints it without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import pickle
 import re
+import socket
 import urllib.error
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint_model
 from .checkpoint import read_checkpoint as read_training_checkpoint
@@ -55,11 +56,13 @@ class WeightsError(CliError, ValueError):
 # ---------------------------------------------------------------------------------------------- download
 
 def cache_dir(override: str | Path | None = None) -> Path:
-    """The weights cache: `override`, else $SEGMENT_CACHE_DIR, else ~/.cache/segment-service."""
+    """The weights cache: `override`, else $SEGMENT_CACHE_DIR, else torch's hub cache
+    (`$TORCH_HOME/hub/checkpoints`, by default ~/.cache/torch/hub/checkpoints), which torchvision's own weights
+    API (`train --init imagenet`) and `torch.hub.load_state_dict_from_url` use too: one cache, not two."""
     if override:
         return Path(override).expanduser()
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "segment-service"
+    return Path(env).expanduser() if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def hash_prefix(file_name: str) -> str | None:
@@ -96,12 +99,25 @@ def verify_hash(path: Path, expected_prefix: str | None) -> str:
     return digest
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub's downloader opens the URL without a timeout; with no network we want to fail in seconds."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT_TIMEOUT_S,
           progress: bool = True) -> tuple[Path, str]:
     """Return (local path, sha256) for `url`, downloading into the cache unless a verified copy is there.
 
-    The download streams to a `.part` file and is renamed only after the hash check passes, so an
-    interrupted or corrupt download never poisons the cache.
+    The download is `torch.hub.download_url_to_file` with the file name's sha256 prefix: it writes a temporary
+    file beside the target and moves it into place only after the hash check, so an interrupted or corrupt
+    download never poisons the cache. A file already in the cache (put there by torch, torchvision or by hand)
+    is checked against the same prefix and used without any network access.
     """
     file_name = url.rstrip("/").rsplit("/", 1)[-1]
     prefix = hash_prefix(file_name)
@@ -111,33 +127,21 @@ def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT
         log.info("using cached %s", target)
         return target, verify_hash(target, prefix)
     folder.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
     manual = (f"download it by other means from {url} and save it as {target} "
               "(the sha256 must start with the hex after the last '-'); a re-run then uses it")
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "segment-service"})
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=file_name,
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and part.stat().st_size != total:
-            raise WeightsError(f"download of {url} ended after {part.stat().st_size} of {total} bytes; "
-                               f"retry, or {manual}")
-    except WeightsError:
-        part.unlink(missing_ok=True)
-        raise
+        with _socket_timeout(timeout):
+            torch.hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=progress)
     except urllib.error.HTTPError as exc:
-        part.unlink(missing_ok=True)
         raise WeightsError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; {manual}") from None
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
-        part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise WeightsError(f"cannot download {url} ({reason}); no network? {manual}") from None
-    digest = verify_hash(part, prefix)
-    part.replace(target)
+    except RuntimeError as exc:  # torch.hub's hash check: 'invalid hash value (expected ..., got ...)'
+        raise WeightsError(
+            f"the download of {file_name} does not match its name: {exc}; expected it to start with {prefix}; "
+            f"it was removed and nothing was cached; retry, or {manual}") from None
+    digest = _sha256(target)  # the full digest goes into the ONNX metadata
     log.info("saved %s (sha256 %s)", target, digest)
     return target, digest
 

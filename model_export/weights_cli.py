@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=sorted(PUBLISHED), help="published model")
     p.add_argument("-o", "--output", type=Path, default=None, help="ONNX path (default: <name>.onnx)")
     p.add_argument("--cache-dir", default=None,
-                   help=f"where downloads are kept (default: ${CACHE_ENV} or ~/.cache/segment-service)")
+                   help=f"where downloads are kept (default: ${CACHE_ENV}, else torch's hub cache "
+                        "$TORCH_HOME/hub/checkpoints, which torchvision shares)")
     p.add_argument("--base-url", default=None,
                    help=f"mirror to download from instead of download.pytorch.org (or ${BASE_URL_ENV})")
     p.add_argument("--url", default=None,

@@ -1,4 +1,5 @@
-"""Rebuild the embedded demo model `models/default.onnx` and its record `models/default.json`.
+"""Rebuild the embedded demo model `service/models/default.onnx` (shipped inside the package) and its
+record `models/default.json`.
 
     python models/make_default.py --work /tmp/default-model          # ~20 min on 2 busy CPU cores
 
@@ -116,7 +117,7 @@ def main() -> int:
                f"trained by model_export.train (1000 + {info['iteration']} iterations), random init",
         source_sha256=sha256_file(checkpoint),
     )
-    onnx_path = export_onnx(model, ROOT / "models" / "default.onnx", meta)
+    onnx_path = export_onnx(model, ROOT / "service" / "models" / "default.onnx", meta)
     del model, torch
 
     held_out = args.work / "held_out"
@@ -128,7 +129,7 @@ def main() -> int:
                 "--threads", "2", "--json", str(scores_path)]) == 0
     scores = json.loads(scores_path.read_text())
     record = {
-        "model": "models/default.onnx",
+        "model": "service/models/default.onnx",
         "sha256": sha256_file(onnx_path),
         "size_bytes": onnx_path.stat().st_size,
         "classes": list(CLASSES),

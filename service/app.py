@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -178,8 +179,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             state.pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
 
-    app = FastAPI(
-        title="Segmentation service", version=__version__, lifespan=lifespan,
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN, so
+    # they work offline. Their files live under the public /static/ prefix (mounted before /static itself).
+    app = FastAPIOffline(
+        static_url="/static/docs", title="Segmentation service", version=__version__, lifespan=lifespan,
         description="Semantic segmentation (DeepLab ResNet-ASPP on onnxruntime) with dynamic batching. "
                     "Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
     )
@@ -202,7 +205,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     return app
 
 
-# -- the web page (issue 6): plain files in service/static, no build step -------------------------------------
+# -- the web page: plain files in service/static, no build step -------------------------------------
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -352,7 +355,7 @@ def _install_routes(app: FastAPI) -> None:
         meta = engine.metadata
         return {
             "model": engine.name, "arch": meta.arch, "precision": engine.precision,
-            "input_size": meta.input_size, "ignore_index": meta.ignore_index,
+            "input_size": meta.input_size, "ignore_index": meta.ignore_index, "source": meta.source,
             "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
                         for i, name in enumerate(meta.classes)],
         }

@@ -1,14 +1,15 @@
-"""Recent results kept for `GET /results/{id}/...`: a TTL cache bounded in bytes, oldest evicted first."""
+"""Recent results kept for `GET /results/{id}/...`: a TTL cache bounded in bytes (cachetools)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import TTLCache
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,18 @@ def new_result_id() -> str:
 
 
 class ResultsCache:
-    """Thread-safe TTL + byte-bounded cache. Arrays are stored as-is (no copy); treat them as read-only."""
+    """`cachetools.TTLCache` sized in bytes (`getsizeof`), behind a lock (cachetools is not thread-safe).
 
-    def __init__(self, ttl_s: float, max_bytes: int, clock=time.monotonic) -> None:
+    Arrays are stored as-is (no copy); treat them as read-only. When the byte bound is reached the least
+    recently used result goes first; expired results are dropped on every access.
+    """
+
+    def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
+        self._items: TTLCache[str, StoredResult] = TTLCache(
+            maxsize=max(1, max_bytes), ttl=ttl_s, timer=clock, getsizeof=lambda item: item.nbytes)
         self._clock = clock
-        self._items: OrderedDict[str, StoredResult] = OrderedDict()
-        self._bytes = 0
         self._lock = threading.Lock()
 
     @property
@@ -50,40 +55,26 @@ class ResultsCache:
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        with self._lock:
+            self._items.expire()
+            return int(self._items.currsize)
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            self._items.expire()
+            return len(self._items)
 
     def put(self, result_id: str, labels: np.ndarray, source: bytes) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
         item = StoredResult(labels, source, self._clock())
         if not self.enabled or item.nbytes > self.max_bytes:
-            return False
+            return False  # TTLCache would raise ValueError("value too large")
         with self._lock:
-            self._expire()
-            old = self._items.pop(result_id, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            while self._items and self._bytes + item.nbytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-            self._items[result_id] = item
-            self._bytes += item.nbytes
+            self._items[result_id] = item  # expires old entries, then evicts LRU ones until it fits
         return True
 
     def get(self, result_id: str) -> StoredResult | None:
         """The result, or None when unknown or expired."""
         with self._lock:
-            self._expire()
+            self._items.expire()
             return self._items.get(result_id)
-
-    def _expire(self) -> None:
-        # Insertion order is creation order, so expired entries are at the front.
-        cutoff = self._clock() - self.ttl_s
-        while self._items:
-            key, item = next(iter(self._items.items()))
-            if item.created > cutoff:
-                break
-            del self._items[key]
-            self._bytes -= item.nbytes

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .buckets import normalise_buckets
@@ -15,12 +15,13 @@ from .buckets import normalise_buckets
 MB = 1024 * 1024
 
 
+# The embedded demo model ships inside the package (package data), so every install finds it, editable or not.
+EMBEDDED_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+
+
 def default_model_path() -> Path:
-    """The embedded model: `<repo>/models/default.onnx` next to the package, else `./models/default.onnx`."""
-    beside_package = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
-    if beside_package.exists():
-        return beside_package
-    return Path("models") / "default.onnx"
+    """The embedded demo model, wherever the package is installed."""
+    return EMBEDDED_MODEL
 
 
 def available_cpus() -> int:
@@ -41,24 +42,14 @@ def available_cpus() -> int:
     return max(1, count)
 
 
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
-def _parse_count(value: object) -> object:
-    """Accept `40e6`, `20MB`, `256MiB` for sizes and counts, not only plain integers."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip().lower().replace("_", "")
-    number = text.rstrip("kmgib")
-    unit = text[len(number):]
-    if unit not in _UNITS:
-        return value  # let pydantic report it
-    try:
-        amount = float(number) * _UNITS[unit]
-    except ValueError:
-        return value
-    return int(amount) if amount.is_integer() else value
+def _count(value: object) -> object:
+    """Accept `40e6` for a count (a float spelling of an integer), not only `40000000`."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace("_", ""))
+        except ValueError:
+            return value  # let pydantic report it
+    return value
 
 
 def _split_csv(value: object) -> object:
@@ -86,13 +77,14 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    max_upload_bytes: int = Field(20 * MB, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
+    # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
+    max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="accepts 40e6")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")
     result_ttl_s: float = Field(300.0, ge=0)
-    result_cache_bytes: int = Field(256 * MB, ge=0)
+    result_cache_bytes: ByteSize = Field(ByteSize(256 * MB), ge=0)
     log_level: str = "info"
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
@@ -137,10 +129,10 @@ class Settings(BaseSettings):
         self.batch_buckets = normalise_buckets(self.batch_buckets, self.max_batch_size)
         return self
 
-    @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", mode="before")
+    @field_validator("max_pixels", mode="before")
     @classmethod
-    def _count(cls, value: object) -> object:
-        return _parse_count(value)
+    def _pixels(cls, value: object) -> object:
+        return _count(value)
 
     @field_validator("log_level")
     @classmethod

@@ -57,10 +57,29 @@ async function loadClasses() {
     const info = await (await api("/classes")).json();
     state.classes = info.classes;
     $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
+    showModelNote(info);
+    if (!state.stats) renderClassList();
   } catch (err) {
     $("model").textContent = "model info unavailable";
     showError(err);
   }
+}
+
+// The embedded model was trained on synthetic shapes only: say so before anyone uploads a photo.
+function showModelNote(info) {
+  const note = $("model-note");
+  const synthetic = /^synthetic/i.test(info.source || "");
+  note.hidden = !synthetic;
+  if (synthetic) {
+    const names = info.classes.filter((c) => c.id !== 0).map((c) => c.name).join(", ");
+    note.textContent = `Demo model: trained on synthetic shapes (${names}), not on photographs. ` +
+      "Serve a VOC model to segment real photos.";
+  }
+}
+
+// Before an upload the legend lists every class the model knows, without percentages.
+function renderClassList() {
+  renderLegend({ classes: state.classes.map((c) => ({ class_id: c.id, class_name: c.name })) });
 }
 
 function classColor(id) {
@@ -148,14 +167,17 @@ function renderLegend(stats) {
     name.textContent = entry.class_name;
     const pct = document.createElement("span");
     pct.className = "pct";
-    pct.textContent = `${(entry.fraction * 100).toFixed(1)}%`;
-    pct.title = `${entry.pixels} pixels`;
+    if (entry.fraction !== undefined) {
+      pct.textContent = `${(entry.fraction * 100).toFixed(1)}%`;
+      pct.title = `${entry.pixels} pixels`;
+    }
     li.append(swatch, name, pct);
     legend.append(li);
   }
+  legend.dataset.kind = stats.width ? "result" : "classes";
   const t = stats.timing_ms || {};
-  $("timing").textContent = `${stats.width}×${stats.height} · ` +
-    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
+  $("timing").textContent = stats.width ? `${stats.width}×${stats.height} · ` +
+    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ") : "";
 }
 
 function renderPolygons() {
@@ -187,6 +209,10 @@ function renderPolygons() {
 }
 
 async function togglePolygons() {
+  // "fill polygons" only means something while polygons are shown: off and greyed out otherwise.
+  const fill = $("fill-polygons");
+  if (fill.disabled === $("polygons").checked) fill.checked = $("polygons").checked;
+  fill.disabled = !$("polygons").checked;
   if ($("polygons").checked && state.stats && !state.polygons) {
     const run = state.run;
     setStatus("Tracing polygons…");

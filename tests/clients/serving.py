@@ -16,7 +16,7 @@ from service.app import create_app
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_MODEL = REPO / "models" / "default.onnx"
+DEMO_MODEL = REPO / "service" / "models" / "default.onnx"
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from clients import webcam
 from clients.webcam import bgr_palette, main
 from service.client import SegmentClient
 from service.outputs.masks import blend_overlay
@@ -86,3 +87,57 @@ def test_bad_source_and_server(server_url: str, tmp_path: Path, video: Path) -> 
     with pytest.raises(SystemExit, match="cannot open video source"):
         main([str(tmp_path / "missing.mp4"), "--server", server_url, "--out", str(tmp_path / "o.avi")])
     assert main([str(video), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "o.avi")]) == 2
+
+
+def test_local_mode_writes_the_same_frames_as_the_server(server_url: str, tiny_onnx_model: Path, video: Path,
+                                                          tmp_path: Path) -> None:
+    """--local runs the same model in this process through the service's own path: identical output video."""
+    remote, local = tmp_path / "remote.mkv", tmp_path / "local.mkv"
+    assert main([str(video), "--server", server_url, "--out", str(remote), "--no-hud", "--max-frames", "8"]) == 0
+    assert main([str(video), "--local", str(tiny_onnx_model), "--out", str(local), "--no-hud", "--max-frames", "8",
+                 "--inflight", "2", "--threads", "1"]) == 0
+    remote_frames, local_frames = _read_all(remote), _read_all(local)
+    assert len(local_frames) == 8
+    for index, (a, b) in enumerate(zip(remote_frames, local_frames, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {index}")
+
+
+def test_local_mode_with_a_missing_model_is_one_clear_line(video: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(video), "--local", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "x.mkv")])
+    assert "cannot load" in str(stop.value) and "nope.onnx" in str(stop.value)
+
+
+def test_show_without_a_gui_build_says_what_to_do(video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serve extra's headless OpenCV cannot open windows: one clear message, before anything is opened."""
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  Video I/O:\n  GUI:    NONE\n")
+    opened: list[str] = []
+    monkeypatch.setattr(webcam, "open_capture", lambda source: opened.append(source))
+    for argv in ([str(video), "--server", "http://127.0.0.1:9", "--show", "--out", "x.mkv"],
+                 [str(video), "--server", "http://127.0.0.1:9"]):  # no --out: a window is the default
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert "no GUI" in str(stop.value) and "--out" in str(stop.value) and "opencv-python" in str(stop.value)
+    assert opened == []
+
+
+def test_gui_detection_and_a_failing_window_are_not_masked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:    GTK3\n")
+    assert webcam.has_gui()
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:    NONE\n")
+    assert not webcam.has_gui()
+
+    def no_window(*args: object) -> None:
+        raise cv2.error("The function is not implemented")
+
+    # imshow fails (a headless build behind a misleading build string): the friendly message comes out,
+    # and close() does not replace it with a second cv2.error.
+    monkeypatch.setattr(cv2, "imshow", no_window)
+    monkeypatch.setattr(cv2, "destroyAllWindows", no_window)
+    sink = webcam.Sink(None, True, 25.0, None)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            sink.put(np.zeros((8, 8, 3), np.uint8))
+        finally:
+            sink.close()
+    assert "no GUI" in str(stop.value)

@@ -10,7 +10,7 @@ import pytest
 
 from service.settings import Settings
 
-from .tools import REPO, require_tool
+from .tools import REPO, dockerfile, require_tool
 
 ALL_PROFILES = ["--profile", "cpu", "--profile", "monitoring"]
 
@@ -78,7 +78,9 @@ def test_service_healthcheck_env_and_model_volume(config: dict, name: str,
     assert any(p["target"] == int(port) for p in svc["ports"])
     (vol,) = [v for v in svc["volumes"] if v["target"] == "/models"]
     assert vol["type"] == "bind" and vol["read_only"] is True
-    assert env["SEGMENT_MODEL_PATH"].startswith("/models/")
+    # Unset SEGMENT_MODEL_FILE: the embedded model inside the image (its Dockerfile's own path).
+    image_env = dockerfile("gpu" if name == "segment" else "cpu").envs
+    assert env["SEGMENT_MODEL_PATH"] == image_env["SEGMENT_MODEL_PATH"]
     # Every variable is a real setting, and the values parse.
     unknown = {k for k in env if k.startswith("SEGMENT_")} - {f"SEGMENT_{f.upper()}" for f in Settings.model_fields}
     assert not unknown, f"not settings of the service: {unknown}"
@@ -87,6 +89,14 @@ def test_service_healthcheck_env_and_model_volume(config: dict, name: str,
         if key.startswith("SEGMENT_"):
             monkeypatch.setenv(key, str(value))
     Settings()
+
+
+def test_model_file_picks_a_mounted_model() -> None:
+    out = compose("-f", "docker-compose.yml", *ALL_PROFILES, "config", "--format", "json",
+                  env_extra={"SEGMENT_MODEL_FILE": "voc.onnx"})
+    assert out.returncode == 0, out.stderr
+    for name in ("segment", "segment-cpu"):
+        assert json.loads(out.stdout)["services"][name]["environment"]["SEGMENT_MODEL_PATH"] == "/models/voc.onnx"
 
 
 def test_monitoring_services(config: dict) -> None:

@@ -21,7 +21,7 @@ from service.contract import ModelMetadata
 from tests.photos import PHOTOS, photo
 
 # int8 vs fp32 label agreement on the five real photos, letterboxed to 64 px, for the tiny trained model.
-# Measured: 99.53% for this fixture; 99.54% for the demo model models/default.onnx at 160 px (docs/PRECISION.md).
+# Measured: 99.53% for this fixture; 99.54% for the embedded demo model at 160 px (docs/PRECISION.md).
 # The disagreements are pixels on class boundaries where two logits are within one quantisation step.
 # 0.97 leaves ~2 points for other int8 kernels (CPUs without VNNI, other ORT versions) while still catching
 # what breaks a variant wholesale: lost normalisation, wrong scales or a quantised argmax flip whole regions.

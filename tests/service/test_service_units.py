@@ -76,3 +76,20 @@ def test_result_ids_are_random_and_url_safe() -> None:
     ids = {new_result_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) >= 22 and all(c.isalnum() or c in "-_" for c in i) for i in ids)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("20MiB", 20 * 1024**2), ("20MB", 20_000_000), ("1.5GB", 1_500_000_000),
+                                               ("2048", 2048), ("64 kib", 65536)])
+def test_byte_sizes_use_pydantic_units(monkeypatch: pytest.MonkeyPatch, raw: str, expected: int) -> None:
+    monkeypatch.setenv("SEGMENT_MAX_UPLOAD_BYTES", raw)
+    monkeypatch.setenv("SEGMENT_RESULT_CACHE_BYTES", raw)
+    s = Settings()
+    assert s.max_upload_bytes == expected and s.result_cache_bytes == expected
+
+
+@pytest.mark.parametrize(("key", "raw"), [("SEGMENT_MAX_UPLOAD_BYTES", "lots"), ("SEGMENT_MAX_UPLOAD_BYTES", "0"),
+                                          ("SEGMENT_MAX_PIXELS", "4e6.5"), ("SEGMENT_MAX_PIXELS", "1.5")])
+def test_bad_sizes_and_counts_name_the_setting(monkeypatch: pytest.MonkeyPatch, key: str, raw: str) -> None:
+    monkeypatch.setenv(key, raw)
+    with pytest.raises(ValidationError, match=key.removeprefix("SEGMENT_").lower()):
+        Settings()

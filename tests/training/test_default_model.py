@@ -12,6 +12,7 @@ from model_export.export import read_metadata, sha256_file
 from model_export.synthetic import CLASSES, PALETTE, SceneConfig, write_dataset
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+EMBEDDED = Path(__file__).resolve().parents[2] / "service" / "models" / "default.onnx"
 RECORD = MODELS / "default.json"
 FRESH_SEED = 2  # neither the training seed (0) nor the recorded held-out seed (1)
 
@@ -24,7 +25,7 @@ def record() -> dict:
 
 
 def test_default_model_file_matches_its_record(record: dict) -> None:
-    onnx_path = MODELS / "default.onnx"
+    onnx_path = EMBEDDED
     assert onnx_path.stat().st_size < 15 * 1024 * 1024
     assert sha256_file(onnx_path) == record["sha256"]
     meta = read_metadata(onnx_path)
@@ -40,7 +41,7 @@ def test_default_model_reaches_its_recorded_miou_on_fresh_scenes(record: dict, t
     held = record["held_out"]
     write_dataset(tmp_path, train=0, val=80, seed=FRESH_SEED,
                   config=SceneConfig(ignore_border=held["ignore_border"]))
-    scores, classes = evaluate_model(MODELS / "default.onnx", tmp_path, "val", threads=2, progress=False)
+    scores, classes = evaluate_model(EMBEDDED, tmp_path, "val", threads=2, progress=False)
     assert classes == list(CLASSES)
     floor = record["miou"] - 0.02  # the recorded held-out value, less the tolerance for a different sample
     assert scores.miou >= floor, (scores.miou, floor)

@@ -2,12 +2,16 @@
 
 No skip: without Chromium this test fails, because the page would otherwise ship untested. `.ci/run` installs
 the `chromium` apt package and the `playwright` Python package (never `playwright install`).
+
+Screenshots go to a temporary folder; `SEGMENT_UPDATE_SCREENSHOTS=1` writes them to docs/ instead, so a test run
+never rewrites tracked files unless asked.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +26,15 @@ from tests.clients.serving import DEMO_MODEL, REPO, running_server
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = REPO / "docs" / "web-screenshot.png"
 KEY = "web-test-key"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: docs/ only when asked (SEGMENT_UPDATE_SCREENSHOTS=1), else a temporary folder."""
+    if os.environ.get("SEGMENT_UPDATE_SCREENSHOTS") == "1":
+        return REPO / "docs"
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def browser_page() -> Iterator[object]:
+def browser_context() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (apt-get install -y chromium); "
                     "the web page must be tested in a real browser")
@@ -58,10 +69,14 @@ def browser_page() -> Iterator[object]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
-            yield context.new_page()
+            yield browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser_page(browser_context: object) -> object:
+    return browser_context.new_page()  # type: ignore[attr-defined]
 
 
 def _canvas_pixel(page: object, x: int, y: int) -> list[int]:
@@ -86,7 +101,7 @@ def _drop_file(page: object, path: Path) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
 
 
-def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> None:
+def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model: Path, shots: Path) -> None:
     page = browser_page
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -99,6 +114,7 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> Non
         polygons = client.polygons(scene, tolerance=1.0)
         color_png = client.segment(scene, "color").array()
         palette = {c["id"]: c["color"] for c in client.classes()["classes"]}
+        palette_names = [c["name"] for c in client.classes()["classes"]]
     original = np.asarray(Image.open(scene).convert("RGB"))
 
     # 1. The service requires a key: without one, the page says so instead of failing silently.
@@ -115,6 +131,17 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> Non
     page.wait_for_selector("#stage[data-state=ready]")
     page.reload()
     assert page.input_value("#api-key") == KEY
+
+    # 2b. Before any upload: the legend lists every class, and a synthetic-shapes model says it is a demo.
+    page.wait_for_selector("#legend[data-kind=classes] li")
+    names = page.eval_on_selector_all("#legend li", "items => items.map(li => li.dataset.className)")
+    assert names == [c for c in palette_names]
+    note_visible = page.is_visible("#model-note")
+    assert note_visible == (model == DEMO_MODEL), "the demo note shows exactly for the synthetic-shapes model"
+    if note_visible:
+        assert "synthetic shapes" in page.text_content("#model-note")
+    # "fill polygons" is off and disabled while polygons are off.
+    assert not page.is_checked("#fill-polygons") and page.is_disabled("#fill-polygons")
 
     # 3. Drag and drop the image; the legend lists exactly the classes present, with their percentages.
     with page.expect_response(lambda r: "output=stats" in r.url and r.status == 200) as answer:
@@ -150,6 +177,12 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> Non
     page.wait_for_selector("#stage[data-polygons]:not([data-polygons=''])")
     assert page.locator("#polygon-layer path").count() == len(polygons["features"])
     assert page.is_visible("#polygon-layer") == bool(polygons["features"])
+    assert page.is_checked("#fill-polygons") and page.is_enabled("#fill-polygons")
+    page.uncheck("#polygons")
+    page.wait_for_selector("#stage[data-polygons='']")
+    assert not page.is_checked("#fill-polygons") and page.is_disabled("#fill-polygons")
+    page.check("#polygons")
+    page.wait_for_selector("#stage[data-polygons]:not([data-polygons=''])")
 
     # 6. Download the colour PNG: the same pixels the API returns.
     with page.expect_download() as download:
@@ -158,16 +191,49 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path) -> Non
     np.testing.assert_array_equal(saved, color_png)
 
     _set_alpha(page, 60)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 10_000
+    screenshot = shots / "web-screenshot.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
     assert problems == []
+
+
+def test_docs_pages_work_offline(browser_context: object, url: str, tmp_path: Path) -> None:
+    """/docs and /redoc render with every request outside the service blocked: no CDN is needed."""
+    context = browser_context
+    blocked: list[tuple[str, str]] = []
+
+    def only_the_service(route: object) -> None:
+        request_url = route.request.url  # type: ignore[attr-defined]
+        if request_url.startswith(url + "/") or request_url.startswith("data:"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            blocked.append((route.request.resource_type, request_url))  # type: ignore[attr-defined]
+            route.abort("internetdisconnected")  # type: ignore[attr-defined]
+
+    context.route("**/*", only_the_service)  # type: ignore[attr-defined]
+    page = context.new_page()  # type: ignore[attr-defined]
+    page.goto(url + "/docs")
+    # Swagger UI has loaded its bundle, fetched /openapi.json and rendered the operations.
+    page.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+    assert "Segmentation service" in page.text_content(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path[data-path='/segment']", timeout=15_000)
+    page.screenshot(path=str(tmp_path / "docs-offline.png"))  # a check, not a picture for the docs
+    assert (tmp_path / "docs-offline.png").stat().st_size > 10_000
+    assert blocked == [], f"/docs asked for files outside the service: {blocked}"
+
+    page.goto(url + "/redoc")
+    page.wait_for_selector(".api-info h1", timeout=15_000)
+    assert "Segmentation service" in page.text_content(".api-info h1")
+    # ReDoc's "powered by" footer logo is the one outside file it asks for; it renders without it.
+    assert all(kind == "image" for kind, _ in blocked), f"/redoc needs files outside the service: {blocked}"
 
 
 def test_static_files_are_public(url: str) -> None:
     import httpx
 
-    for path, kind in (("/", "text/html"), ("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+    for path, kind in (("/", "text/html"), ("/static/app.js", "javascript"), ("/static/style.css", "text/css"),
+                       ("/docs", "text/html"), ("/static/docs/swagger-ui-bundle.js", "javascript"),
+                       ("/static/docs/swagger-ui.css", "text/css")):
         response = httpx.get(url + path)  # no key: the page must load so it can ask for one
         assert response.status_code == 200, path
         assert kind in response.headers["content-type"]

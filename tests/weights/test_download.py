@@ -111,3 +111,36 @@ def test_cli_unreachable_prints_one_line_with_manual_path(closed_port_url, tmp_p
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(cache / "deeplabv3_resnet101_coco-586e9e4e.pth") in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_weights_already_in_torch_hub_cache_are_used_offline(served_dir, closed_port_url, tmp_path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cache with torch and torchvision: a file in $TORCH_HOME/hub/checkpoints needs no download."""
+    root, _ = served_dir
+    served, digest = _thin_pth(root)
+    monkeypatch.delenv("SEGMENT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    assert hub == tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    shutil.copy(served, hub / served.name)
+    path, got = fetch(closed_port_url + served.name, progress=False)
+    assert path == hub / served.name and got == digest
+
+
+def test_downloads_go_through_torch_hub_into_its_cache(served_dir, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = served_dir
+    served, digest = _thin_pth(root)
+    monkeypatch.delenv("SEGMENT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    calls: list[tuple[str, str | None]] = []
+    real = torch.hub.download_url_to_file
+
+    def spy(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        calls.append((url, hash_prefix))
+        real(url, dst, hash_prefix=hash_prefix, progress=progress)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", spy)
+    path, got = fetch(base + served.name, progress=False)
+    assert calls == [(base + served.name, digest[:8])]
+    assert path == tmp_path / "torch" / "hub" / "checkpoints" / served.name and got == digest
