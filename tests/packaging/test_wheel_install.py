@@ -80,8 +80,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = dist.glob("segment_service-*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # No PYTHONPATH: a checkout on it (with its editable install's egg-info) would make pip think the project is
+    # already installed in the new venv and skip the wheel.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     out = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                          "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+                          "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300,
+                         env=clean)
     assert out.returncode == 0, out.stderr[-3000:]
     where = "import sysconfig; print(sysconfig.get_path('purelib'))"
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", where], capture_output=True, text=True,
