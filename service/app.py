@@ -23,7 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, outputs
+from .admission import Admission, Slots, UploadBudget, declared_length
 from .batcher import Batcher
+from .connection import BodyDeadlineMiddleware
 from .engine import Engine, decode_and_prepare, finish, load_engine
 from .errors import ApiError
 from .imaging import decode_image
@@ -53,6 +55,9 @@ class ServiceState:
     metrics: Metrics
     cache: ResultsCache
     pool: ThreadPoolExecutor
+    uploads: UploadBudget  # bodies still arriving, before admission
+    renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
+    render_pool: ThreadPoolExecutor
     engine: Engine | None = None
     batcher: Batcher | None = None
     warm: bool = False
@@ -85,18 +90,12 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-async def _admit(request: Request) -> AsyncIterator[None]:
-    """Refuse a /segment request up front (503 + Retry-After, before reading or decoding it) when too many are
-    already in progress; count it while it is handled."""
+async def _admit(request: Request) -> AsyncIterator[Admission]:
+    """A /segment request's admission (service/admission.py): an upload reservation while its body arrives,
+    then `admit()` counts it among those in progress, or refuses it with 503 + Retry-After before decoding."""
     state = _state(request)
-    if state.admitted >= state.max_admitted:
-        raise ApiError(503, "overloaded", f"too many requests in progress ({state.max_admitted}); retry shortly",
-                       {"Retry-After": "1"})
-    state.admitted += 1
-    try:
-        yield
-    finally:
-        state.admitted -= 1
+    with Admission(state, state.uploads, declared_length(request.headers, state.settings.max_upload_bytes)) as ticket:
+        yield ticket
 
 
 def _engine(state: ServiceState) -> tuple[Engine, Batcher]:
@@ -149,6 +148,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         settings=settings, metrics=metrics,
         cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
         pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
+        uploads=UploadBudget(settings.upload_buffer_bytes),
+        renders=Slots(settings.max_result_renders, "result renders"),
+        render_pool=ThreadPoolExecutor(settings.max_result_renders, thread_name_prefix="render"),
     )
 
     @contextlib.asynccontextmanager
@@ -174,6 +176,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 state.warmup_task.cancel()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
             state.pool.shutdown(wait=False, cancel_futures=True)
+            state.render_pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
 
     app = FastAPI(
@@ -186,6 +189,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Middleware: the last added is the outermost. Request context wraps everything, so every response
     # (401, 413 and crashes included) gets an X-Request-ID and is counted.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS,
                        public_prefixes=PUBLIC_PREFIXES)
     if settings.cors_origins:
@@ -263,6 +267,7 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
         "400": {"description": "empty body or corrupt image"},
         "413": {"description": "upload or image too large"},
         "415": {"description": "not a supported image"},
+        "408": {"description": "the body stopped arriving (body deadline)"},
         "422": {"description": "invalid parameters or missing field `image`"},
         "503": {"description": "overloaded (see Retry-After)"},
         "504": {"description": "inference timed out"},
@@ -280,7 +285,7 @@ def _install_routes(app: FastAPI) -> None:
         format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
         tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
         min_area: float = Query(0.0, ge=0.0, description="drop polygons smaller than this, pixels²"),
-        _admitted: None = Depends(_admit),
+        admission: Admission = Depends(_admit),
     ) -> Response:
         state = _state(request)
         settings, metrics = state.settings, state.metrics
@@ -290,9 +295,10 @@ def _install_routes(app: FastAPI) -> None:
         loop = asyncio.get_running_loop()
         timing: dict[str, float] = {}
 
-        data = await _read_upload(request, settings)
+        data = await _read_upload(request, settings)  # under the body deadline (service/connection.py)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
+        admission.admit()
 
         t0 = time.perf_counter()
         with batcher.expecting():  # a batch being formed now waits for this image
@@ -321,7 +327,8 @@ def _install_routes(app: FastAPI) -> None:
         return Response(body, media_type=media, headers=headers)
 
     @app.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"}})
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
+                        503: {"description": "too many re-renders in progress (see Retry-After)"}})
     async def result(request: Request, result_id: str,
                      name: Literal["labels.png", "color.png", "overlay.png"]) -> Response:
         state = _state(request)
@@ -337,7 +344,8 @@ def _install_routes(app: FastAPI) -> None:
             body, _ = outputs.render_output(kind, image, stored.labels, engine.metadata, fmt="png")
             return body  # type: ignore[return-value]  # image kinds are always bytes
 
-        data = await asyncio.get_running_loop().run_in_executor(state.pool, encode)
+        with state.renders:  # bounded and in its own pool: refetches cannot starve /segment
+            data = await asyncio.get_running_loop().run_in_executor(state.render_pool, encode)
         return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
 
     @app.get("/classes", summary="Class names and colours from the model metadata")

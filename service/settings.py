@@ -96,13 +96,23 @@ class Settings(BaseSettings):
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
+    # Connection-level limits (service/server.py, service/connection.py): what one client may hold.
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers; 431/414 beyond")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this; 408")
+    body_timeout_s: float = Field(10.0, gt=0, description="body deadline, extended by body_min_rate; 408")
+    body_min_rate: int = Field(32 * 1024, ge=1, description="bytes/s an upload earns beyond body_timeout_s")
+    upload_buffer_bytes: int = Field(512 * MB, ge=1, description="declared bytes of bodies still arriving; "
+                                                                   "503 beyond")
+    max_result_renders: int = Field(2, ge=1, description="concurrent /results renders; 503 beyond")
+    shutdown_timeout_s: float = Field(25.0, gt=0, description="graceful-shutdown bound (below compose's 30 s)")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", mode="before")
+    @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", "max_header_bytes",
+                     "body_min_rate", "upload_buffer_bytes", mode="before")
     @classmethod
     def _count(cls, value: object) -> object:
         return _parse_count(value)
