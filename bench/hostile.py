@@ -205,18 +205,26 @@ class Probe:
         return float(np.percentile(self.latencies_ms, 95))
 
 
-def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: float = 0.02) -> Probe:
-    """`count` sequential tiny requests, each on a fresh connection (as a new client would arrive)."""
+def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: float = 0.02,
+          max_s: float = 60.0) -> Probe:
+    """`count` sequential tiny requests, each on a fresh connection (as a new client would arrive); fewer if
+    they take more than `max_s` in all. A request that fails or takes over 30 s counts as status 0."""
     latencies, statuses = [], []
+    start = time.perf_counter()
     for _ in range(count):
         t0 = time.perf_counter()
-        with httpx.Client(base_url=url, timeout=60) as client:
-            if path == "/segment":
-                r = client.post(path, content=body, params={"output": "stats"},
-                                headers={"Content-Type": "image/png"})
-            else:
-                r = client.get(path)
+        try:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                if path == "/segment":
+                    r = client.post(path, content=body, params={"output": "stats"},
+                                    headers={"Content-Type": "image/png"})
+                else:
+                    r = client.get(path)
+            statuses.append(r.status_code)
+        except httpx.HTTPError:
+            statuses.append(0)
         latencies.append((time.perf_counter() - t0) * 1000)
-        statuses.append(r.status_code)
+        if time.perf_counter() - start > max_s:
+            break
         time.sleep(pause_s)
     return Probe(latencies, statuses)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -150,7 +151,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
-        render_pool=ThreadPoolExecutor(settings.max_result_renders, thread_name_prefix="render"),
+        render_pool=ThreadPoolExecutor(settings.max_result_renders, thread_name_prefix="render",
+                                       initializer=_lower_thread_priority),
     )
 
     @contextlib.asynccontextmanager
@@ -390,6 +392,17 @@ def _install_routes(app: FastAPI) -> None:
 
 
 # -- work done in the codec thread pool, off the event loop ---------------------------------------------------
+
+RENDER_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    """Run /results re-renders at a lower CPU priority than /segment (on Linux, nice applies per thread):
+    a refetch of a huge overlay is a convenience and must not double a new request's latency (measured in
+    docs/RELIABILITY.md)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(RENDER_NICENESS)
+
 
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
                        labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,

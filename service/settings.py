@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     body_min_rate: int = Field(32 * 1024, ge=1, description="bytes/s an upload earns beyond body_timeout_s")
     upload_buffer_bytes: int = Field(512 * MB, ge=1, description="declared bytes of bodies still arriving; "
                                                                    "503 beyond")
-    max_result_renders: int = Field(2, ge=1, description="concurrent /results renders; 503 beyond")
+    max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
     shutdown_timeout_s: float = Field(25.0, gt=0, description="graceful-shutdown bound (below compose's 30 s)")
 
     @field_validator("api_keys", "cors_origins", mode="before")
