@@ -273,3 +273,28 @@ def test_a_crash_answers_500_and_keeps_the_connection(rel_rule_model: Path) -> N
     assert status_of(answers[0]) == 500 and error_of(answers[0])["code"] == "internal_error"
     assert b"connection: close" not in answers[0].lower()
     assert status_of(answers[1]) == 200
+
+
+def test_an_answered_upload_cannot_hold_its_connection_by_trickling(server: ServerProcess) -> None:
+    """A body answered before it was read (here 413 for its declared size) is discarded only until the
+    keep-alive timeout (5 s): trickling bytes no longer keeps the connection open for ever."""
+    sock = connect(server)
+    sock.sendall(http_request("POST /segment HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                              f"Content-Length: {30 << 20}", b"\0" * 100))
+    sock.settimeout(0.2)
+    got, closed, t0 = b"", False, time.perf_counter()
+    while time.perf_counter() - t0 < 12:
+        try:
+            sock.sendall(b"\0" * 10)
+            chunk = sock.recv(4096)
+            if not chunk:
+                closed = True
+                break
+            got += chunk
+        except TimeoutError:
+            continue
+        except OSError:
+            closed = True
+            break
+    sock.close()
+    assert status_of(got) == 413 and closed and time.perf_counter() - t0 < 9, (got[:100], closed)
