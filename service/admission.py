@@ -9,11 +9,14 @@ A /segment request passes two gates, in order:
 A request refused at either gate gets 503 with Retry-After. The body deadline (service/connection.py) is what
 limits how long a body may take to arrive.
 
-`Slots` bounds other expensive work the same way (re-rendering `/results`).
+`Slots` bounds other expensive work the same way (re-rendering `/results`), and `low_priority_pool` runs it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Protocol
 
@@ -107,3 +110,18 @@ class Slots:
 
     def __exit__(self, *exc: object) -> None:
         self.held -= 1
+
+
+RENDER_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    # On Linux, nice applies to the calling thread only (each thread is its own task).
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(RENDER_NICENESS)
+
+
+def low_priority_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """Threads at nice +10, for work that must yield the CPU to /segment: a refetch of a huge overlay is a
+    convenience and must not double a new request's latency (measured in docs/RELIABILITY.md)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=_lower_thread_priority)

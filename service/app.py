@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, outputs
-from .admission import Admission, Slots, UploadBudget, declared_length
+from .admission import Admission, Slots, UploadBudget, declared_length, low_priority_pool
 from .batcher import Batcher
 from .connection import BodyDeadlineMiddleware
 from .engine import Engine, decode_and_prepare, finish, load_engine
@@ -151,8 +150,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
-        render_pool=ThreadPoolExecutor(settings.max_result_renders, thread_name_prefix="render",
-                                       initializer=_lower_thread_priority),
+        render_pool=low_priority_pool(settings.max_result_renders, "render"),
     )
 
     @contextlib.asynccontextmanager
@@ -267,9 +265,9 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
         "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
                 "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}, "application/geo+json": {}}},
         "400": {"description": "empty body or corrupt image"},
+        "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
         "415": {"description": "not a supported image"},
-        "408": {"description": "the body stopped arriving (body deadline)"},
         "422": {"description": "invalid parameters or missing field `image`"},
         "503": {"description": "overloaded (see Retry-After)"},
         "504": {"description": "inference timed out"},
@@ -392,16 +390,6 @@ def _install_routes(app: FastAPI) -> None:
 
 
 # -- work done in the codec thread pool, off the event loop ---------------------------------------------------
-
-RENDER_NICENESS = 10
-
-
-def _lower_thread_priority() -> None:
-    """Run /results re-renders at a lower CPU priority than /segment (on Linux, nice applies per thread):
-    a refetch of a huge overlay is a convenience and must not double a new request's latency (measured in
-    docs/RELIABILITY.md)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(RENDER_NICENESS)
 
 
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
