@@ -24,7 +24,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, outputs
+from .admission import Admission, Slots, UploadBudget, declared_length, low_priority_pool
 from .batcher import Batcher
+from .connection import BodyDeadlineMiddleware
 from .engine import Engine, decode_and_prepare, finish, load_engine
 from .errors import ApiError
 from .imaging import decode_image
@@ -54,6 +56,9 @@ class ServiceState:
     metrics: Metrics
     cache: ResultsCache
     pool: ThreadPoolExecutor
+    uploads: UploadBudget  # bodies still arriving, before admission
+    renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
+    render_pool: ThreadPoolExecutor
     engine: Engine | None = None
     batcher: Batcher | None = None
     warm: bool = False
@@ -86,18 +91,12 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-async def _admit(request: Request) -> AsyncIterator[None]:
-    """Refuse a /segment request up front (503 + Retry-After, before reading or decoding it) when too many are
-    already in progress; count it while it is handled."""
+async def _admit(request: Request) -> AsyncIterator[Admission]:
+    """A /segment request's admission (service/admission.py): an upload reservation while its body arrives,
+    then `admit()` counts it among those in progress, or refuses it with 503 + Retry-After before decoding."""
     state = _state(request)
-    if state.admitted >= state.max_admitted:
-        raise ApiError(503, "overloaded", f"too many requests in progress ({state.max_admitted}); retry shortly",
-                       {"Retry-After": "1"})
-    state.admitted += 1
-    try:
-        yield
-    finally:
-        state.admitted -= 1
+    with Admission(state, state.uploads, declared_length(request.headers, state.settings.max_upload_bytes)) as ticket:
+        yield ticket
 
 
 def _engine(state: ServiceState) -> tuple[Engine, Batcher]:
@@ -150,6 +149,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         settings=settings, metrics=metrics,
         cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
         pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
+        uploads=UploadBudget(settings.upload_buffer_bytes),
+        renders=Slots(settings.max_result_renders, "result renders"),
+        render_pool=low_priority_pool(settings.max_result_renders, "render"),
     )
 
     @contextlib.asynccontextmanager
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 state.warmup_task.cancel()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
             state.pool.shutdown(wait=False, cancel_futures=True)
+            state.render_pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN, so
@@ -191,6 +194,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Middleware: the last added is the outermost. Request context wraps everything, so every response
     # (401, 413 and crashes included) gets an X-Request-ID and is counted.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS,
                        public_prefixes=PUBLIC_PREFIXES)
     if settings.cors_origins:
@@ -270,6 +274,7 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
         "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
                 "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}, "application/geo+json": {}}},
         "400": {"description": "empty body or corrupt image"},
+        "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
         "415": {"description": "not a supported image"},
         "422": {"description": "invalid parameters or missing field `image`"},
@@ -289,7 +294,7 @@ def _install_routes(app: FastAPI) -> None:
         format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
         tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
         min_area: float = Query(0.0, ge=0.0, description="drop polygons smaller than this, pixels²"),
-        _admitted: None = Depends(_admit),
+        admission: Admission = Depends(_admit),
     ) -> Response:
         state = _state(request)
         settings, metrics = state.settings, state.metrics
@@ -299,9 +304,10 @@ def _install_routes(app: FastAPI) -> None:
         loop = asyncio.get_running_loop()
         timing: dict[str, float] = {}
 
-        data = await _read_upload(request, settings)
+        data = await _read_upload(request, settings)  # under the body deadline (service/connection.py)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
+        admission.admit()
 
         t0 = time.perf_counter()
         with batcher.expecting():  # a batch being formed now waits for this image
@@ -330,7 +336,8 @@ def _install_routes(app: FastAPI) -> None:
         return Response(body, media_type=media, headers=headers)
 
     @app.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"}})
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
+                        503: {"description": "too many re-renders in progress (see Retry-After)"}})
     async def result(request: Request, result_id: str,
                      name: Literal["labels.png", "color.png", "overlay.png"]) -> Response:
         state = _state(request)
@@ -346,7 +353,8 @@ def _install_routes(app: FastAPI) -> None:
             body, _ = outputs.render_output(kind, image, stored.labels, engine.metadata, fmt="png")
             return body  # type: ignore[return-value]  # image kinds are always bytes
 
-        data = await asyncio.get_running_loop().run_in_executor(state.pool, encode)
+        with state.renders:  # bounded and in its own pool: refetches cannot starve /segment
+            data = await asyncio.get_running_loop().run_in_executor(state.render_pool, encode)
         return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
 
     @app.get("/classes", summary="Class names and colours from the model metadata")
@@ -394,6 +402,7 @@ def _install_routes(app: FastAPI) -> None:
 
 
 # -- work done in the codec thread pool, off the event loop ---------------------------------------------------
+
 
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
                        labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,

@@ -11,8 +11,11 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .app import create_app
+from .server import build_config
 from .settings import Settings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the application cannot start
@@ -30,20 +33,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def settings_error(exc: ValidationError) -> str:
+    """One line per invalid setting, naming the environment variable a user would set."""
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err.get("loc") else "?"
+        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"cannot start: SEGMENT_{name.upper()}: {err['msg']}{given}")
+    return "\n".join(lines)
+
+
+def quiet_startup_failure(app: ASGIApp) -> ASGIApp:
+    """The lifespan already logged `cannot start: <reason>` in one line; drop the traceback Starlette attaches
+    to the startup-failure message (kept at debug level)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and message.get("message"):
+                logging.getLogger(__name__).debug("startup failure:\n%s", message["message"])
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_quietly)
+
+    return wrapped
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `segment-serve`."""
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(settings_error(exc), file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
-        # Bound the drain: a request can't take longer than its own timeout plus encode.
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        proxy_headers=True, server_header=False,
-    )
+    metrics = app.state.service.metrics
+    config = build_config(quiet_startup_failure(app), settings,
+                          on_reject=lambda code: metrics.rejected.labels(reason=code).inc())
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

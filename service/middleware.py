@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,13 +70,20 @@ class RequestContextMiddleware:
         t0 = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client went away mid-upload: its fault, not ours, so no 5xx (the 5xx alert must not fire on
+            # flaky networks) and no traceback. 499 is nginx's "client closed request"; nothing is sent.
+            status = 499
+            self.metrics.rejected.labels(reason="client_closed").inc()
+            log.info("request %s: client closed the connection before its body arrived", request_id)
         except Exception:
-            # Answer in our envelope (with the id) before Starlette's generic 500; it sees the response started.
             log.exception("unhandled error in request %s", request_id)
-            if not started:
-                error = ApiError(500, "internal_error", "internal server error")
-                await error_response(error, scope)(scope, receive, send_with_id)
-            raise
+            if started:
+                raise  # half a response is out: only closing the connection (uvicorn does) can end it
+            # Answered in our envelope and not re-raised: the connection stays usable (a re-raise made uvicorn
+            # close it without `Connection: close`, breaking the client's next request on it).
+            error = ApiError(500, "internal_error", "internal server error")
+            await error_response(error, scope)(scope, receive, send_with_id)
         finally:
             if tracked:
                 self.metrics.inflight.dec()

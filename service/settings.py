@@ -102,6 +102,17 @@ class Settings(BaseSettings):
         default_factory=dict, description="extra CUDA provider options, 'key=value,key=value' "
                                           "(they override the defaults prefer_nhwc=1, "
                                           "cudnn_conv_algo_search=HEURISTIC)")
+    # Connection-level limits (service/server.py, service/connection.py): what one client may hold.
+    max_header_bytes: ByteSize = Field(ByteSize(16 * 1024), ge=1024,
+                                       description="request line + headers; 431/414 beyond")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this; 408")
+    body_timeout_s: float = Field(10.0, gt=0, description="body deadline, extended by body_min_rate; 408")
+    body_min_rate: ByteSize = Field(ByteSize(32 * 1024), ge=1,
+                                    description="bytes/s an upload earns beyond body_timeout_s")
+    upload_buffer_bytes: ByteSize = Field(ByteSize(512 * MB), ge=1,
+                                          description="declared bytes of bodies still arriving; 503 beyond")
+    max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
+    shutdown_timeout_s: float = Field(25.0, gt=0, description="graceful-shutdown bound (below compose's 30 s)")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
