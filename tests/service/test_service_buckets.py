@@ -163,3 +163,44 @@ def test_concurrent_batches_overlap(serve, very_slow_model: Path, concurrency: i
     assert server.state.batcher.peak_in_flight == concurrency
     assert server.state.batcher.in_flight == 0
     assert _readyz(server.url)[1]["concurrent_batches"] == concurrency
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_batch_waits_for_decoding_images_only_while_no_worker_is_free(concurrency: int) -> None:
+    """One image queued, another announced (being decoded) that arrives 0.3 s later, max_wait 3 s. With one
+    worker the batch waits for it (batching); with a second worker free it runs at once and the late image
+    takes the free worker."""
+    from service.batcher import Batcher
+
+    batches: list[int] = []
+
+    def run_images(images: list[np.ndarray]) -> np.ndarray:
+        batches.append(len(images))
+        return np.zeros((len(images), 2, 2), np.uint8)
+
+    async def scenario() -> float:
+        batcher = Batcher(run_images, max_batch_size=8, max_wait_ms=3000, max_queue=8, concurrency=concurrency)
+        batcher.start()
+        tensor = np.zeros((2, 2, 3), np.uint8)
+        start = time.perf_counter()
+
+        async def late() -> None:
+            with batcher.expecting():
+                await asyncio.sleep(0.3)
+            await batcher.infer(tensor, 10)
+
+        with batcher.expecting():  # announced before the first image is queued, as the app does
+            pending = asyncio.ensure_future(late())
+            await asyncio.sleep(0)
+        first = await batcher.infer(tensor, 10)
+        first_s = time.perf_counter() - start
+        await pending
+        await batcher.stop()
+        assert first.labels.shape == (2, 2)
+        return first_s
+
+    first_s = asyncio.run(scenario())
+    if concurrency == 1:
+        assert batches == [2] and 0.25 < first_s < 2.5, (batches, first_s)
+    else:
+        assert batches == [1, 1] and first_s < 0.25, (batches, first_s)
