@@ -24,12 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, outputs
 from .batcher import Batcher
-from .engine import Engine, decode_and_prepare, finish, load_engine
+from .engine import Engine, decode_and_prepare, load_engine
 from .errors import ApiError
 from .imaging import decode_image
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
+from .outputs.labelmap import LabelMap
 from .results_cache import ResultsCache, new_result_id
 from .settings import Settings
 
@@ -386,7 +387,7 @@ def _install_routes(app: FastAPI) -> None:
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
                        labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,
                        tolerance: float, min_area: float) -> tuple[bytes | dict[str, Any], str]:
-    labels = finish(labels_small, info)
+    labels = LabelMap.from_model(labels_small, info)  # the upload-size map, without materialising it
     state.cache.put(result_id, labels, data)
     return outputs.render_output(kind, image, labels, engine.metadata, {"id": result_id, "model": engine.name},
                                  alpha=alpha, fmt=fmt, tolerance=tolerance, min_area=min_area)

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from service import jpeg
 from service.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ _SIGNATURES = (
 )
 
 _WHITE = (255, 255, 255)
+_ORIENTATION_TAG = 0x0112
 # Register every Pillow plugin now, at import, rather than lazily inside the first worker threads.
 Image.init()
 # Fully parsed once; the profile object is immutable and only read by the transforms.
@@ -126,6 +128,16 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
                 413, "image_too_large",
                 f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
             )
+        if img.format in ("JPEG", "MPO"):
+            # Every progressive scan re-walks the whole image: refuse absurd scan counts before decoding.
+            limit = jpeg.scan_limit(width * height)
+            scans = jpeg.count_scans(data, limit)
+            if scans > limit:
+                raise ApiError(413, "image_too_large",
+                               f"the JPEG has more than {limit} scans, the limit for {width}x{height}")
+            fast = _decode_jpeg_fast(data, img, reduce_to) if img.mode in ("RGB", "L") else None
+            if fast is not None:
+                return fast
         if reduce_to is not None and img.format in ("JPEG", "MPO"):
             target = compute_letterbox(height, width, reduce_to)
             img.draft("RGB", (target.new_w, target.new_h))  # picks the smallest DCT scale >= the target
@@ -143,6 +155,29 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
         # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
         turned = rgb.size != reduced_size
         return np.asarray(rgb, dtype=np.uint8), ((width, height) if turned else (height, width))
+
+
+def _decode_jpeg_fast(data: bytes, img: Image.Image,
+                      reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A clean RGB or greyscale JPEG through libjpeg-turbo (see `service.jpeg`), EXIF orientation applied;
+    None when libjpeg reports anything, so that the Pillow path gives its established answer."""
+    width, height = img.size
+    min_w = min_h = 0
+    if reduce_to is not None:
+        target = compute_letterbox(height, width, reduce_to)
+        min_w, min_h = target.new_w, target.new_h
+    try:
+        pixels = jpeg.decode_rgb(data, min_w, min_h)
+    except ValueError as exc:
+        log.debug("libjpeg-turbo fast path declined (%s); decoding with Pillow", exc)
+        return None
+    try:
+        orientation = img.getexif().get(_ORIENTATION_TAG)
+    except Exception as exc:  # as in `_oriented`: a broken EXIF block does not fail a decodable image
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        orientation = None
+    turned = orientation in (5, 6, 7, 8)
+    return jpeg.orient(pixels, orientation), ((width, height) if turned else (height, width))
 
 
 def _decode_failure(exc: Exception, what: str) -> ApiError:

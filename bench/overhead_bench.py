@@ -1,0 +1,139 @@
+"""Per-request CPU cost of everything besides the model, per output kind, before and after (same run).
+
+Method: a real `segment-serve` (one intra-op thread, the embedded model) answers sequential raw-body uploads of a
+1024x768 JPEG; the server's CPU-seconds (utime + stime of the whole process, from /proc/<pid>/stat) over the
+requests, divided by their number, minus the model's own CPU-ms per image (measured in this process on the same
+letterboxed tensor), is the overhead. Several rounds alternate between the "before" and "after" servers, so both
+see the same machine load; the table gives the median over rounds. A stage split (decode, resize, render,
+serialize, measured in-process with thread CPU time; "HTTP and the rest" is what remains of the server's cost)
+says where the overhead goes.
+
+Usage:
+    git archive <old-commit> | tar -x -C /tmp/before
+    python -m bench.overhead_bench --before /tmp/before [--requests 200] [--rounds 4] [--out docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.harness import REPO, ServerProcess, encode, machine_note
+from bench.markdown import write_section
+from tests.photos import photo
+
+KINDS = ("labels", "stats", "polygons")
+STAGES = ("decode", "resize", "render", "serialize")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def server_cpu_ms(server: ServerProcess, client: httpx.Client, data: bytes, kind: str, n: int) -> float:
+    """Server CPU-ms per request over `n` sequential uploads (every answer checked to be a 200)."""
+    start = process_cpu_s(server.pid)
+    for _ in range(n):
+        r = client.post("/segment", params={"output": kind}, content=data,
+                        headers={"Content-Type": "image/jpeg"})
+        if r.status_code != 200:
+            raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
+    return (process_cpu_s(server.pid) - start) / n * 1000
+
+
+def stage_split(checkout: Path, model: Path, upload: Path, reps: int) -> dict:
+    """Run bench/overhead_stages.py against `checkout`'s service package; its JSON result."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "overhead_stages.py"), str(model), str(upload),
+                          str(reps)], env=env, cwd=checkout, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Measure both trees and write the table into the benchmarks page."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--before", type=Path, help="a checkout of the older version (omit to measure this tree only)")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx")
+    ap.add_argument("--requests", type=int, default=200, help="sequential requests per kind and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    args = ap.parse_args()
+    trees = {"after": REPO} | ({"before": args.before.resolve()} if args.before else {})
+    data = encode(photo("astronaut.png", size=(1024, 768)), "JPEG", 90)
+    upload = Path(tempfile.mkdtemp()) / "upload.jpg"
+    upload.write_bytes(data)
+    env = {"SEGMENT_INTRA_OP_THREADS": "1"}
+
+    server_ms: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in trees}
+    model_ms: dict[str, list[float]] = {t: [] for t in trees}
+    stages: dict[str, dict] = {}
+    servers = {t: ServerProcess(args.model.resolve(), cwd=path, **env) for t, path in trees.items()}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        clients = {t: httpx.Client(base_url=s.url, timeout=60) for t, s in servers.items()}
+        for t in trees:  # warm-up: first requests pay imports, allocations, ORT's first shapes
+            for kind in KINDS:
+                server_cpu_ms(servers[t], clients[t], data, kind, 10)
+        for r in range(args.rounds):
+            for t in (trees if r % 2 == 0 else reversed(list(trees))):
+                split = stage_split(trees[t], args.model.resolve(), upload, max(20, args.requests // 4))
+                model_ms[t].append(split["model"])
+                stages.setdefault(t, {k: {s: [] for s in STAGES} for k in KINDS})
+                for kind in KINDS:
+                    for stage, ms in split[kind].items():
+                        stages[t][kind][stage].append(ms)
+                    server_ms[t][kind].append(server_cpu_ms(servers[t], clients[t], data, kind, args.requests))
+                print(f"round {r} {t}: model {split['model']:.1f} ms, server "
+                      + ", ".join(f"{k} {server_ms[t][k][-1]:.1f}" for k in KINDS), flush=True)
+        for c in clients.values():
+            c.close()
+    finally:
+        for s in servers.values():
+            s.terminate()
+
+    med = statistics.median
+    rows = []
+    for kind in KINDS:
+        for t in trees:
+            server, model = med(server_ms[t][kind]), med(model_ms[t])
+            split = {s: med(v) if v else None for s, v in stages[t][kind].items()}
+            rest = server - model - sum(v for v in split.values() if v is not None)
+            cells = " | ".join("–" if split[s] is None else f"{split[s]:.2f}" for s in STAGES)
+            rows.append(f"| {kind} | {t} | {server:.1f} | {model:.1f} | **{server - model:.1f}** | {cells} | "
+                        f"{rest:.2f} |")
+    section = "\n".join([
+        "### Per-request CPU cost besides the model (1024x768 JPEG, CPU-ms per request)",
+        "",
+        f"Command: `python -m bench.overhead_bench --before <checkout of the older commit> --requests "
+        f"{args.requests} --rounds {args.rounds}`. Server: one intra-op thread, the embedded model, default settings otherwise, "
+        "raw `image/jpeg` bodies, sequential. Server CPU = utime + stime of the server process per request; "
+        "model = the model's own CPU-ms per image; overhead = server − model. Stages are thread CPU-ms "
+        "measured in-process; \"HTTP and the rest\" = overhead minus the stages (uvicorn, Starlette/FastAPI, "
+        f"middleware, threads hand-offs). Median of {args.rounds} alternating rounds; {machine_note()}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "| output | version | server | model | overhead | decode + letterbox | resize back | render | JSON | "
+        "HTTP and the rest |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    write_section(args.out, "overhead", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
