@@ -6,8 +6,8 @@ Run as a script with the checkout under test first on PYTHONPATH (`bench.overhea
     PYTHONPATH=<checkout> python bench/overhead_stages.py <model.onnx> <upload.jpg> <reps>
 
 Prints one JSON object: {kind: {stage: cpu_ms}} plus "model" (the model's own CPU-ms per image at one intra-op
-thread). Stages: `decode` (bytes → letterboxed tensor), `resize` (label map back to the upload's size, when the
-version does it up front), `render` (body: PNG or dict), `serialize` (the JSON response body).
+thread). Stages: `decode` (bytes → letterboxed tensor), `resize` (the model's map back to the upload's size, or
+to a `LabelMap` where the version has one), `render` (body: PNG or dict), `serialize` (the JSON response body).
 """
 
 from __future__ import annotations
@@ -53,19 +53,20 @@ def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
     small = engine.run(tensor[None])[0]
     result: dict[str, Any] = {"model": model_cpu_ms(engine, tensor, reps)}
     decode = cpu_ms(lambda: engine_mod.decode_and_prepare(engine, data, 40_000_000), reps)
-    render_small = getattr(outputs, "render_from_model", None)  # renders from the model-size map when present
-    for kind in KINDS:
-        stages = {"decode": decode}
-        if render_small is not None:
-            def render(kind: str = kind) -> Any:
-                return render_small(kind, None, small, info, engine.metadata, header)[0]
-        else:
-            labels = engine_mod.finish(small, info)
-            stages["resize"] = cpu_ms(lambda: engine_mod.finish(small, info), reps)
+    try:  # newer versions keep the model-size map and its index maps instead of resizing up front
+        from service.outputs.labelmap import LabelMap
 
-            def render(kind: str = kind, labels: Any = labels) -> Any:
-                return outputs.render_output(kind, None, labels, engine.metadata, header)[0]
-        stages["render"] = cpu_ms(render, reps)
+        def back() -> Any:
+            return LabelMap.from_model(small, info)
+    except ImportError:
+        def back() -> Any:
+            return engine_mod.finish(small, info)
+    for kind in KINDS:
+        stages = {"decode": decode, "resize": cpu_ms(back, reps)}
+
+        def render(kind: str = kind) -> Any:  # a fresh map each time: nothing cached between calls
+            return outputs.render_output(kind, None, back(), engine.metadata, header)[0]
+        stages["render"] = cpu_ms(render, reps) - stages["resize"]
         body = render()
         if isinstance(body, dict):
             stages["serialize"] = cpu_ms(lambda body=body: JSONResponse(body), reps)

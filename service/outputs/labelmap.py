@@ -132,7 +132,9 @@ class LabelMap:
         """(source rows widened to the final width, the source row of every output row)."""
         if self.identity:
             return self.small, self.rows
-        return np.ascontiguousarray(self.small[:, self.cols]), self.rows
+        # small[:, cols] by OpenCV's own column mapping: ~3x faster than numpy's fancy indexing along axis 1
+        wide = cv2.resize(self.small, (len(self.cols), self.small.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+        return wide, self.rows
 
 
 def as_label_map(labels: np.ndarray | LabelMap) -> LabelMap:
