@@ -119,8 +119,9 @@ def main() -> None:
         "### Per-request CPU cost besides the model (1024x768 JPEG, CPU-ms per request)",
         "",
         f"Command: `python -m bench.overhead_bench --before <checkout of the older commit> --requests "
-        f"{args.requests} --rounds {args.rounds}`. Server: one intra-op thread, the embedded model, default settings otherwise, "
-        "raw `image/jpeg` bodies, sequential. Server CPU = utime + stime of the server process per request; "
+        f"{args.requests} --rounds {args.rounds}`. Server: one intra-op thread, the embedded model, default "
+        "settings otherwise, raw `image/jpeg` bodies, sequential. Server CPU = utime + stime of the server "
+        "process per request; "
         "model = the model's own CPU-ms per image; overhead = server − model. Stages are thread CPU-ms "
         "measured in-process; \"HTTP and the rest\" = overhead minus the stages (uvicorn, Starlette/FastAPI, "
         f"middleware, threads hand-offs). Median of {args.rounds} alternating rounds; {machine_note()}; "

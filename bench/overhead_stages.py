@@ -49,7 +49,7 @@ def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
 
     engine = engine_mod.load_engine(Settings(model_path=model, intra_op_threads=1))
     header = {"id": "0" * 22, "model": engine.name}
-    image, tensor, info = engine_mod.decode_and_prepare(engine, data, 40_000_000)
+    _, tensor, info = engine_mod.decode_and_prepare(engine, data, 40_000_000)
     small = engine.run(tensor[None])[0]
     result: dict[str, Any] = {"model": model_cpu_ms(engine, tensor, reps)}
     decode = cpu_ms(lambda: engine_mod.decode_and_prepare(engine, data, 40_000_000), reps)

@@ -39,9 +39,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from service import jpeg
+from service.colour import to_rgb
+from service.decode_budget import DECODE_BUDGET, estimate_bytes
 from service.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -62,12 +64,9 @@ _SIGNATURES = (
     b"MM\x00+",
 )
 
-_WHITE = (255, 255, 255)
 _ORIENTATION_TAG = 0x0112
 # Register every Pillow plugin now, at import, rather than lazily inside the first worker threads.
 Image.init()
-# Fully parsed once; the profile object is immutable and only read by the transforms.
-_SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
 
 def _has_supported_signature(data: bytes) -> bool:
@@ -135,26 +134,35 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             if scans > limit:
                 raise ApiError(413, "image_too_large",
                                f"the JPEG has more than {limit} scans, the limit for {width}x{height}")
-            fast = _decode_jpeg_fast(data, img, reduce_to) if img.mode in ("RGB", "L") else None
+        pixels = width * height
+        if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
+            out_pixels = pixels
+            if reduce_to is not None:  # an n/8 scale at least the target: at most twice it on each side
+                target = compute_letterbox(height, width, reduce_to)
+                out_pixels = min(pixels, 4 * target.new_w * target.new_h)
+            with DECODE_BUDGET.reserve(3 * out_pixels):  # libjpeg-turbo writes the RGB array directly
+                fast = _decode_jpeg_fast(data, img, reduce_to)
             if fast is not None:
                 return fast
         if reduce_to is not None and img.format in ("JPEG", "MPO"):
             target = compute_letterbox(height, width, reduce_to)
             img.draft("RGB", (target.new_w, target.new_h))  # picks the smallest DCT scale >= the target
         reduced_size = img.size
-        try:
-            img.load()  # decodes the first frame; raises on truncated or corrupt data
-        except Exception as exc:
-            raise _decode_failure(exc, "the image data is corrupt or truncated") from exc
-        try:
-            rgb = _to_rgb(_oriented(img))
-        except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
-            raise ApiError(
-                415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
-            ) from exc
-        # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
-        turned = rgb.size != reduced_size
-        return np.asarray(rgb, dtype=np.uint8), ((width, height) if turned else (height, width))
+        has_alpha = "transparency" in img.info
+        with DECODE_BUDGET.reserve(estimate_bytes(img.mode, img.width * img.height, has_alpha=has_alpha)):
+            try:
+                img.load()  # decodes the first frame; raises on truncated or corrupt data
+            except Exception as exc:
+                raise _decode_failure(exc, "the image data is corrupt or truncated") from exc
+            try:
+                rgb = to_rgb(_oriented(img))
+            except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
+                raise ApiError(
+                    415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
+                ) from exc
+            # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
+            turned = rgb.size != reduced_size
+            return np.asarray(rgb, dtype=np.uint8), ((width, height) if turned else (height, width))
 
 
 def _decode_jpeg_fast(data: bytes, img: Image.Image,
@@ -184,8 +192,10 @@ def _decode_failure(exc: Exception, what: str) -> ApiError:
     """The client-facing error for an exception Pillow raised while parsing or decoding."""
     # Pillow refuses zlib-compressed metadata (zTXt/iTXt/iCCP) that inflates past its limits with a plain
     # ValueError; that is a decompression bomb too.
+    # A flood of text chunks, each within the per-chunk limit, trips Pillow's total text budget instead.
     bomb = isinstance(exc, Image.DecompressionBombError) or (
-        isinstance(exc, ValueError) and "Decompressed data too large" in str(exc)
+        isinstance(exc, ValueError)
+        and ("Decompressed data too large" in str(exc) or "Too much memory used in text chunks" in str(exc))
     )
     if bomb:
         return ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}")
@@ -204,55 +214,6 @@ def _oriented(img: Image.Image) -> Image.Image:
     except Exception as exc:
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
     return img
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB following the module's documented policy."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith(("I", "F")):  # I;16*, I (int32), F (float32): greyscale deeper than 8 bits
-        return Image.fromarray(_scale_to_uint8(np.asarray(img))).convert("RGB")
-    if mode == "CMYK":
-        return _cmyk_to_rgb(img)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
-
-
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Map 16/32-bit integer or float greyscale to 0..255 without clipping the range away."""
-    if values.dtype.kind == "f":
-        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(values.min()), float(values.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return np.rint(values * 255.0).astype(np.uint8)
-        return _stretch(values, lo, hi)
-    lo, hi = int(values.min()), int(values.max())
-    if lo < 0 or hi > 65535:  # not 16-bit data: use the range it has
-        return _stretch(values.astype(np.float64), lo, hi)
-    # 16-bit range: v / 257 maps 65535 to 255 and 0 to 0 exactly; (v + 128) // 257 is that, rounded.
-    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
-
-
-def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
-    icc = img.info.get("icc_profile")
-    if icc:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(img, source, _SRGB_PROFILE, outputMode="RGB")
-        except Exception as exc:  # a broken profile is no reason to refuse the pixels
-            log.debug("CMYK ICC profile unusable, falling back to plain conversion: %s", exc)
-    return img.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------- letterbox

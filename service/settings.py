@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     max_upload_bytes: int = Field(20 * MB, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
+    decode_memory_bytes: int = Field(1024 * MB, ge=1,
+                                     description="memory that image decodes in flight may hold together")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")
@@ -102,7 +104,8 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", mode="before")
+    @field_validator("max_upload_bytes", "max_pixels", "result_cache_bytes", "decode_memory_bytes",
+                     mode="before")
     @classmethod
     def _count(cls, value: object) -> object:
         return _parse_count(value)

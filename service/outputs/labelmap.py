@@ -84,7 +84,7 @@ class LabelMap:
         return resize_nearest(self.small, w, h)
 
     @cached_property
-    def _used(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def used_lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The source rows/columns that appear in the output: (their map, their weights (how many output
         rows/columns each one becomes), their first output row/column)."""
         row_w = np.bincount(self.rows, minlength=self.small.shape[0])
@@ -101,14 +101,14 @@ class LabelMap:
     @property
     def max_id(self) -> int:
         """The largest class id present at the final size."""
-        return int((self.small if self.identity else self._used[0]).max())
+        return int((self.small if self.identity else self.used_lines[0]).max())
 
     @cached_property
     def counts(self) -> np.ndarray:
         """Pixel count (int64) of every id 0..255 at the final size, exact."""
         if self.identity:
             return _histogram(self.small)
-        small, row_w, col_w, *_ = self._used
+        small, row_w, col_w, *_ = self.used_lines
         # Group by weight: a scale factor gives at most two distinct row and two column weights, so a few
         # C histograms of column/row subsets replace one weighted bincount over every pixel.
         counts = np.zeros(256, dtype=np.int64)
@@ -123,7 +123,7 @@ class LabelMap:
         if self.identity:
             x, y, w, h = cv2.boundingRect((self.small == class_id).view(np.uint8))
             return [x, y, x + w, y + h]
-        small, row_w, col_w, row_0, col_0 = self._used
+        small, row_w, col_w, row_0, col_0 = self.used_lines
         x, y, w, h = cv2.boundingRect((small == class_id).view(np.uint8))
         return [int(col_0[x]), int(row_0[y]), int(col_0[x + w - 1] + col_w[x + w - 1]),
                 int(row_0[y + h - 1] + row_w[y + h - 1])]
