@@ -11,6 +11,7 @@ import io
 import logging
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms
 
@@ -22,12 +23,20 @@ _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 BLOCK_BYTES = 4 << 20  # rows per block: this many bytes of float64 temporaries
 
 
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode as an H×W×3 uint8 RGB array, following the decoder's documented policy."""
+    if img.mode.startswith(("I", "F")):  # I;16*, I (int32), F (float32): greyscale deeper than 8 bits
+        # straight from the 8-bit plane to the array: no full-size Pillow RGB image on the way
+        return cv2.cvtColor(deep_grey_to_uint8(img), cv2.COLOR_GRAY2RGB)
+    return np.asarray(to_rgb(img), dtype=np.uint8)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB following the decoder's documented policy."""
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode.startswith(("I", "F")):  # I;16*, I (int32), F (float32): greyscale deeper than 8 bits
+    if mode.startswith(("I", "F")):
         return Image.fromarray(deep_grey_to_uint8(img)).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(img)

@@ -27,15 +27,13 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 def estimate_bytes(mode: str, pixels: int, has_alpha: bool = False) -> int:
     """Peak bytes to decode `pixels` pixels of Pillow mode `mode` to an RGB numpy array through Pillow.
 
-    Pillow's image, its RGB conversion (4 bytes a pixel) and the numpy copy (3), and what the conversion holds
-    at once besides: the 8-bit grey plane of deep greyscale (converted in bounded row blocks), or two RGBA
-    planes when compositing transparency.
+    Pillow's image, its RGB conversion (4 bytes a pixel) and the numpy copy (3), plus two RGBA planes when
+    compositing transparency; deep greyscale goes through an 8-bit plane (converted in bounded row blocks)
+    straight to the numpy array.
     """
-    extra = 0
-    if mode.startswith(("I", "F")):
-        extra = pixels  # the uint8 grey plane
-    if has_alpha or mode in _ALPHA_MODES:
-        extra = 8 * pixels
+    if mode.startswith(("I", "F")):  # the uint8 grey plane, then the RGB array straight from it
+        return (_MODE_BYTES.get(mode, 4) + 1 + 3) * pixels
+    extra = 8 * pixels if has_alpha or mode in _ALPHA_MODES else 0
     return (_MODE_BYTES.get(mode, 4) + 7) * pixels + extra
 
 

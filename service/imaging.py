@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from service import jpeg
-from service.colour import to_rgb
+from service.colour import to_rgb_array
 from service.decode_budget import DECODE_BUDGET, estimate_bytes
 from service.errors import ApiError
 
@@ -155,14 +155,14 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             except Exception as exc:
                 raise _decode_failure(exc, "the image data is corrupt or truncated") from exc
             try:
-                rgb = to_rgb(_oriented(img))
+                rgb = to_rgb_array(_oriented(img))
             except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
                 raise ApiError(
                     415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
                 ) from exc
             # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
-            turned = rgb.size != reduced_size
-            return np.asarray(rgb, dtype=np.uint8), ((width, height) if turned else (height, width))
+            turned = rgb.shape[1::-1] != reduced_size
+            return rgb, ((width, height) if turned else (height, width))
 
 
 def _decode_jpeg_fast(data: bytes, img: Image.Image,
