@@ -8,12 +8,15 @@ import json
 import cv2
 import numpy as np
 import pytest
+import shapely
+import shapely.geometry
 from PIL import Image
 
 from service.imaging import compute_letterbox, unletterbox
 from service.outputs import class_stats, encode_labels_png
 from service.outputs.labelmap import LabelMap, nearest_index
 from service.outputs.png import bit_depth, pack_rows
+from service.outputs.polygons import polygons_geojson
 
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128)]
 CLASSES = [f"c{i}" for i in range(len(VOC))]
@@ -90,3 +93,46 @@ def test_from_model_does_not_keep_the_batch_output_alive() -> None:
     raw = model_output(64, 5)
     lmap = LabelMap.from_model(raw, compute_letterbox(100, 50, 64))
     assert lmap.small.base is None and lmap.nbytes < raw.nbytes
+
+
+@pytest.mark.parametrize(("h", "w", "size"), GEOMETRIES)
+@pytest.mark.parametrize("tolerance", [0.0, 1.5])
+def test_polygons_from_the_model_map_equal_those_of_the_full_map(h: int, w: int, size: int,
+                                                                 tolerance: float) -> None:
+    info = compute_letterbox(h, w, size)
+    raw = model_output(size, 11, n_classes=7)
+    full = unletterbox(raw, info)
+    small_fc = polygons_geojson(LabelMap.from_model(raw, info), CLASSES, tolerance)
+    assert json.dumps(small_fc) == json.dumps(polygons_geojson(full, CLASSES, tolerance))
+    for feature in small_fc["features"]:
+        geom = shapely.geometry.shape(feature["geometry"])
+        assert geom.is_valid, shapely.is_valid_reason(geom)
+        assert feature["properties"]["area"] == pytest.approx(geom.area, abs=1e-3)
+    if tolerance == 0:  # pixel-edge rings: the areas are the pixel counts
+        for class_id in range(1, 7):
+            area = sum(f["properties"]["area"] for f in small_fc["features"]
+                       if f["properties"]["class_id"] == class_id)
+            assert area == int((full == class_id).sum())
+
+
+def test_regions_touching_at_a_corner_become_valid_polygons() -> None:
+    labels = np.zeros((6, 6), np.uint8)
+    labels[1:3, 1:3] = 1  # two squares joined only at the corner (3, 3): a self-touching ring
+    labels[3:5, 3:5] = 1
+    labels[0, 5] = 2  # one pixel: the unit square, area 1
+    ring = np.zeros((7, 7), np.uint8)
+    ring[1:6, 1:6] = 3  # a ring whose hole touches the outside only diagonally
+    ring[2:5, 2:5] = 0
+    ring[5, 5] = 0
+    ring[4, 4] = 3
+    for case in (labels, ring):
+        fc = polygons_geojson(case, CLASSES)
+        for feature in fc["features"]:
+            geom = shapely.geometry.shape(feature["geometry"])
+            assert geom.is_valid, shapely.is_valid_reason(geom)
+            assert feature["properties"]["area"] == geom.area
+        for class_id in np.unique(case)[1:]:
+            feats = [f for f in fc["features"] if f["properties"]["class_id"] == class_id]
+            assert sum(f["properties"]["area"] for f in feats) == (case == class_id).sum()
+    pieces = [f for f in polygons_geojson(labels, CLASSES)["features"] if f["properties"]["class_id"] == 1]
+    assert sorted(f["properties"]["area"] for f in pieces) == [4, 4]
