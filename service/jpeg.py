@@ -4,10 +4,10 @@
   coefficients of the image again (a 80 KB 2048x2048 file whose last scan is repeated 4,000 times takes ~10 s).
   `count_scans` finds the start-of-scan markers before a single pixel is decoded; more than `MAX_SCANS` is refused.
 - Fast path: `decode_rgb` hands clean RGB/greyscale JPEGs to libjpeg-turbo through simplejpeg, which decodes
-  straight to the smallest DCT scale (any n/8, where Pillow's `draft` only offers 1/2, 1/4, 1/8) that is still
-  at least the requested size, into a numpy array without Pillow's per-row plumbing. Anything libjpeg only
-  warns about (truncation, damaged entropy data) makes it raise, and the caller then takes the Pillow path,
-  so every unusual file keeps exactly the answer it had.
+  at a DCT scale straight into a numpy array, without Pillow's per-row plumbing and copies. The caller asks
+  for the scale Pillow's `draft` would pick, so the pixels are identical to the Pillow path's. Anything libjpeg
+  only warns about (truncation, damaged entropy data) makes it raise, and the caller then takes the Pillow
+  path, so every unusual file keeps exactly the answer it had.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _next_marker(data: bytes, pos: int) -> int:
 
 
 def decode_rgb(data: bytes, min_width: int = 0, min_height: int = 0) -> np.ndarray:
-    """H×W×3 uint8 RGB at the smallest libjpeg-turbo scale with both sides >= the minimums (0: full size).
+    """H×W×3 uint8 RGB at the smallest libjpeg-turbo scale (n/8) with both sides >= the minimums (0: full).
 
     Raises ValueError on anything libjpeg reports, warnings included (strict mode).
     """
