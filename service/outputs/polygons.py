@@ -103,39 +103,54 @@ def _class_polygons(mask: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray,
         return []
     hierarchy = hierarchy[0]
 
-    def ring(contour: np.ndarray) -> np.ndarray:
-        corners = (contour.reshape(-1, 2) + 1) // 2 + (bx, by)
-        keep = np.any(corners != np.roll(corners, 1, axis=0), axis=1)  # the doubled chain repeats corners
-        corners = corners[keep]
-        return np.column_stack((edges_x[corners[:, 0]], edges_y[corners[:, 1]]))
-
-    polygons, pinched = [], []
-    for i, contour in enumerate(contours):
+    # Rings in polygon order, each shell followed by its holes; `owner` is the polygon of each ring.
+    order: list[int] = []
+    owner: list[int] = []
+    for i in range(len(contours)):
         if hierarchy[i][3] != -1:
-            continue  # a hole; handled with its parent
-        rings = [ring(contour)]
-        child = hierarchy[i][2]
-        while child != -1:
-            hole = ring(contours[child])
-            if abs(_shoelace(hole)) >= min_area:
-                rings.append(hole)
-            child = hierarchy[child][0]
-        # Pixel-edge rings are simple unless they pass a corner twice (a region or a hole joined only at a
-        # corner); only those need GEOS's validity repair, the rest skip its (costlier) checks.
-        pinched.append(any(_repeats_a_vertex(r) for r in rings))
-        polygons.append(shapely.Polygon(rings[0], rings[1:]))
-    geoms = np.array(polygons, dtype=object)
-    repair = np.array(pinched, dtype=bool)
-    if repair.any():
-        geoms[repair] = shapely.make_valid(geoms[repair])
+            continue  # a hole; taken with its parent
+        polygon = owner[-1] + 1 if owner else 0
+        ring = i
+        while ring != -1:
+            order.append(ring)
+            owner.append(polygon)
+            ring = hierarchy[i][2] if ring == i else hierarchy[ring][0]  # first child, then its siblings
+    # All rings at once: doubled-map chain → corners of the traced map (consecutive repeats dropped) → edges
+    # at the final size. Every ring keeps at least its four extreme corners.
+    lengths = np.array([len(contours[k]) for k in order])
+    starts = np.cumsum(lengths) - lengths
+    corners = (np.concatenate([contours[k] for k in order]).reshape(-1, 2) + 1) // 2 + (bx, by)
+    ring_of = np.repeat(np.arange(len(order)), lengths)
+    prev = np.arange(len(corners)) - 1
+    prev[starts] = starts + lengths - 1
+    keep = np.any(corners != corners[prev], axis=1)
+    corners, ring_of = corners[keep], ring_of[keep]
+    coords = np.column_stack((edges_x[corners[:, 0]], edges_y[corners[:, 1]])).astype(np.float64)
+    # Shoelace area of every ring; holes smaller than min_area are filled.
+    kept = np.bincount(ring_of, minlength=len(order))
+    first = np.cumsum(kept) - kept
+    following = np.arange(len(coords)) + 1
+    following[first + kept - 1] = first
+    cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
+    ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
+    is_hole = np.array([hierarchy[k][3] != -1 for k in order])
+    ring_ok = ~is_hole | (ring_area >= min_area)
+    # Pixel-edge rings are simple unless they pass a corner twice (a region or a hole joined only at a
+    # corner); only their polygons need GEOS's validity repair, the rest skip its (costlier) checks.
+    key = np.sort(ring_of.astype(np.int64) << 40 | corners[:, 0].astype(np.int64) << 20 | corners[:, 1])
+    repeated = np.unique(key[1:][key[1:] == key[:-1]] >> 40)
+    owner_arr = np.array(owner)
+    pinched = np.zeros(owner_arr[-1] + 1, dtype=bool)
+    pinched[owner_arr[repeated]] = True
+    on = ring_ok[ring_of]
+    dense_ring = np.cumsum(ring_ok) - 1
+    rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
+    geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
+    if pinched.any():
+        geoms[pinched] = shapely.make_valid(geoms[pinched])
     parts = shapely.get_parts(geoms)  # a split region gives a MultiPolygon: one feature per part
     parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
     return list(parts[shapely.area(parts) >= max(min_area, 1e-9)])
-
-
-def _repeats_a_vertex(ring: np.ndarray) -> bool:
-    packed = ring[:, 0].astype(np.int64) << 32 | ring[:, 1].astype(np.int64)
-    return len(np.unique(packed)) < len(packed)
 
 
 def _simplified(geoms: list[shapely.Polygon], tolerance: float) -> list[shapely.Polygon]:
@@ -171,8 +186,3 @@ def _feature(polygon: shapely.Polygon, class_id: int, name: str) -> dict[str, An
 
 def _coords(ring: shapely.LinearRing) -> list[list[int]]:
     return np.rint(shapely.get_coordinates(ring)).astype(np.int64).tolist()
-
-
-def _shoelace(points: np.ndarray) -> float:
-    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
