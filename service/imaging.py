@@ -8,8 +8,10 @@ Decoding policy (every failure is an `ApiError` with a stable code, never a 500)
 - a supported signature that Pillow cannot parse or decode (truncated, bad CRC, broken Huffman data, a GIF
   header followed by a script): 400 `corrupt_image`;
 - zero width or height: 400 `corrupt_image`;
-- more pixels than `max_pixels`, a Pillow decompression bomb, or PNG text/ICC chunks that inflate past
-  Pillow's limits: 413 `image_too_large`.
+- more pixels than `max_pixels`, a Pillow decompression bomb, PNG text/ICC chunks that inflate past
+  Pillow's limits (one chunk or a flood of them), a JPEG with more progressive scans than `jpeg.scan_limit`
+  allows (each scan re-walks the whole image), or an image whose decode alone would exceed the decode memory
+  budget (`service.decode_budget`): 413 `image_too_large`.
 - damaged JPEG entropy data that libjpeg recovers from, and PNG IDAT chunks whose CRC alone is wrong (zlib's
   Adler-32 still vouches for the pixels), decode as browsers show them; so does a PNG cut after its last
   pixel (only the IEND trailer missing).
@@ -18,11 +20,16 @@ Accepted formats are JPEG (MPO, the multi-picture JPEG many phones write, includ
 TIFF. The allow-list goes to `Image.open(formats=...)`, so Pillow never tries its other parsers (EPS, for one,
 would shell out to Ghostscript).
 
-Conversions to RGB, all applied after EXIF orientation:
+Clean RGB and greyscale JPEGs decode through libjpeg-turbo straight to numpy (`service.jpeg`), at the DCT scale
+Pillow's `draft` would pick, so the pixels are the Pillow path's; anything libjpeg warns about goes the Pillow way.
+Every decode holds its estimated peak memory in the process-wide decode budget while it runs.
+
+Conversions to RGB (`service.colour`), all applied after EXIF orientation:
 - transparency (RGBA, LA, PA, palette with tRNS) is composited over white, the background a viewer shows on a
   page, because the colour under fully transparent pixels is arbitrary (often black) and would mislead the model;
 - 16-bit and 32-bit integer greyscale is scaled to 8 bits (`round(v / 257)`), not clipped as Pillow's own
-  `convert("L")` does; float images are taken as 0..1 when they fit, otherwise stretched min..max;
+  `convert("L")` does; float images are taken as 0..1 when they fit, otherwise stretched min..max; both in row
+  blocks, so no full-size wide copy is ever made;
 - CMYK with an embedded ICC profile goes through LittleCMS to sRGB, otherwise Pillow's plain conversion;
 - animated GIF/PNG/WebP and multi-page TIFF give their first frame.
 
