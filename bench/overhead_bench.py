@@ -5,9 +5,9 @@ Method: a real `segment-serve` (one intra-op thread, the embedded model) answers
 requests, divided by their number, minus the model's own CPU-ms per image (measured in this process on the same
 letterboxed tensor), is the overhead. Many short rounds alternate between the "before" and "after" servers, so
 both see the same machine load; the table gives medians over rounds, and the overhead once more scaled to the
-quietest model time of the run (a shared machine stretches every CPU-ms with its neighbours' load). A stage split (decode, resize, render,
-serialize, measured in-process with thread CPU time; "HTTP and the rest" is what remains of the server's cost)
-says where the overhead goes.
+quietest model time of the run (a shared machine stretches every CPU-ms with its neighbours' load). A stage
+split (decode, resize, render, serialize, measured in-process with thread CPU time; "HTTP and the rest" is what
+remains of the server's cost) says where the overhead goes.
 
 Usage:
     git archive <old-commit> | tar -x -C /tmp/before
