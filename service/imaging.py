@@ -184,7 +184,7 @@ def _decode_jpeg_fast(data: bytes, img: Image.Image,
         # letterbox resizing but change the model input (masks agreed on only 99.1-99.8% of pixels).
         target = compute_letterbox(height, width, reduce_to)
         scale = min(width // target.new_w, height // target.new_h)
-        denom = next(d for d in (8, 4, 2, 1) if scale >= d)
+        denom = next((d for d in (8, 4, 2) if scale >= d), 1)  # 1: no reduction (smaller than the target)
         min_w, min_h = -(-width // denom), -(-height // denom)
     try:
         pixels = jpeg.decode_rgb(data, min_w, min_h)

@@ -32,7 +32,10 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 
 def bit_depth(n_colours: int) -> int:
     """The smallest PNG palette bit depth holding `n_colours` entries (Pillow's choice too)."""
-    return next(bits for bits in (1, 2, 4, 8) if n_colours <= 1 << bits)
+    for bits in (1, 2, 4, 8):
+        if n_colours <= 1 << bits:
+            return bits
+    raise ValueError(f"a PNG palette holds at most 256 colours, got {n_colours}")
 
 
 def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:

@@ -205,7 +205,8 @@ def test_fast_path_equals_pillow_for_layouts(kw: dict) -> None:
 
 
 @pytest.mark.parametrize(("size", "target"), [((1024, 768), 320), ((4032, 3024), 320), ((741, 500), 320),
-                                             ((1920, 1080), 512), ((640, 480), 600)])
+                                             ((1920, 1080), 512), ((640, 480), 600), ((96, 64), 320),
+                                             ((5, 3), 320), ((2000, 30), 64)])
 def test_reduced_decode_is_the_pillow_draft_pixel_for_pixel(size: tuple[int, int], target: int) -> None:
     """The fast path decodes at the DCT scale Pillow's draft picks: the model input is unchanged."""
     data = jpeg_bytes(photo("astronaut.png", size=size), quality=90)
