@@ -52,8 +52,8 @@ def polygons_geojson(
     - Geometry is a Polygon `[outer, *holes]`; rings are closed and, as RFC 7946 asks, the outer ring is
       counter-clockwise and holes clockwise in the x/y plane of the numbers (x = column, y = row).
     - Every geometry is valid by OGC rules (`shapely.is_valid`); vertices are integers.
-    - `tolerance` > 0 simplifies rings (pixels; topology-preserving Douglas-Peucker). Larger than the image's
-      diagonal means the same as the diagonal.
+    - `tolerance` > 0 simplifies rings (pixels; Douglas-Peucker, topology-preserving where plain DP would make
+      a ring invalid). Larger than the image's diagonal means the same as the diagonal.
     - `min_area` drops regions with fewer pixels than that, and fills holes smaller than that.
     - properties: `class_id`, `class_name`, `area` (of the geometry, holes excluded: the region's pixel count
       when not simplified), `bbox` [x0, y0, x1, y1) of the geometry.
@@ -76,7 +76,8 @@ def polygons_geojson(
         if tolerance > 0 and geoms:
             geoms = _simplified(geoms, tolerance)
         name = class_name(classes, class_id)
-        features.extend(_feature(g, class_id, name) for g in geoms)
+        if geoms:
+            features.extend(_features(geoms, class_id, name))
     for i, feature in enumerate(features):
         feature["id"] = i
     return {"type": "FeatureCollection", "features": features}
@@ -155,34 +156,38 @@ def _class_polygons(mask: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray,
 
 def _simplified(geoms: list[shapely.Polygon], tolerance: float) -> list[shapely.Polygon]:
     """Douglas-Peucker; a part it makes invalid gets the topology-preserving variant instead (3x slower on a
-    whole map, so only where needed), and one that would vanish stays as it was."""
+    whole map, so only where needed), and one that would vanish or stay invalid is kept as it was."""
     original = np.array(geoms, dtype=object)
     simple = shapely.simplify(original, tolerance, preserve_topology=False)
-    invalid = ~shapely.is_valid(simple)
-    if invalid.any():
-        simple[invalid] = shapely.simplify(original[invalid], tolerance, preserve_topology=True)
-    bad = ~shapely.is_valid(simple) | shapely.is_empty(simple) | (shapely.area(simple) <= 0)
+    bad = ~shapely.is_valid(simple)
+    if bad.any():
+        simple[bad] = shapely.simplify(original[bad], tolerance, preserve_topology=True)
+        bad[bad] = ~shapely.is_valid(simple[bad])
+    bad |= shapely.is_empty(simple) | (shapely.area(simple) <= 0)
     simple[bad] = original[bad]
     return list(simple)
 
 
-def _feature(polygon: shapely.Polygon, class_id: int, name: str) -> dict[str, Any]:
+def _features(geoms: list[shapely.Polygon], class_id: int, name: str) -> list[dict[str, Any]]:
+    """GeoJSON Features, all parts of a class at once (vectorised shapely calls)."""
     # RFC 7946: outer ring counter-clockwise, holes clockwise, in the x/y plane of the numbers
-    polygon = shapely.orient_polygons(polygon, exterior_cw=False)
-    rings = [polygon.exterior, *polygon.interiors]
-    x0, y0, x1, y1 = polygon.bounds
-    area = polygon.area
-    return {
-        "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": [_coords(r) for r in rings]},
-        "properties": {
-            "class_id": class_id,
-            "class_name": name,
-            "area": int(area) if area == int(area) else round(area, 3),
-            "bbox": [int(x0), int(y0), int(x1), int(y1)],
-        },
-    }
-
-
-def _coords(ring: shapely.LinearRing) -> list[list[int]]:
-    return np.rint(shapely.get_coordinates(ring)).astype(np.int64).tolist()
+    polygons = shapely.orient_polygons(np.array(geoms, dtype=object), exterior_cw=False)
+    areas, bounds = shapely.area(polygons), shapely.bounds(polygons).astype(np.int64).tolist()
+    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)  # exterior first, then the holes
+    coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
+    per_ring = np.split(np.rint(coords).astype(np.int64), np.flatnonzero(np.diff(coord_ring)) + 1)
+    ring_lists = [ring.tolist() for ring in per_ring]
+    first_ring = np.searchsorted(ring_polygon, np.arange(len(polygons) + 1))
+    features = []
+    for i, area in enumerate(areas.tolist()):
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": ring_lists[first_ring[i] : first_ring[i + 1]]},
+            "properties": {
+                "class_id": class_id,
+                "class_name": name,
+                "area": int(area) if area == int(area) else round(area, 3),
+                "bbox": bounds[i],
+            },
+        })
+    return features
