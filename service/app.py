@@ -27,12 +27,14 @@ from . import __version__, outputs
 from .admission import Admission, Slots, UploadBudget, declared_length, low_priority_pool
 from .batcher import Batcher
 from .connection import BodyDeadlineMiddleware
-from .engine import Engine, decode_and_prepare, finish, load_engine
+from .decode_budget import DECODE_BUDGET
+from .engine import Engine, decode_and_prepare, load_engine
 from .errors import ApiError
 from .imaging import decode_image
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
+from .outputs.labelmap import LabelMap
 from .results_cache import ResultsCache, new_result_id
 from .settings import Settings
 
@@ -144,6 +146,7 @@ async def _read_upload(request: Request, settings: Settings) -> bytes:
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or Settings()
+    DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
     metrics = Metrics(settings.max_batch_size)
     state = ServiceState(
         settings=settings, metrics=metrics,
@@ -293,7 +296,8 @@ def _install_routes(app: FastAPI) -> None:
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours"),
         format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
         tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
-        min_area: float = Query(0.0, ge=0.0, description="drop polygons smaller than this, pixels²"),
+        min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
+                                                                 "default 0.01% of the image"),
         admission: Admission = Depends(_admit),
     ) -> Response:
         state = _state(request)
@@ -406,8 +410,8 @@ def _install_routes(app: FastAPI) -> None:
 
 def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
                        labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,
-                       tolerance: float, min_area: float) -> tuple[bytes | dict[str, Any], str]:
-    labels = finish(labels_small, info)
+                       tolerance: float, min_area: float | None) -> tuple[bytes | dict[str, Any], str]:
+    labels = LabelMap.from_model(labels_small, info)  # the upload-size map, without materialising it
     state.cache.put(result_id, labels, data)
     return outputs.render_output(kind, image, labels, engine.metadata, {"id": result_id, "model": engine.name},
                                  alpha=alpha, fmt=fmt, tolerance=tolerance, min_area=min_area)

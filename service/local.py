@@ -50,7 +50,7 @@ class LocalSegmenter:
                                             {"model": self.engine.name},
                                             alpha=0.5 if alpha is None else alpha, fmt=format or "jpeg",
                                             tolerance=1.0 if tolerance is None else tolerance,
-                                            min_area=0.0 if min_area is None else min_area)
+                                            min_area=min_area)
         timing = {"decode": t1 - t0, "inference": t2 - t1, "encode": time.perf_counter() - t2}
         if isinstance(body, dict):
             body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 from cachetools import TTLCache
 
+from .outputs.labelmap import LabelMap
+
 
 @dataclass(frozen=True)
 class StoredResult:
-    """A label map at original size and the encoded upload it came from (decoded again for an overlay).
+    """A label map at original size (or a `LabelMap`: the model's map and its way back to that size, ~10x
+    smaller) and the encoded upload it came from (decoded again for an overlay).
 
     Keeping the upload's bytes rather than its decoded pixels costs ~10-20x less memory for JPEGs, and lets
     `/segment` decode a reduced image when it does not need the full-resolution one.
     """
 
-    labels: np.ndarray
+    labels: np.ndarray | LabelMap
     source: bytes
     created: float
 
@@ -64,7 +67,7 @@ class ResultsCache:
             self._items.expire()
             return len(self._items)
 
-    def put(self, result_id: str, labels: np.ndarray, source: bytes) -> bool:
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
         item = StoredResult(labels, source, self._clock())
         if not self.enabled or item.nbytes > self.max_bytes:

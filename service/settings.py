@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
     max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="accepts 40e6")
+    decode_memory_bytes: ByteSize = Field(ByteSize(1024 * MB), ge=1,
+                                          description="memory that image decodes in flight may hold together")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")

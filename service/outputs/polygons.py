@@ -1,124 +1,193 @@
-"""Label map → GeoJSON-like polygons in pixel coordinates, holes included (OpenCV contours)."""
+"""Label map → GeoJSON polygons in pixel coordinates: valid OGC geometry whose area is the region's pixel count.
+
+Rings run along pixel *edges* (a pixel (row r, column c) is the square [c, c+1] x [r, r+1]), so
+- a region of n pixels is a polygon of area exactly n (a single pixel is the unit square, a one-pixel-wide line a
+  thin rectangle: nothing degenerates);
+- the geometry is traced on the model-size map of a `LabelMap` and mapped to the upload's size exactly: a model
+  pixel's edges land on the edges of the block of output pixels it became, so tracing the small map gives the
+  very polygons tracing the full map would, at a tenth of the cost.
+
+How: OpenCV traces borders through pixel centres. On the mask doubled in size (every pixel a 2x2 block) the
+border sub-pixel at doubled coordinate p sits next to original pixel edge (p + 1) // 2, so the traced chain
+mapped that way visits exactly the pixel-edge corners of the region. Regions are 8-connected (OpenCV's rule);
+where two parts of one region touch only at a corner the ring touches itself, which OGC forbids: shapely's
+`make_valid` splits it there into polygons that touch at that point (each its own feature). Simplification is
+Douglas-Peucker, checked: where it would make a ring cross itself or its holes, shapely's topology-preserving
+variant is used instead.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+import shapely
 
-from service.outputs.stats import class_counts, class_name
+from service.outputs.labelmap import LabelMap, as_label_map
+from service.outputs.stats import class_name
+
+# The API's default `min_area` as a fraction of the image: specks below 0.01% of the picture (~79 px at
+# 1024x768, under one pixel of a 320 model's map... rounded up to whole pixels) are noise, not objects.
+DEFAULT_MIN_AREA_FRACTION = 1e-4
+
+
+def default_min_area(height: int, width: int) -> float:
+    """The `min_area` the API uses when none is given."""
+    return float(max(1, math.ceil(DEFAULT_MIN_AREA_FRACTION * height * width)))
 
 
 def polygons_geojson(
-    labels: np.ndarray,
+    labels: np.ndarray | LabelMap,
     classes: Sequence[str],
     tolerance: float = 0.0,
     min_area: float = 0.0,
     *,
     include_background: bool = False,
 ) -> dict[str, Any]:
-    """One Feature per 8-connected region of each class, as a FeatureCollection in pixel coordinates.
+    """One Feature per connected region of each class, as a FeatureCollection in pixel-edge coordinates.
 
-    - Geometry is a Polygon `[outer, *holes]`; rings are closed (first point repeated) and, as RFC 7946 asks,
-      the outer ring is counter-clockwise and holes clockwise in the x/y plane of the numbers.
-    - Vertices are pixel centres (x = column, y = row) on the region's boundary pixels, so filling the rings
-      with `cv2.fillPoly` redraws the region.
-    - `tolerance` > 0 simplifies rings with Douglas-Peucker (`cv2.approxPolyDP`, in pixels).
-    - `min_area` drops regions with fewer pixels than that, and holes whose polygon area is below it.
-    - properties: `class_id`, `class_name`, `area` (pixels of the region, holes excluded), `bbox` [x0,y0,x1,y1)
+    - Geometry is a Polygon `[outer, *holes]`; rings are closed and, as RFC 7946 asks, the outer ring is
+      counter-clockwise and holes clockwise in the x/y plane of the numbers (x = column, y = row).
+    - Every geometry is valid by OGC rules (`shapely.is_valid`); vertices are integers.
+    - `tolerance` > 0 simplifies rings (pixels; Douglas-Peucker, topology-preserving where plain DP would make
+      a ring invalid). Larger than the image's diagonal means the same as the diagonal.
+    - `min_area` drops regions with fewer pixels than that, and fills holes smaller than that.
+    - properties: `class_id`, `class_name`, `area` (of the geometry, holes excluded: the region's pixel count
+      when not simplified), `bbox` [x0, y0, x1, y1) of the geometry.
     - class 0 (background) is skipped unless `include_background`.
     """
-    if labels.ndim != 2 or labels.dtype != np.uint8:
+    if isinstance(labels, np.ndarray) and (labels.ndim != 2 or labels.dtype != np.uint8):
         raise ValueError(f"labels must be a 2-D uint8 array, got {labels.dtype} {labels.shape}")
-    if tolerance < 0 or min_area < 0:
+    if not (tolerance >= 0 and min_area >= 0):  # also refuses NaN
         raise ValueError("tolerance and min_area must be >= 0")
+    label_map = as_label_map(labels)
+    height, width = label_map.shape
+    tolerance = min(float(tolerance), math.hypot(height, width))
+    small, edges_x, edges_y = _traceable(label_map)
     features: list[dict[str, Any]] = []
-    for class_id in np.flatnonzero(class_counts(labels)):
+    for class_id in np.flatnonzero(label_map.counts):
         class_id = int(class_id)
         if class_id == 0 and not include_background:
             continue
-        mask = (labels == class_id).view(np.uint8)
-        features.extend(_class_features(mask, class_id, class_name(classes, class_id), tolerance, min_area))
+        geoms = _class_polygons((small == class_id).view(np.uint8), edges_x, edges_y, min_area)
+        if tolerance > 0 and geoms:
+            geoms = _simplified(geoms, tolerance)
+        name = class_name(classes, class_id)
+        if geoms:
+            features.extend(_features(geoms, class_id, name))
     for i, feature in enumerate(features):
         feature["id"] = i
     return {"type": "FeatureCollection", "features": features}
 
 
-def _class_features(
-    mask: np.ndarray, class_id: int, name: str, tolerance: float, min_area: float
-) -> list[dict[str, Any]]:
+def _traceable(label_map: LabelMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map to trace and, per column/row edge of it, the edge coordinate at the final size."""
+    if label_map.identity:
+        h, w = label_map.small.shape
+        return label_map.small, np.arange(w + 1), np.arange(h + 1)
+    small, _, _, row_0, col_0 = label_map.used_lines
+    height, width = label_map.shape
+    return small, np.append(col_0, width), np.append(row_0, height)
+
+
+def _class_polygons(mask: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray,
+                    min_area: float) -> list[shapely.Polygon]:
     # Work on the class's bounding box only: small classes then cost little, whatever the image size.
     bx, by, bw, bh = cv2.boundingRect(mask)
-    crop = np.ascontiguousarray(mask[by : by + bh, bx : bx + bw])
-    # RETR_CCOMP: a two-level hierarchy, outer boundaries on top, their holes as children; an island inside a
-    # hole is again a top-level outer. hierarchy rows are [next, previous, first_child, parent].
-    contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE, offset=(bx, by))
+    doubled = cv2.resize(mask[by : by + bh, bx : bx + bw], (2 * bw, 2 * bh), interpolation=cv2.INTER_NEAREST)
+    # RETR_CCOMP: outer borders on top, their holes as children ([next, previous, first_child, parent]).
+    contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
     hierarchy = hierarchy[0]
-    # Pixel counts per region. Every 8-connected region has exactly one outer contour, so the outer count
-    # bounds the component labels; 16-bit labels run ~3x faster than 32-bit when they fit.
-    n_outer = int(np.count_nonzero(hierarchy[:, 3] == -1))
-    ltype = cv2.CV_16U if n_outer < 65535 else cv2.CV_32S
-    _, components, comp_stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8, ltype=ltype)
-    features = []
-    for i, contour in enumerate(contours):
+
+    # Rings in polygon order, each shell followed by its holes; `owner` is the polygon of each ring.
+    order: list[int] = []
+    owner: list[int] = []
+    for i in range(len(contours)):
         if hierarchy[i][3] != -1:
-            continue  # a hole; handled with its parent
-        x, y = contour[0, 0]
-        comp = components[y - by, x - bx]  # an outer contour's points are pixels of its region
-        area = int(comp_stats[comp, cv2.CC_STAT_AREA])
-        if area < min_area:
-            continue
-        outer = _ring(contour, tolerance, ccw=True)
-        if outer is None:
-            # a single pixel or a one-pixel-wide line: keep it as a degenerate but valid box around the pixels
-            outer = _bbox_ring(comp_stats[comp], bx, by)
-        rings = [outer]
-        child = hierarchy[i][2]
-        while child != -1:
-            hole = contours[child]
-            if cv2.contourArea(hole) >= min_area:
-                ring = _ring(hole, tolerance, ccw=False)
-                if ring is not None:
-                    rings.append(ring)
-            child = hierarchy[child][0]
-        left, top, width, height = (int(comp_stats[comp, k]) for k in range(4))
-        left, top = left + bx, top + by
+            continue  # a hole; taken with its parent
+        polygon = owner[-1] + 1 if owner else 0
+        ring = i
+        while ring != -1:
+            order.append(ring)
+            owner.append(polygon)
+            ring = hierarchy[i][2] if ring == i else hierarchy[ring][0]  # first child, then its siblings
+    # All rings at once: doubled-map chain → corners of the traced map (consecutive repeats dropped) → edges
+    # at the final size. Every ring keeps at least its four extreme corners.
+    lengths = np.array([len(contours[k]) for k in order])
+    starts = np.cumsum(lengths) - lengths
+    corners = (np.concatenate([contours[k] for k in order]).reshape(-1, 2) + 1) // 2 + (bx, by)
+    ring_of = np.repeat(np.arange(len(order)), lengths)
+    prev = np.arange(len(corners)) - 1
+    prev[starts] = starts + lengths - 1
+    keep = np.any(corners != corners[prev], axis=1)
+    corners, ring_of = corners[keep], ring_of[keep]
+    coords = np.column_stack((edges_x[corners[:, 0]], edges_y[corners[:, 1]])).astype(np.float64)
+    # Shoelace area of every ring; holes smaller than min_area are filled.
+    kept = np.bincount(ring_of, minlength=len(order))
+    first = np.cumsum(kept) - kept
+    following = np.arange(len(coords)) + 1
+    following[first + kept - 1] = first
+    cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
+    ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
+    is_hole = np.array([hierarchy[k][3] != -1 for k in order])
+    ring_ok = ~is_hole | (ring_area >= min_area)
+    # Pixel-edge rings are simple unless they pass a corner twice (a region or a hole joined only at a
+    # corner); only their polygons need GEOS's validity repair, the rest skip its (costlier) checks.
+    key = np.sort(ring_of.astype(np.int64) << 40 | corners[:, 0].astype(np.int64) << 20 | corners[:, 1])
+    repeated = np.unique(key[1:][key[1:] == key[:-1]] >> 40)
+    owner_arr = np.array(owner)
+    pinched = np.zeros(owner_arr[-1] + 1, dtype=bool)
+    pinched[owner_arr[repeated]] = True
+    on = ring_ok[ring_of]
+    dense_ring = np.cumsum(ring_ok) - 1
+    rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
+    geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
+    if pinched.any():
+        geoms[pinched] = shapely.make_valid(geoms[pinched])
+    parts = shapely.get_parts(geoms)  # a split region gives a MultiPolygon: one feature per part
+    parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+    return list(parts[shapely.area(parts) >= max(min_area, 1e-9)])
+
+
+def _simplified(geoms: list[shapely.Polygon], tolerance: float) -> list[shapely.Polygon]:
+    """Douglas-Peucker; a part it makes invalid gets the topology-preserving variant instead (3x slower on a
+    whole map, so only where needed), and one that would vanish or stay invalid is kept as it was."""
+    original = np.array(geoms, dtype=object)
+    simple = shapely.simplify(original, tolerance, preserve_topology=False)
+    bad = ~shapely.is_valid(simple)
+    if bad.any():
+        simple[bad] = shapely.simplify(original[bad], tolerance, preserve_topology=True)
+        bad[bad] = ~shapely.is_valid(simple[bad])
+    bad |= shapely.is_empty(simple) | (shapely.area(simple) <= 0)
+    simple[bad] = original[bad]
+    return list(simple)
+
+
+def _features(geoms: list[shapely.Polygon], class_id: int, name: str) -> list[dict[str, Any]]:
+    """GeoJSON Features, all parts of a class at once (vectorised shapely calls)."""
+    # RFC 7946: outer ring counter-clockwise, holes clockwise, in the x/y plane of the numbers
+    polygons = shapely.orient_polygons(np.array(geoms, dtype=object), exterior_cw=False)
+    areas, bounds = shapely.area(polygons), shapely.bounds(polygons).astype(np.int64).tolist()
+    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)  # exterior first, then the holes
+    coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
+    per_ring = np.split(np.rint(coords).astype(np.int64), np.flatnonzero(np.diff(coord_ring)) + 1)
+    ring_lists = [ring.tolist() for ring in per_ring]
+    first_ring = np.searchsorted(ring_polygon, np.arange(len(polygons) + 1))
+    features = []
+    for i, area in enumerate(areas.tolist()):
         features.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rings},
+            "geometry": {"type": "Polygon", "coordinates": ring_lists[first_ring[i] : first_ring[i + 1]]},
             "properties": {
                 "class_id": class_id,
                 "class_name": name,
-                "area": area,
-                "bbox": [left, top, left + width, top + height],
+                "area": int(area) if area == int(area) else round(area, 3),
+                "bbox": bounds[i],
             },
         })
     return features
-
-
-def _ring(contour: np.ndarray, tolerance: float, *, ccw: bool) -> list[list[int]] | None:
-    """A closed GeoJSON ring from a contour, or None when it has fewer than 3 distinct vertices."""
-    if tolerance > 0:
-        contour = cv2.approxPolyDP(contour, tolerance, closed=True)
-    points = contour.reshape(-1, 2)
-    if len(points) < 3:
-        return None
-    # Shoelace sign in the numeric x/y plane: positive means counter-clockwise.
-    if (cv2.contourArea(points, oriented=True) > 0) != ccw:
-        points = points[::-1]
-    ring = points.tolist()
-    ring.append(ring[0])
-    return ring
-
-
-def _bbox_ring(stats_row: np.ndarray, dx: int, dy: int) -> list[list[int]]:
-    """The rectangle through the outermost pixel centres of a region too thin to have a polygon area."""
-    x0, y0 = int(stats_row[cv2.CC_STAT_LEFT]) + dx, int(stats_row[cv2.CC_STAT_TOP]) + dy
-    x1 = x0 + int(stats_row[cv2.CC_STAT_WIDTH]) - 1
-    y1 = y0 + int(stats_row[cv2.CC_STAT_HEIGHT]) - 1
-    # counter-clockwise in the numeric plane: (x0,y0) → (x1,y0) → (x1,y1) → (x0,y1)
-    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]

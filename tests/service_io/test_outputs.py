@@ -7,6 +7,8 @@ import io
 import cv2
 import numpy as np
 import pytest
+import shapely
+import shapely.geometry
 from PIL import Image
 
 from service.contract import voc_colormap
@@ -116,23 +118,15 @@ def test_overlay_rejects_bad_arguments() -> None:
 
 
 def rasterise(features: list[dict], shape: tuple[int, int]) -> np.ndarray:
-    """Draw each polygon: outer ring filled, holes cleared (an independent reading of the GeoJSON)."""
+    """The pixels whose centre lies inside a feature (rings run along pixel edges): an independent reading of
+    the GeoJSON through shapely, holes included."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
     mask = np.zeros(shape, dtype=np.uint8)
     for feature in features:
-        outer, *holes = feature["geometry"]["coordinates"]
-        cv2.fillPoly(mask, [np.array(outer, dtype=np.int32)], 1)
-        for hole in holes:
-            hole_mask = np.zeros(shape, dtype=np.uint8)
-            cv2.fillPoly(hole_mask, [np.array(hole, dtype=np.int32)], 1)
-            # the hole ring runs through the region's own pixels around the hole: keep those
-            mask[(hole_mask == 1) & ~_ring_pixels(hole, shape)] = 0
+        geom = shapely.geometry.shape(feature["geometry"])
+        assert geom.is_valid, shapely.is_valid_reason(geom)
+        mask[shapely.contains_xy(geom, xs + 0.5, ys + 0.5)] = 1
     return mask
-
-
-def _ring_pixels(ring: list[list[int]], shape: tuple[int, int]) -> np.ndarray:
-    line = np.zeros(shape, dtype=np.uint8)
-    cv2.polylines(line, [np.array(ring, dtype=np.int32)], True, 1)
-    return line.astype(bool)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,7 +32,7 @@ def big_photo() -> np.ndarray:
 
 
 @pytest.mark.parametrize(("size", "expected"), [(512, (384, 512)), (256, (192, 256)), (128, (96, 128)),
-                                                (100, (96, 128)), (600, (768, 1024))])
+                                                (100, (96, 128)), (320, (384, 512)), (600, (768, 1024))])
 def test_jpeg_decodes_at_the_smallest_dct_scale_not_below_the_letterbox(big_photo, size, expected) -> None:
     image, orig_hw = decode_image_for_model(jpeg(big_photo), MAX_PIXELS, size)
     assert orig_hw == (768, 1024)

@@ -1,0 +1,80 @@
+"""CPU-ms per stage of one request, in-process and single-threaded, for the overhead benchmark.
+
+Run as a script with the checkout under test first on PYTHONPATH (`bench.overhead_bench` does that for the
+"before" and "after" trees), so the same measurement drives two versions of `service`:
+
+    PYTHONPATH=<checkout> python bench/overhead_stages.py <model.onnx> <upload.jpg> <reps>
+
+Prints one JSON object: {kind: {stage: cpu_ms}} plus "model" (the model's own CPU-ms per image at one intra-op
+thread). Stages: `decode` (bytes → letterboxed tensor), `resize` (the model's map back to the upload's size, or
+to a `LabelMap` where the version has one), `render` (body: PNG or dict), `serialize` (the JSON response body).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+KINDS = ("labels", "stats", "polygons")
+
+
+def cpu_ms(fn: Callable[[], Any], reps: int) -> float:
+    """Mean thread CPU-ms of `fn` over `reps` calls after one warm-up call."""
+    fn()
+    start = time.thread_time()
+    for _ in range(reps):
+        fn()
+    return (time.thread_time() - start) / reps * 1000
+
+
+def model_cpu_ms(engine: Any, tensor: Any, reps: int) -> float:
+    """Process CPU-ms per image of the model alone (one intra-op thread, batch of one)."""
+    batch = tensor[None]
+    engine.run(batch)
+    start = time.process_time()
+    for _ in range(reps):
+        engine.run(batch)
+    return (time.process_time() - start) / reps * 1000
+
+
+def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
+    from starlette.responses import JSONResponse
+
+    from service import engine as engine_mod
+    from service import outputs
+    from service.settings import Settings
+
+    engine = engine_mod.load_engine(Settings(model_path=model, intra_op_threads=1))
+    header = {"id": "0" * 22, "model": engine.name}
+    _, tensor, info = engine_mod.decode_and_prepare(engine, data, 40_000_000)
+    small = engine.run(tensor[None])[0]
+    result: dict[str, Any] = {"model": model_cpu_ms(engine, tensor, reps)}
+    decode = cpu_ms(lambda: engine_mod.decode_and_prepare(engine, data, 40_000_000), reps)
+    try:  # newer versions keep the model-size map and its index maps instead of resizing up front
+        from service.outputs.labelmap import LabelMap
+
+        def back() -> Any:
+            return LabelMap.from_model(small, info)
+    except ImportError:
+        def back() -> Any:
+            return engine_mod.finish(small, info)
+    for kind in KINDS:
+        stages = {"decode": decode, "resize": cpu_ms(back, reps)}
+
+        def render(kind: str = kind) -> Any:  # a fresh map each time: nothing cached between calls
+            return outputs.render_output(kind, None, back(), engine.metadata, header)[0]
+        stages["render"] = cpu_ms(render, reps) - stages["resize"]
+        body = render()
+        if isinstance(body, dict):
+            stages["serialize"] = cpu_ms(lambda body=body: JSONResponse(body), reps)
+        result[kind] = stages
+    return result
+
+
+if __name__ == "__main__":
+    model_path, upload, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with open(upload, "rb") as f:
+        print(json.dumps(measure(model_path, f.read(), n)))

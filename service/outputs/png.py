@@ -1,0 +1,85 @@
+"""The class-id palette PNG, written directly: packed rows, PNG's "Up" filter, zlib-ng's run-length deflate.
+
+Why not Pillow: for a 1024x768 map Pillow spends ~1.3 ms in its own row packing and filtering before zlib sees a
+byte (measured at compress_level=0), ~1.9 ms in all. Here rows are packed once per *model* row (the
+upload-size map repeats each model row several times), a repeated row becomes a row of zeros under the Up
+filter, and zlib-ng's Z_RLE deflate (~6x faster than zlib's on the same bytes) squeezes those runs:
+~0.3 ms, about the same size. The format is plain PNG (IHDR, PLTE, IDAT, IEND), bit depth 1/2/4/8 chosen
+from the palette size as Pillow does, so every decoder reads the class ids back unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+
+import numpy as np
+from zlib_ng import zlib_ng
+
+from service.outputs.labelmap import LabelMap
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOUR_TYPE_PALETTE = 3
+_FILTER_UP = 2
+# Level 1 with Z_RLE: label maps are runs; a higher level only costs time (same size at 6, measured).
+_LEVEL = 1
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bit_depth(n_colours: int) -> int:
+    """The smallest PNG palette bit depth holding `n_colours` entries (Pillow's choice too)."""
+    for bits in (1, 2, 4, 8):
+        if n_colours <= 1 << bits:
+            return bits
+    raise ValueError(f"a PNG palette holds at most 256 colours, got {n_colours}")
+
+
+def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack each row of 2-D uint8 `values` (< 2**bits) into PNG's big-endian sub-byte layout."""
+    if bits == 8:
+        return values
+    per_byte = 8 // bits
+    h, w = values.shape
+    if bits == 4 and w % 2 == 0 and sys.byteorder == "little" and values.flags.c_contiguous:
+        # Two pixels as one little-endian uint16 (even pixel low): (even << 4) | odd in three array passes,
+        # ~5x faster than the strided general path below.
+        pairs = values.view(np.uint16)
+        return ((pairs << 4) | (pairs >> 8)).astype(np.uint8)
+    padded_w = -(-w // per_byte) * per_byte
+    if padded_w != w:
+        values = np.pad(values, ((0, 0), (0, padded_w - w)))
+    groups = values.reshape(h, padded_w // per_byte, per_byte)
+    packed = groups[:, :, 0] << (8 - bits)
+    for i in range(1, per_byte):
+        packed |= groups[:, :, i] << (8 - bits * (i + 1))
+    return packed
+
+
+def encode_palette_png(labels: LabelMap, palette_rgb: np.ndarray) -> bytes:
+    """A palette PNG of `labels` (pixel value = class id) with `palette_rgb` (n×3 uint8) as its PLTE."""
+    n_colours = len(palette_rgb)
+    if not 1 <= n_colours <= 256:
+        raise ValueError(f"a PNG palette holds 1..256 colours, got {n_colours}")
+    height, width = labels.shape
+    bits = bit_depth(n_colours)
+    wide, rows = labels.wide_rows()
+    packed = pack_rows(wide, bits)
+    # Up filter: each output row minus the one above (uint8 wrap-around, as PNG defines it); a repeated source
+    # row gives zeros. The first row's "above" is zeros, so it is stored as is.
+    body = np.empty((height, packed.shape[1] + 1), dtype=np.uint8)
+    body[:, 0] = _FILTER_UP
+    body[0, 1:] = packed[rows[0]]
+    if height > 1:
+        changed = np.flatnonzero(rows[1:] != rows[:-1]) + 1
+        body[1:, 1:] = 0
+        body[changed, 1:] = packed[rows[changed]] - packed[rows[changed - 1]]
+    compressor = zlib_ng.compressobj(_LEVEL, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_RLE)
+    idat = compressor.compress(body) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bits, _COLOUR_TYPE_PALETTE, 0, 0, 0)
+    return b"".join((_SIGNATURE, _chunk(b"IHDR", header),
+                     _chunk(b"PLTE", np.ascontiguousarray(palette_rgb, dtype=np.uint8).tobytes()),
+                     _chunk(b"IDAT", idat), _chunk(b"IEND", b"")))
