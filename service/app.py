@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,15 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__, outputs
 from .admission import Admission, Slots, UploadBudget, declared_length, low_priority_pool
 from .batcher import Batcher
+from .codec import Codec
 from .connection import BodyDeadlineMiddleware
 from .decode_budget import DECODE_BUDGET
-from .engine import Engine, decode_and_prepare, load_engine
+from .engine import Engine, load_engine
 from .errors import ApiError
 from .imaging import decode_image
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
-from .outputs.labelmap import LabelMap
 from .results_cache import ResultsCache, new_result_id
 from .settings import Settings
 
@@ -63,6 +61,7 @@ class ServiceState:
     render_pool: ThreadPoolExecutor
     engine: Engine | None = None
     batcher: Batcher | None = None
+    codec: Codec | None = None  # decode and encode, in `pool` or in worker processes
     warm: bool = False
     warmup_error: str | None = None
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -99,6 +98,12 @@ async def _admit(request: Request) -> AsyncIterator[Admission]:
     state = _state(request)
     with Admission(state, state.uploads, declared_length(request.headers, state.settings.max_upload_bytes)) as ticket:
         yield ticket
+
+
+def _codec(state: ServiceState) -> Codec:
+    if state.codec is None:
+        raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
+    return state.codec
 
 
 def _engine(state: ServiceState) -> tuple[Engine, Batcher]:
@@ -173,6 +178,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                                 concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
                                 padded_size=eng.padded_size)
         state.batcher.start()
+        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels, processes=settings.codec_processes,
+                            decode_memory_bytes=settings.decode_memory_bytes)
         state.warmup_task = loop.create_task(_warm_up(state))
         try:
             yield
@@ -181,6 +188,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if state.warmup_task is not None:
                 state.warmup_task.cancel()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
+            state.codec.shutdown()
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
@@ -230,6 +238,8 @@ async def _warm_up(state: ServiceState) -> None:
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
     try:
         await asyncio.to_thread(state.engine.warm_up, sizes)
+        if state.codec is not None:
+            await asyncio.to_thread(state.codec.warm_up)
         if state.engine.runner is not None:
             for bucket in state.engine.runner.buckets:
                 if bucket.memory_bytes is not None:
@@ -305,7 +315,6 @@ def _install_routes(app: FastAPI) -> None:
         engine, batcher = _engine(state)
         request_id = request.state.request_id
         kind = output or _negotiate(request.headers.get("accept"))
-        loop = asyncio.get_running_loop()
         timing: dict[str, float] = {}
 
         data = await _read_upload(request, settings)  # under the body deadline (service/connection.py)
@@ -314,10 +323,9 @@ def _install_routes(app: FastAPI) -> None:
         admission.admit()
 
         t0 = time.perf_counter()
+        codec = _codec(state)
         with batcher.expecting():  # a batch being formed now waits for this image
-            image, tensor, info = await loop.run_in_executor(
-                state.pool, functools.partial(decode_and_prepare, engine, data, settings.max_pixels,
-                                              full_resolution=kind == "overlay"))
+            image, tensor, info = await codec.decode(data, full_resolution=kind == "overlay")
         timing["decode"] = time.perf_counter() - t0
 
         result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
@@ -325,9 +333,10 @@ def _install_routes(app: FastAPI) -> None:
 
         t0 = time.perf_counter()
         result_id = new_result_id()
-        body, media = await loop.run_in_executor(
-            state.pool, _finish_and_encode, state, engine, data, image, result.labels, info, result_id, kind,
-            alpha, format, tolerance, min_area)
+        body, media, label_map = await codec.encode(
+            kind, image, result.labels, info, {"id": result_id, "model": engine.name}, alpha=alpha, fmt=format,
+            tolerance=tolerance, min_area=min_area)
+        state.cache.put(result_id, label_map, data)
         timing["encode"] = time.perf_counter() - t0
         for stage, seconds in timing.items():
             metrics.stage_duration.labels(stage=stage).observe(seconds)
@@ -403,15 +412,3 @@ def _install_routes(app: FastAPI) -> None:
         if state.batcher is not None:
             state.metrics.queue_depth.set(state.batcher.depth)
         return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-
-# -- work done in the codec thread pool, off the event loop ---------------------------------------------------
-
-
-def _finish_and_encode(state: ServiceState, engine: Engine, data: bytes, image: np.ndarray,
-                       labels_small: np.ndarray, info: Any, result_id: str, kind: str, alpha: float, fmt: str,
-                       tolerance: float, min_area: float | None) -> tuple[bytes | dict[str, Any], str]:
-    labels = LabelMap.from_model(labels_small, info)  # the upload-size map, without materialising it
-    state.cache.put(result_id, labels, data)
-    return outputs.render_output(kind, image, labels, engine.metadata, {"id": result_id, "model": engine.name},
-                                 alpha=alpha, fmt=fmt, tolerance=tolerance, min_area=min_area)
