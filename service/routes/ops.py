@@ -1,0 +1,58 @@
+"""Operations: `/classes`, `/healthz`, `/readyz` and `/metrics`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ..engine import Engine
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..state import ServiceState, loaded_engine, service_state
+
+router = APIRouter()
+
+
+@router.get("/classes", summary="Class names and colours from the model metadata")
+async def classes(engine: Engine = Depends(loaded_engine)) -> dict[str, Any]:
+    meta = engine.metadata
+    return {
+        "model": engine.name, "arch": meta.arch, "precision": engine.precision,
+        "input_size": meta.input_size, "ignore_index": meta.ignore_index, "source": meta.source,
+        "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
+                    for i, name in enumerate(meta.classes)],
+    }
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",
+            responses={503: {"description": "not ready: loading, warming up, overloaded or shutting down"}})
+async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
+    ready, status = state.readiness()
+    body: dict[str, Any] = {"ready": ready, "status": status}
+    if state.engine is not None:
+        eng = state.engine
+        body.update(provider=eng.provider, requested_providers=eng.requested_providers,
+                    precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
+                    input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
+                    max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None)
+        if eng.runner is not None:
+            body.update(eng.runner.describe())
+    if state.warmup_error:
+        body["error"] = state.warmup_error
+    if state.batcher is not None:
+        body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue,
+                    concurrent_batches=state.batcher.concurrency)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True, response_class=PlainTextResponse)
+async def metrics_route(state: ServiceState = Depends(service_state)) -> Response:
+    if state.batcher is not None:
+        state.metrics.queue_depth.set(state.batcher.depth)
+    return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)

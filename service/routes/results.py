@@ -1,0 +1,38 @@
+"""`GET /results/{id}/{name}`: a recent result rendered again from the results cache."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from .. import outputs
+from ..engine import Engine
+from ..errors import ApiError
+from ..imaging import decode_image
+from ..state import ServiceState, loaded_engine, service_state
+
+router = APIRouter()
+
+
+@router.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
+            responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
+                       503: {"description": "too many re-renders in progress (see Retry-After)"}})
+async def result(result_id: str, name: Literal["labels.png", "color.png", "overlay.png"],
+                 state: ServiceState = Depends(service_state), engine: Engine = Depends(loaded_engine)) -> Response:
+    stored = state.cache.get(result_id)
+    if stored is None:
+        raise ApiError(404, "result_not_found", f"no result {result_id!r} (unknown or expired)")
+    kind = name.removesuffix(".png")
+
+    def encode() -> bytes:
+        # The upload was accepted once, so it decodes again; only an overlay needs its pixels.
+        image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
+        body, _ = outputs.render_output(kind, image, stored.labels, engine.metadata, fmt="png")
+        return body  # type: ignore[return-value]  # image kinds are always bytes
+
+    with state.renders:  # bounded and in its own pool: refetches cannot starve /segment
+        data = await asyncio.get_running_loop().run_in_executor(state.render_pool, encode)
+    return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})

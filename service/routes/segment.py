@@ -1,0 +1,138 @@
+"""`POST /segment`: read the upload, decode, batch, infer, encode; the answer the client asked for."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from ..admission import Admission
+from ..batcher import Batcher
+from ..codec import Codec
+from ..engine import Engine
+from ..errors import ApiError
+from ..results_cache import new_result_id
+from ..settings import Settings
+from ..state import ServiceState, active_codec, admission, loaded_engine, running_batcher, service_state
+
+router = APIRouter()
+
+OutputKind = Literal["labels", "color", "overlay", "polygons", "stats"]
+# Accept-header negotiation when `output` is not given: first match by quality wins.
+_ACCEPT_TO_OUTPUT = {"image/png": "labels", "image/jpeg": "overlay", "application/geo+json": "polygons",
+                     "application/json": "stats"}
+
+
+
+def _negotiate(accept: str | None) -> str:
+    """The output kind for an Accept header (labels when nothing specific is asked for)."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, part in enumerate((accept or "").split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if media.lower() in _ACCEPT_TO_OUTPUT and q > 0:
+            ranked.append((-q, index, _ACCEPT_TO_OUTPUT[media.lower()]))
+    return min(ranked)[2] if ranked else "labels"
+
+
+async def _read_upload(request: Request, settings: Settings) -> bytes:
+    """The image bytes: multipart field `image`, or the raw body for any other content type."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=4, max_fields=32, max_part_size=settings.max_upload_bytes)
+        try:
+            field_value = form.get("image")
+            if field_value is None:
+                raise ApiError(422, "invalid_request", "multipart body has no field named 'image'")
+            if isinstance(field_value, UploadFile):
+                return await field_value.read()
+            return field_value.encode("latin-1", errors="replace")  # a text field: let decode judge it
+        finally:
+            await form.close()
+    # Any other type (image/*, application/octet-stream, curl --data-binary's form-urlencoded default) is the
+    # image itself; decode_image sniffs the real format from the bytes.
+    return await request.body()
+
+
+_SEGMENT_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {
+        "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
+                "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}, "application/geo+json": {}}},
+        "400": {"description": "empty body or corrupt image"},
+        "408": {"description": "the body stopped arriving (body deadline)"},
+        "413": {"description": "upload or image too large"},
+        "415": {"description": "not a supported image"},
+        "422": {"description": "invalid parameters or missing field `image`"},
+        "503": {"description": "overloaded (see Retry-After)"},
+        "504": {"description": "inference timed out"},
+    },
+}
+
+
+@router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
+async def segment(
+    request: Request,
+    output: OutputKind | None = Query(None, description="labels | color | overlay | polygons | stats; "
+                                                        "default from Accept, else labels"),
+    alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours"),
+    format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
+    tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
+    min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
+                                                             "default 0.01% of the image"),
+    ticket: Admission = Depends(admission),
+    state: ServiceState = Depends(service_state),
+    engine: Engine = Depends(loaded_engine),
+    batcher: Batcher = Depends(running_batcher),
+    codec: Codec = Depends(active_codec),
+) -> Response:
+    settings, metrics = state.settings, state.metrics
+    request_id = request.state.request_id
+    kind = output or _negotiate(request.headers.get("accept"))
+    timing: dict[str, float] = {}
+
+    data = await _read_upload(request, settings)  # under the body deadline (service/connection.py)
+    if not data:
+        raise ApiError(400, "empty_body", "the request carried no image bytes")
+    ticket.admit()
+
+    t0 = time.perf_counter()
+    with batcher.expecting():  # a batch being formed now waits for this image
+        image, tensor, info = await codec.decode(data, full_resolution=kind == "overlay")
+    timing["decode"] = time.perf_counter() - t0
+
+    result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
+    timing["queue"], timing["inference"] = result.queue_s, result.inference_s
+
+    t0 = time.perf_counter()
+    result_id = new_result_id()
+    body, media, label_map = await codec.encode(
+        kind, image, result.labels, info, {"id": result_id, "model": engine.name}, alpha=alpha, fmt=format,
+        tolerance=tolerance, min_area=min_area)
+    state.cache.put(result_id, label_map, data)
+    timing["encode"] = time.perf_counter() - t0
+    for stage, seconds in timing.items():
+        metrics.stage_duration.labels(stage=stage).observe(seconds)
+
+    headers = {"X-Result-ID": result_id, "X-Batch-Size": str(result.batch_size),
+               "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
+    if isinstance(body, dict):
+        body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}
+        return JSONResponse(body, headers=headers, media_type=media)
+    return Response(body, media_type=media, headers=headers)
