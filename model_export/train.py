@@ -1,8 +1,8 @@
 """`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py).
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
-10× LR on weights and 20× on biases; BN stays frozen unless `--train-bn`; labels are nearest-downsampled to
-the logits; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss: the sum of
+10× LR on weights and 20× on biases; BN stays frozen unless `--train-bn` (alias `--is-training`; `stats` for
+statistics only); labels are nearest-downsampled to the logits; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss: the sum of
 per-scale CE terms plus the CE of the element-wise max over scales. `--accumulate N` averages gradients over
 N batches (the seed's batch-1 + iter_size). Checkpoints (see model_export.checkpoint) resume bit-identically.
 """
@@ -28,6 +28,7 @@ from service.contract import VOC_CLASSES, voc_colormap
 
 from .checkpoint import (
     CheckpointError,
+    checkpoint_model_kwargs,
     load_checkpoint_model,
     read_checkpoint,
     rng_state,
@@ -90,11 +91,14 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, max
     return lr
 
 
-def freeze_bn(model: nn.Module) -> None:
-    """BN in eval mode (running statistics stay) and its affine parameters untrainable, like the seed."""
+def freeze_bn(model: nn.Module, statistics: bool = True) -> None:
+    """BN affine parameters (gamma/beta) untrainable, like the seed; with `statistics`, BN also in eval mode
+    (running statistics stay). `statistics=False` is the seed's `--is-training`: statistics update, while
+    gamma and beta stay as loaded (DrSleep's trainer excludes them from the trainable variables)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+            if statistics:
+                m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
 
@@ -205,6 +209,7 @@ class TrainConfig:
     mirror: bool = True
     scales: list[float] = field(default_factory=lambda: [1.0])
     train_bn: bool = False
+    bn_affine: bool = True  # with train_bn: also train gamma/beta (False: statistics only, as DrSleep)
     seed: int = 1234
     save_every: int = 1000
     log_every: int = 10
@@ -270,7 +275,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resume is not None:
         # The network is defined by the checkpoint, whatever the flags say.
         cfg.arch, cfg.classes = resume["arch"], list(resume["classes"])
-        cfg.model_kwargs = dict(resume.get("model_kwargs", {}))
+        cfg.model_kwargs = checkpoint_model_kwargs(resume)
         cfg.init = None
     torch.manual_seed(cfg.seed)
     model = _build(cfg)
@@ -279,6 +284,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device).train()
     if not cfg.train_bn:
         freeze_bn(model)
+    elif not cfg.bn_affine:
+        freeze_bn(model, statistics=False)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, momentum=MOMENTUM)
     start = 0
     if resume is not None:
@@ -390,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
             max_iter=args.iters, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
             weight_decay=args.weight_decay, crop_size=args.crop_size, input_size=args.input_size,
             min_scale=args.min_scale, max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales,
-            train_bn=args.train_bn,
+            train_bn=args.train_bn is not None, bn_affine=args.train_bn != "stats",
             seed=args.seed, save_every=args.save_every, log_every=args.log_every, workers=args.workers,
             device=args.device, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
         )
@@ -432,7 +439,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-scale", type=float, default=1.5)
     p.add_argument("--no-mirror", action="store_true")
     p.add_argument("--scales", default="1", help="multi-scale training, e.g. 1,0.75,0.5")
-    p.add_argument("--train-bn", action="store_true", help="update BN statistics and affine parameters")
+    p.add_argument("--train-bn", "--is-training", nargs="?", const="all", choices=("all", "stats"),
+                   help="train BN: 'all' (the default when given) updates statistics and gamma/beta; 'stats' "
+                        "updates statistics only, as DrSleep's --is-training does. Without it BN is frozen")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10)
