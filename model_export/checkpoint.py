@@ -15,7 +15,9 @@ Format (`format == "model_export.train/1"`):
 | `rng` | python / numpy / torch (and CUDA) generator states |
 | `args` | the training settings, for the record and for resuming |
 | `source` | provenance of the initial weights |
-| `single_block_dilation` | True in files written since single-block dilated stages got their rate; files without it rebuild with `legacy_dilation=True` (see model_export.models), so they compute what they were trained to |
+| `single_block_dilation` | True since single-block dilated stages take their rate (model_export.models) |
+
+Files without `single_block_dilation` rebuild with `legacy_dilation=True`, so they compute what they were trained to.
 
 `load_checkpoint_model(path)` returns `(model, info)`; `info` is the dict without `state_dict`/`optimizer`.
 """

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "model_export.train",
     "model_export.evaluate",
     "model_export.caffe.cli",
+    "model_export.msc",
     "model_export.synthetic",
 )
 

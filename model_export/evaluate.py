@@ -84,23 +84,39 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
 
 @torch.no_grad()
 def predict_probs(model: SegmentationModel, image: np.ndarray, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, device: torch.device | None = None) -> torch.Tensor:
-    """Softmax probabilities [C, H, W] for one RGB uint8 image, averaged over scales (and mirrors)."""
+                  flip: bool = False, device: torch.device | None = None, fusion: str = "mean") -> torch.Tensor:
+    """Softmax probabilities [C, H, W] for one RGB uint8 image over scales (and mirrors).
+
+    `fusion="mean"` averages the per-scale probabilities; `"max"` is DeepLab's MSC: the softmax of the
+    element-wise max of the upsampled logits, with floor(H·s) scaled sizes, as `model_export.msc` bakes it
+    into an ONNX graph."""
+    if fusion not in ("mean", "max"):
+        raise ValueError(f"fusion must be 'mean' or 'max', got {fusion!r}")
     device = device or torch.device("cpu")
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None].to(device)
-    x = normalize_nchw(x, model.preprocessing)
     h, w = image.shape[:2]
     total = None
     for s in scales:
-        xs = x if s == 1 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
-                                            mode="bilinear", align_corners=False)
+        if s == 1:
+            xs = x
+        elif fusion == "max":
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        else:
+            xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                               align_corners=False)
+        xs = normalize_nchw(xs, model.preprocessing)
         for mirrored in (False, True) if flip else (False,):
             inp = xs.flip(-1) if mirrored else xs
             logits = F.interpolate(model(inp), size=(h, w), mode="bilinear", align_corners=False)
-            probs = torch.softmax(logits, dim=1)
-            probs = probs.flip(-1) if mirrored else probs
-            total = probs if total is None else total + probs
+            logits = logits.flip(-1) if mirrored else logits
+            if fusion == "max":
+                total = logits if total is None else torch.maximum(total, logits)
+            else:
+                probs = torch.softmax(logits, dim=1)
+                total = probs if total is None else total + probs
     assert total is not None
+    if fusion == "max":
+        return torch.softmax(total, dim=1)[0]
     return total[0] / (len(scales) * (2 if flip else 1))
 
 

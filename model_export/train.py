@@ -2,9 +2,10 @@
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
 10× LR on weights and 20× on biases; BN stays frozen unless `--train-bn` (alias `--is-training`; `stats` for
-statistics only); labels are nearest-downsampled to the logits; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss: the sum of
-per-scale CE terms plus the CE of the element-wise max over scales. `--accumulate N` averages gradients over
-N batches (the seed's batch-1 + iter_size). Checkpoints (see model_export.checkpoint) resume bit-identically.
+statistics only); labels are nearest-downsampled to the logits; cross entropy ignores 255. `--scales 1,0.75,0.5`
+adds the seed's multi-scale loss: the sum of per-scale CE terms plus the CE of the element-wise max over scales.
+`--accumulate N` averages gradients over N batches (the seed's batch-1 + iter_size).
+Checkpoints (see model_export.checkpoint) resume bit-identically.
 """
 
 from __future__ import annotations
