@@ -60,7 +60,7 @@ def _float_input(graph: onnx.GraphProto) -> str:
     raise MscError("no Cast(Transpose(image)) at the start of the graph: not an export_onnx file")
 
 
-def _logits(graph: onnx.GraphProto) -> str:
+def logits_name(graph: onnx.GraphProto) -> str:
     """The upsampled logits [N, C, H, W]: the input of the ArgMax behind the `labels` output."""
     producers = _producers(graph)
     node = producers.get(LABELS_OUTPUT)
@@ -68,8 +68,6 @@ def _logits(graph: onnx.GraphProto) -> str:
         node = producers.get(node.input[0])
     if node is None or node.op_type != "ArgMax":
         raise MscError("`labels` is not Cast(ArgMax(logits)): not an export_onnx file")
-    if any(n.op_type == "Max" and n.output[0] == node.input[0] for n in graph.node):
-        raise MscError("the graph already fuses several scales")
     return node.input[0]
 
 
@@ -131,7 +129,9 @@ def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB
     """Write `dst`: `src` with max fusion over `scales` (and mirrors) in the graph; metadata records it."""
     model = onnx.load(str(src))
     graph = model.graph
-    start, end = _float_input(graph), _logits(graph)
+    start, end = _float_input(graph), logits_name(graph)
+    if any(n.op_type == "Max" and n.output[0] == end for n in graph.node):
+        raise MscError("the graph already fuses several scales")
     core = _core(graph, start, end)
     core_ids = {id(n) for n in core}
     new_nodes = [n for n in graph.node if id(n) not in core_ids]

@@ -149,7 +149,9 @@ def multiscale_loss(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> tor
 # ---------------------------------------------------------------------------------------------- init
 def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     """Initialise from a weights file: a torchvision ImageNet ResNet state dict (loaded into the backbone,
-    `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints.
+    `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
+    (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
+    preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
     Only tensors whose names and shapes match are copied; returns how many were."""
     path = Path(path)
     if not path.is_file():
@@ -158,6 +160,9 @@ def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict")
+    if isinstance(blob, dict) and blob.get("preprocessing"):
+        preprocessing_constants(blob["preprocessing"])  # a clear error for an unknown convention
+        model.preprocessing = blob["preprocessing"]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in state):
         state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
@@ -282,6 +287,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = _build(cfg)
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
+        model.preprocessing = resume.get("preprocessing", model.preprocessing)
     model.to(device).train()
     if not cfg.train_bn:
         freeze_bn(model)
