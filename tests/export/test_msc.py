@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from model_export.cli import main
 from model_export.evaluate import predict_probs
@@ -20,7 +19,7 @@ from tests.export.test_parity import _batch, _export
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("msc")
-    model, session = _export("deeplabv3_thin", {}, tmp)
+    model, _ = _export("deeplabv3_thin", {}, tmp)
     return model, Path(tmp / "deeplabv3_thin.onnx")
 
 
