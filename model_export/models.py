@@ -229,12 +229,30 @@ class ArchSpec:
     default_input_size: int
 
 
+def _mobilenet(name: str) -> Callable[..., SegmentationModel]:
+    """A builder from model_export.mobilenet, imported on first use (it imports this module)."""
+
+    def build(**kwargs: object) -> SegmentationModel:
+        from . import mobilenet
+
+        return getattr(mobilenet, name)(**kwargs)
+
+    return build
+
+
+def output_classes(model: SegmentationModel) -> int:
+    """Number of classes the main head predicts (its last conv's outputs), for every architecture."""
+    return [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "deeplabv2_resnet101": ArchSpec(deeplabv2_resnet101, 513),
     "deeplabv3_resnet50": ArchSpec(deeplabv3_resnet50, 513),
     "deeplabv3_resnet101": ArchSpec(deeplabv3_resnet101, 513),
     "deeplabv2_thin": ArchSpec(deeplabv2_thin, 321),
     "deeplabv3_thin": ArchSpec(deeplabv3_thin, 256),
+    "deeplabv3_mobilenet_v3_large": ArchSpec(_mobilenet("deeplabv3_mobilenet_v3_large"), 520),
+    "lraspp_mobilenet_v3_large": ArchSpec(_mobilenet("lraspp_mobilenet_v3_large"), 520),
 }
 
 

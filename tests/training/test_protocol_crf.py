@@ -90,10 +90,10 @@ def test_crf_sharpens_a_blurred_boundary() -> None:
 def test_crf_in_evaluate_for_onnx_and_checkpoints(tiny_voc: Path, tiny_checkpoint: Path, padded_onnx: Path,
                                                   capsys) -> None:
     for model in (padded_onnx, tiny_checkpoint):
-        preds: list[np.ndarray] = []
+        seen: list[str] = []
         scores, _ = evaluate_model(model, tiny_voc, "val", crf=CrfParams(), progress=False,
-                                   on_prediction=lambda i, t, p: preds.append(p))
-        assert 0.0 <= scores.miou <= 1.0 and len(preds) == 4
+                                   on_prediction=lambda i, t, p, seen=seen: seen.append(i))
+        assert 0.0 <= scores.miou <= 1.0 and len(seen) == 4
     assert main(["evaluate", "--model", str(padded_onnx), "--data", str(tiny_voc), "--crf",
                  "--protocol", "native", "--no-progress"]) == 0
     assert "mIoU" in capsys.readouterr().out
