@@ -388,6 +388,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("output_stride", "base_width", "head_channels"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.legacy_dilation:
+        kw["legacy_dilation"] = True
     return kw
 
 
@@ -432,6 +434,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-stride", type=int, choices=(8, 16))
     p.add_argument("--base-width", type=int, help="thin archs: width of the first ResNet stage")
     p.add_argument("--head-channels", type=int, help="deeplabv3_thin: ASPP width")
+    p.add_argument("--legacy-dilation", action="store_true",
+                   help="thin archs: the geometry of models trained before single-block dilated stages took "
+                        "their rate (layer3/layer4 rates 1/2 instead of 2/4 at stride 8), e.g. the demo model")
     p.add_argument("--init", help="weights file (torchvision ResNet .pth, converted DeepLab weights, or a "
                                   "checkpoint) or 'imagenet' for torchvision's ImageNet backbone")
     p.add_argument("--iters", type=int, default=20000, help="max iterations (poly schedule length)")
