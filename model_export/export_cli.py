@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
     start = time.perf_counter()
     model, info, source, sha = _load(args)
+    if info.get("pretraining_head"):
+        raise CliError(f"{args.weights} is converted from a Caffe initialisation file: its ASPP is untrained. "
+                       "Fine-tune it first (segment-export train --init)")
     classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")
     num_classes = len(classes) if classes else args.num_classes
     # A training checkpoint knows the size it was trained at and its palette; flags override.

@@ -53,6 +53,9 @@ def test_init_file_becomes_a_training_checkpoint(init_file, tmp_path: Path, caps
     for conv in model.classifier.convs:
         assert conv.out_channels == len(CLASSES) and torch.count_nonzero(conv.bias) == 0
         assert 0.005 < float(conv.weight.detach().std()) < 0.015
+    # Its head is untrained: exporting it as a servable model is refused.
+    assert main(["export", "--weights", str(ckpt), "-o", str(tmp_path / "y.onnx")]) == 2
+    assert "initialisation file" in capsys.readouterr().err
 
 
 def test_train_init_from_caffe_checkpoint_keeps_caffe_preprocessing(init_file, tiny_voc: Path,
