@@ -105,3 +105,14 @@ def test_missing_crf_library_is_a_clear_error(tiny_voc: Path, padded_onnx: Path,
         dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((2, 4, 4), 0.5, np.float32))
     assert main(["evaluate", "--model", str(padded_onnx), "--data", str(tiny_voc), "--crf", "--no-progress"]) == 2
     assert "pydensecrf2" in capsys.readouterr().err
+
+
+def test_checkpoint_max_fusion(tiny_voc: Path, tiny_checkpoint: Path, capsys) -> None:
+    mean, _ = evaluate_model(tiny_checkpoint, tiny_voc, "val", scales=(0.5, 1.0), progress=False)
+    fused, _ = evaluate_model(tiny_checkpoint, tiny_voc, "val", scales=(0.5, 1.0), fusion="max", progress=False)
+    assert 0.0 <= fused.miou <= 1.0 and 0.0 <= mean.miou <= 1.0
+    assert main(["evaluate", "--model", str(tiny_checkpoint), "--data", str(tiny_voc), "--scales", "0.5,1",
+                 "--fusion", "max", "--no-progress"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="fusion"):
+        evaluate_model(tiny_checkpoint, tiny_voc, "val", fusion="median", progress=False)
