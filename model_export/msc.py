@@ -128,6 +128,10 @@ def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB
              flip: bool = False) -> Path:
     """Write `dst`: `src` with max fusion over `scales` (and mirrors) in the graph; metadata records it."""
     model = onnx.load(str(src))
+    precision = {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")
+    if precision != "fp32":
+        raise MscError(f"{Path(src).name} is a {precision} variant: bake MSC into the fp32 file (or use "
+                       f"`segment-export export --msc ... --precision {precision}`)")
     graph = model.graph
     start, end = _float_input(graph), logits_name(graph)
     if any(n.op_type == "Max" and n.output[0] == end for n in graph.node):

@@ -73,3 +73,10 @@ def test_cli_export_msc_and_errors(tmp_path: Path, capsys) -> None:
     assert main(["msc", str(out), "-o", str(tmp_path / "again.onnx")]) == 2
     assert "already fuses" in capsys.readouterr().err
     assert main(["msc", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.onnx")]) == 2
+    half = tmp_path / "half.onnx"
+    assert main(["export", "--random-init", "--arch", "deeplabv3_thin", "--num-classes", "3", "--msc", "0.5,1",
+                 "--precision", "fp16", "-o", str(half)]) == 0
+    assert json.loads(read_metadata(half).extra["msc_scales"]) == [0.5, 1.0]
+    capsys.readouterr()
+    assert main(["msc", str(half), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "fp16 variant" in capsys.readouterr().err
