@@ -15,6 +15,9 @@ Format (`format == "model_export.train/1"`):
 | `rng` | python / numpy / torch (and CUDA) generator states |
 | `args` | the training settings, for the record and for resuming |
 | `source` | provenance of the initial weights |
+| `single_block_dilation` | True since single-block dilated stages take their rate (model_export.models) |
+
+Files without `single_block_dilation` rebuild with `legacy_dilation=True`, so they compute what they were trained to.
 
 `load_checkpoint_model(path)` returns `(model, info)`; `info` is the dict without `state_dict`/`optimizer`.
 """
@@ -62,7 +65,7 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, **ckpt}, tmp)
+    torch.save({"format": FORMAT, "single_block_dilation": True, **ckpt}, tmp)
     tmp.replace(path)
     return path
 
@@ -82,10 +85,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """`build_model` kwargs that rebuild the network the checkpoint's weights were trained in."""
+    kwargs = dict(ckpt.get("model_kwargs", {}))
+    if not ckpt.get("single_block_dilation"):
+        kwargs.setdefault("legacy_dilation", True)
+    return kwargs
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
     """Rebuild the trained model (eval mode, CPU) and return it with the checkpoint's other fields."""
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    model = build_model(ckpt["arch"], ckpt["num_classes"], **checkpoint_model_kwargs(ckpt))
     model.preprocessing = ckpt.get("preprocessing", model.preprocessing)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     info = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer")}

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("model_export.evaluate", "mIoU / per-class IoU / pixel accuracy of a model on a split"),
     "convert-caffe": ("model_export.caffe.cli",
                       "convert the DeepLab-v2 ResNet-101 .caffemodel to ONNX (no Caffe needed)"),
+    "msc": ("model_export.msc", "bake multi-scale max-fusion inference into an exported ONNX file"),
     "synth": ("model_export.synthetic", "write a synthetic segmentation dataset in the VOC layout"),
 }
 # Top-level modules that only the `export` extra installs.

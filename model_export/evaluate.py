@@ -4,9 +4,13 @@ Two kinds of model:
 - an exported `.onnx` file goes through the service's own path: `service.engine.load_engine` (contract checks,
   ORT session), `service.engine.decode_and_prepare` on the file's bytes (decode, letterbox to the metadata's
   input size) and `service.engine.run_prepared` (run, unletterbox). What is measured is what is served.
-- a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch, letterboxed the same way by
-  default (`--input-size 0` runs at native resolution), with optional multi-scale + flip testing: softmax
-  probabilities are averaged over scales and mirrors at the letterboxed size.
+  Multi-scale testing for ONNX is baked into the graph (`segment-export msc`).
+- a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch at the checkpoint's input size
+  (`--input-size 0`: native resolution, unpadded), with optional multi-scale + flip testing: softmax
+  probabilities averaged (`--fusion mean`) or DeepLab's max over the upsampled logits (`--fusion max`).
+
+Both take `--protocol` (letterbox as served, or DeepLab's native VOC protocol, the default for VOC-class
+models; see model_export.protocol) and `--crf` (DeepLab-v2's dense CRF, model_export.crf).
 
 The confusion matrix accumulates over the whole split (model_export.metrics documents undefined classes).
 """
@@ -26,9 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint_model
+from .crf import CrfParams, CrfUnavailable
 from .data import DatasetError, VOCSegmentation
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
+from .protocol import PROTOCOLS, crf_on_canvas, onnx_protocol_predictor, pad_native, resolve_protocol
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -55,8 +61,11 @@ def decode(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot decode image file {path}: {exc}") from None
 
 
-def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto") -> tuple[Predictor, list[str]]:
-    """Predict through the service engine; returns the predictor and the model's class names."""
+def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto", protocol: str = "letterbox",
+                   crf: CrfParams | None = None) -> tuple[Predictor, list[str]]:
+    """Predict through the service engine; returns the predictor and the model's class names.
+
+    `protocol` (see model_export.protocol) and `crf` change the geometry and add the dense CRF."""
     from service.engine import EngineError, decode_and_prepare, load_engine, run_prepared
     from service.errors import ApiError
     from service.settings import Settings
@@ -68,6 +77,17 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
         engine = load_engine(Settings(**kwargs))
     except EngineError as exc:  # ContractError is already a ValueError
         raise ValueError(str(exc)) from None
+    classes = list(engine.metadata.classes)
+    if resolve_protocol(protocol, classes) != "letterbox" or crf is not None:
+        inner = onnx_protocol_predictor(engine, model_path, resolve_protocol(protocol, classes), crf, _read_bytes)
+
+        def guarded(paths: Sequence[Path]) -> list[np.ndarray]:
+            try:
+                return inner(paths)
+            except ApiError as exc:
+                raise DatasetError(f"cannot decode an image of {[str(p) for p in paths]}: {exc}") from None
+
+        return guarded, classes
 
     def prepared(path: Path) -> tuple[np.ndarray, Any]:
         try:
@@ -79,36 +99,53 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
         return run_prepared(engine, [prepared(p) for p in paths], batch_size=len(paths))
 
-    return predict, list(engine.metadata.classes)
+    return predict, classes
 
 
 @torch.no_grad()
 def predict_probs(model: SegmentationModel, image: np.ndarray, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, device: torch.device | None = None) -> torch.Tensor:
-    """Softmax probabilities [C, H, W] for one RGB uint8 image, averaged over scales (and mirrors)."""
+                  flip: bool = False, device: torch.device | None = None, fusion: str = "mean") -> torch.Tensor:
+    """Softmax probabilities [C, H, W] for one RGB uint8 image over scales (and mirrors).
+
+    `fusion="mean"` averages the per-scale probabilities; `"max"` is DeepLab's MSC: the softmax of the
+    element-wise max of the upsampled logits, with floor(H·s) scaled sizes, as `model_export.msc` bakes it
+    into an ONNX graph."""
+    if fusion not in ("mean", "max"):
+        raise ValueError(f"fusion must be 'mean' or 'max', got {fusion!r}")
     device = device or torch.device("cpu")
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None].to(device)
-    x = normalize_nchw(x, model.preprocessing)
     h, w = image.shape[:2]
     total = None
     for s in scales:
-        xs = x if s == 1 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
-                                            mode="bilinear", align_corners=False)
+        if s == 1:
+            xs = x
+        elif fusion == "max":
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        else:
+            xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                               align_corners=False)
+        xs = normalize_nchw(xs, model.preprocessing)
         for mirrored in (False, True) if flip else (False,):
             inp = xs.flip(-1) if mirrored else xs
             logits = F.interpolate(model(inp), size=(h, w), mode="bilinear", align_corners=False)
-            probs = torch.softmax(logits, dim=1)
-            probs = probs.flip(-1) if mirrored else probs
-            total = probs if total is None else total + probs
+            logits = logits.flip(-1) if mirrored else logits
+            if fusion == "max":
+                total = logits if total is None else torch.maximum(total, logits)
+            else:
+                probs = torch.softmax(logits, dim=1)
+                total = probs if total is None else total + probs
     assert total is not None
+    if fusion == "max":
+        return torch.softmax(total, dim=1)[0]
     return total[0] / (len(scales) * (2 if flip else 1))
 
 
 def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales: Sequence[float] = (1.0,),
-                         flip: bool = False, device: str = "auto") -> tuple[Predictor, list[str]]:
-    """Predict with a training checkpoint in PyTorch. `input_size` None = the checkpoint's own (letterboxed
-    like the service), 0 = native resolution."""
-    from service.imaging import letterbox, unletterbox
+                         flip: bool = False, device: str = "auto", fusion: str = "mean", protocol: str = "auto",
+                         crf: CrfParams | None = None) -> tuple[Predictor, list[str]]:
+    """Predict with a training checkpoint in PyTorch. `input_size` None = the checkpoint's own, 0 = native
+    resolution without padding; `protocol` letterboxes to it or pads to it (model_export.protocol)."""
+    from service.imaging import LetterboxInfo, letterbox, unletterbox
 
     from .train import pick_device
 
@@ -117,21 +154,21 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
     model.to(dev)
     size = info.get("input_size", 0) if input_size is None else input_size
     pad = tuple(round(v) for v in preprocessing_constants(model.preprocessing)[0])
+    geometry = resolve_protocol(protocol, info["classes"])
 
-    def predict(paths: Sequence[Path]) -> list[np.ndarray]:
-        out = []
-        for p in paths:
-            image = decode(p)
-            if size:
-                boxed, lb = letterbox(image, size, pad)  # type: ignore[arg-type]
-                probs = predict_probs(model, boxed, scales, flip, dev)
-                labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
-                out.append(unletterbox(labels, lb))
-            else:
-                out.append(predict_probs(model, image, scales, flip, dev).argmax(0).to(torch.uint8).cpu().numpy())
-        return out
+    def one(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        if not size:
+            canvas, box = image, LetterboxInfo(orig_h=h, orig_w=w, new_h=h, new_w=w, size=max(h, w))
+        elif geometry == "native":
+            canvas, box = pad_native(image, size, pad)
+        else:
+            canvas, box = letterbox(image, size, pad)  # type: ignore[arg-type]
+        probs = predict_probs(model, canvas, scales, flip, dev, fusion).cpu().numpy()
+        labels = crf_on_canvas(canvas, probs, box, crf) if crf is not None else probs.argmax(0).astype(np.uint8)
+        return unletterbox(labels, box)
 
-    return predict, list(info["classes"])
+    return (lambda paths: [one(decode(p)) for p in paths]), list(info["classes"])
 
 
 def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *, batch_size: int = 8,
@@ -160,6 +197,7 @@ def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: in
 
 def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val", *,
                    labels_dir: str = "SegmentationClass", scales: Sequence[float] = (1.0,), flip: bool = False,
+                   fusion: str = "mean", protocol: str = "auto", crf: CrfParams | None = None,
                    input_size: int | None = None, threads: int = 0, device: str = "auto",
                    batch_size: int = 8, limit: int | None = None, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
@@ -170,11 +208,12 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix == ".onnx":
         if tuple(scales) != (1.0,) or flip or input_size is not None:
-            raise ValueError("multi-scale, flip and --input-size need a PyTorch checkpoint: an ONNX file "
-                             "outputs labels at its own input size, exactly as the service runs it")
-        predict, classes = onnx_predictor(path, threads=threads, providers="cpu" if device == "cpu" else "auto")
+            raise ValueError("--scales, --flip and --input-size need a PyTorch checkpoint; for an ONNX file, bake "
+                             "multi-scale testing into the graph with `segment-export msc`")
+        predict, classes = onnx_predictor(path, threads=threads, providers="cpu" if device == "cpu" else "auto",
+                                          protocol=protocol, crf=crf)
     else:
-        predict, classes = checkpoint_predictor(path, input_size, scales, flip, device)
+        predict, classes = checkpoint_predictor(path, input_size, scales, flip, device, fusion, protocol, crf)
     dataset = VOCSegmentation(data, split, labels_dir)
     scores = evaluate_split(predict, dataset, len(classes), batch_size=batch_size, limit=limit,
                             progress=progress, on_prediction=on_prediction)
@@ -198,10 +237,11 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads) if args.threads else None
         scores, classes = evaluate_model(
             args.model, args.data, args.split, labels_dir=args.labels_dir, scales=parse_floats(args.scales),
-            flip=args.flip, input_size=args.input_size, threads=args.threads, device=args.device,
+            flip=args.flip, fusion=args.fusion, protocol=args.protocol, crf=CrfParams() if args.crf else None,
+            input_size=args.input_size, threads=args.threads, device=args.device,
             batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
         )
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, CrfUnavailable) as exc:
         raise CliError(str(exc)) from None
     print(format_scores(scores, classes))
     if args.json:
@@ -219,6 +259,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels-dir", default="SegmentationClass")
     p.add_argument("--scales", default="1", help="checkpoints only: test scales, e.g. 0.75,1,1.25")
     p.add_argument("--flip", action="store_true", help="checkpoints only: add mirrored inputs")
+    p.add_argument("--fusion", choices=("mean", "max"), default="mean",
+                   help="checkpoints only: average softmax over scales, or DeepLab's max over logits")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="letterbox (as served), native (DeepLab's VOC protocol: pad to the input size, never "
+                        "resize) or auto (native for VOC-class models)")
+    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (DeepLab-v2's parameters; "
+                                                      "needs pydensecrf2)")
     p.add_argument("--input-size", type=int, help="checkpoints only: letterbox size (0 = native resolution)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N images")

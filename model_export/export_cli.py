@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=Path, help="JSON file with the list of class names")
     p.add_argument("--input-size", type=int, help="long side the service letterboxes to")
     p.add_argument("--confidence", action="store_true", help="add the uint8 max-softmax `confidence` output")
+    p.add_argument("--msc", metavar="SCALES", help="bake multi-scale max fusion into the graph, e.g. 0.5,0.75,1 "
+                                                   "(see `segment-export msc`)")
+    p.add_argument("--msc-flip", action="store_true", help="with --msc: add a mirrored pass at every scale")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--calibration-dir", type=Path, help="images for int8 calibration")
@@ -51,28 +54,50 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
     return model, info, f"file:{args.weights.name}", sha256_file(args.weights)
 
 
+def _msc_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
+    if args.msc is None:
+        if args.msc_flip:
+            raise CliError("--msc-flip needs --msc")
+        return None
+    from .msc import parse_scales
+
+    try:
+        return parse_scales(args.msc)
+    except ValueError as exc:
+        raise CliError(f"--msc: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
     from .export import build_metadata, export_onnx  # onnx: only when exporting, not for --help
 
     start = time.perf_counter()
     model, info, source, sha = _load(args)
+    if info.get("pretraining_head"):
+        raise CliError(f"{args.weights} is converted from a Caffe initialisation file: its ASPP is untrained. "
+                       "Fine-tune it first (segment-export train --init)")
     classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")
     num_classes = len(classes) if classes else args.num_classes
     # A training checkpoint knows the size it was trained at and its palette; flags override.
     meta = build_metadata(model, num_classes=num_classes, classes=classes,
                           palette=None if args.classes else info.get("palette"),
                           input_size=args.input_size or info.get("input_size"), source=source, source_sha256=sha)
-    if args.precision == "fp32":
+    scales = _msc_scales(args)
+    if args.precision == "fp32" and scales is None:
         path = export_onnx(model, args.output, meta, confidence=args.confidence, opset=args.opset)
     else:
+        from .msc import bake_msc
         from .quantize import make_variant
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", meta, confidence=args.confidence,
                                opset=args.opset)
-            path = make_variant(fp32, args.output, args.precision, calibration_dir=args.calibration_dir,
-                                calibration_count=args.calibration_count)
+            if scales is not None:
+                fp32 = bake_msc(fp32, args.output if args.precision == "fp32" else Path(tmp) / "msc.onnx",
+                                scales, args.msc_flip)
+            path = fp32 if args.precision == "fp32" else make_variant(
+                fp32, args.output, args.precision, calibration_dir=args.calibration_dir,
+                calibration_count=args.calibration_count)
     if args.triton_repo:
         from .triton import write_triton_repository
 

@@ -93,8 +93,35 @@ def _dilation_flags(output_stride: int) -> list[bool]:
     raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
 
 
-def _resnet(layers: Sequence[int], output_stride: int, base_width: int = 64) -> resnet.ResNet:
-    """torchvision ResNet with Bottleneck blocks; `base_width` < 64 narrows every stage for thin variants."""
+def stage_rates(output_stride: int) -> tuple[int, int, int]:
+    """The atrous rate of layer2, layer3 and layer4 at this output stride (each replaced stride doubles it)."""
+    rates, rate = [], 1
+    for dilate in _dilation_flags(output_stride):
+        rate *= 2 if dilate else 1
+        rates.append(rate)
+    return rates[0], rates[1], rates[2]
+
+
+def _set_rate(conv: nn.Conv2d, rate: int) -> None:
+    conv.dilation, conv.padding = (rate, rate), (rate, rate)
+
+
+def _single_block_rates(net: resnet.ResNet, output_stride: int) -> None:
+    """torchvision gives a dilated stage's first block the *previous* rate and only later blocks the stage's
+    own; a stage of one block would then never use its rate (layers (1,1,1,1) at stride 8 gave layer3 rate 1
+    and layer4 rate 2). Such a block takes the stage's rate. Stages of several blocks (every published depth)
+    keep torchvision's layout, so its weights still compute what they were trained to."""
+    for stage, rate in zip((net.layer2, net.layer3, net.layer4), stage_rates(output_stride), strict=True):
+        if len(stage) == 1 and rate > 1:
+            _set_rate(stage[0].conv2, rate)
+
+
+def _resnet(layers: Sequence[int], output_stride: int, base_width: int = 64,
+            legacy_dilation: bool = False) -> resnet.ResNet:
+    """torchvision ResNet with Bottleneck blocks; `base_width` < 64 narrows every stage for thin variants.
+
+    `legacy_dilation` rebuilds models trained before single-block stages got their rate (see
+    `_single_block_rates`); checkpoints that predate the fix load with it set."""
     flags = _dilation_flags(output_stride)
     net = resnet.ResNet(resnet.Bottleneck, list(layers), replace_stride_with_dilation=flags)
     if base_width != 64:
@@ -107,19 +134,21 @@ def _resnet(layers: Sequence[int], output_stride: int, base_width: int = 64) -> 
         net.layer3 = net._make_layer(resnet.Bottleneck, base_width * 4, layers[2], stride=2, dilate=flags[1])
         net.layer4 = net._make_layer(resnet.Bottleneck, base_width * 8, layers[3], stride=2, dilate=flags[2])
         net.fc = nn.Linear(base_width * 8 * resnet.Bottleneck.expansion, 1000)
+    if not legacy_dilation:
+        _single_block_rates(net, output_stride)
     return net
 
 
-def _caffe_style(net: resnet.ResNet) -> None:
+def _caffe_style(net: resnet.ResNet, output_stride: int, legacy_dilation: bool = False) -> None:
     """Match the MSRA/DeepLab-v2 Caffe ResNet: ceil-mode max pool, stride on the 1x1 conv, and the dilation
     of a dilated stage applied to its first block too. These change activations, not parameter shapes."""
     net.maxpool.ceil_mode = True
     first = net.layer2[0]
     first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
-    for stage in (net.layer3, net.layer4):
-        rate = stage[-1].conv2.dilation
-        stage[0].conv2.dilation = rate
-        stage[0].conv2.padding = rate
+    for stage, rate in zip((net.layer3, net.layer4), stage_rates(output_stride)[1:], strict=True):
+        # The rate comes from the output stride, not from the stage's last block: with a single block that
+        # block *is* the first one and held the previous stage's rate (legacy_dilation keeps that geometry).
+        _set_rate(stage[0].conv2, stage[-1].conv2.dilation[0] if legacy_dilation else rate)
 
 
 def _assemble(net: resnet.ResNet, head: nn.Module, aux_in: int | None, num_classes: int, arch: str,
@@ -134,22 +163,23 @@ def _assemble(net: resnet.ResNet, head: nn.Module, aux_in: int | None, num_class
 
 
 def deeplabv2_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                        caffe_style: bool = True, base_width: int = 64) -> SegmentationModel:
+                        caffe_style: bool = True, base_width: int = 64,
+                        legacy_dilation: bool = False) -> SegmentationModel:
     """The seed model: ResNet-101 at output stride 8, summed ASPP at rates 6/12/18/24.
 
     `base_width` < 64 keeps the depth and structure with fewer channels (for fast tests).
     """
-    net = _resnet([3, 4, 23, 3], output_stride, base_width)
+    net = _resnet([3, 4, 23, 3], output_stride, base_width, legacy_dilation)
     if caffe_style:
-        _caffe_style(net)
+        _caffe_style(net, output_stride, legacy_dilation)
     head = ASPPSum(base_width * 32, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_resnet101",
                      "imagenet", output_stride)
 
 
 def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: bool,
-               output_stride: int, base_width: int) -> SegmentationModel:
-    net = _resnet(layers, output_stride, base_width)
+               output_stride: int, base_width: int, legacy_dilation: bool = False) -> SegmentationModel:
+    net = _resnet(layers, output_stride, base_width, legacy_dilation)
     in_ch = base_width * 32
     head = DeepLabHead(in_ch, num_classes) if base_width == 64 else ThinDeepLabHead(in_ch, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, arch, "imagenet",
@@ -157,22 +187,25 @@ def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: boo
 
 
 def deeplabv3_resnet50(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                       base_width: int = 64) -> SegmentationModel:
+                       base_width: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
     """torchvision's deeplabv3_resnet50 layout (ASPP with image pooling, rates 12/24/36)."""
-    return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride, base_width)
+    return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride, base_width,
+                      legacy_dilation)
 
 
 def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                        base_width: int = 64) -> SegmentationModel:
+                       base_width: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
     """torchvision's deeplabv3_resnet101 layout."""
-    return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride, base_width)
+    return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride, base_width,
+                      legacy_dilation)
 
 
 def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1)) -> SegmentationModel:
+                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
+                   legacy_dilation: bool = False) -> SegmentationModel:
     """A narrow, shallow DeepLab-v2 (same structure, fewer channels) for tests."""
-    net = _resnet(layers, output_stride, base_width)
-    _caffe_style(net)
+    net = _resnet(layers, output_stride, base_width, legacy_dilation)
+    _caffe_style(net, output_stride, legacy_dilation)
     head = ASPPSum(base_width * 32, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_thin",
                      "imagenet", output_stride)
@@ -180,9 +213,9 @@ def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride:
 
 def deeplabv3_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 16,
                    base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
-                   head_channels: int = 64) -> SegmentationModel:
+                   head_channels: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
     """A narrow DeepLab-v3 for the embedded demo model and tests."""
-    net = _resnet(layers, output_stride, base_width)
+    net = _resnet(layers, output_stride, base_width, legacy_dilation)
     head = ThinDeepLabHead(base_width * 32, num_classes, head_channels)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv3_thin",
                      "imagenet", output_stride)
@@ -196,12 +229,30 @@ class ArchSpec:
     default_input_size: int
 
 
+def _mobilenet(name: str) -> Callable[..., SegmentationModel]:
+    """A builder from model_export.mobilenet, imported on first use (it imports this module)."""
+
+    def build(**kwargs: object) -> SegmentationModel:
+        from . import mobilenet
+
+        return getattr(mobilenet, name)(**kwargs)
+
+    return build
+
+
+def output_classes(model: SegmentationModel) -> int:
+    """Number of classes the main head predicts (its last conv's outputs), for every architecture."""
+    return [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     "deeplabv2_resnet101": ArchSpec(deeplabv2_resnet101, 513),
     "deeplabv3_resnet50": ArchSpec(deeplabv3_resnet50, 513),
     "deeplabv3_resnet101": ArchSpec(deeplabv3_resnet101, 513),
     "deeplabv2_thin": ArchSpec(deeplabv2_thin, 321),
     "deeplabv3_thin": ArchSpec(deeplabv3_thin, 256),
+    "deeplabv3_mobilenet_v3_large": ArchSpec(_mobilenet("deeplabv3_mobilenet_v3_large"), 520),
+    "lraspp_mobilenet_v3_large": ArchSpec(_mobilenet("lraspp_mobilenet_v3_large"), 520),
 }
 
 

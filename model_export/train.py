@@ -1,10 +1,11 @@
 """`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py).
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
-10× LR on weights and 20× on biases; BN stays frozen unless `--train-bn`; labels are nearest-downsampled to
-the logits; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss: the sum of
-per-scale CE terms plus the CE of the element-wise max over scales. `--accumulate N` averages gradients over
-N batches (the seed's batch-1 + iter_size). Checkpoints (see model_export.checkpoint) resume bit-identically.
+10× LR on weights and 20× on biases; BN stays frozen unless `--train-bn` (alias `--is-training`; `stats` for
+statistics only); labels are nearest-downsampled to the logits; cross entropy ignores 255. `--scales 1,0.75,0.5`
+adds the seed's multi-scale loss: the sum of per-scale CE terms plus the CE of the element-wise max over scales.
+`--accumulate N` averages gradients over N batches (the seed's batch-1 + iter_size).
+Checkpoints (see model_export.checkpoint) resume bit-identically.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from service.contract import VOC_CLASSES, voc_colormap
 
 from .checkpoint import (
     CheckpointError,
+    checkpoint_model_kwargs,
     load_checkpoint_model,
     read_checkpoint,
     rng_state,
@@ -90,11 +92,14 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, max
     return lr
 
 
-def freeze_bn(model: nn.Module) -> None:
-    """BN in eval mode (running statistics stay) and its affine parameters untrainable, like the seed."""
+def freeze_bn(model: nn.Module, statistics: bool = True) -> None:
+    """BN affine parameters (gamma/beta) untrainable, like the seed; with `statistics`, BN also in eval mode
+    (running statistics stay). `statistics=False` is the seed's `--is-training`: statistics update, while
+    gamma and beta stay as loaded (DrSleep's trainer excludes them from the trainable variables)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+            if statistics:
+                m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
 
@@ -144,7 +149,9 @@ def multiscale_loss(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> tor
 # ---------------------------------------------------------------------------------------------- init
 def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     """Initialise from a weights file: a torchvision ImageNet ResNet state dict (loaded into the backbone,
-    `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints.
+    `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
+    (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
+    preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
     Only tensors whose names and shapes match are copied; returns how many were."""
     path = Path(path)
     if not path.is_file():
@@ -153,6 +160,9 @@ def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict")
+    if isinstance(blob, dict) and blob.get("preprocessing"):
+        preprocessing_constants(blob["preprocessing"])  # a clear error for an unknown convention
+        model.preprocessing = blob["preprocessing"]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in state):
         state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
@@ -205,6 +215,7 @@ class TrainConfig:
     mirror: bool = True
     scales: list[float] = field(default_factory=lambda: [1.0])
     train_bn: bool = False
+    bn_affine: bool = True  # with train_bn: also train gamma/beta (False: statistics only, as DrSleep)
     seed: int = 1234
     save_every: int = 1000
     log_every: int = 10
@@ -270,15 +281,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resume is not None:
         # The network is defined by the checkpoint, whatever the flags say.
         cfg.arch, cfg.classes = resume["arch"], list(resume["classes"])
-        cfg.model_kwargs = dict(resume.get("model_kwargs", {}))
+        cfg.model_kwargs = checkpoint_model_kwargs(resume)
         cfg.init = None
     torch.manual_seed(cfg.seed)
     model = _build(cfg)
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
+        model.preprocessing = resume.get("preprocessing", model.preprocessing)
     model.to(device).train()
     if not cfg.train_bn:
         freeze_bn(model)
+    elif not cfg.bn_affine:
+        freeze_bn(model, statistics=False)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, momentum=MOMENTUM)
     start = 0
     if resume is not None:
@@ -374,6 +388,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("output_stride", "base_width", "head_channels"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.legacy_dilation:
+        kw["legacy_dilation"] = True
     return kw
 
 
@@ -390,7 +406,7 @@ def _run(args: argparse.Namespace) -> int:
             max_iter=args.iters, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
             weight_decay=args.weight_decay, crop_size=args.crop_size, input_size=args.input_size,
             min_scale=args.min_scale, max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales,
-            train_bn=args.train_bn,
+            train_bn=args.train_bn is not None, bn_affine=args.train_bn != "stats",
             seed=args.seed, save_every=args.save_every, log_every=args.log_every, workers=args.workers,
             device=args.device, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
         )
@@ -418,6 +434,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-stride", type=int, choices=(8, 16))
     p.add_argument("--base-width", type=int, help="thin archs: width of the first ResNet stage")
     p.add_argument("--head-channels", type=int, help="deeplabv3_thin: ASPP width")
+    p.add_argument("--legacy-dilation", action="store_true",
+                   help="thin archs: the geometry of models trained before single-block dilated stages took "
+                        "their rate (layer3/layer4 rates 1/2 instead of 2/4 at stride 8), e.g. the demo model")
     p.add_argument("--init", help="weights file (torchvision ResNet .pth, converted DeepLab weights, or a "
                                   "checkpoint) or 'imagenet' for torchvision's ImageNet backbone")
     p.add_argument("--iters", type=int, default=20000, help="max iterations (poly schedule length)")
@@ -432,7 +451,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-scale", type=float, default=1.5)
     p.add_argument("--no-mirror", action="store_true")
     p.add_argument("--scales", default="1", help="multi-scale training, e.g. 1,0.75,0.5")
-    p.add_argument("--train-bn", action="store_true", help="update BN statistics and affine parameters")
+    p.add_argument("--train-bn", "--is-training", nargs="?", const="all", choices=("all", "stats"),
+                   help="train BN: 'all' (the default when given) updates statistics and gamma/beta; 'stats' "
+                        "updates statistics only, as DrSleep's --is-training does. Without it BN is frozen")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=10)

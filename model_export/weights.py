@@ -25,7 +25,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint_model
 from .checkpoint import read_checkpoint as read_training_checkpoint
 from .cli import CliError
-from .models import SegmentationModel, build_model
+from .models import SegmentationModel, build_model, output_classes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
 PUBLISHED: dict[str, str] = {
     "deeplabv3_resnet50": "deeplabv3_resnet50_coco-cd0a2569.pth",
     "deeplabv3_resnet101": "deeplabv3_resnet101_coco-586e9e4e.pth",
+    # torchvision/models/segmentation/{deeplabv3,lraspp}.py, COCO_WITH_VOC_LABELS_V1 as well.
+    "deeplabv3_mobilenet_v3_large": "deeplabv3_mobilenet_v3_large-fc3c493d.pth",
+    "lraspp_mobilenet_v3_large": "lraspp_mobilenet_v3_large-d234d4ea.pth",
 }
+# The main head's last conv in each torchvision layout: its first dimension is the number of classes.
+_HEAD_KEYS = {"lraspp_mobilenet_v3_large": "classifier.high_classifier.weight"}
 # torchvision evaluates these weights after resizing the short side to 520.
 PUBLISHED_INPUT_SIZE = 520
 BASE_URL_ENV = "SEGMENT_WEIGHTS_BASE_URL"
@@ -229,7 +234,12 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, tor
 # ---------------------------------------------------------------------------------------------- torchvision
 
 def infer_torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """deeplabv3_resnet50 or _resnet101 from the depth of layer3 (6 or 23 blocks) in a torchvision file."""
+    """deeplabv3_resnet50 or _resnet101 from the depth of layer3 (6 or 23 blocks) in a torchvision file;
+    the MobileNetV3 models from their head (LR-ASPP's two classifiers) and their features' keys."""
+    if "classifier.high_classifier.weight" in state_dict:
+        return "lraspp_mobilenet_v3_large"
+    if "backbone.0.0.weight" in state_dict and "classifier.4.weight" in state_dict:
+        return "deeplabv3_mobilenet_v3_large"
     blocks = {k.split(".")[2] for k in state_dict if k.startswith("backbone.layer3.")}
     depth = {6: "deeplabv3_resnet50", 23: "deeplabv3_resnet101"}.get(len(blocks))
     if depth is None:
@@ -248,7 +258,7 @@ def load_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor], arch: st
     inference and export want.
     """
     arch = arch or infer_torchvision_arch(state_dict)
-    head = "classifier.4.weight"
+    head = _HEAD_KEYS.get(arch, "classifier.4.weight")
     if head not in state_dict:
         raise WeightsError(f"{what} has no {head}: not a torchvision deeplabv3 layout "
                            f"(first keys: {_listing(sorted(state_dict))})")
@@ -311,7 +321,7 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
     model = load_torchvision_state_dict(extract_state_dict(obj), arch, keep_aux=keep_aux,
                                         what=f"weights file {path.name}")
     info = {
-        "kind": "torchvision", "arch": model.arch, "num_classes": int(model.classifier[-1].out_channels),
+        "kind": "torchvision", "arch": model.arch, "num_classes": output_classes(model),
         "source": source_url or f"file {path.name}", "sha256": digest or _sha256(path), "classes": None,
         "input_size": PUBLISHED_INPUT_SIZE if source_url else None,
     }

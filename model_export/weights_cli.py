@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `pretrained` subcommand."""
     p = subparsers.add_parser(
-        "pretrained", help="download torchvision's published deeplabv3 weights and export them to ONNX",
+        "pretrained", help="download torchvision's published deeplabv3 / lraspp weights and export them to ONNX",
         description="Download (or reuse from the cache) torchvision's COCO-trained deeplabv3 weights with "
                     "the 21 VOC classes, check the sha256 prefix in the file name, and export the ONNX contract.",
     )
@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fetch, convert and export."""
     from .export import build_metadata, export_onnx
+    from .models import output_classes
 
     # WeightsError is a CliError: no network, a bad hash or a bad file end as one clear line.
     url = args.url or published_url(args.name, args.base_url)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     state = extract_state_dict(read_checkpoint(path))
     model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
                                         what=f"weights file {path.name}")
-    num_classes = int(model.classifier[-1].out_channels)
+    num_classes = output_classes(model)
     classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
     meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=PUBLISHED_INPUT_SIZE,
                           source=url, source_sha256=digest,

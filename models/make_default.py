@@ -42,9 +42,12 @@ IGNORE_BORDER = 2
 INPUT_SIZE = 2 * SceneConfig.max_side
 
 SYNTH = ["synth", "--train", "1000", "--val", "200", "--seed", str(SEED), "--ignore-border", str(IGNORE_BORDER)]
+# --legacy-dilation: the shipped model was trained when a single-block stage kept the previous stage's rate
+# (layer3/layer4 at rates 1/2); the flag rebuilds that geometry so these commands reproduce it.
 TRAIN = ["train", "--arch", "deeplabv3_thin", "--classes", "synthetic", "--base-width", "8",
-         "--head-channels", "32", "--output-stride", "8", "--iters", "1000", "--batch-size", "8",
-         "--crop-size", "128", "--min-scale", "0.75", "--max-scale", "1.25", "--lr", "0.02", "--train-bn",
+         "--head-channels", "32", "--output-stride", "8", "--legacy-dilation", "--iters", "1000",
+         "--batch-size", "8", "--crop-size", "128", "--min-scale", "0.75", "--max-scale", "1.25", "--lr", "0.02",
+         "--train-bn",
          "--seed", str(SEED), "--log-every", "10", "--save-every", "100", "--threads", "2"]
 # Stage 2 restarts the poly schedule from the stage-1 weights (a warm restart); --init takes the checkpoint.
 FINETUNE = [*TRAIN[:TRAIN.index("--iters")], "--iters", "600", "--batch-size", "8", "--crop-size", "256",

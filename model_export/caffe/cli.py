@@ -1,4 +1,5 @@
-"""`segment-export convert-caffe model.caffemodel -o voc12.onnx`: DeepLab-v2 Caffe weights -> ONNX contract."""
+"""`segment-export convert-caffe model.caffemodel -o voc12.onnx`: DeepLab-v2 Caffe weights -> ONNX contract,
+and/or `--checkpoint init.pt`: a training checkpoint (BGR/mean preprocessing kept) for `train --init`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "preprocessing baked into the graph. See docs/CAFFE.md.",
     )
     p.add_argument("caffemodel", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX path")
+    p.add_argument("-o", "--output", type=Path, help="ONNX path")
+    p.add_argument("--checkpoint", type=Path,
+                   help="also (or only) write a training checkpoint for `segment-export train --init`; "
+                        "an initialisation file (init.caffemodel, no ASPP) can only become one")
+    p.add_argument("--num-classes", type=int, help="classes of the fresh ASPP of an initialisation file (21)")
     p.add_argument("--classes", type=Path, default=None,
                    help="JSON list of class names (default: the 21 VOC classes for 21-class models)")
     p.add_argument("--input-size", type=int, default=CAFFE_INPUT_SIZE, help="metadata input_size (513)")
@@ -32,15 +37,27 @@ def run(args: argparse.Namespace) -> int:
     """Convert and export; CaffeError (a CliError) reports missing/extra layers and shape mismatches."""
     import json
 
-    from ..export import build_metadata, export_onnx, sha256_file
+    from ..cli import CliError
+    from ..export import build_metadata, default_classes, export_onnx, sha256_file
     from .convert import convert_caffemodel
 
-    model, info = convert_caffemodel(args.caffemodel)
+    if args.output is None and args.checkpoint is None:
+        raise CliError("give -o/--output (ONNX), --checkpoint (training checkpoint) or both")
+    classes = json.loads(args.classes.read_text()) if args.classes else None
+    model, info = convert_caffemodel(args.caffemodel, args.num_classes or (len(classes) if classes else None))
     num_classes = info["num_classes"]
-    if args.classes:
-        classes = json.loads(args.classes.read_text())
-    else:
+    if classes is None:
         classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+    if info["head"] is None and args.output is not None:
+        raise CliError(f"{args.caffemodel.name} is an initialisation file (no ASPP head, only the pre-training "
+                       f"classifier {info['pretraining_head']!r}): write a training checkpoint with --checkpoint "
+                       "and fine-tune it with `segment-export train --init`")
+    if args.checkpoint is not None:
+        _write_checkpoint(args, model, info, classes or default_classes(num_classes), sha256_file(args.caffemodel))
+        print(f"wrote training checkpoint {args.checkpoint} ({model.arch}, preprocessing caffe, "
+              f"head {'from ' + info['head'] if info['head'] else 'freshly initialised'})")
+    if args.output is None:
+        return 0
     meta = build_metadata(
         model, num_classes=num_classes, classes=classes, input_size=args.input_size,
         source=f"caffe:{args.caffemodel.name}", source_sha256=sha256_file(args.caffemodel),
@@ -51,3 +68,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} from {args.caffemodel.name} ({model.arch}, layers {info['layers']}, "
           f"{num_classes} classes{skipped})")
     return 0
+
+
+def _write_checkpoint(args: argparse.Namespace, model, info: dict, classes: list[str], sha: str) -> None:  # type: ignore[no-untyped-def]
+    """A `model_export.train` checkpoint at iteration 0: `train --init` starts from it, `export` exports it."""
+    from service.contract import voc_colormap
+
+    from ..checkpoint import save_checkpoint
+
+    save_checkpoint(args.checkpoint, {
+        "arch": model.arch, "num_classes": info["num_classes"], "model_kwargs": info["model_kwargs"],
+        "preprocessing": model.preprocessing, "classes": list(classes),
+        "palette": voc_colormap(info["num_classes"]), "input_size": args.input_size,
+        "state_dict": model.state_dict(), "iteration": 0, "source": f"caffe:{args.caffemodel.name}",
+        "source_sha256": sha, "caffe_head": info["head"], "pretraining_head": info["pretraining_head"],
+    })

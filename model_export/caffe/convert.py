@@ -10,6 +10,9 @@ Layer naming (the MSRA ResNet convention that DeepLab-v2 kept):
 - per block `res{k}{blk}_branch{2a,2b,2c}` -> `conv1/2/3` and `branch1` -> `downsample.0` (first block);
   each has `bn{k}{blk}_branch*` (BatchNorm) and `scale{k}{blk}_branch*` (Scale) -> `bn1/2/3`, `downsample.1`;
 - the ASPP: `fc1_voc12_c0`..`c3` (weights and biases) -> `classifier.convs.0..3` (rates 6, 12, 18, 24).
+- an initialisation file (DeepLab-v2's `init.caffemodel`) has no ASPP but a single 1×1 (or fully connected)
+  pre-training classifier instead; it is left out and the ASPP starts as the seed starts it, N(0, 0.01) with
+  zero bias, for fine-tuning (`segment-export convert-caffe --checkpoint`, then `train --init`).
 
 Caffe's BatchNorm keeps (mean * f, variance * f, f); like Caffe we divide by f, and f == 0 means zero
 statistics (Caffe multiplies by 0 then). The Scale layer holds gamma and beta. The MSC model's
@@ -40,6 +43,7 @@ MSC_SUFFIX = re.compile(r"_res(075|05)$")
 DEFAULT_HEAD = "fc1_voc12"
 _BLOCK = re.compile(r"^res(\d)([a-z])(\d*)_branch2a$")
 _HEAD = re.compile(r"^(fc1\w*)_c0$")
+_BACKBONE = re.compile(r"^(res|bn|scale)\d[a-z]\d*_branch(1|2[abc])$")
 _MAX_LISTED = 10
 
 
@@ -99,8 +103,22 @@ def block_names(count: int) -> list[str]:
     return ["a"] + [f"b{i}" for i in range(1, count)]
 
 
-def infer_layout(layers: dict[str, CaffeLayer]) -> tuple[tuple[int, ...], int, int, str]:
-    """(blocks per stage, stem width, number of classes, head prefix) read from the layer names/blobs."""
+def _is_backbone(name: str) -> bool:
+    return name in ("conv1", "bn_conv1", "scale_conv1") or _BACKBONE.match(name) is not None
+
+
+def pretraining_head(layers: dict[str, CaffeLayer]) -> str | None:
+    """The one non-backbone layer of an initialisation file, if it is a 1×1 conv or fully connected layer."""
+    others = [name for name in layers if not _is_backbone(name)]
+    if len(others) != 1:
+        return None
+    weight = layers[others[0]].blobs[0]
+    return others[0] if weight.ndim == 2 or (weight.ndim == 4 and weight.shape[2:] == (1, 1)) else None
+
+
+def infer_layout(layers: dict[str, CaffeLayer]) -> tuple[tuple[int, ...], int, int | None, str | None]:
+    """(blocks per stage, stem width, number of classes, head prefix) read from the layer names/blobs.
+    Classes and head are None for an initialisation file (no ASPP, one 1×1 pre-training classifier)."""
     counts = Counter(m.group(1) for name in layers if (m := _BLOCK.match(name)))
     stages = tuple(counts.get(str(k), 0) for k in range(2, 6))
     heads = sorted({m.group(1) for name in layers if (m := _HEAD.match(name))})
@@ -109,11 +127,14 @@ def infer_layout(layers: dict[str, CaffeLayer]) -> tuple[tuple[int, ...], int, i
         problems.append("no 'conv1' layer")
     if 0 in stages:
         problems.append(f"blocks per stage res2..res5 = {stages}")
-    if len(heads) != 1:
-        problems.append(f"expected one ASPP head '<prefix>_c0', found {heads or 'none'}")
+    if len(heads) > 1 or (not heads and pretraining_head(layers) is None):
+        problems.append(f"expected one ASPP head '<prefix>_c0' or a single 1x1 pre-training classifier, "
+                        f"found {heads or 'none'}")
     if problems:
         raise CaffeError("not a DeepLab-v2 ResNet caffemodel: " + "; ".join(problems))
     width = int(layers["conv1"].blobs[0].shape[0])
+    if not heads:
+        return stages, width, None, None
     num_classes = int(layers[f"{heads[0]}_c0"].blobs[0].shape[0])
     return stages, width, num_classes, heads[0]
 
@@ -185,8 +206,9 @@ def _listing(items: list[str]) -> str:
 
 
 def caffe_state_dict(layers: dict[str, CaffeLayer], model: SegmentationModel,
-                     head: str = DEFAULT_HEAD) -> dict[str, torch.Tensor]:
-    """The model's state_dict filled from the Caffe layers; CaffeError lists missing, extra and misshapen."""
+                     head: str | None = DEFAULT_HEAD) -> dict[str, torch.Tensor]:
+    """The model's state_dict filled from the Caffe layers; CaffeError lists missing, extra and misshapen.
+    `head` None: an initialisation file; its pre-training classifier is left out, the ASPP keeps its init."""
     target = model.state_dict()
     state = dict(target)
     col = _Collector(layers)
@@ -215,7 +237,9 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: SegmentationModel,
             put(scale, 0, f"{bn_key}.weight", scale_blobs[0])
             beta = scale_blobs[1] if len(scale_blobs) > 1 else np.zeros_like(scale_blobs[0])
             put(scale, 1, f"{bn_key}.bias", beta)
-    for index in range(len(model.classifier.convs)):
+    if head is None:
+        col.used.update(name for name in layers if not _is_backbone(name))
+    for index in range(len(model.classifier.convs) if head is not None else 0):
         name = f"{head}_c{index}"
         blobs = col.blobs(name, 2)
         if blobs is not None:
@@ -234,14 +258,23 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: SegmentationModel,
     return state
 
 
-def convert_caffemodel(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Read a DeepLab-v2 .caffemodel and return the eval-mode model (preprocessing "caffe") and info."""
+def convert_caffemodel(path: str | Path, num_classes: int | None = None,
+                       ) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Read a DeepLab-v2 .caffemodel and return the eval-mode model (preprocessing "caffe") and info.
+
+    `num_classes` sizes a fresh ASPP for an initialisation file (default 21); a trained file must agree."""
     layers, skipped = read_caffemodel(path)
-    stages, width, num_classes, head = infer_layout(layers)
+    stages, width, found, head = infer_layout(layers)
+    if found is not None and num_classes not in (None, found):
+        raise CaffeError(f"{Path(path).name} has {found} classes, not {num_classes}")
+    num_classes = found or num_classes or 21
     model = build_target(stages, width, num_classes)
     model.load_state_dict(caffe_state_dict(layers, model, head), strict=True)
     if skipped:
         log.info("skipped %d MSC branch layers that share the main branch's weights", len(skipped))
     info = {"arch": model.arch, "num_classes": num_classes, "layers": stages, "base_width": width,
-            "head": head, "skipped": skipped}
+            "head": head, "skipped": skipped,
+            "pretraining_head": None if head else pretraining_head(layers),
+            "model_kwargs": {} if model.arch == "deeplabv2_resnet101" else {"base_width": width,
+                                                                             "layers": list(stages)}}
     return model.eval(), info
