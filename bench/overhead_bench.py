@@ -31,6 +31,7 @@ import httpx
 
 from bench.harness import REPO, ServerProcess, encode, machine_note
 from bench.markdown import write_section
+from service.settings import default_model_path
 from tests.photos import photo
 
 KINDS = ("labels", "stats", "polygons")
@@ -88,7 +89,7 @@ def main() -> None:
     """Measure both trees and write the table into the benchmarks page."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", type=Path, help="a checkout of the older version (omit to measure this tree only)")
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx")
+    ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--requests", type=int, default=50, help="sequential requests per kind and round")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")

@@ -16,7 +16,8 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
-from bench.harness import REPO, ServerProcess, decode_labels, encode
+from bench.harness import ServerProcess, decode_labels, encode
+from service.settings import default_model_path
 from tests.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service_io.test_decode_guards import scan_bomb, ztxt_flood
@@ -95,7 +96,7 @@ def test_overlay_wider_than_jpeg_allows_comes_as_png(rule_proc: ServerProcess) -
 
 @pytest.fixture(scope="module")
 def photo_proc() -> ServerProcess:
-    with ServerProcess(REPO / "models" / "default.onnx", SEGMENT_INTRA_OP_THREADS="1") as server:
+    with ServerProcess(default_model_path(), SEGMENT_INTRA_OP_THREADS="1") as server:
         yield server.wait_ready()
 
 
