@@ -33,6 +33,7 @@ from bench.hostile import (
     refetches,
     stalled_uploads,
 )
+from service.settings import default_model_path
 from tests.photos import photo
 
 TINY = encode(photo("astronaut.png", (32, 24)), "PNG")
@@ -163,7 +164,7 @@ def protocol_cost(model: Path, requests: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=Path, default=Path("docs"))
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx")
+    ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--probes", type=int, default=40)
     ap.add_argument("--protocol-requests", type=int, default=4000)
     ap.add_argument("--baseline-ref", help="also attack this commit's service (git archive), e.g. fbfdc88")
