@@ -115,6 +115,14 @@ def render(r: dict[str, Any]) -> str:
                        ("off", "batching off"), ("fp32", "fp32"),
                        ("before", "old: dynamic shapes, NCHW, 1 in flight, max 8")):
         lines += _service_rows(label, r.get(key))
+    for key, config in r.items():
+        if key.startswith("variant_") and isinstance(config, dict):
+            settings = ", ".join(f"{k}={v}" for k, v in config.get("env", {}).items()
+                                 if k not in ("SEGMENT_LOG_LEVEL",) and not (k == "SEGMENT_MAX_BATCH_SIZE"
+                                                                             and v == args.get("max_batch")))
+            if config.get("output", "labels") != "labels":
+                settings = ", ".join(filter(None, [settings, f"output={config['output']}"]))
+            lines += _service_rows(f"{key.removeprefix('variant_')}: {settings or 'defaults'}", config)
     service = r.get("service") or {}
     if service.get("first_batches"):
         lines += ["", "First request after `/readyz` for every bucket (that many concurrent requests at once): "
