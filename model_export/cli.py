@@ -20,7 +20,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("model_export.export_cli", "export a model to the ONNX contract"),
     "pretrained": ("model_export.weights_cli",
-                   "download torchvision's published deeplabv3 weights and export them to ONNX"),
+                   "download torchvision's published deeplabv3 / lraspp weights and export them to ONNX"),
     "train": ("model_export.train", "train a DeepLab model on a VOC-layout dataset"),
     "evaluate": ("model_export.evaluate", "mIoU / per-class IoU / pixel accuracy of a model on a split"),
     "convert-caffe": ("model_export.caffe.cli",
