@@ -69,8 +69,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                                 concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
                                 padded_size=eng.padded_size)
         state.batcher.start()
-        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels, processes=settings.codec_processes,
-                            decode_memory_bytes=settings.decode_memory_bytes)
+        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels)
         state.warmup_task = loop.create_task(_warm_up(state))
         try:
             yield
@@ -79,7 +78,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if state.warmup_task is not None:
                 state.warmup_task.cancel()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
-            state.codec.shutdown()
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
@@ -118,8 +116,6 @@ async def _warm_up(state: ServiceState) -> None:
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
     try:
         await asyncio.to_thread(state.engine.warm_up, sizes)
-        if state.codec is not None:
-            await asyncio.to_thread(state.codec.warm_up)
         if state.engine.runner is not None:
             for bucket in state.engine.runner.buckets:
                 if bucket.memory_bytes is not None:

@@ -16,10 +16,6 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def __reduce__(self) -> tuple[type[ApiError], tuple[int, str, str, dict[str, str]]]:
-        # Raised in a codec worker process, it is pickled back to the app with all four fields.
-        return ApiError, (self.status, self.code, self.message, self.headers)
-
     def to_body(self, request_id: str | None = None) -> dict[str, object]:
         """The JSON body for this error."""
         body: dict[str, object] = {"code": self.code, "message": self.message}

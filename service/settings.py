@@ -92,8 +92,6 @@ class Settings(BaseSettings):
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
-    codec_processes: int = Field(0, ge=0, description="decode and encode (all outputs but overlay) in this many "
-                                                     "worker processes instead of threads; 0: threads")
     fixed_shapes: Literal["auto", "on", "off"] = Field(
         "auto", description="pad batches to bucket sizes, one session per bucket, so no session ever sees a "
                             "second input shape (cuDNN re-plans on every change); 'auto': on for GPU providers")

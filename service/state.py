@@ -32,7 +32,7 @@ class ServiceState:
     render_pool: ThreadPoolExecutor
     engine: Engine | None = None
     batcher: Batcher | None = None
-    codec: Codec | None = None  # decode and encode, in `pool` or in worker processes
+    codec: Codec | None = None  # decode and encode, in `pool`
     warm: bool = False
     warmup_error: str | None = None
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
