@@ -21,11 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("model_export.export_cli", "export a model to the ONNX contract"),
     "pretrained": ("model_export.weights_cli",
                    "download torchvision's published deeplabv3 / lraspp weights and export them to ONNX"),
-    "train": ("model_export.train", "train a DeepLab model on a VOC-layout dataset"),
-    "evaluate": ("model_export.evaluate", "mIoU / per-class IoU / pixel accuracy of a model on a split"),
+    "train": ("model_export.train_cli", "train a DeepLab model on a VOC-layout dataset"),
+    "evaluate": ("model_export.evaluate_cli", "mIoU / per-class IoU / pixel accuracy of a model on a split"),
     "convert-caffe": ("model_export.caffe.cli",
                       "convert the DeepLab-v2 ResNet-101 .caffemodel to ONNX (no Caffe needed)"),
-    "msc": ("model_export.msc", "bake multi-scale max-fusion inference into an exported ONNX file"),
+    "msc": ("model_export.msc_cli", "bake multi-scale max-fusion inference into an exported ONNX file"),
     "synth": ("model_export.synthetic", "write a synthetic segmentation dataset in the VOC layout"),
 }
 # Top-level modules that only the `export` extra installs.

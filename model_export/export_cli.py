@@ -7,10 +7,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .catalog import ARCH_NAMES
 from .cli import CliError
-from .models import ARCHITECTURES, SegmentationModel, build_model
+
+if TYPE_CHECKING:
+    from .models import SegmentationModel
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -22,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", type=Path, help="a training checkpoint or a torchvision .pth state_dict")
     src.add_argument("--random-init", action="store_true", help="random weights (for timing and tests)")
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (read from a checkpoint)")
+    p.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture (read from a checkpoint)")
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--classes", type=Path, help="JSON file with the list of class names")
     p.add_argument("--input-size", type=int, help="long side the service letterboxes to")
@@ -44,6 +47,8 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
     if args.random_init:
         if not args.arch:
             raise CliError("--random-init needs --arch")
+        from .models import build_model  # torch: only when exporting, not for --help
+
         return build_model(args.arch, args.num_classes), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")

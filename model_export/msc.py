@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from service.contract import INPUT_NAME, LABELS_OUTPUT
 
-DEEPLAB_SCALES = (0.5, 0.75, 1.0)
+from .catalog import DEEPLAB_SCALES
 
 
 class MscError(ValueError):
@@ -176,19 +176,6 @@ def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst))
     return dst
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `segment-export msc`."""
-    p = sub.add_parser("msc", help="bake multi-scale max-fusion inference into an exported ONNX file",
-                       description="Rewrite a contract ONNX file so that it runs DeepLab's multi-scale test "
-                                   "(max over the upsampled logits of each scale); same input and outputs.")
-    p.add_argument("model", type=Path, help="an ONNX file written by segment-export (fp32)")
-    p.add_argument("--scales", default=",".join(str(s) for s in DEEPLAB_SCALES),
-                   help="comma-separated scales (default: DeepLab's 0.5,0.75,1)")
-    p.add_argument("--flip", action="store_true", help="add a mirrored pass at every scale")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -29,22 +29,10 @@ from .models import SegmentationModel, build_model, output_classes
 
 log = logging.getLogger(__name__)
 
-# torchvision's published COCO-trained (VOC label set) deeplabv3 weights; see
-# torchvision/models/segmentation/deeplabv3.py (DeepLabV3_ResNet*_Weights.COCO_WITH_VOC_LABELS_V1).
-DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
-PUBLISHED: dict[str, str] = {
-    "deeplabv3_resnet50": "deeplabv3_resnet50_coco-cd0a2569.pth",
-    "deeplabv3_resnet101": "deeplabv3_resnet101_coco-586e9e4e.pth",
-    # torchvision/models/segmentation/{deeplabv3,lraspp}.py, COCO_WITH_VOC_LABELS_V1 as well.
-    "deeplabv3_mobilenet_v3_large": "deeplabv3_mobilenet_v3_large-fc3c493d.pth",
-    "lraspp_mobilenet_v3_large": "lraspp_mobilenet_v3_large-d234d4ea.pth",
-}
+from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, PUBLISHED_INPUT_SIZE  # noqa: E402
+
 # The main head's last conv in each torchvision layout: its first dimension is the number of classes.
 _HEAD_KEYS = {"lraspp_mobilenet_v3_large": "classifier.high_classifier.weight"}
-# torchvision evaluates these weights after resizing the short side to 520.
-PUBLISHED_INPUT_SIZE = 520
-BASE_URL_ENV = "SEGMENT_WEIGHTS_BASE_URL"
-CACHE_ENV = "SEGMENT_CACHE_DIR"
 # A short socket timeout: with no network we want to fail in seconds, not minutes.
 CONNECT_TIMEOUT_S = 10.0
 # torch.hub's convention: the sha256 prefix sits between the last '-' and the extension.

@@ -8,18 +8,7 @@ from pathlib import Path
 
 from service.contract import VOC_CLASSES
 
-from .weights import (
-    BASE_URL_ENV,
-    CACHE_ENV,
-    PUBLISHED,
-    PUBLISHED_INPUT_SIZE,
-    cache_dir,
-    extract_state_dict,
-    fetch,
-    load_torchvision_state_dict,
-    published_url,
-    read_checkpoint,
-)
+from .catalog import BASE_URL_ENV, CACHE_ENV, PUBLISHED, PUBLISHED_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch, convert and export."""
-    from .export import build_metadata, export_onnx
+    from .export import build_metadata, export_onnx  # torch and onnx: only when run, not for --help
     from .models import output_classes
+    from .weights import (
+        cache_dir,
+        extract_state_dict,
+        fetch,
+        load_torchvision_state_dict,
+        published_url,
+        read_checkpoint,
+    )
 
     # WeightsError is a CliError: no network, a bad hash or a bad file end as one clear line.
     url = args.url or published_url(args.name, args.base_url)
