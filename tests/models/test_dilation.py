@@ -67,8 +67,8 @@ def test_train_flag_keeps_the_demo_geometry() -> None:
     from model_export.train import _model_kwargs
 
     base = ["train", "--data", "d", "--out", "o", "--arch", "deeplabv3_thin", "--output-stride", "8"]
-    args = build_parser().parse_args([*base, "--legacy-dilation"])
+    args = build_parser("train").parse_args([*base, "--legacy-dilation"])
     assert _model_kwargs(args)["legacy_dilation"] is True
     model = build_model("deeplabv3_thin", 7, **_model_kwargs(args))
     assert rates(model) == [[1], [1], [2]]
-    assert "legacy_dilation" not in _model_kwargs(build_parser().parse_args(base))
+    assert "legacy_dilation" not in _model_kwargs(build_parser("train").parse_args(base))

@@ -15,7 +15,7 @@ from tests.training.conftest import TINY_MODEL, tiny_config
 
 
 def _train_args(*flags: str):
-    return build_parser().parse_args(["train", "--data", "d", "--out", "o", *flags])
+    return build_parser("train").parse_args(["train", "--data", "d", "--out", "o", *flags])
 
 
 @pytest.mark.parametrize(("flags", "mode"), [

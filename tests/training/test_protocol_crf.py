@@ -55,8 +55,10 @@ def test_native_protocol_runs_the_padded_unresized_image(tiny_voc: Path, padded_
     from service.engine import Engine
 
     fed: list[np.ndarray] = []
-    run = Engine.run
+    run, run_images = Engine.run, Engine.run_images  # the engine's two entry points (a batch, a list of images)
     monkeypatch.setattr(Engine, "run", lambda self, batch: fed.append(batch.copy()) or run(self, batch))
+    monkeypatch.setattr(Engine, "run_images",
+                        lambda self, images: fed.append(np.stack(images)) or run_images(self, images))
     preds: dict[str, np.ndarray] = {}
     evaluate_model(padded_onnx, tiny_voc, "val", protocol="native", progress=False,
                    on_prediction=lambda i, t, p: preds.__setitem__(i, p))
