@@ -17,7 +17,8 @@ from .outputs.labelmap import LabelMap
 @dataclass(frozen=True)
 class StoredResult:
     """A label map at original size (or a `LabelMap`: the model's map and its way back to that size, ~10x
-    smaller) and the encoded upload it came from (decoded again for an overlay).
+    smaller for a large upload; whichever is smaller is kept) and the encoded upload it came from (decoded again
+    for an overlay).
 
     Keeping the upload's bytes rather than its decoded pixels costs ~10-20x less memory for JPEGs, and lets
     `/segment` decode a reduced image when it does not need the full-resolution one.
@@ -69,7 +70,7 @@ class ResultsCache:
 
     def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
-        item = StoredResult(labels, source, self._clock())
+        item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
         if not self.enabled or item.nbytes > self.max_bytes:
             return False  # TTLCache would raise ValueError("value too large")
         with self._lock:

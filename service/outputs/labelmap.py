@@ -63,6 +63,14 @@ class LabelMap:
         # A copy: never keep the whole batch output alive through a view.
         return cls(valid.copy(), nearest_index(info.new_h, info.orig_h), nearest_index(info.new_w, info.orig_w))
 
+    def compact(self) -> LabelMap:
+        """The cheaper form to keep: this map, or the full-size one when the upload is smaller than the model's
+        view of it (a 200x150 photo seen by a 768 model: 30 KB instead of 440 KB in the results cache)."""
+        height, width = self.shape
+        if height * width >= self.small.size:
+            return self
+        return LabelMap.from_array(self.full)
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.rows), len(self.cols)

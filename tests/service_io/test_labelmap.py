@@ -136,3 +136,19 @@ def test_regions_touching_at_a_corner_become_valid_polygons() -> None:
             assert sum(f["properties"]["area"] for f in feats) == (case == class_id).sum()
     pieces = [f for f in polygons_geojson(labels, CLASSES)["features"] if f["properties"]["class_id"] == 1]
     assert sorted(f["properties"]["area"] for f in pieces) == [4, 4]
+
+
+@pytest.mark.parametrize(("h", "w"), [(150, 200), (768, 1024)])
+def test_the_results_cache_keeps_the_smaller_form(h: int, w: int) -> None:
+    """A small upload seen by a large model is kept at its own size, a large one at the model's."""
+    from service.results_cache import ResultsCache
+
+    info = compute_letterbox(h, w, 513)
+    model_map = np.random.default_rng(0).integers(0, 5, (513, 513), dtype=np.uint8)
+    label_map = LabelMap.from_model(model_map, info)
+    cache = ResultsCache(60, 10 * 2**20)
+    assert cache.put("r", label_map, b"upload")
+    stored = cache.get("r").labels
+    np.testing.assert_array_equal(stored.full, unletterbox(model_map, info))
+    assert stored.nbytes <= label_map.nbytes and stored.small.size == min(h * w, info.new_h * info.new_w)
+    assert cache.nbytes == stored.nbytes + len(b"upload")
