@@ -4,15 +4,12 @@ imports `model_export.evaluate` only when it runs."""
 from __future__ import annotations
 
 import argparse
-import importlib
 
+from .cli import run_later
 from .protocol import PROTOCOLS
 
 DESCRIPTION = '`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.'
 
-
-def _run(args: argparse.Namespace) -> int:
-    return importlib.import_module("model_export.evaluate")._run(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,4 +36,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_later("model_export.evaluate"))

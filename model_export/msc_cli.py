@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from .catalog import DEEPLAB_SCALES
-
-
-def _run(args: argparse.Namespace) -> int:
-    return importlib.import_module("model_export.msc")._run(args)
+from .cli import run_later
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,4 +20,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated scales (default: DeepLab's 0.5,0.75,1)")
     p.add_argument("--flip", action="store_true", help="add a mirrored pass at every scale")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_later("model_export.msc"))

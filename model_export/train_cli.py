@@ -4,15 +4,12 @@ imports `model_export.train` only when it runs."""
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from .catalog import ARCH_NAMES
+from .cli import run_later
 
 DESCRIPTION = '`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py).'
 
-
-def _run(args: argparse.Namespace) -> int:
-    return importlib.import_module("model_export.train")._run(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,4 +55,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, iteration, RNG)")
     p.add_argument("--stop-at", type=int, help="stop after this iteration (resumable; schedule unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_later("model_export.train"))
