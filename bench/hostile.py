@@ -142,6 +142,23 @@ def refetches(clients: int, path: str) -> Attack:
     return attack
 
 
+def uploads(clients: int, body: bytes, content_type: str) -> Attack:
+    """`clients` loops each posting `body` (a hostile image) to /segment, again as soon as it is answered."""
+
+    async def attack(host: str, port: int, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=120) as client:
+            async def one() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(httpx.HTTPError):
+                        r = await client.post("/segment", content=body, params={"output": "stats"},
+                                              headers={"Content-Type": content_type})
+                        if r.status_code == 503:
+                            await asyncio.sleep(0.05)
+            await asyncio.gather(*(one() for _ in range(clients)))
+
+    return attack
+
+
 async def _until_closed_or_stopped(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
     reading = asyncio.ensure_future(reader.read())  # returns when the server closes
     stopping = asyncio.ensure_future(stop.wait())

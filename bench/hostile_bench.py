@@ -32,9 +32,12 @@ from bench.hostile import (
     probe,
     refetches,
     stalled_uploads,
+    uploads,
 )
 from service.settings import default_model_path
 from tests.photos import photo
+from tests.reliability.test_image_guards_http import deep_grey_tiff
+from tests.service_io.test_decode_guards import scan_bomb
 
 TINY = encode(photo("astronaut.png", (32, 24)), "PNG")
 
@@ -74,6 +77,9 @@ ATTACKS: dict[str, Callable[[ServerProcess], Attack]] = {
     "a client sending 100,000-character URLs in a loop": lambda s: long_urls(1),
     "12 clients refetching a 6300² overlay": lambda s: refetches(12, big_result(s.url, 6300)),
     "8 clients hanging up mid-upload": lambda s: aborted_uploads(8),
+    "2 clients posting JPEG scan bombs (2048², 4,000 scans) in a loop":
+        lambda s: uploads(2, scan_bomb(4000), "image/jpeg"),
+    "2 clients posting 32-bit greyscale 6300² TIFFs in a loop": lambda s: uploads(2, deep_grey_tiff(), "image/tiff"),
 }
 
 
