@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
+        heavy_pool=low_priority_pool(settings.worker_threads, "heavy-decode"),
     )
 
     @contextlib.asynccontextmanager
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                                 concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
                                 padded_size=eng.padded_size)
         state.batcher.start()
-        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels)
+        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels, heavy_threads=state.heavy_pool)
         state.warmup_task = loop.create_task(_warm_up(state))
         try:
             yield
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)
+            state.heavy_pool.shutdown(wait=False, cancel_futures=True)
             log.info("drained and stopped")
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN, so

@@ -30,6 +30,7 @@ class ServiceState:
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
     render_pool: ThreadPoolExecutor
+    heavy_pool: ThreadPoolExecutor  # decodes of very large images, at lower CPU priority (service/codec.py)
     engine: Engine | None = None
     batcher: Batcher | None = None
     codec: Codec | None = None  # decode and encode, in `pool`
