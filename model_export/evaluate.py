@@ -10,7 +10,7 @@ Two kinds of model:
   probabilities averaged (`--fusion mean`) or DeepLab's max over the upsampled logits (`--fusion max`).
 
 Both take `--protocol` (letterbox as served, or DeepLab's native VOC protocol, the default for VOC-class
-models; see model_export.protocol) and `--crf` (DeepLab-v2's dense CRF, model_export.crf).
+models; see model_export.protocol) and `--crf` (DeepLab-v2's dense CRF, service.crf).
 
 The confusion matrix accumulates over the whole split (model_export.metrics documents undefined classes).
 """
@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from service.crf import CrfParams, CrfUnavailable, crf_on_canvas
+
 from .checkpoint import CheckpointError, load_checkpoint_model
-from .crf import CrfParams, CrfUnavailable
 from .data import DatasetError, VOCSegmentation
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
-from .protocol import crf_on_canvas, onnx_protocol_predictor, pad_native, resolve_protocol
+from .protocol import onnx_protocol_predictor, pad_native, resolve_protocol
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from service.contract import INPUT_NAME, VOC_CLASSES
+from service.crf import CrfParams, crf_on_canvas
 from service.imaging import LetterboxInfo
-
-from .crf import CrfParams, dense_crf
 
 PROTOCOLS = ("auto", "letterbox", "native")
 
@@ -50,15 +49,6 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     """Numerically stable softmax."""
     e = np.exp(logits - logits.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def crf_on_canvas(canvas: np.ndarray, probs: np.ndarray, info: LetterboxInfo, params: CrfParams) -> np.ndarray:
-    """Dense CRF over the image region of a canvas (padding excluded); labels [canvas H, W], 0 elsewhere."""
-    region = (slice(info.top, info.top + info.new_h), slice(info.left, info.left + info.new_w))
-    labels = np.zeros(canvas.shape[:2], np.uint8)
-    labels[region] = dense_crf(np.ascontiguousarray(canvas[region]),
-                               np.ascontiguousarray(probs[:, region[0], region[1]]), params)
-    return labels
 
 
 def logits_session(model_path: str | Path, engine: Any) -> tuple[Any, str]:

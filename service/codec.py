@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import outputs
+from . import crf, outputs
 from .engine import Engine, decode_and_prepare
 from .imaging import LetterboxInfo
 from .outputs.labelmap import LabelMap
@@ -64,9 +64,23 @@ class Codec:
                               full_resolution=full_resolution))
 
     async def encode(self, kind: str, image: np.ndarray, labels: np.ndarray, info: LetterboxInfo,
-                     header: dict[str, Any], **params: Any) -> tuple[bytes | dict[str, Any], str, LabelMap]:
-        """The answer's body and media type, and the label map at the upload's size (for the results cache)."""
+                     header: dict[str, Any], *, crf_canvas: np.ndarray | None = None,
+                     **params: Any) -> tuple[bytes | dict[str, Any], str, LabelMap]:
+        """The answer's body and media type, and the label map at the upload's size (for the results cache).
+
+        `crf_canvas` (the letterboxed image the model saw) refines the labels with DeepLab-v2's dense CRF first.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(
+            self._encode, kind, image, labels, info, header, crf_canvas, params))
+
+    def _encode(self, kind: str, image: np.ndarray, labels: np.ndarray, info: LetterboxInfo,
+                header: dict[str, Any], crf_canvas: np.ndarray | None,
+                params: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
+        meta = self.engine.metadata
+        if crf_canvas is not None:
+            # The contract gives labels, not scores: the predicted class gets 0.7, as `evaluate --crf` does.
+            probs = crf.probs_from_labels(labels, meta.num_classes)
+            labels = crf.crf_on_canvas(crf_canvas, probs, info, crf.CrfParams())
         label_map = LabelMap.from_model(labels, info)  # a view plus index maps: no full-size map is built
-        body, media = await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(
-            outputs.render_output, kind, image, label_map, self.engine.metadata, header, **params))
+        body, media = outputs.render_output(kind, image, label_map, meta, header, **params)
         return body, media, label_map

@@ -1,7 +1,7 @@
 """DeepLab-v2's dense CRF post-processing (Krähenbühl & Koltun's fully connected CRF) on softmax scores.
 
 Uses `pydensecrf2` (the maintained fork of pydensecrf, MIT), an optional dependency: `pip install
-'.[crf]'`. No torch here, so a torch-free caller (the service) can use it as well.
+'.[crf]'`. Torch-free: `POST /segment?crf=true` and `segment-export evaluate --crf` both use it.
 
 Default parameters are DeepLab-v2's for ResNet-101 on VOC, as kazuto1011/deeplab-pytorch's `voc12.yaml`
 records them: 10 mean-field iterations, appearance kernel weight 4 with σ_xy 67 and σ_rgb 3, smoothness
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .imaging import LetterboxInfo
 
 
 class CrfUnavailable(RuntimeError):
@@ -29,6 +31,15 @@ class CrfParams:
     bilateral_rgb: float = 3.0  # BI_RGB_STD
     gaussian_weight: float = 3.0  # POS_W
     gaussian_xy: float = 1.0  # POS_XY_STD
+
+
+def available() -> bool:
+    """Whether pydensecrf2 can be imported here."""
+    try:
+        _densecrf()
+    except CrfUnavailable:
+        return False
+    return True
 
 
 def _densecrf():  # type: ignore[no-untyped-def]
@@ -65,3 +76,12 @@ def probs_from_labels(labels: np.ndarray, num_classes: int, confidence: np.ndarr
     probs = np.broadcast_to(rest, labels.shape)[None].repeat(num_classes, 0).astype(np.float32)
     np.put_along_axis(probs, labels[None].astype(np.int64), np.broadcast_to(conf, labels.shape)[None], axis=0)
     return probs
+
+
+def crf_on_canvas(canvas: np.ndarray, probs: np.ndarray, info: LetterboxInfo, params: CrfParams) -> np.ndarray:
+    """Dense CRF over the image region of a canvas (padding excluded); labels [canvas H, W], 0 elsewhere."""
+    region = (slice(info.top, info.top + info.new_h), slice(info.left, info.left + info.new_w))
+    labels = np.zeros(canvas.shape[:2], np.uint8)
+    labels[region] = dense_crf(np.ascontiguousarray(canvas[region]),
+                               np.ascontiguousarray(probs[:, region[0], region[1]]), params)
+    return labels
