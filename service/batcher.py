@@ -48,7 +48,7 @@ class _Item:
 
 
 class Batcher:
-    """Collects letterboxed images into batches and runs them through `run_batch` in one thread."""
+    """Collects letterboxed images into batches and runs them through `run_images`, `concurrency` at a time."""
 
     def __init__(self, run_images: Callable[[list[np.ndarray]], np.ndarray], *, max_batch_size: int,
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
@@ -74,7 +74,7 @@ class Batcher:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker on the running loop."""
+        """Start the workers on the running loop."""
         self._queue = asyncio.Queue(self.max_queue)
         self._collecting = asyncio.Lock()
         self._accepting = True
@@ -82,7 +82,7 @@ class Batcher:
         self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the worker."""
+        """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the workers."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
         while self._queue is not None and (self._queue.qsize() or self.in_flight) and time.monotonic() < deadline:
