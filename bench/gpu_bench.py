@@ -40,7 +40,7 @@ from bench.gpu_raw import (
 from bench.gpu_report import render
 from bench.harness import ServerProcess, closed_loop, encode, latency_summary, stage_means_ms
 from bench.markdown import write_section
-from service.sessions import CPU, CUDA
+from service.core.sessions import CPU, CUDA
 
 
 def device_info() -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import INPUT_NAME, LABELS_OUTPUT
-from service.sessions import CPU, CUDA, create_session, session_options
+from service.core.contract import INPUT_NAME, LABELS_OUTPUT
+from service.core.sessions import CPU, CUDA, create_session, session_options
 
 Runner = Callable[[np.ndarray], object]
 

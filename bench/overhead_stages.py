@@ -43,29 +43,53 @@ def model_cpu_ms(engine: Any, tensor: Any, reps: int) -> float:
 def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
     from starlette.responses import JSONResponse
 
-    from service import engine as engine_mod
-    from service import outputs
-    from service.settings import Settings
+    try:  # this tree: the core's pipeline
+        from service.core.engine import load_engine
+        from service.core.options import EngineOptions
+        from service.core.outputs import render_output
+        from service.core.outputs.labelmap import LabelMap
+        from service.core.pipeline import Pipeline
 
-    engine = engine_mod.load_engine(Settings(model_path=model, intra_op_threads=1))
+        pipeline = Pipeline(load_engine(EngineOptions(model_path=model, intra_op_threads=1)))
+        engine = pipeline.engine
+
+        def decode_fn() -> Any:
+            prepared = pipeline.preprocess(data)
+            return prepared.tensor, prepared.info
+
+        def back_fn(small: Any, info: Any) -> Any:  # what `Pipeline.postprocess` does without the CRF
+            return LabelMap.from_model(small, info)
+    except ImportError:  # an older tree, before the core package
+        from service.outputs import render_output  # type: ignore[no-redef]
+
+        from service import engine as engine_mod  # type: ignore[no-redef]
+        from service.settings import Settings
+
+        engine = engine_mod.load_engine(Settings(model_path=model, intra_op_threads=1))
+
+        def decode_fn() -> Any:
+            return engine_mod.decode_and_prepare(engine, data, 40_000_000)[1:]
+
+        def back_fn(small: Any, info: Any) -> Any:
+            try:  # newer versions keep the model-size map and its index maps instead of resizing up front
+                from service.outputs.labelmap import LabelMap
+            except ImportError:
+                return engine_mod.finish(small, info)
+            return LabelMap.from_model(small, info)
+
     header = {"id": "0" * 22, "model": engine.name}
-    _, tensor, info = engine_mod.decode_and_prepare(engine, data, 40_000_000)
+    tensor, info = decode_fn()
     small = engine.run(tensor[None])[0]
     result: dict[str, Any] = {"model": model_cpu_ms(engine, tensor, reps)}
-    decode = cpu_ms(lambda: engine_mod.decode_and_prepare(engine, data, 40_000_000), reps)
-    try:  # newer versions keep the model-size map and its index maps instead of resizing up front
-        from service.outputs.labelmap import LabelMap
+    decode = cpu_ms(decode_fn, reps)
 
-        def back() -> Any:
-            return LabelMap.from_model(small, info)
-    except ImportError:
-        def back() -> Any:
-            return engine_mod.finish(small, info)
+    def back() -> Any:
+        return back_fn(small, info)
     for kind in KINDS:
         stages = {"decode": decode, "resize": cpu_ms(back, reps)}
 
         def render(kind: str = kind) -> Any:  # a fresh map each time: nothing cached between calls
-            return outputs.render_output(kind, None, back(), engine.metadata, header)[0]
+            return render_output(kind, None, back(), engine.metadata, header)[0]
         stages["render"] = cpu_ms(render, reps) - stages["resize"]
         body = render()
         if isinstance(body, dict):

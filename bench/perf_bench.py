@@ -38,8 +38,9 @@ import torch
 
 from bench.harness import ServerProcess, closed_loop, encode, latency_summary, machine_note, stage_means_ms
 from bench.models import bench_model, parse_kwargs
-from service.engine import load_engine, prepare
-from service.settings import Settings
+from service.core.engine import load_engine
+from service.core.options import EngineOptions
+from service.core.pipeline import Pipeline
 from tests.photos import PHOTOS, photo
 
 BATCH_SIZES = (1, 2, 4, 8)
@@ -128,14 +129,14 @@ def service_point(server: ServerProcess, bodies: list[bytes], concurrency: int, 
     return summary
 
 
-def stage_split(engine_settings: Settings, bodies: dict[str, list[bytes]], reps: int = 5) -> dict[str, Any]:
+def stage_split(pipeline: Pipeline, bodies: dict[str, list[bytes]], reps: int = 5) -> dict[str, Any]:
     """The service's own pre/post functions timed one by one (single thread), to split the metrics' `decode`
     (= decode + letterbox) and `encode` (= resize back + PNG encode) stages."""
-    from service import outputs
-    from service.engine import finish
-    from service.imaging import decode_image_for_model
+    from service.core import outputs
+    from service.core.decode import decode_image_for_model
+    from service.core.letterbox import unletterbox
 
-    engine = load_engine(engine_settings)
+    engine = pipeline.engine
     out: dict[str, Any] = {}
     for size, blobs in bodies.items():
         t = {"decode": [], "letterbox": [], "inference": [], "resize_back": [], "encode_png": []}
@@ -143,13 +144,14 @@ def stage_split(engine_settings: Settings, bodies: dict[str, list[bytes]], reps:
             for data in blobs:
                 t0 = time.perf_counter()
                 # As the service decodes for every output but overlay (large JPEGs reduced).
-                image, orig_hw = decode_image_for_model(data, engine_settings.max_pixels, engine.input_size)
+                image, orig_hw = decode_image_for_model(data, pipeline.max_pixels, engine.input_size)
                 t1 = time.perf_counter()
-                tensor, info = prepare(engine, image, orig_hw)
+                prepared = pipeline.prepare_image(image, orig_hw)
+                tensor, info = prepared.tensor, prepared.info
                 t2 = time.perf_counter()
                 small = engine.run(tensor[None])[0]
                 t3 = time.perf_counter()
-                labels = finish(small, info)
+                labels = unletterbox(small, info)
                 t4 = time.perf_counter()
                 outputs.encode_labels_png(labels, engine.metadata.palette)
                 t5 = time.perf_counter()
@@ -163,7 +165,7 @@ def stage_split(engine_settings: Settings, bodies: dict[str, list[bytes]], reps:
 def resnet50_check(workdir: Path, size: int, threads: int, reps: int) -> dict[str, float]:
     """Full-width deeplabv3_resnet50 at batch 1: ORT vs eager, interleaved (the model the 1.3x target is about)."""
     path, wrapper = bench_model(workdir / "r50.onnx", "deeplabv3_resnet50", size)
-    engine = load_engine(Settings(model_path=path, intra_op_threads=threads))
+    engine = load_engine(EngineOptions(model_path=path, intra_op_threads=threads))
     x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     ort_run, eager_run = batch_runner_ort(engine.session), batch_runner_eager(wrapper)
     ort_run(x), eager_run(x)
@@ -213,12 +215,12 @@ def main(argv: list[str] | None = None) -> None:
         model_path, wrapper = bench_model(Path(tmp) / "bench.onnx", args.arch, args.input_size,
                                           **parse_kwargs(args.arch_kwargs))
         result["model"]["onnx_mb"] = model_path.stat().st_size / 1e6
-        settings = Settings(model_path=model_path, intra_op_threads=args.threads)
-        engine = load_engine(settings)  # the very session options the service uses
+        engine = load_engine(EngineOptions(model_path=model_path, intra_op_threads=args.threads))
+        pipeline = Pipeline(engine)  # the very session options and steps the service uses
         runners = {"ort": batch_runner_ort(engine.session), "eager": batch_runner_eager(wrapper)}
         images = {f"{w}x{h}": [photo(name, (w, h)) for name in PHOTOS] for w, h in sizes}
         bodies = {key: [encode(im) for im in ims] for key, ims in images.items()}
-        tensors = [prepare(engine, im)[0] for im in images[next(iter(images))]]
+        tensors = [pipeline.prepare_image(im).tensor for im in images[next(iter(images))]]
         result["batch_sweep"] = best_batch(runners, tensors[0])
         print("batch sweep:", json.dumps(result["batch_sweep"]), flush=True)
 
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(c, name, key, {k: round(v, 1) for k, v in point.items() if isinstance(v, float)},
                           flush=True)
             result["server_memory_kib"] = {name: s.memory_kib() for name, s in servers.items()}
-        result["stage_split_ms"] = stage_split(settings, bodies)
+        result["stage_split_ms"] = stage_split(pipeline, bodies)
         if args.resnet50_reps:
             result["resnet50_check"] = resnet50_check(Path(tmp), args.input_size, args.threads, args.resnet50_reps)
     result["machine"]["load_after"] = machine_note()

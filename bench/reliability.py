@@ -22,15 +22,16 @@ import httpx
 import numpy as np
 
 from bench.harness import ServerProcess, closed_loop, decode_labels, open_loop, proc_memory_kib
-from service.engine import decode_and_prepare, load_engine, run_prepared
-from service.settings import Settings
+from service.core.engine import load_engine
+from service.core.options import EngineOptions
+from service.core.pipeline import Pipeline
 
 
 def direct_labels(model: Path, bodies: Sequence[bytes]) -> list[np.ndarray]:
     """Labels for each upload from a direct onnxruntime session (one image per run, no batcher, no HTTP)."""
-    engine = load_engine(Settings(model_path=model))
+    pipeline = Pipeline(load_engine(EngineOptions(model_path=model)))
     # The service's own decode path (a large JPEG decodes reduced for labels), so "identical" can be exact.
-    return [run_prepared(engine, [decode_and_prepare(engine, b, 40_000_000)[1:]])[0] for b in bodies]
+    return [pipeline.label_maps([pipeline.preprocess(b)])[0] for b in bodies]
 
 
 class MemorySampler:

@@ -28,6 +28,8 @@ from typing import Protocol
 from tqdm import tqdm
 
 from service.client import OUTPUTS, SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
+from service.core.errors import DecodeError
+from service.core.output_kinds import OUTPUT_KINDS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"})
 # JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
@@ -55,9 +57,10 @@ class Failure:
 
 
 def output_suffix(output: str, fmt: str) -> str:
-    """The file extension for an output kind."""
-    return {"labels": ".png", "color": ".png", "polygons": ".geojson", "stats": ".json"}.get(
-        output, ".png" if fmt == "png" else ".jpg")
+    """The file extension for an output kind in format `fmt` (a format the kind is not written in: its default)."""
+    kind = OUTPUT_KINDS[output]
+    formats = {e.format: e for e in kind.encodings}
+    return formats.get(fmt, kind.encodings[0]).suffix
 
 
 def discover(inputs: Iterable[Path]) -> list[tuple[Path, Path]]:
@@ -129,10 +132,10 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
         return Failure(job.source, exc.code, exc.message)
     except SegmentClientError as exc:
         return Failure(job.source, "connection_error", str(exc))
-    except Exception as exc:
-        # Local mode raises the service's ApiError (code/message) for bad input; anything else is a bug,
-        # still reported per file rather than killing the run.
-        return Failure(job.source, getattr(exc, "code", "error"), getattr(exc, "message", None) or repr(exc))
+    except DecodeError as exc:  # local mode: the code the service would answer with
+        return Failure(job.source, exc.code, exc.message)
+    except Exception as exc:  # a bug, still reported per file rather than killing the run
+        return Failure(job.source, "error", repr(exc))
     try:
         write_atomic(job.target, payload(result))
     except OSError as exc:

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 
 from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
-from service.errors import ApiError
-from service.outputs.masks import blend_overlay
+from service.core.errors import DecodeError
+from service.core.outputs.masks import blend_overlay
 
 WINDOW = "segment-webcam"
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> Stats:
                 try:
                     labels, latency = future.result()
                     shown = blend_overlay(frame, labels, palette, args.alpha)
-                except (SegmentApiError, ApiError) as exc:  # one bad frame: show it plain, keep going
+                except (SegmentApiError, DecodeError) as exc:  # one bad frame: show it plain, keep going
                     stats.errors += 1
                     print(f"segment-webcam: frame {stats.frames}: {exc}", file=sys.stderr)
                     shown, latency = frame.copy(), 0.0

@@ -1,7 +1,8 @@
 """Calibration sets for int8 quantisation: real images from a folder, or synthetic scenes for the demo model.
 
-Every image goes through the service's own decoder and letterbox (`service.imaging`), so the activation ranges
-ORT calibrates are the ranges of the tensors the service will feed: the same size, the same mean padding.
+Every image goes through the service's own decoder and letterbox (`service.core.decode`,
+`service.core.letterbox`), so the activation ranges ORT calibrates are the ranges of the tensors the service
+will feed: the same size, the same mean padding.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from service.contract import INPUT_NAME, ModelMetadata
+from service.core.contract import INPUT_NAME, ModelMetadata
 
 from .cli import CliError
 
@@ -59,7 +60,7 @@ def find_images(directory: Path, count: int) -> list[Path]:
 
 def letterboxed(image: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     """The service's letterbox of an RGB uint8 image to the model's input size (a fresh array)."""
-    from service.imaging import letterbox
+    from service.core.letterbox import letterbox
 
     canvas, _ = letterbox(image, meta.input_size, meta.pad_rgb)
     return canvas.copy()
@@ -67,12 +68,12 @@ def letterboxed(image: np.ndarray, meta: ModelMetadata) -> np.ndarray:
 
 def decode_file(path: Path) -> np.ndarray:
     """Decode one image file exactly as the service decodes an upload (EXIF orientation, RGB)."""
-    from service.errors import ApiError
-    from service.imaging import decode_image
+    from service.core.decode import decode_image
+    from service.core.errors import DecodeError
 
     try:
         return decode_image(path.read_bytes(), max_pixels=1 << 31)
-    except ApiError as exc:
+    except DecodeError as exc:
         raise CliError(f"calibration image {path} cannot be decoded: {exc}") from None
 
 

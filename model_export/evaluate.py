@@ -1,16 +1,17 @@
 """`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.
 
 Two kinds of model:
-- an exported `.onnx` file goes through the service's own path: `service.engine.load_engine` (contract checks,
-  ORT session), `service.engine.decode_and_prepare` on the file's bytes (decode, letterbox to the metadata's
-  input size) and `service.engine.run_prepared` (run, unletterbox). What is measured is what is served.
+- an exported `.onnx` file goes through the service's own pipeline (`service.core.pipeline.Pipeline`: contract
+  checks, decode and letterbox to the metadata's input size, run, back to the image's size), with engine
+  options from the command line only (no `SEGMENT_*` variable changes what is scored). What is measured is
+  what is served.
   Multi-scale testing for ONNX is baked into the graph (`segment-export msc`).
 - a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch at the checkpoint's input size
   (`--input-size 0`: native resolution, unpadded), with optional multi-scale + flip testing: softmax
   probabilities averaged (`--fusion mean`) or DeepLab's max over the upsampled logits (`--fusion max`).
 
 Both take `--protocol` (letterbox as served, or DeepLab's native VOC protocol, the default for VOC-class
-models; see model_export.protocol) and `--crf` (DeepLab-v2's dense CRF, service.crf).
+models; see model_export.protocol) and `--crf` (DeepLab-v2's dense CRF, service.core.crf).
 
 The confusion matrix accumulates over the whole split (model_export.metrics documents undefined classes).
 """
@@ -22,14 +23,18 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from service.crf import CrfParams, CrfUnavailable, crf_on_canvas
+from service.core.crf import CrfParams, CrfUnavailable, crf_on_canvas
+from service.core.decode import decode_image
+from service.core.engine import EngineError, load_engine
+from service.core.errors import DecodeError
+from service.core.options import EngineOptions
+from service.core.pipeline import Pipeline, Prepared
 
 from .checkpoint import CheckpointError, load_checkpoint_model
 from .data import DatasetError, VOCSegmentation
@@ -39,6 +44,9 @@ from .protocol import onnx_protocol_predictor, pad_native, resolve_protocol
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
+
+# Dataset images are trusted files: no upload pixel limit (the decode memory budget still applies).
+MAX_PIXELS = 1 << 31
 
 # (image paths, decoded-later) -> label maps at original size
 Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
@@ -53,12 +61,9 @@ def _read_bytes(path: Path) -> bytes:
 
 def decode(path: Path) -> np.ndarray:
     """The service's decoder (EXIF orientation, mode conversion) on a dataset image file."""
-    from service.errors import ApiError
-    from service.imaging import decode_image
-
     try:
-        return decode_image(_read_bytes(path), max_pixels=1 << 31)
-    except ApiError as exc:
+        return decode_image(_read_bytes(path), max_pixels=MAX_PIXELS)
+    except DecodeError as exc:
         raise DatasetError(f"cannot decode image file {path}: {exc}") from None
 
 
@@ -67,38 +72,35 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
     """Predict through the service engine; returns the predictor and the model's class names.
 
     `protocol` (see model_export.protocol) and `crf` change the geometry and add the dense CRF."""
-    from service.engine import EngineError, decode_and_prepare, load_engine, run_prepared
-    from service.errors import ApiError
-    from service.settings import Settings
-
-    kwargs: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
-    if threads:
-        kwargs["intra_op_threads"] = threads
+    # The file as given: `precision=auto` would score its fp16 sibling on a GPU.
+    options = EngineOptions(model_path=Path(model_path), providers=providers, precision="fp32",
+                            intra_op_threads=threads, fixed_shapes="off")
     try:
-        engine = load_engine(Settings(**kwargs))
+        engine = load_engine(options)
     except EngineError as exc:  # ContractError is already a ValueError
         raise ValueError(str(exc)) from None
+    pipeline = Pipeline(engine, max_pixels=MAX_PIXELS)
     classes = list(engine.metadata.classes)
     if resolve_protocol(protocol, classes) != "letterbox" or crf is not None:
-        inner = onnx_protocol_predictor(engine, model_path, resolve_protocol(protocol, classes), crf, _read_bytes)
+        inner = onnx_protocol_predictor(pipeline, model_path, resolve_protocol(protocol, classes), crf,
+                                        _read_bytes)
 
         def guarded(paths: Sequence[Path]) -> list[np.ndarray]:
             try:
                 return inner(paths)
-            except ApiError as exc:
+            except DecodeError as exc:
                 raise DatasetError(f"cannot decode an image of {[str(p) for p in paths]}: {exc}") from None
 
         return guarded, classes
 
-    def prepared(path: Path) -> tuple[np.ndarray, Any]:
+    def prepared(path: Path) -> Prepared:
         try:
-            _, tensor, info = decode_and_prepare(engine, _read_bytes(path), 1 << 31)
-        except ApiError as exc:
+            return pipeline.preprocess(_read_bytes(path))
+        except DecodeError as exc:
             raise DatasetError(f"cannot decode image file {path}: {exc}") from None
-        return tensor, info
 
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
-        return run_prepared(engine, [prepared(p) for p in paths], batch_size=len(paths))
+        return pipeline.label_maps([prepared(p) for p in paths])
 
     return predict, classes
 
@@ -146,7 +148,7 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
                          crf: CrfParams | None = None) -> tuple[Predictor, list[str]]:
     """Predict with a training checkpoint in PyTorch. `input_size` None = the checkpoint's own, 0 = native
     resolution without padding; `protocol` letterboxes to it or pads to it (model_export.protocol)."""
-    from service.imaging import LetterboxInfo, letterbox, unletterbox
+    from service.core.letterbox import LetterboxInfo, letterbox, unletterbox
 
     from .train import pick_device
 

@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from service import __version__
-from service.contract import (
+from service.core.contract import (
     CONFIDENCE_OUTPUT,
     INPUT_NAME,
     LABELS_OUTPUT,

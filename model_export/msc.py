@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from service.contract import INPUT_NAME, LABELS_OUTPUT
+from service.core.contract import INPUT_NAME, LABELS_OUTPUT
 
 from .catalog import DEEPLAB_SCALES
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import INPUT_NAME, VOC_CLASSES
-from service.crf import CrfParams, crf_on_canvas
-from service.imaging import LetterboxInfo
+from service.core.contract import INPUT_NAME, VOC_CLASSES
+from service.core.crf import CrfParams, crf_on_canvas
+from service.core.letterbox import LetterboxInfo, unletterbox
+from service.core.pipeline import Pipeline
 
 PROTOCOLS = ("auto", "letterbox", "native")
 
@@ -68,25 +69,27 @@ def logits_session(model_path: str | Path, engine: Any) -> tuple[Any, str]:
     return session, name
 
 
-def onnx_protocol_predictor(engine: Any, model_path: str | Path, protocol: str, crf: CrfParams | None,
+def onnx_protocol_predictor(pipeline: Pipeline, model_path: str | Path, protocol: str, crf: CrfParams | None,
                             read: Callable[[Path], bytes]) -> Callable[[Sequence[Path]], list[np.ndarray]]:
     """Predict image by image with the given geometry (and CRF); labels at original size."""
-    from service.engine import decode_and_prepare, finish
-    from service.imaging import decode_image
+    from service.core.decode import decode_image
 
+    engine = pipeline.engine
     session, logits_name = logits_session(model_path, engine) if crf is not None else (None, "")
 
     def one(path: Path) -> np.ndarray:
         data = read(path)
         if protocol == "native":
-            canvas, info = pad_native(decode_image(data, 1 << 31), engine.input_size, engine.metadata.pad_rgb)
+            canvas, info = pad_native(decode_image(data, pipeline.max_pixels), engine.input_size,
+                                      engine.metadata.pad_rgb)
         else:
-            _, canvas, info = decode_and_prepare(engine, data, 1 << 31)
+            prepared = pipeline.preprocess(data)
+            canvas, info = prepared.tensor, prepared.info
         if session is None:
-            labels = engine.run(canvas[None])[0]
+            labels = pipeline.infer([canvas])[0]
         else:
             (logits,) = session.run([logits_name], {INPUT_NAME: canvas[None]})
             labels = crf_on_canvas(canvas, softmax(logits[0]), info, crf)  # type: ignore[arg-type]
-        return finish(labels, info)
+        return unletterbox(labels, info)
 
     return lambda paths: [one(p) for p in paths]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from service.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 
 from .calibration import CalibrationSet, ImageReader, calibration_set, is_synthetic_demo, synthetic_set
 from .cli import CliError

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from service.contract import voc_colormap
+from service.core.contract import voc_colormap
 
 # Class 0 is the background; the rest are drawn objects. The names are what the demo model reports.
 CLASSES = ("background", "disc", "square", "triangle", "ring", "stripes", "cross")

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from service.contract import VOC_CLASSES, voc_colormap
+from service.core.contract import VOC_CLASSES, voc_colormap
 
 from .checkpoint import (
     CheckpointError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from service.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ModelMetadata
+from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ModelMetadata
 
 CONFIG_TEMPLATE = """\
 name: "{name}"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from service.contract import VOC_CLASSES
+from service.core.contract import VOC_CLASSES
 
 from .catalog import BASE_URL_ENV, CACHE_ENV, PUBLISHED, PUBLISHED_INPUT_SIZE
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.contract import CAFFE_MEAN_RGB, CAFFE_STD_RGB, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from service.core.contract import CAFFE_MEAN_RGB, CAFFE_STD_RGB, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 from .models import SegmentationModel
 

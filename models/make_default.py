@@ -67,10 +67,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 
 def examples(onnx_path: Path, out_dir: Path, count: int = 3) -> list[Path]:
     """Input | overlay pictures for a few held-out scenes, segmented by the service engine."""
-    from service.engine import load_engine, segment_images
-    from service.settings import Settings
+    from service.core.engine import load_engine
+    from service.core.options import EngineOptions
+    from service.core.pipeline import Pipeline
 
-    engine = load_engine(Settings(model_path=onnx_path, providers="cpu", intra_op_threads=2))
+    pipeline = Pipeline(load_engine(EngineOptions(model_path=onnx_path, providers="cpu", intra_op_threads=2)))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     index = 10_000  # beyond the 200 scored scenes of the held-out seed
@@ -79,7 +80,7 @@ def examples(onnx_path: Path, out_dir: Path, count: int = 3) -> list[Path]:
         index += 1
         if len(set(np.unique(truth).tolist()) - {0, 255}) < 3:  # show busy scenes, with occlusion
             continue
-        (labels,) = segment_images(engine, [image])
+        (labels,) = pipeline.segment_images([image])
         gap = np.full((image.shape[0], 6, 3), 255, np.uint8)
         picture = Image.fromarray(np.concatenate([image, gap, overlay(image, labels)], axis=1))
         path = out_dir / f"example_{len(paths) + 1}.png"

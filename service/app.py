@@ -21,8 +21,9 @@ from .admission import Slots, UploadBudget, low_priority_pool
 from .batcher import Batcher
 from .codec import Codec
 from .connection import BodyDeadlineMiddleware
-from .decode_budget import DECODE_BUDGET
-from .engine import Engine, load_engine
+from .core.decode_budget import DECODE_BUDGET
+from .core.engine import Engine
+from .core.pipeline import Pipeline
 from .errors import ApiError
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
@@ -30,6 +31,7 @@ from .results_cache import ResultsCache
 from .routes import ops, results, segment
 from .routes.web import install_web_page
 from .settings import Settings
+from .startup import open_engine
 from .state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         try:
-            state.engine = engine or await loop.run_in_executor(None, load_engine, settings)
+            state.engine = engine or await loop.run_in_executor(None, open_engine, settings)
         except Exception as exc:
             log.error("cannot start: %s", exc)
             raise
@@ -71,7 +73,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                                 concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
                                 padded_size=eng.padded_size)
         state.batcher.start()
-        state.codec = Codec(eng, state.pool, max_pixels=settings.max_pixels, heavy_threads=state.heavy_pool)
+        pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
+        state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)
         state.warmup_task = loop.create_task(_warm_up(state))
         try:
             yield

@@ -30,10 +30,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-Output = Literal["labels", "color", "overlay", "polygons", "stats"]
+from .core.output_kinds import OUTPUTS
+
+Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # from the output-kind table
 ResultName = Literal["labels", "color", "overlay"]
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
-OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "polygons", "stats")
 # Statuses worth retrying: the queue was full or the model was still loading; both carry Retry-After.
 _RETRYABLE = frozenset({503})
 _MAX_RETRY_SLEEP_S = 5.0

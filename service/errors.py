@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .core.errors import DecodeError
+
 
 class ApiError(Exception):
     """An error answered as `{"error": {"code", "message"}}` with `status`.
@@ -22,3 +24,14 @@ class ApiError(Exception):
         if request_id:
             body["request_id"] = request_id
         return {"error": body}
+
+    @classmethod
+    def from_decode(cls, exc: DecodeError) -> ApiError:
+        """The answer to an upload the core could not decode: its code, with the status for that code."""
+        headers = {"Retry-After": f"{exc.retry_after_s:g}"} if exc.retry_after_s is not None else None
+        return cls(DECODE_STATUS[exc.code], exc.code, exc.message, headers)
+
+
+# The HTTP status of each decode error code (service.core.errors).
+DECODE_STATUS = {"empty_body": 400, "corrupt_image": 400, "unsupported_media_type": 415, "image_too_large": 413,
+                 "overloaded": 503}

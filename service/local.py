@@ -1,60 +1,51 @@
-"""In-process segmentation with the service's own code path, for the batch CLI's `--local` mode.
+"""In-process segmentation with the service's own pipeline, for the batch CLI's `--local` mode.
 
-Nothing here re-implements a step: decode + letterbox is `service.engine.decode_and_prepare`, ORT → unletterbox
-is `service.engine.run_prepared`, and the bytes come from `service.outputs.render_output`, exactly as
-`POST /segment` makes them. A local answer carries the same JSON fields as the server's, except the
-result `id` (there is no result cache in-process).
+Nothing here re-implements a step: every answer comes from `service.core.pipeline.Pipeline`, exactly as
+`POST /segment` makes it. A local answer carries the same JSON fields as the server's, except the result `id`
+(there is no result cache in-process).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from . import outputs
 from .client import SegmentResult
-from .engine import Engine, decode_and_prepare, load_engine, run_prepared, segment_images
-from .settings import Settings
+from .core.engine import Engine, load_engine
+from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EngineOptions
+from .core.output_kinds import RenderOptions
+from .core.pipeline import Pipeline, SegmentOptions
 
 
 class LocalSegmenter:
     """An ORT session in this process, answering like `SegmentClient.segment` does. Thread-safe."""
 
-    def __init__(self, model_path: str | Path, *, providers: str = "auto", threads: int | None = None) -> None:
-        overrides: dict[str, Any] = {"model_path": Path(model_path), "providers": providers}
-        if threads:
-            overrides["intra_op_threads"] = threads
-        self.settings = Settings(**overrides)
-        self.engine: Engine = load_engine(self.settings)
+    def __init__(self, model_path: str | Path, *, providers: str = "auto", threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        options = EngineOptions(model_path=Path(model_path), providers=providers, intra_op_threads=threads or 0,
+                                max_batch_size=batch_size)
+        self.engine: Engine = load_engine(options)
+        self.pipeline = Pipeline(self.engine, max_pixels=max_pixels, batch_size=batch_size)
 
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Label maps at original size for decoded RGB images."""
-        return segment_images(self.engine, images, batch_size=self.settings.max_batch_size)
+        return self.pipeline.segment_images(images)
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,
                 min_area: float | None = None) -> SegmentResult:
-        """Segment encoded image bytes. Bad input raises `service.errors.ApiError`, as the service answers it."""
-        t0 = time.perf_counter()
-        image, tensor, info = decode_and_prepare(self.engine, data, self.settings.max_pixels,
-                                                 full_resolution=output == "overlay")
-        t1 = time.perf_counter()
-        (labels,) = run_prepared(self.engine, [(tensor, info)])
-        t2 = time.perf_counter()
-        body, media = outputs.render_output(output, image, labels, self.engine.metadata,
-                                            {"model": self.engine.name},
-                                            alpha=0.5 if alpha is None else alpha, fmt=format or "jpeg",
-                                            tolerance=1.0 if tolerance is None else tolerance,
-                                            min_area=min_area)
-        timing = {"decode": t1 - t0, "inference": t2 - t1, "encode": time.perf_counter() - t2}
-        if isinstance(body, dict):
-            body = {**body, "timing_ms": {k: round(v * 1000, 3) for k, v in timing.items()}}
+        """Segment encoded image bytes. Bad input raises `service.core.errors.DecodeError` (its `code` is the one
+        the service answers with)."""
+        render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
+                               tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)
+        answer = self.pipeline.segment(data, SegmentOptions(output, render), {"model": self.engine.name})
+        if isinstance(answer.body, dict):
+            body = {**answer.body, "timing_ms": {k: round(v * 1000, 3) for k, v in answer.timing.items()}}
             content = json.dumps(body).encode()
         else:
-            content = body
-        return SegmentResult(output=output, content=content, media_type=media, result_id=None, request_id=None)
+            content = answer.body
+        return SegmentResult(output=output, content=content, media_type=answer.media_type, result_id=None,
+                             request_id=None)

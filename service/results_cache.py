@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from cachetools import TTLCache
 
-from .outputs.labelmap import LabelMap
+from .core.outputs.labelmap import LabelMap
 
 
 @dataclass(frozen=True)

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .buckets import normalise_buckets
+from .core.buckets import normalise_buckets
+from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EMBEDDED_MODEL, EngineOptions, available_cpus
 
 MB = 1024 * 1024
-
-
-# The embedded demo model ships inside the package (package data), so every install finds it, editable or not.
-EMBEDDED_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
 
 
 def default_model_path() -> Path:
     """The embedded demo model, wherever the package is installed."""
     return EMBEDDED_MODEL
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 CPU quota if one is set.
-
-    onnxruntime's own default counts the host's cores, which oversubscribes a CPU-limited container.
-    """
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def _count(value: object) -> object:
@@ -73,13 +50,13 @@ class Settings(BaseSettings):
                                                "e.g. 'cuda,cpu' or 'CPUExecutionProvider'")
     require_gpu: bool = Field(False, description="fail startup unless CUDA is the provider actually in use")
     intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
     max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)
-    max_pixels: int = Field(40_000_000, ge=1, description="accepts 40e6")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="accepts 40e6")
     decode_memory_bytes: ByteSize = Field(ByteSize(1024 * MB), ge=1,
                                           description="memory that image decodes in flight may hold together")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
@@ -151,3 +128,12 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         return value.lower()
+
+    def engine_options(self) -> EngineOptions:
+        """What the core's `load_engine` needs, from these settings."""
+        return EngineOptions(
+            model_path=self.model_path, providers=self.providers, precision=self.precision,
+            intra_op_threads=self.intra_op_threads, require_gpu=self.require_gpu, fixed_shapes=self.fixed_shapes,
+            max_batch_size=self.max_batch_size, batch_buckets=tuple(self.batch_buckets),
+            cuda_options=dict(self.cuda_options),
+        )

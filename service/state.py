@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from .admission import Admission, Slots, UploadBudget, declared_length
 from .batcher import Batcher
 from .codec import Codec
-from .engine import Engine
+from .core.engine import Engine
 from .errors import ApiError
 from .metrics import Metrics
 from .results_cache import ResultsCache

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.contract import VOC_CLASSES
+from service.core.contract import VOC_CLASSES
 
 # DeepLab-v2 evaluates VOC at 513x513.
 CAFFE_INPUT_SIZE = 513
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_checkpoint(args: argparse.Namespace, model, info: dict, classes: list[str], sha: str) -> None:  # type: ignore[no-untyped-def]
     """A `model_export.train` checkpoint at iteration 0: `train --init` starts from it, `export` exports it."""
-    from service.contract import voc_colormap
+    from service.core.contract import voc_colormap
 
     from ..checkpoint import save_checkpoint
 

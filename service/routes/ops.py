@@ -1,4 +1,4 @@
-"""Operations: `/classes`, `/healthz`, `/readyz` and `/metrics`."""
+"""Operations: `/classes`, `/outputs`, `/healthz`, `/readyz` and `/metrics`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from ..engine import Engine
+from ..core.engine import Engine
+from ..core.output_kinds import describe as describe_outputs
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..state import ServiceState, loaded_engine, service_state
 
@@ -23,6 +24,12 @@ async def classes(engine: Engine = Depends(loaded_engine)) -> dict[str, Any]:
         "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
                     for i, name in enumerate(meta.classes)],
     }
+
+
+@router.get("/outputs", summary="The output kinds `POST /segment` answers with: media types, file suffixes, "
+                                 "the Accept types that choose them")
+async def output_kinds() -> dict[str, Any]:
+    return {"outputs": describe_outputs()}
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

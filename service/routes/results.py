@@ -8,10 +8,12 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from .. import outputs
-from ..engine import Engine
+from ..core.decode import decode_image
+from ..core.engine import Engine
+from ..core.errors import DecodeError
+from ..core.output_kinds import RenderOptions
+from ..core.outputs.render import render
 from ..errors import ApiError
-from ..imaging import decode_image
 from ..state import ServiceState, loaded_engine, service_state
 
 router = APIRouter()
@@ -29,8 +31,11 @@ async def result(result_id: str, name: Literal["labels.png", "color.png", "overl
 
     def encode() -> bytes:
         # The upload was accepted once, so it decodes again; only an overlay needs its pixels.
-        image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
-        body, _ = outputs.render_output(kind, image, stored.labels, engine.metadata, fmt="png")
+        try:
+            image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
+        except DecodeError as exc:  # e.g. the decode memory budget is full right now: 503
+            raise ApiError.from_decode(exc) from None
+        body, _ = render(kind, image, stored.labels, engine.metadata, RenderOptions(format="png"))
         return body  # type: ignore[return-value]  # image kinds are always bytes
 
     with state.renders:  # bounded and in its own pool: refetches cannot starve /segment

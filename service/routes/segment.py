@@ -12,8 +12,10 @@ from starlette.datastructures import UploadFile
 from ..admission import Admission
 from ..batcher import Batcher
 from ..codec import Codec
-from ..crf import available as crf_available
-from ..engine import Engine
+from ..core.crf import available as crf_available
+from ..core.engine import Engine
+from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, negotiate
+from ..core.pipeline import SegmentOptions
 from ..errors import ApiError
 from ..results_cache import new_result_id
 from ..settings import Settings
@@ -21,28 +23,12 @@ from ..state import ServiceState, active_codec, admission, loaded_engine, runnin
 
 router = APIRouter()
 
-OutputKind = Literal["labels", "color", "overlay", "polygons", "stats"]
-# Accept-header negotiation when `output` is not given: first match by quality wins.
-_ACCEPT_TO_OUTPUT = {"image/png": "labels", "image/jpeg": "overlay", "application/geo+json": "polygons",
-                     "application/json": "stats"}
-
-
-
-def _negotiate(accept: str | None) -> str:
-    """The output kind for an Accept header (labels when nothing specific is asked for)."""
-    ranked: list[tuple[float, int, str]] = []
-    for index, part in enumerate((accept or "").split(",")):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        if media.lower() in _ACCEPT_TO_OUTPUT and q > 0:
-            ranked.append((-q, index, _ACCEPT_TO_OUTPUT[media.lower()]))
-    return min(ranked)[2] if ranked else "labels"
+# The `output` parameter's type, from the output-kind table.
+OutputName = Literal[OUTPUTS]  # type: ignore[valid-type]
+_OVERLAY_FORMATS = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
+OverlayFormat = Literal[_OVERLAY_FORMATS]  # type: ignore[valid-type]
+_OUTPUT_HELP = "; ".join(f"{kind.name}: {kind.description}" for kind in OUTPUT_KINDS.values())
+_MEDIA_TYPES = sorted({e.media_type for kind in OUTPUT_KINDS.values() for e in kind.encodings})
 
 
 async def _read_upload(request: Request, settings: Settings) -> bytes:
@@ -75,7 +61,7 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
     },
     "responses": {
         "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
-                "content": {"image/png": {}, "image/jpeg": {}, "application/json": {}, "application/geo+json": {}}},
+                "content": {media: {} for media in _MEDIA_TYPES}},
         "400": {"description": "empty body or corrupt image"},
         "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
@@ -91,10 +77,10 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
 @router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
 async def segment(
     request: Request,
-    output: OutputKind | None = Query(None, description="labels | color | overlay | polygons | stats; "
-                                                        "default from Accept, else labels"),
+    output: OutputName | None = Query(None, description=f"{_OUTPUT_HELP}. Default: from the Accept header, "
+                                                        "else labels"),
     alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours"),
-    format: Literal["png", "jpeg"] = Query("jpeg", description="overlay image format"),
+    format: OverlayFormat = Query(_OVERLAY_FORMATS[0], description="overlay image format"),
     tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
     min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
                                                              "default 0.01% of the image"),
@@ -109,7 +95,7 @@ async def segment(
 ) -> Response:
     settings, metrics = state.settings, state.metrics
     request_id = request.state.request_id
-    kind = output or _negotiate(request.headers.get("accept"))
+    kind = output or negotiate(request.headers.get("accept"))
     timing: dict[str, float] = {}
 
     if crf and not crf_available():
@@ -120,19 +106,20 @@ async def segment(
         raise ApiError(400, "empty_body", "the request carried no image bytes")
     ticket.admit()
 
+    options = SegmentOptions(kind, RenderOptions(alpha=alpha, format=format, tolerance=tolerance,
+                                                 min_area=min_area), crf=crf)
     t0 = time.perf_counter()
     with batcher.expecting():  # a batch being formed now waits for this image
-        image, tensor, info = await codec.decode(data, full_resolution=kind == "overlay")
+        prepared = await codec.decode(data, full_resolution=options.full_resolution)
     timing["decode"] = time.perf_counter() - t0
 
-    result = await batcher.infer(tensor, settings.request_timeout_s, request_id)
+    result = await batcher.infer(prepared.tensor, settings.request_timeout_s, request_id)
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
 
     t0 = time.perf_counter()
     result_id = new_result_id()
-    body, media, label_map = await codec.encode(
-        kind, image, result.labels, info, {"id": result_id, "model": engine.name}, alpha=alpha, fmt=format,
-        tolerance=tolerance, min_area=min_area, crf_canvas=tensor if crf else None)
+    body, media, label_map = await codec.encode(prepared, result.labels, options,
+                                                {"id": result_id, "model": engine.name})
     state.cache.put(result_id, label_map, data)
     timing["encode"] = time.perf_counter() - t0
     for stage, seconds in timing.items():

@@ -11,7 +11,7 @@ import pytest
 from clients import webcam
 from clients.webcam import bgr_palette, main
 from service.client import SegmentClient
-from service.outputs.masks import blend_overlay
+from service.core.outputs.masks import blend_overlay
 
 FRAMES, WIDTH, HEIGHT = 20, 96, 72
 

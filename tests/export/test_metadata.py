@@ -11,7 +11,7 @@ import pytest
 
 from model_export.export import build_metadata, export_onnx, read_metadata
 from model_export.models import build_model
-from service.contract import VOC_CLASSES, ContractError, ModelMetadata, voc_colormap
+from service.core.contract import VOC_CLASSES, ContractError, ModelMetadata, voc_colormap
 
 
 def test_voc_colormap_matches_the_published_palette() -> None:

@@ -46,8 +46,9 @@ def test_msc_graph_equals_eager_msc(exported, tmp_path: Path, scales, flip) -> N
 
 
 def test_msc_keeps_the_contract_and_records_itself(exported, tmp_path: Path) -> None:
-    from service.engine import load_engine, segment_images
-    from service.settings import Settings
+    from service.core.engine import load_engine
+    from service.core.options import EngineOptions
+    from service.core.pipeline import Pipeline
 
     _, single = exported
     path = bake_msc(single, tmp_path / "msc.onnx", flip=True)
@@ -56,8 +57,8 @@ def test_msc_keeps_the_contract_and_records_itself(exported, tmp_path: Path) -> 
     assert meta.classes == read_metadata(single).classes
     # Shared weights: the file grows by the extra nodes only.
     assert path.stat().st_size < 1.2 * single.stat().st_size
-    engine = load_engine(Settings(model_path=path, providers="cpu", intra_op_threads=1))
-    (labels,) = segment_images(engine, [_batch((90, 70), 1)[0]])
+    engine = load_engine(EngineOptions(model_path=path, providers="cpu", intra_op_threads=1))
+    (labels,) = Pipeline(engine).segment_images([_batch((90, 70), 1)[0]])
     assert labels.shape == (90, 70)
     with pytest.raises(MscError, match="already"):
         bake_msc(path, tmp_path / "twice.onnx")

@@ -17,7 +17,7 @@ from model_export.calibration import SYNTHETIC_CALIBRATION_SEED, letterboxed
 from model_export.cli import CliError
 from model_export.export import read_metadata
 from model_export.quantize import make_variant
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 from tests.photos import PHOTOS, photo
 
 # int8 vs fp32 label agreement on the five real photos, letterboxed to 64 px, for the tiny trained model.

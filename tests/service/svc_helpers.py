@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.app import create_app
-from service.contract import ModelMetadata, voc_colormap
+from service.core.contract import ModelMetadata, voc_colormap
 from service.settings import Settings
 
 RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]

@@ -12,9 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
-from service.engine import load_engine, prepare, uses_fixed_shapes
-from service.sessions import CPU, CUDA, provider_options
+from service.core.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
+from service.core.engine import load_engine, uses_fixed_shapes
+from service.core.pipeline import Pipeline
+from service.core.sessions import CPU, CUDA, provider_options
 from service.settings import Settings, default_model_path
 from tests.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
@@ -25,7 +26,7 @@ DEMO_MODEL = default_model_path()  # the trained embedded demo model
 
 def fixed_engine(model: Path, **overrides):
     settings = Settings(model_path=model, providers="cpu", intra_op_threads=2, fixed_shapes="on", **overrides)
-    engine = load_engine(settings)
+    engine = load_engine(settings.engine_options())
     engine.warm_up()
     return engine
 
@@ -80,8 +81,9 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
     """The trained demo model on real photos: each photo alone, then inside batches of every size 1..11
     (padded to buckets 1, 2, 4, 8, and 11 = 8 + 3 as two chunks). Padded rows are computed and dropped."""
     engine = fixed_engine(DEMO_MODEL)
-    tensors = [prepare(engine, photo(name))[0] for name in PHOTOS]
-    tensors += [prepare(engine, scene(300 + 10 * i, 200))[0] for i in range(6)]
+    pipeline = Pipeline(engine)
+    tensors = [pipeline.prepare_image(photo(name)).tensor for name in PHOTOS]
+    tensors += [pipeline.prepare_image(scene(300 + 10 * i, 200)).tensor for i in range(6)]
     alone = [engine.run_images([t])[0] for t in tensors]
     reference = engine.session.run(None, {"image": np.stack(tensors[:4])})[0]  # a plain dynamic session
     for i in range(4):

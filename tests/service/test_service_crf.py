@@ -1,4 +1,4 @@
-"""`POST /segment?crf=true`: DeepLab-v2's dense CRF refines the mask, exactly as `service.crf` computes it on the
+"""`POST /segment?crf=true`: DeepLab-v2's dense CRF refines the mask, exactly as `service.core.crf` computes it on the
 letterboxed image; a server without the crf extra answers 501 `crf_unavailable` and keeps serving."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import onnxruntime as ort
 from PIL import Image
 
 import service.routes.segment as segment_route
-from service import crf
-from service.engine import load_engine
-from service.outputs.labelmap import LabelMap
-from service.settings import Settings, default_model_path
+from service.core import crf
+from service.core.engine import load_engine
+from service.core.options import EngineOptions
+from service.core.outputs.labelmap import LabelMap
+from service.core.pipeline import Pipeline
+from service.settings import default_model_path
 from tests.photos import photo
 
 
@@ -33,10 +35,9 @@ def test_crf_refines_the_mask_as_the_library_computes_it(serve) -> None:
     assert plain.status_code == refined.status_code == 200, refined.text
     got = np.asarray(Image.open(io.BytesIO(refined.content)))
     # The same computation by hand: the service's decode, the model, then the CRF on the letterboxed image.
-    engine = load_engine(Settings(model_path=model, providers="cpu"))
-    from service.engine import decode_and_prepare
-
-    _, tensor, info = decode_and_prepare(engine, data, 40_000_000)
+    engine = load_engine(EngineOptions(model_path=model, providers="cpu"))
+    prepared = Pipeline(engine).preprocess(data)
+    tensor, info = prepared.tensor, prepared.info
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     labels = session.run(None, {"image": tensor[None]})[0][0]
     probs = crf.probs_from_labels(labels, engine.metadata.num_classes)

@@ -10,18 +10,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from service.contract import ContractError
-from service.engine import (
+from service.core.contract import ContractError
+from service.core.engine import (
     CPU,
     CUDA,
     EngineError,
-    load_engine,
     resolve_model_path,
     resolve_providers,
-    segment_images,
 )
-from service.imaging import letterbox, unletterbox
+from service.core.letterbox import letterbox, unletterbox
+from service.core.pipeline import Pipeline
 from service.settings import Settings
+from service.startup import open_engine
 from tests.service.svc_helpers import RULE_CLASSES, make_rule_model, scene
 
 
@@ -30,7 +30,7 @@ def settings_for(model: Path, **kw) -> Settings:
 
 
 def test_loads_tiny_deeplab_and_reads_metadata(tiny_onnx_model: Path) -> None:
-    engine = load_engine(settings_for(tiny_onnx_model, intra_op_threads=1))
+    engine = open_engine(settings_for(tiny_onnx_model, intra_op_threads=1))
     assert engine.metadata.classes == ["background", "red", "green", "blue", "stripes"]
     assert engine.input_size == 64
     assert engine.provider == CPU == engine.session.get_providers()[0]
@@ -40,34 +40,34 @@ def test_loads_tiny_deeplab_and_reads_metadata(tiny_onnx_model: Path) -> None:
 
 
 def test_confidence_output_is_detected(tiny_onnx_model_with_confidence: Path) -> None:
-    assert load_engine(settings_for(tiny_onnx_model_with_confidence)).has_confidence
+    assert open_engine(settings_for(tiny_onnx_model_with_confidence)).has_confidence
 
 
 def test_model_without_metadata_is_refused(tmp_path: Path) -> None:
     model = make_rule_model(tmp_path / "bare.onnx", metadata=False)
     with pytest.raises(ContractError, match="metadata"):
-        load_engine(settings_for(model))
+        open_engine(settings_for(model))
 
 
 def test_wrong_input_dtype_is_refused(tmp_path: Path) -> None:
     model = make_rule_model(tmp_path / "float_in.onnx", input_dtype=TensorProto.FLOAT)
     with pytest.raises(ContractError, match=r"input 'image' must be uint8.*tensor\(float\)"):
-        load_engine(settings_for(model))
+        open_engine(settings_for(model))
 
 
 def test_wrong_labels_dtype_is_refused(tmp_path: Path) -> None:
     model = make_rule_model(tmp_path / "int64_out.onnx", labels_dtype=TensorProto.INT64)
     with pytest.raises(ContractError, match=r"output 'labels' must be uint8.*tensor\(int64\)"):
-        load_engine(settings_for(model))
+        open_engine(settings_for(model))
 
 
 def test_missing_and_garbage_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match=r"not found.*SEGMENT_MODEL_PATH"):
-        load_engine(settings_for(tmp_path / "nope.onnx"))
+    with pytest.raises(EngineError, match=r"SEGMENT_MODEL_PATH: model file .*nope.onnx not found"):
+        open_engine(settings_for(tmp_path / "nope.onnx"))
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
     with pytest.raises(ContractError, match="cannot load"):
-        load_engine(settings_for(junk))
+        open_engine(settings_for(junk))
 
 
 def test_provider_resolution() -> None:
@@ -81,8 +81,8 @@ def test_provider_resolution() -> None:
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this host has CUDA")
 def test_require_gpu_fails_on_a_cpu_only_host(rule_model: Path) -> None:
-    with pytest.raises(EngineError, match=r"REQUIRE_GPU.*CPUExecutionProvider"):
-        load_engine(settings_for(rule_model, require_gpu=True))
+    with pytest.raises(EngineError, match=r"SEGMENT_REQUIRE_GPU: .*CPUExecutionProvider"):
+        open_engine(settings_for(rule_model, require_gpu=True))
 
 
 def test_precision_variants(tmp_path: Path, rule_model: Path) -> None:
@@ -99,10 +99,10 @@ def test_precision_variants(tmp_path: Path, rule_model: Path) -> None:
 
 def test_segment_images_matches_direct_ort(rule_model: Path) -> None:
     """The sync path: letterbox → one batched run → unletterbox, per image at its own size."""
-    engine = load_engine(settings_for(rule_model))
+    engine = open_engine(settings_for(rule_model))
     session = ort.InferenceSession(str(rule_model), providers=[CPU])
     images = [scene(150, 100), scene(96, 96), scene(40, 130)]
-    got = segment_images(engine, images, batch_size=2)
+    got = Pipeline(engine, batch_size=2).segment_images(images)
     for image, labels in zip(images, got, strict=True):
         assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
         tensor, info = letterbox(image, 96, engine.metadata.pad_rgb)

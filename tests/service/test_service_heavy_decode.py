@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
-import service.codec as codec_module
 from service.codec import HEAVY_DECODE_PIXELS, decoded_pixels
+from service.core.pipeline import Pipeline
 from tests.service.svc_helpers import png_bytes, scene
 
 
@@ -23,14 +23,14 @@ def _encoded(width: int, height: int, fmt: str) -> bytes:
 
 def test_heavy_uploads_decode_at_lower_priority(serve, rule_model: Path, monkeypatch) -> None:
     seen: list[tuple[str, int]] = []
-    real = codec_module.decode_and_prepare
+    real = Pipeline.preprocess
 
-    def spy(*args, **kwargs):
+    def spy(self, *args, **kwargs):
         seen.append((threading.current_thread().name,
                      os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(codec_module, "decode_and_prepare", spy)
+    monkeypatch.setattr(Pipeline, "preprocess", spy)
     server = serve(rule_model)
     huge_png = _encoded(5000, 4000, "PNG")  # 20 MP: over the threshold, and PNG cannot be decoded reduced
     huge_jpeg = _encoded(5000, 4000, "JPEG")  # decoded reduced for the model: an ordinary decode

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service import outputs
-from service.contract import voc_colormap
-from service.imaging import letterbox, unletterbox
+from service.core import outputs
+from service.core.contract import voc_colormap
+from service.core.letterbox import letterbox, unletterbox
 from tests.photos import photo
 from tests.service.svc_helpers import RULE_CLASSES, LiveServer, png_bytes, scene
 
@@ -199,7 +199,7 @@ def test_exif_orientation_and_odd_modes(rule_server: LiveServer, image: np.ndarr
 def test_large_jpeg_is_segmented_from_a_reduced_decode_at_full_output_size(rule_server: LiveServer) -> None:
     """A JPEG 4x the model's size decodes reduced (DCT scaling) for labels/stats, yet every mask comes back at
     the upload's size, agrees with the full-decode reference, and the cached overlay is full resolution."""
-    from service.imaging import decode_image
+    from service.core.decode import decode_image
 
     big = photo("astronaut.png", size=(400, 300))
     buf = io.BytesIO()

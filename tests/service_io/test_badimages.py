@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.core.decode import decode_image
+from service.core.errors import DecodeError
 from service.errors import ApiError
-from service.imaging import decode_image
 from tests.badimages import MAX_SAFE_MAX_PIXELS, MIN_SAFE_MAX_PIXELS, Case, bad_image_corpus
 
 CORPUS = bad_image_corpus()
@@ -31,7 +32,7 @@ def test_corpus_case(case: Case, max_pixels: int) -> None:
         assert out.shape == (height, width, 3)
         assert out.dtype == np.uint8 and out.flags.c_contiguous
     else:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(DecodeError) as err:
             decode_image(case.data, max_pixels)
-        assert (err.value.status, err.value.code) == (case.expected_status, case.expected_code)
+        assert (ApiError.from_decode(err.value).status, err.value.code) == (case.expected_status, case.expected_code)
         assert err.value.message

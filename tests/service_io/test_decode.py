@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from service.core.decode import decode_image
+from service.core.errors import DecodeError
 from service.errors import ApiError
-from service.imaging import decode_image
 from tests.photos import photo
 
 MAX_PIXELS = 40_000_000
@@ -183,9 +184,9 @@ def test_animated_webp_gives_first_frame() -> None:
 def test_max_pixels_boundary() -> None:
     data = encode(Image.new("RGB", (40, 25)), "PNG")
     assert decode_image(data, max_pixels=1000).shape == (25, 40, 3)
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(DecodeError) as err:
         decode_image(data, max_pixels=999)
-    assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert (ApiError.from_decode(err.value).status, err.value.code) == (413, "image_too_large")
 
 
 @pytest.mark.parametrize(
@@ -197,9 +198,9 @@ def test_max_pixels_boundary() -> None:
     ],
 )
 def test_error_codes(data: bytes, status: int, code: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(DecodeError) as err:
         decode_image(data, MAX_PIXELS)
-    assert (err.value.status, err.value.code) == (status, code)
+    assert (ApiError.from_decode(err.value).status, err.value.code) == (status, code)
     assert err.value.message
 
 
@@ -208,7 +209,7 @@ def test_truncation_anywhere_is_detected(astronaut: np.ndarray, fmt: str) -> Non
     data = encode(Image.fromarray(astronaut), fmt)
     # From the full signature up to a cut that still removes real image data (PNG keeps 20 bytes of trailer).
     for cut in np.linspace(8, len(data) - 32, 15).astype(int):
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(DecodeError) as err:
             decode_image(data[:cut], MAX_PIXELS)
         assert err.value.code == "corrupt_image", cut
 
@@ -234,7 +235,7 @@ def test_concurrent_decoding_matches_serial() -> None:
     def run(data: bytes) -> object:
         try:
             return decode_image(data, MAX_PIXELS)
-        except ApiError as exc:
+        except DecodeError as exc:
             return exc.code
 
     serial = [run(b) for b in blobs]

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service import colour, jpeg
-from service.decode_budget import DecodeBudget, estimate_bytes
+from service.core import colour, jpeg
+from service.core.decode import decode_image, decode_image_for_model
+from service.core.decode_budget import DecodeBudget, estimate_bytes
+from service.core.errors import DecodeError
+from service.core.letterbox import letterbox
 from service.errors import ApiError
-from service.imaging import decode_image, decode_image_for_model, letterbox
 from tests.photos import photo
 
 MAX_PIXELS = 40_000_000
@@ -57,9 +59,9 @@ def test_scan_bomb_is_refused_before_decoding() -> None:
     data = scan_bomb(4000)
     assert len(data) < 100_000 and jpeg.count_scans(data, 10**6) == 4010
     start = time.perf_counter()
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(DecodeError) as err:
         decode_image_for_model(data, MAX_PIXELS, 320)
-    assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert (ApiError.from_decode(err.value).status, err.value.code) == (413, "image_too_large")
     assert time.perf_counter() - start < 0.5  # Pillow takes ~9 s to decode it
 
 
@@ -72,7 +74,7 @@ def test_scan_limit_scales_with_pixels_and_normal_progressive_files_decode() -> 
     assert decode_image(progressive, MAX_PIXELS).shape == (480, 640, 3)
     # at the limit for 2048x2048 (64 scans) it still decodes, one scan more is refused
     assert decode_image(scan_bomb(54), MAX_PIXELS).shape == (2048, 2048, 3)
-    with pytest.raises(ApiError):
+    with pytest.raises(DecodeError):
         decode_image(scan_bomb(55), MAX_PIXELS)
 
 
@@ -91,9 +93,9 @@ def test_marker_bytes_in_metadata_are_not_scans() -> None:
 def test_ztxt_flood_is_image_too_large() -> None:
     data = ztxt_flood()
     assert len(data) < 100_000
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(DecodeError) as err:
         decode_image(data, MAX_PIXELS)
-    assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert (ApiError.from_decode(err.value).status, err.value.code) == (413, "image_too_large")
 
 
 # ----------------------------------------------------------------------------------------- deep greyscale
@@ -151,9 +153,9 @@ def test_deep_grey_conversion_holds_no_full_size_wide_copy() -> None:
 
 def test_budget_refuses_what_can_never_fit_and_queues_the_rest() -> None:
     budget = DecodeBudget(100)
-    with pytest.raises(ApiError) as err, budget.reserve(101):
+    with pytest.raises(DecodeError) as err, budget.reserve(101):
         pass
-    assert err.value.status == 413
+    assert ApiError.from_decode(err.value).status == 413
     order: list[str] = []
     held = budget.reserve(50)
 
@@ -169,9 +171,10 @@ def test_budget_refuses_what_can_never_fit_and_queues_the_rest() -> None:
     waiter.join(5)
     assert order == ["first done", "second"] and budget.peak <= 100
     # 50 still held by the thread above, 40 more here: 60 does not fit, and is answered 503 after its wait
-    with budget.reserve(40), pytest.raises(ApiError) as err, budget.reserve(60, wait_s=0.1):
+    with budget.reserve(40), pytest.raises(DecodeError) as err, budget.reserve(60, wait_s=0.1):
         pass
-    assert err.value.status == 503
+    assert ApiError.from_decode(err.value).status == 503
+    assert ApiError.from_decode(err.value).headers == {"Retry-After": "1"}
 
 
 def test_estimates_follow_the_mode() -> None:

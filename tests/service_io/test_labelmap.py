@@ -12,11 +12,11 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
-from service.imaging import compute_letterbox, unletterbox
-from service.outputs import class_stats, encode_labels_png
-from service.outputs.labelmap import LabelMap, nearest_index
-from service.outputs.png import bit_depth, pack_rows
-from service.outputs.polygons import polygons_geojson
+from service.core.letterbox import compute_letterbox, unletterbox
+from service.core.outputs import class_stats, encode_labels_png
+from service.core.outputs.labelmap import LabelMap, nearest_index
+from service.core.outputs.png import bit_depth, pack_rows
+from service.core.outputs.polygons import polygons_geojson
 
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128)]
 CLASSES = [f"c{i}" for i in range(len(VOC))]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.imaging import (
+from service.core.letterbox import (
     AREA_BELOW_SCALE,
     LetterboxInfo,
     compute_letterbox,

@@ -1,4 +1,4 @@
-"""service.outputs: PNG encodings decode back exactly, overlay arithmetic, polygons, stats."""
+"""service.core.outputs: PNG encodings decode back exactly, overlay arithmetic, polygons, stats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
-from service.contract import voc_colormap
-from service.outputs import (
+from service.core.contract import voc_colormap
+from service.core.outputs import (
     class_counts,
     class_stats,
     classes_present,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import decode_image, decode_image_for_model, letterbox, unletterbox
+from service.core.decode import decode_image, decode_image_for_model
+from service.core.letterbox import letterbox, unletterbox
 from tests.photos import photo
 
 MAX_PIXELS = 40_000_000

@@ -16,8 +16,8 @@ from model_export.export import build_metadata, export_onnx, read_metadata
 from model_export.protocol import pad_native, resolve_protocol
 from model_export.synthetic import CLASSES
 from model_export.train import load_checkpoint_model
-from service.contract import VOC_CLASSES
-from service.crf import CrfParams, CrfUnavailable, dense_crf, probs_from_labels
+from service.core.contract import VOC_CLASSES
+from service.core.crf import CrfParams, CrfUnavailable, dense_crf, probs_from_labels
 
 MEAN = (124, 116, 104)
 
@@ -52,7 +52,7 @@ def padded_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def test_native_protocol_runs_the_padded_unresized_image(tiny_voc: Path, padded_onnx: Path,
                                                          monkeypatch) -> None:
-    from service.engine import Engine
+    from service.core.engine import Engine
 
     fed: list[np.ndarray] = []
     run, run_images = Engine.run, Engine.run_images  # the engine's two entry points (a batch, a list of images)

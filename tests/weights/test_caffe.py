@@ -16,7 +16,7 @@ from model_export.caffe.proto import SCHEMA
 from model_export.cli import main as cli_main
 from model_export.export import read_metadata
 from model_export.wrapper import ExportWrapper
-from service.contract import VOC_CLASSES
+from service.core.contract import VOC_CLASSES
 from tests.photos import photo
 from tests.weights.caffe_fixture import (
     BN_FACTOR,

@@ -16,7 +16,7 @@ import torchvision.models.segmentation as tv_seg
 from model_export.cli import main as cli_main
 from model_export.export import read_metadata, sha256_file
 from model_export.weights import load_weights
-from service.contract import VOC_CLASSES
+from service.core.contract import VOC_CLASSES
 from tests.photos import PHOTOS, photo
 from tests.weights.http_server import serve
 

@@ -19,7 +19,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from model_export.cli import main as cli_main
 from model_export.export import read_metadata, sha256_file
 from model_export.weights import load_weights
-from service.contract import VOC_CLASSES
+from service.core.contract import VOC_CLASSES
 from tests.photos import photo
 from tests.weights.http_server import serve
 

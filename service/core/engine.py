@@ -1,8 +1,6 @@
 """The onnxruntime engine: load a contract-conforming model, check it, warm it up, run batches.
 
-Also the one synchronous path (`decode_and_prepare` → `run_prepared`: decode, letterbox, run, unletterbox) shared by
-the service's batcher,
-the batch CLI's local mode and the evaluator.
+The steps around it (decode, letterbox, unletterbox, render) are `service.core.pipeline`.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .buckets import normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
-from .imaging import LetterboxInfo, decode_image, decode_image_for_model, letterbox, unletterbox
+from .options import EngineOptions
 from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, FixedShapeRunner, create_session, memory_in_use
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +28,14 @@ _SHORT_NAMES = {
 
 
 class EngineError(RuntimeError):
-    """The engine cannot start: missing model file, unusable provider, or REQUIRE_GPU unmet."""
+    """The engine cannot start: missing model file, unusable provider, or a required GPU absent.
+
+    `setting` names the `EngineOptions` field at fault, so that a front end can name its own knob for it.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
@@ -42,7 +47,7 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     unknown = [p for p in wanted if p not in available]
     if unknown:
         raise EngineError(f"execution providers {unknown} are not available in this onnxruntime build "
-                          f"(available: {available})")
+                          f"(available: {available})", "providers")
     return wanted
 
 
@@ -62,8 +67,8 @@ def resolve_model_path(path: Path, precision: str, cuda_active: bool) -> Path:
         return sibling
     if precision == "auto":
         return path
-    raise EngineError(f"SEGMENT_PRECISION={precision} but {sibling} does not exist "
-                      f"(export it with segment-export, or use SEGMENT_PRECISION=auto)")
+    raise EngineError(f"precision {precision} needs a sibling file, but {sibling} does not exist "
+                      f"(export it with segment-export, or use precision auto)", "precision")
 
 
 def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
@@ -180,18 +185,18 @@ def uses_fixed_shapes(mode: str, provider: str) -> bool:
     return mode == "on" or (mode == "auto" and provider in GPU_PROVIDERS)
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Create the ORT session(s) from settings, check the contract and the provider actually in use."""
-    path = Path(settings.model_path)
-    requested = resolve_providers(settings.providers)
-    path = resolve_model_path(path, settings.precision, cuda_active=CUDA in requested)
+def load_engine(options: EngineOptions) -> Engine:
+    """Create the ORT session(s), check the contract and the provider actually in use."""
+    path = Path(options.model_path)
+    requested = resolve_providers(options.providers)
+    path = resolve_model_path(path, options.precision, cuda_active=CUDA in requested)
     if not path.is_file():
-        raise EngineError(f"model file {path} not found; set SEGMENT_MODEL_PATH to a .onnx file exported "
-                          "with `segment-export export`")
+        raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
+                          "model_path")
     memory_before = memory_in_use(on_gpu=any(p in GPU_PROVIDERS for p in requested))
 
     def make_session() -> ort.InferenceSession:
-        return create_session(path, requested, settings.intra_op_threads, settings.cuda_options)
+        return create_session(path, requested, options.threads, options.cuda_options)
 
     try:
         session = make_session()
@@ -202,68 +207,22 @@ def load_engine(settings: Settings) -> Engine:
     if requested and active != requested[0]:
         # The known trap: CUDA requested, the library or driver missing, ORT quietly runs on CPU.
         log.warning("requested %s but onnxruntime is running %s (silent fallback)", requested[0], active)
-    if settings.require_gpu and active != CUDA:
-        raise EngineError(f"SEGMENT_REQUIRE_GPU is set but the provider in use is {active} "
-                          f"(requested {requested}, available {ort.get_available_providers()})")
+    if options.require_gpu and active != CUDA:
+        raise EngineError(f"a GPU is required but the provider in use is {active} "
+                          f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")
     runner = None
-    if uses_fixed_shapes(settings.fixed_shapes, active):
+    if uses_fixed_shapes(options.fixed_shapes, active):
         size = metadata.input_size
-        runner = FixedShapeRunner(settings.batch_buckets, (size, size), metadata.pad_rgb, make_session,
+        buckets = normalise_buckets(options.batch_buckets, options.max_batch_size)
+        runner = FixedShapeRunner(buckets, (size, size), metadata.pad_rgb, make_session,
                                   on_gpu=active in GPU_PROVIDERS)
         runner.adopt(session, memory_before)
     engine = Engine(
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=options.threads,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
-             metadata.precision, metadata.num_classes, metadata.input_size, active, settings.intra_op_threads,
+             metadata.precision, metadata.num_classes, metadata.input_size, active, options.threads,
              f", fixed-shape buckets {runner.sizes}" if runner else "")
     return engine
-
-
-def prepare(engine: Engine, image: np.ndarray,
-            orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox one RGB image to the model's square inference size (pad colour = the mean).
-
-    `orig_hw`: the original size when `image` was decoded reduced (see `decode_image_for_model`).
-    """
-    return letterbox(image, engine.input_size, engine.metadata.pad_rgb, orig_hw=orig_hw)
-
-
-def finish(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:
-    """Crop the padding off a label map and resize it back to the original image size."""
-    return unletterbox(labels, info)
-
-
-def decode_and_prepare(engine: Engine, data: bytes, max_pixels: int, *,
-                       full_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, LetterboxInfo]:
-    """Upload bytes → (decoded RGB image, letterboxed tensor, geometry), as `POST /segment` does it.
-
-    Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large JPEG
-    decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.
-    Raises `ApiError` for bad bytes.
-    """
-    if full_resolution:
-        image = decode_image(data, max_pixels)
-        tensor, info = prepare(engine, image)
-    else:
-        image, orig_hw = decode_image_for_model(data, max_pixels, engine.input_size)
-        tensor, info = prepare(engine, image, orig_hw)
-    return image, tensor, info
-
-
-def run_prepared(engine: Engine, prepared: Sequence[tuple[np.ndarray, LetterboxInfo]],
-                 batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps at original size for letterboxed tensors, in batches; the service's batcher does the same."""
-    results: list[np.ndarray] = []
-    for start in range(0, len(prepared), max(1, batch_size)):
-        chunk = prepared[start:start + batch_size]
-        labels = engine.run_images([tensor for tensor, _ in chunk])
-        results.extend(finish(lab, info) for lab, (_, info) in zip(labels, chunk, strict=True))
-    return results
-
-
-def segment_images(engine: Engine, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
-    """Label maps at original size for decoded RGB uint8 images, synchronously."""
-    return run_prepared(engine, [prepare(engine, image) for image in images], batch_size)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from service.errors import ApiError
+from .errors import DecodeError
 
 DEFAULT_BUDGET_BYTES = 1 << 30
 WAIT_S = 30.0  # a decode queued this long behind others is answered 503 rather than held longer
@@ -55,7 +55,7 @@ class DecodeBudget:
     def reserve(self, nbytes: int, wait_s: float = WAIT_S) -> Iterator[None]:
         """Hold `nbytes` of the budget for the block; 413 if it can never fit, 503 if it does not in time."""
         if nbytes > self.capacity:
-            raise ApiError(413, "image_too_large",
+            raise DecodeError("image_too_large",
                            f"decoding this image needs ~{nbytes >> 20} MiB, more than the decode memory budget "
                            f"of {self.capacity >> 20} MiB")
         deadline = time.monotonic() + wait_s
@@ -63,8 +63,8 @@ class DecodeBudget:
             while self.in_use + nbytes > self.capacity:
                 left = deadline - time.monotonic()
                 if left <= 0 or (not self._cond.wait(left) and self.in_use + nbytes > self.capacity):
-                    raise ApiError(503, "overloaded", "too many large images are being decoded; retry shortly",
-                                   {"Retry-After": "1"})
+                    raise DecodeError("overloaded", "too many large images are being decoded; retry shortly",
+                                      retry_after_s=1)
             self.in_use += nbytes
             self.peak = max(self.peak, self.in_use)
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.outputs.labelmap import LabelMap, as_label_map
+from service.core.outputs.labelmap import LabelMap, as_label_map
 
 
 def class_name(classes: Sequence[str], class_id: int) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .imaging import LetterboxInfo
+from .letterbox import LetterboxInfo
 
 
 class CrfUnavailable(RuntimeError):

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from service.outputs.labelmap import LabelMap, as_label_map
-from service.outputs.png import encode_palette_png
+from service.core.outputs.labelmap import LabelMap, as_label_map
+from service.core.outputs.png import encode_palette_png
 
 # With Z_RLE the zlib level changes size and time by a few percent only; 1 keeps the worst case (noisy maps)
 # cheap.

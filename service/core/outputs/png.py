@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 from zlib_ng import zlib_ng
 
-from service.outputs.labelmap import LabelMap
+from service.core.outputs.labelmap import LabelMap
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE_PALETTE = 3

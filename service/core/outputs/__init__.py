@@ -3,16 +3,16 @@
 Every function is pure (no shared state) and safe to call from worker threads.
 """
 
-from service.outputs.masks import (
+from service.core.outputs.masks import (
     DEFAULT_PNG_COMPRESS_LEVEL,
     encode_color_png,
     encode_labels_png,
     encode_overlay,
     palette_lut,
 )
-from service.outputs.polygons import polygons_geojson
-from service.outputs.render import OUTPUTS, render_output
-from service.outputs.stats import class_counts, class_name, class_stats, classes_present
+from service.core.outputs.polygons import polygons_geojson
+from service.core.outputs.render import OUTPUTS, render, render_output
+from service.core.outputs.stats import class_counts, class_name, class_stats, classes_present
 
 __all__ = [
     "DEFAULT_PNG_COMPRESS_LEVEL",
@@ -26,5 +26,6 @@ __all__ = [
     "encode_overlay",
     "palette_lut",
     "polygons_geojson",
+    "render",
     "render_output",
 ]

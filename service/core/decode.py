@@ -1,6 +1,7 @@
-"""Image input for the service: decode untrusted bytes to RGB, letterbox to the model size and back.
+"""Image input: decode untrusted bytes to an RGB array (letterbox geometry is `service.core.letterbox`).
 
-Decoding policy (every failure is an `ApiError` with a stable code, never a 500):
+Decoding policy (every failure is a `DecodeError` with a stable code, never a crash; the HTTP status the
+service answers each code with is given first):
 
 - no bytes: 400 `empty_body`;
 - bytes that start with no supported signature (SVG, PDF, HTML, text, random bytes, other formats):
@@ -11,7 +12,7 @@ Decoding policy (every failure is an `ApiError` with a stable code, never a 500)
 - more pixels than `max_pixels`, a Pillow decompression bomb, PNG text/ICC chunks that inflate past
   Pillow's limits (one chunk or a flood of them), a JPEG with more progressive scans than `jpeg.scan_limit`
   allows (each scan re-walks the whole image), or an image whose decode alone would exceed the decode memory
-  budget (`service.decode_budget`): 413 `image_too_large`.
+  budget (`service.core.decode_budget`): 413 `image_too_large`.
 - damaged JPEG entropy data that libjpeg recovers from, and PNG IDAT chunks whose CRC alone is wrong (zlib's
   Adler-32 still vouches for the pixels), decode as browsers show them; so does a PNG cut after its last
   pixel (only the IEND trailer missing).
@@ -20,11 +21,11 @@ Accepted formats are JPEG (MPO, the multi-picture JPEG many phones write, includ
 TIFF. The allow-list goes to `Image.open(formats=...)`, so Pillow never tries its other parsers (EPS, for one,
 would shell out to Ghostscript).
 
-Clean RGB and greyscale JPEGs decode through libjpeg-turbo straight to numpy (`service.jpeg`), at the DCT scale
+Clean RGB and greyscale JPEGs decode through libjpeg-turbo straight to numpy (`service.core.jpeg`), at the DCT scale
 Pillow's `draft` would pick, so the pixels are the Pillow path's; anything libjpeg warns about goes the Pillow way.
 Every decode holds its estimated peak memory in the process-wide decode budget while it runs.
 
-Conversions to RGB (`service.colour`), all applied after EXIF orientation:
+Conversions to RGB (`service.core.colour`), all applied after EXIF orientation:
 - transparency (RGBA, LA, PA, palette with tRNS) is composited over white, the background a viewer shows on a
   page, because the colour under fully transparent pixels is arbitrary (often black) and would mislead the model;
 - 16-bit and 32-bit integer greyscale is scaled to 8 bits (`round(v / 257)`), not clipped as Pillow's own
@@ -42,16 +43,15 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from service import jpeg
-from service.colour import to_rgb_array
-from service.decode_budget import DECODE_BUDGET, estimate_bytes
-from service.errors import ApiError
+from . import jpeg
+from .colour import to_rgb_array
+from .decode_budget import DECODE_BUDGET, estimate_bytes
+from .errors import DecodeError
+from .letterbox import compute_letterbox
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _has_supported_signature(data: bytes) -> bool:
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode untrusted image bytes to a uint8 H×W×3 RGB array (read-only), EXIF orientation applied.
 
-    Raises `ApiError` (400 `empty_body` / `corrupt_image`, 415 `unsupported_media_type`, 413 `image_too_large`).
+    Raises `DecodeError` (400 `empty_body` / `corrupt_image`, 415 `unsupported_media_type`, 413 `image_too_large`).
     """
     return _decode(data, max_pixels, None)[0]
 
@@ -105,7 +105,7 @@ def decode_image_for_model(data: bytes, max_pixels: int, size: int) -> tuple[np.
 
 def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     if not data:
-        raise ApiError(400, "empty_body", "the request carried no image bytes")
+        raise DecodeError("empty_body", "the request carried no image bytes")
     # Pillow's module-level LOAD_TRUNCATED_IMAGES must stay False, or truncated files decode as grey padding.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated uploads would be accepted")
@@ -113,13 +113,12 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}") from exc
+        raise DecodeError("image_too_large", f"image refused as a decompression bomb: {exc}") from exc
     except Exception as exc:  # any parser failure on hostile bytes is the client's problem, not a 500
         error = _decode_failure(exc, "the image header is corrupt or truncated")
-        if error.status == 400 and not _has_supported_signature(data):
+        if error.code == "corrupt_image" and not _has_supported_signature(data):
             # Pillow tried a plugin on a loose match (e.g. text starting with "BM") or found nothing at all.
-            error = ApiError(
-                415, "unsupported_media_type",
+            error = DecodeError("unsupported_media_type",
                 f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
             )
         raise error from exc
@@ -127,11 +126,10 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:
-            raise ApiError(400, "corrupt_image", f"the image has zero size ({width}x{height})")
+            raise DecodeError("corrupt_image", f"the image has zero size ({width}x{height})")
         # Checked on the header, before a single pixel is decoded: the bomb never gets its memory.
         if width * height > max_pixels:
-            raise ApiError(
-                413, "image_too_large",
+            raise DecodeError("image_too_large",
                 f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
             )
         if img.format in ("JPEG", "MPO"):
@@ -139,7 +137,7 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             limit = jpeg.scan_limit(width * height)
             scans = jpeg.count_scans(data, limit)
             if scans > limit:
-                raise ApiError(413, "image_too_large",
+                raise DecodeError("image_too_large",
                                f"the JPEG has more than {limit} scans, the limit for {width}x{height}")
         pixels = width * height
         if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
@@ -164,9 +162,8 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             try:
                 rgb = to_rgb_array(_oriented(img))
             except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
-                raise ApiError(
-                    415, "unsupported_media_type", f"unsupported pixel format (mode {img.mode}): {exc}"
-                ) from exc
+                raise DecodeError("unsupported_media_type",
+                                  f"unsupported pixel format (mode {img.mode}): {exc}") from exc
             # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
             turned = rgb.shape[1::-1] != reduced_size
             return rgb, ((width, height) if turned else (height, width))
@@ -200,7 +197,7 @@ def _decode_jpeg_fast(data: bytes, img: Image.Image,
     return jpeg.orient(pixels, orientation), ((width, height) if turned else (height, width))
 
 
-def _decode_failure(exc: Exception, what: str) -> ApiError:
+def _decode_failure(exc: Exception, what: str) -> DecodeError:
     """The client-facing error for an exception Pillow raised while parsing or decoding."""
     # Pillow refuses zlib-compressed metadata (zTXt/iTXt/iCCP) that inflates past its limits with a plain
     # ValueError; that is a decompression bomb too.
@@ -210,12 +207,12 @@ def _decode_failure(exc: Exception, what: str) -> ApiError:
         and ("Decompressed data too large" in str(exc) or "Too much memory used in text chunks" in str(exc))
     )
     if bomb:
-        return ApiError(413, "image_too_large", f"image refused as a decompression bomb: {exc}")
+        return DecodeError("image_too_large", f"image refused as a decompression bomb: {exc}")
     if isinstance(exc, MemoryError):
-        return ApiError(413, "image_too_large", "the image does not fit in memory")
+        return DecodeError("image_too_large", "the image does not fit in memory")
     if isinstance(exc, UnidentifiedImageError):
-        return ApiError(400, "corrupt_image", what)  # its message only names the BytesIO object
-    return ApiError(400, "corrupt_image", f"{what}: {exc}")
+        return DecodeError("corrupt_image", what)  # its message only names the BytesIO object
+    return DecodeError("corrupt_image", f"{what}: {exc}")
 
 
 def _oriented(img: Image.Image) -> Image.Image:
@@ -228,108 +225,3 @@ def _oriented(img: Image.Image) -> Image.Image:
     return img
 
 
-# ---------------------------------------------------------------------------------------------- letterbox
-
-
-# Interpolation choice, measured against a Pillow LANCZOS reference (PSNR) on a 2-core CPU:
-# - zone plate 1024x768 → 513 (scale 0.50): LINEAR 16.3 dB 1.6 ms, AREA 24.9 dB 12.6 ms: LINEAR aliases badly;
-# - astronaut 512 → 321 (0.63): LINEAR 39.6 dB 0.3 ms, AREA 40.3 dB 4.5 ms;
-# - coffee 600x400 → 513 (0.86): LINEAR 39.2 dB 0.8 ms, AREA 38.7 dB 5.4 ms: no gain from AREA;
-# - enlarging chelsea 451x300 → 513: LINEAR 43.2 dB, AREA 43.5 dB, same speed.
-# So INTER_AREA only where it pays for itself: shrinking to less than 3/4.
-AREA_BELOW_SCALE = 0.75
-
-
-@dataclass(frozen=True)
-class LetterboxInfo:
-    """Where an original image sits inside the size×size letterboxed tensor.
-
-    The content occupies rows `top:top+new_h` and columns `left:left+new_w`; `letterbox` always places it
-    top-left (top = left = 0), but `unletterbox` honours any offsets.
-    """
-
-    orig_h: int
-    orig_w: int
-    new_h: int
-    new_w: int
-    top: int = 0
-    left: int = 0
-    size: int = 0
-
-
-def compute_letterbox(orig_h: int, orig_w: int, size: int) -> LetterboxInfo:
-    """The letterbox geometry: the long side becomes `size`, the short side scales with it (at least 1 px)."""
-    if orig_h <= 0 or orig_w <= 0:
-        raise ValueError(f"image has zero size ({orig_w}x{orig_h})")
-    if size <= 0:
-        raise ValueError(f"letterbox size must be positive, got {size}")
-    scale = size / max(orig_h, orig_w)
-    new_h = min(size, max(1, round(orig_h * scale)))
-    new_w = min(size, max(1, round(orig_w * scale)))
-    return LetterboxInfo(orig_h=orig_h, orig_w=orig_w, new_h=new_h, new_w=new_w, top=0, left=0, size=size)
-
-
-def letterbox(
-    image: np.ndarray,
-    size: int,
-    pad_rgb: tuple[int, int, int],
-    *,
-    out: np.ndarray | None = None,
-    orig_hw: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, LetterboxInfo]:
-    """Resize an H×W×3 uint8 image so its long side is `size`, place it top-left, pad to size×size.
-
-    Top-left placement matches DeepLab training, which pads crops at the bottom/right; pass the model mean as
-    `pad_rgb` so the padding normalises to zero. Shrinking by more than `AREA_BELOW_SCALE` uses INTER_AREA
-    (it averages, so no aliasing); milder shrinks and enlarging use INTER_LINEAR.
-    `out`, if given, is a size×size×3 uint8 array (e.g. one slot of the batch tensor) written in place, which
-    saves a copy when stacking a batch. `orig_hw` is the true original size when `image` was decoded reduced
-    (`decode_image_for_model`): the geometry, and so `unletterbox`, follows the original.
-    """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"letterbox expects uint8 HxWx3, got {image.dtype} {image.shape}")
-    info = compute_letterbox(*(orig_hw or image.shape[:2]), size)
-    if out is None:
-        out = np.empty((size, size, 3), dtype=np.uint8)
-    elif out.shape != (size, size, 3) or out.dtype != np.uint8:
-        raise ValueError(f"out must be uint8 {(size, size, 3)}, got {out.dtype} {out.shape}")
-
-    region = out[: info.new_h, : info.new_w]
-    if (info.new_h, info.new_w) == image.shape[:2]:
-        region[...] = image
-    else:
-        scale = max(info.new_h, info.new_w) / max(image.shape[:2])
-        interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
-        cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
-    # Padding only where the content is not: the right strip and the bottom strip.
-    out[: info.new_h, info.new_w :] = pad_rgb
-    out[info.new_h :, :] = pad_rgb
-    return out, info
-
-
-def resize_nearest(values: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Nearest-neighbour resize with pixel-centre alignment (cv2.INTER_NEAREST_EXACT).
-
-    Plain INTER_NEAREST samples at pixel corners, shifting masks by up to half a source pixel against the
-    centre-aligned image resize and the model's align_corners=False upsample. The centre-aligned version also
-    makes an enlarge-then-shrink round trip exact.
-    """
-    if values.shape[:2] == (height, width):
-        return values
-    return cv2.resize(values, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
-
-
-def unletterbox(labels: np.ndarray, info: LetterboxInfo) -> np.ndarray:
-    """Crop the valid region of a model output (labels or confidence, H×W uint8) and resize it to the original.
-
-    Returns an (orig_h, orig_w) array; nearest-neighbour, so class ids are never blended.
-    """
-    if labels.ndim != 2:
-        raise ValueError(f"unletterbox expects a 2-D map, got shape {labels.shape}")
-    if labels.shape[0] < info.top + info.new_h or labels.shape[1] < info.left + info.new_w:
-        raise ValueError(f"map {labels.shape} is smaller than the letterboxed region {info}")
-    valid = labels[info.top : info.top + info.new_h, info.left : info.left + info.new_w]
-    if valid.shape == (info.orig_h, info.orig_w):
-        return valid.copy()  # never hand out a view that keeps the whole batch output alive
-    # cv2 wants contiguous input for some paths; a crop view of the padded map is not.
-    return resize_nearest(np.ascontiguousarray(valid), info.orig_w, info.orig_h)

@@ -21,7 +21,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from service.imaging import LetterboxInfo, resize_nearest
+from service.core.letterbox import LetterboxInfo, resize_nearest
 
 
 def nearest_index(src: int, dst: int) -> np.ndarray:

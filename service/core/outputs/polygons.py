@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import shapely
 
-from service.outputs.labelmap import LabelMap, as_label_map
-from service.outputs.stats import class_name
+from service.core.outputs.labelmap import LabelMap, as_label_map
+from service.core.outputs.stats import class_name
 
 # The API's default `min_area` as a fraction of the image: specks below 0.01% of the picture (~79 px at
 # 1024x768, under one pixel of a 320 model's map... rounded up to whole pixels) are noise, not objects.

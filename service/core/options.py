@@ -1,0 +1,69 @@
+"""How to load an engine, as plain data: the service fills it from its settings, offline tools from their flags.
+
+The defaults shared by the service, the batch CLI's local mode, evaluate and the benchmarks live here once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+# Images per model run: the service's `max_batch_size`, and the chunk size of offline runs.
+DEFAULT_BATCH_SIZE = 8
+# Pixels an upload may have (checked on the header, before decoding).
+DEFAULT_MAX_PIXELS = 40_000_000
+# The embedded demo model ships inside the package (package data), so every install finds it, editable or not.
+EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
+
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+FixedShapes = Literal["auto", "on", "off"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 CPU quota if one is set.
+
+    onnxruntime's own default counts the host's cores, which oversubscribes a CPU-limited container.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything `load_engine` needs. Nothing is read from the environment: what is not given is the default.
+
+    `providers`: 'auto' (CUDA, then CPU) or a comma list ('cuda,cpu', 'CPUExecutionProvider').
+    `precision`: 'auto' prefers a sibling `*.fp16.onnx` when CUDA is active; others require that variant.
+    `intra_op_threads`: 0 means the CPUs this process may use (`available_cpus`).
+    `fixed_shapes`: pad batches to `batch_buckets`, one session per bucket ('auto': on GPU providers only).
+    `batch_buckets`: empty means 1, 2, 4, ... up to `max_batch_size`.
+    `cuda_options`: extra CUDA provider options over the defaults (`service.core.sessions`).
+    """
+
+    model_path: Path = EMBEDDED_MODEL
+    providers: str = "auto"
+    precision: Precision = "auto"
+    intra_op_threads: int = 0
+    require_gpu: bool = False
+    fixed_shapes: FixedShapes = "auto"
+    max_batch_size: int = DEFAULT_BATCH_SIZE
+    batch_buckets: Sequence[int] = ()
+    cuda_options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def threads(self) -> int:
+        """The intra-op thread count actually used."""
+        return self.intra_op_threads or available_cpus()

@@ -1,0 +1,149 @@
+"""The request pipeline: preprocess (decode, letterbox) → infer → postprocess (CRF, back to the upload's size)
+→ render. One object, used by `POST /segment` (through `service.codec` and the batcher), the batch CLI's local
+mode, `segment-export evaluate` and the benchmarks, so that what is measured and scored is what is served.
+
+Each step is a method, because the service runs them in different places (decode and render in worker threads,
+inference in the batcher, across requests); `segment` runs them all in a row for one upload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import crf
+from .decode import decode_image, decode_image_for_model
+from .engine import Engine
+from .letterbox import LetterboxInfo, letterbox, unletterbox
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
+from .output_kinds import OUTPUT_KINDS, Body, RenderOptions
+from .outputs.labelmap import LabelMap
+from .outputs.render import render
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One upload ready for the model: the decoded RGB image (reduced unless asked for at full resolution), the
+    letterboxed model input, and where the image sits in it."""
+
+    image: np.ndarray
+    tensor: np.ndarray
+    info: LetterboxInfo
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What one request asks for: the output kind, how to draw it, and whether to refine with the dense CRF."""
+
+    output: str = "labels"
+    render: RenderOptions = field(default_factory=RenderOptions)
+    crf: bool = False
+
+    @property
+    def full_resolution(self) -> bool:
+        """Whether the upload must be decoded at full size (only kinds that show the image need it)."""
+        return OUTPUT_KINDS[self.output].shows_image
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """An answer: its body (bytes, or a dict for JSON kinds), media type, the label map at the upload's size
+    (a `LabelMap`, which the results cache keeps) and seconds per stage."""
+
+    body: Body
+    media_type: str
+    label_map: LabelMap
+    timing: dict[str, float]
+
+
+class Pipeline:
+    """The steps from upload bytes to an answer, around one loaded `Engine`. Thread-safe: it holds no state
+    beyond the engine (whose `run_images` is thread-safe) and its limits.
+
+    `max_pixels` bounds uploads (checked on the header); `batch_size` is how many images one model run takes
+    when this object batches by itself (`label_maps`; the service's batcher forms its own batches).
+    """
+
+    def __init__(self, engine: Engine, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self.engine = engine
+        self.max_pixels = max_pixels
+        self.batch_size = max(1, batch_size)
+
+    # -- preprocess --------------------------------------------------------------------------------------------
+
+    def preprocess(self, data: bytes, *, full_resolution: bool = False) -> Prepared:
+        """Upload bytes → `Prepared`. Raises `DecodeError` for bad bytes.
+
+        Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large
+        JPEG decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.
+        """
+        if full_resolution:
+            return self.prepare_image(decode_image(data, self.max_pixels))
+        image, orig_hw = decode_image_for_model(data, self.max_pixels, self.engine.input_size)
+        return self.prepare_image(image, orig_hw)
+
+    def prepare_image(self, image: np.ndarray, orig_hw: tuple[int, int] | None = None) -> Prepared:
+        """Letterbox a decoded RGB image to the model's square input (padding in the model's mean colour).
+
+        `orig_hw`: the original size when `image` was decoded reduced."""
+        tensor, info = letterbox(image, self.engine.input_size, self.engine.metadata.pad_rgb, orig_hw=orig_hw)
+        return Prepared(image, tensor, info)
+
+    # -- infer -------------------------------------------------------------------------------------------------
+
+    def infer(self, tensors: Sequence[np.ndarray]) -> np.ndarray:
+        """Labels [N, size, size] for letterboxed tensors, in one model run (the engine pads to its buckets)."""
+        return self.engine.run_images(tensors)
+
+    # -- postprocess -------------------------------------------------------------------------------------------
+
+    def postprocess(self, labels: np.ndarray, prepared: Prepared, *, refine: bool = False) -> LabelMap:
+        """The model's letterboxed labels → the map at the upload's size (a `LabelMap`: no full-size copy).
+
+        `refine` runs DeepLab-v2's dense CRF on the image the model saw first; the contract gives labels, not
+        scores, so the predicted class gets 0.7, as `segment-export evaluate --crf` does."""
+        if refine:
+            probs = crf.probs_from_labels(labels, self.engine.metadata.num_classes)
+            labels = crf.crf_on_canvas(prepared.tensor, probs, prepared.info, crf.CrfParams())
+        return LabelMap.from_model(labels, prepared.info)
+
+    # -- render ------------------------------------------------------------------------------------------------
+
+    def render(self, output: str, prepared: Prepared, label_map: LabelMap, options: RenderOptions,
+               header: dict[str, Any] | None = None) -> tuple[Body, str]:
+        """Body and media type of `output` (see `service.core.output_kinds`)."""
+        image = prepared.image if OUTPUT_KINDS[output].shows_image else None
+        return render(output, image, label_map, self.engine.metadata, options, header)
+
+    # -- all steps ---------------------------------------------------------------------------------------------
+
+    def segment(self, data: bytes, options: SegmentOptions,
+                header: dict[str, Any] | None = None) -> Segmented:
+        """One upload through every step in this thread, as `POST /segment` answers it."""
+        t0 = time.perf_counter()
+        prepared = self.preprocess(data, full_resolution=options.full_resolution)
+        t1 = time.perf_counter()
+        (labels,) = self.infer([prepared.tensor])
+        t2 = time.perf_counter()
+        label_map = self.postprocess(labels, prepared, refine=options.crf)
+        body, media = self.render(options.output, prepared, label_map, options.render, header)
+        timing = {"decode": t1 - t0, "inference": t2 - t1, "encode": time.perf_counter() - t2}
+        return Segmented(body, media, label_map, timing)
+
+    def label_maps(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
+        """Label maps at the uploads' sizes (plain arrays), in model runs of at most `batch_size` images."""
+        results: list[np.ndarray] = []
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start:start + self.batch_size]
+            labels = self.infer([p.tensor for p in chunk])
+            results.extend(unletterbox(lab, p.info) for lab, p in zip(labels, chunk, strict=True))
+        return results
+
+    def segment_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Label maps at original size for decoded RGB uint8 images."""
+        return self.label_maps([self.prepare_image(image) for image in images])
