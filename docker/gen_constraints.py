@@ -48,6 +48,9 @@ def closure(extras: tuple[str, ...]) -> dict[str, str]:
         dist = metadata.distribution(name)
         for req in _requirements(dist, wanted):
             key = _canon(req.name)
+            if key == _canon(PROJECT):  # an extra made of other extras (serve = core + ...): follow, never pin
+                todo.append((PROJECT, tuple(req.extras)))
+                continue
             if key in pinned:
                 continue
             pinned[key] = metadata.version(req.name)
