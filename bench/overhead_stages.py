@@ -46,7 +46,11 @@ def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
     try:  # this tree: the core's pipeline
         from service.core.engine import load_engine
         from service.core.options import EngineOptions
-        from service.core.outputs import render_output
+        from service.core.output_kinds import RenderOptions
+        from service.core.outputs.render import render as render_with_options
+
+        def render_output(kind: str, image: Any, labels: Any, meta: Any, header: Any) -> Any:
+            return render_with_options(kind, image, labels, meta, RenderOptions(), header)
         from service.core.outputs.labelmap import LabelMap
         from service.core.pipeline import Pipeline
 

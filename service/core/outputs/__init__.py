@@ -11,7 +11,7 @@ from service.core.outputs.masks import (
     palette_lut,
 )
 from service.core.outputs.polygons import polygons_geojson
-from service.core.outputs.render import OUTPUTS, render, render_output
+from service.core.outputs.render import OUTPUTS, render
 from service.core.outputs.stats import class_counts, class_name, class_stats, classes_present
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "palette_lut",
     "polygons_geojson",
     "render",
-    "render_output",
 ]

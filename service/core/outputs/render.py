@@ -12,7 +12,7 @@ from service.core.output_kinds import OUTPUT_KINDS, OUTPUTS, Body, RenderInput, 
 from service.core.outputs.labelmap import LabelMap, as_label_map
 from service.core.outputs.stats import classes_present
 
-__all__ = ["OUTPUTS", "render", "render_output"]
+__all__ = ["OUTPUTS", "render"]
 
 
 def render(kind: str, image: np.ndarray | None, labels: np.ndarray | LabelMap, meta: ModelMetadata,
@@ -36,10 +36,3 @@ def render(kind: str, image: np.ndarray | None, labels: np.ndarray | LabelMap, m
                 "classes_present": classes_present(label_map, meta.classes)}
     return body, encoding.media_type
 
-
-def render_output(kind: str, image: np.ndarray | None, labels: np.ndarray | LabelMap, meta: ModelMetadata,
-                  header: dict[str, Any] | None = None, *, alpha: float = 0.5, fmt: str = "jpeg",
-                  tolerance: float = 1.0, min_area: float | None = None) -> tuple[Body, str]:
-    """`render` with the options spelled out as keywords (`min_area` None: 0.01% of the image)."""
-    return render(kind, image, labels, meta, RenderOptions(alpha=alpha, format=fmt, tolerance=tolerance,
-                                                           min_area=min_area), header)
