@@ -19,7 +19,7 @@ request building in `service.client_wire` and `AsyncSegmentClient` in `service.c
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,6 +29,7 @@ from .client_types import (
     OUTPUTS,
     ImageInput,
     Output,
+    OverlayFormat,
     ResultName,
     SegmentApiError,
     SegmentClientError,
@@ -50,6 +51,7 @@ __all__ = [
     "AsyncSegmentClient",
     "ImageInput",
     "Output",
+    "OverlayFormat",
     "ResultName",
     "SegmentApiError",
     "SegmentClient",
@@ -96,9 +98,10 @@ class SegmentClient:
             attempt += 1
 
     def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
-                format: Literal["png", "jpeg"] | None = None, tolerance: float | None = None,
+                format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None) -> SegmentResult:
-        """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG)."""
+        """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG).
+        `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding."""
         content, media = request_body(image)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},
                               params=segment_params(output, alpha, format, tolerance, min_area))
@@ -114,11 +117,11 @@ class SegmentClient:
 
     def polygons(self, image: ImageInput, *, tolerance: float | None = None,
                  min_area: float | None = None) -> dict[str, Any]:
-        """A GeoJSON-like FeatureCollection in pixel coordinates."""
+        """A GeoJSON FeatureCollection in pixel coordinates."""
         return self.segment(image, "polygons", tolerance=tolerance, min_area=min_area).json()
 
     def result(self, result_id: str, name: ResultName) -> bytes:
-        """A recent result again as PNG: `GET /results/{id}/{name}.png`."""
+        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds)."""
         response = self._send("GET", f"/results/{result_id}/{name}.png")
         raise_for_error(response)
         return response.content
@@ -126,6 +129,12 @@ class SegmentClient:
     def classes(self) -> dict[str, Any]:
         """The model's class names and colours (`GET /classes`)."""
         return self._json("/classes")
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The output kinds the service answers with (`GET /outputs`): name, description, whether it is JSON,
+        the Accept types that choose it, and its encodings (format, media type, file suffix; the first is the
+        default)."""
+        return self._json("/outputs")["outputs"]
 
     def ready(self) -> bool:
         """True when `/readyz` answers 200."""

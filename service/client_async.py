@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from .client_types import (
     ImageInput,
     Output,
+    OverlayFormat,
     ResultName,
     SegmentApiError,
     SegmentConnectionError,
@@ -63,7 +64,7 @@ class AsyncSegmentClient:
             attempt += 1
 
     async def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
-                      format: Literal["png", "jpeg"] | None = None, tolerance: float | None = None,
+                      format: OverlayFormat | None = None, tolerance: float | None = None,
                       min_area: float | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""
         # Reading a file is blocking; do it off the loop.
@@ -80,6 +81,13 @@ class AsyncSegmentClient:
 
     async def classes(self) -> Mapping[str, Any]:
         """The model's class names and colours."""
-        response = await self._send("GET", "/classes")
+        return await self._json("/classes")
+
+    async def outputs(self) -> list[dict[str, Any]]:
+        """The output kinds the service answers with; see `SegmentClient.outputs`."""
+        return (await self._json("/outputs"))["outputs"]
+
+    async def _json(self, path: str) -> dict[str, Any]:
+        response = await self._send("GET", path)
         raise_for_error(response)
         return response.json()

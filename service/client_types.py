@@ -15,10 +15,15 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .core.output_kinds import OUTPUTS
+from .core.output_kinds import OUTPUT_KINDS, OUTPUTS
 
-Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # from the output-kind table
-ResultName = Literal["labels", "color", "overlay"]
+Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # every output kind of the table
+# The kinds `GET /results/{id}/{name}.png` renders again: the image kinds (JSON kinds are not cached as files).
+RESULT_NAMES: tuple[str, ...] = tuple(kind.name for kind in OUTPUT_KINDS.values() if not kind.is_json)
+ResultName = Literal[RESULT_NAMES]  # type: ignore[valid-type]
+# `format` chooses the overlay's encoding, as the route's parameter of that name does; the first is the default.
+OVERLAY_FORMATS: tuple[str, ...] = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
+OverlayFormat = Literal[OVERLAY_FORMATS]  # type: ignore[valid-type]
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
 
 
@@ -58,13 +63,13 @@ class SegmentResult:
         return "json" in self.media_type
 
     def json(self) -> dict[str, Any]:
-        """The JSON body (outputs `stats` and `polygons`)."""
+        """The JSON body (the JSON output kinds, such as `stats`)."""
         if not self.is_json:
             raise ValueError(f"output {self.output!r} is {self.media_type}, not JSON")
         return json.loads(self.content)
 
     def image(self) -> Image.Image:
-        """The image body (outputs `labels`, `color`, `overlay`) as a Pillow image."""
+        """The image body (the image output kinds, such as `labels`) as a Pillow image."""
         if self.is_json:
             raise ValueError(f"output {self.output!r} is JSON, not an image")
         img = Image.open(io.BytesIO(self.content))
