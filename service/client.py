@@ -27,6 +27,7 @@ import numpy as np
 from .client_async import AsyncSegmentClient
 from .client_types import (
     OUTPUTS,
+    OVERLAY_FORMATS,
     ImageInput,
     Output,
     OverlayFormat,
@@ -48,6 +49,7 @@ from .client_wire import (
 
 __all__ = [
     "OUTPUTS",
+    "OVERLAY_FORMATS",
     "AsyncSegmentClient",
     "ImageInput",
     "Output",
