@@ -46,6 +46,7 @@ from .client_wire import (
     segment_params,
     segment_result,
 )
+from .core.output_kinds import DEFAULT_OUTPUT
 
 __all__ = [
     "OUTPUTS",
@@ -99,7 +100,7 @@ class SegmentClient:
                 time.sleep(retry_sleep(error, attempt))
             attempt += 1
 
-    def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
+    def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None) -> SegmentResult:
         """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG).

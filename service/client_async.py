@@ -26,6 +26,7 @@ from .client_wire import (
     segment_params,
     segment_result,
 )
+from .core.output_kinds import DEFAULT_OUTPUT
 
 
 class AsyncSegmentClient:
@@ -63,7 +64,7 @@ class AsyncSegmentClient:
                 await asyncio.sleep(retry_sleep(error, attempt))
             attempt += 1
 
-    async def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
+    async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
                       min_area: float | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""

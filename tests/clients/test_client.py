@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import socket
 import typing
@@ -21,7 +22,7 @@ from service.client import (
     SegmentClient,
     SegmentConnectionError,
 )
-from service.core.output_kinds import OUTPUT_KINDS, describe
+from service.core.output_kinds import DEFAULT_OUTPUT, OUTPUT_KINDS, describe
 from tests.clients.conftest import API_KEY
 
 
@@ -113,6 +114,8 @@ def test_output_table_and_argument_types_follow_the_service(server_url: str, ast
         for fmt in typing.get_args(OverlayFormat):
             assert client.segment(astronaut, "overlay", format=fmt).media_type == f"image/{fmt}"
     assert table == describe() and [k["name"] for k in table] == list(OUTPUT_KINDS)
+    for method in (SegmentClient.segment, AsyncSegmentClient.segment):  # the service's own default
+        assert inspect.signature(method).parameters["output"].default == DEFAULT_OUTPUT
     assert typing.get_args(ResultName) == tuple(k["name"] for k in table if not k["json"])
     (overlay,) = [k for k in table if k["name"] == "overlay"]
     assert typing.get_args(OverlayFormat) == tuple(e["format"] for e in overlay["encodings"]) == ("jpeg", "png")
