@@ -4,7 +4,7 @@
     segment images/ --out masks/ --output stats --local model.onnx
 
 - Inputs are files and folders (searched recursively for image files); outputs mirror the folder layout under
-  `--out`, with the extension of the output kind (`.png`, `.jpg`, `.geojson`, `.json`).
+  `--out`, with the file suffix of the output kind (`segment --help` lists the kinds and their suffixes).
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
   a rerun skips it (resume). `--overwrite` redoes everything.
 - A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
@@ -27,7 +27,14 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from service.client import OUTPUTS, SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
+from service.client import (
+    OUTPUTS,
+    OVERLAY_FORMATS,
+    SegmentApiError,
+    SegmentClient,
+    SegmentClientError,
+    SegmentResult,
+)
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS
 
@@ -56,8 +63,9 @@ class Failure:
     message: str
 
 
-def output_suffix(output: str, fmt: str) -> str:
-    """The file extension for an output kind in format `fmt` (a format the kind is not written in: its default)."""
+def output_suffix(output: str, fmt: str | None) -> str:
+    """The file extension for an output kind in format `fmt` (None, or a format the kind is not written in: its
+    default)."""
     kind = OUTPUT_KINDS[output]
     formats = {e.format: e for e in kind.encodings}
     return formats.get(fmt, kind.encodings[0]).suffix
@@ -145,10 +153,12 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="segment", description="Segment image files through the service (--server) or in-process (--local).")
+        prog="segment", description="Segment image files through the service (--server) or in-process (--local).",
+        epilog=_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--out", "-o", type=Path, required=True, help="output folder (layout mirrors the inputs)")
-    parser.add_argument("--output", choices=OUTPUTS, default="color", help="what to produce (default color)")
+    parser.add_argument("--output", choices=OUTPUTS, default="color",
+                        help="what to produce (default color; the kinds are listed below)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", metavar="URL", help="base URL of a running segment-serve")
     where.add_argument("--local", metavar="MODEL", type=Path, help="ONNX model to run in this process")
@@ -156,7 +166,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="X-API-Key for --server (default $SEGMENT_API_KEY)")
     parser.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight / worker threads")
     parser.add_argument("--alpha", type=_unit_float, default=None, help="overlay opacity 0..1")
-    parser.add_argument("--format", choices=("png", "jpeg"), default=None, help="overlay format (default jpeg)")
+    parser.add_argument("--format", choices=OVERLAY_FORMATS, default=None,
+                        help=f"overlay format (default {OVERLAY_FORMATS[0]})")
     parser.add_argument("--tolerance", type=float, default=None, help="polygon simplification, pixels")
     parser.add_argument("--min-area", type=float, default=None, help="drop polygons smaller than this")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
@@ -168,6 +179,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     return args
+
+
+def _kinds_help() -> str:
+    """The output kinds for `--help`, from the service's table: name, file suffixes (default first), description."""
+    rows = [(kind.name, " ".join(e.suffix for e in kind.encodings), kind.description)
+            for kind in OUTPUT_KINDS.values()]
+    name_width, suffix_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    lines = [f"  {name:<{name_width}}  {suffix:<{suffix_width}}  {text}" for name, suffix, text in rows]
+    return "output kinds (--output) and their file suffixes:\n" + "\n".join(lines)
 
 
 def _unit_float(text: str) -> float:
@@ -196,7 +216,7 @@ def _summary(total: int, skipped: int, failures: list[Failure]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start)."""
     args = parse_args(argv)
-    jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format or "jpeg"))
+    jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format))
     todo = jobs if args.overwrite else [job for job in jobs if not is_done(job)]
     skipped = len(jobs) - len(todo)
     if not jobs:

@@ -9,161 +9,59 @@
 One `httpx.Client` per `SegmentClient`: connections are kept alive and reused, and the client is thread-safe,
 so several threads may call `segment` at once (the pool holds up to `max_connections` connections).
 Errors the service answers (`{"error": {"code", "message"}}`) raise `SegmentApiError` with that code;
-network failures raise `SegmentConnectionError`. Neither imports the server side: this module needs only httpx,
-numpy and Pillow.
+network failures raise `SegmentConnectionError`. Neither imports the server side: the client needs only httpx,
+numpy and Pillow, and reads the output kinds (`OUTPUTS`) from the service's standard-library table.
+
+This module is the client's public entry point: the result and error types live in `service.client_types`,
+request building in `service.client_wire` and `AsyncSegmentClient` in `service.client_async`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
-import mimetypes
-import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 
-from .core.output_kinds import OUTPUTS
+from .client_async import AsyncSegmentClient
+from .client_types import (
+    OUTPUTS,
+    OVERLAY_FORMATS,
+    ImageInput,
+    Output,
+    OverlayFormat,
+    ResultName,
+    SegmentApiError,
+    SegmentClientError,
+    SegmentConnectionError,
+    SegmentResult,
+)
+from .client_wire import (
+    RETRYABLE,
+    auth_headers,
+    raise_for_error,
+    request_body,
+    retry_sleep,
+    segment_params,
+    segment_result,
+)
+from .core.output_kinds import DEFAULT_OUTPUT
 
-Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # from the output-kind table
-ResultName = Literal["labels", "color", "overlay"]
-ImageInput = str | os.PathLike[str] | bytes | np.ndarray
-# Statuses worth retrying: the queue was full or the model was still loading; both carry Retry-After.
-_RETRYABLE = frozenset({503})
-_MAX_RETRY_SLEEP_S = 5.0
-
-
-class SegmentClientError(Exception):
-    """Base class of everything this client raises."""
-
-
-class SegmentConnectionError(SegmentClientError):
-    """The service could not be reached, or the connection broke (wraps the httpx error)."""
-
-
-class SegmentApiError(SegmentClientError):
-    """The service answered an error: HTTP `status`, stable `code`, human `message`."""
-
-    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    """One answer of `POST /segment`: the body as returned, plus the ids from the headers."""
-
-    output: str
-    content: bytes
-    media_type: str
-    result_id: str | None
-    request_id: str | None
-
-    @property
-    def is_json(self) -> bool:
-        return "json" in self.media_type
-
-    def json(self) -> dict[str, Any]:
-        """The JSON body (outputs `stats` and `polygons`)."""
-        if not self.is_json:
-            raise ValueError(f"output {self.output!r} is {self.media_type}, not JSON")
-        return json.loads(self.content)
-
-    def image(self) -> Image.Image:
-        """The image body (outputs `labels`, `color`, `overlay`) as a Pillow image."""
-        if self.is_json:
-            raise ValueError(f"output {self.output!r} is JSON, not an image")
-        img = Image.open(io.BytesIO(self.content))
-        img.load()
-        return img
-
-    def array(self) -> np.ndarray:
-        """The image body as a numpy array: class ids H×W for `labels` (a palette PNG), RGB H×W×3 otherwise."""
-        img = self.image()
-        if self.output == "labels":
-            return np.asarray(img if img.mode in ("P", "L") else img.convert("L"), dtype=np.uint8)
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def _encode_array(image: np.ndarray) -> bytes:
-    """Lossless PNG of an RGB (or greyscale) uint8 array, so the server sees exactly these pixels."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _body(image: ImageInput) -> tuple[bytes, str]:
-    """Request bytes and a content type for a path, raw bytes or an RGB array."""
-    if isinstance(image, np.ndarray):
-        return _encode_array(image), "image/png"
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image), "application/octet-stream"  # the service sniffs the real format from the bytes
-    path = Path(image)
-    media = mimetypes.guess_type(path.name)[0]
-    return path.read_bytes(), media if media and media.startswith("image/") else "application/octet-stream"
-
-
-def _params(output: str, alpha: float | None, fmt: str | None, tolerance: float | None,
-            min_area: float | None) -> dict[str, str]:
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    params = {"output": output}
-    for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area)):
-        if value is not None:
-            params[key] = str(value)
-    return params
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _raise_for_error(response: httpx.Response) -> None:
-    """Map a non-2xx answer to `SegmentApiError`, reading the service's error envelope when there is one."""
-    if response.is_success:
-        return
-    code, message = f"http_{response.status_code}", response.reason_phrase or "error"
-    request_id = response.headers.get("x-request-id")
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-        request_id = error.get("request_id", request_id)
-    except (ValueError, KeyError, TypeError):
-        text = response.text.strip()
-        message = text[:500] if text else message  # e.g. a proxy's HTML page
-    raise SegmentApiError(response.status_code, code, message, request_id, _retry_after(response))
-
-
-def _result(response: httpx.Response, output: str) -> SegmentResult:
-    _raise_for_error(response)
-    return SegmentResult(
-        output=output, content=response.content,
-        media_type=response.headers.get("content-type", "").split(";")[0].strip(),
-        result_id=response.headers.get("x-result-id"), request_id=response.headers.get("x-request-id"),
-    )
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
-
-
-def _sleep_for(error: SegmentApiError, attempt: int) -> float:
-    return min(_MAX_RETRY_SLEEP_S, error.retry_after if error.retry_after is not None else 0.2 * 2**attempt)
+__all__ = [
+    "OUTPUTS",
+    "OVERLAY_FORMATS",
+    "AsyncSegmentClient",
+    "ImageInput",
+    "Output",
+    "OverlayFormat",
+    "ResultName",
+    "SegmentApiError",
+    "SegmentClient",
+    "SegmentClientError",
+    "SegmentConnectionError",
+    "SegmentResult",
+]
 
 
 class SegmentClient:
@@ -175,7 +73,7 @@ class SegmentClient:
         self.url = url.rstrip("/")
         self.retries = max(0, retries)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.Client(base_url=self.url, headers=_headers(api_key), timeout=timeout, limits=limits,
+        self._http = httpx.Client(base_url=self.url, headers=auth_headers(api_key), timeout=timeout, limits=limits,
                                   transport=transport)
 
     def __enter__(self) -> SegmentClient:
@@ -194,22 +92,23 @@ class SegmentClient:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 raise SegmentConnectionError(f"{method} {self.url}{path}: {exc}") from exc
-            if response.status_code not in _RETRYABLE or attempt >= self.retries:
+            if response.status_code not in RETRYABLE or attempt >= self.retries:
                 return response
             try:
-                _raise_for_error(response)
+                raise_for_error(response)
             except SegmentApiError as error:
-                time.sleep(_sleep_for(error, attempt))
+                time.sleep(retry_sleep(error, attempt))
             attempt += 1
 
-    def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
-                format: Literal["png", "jpeg"] | None = None, tolerance: float | None = None,
+    def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
+                format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None) -> SegmentResult:
-        """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG)."""
-        content, media = _body(image)
+        """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG).
+        `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding."""
+        content, media = request_body(image)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                              params=_params(output, alpha, format, tolerance, min_area))
-        return _result(response, output)
+                              params=segment_params(output, alpha, format, tolerance, min_area))
+        return segment_result(response, output)
 
     def labels(self, image: ImageInput) -> np.ndarray:
         """Class ids H×W (uint8) at the image's original size."""
@@ -221,18 +120,24 @@ class SegmentClient:
 
     def polygons(self, image: ImageInput, *, tolerance: float | None = None,
                  min_area: float | None = None) -> dict[str, Any]:
-        """A GeoJSON-like FeatureCollection in pixel coordinates."""
+        """A GeoJSON FeatureCollection in pixel coordinates."""
         return self.segment(image, "polygons", tolerance=tolerance, min_area=min_area).json()
 
     def result(self, result_id: str, name: ResultName) -> bytes:
-        """A recent result again as PNG: `GET /results/{id}/{name}.png`."""
+        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds)."""
         response = self._send("GET", f"/results/{result_id}/{name}.png")
-        _raise_for_error(response)
+        raise_for_error(response)
         return response.content
 
     def classes(self) -> dict[str, Any]:
         """The model's class names and colours (`GET /classes`)."""
         return self._json("/classes")
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The output kinds the service answers with (`GET /outputs`): name, description, whether it is JSON,
+        the Accept types that choose it, and its encodings (format, media type, file suffix; the first is the
+        default)."""
+        return self._json("/outputs")["outputs"]
 
     def ready(self) -> bool:
         """True when `/readyz` answers 200."""
@@ -251,63 +156,5 @@ class SegmentClient:
 
     def _json(self, path: str) -> dict[str, Any]:
         response = self._send("GET", path)
-        _raise_for_error(response)
-        return response.json()
-
-
-class AsyncSegmentClient:
-    """The asyncio twin of `SegmentClient`, for callers already in an event loop."""
-
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
-                 max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.retries = max(0, retries)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key), timeout=timeout,
-                                       limits=limits, transport=transport)
-
-    async def __aenter__(self) -> AsyncSegmentClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                raise SegmentConnectionError(f"{method} {self.url}{path}: {exc}") from exc
-            if response.status_code not in _RETRYABLE or attempt >= self.retries:
-                return response
-            try:
-                _raise_for_error(response)
-            except SegmentApiError as error:
-                await asyncio.sleep(_sleep_for(error, attempt))
-            attempt += 1
-
-    async def segment(self, image: ImageInput, output: Output = "labels", *, alpha: float | None = None,
-                      format: Literal["png", "jpeg"] | None = None, tolerance: float | None = None,
-                      min_area: float | None = None) -> SegmentResult:
-        """Segment one image; see `SegmentClient.segment`."""
-        # Reading a file is blocking; do it off the loop.
-        content, media = await asyncio.to_thread(_body, image)
-        response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                                    params=_params(output, alpha, format, tolerance, min_area))
-        return _result(response, output)
-
-    async def result(self, result_id: str, name: ResultName) -> bytes:
-        """A recent result again as PNG."""
-        response = await self._send("GET", f"/results/{result_id}/{name}.png")
-        _raise_for_error(response)
-        return response.content
-
-    async def classes(self) -> Mapping[str, Any]:
-        """The model's class names and colours."""
-        response = await self._send("GET", "/classes")
-        _raise_for_error(response)
+        raise_for_error(response)
         return response.json()

@@ -11,23 +11,26 @@ from fastapi.responses import Response
 from ..core.decode import decode_image
 from ..core.engine import Engine
 from ..core.errors import DecodeError
-from ..core.output_kinds import RenderOptions
+from ..core.output_kinds import OUTPUT_KINDS, PNG, RenderOptions
 from ..core.outputs.render import render
 from ..errors import ApiError
 from ..state import ServiceState, loaded_engine, service_state
 
 router = APIRouter()
+# Image kinds are rendered again from the cached label map, always as PNG; JSON kinds are not kept as files.
+RESULT_FILES = tuple(f"{kind.name}{PNG.suffix}" for kind in OUTPUT_KINDS.values() if not kind.is_json)
+ResultFile = Literal[RESULT_FILES]  # type: ignore[valid-type]
 
 
 @router.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
                        503: {"description": "too many re-renders in progress (see Retry-After)"}})
-async def result(result_id: str, name: Literal["labels.png", "color.png", "overlay.png"],
+async def result(result_id: str, name: ResultFile,
                  state: ServiceState = Depends(service_state), engine: Engine = Depends(loaded_engine)) -> Response:
     stored = state.cache.get(result_id)
     if stored is None:
         raise ApiError(404, "result_not_found", f"no result {result_id!r} (unknown or expired)")
-    kind = name.removesuffix(".png")
+    kind = name.removesuffix(PNG.suffix)
 
     def encode() -> bytes:
         # The upload was accepted once, so it decodes again; only an overlay needs its pixels.

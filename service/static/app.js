@@ -1,12 +1,18 @@
 // The web page of the segmentation service: plain browser JavaScript, no build step.
 // One upload asks for `stats` (legend + result id); the colour mask is then fetched by id and blended here on
 // a canvas, so the opacity slider is instant. Polygons are asked for only when their toggle is switched on.
+// The download list and its file names come from the service's table of output kinds (`GET /outputs`).
 "use strict";
 
 const KEY_STORAGE = "segment.apiKey";
+const POLYGON_QUERY = "&tolerance=1";
+// Short notes beside a download link; kinds without one get none (the table's description is the tooltip).
+const DOWNLOAD_NOTES = { labels: "class ids" };
 const $ = (id) => document.getElementById(id);
 const state = {
   classes: [],        // [{id, name, color}] from /classes
+  outputs: null,      // [{name, description, json, encodings: [{format, media_type, suffix}]}] from /outputs
+  outputsRead: null,  // the pending or finished read of /outputs
   file: null,         // the File being shown
   image: null,        // ImageBitmap of the upload (EXIF orientation applied by the browser)
   mask: null,         // canvas: class colours, background transparent
@@ -63,6 +69,58 @@ async function loadClasses() {
     $("model").textContent = "model info unavailable";
     showError(err);
   }
+}
+
+// The output kinds, read once (one read shared by every caller); read again only if it failed, e.g. before the
+// API key was entered.
+async function loadOutputs() {
+  state.outputsRead ||= api("/outputs").then((r) => r.json()).then(
+    (body) => { state.outputs = body.outputs; },
+    (err) => {
+      state.outputsRead = null;
+      if (err.status !== 401) showError(err);  // a missing key is already reported by loadClasses
+    });
+  await state.outputsRead;
+  renderDownloads();
+}
+
+// What a download of `kind` is written as: JSON kinds as answered (their default encoding), image kinds as the
+// PNG that `GET /results/{id}/{name}.png` renders again. An image kind without a PNG encoding is not offered.
+function downloadEncoding(kind) {
+  return kind.json ? kind.encodings[0] : kind.encodings.find((e) => e.media_type === "image/png");
+}
+
+function renderDownloads() {
+  const list = $("downloads");
+  list.dataset.state = state.outputs ? "ready" : "unavailable";
+  if (!state.outputs) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "download list unavailable";
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren(...state.outputs.filter(downloadEncoding).map((kind) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = "#";
+    a.dataset.output = kind.name;
+    a.textContent = `${kind.name}${downloadEncoding(kind).suffix}`;
+    a.title = kind.description;
+    a.classList.toggle("disabled", !state.stats);
+    li.append(a);
+    if (DOWNLOAD_NOTES[kind.name]) {
+      const note = document.createElement("span");
+      note.className = "muted";
+      note.textContent = DOWNLOAD_NOTES[kind.name];
+      li.append(" ", note);
+    }
+    return li;
+  }));
+}
+
+function enableDownloads(on) {
+  document.querySelectorAll("#downloads a").forEach((a) => a.classList.toggle("disabled", !on));
 }
 
 // The embedded model was trained on synthetic shapes only: say so before anyone uploads a photo.
@@ -217,7 +275,7 @@ async function togglePolygons() {
     const run = state.run;
     setStatus("Tracing polygons…");
     try {
-      const polygons = await segment("polygons", "&tolerance=1");
+      const polygons = await segment("polygons", POLYGON_QUERY);
       if (run !== state.run) return;
       state.polygons = polygons;
       setStatus(`${polygons.features.length} polygons.`);
@@ -234,11 +292,12 @@ async function handleFile(file) {
   if (!file) return;
   const run = ++state.run;
   Object.assign(state, { file, stats: null, mask: null, polygons: null });
-  document.querySelectorAll(".downloads a").forEach((a) => a.classList.add("disabled"));
+  enableDownloads(false);
   $("stage").dataset.state = "busy";
   setStatus(`Segmenting ${file.name}…`);
   try {
     if (!state.classes.length) await loadClasses();
+    await loadOutputs();
     state.image = await createImageBitmap(file, { imageOrientation: "from-image" });
     render();
     const stats = await segment("stats");
@@ -247,7 +306,7 @@ async function handleFile(file) {
     Object.assign(state, { stats, mask });
     render();
     renderLegend(stats);
-    document.querySelectorAll(".downloads a").forEach((a) => a.classList.remove("disabled"));
+    enableDownloads(true);
     $("stage").dataset.state = "ready";
     $("stage").dataset.resultId = stats.id;
     setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.`);
@@ -259,25 +318,29 @@ async function handleFile(file) {
   }
 }
 
+// The JSON answer of an output kind for the current upload: stats and polygons as the page already holds them,
+// any other JSON kind asked for now.
+async function jsonAnswer(name) {
+  if (name === "stats") return state.stats;
+  if (name === "polygons") return state.polygons || (state.polygons = await segment("polygons", POLYGON_QUERY));
+  return segment(name);
+}
+
 async function download(event) {
+  const a = event.target.closest("a[data-output]");
+  if (!a) return;
   event.preventDefault();
-  const a = event.currentTarget;
-  if (!state.stats) return;
+  const kind = (state.outputs || []).find((k) => k.name === a.dataset.output);
+  if (!state.stats || !kind) return;
+  const encoding = downloadEncoding(kind);
   const base = (state.file.name || "image").replace(/\.[^.]+$/, "");
   try {
-    let blob, name;
-    if (a.dataset.result) {
-      blob = await (await api(`/results/${state.stats.id}/${a.dataset.result}.png`)).blob();
-      name = `${base}-${a.dataset.result}.png`;
-    } else {
-      if (a.dataset.json === "polygons" && !state.polygons) state.polygons = await segment("polygons", "&tolerance=1");
-      const body = a.dataset.json === "stats" ? state.stats : state.polygons;
-      blob = new Blob([JSON.stringify(body, null, 1)], { type: "application/json" });
-      name = `${base}-${a.dataset.json}.${a.dataset.json === "polygons" ? "geojson" : "json"}`;
-    }
+    const blob = kind.json
+      ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
+      : await (await api(`/results/${state.stats.id}/${kind.name}.png`)).blob();
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
-    link.download = name;
+    link.download = `${base}-${kind.name}${encoding.suffix}`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -292,6 +355,7 @@ function setUp() {
   key.value = localStorage.getItem(KEY_STORAGE) || "";
   key.addEventListener("change", () => {
     localStorage.setItem(KEY_STORAGE, key.value.trim());
+    loadOutputs();
     loadClasses().then(() => { if (state.file && !state.stats) handleFile(state.file); });
   });
   $("file").addEventListener("change", (e) => handleFile(e.target.files[0]));
@@ -312,8 +376,9 @@ function setUp() {
   window.addEventListener("resize", () => { if (state.image) fitToViewer($("canvas")); });
   $("polygons").addEventListener("change", togglePolygons);
   $("fill-polygons").addEventListener("change", renderPolygons);
-  document.querySelectorAll(".downloads a").forEach((a) => a.addEventListener("click", download));
+  $("downloads").addEventListener("click", download);
   loadClasses();
+  loadOutputs();
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from clients.batch import main
+from service.core.output_kinds import OUTPUT_KINDS
 from tests.clients.conftest import write_photos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +105,16 @@ def test_cli_process_and_unreachable_server(tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "clients.batch", str(tmp_path / "in"), "--out", "x"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "--server" in usage.stderr
+
+
+def test_help_lists_the_kinds_of_the_output_table(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for kind in OUTPUT_KINDS.values():
+        suffixes = " ".join(e.suffix for e in kind.encodings)
+        assert f"{kind.name} {suffixes} {' '.join(kind.description.split())}" in text
+    overlay_formats = [e.format for e in OUTPUT_KINDS["overlay"].encodings]
+    assert f"--format {{{','.join(overlay_formats)}}}" in text
+    assert f"overlay format (default {overlay_formats[0]})" in text

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import socket
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,10 +16,13 @@ from PIL import Image
 
 from service.client import (
     AsyncSegmentClient,
+    OverlayFormat,
+    ResultName,
     SegmentApiError,
     SegmentClient,
     SegmentConnectionError,
 )
+from service.core.output_kinds import DEFAULT_OUTPUT, OUTPUT_KINDS, describe
 from tests.clients.conftest import API_KEY
 
 
@@ -99,6 +104,23 @@ def test_errors_map_to_typed_exception(server_url: str, astronaut: np.ndarray, b
     assert info.value.message and info.value.request_id
 
 
+def test_output_table_and_argument_types_follow_the_service(server_url: str, astronaut: np.ndarray) -> None:
+    """`outputs()` is the service's table; the result names and overlay formats the client accepts come from it."""
+    with SegmentClient(server_url) as client:
+        table = client.outputs()
+        answer = client.segment(astronaut, "overlay")
+        for name in typing.get_args(ResultName):  # every name the type allows is one /results serves
+            assert client.result(answer.result_id, name)[:8] == b"\x89PNG\r\n\x1a\n"
+        for fmt in typing.get_args(OverlayFormat):
+            assert client.segment(astronaut, "overlay", format=fmt).media_type == f"image/{fmt}"
+    assert table == describe() and [k["name"] for k in table] == list(OUTPUT_KINDS)
+    for method in (SegmentClient.segment, AsyncSegmentClient.segment):  # the service's own default
+        assert inspect.signature(method).parameters["output"].default == DEFAULT_OUTPUT
+    assert typing.get_args(ResultName) == tuple(k["name"] for k in table if not k["json"])
+    (overlay,) = [k for k in table if k["name"] == "overlay"]
+    assert typing.get_args(OverlayFormat) == tuple(e["format"] for e in overlay["encodings"]) == ("jpeg", "png")
+
+
 def test_unknown_result_is_404(server_url: str) -> None:
     with SegmentClient(server_url) as client, pytest.raises(SegmentApiError) as info:
         client.result("does-not-exist", "color")
@@ -135,6 +157,7 @@ def test_async_client(server_url: str, astronaut: np.ndarray) -> None:
         async with AsyncSegmentClient(server_url) as client:
             results = await asyncio.gather(*(client.segment(astronaut, "labels") for _ in range(4)))
             classes = await client.classes()
+            assert await client.outputs() == describe()
             with pytest.raises(SegmentApiError) as info:
                 await client.segment(b"not an image", "labels")
             return [r.array() for r in results], dict(classes), info.value.status

@@ -85,6 +85,9 @@ def test_the_output_table_drives_route_openapi_accept_and_clients(rule_server) -
     with httpx.Client(base_url=rule_server.url, timeout=30) as client:
         spec = client.get("/openapi.json").json()
         listed = client.get("/outputs").json()["outputs"]
+    (result_name,) = [p for p in spec["paths"]["/results/{result_id}/{name}"]["get"]["parameters"]
+                      if p["name"] == "name"]
+    assert result_name["schema"]["enum"] == [f"{k.name}.png" for k in OUTPUT_KINDS.values() if not k.is_json]
     segment = spec["paths"]["/segment"]["post"]
     (output_param,) = [p for p in segment["parameters"] if p["name"] == "output"]
     enum = next(s["enum"] for s in output_param["schema"]["anyOf"] if "enum" in s)

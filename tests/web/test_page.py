@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,30 @@ def _drop_file(page: object, path: Path) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
 
 
+def _download_names(table: list[dict]) -> list[str]:
+    """The download links the page should build from an output table: JSON kinds in their default encoding,
+    image kinds as the PNG that /results renders again."""
+    names = []
+    for kind in table:
+        encodings = kind["encodings"] if kind["json"] else [e for e in kind["encodings"]
+                                                             if e["media_type"] == "image/png"]
+        if encodings:
+            names.append(kind["name"] + encodings[0]["suffix"])
+    return names
+
+
+def _suffix(table: list[dict], name: str, media_type: str | None = None) -> str:
+    (kind,) = [k for k in table if k["name"] == name]
+    return next(e["suffix"] for e in kind["encodings"] if media_type in (None, e["media_type"]))
+
+
+def _download(page: object, output: str) -> tuple[str, bytes]:
+    """Click the download link of `output`; the suggested file name and the bytes saved."""
+    with page.expect_download() as download:  # type: ignore[attr-defined]
+        page.click(f"#downloads a[data-output={output}]")  # type: ignore[attr-defined]
+    return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+
+
 def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model: Path, shots: Path) -> None:
     page = browser_page
     problems: list[str] = []
@@ -115,9 +140,12 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model:
         color_png = client.segment(scene, "color").array()
         palette = {c["id"]: c["color"] for c in client.classes()["classes"]}
         palette_names = [c["name"] for c in client.classes()["classes"]]
+        table = client.outputs()
     original = np.asarray(Image.open(scene).convert("RGB"))
 
     # 1. The service requires a key: without one, the page says so instead of failing silently.
+    outputs_reads: list[str] = []
+    page.on("request", lambda r: outputs_reads.append(r.url) if r.url.endswith("/outputs") else None)
     page.goto(url + "/")
     assert page.title() == "Segmentation service"
     page.set_input_files("#file", str(scene))
@@ -129,8 +157,17 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model:
     with page.expect_response(lambda r: "output=stats" in r.url and r.status == 200) as answer:
         page.press("#api-key", "Tab")
     page.wait_for_selector("#stage[data-state=ready]")
-    page.reload()
+    outputs_reads.clear()
+    with page.expect_request(lambda r: r.url.endswith("/outputs")) as outputs_request:
+        page.reload()
     assert page.input_value("#api-key") == KEY
+    # The page reads the output table once at start-up, with the key its other requests carry.
+    assert outputs_request.value.all_headers().get("x-api-key") == KEY
+    page.wait_for_selector("#downloads[data-state=ready] a")
+    assert page.eval_on_selector_all("#downloads a", "links => links.map(a => a.textContent)") == \
+        _download_names(table)
+    assert page.eval_on_selector_all("#downloads a", "links => links.map(a => a.className)") == \
+        ["disabled"] * len(_download_names(table)), "downloads are off until an image is segmented"
 
     # 2b. Before any upload: the legend lists every class, and a synthetic-shapes model says it is a demo.
     page.wait_for_selector("#legend[data-kind=classes] li")
@@ -184,16 +221,63 @@ def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model:
     page.check("#polygons")
     page.wait_for_selector("#stage[data-polygons]:not([data-polygons=''])")
 
-    # 6. Download the colour PNG: the same pixels the API returns.
-    with page.expect_download() as download:
-        page.click("a[data-result=color]")
-    saved = np.asarray(Image.open(io.BytesIO(Path(download.value.path()).read_bytes())).convert("RGB"))
+    # 6. Download the colour PNG: the same pixels the API returns, named with the table's PNG suffix.
+    name, data = _download(page, "color")
+    assert name == "scene-color" + _suffix(table, "color", "image/png")
+    saved = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     np.testing.assert_array_equal(saved, color_png)
+
+    # 7. The JSON downloads: the page's answers, named with the table's suffixes (.json, .geojson).
+    name, data = _download(page, "stats")
+    assert name == "scene-stats" + _suffix(table, "stats")
+    assert json.loads(data) == page_stats
+    name, data = _download(page, "polygons")
+    assert name == "scene-polygons" + _suffix(table, "polygons")
+    assert json.loads(data)["features"] == polygons["features"]
+    assert outputs_reads == [url + "/outputs"], "the output table is read once per page load"
 
     _set_alpha(page, 60)
     screenshot = shots / "web-screenshot.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 10_000
+    assert problems == []
+
+
+def test_download_list_and_names_follow_the_output_table(browser_page: object, url: str, scene: Path) -> None:
+    """Serve the page a changed table (other suffixes, one kind fewer): its links and file names follow it, so
+    none of them is written into the page by hand."""
+    page = browser_page
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    served: list[dict] = []
+
+    def changed_table(route: object) -> None:
+        response = route.fetch()  # type: ignore[attr-defined]
+        if response.status != 200:  # before the key is entered: the service's 401, as it is
+            route.fulfill(response=response)  # type: ignore[attr-defined]
+            return
+        table = [k for k in response.json()["outputs"] if k["name"] != "overlay"]
+        for kind in table:
+            for encoding in kind["encodings"]:
+                encoding["suffix"] = ".x-" + encoding["suffix"].lstrip(".")
+        served[:] = table
+        route.fulfill(json={"outputs": table})  # type: ignore[attr-defined]
+
+    page.route(url + "/outputs", changed_table)  # type: ignore[attr-defined]
+    page.goto(url + "/")
+    page.fill("#api-key", KEY)
+    page.press("#api-key", "Tab")
+    page.wait_for_selector("#downloads[data-state=ready] a")
+    links = page.eval_on_selector_all("#downloads a", "links => links.map(a => a.textContent)")
+    assert links == _download_names(served) and "labels.x-png" in links and "polygons.x-geojson" in links
+    assert not any(link.startswith("overlay") for link in links)
+
+    page.set_input_files("#file", str(scene))
+    page.wait_for_selector("#stage[data-state=ready]")
+    for output in ("labels", "stats", "polygons"):
+        name, data = _download(page, output)
+        assert name == f"scene-{output}" + _suffix(served, output, None if output != "labels" else "image/png")
+        assert name.split(".")[-1].startswith("x-") and len(data) > 0
     assert problems == []
 
 

@@ -1,0 +1,94 @@
+"""`AsyncSegmentClient`: the asyncio twin of `service.client.SegmentClient`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from .client_types import (
+    ImageInput,
+    Output,
+    OverlayFormat,
+    ResultName,
+    SegmentApiError,
+    SegmentConnectionError,
+    SegmentResult,
+)
+from .client_wire import (
+    RETRYABLE,
+    auth_headers,
+    raise_for_error,
+    request_body,
+    retry_sleep,
+    segment_params,
+    segment_result,
+)
+from .core.output_kinds import DEFAULT_OUTPUT
+
+
+class AsyncSegmentClient:
+    """The asyncio twin of `SegmentClient`, for callers already in an event loop."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
+                 max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.retries = max(0, retries)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(api_key), timeout=timeout,
+                                       limits=limits, transport=transport)
+
+    async def __aenter__(self) -> AsyncSegmentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise SegmentConnectionError(f"{method} {self.url}{path}: {exc}") from exc
+            if response.status_code not in RETRYABLE or attempt >= self.retries:
+                return response
+            try:
+                raise_for_error(response)
+            except SegmentApiError as error:
+                await asyncio.sleep(retry_sleep(error, attempt))
+            attempt += 1
+
+    async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
+                      format: OverlayFormat | None = None, tolerance: float | None = None,
+                      min_area: float | None = None) -> SegmentResult:
+        """Segment one image; see `SegmentClient.segment`."""
+        # Reading a file is blocking; do it off the loop.
+        content, media = await asyncio.to_thread(request_body, image)
+        response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
+                                    params=segment_params(output, alpha, format, tolerance, min_area))
+        return segment_result(response, output)
+
+    async def result(self, result_id: str, name: ResultName) -> bytes:
+        """A recent result again as PNG."""
+        response = await self._send("GET", f"/results/{result_id}/{name}.png")
+        raise_for_error(response)
+        return response.content
+
+    async def classes(self) -> Mapping[str, Any]:
+        """The model's class names and colours."""
+        return await self._json("/classes")
+
+    async def outputs(self) -> list[dict[str, Any]]:
+        """The output kinds the service answers with; see `SegmentClient.outputs`."""
+        return (await self._json("/outputs"))["outputs"]
+
+    async def _json(self, path: str) -> dict[str, Any]:
+        response = await self._send("GET", path)
+        raise_for_error(response)
+        return response.json()

@@ -1,0 +1,84 @@
+"""What the Python client returns and raises: `SegmentResult`, the error classes, and the argument types.
+
+The output kinds come from the service's table (`service.core.output_kinds`, standard library only), so the
+client needs nothing of the server to know them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .core.output_kinds import OUTPUT_KINDS, OUTPUTS
+
+Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # every output kind of the table
+# The kinds `GET /results/{id}/{name}.png` renders again: the image kinds (JSON kinds are not cached as files).
+RESULT_NAMES: tuple[str, ...] = tuple(kind.name for kind in OUTPUT_KINDS.values() if not kind.is_json)
+ResultName = Literal[RESULT_NAMES]  # type: ignore[valid-type]
+# `format` chooses the overlay's encoding, as the route's parameter of that name does; the first is the default.
+OVERLAY_FORMATS: tuple[str, ...] = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
+OverlayFormat = Literal[OVERLAY_FORMATS]  # type: ignore[valid-type]
+ImageInput = str | os.PathLike[str] | bytes | np.ndarray
+
+
+class SegmentClientError(Exception):
+    """Base class of everything this client raises."""
+
+
+class SegmentConnectionError(SegmentClientError):
+    """The service could not be reached, or the connection broke (wraps the httpx error)."""
+
+
+class SegmentApiError(SegmentClientError):
+    """The service answered an error: HTTP `status`, stable `code`, human `message`."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """One answer of `POST /segment`: the body as returned, plus the ids from the headers."""
+
+    output: str
+    content: bytes
+    media_type: str
+    result_id: str | None
+    request_id: str | None
+
+    @property
+    def is_json(self) -> bool:
+        return "json" in self.media_type
+
+    def json(self) -> dict[str, Any]:
+        """The JSON body (the JSON output kinds, such as `stats`)."""
+        if not self.is_json:
+            raise ValueError(f"output {self.output!r} is {self.media_type}, not JSON")
+        return json.loads(self.content)
+
+    def image(self) -> Image.Image:
+        """The image body (the image output kinds, such as `labels`) as a Pillow image."""
+        if self.is_json:
+            raise ValueError(f"output {self.output!r} is JSON, not an image")
+        img = Image.open(io.BytesIO(self.content))
+        img.load()
+        return img
+
+    def array(self) -> np.ndarray:
+        """The image body as a numpy array: class ids H×W for `labels` (a palette PNG), RGB H×W×3 otherwise."""
+        img = self.image()
+        if self.output == "labels":
+            return np.asarray(img if img.mode in ("P", "L") else img.convert("L"), dtype=np.uint8)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
