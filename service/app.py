@@ -36,9 +36,10 @@ from .state import ServiceState
 
 log = logging.getLogger(__name__)
 
-# Reachable without an API key: probes, scraping, the docs and the static web page.
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-                "/", "/favicon.ico")
+# Reachable without an API key: probes, scraping, the docs (OpenAPI and the output kinds, which say nothing the
+# schema does not) and the static web page (which builds its download list before a key is entered).
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/outputs", "/docs", "/docs/oauth2-redirect", "/redoc",
+                "/openapi.json", "/", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 
 

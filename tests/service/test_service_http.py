@@ -116,7 +116,7 @@ def test_api_keys_and_cors(serve, rule_model: Path, good_png: bytes) -> None:
                            headers={"Authorization": "Bearer k-one"}).status_code == 200
         assert client.get("/classes").status_code == 401
         assert client.get("/classes", headers={"X-API-Key": "k-one"}).status_code == 200
-        for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        for open_path in ("/healthz", "/readyz", "/metrics", "/outputs", "/docs", "/openapi.json"):
             assert client.get(open_path).status_code == 200, open_path
         preflight = client.options("/segment", headers={
             "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
