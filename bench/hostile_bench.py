@@ -35,7 +35,7 @@ from bench.hostile import (
     uploads,
 )
 from service.settings import default_model_path
-from tests.photos import photo
+from testkit.photos import photo
 from tests.reliability.test_image_guards_http import deep_grey_tiff
 from tests.service_io.test_decode_guards import scan_bomb
 

@@ -32,7 +32,7 @@ import httpx
 from bench.harness import REPO, ServerProcess, encode, machine_note
 from bench.markdown import write_section
 from service.settings import default_model_path
-from tests.photos import photo
+from testkit.photos import photo
 
 KINDS = ("labels", "stats", "polygons")
 STAGES = ("decode", "resize", "render", "serialize")

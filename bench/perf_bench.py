@@ -41,7 +41,7 @@ from bench.models import bench_model, parse_kwargs
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 
 BATCH_SIZES = (1, 2, 4, 8)
 

@@ -23,7 +23,7 @@ from model_export.export import build_metadata, export_onnx
 from model_export.models import build_model
 from model_export.quantize import make_variant
 from model_export.wrapper import Normalize
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 
 
 def _export_fp32(arch: str, input_size: int, out: Path) -> Path:

@@ -186,7 +186,7 @@ def soak(server: ServerProcess, bodies: Sequence[tuple[bytes, str, tuple[int, in
 def mixed_bodies(count: int, seed: int = 0) -> list[tuple[bytes, str, tuple[int, int]]]:
     """Real photos at `count` different sizes (24..1400 px a side), alternately JPEG and PNG."""
     from bench.harness import encode
-    from tests.photos import PHOTOS, photo
+    from testkit.photos import PHOTOS, photo
 
     rng = np.random.default_rng(seed)
     out = []

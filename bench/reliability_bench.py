@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from bench.harness import ServerProcess, encode, machine_note
 from bench.models import bench_model
 from bench.reliability import direct_labels, measure_capacity, mixed_bodies, overload, soak
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 
 
 def run_overload(model: Path, args: argparse.Namespace, docs: Path) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from testkit.photos import photo
 from tests.clients.serving import running_server
-from tests.photos import photo
 
 API_KEY = "test-key-123"
 

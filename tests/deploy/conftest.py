@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.photos import photo
+from testkit.photos import photo
 
 from .service_proc import ImageProcess, start_image_command, wait_ready
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench.harness import ServerProcess, decode_labels, encode
 from service.settings import default_model_path
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service_io.test_decode_guards import scan_bomb, ztxt_flood
 

@@ -12,7 +12,7 @@ import pytest
 
 from bench.harness import ServerProcess, encode
 from bench.reliability import direct_labels, measure_capacity, overload
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import with_input_size
 
 

@@ -20,7 +20,7 @@ from service.core.decode_budget import DecodeBudget, estimate_bytes
 from service.core.errors import DecodeError
 from service.core.letterbox import letterbox
 from service.errors import ApiError
-from tests.photos import photo
+from testkit.photos import photo
 
 MAX_PIXELS = 40_000_000
 
