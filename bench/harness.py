@@ -1,5 +1,5 @@
-"""Shared pieces of the service benchmarks and reliability checks: a `segment-serve` child process, its memory
-from /proc, bounded httpx load drivers (closed loop and open loop, loopback only), and metric scraping.
+"""Shared pieces of the service benchmarks: bounded httpx load drivers (closed loop and open loop, loopback only),
+request bodies, and metric scraping. The server process itself is testkit.server.ServerProcess.
 
 The tests in tests/reliability use the same code with smaller bounds, so what CI checks is what the bench runs.
 """
@@ -9,112 +9,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-# -- the server under test ------------------------------------------------------------------------------------
-
-class ServerProcess:
-    """`python -m service.main` (what `segment-serve` runs) as a child on an ephemeral loopback port."""
-
-    def __init__(self, model: Path, cwd: Path | None = None, **env: str) -> None:
-        # A free port picked here rather than port 0: the server then need not log at info level (uvicorn's
-        # access log costs CPU per request) for us to learn where it listens.
-        port = free_port()
-        environ = {**os.environ, "SEGMENT_MODEL_PATH": str(model), "SEGMENT_HOST": "127.0.0.1",
-                   "SEGMENT_PORT": str(port), "SEGMENT_LOG_LEVEL": "warning",
-                   **{k: str(v) for k, v in env.items()}}
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.main"], env=environ, cwd=cwd or REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self, timeout: float = 120) -> ServerProcess:
-        """Wait until /readyz is 200; raise with the log if the process dies first."""
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url) as client:
-            while True:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server exited ({self.proc.returncode}) or never became ready:\n{self.log}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return self
-                except httpx.TransportError:  # not listening yet
-                    pass
-                time.sleep(0.05)
-
-    def memory_kib(self) -> dict[str, int]:
-        """VmRSS (now) and VmHWM (peak RSS) of the server process, in KiB, from /proc/<pid>/status."""
-        return proc_memory_kib(self.pid)
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=30).text
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM and wait; kill if it does not exit in time. Returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(5)
-        return self.proc.returncode
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.terminate()
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def proc_memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process in KiB (Linux /proc)."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
-
 
 # -- request bodies -------------------------------------------------------------------------------------------
 

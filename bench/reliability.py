@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import ServerProcess, closed_loop, decode_labels, open_loop, proc_memory_kib
+from bench.harness import closed_loop, decode_labels, open_loop
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
+from testkit.server import ServerProcess, proc_memory_kib
 
 
 def direct_labels(model: Path, bodies: Sequence[bytes]) -> list[np.ndarray]:

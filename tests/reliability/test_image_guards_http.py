@@ -16,9 +16,10 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
-from bench.harness import ServerProcess, decode_labels, encode
+from bench.harness import decode_labels, encode
 from service.settings import default_model_path
 from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service_io.test_decode_guards import scan_bomb, ztxt_flood
 
