@@ -1,5 +1,5 @@
 """Shared pieces of the service benchmarks: bounded httpx load drivers (closed loop and open loop, loopback only),
-request bodies, and metric scraping. The server process itself is testkit.server.ServerProcess.
+and metric scraping. The server process itself is testkit.server.ServerProcess.
 
 The tests in tests/reliability use the same code with smaller bounds, so what CI checks is what the bench runs.
 """
@@ -7,7 +7,6 @@ The tests in tests/reliability use the same code with smaller bounds, so what CI
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import time
 from collections.abc import Sequence
@@ -15,23 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-
-# -- request bodies -------------------------------------------------------------------------------------------
-
-def encode(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) -> bytes:
-    """Encode an RGB array the way a client would upload it."""
-    buf = io.BytesIO()
-    kwargs = {"quality": quality} if fmt == "JPEG" else {}
-    Image.fromarray(image).save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def decode_labels(png: bytes) -> np.ndarray:
-    """The class-id map from a `labels` PNG (palette indices)."""
-    return np.asarray(Image.open(io.BytesIO(png)))
-
 
 # -- load drivers ---------------------------------------------------------------------------------------------
 

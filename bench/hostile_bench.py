@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import encode, machine_note
+from bench.harness import machine_note
 from bench.hostile import (
     Attack,
     RunningAttack,
@@ -36,10 +36,9 @@ from bench.hostile import (
 )
 from service.settings import default_model_path
 from testkit import REPO
+from testkit.images import deep_grey_tiff, encode, scan_bomb
 from testkit.photos import photo
 from testkit.server import ServerProcess, free_port
-from tests.reliability.test_image_guards_http import deep_grey_tiff
-from tests.service_io.test_decode_guards import scan_bomb
 
 TINY = encode(photo("astronaut.png", (32, 24)), "PNG")
 

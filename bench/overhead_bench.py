@@ -29,10 +29,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import encode, machine_note
+from bench.harness import machine_note
 from bench.markdown import write_section
 from service.settings import default_model_path
 from testkit import REPO
+from testkit.images import encode
 from testkit.photos import photo
 from testkit.server import ServerProcess
 

@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import closed_loop, decode_labels, open_loop
+from bench.harness import closed_loop, open_loop
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
+from testkit.images import decode_labels
 from testkit.server import ServerProcess, proc_memory_kib
 
 
@@ -186,7 +187,7 @@ def soak(server: ServerProcess, bodies: Sequence[tuple[bytes, str, tuple[int, in
 
 def mixed_bodies(count: int, seed: int = 0) -> list[tuple[bytes, str, tuple[int, int]]]:
     """Real photos at `count` different sizes (24..1400 px a side), alternately JPEG and PNG."""
-    from bench.harness import encode
+    from testkit.images import encode
     from testkit.photos import PHOTOS, photo
 
     rng = np.random.default_rng(seed)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import encode
 from bench.reliability import direct_labels, measure_capacity, overload
+from testkit.images import encode
 from testkit.photos import PHOTOS, photo
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import with_input_size
