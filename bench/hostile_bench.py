@@ -29,7 +29,6 @@ from bench.hostile import (
     aborted_uploads,
     huge_headers,
     partial_heads,
-    probe,
     refetches,
     stalled_uploads,
     uploads,
@@ -37,6 +36,7 @@ from bench.hostile import (
 from service.settings import default_model_path
 from testkit import REPO
 from testkit.images import deep_grey_tiff, encode, scan_bomb
+from testkit.load import probe
 from testkit.photos import photo
 from testkit.server import ServerProcess, free_port
 

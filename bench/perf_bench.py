@@ -36,12 +36,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.harness import closed_loop, latency_summary, machine_note, stage_means_ms
+from bench.harness import latency_summary, machine_note, stage_means_ms
 from bench.models import bench_model, parse_kwargs
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
 from testkit.images import encode
+from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
 from testkit.server import ServerProcess
 

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt
 
 from bench.harness import machine_note
 from bench.models import bench_model
-from bench.reliability import direct_labels, measure_capacity, mixed_bodies, overload, soak
 from testkit.images import encode
 from testkit.photos import PHOTOS, photo
+from testkit.reliability import direct_labels, measure_capacity, mixed_bodies, overload, soak
 from testkit.server import ServerProcess
 
 

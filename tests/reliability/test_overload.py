@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.reliability import direct_labels, measure_capacity, overload
 from testkit.images import encode
 from testkit.photos import PHOTOS, photo
+from testkit.reliability import direct_labels, measure_capacity, overload
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import with_input_size
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.reliability import mixed_bodies, soak
+from testkit.reliability import mixed_bodies, soak
 from testkit.server import ServerProcess
 
 

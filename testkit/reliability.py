@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import closed_loop, open_loop
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
-from testkit.images import decode_labels
+from testkit.images import decode_labels, encode
+from testkit.load import closed_loop, open_loop
+from testkit.photos import PHOTOS, photo
 from testkit.server import ServerProcess, proc_memory_kib
 
 
@@ -187,9 +188,6 @@ def soak(server: ServerProcess, bodies: Sequence[tuple[bytes, str, tuple[int, in
 
 def mixed_bodies(count: int, seed: int = 0) -> list[tuple[bytes, str, tuple[int, int]]]:
     """Real photos at `count` different sizes (24..1400 px a side), alternately JPEG and PNG."""
-    from testkit.images import encode
-    from testkit.photos import PHOTOS, photo
-
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
