@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from testkit.photos import photo
-from tests.clients.serving import running_server
+from tests.service.svc_helpers import running_server
 
 API_KEY = "test-key-123"
 
