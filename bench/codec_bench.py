@@ -22,10 +22,12 @@ from types import ModuleType
 
 import numpy as np
 
-from bench.harness import REPO, encode, machine_note
+from bench.harness import machine_note
 from bench.markdown import write_section
 from service.core import decode as imaging
-from tests.photos import photo
+from testkit import REPO
+from testkit.images import encode
+from testkit.photos import photo
 
 SIZES = ((1024, 768), (4032, 3024))
 LETTERBOX = 320

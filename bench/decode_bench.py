@@ -22,7 +22,7 @@ from PIL import Image
 from bench.markdown import write_section
 from service.core.decode import decode_image, decode_image_for_model
 from service.core.letterbox import letterbox
-from tests.photos import photo
+from testkit.photos import photo
 
 UPLOADS = ((512, 512), (1024, 768), (1920, 1080), (4032, 3024))
 PAD = (124, 116, 104)

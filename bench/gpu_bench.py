@@ -38,9 +38,12 @@ from bench.gpu_raw import (
     two_threads,
 )
 from bench.gpu_report import render
-from bench.harness import ServerProcess, closed_loop, encode, latency_summary, stage_means_ms
+from bench.harness import latency_summary, stage_means_ms
 from bench.markdown import write_section
 from service.core.sessions import CPU, CUDA
+from testkit.images import encode
+from testkit.load import closed_loop
+from testkit.server import ServerProcess
 
 
 def device_info() -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Hostile clients on raw sockets, and the latency a tiny request sees while they run.
+"""Hostile clients on raw sockets, for bench/hostile_bench.py.
 
-Each attack is an async function `attack(host, port, stop)` that keeps attacking until `stop` is set; `run_attack`
-runs one in a child process (so the attacker's CPU and GIL are not the prober's) while `probe` times tiny
-requests. Used by bench/hostile_bench.py (long) and tests/reliability/test_hostile_clients.py (short).
+Each attack is an async function `attack(host, port, stop)` that keeps attacking until `stop` is set;
+`RunningAttack` runs one in a child process (so the attacker's CPU and GIL are not the prober's) while
+testkit.load.probe times tiny requests. The raw-socket HTTP helpers and the probe are in testkit, as
+tests/reliability/test_hostile_clients.py uses them too.
 """
 
 from __future__ import annotations
@@ -10,42 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
-import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import httpx
-import numpy as np
+
+from testkit.rawhttp import http_request, split_url
 
 Attack = Callable[[str, int, asyncio.Event], Awaitable[None]]
-
-
-def split_url(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def http_request(head: str, body: bytes = b"") -> bytes:
-    """A request in bytes; `head` is the request line and headers without the final blank line."""
-    return head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
-
-
-def read_response(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes (or `timeout`), and how long that took."""
-    sock.settimeout(timeout)
-    t0 = time.perf_counter()
-    out = b""
-    with contextlib.suppress(OSError):  # a reset after the answer still leaves the answer
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out, time.perf_counter() - t0
-
-
-def status_of(raw: bytes) -> int:
-    """The status code of a raw HTTP/1.1 response (0 when there is none)."""
-    parts = raw.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
 
 
 # -- attacks --------------------------------------------------------------------------------------------------
@@ -204,44 +177,3 @@ class RunningAttack:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
-
-
-@dataclass
-class Probe:
-    """Tiny requests' latencies (ms) and statuses."""
-
-    latencies_ms: list[float]
-    statuses: list[int]
-
-    @property
-    def p50(self) -> float:
-        return float(np.percentile(self.latencies_ms, 50))
-
-    @property
-    def p95(self) -> float:
-        return float(np.percentile(self.latencies_ms, 95))
-
-
-def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: float = 0.02,
-          max_s: float = 60.0) -> Probe:
-    """`count` sequential tiny requests, each on a fresh connection (as a new client would arrive); fewer if
-    they take more than `max_s` in all. A request that fails or takes over 30 s counts as status 0."""
-    latencies, statuses = [], []
-    start = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        try:
-            with httpx.Client(base_url=url, timeout=30) as client:
-                if path == "/segment":
-                    r = client.post(path, content=body, params={"output": "stats"},
-                                    headers={"Content-Type": "image/png"})
-                else:
-                    r = client.get(path)
-            statuses.append(r.status_code)
-        except httpx.HTTPError:
-            statuses.append(0)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        if time.perf_counter() - start > max_s:
-            break
-        time.sleep(pause_s)
-    return Probe(latencies, statuses)

@@ -22,22 +22,23 @@ from typing import Any
 
 import httpx
 
-from bench.harness import REPO, ServerProcess, encode, free_port, machine_note
+from bench.harness import machine_note
 from bench.hostile import (
     Attack,
     RunningAttack,
     aborted_uploads,
     huge_headers,
     partial_heads,
-    probe,
     refetches,
     stalled_uploads,
     uploads,
 )
 from service.settings import default_model_path
-from tests.photos import photo
-from tests.reliability.test_image_guards_http import deep_grey_tiff
-from tests.service_io.test_decode_guards import scan_bomb
+from testkit import REPO
+from testkit.images import deep_grey_tiff, encode, scan_bomb
+from testkit.load import probe
+from testkit.photos import photo
+from testkit.server import ServerProcess, free_port
 
 TINY = encode(photo("astronaut.png", (32, 24)), "PNG")
 

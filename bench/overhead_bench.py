@@ -29,10 +29,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import REPO, ServerProcess, encode, machine_note
+from bench.harness import machine_note
 from bench.markdown import write_section
 from service.settings import default_model_path
-from tests.photos import photo
+from testkit import REPO
+from testkit.images import encode
+from testkit.photos import photo
+from testkit.server import ServerProcess
 
 KINDS = ("labels", "stats", "polygons")
 STAGES = ("decode", "resize", "render", "serialize")

@@ -36,12 +36,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.harness import ServerProcess, closed_loop, encode, latency_summary, machine_note, stage_means_ms
+from bench.harness import latency_summary, machine_note, stage_means_ms
 from bench.models import bench_model, parse_kwargs
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
-from tests.photos import PHOTOS, photo
+from testkit.images import encode
+from testkit.load import closed_loop
+from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess
 
 BATCH_SIZES = (1, 2, 4, 8)
 

@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.harness import ServerProcess, closed_loop, encode, latency_summary, machine_note
+from bench.harness import latency_summary, machine_note
 from bench.markdown import write_section
 from model_export.export import build_metadata, export_onnx
 from model_export.models import build_model
 from model_export.quantize import make_variant
 from model_export.wrapper import Normalize
-from tests.photos import PHOTOS, photo
+from testkit.images import encode
+from testkit.load import closed_loop
+from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess
 
 
 def _export_fp32(arch: str, input_size: int, out: Path) -> Path:

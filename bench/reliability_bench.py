@@ -20,10 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.harness import ServerProcess, encode, machine_note
+from bench.harness import machine_note
 from bench.models import bench_model
-from bench.reliability import direct_labels, measure_capacity, mixed_bodies, overload, soak
-from tests.photos import PHOTOS, photo
+from testkit.images import encode
+from testkit.photos import PHOTOS, photo
+from testkit.reliability import direct_labels, measure_capacity, mixed_bodies, overload, soak
+from testkit.server import ServerProcess
 
 
 def run_overload(model: Path, args: argparse.Namespace, docs: Path) -> dict[str, Any]:

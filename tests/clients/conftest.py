@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.clients.serving import running_server
-from tests.photos import photo
+from testkit.photos import photo
+from tests.service.svc_helpers import running_server
 
 API_KEY = "test-key-123"
 

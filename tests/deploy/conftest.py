@@ -11,27 +11,28 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.photos import photo
+from testkit.photos import photo
+from testkit.server import ServerProcess
 
-from .service_proc import ImageProcess, start_image_command, wait_ready
+from .service_proc import start_image_command
 
 
 @pytest.fixture(scope="session")
-def cpu_image_service(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageProcess]:
+def cpu_image_service(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     svc = start_image_command("cpu", tiny_onnx_model, tmp_path_factory.mktemp("cpu-image"))
     try:
-        wait_ready(svc)
+        svc.wait_ready()
         yield svc
     finally:
-        svc.stop()
+        svc.terminate()
 
 
 @pytest.fixture(scope="session")
-def scraped_metrics(cpu_image_service: ImageProcess) -> str:
+def scraped_metrics(cpu_image_service: ServerProcess) -> str:
     """/metrics after real traffic: a segmentation of a real photo, a rejected upload and the probes."""
     buf = io.BytesIO()
     Image.fromarray(photo("astronaut.png", size=(96, 64))).save(buf, format="PNG")
-    base = cpu_image_service.base_url
+    base = cpu_image_service.url
     with httpx.Client(base_url=base, timeout=60) as client:
         ok = client.post("/segment", params={"output": "stats"}, content=buf.getvalue(),
                          headers={"Content-Type": "image/png"})

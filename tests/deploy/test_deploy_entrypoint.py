@@ -12,18 +12,20 @@ import subprocess
 
 import httpx
 
-from .service_proc import ImageProcess, free_port, start_image_command, wait_ready
+from testkit.server import ServerProcess, free_port
+
+from .service_proc import start_image_command
 from .tools import dockerfile, healthcheck_argv
 
 
-def test_cpu_image_command_gets_ready(cpu_image_service: ImageProcess, tiny_onnx_model) -> None:
+def test_cpu_image_command_gets_ready(cpu_image_service: ServerProcess, tiny_onnx_model) -> None:
     assert cpu_image_service.argv == ["segment-serve"]
-    body = httpx.get(f"{cpu_image_service.base_url}/readyz", timeout=10).json()
+    body = httpx.get(f"{cpu_image_service.url}/readyz", timeout=10).json()
     assert body["ready"] is True
     # SEGMENT_PROVIDERS=cpu from the image's ENV reached the engine.
     assert body["provider"] == "CPUExecutionProvider"
-    assert httpx.get(f"{cpu_image_service.base_url}/healthz", timeout=10).status_code == 200
-    classes = httpx.get(f"{cpu_image_service.base_url}/classes", timeout=10).json()
+    assert httpx.get(f"{cpu_image_service.url}/healthz", timeout=10).status_code == 200
+    classes = httpx.get(f"{cpu_image_service.url}/classes", timeout=10).json()
     assert [c["name"] for c in classes["classes"]] == ["background", "red", "green", "blue", "stripes"]
 
 
@@ -34,7 +36,7 @@ def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *argv[1:]], env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_image_healthcheck_command(cpu_image_service: ImageProcess) -> None:
+def test_image_healthcheck_command(cpu_image_service: ServerProcess) -> None:
     """The HEALTHCHECK passes against the live service and fails when nothing listens."""
     ok = _healthcheck(cpu_image_service.env)
     assert ok.returncode == 0, ok.stderr
@@ -51,11 +53,11 @@ def test_sigterm_stops_cleanly(tiny_onnx_model, tmp_path) -> None:
     """
     svc = start_image_command("cpu", tiny_onnx_model, tmp_path)
     try:
-        wait_ready(svc)
+        svc.wait_ready()
     finally:
-        code = svc.stop(timeout=60)
-    assert code in (0, -signal.SIGTERM), svc.log()
-    assert "Application shutdown complete" in svc.log(), svc.log()
+        code = svc.terminate(timeout=60)
+    assert code in (0, -signal.SIGTERM), svc.log
+    assert "Application shutdown complete" in svc.log, svc.log
 
 
 def test_gpu_image_command_refuses_to_run_without_cuda(tiny_onnx_model, tmp_path) -> None:
@@ -65,6 +67,6 @@ def test_gpu_image_command_refuses_to_run_without_cuda(tiny_onnx_model, tmp_path
     try:
         code = svc.proc.wait(timeout=120)
     finally:
-        svc.stop()
+        svc.terminate()
     assert code != 0
-    assert "CUDA" in svc.log(), svc.log()
+    assert "CUDA" in svc.log, svc.log

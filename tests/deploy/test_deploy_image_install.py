@@ -15,9 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from .service_proc import start_image_command, wait_ready
+from .service_proc import start_image_command
 from .tools import REPO, dockerfile
 
 # Container paths the build stage uses, rebased under the scratch root.
@@ -86,7 +87,7 @@ def test_cpu_image_build_stage_and_cmd(tiny_onnx_model: Path, tmp_path: Path) ->
     workdir.mkdir()
     svc = start_image_command("cpu", tiny_onnx_model, workdir, venv_bin=bin_dir)
     try:
-        body = wait_ready(svc).json()
+        body = httpx.get(f"{svc.wait_ready().url}/readyz", timeout=10).json()
     finally:
-        svc.stop()
+        svc.terminate()
     assert body["provider"] == "CPUExecutionProvider"

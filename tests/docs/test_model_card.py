@@ -10,7 +10,7 @@ import pytest
 
 from service.local import LocalSegmenter
 from service.settings import EMBEDDED_MODEL
-from tests.photos import photo_path
+from testkit.photos import photo_path
 
 CARD = Path(__file__).resolve().parents[2] / "models" / "README.md"
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from model_export.cli import SUBCOMMANDS, DefaultsHelpFormatter, build_parser
-from tests.clients.serving import REPO
+from testkit import REPO
 
 # Make the export extra's modules unimportable, as in a venv with only the serve extra.
 WITHOUT_EXPORT_EXTRA = (

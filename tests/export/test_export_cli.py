@@ -15,7 +15,7 @@ from model_export.cli import main
 from model_export.export import read_metadata
 from model_export.models import build_model
 from model_export.wrapper import ExportWrapper
-from tests.photos import photo
+from testkit.photos import photo
 
 CLASSES = ["background", "sky", "cat"]
 PALETTE = [[1, 2, 3], [40, 50, 60], [200, 100, 0]]

@@ -13,7 +13,7 @@ import torch
 from model_export.export import build_metadata, export_onnx
 from model_export.models import build_model
 from model_export.wrapper import ExportWrapper
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 
 # (arch, kwargs) with thin widths for speed; depth and head structure are the real ones.
 ARCHS = [

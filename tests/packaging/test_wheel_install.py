@@ -14,11 +14,9 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from packaging.requirements import Requirement
 from PIL import Image
 
 from model_export.synthetic import SceneConfig, render_scene
+from testkit.server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "service", "clients", "model_export")
@@ -115,37 +114,12 @@ def test_project_comes_from_the_wheel_not_the_checkout(installed: Installed) -> 
         assert Path(path).is_relative_to(installed.venv), path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(installed: Installed) -> Iterator[str]:
     """`segment-serve` from the venv's bin, in an empty folder, with only host and port set."""
-    port = _free_port()
-    env = {**installed.env(), "SEGMENT_HOST": "127.0.0.1", "SEGMENT_PORT": str(port)}
-    log = installed.workdir / "serve.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([str(installed.venv / "bin" / "segment-serve")], env=env, cwd=installed.workdir,
-                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"segment-serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"never ready:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with ServerProcess(None, installed.workdir, command=[str(installed.venv / "bin" / "segment-serve")],
+                       base_env=installed.env(), log_level=None) as server:
+        yield server.wait_ready().url
 
 
 def _scene_png() -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.photos import PHOTOS, photo_path
+from testkit.photos import PHOTOS, photo_path
 
 SIZE = 64
 TRAIN_SEED = 4321  # scenes for the test model; the calibration seed of model_export.calibration differs

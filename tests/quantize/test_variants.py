@@ -18,7 +18,7 @@ from model_export.cli import CliError
 from model_export.export import read_metadata
 from model_export.quantize import make_variant
 from service.core.contract import ModelMetadata
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 
 # int8 vs fp32 label agreement on the five real photos, letterboxed to 64 px, for the tiny trained model.
 # Measured: 99.53% for this fixture; 99.54% for the embedded demo model at 160 px (docs/PRECISION.md).

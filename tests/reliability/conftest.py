@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ServerProcess
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import make_rule_model
 
 

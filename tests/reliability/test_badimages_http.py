@@ -7,7 +7,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.harness import ServerProcess, decode_labels
+from testkit.images import decode_labels
+from testkit.server import ServerProcess
 from tests.badimages import Case, bad_image_corpus
 from tests.service.svc_helpers import png_bytes, scene
 

@@ -22,7 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bench.harness import ServerProcess, decode_labels
+from testkit.images import decode_labels
+from testkit.server import ServerProcess
 from tests.reliability.test_badimages_http import rule_labels
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 

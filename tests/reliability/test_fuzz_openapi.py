@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.harness import ServerProcess
+from testkit.server import ServerProcess
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 

@@ -23,11 +23,13 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import REPO, ServerProcess
-from bench.hostile import http_request, probe, read_response, split_url, status_of
 from service.app import create_app
 from service.server import build_config
 from service.settings import Settings
+from testkit import REPO
+from testkit.load import probe
+from testkit.rawhttp import http_request, read_response, split_url, status_of
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 
 HEAD_S, BODY_S = 1.0, 1.5

@@ -16,11 +16,12 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
-from bench.harness import ServerProcess, decode_labels, encode
 from service.settings import default_model_path
-from tests.photos import PHOTOS, photo
+from testkit.images import decode_labels, deep_grey_tiff, encode, scan_bomb
+from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service_io.test_decode_guards import scan_bomb, ztxt_flood
+from tests.service_io.test_decode_guards import ztxt_flood
 
 MB = 1 << 20
 
@@ -48,14 +49,6 @@ def test_scan_bombs_are_refused_and_do_not_starve_a_small_request(rule_proc: Ser
 def test_text_chunk_flood_is_image_too_large(rule_proc: ServerProcess) -> None:
     r = post(rule_proc, ztxt_flood())
     assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
-
-
-def deep_grey_tiff(size: int = 6300) -> bytes:
-    values = np.zeros((size, size), np.int32)
-    values[::7, ::5] = 70000  # beyond 16 bits: the stretched path
-    buf = io.BytesIO()
-    Image.fromarray(values).save(buf, "TIFF", compression="tiff_adobe_deflate")
-    return buf.getvalue()
 
 
 def test_deep_greyscale_uploads_stay_within_the_decode_budget(rel_rule_model: Path) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ServerProcess, encode
-from bench.reliability import direct_labels, measure_capacity, overload
-from tests.photos import PHOTOS, photo
+from testkit.images import encode
+from testkit.photos import PHOTOS, photo
+from testkit.reliability import direct_labels, measure_capacity, overload
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import with_input_size
 
 

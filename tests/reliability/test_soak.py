@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.harness import ServerProcess
-from bench.reliability import mixed_bodies, soak
+from testkit.reliability import mixed_bodies, soak
+from testkit.server import ServerProcess
 
 
 def test_rss_is_flat_over_mixed_sizes(tiny_onnx_model: Path) -> None:

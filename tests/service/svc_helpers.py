@@ -1,12 +1,15 @@
-"""Helpers for the service tests: hand-made ONNX models, images, and a live uvicorn server in a thread."""
+"""Helpers for the service tests: hand-made ONNX models, images, and a live uvicorn server in a thread (which the
+client and web-page tests start too, through `running_server`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -134,6 +137,16 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+@contextlib.contextmanager
+def running_server(model_path: Path, **settings: object) -> Iterator[str]:
+    """A LiveServer for `model_path` (2 intra-op and 2 worker threads) until the block ends; yields its URL."""
+    server = LiveServer(Settings(model_path=model_path, intra_op_threads=2, worker_threads=2, **settings))
+    try:
+        yield server.start().url
+    finally:
+        server.stop()
 
 
 def copy_model(src: Path, dst: Path) -> Path:

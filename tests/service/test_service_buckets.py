@@ -17,7 +17,7 @@ from service.core.engine import load_engine, uses_fixed_shapes
 from service.core.pipeline import Pipeline
 from service.core.sessions import CPU, CUDA, provider_options
 from service.settings import Settings, default_model_path
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service.test_service_batching import metric_samples
 

@@ -16,7 +16,7 @@ from service.core.options import EngineOptions
 from service.core.outputs.labelmap import LabelMap
 from service.core.pipeline import Pipeline
 from service.settings import default_model_path
-from tests.photos import photo
+from testkit.photos import photo
 
 
 def _jpeg(image: np.ndarray) -> bytes:

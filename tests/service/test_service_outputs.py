@@ -14,7 +14,7 @@ from PIL import Image
 from service.core import outputs
 from service.core.contract import voc_colormap
 from service.core.letterbox import letterbox, unletterbox
-from tests.photos import photo
+from testkit.photos import photo
 from tests.service.svc_helpers import RULE_CLASSES, LiveServer, png_bytes, scene
 
 PALETTE = voc_colormap(5)

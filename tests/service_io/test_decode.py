@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 from service.core.decode import decode_image
 from service.core.errors import DecodeError
 from service.errors import ApiError
-from tests.photos import photo
+from testkit.photos import photo
 
 MAX_PIXELS = 40_000_000
 

@@ -20,18 +20,10 @@ from service.core.decode_budget import DecodeBudget, estimate_bytes
 from service.core.errors import DecodeError
 from service.core.letterbox import letterbox
 from service.errors import ApiError
-from tests.photos import photo
+from testkit.images import scan_bomb
+from testkit.photos import photo
 
 MAX_PIXELS = 40_000_000
-
-
-def scan_bomb(repeats: int, size: int = 2048) -> bytes:
-    """A flat progressive JPEG whose last (tiny) scan is repeated: valid to libjpeg, slow to decode."""
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (120, 130, 140)).save(buf, "JPEG", quality=50, progressive=True)
-    data = buf.getvalue()
-    last = data.rindex(b"\xff\xda")
-    return data[:-2] + data[last:-2] * repeats + data[-2:]
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -14,7 +14,7 @@ from service.core.letterbox import (
     resize_nearest,
     unletterbox,
 )
-from tests.photos import photo
+from testkit.photos import photo
 
 PAD = (124, 116, 104)
 

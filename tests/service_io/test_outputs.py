@@ -22,7 +22,7 @@ from service.core.outputs import (
     palette_lut,
     polygons_geojson,
 )
-from tests.photos import photo
+from testkit.photos import photo
 
 VOC = voc_colormap(21)
 CLASSES = [f"class{i}" for i in range(21)]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.core.decode import decode_image, decode_image_for_model
 from service.core.letterbox import letterbox, unletterbox
-from tests.photos import photo
+from testkit.photos import photo
 
 MAX_PIXELS = 40_000_000
 PAD = (124, 116, 104)

@@ -84,7 +84,7 @@ def test_train_init_from_caffe_checkpoint_keeps_caffe_preprocessing(init_file, t
 def test_trained_file_checkpoint_exports_the_same_labels(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from tests.photos import photo
+    from testkit.photos import photo
 
     blobs, _ = make_weights(seed=2)
     path = write_caffemodel(tmp_path / "train2.caffemodel", blobs)

@@ -22,12 +22,14 @@ from PIL import Image
 
 from model_export.synthetic import SceneConfig, render_scene
 from service.client import SegmentClient
-from tests.clients.serving import DEMO_MODEL, REPO, running_server
+from testkit import REPO
+from tests.service.svc_helpers import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 KEY = "web-test-key"
+DEMO_MODEL = REPO / "service" / "models" / "default.onnx"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from model_export.cli import main as cli_main
 from model_export.export import read_metadata
 from model_export.wrapper import ExportWrapper
 from service.core.contract import VOC_CLASSES
-from tests.photos import photo
+from testkit.photos import photo
 from tests.weights.caffe_fixture import (
     BN_FACTOR,
     LAYERS,

@@ -17,7 +17,7 @@ from model_export.cli import main as cli_main
 from model_export.export import read_metadata, sha256_file
 from model_export.weights import load_weights
 from service.core.contract import VOC_CLASSES
-from tests.photos import PHOTOS, photo
+from testkit.photos import PHOTOS, photo
 from tests.weights.http_server import serve
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -20,7 +20,7 @@ from model_export.cli import main as cli_main
 from model_export.export import read_metadata, sha256_file
 from model_export.weights import load_weights
 from service.core.contract import VOC_CLASSES
-from tests.photos import photo
+from testkit.photos import photo
 from tests.weights.http_server import serve
 
 pytestmark = pytest.mark.slow

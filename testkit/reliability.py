@@ -21,10 +21,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import ServerProcess, closed_loop, decode_labels, open_loop, proc_memory_kib
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
+from testkit.images import decode_labels, encode
+from testkit.load import closed_loop, open_loop
+from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess, proc_memory_kib
 
 
 def direct_labels(model: Path, bodies: Sequence[bytes]) -> list[np.ndarray]:
@@ -185,9 +188,6 @@ def soak(server: ServerProcess, bodies: Sequence[tuple[bytes, str, tuple[int, in
 
 def mixed_bodies(count: int, seed: int = 0) -> list[tuple[bytes, str, tuple[int, int]]]:
     """Real photos at `count` different sizes (24..1400 px a side), alternately JPEG and PNG."""
-    from bench.harness import encode
-    from tests.photos import PHOTOS, photo
-
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):

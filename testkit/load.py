@@ -1,0 +1,142 @@
+"""Load on a live server over loopback: bounded httpx drivers (closed loop and open loop) that keep every
+answer, and a probe that times tiny requests on fresh connections (what a new client sees while others load or
+attack the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One request's outcome as the client saw it."""
+
+    body_index: int
+    status: int
+    latency_s: float
+    started_s: float  # since the run's start
+    batch_size: int = 0
+    retry_after: str | None = None
+    request_id: str | None = None
+    error_code: str | None = None
+    content: bytes = field(default=b"", repr=False)
+
+
+def _sample(index: int, r: httpx.Response, t0: float, start: float, keep: bool) -> Sample:
+    code = None
+    if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
+        code = r.json().get("error", {}).get("code")
+    return Sample(index, r.status_code, time.perf_counter() - t0, t0 - start,
+                  int(r.headers.get("x-batch-size", 0)), r.headers.get("retry-after"),
+                  r.headers.get("x-request-id"), code, r.content if keep and r.status_code == 200 else b"")
+
+
+async def closed_loop(url: str, bodies: Sequence[bytes], concurrency: int, seconds: float, max_requests: int,
+                      params: dict[str, str] | None = None, keep: bool = False,
+                      content_type: str = "image/jpeg") -> tuple[list[Sample], float]:
+    """`concurrency` clients, each sending its next request when the last one is answered, until `seconds`
+    have passed or `max_requests` were sent. Returns the samples and the wall time."""
+    samples: list[Sample] = []
+    sent = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < max_requests and time.perf_counter() < deadline:
+            index = sent % len(bodies)
+            sent += 1
+            t0 = time.perf_counter()
+            r = await client.post("/segment", content=bodies[index], params=params,
+                                  headers={"Content-Type": content_type})
+            samples.append(_sample(index, r, t0, start, keep))
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    return samples, time.perf_counter() - start
+
+
+async def open_loop(url: str, bodies: Sequence[bytes], rate: float, seconds: float, max_inflight: int,
+                    params: dict[str, str] | None = None, keep: bool = False,
+                    content_type: str = "image/jpeg") -> tuple[list[Sample], int, float]:
+    """Requests at a fixed arrival rate for `seconds`, whatever the answers (the way real traffic overloads a
+    server). At most `max_inflight` are open at once; arrivals beyond that are counted as not sent.
+    Returns the samples, the number not sent, and the wall time."""
+    samples: list[Sample] = []
+    not_sent = 0
+    start = time.perf_counter()
+    limits = httpx.Limits(max_connections=max_inflight, max_keepalive_connections=max_inflight)
+    gate = asyncio.Semaphore(max_inflight)
+
+    async def one(client: httpx.AsyncClient, index: int) -> None:
+        try:
+            t0 = time.perf_counter()
+            r = await client.post("/segment", content=bodies[index], params=params,
+                                  headers={"Content-Type": content_type})
+            samples.append(_sample(index, r, t0, start, keep))
+        finally:
+            gate.release()
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        tasks = []
+        n = int(rate * seconds)
+        for i in range(n):
+            # Sleep until this arrival's scheduled time (no catch-up burst beyond the schedule).
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if gate.locked():
+                not_sent += 1
+                continue
+            await gate.acquire()
+            tasks.append(asyncio.ensure_future(one(client, i % len(bodies))))
+        await asyncio.gather(*tasks)
+    return samples, not_sent, time.perf_counter() - start
+
+
+@dataclass
+class Probe:
+    """Tiny requests' latencies (ms) and statuses."""
+
+    latencies_ms: list[float]
+    statuses: list[int]
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50))
+
+    @property
+    def p95(self) -> float:
+        return float(np.percentile(self.latencies_ms, 95))
+
+
+def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: float = 0.02,
+          max_s: float = 60.0) -> Probe:
+    """`count` sequential tiny requests, each on a fresh connection (as a new client would arrive); fewer if
+    they take more than `max_s` in all. A request that fails or takes over 30 s counts as status 0."""
+    latencies, statuses = [], []
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        try:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                if path == "/segment":
+                    r = client.post(path, content=body, params={"output": "stats"},
+                                    headers={"Content-Type": "image/png"})
+                else:
+                    r = client.get(path)
+            statuses.append(r.status_code)
+        except httpx.HTTPError:
+            statuses.append(0)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if time.perf_counter() - start > max_s:
+            break
+        time.sleep(pause_s)
+    return Probe(latencies, statuses)

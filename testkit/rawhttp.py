@@ -1,0 +1,36 @@
+"""HTTP/1.1 by hand on raw sockets, for clients that misbehave on purpose (stalled, cut off, oversized) where an
+HTTP library would refuse or repair the request."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """Host and port of an `http://host:port` URL."""
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def http_request(head: str, body: bytes = b"") -> bytes:
+    """A request in bytes; `head` is the request line and headers without the final blank line."""
+    return head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
+
+
+def read_response(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or `timeout`), and how long that took."""
+    sock.settimeout(timeout)
+    t0 = time.perf_counter()
+    out = b""
+    with contextlib.suppress(OSError):  # a reset after the answer still leaves the answer
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out, time.perf_counter() - t0
+
+
+def status_of(raw: bytes) -> int:
+    """The status code of a raw HTTP/1.1 response (0 when there is none)."""
+    parts = raw.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
