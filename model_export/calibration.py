@@ -17,13 +17,18 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from service.core.contract import INPUT_NAME, ModelMetadata
 
-from .cli import CliError
+from .errors import ModelExportError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_CALIBRATION_COUNT = 32
 # Synthetic calibration scenes come from their own seed, so they can never overlap a held-out split that
 # `segment-export synth` writes with its default seed 0 (scene i depends only on (seed, i)).
 SYNTHETIC_CALIBRATION_SEED = 8_001
+
+
+
+class CalibrationError(ModelExportError):
+    """Calibration images missing, unreadable or too few."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,17 @@ def is_synthetic_demo(meta: ModelMetadata) -> bool:
 
 
 def find_images(directory: Path, count: int) -> list[Path]:
-    """The first `count` JPEG/PNG files of `directory` in name order (deterministic), or a clear CliError."""
+    """The first `count` JPEG/PNG files of `directory` in name order (deterministic), or a CalibrationError."""
     if count <= 0:
-        raise CliError(f"--calibration-count must be positive, got {count}")
+        raise CalibrationError(f"the calibration image count must be positive, got {count}",
+                               option="calibration_count")
     if not directory.is_dir():
-        raise CliError(f"calibration directory {directory} does not exist or is not a directory")
+        raise CalibrationError(f"calibration directory {directory} does not exist or is not a directory",
+                               option="calibration_dir")
     paths = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise CliError(f"calibration directory {directory} holds no JPEG or PNG images")
+        raise CalibrationError(f"calibration directory {directory} holds no JPEG or PNG images",
+                               option="calibration_dir")
     return paths[:count]
 
 
@@ -74,7 +82,7 @@ def decode_file(path: Path) -> np.ndarray:
     try:
         return decode_image(path.read_bytes(), max_pixels=1 << 31)
     except DecodeError as exc:
-        raise CliError(f"calibration image {path} cannot be decoded: {exc}") from None
+        raise CalibrationError(f"calibration image {path} cannot be decoded: {exc}", option="calibration_dir") from None
 
 
 def from_directory(directory: Path, count: int, meta: ModelMetadata) -> CalibrationSet:
@@ -103,16 +111,15 @@ def synthetic_set(count: int, meta: ModelMetadata, seed: int = SYNTHETIC_CALIBRA
 
 
 def calibration_set(meta: ModelMetadata, directory: Path | None, count: int) -> CalibrationSet:
-    """Images from `directory`; without one, synthetic scenes for the demo model, else a CliError."""
+    """Images from `directory`; without one, synthetic scenes for the demo model, else a CalibrationError."""
     if directory is not None:
         return from_directory(Path(directory), count, meta)
     if is_synthetic_demo(meta):
         return synthetic_set(count, meta)
-    raise CliError(
-        "int8 quantisation needs calibration images: pass --calibration-dir DIR with JPEG/PNG photos like the "
-        f"ones the model will serve (at least {DEFAULT_CALIBRATION_COUNT} recommended). Only the synthetic demo "
-        "model can be calibrated without them."
-    )
+    raise CalibrationError(
+        "int8 quantisation needs calibration images: a folder of JPEG/PNG photos like the ones the model will "
+        f"serve (at least {DEFAULT_CALIBRATION_COUNT} recommended). Only the synthetic demo model can be "
+        "calibrated without them.", option="calibration_dir")
 
 
 class ImageReader(CalibrationDataReader):

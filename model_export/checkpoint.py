@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ModelExportError
 from .models import SegmentationModel, build_model
+from .torch_io import load_torch_file
 
 FORMAT = "model_export.train/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelExportError):
     """The file is not a readable training checkpoint; the message names it."""
 
 
@@ -70,14 +72,14 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; clear errors for missing, corrupt or foreign files."""
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint's dict (`save_checkpoint`'s format) on the CPU; clear errors for missing, corrupt
+    or foreign files. Trusted: it unpickles fully (RNG states), so only load checkpoints you wrote."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: the dict holds numpy/python RNG states. Only load checkpoints you trust.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(path, trusted=True)  # the dict holds numpy/python RNG states
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -95,7 +97,7 @@ def checkpoint_model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 def load_checkpoint_model(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
     """Rebuild the trained model (eval mode, CPU) and return it with the checkpoint's other fields."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_training_checkpoint(path)
     model = build_model(ckpt["arch"], ckpt["num_classes"], **checkpoint_model_kwargs(ckpt))
     model.preprocessing = ckpt.get("preprocessing", model.preprocessing)
     model.load_state_dict(ckpt["state_dict"], strict=True)

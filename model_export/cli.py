@@ -15,6 +15,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from .errors import ModelExportError
+
 # name -> (module, one-line help), in help order. tests/export/test_export_cli.py checks that each help line
 # is the one the module registers.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -134,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             if missing is None:
                 raise
             raise MissingExtraError(args.command, missing) from exc
-    except CliError as exc:
-        print(f"segment-export {command or ''}: error: {exc}".replace(" :", ":"), file=sys.stderr)
+    except (CliError, ModelExportError) as exc:
+        message = exc.for_command_line() if isinstance(exc, ModelExportError) else str(exc)
+        print(f"segment-export {command or ''}: error: {message}".replace(" :", ":"), file=sys.stderr)
         return 2
 
 

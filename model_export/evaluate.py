@@ -234,7 +234,7 @@ def format_scores(scores: SegmentationScores, classes: list[str]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from .cli import CliError
-    from .train import parse_floats
+    from .train_cli import parse_floats
 
     try:
         torch.set_num_threads(args.threads) if args.threads else None

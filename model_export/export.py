@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -21,21 +20,13 @@ from service.core.contract import (
     voc_colormap,
 )
 
-from .models import ARCHITECTURES, SegmentationModel
+from .catalog import default_input_size
+from .models import SegmentationModel
 from .wrapper import ExportWrapper, preprocessing_constants
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_classes(num_classes: int) -> list[str]:
@@ -55,7 +46,7 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")
     colours = [list(c) for c in palette] if palette is not None else voc_colormap(num_classes)
-    size = input_size or ARCHITECTURES.get(model.arch, ARCHITECTURES["deeplabv3_resnet50"]).default_input_size
+    size = input_size or default_input_size(model.arch)  # an unknown arch is an error, not resnet50's size
     return ModelMetadata(
         classes=names, palette=colours, input_size=size, arch=model.arch, source=source,
         source_sha256=source_sha256, mean=list(mean), std=list(std), channel_order=order,

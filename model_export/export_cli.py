@@ -52,7 +52,7 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
         return build_model(args.arch, args.num_classes), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")
-    from .export import sha256_file
+    from .torch_io import sha256_file
     from .weights import load_weights
 
     model, info = load_weights(args.weights, arch=args.arch)

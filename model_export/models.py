@@ -16,6 +16,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
+from .catalog import ARCH_INPUT_SIZES
+
 DEEPLABV2_RATES = (6, 12, 18, 24)
 DEEPLABV3_RATES = (12, 24, 36)
 
@@ -246,13 +248,15 @@ def output_classes(model: SegmentationModel) -> int:
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "deeplabv2_resnet101": ArchSpec(deeplabv2_resnet101, 513),
-    "deeplabv3_resnet50": ArchSpec(deeplabv3_resnet50, 513),
-    "deeplabv3_resnet101": ArchSpec(deeplabv3_resnet101, 513),
-    "deeplabv2_thin": ArchSpec(deeplabv2_thin, 321),
-    "deeplabv3_thin": ArchSpec(deeplabv3_thin, 256),
-    "deeplabv3_mobilenet_v3_large": ArchSpec(_mobilenet("deeplabv3_mobilenet_v3_large"), 520),
-    "lraspp_mobilenet_v3_large": ArchSpec(_mobilenet("lraspp_mobilenet_v3_large"), 520),
+    name: ArchSpec(builder, ARCH_INPUT_SIZES[name]) for name, builder in (
+        ("deeplabv2_resnet101", deeplabv2_resnet101),
+        ("deeplabv3_resnet50", deeplabv3_resnet50),
+        ("deeplabv3_resnet101", deeplabv3_resnet101),
+        ("deeplabv2_thin", deeplabv2_thin),
+        ("deeplabv3_thin", deeplabv3_thin),
+        ("deeplabv3_mobilenet_v3_large", _mobilenet("deeplabv3_mobilenet_v3_large")),
+        ("lraspp_mobilenet_v3_large", _mobilenet("lraspp_mobilenet_v3_large")),
+    )
 }
 
 

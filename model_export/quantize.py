@@ -26,7 +26,7 @@ import onnx
 from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 
 from .calibration import CalibrationSet, ImageReader, calibration_set, is_synthetic_demo, synthetic_set
-from .cli import CliError
+from .errors import ModelExportError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def make_variant(fp32_path: Path, out_path: Path, precision: str, calibration_di
         convert_fp16(fp32_path, out_path)
         agreement_images, agreement_origin = _fp16_agreement_images(meta, calibration_dir, calibration_count)
     else:
-        raise CliError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS[1:])}")
+        raise ModelExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS[1:])}",
+                               option="precision")
     props["precision"] = precision
     if agreement_images:
         agreement = label_agreement(fp32_path, out_path, agreement_images, threads=threads)

@@ -1,12 +1,13 @@
-"""`segment-export train`'s arguments, without importing torch: `--help` is instant, and the command
-imports `model_export.train` only when it runs."""
+"""`segment-export train`'s command line: its arguments (without importing torch, so `--help` is instant) and
+the mapping of those arguments onto `model_export.train.TrainConfig`; torch is imported only when it runs."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .catalog import ARCH_NAMES
-from .cli import run_later
+from .cli import CliError
 
 DESCRIPTION = '`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py).'
 
@@ -55,4 +56,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, iteration, RNG)")
     p.add_argument("--stop-at", type=int, help="stop after this iteration (resumable; schedule unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.set_defaults(func=run_later("model_export.train"))
+    p.set_defaults(func=_run)
+
+
+def parse_classes(text: str) -> list[str]:
+    """`voc`, `synthetic`, or a comma-separated list of names (background first)."""
+    if text == "voc":
+        from service.core.contract import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    if text == "synthetic":
+        from .synthetic import CLASSES
+
+        return list(CLASSES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2:
+        raise ValueError(f"--classes needs 'voc', 'synthetic' or at least two names, got {text!r}")
+    return names
+
+
+def parse_floats(text: str) -> list[float]:
+    """Comma-separated positive numbers (`--scales 1,0.75,0.5`)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The architecture options given on the command line, as `build_model` keyword arguments."""
+    kw: dict[str, Any] = {}
+    for name in ("output_stride", "base_width", "head_channels"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.legacy_dilation:
+        kw["legacy_dilation"] = True
+    return kw
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .train import TrainConfig, train
+
+    try:
+        scales = parse_floats(args.scales)
+        if scales[0] != 1.0:
+            raise ValueError("--scales must start with 1 (the scale the fused max is computed at)")
+        cfg = TrainConfig(
+            data=args.data, out=args.out, split=args.split, labels_dir=args.labels_dir, arch=args.arch,
+            classes=parse_classes(args.classes), model_kwargs=model_kwargs(args), init=args.init,
+            max_iter=args.iters, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
+            weight_decay=args.weight_decay, crop_size=args.crop_size, input_size=args.input_size,
+            min_scale=args.min_scale, max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales,
+            train_bn=args.train_bn is not None, bn_affine=args.train_bn != "stats",
+            seed=args.seed, save_every=args.save_every, log_every=args.log_every, workers=args.workers,
+            device=args.device, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
+        )
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        summary = train(cfg)
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f}s, last loss "
+          f"{summary['loss']:.4f}; checkpoint: {summary['checkpoint']}")
+    return 0

@@ -9,7 +9,6 @@ one readable message; the CLI prints it without a traceback.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import pickle
@@ -22,14 +21,14 @@ from typing import Any, NoReturn
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint_model
-from .checkpoint import read_checkpoint as read_training_checkpoint
-from .cli import CliError
+from .checkpoint import CheckpointError, load_checkpoint_model, read_training_checkpoint
+from .errors import ModelExportError
 from .models import SegmentationModel, build_model, output_classes
+from .torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 
 log = logging.getLogger(__name__)
 
-from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, PUBLISHED_INPUT_SIZE  # noqa: E402
+from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, WEIGHT_SOURCES  # noqa: E402
 
 # The main head's last conv in each torchvision layout: its first dimension is the number of classes.
 _HEAD_KEYS = {"lraspp_mobilenet_v3_large": "classifier.high_classifier.weight"}
@@ -37,13 +36,11 @@ _HEAD_KEYS = {"lraspp_mobilenet_v3_large": "classifier.high_classifier.weight"}
 CONNECT_TIMEOUT_S = 10.0
 # torch.hub's convention: the sha256 prefix sits between the last '-' and the extension.
 _HASH_RE = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
-_MAX_LISTED = 8
 
 
-class WeightsError(CliError, ValueError):
-    """A weights file cannot be fetched, read or loaded; the message says what to do.
-
-    It is a CliError, so any `segment-export` subcommand that loads weights prints it as one clean line."""
+class WeightsError(ModelExportError):
+    """A weights file cannot be fetched, read or loaded; the message says what to do (the CLI prints it as one
+    clean line)."""
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -66,23 +63,14 @@ def hash_prefix(file_name: str) -> str | None:
 
 def published_url(name: str, base_url: str | None = None) -> str:
     """The download URL of a published model name; the base URL can be overridden (mirrors, tests)."""
-    if name not in PUBLISHED:
-        raise WeightsError(f"no published weights named {name!r}; choose one of {sorted(PUBLISHED)}")
-    base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    return base.rstrip("/") + "/" + PUBLISHED[name]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    if name not in WEIGHT_SOURCES:
+        raise WeightsError(f"no published weights named {name!r}; choose one of {sorted(WEIGHT_SOURCES)}")
+    return WEIGHT_SOURCES[name].url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
 
 
 def verify_hash(path: Path, expected_prefix: str | None) -> str:
     """Full sha256 of `path`; if it does not start with `expected_prefix` the file is deleted and we raise."""
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if expected_prefix and not digest.startswith(expected_prefix):
         path.unlink(missing_ok=True)
         raise WeightsError(
@@ -134,7 +122,7 @@ def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT
         raise WeightsError(
             f"the download of {file_name} does not match its name: {exc}; expected it to start with {prefix}; "
             f"it was removed and nothing was cached; retry, or {manual}") from None
-    digest = _sha256(target)  # the full digest goes into the ONNX metadata
+    digest = sha256_file(target)  # the full digest goes into the ONNX metadata
     log.info("saved %s (sha256 %s)", target, digest)
     return target, digest
 
@@ -148,13 +136,16 @@ def _raise_unreadable(path: Path, exc: Exception) -> NoReturn:
     ) from None
 
 
-def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
-    """`torch.load` a file safely (tensors and plain containers only), turning failures into WeightsError."""
+def read_weights_file(path: str | Path) -> Mapping[str, Any]:
+    """An untrusted weights file's dict (tensors and plain containers only), turning failures into WeightsError.
+
+    Raises `pickle.UnpicklingError` (with "can still be loaded") for a complete pickle that holds more than
+    tensors: the caller decides whether it may be one of our training checkpoints."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, trusted=False)
     except pickle.UnpicklingError as exc:
         if "can still be loaded" in str(exc):
             raise  # a complete pickle holding more than tensors (e.g. a training checkpoint's RNG state)
@@ -187,11 +178,6 @@ def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
-
 def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                             what: str = "checkpoint") -> None:
     """`load_state_dict(strict=True)`, but a mismatch raises one WeightsError listing missing keys,
@@ -202,20 +188,10 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, tor
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                    for k, v in expected.items() if k in state and state[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {_listing(shapes)}")
+    mismatch = compare_state_dicts(expected, state)
+    if mismatch:
         arch = getattr(model, "arch", type(model).__name__)
-        raise WeightsError(f"{what} does not fit {arch}: " + "; ".join(parts))
+        raise WeightsError(f"{what} does not fit {arch}: {mismatch.describe()}")
     model.load_state_dict(state, strict=True)
 
 
@@ -249,7 +225,7 @@ def load_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor], arch: st
     head = _HEAD_KEYS.get(arch, "classifier.4.weight")
     if head not in state_dict:
         raise WeightsError(f"{what} has no {head}: not a torchvision deeplabv3 layout "
-                           f"(first keys: {_listing(sorted(state_dict))})")
+                           f"(first keys: {listing(sorted(state_dict))})")
     num_classes = int(state_dict[head].shape[0])
     has_aux = any(k.startswith("aux_classifier.") for k in state_dict)
     if not keep_aux:
@@ -276,7 +252,7 @@ def _load_project(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
         model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
         load_state_dict_checked(model, ckpt["state_dict"], f"checkpoint {path.name}")
         raise
-    info = {**meta, "kind": "project", "sha256": _sha256(path),
+    info = {**meta, "kind": "project", "sha256": sha256_file(path),
             "source": meta.get("source") or f"checkpoint {path.name}"}
     return model, info
 
@@ -301,7 +277,7 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
     else:
         path, digest = Path(path_or_name), ""
     try:
-        obj = read_checkpoint(path)
+        obj = read_weights_file(path)
     except pickle.UnpicklingError:
         return _load_project(path)  # says clearly if it is not one of ours either
     if obj.get("format") is not None or is_project_checkpoint(obj):
@@ -310,7 +286,7 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
                                         what=f"weights file {path.name}")
     info = {
         "kind": "torchvision", "arch": model.arch, "num_classes": output_classes(model),
-        "source": source_url or f"file {path.name}", "sha256": digest or _sha256(path), "classes": None,
-        "input_size": PUBLISHED_INPUT_SIZE if source_url else None,
+        "source": source_url or f"file {path.name}", "sha256": digest or sha256_file(path), "classes": None,
+        "input_size": WEIGHT_SOURCES[str(path_or_name)].input_size if source_url else None,
     }
     return model, info

@@ -6,9 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from service.core.contract import VOC_CLASSES
-
-from .catalog import BASE_URL_ENV, CACHE_ENV, PUBLISHED, PUBLISHED_INPUT_SIZE
+from .catalog import BASE_URL_ENV, CACHE_ENV, WEIGHT_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download (or reuse from the cache) torchvision's COCO-trained deeplabv3 weights with "
                     "the 21 VOC classes, check the sha256 prefix in the file name, and export the ONNX contract.",
     )
-    p.add_argument("name", choices=sorted(PUBLISHED), help="published model")
+    p.add_argument("name", choices=sorted(WEIGHT_SOURCES), help="published model")
     p.add_argument("-o", "--output", type=Path, default=None, help="ONNX path (default: <name>.onnx)")
     p.add_argument("--cache-dir", default=None,
                    help=f"where downloads are kept (default: ${CACHE_ENV}, else torch's hub cache "
@@ -46,18 +44,20 @@ def run(args: argparse.Namespace) -> int:
         fetch,
         load_torchvision_state_dict,
         published_url,
-        read_checkpoint,
+        read_weights_file,
     )
 
-    # WeightsError is a CliError: no network, a bad hash or a bad file end as one clear line.
+    # A WeightsError (no network, a bad hash, a bad file) ends as one clear line (model_export.cli).
     url = args.url or published_url(args.name, args.base_url)
     path, digest = fetch(url, cache=args.cache_dir)
-    state = extract_state_dict(read_checkpoint(path))
+    state = extract_state_dict(read_weights_file(path))
     model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
                                         what=f"weights file {path.name}")
+    source = WEIGHT_SOURCES[args.name]
     num_classes = output_classes(model)
-    classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
-    meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=PUBLISHED_INPUT_SIZE,
+    # A file from --url may hold another class count than the source's: then the names are generic.
+    classes = list(source.classes) if num_classes == len(source.classes) else None
+    meta = build_metadata(model, num_classes=num_classes, classes=classes, input_size=source.input_size,
                           source=url, source_sha256=digest,
                           extra={"weights": "torchvision COCO_WITH_VOC_LABELS_V1"})
     out = args.output or Path(f"{args.name}.onnx")

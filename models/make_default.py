@@ -111,8 +111,9 @@ def main() -> int:
 
     import torch
 
-    from model_export.export import build_metadata, export_onnx, sha256_file
-    from model_export.train import load_checkpoint_model
+    from model_export.checkpoint import load_checkpoint_model
+    from model_export.export import build_metadata, export_onnx
+    from model_export.torch_io import sha256_file
 
     model, info = load_checkpoint_model(checkpoint)
     meta = build_metadata(

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from service.core.contract import VOC_CLASSES
 
-# DeepLab-v2 evaluates VOC at 513x513.
-CAFFE_INPUT_SIZE = 513
+from ..catalog import default_input_size
+
+# DeepLab-v2 evaluates VOC at 513x513: the size its architecture is listed with.
+CAFFE_INPUT_SIZE = default_input_size("deeplabv2_resnet101")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,17 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="classes of the fresh ASPP of an initialisation file (21)")
     p.add_argument("--classes", type=Path, default=None,
                    help="JSON list of class names (default: the 21 VOC classes for 21-class models)")
-    p.add_argument("--input-size", type=int, default=CAFFE_INPUT_SIZE, help="metadata input_size (513)")
+    p.add_argument("--input-size", type=int, default=CAFFE_INPUT_SIZE, help="metadata input_size")
     p.add_argument("--confidence", action="store_true", help="also output the uint8 confidence map")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and export; CaffeError (a CliError) reports missing/extra layers and shape mismatches."""
+    """Convert and export; CaffeError (printed as one line) reports missing/extra layers and shape mismatches."""
     import json
 
     from ..cli import CliError
-    from ..export import build_metadata, default_classes, export_onnx, sha256_file
+    from ..export import build_metadata, default_classes, export_onnx
+    from ..torch_io import sha256_file
     from .convert import convert_caffemodel
 
     if args.output is None and args.checkpoint is None:

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import CliError
+from ..errors import ModelExportError
 from ..models import SegmentationModel, build_model
+from ..torch_io import Mismatch
 from .proto import messages
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _BACKBONE = re.compile(r"^(res|bn|scale)\d[a-z]\d*_branch(1|2[abc])$")
 _MAX_LISTED = 10
 
 
-class CaffeError(CliError, ValueError):
+class CaffeError(ModelExportError):
     """A .caffemodel cannot be read or does not fit the model; the message lists what is wrong."""
 
 
@@ -200,11 +201,6 @@ class _Collector:
         return None
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
-
 def caffe_state_dict(layers: dict[str, CaffeLayer], model: SegmentationModel,
                      head: str | None = DEFAULT_HEAD) -> dict[str, torch.Tensor]:
     """The model's state_dict filled from the Caffe layers; CaffeError lists missing, extra and misshapen.
@@ -246,15 +242,10 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: SegmentationModel,
             put(name, 0, f"classifier.convs.{index}.weight", blobs[0])
             put(name, 1, f"classifier.convs.{index}.bias", blobs[1])
     extra = sorted(set(layers) - col.used)
-    if col.missing or extra or col.shapes:
-        parts = []
-        if col.missing:
-            parts.append(f"{len(col.missing)} missing layers: {_listing(col.missing)}")
-        if extra:
-            parts.append(f"{len(extra)} extra layers: {_listing(extra)}")
-        if col.shapes:
-            parts.append(f"{len(col.shapes)} shape mismatches: {_listing(col.shapes)}")
-        raise CaffeError(f"caffemodel does not fit {model.arch}: " + "; ".join(parts))
+    mismatch = Mismatch(missing=col.missing, unexpected=extra, shapes=col.shapes)
+    if mismatch:
+        raise CaffeError(f"caffemodel does not fit {model.arch}: "
+                         + mismatch.describe(noun="layers", unexpected_word="extra", limit=_MAX_LISTED))
     return state
 
 

@@ -64,7 +64,7 @@ def test_checkpoints_from_before_the_fix_rebuild_their_geometry(tmp_path: Path) 
 
 def test_train_flag_keeps_the_demo_geometry() -> None:
     from model_export.cli import build_parser
-    from model_export.train import _model_kwargs
+    from model_export.train_cli import model_kwargs as _model_kwargs
 
     base = ["train", "--data", "d", "--out", "o", "--arch", "deeplabv3_thin", "--output-stride", "8"]
     args = build_parser("train").parse_args([*base, "--legacy-dilation"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_export.checkpoint import read_checkpoint
+from model_export.checkpoint import read_training_checkpoint
 from model_export.cli import build_parser
 from model_export.models import build_model
 from model_export.synthetic import CLASSES
@@ -39,7 +39,7 @@ def test_statistics_only_keeps_gamma_and_beta(tiny_voc: Path, tmp_path: Path, af
     run = tiny_config(tiny_voc, tmp_path, max_iter=2, train_bn=True, bn_affine=affine)
     from model_export.train import train
 
-    after = read_checkpoint(train(run)["checkpoint"])["state_dict"]
+    after = read_training_checkpoint(train(run)["checkpoint"])["state_dict"]
     stats = [k for k in after if k.endswith("running_mean")]
     affine_keys = [k.replace("running_mean", n) for k in stats for n in ("weight", "bias")]
     assert stats and all(not torch.equal(after[k], init[k]) for k in stats)  # statistics moved

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_export.checkpoint import load_checkpoint_model, read_checkpoint
+from model_export.checkpoint import load_checkpoint_model, read_training_checkpoint
 from model_export.cli import main
 from model_export.synthetic import CLASSES
 from tests.training.conftest import tiny_config
@@ -69,7 +69,7 @@ def test_train_init_from_caffe_checkpoint_keeps_caffe_preprocessing(init_file, t
                             init=str(ckpt), max_iter=1, train_bn=False, crop_size=41,
                             base_lr=2.5e-4))
     assert np.isfinite(run["loss"])
-    after = read_checkpoint(run["checkpoint"])
+    after = read_training_checkpoint(run["checkpoint"])
     assert after["preprocessing"] == "caffe" and after["iteration"] == 1
     state = after["state_dict"]
     # Frozen BN keeps the converted statistics; the convs took one SGD step away from the Caffe weights.
@@ -90,7 +90,7 @@ def test_trained_file_checkpoint_exports_the_same_labels(tmp_path: Path) -> None
     path = write_caffemodel(tmp_path / "train2.caffemodel", blobs)
     ckpt, direct, via = tmp_path / "t.pt", tmp_path / "direct.onnx", tmp_path / "via.onnx"
     assert main(["convert-caffe", str(path), "-o", str(direct), "--checkpoint", str(ckpt)]) == 0
-    assert read_checkpoint(ckpt)["caffe_head"] == "fc1_voc12"
+    assert read_training_checkpoint(ckpt)["caffe_head"] == "fc1_voc12"
     assert main(["export", "--weights", str(ckpt), "-o", str(via)]) == 0
     image = photo("astronaut.png", size=(120, 96))[None]
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]

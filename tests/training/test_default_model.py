@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from model_export.evaluate import evaluate_model
-from model_export.export import read_metadata, sha256_file
+from model_export.export import read_metadata
 from model_export.synthetic import CLASSES, PALETTE, SceneConfig, write_dataset
+from model_export.torch_io import sha256_file
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 EMBEDDED = Path(__file__).resolve().parents[2] / "service" / "models" / "default.onnx"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
 from model_export.evaluate import evaluate_model
 from model_export.export import build_metadata, export_onnx
 from model_export.metrics import ConfusionMatrix
-from model_export.train import load_checkpoint_model
 
 
 def _torchmetrics(targets: list[np.ndarray], preds: list[np.ndarray], n: int, average: str | None) -> torch.Tensor:

@@ -9,13 +9,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
 from model_export.data import VOCSegmentation
 from model_export.evaluate import decode, evaluate_model
 from model_export.export import build_metadata, export_onnx, read_metadata
 from model_export.protocol import pad_native, resolve_protocol
 from model_export.synthetic import CLASSES
-from model_export.train import load_checkpoint_model
 from service.core.contract import VOC_CLASSES
 from service.core.crf import CrfParams, CrfUnavailable, dense_crf, probs_from_labels
 

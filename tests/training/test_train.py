@@ -11,21 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from model_export.checkpoint import load_checkpoint_model, read_checkpoint
+from model_export.checkpoint import load_checkpoint_model, read_training_checkpoint
 from model_export.cli import main
 from model_export.data import Augment, TrainStream, VOCSegmentation
+from model_export.init_weights import init_from_file
+from model_export.loss import multiscale_loss, seg_cross_entropy
 from model_export.models import build_model
+from model_export.schedule import freeze_bn, param_groups, poly_lr, set_lr
 from model_export.synthetic import CLASSES
-from model_export.train import (
-    freeze_bn,
-    init_from_file,
-    multiscale_loss,
-    param_groups,
-    poly_lr,
-    seg_cross_entropy,
-    set_lr,
-    train,
-)
+from model_export.train import train
 from model_export.wrapper import normalize_nchw
 
 from .conftest import TINY_MODEL, tiny_config
@@ -53,27 +47,27 @@ def test_a_few_iterations_reduce_the_loss(tiny_voc: Path, tmp_path: Path) -> Non
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(path)["state_dict"]
+    return read_training_checkpoint(path)["state_dict"]
 
 
 def test_resume_continues_bit_identically(tiny_voc: Path, tmp_path: Path) -> None:
     opts = dict(max_iter=6, scales=[1.0, 0.75], accumulate=2)
     straight = train(tiny_config(tiny_voc, tmp_path / "a", **opts))
     first_half = train(tiny_config(tiny_voc, tmp_path / "b", stop_at=3, **opts))
-    ckpt3 = read_checkpoint(first_half["checkpoint"])
+    ckpt3 = read_training_checkpoint(first_half["checkpoint"])
     assert ckpt3["iteration"] == 3 and first_half["iterations"] == 3
     # A fresh call (fresh model init, fresh RNG) resumes from the file alone.
     torch.manual_seed(12345)
     resumed = train(tiny_config(tiny_voc, tmp_path / "c", resume=str(first_half["checkpoint"]), **opts))
     a, b = _params(straight["checkpoint"]), _params(resumed["checkpoint"])
-    assert read_checkpoint(resumed["checkpoint"])["iteration"] == 6 and resumed["iterations"] == 3
+    assert read_training_checkpoint(resumed["checkpoint"])["iteration"] == 6 and resumed["iterations"] == 3
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # The second half really moved the weights, so equality is not trivial.
     assert not all(torch.equal(a[k], ckpt3["state_dict"][k]) for k in a)
-    opt_a = read_checkpoint(straight["checkpoint"])["optimizer"]["state"]
-    opt_b = read_checkpoint(resumed["checkpoint"])["optimizer"]["state"]
+    opt_a = read_training_checkpoint(straight["checkpoint"])["optimizer"]["state"]
+    opt_b = read_training_checkpoint(resumed["checkpoint"])["optimizer"]["state"]
     assert all(torch.equal(opt_a[k]["momentum_buffer"], opt_b[k]["momentum_buffer"]) for k in opt_a)
 
 

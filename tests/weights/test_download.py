@@ -20,7 +20,7 @@ def _thin_pth(folder: Path, stem: str = "deeplabv3_thin") -> tuple[Path, str]:
     model = build_model("deeplabv3_thin", 21, aux_loss=True)
     tmp = folder / "tmp.pth"
     torch.save(model.state_dict(), tmp)
-    from model_export.export import sha256_file
+    from model_export.torch_io import sha256_file
 
     digest = sha256_file(tmp)
     path = folder / f"{stem}-{digest[:8]}.pth"

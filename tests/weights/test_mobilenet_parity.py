@@ -14,7 +14,8 @@ import torch
 import torchvision.models.segmentation as tv_seg
 
 from model_export.cli import main as cli_main
-from model_export.export import read_metadata, sha256_file
+from model_export.export import read_metadata
+from model_export.torch_io import sha256_file
 from model_export.weights import load_weights
 from service.core.contract import VOC_CLASSES
 from testkit.photos import PHOTOS, photo

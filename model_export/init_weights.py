@@ -1,0 +1,62 @@
+"""Where training starts from: a weights file (torchvision ImageNet ResNet, a segmentation state_dict, or one of
+our checkpoints) or torchvision's ImageNet backbone."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+from .checkpoint import read_training_checkpoint
+from .models import SegmentationModel
+from .torch_io import load_torch_file
+from .wrapper import preprocessing_constants
+
+log = logging.getLogger(__name__)
+
+def init_from_file(model: SegmentationModel, path: str | Path) -> int:
+    """Initialise from a weights file: a torchvision ImageNet ResNet state dict (loaded into the backbone,
+    `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
+    (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
+    preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
+    Only tensors whose names and shapes match are copied; returns how many were."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init weights not found: {path}")
+    try:  # a state_dict from outside: tensors only, no code runs
+        blob = load_torch_file(path, trusted=False)
+    except pickle.UnpicklingError as exc:
+        if "can still be loaded" not in str(exc):
+            raise ValueError(f"{path} is not a readable PyTorch file: {str(exc).splitlines()[0]}") from None
+        blob = read_training_checkpoint(path)  # more than tensors: only one of our checkpoints is accepted
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    if isinstance(blob, dict) and blob.get("preprocessing"):
+        preprocessing_constants(blob["preprocessing"])  # a clear error for an unknown convention
+        model.preprocessing = blob["preprocessing"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any(k.startswith("backbone.") for k in state):
+        state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no tensor in {path} matches the model ({len(state)} keys, e.g. {next(iter(state))})")
+    model.load_state_dict(matched, strict=False)
+    log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
+    return len(matched)
+
+
+def init_from_imagenet(model: SegmentationModel) -> int:
+    """torchvision's ImageNet ResNet weights for the backbone (downloads; needs the network)."""
+    import torchvision
+
+    names = {"deeplabv3_resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+             "deeplabv3_resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+             "deeplabv2_resnet101": "ResNet101_Weights.IMAGENET1K_V1"}
+    if model.arch not in names:
+        raise ValueError(f"no ImageNet backbone weights for {model.arch}")
+    state = torchvision.models.get_weight(names[model.arch]).get_state_dict(progress=True)
+    state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    missing, _ = model.load_state_dict(state, strict=False)
+    return len(state) - len([k for k in missing if k.startswith("backbone.")])

@@ -1,0 +1,86 @@
+"""The one torch.load (trust is explicit), the file hash, the state_dict mismatch report, and the weight-source
+table they serve."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_export.catalog import ARCH_INPUT_SIZES, ARCH_NAMES, PUBLISHED, WEIGHT_SOURCES, default_input_size
+from model_export.errors import ModelExportError
+from model_export.models import ARCHITECTURES
+from model_export.torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
+from service.core.contract import VOC_CLASSES
+
+
+def leave_mark(path: str) -> str:
+    """What the hostile pickle below calls when it is loaded: it writes a file the test can see."""
+    Path(path).write_text("code ran")
+    return path
+
+
+class _Sneaky:
+    """Unpickling this runs code (`leave_mark`)."""
+
+    def __init__(self, mark: Path) -> None:
+        self.mark = mark
+
+    def __reduce__(self):
+        return (leave_mark, (str(self.mark),))
+
+
+def test_untrusted_loads_refuse_code_and_trusted_loads_run_it(tmp_path: Path) -> None:
+    path, mark = tmp_path / "evil.pt", tmp_path / "mark"
+    torch.save({"weight": torch.ones(2), "payload": _Sneaky(mark)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_torch_file(path, trusted=False)
+    assert not mark.exists()
+    load_torch_file(path, trusted=True)
+    assert mark.read_text() == "code ran"
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.arange(3.0)}, plain)
+    assert torch.equal(load_torch_file(plain, trusted=False)["weight"], torch.arange(3.0))
+
+
+def test_sha256_file_is_hashlibs_digest(tmp_path: Path) -> None:
+    path = tmp_path / "blob.bin"
+    data = bytes(range(256)) * 9000  # over one read chunk
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_state_dict_mismatch_names_every_problem() -> None:
+    expected = {"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4), "c.bias": torch.zeros(1)}
+    given = {"a.weight": torch.zeros(3, 2), "b.weight": torch.zeros(4), "extra": torch.zeros(1)}
+    mismatch = compare_state_dicts(expected, given)
+    assert mismatch.missing == ["c.bias"] and mismatch.unexpected == ["extra"]
+    assert mismatch.shapes == ["a.weight (3, 2) vs model (2, 3)"]
+    assert mismatch.describe() == ("1 missing keys: c.bias; 1 unexpected keys: extra; "
+                                   "1 shape mismatches: a.weight (3, 2) vs model (2, 3)")
+    assert not compare_state_dicts(expected, expected)
+    assert listing([str(i) for i in range(10)], 3) == "0, 1, 2, ... and 7 more"
+
+
+def test_weight_sources_are_complete_and_fit_their_architectures() -> None:
+    assert set(ARCH_NAMES) == set(ARCHITECTURES) and tuple(ARCHITECTURES) == ARCH_NAMES
+    for name, spec in ARCHITECTURES.items():
+        assert spec.default_input_size == ARCH_INPUT_SIZES[name] == default_input_size(name)
+    for name, source in WEIGHT_SOURCES.items():
+        assert source.name == name and source.arch in ARCH_NAMES
+        assert source.classes == VOC_CLASSES and source.preprocessing == "imagenet" and source.input_size > 0
+        assert PUBLISHED[name] == source.file and source.file.endswith(f"-{source.sha256_prefix}.pth")
+        assert source.url("https://mirror.example/m/") == f"https://mirror.example/m/{source.file}"
+    with pytest.raises(ValueError, match="unknown arch"):
+        default_input_size("no_such_arch")
+
+
+def test_domain_errors_name_their_option_only_on_the_command_line() -> None:
+    error = ModelExportError("the calibration image count must be positive, got 0", option="calibration_count")
+    assert "--" not in str(error)
+    assert error.for_command_line() == ("the calibration image count must be positive, got 0 "
+                                        "(see --calibration-count)")
+    assert ModelExportError("plain").for_command_line() == "plain"
