@@ -13,7 +13,7 @@ import copy
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .errors import ModelExportError
 
@@ -33,16 +33,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 # Top-level modules that only the `export` extra installs.
 EXPORT_EXTRA_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxconverter_common", "google", "onnxscript"})
 EXPORT_EXTRA_HINT = "pip install 'segment-service[export]'"
-
-
-def run_later(module: str) -> Callable[[argparse.Namespace], int]:
-    """A subcommand's `func` that imports `module` (torch, onnx) only when the command runs, and calls its
-    `_run(args)`: the parsers stay torch-free, so every `--help` is instant."""
-
-    def run(args: argparse.Namespace) -> int:
-        return importlib.import_module(module)._run(args)
-
-    return run
 
 
 class CliError(Exception):

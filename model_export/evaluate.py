@@ -18,8 +18,6 @@ The confusion matrix accumulates over the whole split (model_export.metrics docu
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from service.core.crf import CrfParams, CrfUnavailable, crf_on_canvas
+from service.core.crf import CrfParams, crf_on_canvas
 from service.core.decode import decode_image
 from service.core.engine import EngineError, load_engine
 from service.core.errors import DecodeError
-from service.core.options import EngineOptions
+from service.core.options import DEFAULT_BATCH_SIZE, EngineOptions
 from service.core.pipeline import Pipeline, Prepared
 
-from .checkpoint import CheckpointError, load_checkpoint_model
+from .checkpoint import load_checkpoint_model
 from .data import DatasetError, VOCSegmentation
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
@@ -174,7 +172,8 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
     return (lambda paths: [one(decode(p)) for p in paths]), list(info["classes"])
 
 
-def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *, batch_size: int = 8,
+def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
                    limit: int | None = None, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None
                    ) -> SegmentationScores:
@@ -202,7 +201,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
                    labels_dir: str = "SegmentationClass", scales: Sequence[float] = (1.0,), flip: bool = False,
                    fusion: str = "mean", protocol: str = "auto", crf: CrfParams | None = None,
                    input_size: int | None = None, threads: int = 0, device: str = "auto",
-                   batch_size: int = 8, limit: int | None = None, progress: bool = True,
+                   batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
                    ) -> tuple[SegmentationScores, list[str]]:
     """Score an `.onnx` file or a training checkpoint on a split; returns the scores and class names."""
@@ -231,22 +230,3 @@ def format_scores(scores: SegmentationScores, classes: list[str]) -> str:
         lines.append(f"  {name:<16} {'n/a (absent)' if np.isnan(iou) else f'{iou:.4f}'}")
     return "\n".join(lines)
 
-
-def _run(args: argparse.Namespace) -> int:
-    from .cli import CliError
-    from .train_cli import parse_floats
-
-    try:
-        torch.set_num_threads(args.threads) if args.threads else None
-        scores, classes = evaluate_model(
-            args.model, args.data, args.split, labels_dir=args.labels_dir, scales=parse_floats(args.scales),
-            flip=args.flip, fusion=args.fusion, protocol=args.protocol, crf=CrfParams() if args.crf else None,
-            input_size=args.input_size, threads=args.threads, device=args.device,
-            batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
-        )
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, CrfUnavailable) as exc:
-        raise CliError(str(exc)) from None
-    print(format_scores(scores, classes))
-    if args.json:
-        Path(args.json).write_text(json.dumps(scores.as_dict(classes), indent=2) + "\n")
-    return 0

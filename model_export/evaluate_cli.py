@@ -1,11 +1,15 @@
-"""`segment-export evaluate`'s arguments, without importing torch: `--help` is instant, and the command
-imports `model_export.evaluate` only when it runs."""
+"""`segment-export evaluate`'s command line: its arguments (without importing torch: `--help` is instant), and
+the run, which imports `model_export.evaluate` only then."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from .cli import run_later
+from service.core.options import DEFAULT_BATCH_SIZE
+
+from .cli import CliError
 from .protocol import PROTOCOLS
 
 DESCRIPTION = '`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.'
@@ -30,10 +34,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (DeepLab-v2's parameters; "
                                                       "needs pydensecrf2)")
     p.add_argument("--input-size", type=int, help="checkpoints only: letterbox size (0 = native resolution)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--threads", type=int, default=0, help="torch / onnxruntime intra-op threads")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_later("model_export.evaluate"))
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Score the model and print (and optionally write) the table."""
+    import torch
+
+    from service.core.crf import CrfParams, CrfUnavailable
+
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .evaluate import evaluate_model, format_scores
+    from .train_cli import parse_floats
+
+    try:
+        torch.set_num_threads(args.threads) if args.threads else None
+        scores, classes = evaluate_model(
+            args.model, args.data, args.split, labels_dir=args.labels_dir, scales=parse_floats(args.scales),
+            flip=args.flip, fusion=args.fusion, protocol=args.protocol, crf=CrfParams() if args.crf else None,
+            input_size=args.input_size, threads=args.threads, device=args.device,
+            batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
+        )
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, CrfUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    print(format_scores(scores, classes))
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores.as_dict(classes), indent=2) + "\n")
+    return 0

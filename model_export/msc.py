@@ -17,7 +17,6 @@ Scaled sizes are floor(H·s), as `F.interpolate(scale_factor=s)` computes them.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,16 +176,3 @@ def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB
     onnx.save(model, str(dst))
     return dst
 
-
-def _run(args: argparse.Namespace) -> int:
-    from .cli import CliError
-
-    if not args.model.is_file():
-        raise CliError(f"model file {args.model} does not exist")
-    try:
-        out = bake_msc(args.model, args.output, parse_scales(args.scales), args.flip)
-    except (ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        raise CliError(str(exc)) from None
-    print(json.dumps({"output": str(out), "scales": list(parse_scales(args.scales)), "flip": args.flip,
-                      "size_mb": round(out.stat().st_size / 1e6, 2)}))
-    return 0

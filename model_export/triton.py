@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ModelMetadata
+from service.core.options import DEFAULT_BATCH_SIZE
 
 CONFIG_TEMPLATE = """\
 name: "{name}"
@@ -28,7 +29,7 @@ parameters {{ key: "classes" value: {{ string_value: {classes} }} }}
 
 
 def write_triton_repository(onnx_path: str | Path, repo: str | Path, name: str = "segmentation",
-                            max_batch_size: int = 8, max_queue_delay_us: int = 5000) -> Path:
+                            max_batch_size: int = DEFAULT_BATCH_SIZE, max_queue_delay_us: int = 5000) -> Path:
     """Lay out `repo/name/{config.pbtxt, 1/model.onnx}` with dynamic batching; return the model dir.
 
     Triton batches along dim 0 itself, so dims omit the batch axis. Images in one Triton batch must share
