@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .core.options import DEFAULT_BATCH_SIZE
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -16,7 +18,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """All service metrics, registered on a private registry."""
 
-    def __init__(self, max_batch_size: int = 8) -> None:
+    def __init__(self, max_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("segment_requests", "HTTP requests by route template and status code",
