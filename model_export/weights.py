@@ -21,14 +21,14 @@ from typing import Any, NoReturn
 
 import torch
 
+# PUBLISHED (name -> file) is the downloader's view of the table that its callers and tests read from here.
+from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, WEIGHT_SOURCES  # noqa: F401
 from .checkpoint import CheckpointError, load_checkpoint_model, read_training_checkpoint
 from .errors import ModelExportError
 from .models import SegmentationModel, build_model, output_classes
 from .torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 
 log = logging.getLogger(__name__)
-
-from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, WEIGHT_SOURCES  # noqa: E402
 
 # The main head's last conv in each torchvision layout: its first dimension is the number of classes.
 _HEAD_KEYS = {"lraspp_mobilenet_v3_large": "classifier.high_classifier.weight"}
@@ -269,11 +269,13 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
     `info` always has kind ("torchvision" | "project"), arch, num_classes, source, sha256, classes (or None)
     and input_size; a training checkpoint adds its own fields (palette, iteration, args, ...).
     """
+    # A published name (unless a file of that name is here): its row says where it is and what it fills.
+    source = None if Path(path_or_name).exists() else WEIGHT_SOURCES.get(str(path_or_name))
     source_url = None
-    if str(path_or_name) in PUBLISHED and not Path(path_or_name).exists():
-        source_url = published_url(str(path_or_name), base_url)
+    if source is not None:
+        source_url = published_url(source.name, base_url)
         path, digest = fetch(source_url, cache=cache)
-        arch = arch or str(path_or_name)
+        arch = arch or source.arch
     else:
         path, digest = Path(path_or_name), ""
     try:
@@ -287,6 +289,6 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
     info = {
         "kind": "torchvision", "arch": model.arch, "num_classes": output_classes(model),
         "source": source_url or f"file {path.name}", "sha256": digest or sha256_file(path), "classes": None,
-        "input_size": WEIGHT_SOURCES[str(path_or_name)].input_size if source_url else None,
+        "input_size": source.input_size if source is not None else None,
     }
     return model, info

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     # A WeightsError (no network, a bad hash, a bad file) ends as one clear line (model_export.cli).
     url = args.url or published_url(args.name, args.base_url)
     path, digest = fetch(url, cache=args.cache_dir)
-    state = extract_state_dict(read_weights_file(path))
-    model = load_torchvision_state_dict(state, args.name, keep_aux=args.keep_aux,
-                                        what=f"weights file {path.name}")
     source = WEIGHT_SOURCES[args.name]
+    state = extract_state_dict(read_weights_file(path))
+    model = load_torchvision_state_dict(state, source.arch, keep_aux=args.keep_aux,
+                                        what=f"weights file {path.name}")
     num_classes = output_classes(model)
     # A file from --url may hold another class count than the source's: then the names are generic.
     classes = list(source.classes) if num_classes == len(source.classes) else None

@@ -144,3 +144,20 @@ def test_downloads_go_through_torch_hub_into_its_cache(served_dir, tmp_path, mon
     path, got = fetch(base + served.name, progress=False)
     assert calls == [(base + served.name, digest[:8])]
     assert path == tmp_path / "torch" / "hub" / "checkpoints" / served.name and got == digest
+
+
+def test_a_published_name_loads_through_its_row(tmp_path, monkeypatch) -> None:
+    """The table row, not the name, says which arch the weights fill and the size they are served at."""
+    from model_export import weights
+    from model_export.catalog import WeightSource
+    from service.core.contract import VOC_CLASSES
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached, digest = _thin_pth(cache, stem="thin_demo")
+    row = WeightSource("thin_demo", "deeplabv3_thin", cached.name, VOC_CLASSES, "imagenet", 200)
+    monkeypatch.setattr(weights, "WEIGHT_SOURCES", {row.name: row})
+    model, info = load_weights("thin_demo", cache=cache, base_url="http://127.0.0.1:9/")
+    assert model.arch == "deeplabv3_thin" and info["arch"] == "deeplabv3_thin"
+    assert info["input_size"] == 200 and info["sha256"] == digest
+    assert info["source"] == "http://127.0.0.1:9/" + cached.name
