@@ -1,12 +1,12 @@
-"""`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py): the config and the loop.
+"""`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py): the loop.
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
 10× LR on weights and 20× on biases (model_export.schedule); BN stays frozen unless `--train-bn` (alias
 `--is-training`; `stats` for statistics only); labels are nearest-downsampled to the logits; cross entropy ignores
 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss (model_export.loss): the sum of per-scale CE terms plus
 the CE of the element-wise max over scales. `--accumulate N` averages gradients over N batches (the seed's
-batch-1 + iter_size). Where training starts is model_export.init_weights; the command line, model_export.train_cli.
-Checkpoints (see model_export.checkpoint) resume bit-identically.
+batch-1 + iter_size). Where training starts is model_export.init_weights; the settings, model_export.train_config;
+the command line, model_export.train_cli. Checkpoints (see model_export.checkpoint) resume bit-identically.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from service.core.contract import VOC_CLASSES, voc_colormap
+from service.core.contract import voc_colormap
 
 from .checkpoint import (
     checkpoint_model_kwargs,
@@ -36,46 +36,12 @@ from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel, build_model
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
+from .train_config import TrainConfig
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "pick_device", "train"]
-
-
-@dataclass
-class TrainConfig:
-    """All training settings; the CLI maps one flag to each field."""
-
-    data: str
-    out: str
-    split: str = "train"
-    labels_dir: str = "SegmentationClass"
-    arch: str = "deeplabv2_resnet101"
-    classes: list[str] = field(default_factory=lambda: list(VOC_CLASSES))
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    init: str | None = None  # a weights file, "imagenet", or None (random init)
-    max_iter: int = 20000
-    batch_size: int = 10
-    accumulate: int = 1
-    base_lr: float = 2.5e-4
-    weight_decay: float = 5e-4
-    crop_size: int = 321
-    input_size: int | None = None  # the long side to serve at (checkpoint/metadata); default: crop_size
-    min_scale: float = 0.5
-    max_scale: float = 1.5
-    mirror: bool = True
-    scales: list[float] = field(default_factory=lambda: [1.0])
-    train_bn: bool = False
-    bn_affine: bool = True  # with train_bn: also train gamma/beta (False: statistics only, as DrSleep)
-    seed: int = 1234
-    save_every: int = 1000
-    log_every: int = 10
-    workers: int = 0
-    device: str = "auto"
-    resume: str | None = None
-    stop_at: int | None = None  # stop (and save) after this iteration without changing the schedule length
-    progress: bool = True
+__all__ = ["pick_device", "train"]
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,28 +1,50 @@
-"""`segment-export train`'s command line: its arguments (without importing torch, so `--help` is instant) and
-the mapping of those arguments onto `model_export.train.TrainConfig`; torch is imported only when it runs."""
+"""`segment-export train`'s command line, built from `model_export.train_config.TrainConfig`: each setting's
+option takes its default (and type) from the dataclass field, so a default is written once. torch is imported
+only when the command runs, so `--help` is instant."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, fields
 from typing import Any
 
 from .catalog import ARCH_NAMES
 from .cli import CliError
+from .train_config import TrainConfig
 
-DESCRIPTION = '`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py).'
+DESCRIPTION = "`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py)."
+# Each field's default; fields without one (data, out) are required options.
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not MISSING else f.default_factory()
+    for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING
+}
+_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
+
+def _setting(p: argparse.ArgumentParser, flag: str, name: str, value_type: type | None = None,
+             **kwargs: Any) -> None:
+    """The option `flag` for the TrainConfig field `name`: its default and type are the field's. The metavar stays
+    the flag's own (`--iters ITERS`, not `MAX_ITER`)."""
+    if name in _DEFAULTS:
+        kwargs["default"] = _DEFAULTS[name]
+    else:
+        kwargs["required"] = True
+    default = kwargs.get("default")
+    value_type = value_type or (str if default is None else type(default))
+    if value_type is not str:
+        kwargs["type"] = value_type
+    p.add_argument(flag, dest=name, metavar=flag.lstrip("-").replace("-", "_").upper(), **kwargs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `segment-export train`."""
     p = subparsers.add_parser("train", help="train a DeepLab model on a VOC-layout dataset",
                               description=DESCRIPTION)
-    p.add_argument("--data", required=True, help="dataset root holding VOCdevkit/VOC2012")
-    p.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.csv)")
-    p.add_argument("--split", default="train", help="split list name, or a path to a .txt list")
-    p.add_argument("--labels-dir", default="SegmentationClass",
-                   help="label folder, e.g. SegmentationClassAug with --split train_aug")
-    p.add_argument("--arch", default="deeplabv2_resnet101", choices=sorted(ARCH_NAMES))
+    _setting(p, "--data", "data", help="dataset root holding VOCdevkit/VOC2012")
+    _setting(p, "--out", "out", help="output directory (checkpoint.pt, metrics.csv)")
+    _setting(p, "--split", "split", help="split list name, or a path to a .txt list")
+    _setting(p, "--labels-dir", "labels_dir", help="label folder, e.g. SegmentationClassAug with --split train_aug")
+    p.add_argument("--arch", default=_DEFAULTS["arch"], choices=sorted(ARCH_NAMES))
     p.add_argument("--classes", default="voc", help="'voc', 'synthetic' or comma-separated names")
     p.add_argument("--output-stride", type=int, choices=(8, 16))
     p.add_argument("--base-width", type=int, help="thin archs: width of the first ResNet stage")
@@ -30,31 +52,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--legacy-dilation", action="store_true",
                    help="thin archs: the geometry of models trained before single-block dilated stages took "
                         "their rate (layer3/layer4 rates 1/2 instead of 2/4 at stride 8), e.g. the demo model")
-    p.add_argument("--init", help="weights file (torchvision ResNet .pth, converted DeepLab weights, or a "
-                                  "checkpoint) or 'imagenet' for torchvision's ImageNet backbone")
-    p.add_argument("--iters", type=int, default=20000, help="max iterations (poly schedule length)")
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps per iteration")
-    p.add_argument("--lr", type=float, default=2.5e-4, help="base learning rate")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--crop-size", type=int, default=321)
-    p.add_argument("--input-size", type=int, help="long side to serve/evaluate at, recorded in the checkpoint "
-                                                  "(default: the crop size)")
-    p.add_argument("--min-scale", type=float, default=0.5)
-    p.add_argument("--max-scale", type=float, default=1.5)
+    _setting(p, "--init", "init", help="weights file (torchvision ResNet .pth, converted DeepLab weights, or a "
+                                       "checkpoint) or 'imagenet' for torchvision's ImageNet backbone")
+    _setting(p, "--iters", "max_iter", help="max iterations (poly schedule length)")
+    _setting(p, "--batch-size", "batch_size")
+    _setting(p, "--accumulate", "accumulate", help="gradient accumulation steps per iteration")
+    _setting(p, "--lr", "base_lr", help="base learning rate")
+    _setting(p, "--weight-decay", "weight_decay")
+    _setting(p, "--crop-size", "crop_size")
+    _setting(p, "--input-size", "input_size", int,
+             help="long side to serve/evaluate at, recorded in the checkpoint (default: the crop size)")
+    _setting(p, "--min-scale", "min_scale")
+    _setting(p, "--max-scale", "max_scale")
     p.add_argument("--no-mirror", action="store_true")
-    p.add_argument("--scales", default="1", help="multi-scale training, e.g. 1,0.75,0.5")
+    p.add_argument("--scales", default=",".join(f"{s:g}" for s in _DEFAULTS["scales"]),
+                   help="multi-scale training, e.g. 1,0.75,0.5")
     p.add_argument("--train-bn", "--is-training", nargs="?", const="all", choices=("all", "stats"),
                    help="train BN: 'all' (the default when given) updates statistics and gamma/beta; 'stats' "
                         "updates statistics only, as DrSleep's --is-training does. Without it BN is frozen")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--save-every", type=int, default=1000)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    _setting(p, "--seed", "seed")
+    _setting(p, "--save-every", "save_every")
+    _setting(p, "--log-every", "log_every")
+    _setting(p, "--workers", "workers", help="data loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, iteration, RNG)")
-    p.add_argument("--stop-at", type=int, help="stop after this iteration (resumable; schedule unchanged)")
+    _setting(p, "--device", "device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    _setting(p, "--resume", "resume", help="checkpoint to continue from (model, optimiser, iteration, RNG)")
+    _setting(p, "--stop-at", "stop_at", int, help="stop after this iteration (resumable; schedule unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=_run)
 
@@ -97,27 +120,29 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed options describe; ValueError for a bad --scales or --classes."""
+    scales = parse_floats(args.scales)
+    if scales[0] != 1.0:
+        raise ValueError("--scales must start with 1 (the scale the fused max is computed at)")
+    # Options named after a field carry its value as is; the rest are parsed or inverted here.
+    given = {name: value for name, value in vars(args).items() if name in _FIELDS}
+    return TrainConfig(**{
+        **given, "classes": parse_classes(args.classes), "model_kwargs": model_kwargs(args), "scales": scales,
+        "mirror": not args.no_mirror, "train_bn": args.train_bn is not None, "bn_affine": args.train_bn != "stats",
+        "progress": not args.no_progress,
+    })
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import CheckpointError
     from .data import DatasetError
-    from .train import TrainConfig, train
+    from .train import train
 
     try:
-        scales = parse_floats(args.scales)
-        if scales[0] != 1.0:
-            raise ValueError("--scales must start with 1 (the scale the fused max is computed at)")
-        cfg = TrainConfig(
-            data=args.data, out=args.out, split=args.split, labels_dir=args.labels_dir, arch=args.arch,
-            classes=parse_classes(args.classes), model_kwargs=model_kwargs(args), init=args.init,
-            max_iter=args.iters, batch_size=args.batch_size, accumulate=args.accumulate, base_lr=args.lr,
-            weight_decay=args.weight_decay, crop_size=args.crop_size, input_size=args.input_size,
-            min_scale=args.min_scale, max_scale=args.max_scale, mirror=not args.no_mirror, scales=scales,
-            train_bn=args.train_bn is not None, bn_affine=args.train_bn != "stats",
-            seed=args.seed, save_every=args.save_every, log_every=args.log_every, workers=args.workers,
-            device=args.device, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
-        )
+        cfg = config_from_args(args)
         if args.threads:
             torch.set_num_threads(args.threads)
         summary = train(cfg)

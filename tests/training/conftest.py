@@ -22,7 +22,7 @@ def tiny_voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(data: Path, out: Path, **overrides: object):
     """A TrainConfig for a very small deeplabv3_thin on the tiny synthetic set."""
-    from model_export.train import TrainConfig
+    from model_export.train_config import TrainConfig
 
     settings: dict[str, object] = dict(
         data=str(data), out=str(out), arch="deeplabv3_thin", classes=list(CLASSES),

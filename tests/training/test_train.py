@@ -217,3 +217,22 @@ def test_train_cli_runs_and_reports_bad_input_in_one_line(tiny_voc: Path, tmp_pa
     assert "checkpoint not found" in capsys.readouterr().err
     assert main([*common, "--data", str(tiny_voc), "--out", str(tmp_path / "s"), "--scales", "0.5,1"]) == 2
     assert "--scales must start with 1" in capsys.readouterr().err
+
+
+def test_train_options_default_to_the_config_fields() -> None:
+    """The CLI writes no default of its own: bare options give TrainConfig's defaults, typed as its fields."""
+    from dataclasses import replace
+
+    from model_export.cli import build_parser
+    from model_export.train_cli import config_from_args
+    from model_export.train_config import TrainConfig
+
+    parse = build_parser("train").parse_args
+    assert config_from_args(parse(["train", "--data", "d", "--out", "o"])) == TrainConfig(data="d", out="o")
+    given = config_from_args(parse(["train", "--data", "d", "--out", "o", "--workers", "3", "--lr", "0.1",
+                                    "--iters", "7", "--stop-at", "5", "--no-mirror", "--train-bn", "stats",
+                                    "--scales", "1,0.5", "--classes", "synthetic", "--input-size", "64"]))
+    assert given == replace(TrainConfig(data="d", out="o"), workers=3, base_lr=0.1, max_iter=7, stop_at=5,
+                            mirror=False, train_bn=True, bn_affine=False, scales=[1.0, 0.5],
+                            classes=list(CLASSES), input_size=64)
+    assert isinstance(given.workers, int) and isinstance(given.base_lr, float) and isinstance(given.stop_at, int)

@@ -1,0 +1,45 @@
+"""The training settings as one dataclass. No torch here: `segment-export train --help` builds its options and
+their defaults from these fields (model_export.train_cli) without importing the training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core.contract import VOC_CLASSES
+
+
+@dataclass
+class TrainConfig:
+    """All training settings. `segment-export train` builds its options and their defaults from these fields."""
+
+    data: str
+    out: str
+    split: str = "train"
+    labels_dir: str = "SegmentationClass"
+    arch: str = "deeplabv2_resnet101"
+    classes: list[str] = field(default_factory=lambda: list(VOC_CLASSES))
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # a weights file, "imagenet", or None (random init)
+    max_iter: int = 20000
+    batch_size: int = 10
+    accumulate: int = 1
+    base_lr: float = 2.5e-4
+    weight_decay: float = 5e-4
+    crop_size: int = 321
+    input_size: int | None = None  # the long side to serve at (checkpoint/metadata); default: crop_size
+    min_scale: float = 0.5
+    max_scale: float = 1.5
+    mirror: bool = True
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    train_bn: bool = False
+    bn_affine: bool = True  # with train_bn: also train gamma/beta (False: statistics only, as DrSleep)
+    seed: int = 1234
+    save_every: int = 1000
+    log_every: int = 10
+    workers: int = 0
+    device: str = "auto"
+    resume: str | None = None
+    stop_at: int | None = None  # stop (and save) after this iteration without changing the schedule length
+    progress: bool = True
+
