@@ -17,10 +17,10 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from service.core.contract import INPUT_NAME, ModelMetadata
 
+from .catalog import DEFAULT_CALIBRATION_COUNT
 from .errors import ModelExportError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DEFAULT_CALIBRATION_COUNT = 32
 # Synthetic calibration scenes come from their own seed, so they can never overlap a held-out split that
 # `segment-export synth` writes with its default seed 0 (scene i depends only on (seed, i)).
 SYNTHETIC_CALIBRATION_SEED = 8_001

@@ -67,5 +67,10 @@ PUBLISHED: dict[str, str] = {name: source.file for name, source in WEIGHT_SOURCE
 BASE_URL_ENV = "SEGMENT_WEIGHTS_BASE_URL"
 CACHE_ENV = "SEGMENT_CACHE_DIR"
 
+# Export settings the torch-free CLI shows in `--help` and the exporters default to: written once, here.
+DEFAULT_OPSET = 17
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")  # fp32 first: the plain export, the others its variants
+DEFAULT_CALIBRATION_COUNT = 32  # int8 calibration images
+
 # DeepLab's multi-scale test (MSC): the scales whose upsampled logits are fused by max.
 DEEPLAB_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0)

@@ -20,13 +20,11 @@ from service.core.contract import (
     voc_colormap,
 )
 
-from .catalog import default_input_size
+from .catalog import DEFAULT_OPSET, default_input_size
 from .models import SegmentationModel
 from .wrapper import ExportWrapper, preprocessing_constants
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OPSET = 17
 
 
 def default_classes(num_classes: int) -> list[str]:

@@ -9,13 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import ARCH_NAMES
+from .catalog import ARCH_NAMES, DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, PRECISIONS
 from .cli import CliError
 
 if TYPE_CHECKING:
     from .models import SegmentationModel
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--msc", metavar="SCALES", help="bake multi-scale max fusion into the graph, e.g. 0.5,0.75,1 "
                                                    "(see `segment-export msc`)")
     p.add_argument("--msc-flip", action="store_true", help="with --msc: add a mirrored pass at every scale")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
     p.add_argument("--calibration-dir", type=Path, help="images for int8 calibration")
-    p.add_argument("--calibration-count", type=int, default=32)
+    p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
     p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=run)

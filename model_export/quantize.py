@@ -26,11 +26,11 @@ import onnx
 from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 
 from .calibration import CalibrationSet, ImageReader, calibration_set, is_synthetic_demo, synthetic_set
+from .catalog import DEFAULT_CALIBRATION_COUNT, PRECISIONS
 from .errors import ModelExportError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 KEEP_FLOAT_CHOICES = ("tail", "last_conv", "first_conv")
 # All three: on the demo model they take int8/fp32 label agreement on real photos from 99.39% to 99.54% (mIoU is
 # unchanged either way), and together they are < 1% of ResNet-50's MACs (no slowdown measurable): docs/PRECISION.md.
@@ -40,7 +40,7 @@ AGREEMENT_IMAGES = 16
 
 
 def make_variant(fp32_path: Path, out_path: Path, precision: str, calibration_dir: Path | None = None,
-                 calibration_count: int = 32, *, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
+                 calibration_count: int = DEFAULT_CALIBRATION_COUNT, *, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
                  threads: int = 0) -> Path:
     """Write the `precision` variant of the contract model at `fp32_path` to `out_path`; return `out_path`.
 

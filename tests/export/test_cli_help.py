@@ -61,6 +61,27 @@ def test_the_torch_free_catalog_names_what_the_models_build() -> None:
     assert weights.PUBLISHED is catalog.PUBLISHED and set(catalog.PUBLISHED) <= set(catalog.ARCH_NAMES)
 
 
+def test_export_options_default_to_what_the_exporters_default_to() -> None:
+    """One default per setting: the CLI's and the functions' come from the same constant."""
+    import inspect
+
+    from model_export.cli import build_parser
+    from model_export.evaluate import evaluate_model
+    from model_export.export import export_onnx
+    from model_export.quantize import make_variant
+    from model_export.triton import write_triton_repository
+
+    def default(func, name):
+        return inspect.signature(func).parameters[name].default
+
+    args = build_parser("export").parse_args(["export", "--random-init", "-o", "x.onnx"])
+    assert args.opset == default(export_onnx, "opset")
+    assert args.calibration_count == default(make_variant, "calibration_count")
+    assert args.precision == "fp32"
+    batch = build_parser("evaluate").parse_args(["evaluate", "--model", "m.onnx", "--data", "d"]).batch_size
+    assert batch == default(evaluate_model, "batch_size") == default(write_triton_repository, "max_batch_size")
+
+
 def test_without_the_export_extra_help_works_and_commands_say_what_to_install() -> None:
     assert run_cli("--help").returncode == 0
     for args in (["export", "--random-init", "--arch", "deeplabv3_thin", "-o", "x.onnx"],
