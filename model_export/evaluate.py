@@ -148,7 +148,7 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
     resolution without padding; `protocol` letterboxes to it or pads to it (model_export.protocol)."""
     from service.core.letterbox import LetterboxInfo, letterbox, unletterbox
 
-    from .train import pick_device
+    from .device import pick_device
 
     model, info = load_checkpoint_model(path)
     dev = pick_device(device)

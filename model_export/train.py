@@ -32,6 +32,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import Augment, TrainStream, VOCSegmentation
+from .device import pick_device
 from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel, build_model
@@ -41,14 +42,7 @@ from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pick_device", "train"]
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["train"]
 
 
 class ScalarLog:
