@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert-caffe": ("model_export.caffe.cli",
                       "convert the DeepLab-v2 ResNet-101 .caffemodel to ONNX (no Caffe needed)"),
     "msc": ("model_export.msc_cli", "bake multi-scale max-fusion inference into an exported ONNX file"),
-    "synth": ("model_export.synthetic", "write a synthetic segmentation dataset in the VOC layout"),
+    "synth": ("model_export.synth_cli", "write a synthetic segmentation dataset in the VOC layout"),
 }
 # Top-level modules that only the `export` extra installs.
 EXPORT_EXTRA_MODULES = frozenset({"torch", "torchvision", "onnx", "onnxconverter_common", "google", "onnxscript"})

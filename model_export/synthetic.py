@@ -5,13 +5,12 @@ minutes; backgrounds are low-saturation noise fields with clutter so that colour
 Objects are drawn back to front, so the mask respects occlusion. Everything is deterministic from a seed:
 scene `i` of a dataset depends only on `(seed, i)`, never on how many scenes came before it.
 
-`segment-export synth --out DIR --train 400 --val 100 --seed 0` writes
+`segment-export synth --out DIR --train 400 --val 100 --seed 0` (model_export.synth_cli) writes
 `DIR/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}`.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,23 +239,3 @@ def write_dataset(root: str | Path, *, train: int, val: int, seed: int = 0,
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
     return voc
 
-
-def _run(args: argparse.Namespace) -> int:
-    config = SceneConfig(min_side=args.min_side, max_side=args.max_side, ignore_border=args.ignore_border)
-    voc = write_dataset(args.out, train=args.train, val=args.val, seed=args.seed, config=config)
-    print(f"wrote {args.train} train + {args.val} val scenes to {voc} (classes: {', '.join(CLASSES)})")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `segment-export synth`."""
-    p = subparsers.add_parser("synth", help="write a synthetic segmentation dataset in the VOC layout",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="dataset root (VOCdevkit/VOC2012 is created under it)")
-    p.add_argument("--train", type=int, default=400, help="number of training scenes")
-    p.add_argument("--val", type=int, default=100, help="number of validation scenes")
-    p.add_argument("--seed", type=int, default=0, help="scene i depends only on (seed, i)")
-    p.add_argument("--min-side", type=int, default=SceneConfig.min_side)
-    p.add_argument("--max-side", type=int, default=SceneConfig.max_side)
-    p.add_argument("--ignore-border", type=int, default=0, help="VOC-style 255 band on object edges (px)")
-    p.set_defaults(func=_run)
