@@ -18,7 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from service.core.contract import INPUT_NAME, ModelMetadata
 
 from .catalog import DEFAULT_CALIBRATION_COUNT
-from .errors import ModelExportError
+from .errors import OPTION, ModelExportError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Synthetic calibration scenes come from their own seed, so they can never overlap a held-out split that
@@ -54,8 +54,7 @@ def is_synthetic_demo(meta: ModelMetadata) -> bool:
 def find_images(directory: Path, count: int) -> list[Path]:
     """The first `count` JPEG/PNG files of `directory` in name order (deterministic), or a CalibrationError."""
     if count <= 0:
-        raise CalibrationError(f"the calibration image count must be positive, got {count}",
-                               option="calibration_count")
+        raise CalibrationError(f"{OPTION} must be positive, got {count}", option="calibration_count")
     if not directory.is_dir():
         raise CalibrationError(f"calibration directory {directory} does not exist or is not a directory",
                                option="calibration_dir")
@@ -117,9 +116,9 @@ def calibration_set(meta: ModelMetadata, directory: Path | None, count: int) -> 
     if is_synthetic_demo(meta):
         return synthetic_set(count, meta)
     raise CalibrationError(
-        "int8 quantisation needs calibration images: a folder of JPEG/PNG photos like the ones the model will "
-        f"serve (at least {DEFAULT_CALIBRATION_COUNT} recommended). Only the synthetic demo model can be "
-        "calibrated without them.", option="calibration_dir")
+        f"int8 quantisation needs calibration images: pass {OPTION} DIR with JPEG/PNG photos like the ones the "
+        f"model will serve (at least {DEFAULT_CALIBRATION_COUNT} recommended). Only the synthetic demo model can "
+        "be calibrated without them.", option="calibration_dir")
 
 
 class ImageReader(CalibrationDataReader):

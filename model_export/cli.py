@@ -84,6 +84,18 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     return exc.name if name in EXPORT_EXTRA_MODULES else None
 
 
+def flag_of(option: str) -> str:
+    """The flag that sets a keyword parameter: every subcommand spells `calibration_dir` `--calibration-dir`."""
+    return "--" + option.replace("_", "-")
+
+
+def command_line_message(exc: CliError | ModelExportError) -> str:
+    """The line a user reads: a domain error that names its parameter names the flag instead."""
+    if isinstance(exc, ModelExportError) and exc.option:
+        return exc.naming_option_as(flag_of(exc.option))
+    return str(exc)
+
+
 def _chosen_command(argv: Sequence[str]) -> str | None:
     """The subcommand named on the command line (the first word that is not an option), if any."""
     return next((arg for arg in argv if not arg.startswith("-")), None)
@@ -127,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise MissingExtraError(args.command, missing) from exc
     except (CliError, ModelExportError) as exc:
-        message = exc.for_command_line() if isinstance(exc, ModelExportError) else str(exc)
-        print(f"segment-export {command or ''}: error: {message}".replace(" :", ":"), file=sys.stderr)
+        print(f"segment-export {command or ''}: error: {command_line_message(exc)}".replace(" :", ":"),
+              file=sys.stderr)
         return 2
 
 

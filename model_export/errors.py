@@ -1,20 +1,25 @@
 """The error type of `model_export`'s domain code: a failure the user can fix (a bad file, no network, a layout
 that does not fit, missing calibration images), with one readable message.
 
-Domain code never speaks of command-line flags: `option` names the parameter at fault, and the CLI
-(`model_export.cli`) shows it as its flag (`calibration_dir` -> `... (see --calibration-dir)`), one line, exit code 2.
+Domain code never speaks of command-line flags. `option` names the keyword parameter at fault; a message that
+mentions it writes `{option}` where its name goes. Python callers read the parameter's name
+(`calibration_count must be positive`); the CLI (`model_export.cli`) shows the flag that sets it
+(`--calibration-count must be positive`), as one line with exit code 2.
 """
 
 from __future__ import annotations
+
+OPTION = "{option}"  # where a message names the parameter at fault
 
 
 class ModelExportError(ValueError):
     """A user-fixable failure; `option` is the name of the parameter at fault, if one is."""
 
     def __init__(self, message: str, *, option: str | None = None) -> None:
-        super().__init__(message)
+        self.template = message
         self.option = option
+        super().__init__(self.naming_option_as(option) if option else message)
 
-    def for_command_line(self) -> str:
-        """The message as the CLI prints it: followed by the flag of `option`, if any."""
-        return f"{self} (see --{self.option.replace('_', '-')})" if self.option else str(self)
+    def naming_option_as(self, spelling: str) -> str:
+        """The message with the parameter at fault spelled `spelling` (its name, or a flag)."""
+        return self.template.replace(OPTION, spelling)

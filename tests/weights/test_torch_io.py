@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from model_export.catalog import ARCH_INPUT_SIZES, ARCH_NAMES, PUBLISHED, WEIGHT_SOURCES, default_input_size
-from model_export.errors import ModelExportError
+from model_export.cli import CliError, command_line_message
+from model_export.errors import OPTION, ModelExportError
 from model_export.models import ARCHITECTURES
 from model_export.torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 from service.core.contract import VOC_CLASSES
@@ -78,9 +79,12 @@ def test_weight_sources_are_complete_and_fit_their_architectures() -> None:
         default_input_size("no_such_arch")
 
 
-def test_domain_errors_name_their_option_only_on_the_command_line() -> None:
-    error = ModelExportError("the calibration image count must be positive, got 0", option="calibration_count")
-    assert "--" not in str(error)
-    assert error.for_command_line() == ("the calibration image count must be positive, got 0 "
-                                        "(see --calibration-count)")
-    assert ModelExportError("plain").for_command_line() == "plain"
+def test_domain_errors_name_their_parameter_and_the_command_line_its_flag() -> None:
+    error = ModelExportError(f"{OPTION} must be positive, got 0", option="calibration_count")
+    assert str(error) == "calibration_count must be positive, got 0" and error.option == "calibration_count"
+    assert command_line_message(error) == "--calibration-count must be positive, got 0"
+    # A message that does not name its parameter reads the same everywhere (no flag is added).
+    unnamed = ModelExportError("calibration directory d holds no JPEG or PNG images", option="calibration_dir")
+    assert command_line_message(unnamed) == str(unnamed) == "calibration directory d holds no JPEG or PNG images"
+    assert command_line_message(ModelExportError("plain")) == "plain"
+    assert command_line_message(CliError("--random-init needs --arch")) == "--random-init needs --arch"
