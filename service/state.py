@@ -60,7 +60,12 @@ class ServiceState:
         return True, "ok"
 
 
-def service_state(request: Request) -> ServiceState:
+# The dependencies are `async def` although none awaits: FastAPI runs a plain `def` dependency in a worker thread
+# (anyio), a hand-off to a thread and back per dependency. As plain functions, the four that /segment uses cost
+# 0.7 CPU-ms of the event loop's ~3 per request (py-spy) and ~50 µs of thread hand-off each (measured).
+
+
+async def service_state(request: Request) -> ServiceState:
     """Dependency: the app's shared state."""
     return request.app.state.service
 
@@ -69,21 +74,21 @@ def _not_ready() -> ApiError:
     return ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
 
 
-def loaded_engine(state: ServiceState = Depends(service_state)) -> Engine:
+async def loaded_engine(state: ServiceState = Depends(service_state)) -> Engine:
     """Dependency: the engine, or 503 `not_ready` while it loads."""
     if state.engine is None:
         raise _not_ready()
     return state.engine
 
 
-def running_batcher(state: ServiceState = Depends(service_state)) -> Batcher:
+async def running_batcher(state: ServiceState = Depends(service_state)) -> Batcher:
     """Dependency: the batcher, or 503 `not_ready` while the model loads."""
     if state.batcher is None:
         raise _not_ready()
     return state.batcher
 
 
-def active_codec(state: ServiceState = Depends(service_state)) -> Codec:
+async def active_codec(state: ServiceState = Depends(service_state)) -> Codec:
     """Dependency: where decode and encode run, or 503 `not_ready` while the model loads."""
     if state.codec is None:
         raise _not_ready()
