@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from ..batcher import Batcher
@@ -18,8 +19,9 @@ from ..errors import ApiError
 from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
+from .query_model import QueryModelRoute
 
-router = APIRouter()
+router = APIRouter(route_class=QueryModelRoute)
 
 # The `output` parameter's type, from the output-kind table.
 OutputName = Literal[OUTPUTS]  # type: ignore[valid-type]
@@ -72,35 +74,38 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
 }
 
 
-@router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
-async def segment(
-    request: Request,
+class SegmentQuery(BaseModel):
+    """The query parameters of `POST /segment` (validated in one call: service/routes/query_model.py)."""
+
     output: OutputName | None = Query(None, description=f"{_OUTPUT_HELP}. Default: from the Accept header, "
-                                                        "else labels"),
-    alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours"),
-    format: OverlayFormat = Query(_OVERLAY_FORMATS[0], description="overlay image format"),
-    tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels"),
+                                                        "else labels")
+    alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours")
+    format: OverlayFormat = Query(_OVERLAY_FORMATS[0], description="overlay image format")
+    tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels")
     min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
-                                                             "default 0.01% of the image"),
+                                                             "default 0.01% of the image")
     crf: bool = Query(False, description="refine the mask's boundaries with DeepLab-v2's dense CRF (about "
                                          "+0.3 s for a 640x480 photo on the demo model; needs the server's "
-                                         "crf extra, else 501)"),
-) -> Response:
+                                         "crf extra, else 501)")
+
+
+@router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
+async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> Response:
     # The state, engine, batcher, codec and admission are taken here rather than through `Depends`: FastAPI's
     # dependency solving cost ~0.25 CPU-ms per request for those five (in-process, the app alone).
     state: ServiceState = request.app.state.service
     with state.admission(request) as ticket:
         engine, batcher, codec = state.serving()
-        if crf and not crf_available():
+        if query.crf and not crf_available():
             raise ApiError(501, "crf_unavailable", "CRF refinement is not installed on this server "
                                                    "(pip install 'segment-service[crf]')")
         data = await _read_upload(request, state.settings)  # under the body deadline (service/connection.py)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit()
-        options = SegmentOptions(output or negotiate(request.headers.get("accept")),
-                                 RenderOptions(alpha=alpha, format=format, tolerance=tolerance, min_area=min_area),
-                                 crf=crf)
+        options = SegmentOptions(query.output or negotiate(request.headers.get("accept")),
+                                 RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
+                                               min_area=query.min_area), crf=query.crf)
         return await _segment(request, state, engine.name, batcher, codec, data, options)
 
 
