@@ -47,7 +47,15 @@ async def _read_upload(request: Request, settings: Settings) -> bytes:
             await form.close()
     # Any other type (image/*, application/octet-stream, curl --data-binary's form-urlencoded default) is the
     # image itself; decode_image sniffs the real format from the bytes.
-    return await request.body()
+    return await _read_body(request)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body. Not `Request.body()`: that joins the chunks even when there is one, as there is when the
+    body has arrived by the time it is read (uvicorn hands it over in one message), a copy of the whole upload
+    (35 µs for a 133 KB JPEG)."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _SEGMENT_BODY_DOC: dict[str, Any] = {
