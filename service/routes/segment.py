@@ -137,7 +137,7 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     state.cache.put(result_id, label_map, data)
     timing["encode"] = time.perf_counter() - t0
     for stage, seconds in timing.items():
-        metrics.stage_duration.labels(stage=stage).observe(seconds)
+        metrics.stage(stage).observe(seconds)
 
     headers = {"X-Result-ID": result_id, "X-Batch-Size": str(result.batch_size),
                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
