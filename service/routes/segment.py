@@ -113,7 +113,7 @@ class SegmentQuery(BaseModel):
 @router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
 async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> Response:
     # The state, engine, batcher, codec and admission are taken here rather than through `Depends`: FastAPI's
-    # dependency solving cost ~0.25 CPU-ms per request for those five (in-process, the app alone).
+    # dependency solving cost ~0.2 CPU-ms per request for those five (in-process, the app alone: 528 -> 316 µs).
     state: ServiceState = request.app.state.service
     with state.admission(request) as ticket:
         engine, batcher, codec = state.serving()
