@@ -41,7 +41,10 @@ def model_cpu_ms(engine: Any, tensor: Any, reps: int) -> float:
 
 
 def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
-    from starlette.responses import JSONResponse
+    try:  # the response class POST /segment answers JSON with, where the version has its own
+        from service.routes.segment import FreshJSONResponse as JSONResponse
+    except ImportError:
+        from starlette.responses import JSONResponse  # type: ignore[assignment]
 
     try:  # this tree: the core's pipeline
         from service.core.engine import load_engine
