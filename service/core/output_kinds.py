@@ -140,12 +140,13 @@ OUTPUT_KINDS: dict[str, OutputKind] = {kind.name: kind for kind in (
 )}
 OUTPUTS: tuple[str, ...] = tuple(OUTPUT_KINDS)
 DEFAULT_OUTPUT = "labels"  # when neither `output` nor the Accept header chooses
+# Accept media type -> the kind it chooses, built once: `negotiate` runs for every request without `output`.
+_KIND_BY_ACCEPT = {media: kind.name for kind in OUTPUT_KINDS.values() for media in kind.accept}
 
 
 def negotiate(accept: str | None) -> str:
     """The output kind an Accept header asks for: the highest quality listed type that a kind answers with
     (the earlier on a tie); `DEFAULT_OUTPUT` when none is."""
-    by_media = {media: kind.name for kind in OUTPUT_KINDS.values() for media in kind.accept}
     ranked: list[tuple[float, int, str]] = []
     for index, part in enumerate((accept or "").split(",")):
         media, *params = (p.strip() for p in part.split(";"))
@@ -156,8 +157,8 @@ def negotiate(accept: str | None) -> str:
                     q = float(param[2:])
                 except ValueError:
                     q = 0.0
-        if media.lower() in by_media and q > 0:
-            ranked.append((-q, index, by_media[media.lower()]))
+        if media.lower() in _KIND_BY_ACCEPT and q > 0:
+            ranked.append((-q, index, _KIND_BY_ACCEPT[media.lower()]))
     return min(ranked)[2] if ranked else DEFAULT_OUTPUT
 
 
