@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,71 +18,29 @@ import pytest
 from onnx import TensorProto
 from PIL import Image
 
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 SEGMENT_SERVE = Path(sys.executable).with_name("segment-serve")
 
 
-class ServeProcess:
-    """`segment-serve` as a child process on an ephemeral port, its log collected by a reader thread."""
-
-    def __init__(self, model: Path, **env: str) -> None:
-        environ = {**os.environ, "SEGMENT_MODEL_PATH": str(model), "SEGMENT_HOST": "127.0.0.1",
-                   "SEGMENT_PORT": "0", "SEGMENT_LOG_LEVEL": "info", **env}
-        self.proc = subprocess.Popen([str(SEGMENT_SERVE)], env=environ, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_listening(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log)
-            if match:
-                self.url = match.group(1)
-                return self.url
-            if self.proc.poll() is not None:
-                raise AssertionError(f"segment-serve exited with {self.proc.returncode}:\n{self.log}")
-            time.sleep(0.02)
-        raise AssertionError(f"segment-serve did not start:\n{self.log}")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url) as client:
-            while client.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, self.log
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+def serve_process(model: Path, **env: str) -> ServerProcess:
+    """The installed `segment-serve` entry point as a child process, logging at info (its startup lines)."""
+    return ServerProcess(model, command=[str(SEGMENT_SERVE)], log_level="info", **env)
 
 
 @pytest.fixture
-def processes() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
+def processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
     yield started
     for p in started:
-        p.stop()
+        p.terminate()
 
 
 def test_readme_flow_segment_serve_answers_readyz(processes, tiny_onnx_model: Path) -> None:
     """`SEGMENT_MODEL_PATH=... segment-serve`, then /readyz reports the model and provider."""
-    server = ServeProcess(tiny_onnx_model)
+    server = serve_process(tiny_onnx_model)
     processes.append(server)
-    server.wait_listening()
     server.wait_ready()
     ready = httpx.get(f"{server.url}/readyz").json()
     assert ready["provider"] == "CPUExecutionProvider" and ready["arch"] == "deeplabv3_thin"
@@ -96,7 +51,7 @@ def test_readme_flow_segment_serve_answers_readyz(processes, tiny_onnx_model: Pa
 def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: str, expect: str) -> None:
     model = (make_rule_model(tmp_path / "bare.onnx", metadata=False) if kind == "bare"
              else make_rule_model(tmp_path / "float.onnx", input_dtype=TensorProto.FLOAT))
-    server = ServeProcess(model)
+    server = serve_process(model)
     processes.append(server)
     assert server.proc.wait(60) == 3
     server._reader.join(5)
@@ -104,9 +59,8 @@ def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: s
 
 
 def test_sigterm_drains_in_flight_requests(processes, slow_model: Path) -> None:
-    server = ServeProcess(slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
+    server = serve_process(slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
     processes.append(server)
-    server.wait_listening()
     server.wait_ready()
     images = [scene(100 + 10 * i, 70) for i in range(6)]
 
