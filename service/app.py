@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
                                 concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
-                                padded_size=eng.padded_size)
+                                padded_size=eng.padded_size, take=eng.batch_take)
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)

@@ -9,6 +9,10 @@ Several batches in flight (Triton's instance group) keep a GPU busy while anothe
 in and its labels copied out: measured on an H100, two threads on one session raised batch-8 throughput
 32-39 %. Workers take turns to collect, so a forming batch is never split between two idle workers, and a
 batch waits for images still being decoded only while no other worker is free.
+
+With fixed-shape buckets a batch is padded up to its bucket, and padding is GPU time spent on nothing. So a cut
+batch may run a smaller full bucket now and leave the rest at the head of the queue for the next batch (Triton's
+preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,9 +58,10 @@ class Batcher:
     def __init__(self, run_images: Callable[[list[np.ndarray]], np.ndarray], *, max_batch_size: int,
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
                  retry_after_s: int = 1, concurrency: int = 1,
-                 padded_size: Callable[[int], int] | None = None) -> None:
+                 padded_size: Callable[[int], int] | None = None, take: Callable[[int], int] | None = None) -> None:
         self._run_images = run_images
         self._padded_size = padded_size or (lambda count: count)
+        self._take = take or (lambda count: count)
         self.concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -63,6 +69,7 @@ class Batcher:
         self.metrics = metrics
         self.retry_after_s = retry_after_s
         self._queue: asyncio.Queue[_Item] | None = None
+        self._held: deque[_Item] = deque()  # left by a split batch: the next batch starts with them
         self._workers: list[asyncio.Task[None]] = []
         self._collecting: asyncio.Lock | None = None
         # One thread per worker: at most `concurrency` batches run at once.
@@ -85,7 +92,7 @@ class Batcher:
         """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the workers."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
-        while self._queue is not None and (self._queue.qsize() or self.in_flight) and time.monotonic() < deadline:
+        while self._queue is not None and (self.depth or self.in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for worker in self._workers:
             worker.cancel()
@@ -93,8 +100,8 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         # Anything still queued after the timeout is answered rather than left hanging.
-        while self._queue is not None and not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._held or (self._queue is not None and not self._queue.empty()):
+            item = self._held.popleft() if self._held else self._queue.get_nowait()  # type: ignore[union-attr]
             if not item.future.done():
                 item.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
         self._executor.shutdown(wait=True)
@@ -102,7 +109,7 @@ class Batcher:
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return len(self._held) + (self._queue.qsize() if self._queue is not None else 0)
 
     @property
     def full(self) -> bool:
@@ -191,12 +198,24 @@ class Batcher:
             self.metrics.batches_in_flight.set(self.in_flight)
 
     async def _collect(self) -> list[_Item]:
-        """Block for the first item, then take more until the batch is full or max_wait has passed."""
+        """Block for the first item, then take more until the batch is full or max_wait has passed; then keep
+        back what the plan says should wait for the next batch."""
+        batch = await self._gather()
+        keep = self._take(len(batch))
+        if keep < len(batch):
+            self._held.extendleft(reversed(batch[keep:]))  # first in line for the next batch, in arrival order
+            del batch[keep:]
+        return batch
+
+    async def _gather(self) -> list[_Item]:
         assert self._queue is not None
-        first = await self._queue.get()
+        first = self._held.popleft() if self._held else await self._queue.get()
         batch = [first]
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch_size:
+            if self._held:
+                batch.append(self._held.popleft())
+                continue
             try:
                 batch.append(self._queue.get_nowait())
                 continue

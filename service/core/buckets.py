@@ -8,7 +8,7 @@ on that bucket's own session, which only ever sees one shape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -61,3 +61,31 @@ def fill_bucket(images: Sequence[np.ndarray], bucket: int, pad_rgb: Sequence[int
     if len(images) < bucket:
         batch[len(images):] = np.asarray(pad_rgb, dtype=np.uint8)
     return batch
+
+
+# Split only when it is clearly cheaper: a bucket's time comes from one warm-up run, so near-ties stay padded.
+SPLIT_MARGIN = 0.95
+
+
+def batch_plan(costs: Mapping[int, float]) -> dict[int, int]:
+    """For every count of waiting images (1 up to the largest bucket), how many to run now.
+
+    `costs` are seconds per batch of each bucket (measured at warm-up). A batch of n pads up to its bucket, or
+    takes the largest bucket below n and leaves the rest waiting (Triton's preferred batch sizes). The rest is
+    costed as if it then ran alone, padded or split again, so a split never loses even when no more images
+    arrive; under load the rest joins the next batch and the split gains more. With the H200's figures for
+    deeplabv3_resnet101 (buckets 1-16: 4.6, 7.2, 12.5, 22.1, 41.8 ms) 11 images run as 8 now (22.1 + 11.8 ms
+    for the last 3, against 41.8 ms padded to 16) while 15 pad to 16.
+    """
+    sizes = sorted(costs)
+    take: dict[int, int] = {}
+    best = {0: 0.0}  # the least time n images can take, padded or split
+    for n in range(1, sizes[-1] + 1):
+        padded = costs[bucket_for(n, sizes)]
+        below = [size for size in sizes if size < n]
+        split = costs[below[-1]] + best[n - below[-1]] if below else float("inf")
+        if split < SPLIT_MARGIN * padded:
+            take[n], best[n] = below[-1], split
+        else:
+            take[n], best[n] = n, padded
+    return take

@@ -133,6 +133,11 @@ class Engine:
         """How many rows a batch of `count` images really runs as (more than `count` only with buckets)."""
         return self.runner.padded_size(count) if self.runner is not None else count
 
+    def batch_take(self, count: int) -> int:
+        """How many of `count` waiting images a batch should run now: fewer than all only with buckets, when a
+        smaller full bucket now and the rest later costs less than padding all of them (`batch_plan`)."""
+        return self.runner.take(count) if self.runner is not None else count
+
     def run_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Labels [N, H, W] uint8 for N letterboxed uint8 RGB images of one size. Thread-safe (ORT's run is)."""
         first = images[0]

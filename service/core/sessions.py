@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .buckets import bucket_for, fill_bucket
+from .buckets import batch_plan, bucket_for, fill_bucket
 from .contract import INPUT_NAME, LABELS_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class BucketSession:
     session: ort.InferenceSession | None = None
     memory_bytes: int | None = None
     warmup_s: float | None = None
+    run_s: float | None = None  # one steady-state run (the last warm-up run): the batch plan's cost
     runs: int = 0
     shapes: set[tuple[int, ...]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -104,7 +105,8 @@ class BucketSession:
     def describe(self) -> dict[str, object]:
         """What `/readyz` reports for this bucket."""
         return {"batch_size": self.size, "memory_bytes": self.memory_bytes,
-                "warmup_ms": None if self.warmup_s is None else round(self.warmup_s * 1000, 1), "runs": self.runs}
+                "warmup_ms": None if self.warmup_s is None else round(self.warmup_s * 1000, 1),
+                "run_ms": None if self.run_s is None else round(self.run_s * 1000, 2), "runs": self.runs}
 
 
 class FixedShapeRunner:
@@ -127,6 +129,7 @@ class FixedShapeRunner:
         self._memory_mark: int | None = None
         self.real_rows = 0
         self.padded_rows = 0
+        self.plan: dict[int, int] = {}  # from `batch_plan`, once warm-up has timed every bucket
 
     def adopt(self, session: ort.InferenceSession, memory_before: int | None) -> None:
         """Use an already built session (the one the contract was checked on) for the smallest bucket;
@@ -143,14 +146,23 @@ class FixedShapeRunner:
             if bucket.session is None:
                 bucket.session = self._make_session()
             batch = np.broadcast_to(np.asarray(self.pad_rgb, np.uint8), (bucket.size, height, width, 3)).copy()
-            for _ in range(2):  # the first run plans and allocates; the second proves the steady state
-                bucket.run(batch)
+            bucket.run(batch)  # the first run plans and allocates
+            steady = time.perf_counter()
+            bucket.run(batch)  # the second proves, and times, the steady state
+            bucket.run_s = time.perf_counter() - steady
             bucket.warmup_s = time.perf_counter() - start
             now = memory_in_use(self.on_gpu)
             if mark is not None and now is not None:
                 bucket.memory_bytes = max(0, now - mark)
             mark = now
             log.info("bucket %d warmed in %.2fs (%s bytes)", bucket.size, bucket.warmup_s, bucket.memory_bytes)
+        self.plan = batch_plan({b.size: b.run_s for b in self.buckets if b.run_s is not None})
+        log.info("batch plan (images waiting: images run now) %s", self.plan)
+
+    def take(self, count: int) -> int:
+        """How many of `count` waiting images to run now (`batch_plan`); all of them until warm-up has timed
+        the buckets."""
+        return self.plan.get(count, count)
 
     def padded_size(self, count: int) -> int:
         """The rows a batch of `count` images runs as (summed over chunks of the largest bucket)."""
@@ -187,4 +199,5 @@ class FixedShapeRunner:
         """Buckets and padding waste, for `/readyz`."""
         total = self.real_rows + self.padded_rows
         return {"buckets": [b.describe() for b in self.buckets],
+                "batch_plan": {str(n): k for n, k in self.plan.items() if k != n},
                 "padding_fraction": round(self.padded_rows / total, 4) if total else 0.0}
