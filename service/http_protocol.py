@@ -196,11 +196,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     # -- refusals ---------------------------------------------------------------------------------------------
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's plain-text 400, answered in the service's JSON envelope instead."""
-        self._refusal = self._refusal or (400, "bad_request", "malformed HTTP request")
-        self._refuse()
-
     def _refuse(self) -> None:
         """Send the pending refusal once every request before it on this connection has its answer; until then
         read nothing more."""
