@@ -3,14 +3,16 @@
 Method: one real `segment-serve` per variant (one intra-op thread, the embedded model): `before` (another tree,
 e.g. a `git archive` of an older commit), `now` (this tree) and `plain` (this tree's app on uvicorn's own
 httptools protocol: no limits, the floor). Sequential requests on one keep-alive loopback connection; the CPU
-time (utime + stime, /proc/<pid>/task/<pid>/stat) of the server's main thread, which runs the event loop and
-the HTTP parsing, over N requests, per request. Rounds interleave the variants so that all see the same machine
+time of the server's main thread, which runs the event loop and the HTTP parsing, over N requests, per request:
+utime + stime from /proc/<pid>/task/<pid>/stat (clock ticks, attributed by sampling: noisy over short runs) and
+the scheduler's exact run time from .../schedstat. Rounds interleave the variants so that all see the same machine
 load. `GET /healthz` is the protocol layer nearly alone; `POST /segment?output=labels` carries a 133 KB
 1024x768 JPEG (the inference, decode and encode run in other threads).
 
-The attack: one client streams a 64 MiB header (1 MiB writes) at each server, while this process fetches
-`/healthz` on fresh connections; it reports what the attacker got, after how long and how many bytes, and the
-slowest `/healthz` meanwhile.
+The attack: for 5 s one client streams 64 MiB headers (1 MiB writes) at each server, a new one whenever the last
+is refused, while this process fetches `/healthz` on fresh connections; it reports what the attacker got, after
+how long and how many bytes (what the kernel's socket buffers took before the refusal), and `/healthz`'s p50 and
+slowest meanwhile (against its p50 before the attack; a fresh httpx client each time, so mostly client cost).
 
 Usage:
     git -C <repo> archive <old-commit> | tar -x -C /tmp/before
@@ -48,15 +50,19 @@ PLAIN = ("import sys, service.main as m\norig = m.build_config\n"
          "m.build_config = plain\nm.main(sys.argv[1:])\n")
 
 
-def loop_cpu_s(pid: int) -> float:
-    """utime + stime of a process's main thread (the event loop), in seconds."""
-    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+def loop_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread (the event loop): utime + stime from /proc/<pid>/task/<pid>/stat
+    (in clock ticks, sampled), and the scheduler's exact run time from .../schedstat."""
+    task = Path(f"/proc/{pid}/task/{pid}")
+    stat = (task / "stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int((task / "schedstat").read_text().split()[0]) / 1e9
 
 
-def per_request_ms(server: ServerProcess, client: httpx.Client, kind: str, n: int, jpeg: bytes) -> float:
-    """Event-loop CPU-ms per request over `n` sequential requests (each checked to be a 200)."""
+def per_request_ms(server: ServerProcess, client: httpx.Client, kind: str, n: int,
+                   jpeg: bytes) -> tuple[float, float]:
+    """Event-loop CPU-ms per request over `n` sequential requests (each checked to be a 200): from stat, and
+    from schedstat."""
     start = loop_cpu_s(server.pid)
     for _ in range(n):
         if kind == "healthz":
@@ -66,14 +72,17 @@ def per_request_ms(server: ServerProcess, client: httpx.Client, kind: str, n: in
                             headers={"Content-Type": "image/jpeg"})
         if r.status_code != 200:
             raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
-    return (loop_cpu_s(server.pid) - start) / n * 1000
+    end = loop_cpu_s(server.pid)
+    return (end[0] - start[0]) / n * 1000, (end[1] - start[1]) / n * 1000
 
 
-def giant_header(server: ServerProcess, size: int = 64 << 20, max_s: float = 60.0) -> dict[str, Any]:
-    """Stream a `size`-byte header at the server while probing /healthz; what happened to both."""
-    result: dict[str, Any] = {}
+def giant_header(server: ServerProcess, size: int = 64 << 20, duration_s: float = 5.0,
+                 max_s: float = 60.0) -> dict[str, Any]:
+    """For `duration_s` (at least one attempt), stream `size`-byte headers at the server, again whenever one is
+    refused or done, while this thread fetches /healthz on fresh connections; what happened to both."""
+    attempts: list[tuple[int, float, int]] = []  # (status, seconds, bytes sent) per attempt
 
-    def attack() -> None:
+    def one() -> None:
         sock = socket.create_connection(split_url(server.url), timeout=max_s)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent, t0, chunk = 0, time.perf_counter(), b"a" * (1 << 20)
@@ -84,23 +93,36 @@ def giant_header(server: ServerProcess, size: int = 64 << 20, max_s: float = 60.
         except OSError:
             pass  # answered and closed
         raw, _ = read_response(sock, max(1.0, max_s - (time.perf_counter() - t0)))
-        result.update(status=status_of(raw), seconds=time.perf_counter() - t0, mib_sent=sent / (1 << 20))
+        attempts.append((status_of(raw), time.perf_counter() - t0, sent))
         sock.close()
 
-    thread = threading.Thread(target=attack)
-    thread.start()
-    latencies = []
-    while thread.is_alive():
+    def attack() -> None:
+        t0 = time.perf_counter()
+        while not attempts or time.perf_counter() - t0 < duration_s:
+            one()
+
+    def healthz_ms() -> float:
         t0 = time.perf_counter()
         try:
             ok = httpx.get(f"{server.url}/healthz", timeout=max_s).status_code == 200
         except httpx.HTTPError:
             ok = False
-        latencies.append((time.perf_counter() - t0) * 1000 if ok else float("inf"))
         time.sleep(0.02)
+        return (time.perf_counter() - t0 - 0.02) * 1000 if ok else float("inf")
+
+    idle = statistics.median(healthz_ms() for _ in range(30))
+    thread = threading.Thread(target=attack)
+    thread.start()
+    latencies = []
+    while thread.is_alive():
+        latencies.append(healthz_ms())
     thread.join()
-    return {**result, "healthz_probes": len(latencies), "healthz_max_ms": max(latencies, default=0.0),
-            "healthz_p50_ms": statistics.median(latencies) if latencies else 0.0}
+    statuses = [a[0] for a in attempts]
+    return {"attempts": len(attempts), "statuses": {str(c): statuses.count(c) for c in sorted(set(statuses))},
+            "median_s_per_attempt": statistics.median(a[1] for a in attempts),
+            "median_mib_written": statistics.median(a[2] for a in attempts) / (1 << 20),
+            "healthz_idle_p50_ms": idle, "healthz_probes": len(latencies),
+            "healthz_p50_ms": statistics.median(latencies), "healthz_max_ms": max(latencies)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         variants["plain"] = ServerProcess(model, command=[sys.executable, "-c", PLAIN], **env)
     result: dict[str, Any] = {"load_before": machine_note(), "jpeg_bytes": len(jpeg),
                               "command": "python -m bench.protocol_bench " + " ".join(sys.argv[1:])}
-    cpu: dict[str, dict[str, list[float]]] = {v: {"healthz": [], "segment": []} for v in variants}
+    # per variant and request kind, per round: CPU-ms per request from stat and from schedstat
+    cpu: dict[str, dict[str, dict[str, list[float]]]] = {
+        v: {k: {"stat": [], "schedstat": []} for k in ("healthz", "segment")} for v in variants}
     try:
         for s in variants.values():
             s.wait_ready()
@@ -136,10 +160,16 @@ def main(argv: list[str] | None = None) -> None:
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             for v in order:
                 for kind, n in (("healthz", args.healthz), ("segment", args.segment)):
-                    cpu[v][kind].append(per_request_ms(variants[v], clients[v], kind, n, jpeg))
-                print(f"round {r} {v}: healthz {cpu[v]['healthz'][-1]:.3f} ms, "
-                      f"segment {cpu[v]['segment'][-1]:.3f} ms", flush=True)
+                    by_stat, by_sched = per_request_ms(variants[v], clients[v], kind, n, jpeg)
+                    cpu[v][kind]["stat"].append(by_stat)
+                    cpu[v][kind]["schedstat"].append(by_sched)
+                print(f"round {r} {v}: " + ", ".join(
+                    f"{k} {cpu[v][k]['stat'][-1]:.3f} ms (schedstat {cpu[v][k]['schedstat'][-1]:.3f})"
+                    for k in ("healthz", "segment")), flush=True)
         result["loop_cpu_ms_per_request"] = cpu
+        result["median"] = {v: {k: {src: statistics.median(xs) for src, xs in by.items()} for k, by in kinds.items()}
+                            for v, kinds in cpu.items()}
+        print("medians:", json.dumps(result["median"]), flush=True)
         result["giant_header"] = {}
         for v, s in variants.items():
             result["giant_header"][v] = row = giant_header(s)

@@ -111,7 +111,9 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         """Count `data` into the current head; refuse when the head passes the limit. Each byte is looked at
         once and at most `max_header_bytes` of a head are, so the cost stays linear in what arrives."""
         limit, seen, tail = self.max_header_bytes, self._head_bytes, self._tail
-        start = 0 if seen or self._inexact else _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
+        start = 0
+        if not seen and not self._inexact and data[:1] in (b"\r", b"\n"):
+            start = _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
         stop = start + limit - seen  # the head may end no later than here
         if tail:  # the blank line split across reads?
             joined = tail + data[:3]

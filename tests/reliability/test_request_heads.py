@@ -173,7 +173,8 @@ def test_an_oversized_head_pipelined_behind_a_request_is_refused_after_its_answe
     b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
     b"NOT AN HTTP REQUEST\r\n\r\n",
     b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-], ids=["header-without-colon", "garbage", "two-content-lengths"])
+    b"GET /healthz HTTP/1.1\nHost: x\n\n",
+], ids=["header-without-colon", "garbage", "two-content-lengths", "bare-LF-line-ends"])
 def test_malformed_heads_are_json_400(server: ServerProcess, data: bytes) -> None:
     before = rejected(server, "bad_request")
     sock = connect(server)
