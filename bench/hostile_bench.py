@@ -1,5 +1,5 @@
 """A tiny request's latency while hostile clients attack a real `segment-serve` process, against its idle latency;
-and the per-request cost of the HTTP protocol layer (h11, as served, against uvicorn's default httptools).
+and the per-request cost of the HTTP protocol layer (the hardened one, as served, against uvicorn's plain httptools).
 
 Usage: python -m bench.hostile_bench [--baseline-ref fbfdc88] [--probes 40]
 `--baseline-ref` runs the same attacks against that commit's service too (a `git archive` of it), for a
@@ -137,7 +137,7 @@ _PROTOCOL_SERVER = textwrap.dedent("""
 def protocol_cost(model: Path, requests: int) -> dict[str, Any]:
     """Mean per-request time on one keep-alive loopback connection: GET /healthz and a tiny POST /segment."""
     out: dict[str, Any] = {}
-    for proto in ("h11", "httptools"):
+    for proto in ("hardened", "httptools"):
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-c", _PROTOCOL_SERVER, str(model), str(port), proto], cwd=REPO)
         try:

@@ -34,3 +34,25 @@ def status_of(raw: bytes) -> int:
     """The status code of a raw HTTP/1.1 response (0 when there is none)."""
     parts = raw.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float) -> list[tuple[int, bytes, bytes]]:
+    """The next `count` responses on a keep-alive connection, each (status, head, body), framed by
+    Content-Length; fewer when the server closes or `timeout` passes first."""
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    with contextlib.suppress(OSError):
+        while len(out) < count:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                               if line.lower().startswith(b"content-length:")), 0)
+                if len(rest) >= length:
+                    out.append((status_of(head), head, rest[:length]))
+                    buf = rest[length:]
+                    continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return out

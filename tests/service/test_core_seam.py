@@ -19,7 +19,7 @@ from service.core.output_kinds import OUTPUT_KINDS, OUTPUTS, describe, negotiate
 from service.errors import DECODE_STATUS, ApiError
 
 REPO = Path(__file__).resolve().parents[2]
-HTTP_AND_TORCH = ("fastapi", "starlette", "uvicorn", "h11", "pydantic_settings", "torch")
+HTTP_AND_TORCH = ("fastapi", "starlette", "uvicorn", "h11", "httptools", "pydantic_settings", "torch")
 
 
 def _loaded_after(imports: str) -> list[str]:

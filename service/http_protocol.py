@@ -1,0 +1,222 @@
+"""uvicorn's httptools protocol with the connection-level limits a hostile client needs.
+
+httptools (llhttp) is fast but has no request-head size limit: a header value split over many reads is
+concatenated inside httptools on every read, so a 64 MiB header costs quadratic time on the event loop. Here the
+bytes of the current head are counted *before* httptools sees them, so an oversized head is never parsed.
+
+What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the service's JSON error envelope with
+`Connection: close` (after the answers to any requests before it on the connection, in order):
+- a head-size limit on the request line and headers, blank line included: 431 `headers_too_large`, or 414
+  `uri_too_long` when the request line alone is longer; 400 `bad_request` for any other malformed head
+  (uvicorn answers these in plain text);
+- a head deadline: a head must arrive within `header_timeout_s` of the connection opening or of the first byte
+  after a keep-alive pause, else 408 `header_timeout`; a connection that sends nothing is closed quietly;
+- a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
+  read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RejectHook = Callable[[str], None]
+_LEADING_CRLF = re.compile(rb"[\r\n]*")  # llhttp skips these before a request line: not part of a head
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
+
+
+def _noop(_code: str) -> None:
+    pass
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop httptools; the refusal is in `_refusal`."""
+
+
+class HardenedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head-size limit, a head deadline, JSON answers for bad heads and a
+    bounded linger."""
+
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    on_reject: RejectHook = staticmethod(_noop)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between requests or inside a head (not yet `on_headers_complete`)
+        self._head_bytes = 0  # bytes of the current head so far (a lower bound when `_inexact`)
+        self._tail = b""  # its last 3 bytes: a blank line may be split across reads
+        self._line_done = False  # the request line's LF was among them
+        self._inexact = False  # the head began inside a read after another request's end: offset unknown
+        self._completed_in_read = False  # a request ended inside the current read
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str, str] | None = None  # decided, waiting for earlier answers to go out
+
+    @classmethod
+    def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
+        """A subclass carrying these limits (uvicorn instantiates the protocol class itself)."""
+        attrs = {"header_timeout_s": settings.header_timeout_s, "max_header_bytes": int(settings.max_header_bytes),
+                 "on_reject": staticmethod(on_reject)}
+        return type("SegmentHttpProtocol", (cls,), attrs)
+
+    # -- bytes in ---------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # a connection that never sends a byte is closed too
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing() or self._refusal is not None:
+            return  # answered (or about to be) and closing: ignore what is still in flight
+        if self._in_head and self._head_too_large(data):
+            return
+        if not self._lingering():
+            self._unset_keepalive_if_required()
+        # else: discard the rest of an answered request's body without cancelling the keep-alive timer, so a
+        # client trickling bytes cannot keep the connection open after its answer.
+        self._completed_in_read = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:  # `_Refused` from a callback arrives wrapped in one too
+            if self._refusal is None:
+                self.logger.warning("Invalid HTTP request received.")
+                self._refusal = (400, "bad_request", "malformed HTTP request")
+            self._refuse()
+            return
+        if self._in_head and self._completed_in_read and self._inexact:
+            # The next head began inside this read and is incomplete: count what httptools passed on of it (its
+            # request line is done once a header is); the following reads are counted as bytes again.
+            self._head_bytes, self._tail, self._line_done = self._head_lower_bound(), data[-3:], bool(self.headers)
+        if self._in_head and (self._inexact or not self._completed_in_read):
+            self._arm_head_timer()  # part of a head is here (or blank lines): from now on it has `header_timeout_s`
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Count `data` into the current head; refuse when the head passes the limit. Each byte is looked at
+        once and at most `max_header_bytes` of a head are, so the cost stays linear in what arrives."""
+        limit, seen, tail = self.max_header_bytes, self._head_bytes, self._tail
+        start = 0
+        if not seen and not self._inexact and data[:1] in (b"\r", b"\n"):
+            start = _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
+        stop = start + limit - seen  # the head may end no later than here
+        if tail:  # the blank line split across reads?
+            joined = tail + data[:3]
+            i = joined.find(b"\r\n\r\n")
+            if 0 <= i < len(tail) and i + 4 - len(tail) <= stop:
+                return False
+        if data.find(b"\r\n\r\n", start, stop) >= 0:
+            return False  # the head ends within the limit: httptools parses it
+        line_done = self._line_done or data.find(b"\n", start, stop) >= 0
+        if seen + len(data) - start > limit:
+            if line_done:
+                self._refusal = (431, "headers_too_large", f"request head larger than {limit} bytes")
+            else:
+                self._refusal = (414, "uri_too_long", f"request line longer than {limit} bytes")
+            self._refuse()
+            return True
+        if start < len(data):
+            self._head_bytes = seen + len(data) - start
+            self._tail = (tail + data[-3:])[-3:]
+            self._line_done = line_done
+        return False
+
+    def _head_lower_bound(self) -> int:
+        """The fewest bytes the parts of the current head httptools has passed on can have been sent in."""
+        return len(self.url) + sum(len(name) + len(value) + 3 for name, value in self.headers)
+
+    def _lingering(self) -> bool:
+        return self.cycle is not None and self.cycle.response_complete and not self._in_head
+
+    # -- parser callbacks -------------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._completed_in_read:
+            self._inexact = True
+
+    def on_headers_complete(self) -> None:
+        if self._inexact:  # its start was not counted as bytes: check what was parsed
+            method = self.parser.get_method()
+            size = len(method) + 12 + self._head_lower_bound() + 2  # "M url HTTP/1.1\r\n" ... "\r\n"
+            if size > self.max_header_bytes:
+                limit = self.max_header_bytes
+                self._refusal = ((414, "uri_too_long", f"request line longer than {limit} bytes")
+                                 if len(method) + len(self.url) + 12 > limit else
+                                 (431, "headers_too_large", f"request head larger than {limit} bytes"))
+                raise _Refused  # httptools stops parsing this read
+        self._in_head, self._head_bytes, self._tail, self._line_done, self._inexact = False, 0, b"", False, False
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._completed_in_read = True, True
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None:
+            self._refuse()  # the answers before it are out (or the next pipelined one started: it waits)
+
+    # -- head deadline ----------------------------------------------------------------------------------------
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head or self._refusal is not None:
+            return
+        if self._head_bytes or self._inexact:  # part of a head arrived, then nothing: tell the client why
+            self._refusal = (408, "header_timeout", f"request head not received within {self.header_timeout_s:g} s")
+            self._refuse()
+        else:  # an idle connection: close quietly, as the keep-alive timeout does
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    # -- refusals ---------------------------------------------------------------------------------------------
+    def _refuse(self) -> None:
+        """Send the pending refusal once every request before it on this connection has its answer; until then
+        read nothing more."""
+        if self._in_head and self.cycle is not None and not self.cycle.response_complete:
+            self.flow.pause_reading()  # a later request's head: the one in flight is answered first
+            return
+        assert self._refusal is not None
+        self._reject(*self._refusal)
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """Answer an error outside any request cycle (no app involved) and close the connection."""
+        self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
+        request_id = uuid.uuid4().hex
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+        head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n")
+        log.info("refused a connection's request: %s %s", status, code)
+        self.on_reject(code)
+        self.transport.write(head.encode("ascii") + body)
+        self.transport.close()

@@ -1,0 +1,211 @@
+"""Request heads at and around the head-size limit, pipelined and keep-alive requests, and malformed heads,
+against a real `segment-serve` process over raw sockets. The limit covers the request line and the headers,
+including the blank line that ends them; how the bytes are split into writes must not matter."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.rawhttp import http_request, read_response, read_responses, split_url, status_of
+from testkit.server import ServerProcess
+from tests.service.svc_helpers import png_bytes, scene
+
+LIMIT = 16 * 1024
+HEAD_S = 1.0
+ENV = {"SEGMENT_MAX_HEADER_BYTES": str(LIMIT), "SEGMENT_HEADER_TIMEOUT_S": str(HEAD_S),
+       "SEGMENT_INTRA_OP_THREADS": "1"}
+TINY = png_bytes(scene(32, 24))
+
+
+@pytest.fixture(scope="module")
+def server(rel_rule_model: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(rel_rule_model, **ENV) as proc:
+        yield proc.wait_ready()
+
+
+def connect(server: ServerProcess) -> socket.socket:
+    sock = socket.create_connection(split_url(server.url), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each write its own segment, so its own read
+    return sock
+
+
+def head_of(size: int, path: str = "/healthz") -> bytes:
+    """A GET head of exactly `size` bytes, blank line included, padded with one header."""
+    start, end = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Pad: ".encode(), b"\r\n\r\n"
+    pad = size - len(start) - len(end)
+    assert pad >= 0
+    return start + b"a" * pad + end
+
+
+def request_line_of(size: int, pad: int = 0) -> bytes:
+    """A GET head whose request line, CRLF included, is exactly `size` bytes, then `pad` bytes of headers."""
+    start, end = b"GET /", b" HTTP/1.1\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end + b"Host: x\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+
+
+def send_in_pieces(sock: socket.socket, data: bytes, cuts: list[int], pause_s: float = 0.02) -> None:
+    """Send `data` cut at the offsets `cuts`, pausing between pieces so that each arrives in its own read;
+    stop quietly when the server has answered and closed."""
+    bounds = [0, *cuts, len(data)]
+    try:
+        for a, b in itertools.pairwise(bounds):
+            sock.sendall(data[a:b])
+            time.sleep(pause_s)
+    except OSError:
+        pass
+
+
+def error_of(raw: bytes) -> dict:
+    return json.loads(raw.partition(b"\r\n\r\n")[2])["error"]
+
+
+def assert_refused(raw: bytes, status: int, code: str) -> None:
+    """A JSON refusal with `Connection: close`, and the server closed the connection."""
+    assert status_of(raw) == status, raw[:300]
+    assert error_of(raw)["code"] == code
+    assert b"connection: close" in raw.partition(b"\r\n\r\n")[0].lower()
+
+
+def rejected(server: ServerProcess, reason: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(server.metrics()) for s in f.samples
+               if s.name == "segment_rejected_total" and s.labels.get("reason") == reason)
+
+
+SPLITS = {
+    "one write": lambda n: [],
+    "blank line split across writes": lambda n: [n - 2],
+    "1000-byte writes": lambda n: list(range(1000, n, 1000)),
+    "a byte, then the rest": lambda n: [1],
+}
+
+
+@pytest.mark.parametrize("split", SPLITS, ids=list(SPLITS))
+def test_a_head_at_the_limit_is_served_and_one_byte_more_refused(server: ServerProcess, split: str) -> None:
+    for size, expected in ((LIMIT, 200), (LIMIT + 1, 431)):
+        sock = connect(server)
+        data = head_of(size)
+        send_in_pieces(sock, data, SPLITS[split](len(data)))
+        got = read_responses(sock, 1, 5)
+        sock.close()
+        assert [status for status, _, _ in got] == [expected], (size, got[:1])
+        if expected == 431:
+            _, head, body = got[0]
+            assert_refused(head + b"\r\n\r\n" + body, 431, "headers_too_large")
+
+
+def test_an_oversized_head_trickled_in_small_writes_is_refused_at_the_limit(server: ServerProcess) -> None:
+    """Headers trickled 100 bytes at a time, never ending: refused once the limit is passed, not at the end."""
+    before = rejected(server, "headers_too_large")
+    sock = connect(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    sent, refused_after = 0, None
+    try:
+        while sent < 4 * LIMIT:
+            sock.sendall(b"X-Many: " + b"a" * 90 + b"\r\n")
+            sent += 100
+            time.sleep(0.001)
+    except OSError:
+        refused_after = sent
+    raw, _ = read_response(sock, 5)
+    sock.close()
+    assert_refused(raw, 431, "headers_too_large")
+    assert refused_after is None or refused_after < 3 * LIMIT, refused_after
+    assert rejected(server, "headers_too_large") == before + 1
+
+
+@pytest.mark.parametrize("split", ["one write", "1000-byte writes"])
+def test_a_request_line_over_the_limit_is_414(server: ServerProcess, split: str) -> None:
+    """A request line (CRLF included) longer than the limit is 414; one that fits, in a head that does not, 431."""
+    for size, status, code in ((LIMIT + 1, 414, "uri_too_long"), (LIMIT - 10, 431, "headers_too_large")):
+        data = request_line_of(size, pad=100)
+        sock = connect(server)
+        send_in_pieces(sock, data, SPLITS[split](len(data)))
+        raw, _ = read_response(sock, 5)
+        sock.close()
+        assert_refused(raw, status, code)
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None:
+    """Requests one after another on a connection, then five pipelined in one write (a POST with its body among
+    them), then one more after a pause: every answer, in order."""
+    sock = connect(server)
+    for _ in range(3):
+        sock.sendall(http_request("GET /healthz HTTP/1.1\nHost: x"))
+        assert [s for s, _, _ in read_responses(sock, 1, 5)] == [200]
+    post = http_request(f"POST /segment?output=stats HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                        f"Content-Length: {len(TINY)}", TINY)
+    gets = [http_request(f"GET {path} HTTP/1.1\nHost: x") for path in ("/healthz", "/nope", "/readyz")]
+    sock.sendall(gets[0] + post + b"".join(gets[1:]) + http_request("GET /healthz HTTP/1.1\nHost: x"))
+    got = read_responses(sock, 5, 10)
+    assert [s for s, _, _ in got] == [200, 200, 404, 200, 200], [g[:2] for g in got]
+    assert json.loads(got[1][2])["width"] == 32
+    time.sleep(0.2)
+    sock.sendall(http_request("GET /healthz HTTP/1.1\nHost: x"))
+    assert [s for s, _, _ in read_responses(sock, 1, 5)] == [200]
+    sock.close()
+
+
+@pytest.mark.parametrize("first", ["get", "post"])
+def test_an_oversized_head_pipelined_behind_a_request_is_refused_after_its_answer(server: ServerProcess,
+                                                                                  first: str) -> None:
+    """The request before it is answered first; then 431 and the connection closes."""
+    before = (http_request("GET /healthz HTTP/1.1\nHost: x") if first == "get" else
+              http_request(f"POST /segment?output=stats HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                           f"Content-Length: {len(TINY)}", TINY))
+    sock = connect(server)
+    sock.sendall(before + head_of(LIMIT + 500))
+    got = read_responses(sock, 3, 10)
+    sock.close()
+    assert [s for s, _, _ in got] == [200, 431], [g[:2] for g in got]
+    assert error_of(got[1][1] + b"\r\n\r\n" + got[1][2])["code"] == "headers_too_large"
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
+    b"NOT AN HTTP REQUEST\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    b"GET /healthz HTTP/1.1\nHost: x\n\n",
+], ids=["header-without-colon", "garbage", "two-content-lengths", "bare-LF-line-ends"])
+def test_malformed_heads_are_json_400(server: ServerProcess, data: bytes) -> None:
+    before = rejected(server, "bad_request")
+    sock = connect(server)
+    sock.sendall(data)
+    raw, _ = read_response(sock, 5)
+    sock.close()
+    assert_refused(raw, 400, "bad_request")
+    assert rejected(server, "bad_request") == before + 1
+
+
+def test_a_malformed_head_after_a_request_is_refused_after_its_answer(server: ServerProcess) -> None:
+    sock = connect(server)
+    sock.sendall(http_request("GET /healthz HTTP/1.1\nHost: x") + b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n")
+    got = read_responses(sock, 3, 5)
+    sock.close()
+    assert [s for s, _, _ in got] == [200, 400], [g[:2] for g in got]
+
+
+def test_a_head_cut_off_behind_a_pipelined_request_times_out_after_its_answer(server: ServerProcess) -> None:
+    before = rejected(server, "header_timeout")
+    sock = connect(server)
+    t0 = time.perf_counter()
+    sock.sendall(http_request("GET /healthz HTTP/1.1\nHost: x") + b"GET /healthz HTTP/1.1\r\nHo")
+    got = read_responses(sock, 3, HEAD_S + 5)
+    took = time.perf_counter() - t0
+    sock.close()
+    assert [s for s, _, _ in got] == [200, 408] and took < HEAD_S + 4, ([g[:2] for g in got], took)
+    assert rejected(server, "header_timeout") == before + 1
+
+
+def test_ordinary_clients_are_unaffected(server: ServerProcess) -> None:
+    r = httpx.post(f"{server.url}/segment", content=TINY, params={"output": "stats"},
+                   headers={"X-Normal": "a" * 8000, "Content-Type": "image/png"}, timeout=10)
+    assert r.status_code == 200 and r.json()["width"] == 32
