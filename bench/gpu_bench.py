@@ -79,7 +79,8 @@ async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict
 
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
                    seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None,
-                   gil_from: int | None = None, keep_answer: Path | None = None) -> dict[str, Any]:
+                   gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False
+                   ) -> dict[str, Any]:
     """Start the service with `env`, optionally time the first batch of every bucket, then each load point
     (with py-spy's GIL sampling from concurrency `gil_from` on). An `output` key in `env` picks the output kind
     the clients ask for (labels by default); `keep_answer` saves one real answer (the null server's reply)."""
@@ -102,7 +103,8 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
             out["first_batches"] = asyncio.run(_first_batches(server.url, bodies[0], first_batches))
         for concurrency in concurrencies:
             gil = gil_from is not None and concurrency >= gil_from
-            point = load_point(pool, server, bodies, concurrency, seconds, processes, output, gil=gil)
+            point = load_point(pool, server, bodies, concurrency, seconds, processes, output, gil=gil,
+                               per_connection=per_connection)
             out["points"].append(point)
             groups = ", ".join(f"{g} {t['cores']:.2f}" for g, t in point["threads"].items() if t["cores"] >= 0.05)
             health = point["healthz"]
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip", default="", help="comma list of stages to skip: raw,raw_fp32,two_threads,bound,"
                     "eager,service,null,multi,off,fp32,before, and gil (py-spy sampling in the service stage)")
     ap.add_argument("--diag-concurrency", default="32,64", help="the null-server and multi-process load points")
+    ap.add_argument("--client-pool", choices=["per-connection", "shared"], default="per-connection",
+                    help="load generator: one httpx client per connection, or one shared pool per process (what "
+                    "runs before this option used; the null stage measures both)")
     ap.add_argument("--multi-processes", default="2,3", help="service processes per GPU in the multi stage")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, or output=KIND), repeatable")
@@ -191,12 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     width, height = (int(v) for v in args.upload.split("x"))
     bodies = [encode(synthetic_photo(width, height, seed)) for seed in range(8)]
     concurrencies = ints(args.concurrency)
+    per_connection = args.client_pool == "per-connection"
     base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning"}
     buckets = sorted({*[2**i for i in range(8) if 2**i < args.max_batch], args.max_batch})
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
-            pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first, **kw)
+            pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
+            per_connection=per_connection, **kw)
         answer = args.workdir / "answer.png"
         answer.unlink(missing_ok=True)
         stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                                            else label_like_png(width, height), diag, args.seconds, args.clients,
                                            args.workdir))
         stage("multi", lambda: multi_process(pool, fp32, bodies, ints(args.multi_processes), diag, args.seconds,
-                                             args.clients, base))
+                                             args.clients, base, per_connection))
         stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
         stage("fp32", lambda: run({"SEGMENT_PRECISION": "fp32"}, [32]))
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",

@@ -10,6 +10,7 @@ The per-thread CPU split, /healthz latency and GIL sampling ride along every loa
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +32,8 @@ def label_like_png(width: int, height: int) -> bytes:
 
 def null_ceiling(pool: ProcessPoolExecutor, bodies: list[bytes], answer: bytes, concurrencies: list[int],
                  seconds: float, processes: int, workdir: Path) -> dict[str, Any]:
-    """Closed-loop clients against `bench.null_server`: req/s, the clients' CPU and the null server's own."""
+    """Closed-loop clients against `bench.null_server`, with each way of holding connections: req/s, the
+    clients' CPU and the null server's own."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "null_answer.png"
     path.write_bytes(answer)
@@ -39,17 +41,20 @@ def null_ceiling(pool: ProcessPoolExecutor, bodies: list[bytes], answer: bytes, 
     with ServerProcess(None, command=[sys.executable, "-m", "bench.null_server"], log_level=None,
                        NULL_BODY=str(path)) as server:
         server.wait_ready(timeout=60)
-        for concurrency in concurrencies:
-            point = load_point(pool, server, bodies, concurrency, seconds, processes, service=False)
+        for per_connection, concurrency in itertools.product((False, True), concurrencies):
+            point = load_point(pool, server, bodies, concurrency, seconds, processes, service=False,
+                               per_connection=per_connection)
             out["points"].append(point)
-            print(f"  null c={concurrency}: {point['throughput']:.1f} req/s, p50 {point['p50']:.1f} ms; clients "
+            print(f"  null {point['client_pool']} c={concurrency}: {point['throughput']:.1f} req/s, p50 "
+                  f"{point['p50']:.1f} ms; clients "
                   f"{point['client_cores']:.2f} cores ({point['client_processes']} processes, busiest "
                   f"{point['client_core_max']:.2f}), null server {point['server_cores']:.2f} cores", flush=True)
     return out
 
 
 def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], counts: list[int],
-                  concurrencies: list[int], seconds: float, processes: int, env: dict[str, str]) -> dict[str, Any]:
+                  concurrencies: list[int], seconds: float, processes: int, env: dict[str, str],
+                  per_connection: bool = False) -> dict[str, Any]:
     """For each K in `counts`: K service processes (same model, same settings) at each concurrency."""
     out: dict[str, Any] = {"env": env}
     for count in counts:
@@ -61,7 +66,8 @@ def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], c
             result: dict[str, Any] = {"ready_s": time.perf_counter() - start, "points": [],
                                       "healthz_idle": idle_healthz(servers[0].url)}
             for concurrency in concurrencies:
-                point = load_point(pool, servers, bodies, concurrency, seconds, processes)
+                point = load_point(pool, servers, bodies, concurrency, seconds, processes,
+                                   per_connection=per_connection)
                 result["points"].append(point)
                 split = ", ".join(f"{p['throughput']:.0f}" for p in point["servers"])
                 print(f"  K={count} c={concurrency}: {point['throughput']:.1f} img/s ({split}), p50 "

@@ -28,6 +28,8 @@ from testkit.load import closed_loop
 from testkit.rawhttp import split_url
 from testkit.server import ServerProcess
 
+POOLS = {False: "shared", True: "per-connection"}  # how each load-generator process holds its connections
+
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """CPU seconds (user + system) of a process, or of one of its threads (the event loop is the main thread,
@@ -128,16 +130,16 @@ class HealthProbe:
                 "errors": self.errors}
 
 
-def _drive(args: tuple[list[tuple[int, str, int]], list[bytes], float, str]
+def _drive(args: tuple[list[tuple[int, str, int]], list[bytes], float, str, bool]
            ) -> tuple[list[tuple[int, int, float, int]], float, float]:
     """One load-generator process: `share` connections to each (server, url, share), in one event loop.
     Returns (server, status, latency, batch) per request, the wall time and this process's CPU seconds."""
-    targets, bodies, seconds, output = args
+    targets, bodies, seconds, output, per_connection = args
     cpu0 = time.process_time()
 
     async def run() -> list[tuple[Any, float]]:
-        return await asyncio.gather(*(closed_loop(url, bodies, share, seconds, 10**9, {"output": output})
-                                      for _, url, share in targets))
+        return await asyncio.gather(*(closed_loop(url, bodies, share, seconds, 10**9, {"output": output},
+                                                  per_connection=per_connection) for _, url, share in targets))
 
     parts = asyncio.run(run())
     samples = [(k, s.status, s.latency_s, s.batch_size) for (k, _, _), (part, _) in zip(targets, parts, strict=True)
@@ -161,10 +163,11 @@ def connection_plan(concurrency: int, processes: int, servers: Sequence[str]) ->
 
 def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[ServerProcess], bodies: list[bytes],
                concurrency: int, seconds: float, processes: int, output: str = "labels", *,
-               service: bool = True, gil: bool = False) -> dict[str, Any]:
+               service: bool = True, gil: bool = False, per_connection: bool = False) -> dict[str, Any]:
     """A closed loop of `concurrency` clients spread over load-generator processes (one Python client process
     tops out near the GPU's rate) and over `servers`. `service`: the servers are the service (stage means from
-    /metrics, /healthz probed); `gil`: sample the first server's GIL with py-spy meanwhile."""
+    /metrics, /healthz probed); `gil`: sample the first server's GIL with py-spy meanwhile; `per_connection`:
+    one httpx client per connection instead of one pool per load-generator process."""
     servers = [servers] if isinstance(servers, ServerProcess) else list(servers)
     before = [s.metrics() for s in servers] if service else []
     probe = HealthProbe(servers[0].url, "/healthz" if service else "/")
@@ -173,7 +176,7 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
     sampler = GilSampler(servers[0].pid, seconds - 0.5) if gil else None
     plan = connection_plan(concurrency, processes, [s.url for s in servers])
     with probe:
-        results = list(pool.map(_drive, [(targets, bodies, seconds, output) for targets in plan]))
+        results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
     cpu1 = [cpu_seconds(s.pid) for s in servers]
     threads1 = [thread_times(s.pid) for s in servers]
     after = [s.metrics() for s in servers] if service else []
@@ -192,7 +195,8 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
                            "threads": thread_split(server.pid, threads0[k], threads1[k], names, wall),
                            "stages_ms": stage_means_ms(before[k], after[k]) if service else {}})
     client_cpu = [cpu for _, _, cpu in results]
-    summary.update(concurrency=concurrency, errors=len([s for s in samples if s[1] != 200]),
+    summary.update(concurrency=concurrency, client_pool=POOLS[per_connection],
+                   errors=len([s for s in samples if s[1] != 200]),
                    statuses=sorted({s[1] for s in samples if s[1] != 200}),
                    mean_batch=float(np.mean([s[3] for s in samples])) if samples else 0.0,
                    stages_ms=per_server[0]["stages_ms"], server_cores=sum(p["cores"] for p in per_server),
