@@ -28,7 +28,7 @@ import httpx
 import onnxruntime as ort
 
 from bench.gpu_diagnose import label_like_png, multi_process, null_ceiling
-from bench.gpu_load import gpu_memory_of, idle_healthz, load_point, start_service
+from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service
 from bench.gpu_raw import (
     bound_variants,
     eager,
@@ -83,10 +83,12 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
                    ) -> dict[str, Any]:
     """Start the service with `env`, optionally time the first batch of every bucket, then each load point
     (with py-spy's GIL sampling from concurrency `gil_from` on). An `output` key in `env` picks the output kind
-    the clients ask for (labels by default); `keep_answer` saves one real answer (the null server's reply)."""
+    the clients ask for (labels by default), a `client_pool` key how they hold connections; `keep_answer`
+    saves one real answer (the null server's reply)."""
     env = dict(env)
     output = env.pop("output", "labels")
-    out: dict[str, Any] = {"env": env, "output": output, "points": []}
+    per_connection = env.pop("client_pool", POOLS[per_connection]) == POOLS[True]
+    out: dict[str, Any] = {"env": env, "output": output, "client_pool": POOLS[per_connection], "points": []}
     start = time.perf_counter()
     with start_service(model, **env) as server:
         server.wait_ready(timeout=600)
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                     "runs before this option used; the null stage measures both)")
     ap.add_argument("--multi-processes", default="2,3", help="service processes per GPU in the multi stage")
     ap.add_argument("--variant", action="append", default=[],
-                    help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, or output=KIND), repeatable")
+                    help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, output=KIND, or "
+                         "client_pool=shared|per-connection), repeatable")
     ap.add_argument("--variant-concurrency", default="32,64")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu_bench"))
     ap.add_argument("--json", type=Path, default=Path("gpu_bench.json"))

@@ -124,6 +124,8 @@ def render(r: dict[str, Any]) -> str:
                                                                              and v == args.get("max_batch")))
             if config.get("output", "labels") != "labels":
                 settings = ", ".join(filter(None, [settings, f"output={config['output']}"]))
+            if config.get("client_pool") == "shared":
+                settings = ", ".join(filter(None, [settings, "client_pool=shared"]))
             lines += _service_rows(f"{key.removeprefix('variant_')}: {settings or 'defaults'}", config)
     service = r.get("service") or {}
     if service.get("first_batches"):
