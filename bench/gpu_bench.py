@@ -7,6 +7,24 @@ bucket, and GPU memory. All figures come from one run on one device.
     python -m bench.gpu_bench --render results.json  # rewrites that section from a saved run
 
 Results are saved as JSON after every stage (`--json`), so a run cut short still reports what it measured.
+
+Diagnostics (stages `null`, `multi`, and `gil`; each skippable with `--skip`), and how to read them when the
+service stays well below raw onnxruntime:
+
+- `null`: the same load-generator processes, bodies and concurrencies against a null server (reads each body,
+  answers a fixed PNG of a real answer's size), with both ways of holding connections. If its req/s is near
+  the service's img/s, or a client process's CPU ("busiest") is near 1 core, the load generator is the limit,
+  not the service. httpx's shared pool is far dearer per request than one client per connection, hence
+  `--client-pool per-connection` (the default; `client_pool=shared` in a variant reruns the older way).
+- Per load point: the server's CPU per thread group (`loop` = the event loop on the main thread, the `codec`
+  and `inference` pools, `native` = threads Python did not start, mostly onnxruntime's), and `GET /healthz`
+  timed every 50 ms on its own connection. The interpreter is saturated when the loop or the pools' Python
+  share nears one core in all, /healthz p99 rises to many ms over its idle value, and py-spy's GIL share
+  (`gil`, from concurrency 32 in the service stage; optional, needs ptrace) nears 100 %. If the GIL is held
+  well below that and /healthz stays near idle, one process's interpreter is not the limit.
+- `multi`: K service processes on the GPU, the connections spread evenly. If K processes serve clearly more
+  than one (the service stage at the same concurrency), one process's GIL/event loop was the limit and
+  serving several processes per GPU pays; if not, the limit is the GPU, the batching, or the load generator.
 """
 
 from __future__ import annotations
