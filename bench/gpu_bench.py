@@ -7,6 +7,24 @@ bucket, and GPU memory. All figures come from one run on one device.
     python -m bench.gpu_bench --render results.json  # rewrites that section from a saved run
 
 Results are saved as JSON after every stage (`--json`), so a run cut short still reports what it measured.
+
+Diagnostics (stages `null`, `multi`, and `gil`; each skippable with `--skip`), and how to read them when the
+service stays well below raw onnxruntime:
+
+- `null`: the same load-generator processes, bodies and concurrencies against a null server (reads each body,
+  answers a fixed PNG of a real answer's size), with both ways of holding connections. If its req/s is near
+  the service's img/s, or a client process's CPU ("busiest") is near 1 core, the load generator is the limit,
+  not the service. httpx's shared pool is far dearer per request than one client per connection, hence
+  `--client-pool per-connection` (the default; `client_pool=shared` in a variant reruns the older way).
+- Per load point: the server's CPU per thread group (`loop` = the event loop on the main thread, the `codec`
+  and `inference` pools, `native` = threads Python did not start, mostly onnxruntime's), and `GET /healthz`
+  timed every 50 ms on its own connection. The interpreter is saturated when the loop or the pools' Python
+  share nears one core in all, /healthz p99 rises to many ms over its idle value, and py-spy's GIL share
+  (`gil`, from concurrency 32 in the service stage; optional, needs ptrace) nears 100 %. If the GIL is held
+  well below that and /healthz stays near idle, one process's interpreter is not the limit.
+- `multi`: K service processes on the GPU, the connections spread evenly. If K processes serve clearly more
+  than one (the service stage at the same concurrency), one process's GIL/event loop was the limit and
+  serving several processes per GPU pays; if not, the limit is the GPU, the batching, or the load generator.
 """
 
 from __future__ import annotations
@@ -25,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import onnxruntime as ort
 
+from bench.gpu_diagnose import label_like_png, multi_process, null_ceiling
+from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service
 from bench.gpu_raw import (
     bound_variants,
     eager,
@@ -38,12 +57,9 @@ from bench.gpu_raw import (
     two_threads,
 )
 from bench.gpu_report import render
-from bench.harness import latency_summary, stage_means_ms
 from bench.markdown import write_section
 from service.core.sessions import CPU, CUDA
 from testkit.images import encode
-from testkit.load import closed_loop
-from testkit.server import ServerProcess
 
 
 def device_info() -> dict[str, Any]:
@@ -65,57 +81,6 @@ def device_info() -> dict[str, Any]:
     return info
 
 
-def gpu_memory_of(pid: int) -> int | None:
-    """MiB of GPU memory a process holds (nvidia-smi), or None."""
-    try:
-        query = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                               capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in query.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid):
-            return int(parts[1])
-    return None
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU seconds (user + system) of a process, or of one of its threads (the event loop is the main thread,
-    whose tid is the pid)."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _client(args: tuple[str, list[bytes], int, float, str]) -> tuple[list[tuple[int, float, int]], float]:
-    url, bodies, concurrency, seconds, output = args
-    samples, wall = asyncio.run(closed_loop(url, bodies, concurrency, seconds, 10**9, {"output": output}))
-    return [(s.status, s.latency_s, s.batch_size) for s in samples], wall
-
-
-def load_point(pool: ProcessPoolExecutor, server: ServerProcess, bodies: list[bytes], concurrency: int,
-               seconds: float, processes: int, output: str = "labels") -> dict[str, Any]:
-    """A closed loop of `concurrency` clients spread over load-generator processes (one Python client
-    process tops out near the GPU's rate)."""
-    procs = max(1, min(processes, concurrency))
-    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
-    before = server.metrics()
-    cpu0, loop0 = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
-    results = list(pool.map(_client, [(server.url, bodies, share, seconds, output) for share in shares]))
-    cpu1, loop1 = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
-    after = server.metrics()
-    samples = [s for part, _ in results for s in part]
-    wall = max(w for _, w in results)
-    bad = sorted({status for status, _, _ in samples if status != 200})
-    summary = latency_summary([lat for status, lat, _ in samples if status == 200], wall)
-    summary.update(concurrency=concurrency, errors=len([s for s in samples if s[0] != 200]), statuses=bad,
-                   mean_batch=float(np.mean([b for _, _, b in samples])) if samples else 0.0,
-                   stages_ms=stage_means_ms(before, after), server_cores=(cpu1 - cpu0) / wall,
-                   loop_cores=(loop1 - loop0) / wall,
-                   server_cpu_ms_per_request=(cpu1 - cpu0) * 1000 / max(1, len(samples)))
-    return summary
-
-
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -131,27 +96,46 @@ async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict
 
 
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
-                   seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None
+                   seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None,
+                   gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False
                    ) -> dict[str, Any]:
-    """Start the service with `env`, optionally time the first batch of every bucket, then each load point.
-    An `output` key in `env` picks the output kind the clients ask for (labels by default)."""
+    """Start the service with `env`, optionally time the first batch of every bucket, then each load point
+    (with py-spy's GIL sampling from concurrency `gil_from` on). An `output` key in `env` picks the output kind
+    the clients ask for (labels by default), a `client_pool` key how they hold connections; `keep_answer`
+    saves one real answer (the null server's reply)."""
     env = dict(env)
     output = env.pop("output", "labels")
-    out: dict[str, Any] = {"env": env, "output": output, "points": []}
+    per_connection = env.pop("client_pool", POOLS[per_connection]) == POOLS[True]
+    out: dict[str, Any] = {"env": env, "output": output, "client_pool": POOLS[per_connection], "points": []}
     start = time.perf_counter()
-    with ServerProcess(model, **env) as server:
+    with start_service(model, **env) as server:
         server.wait_ready(timeout=600)
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
+        if keep_answer:
+            answer = httpx.post(f"{server.url}/segment", content=bodies[0], params={"output": output},
+                                headers={"Content-Type": "image/jpeg"}, timeout=120)
+            if answer.status_code == 200:
+                keep_answer.write_bytes(answer.content)
+                out["answer_bytes"] = len(answer.content)
+        out["healthz_idle"] = idle_healthz(server.url)
         if first_batches:
             out["first_batches"] = asyncio.run(_first_batches(server.url, bodies[0], first_batches))
         for concurrency in concurrencies:
-            point = load_point(pool, server, bodies, concurrency, seconds, processes, output)
+            gil = gil_from is not None and concurrency >= gil_from
+            point = load_point(pool, server, bodies, concurrency, seconds, processes, output, gil=gil,
+                               per_connection=per_connection)
             out["points"].append(point)
+            groups = ", ".join(f"{g} {t['cores']:.2f}" for g, t in point["threads"].items() if t["cores"] >= 0.05)
+            health = point["healthz"]
             print(f"  c={concurrency}: {point['throughput']:.1f} img/s, p50 {point['p50']:.1f} ms, "
-                  f"p99 {point['p99']:.1f} ms; server {point['server_cores']:.1f} cores "
-                  f"(loop {point['loop_cores']:.2f}), {point['server_cpu_ms_per_request']:.1f} CPU-ms/request, "
-                  f"batch {point['mean_batch']:.1f}, stages {point['stages_ms']}", flush=True)
+                  f"p99 {point['p99']:.1f} ms; server {point['server_cores']:.1f} cores ({groups}), "
+                  f"{point['server_cpu_ms_per_request']:.1f} CPU-ms/request, batch {point['mean_batch']:.1f}, "
+                  f"stages {point['stages_ms']}; clients {point['client_cores']:.1f} cores (busiest process "
+                  f"{point['client_core_max']:.2f}); /healthz p50 {health['p50']:.1f} p99 {health['p99']:.1f} "
+                  f"max {health['max']:.1f} ms", flush=True)
+            if "gil" in point:
+                print(f"  GIL: {point['gil']}", flush=True)
         out["gpu_memory_mib"] = gpu_memory_of(server.pid)
     return out
 
@@ -168,9 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="per load point")
     ap.add_argument("--raw-seconds", type=float, default=1.5, help="per raw/eager measurement")
     ap.add_argument("--clients", type=int, default=4, help="load-generator processes")
-    ap.add_argument("--skip", default="", help="comma list of stages to skip: raw,bound,eager,off,fp32,before")
+    ap.add_argument("--skip", default="", help="comma list of stages to skip: raw,raw_fp32,two_threads,bound,"
+                    "eager,service,null,multi,off,fp32,before, and gil (py-spy sampling in the service stage)")
+    ap.add_argument("--diag-concurrency", default="32,64", help="the null-server and multi-process load points")
+    ap.add_argument("--client-pool", choices=["per-connection", "shared"], default="per-connection",
+                    help="load generator: one httpx client per connection, or one shared pool per process (what "
+                    "runs before this option used; the null stage measures both)")
+    ap.add_argument("--multi-processes", default="2,3", help="service processes per GPU in the multi stage")
     ap.add_argument("--variant", action="append", default=[],
-                    help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, or output=KIND), repeatable")
+                    help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, output=KIND, or "
+                         "client_pool=shared|per-connection), repeatable")
     ap.add_argument("--variant-concurrency", default="32,64")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu_bench"))
     ap.add_argument("--json", type=Path, default=Path("gpu_bench.json"))
@@ -226,13 +217,24 @@ def main(argv: list[str] | None = None) -> None:
     width, height = (int(v) for v in args.upload.split("x"))
     bodies = [encode(synthetic_photo(width, height, seed)) for seed in range(8)]
     concurrencies = ints(args.concurrency)
+    per_connection = args.client_pool == "per-connection"
     base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning"}
     buckets = sorted({*[2**i for i in range(8) if 2**i < args.max_batch], args.max_batch})
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
-        run = lambda env, conc, first=None: service_config(  # noqa: E731
-            pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first)
-        stage("service", lambda: run({}, concurrencies, buckets))
+        run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
+            pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
+            per_connection=per_connection, **kw)
+        answer = args.workdir / "answer.png"
+        answer.unlink(missing_ok=True)
+        stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
+                                     keep_answer=answer))
+        diag = ints(args.diag_concurrency)
+        stage("null", lambda: null_ceiling(pool, bodies, answer.read_bytes() if answer.exists()
+                                           else label_like_png(width, height), diag, args.seconds, args.clients,
+                                           args.workdir))
+        stage("multi", lambda: multi_process(pool, fp32, bodies, ints(args.multi_processes), diag, args.seconds,
+                                             args.clients, base, per_connection))
         stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
         stage("fp32", lambda: run({"SEGMENT_PRECISION": "fp32"}, [32]))
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.gpu_report_diag import diagnostics
+
 
 def _num(value: Any, digits: int = 0) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
@@ -122,6 +124,8 @@ def render(r: dict[str, Any]) -> str:
                                                                              and v == args.get("max_batch")))
             if config.get("output", "labels") != "labels":
                 settings = ", ".join(filter(None, [settings, f"output={config['output']}"]))
+            if config.get("client_pool") == "shared":
+                settings = ", ".join(filter(None, [settings, "client_pool=shared"]))
             lines += _service_rows(f"{key.removeprefix('variant_')}: {settings or 'defaults'}", config)
     service = r.get("service") or {}
     if service.get("first_batches"):
@@ -132,6 +136,7 @@ def render(r: dict[str, Any]) -> str:
     if memory or service.get("gpu_memory_mib"):
         lines += ["", f"GPU memory: service process {service.get('gpu_memory_mib')} MiB in all; per bucket when "
                   f"built and warmed: {', '.join(memory) or 'not reported'}."]
+    lines += diagnostics(r)
     if r.get("errors"):
         lines += ["", "Stages that failed: " + ", ".join(sorted(r["errors"])) + " (tracebacks in the JSON)."]
     return "\n".join(lines)

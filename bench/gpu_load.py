@@ -1,0 +1,240 @@
+"""Load points for the GPU benchmark: closed-loop clients spread over load-generator processes (and over one or
+more servers), with what each side spent: the server's CPU split per thread group, the clients' CPU, the
+latency of /healthz probed beside the load, and optionally the GIL (py-spy)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.gil_probe import GilSampler
+from bench.harness import latency_summary, stage_means_ms
+from testkit.load import closed_loop
+from testkit.rawhttp import split_url
+from testkit.server import ServerProcess
+
+POOLS = {False: "shared", True: "per-connection"}  # how each load-generator process holds its connections
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads (the event loop is the main thread,
+    whose tid is the pid)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_times(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (comm, CPU seconds) for every thread of a process now."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def python_threads(server: ServerProcess) -> dict[int, str]:
+    """tid -> Python thread name, from the map `bench.thread_map` keeps (empty without one)."""
+    path = server.env.get("BENCH_THREAD_MAP")
+    try:
+        return {int(k): v for k, v in json.loads(Path(path).read_text()).items()} if path else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def thread_group(pid: int, tid: int, name: str | None, comm: str = "", main_comm: str = "") -> str:
+    """The group a thread's CPU is counted in: `loop` (the main thread, where uvicorn's event loop runs), a
+    Python pool by its name less the numbers (`codec`, `inference`, `asyncio`, ...), `native` for unnamed native
+    threads (onnxruntime's intra-op pool, mostly), `native:<name>` for native threads that name themselves."""
+    if tid == pid:
+        return "loop"
+    if name:
+        return re.sub(r"[_-]?\d+", "", name).strip() or name
+    if not comm or comm == main_comm:
+        return "native"
+    return "native:" + re.sub(r"\d+", "", comm)
+
+
+def thread_split(pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                 names: dict[int, str], wall: float) -> dict[str, dict[str, float]]:
+    """{group: {cores, threads}} between two `thread_times` snapshots."""
+    main_comm = after.get(pid, ("", 0.0))[0]
+    cores: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for tid, (comm, cpu) in after.items():
+        group = thread_group(pid, tid, names.get(tid), comm, main_comm)
+        cores[group] += (cpu - before.get(tid, (comm, 0.0))[1]) / wall
+        count[group] += 1
+    return {g: {"cores": c, "threads": count[g]} for g, c in cores.most_common()}
+
+
+class HealthProbe:
+    """GET `path` every `interval` s on one kept-alive connection of its own, in a thread of this process:
+    the time a trivial request waits for the server's event loop (and its GIL) while the load runs."""
+
+    def __init__(self, url: str, path: str = "/healthz", interval: float = 0.05) -> None:
+        self.host, self.port = split_url(url)
+        self.path, self.interval = path, interval
+        self.latencies_ms: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", self.path)
+                conn.getresponse().read()
+                self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()  # reconnects on the next request
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
+        conn.close()
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ms or [np.nan])
+        p50, p99 = np.percentile(lat, [50, 99])
+        return {"n": len(self.latencies_ms), "p50": float(p50), "p99": float(p99), "max": float(lat.max()),
+                "errors": self.errors}
+
+
+def _drive(args: tuple[list[tuple[int, str, int]], list[bytes], float, str, bool]
+           ) -> tuple[list[tuple[int, int, float, int]], float, float]:
+    """One load-generator process: `share` connections to each (server, url, share), in one event loop.
+    Returns (server, status, latency, batch) per request, the wall time and this process's CPU seconds."""
+    targets, bodies, seconds, output, per_connection = args
+    cpu0 = time.process_time()
+
+    async def run() -> list[tuple[Any, float]]:
+        return await asyncio.gather(*(closed_loop(url, bodies, share, seconds, 10**9, {"output": output},
+                                                  per_connection=per_connection) for _, url, share in targets))
+
+    parts = asyncio.run(run())
+    samples = [(k, s.status, s.latency_s, s.batch_size) for (k, _, _), (part, _) in zip(targets, parts, strict=True)
+               for s in part]
+    return samples, max(wall for _, wall in parts), time.process_time() - cpu0
+
+
+def connection_plan(concurrency: int, processes: int, servers: Sequence[str]) -> list[list[tuple[int, str, int]]]:
+    """Connections spread evenly over the load-generator processes, and each process's over the servers."""
+    procs = max(1, min(processes, concurrency))
+    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    plan, slot = [], 0
+    for share in shares:
+        per_server: Counter[int] = Counter()
+        for _ in range(share):
+            per_server[slot % len(servers)] += 1
+            slot += 1
+        plan.append([(k, servers[k], n) for k, n in sorted(per_server.items())])
+    return plan
+
+
+def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[ServerProcess], bodies: list[bytes],
+               concurrency: int, seconds: float, processes: int, output: str = "labels", *,
+               service: bool = True, gil: bool = False, per_connection: bool = False) -> dict[str, Any]:
+    """A closed loop of `concurrency` clients spread over load-generator processes (one Python client process
+    tops out near the GPU's rate) and over `servers`. `service`: the servers are the service (stage means from
+    /metrics, /healthz probed); `gil`: sample the first server's GIL with py-spy meanwhile; `per_connection`:
+    one httpx client per connection instead of one pool per load-generator process."""
+    servers = [servers] if isinstance(servers, ServerProcess) else list(servers)
+    before = [s.metrics() for s in servers] if service else []
+    probe = HealthProbe(servers[0].url, "/healthz" if service else "/")
+    threads0 = [thread_times(s.pid) for s in servers]
+    cpu0 = [cpu_seconds(s.pid) for s in servers]
+    sampler = GilSampler(servers[0].pid, seconds - 0.5) if gil else None
+    plan = connection_plan(concurrency, processes, [s.url for s in servers])
+    with probe:
+        results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
+    cpu1 = [cpu_seconds(s.pid) for s in servers]
+    threads1 = [thread_times(s.pid) for s in servers]
+    after = [s.metrics() for s in servers] if service else []
+    samples = [s for part, _, _ in results for s in part]
+    wall = max(w for _, w, _ in results)
+    ok = [lat for _, status, lat, _ in samples if status == 200]
+    summary: dict[str, Any] = latency_summary(ok, wall)
+    per_server = []
+    for k, server in enumerate(servers):
+        names = python_threads(server)
+        mine = [s for s in samples if s[0] == k]
+        per_server.append({"throughput": len([s for s in mine if s[1] == 200]) / wall,
+                           "cores": (cpu1[k] - cpu0[k]) / wall,
+                           "loop_cores": (threads1[k].get(server.pid, ("", 0.0))[1]
+                                          - threads0[k].get(server.pid, ("", 0.0))[1]) / wall,
+                           "threads": thread_split(server.pid, threads0[k], threads1[k], names, wall),
+                           "stages_ms": stage_means_ms(before[k], after[k]) if service else {}})
+    client_cpu = [cpu for _, _, cpu in results]
+    summary.update(concurrency=concurrency, client_pool=POOLS[per_connection],
+                   errors=len([s for s in samples if s[1] != 200]),
+                   statuses=sorted({s[1] for s in samples if s[1] != 200}),
+                   mean_batch=float(np.mean([s[3] for s in samples])) if samples else 0.0,
+                   stages_ms=per_server[0]["stages_ms"], server_cores=sum(p["cores"] for p in per_server),
+                   loop_cores=max(p["loop_cores"] for p in per_server), threads=per_server[0]["threads"],
+                   server_cpu_ms_per_request=sum(cpu1[k] - cpu0[k] for k in range(len(servers))) * 1000
+                   / max(1, len(samples)),
+                   client_processes=len(plan), client_cores=sum(client_cpu) / wall,
+                   client_core_max=max(client_cpu) / wall, healthz=probe.summary())
+    if len(servers) > 1:
+        summary["servers"] = per_server
+    if sampler is not None:
+        summary["gil"] = sampler.result(lambda tid, name, pid=servers[0].pid: thread_group(pid, tid, name))
+    return summary
+
+
+def idle_healthz(url: str, seconds: float = 1.0) -> dict[str, float]:
+    """/healthz latency with no load: the baseline the loaded figures compare to."""
+    with HealthProbe(url) as probe:
+        time.sleep(seconds)
+    return probe.summary()
+
+
+def start_service(model: Path, **env: str) -> ServerProcess:
+    """`segment-serve` under `bench.thread_map`, so the CPU split can name its Python threads."""
+    handle, path = tempfile.mkstemp(prefix="threads_", suffix=".json")
+    os.close(handle)
+    return ServerProcess(model, command=[sys.executable, "-m", "bench.thread_map"], BENCH_THREAD_MAP=path, **env)
+
+
+def gpu_memory_of(pid: int) -> int | None:
+    """MiB of GPU memory a process holds (nvidia-smi), or None."""
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in query.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid):
+            return int(parts[1])
+    return None
