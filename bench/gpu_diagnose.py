@@ -11,6 +11,7 @@ The per-thread CPU split, /healthz latency and GIL sampling ride along every loa
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -59,7 +60,11 @@ def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], c
     out: dict[str, Any] = {"env": env}
     for count in counts:
         start = time.perf_counter()
-        servers = [start_service(model, **env) for _ in range(count)]  # all load and warm up at once
+        # Each process's thread pools default to every CPU: K of them would oversubscribe the host, so each
+        # gets its share (unless the run's settings name the counts).
+        share = str(max(1, (os.cpu_count() or 1) // count))
+        env_k = {"SEGMENT_INTRA_OP_THREADS": share, "SEGMENT_WORKER_THREADS": share, **env}
+        servers = [start_service(model, **env_k) for _ in range(count)]  # all load and warm up at once
         try:
             for server in servers:
                 server.wait_ready(timeout=600)
