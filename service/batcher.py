@@ -204,6 +204,8 @@ class Batcher:
         keep = self._take(len(batch))
         if keep < len(batch):
             self._held.extendleft(reversed(batch[keep:]))  # first in line for the next batch, in arrival order
+            if self.metrics is not None:
+                self.metrics.held_images.inc(len(batch) - keep)
             del batch[keep:]
         return batch
 

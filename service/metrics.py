@@ -37,6 +37,9 @@ class Metrics:
         self.padding_images = Counter("segment_batch_padding_images",
                                       "Padding rows run to fill fixed-shape batch buckets (compute spent on no "
                                       "image); divide by segment_batch_size_sum for the waste", registry=r)
+        self.held_images = Counter("segment_batch_held_images",
+                                   "Images a batch left for the next one, because a smaller full bucket now and "
+                                   "the rest later costs less than padding them all", registry=r)
         self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now", registry=r)
         self.bucket_memory = Gauge("segment_bucket_memory_bytes",
                                    "Memory taken by each fixed-shape bucket's session when built and warmed "

@@ -120,6 +120,8 @@ def test_a_live_server_runs_only_batches_its_plan_keeps_whole(serve) -> None:
     assert runner.padded_rows == 0 and runner.real_rows == 21
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert metric_samples(text, "segment_batch_padding_images_total")[()] == 0
+    # Bursts of 7, 3, 6 and 5 gather (max wait 300 ms) into batches the plan splits: images were held back.
+    assert metric_samples(text, "segment_batch_held_images_total")[()] > 0
 
 
 @pytest.mark.parametrize("count", [1, 4, 8])
