@@ -99,7 +99,8 @@ def test_wheel_carries_the_model_license_and_web_files(installed: Installed) -> 
         names = set(wheel.namelist())
         meta = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "service/models/default.onnx" in names
-    assert {"service/static/index.html", "service/static/app.js", "service/static/style.css"} <= names
+    scripts = {f"service/static/{name}" for name in ("app.js", "api.js", "downloads.js", "page_state.js", "view.js")}
+    assert {"service/static/index.html", "service/static/style.css", *scripts} <= names  # the page's ES modules
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in meta
     assert "Provides-Extra: client" in meta

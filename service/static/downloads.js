@@ -1,0 +1,90 @@
+// The download list, built from the service's table of output kinds (`GET /outputs`), and the downloads.
+import { $, state } from "./page_state.js";
+import { api, POLYGON_QUERY, segment, showError } from "./api.js";
+
+// Short notes beside a download link; kinds without one get none (the table's description is the tooltip).
+const DOWNLOAD_NOTES = { labels: "class ids" };
+
+// The output kinds, read once (one read shared by every caller); read again only if it failed, e.g. before the
+// API key was entered.
+export async function loadOutputs() {
+  state.outputsRead ||= api("/outputs").then((r) => r.json()).then(
+    (body) => { state.outputs = body.outputs; },
+    (err) => {
+      state.outputsRead = null;
+      if (err.status !== 401) showError(err);  // a missing key is already reported by loadClasses
+    });
+  await state.outputsRead;
+  renderDownloads();
+}
+
+// What a download of `kind` is written as: JSON kinds as answered (their default encoding), image kinds as the
+// PNG that `GET /results/{id}/{name}.png` renders again. An image kind without a PNG encoding is not offered.
+export function downloadEncoding(kind) {
+  return kind.json ? kind.encodings[0] : kind.encodings.find((e) => e.media_type === "image/png");
+}
+
+export function renderDownloads() {
+  const list = $("downloads");
+  list.dataset.state = state.outputs ? "ready" : "unavailable";
+  if (!state.outputs) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "download list unavailable";
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren(...state.outputs.filter(downloadEncoding).map((kind) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = "#";
+    a.dataset.output = kind.name;
+    a.textContent = `${kind.name}${downloadEncoding(kind).suffix}`;
+    a.title = kind.description;
+    a.classList.toggle("disabled", !state.stats);
+    li.append(a);
+    if (DOWNLOAD_NOTES[kind.name]) {
+      const note = document.createElement("span");
+      note.className = "muted";
+      note.textContent = DOWNLOAD_NOTES[kind.name];
+      li.append(" ", note);
+    }
+    return li;
+  }));
+}
+
+export function enableDownloads(on) {
+  document.querySelectorAll("#downloads a").forEach((a) => a.classList.toggle("disabled", !on));
+}
+
+// The JSON answer of an output kind for the current upload: stats and polygons as the page already holds them,
+// any other JSON kind asked for now.
+async function jsonAnswer(name) {
+  if (name === "stats") return state.stats;
+  if (name === "polygons") return state.polygons || (state.polygons = await segment("polygons", POLYGON_QUERY));
+  return segment(name);
+}
+
+export async function download(event) {
+  const a = event.target.closest("a[data-output]");
+  if (!a) return;
+  event.preventDefault();
+  const kind = (state.outputs || []).find((k) => k.name === a.dataset.output);
+  if (!state.stats || !kind) return;
+  const encoding = downloadEncoding(kind);
+  const base = (state.file.name || "image").replace(/\.[^.]+$/, "");
+  try {
+    const blob = kind.json
+      ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
+      : await (await api(`/results/${state.stats.id}/${kind.name}.png`)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `${base}-${kind.name}${encoding.suffix}`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  } catch (err) {
+    showError(err);
+  }
+}

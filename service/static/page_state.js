@@ -1,0 +1,14 @@
+// The page's state, shared by its modules, and its one DOM helper.
+
+export const $ = (id) => document.getElementById(id);
+export const state = {
+  classes: [],        // [{id, name, color}] from /classes
+  outputs: null,      // [{name, description, json, encodings: [{format, media_type, suffix}]}] from /outputs
+  outputsRead: null,  // the pending or finished read of /outputs
+  file: null,         // the File being shown
+  image: null,        // ImageBitmap of the upload (EXIF orientation applied by the browser)
+  mask: null,         // canvas: class colours, background transparent
+  stats: null,        // the stats answer (has `id`, `classes`, `width`, `height`)
+  polygons: null,     // the polygons answer, once asked for
+  run: 0,             // increments per upload, so a slow older answer never overwrites a newer one
+};

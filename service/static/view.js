@@ -1,0 +1,136 @@
+// What the page shows: the image with its mask on a canvas, the legend, the polygon layer, the model note.
+import { $, state } from "./page_state.js";
+import { api } from "./api.js";
+
+// The embedded model was trained on synthetic shapes only: say so before anyone uploads a photo.
+export function showModelNote(info) {
+  const note = $("model-note");
+  const synthetic = /^synthetic/i.test(info.source || "");
+  note.hidden = !synthetic;
+  if (synthetic) {
+    const names = info.classes.filter((c) => c.id !== 0).map((c) => c.name).join(", ");
+    note.textContent = `Demo model: trained on synthetic shapes (${names}), not on photographs. ` +
+      "Serve a VOC model to segment real photos.";
+  }
+}
+
+// Before an upload the legend lists every class the model knows, without percentages.
+export function renderClassList() {
+  renderLegend({ classes: state.classes.map((c) => ({ class_id: c.id, class_name: c.name })) });
+}
+
+export function classColor(id) {
+  const entry = state.classes.find((c) => c.id === id);
+  return entry ? `rgb(${entry.color.join(",")})` : "#888";
+}
+
+// The colour mask with the background (class 0's colour) made transparent, as the server's overlay leaves the
+// background unblended.
+export async function loadMask(resultId) {
+  const blob = await (await api(`/results/${resultId}/color.png`)).blob();
+  const bitmap = await createImageBitmap(blob);
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const bg = (state.classes.find((c) => c.id === 0) || { color: [0, 0, 0] }).color;
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] === bg[0] && d[i + 1] === bg[1] && d[i + 2] === bg[2]) d[i + 3] = 0;
+  }
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+// Display size: as large as the viewer allows (small images are scaled up too), aspect ratio kept. The SVG
+// polygon layer covers the canvas box, so it follows.
+export function fitToViewer(canvas) {
+  const box = document.querySelector(".viewer");
+  const style = getComputedStyle(box);
+  const room = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const scale = Math.min(room / canvas.width, (0.75 * window.innerHeight) / canvas.height);
+  canvas.style.width = `${Math.floor(canvas.width * scale)}px`;
+  canvas.style.height = `${Math.floor(canvas.height * scale)}px`;
+}
+
+export function render() {
+  const canvas = $("canvas");
+  if (!state.image) return;
+  canvas.width = state.image.width;
+  canvas.height = state.image.height;
+  fitToViewer(canvas);
+  const ctx = canvas.getContext("2d");
+  const view = $("view").value;
+  const alpha = Number($("alpha").value) / 100;
+  ctx.globalAlpha = 1;
+  if (view === "color" && state.mask) {
+    ctx.fillStyle = classColor(0);
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.drawImage(state.mask, 0, 0, canvas.width, canvas.height);
+    return;
+  }
+  ctx.drawImage(state.image, 0, 0);
+  if (view === "overlay" && state.mask) {
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(state.mask, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = 1;
+  }
+}
+
+export function renderLegend(stats) {
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const entry of stats.classes) {
+    const li = document.createElement("li");
+    li.dataset.classId = entry.class_id;
+    li.dataset.className = entry.class_name;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = classColor(entry.class_id);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = entry.class_name;
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    if (entry.fraction !== undefined) {
+      pct.textContent = `${(entry.fraction * 100).toFixed(1)}%`;
+      pct.title = `${entry.pixels} pixels`;
+    }
+    li.append(swatch, name, pct);
+    legend.append(li);
+  }
+  legend.dataset.kind = stats.width ? "result" : "classes";
+  const t = stats.timing_ms || {};
+  $("timing").textContent = stats.width ? `${stats.width}×${stats.height} · ` +
+    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ") : "";
+}
+
+export function renderPolygons() {
+  const svg = $("polygon-layer");
+  const on = $("polygons").checked && state.polygons;
+  svg.hidden = !on;
+  svg.replaceChildren();
+  if (!on) return;
+  const { width, height } = state.stats;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const fill = $("fill-polygons").checked;
+  for (const feature of state.polygons.features) {
+    // Vertices are pixel centres; +0.5 puts them on the centres of the canvas pixels.
+    const d = feature.geometry.coordinates
+      .map((ring) => "M" + ring.map(([x, y]) => `${x + 0.5},${y + 0.5}`).join("L") + "Z").join(" ");
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("d", d);
+    const color = classColor(feature.properties.class_id);
+    path.setAttribute("stroke", color);
+    path.setAttribute("fill", fill ? color : "none");
+    path.setAttribute("fill-opacity", fill ? "0.35" : "0");
+    path.dataset.classId = feature.properties.class_id;
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${feature.properties.class_name}: ${feature.properties.area} px`;
+    path.append(title);
+    svg.append(path);
+  }
+}
