@@ -36,6 +36,7 @@ from service.core.pipeline import Pipeline, Prepared
 
 from .checkpoint import load_checkpoint_model
 from .data import DatasetError, VOCSegmentation
+from .errors import OPTION, ModelExportError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
 from .protocol import onnx_protocol_predictor, pad_native, resolve_protocol
@@ -209,9 +210,11 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix == ".onnx":
-        if tuple(scales) != (1.0,) or flip or input_size is not None:
-            raise ValueError("--scales, --flip and --input-size need a PyTorch checkpoint; for an ONNX file, bake "
-                             "multi-scale testing into the graph with `segment-export msc`")
+        checkpoint_only = [name for name, used in (("scales", tuple(scales) != (1.0,)), ("flip", flip),
+                                                   ("input_size", input_size is not None)) if used]
+        if checkpoint_only:
+            raise ModelExportError(f"{OPTION} needs a PyTorch checkpoint; for an ONNX file, bake multi-scale "
+                                   "testing into the graph with `segment-export msc`", option=checkpoint_only[0])
         predict, classes = onnx_predictor(path, threads=threads, providers="cpu" if device == "cpu" else "auto",
                                           protocol=protocol, crf=crf)
     else:

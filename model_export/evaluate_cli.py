@@ -51,6 +51,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .errors import ModelExportError
     from .evaluate import evaluate_model, format_scores
     from .train_cli import parse_floats
 
@@ -62,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
             input_size=args.input_size, threads=args.threads, device=args.device,
             batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
         )
+    except ModelExportError:
+        raise  # `main` names the flag at fault
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError, CrfUnavailable) as exc:
         raise CliError(str(exc)) from None
     print(format_scores(scores, classes))

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
+from model_export.errors import ModelExportError
 from model_export.evaluate import evaluate_model
 from model_export.export import build_metadata, export_onnx
 from model_export.metrics import ConfusionMatrix
@@ -89,7 +90,10 @@ def test_multiscale_flip_is_for_checkpoints(tiny_voc: Path, tiny_checkpoint: Pat
     assert 0.0 <= scores.miou <= 1.0
     assert main(["evaluate", "--model", str(tiny_onnx_from_checkpoint), "--data", str(tiny_voc),
                  "--flip", "--no-progress"]) == 2
-    assert "need a PyTorch checkpoint" in capsys.readouterr().err
+    assert "--flip needs a PyTorch checkpoint" in capsys.readouterr().err  # the flag, as typed
+    with pytest.raises(ModelExportError, match=r"^input_size needs a PyTorch checkpoint") as err:
+        evaluate_model(tiny_onnx_from_checkpoint, tiny_voc, "val", input_size=0, progress=False)
+    assert err.value.option == "input_size"  # Python callers read the parameter's name
     assert main(["evaluate", "--model", str(tiny_checkpoint), "--data", str(tiny_voc), "--no-progress",
                  "--json", str(tmp_path / "s.json")]) == 0
     assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
