@@ -99,3 +99,24 @@ def test_multiscale_flip_is_for_checkpoints(tiny_voc: Path, tiny_checkpoint: Pat
     assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
     assert main(["evaluate", "--model", str(tmp_path / "none.onnx"), "--data", str(tiny_voc)]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_the_command_line_defaults_are_the_functions_defaults() -> None:
+    """`segment-export evaluate` writes its defaults in its parser (it must not import torch to show `--help`);
+    they must stay those of `evaluate_model`, so the CLI and Python callers score the same way."""
+    import argparse
+    import inspect
+
+    from model_export.evaluate_cli import register
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    parsed = vars(sub.choices["evaluate"].parse_args(["--model", "m", "--data", "d"]))
+    defaults = {name: p.default for name, p in inspect.signature(evaluate_model).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    shared = sorted(set(parsed) & set(defaults) - {"scales", "crf"})  # spelled differently: checked below
+    assert {"split", "labels_dir", "flip", "fusion", "protocol", "input_size", "batch_size", "limit", "threads",
+            "device"} <= set(shared), shared
+    assert {n: parsed[n] for n in shared} == {n: defaults[n] for n in shared}
+    assert tuple(float(s) for s in parsed["scales"].split(",")) == tuple(defaults["scales"])  # "1" → (1.0,)
+    assert parsed["crf"] is (defaults["crf"] is not None) and parsed["no_progress"] is not defaults["progress"]
