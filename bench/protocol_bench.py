@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import threading
@@ -40,7 +39,7 @@ from service.settings import default_model_path
 from testkit import REPO
 from testkit.images import encode
 from testkit.photos import photo
-from testkit.rawhttp import read_response, split_url, status_of
+from testkit.rawhttp import connect, read_response, status_of
 from testkit.server import ServerProcess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -83,7 +82,7 @@ def giant_header(server: ServerProcess, size: int = 64 << 20, duration_s: float 
     attempts: list[tuple[int, float, int]] = []  # (status, seconds, bytes sent) per attempt
 
     def one() -> None:
-        sock = socket.create_connection(split_url(server.url), timeout=max_s)
+        sock = connect(server.url, timeout=max_s)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
         sent, t0, chunk = 0, time.perf_counter(), b"a" * (1 << 20)
         try:

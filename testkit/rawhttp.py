@@ -14,6 +14,15 @@ def split_url(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def connect(url: str, timeout: float = 10.0, *, nodelay: bool = False) -> socket.socket:
+    """A TCP connection to the server at `url`. `nodelay`: every write goes out as its own segment (so, on
+    loopback, arrives as its own read), for tests that place read boundaries on purpose."""
+    sock = socket.create_connection(split_url(url), timeout=timeout)
+    if nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def http_request(head: str, body: bytes = b"") -> bytes:
     """A request in bytes; `head` is the request line and headers without the final blank line."""
     return head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body

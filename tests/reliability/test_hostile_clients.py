@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.server import build_config
 from service.settings import Settings
-from testkit import REPO
+from testkit import REPO, rawhttp
 from testkit.load import probe
-from testkit.rawhttp import http_request, read_response, split_url, status_of
+from testkit.rawhttp import http_request, read_response, status_of
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 
@@ -45,7 +45,7 @@ def server(rel_rule_model: Path) -> Iterator[ServerProcess]:
 
 
 def connect(server: ServerProcess) -> socket.socket:
-    return socket.create_connection(split_url(server.url), timeout=10)
+    return rawhttp.connect(server.url)
 
 
 def stalled_upload(server: ServerProcess, declared: int = 624, sent: int = 100) -> socket.socket:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.rawhttp import http_request, read_response, read_responses, split_url, status_of
+from testkit import rawhttp
+from testkit.rawhttp import http_request, read_response, read_responses, status_of
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 
@@ -33,9 +34,7 @@ def server(rel_rule_model: Path) -> Iterator[ServerProcess]:
 
 
 def connect(server: ServerProcess) -> socket.socket:
-    sock = socket.create_connection(split_url(server.url), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each write its own segment, so its own read
-    return sock
+    return rawhttp.connect(server.url, nodelay=True)  # each write its own segment, so its own read
 
 
 def head_of(size: int, path: str = "/healthz") -> bytes:
