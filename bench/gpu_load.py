@@ -25,33 +25,11 @@ import numpy as np
 from bench.gil_probe import GilSampler
 from bench.harness import latency_summary, stage_means_ms
 from testkit.load import closed_loop
+from testkit.procstat import cpu_seconds, thread_times
 from testkit.rawhttp import split_url
 from testkit.server import ServerProcess
 
 POOLS = {False: "shared", True: "per-connection"}  # how each load-generator process holds its connections
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """CPU seconds (user + system) of a process, or of one of its threads (the event loop is the main thread,
-    whose tid is the pid)."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_times(pid: int) -> dict[int, tuple[str, float]]:
-    """tid -> (comm, CPU seconds) for every thread of a process now."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
-    return out
 
 
 def python_threads(server: ServerProcess) -> dict[int, str]:

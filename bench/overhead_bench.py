@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,48 +34,26 @@ from service.settings import default_model_path
 from testkit import REPO
 from testkit.images import encode
 from testkit.photos import photo
+from testkit.procstat import cpu_seconds, thread_times
 from testkit.server import ServerProcess
 
 KINDS = ("labels", "stats", "polygons")
 STAGES = ("decode", "resize", "render", "serialize")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def thread_cpu_s(pid: int) -> dict[int, float]:
-    """utime + stime of every thread of a process, in seconds."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):
-            out[int(tid)] = process_cpu_s_path(Path(f"/proc/{pid}/task/{tid}/stat"))
-    return out
-
-
-def process_cpu_s_path(path: Path) -> float:
-    stat = path.read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def server_cpu_ms(server: ServerProcess, client: httpx.Client, data: bytes, kind: str,
                   n: int) -> tuple[float, float]:
     """Server CPU-ms per request over `n` sequential uploads (every answer checked to be a 200), and the same
     without its busiest thread (the inference thread: the model and little else)."""
-    start, threads = process_cpu_s(server.pid), thread_cpu_s(server.pid)
+    start, threads = cpu_seconds(server.pid), thread_times(server.pid)
     for _ in range(n):
         r = client.post("/segment", params={"output": kind}, content=data,
                         headers={"Content-Type": "image/jpeg"})
         if r.status_code != 200:
             raise RuntimeError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
-    total = (process_cpu_s(server.pid) - start) / n * 1000
-    after = thread_cpu_s(server.pid)
-    busiest = max((after[t] - threads.get(t, 0.0) for t in after), default=0.0) / n * 1000
+    total = (cpu_seconds(server.pid) - start) / n * 1000
+    after = thread_times(server.pid)
+    busiest = max((cpu - threads.get(t, ("", 0.0))[1] for t, (_, cpu) in after.items()), default=0.0) / n * 1000
     return total, total - busiest
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -39,10 +38,10 @@ from service.settings import default_model_path
 from testkit import REPO
 from testkit.images import encode
 from testkit.photos import photo
+from testkit.procstat import cpu_seconds
 from testkit.rawhttp import connect, read_response, status_of
 from testkit.server import ServerProcess
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # segment-serve as shipped, except that uvicorn runs its own httptools protocol instead of the hardened one.
 PLAIN = ("import sys, service.main as m\norig = m.build_config\n"
          "def plain(*a, **k):\n    c = orig(*a, **k)\n    c.http = 'httptools'\n    return c\n"
@@ -52,10 +51,8 @@ PLAIN = ("import sys, service.main as m\norig = m.build_config\n"
 def loop_cpu_s(pid: int) -> tuple[float, float]:
     """CPU seconds of a process's main thread (the event loop): utime + stime from /proc/<pid>/task/<pid>/stat
     (in clock ticks, sampled), and the scheduler's exact run time from .../schedstat."""
-    task = Path(f"/proc/{pid}/task/{pid}")
-    stat = (task / "stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int((task / "schedstat").read_text().split()[0]) / 1e9
+    schedstat = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text()
+    return cpu_seconds(pid, pid), int(schedstat.split()[0]) / 1e9
 
 
 def per_request_ms(server: ServerProcess, client: httpx.Client, kind: str, n: int,
