@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     size = args.input_size
     best = fp16 if on_gpu else fp32
     stage("raw", lambda: raw_ort(best, ints(args.raw_sizes), size, args.raw_seconds, provider,
-                                 {"nhwc": {"prefer_nhwc": "1"}, "nchw": {"prefer_nhwc": "0"}}))
+                                 {"nhwc": {"prefer_nhwc": "1"}, "nchw": {"prefer_nhwc": "0"},
+                                  "nhwc_fixed": {"prefer_nhwc": "1"}}, fixed=("nhwc_fixed",)))
     stage("raw_fp32", lambda: raw_ort(fp32, [8, 16], size, args.raw_seconds, provider, {"nhwc": {}}))
     stage("two_threads", lambda: {n: two_threads(best, n, size, args.raw_seconds, provider) for n in (8, 16)})
     if on_gpu:

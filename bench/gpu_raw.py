@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.contract import INPUT_NAME, LABELS_OUTPUT
-from service.core.sessions import CPU, CUDA, create_session, session_options
+from service.core.sessions import CPU, CUDA, create_session, fixed_dims, session_options
 
 Runner = Callable[[np.ndarray], object]
 
@@ -105,16 +105,25 @@ def throughput(run: Runner, batch: np.ndarray, seconds: float, min_runs: int = 1
     return total * len(batch) / (time.perf_counter() - start)
 
 
+def pinned_dims(model: Path, size: int, input_size: int) -> dict[str, int]:
+    """The free-dimension overrides the service's bucket sessions use for a batch of `size`."""
+    shape = ort.InferenceSession(str(model), providers=[CPU]).get_inputs()[0].shape
+    return fixed_dims(shape, size, input_size, input_size)
+
+
 def raw_ort(model: Path, sizes: list[int], input_size: int, seconds: float, provider: str,
-            layouts: dict[str, dict[str, str]]) -> dict[str, dict[int, float]]:
+            layouts: dict[str, dict[str, str]], fixed: tuple[str, ...] = ()) -> dict[str, dict[int, float]]:
     """img/s of raw onnxruntime per batch size and layout, one session per size (one shape each), with the
-    service's own session and provider options."""
+    service's own session and provider options; the layouts named in `fixed` also have their dimensions fixed
+    as the service's bucket sessions do."""
     out: dict[str, dict[int, float]] = {}
     rng = np.random.default_rng(0)
     for layout, options in layouts.items():
         out[layout] = {}
         for size in sizes:
-            session = create_session(model, providers(provider), intra_op_threads=4, cuda_options=options)
+            dims = pinned_dims(model, size, input_size) if layout in fixed else None
+            session = create_session(model, providers(provider), intra_op_threads=4, cuda_options=options,
+                                     fixed_dims=dims)
             batch = np.stack([synthetic_photo(input_size, input_size, int(s)) for s in rng.integers(0, 99, size)])
             out[layout][size] = throughput(lambda b, s=session: s.run([LABELS_OUTPUT], {INPUT_NAME: b}), batch,
                                            seconds)
@@ -131,13 +140,15 @@ def two_threads(model: Path, size: int, input_size: int, seconds: float, provide
 
 def bound_variants(model: Path, size: int, input_size: int, seconds: float) -> dict[str, float | str]:
     """IOBinding with device buffers (input copied in, labels copied out each run), with and without a CUDA
-    graph; img/s, or the error that stopped a variant."""
+    graph, on a session with its dimensions fixed (as the service's buckets; without that onnxruntime refused
+    the graph capture: shape nodes ran on the CPU); img/s, or the error that stopped a variant."""
     out: dict[str, float | str] = {}
     batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
+    dims = pinned_dims(model, size, input_size)
     for name, extra in (("iobinding", {}), ("cuda_graph", {"enable_cuda_graph": "1"})):
         try:
             options = {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **extra}
-            session = ort.InferenceSession(str(model), sess_options=session_options(4),
+            session = ort.InferenceSession(str(model), sess_options=session_options(4, dims),
                                            providers=[(CUDA, options)])
             x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
             y = ort.OrtValue.ortvalue_from_shape_and_type((size, input_size, input_size), np.uint8, "cuda", 0)

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                           model=eng.name)
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
-                                concurrency=settings.concurrent_batches or (2 if eng.on_gpu else 1),
+                                concurrency=settings.concurrent_batches or eng.concurrent_batches,
                                 padded_size=eng.padded_size, take=eng.batch_take)
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)

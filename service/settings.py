@@ -77,6 +77,10 @@ class Settings(BaseSettings):
                                           "max_batch_size (which is always a bucket)")
     concurrent_batches: int | None = Field(
         None, ge=1, description="batches in flight at once (Triton's instance count); unset: 2 on GPU, 1 on CPU")
+    io_binding: Literal["off", "on", "cuda_graph"] = Field(
+        "off", description="bucket sessions on preallocated buffers ('on'), replayed as CUDA graphs "
+                           "('cuda_graph', CUDA only; one session per bucket and concurrent batch), or plain "
+                           "run ('off'); needs fixed shapes")
     cuda_options: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="extra CUDA provider options, 'key=value,key=value' "
                                           "(they override the defaults prefer_nhwc=1, "
@@ -135,5 +139,6 @@ class Settings(BaseSettings):
             model_path=self.model_path, providers=self.providers, precision=self.precision,
             intra_op_threads=self.intra_op_threads, require_gpu=self.require_gpu, fixed_shapes=self.fixed_shapes,
             max_batch_size=self.max_batch_size, batch_buckets=tuple(self.batch_buckets),
-            cuda_options=dict(self.cuda_options),
+            cuda_options=dict(self.cuda_options), concurrent_batches=self.concurrent_batches,
+            io_binding=self.io_binding,
         )

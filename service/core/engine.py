@@ -17,7 +17,7 @@ import onnxruntime as ort
 from .buckets import normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 from .options import EngineOptions
-from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, FixedShapeRunner, create_session, memory_in_use
+from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, Binding, FixedShapeRunner, create_session, fixed_dims
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class Engine:
     provider: str
     requested_providers: list[str]
     intra_op_threads: int
+    concurrent_batches: int = 1  # batches in flight at once; bound buckets have one session per batch
     has_confidence: bool = False
     runner: FixedShapeRunner | None = None
 
@@ -198,13 +199,8 @@ def load_engine(options: EngineOptions) -> Engine:
     if not path.is_file():
         raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
                           "model_path")
-    memory_before = memory_in_use(on_gpu=any(p in GPU_PROVIDERS for p in requested))
-
-    def make_session() -> ort.InferenceSession:
-        return create_session(path, requested, options.threads, options.cuda_options)
-
     try:
-        session = make_session()
+        session = create_session(path, requested, options.threads, options.cuda_options)
     except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
         raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
     metadata = validate_contract(session)
@@ -215,19 +211,46 @@ def load_engine(options: EngineOptions) -> Engine:
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")
+    concurrent = options.concurrent_batches or (2 if active in GPU_PROVIDERS else 1)
     runner = None
     if uses_fixed_shapes(options.fixed_shapes, active):
-        size = metadata.input_size
-        buckets = normalise_buckets(options.batch_buckets, options.max_batch_size)
-        runner = FixedShapeRunner(buckets, (size, size), metadata.pad_rgb, make_session,
-                                  on_gpu=active in GPU_PROVIDERS)
-        runner.adopt(session, memory_before)
+        runner = _fixed_shape_runner(options, path, requested, session, metadata, active, concurrent)
+    elif options.io_binding != "off":
+        raise EngineError(f"io_binding '{options.io_binding}' runs fixed-shape buckets; fixed_shapes is "
+                          f"'{options.fixed_shapes}' on {active} (set it to 'on')", "io_binding")
     engine = Engine(
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
-        intra_op_threads=options.threads,
+        intra_op_threads=options.threads, concurrent_batches=concurrent,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
              metadata.precision, metadata.num_classes, metadata.input_size, active, options.threads,
              f", fixed-shape buckets {runner.sizes}" if runner else "")
     return engine
+
+
+def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str], session: ort.InferenceSession,
+                        metadata: ModelMetadata, active: str, concurrent: int) -> FixedShapeRunner:
+    """Buckets whose sessions are built with their one shape fixed, bound to buffers if `io_binding` says so."""
+    if options.io_binding == "cuda_graph" and active != CUDA:
+        raise EngineError(f"io_binding 'cuda_graph' needs the CUDA provider; the provider in use is {active}",
+                          "io_binding")
+    size = metadata.input_size
+    input_shape = session.get_inputs()[0].shape
+    cuda_options = dict(options.cuda_options)
+    if options.io_binding == "cuda_graph":
+        cuda_options["enable_cuda_graph"] = "1"
+
+    def make_bucket_session(batch: int) -> ort.InferenceSession:
+        dims = fixed_dims(input_shape, batch, size, size)
+        return create_session(path, requested, options.threads, cuda_options, fixed_dims=dims)
+
+    binding = None
+    if options.io_binding != "off":
+        device = "cuda" if active in GPU_PROVIDERS else "cpu"
+        binding = Binding(options.io_binding, device, int(cuda_options.get("device_id", 0)), instances=concurrent)
+    runner = FixedShapeRunner(normalise_buckets(options.batch_buckets, options.max_batch_size), (size, size),
+                              metadata.pad_rgb, make_bucket_session, on_gpu=active in GPU_PROVIDERS,
+                              binding=binding)
+    runner.adopt_dynamic(session)
+    return runner

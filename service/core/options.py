@@ -21,6 +21,7 @@ EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.on
 
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 FixedShapes = Literal["auto", "on", "off"]
+IoBinding = Literal["off", "on", "cuda_graph"]
 
 
 def available_cpus() -> int:
@@ -51,6 +52,9 @@ class EngineOptions:
     `fixed_shapes`: pad batches to `batch_buckets`, one session per bucket ('auto': on GPU providers only).
     `batch_buckets`: empty means 1, 2, 4, ... up to `max_batch_size`.
     `cuda_options`: extra CUDA provider options over the defaults (`service.core.sessions`).
+    `concurrent_batches`: batches in flight at once; None means 2 on GPU providers, 1 otherwise.
+    `io_binding`: bucket sessions run on preallocated buffers ('on'), replayed as CUDA graphs ('cuda_graph',
+    CUDA only), or plainly ('off'); see `service.core.bound`. Needs fixed shapes.
     """
 
     model_path: Path = EMBEDDED_MODEL
@@ -62,6 +66,8 @@ class EngineOptions:
     max_batch_size: int = DEFAULT_BATCH_SIZE
     batch_buckets: Sequence[int] = ()
     cuda_options: Mapping[str, str] = field(default_factory=dict)
+    concurrent_batches: int | None = None
+    io_binding: IoBinding = "off"
 
     @property
     def threads(self) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .bound import BoundRun, InstancePool, IoBinding
 from .buckets import batch_plan, bucket_for, fill_bucket
 from .contract import INPUT_NAME, LABELS_OUTPUT
 
@@ -38,9 +39,15 @@ def provider_options(name: str, cuda_options: Mapping[str, str] | None = None) -
     return {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **(cuda_options or {})}
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """The session options every engine session uses."""
+def session_options(intra_op_threads: int, fixed_dims: Mapping[str, int] | None = None) -> ort.SessionOptions:
+    """The session options every engine session uses; `fixed_dims` pins the model's named dimensions."""
     options = ort.SessionOptions()
+    # A bucket's session only ever sees one shape, so tell onnxruntime: the shape computations (Shape, Gather,
+    # Concat, Reshape feeding the Resize sizes) then fold into constants at load. That leaves no node for the
+    # CUDA provider to hand to the CPU (each such node is a device sync and copy) and makes the whole graph
+    # capturable as a CUDA graph; onnxruntime also refuses any other input shape itself.
+    for name, value in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, value)
     # Explicit: ORT's default reads the host's cores, not the container's share.
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -53,10 +60,22 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 
 def create_session(path: Path, providers: Sequence[str], intra_op_threads: int,
-                   cuda_options: Mapping[str, str] | None = None) -> ort.InferenceSession:
+                   cuda_options: Mapping[str, str] | None = None,
+                   fixed_dims: Mapping[str, int] | None = None) -> ort.InferenceSession:
     """An InferenceSession for `path` on `providers` (in priority order) with the engine's options."""
-    return ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
+    return ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads, fixed_dims),
                                 providers=[(p, provider_options(p, cuda_options)) for p in providers])
+
+
+def fixed_dims(input_shape: Sequence[object], batch: int, height: int, width: int) -> dict[str, int]:
+    """The free-dimension overrides that pin an input of shape `input_shape` (as ORT reports it, e.g.
+    ['batch', 'height', 'width', 3]) to [batch, height, width, 3]; empty when its dimensions are unnamed or one
+    name would need two values."""
+    dims: dict[str, int] = {}
+    for name, value in zip(input_shape[:3], (batch, height, width), strict=False):
+        if isinstance(name, str) and name and dims.setdefault(name, value) != value:
+            return {}
+    return dims
 
 
 def memory_in_use(on_gpu: bool) -> int | None:
@@ -80,12 +99,24 @@ def memory_in_use(on_gpu: bool) -> int | None:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
+@dataclass(frozen=True)
+class Binding:
+    """Bound execution for every bucket (`service.core.bound`): the mode, where the buffers live, and how many
+    sessions per bucket (one per concurrent batch)."""
+
+    mode: IoBinding
+    device: str
+    device_id: int = 0
+    instances: int = 1
+
+
 @dataclass
 class BucketSession:
-    """One bucket's session, and what it has run: the proof that it only ever saw one input shape."""
+    """One bucket's session(s), and what they have run: the proof that each only ever saw one input shape."""
 
     size: int
     session: ort.InferenceSession | None = None
+    pool: InstancePool | None = None  # bound execution: one bound session per concurrent batch
     memory_bytes: int | None = None
     warmup_s: float | None = None
     run_s: float | None = None  # one steady-state run (the last warm-up run): the batch plan's cost
@@ -93,63 +124,103 @@ class BucketSession:
     shapes: set[tuple[int, ...]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is)."""
-        assert self.session is not None, "bucket session used before it was built"
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """Every session of this bucket."""
+        if self.pool is not None:
+            return [run.session for run in self.pool.runs]
+        return [self.session] if self.session is not None else []
+
+    def _record(self, batch: np.ndarray) -> None:
         with self._lock:
             self.runs += 1
             self.shapes.add(batch.shape)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is; bound runs are handed
+        out one batch at a time)."""
+        assert self.session is not None, "bucket session used before it was built"
+        self._record(batch)
+        if self.pool is not None:
+            return self.pool.run(batch)
         (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: batch})
         return labels
+
+    def warm(self, batch: np.ndarray, repeats: int) -> float:
+        """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
+        the last run."""
+        runners = [run.run for run in self.pool.runs] if self.pool is not None else [self.run]
+        elapsed = 0.0
+        for run in runners:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                if self.pool is not None:
+                    self._record(batch)
+                run(batch)
+                elapsed = time.perf_counter() - start
+        return elapsed
 
     def describe(self) -> dict[str, object]:
         """What `/readyz` reports for this bucket."""
         return {"batch_size": self.size, "memory_bytes": self.memory_bytes,
                 "warmup_ms": None if self.warmup_s is None else round(self.warmup_s * 1000, 1),
-                "run_ms": None if self.run_s is None else round(self.run_s * 1000, 2), "runs": self.runs}
+                "run_ms": None if self.run_s is None else round(self.run_s * 1000, 2), "runs": self.runs,
+                "sessions": len(self.sessions)}
 
 
 class FixedShapeRunner:
-    """Runs any number of images as batches padded to bucket sizes, one session per bucket.
+    """Runs any number of images as batches padded to bucket sizes, one session (or, bound, one per concurrent
+    batch) per bucket.
 
-    Every bucket session sees exactly one input shape, [size, S, S, 3] with S the model's inference size. An
-    input of another height or width (only offline callers send those) goes to a separate dynamic session.
+    Every bucket session sees exactly one input shape, [size, S, S, 3] with S the model's inference size, and is
+    built with that shape fixed (`make_bucket_session(size)`). An input of another height or width (only offline
+    callers send those) goes to the separate dynamic session given to `adopt_dynamic`.
     """
 
     def __init__(self, sizes: Sequence[int], input_hw: tuple[int, int], pad_rgb: Sequence[int],
-                 make_session: Callable[[], ort.InferenceSession], on_gpu: bool) -> None:
+                 make_bucket_session: Callable[[int], ort.InferenceSession], on_gpu: bool,
+                 binding: Binding | None = None) -> None:
         self.buckets = [BucketSession(size) for size in sorted(sizes)]
         self.sizes = [b.size for b in self.buckets]
         self.input_hw = input_hw
         self.pad_rgb = tuple(pad_rgb)
         self.on_gpu = on_gpu
-        self._make_session = make_session
+        self.binding = binding
+        self._make_bucket_session = make_bucket_session
         self._other_shapes: ort.InferenceSession | None = None
+        self._warned_other_shape = False
         self._lock = threading.Lock()
-        self._memory_mark: int | None = None
         self.real_rows = 0
         self.padded_rows = 0
         self.plan: dict[int, int] = {}  # from `batch_plan`, once warm-up has timed every bucket
 
-    def adopt(self, session: ort.InferenceSession, memory_before: int | None) -> None:
-        """Use an already built session (the one the contract was checked on) for the smallest bucket;
-        `memory_before` is the reading taken before it was built."""
-        self.buckets[0].session = session
-        self._memory_mark = memory_before
+    def adopt_dynamic(self, session: ort.InferenceSession) -> None:
+        """The session with free dimensions (the one the contract was checked on), for inputs of other sizes."""
+        self._other_shapes = session
+
+    def _build(self, bucket: BucketSession) -> None:
+        height, width = self.input_hw
+        if self.binding is None:
+            bucket.session = self._make_bucket_session(bucket.size)
+            return
+        b = self.binding
+        bucket.pool = InstancePool([BoundRun(self._make_bucket_session(bucket.size), (bucket.size, height, width, 3),
+                                             b.device, b.device_id) for _ in range(b.instances)])
+        bucket.session = bucket.pool.runs[0].session
 
     def warm_up(self) -> None:
-        """Build every bucket's session and run it twice on its one shape, recording time and memory."""
-        mark = self._memory_mark
+        """Build every bucket's session(s) and run each on its one shape, recording time and memory."""
+        mark = memory_in_use(self.on_gpu)
         height, width = self.input_hw
+        # Plain: the first run plans and allocates, the second proves and times the steady state. A CUDA graph
+        # is captured on a run after the first, so it gets one more, replayed.
+        repeats = 3 if self.binding is not None and self.binding.mode == "cuda_graph" else 2
         for bucket in self.buckets:
             start = time.perf_counter()
             if bucket.session is None:
-                bucket.session = self._make_session()
+                self._build(bucket)
             batch = np.broadcast_to(np.asarray(self.pad_rgb, np.uint8), (bucket.size, height, width, 3)).copy()
-            bucket.run(batch)  # the first run plans and allocates
-            steady = time.perf_counter()
-            bucket.run(batch)  # the second proves, and times, the steady state
-            bucket.run_s = time.perf_counter() - steady
+            bucket.run_s = bucket.warm(batch, repeats)
             bucket.warmup_s = time.perf_counter() - start
             now = memory_in_use(self.on_gpu)
             if mark is not None and now is not None:
@@ -187,17 +258,20 @@ class FixedShapeRunner:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _run_other_shape(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            if self._other_shapes is None:
-                log.warning("input %s differs from the inference size %s: running it on a separate dynamic "
-                            "session (slow on CUDA while its shape keeps changing)", batch.shape, self.input_hw)
-                self._other_shapes = self._make_session()
+        if self._other_shapes is None:
+            raise RuntimeError(f"input {batch.shape} differs from the inference size {self.input_hw} and no "
+                               "dynamic session was adopted")
+        if not self._warned_other_shape:
+            self._warned_other_shape = True
+            log.warning("input %s differs from the inference size %s: running it on the dynamic session (slow "
+                        "on CUDA while its shape keeps changing)", batch.shape, self.input_hw)
         (labels,) = self._other_shapes.run([LABELS_OUTPUT], {INPUT_NAME: batch})
         return labels
 
     def describe(self) -> dict[str, object]:
-        """Buckets and padding waste, for `/readyz`."""
+        """Buckets, padding waste and the execution mode, for `/readyz`."""
         total = self.real_rows + self.padded_rows
         return {"buckets": [b.describe() for b in self.buckets],
                 "batch_plan": {str(n): k for n, k in self.plan.items() if k != n},
+                "io_binding": self.binding.mode if self.binding is not None else "off",
                 "padding_fraction": round(self.padded_rows / total, 4) if total else 0.0}

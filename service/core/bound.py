@@ -1,0 +1,81 @@
+"""Bound execution: a bucket's sessions with their input and labels in preallocated buffers (onnxruntime's
+IOBinding), optionally replayed as CUDA graphs.
+
+A CUDA graph records every kernel launch of one run and replays them with one call, which removes the
+per-kernel launch cost (hundreds of kernels for a ResNet-101). onnxruntime captures one only when every node of
+the graph runs on the CUDA provider and the input and output live at the same device addresses on every run. The
+first holds once a session's dimensions are fixed (`service.core.sessions.fixed_dims`: the shape computations
+fold into constants, so none is left for the CPU); the second is what the bound buffers here are for. A captured
+session must not run two batches at once, so each bucket gets one session per concurrent batch, handed out by
+`InstancePool`.
+
+Without CUDA graphs ('on'), the same buffers save a device allocation per run. On the CPU provider the buffers
+are host memory, which is how the tests exercise this path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .contract import INPUT_NAME, LABELS_OUTPUT
+from .options import IoBinding
+
+__all__ = ["BoundRun", "InstancePool", "IoBinding"]
+
+
+class BoundRun:
+    """One session whose input and labels output are bound to buffers of one shape on `device`."""
+
+    def __init__(self, session: ort.InferenceSession, shape: tuple[int, int, int, int], device: str,
+                 device_id: int = 0) -> None:
+        self.session = session
+        self.shape = shape
+        self._host_views = device == "cpu"
+        self._input = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, device, device_id)
+        self._labels = ort.OrtValue.ortvalue_from_shape_and_type(shape[:3], np.uint8, device, device_id)
+        self._binding = session.io_binding()
+        self._binding.bind_ortvalue_input(INPUT_NAME, self._input)
+        self._binding.bind_ortvalue_output(LABELS_OUTPUT, self._labels)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Labels for `batch` (exactly this run's shape), as an array the caller owns."""
+        if batch.shape != self.shape:
+            raise ValueError(f"bound run of shape {self.shape} got {batch.shape}")
+        self._input.update_inplace(batch)
+        self.session.run_with_iobinding(self._binding)
+        labels = self._labels.numpy()
+        # A host buffer comes back as a view of the bound memory, which the next run overwrites; a device
+        # buffer is already copied to the host by `numpy()`.
+        return labels.copy() if self._host_views else labels
+
+
+class InstancePool:
+    """The bound runs of one bucket; each run takes a free one. The batcher never runs more batches at once than
+    there are instances, so a run never waits for one."""
+
+    def __init__(self, runs: Sequence[BoundRun]) -> None:
+        self.runs = list(runs)
+        self.peak_in_use = 0  # the most instances ever running at once: concurrent batches, seen
+        self._in_use = 0
+        self._lock = threading.Lock()
+        self._free: queue.SimpleQueue[BoundRun] = queue.SimpleQueue()
+        for run in self.runs:
+            self._free.put(run)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Labels for `batch` on whichever instance is free."""
+        instance = self._free.get()
+        with self._lock:
+            self._in_use += 1
+            self.peak_in_use = max(self.peak_in_use, self._in_use)
+        try:
+            return instance.run(batch)
+        finally:
+            with self._lock:
+                self._in_use -= 1
+            self._free.put(instance)
