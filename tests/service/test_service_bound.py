@@ -61,12 +61,18 @@ def test_every_bucket_session_has_its_shape_fixed_and_refuses_any_other() -> Non
             bucket.session.run(None, {"image": wrong})
 
 
-@pytest.mark.parametrize("model", ["demo", "tiny"])
+@pytest.mark.parametrize("model", ["demo", "tiny", "tiny_fp16"])
 def test_a_fixed_shape_graph_has_no_shape_computation_left(model: str, tiny_onnx_model: Path,
                                                            tmp_path: Path) -> None:
     """Optimised at the provider-independent level, the dynamic graph keeps its Shape/Gather/Concat chain
-    (feeding the Resize sizes); with the dimensions fixed it folds away entirely."""
+    (feeding the Resize sizes); with the dimensions fixed it folds away entirely, in the fp16 variant (what
+    CUDA runs by default) too."""
     path = DEMO_MODEL if model == "demo" else tiny_onnx_model
+    if model == "tiny_fp16":
+        from model_export.quantize import convert_fp16
+
+        path = tmp_path / "tiny.fp16.onnx"
+        convert_fp16(tiny_onnx_model, path)
 
     def optimised_ops(dims: dict[str, int]) -> set[str]:  # the op types left after constant folding
         options = session_options(1, dims)
