@@ -8,6 +8,12 @@ bucket, and GPU memory. All figures come from one run on one device.
 
 Results are saved as JSON after every stage (`--json`), so a run cut short still reports what it measured.
 
+A shorter run that answers where the limit is and whether CUDA graphs pay (about 5 minutes on an H100/H200):
+
+    python -m bench.gpu_bench --out docs --skip raw_fp32,two_threads,eager,off,fp32,before \
+        --raw-sizes 1,8,16,32 --concurrency 8,32,64 --seconds 5 \
+        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant shared:client_pool=shared
+
 Diagnostics (stages `null`, `multi`, and `gil`; each skippable with `--skip`), and how to read them when the
 service stays well below raw onnxruntime:
 
