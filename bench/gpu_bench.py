@@ -101,6 +101,12 @@ async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict
     return out
 
 
+def gpu_metric_lines(url: str) -> list[str]:
+    """The service's segment_gpu_* samples (NVML, read at scrape time): proof they work on this device."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return [line for line in text.splitlines() if line.startswith("segment_gpu_")]
+
+
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
                    seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None,
                    gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False
@@ -118,6 +124,7 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
         server.wait_ready(timeout=600)
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
+        out["gpu_metrics"] = gpu_metric_lines(server.url)
         if keep_answer:
             answer = httpx.post(f"{server.url}/segment", content=bodies[0], params={"output": output},
                                 headers={"Content-Type": "image/jpeg"}, timeout=120)

@@ -25,6 +25,7 @@ from .core.decode_budget import DECODE_BUDGET
 from .core.engine import Engine
 from .core.pipeline import Pipeline
 from .errors import ApiError
+from .gpu_metrics import register_gpu_metrics
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
+        if eng.on_gpu and not register_gpu_metrics(metrics.registry, int(settings.cuda_options.get("device_id", 0))):
+            log.info("GPU metrics off: NVML (nvidia-ml-py) cannot read the device")
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
                                 concurrency=settings.concurrent_batches or eng.concurrent_batches,

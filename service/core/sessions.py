@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import nvml
 from .bound import BoundRun, InstancePool, IoBinding
 from .buckets import batch_plan, bucket_for, fill_bucket
 from .contract import INPUT_NAME, LABELS_OUTPUT
@@ -84,14 +85,9 @@ def memory_in_use(on_gpu: bool) -> int | None:
     Read before and after a bucket's session is built and warmed, the difference is that bucket's cost.
     """
     if on_gpu:
-        try:
-            import pynvml  # optional: nvidia-ml-py, installed with the GPU image
-
-            pynvml.nvmlInit()
-            device = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device)).used)
-        except Exception:  # no NVML library, no driver, or a UUID in CUDA_VISIBLE_DEVICES: unknown
-            return None
+        device = nvml.device_handle()
+        reading = nvml.read(device) if device is not None else None
+        return reading.memory_used if reading is not None else None
     try:
         resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):  # not Linux

@@ -1,0 +1,62 @@
+"""The GPU the engine runs on, read through NVML (nvidia-ml-py, installed with the GPU image; optional).
+
+Every reading returns None where NVML is missing (CPU hosts, no driver) or refuses, so callers never fail on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One sample of the device: memory in bytes, utilisation as a 0..1 fraction of the last sample period,
+    power in watts (None where the board does not report it)."""
+
+    memory_used: int
+    memory_total: int
+    utilization: float
+    power_watts: float | None
+
+
+def _nvml() -> Any | None:
+    try:
+        import pynvml  # optional: nvidia-ml-py
+
+        pynvml.nvmlInit()  # reference-counted by NVML: repeated calls are cheap and safe
+        return pynvml
+    except Exception:  # no module, no library, no driver
+        return None
+
+
+def device_handle(device_id: int = 0) -> tuple[Any, Any] | None:
+    """(pynvml, handle) for CUDA device `device_id` as this process sees it: CUDA_VISIBLE_DEVICES renumbers
+    devices (by index or by UUID), NVML does not."""
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    visible = [v.strip() for v in (os.environ.get("CUDA_VISIBLE_DEVICES") or "").split(",") if v.strip()]
+    physical = visible[device_id] if device_id < len(visible) else str(device_id)
+    try:
+        if physical.isdigit():
+            return nvml, nvml.nvmlDeviceGetHandleByIndex(int(physical))
+        return nvml, nvml.nvmlDeviceGetHandleByUUID(physical)
+    except Exception:  # a MIG or unknown identifier: unknown
+        return None
+
+
+def read(device: tuple[Any, Any]) -> GpuReading | None:
+    """A reading of the device from `device_handle`; None if NVML refuses."""
+    nvml, handle = device
+    try:
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+    except Exception:
+        return None
+    try:
+        power: float | None = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # milliwatts
+    except Exception:  # not every board reports power
+        power = None
+    return GpuReading(int(memory.used), int(memory.total), utilization, power)

@@ -1,0 +1,102 @@
+"""GPU metrics from NVML: the device the engine uses (CUDA_VISIBLE_DEVICES renumbering, by index or UUID), read
+at scrape time, absent on a CPU server; NVML failures never break a scrape. NVML itself needs a GPU, so these
+tests give the collector a stand-in `pynvml` module with NVML's interface; on a GPU host the benchmark
+records the real samples (`bench/gpu_bench.py`, `gpu_metrics`)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from service.core import nvml
+from service.core.sessions import memory_in_use
+from service.gpu_metrics import register_gpu_metrics
+from service.settings import default_model_path
+
+
+def fake_pynvml(power: bool = True) -> types.ModuleType:
+    """NVML's Python interface over two devices (index 0 and 3, UUIDs GPU-a and GPU-b); records lookups."""
+    module = types.ModuleType("pynvml")
+    devices = {"0": ("dev0", 1_000, 8_000, 25, 70_500), "3": ("dev3", 3_000, 80_000, 90, 650_000)}
+    by_uuid = {"GPU-a": "0", "GPU-b": "3"}
+    module.lookups = []
+    module.broken = False
+
+    def handle(index: int) -> str:
+        module.lookups.append(("index", index))
+        return devices[str(index)][0]
+
+    def handle_by_uuid(uuid: str) -> str:
+        module.lookups.append(("uuid", uuid))
+        return devices[by_uuid[uuid]][0]
+
+    def row(h: str) -> tuple:
+        if module.broken:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return next(v for v in devices.values() if v[0] == h)
+
+    def power_usage(h: str) -> int:
+        if not power:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return row(h)[4]
+
+    module.nvmlInit = lambda: None
+    module.nvmlDeviceGetHandleByIndex = handle
+    module.nvmlDeviceGetHandleByUUID = handle_by_uuid
+    module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=row(h)[1], total=row(h)[2])
+    module.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=row(h)[3], memory=0)
+    module.nvmlDeviceGetPowerUsage = power_usage
+    return module
+
+
+def samples(registry: CollectorRegistry) -> dict[str, float]:
+    out = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("segment_gpu_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_the_engines_device_is_read_at_scrape_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = fake_pynvml()
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    registry = CollectorRegistry()
+    assert register_gpu_metrics(registry, device_id=1)  # the process's device 1 is physical device 3
+    assert ("index", 3) in module.lookups
+    assert samples(registry) == {
+        'segment_gpu_memory_used_bytes{gpu="1"}': 3_000.0, 'segment_gpu_memory_total_bytes{gpu="1"}': 80_000.0,
+        'segment_gpu_utilization_ratio{gpu="1"}': 0.9, 'segment_gpu_power_watts{gpu="1"}': 650.0}
+    module.broken = True  # a lost GPU: the scrape still answers, without the GPU gauges
+    assert samples(registry) == {}
+    assert memory_in_use(on_gpu=True) is None
+
+
+def test_devices_named_by_uuid_and_boards_without_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = fake_pynvml(power=False)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-b,GPU-a")
+    registry = CollectorRegistry()
+    assert register_gpu_metrics(registry, device_id=1)
+    assert module.lookups == [("uuid", "GPU-a")]
+    assert samples(registry) == {'segment_gpu_memory_used_bytes{gpu="1"}': 1_000.0,
+                                 'segment_gpu_memory_total_bytes{gpu="1"}': 8_000.0,
+                                 'segment_gpu_utilization_ratio{gpu="1"}': 0.25}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert memory_in_use(on_gpu=True) == 1_000  # bucket memory comes from the same device lookup
+    assert register_gpu_metrics(CollectorRegistry(), device_id=7) is False  # no such device: no gauges
+
+
+def test_no_nvml_means_no_gpu_gauges(monkeypatch: pytest.MonkeyPatch, serve) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a host without nvidia-ml-py
+    assert nvml.device_handle() is None and memory_in_use(on_gpu=True) is None
+    assert register_gpu_metrics(CollectorRegistry()) is False
+    server = serve(default_model_path(), providers="cpu", intra_op_threads=1)
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "segment_requests" in text and "segment_gpu_" not in text
