@@ -1,0 +1,66 @@
+"""An emulated accelerator behind the real service: `python -m testkit.accelerator [--scale 4]` runs
+`segment-serve` (settings from SEGMENT_*, fixed shapes on) whose bucket sessions hold one emulated device for
+the batch times of raw onnxruntime on an H200 (deeplabv3_resnet101 at 513, fp16, NHWC) × `scale`, releasing the
+GIL as a CUDA wait does, and answer a real label map. Everything else (HTTP, decode, letterbox, buckets, batch
+plan, batches in flight, unletterbox, PNG encode) is the service's own code: what it measures is whether the
+service's design keeps a device busy, with the device's and this host's speed taken out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import numpy as np
+
+from testkit.photos import PHOTOS, photo
+
+# Raw onnxruntime on an H200, seconds per batch of 1, 2, 4, 8, 16 (docs/bench/gpu_h200.json).
+H200_MS = {1: 4.6, 2: 7.2, 4: 12.5, 8: 22.1, 16: 41.8}
+
+
+class EmulatedSession:
+    """Stands in for one bucket's onnxruntime session: one batch at a time holds the device (a lock, as a GPU
+    runs one batch's kernels at full speed) for the bucket's time, and every row gets the same real labels."""
+
+    def __init__(self, device: threading.Lock, seconds: float, labels: np.ndarray, size: int) -> None:
+        self._device, self._seconds = device, seconds
+        self._labels = np.ascontiguousarray(np.broadcast_to(labels, (size, *labels.shape)))
+
+    def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (batch,) = feeds.values()
+        if batch.shape[0] != self._labels.shape[0]:
+            raise ValueError(f"a {self._labels.shape[0]}-image bucket session got {batch.shape[0]} images")
+        with self._device:
+            time.sleep(self._seconds)
+        return [self._labels.copy()]
+
+
+def serve(scale: float) -> None:
+    """Run the service on the embedded model's contract with emulated bucket sessions (blocks)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.core.engine import load_engine
+    from service.core.letterbox import letterbox
+    from service.server import build_config
+    from service.settings import Settings
+
+    settings = Settings()
+    engine = load_engine(settings.engine_options())
+    if engine.runner is None:
+        raise SystemExit("the emulated accelerator needs SEGMENT_FIXED_SHAPES=on")
+    size = engine.input_size
+    tensor, _ = letterbox(photo(PHOTOS[0], size=(1024, 768)), size, engine.metadata.pad_rgb)
+    labels = engine.session.run(["labels"], {"image": tensor[None]})[0][0]  # a real answer, once
+    device = threading.Lock()
+    times = {n: H200_MS.get(n, H200_MS[16] * n / 16) * scale / 1000 for n in engine.runner.sizes}
+    engine.runner._make_bucket_session = lambda n: EmulatedSession(device, times[n], labels, n)  # type: ignore
+    uvicorn.Server(build_config(create_app(settings, engine=engine), settings)).run()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=4.0, help="batch times = the H200's × this")
+    serve(parser.parse_args().scale)
