@@ -213,10 +213,16 @@ class FixedShapeRunner:
         repeats = 3 if self.binding is not None and self.binding.mode == "cuda_graph" else 2
         for bucket in self.buckets:
             start = time.perf_counter()
-            if bucket.session is None:
-                self._build(bucket)
             batch = np.broadcast_to(np.asarray(self.pad_rgb, np.uint8), (bucket.size, height, width, 3)).copy()
-            bucket.run_s = bucket.warm(batch, repeats)
+            try:
+                if bucket.session is None:
+                    self._build(bucket)
+                bucket.run_s = bucket.warm(batch, repeats)
+            except Exception as exc:
+                if self.binding is None:
+                    raise
+                # Name the mode: onnxruntime's own message (e.g. a graph it cannot capture) does not.
+                raise RuntimeError(f"bucket {bucket.size} with io_binding '{self.binding.mode}': {exc}") from exc
             bucket.warmup_s = time.perf_counter() - start
             now = memory_in_use(self.on_gpu)
             if mark is not None and now is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -162,3 +163,16 @@ def test_a_bound_server_answers_byte_for_byte_like_a_plain_one(serve) -> None:
     assert ready["io_binding"] == "on" and ready["concurrent_batches"] == 2
     assert [b["sessions"] for b in ready["buckets"]] == [2, 2, 2]
     assert httpx.get(f"{plain.url}/readyz", timeout=10).json()["io_binding"] == "off"
+
+
+def test_a_bound_bucket_that_cannot_run_keeps_readiness_off_and_names_the_mode(serve, broken_model: Path) -> None:
+    """A graph that fails on its bucket shape (as a CUDA graph onnxruntime cannot capture would): /readyz stays
+    503 and its error names the execution mode to turn off."""
+    server = serve(broken_model, wait_ready=False, fixed_shapes="on", io_binding="on", max_batch_size=2)
+    deadline = time.monotonic() + 60
+    while server.state.warmup_error is None:
+        assert time.monotonic() < deadline, "warm-up neither failed nor finished"
+        time.sleep(0.05)
+    r = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert r.status_code == 503
+    assert "io_binding 'on'" in r.json()["error"], r.json()
