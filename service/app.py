@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +24,7 @@ from .core.decode_budget import DECODE_BUDGET
 from .core.engine import Engine
 from .core.pipeline import Pipeline
 from .errors import ApiError
+from .handoff import WorkerThreads
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     state = ServiceState(
         settings=settings, metrics=metrics,
         cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
-        pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
+        pool=WorkerThreads(settings.worker_threads, "codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
