@@ -1,10 +1,11 @@
 """Worker threads that hand a call's answer back to the event loop with one wake-up: the codec's and the batcher's.
 
-`loop.run_in_executor` on a `ThreadPoolExecutor` costs ~27 CPU-µs a call (uvloop, measured by
-`python -m bench.handoff_bench`): a concurrent `Future` with its own `Condition`, the executor's idle-semaphore
-check, `wrap_future`'s chaining both ways and the state copied back under locks. A `POST /segment` makes three
-(decode, inference, encode). `WorkerThreads.run` puts one tuple on a `queue.SimpleQueue` and answers with one
-`call_soon_threadsafe`: ~12 µs. It is still an `Executor` (`submit`, `shutdown`), for any other caller.
+`loop.run_in_executor` on a `ThreadPoolExecutor` costs 26-39 CPU-µs a call, 17-27 of them on the event loop
+(uvloop, `python -m bench.handoff_bench`): a concurrent `Future` with its own `Condition`, the executor's
+idle-semaphore check, `wrap_future`'s chaining both ways and the state copied back under locks. A
+`POST /segment` makes three (decode, inference, encode). `WorkerThreads.run` puts one tuple on a
+`queue.SimpleQueue` and answers with one `call_soon_threadsafe`: 14-24 CPU-µs, 7-10 on the event loop (same
+runs). It is still an `Executor` (`submit`, `shutdown`), for any other caller.
 """
 
 from __future__ import annotations
