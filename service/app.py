@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
+import cv2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or Settings()
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
+    cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
     metrics = Metrics(settings.max_batch_size)
     state = ServiceState(
         settings=settings, metrics=metrics,

@@ -98,3 +98,4 @@ def test_threads_start_on_first_use_with_the_initializer() -> None:
     threads.submit(lambda: None).result(5)
     threads.shutdown()
     assert sorted(seen) == ["lazy_0", "lazy_1"]
+
