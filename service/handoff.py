@@ -1,11 +1,11 @@
 """Worker threads that hand a call's answer back to the event loop with one wake-up: the codec's and the batcher's.
 
-`loop.run_in_executor` on a `ThreadPoolExecutor` costs 26-39 CPU-µs a call, 17-27 of them on the event loop
-(uvloop, `python -m bench.handoff_bench`): a concurrent `Future` with its own `Condition`, the executor's
-idle-semaphore check, `wrap_future`'s chaining both ways and the state copied back under locks. A
-`POST /segment` makes three (decode, inference, encode). `WorkerThreads.run` puts one tuple on a
-`queue.SimpleQueue` and answers with one `call_soon_threadsafe`: 14-24 CPU-µs, 7-10 on the event loop (same
-runs). It is still an `Executor` (`submit`, `shutdown`), for any other caller.
+`loop.run_in_executor` on a `ThreadPoolExecutor` costs 26-56 CPU-µs a call, 17-33 of them on the event loop
+(uvloop, `python -m bench.handoff_bench`, runs on a shared machine): a concurrent `Future` with its own
+`Condition`, the executor's Python-level idle semaphore, `wrap_future`'s chaining both ways and the state copied
+back under locks. A `POST /segment` makes three (decode, inference, encode). `WorkerThreads.run` puts one tuple
+on a `queue.SimpleQueue` and answers with one `call_soon_threadsafe`: 14-25 CPU-µs, 7-14 on the event loop
+(same runs). It is still an `Executor` (`submit`, `shutdown`), for any other caller.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def _reject(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 class WorkerThreads(Executor):
-    """`workers` threads named `<name>_<i>` (as `ThreadPoolExecutor` names them), started on first use, taking
-    jobs in order from one queue. Daemon threads: one that is never shut down cannot hold the interpreter open."""
+    """Up to `workers` threads named `<name>_<i>`, taking jobs in order from one queue. As in `ThreadPoolExecutor`,
+    a thread is added only when none is idle, so sequential requests keep to one thread (and one malloc arena:
+    with both codec threads taking turns, the soak test's RSS rose past its bound). Daemon threads: one that is
+    never shut down cannot hold the interpreter open."""
 
     def __init__(self, workers: int, name: str, initializer: Callable[[], object] | None = None) -> None:
         if workers < 1:
@@ -47,6 +49,7 @@ class WorkerThreads(Executor):
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._idle = 0  # threads done with a job and not yet given another (ThreadPoolExecutor's idle semaphore)
         self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -74,16 +77,18 @@ class WorkerThreads(Executor):
     def _put(self, job: _Job) -> None:
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if len(self._threads) < self.workers:
-            self._start_threads()
-        self._jobs.put(job)
-
-    def _start_threads(self) -> None:
         with self._lock:
-            while len(self._threads) < self.workers:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.workers:
                 thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+        self._jobs.put(job)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._idle += 1
 
     def _cancel_queued(self) -> None:
         while True:
@@ -114,6 +119,7 @@ class WorkerThreads(Executor):
             else:
                 _run_async(fn, args, future, loop)  # type: ignore[arg-type]
             del job, fn, args, future, loop
+            self._done()
 
 
 def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any],

@@ -91,11 +91,17 @@ def test_shutdown_waits_cancels_queued_jobs_and_refuses_new_ones() -> None:
         threads.submit(lambda: None)
 
 
-def test_threads_start_on_first_use_with_the_initializer() -> None:
+def test_a_thread_is_added_only_when_none_is_idle() -> None:
     seen: list[str] = []
     threads = WorkerThreads(2, "lazy", initializer=lambda: seen.append(threading.current_thread().name))
     assert not [t for t in threading.enumerate() if t.name.startswith("lazy_")]
-    threads.submit(lambda: None).result(5)
+    for _ in range(5):  # one after another: one thread does them all
+        threads.submit(lambda: None).result(5)
+    assert seen == ["lazy_0"]
+    gate = threading.Event()
+    blocked = threads.submit(gate.wait)
+    threads.submit(lambda: None).result(5)  # lazy_0 is busy: a second thread takes this one
+    gate.set()
+    blocked.result(5)
     threads.shutdown()
-    assert sorted(seen) == ["lazy_0", "lazy_1"]
-
+    assert seen == ["lazy_0", "lazy_1"]
