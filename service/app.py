@@ -7,8 +7,8 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,6 +26,7 @@ from .core.engine import Engine
 from .core.pipeline import Pipeline
 from .errors import ApiError
 from .gpu_metrics import register_gpu_metrics
+from .handoff import WorkerThreads
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache
@@ -48,11 +49,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or Settings()
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
+    cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
     metrics = Metrics(settings.max_batch_size)
     state = ServiceState(
         settings=settings, metrics=metrics,
         cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
-        pool=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="codec"),
+        pool=WorkerThreads(settings.worker_threads, "codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),

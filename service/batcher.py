@@ -23,12 +23,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ApiError
+from .handoff import WorkerThreads
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Batcher:
         self._workers: list[asyncio.Task[None]] = []
         self._collecting: asyncio.Lock | None = None
         # One thread per worker: at most `concurrency` batches run at once.
-        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="inference")
+        self._executor = WorkerThreads(self.concurrency, "inference")
         self._accepting = False
         self.in_flight = 0  # batches running now
         self.peak_in_flight = 0  # the most that ever ran at once: the proof that batches overlap
@@ -153,7 +153,6 @@ class Batcher:
     # -- worker ----------------------------------------------------------------------------------------------
     async def _work(self) -> None:
         assert self._queue is not None and self._collecting is not None
-        loop = asyncio.get_running_loop()
         while True:
             async with self._collecting:  # one worker forms a batch at a time; the others run theirs
                 batch = await self._collect()
@@ -166,7 +165,7 @@ class Batcher:
             try:
                 # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
                 tensors = [item.tensor for item in live]
-                labels = await loop.run_in_executor(self._executor, self._run_images, tensors)
+                labels = await self._executor.run(self._run_images, tensors)
             except Exception as exc:  # ORT failure: those requests fail, the worker carries on
                 log.exception("inference failed for a batch of %d (requests %s)", len(live),
                               [item.request_id for item in live])

@@ -26,6 +26,7 @@ from .core.errors import DecodeError
 from .core.outputs.labelmap import LabelMap
 from .core.pipeline import Pipeline, Prepared, SegmentOptions
 from .errors import ApiError
+from .handoff import WorkerThreads
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.
@@ -57,12 +58,11 @@ class Codec:
 
     async def decode(self, data: bytes, *, full_resolution: bool) -> Prepared:
         """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP)."""
-        loop = asyncio.get_running_loop()
         decode = functools.partial(self._preprocess, data, full_resolution)
         # The header is read in the pool, not on the event loop (~0.07 ms for a JPEG); a heavy upload then moves
         # to the low-priority pool.
-        decoded = await loop.run_in_executor(self.threads, self._decode_unless_heavy, data, full_resolution, decode)
-        return decoded if decoded is not None else await loop.run_in_executor(self.heavy_threads, decode)
+        decoded = await _in(self.threads, self._decode_unless_heavy, data, full_resolution, decode)
+        return decoded if decoded is not None else await _in(self.heavy_threads, decode)
 
     def _preprocess(self, data: bytes, full_resolution: bool) -> Prepared:
         try:
@@ -80,11 +80,17 @@ class Codec:
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
         """The answer's body and media type, and the label map at the upload's size (for the results cache)."""
-        return await asyncio.get_running_loop().run_in_executor(self.threads, functools.partial(
-            self._encode, prepared, labels, options, header))
+        return await _in(self.threads, self._encode, prepared, labels, options, header)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                 header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
         body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
         return body, media, label_map
+
+
+async def _in(threads: Executor, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in `threads`: through `WorkerThreads.run` where it can (one loop wake-up, service/handoff.py)."""
+    if isinstance(threads, WorkerThreads):
+        return await threads.run(fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(threads, fn, *args)

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
+    # OpenCV splits a resize or a histogram over its own threads (one per CPU by default); the worker threads
+    # already run requests side by side, and the split costs more CPU than it saves (a 1024x768 JPEG's decode
+    # to render, 2 CPUs: labels 4.8 -> 4.4 CPU-ms, polygons 9.1 -> 8.1, wall time no longer, the same answers;
+    # `python -m bench.opencv_threads_bench`, docs/BENCHMARKS.md).
+    opencv_threads: int = Field(1, ge=1, description="OpenCV's own threads per call (process-wide)")
     fixed_shapes: Literal["auto", "on", "off"] = Field(
         "auto", description="pad batches to bucket sizes, one session per bucket, so no session ever sees a "
                             "second input shape (cuDNN re-plans on every change); 'auto': on for GPU providers")

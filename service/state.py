@@ -13,6 +13,7 @@ from .batcher import Batcher
 from .codec import Codec
 from .core.engine import Engine
 from .errors import ApiError
+from .handoff import WorkerThreads
 from .metrics import Metrics
 from .results_cache import ResultsCache
 from .settings import Settings
@@ -25,7 +26,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     cache: ResultsCache
-    pool: ThreadPoolExecutor
+    pool: WorkerThreads  # decode and encode (service/handoff.py)
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
     render_pool: ThreadPoolExecutor

@@ -1,0 +1,150 @@
+"""Worker threads that hand a call's answer back to the event loop with one wake-up: the codec's and the batcher's.
+
+`loop.run_in_executor` on a `ThreadPoolExecutor` costs 26-56 CPU-µs a call, 17-33 of them on the event loop
+(uvloop, `python -m bench.handoff_bench`, runs on a shared machine): a concurrent `Future` with its own
+`Condition`, the executor's Python-level idle semaphore, `wrap_future`'s chaining both ways and the state copied
+back under locks. A `POST /segment` makes three (decode, inference, encode). `WorkerThreads.run` puts one tuple
+on a `queue.SimpleQueue` and answers with one `call_soon_threadsafe`: 14-25 CPU-µs, 7-14 on the event loop
+(same runs). It is still an `Executor` (`submit`, `shutdown`), for any other caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# A job: the call, and where its answer goes (an asyncio future and its loop, or a concurrent future and None).
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | Future[Any]",
+             "asyncio.AbstractEventLoop | None"]
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # its awaiter may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class WorkerThreads(Executor):
+    """Up to `workers` threads named `<name>_<i>`, taking jobs in order from one queue. As in `ThreadPoolExecutor`,
+    a thread is added only when none is idle, so sequential requests keep to one thread (and one malloc arena:
+    with both codec threads taking turns, the soak test's RSS rose past its bound). Daemon threads: one that is
+    never shut down cannot hold the interpreter open."""
+
+    def __init__(self, workers: int, name: str, initializer: Callable[[], object] | None = None) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers, self.name = workers, name
+        self._initializer = initializer
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._idle = 0  # threads done with a job and not yet given another (ThreadPoolExecutor's idle semaphore)
+        self._closed = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a worker thread, awaited. Cancelling the wait before a worker takes the job skips it,
+        as `run_in_executor` does."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put((fn, args, future, future.get_loop()))
+        return await future
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._put((fn, args, future, None) if not kwargs else (lambda: fn(*args, **kwargs), (), future, None))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                self._cancel_queued()
+            self._jobs.put(None)  # each worker passes it on to the next, then ends
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _put(self, job: _Job) -> None:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(job)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._idle += 1
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                continue
+            _, _, future, loop = job
+            if loop is None:
+                future.cancel()
+            else:
+                _call_soon(loop, future.cancel)
+
+    def _work(self) -> None:
+        if self._initializer is not None:
+            self._initializer()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                self._jobs.put(None)
+                return
+            fn, args, future, loop = job
+            # In functions of their own, so that an idle worker holds no reference to the last job's arrays.
+            if loop is None:
+                _run_concurrent(fn, args, future)  # type: ignore[arg-type]
+            else:
+                _run_async(fn, args, future, loop)  # type: ignore[arg-type]
+            del job, fn, args, future, loop
+            self._done()
+
+
+def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any],
+               loop: asyncio.AbstractEventLoop) -> None:
+    if future.cancelled():
+        return
+    try:
+        result = fn(*args)
+    except BaseException as exc:  # every failure belongs to the awaiter
+        _call_soon(loop, _reject, future, exc)
+    else:
+        _call_soon(loop, _resolve, future, result)
+
+
+def _run_concurrent(fn: Callable[..., Any], args: tuple[Any, ...], future: Future[Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(callback, *args)
