@@ -58,8 +58,10 @@ def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: s
     assert "cannot start" in server.log and expect in server.log, server.log
 
 
-def test_sigterm_drains_in_flight_requests(processes, slow_model: Path) -> None:
-    server = serve_process(slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
+def test_sigterm_drains_in_flight_requests(processes, very_slow_model: Path) -> None:
+    # ~0.5 s an image, so the first batch of 2 is still running when the sixth request (its own connection,
+    # from a thread that a busy machine may start late) arrives: all six are in flight before the signal.
+    server = serve_process(very_slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
     processes.append(server)
     server.wait_ready()
     images = [scene(100 + 10 * i, 70) for i in range(6)]
