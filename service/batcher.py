@@ -165,7 +165,7 @@ class Batcher:
             try:
                 # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
                 tensors = [item.tensor for item in live]
-                labels = await self._executor.run(self._run_images, tensors)
+                labels = await self._executor.run(self._timed_run, tensors)
             except Exception as exc:  # ORT failure: those requests fail, the worker carries on
                 log.exception("inference failed for a batch of %d (requests %s)", len(live),
                               [item.request_id for item in live])
@@ -184,6 +184,16 @@ class Batcher:
                 if not item.future.done():  # the client may have gone away while we ran
                     item.future.set_result(InferenceResult(labels[i], started - item.enqueued, inference_s,
                                                            len(live)))
+
+    def _timed_run(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """`run_images` in the inference thread, its time added to the busy counter (timed there, so a busy
+        event loop does not count as inference)."""
+        start = time.perf_counter()
+        try:
+            return self._run_images(tensors)
+        finally:
+            if self.metrics is not None:
+                self.metrics.inference_busy.inc(time.perf_counter() - start)
 
     def _batch_started(self) -> None:
         self.in_flight += 1

@@ -41,6 +41,10 @@ class Metrics:
                                    "Images a batch left for the next one, because a smaller full bucket now and "
                                    "the rest later costs less than padding them all", registry=r)
         self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now", registry=r)
+        self.inference_busy = Counter("segment_inference_busy_seconds",
+                                      "Seconds the engine spent running batches, summed over batches in flight "
+                                      "(Triton's compute duration); its rate over the concurrent-batch count is "
+                                      "how busy the inference slots are", registry=r)
         self.bucket_memory = Gauge("segment_bucket_memory_bytes",
                                    "Memory taken by each fixed-shape bucket's session when built and warmed "
                                    "(GPU memory on CUDA, resident memory on CPU)", ["bucket"], registry=r)

@@ -165,3 +165,24 @@ def test_a_lone_request_pays_no_batching_delay(serve, rule_model: Path) -> None:
             r = client.post("/segment", params={"output": "stats"}, content=png_bytes(scene()))
             assert r.status_code == 200
             assert r.json()["timing_ms"]["queue"] < 300, r.json()["timing_ms"]
+
+
+def test_inference_busy_seconds_add_up_the_batches_run(serve, slow_model: Path) -> None:
+    """segment_inference_busy_seconds_total is the engine's time per batch, summed: here one batch runs at a
+    time, so it matches the batches' own inference times (Server-Timing, shared by a batch's requests) and never
+    exceeds the wall time."""
+    server = serve(slow_model, max_batch_size=2, max_wait_ms=50, concurrent_batches=1, intra_op_threads=1)
+    with server.client() as client:
+        before = metric_samples(client.get("/metrics").text, "segment_inference_busy_seconds_total")[()]
+    start = time.perf_counter()
+    responses = asyncio.run(_burst(server.url, [png_bytes(scene(90 + i, 70)) for i in range(5)],
+                                   {"output": "stats"}, timeout=120))
+    wall = time.perf_counter() - start
+    assert [r.status_code for r in responses] == [200] * 5
+    with server.client() as client:
+        busy = metric_samples(client.get("/metrics").text, "segment_inference_busy_seconds_total")[()] - before
+    batches = {r.headers["server-timing"].split("inference;dur=")[1].split(",")[0] for r in responses}
+    per_batch = sum(float(ms) for ms in batches) / 1000
+    assert len(batches) >= 3  # 5 images in batches of at most 2
+    assert 0.8 * per_batch <= busy <= per_batch + 0.01, (busy, per_batch)
+    assert busy <= wall
