@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Protocol
 
 from starlette.datastructures import Headers
 
 from .errors import ApiError
+from .handoff import WorkerThreads
 
 RETRY = {"Retry-After": "1"}
 
@@ -121,7 +121,7 @@ def _lower_thread_priority() -> None:
         os.nice(RENDER_NICENESS)
 
 
-def low_priority_pool(workers: int, name: str) -> ThreadPoolExecutor:
+def low_priority_pool(workers: int, name: str) -> WorkerThreads:
     """Threads at nice +10, for work that must yield the CPU to /segment: a refetch of a huge overlay is a
     convenience and must not double a new request's latency (measured in docs/RELIABILITY.md)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=_lower_thread_priority)
+    return WorkerThreads(workers, name, initializer=_lower_thread_priority)

@@ -12,11 +12,9 @@ decoder or a GPU decoder plugs in at `service.core.pipeline`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -51,7 +49,8 @@ def decoded_pixels(data: bytes, *, full_resolution: bool) -> int:
 class Codec:
     """Where `POST /segment` runs the pipeline's CPU steps (preprocess; postprocess + render), off the loop."""
 
-    def __init__(self, pipeline: Pipeline, threads: Executor, *, heavy_threads: Executor | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, threads: WorkerThreads, *, heavy_threads: WorkerThreads | None = None
+                 ) -> None:
         self.pipeline = pipeline
         self.threads = threads
         self.heavy_threads = heavy_threads or threads
@@ -61,8 +60,8 @@ class Codec:
         decode = functools.partial(self._preprocess, data, full_resolution)
         # The header is read in the pool, not on the event loop (~0.07 ms for a JPEG); a heavy upload then moves
         # to the low-priority pool.
-        decoded = await _in(self.threads, self._decode_unless_heavy, data, full_resolution, decode)
-        return decoded if decoded is not None else await _in(self.heavy_threads, decode)
+        decoded = await self.threads.run(self._decode_unless_heavy, data, full_resolution, decode)
+        return decoded if decoded is not None else await self.heavy_threads.run(decode)
 
     def _preprocess(self, data: bytes, full_resolution: bool) -> Prepared:
         try:
@@ -80,7 +79,7 @@ class Codec:
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
         """The answer's body and media type, and the label map at the upload's size (for the results cache)."""
-        return await _in(self.threads, self._encode, prepared, labels, options, header)
+        return await self.threads.run(self._encode, prepared, labels, options, header)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                 header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
@@ -88,9 +87,3 @@ class Codec:
         body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
         return body, media, label_map
 
-
-async def _in(threads: Executor, fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` in `threads`: through `WorkerThreads.run` where it can (one loop wake-up, service/handoff.py)."""
-    if isinstance(threads, WorkerThreads):
-        return await threads.run(fn, *args)
-    return await asyncio.get_running_loop().run_in_executor(threads, fn, *args)

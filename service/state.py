@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Depends, Request
@@ -29,8 +28,8 @@ class ServiceState:
     pool: WorkerThreads  # decode and encode (service/handoff.py)
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
-    render_pool: ThreadPoolExecutor
-    heavy_pool: ThreadPoolExecutor  # decodes of very large images, at lower CPU priority (service/codec.py)
+    render_pool: WorkerThreads  # at lower CPU priority (service/admission.py)
+    heavy_pool: WorkerThreads  # decodes of very large images, at lower CPU priority (service/codec.py)
     engine: Engine | None = None
     batcher: Batcher | None = None
     codec: Codec | None = None  # decode and encode, in `pool`

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Depends
@@ -42,5 +41,5 @@ async def result(result_id: str, name: ResultFile,
         return body  # type: ignore[return-value]  # image kinds are always bytes
 
     with state.renders:  # bounded and in its own pool: refetches cannot starve /segment
-        data = await asyncio.get_running_loop().run_in_executor(state.render_pool, encode)
+        data = await state.render_pool.run(encode)
     return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
