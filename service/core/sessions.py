@@ -132,26 +132,26 @@ class BucketSession:
             self.runs += 1
             self.shapes.add(batch.shape)
 
+    def _run_plain(self, batch: np.ndarray) -> np.ndarray:
+        assert self.session is not None, "bucket session used before it was built"
+        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: batch})
+        return labels
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is; bound runs are handed
         out one batch at a time)."""
-        assert self.session is not None, "bucket session used before it was built"
         self._record(batch)
-        if self.pool is not None:
-            return self.pool.run(batch)
-        (labels,) = self.session.run([LABELS_OUTPUT], {INPUT_NAME: batch})
-        return labels
+        return self.pool.run(batch) if self.pool is not None else self._run_plain(batch)
 
     def warm(self, batch: np.ndarray, repeats: int) -> float:
         """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
         the last run."""
-        runners = [run.run for run in self.pool.runs] if self.pool is not None else [self.run]
+        runners = [run.run for run in self.pool.runs] if self.pool is not None else [self._run_plain]
         elapsed = 0.0
         for run in runners:
             for _ in range(repeats):
+                self._record(batch)
                 start = time.perf_counter()
-                if self.pool is not None:
-                    self._record(batch)
                 run(batch)
                 elapsed = time.perf_counter() - start
         return elapsed
