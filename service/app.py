@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
-        if eng.on_gpu and not register_gpu_metrics(metrics.registry, int(settings.cuda_options.get("device_id", 0))):
+        if eng.on_gpu and not register_gpu_metrics(metrics.registry, eng.device_id):
             log.info("GPU metrics off: NVML (nvidia-ml-py) cannot read the device")
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,

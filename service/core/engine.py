@@ -110,6 +110,7 @@ class Engine:
     requested_providers: list[str]
     intra_op_threads: int
     concurrent_batches: int = 1  # batches in flight at once; bound buckets have one session per batch
+    device_id: int = 0  # the CUDA device, where the provider is CUDA
     has_confidence: bool = False
     runner: FixedShapeRunner | None = None
 
@@ -220,7 +221,7 @@ def load_engine(options: EngineOptions) -> Engine:
                           f"'{options.fixed_shapes}' on {active} (set it to 'on')", "io_binding")
     engine = Engine(
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
-        intra_op_threads=options.threads, concurrent_batches=concurrent,
+        intra_op_threads=options.threads, concurrent_batches=concurrent, device_id=options.device_id,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
@@ -248,9 +249,9 @@ def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str]
     binding = None
     if options.io_binding != "off":
         device = "cuda" if active in GPU_PROVIDERS else "cpu"
-        binding = Binding(options.io_binding, device, int(cuda_options.get("device_id", 0)), instances=concurrent)
+        binding = Binding(options.io_binding, device, instances=concurrent)
     runner = FixedShapeRunner(normalise_buckets(options.batch_buckets, options.max_batch_size), (size, size),
                               metadata.pad_rgb, make_bucket_session, on_gpu=active in GPU_PROVIDERS,
-                              binding=binding)
+                              binding=binding, device_id=options.device_id)
     runner.adopt_dynamic(session)
     return runner

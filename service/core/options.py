@@ -70,6 +70,11 @@ class EngineOptions:
     io_binding: IoBinding = "off"
 
     @property
+    def device_id(self) -> int:
+        """The CUDA device the engine runs on (the CUDA provider's `device_id` option; 0 by default)."""
+        return int(self.cuda_options.get("device_id", 0))
+
+    @property
     def threads(self) -> int:
         """The intra-op thread count actually used."""
         return self.intra_op_threads or available_cpus()

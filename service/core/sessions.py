@@ -79,13 +79,14 @@ def fixed_dims(input_shape: Sequence[object], batch: int, height: int, width: in
     return dims
 
 
-def memory_in_use(on_gpu: bool) -> int | None:
-    """Bytes in use now: the GPU's (NVML, when nvidia-ml-py is installed) or this process's resident set.
+def memory_in_use(on_gpu: bool, device_id: int = 0) -> int | None:
+    """Bytes in use now: CUDA device `device_id`'s (NVML, when nvidia-ml-py is installed) or this process's
+    resident set.
 
     Read before and after a bucket's session is built and warmed, the difference is that bucket's cost.
     """
     if on_gpu:
-        device = nvml.device_handle()
+        device = nvml.device_handle(device_id)
         reading = nvml.read(device) if device is not None else None
         return reading.memory_used if reading is not None else None
     try:
@@ -97,12 +98,11 @@ def memory_in_use(on_gpu: bool) -> int | None:
 
 @dataclass(frozen=True)
 class Binding:
-    """Bound execution for every bucket (`service.core.bound`): the mode, where the buffers live, and how many
-    sessions per bucket (one per concurrent batch)."""
+    """Bound execution for every bucket (`service.core.bound`): the mode, where the buffers live ('cuda' or
+    'cpu'; the runner's device), and how many sessions per bucket (one per concurrent batch)."""
 
     mode: IoBinding
     device: str
-    device_id: int = 0
     instances: int = 1
 
 
@@ -175,12 +175,13 @@ class FixedShapeRunner:
 
     def __init__(self, sizes: Sequence[int], input_hw: tuple[int, int], pad_rgb: Sequence[int],
                  make_bucket_session: Callable[[int], ort.InferenceSession], on_gpu: bool,
-                 binding: Binding | None = None) -> None:
+                 binding: Binding | None = None, device_id: int = 0) -> None:
         self.buckets = [BucketSession(size) for size in sorted(sizes)]
         self.sizes = [b.size for b in self.buckets]
         self.input_hw = input_hw
         self.pad_rgb = tuple(pad_rgb)
         self.on_gpu = on_gpu
+        self.device_id = device_id  # the CUDA device: bound buffers and memory readings
         self.binding = binding
         self._make_bucket_session = make_bucket_session
         self._other_shapes: ort.InferenceSession | None = None
@@ -201,12 +202,12 @@ class FixedShapeRunner:
             return
         b = self.binding
         bucket.pool = InstancePool([BoundRun(self._make_bucket_session(bucket.size), (bucket.size, height, width, 3),
-                                             b.device, b.device_id) for _ in range(b.instances)])
+                                             b.device, self.device_id) for _ in range(b.instances)])
         bucket.session = bucket.pool.runs[0].session
 
     def warm_up(self) -> None:
         """Build every bucket's session(s) and run each on its one shape, recording time and memory."""
-        mark = memory_in_use(self.on_gpu)
+        mark = memory_in_use(self.on_gpu, self.device_id)
         height, width = self.input_hw
         # Plain: the first run plans and allocates, the second proves and times the steady state. A CUDA graph
         # is captured on a run after the first, so it gets one more, replayed.
@@ -224,7 +225,7 @@ class FixedShapeRunner:
                 # Name the mode: onnxruntime's own message (e.g. a graph it cannot capture) does not.
                 raise RuntimeError(f"bucket {bucket.size} with io_binding '{self.binding.mode}': {exc}") from exc
             bucket.warmup_s = time.perf_counter() - start
-            now = memory_in_use(self.on_gpu)
+            now = memory_in_use(self.on_gpu, self.device_id)
             if mark is not None and now is not None:
                 bucket.memory_bytes = max(0, now - mark)
             mark = now

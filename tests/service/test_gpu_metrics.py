@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.core import nvml
+from service.core.options import EngineOptions
 from service.core.sessions import memory_in_use
 from service.gpu_metrics import register_gpu_metrics
 from service.settings import default_model_path
@@ -73,6 +74,8 @@ def test_the_engines_device_is_read_at_scrape_time(monkeypatch: pytest.MonkeyPat
     assert samples(registry) == {
         'segment_gpu_memory_used_bytes{gpu="1"}': 3_000.0, 'segment_gpu_memory_total_bytes{gpu="1"}': 80_000.0,
         'segment_gpu_utilization_ratio{gpu="1"}': 0.9, 'segment_gpu_power_watts{gpu="1"}': 650.0}
+    assert memory_in_use(on_gpu=True, device_id=1) == 3_000  # bucket memory reads the engine's device too
+    assert EngineOptions(cuda_options={"device_id": "1"}).device_id == 1 and EngineOptions().device_id == 0
     module.broken = True  # a lost GPU: the scrape still answers, without the GPU gauges
     assert samples(registry) == {}
     assert memory_in_use(on_gpu=True) is None
