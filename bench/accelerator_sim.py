@@ -26,24 +26,20 @@ import numpy as np
 
 from bench.harness import machine_note
 from bench.markdown import write_section
-from testkit.accelerator import H200_MS
+from testkit.accelerator import H200_MS, emulated_server
 from testkit.images import encode
 from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
-from testkit.server import ServerProcess
 
 
 def measure(scale: float, concurrencies: list[int], seconds: float,
             overrides: dict[str, str] | None = None) -> dict[str, Any]:
     """Start the emulated server (the GPU defaults, then `overrides`) and drive it at each concurrency; img/s,
     latency and mean batch per point."""
-    env = {"SEGMENT_FIXED_SHAPES": "on", "SEGMENT_MAX_BATCH_SIZE": "16", "SEGMENT_CONCURRENT_BATCHES": "2",
-           "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_MAX_QUEUE": "256", **(overrides or {})}
     bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
     out: dict[str, Any] = {"scale": scale, "device_ms": {n: ms * scale for n, ms in H200_MS.items()},
                            "env": overrides or {}, "points": []}
-    command = [sys.executable, "-m", "testkit.accelerator", "--scale", str(scale)]
-    with ServerProcess(None, command=command, **env) as server:
+    with emulated_server(scale, **(overrides or {})) as server:
         server.wait_ready(timeout=300)
         for concurrency in concurrencies:
             samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,

@@ -9,15 +9,28 @@ service's design keeps a device busy, with the device's and this host's speed ta
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 
 import numpy as np
 
 from testkit.photos import PHOTOS, photo
+from testkit.server import ServerProcess
 
 # Raw onnxruntime on an H200, seconds per batch of 1, 2, 4, 8, 16 (docs/bench/gpu_h200.json).
 H200_MS = {1: 4.6, 2: 7.2, 4: 12.5, 8: 22.1, 16: 41.8}
+
+
+# The GPU defaults the emulation runs with: buckets up to 16, two batches in flight.
+GPU_LIKE_ENV = {"SEGMENT_FIXED_SHAPES": "on", "SEGMENT_MAX_BATCH_SIZE": "16", "SEGMENT_CONCURRENT_BATCHES": "2",
+                "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_MAX_QUEUE": "256"}
+
+
+def emulated_server(scale: float, **overrides: str) -> ServerProcess:
+    """A `segment-serve` child on the emulated device (`GPU_LIKE_ENV`, then `overrides`); not yet ready."""
+    command = [sys.executable, "-m", "testkit.accelerator", "--scale", str(scale)]
+    return ServerProcess(None, command=command, **{**GPU_LIKE_ENV, **overrides})
 
 
 class EmulatedSession:

@@ -6,25 +6,20 @@ raw back-to-back batches of 16 would (measured: 0.91 at × 4), with p99 within t
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import numpy as np
 
-from testkit.accelerator import H200_MS
+from testkit.accelerator import H200_MS, emulated_server
 from testkit.images import encode
 from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
-from testkit.server import ServerProcess
 
 SCALE = 10.0
 
 
 def test_the_service_keeps_an_emulated_device_busy_at_concurrency_32() -> None:
     bodies = [encode(photo(name, size=(640, 480))) for name in PHOTOS]
-    command = [sys.executable, "-m", "testkit.accelerator", "--scale", str(SCALE)]
-    env = {"SEGMENT_FIXED_SHAPES": "on", "SEGMENT_MAX_BATCH_SIZE": "16", "SEGMENT_CONCURRENT_BATCHES": "2",
-           "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_MAX_QUEUE": "256"}
-    with ServerProcess(None, command=command, **env) as server:
+    with emulated_server(SCALE) as server:
         server.wait_ready(timeout=120)
         asyncio.run(closed_loop(server.url, bodies, 32, 1.5, 10**6, params={"output": "labels"},
                                 per_connection=True))  # ramp: the queue fills
