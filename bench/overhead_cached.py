@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http.client
 import os
 import statistics
@@ -28,19 +27,10 @@ from testkit import REPO
 from testkit.images import encode
 from testkit.load import closed_loop
 from testkit.photos import photo
+from testkit.procstat import run_ns
 from testkit.server import ServerProcess
 
 KINDS = ("labels", "stats", "polygons")
-
-
-def run_ns(pid: int, tid: int | None = None) -> int:
-    """Nanoseconds on a CPU so far: one thread's, or the sum over the process's threads."""
-    tasks = [Path(f"/proc/{pid}/task/{tid}")] if tid else list(Path(f"/proc/{pid}/task").iterdir())
-    total = 0
-    for task in tasks:
-        with contextlib.suppress(OSError):  # the thread ended meanwhile
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def upload(conn: http.client.HTTPConnection, data: bytes, kind: str) -> None:

@@ -38,7 +38,7 @@ from service.settings import default_model_path
 from testkit import REPO
 from testkit.images import encode
 from testkit.photos import photo
-from testkit.procstat import cpu_seconds
+from testkit.procstat import cpu_seconds, run_ns
 from testkit.rawhttp import connect, read_response, status_of
 from testkit.server import ServerProcess
 
@@ -51,8 +51,7 @@ PLAIN = ("import sys, service.main as m\norig = m.build_config\n"
 def loop_cpu_s(pid: int) -> tuple[float, float]:
     """CPU seconds of a process's main thread (the event loop): utime + stime from /proc/<pid>/task/<pid>/stat
     (in clock ticks, sampled), and the scheduler's exact run time from .../schedstat."""
-    schedstat = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text()
-    return cpu_seconds(pid, pid), int(schedstat.split()[0]) / 1e9
+    return cpu_seconds(pid, pid), run_ns(pid, pid) / 1e9
 
 
 def per_request_ms(server: ServerProcess, client: httpx.Client, kind: str, n: int,

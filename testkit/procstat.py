@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,6 +18,17 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """CPU seconds (user + system) of a process, or of one of its threads (the main thread's tid is the pid)."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
     return _utime_stime(Path(path).read_text())
+
+
+def run_ns(pid: int, tid: int | None = None) -> int:
+    """Nanoseconds on a CPU so far, from the scheduler's exact accounting (schedstat): one thread's, or the sum
+    over the process's threads now (`stat`'s utime + stime are sampled in clock ticks)."""
+    tasks = [Path(f"/proc/{pid}/task/{tid}")] if tid else list(Path(f"/proc/{pid}/task").iterdir())
+    total = 0
+    for task in tasks:
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def thread_times(pid: int) -> dict[int, tuple[str, float]]:
