@@ -231,6 +231,23 @@ def test_tolerance_reduces_vertices() -> None:
     assert iou(rasterise([simplified], labels.shape).astype(bool), labels == 4) > 0.97
 
 
+@pytest.mark.parametrize("tolerance, min_area", [(0.0, 0.0), (1.0, 20.0)])
+def test_all_classes_at_once_equal_each_class_alone(tolerance: float, min_area: float) -> None:
+    """The classes are traced together and simplified in one pass: each class's features must be exactly those
+    of a map holding that class alone, in class order, numbered throughout."""
+    labels = blob_labels(150, 200, seed=5)
+    labels[60:70, 80:85] = 9  # a small class that min_area may drop entirely
+    together = polygons_geojson(labels, CLASSES, tolerance, min_area)["features"]
+    alone = []
+    for class_id in np.unique(labels)[1:]:
+        only = np.where(labels == class_id, labels, 0).astype(np.uint8)
+        alone += polygons_geojson(only, CLASSES, tolerance, min_area)["features"]
+    strip = [{k: v for k, v in f.items() if k != "id"} for f in together]
+    assert strip == [{k: v for k, v in f.items() if k != "id"} for f in alone]
+    assert [f["id"] for f in together] == list(range(len(together)))
+    assert len({f["properties"]["class_id"] for f in together}) >= 4
+
+
 def test_polygons_reject_bad_arguments() -> None:
     with pytest.raises(ValueError):
         polygons_geojson(np.zeros((4, 4), np.uint8), CLASSES, tolerance=-1)

@@ -67,20 +67,12 @@ def polygons_geojson(
     height, width = label_map.shape
     tolerance = min(float(tolerance), math.hypot(height, width))
     small, edges_x, edges_y = _traceable(label_map)
-    features: list[dict[str, Any]] = []
-    for class_id in np.flatnonzero(label_map.counts):
-        class_id = int(class_id)
-        if class_id == 0 and not include_background:
-            continue
-        geoms = _class_polygons((small == class_id).view(np.uint8), edges_x, edges_y, min_area)
-        if tolerance > 0 and geoms:
-            geoms = _simplified(geoms, tolerance)
-        name = class_name(classes, class_id)
-        if geoms:
-            features.extend(_features(geoms, class_id, name))
-    for i, feature in enumerate(features):
-        feature["id"] = i
-    return {"type": "FeatureCollection", "features": features}
+    class_ids = [c for c in np.flatnonzero(label_map.counts).tolist() if c != 0 or include_background]
+    geoms, class_of = _polygons(small, class_ids, edges_x, edges_y, min_area)
+    if tolerance > 0 and len(geoms):
+        geoms = _simplified(geoms, tolerance)
+    names = {class_id: class_name(classes, class_id) for class_id in class_ids}
+    return {"type": "FeatureCollection", "features": _features(geoms, class_of.tolist(), names)}
 
 
 def _traceable(label_map: LabelMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,55 +85,75 @@ def _traceable(label_map: LabelMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return small, np.append(col_0, width), np.append(row_0, height)
 
 
-def _class_polygons(mask: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray,
-                    min_area: float) -> list[shapely.Polygon]:
+def _class_rings(mask: np.ndarray) -> tuple[np.ndarray, list[int], list[bool], list[int]] | None:
+    """One class's rings, traced: their corners on the traced map (one array, ring after ring), each ring's
+    length, whether it is a hole, and its polygon (0, 1, ... within the class); None for an empty mask."""
     # Work on the class's bounding box only: small classes then cost little, whatever the image size.
     bx, by, bw, bh = cv2.boundingRect(mask)
     doubled = cv2.resize(mask[by : by + bh, bx : bx + bw], (2 * bw, 2 * bh), interpolation=cv2.INTER_NEAREST)
     # RETR_CCOMP: outer borders on top, their holes as children ([next, previous, first_child, parent]).
     contours, hierarchy = cv2.findContours(doubled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
-        return []
-    hierarchy = hierarchy[0]
-
-    # Rings in polygon order, each shell followed by its holes; `owner` is the polygon of each ring.
+        return None
+    links = hierarchy[0].tolist()
+    # Rings in polygon order, each shell followed by its holes.
     order: list[int] = []
     owner: list[int] = []
-    for i in range(len(contours)):
-        if hierarchy[i][3] != -1:
+    for i, (_, _, first_child, parent) in enumerate(links):
+        if parent != -1:
             continue  # a hole; taken with its parent
         polygon = owner[-1] + 1 if owner else 0
         ring = i
         while ring != -1:
             order.append(ring)
             owner.append(polygon)
-            ring = hierarchy[i][2] if ring == i else hierarchy[ring][0]  # first child, then its siblings
-    # All rings at once: doubled-map chain → corners of the traced map (consecutive repeats dropped) → edges
-    # at the final size. Every ring keeps at least its four extreme corners.
-    lengths = np.array([len(contours[k]) for k in order])
-    starts = np.cumsum(lengths) - lengths
+            ring = first_child if ring == i else links[ring][0]  # first child, then its siblings
+    # Doubled-map chain → corners of the traced map: the border sub-pixel p lies next to pixel edge (p + 1) // 2.
     corners = (np.concatenate([contours[k] for k in order]).reshape(-1, 2) + 1) // 2 + (bx, by)
-    ring_of = np.repeat(np.arange(len(order)), lengths)
+    return corners, [len(contours[k]) for k in order], [links[k][3] != -1 for k in order], owner
+
+
+def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edges_y: np.ndarray,
+              min_area: float) -> tuple[np.ndarray, np.ndarray]:
+    """The polygons of every class in `class_ids` (an object array, class after class) and the class of each.
+
+    Traced class by class; the rest (corners to final edges, hole areas, shapely's construction) is one
+    vectorised pass over the rings of all classes, not one per class: each call has a fixed cost.
+    """
+    traced = [(class_id, rings) for class_id in class_ids
+              if (rings := _class_rings((small == class_id).view(np.uint8))) is not None]
+    if not traced:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    polygon_class: list[int] = []
+    owners: list[int] = []
+    for class_id, (_, _, _, owner) in traced:
+        owners.extend(o + len(polygon_class) for o in owner)
+        polygon_class.extend([class_id] * (owner[-1] + 1))
+    lengths = np.array([n for _, (_, ring_lengths, _, _) in traced for n in ring_lengths])
+    is_hole = np.array([h for _, (_, _, holes, _) in traced for h in holes])
+    corners = np.concatenate([c for _, (c, _, _, _) in traced])
+    # Consecutive repeats dropped: every ring keeps at least its four extreme corners.
+    starts = np.cumsum(lengths) - lengths
+    ring_of = np.repeat(np.arange(len(lengths)), lengths)
     prev = np.arange(len(corners)) - 1
     prev[starts] = starts + lengths - 1
     keep = np.any(corners != corners[prev], axis=1)
     corners, ring_of = corners[keep], ring_of[keep]
     coords = np.column_stack((edges_x[corners[:, 0]], edges_y[corners[:, 1]])).astype(np.float64)
     # Shoelace area of every ring; holes smaller than min_area are filled.
-    kept = np.bincount(ring_of, minlength=len(order))
+    kept = np.bincount(ring_of, minlength=len(lengths))
     first = np.cumsum(kept) - kept
     following = np.arange(len(coords)) + 1
     following[first + kept - 1] = first
     cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
     ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
-    is_hole = np.array([hierarchy[k][3] != -1 for k in order])
     ring_ok = ~is_hole | (ring_area >= min_area)
     # Pixel-edge rings are simple unless they pass a corner twice (a region or a hole joined only at a
     # corner); only their polygons need GEOS's validity repair, the rest skip its (costlier) checks.
     key = np.sort(ring_of.astype(np.int64) << 40 | corners[:, 0].astype(np.int64) << 20 | corners[:, 1])
     repeated = np.unique(key[1:][key[1:] == key[:-1]] >> 40)
-    owner_arr = np.array(owner)
-    pinched = np.zeros(owner_arr[-1] + 1, dtype=bool)
+    owner_arr = np.array(owners)
+    pinched = np.zeros(len(polygon_class), dtype=bool)
     pinched[owner_arr[repeated]] = True
     on = ring_ok[ring_of]
     dense_ring = np.cumsum(ring_ok) - 1
@@ -149,15 +161,15 @@ def _class_polygons(mask: np.ndarray, edges_x: np.ndarray, edges_y: np.ndarray,
     geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
     if pinched.any():
         geoms[pinched] = shapely.make_valid(geoms[pinched])
-    parts = shapely.get_parts(geoms)  # a split region gives a MultiPolygon: one feature per part
-    parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
-    return list(parts[shapely.area(parts) >= max(min_area, 1e-9)])
+    # A split region gives a MultiPolygon (or a collection): one feature per polygon part.
+    parts, source = shapely.get_parts(geoms, return_index=True)
+    chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) >= max(min_area, 1e-9))
+    return parts[chosen], np.array(polygon_class)[source[chosen]]
 
 
-def _simplified(geoms: list[shapely.Polygon], tolerance: float) -> list[shapely.Polygon]:
+def _simplified(original: np.ndarray, tolerance: float) -> np.ndarray:
     """Douglas-Peucker; a part it makes invalid gets the topology-preserving variant instead (3x slower on a
     whole map, so only where needed), and one that would vanish or stay invalid is kept as it was."""
-    original = np.array(geoms, dtype=object)
     simple = shapely.simplify(original, tolerance, preserve_topology=False)
     bad = ~shapely.is_valid(simple)
     if bad.any():
@@ -165,29 +177,32 @@ def _simplified(geoms: list[shapely.Polygon], tolerance: float) -> list[shapely.
         bad[bad] = ~shapely.is_valid(simple[bad])
     bad |= shapely.is_empty(simple) | (shapely.area(simple) <= 0)
     simple[bad] = original[bad]
-    return list(simple)
+    return simple
 
 
-def _features(geoms: list[shapely.Polygon], class_id: int, name: str) -> list[dict[str, Any]]:
-    """GeoJSON Features, all parts of a class at once (vectorised shapely calls)."""
+def _features(geoms: np.ndarray, class_ids: list[int], names: dict[int, str]) -> list[dict[str, Any]]:
+    """GeoJSON Features, numbered in order; `class_ids[i]` is the class of `geoms[i]`."""
     # RFC 7946: outer ring counter-clockwise, holes clockwise, in the x/y plane of the numbers
-    polygons = shapely.orient_polygons(np.array(geoms, dtype=object), exterior_cw=False)
+    polygons = shapely.orient_polygons(geoms, exterior_cw=False)
     areas, bounds = shapely.area(polygons), shapely.bounds(polygons).astype(np.int64).tolist()
     rings, ring_polygon = shapely.get_rings(polygons, return_index=True)  # exterior first, then the holes
     coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
-    per_ring = np.split(np.rint(coords).astype(np.int64), np.flatnonzero(np.diff(coord_ring)) + 1)
-    ring_lists = [ring.tolist() for ring in per_ring]
-    first_ring = np.searchsorted(ring_polygon, np.arange(len(polygons) + 1))
+    # One `tolist` for every vertex, then each ring's slice of it.
+    points = np.rint(coords).astype(np.int64).tolist()
+    ends = np.append(np.flatnonzero(np.diff(coord_ring)) + 1, len(points)).tolist()
+    ring_lists = [points[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    first_ring = np.searchsorted(ring_polygon, np.arange(len(polygons) + 1)).tolist()
     features = []
-    for i, area in enumerate(areas.tolist()):
+    for i, (area, class_id) in enumerate(zip(areas.tolist(), class_ids, strict=True)):
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": ring_lists[first_ring[i] : first_ring[i + 1]]},
             "properties": {
                 "class_id": class_id,
-                "class_name": name,
+                "class_name": names[class_id],
                 "area": int(area) if area == int(area) else round(area, 3),
                 "bbox": bounds[i],
             },
+            "id": i,
         })
     return features
