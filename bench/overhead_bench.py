@@ -6,8 +6,9 @@ requests, divided by their number, minus the model's own CPU-ms per image (measu
 letterboxed tensor), is the overhead. Many short rounds alternate between the "before" and "after" servers, so
 both see the same machine load; the table gives medians over rounds, and the overhead once more scaled to the
 quietest model time of the run (a shared machine stretches every CPU-ms with its neighbours' load). A stage
-split (decode, resize, render, serialize, measured in-process with thread CPU time; "HTTP and the rest" is what
-remains of the server's cost) says where the overhead goes.
+split (decode, resize, render, serialize, measured in-process as process CPU time with OpenCV's threads set as
+the tree's server sets them; "HTTP and the rest" is what remains of the server's cost) says where the overhead
+goes.
 
 Usage:
     git archive <old-commit> | tar -x -C /tmp/before
@@ -134,7 +135,7 @@ def main() -> None:
         f"{args.requests} --rounds {args.rounds}`. Server: one intra-op thread, the embedded model, default "
         "settings otherwise, raw `image/jpeg` bodies, sequential. Server CPU = utime + stime of the server "
         "process per request; "
-        "model = the model's own CPU-ms per image; overhead = server − model. Stages are thread CPU-ms "
+        "model = the model's own CPU-ms per image; overhead = server − model. Stages are process CPU-ms "
         "measured in-process; \"server outside its inference thread\" = the server's CPU minus that of its "
         "busiest thread (the model's), same requests, same process; \"HTTP and the rest\" = overhead minus "
         "the stages (uvicorn, Starlette/FastAPI, "
