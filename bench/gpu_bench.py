@@ -12,7 +12,12 @@ A shorter run that answers where the limit is and whether CUDA graphs pay (about
 
     python -m bench.gpu_bench --out docs --skip raw_fp32,two_threads,eager,off,fp32,before \
         --raw-sizes 1,8,16,32 --concurrency 8,32,64 --seconds 5 \
-        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant shared:client_pool=shared
+        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant shared:client_pool=shared \
+        --variant threads4:SEGMENT_WORKER_THREADS=4
+
+(`threads4`: the codec pool defaults to one thread per CPU; on an H200 host at concurrency 32-64 the decode
+stage took 3-5x its time at concurrency 1 while the host's cores were far from busy, the mark of threads waiting
+for the interpreter rather than for a core; fewer codec threads contend less.)
 
 Diagnostics (stages `null`, `multi`, and `gil`; each skippable with `--skip`), and how to read them when the
 service stays well below raw onnxruntime:
