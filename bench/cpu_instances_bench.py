@@ -1,0 +1,90 @@
+"""CPU: one batch on every core, or one batch per core? Latency and throughput of the two (same run).
+
+On CPU the server's default runs one batch at a time with onnxruntime's intra-op threads on every CPU: the
+lowest latency for a lone request. The alternative, Triton's CPU instance groups, is one intra-op thread per
+batch and as many batches in flight as CPUs (`SEGMENT_INTRA_OP_THREADS=1`, `SEGMENT_CONCURRENT_BATCHES=<CPUs>`):
+each core runs a whole model, which wastes nothing on splitting every operator, but a lone request then gets one
+core. This runs one real `segment-serve` per configuration on the embedded model, alternating short closed-loop
+rounds of 1024x768 JPEG uploads (`labels`) so both see the same machine load, and reports medians of img/s,
+p50/p99 latency and server CPU-ms per request (utime + stime from /proc).
+
+Usage: python -m bench.cpu_instances_bench [--rounds 4] [--seconds 8] [--concurrency 1,8] [--out docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import machine_note
+from bench.markdown import write_section
+from service.settings import available_cpus
+from testkit.images import encode
+from testkit.load import closed_loop
+from testkit.photos import PHOTOS, photo
+from testkit.procstat import cpu_seconds
+from testkit.server import ServerProcess
+
+
+def configurations(cpus: int) -> dict[str, dict[str, str]]:
+    """Name → environment of the two configurations compared."""
+    return {"one batch, all cores (default)": {"SEGMENT_INTRA_OP_THREADS": str(cpus)},
+            f"{cpus} batches, one core each": {"SEGMENT_INTRA_OP_THREADS": "1",
+                                                "SEGMENT_CONCURRENT_BATCHES": str(cpus)}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=8.0, help="per round and concurrency")
+    ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--out", type=Path, help="write the section into this markdown file")
+    args = ap.parse_args(argv)
+    cpus = available_cpus()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
+    configs = configurations(cpus)
+    servers = {name: ServerProcess(None, **env) for name, env in configs.items()}
+    runs: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    try:
+        for server in servers.values():
+            server.wait_ready(300)
+        for round_index in range(args.rounds):
+            order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
+            for concurrency in concurrencies:
+                for name, server in order:
+                    before = cpu_seconds(server.pid)
+                    samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, args.seconds, 10**9,
+                                                            params={"output": "labels"}, per_connection=True))
+                    if not samples or any(s.status != 200 for s in samples):
+                        raise RuntimeError(f"{name}: an answer was not 200")
+                    latency = np.array([s.latency_s for s in samples]) * 1000
+                    cpu_ms = (cpu_seconds(server.pid) - before) / len(samples) * 1000
+                    runs.setdefault((name, concurrency), []).append(
+                        (len(samples) / wall, float(np.percentile(latency, 50)), float(np.percentile(latency, 99)),
+                         cpu_ms))
+    finally:
+        for server in servers.values():
+            server.terminate()
+    lines = ["### CPU: one batch on every core, or one batch per core (same run)", "",
+             f"Command: `python -m bench.cpu_instances_bench --rounds {args.rounds} --seconds {args.seconds:g} "
+             f"--concurrency {args.concurrency}`. {machine_note()}. Embedded model, 1024×768 JPEG → `labels`, "
+             "closed loop; medians of the alternating rounds.", "",
+             "| concurrency | configuration | img/s | p50 ms | p99 ms | server CPU-ms per request |",
+             "|---|---|---|---|---|---|"]
+    for concurrency in concurrencies:
+        for name in configs:
+            ips, p50, p99, cpu = (statistics.median(v) for v in zip(*runs[(name, concurrency)], strict=True))
+            lines.append(f"| {concurrency} | {name} | {ips:.1f} | {p50:.1f} | {p99:.1f} | {cpu:.1f} |")
+    section = "\n".join(lines)
+    if args.out:
+        write_section(args.out, "cpu-instances", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
