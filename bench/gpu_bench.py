@@ -19,6 +19,13 @@ A shorter run that answers where the limit is and whether CUDA graphs pay (about
 stage took 3-5x its time at concurrency 1 while the host's cores were far from busy, the mark of threads waiting
 for the interpreter rather than for a core; fewer codec threads contend less.)
 
+Before spending GPU time, the same code paths (less the CUDA-only `bound` stage) run on a CPU in about a minute with
+a tiny model; a stage that fails there fails on the GPU too:
+
+    python -m bench.gpu_bench --arch deeplabv3_resnet50 --input-size 65 --raw-sizes 1,2 --eager-sizes 1 \
+        --concurrency 2 --seconds 1 --raw-seconds 0.2 --clients 1 --max-batch 2 --diag-concurrency 2 \
+        --multi-processes 2 --skip gil --workdir /tmp/gpu_dry --json /tmp/gpu_dry.json --out /tmp/gpu_dry
+
 Diagnostics (stages `null`, `multi`, and `gil`; each skippable with `--skip`), and how to read them when the
 service stays well below raw onnxruntime:
 
