@@ -128,6 +128,8 @@ async def _warm_up(state: ServiceState) -> None:
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
     try:
         await asyncio.to_thread(state.engine.warm_up, sizes)
+        if state.codec is not None:
+            state.outputs_warmup_s = await asyncio.to_thread(state.codec.pipeline.warm_outputs)
         if state.engine.runner is not None:
             for bucket in state.engine.runner.buckets:
                 if bucket.memory_bytes is not None:

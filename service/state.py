@@ -35,6 +35,7 @@ class ServiceState:
     codec: Codec | None = None  # decode and encode, in `pool`
     warm: bool = False
     warmup_error: str | None = None
+    outputs_warmup_s: float | None = None  # rendering every output kind once before readiness
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
     admitted: int = 0  # /segment requests between admission and answer (decoding, queued, running, encoding)
 

@@ -50,6 +50,8 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
                     max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None)
         if eng.runner is not None:
             body.update(eng.runner.describe())
+    if state.outputs_warmup_s is not None:
+        body["outputs_warmup_ms"] = round(state.outputs_warmup_s * 1000, 1)
     if state.warmup_error:
         body["error"] = state.warmup_error
     if state.batcher is not None:
