@@ -32,6 +32,7 @@ def test_heavy_uploads_decode_at_lower_priority(serve, rule_model: Path, monkeyp
 
     monkeypatch.setattr(Pipeline, "preprocess", spy)
     server = serve(rule_model)
+    seen.clear()  # the warm-up decodes a small image of its own before the server is ready
     huge_png = _encoded(5000, 4000, "PNG")  # 20 MP: over the threshold, and PNG cannot be decoded reduced
     huge_jpeg = _encoded(5000, 4000, "JPEG")  # decoded reduced for the model: an ordinary decode
     assert decoded_pixels(huge_png, full_resolution=False) > HEAVY_DECODE_PIXELS
