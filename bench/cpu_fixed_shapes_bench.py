@@ -13,18 +13,15 @@ Usage: python -m bench.cpu_fixed_shapes_bench [--rounds 6] [--seconds 5] [--conc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 from pathlib import Path
 
 import httpx
 
-from bench.harness import machine_note
+from bench.harness import alternating_rounds, machine_note
 from bench.markdown import write_section
 from testkit.images import encode
-from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
-from testkit.procstat import cpu_seconds
 from testkit.server import ServerProcess
 
 MODES = ("off", "on")
@@ -41,20 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
     servers = {mode: ServerProcess(None, SEGMENT_FIXED_SHAPES=mode, SEGMENT_INTRA_OP_THREADS="2")
                for mode in MODES}
-    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
     try:
         for server in servers.values():
             server.wait_ready(300)
-        for _ in range(args.rounds):
-            for concurrency in concurrencies:
-                for mode, server in servers.items():
-                    before = cpu_seconds(server.pid)
-                    samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, args.seconds, 10**9,
-                                                            params={"output": "labels"}, per_connection=True))
-                    if any(s.status != 200 for s in samples):
-                        raise RuntimeError(f"{mode}: an answer was not 200")
-                    cpu_ms = (cpu_seconds(server.pid) - before) / len(samples) * 1000
-                    runs.setdefault((mode, concurrency), []).append((len(samples) / wall, cpu_ms))
+        runs = alternating_rounds(servers, bodies, concurrencies, args.rounds, args.seconds)
         memory = {mode: server.memory_kib()["VmRSS"] / 1024 for mode, server in servers.items()}
         plan = httpx.get(f"{servers['on'].url}/readyz", timeout=30).json().get("batch_plan")
     finally:
@@ -67,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
              "| concurrency | `SEGMENT_FIXED_SHAPES` | img/s | server CPU-ms per request |", "|---|---|---|---|"]
     for concurrency in concurrencies:
         for mode in MODES:
-            ips, cpu = zip(*runs[(mode, concurrency)], strict=True)
-            lines.append(f"| {concurrency} | {mode} | {statistics.median(ips):.1f} | "
-                         f"{statistics.median(cpu):.1f} |")
+            points = runs[(mode, concurrency)]
+            lines.append(f"| {concurrency} | {mode} | {statistics.median(p['throughput'] for p in points):.1f} | "
+                         f"{statistics.median(p['cpu_ms'] for p in points):.1f} |")
     lines += ["", f"Resident memory after the load: off {memory['off']:.0f} MiB, on {memory['on']:.0f} MiB; "
               f"the buckets' batch plan on CPU: {plan}."]
     section = "\n".join(lines)

@@ -14,19 +14,14 @@ Usage: python -m bench.cpu_instances_bench [--rounds 4] [--seconds 8] [--concurr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 from pathlib import Path
 
-import numpy as np
-
-from bench.harness import machine_note
+from bench.harness import alternating_rounds, machine_note
 from bench.markdown import write_section
 from service.settings import available_cpus
 from testkit.images import encode
-from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
-from testkit.procstat import cpu_seconds
 from testkit.server import ServerProcess
 
 
@@ -49,24 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
     configs = configurations(cpus)
     servers = {name: ServerProcess(None, **env) for name, env in configs.items()}
-    runs: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     try:
         for server in servers.values():
             server.wait_ready(300)
-        for round_index in range(args.rounds):
-            order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
-            for concurrency in concurrencies:
-                for name, server in order:
-                    before = cpu_seconds(server.pid)
-                    samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, args.seconds, 10**9,
-                                                            params={"output": "labels"}, per_connection=True))
-                    if not samples or any(s.status != 200 for s in samples):
-                        raise RuntimeError(f"{name}: an answer was not 200")
-                    latency = np.array([s.latency_s for s in samples]) * 1000
-                    cpu_ms = (cpu_seconds(server.pid) - before) / len(samples) * 1000
-                    runs.setdefault((name, concurrency), []).append(
-                        (len(samples) / wall, float(np.percentile(latency, 50)), float(np.percentile(latency, 99)),
-                         cpu_ms))
+        runs = alternating_rounds(servers, bodies, concurrencies, args.rounds, args.seconds)
     finally:
         for server in servers.values():
             server.terminate()
@@ -78,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|---|"]
     for concurrency in concurrencies:
         for name in configs:
-            ips, p50, p99, cpu = (statistics.median(v) for v in zip(*runs[(name, concurrency)], strict=True))
+            ips, p50, p99, cpu = (statistics.median(p[key] for p in runs[(name, concurrency)])
+                                  for key in ("throughput", "p50", "p99", "cpu_ms"))
             lines.append(f"| {concurrency} | {name} | {ips:.1f} | {p50:.1f} | {p99:.1f} | {cpu:.1f} |")
     section = "\n".join(lines)
     if args.out:

@@ -1,14 +1,20 @@
-"""Summaries for the service benchmarks: latency percentiles, per-stage means from two /metrics scrapes, and a note
-on the machine's load. The server process, load drivers and request bodies are in testkit/.
+"""Summaries for the service benchmarks: latency percentiles, per-stage means from two /metrics scrapes, a note
+on the machine's load, and alternating closed-loop rounds against several servers. The server process, load
+drivers and request bodies are in testkit/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.load import closed_loop
+from testkit.procstat import cpu_seconds
+from testkit.server import ServerProcess
 
 
 def latency_summary(latencies_s: Sequence[float], wall_s: float) -> dict[str, float]:
@@ -48,3 +54,24 @@ def machine_note() -> str:
     """CPU count and load average, to print beside every figure (this machine is shared)."""
     one, five, fifteen = os.getloadavg()
     return f"{os.cpu_count()} CPUs, load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min)"
+
+
+def alternating_rounds(servers: Mapping[str, ServerProcess], bodies: Sequence[bytes], concurrencies: Sequence[int],
+                       rounds: int, seconds: float, output: str = "labels") -> dict[tuple[str, int], list[dict]]:
+    """Closed-loop rounds (one connection per client) against ready servers, the servers' order reversed every
+    other round so that all see the same machine load. Per (server name, concurrency), one `latency_summary` per
+    round plus `cpu_ms`, the server's CPU-ms (utime + stime) per request. Raises if an answer is not a 200."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for round_index in range(rounds):
+        order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
+        for concurrency in concurrencies:
+            for name, server in order:
+                before = cpu_seconds(server.pid)
+                samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,
+                                                        params={"output": output}, per_connection=True))
+                if not samples or any(s.status != 200 for s in samples):
+                    raise RuntimeError(f"{name}: an answer was not 200")
+                point = latency_summary([s.latency_s for s in samples], wall)
+                point["cpu_ms"] = (cpu_seconds(server.pid) - before) / len(samples) * 1000
+                runs.setdefault((name, concurrency), []).append(point)
+    return runs
