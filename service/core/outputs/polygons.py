@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -85,9 +85,18 @@ def _traceable(label_map: LabelMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return small, np.append(col_0, width), np.append(row_0, height)
 
 
-def _class_rings(mask: np.ndarray) -> tuple[np.ndarray, list[int], list[bool], list[int]] | None:
+class _Rings(NamedTuple):
     """One class's rings, traced: their corners on the traced map (one array, ring after ring), each ring's
-    length, whether it is a hole, and its polygon (0, 1, ... within the class); None for an empty mask."""
+    length, whether it is a hole, and its polygon (0, 1, ... within the class)."""
+
+    corners: np.ndarray
+    lengths: list[int]
+    holes: list[bool]
+    owner: list[int]
+
+
+def _class_rings(mask: np.ndarray) -> _Rings | None:
+    """The rings of one class's mask; None for an empty mask."""
     # Work on the class's bounding box only: small classes then cost little, whatever the image size.
     bx, by, bw, bh = cv2.boundingRect(mask)
     doubled = cv2.resize(mask[by : by + bh, bx : bx + bw], (2 * bw, 2 * bh), interpolation=cv2.INTER_NEAREST)
@@ -110,7 +119,7 @@ def _class_rings(mask: np.ndarray) -> tuple[np.ndarray, list[int], list[bool], l
             ring = first_child if ring == i else links[ring][0]  # first child, then its siblings
     # Doubled-map chain → corners of the traced map: the border sub-pixel p lies next to pixel edge (p + 1) // 2.
     corners = (np.concatenate([contours[k] for k in order]).reshape(-1, 2) + 1) // 2 + (bx, by)
-    return corners, [len(contours[k]) for k in order], [links[k][3] != -1 for k in order], owner
+    return _Rings(corners, [len(contours[k]) for k in order], [links[k][3] != -1 for k in order], owner)
 
 
 def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edges_y: np.ndarray,
@@ -126,12 +135,12 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
         return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     polygon_class: list[int] = []
     owners: list[int] = []
-    for class_id, (_, _, _, owner) in traced:
-        owners.extend(o + len(polygon_class) for o in owner)
-        polygon_class.extend([class_id] * (owner[-1] + 1))
-    lengths = np.array([n for _, (_, ring_lengths, _, _) in traced for n in ring_lengths])
-    is_hole = np.array([h for _, (_, _, holes, _) in traced for h in holes])
-    corners = np.concatenate([c for _, (c, _, _, _) in traced])
+    for class_id, rings in traced:
+        owners.extend(o + len(polygon_class) for o in rings.owner)
+        polygon_class.extend([class_id] * (rings.owner[-1] + 1))
+    lengths = np.array([n for _, rings in traced for n in rings.lengths])
+    is_hole = np.array([h for _, rings in traced for h in rings.holes])
+    corners = np.concatenate([rings.corners for _, rings in traced])
     # Consecutive repeats dropped: every ring keeps at least its four extreme corners.
     starts = np.cumsum(lengths) - lengths
     ring_of = np.repeat(np.arange(len(lengths)), lengths)
