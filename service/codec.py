@@ -86,4 +86,3 @@ class Codec:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
         body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
         return body, media, label_map
-

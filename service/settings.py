@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.buckets import normalise_buckets
-from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EMBEDDED_MODEL, EngineOptions, available_cpus
+from .core.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    EMBEDDED_MODEL,
+    EngineOptions,
+    FixedShapes,
+    IoBinding,
+    Precision,
+    available_cpus,
+)
 
 MB = 1024 * 1024
 
@@ -65,7 +74,7 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(300.0, ge=0)
     result_cache_bytes: ByteSize = Field(ByteSize(256 * MB), ge=0)
     log_level: str = "info"
-    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+    precision: Precision = Field(
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
@@ -74,7 +83,7 @@ class Settings(BaseSettings):
     # to render, 2 CPUs: labels 4.8 -> 4.4 CPU-ms, polygons 9.1 -> 8.1, wall time no longer, the same answers;
     # `python -m bench.opencv_threads_bench`, docs/BENCHMARKS.md).
     opencv_threads: int = Field(1, ge=1, description="OpenCV's own threads per call (process-wide)")
-    fixed_shapes: Literal["auto", "on", "off"] = Field(
+    fixed_shapes: FixedShapes = Field(
         "auto", description="pad batches to bucket sizes, one session per bucket, so no session ever sees a "
                             "second input shape (cuDNN re-plans on every change); 'auto': on for GPU providers")
     batch_buckets: Annotated[list[int], NoDecode] = Field(
@@ -82,7 +91,7 @@ class Settings(BaseSettings):
                                           "max_batch_size (which is always a bucket)")
     concurrent_batches: int | None = Field(
         None, ge=1, description="batches in flight at once (Triton's instance count); unset: 2 on GPU, 1 on CPU")
-    io_binding: Literal["off", "on", "cuda_graph"] = Field(
+    io_binding: IoBinding = Field(
         "off", description="bucket sessions on preallocated buffers ('on'), replayed as CUDA graphs "
                            "('cuda_graph', CUDA only; one session per bucket and concurrent batch), or plain "
                            "run ('off'); needs fixed shapes")
