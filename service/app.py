@@ -30,6 +30,7 @@ from .handoff import WorkerThreads
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache
+from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
 from .routes.web import install_web_page
 from .settings import Settings
@@ -45,6 +46,14 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/outputs", "/docs", "/docs/o
 PUBLIC_PREFIXES = ("/static/",)
 
 
+def results_cache(settings: Settings) -> ResultsCache | SharedResultsCache:
+    """In this process's memory, or (several workers) in files every worker reads, each worker its share."""
+    if settings.results_dir is None:
+        return ResultsCache(settings.result_ttl_s, settings.result_cache_bytes)
+    return SharedResultsCache(settings.results_dir, settings.result_ttl_s,
+                              settings.result_cache_bytes // settings.workers)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
     settings = settings or Settings()
@@ -53,7 +62,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics = Metrics(settings.max_batch_size)
     state = ServiceState(
         settings=settings, metrics=metrics,
-        cache=ResultsCache(settings.result_ttl_s, settings.result_cache_bytes),
+        cache=results_cache(settings),
         pool=WorkerThreads(settings.worker_threads, "codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
@@ -72,7 +81,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
-        if eng.on_gpu and not register_gpu_metrics(metrics.registry, eng.device_id):
+        if eng.on_gpu and not register_gpu_metrics(metrics, eng.device_id):
             log.info("GPU metrics off: NVML (nvidia-ml-py) cannot read the device")
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .core import nvml
+from .metrics import Metrics
 
 
 class GpuCollector(Collector):
@@ -38,8 +39,9 @@ class GpuCollector(Collector):
             yield family
 
 
-def register_gpu_metrics(registry: CollectorRegistry, device_id: int = 0) -> bool:
-    """Add the GPU gauges for CUDA device `device_id` to `registry`; False where NVML cannot see it."""
+def register_gpu_metrics(registry: CollectorRegistry | Metrics, device_id: int = 0) -> bool:
+    """Add the GPU gauges for CUDA device `device_id` to `registry` (the app's `Metrics`, so that several
+    workers' scrapes include them too); False where NVML cannot see it."""
     device = nvml.device_handle(device_id)
     if device is None or nvml.read(device) is None:
         return False

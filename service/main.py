@@ -1,7 +1,8 @@
 """`segment-serve`: run the service under uvicorn with settings from the environment (SEGMENT_*).
 
 SIGTERM/SIGINT: uvicorn stops accepting connections and lets in-flight requests finish, then the lifespan
-shutdown drains the batcher's queue; only then does the process exit.
+shutdown drains the batcher's queue; only then does the process exit. With `SEGMENT_WORKERS` > 1 a supervisor
+runs that many such servers on one socket (service/workers.py) and passes the signal on to each.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import create_app
 from .server import build_config
 from .settings import Settings
+from .workers import serve_workers
 
 STARTUP_FAILURE = 3  # uvicorn's own exit code when the application cannot start
 
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(STARTUP_FAILURE)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        sys.exit(serve_workers(settings, overrides))
     app = create_app(settings)
     metrics = app.state.service.metrics
     config = build_config(quiet_startup_failure(app), settings,

@@ -1,14 +1,20 @@
 """Prometheus metrics, one CollectorRegistry per app so several apps (tests) never collide.
 
-The names are a public interface: deployment dashboards and alerts are written against them.
+The names are a public interface: deployment dashboards and alerts are written against them. Under several
+worker processes (`PROMETHEUS_MULTIPROC_DIR` set, service/workers.py) every worker writes its values to that
+directory and `/metrics` sums all of them: gauges are summed over the live workers, the model gauge is the same
+in each.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from .core.options import DEFAULT_BATCH_SIZE
 
@@ -33,25 +39,31 @@ class Metrics:
         batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
         self.batch_size = Histogram("segment_batch_size", "Images per inference batch",
                                     buckets=[float(b) for b in batch_buckets], registry=r)
-        self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker", registry=r)
+        self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker",
+                                 multiprocess_mode="livesum", registry=r)
         self.padding_images = Counter("segment_batch_padding_images",
                                       "Padding rows run to fill fixed-shape batch buckets (compute spent on no "
                                       "image); divide by segment_batch_size_sum for the waste", registry=r)
         self.held_images = Counter("segment_batch_held_images",
                                    "Images a batch left for the next one, because a smaller full bucket now and "
                                    "the rest later costs less than padding them all", registry=r)
-        self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now", registry=r)
+        self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now",
+                                       multiprocess_mode="livesum", registry=r)
         self.inference_busy = Counter("segment_inference_busy_seconds",
                                       "Seconds the engine spent running batches, summed over batches in flight "
                                       "(Triton's compute duration); its rate over the concurrent-batch count is "
                                       "how busy the inference slots are", registry=r)
         self.bucket_memory = Gauge("segment_bucket_memory_bytes",
                                    "Memory taken by each fixed-shape bucket's session when built and warmed "
-                                   "(GPU memory on CUDA, resident memory on CPU)", ["bucket"], registry=r)
-        self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled", registry=r)
+                                   "(GPU memory on CUDA, resident memory on CPU)", ["bucket"],
+                                   multiprocess_mode="livesum", registry=r)
+        self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled",
+                             multiprocess_mode="livesum", registry=r)
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
-                                ["provider", "precision", "arch", "model"], registry=r)
+                                ["provider", "precision", "arch", "model"],
+                                multiprocess_mode="max", registry=r)
+        self._own_collectors: list[Collector] = []  # read at scrape time in this process (GPU gauges)
         self._stages: dict[str, Any] = {}
         self._requests: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -76,9 +88,22 @@ class Metrics:
 
     def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
         """Publish the loaded model as an info gauge (value 1)."""
-        self.model_info.clear()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker sets it once; clear() is per process there
+            self.model_info.clear()
         self.model_info.labels(provider=provider, precision=precision, arch=arch, model=model).set(1)
 
+    def register(self, collector: Collector) -> None:
+        """A collector read at scrape time by this process (not summed over workers: e.g. the GPU's gauges)."""
+        self.registry.register(collector)
+        self._own_collectors.append(collector)
+
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format: this process's metrics, or every worker's under multiprocess mode."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=shared)
+        for collector in self._own_collectors:
+            registry.register(collector)
+        return generate_latest(registry)

@@ -73,9 +73,16 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")
     result_ttl_s: float = Field(300.0, ge=0)
     result_cache_bytes: ByteSize = Field(ByteSize(256 * MB), ge=0)
+    results_dir: Path | None = Field(None, description="keep results as files here, shared by the worker "
+                                     "processes (the supervisor sets it when SEGMENT_WORKERS > 1)")
     log_level: str = "info"
     precision: Precision = Field(
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
+    workers: int = Field(1, ge=1, le=64, description="server processes on one port, each with its own model "
+                         "sessions, batcher and result cache; metrics summed over them")
+    # uvicorn's default of 5 s is known to kill healthy workers whose interpreter is busy (uvicorn issue #2506).
+    worker_healthcheck_s: int = Field(60, ge=1, description="a worker that does not answer the supervisor's "
+                                        "ping this long is killed and replaced")
     worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
                                 description="thread pool for decode/letterbox/encode, off the event loop")
     # OpenCV splits a resize or a histogram over its own threads (one per CPU by default); the worker threads

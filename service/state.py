@@ -15,6 +15,7 @@ from .errors import ApiError
 from .handoff import WorkerThreads
 from .metrics import Metrics
 from .results_cache import ResultsCache
+from .results_shared import SharedResultsCache
 from .settings import Settings
 
 
@@ -24,7 +25,7 @@ class ServiceState:
 
     settings: Settings
     metrics: Metrics
-    cache: ResultsCache
+    cache: ResultsCache | SharedResultsCache
     pool: WorkerThreads  # decode and encode (service/handoff.py)
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work

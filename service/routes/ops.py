@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -41,7 +42,7 @@ async def healthz() -> dict[str, str]:
             responses={503: {"description": "not ready: loading, warming up, overloaded or shutting down"}})
 async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     ready, status = state.readiness()
-    body: dict[str, Any] = {"ready": ready, "status": status}
+    body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
     if state.engine is not None:
         eng = state.engine
         body.update(provider=eng.provider, requested_providers=eng.requested_providers,

@@ -1,0 +1,101 @@
+"""Several server processes on one port (`SEGMENT_WORKERS`): one interpreter's GIL and event loop are not the limit.
+
+One process runs Python (HTTP parsing, the app, the codec and batching glue) on one interpreter, so however many
+cores and GPUs a host has, the Python part of every request is serialised by one GIL. N workers are N complete
+servers (each with its own model sessions, batcher, queue bounds and result cache) that accept connections from
+one listening socket, supervised by uvicorn's own `Multiprocess`: it restarts a worker that dies, stops them all
+on SIGTERM/SIGINT (each drains like a single server) and gives up if a worker cannot start.
+
+Metrics are summed over the workers with prometheus-client's multiprocess mode (a private directory of
+memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from socket import socket
+from typing import Any
+
+import uvicorn
+from prometheus_client import multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+from .http_protocol import HardenedHttpToolsProtocol
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+class WorkerHttpProtocol(HardenedHttpToolsProtocol):
+    """The hardened protocol, importable by name: a spawned worker cannot unpickle the class `configured()`
+    builds, so each worker's app factory sets these limits from its own settings before it accepts a connection."""
+
+
+def worker_app() -> Any:
+    """uvicorn's app factory in each worker: the settings from the environment the supervisor passed on."""
+    from .app import create_app  # the supervisor itself never loads the app
+    from .main import quiet_startup_failure
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    app = create_app(settings)
+    metrics = app.state.service.metrics
+    WorkerHttpProtocol.header_timeout_s = settings.header_timeout_s
+    WorkerHttpProtocol.max_header_bytes = int(settings.max_header_bytes)
+    WorkerHttpProtocol.on_reject = staticmethod(lambda code: metrics.rejected.labels(reason=code).inc())
+    return quiet_startup_failure(app)
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor, plus the bookkeeping multiprocess metrics need: a worker that is gone no longer
+    counts in the live gauges (queue depth, requests in flight)."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {p.pid for p in self.processes}:
+            if pid is not None:
+                multiprocess.mark_process_dead(pid)
+
+    @property
+    def failed_to_start(self) -> bool:
+        return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
+
+
+def worker_config(settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration each worker runs with (as `service.server.build_config`, by import names)."""
+    return uvicorn.Config(
+        "service.workers:worker_app", factory=True, workers=settings.workers,
+        host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+        http="service.workers:WorkerHttpProtocol", timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        timeout_worker_healthcheck=settings.worker_healthcheck_s, proxy_headers=True, server_header=False)
+
+
+def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
+    """Run `settings.workers` workers on one socket until told to stop; the exit status (3: one could not start).
+
+    `overrides` (command-line options) reach the workers as the environment variables they stand for."""
+    for name, value in overrides.items():
+        os.environ[f"SEGMENT_{name.upper()}"] = str(value)
+    # Private (0700) and, where there is one, in memory: every /segment writes its result there.
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(prefix="segment-", dir=shm if os.access(shm, os.W_OK) else None) as shared:
+        metrics_dir, results_dir = Path(shared, "metrics"), Path(shared, "results")
+        metrics_dir.mkdir()
+        results_dir.mkdir()
+        # Each worker process imports prometheus-client afresh (spawn), so it sees this before any metric exists.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["SEGMENT_RESULTS_DIR"] = str(results_dir)
+        config = worker_config(settings)
+        sock: socket = config.bind_socket()
+        supervisor = WorkerSupervisor(config, sockets=[sock])
+        supervisor.run()
+        sock.close()
+    if supervisor.failed_to_start:
+        log.error("cannot start: a worker failed at startup (its log says why)")
+        return STARTUP_FAILURE
+    return 0

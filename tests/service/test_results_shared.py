@@ -1,0 +1,60 @@
+"""Results shared between worker processes through files (`SharedResultsCache`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.results_cache import new_result_id
+from service.results_shared import SharedResultsCache
+
+
+def result(n: int, seed: int = 0) -> tuple[np.ndarray, bytes]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 7, (n,), dtype=np.uint8), rng.bytes(n)
+
+
+def test_a_result_stored_by_one_worker_is_read_by_another(tmp_path: Path) -> None:
+    writer = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000)
+    reader = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000)
+    labels, source = result(500)
+    rid = new_result_id()
+    assert writer.put(rid, labels, source)
+    stored = reader.get(rid)
+    assert stored is not None
+    assert np.array_equal(stored.labels, labels) and stored.source == source
+    assert reader.get(new_result_id()) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial file left behind
+
+
+def test_expired_results_are_gone_for_every_worker_and_their_files_removed(tmp_path: Path) -> None:
+    now = [1000.0]
+    writer = SharedResultsCache(tmp_path, ttl_s=10, max_bytes=10_000, clock=lambda: now[0])
+    reader = SharedResultsCache(tmp_path, ttl_s=10, max_bytes=10_000, clock=lambda: now[0])
+    writer.put("a", *result(100))
+    now[0] += 11
+    assert reader.get("a") is None  # expired, although its owner has not removed the file yet
+    writer.put("b", *result(100))  # the owner's next store removes what expired
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_each_worker_keeps_its_share_evicting_its_oldest(tmp_path: Path) -> None:
+    one = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=3000)
+    other = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=3000)
+    assert other.put("theirs", *result(300))
+    for key in "abcd":
+        assert one.put(key, *result(300))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "a" not in names and {"b", "c", "d", "theirs"} <= set(names)  # only its own files are evicted
+    assert sum(p.stat().st_size for p in tmp_path.iterdir() if p.name != "theirs") <= 3000
+    assert not one.put("huge", *result(4000))
+    assert not SharedResultsCache(tmp_path, ttl_s=0, max_bytes=1000).put("x", *result(10))
+
+
+def test_names_that_are_not_result_ids_are_not_looked_up(tmp_path: Path) -> None:
+    cache = SharedResultsCache(tmp_path / "results", ttl_s=60, max_bytes=10_000)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "secret").write_bytes(b"not a result")
+    for name in ("../secret", "..", ".", "", "a/b", "x" * 65):
+        assert cache.get(name) is None

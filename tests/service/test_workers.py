@@ -1,0 +1,126 @@
+"""`SEGMENT_WORKERS`: several real `segment-serve` worker processes on one port, under uvicorn's supervisor."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.server import ServerProcess
+from tests.service.svc_helpers import png_bytes, scene
+
+WORKERS = 2
+
+
+def ready_pids(server: ServerProcess, want: int, timeout: float = 90) -> set[int]:
+    """Poll /readyz on fresh connections (the kernel hands each to some worker) until `want` distinct workers
+    answered ready; their pids."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.proc.poll() is None:
+        try:
+            r = httpx.get(f"{server.url}/readyz", timeout=5)  # a new connection each time
+            if r.status_code == 200:
+                seen.add(r.json()["pid"])
+                if len(seen) >= want:
+                    return seen
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{len(seen)} of {want} workers ready: {sorted(seen)}\n{''.join(server.lines)[-3000:]}")
+
+
+def samples(metrics_text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample called `name`, by its sorted labels."""
+    return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == name}
+
+
+def segment(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/segment", params={"output": "labels"}, content=body,
+                      headers={"content-type": "image/png"}, timeout=30)
+
+
+@pytest.fixture
+def upload() -> tuple[bytes, np.ndarray]:
+    image = scene(120, 80)
+    return png_bytes(image), image
+
+
+def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_model: Path, upload) -> None:
+    body, _ = upload
+    with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
+                       SEGMENT_WORKER_THREADS="2") as server:
+        pids = ready_pids(server, WORKERS)
+        assert server.pid not in pids  # the supervisor itself serves nothing
+        answers = [segment(server.url, body) for _ in range(12)]  # each on a new connection
+        assert [r.status_code for r in answers] == [200] * 12
+        assert all(r.content == answers[0].content for r in answers)  # the same model in every worker
+        # Scrapes land on either worker; each must count the requests of both.
+        for _ in range(6):
+            text = httpx.get(f"{server.url}/metrics", timeout=10).text
+            requests = samples(text, "segment_requests_total")
+            assert requests[(("route", "/segment"), ("status", "200"))] == 12
+            assert samples(text, "segment_batch_size_count")[()] == 12
+            model = samples(text, "segment_model_info")
+            assert list(model.values()) == [1.0]  # one model, not one per worker
+            assert samples(text, "segment_queue_depth")[()] == 0
+        # A result fetched again on new connections, whichever worker each lands on.
+        first = segment(server.url, body)
+        for _ in range(8):
+            again = httpx.get(f"{server.url}/results/{first.headers['X-Result-ID']}/labels.png", timeout=10)
+            assert again.status_code == 200 and again.content == first.content
+        assert server.terminate() == 0
+    for pid in pids:  # the workers went with it
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model: Path, upload) -> None:
+    body, image = upload
+    # A short health check: a worker killed while the supervisor awaits its answer to a ping is only noticed
+    # when that wait times out.
+    with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
+                       SEGMENT_WORKER_THREADS="2", SEGMENT_WORKER_HEALTHCHECK_S="5") as server:
+        first = ready_pids(server, WORKERS)
+        expected = segment(server.url, body).content
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        # The survivor answers throughout; the supervisor starts a replacement.
+        deadline = time.monotonic() + 90
+        replaced: set[int] = set()
+        while time.monotonic() < deadline and not replaced:
+            r = segment(server.url, body)
+            assert r.status_code == 200, r.text
+            assert np.asarray(Image.open(io.BytesIO(r.content))).shape == image.shape[:2]
+            assert r.content == expected
+            ready = httpx.get(f"{server.url}/readyz", timeout=5)
+            if ready.status_code == 200:
+                replaced = {ready.json()["pid"]} - first
+        assert replaced, "no replacement worker answered"
+        assert victim not in ready_pids(server, WORKERS)
+        assert server.terminate() == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.onnx"
+    with ServerProcess(missing, SEGMENT_WORKERS=str(WORKERS), log_level="info") as server:
+        code = server.proc.wait(90)  # no endless restarts of a worker that fails the same way each time
+        server._reader.join(5)
+        log = "".join(server.lines)
+    assert code == 3, log
+    assert "cannot start" in log
+
+
+def test_workers_must_be_at_least_one(rule_model: Path) -> None:
+    with ServerProcess(rule_model, SEGMENT_WORKERS="0") as server:
+        assert server.proc.wait(60) == 3
+        server._reader.join(5)
+    assert any("SEGMENT_WORKERS" in line for line in server.lines)
