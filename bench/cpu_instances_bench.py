@@ -1,12 +1,14 @@
-"""CPU: one batch on every core, or one batch per core? Latency and throughput of the two (same run).
+"""CPU: one batch on every core, or one batch per core? Or one process per core? Latency and throughput (same run).
 
-On CPU the server's default runs one batch at a time with onnxruntime's intra-op threads on every CPU: the
-lowest latency for a lone request. The alternative, Triton's CPU instance groups, is one intra-op thread per
-batch and as many batches in flight as CPUs (`SEGMENT_INTRA_OP_THREADS=1`, `SEGMENT_CONCURRENT_BATCHES=<CPUs>`):
-each core runs a whole model, which wastes nothing on splitting every operator, but a lone request then gets one
-core. This runs one real `segment-serve` per configuration on the embedded model, alternating short closed-loop
-rounds of 1024x768 JPEG uploads (`labels`) so both see the same machine load, and reports medians of img/s,
-p50/p99 latency and server CPU-ms per request (utime + stime from /proc).
+On CPU the server's default runs one batch at a time with onnxruntime's intra-op threads on every CPU: the lowest
+latency for a lone request. The alternative, Triton's CPU instance groups, is one intra-op thread per batch and as
+many batches in flight as CPUs (`SEGMENT_INTRA_OP_THREADS=1`, `SEGMENT_CONCURRENT_BATCHES=<CPUs>`): each core runs
+a whole model, which wastes nothing on splitting every operator, but a lone request then gets one core. The third
+runs as many worker processes (`SEGMENT_WORKERS`), each with one intra-op thread: the same split of the cores,
+without one interpreter for all of them. This runs one real `segment-serve` per configuration on the embedded
+model, alternating short closed-loop rounds of 1024x768 JPEG uploads (`labels`) so all see the same machine load,
+and reports medians of img/s, p50/p99 latency and server CPU-ms per request (utime + stime of its processes, from
+/proc).
 
 Usage: python -m bench.cpu_instances_bench [--rounds 4] [--seconds 8] [--concurrency 1,8] [--out docs/BENCHMARKS.md]
 """
@@ -26,10 +28,11 @@ from testkit.server import ServerProcess
 
 
 def configurations(cpus: int) -> dict[str, dict[str, str]]:
-    """Name → environment of the two configurations compared."""
+    """Name → environment of the configurations compared."""
     return {"one batch, all cores (default)": {"SEGMENT_INTRA_OP_THREADS": str(cpus)},
             f"{cpus} batches, one core each": {"SEGMENT_INTRA_OP_THREADS": "1",
-                                                "SEGMENT_CONCURRENT_BATCHES": str(cpus)}}
+                                                "SEGMENT_CONCURRENT_BATCHES": str(cpus)},
+            f"{cpus} worker processes, one core each": {"SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_WORKERS": str(cpus)}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     configs = configurations(cpus)
     servers = {name: ServerProcess(None, **env) for name, env in configs.items()}
     try:
-        for server in servers.values():
-            server.wait_ready(300)
+        for name, server in servers.items():
+            server.wait_ready(300, workers=int(configs[name].get("SEGMENT_WORKERS", "1")))
         runs = alternating_rounds(servers, bodies, concurrencies, args.rounds, args.seconds)
     finally:
         for server in servers.values():

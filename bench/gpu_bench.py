@@ -13,11 +13,13 @@ A shorter run that answers where the limit is and whether CUDA graphs pay (about
     python -m bench.gpu_bench --out docs --skip raw_fp32,two_threads,eager,off,fp32,before \
         --raw-sizes 1,8,16,32 --concurrency 8,32,64 --seconds 5 \
         --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant shared:client_pool=shared \
-        --variant threads4:SEGMENT_WORKER_THREADS=4
+        --variant threads4:SEGMENT_WORKER_THREADS=4 --variant workers2:SEGMENT_WORKERS=2
 
-(`threads4`: the codec pool defaults to one thread per CPU; on an H200 host at concurrency 32-64 the decode
-stage took 3-5x its time at concurrency 1 while the host's cores were far from busy, the mark of threads waiting
-for the interpreter rather than for a core; fewer codec threads contend less.)
+(`workers2`: two server processes on the port, sharing the GPU; more img/s than the defaults means one interpreter
+was the limit, as `multi` measures with separate servers. `threads4`: the codec pool defaults to one thread per
+CPU; on an H200 host at concurrency 32-64 the decode stage took 3-5x its time at concurrency 1 while the host's
+cores were far from busy, the mark of threads waiting for the interpreter rather than for a core; fewer codec
+threads contend less.)
 
 Before spending GPU time, the same code paths (less the CUDA-only `bound` stage) run on a CPU in about a minute with
 a tiny model; a stage that fails there fails on the GPU too:
@@ -133,7 +135,9 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
     out: dict[str, Any] = {"env": env, "output": output, "client_pool": POOLS[per_connection], "points": []}
     start = time.perf_counter()
     with start_service(model, **env) as server:
-        server.wait_ready(timeout=600)
+        # With several workers, all of them (the per-process CPU and GPU-memory figures then read the supervisor
+        # only; throughput and latency are the whole server's).
+        server.wait_ready(timeout=600, workers=int(env.get("SEGMENT_WORKERS", "1")))
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
         out["gpu_metrics"] = gpu_metric_lines(server.url)

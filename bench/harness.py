@@ -13,7 +13,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.load import closed_loop
-from testkit.procstat import cpu_seconds
+from testkit.procstat import tree_cpu_seconds
 from testkit.server import ServerProcess
 
 
@@ -60,18 +60,19 @@ def alternating_rounds(servers: Mapping[str, ServerProcess], bodies: Sequence[by
                        rounds: int, seconds: float, output: str = "labels") -> dict[tuple[str, int], list[dict]]:
     """Closed-loop rounds (one connection per client) against ready servers, the servers' order reversed every
     other round so that all see the same machine load. Per (server name, concurrency), one `latency_summary` per
-    round plus `cpu_ms`, the server's CPU-ms (utime + stime) per request. Raises if an answer is not a 200."""
+    round plus `cpu_ms`, the CPU-ms (utime + stime) per request of the server and its worker processes. Raises if
+    an answer is not a 200."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for round_index in range(rounds):
         order = list(servers.items()) if round_index % 2 == 0 else list(reversed(servers.items()))
         for concurrency in concurrencies:
             for name, server in order:
-                before = cpu_seconds(server.pid)
+                before = tree_cpu_seconds(server.pid)
                 samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,
                                                         params={"output": output}, per_connection=True))
                 if not samples or any(s.status != 200 for s in samples):
                     raise RuntimeError(f"{name}: an answer was not 200")
                 point = latency_summary([s.latency_s for s in samples], wall)
-                point["cpu_ms"] = (cpu_seconds(server.pid) - before) / len(samples) * 1000
+                point["cpu_ms"] = (tree_cpu_seconds(server.pid) - before) / len(samples) * 1000
                 runs.setdefault((name, concurrency), []).append(point)
     return runs

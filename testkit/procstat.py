@@ -20,6 +20,29 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return _utime_stime(Path(path).read_text())
 
 
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process (its children, theirs, ...), from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in task.read_text().split()]
+                found += kids
+                pending += kids
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and of its live descendants (a server with several worker processes)."""
+    total = 0.0
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += cpu_seconds(member)
+    return total
+
+
 def run_ns(pid: int, tid: int | None = None) -> int:
     """Nanoseconds on a CPU so far, from the scheduler's exact accounting (schedstat): one thread's, or the sum
     over the process's threads now (`stat`'s utime + stime are sampled in clock ticks)."""

@@ -55,6 +55,7 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.url = f"http://127.0.0.1:{port}"
+        self.worker_pids: set[int] = set()  # the processes /readyz said ready from (see `wait_ready`)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -69,22 +70,28 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_ready(self, timeout: float = 120) -> ServerProcess:
-        """Wait until /readyz is 200; raise with the last answer and the log if the process dies first."""
+    def wait_ready(self, timeout: float = 120, workers: int = 1) -> ServerProcess:
+        """Wait until /readyz is 200 (with several workers: from `workers` different processes, asked on new
+        connections, which the kernel hands to any of them; their pids are then in `worker_pids`); raise with
+        the last answer and the log if the process dies first."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         with httpx.Client(base_url=self.url, timeout=5) as client:
             while self.proc.poll() is None and time.monotonic() < deadline:
                 try:
-                    r = client.get("/readyz")
+                    r = client.get("/readyz") if workers == 1 else httpx.get(f"{self.url}/readyz", timeout=5)
                     if r.status_code == 200:
-                        return self
+                        if workers == 1:
+                            return self
+                        self.worker_pids.add(r.json()["pid"])
+                        if len(self.worker_pids) >= workers:
+                            return self
                     last = f"{r.status_code} {r.text[:300]}"
                 except httpx.TransportError as exc:  # not listening yet
                     last = repr(exc)
                 time.sleep(0.05)
         raise RuntimeError(f"server exited ({self.proc.returncode}) or not ready after {timeout} s "
-                           f"(last /readyz: {last}):\n{self.log}")
+                           f"({len(self.worker_pids)} of {workers} ready; last /readyz: {last}):\n{self.log}")
 
     def memory_kib(self) -> dict[str, int]:
         """VmRSS (now) and VmHWM (peak RSS) of the server process, in KiB, from /proc/<pid>/status."""

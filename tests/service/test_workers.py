@@ -14,28 +14,17 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.procstat import cpu_seconds, descendants, tree_cpu_seconds
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 
 WORKERS = 2
 
 
-def ready_pids(server: ServerProcess, want: int, timeout: float = 90) -> set[int]:
-    """Poll /readyz on fresh connections (the kernel hands each to some worker) until `want` distinct workers
-    answered ready; their pids."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.proc.poll() is None:
-        try:
-            r = httpx.get(f"{server.url}/readyz", timeout=5)  # a new connection each time
-            if r.status_code == 200:
-                seen.add(r.json()["pid"])
-                if len(seen) >= want:
-                    return seen
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{len(seen)} of {want} workers ready: {sorted(seen)}\n{''.join(server.lines)[-3000:]}")
+def ready_pids(server: ServerProcess, want: int) -> set[int]:
+    """The pids of `want` workers that answered /readyz 200 (asked afresh)."""
+    server.worker_pids.clear()
+    return set(server.wait_ready(90, workers=want).worker_pids)
 
 
 def samples(metrics_text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -61,6 +50,7 @@ def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_mod
                        SEGMENT_WORKER_THREADS="2") as server:
         pids = ready_pids(server, WORKERS)
         assert server.pid not in pids  # the supervisor itself serves nothing
+        assert pids <= set(descendants(server.pid))  # what the benchmarks count as the server's CPU
         answers = [segment(server.url, body) for _ in range(12)]  # each on a new connection
         assert [r.status_code for r in answers] == [200] * 12
         assert all(r.content == answers[0].content for r in answers)  # the same model in every worker
@@ -78,6 +68,7 @@ def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_mod
         for _ in range(8):
             again = httpx.get(f"{server.url}/results/{first.headers['X-Result-ID']}/labels.png", timeout=10)
             assert again.status_code == 200 and again.content == first.content
+        assert tree_cpu_seconds(server.pid) >= sum(cpu_seconds(pid) for pid in pids) > cpu_seconds(server.pid)
         assert server.terminate() == 0
     for pid in pids:  # the workers went with it
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
