@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for server in servers.values():
             server.terminate()
-    lines = ["### CPU: one batch on every core, or one batch per core (same run)", "",
+    lines = ["### CPU: one batch on every core, one batch per core, or one process per core (same run)", "",
              f"Command: `python -m bench.cpu_instances_bench --rounds {args.rounds} --seconds {args.seconds:g} "
              f"--concurrency {args.concurrency}`. {machine_note()}. Embedded model, 1024×768 JPEG → `labels`, "
              "closed loop; medians of the alternating rounds.", "",
