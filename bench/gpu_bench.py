@@ -135,8 +135,8 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
     out: dict[str, Any] = {"env": env, "output": output, "client_pool": POOLS[per_connection], "points": []}
     start = time.perf_counter()
     with start_service(model, **env) as server:
-        # With several workers, all of them (the per-process CPU and GPU-memory figures then read the supervisor
-        # only; throughput and latency are the whole server's).
+        # With several workers, all of them (the server's CPU and GPU memory then count every worker; the split
+        # into thread groups reads the supervisor only).
         server.wait_ready(timeout=600, workers=int(env.get("SEGMENT_WORKERS", "1")))
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()

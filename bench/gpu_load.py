@@ -25,7 +25,7 @@ import numpy as np
 from bench.gil_probe import GilSampler
 from bench.harness import latency_summary, stage_means_ms
 from testkit.load import closed_loop
-from testkit.procstat import cpu_seconds, thread_times
+from testkit.procstat import descendants, thread_times, tree_cpu_seconds
 from testkit.rawhttp import split_url
 from testkit.server import ServerProcess
 
@@ -150,12 +150,12 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
     before = [s.metrics() for s in servers] if service else []
     probe = HealthProbe(servers[0].url, "/healthz" if service else "/")
     threads0 = [thread_times(s.pid) for s in servers]
-    cpu0 = [cpu_seconds(s.pid) for s in servers]
+    cpu0 = [tree_cpu_seconds(s.pid) for s in servers]  # with its worker processes, if any
     sampler = GilSampler(servers[0].pid, seconds - 0.5) if gil else None
     plan = connection_plan(concurrency, processes, [s.url for s in servers])
     with probe:
         results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
-    cpu1 = [cpu_seconds(s.pid) for s in servers]
+    cpu1 = [tree_cpu_seconds(s.pid) for s in servers]
     threads1 = [thread_times(s.pid) for s in servers]
     after = [s.metrics() for s in servers] if service else []
     samples = [s for part, _, _ in results for s in part]
@@ -205,14 +205,13 @@ def start_service(model: Path, **env: str) -> ServerProcess:
 
 
 def gpu_memory_of(pid: int) -> int | None:
-    """MiB of GPU memory a process holds (nvidia-smi), or None."""
+    """MiB of GPU memory a process and its worker processes hold (nvidia-smi), or None."""
     try:
         query = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                                capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    for line in query.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid):
-            return int(parts[1])
-    return None
+    members = {str(p) for p in [pid, *descendants(pid)]}
+    held = [int(parts[1]) for parts in ([p.strip() for p in line.split(",")] for line in query.stdout.splitlines())
+            if len(parts) == 2 and parts[0] in members and parts[1].isdigit()]
+    return sum(held) if held else None
