@@ -29,6 +29,10 @@ from .handoff import WorkerThreads
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.
 HEAVY_DECODE_PIXELS = 16_000_000
+def _ignore(_label_map: LabelMap) -> None:
+    pass
+
+
 _JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts; no plugin tried before it does
 
 
@@ -77,12 +81,15 @@ class Codec:
         return decode()
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
-                     header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
-        """The answer's body and media type, and the label map at the upload's size (for the results cache)."""
-        return await self.threads.run(self._encode, prepared, labels, options, header)
+                     header: dict[str, Any], keep: Callable[[LabelMap], object] = _ignore,
+                     ) -> tuple[bytes | dict[str, Any], str]:
+        """The answer's body and media type; `keep(label map at the upload's size)` stores it for `/results`,
+        in the same job (off the event loop: under several workers that is a file write)."""
+        return await self.threads.run(self._encode, prepared, labels, options, header, keep)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
-                header: dict[str, Any]) -> tuple[bytes | dict[str, Any], str, LabelMap]:
+                header: dict[str, Any], keep: Callable[[LabelMap], object]) -> tuple[bytes | dict[str, Any], str]:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
         body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
-        return body, media, label_map
+        keep(label_map)
+        return body, media

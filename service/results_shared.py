@@ -5,15 +5,19 @@ under `SEGMENT_WORKERS` > 1 results live in files rather than in one worker's me
 result owns its file: it evicts its own files least recently stored first beyond its share of the byte bound,
 and on expiry; any worker reads any file, and one older than the TTL counts as gone.
 
-Files, not a database: a SQLite-backed cache (diskcache) cost 1.2 CPU-ms per stored result on this kind of
-host, a plain file write of the same result under 0.2 ms (measured; every `/segment` stores one).
+Every `/segment` stores one, in its encode job (off the event loop). Files, not a database, and written with
+the arrays' and the upload's own bytes rather than a pickled copy of them (pickle protocol 5's out-of-band
+buffers): for a 513x385 label map and a 133 KB upload, on /dev/shm, a SQLite-backed cache (diskcache) took 1.1
+CPU-ms per stored result, one pickled file 0.45, this layout 0.22-0.25 (medians of 400, two runs).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from cachetools import TTLCache
 from .core.outputs.labelmap import LabelMap
 from .results_cache import StoredResult
 
+log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
 
 
@@ -51,16 +56,27 @@ class SharedResultsCache:
         item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
         if not self.enabled or item.nbytes > self.max_bytes:
             return False
-        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        parts = _serialised(item)
+        size = sum(len(part) for part in parts)
         path = self.directory / result_id
         partial = path.with_name(f".{result_id}.partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)  # readers see the whole file or none
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if os.writev(fd, parts) != size:
+                    raise OSError(f"short write to {partial}")
+            finally:
+                os.close(fd)
+            os.replace(partial, path)  # readers see the whole file or none
+        except OSError as exc:  # e.g. /dev/shm full: the answer itself must not fail for it
+            log.warning("result %s not kept for /results: %s", result_id, exc)
+            partial.unlink(missing_ok=True)
+            return False
         with self._lock:
             gone = [key for key, _ in self._owned.expire()]
-            while self._owned.currsize + len(data) > self._owned.maxsize and self._owned:
+            while self._owned.currsize + size > self._owned.maxsize and self._owned:
                 gone.append(self._owned.popitem()[0])  # least recently stored
-            self._owned[result_id] = min(len(data), self._owned.maxsize)
+            self._owned[result_id] = min(size, self._owned.maxsize)
         for key in gone:
             (self.directory / key).unlink(missing_ok=True)
         return True
@@ -73,5 +89,29 @@ class SharedResultsCache:
             data = (self.directory / result_id).read_bytes()
         except OSError:
             return None
-        item: StoredResult = pickle.loads(data)  # written by this service, in its private directory
+        item = _deserialised(data)
         return item if self._clock() - item.created <= self.ttl_s else None
+
+
+def _serialised(item: StoredResult) -> list[bytes | memoryview]:
+    """A header of part sizes, the pickle of (labels, created) without the arrays' bytes, those bytes, the upload."""
+    buffers: list[pickle.PickleBuffer] = []
+    meta = pickle.dumps((item.labels, item.created), protocol=5, buffer_callback=buffers.append)
+    parts: list[bytes | memoryview] = [meta, *(buffer.raw() for buffer in buffers), item.source]
+    header = struct.pack(f"<I{len(parts)}Q", len(parts), *(len(part) for part in parts))
+    return [header, *parts]
+
+
+def _deserialised(data: bytes) -> StoredResult:
+    """The inverse of `_serialised`; the arrays are read-only views of `data`."""
+    view = memoryview(data)
+    (count,) = struct.unpack_from("<I", view)
+    offset = 4 + 8 * count
+    parts = []
+    for size in struct.unpack_from(f"<{count}Q", view, 4):
+        parts.append(view[offset:offset + size])
+        offset += size
+    meta, *buffers, source = parts
+    # Unpickling files this service wrote itself, in its private (0700) directory.
+    labels, created = pickle.loads(meta, buffers=buffers)
+    return StoredResult(labels, bytes(source), created)

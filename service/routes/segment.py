@@ -146,8 +146,8 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
 
     t0 = time.perf_counter()
     result_id = new_result_id()
-    body, media, label_map = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model})
-    state.cache.put(result_id, label_map, data)
+    body, media = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
+                                     keep=lambda label_map: state.cache.put(result_id, label_map, data))
     timing["encode"] = time.perf_counter() - t0
     for stage, seconds in timing.items():
         metrics.stage(stage).observe(seconds)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.outputs.labelmap import LabelMap
 from service.results_cache import new_result_id
 from service.results_shared import SharedResultsCache
 
@@ -58,3 +59,21 @@ def test_names_that_are_not_result_ids_are_not_looked_up(tmp_path: Path) -> None
     (tmp_path / "secret").write_bytes(b"not a result")
     for name in ("../secret", "..", ".", "", "a/b", "x" * 65):
         assert cache.get(name) is None
+
+
+def test_a_result_that_cannot_be_written_is_not_kept_and_raises_nothing(tmp_path: Path) -> None:
+    cache = SharedResultsCache(tmp_path / "gone", ttl_s=60, max_bytes=10_000)  # e.g. the directory was removed
+    assert cache.put("a", *result(100)) is False
+    assert cache.get("a") is None
+
+
+def test_a_label_map_and_its_way_back_to_the_upload_size_are_kept_exactly(tmp_path: Path) -> None:
+    small = np.random.default_rng(1).integers(0, 21, (30, 40), dtype=np.uint8)
+    rows, cols = (np.repeat(np.arange(n), 3).astype(np.intp) for n in (30, 40))  # each pixel seen 3x3 times
+    label_map = LabelMap(small, rows, cols)
+    cache = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=1_000_000)
+    assert cache.put("m", label_map, b"upload bytes")
+    stored = cache.get("m")
+    assert stored is not None and isinstance(stored.labels, LabelMap)
+    assert stored.labels.shape == (90, 120) and np.array_equal(stored.labels.full, label_map.full)
+    assert stored.source == b"upload bytes"
