@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from socket import socket
@@ -51,15 +52,36 @@ def worker_app() -> Any:
 
 
 class WorkerSupervisor(Multiprocess):
-    """uvicorn's supervisor, plus the bookkeeping multiprocess metrics need: a worker that is gone no longer
-    counts in the live gauges (queue depth, requests in flight)."""
+    """uvicorn's supervisor, plus two things:
+
+    - the bookkeeping multiprocess metrics need: a worker that is gone no longer counts in the live gauges (queue
+      depth, requests in flight);
+    - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
+      keeps the parent's copy of the worker's end of the ping pipe open, so that wait saw no end-of-file and ran
+      the whole health-check timeout (measured: a model that fails to load in both workers stopped the server
+      after 2 s, or after 60 s when the ping raced the exit). The worker received its own copy when it was
+      started (multiprocessing duplicates the descriptor as it pickles it), so the parent's is closed after.
+    """
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self._release_worker_ends()
+
+    def restart_all(self) -> None:
+        super().restart_all()
+        self._release_worker_ends()
 
     def keep_subprocess_alive(self) -> None:
         before = {p.pid for p in self.processes}
         super().keep_subprocess_alive()
+        self._release_worker_ends()
         for pid in before - {p.pid for p in self.processes}:
             if pid is not None:
                 multiprocess.mark_process_dead(pid)
+
+    def _release_worker_ends(self) -> None:
+        for process in self.processes:
+            process.child_conn.close()  # idempotent; uvicorn closes it again on terminate/kill
 
     @property
     def failed_to_start(self) -> bool:
@@ -75,15 +97,30 @@ def worker_config(settings: Settings) -> uvicorn.Config:
         timeout_worker_healthcheck=settings.worker_healthcheck_s, proxy_headers=True, server_header=False)
 
 
+METRICS_ROOM = 64 * 1024 * 1024  # prometheus-client's files: a few MB per worker at most
+
+
+def shared_parent(room: int) -> str | None:
+    """Where the workers' shared files go: /dev/shm (memory; every /segment writes its result there) when it has
+    `room` free, else the temporary directory (None). A container's /dev/shm is often 64 MB, too small for the
+    default result cache."""
+    shm = Path("/dev/shm")
+    try:
+        if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= room:
+            return str(shm)
+    except OSError:
+        pass
+    return None
+
+
 def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
     """Run `settings.workers` workers on one socket until told to stop; the exit status (3: one could not start).
 
     `overrides` (command-line options) reach the workers as the environment variables they stand for."""
     for name, value in overrides.items():
         os.environ[f"SEGMENT_{name.upper()}"] = str(value)
-    # Private (0700) and, where there is one, in memory: every /segment writes its result there.
-    shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(prefix="segment-", dir=shm if os.access(shm, os.W_OK) else None) as shared:
+    parent = shared_parent(settings.result_cache_bytes + METRICS_ROOM)
+    with tempfile.TemporaryDirectory(prefix="segment-", dir=parent) as shared:  # private: 0700
         metrics_dir, results_dir = Path(shared, "metrics"), Path(shared, "results")
         metrics_dir.mkdir()
         results_dir.mkdir()
