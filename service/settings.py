@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, DirectoryPath, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.buckets import normalise_buckets
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")
     result_ttl_s: float = Field(300.0, ge=0)
     result_cache_bytes: ByteSize = Field(ByteSize(256 * MB), ge=0)
-    results_dir: Path | None = Field(None, description="keep results as files here, shared by the worker "
+    results_dir: DirectoryPath | None = Field(None, description="keep results as files here, shared by the worker "
                                      "processes (the supervisor sets it when SEGMENT_WORKERS > 1)")
     log_level: str = "info"
     precision: Precision = Field(

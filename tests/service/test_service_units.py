@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -93,3 +95,9 @@ def test_bad_sizes_and_counts_name_the_setting(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv(key, raw)
     with pytest.raises(ValidationError, match=key.removeprefix("SEGMENT_").lower()):
         Settings()
+
+
+def test_results_dir_must_exist(tmp_path: Path) -> None:
+    assert Settings(results_dir=tmp_path).results_dir == tmp_path
+    with pytest.raises(ValidationError, match="results_dir"):
+        Settings(results_dir=tmp_path / "missing")  # every result would fail to be kept, one warning each
