@@ -64,6 +64,12 @@ def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_mod
             model = samples(text, "segment_model_info")
             assert list(model.values()) == [1.0]  # one model, not one per worker
             assert samples(text, "segment_queue_depth")[()] == 0
+        # Each worker's protocol carries the head limit and counts its refusals where every scrape sees them.
+        for _ in range(2):
+            refused = httpx.get(f"{server.url}/healthz", headers={"X-Big": "x" * 20_000}, timeout=10)
+            assert refused.status_code == 431 and refused.json()["error"]["code"] == "headers_too_large"
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert samples(text, "segment_rejected_total")[(("reason", "headers_too_large"),)] == 2
         # A result fetched again on new connections, whichever worker each lands on.
         first = segment(server.url, body)
         for _ in range(8):
