@@ -30,6 +30,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 class WorkerHttpProtocol(HardenedHttpToolsProtocol):
     """The hardened protocol, importable by name: a spawned worker cannot unpickle the class `configured()`
     builds, so each worker's app factory sets these limits from its own settings before it accepts a connection."""

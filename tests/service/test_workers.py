@@ -76,6 +76,7 @@ def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_mod
             again = httpx.get(f"{server.url}/results/{first.headers['X-Result-ID']}/labels.png", timeout=10)
             assert again.status_code == 200 and again.content == first.content
         assert tree_cpu_seconds(server.pid) >= sum(cpu_seconds(pid) for pid in pids) > cpu_seconds(server.pid)
+        assert pids <= set(descendants(server.pid))  # the same workers throughout: health pings answered
         assert server.terminate() == 0
     for pid in pids:  # the workers went with it
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
