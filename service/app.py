@@ -159,7 +159,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request %s: %s %s", request.state.request_id, exc.code, exc.message)
-        metrics.rejected.labels(reason=exc.code).inc()
+        metrics.count_rejection(exc.code)
         return error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)

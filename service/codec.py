@@ -29,11 +29,11 @@ from .handoff import WorkerThreads
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.
 HEAVY_DECODE_PIXELS = 16_000_000
+_JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts; no plugin tried before it does
+
+
 def _ignore(_label_map: LabelMap) -> None:
     pass
-
-
-_JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts; no plugin tried before it does
 
 
 def decoded_pixels(data: bytes, *, full_resolution: bool) -> int:

@@ -67,9 +67,16 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
         """A subclass carrying these limits (uvicorn instantiates the protocol class itself)."""
-        attrs = {"header_timeout_s": settings.header_timeout_s, "max_header_bytes": int(settings.max_header_bytes),
-                 "on_reject": staticmethod(on_reject)}
-        return type("SegmentHttpProtocol", (cls,), attrs)
+        subclass = type("SegmentHttpProtocol", (cls,), {})
+        subclass.apply_limits(settings, on_reject)
+        return subclass
+
+    @classmethod
+    def apply_limits(cls, settings: Settings, on_reject: RejectHook = _noop) -> None:
+        """Set these settings' limits, and the hook told of each refusal, on this class itself."""
+        cls.header_timeout_s = settings.header_timeout_s
+        cls.max_header_bytes = int(settings.max_header_bytes)
+        cls.on_reject = staticmethod(on_reject)
 
     # -- bytes in ---------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

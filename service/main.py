@@ -14,12 +14,11 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
 from .server import build_config
 from .settings import Settings
 from .workers import serve_workers
-
-STARTUP_FAILURE = 3  # uvicorn's own exit code when the application cannot start
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings)
     metrics = app.state.service.metrics
     config = build_config(quiet_startup_failure(app), settings,
-                          on_reject=lambda code: metrics.rejected.labels(reason=code).inc())
+                          on_reject=metrics.count_rejection)
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

@@ -64,6 +64,8 @@ class Metrics:
                                 ["provider", "precision", "arch", "model"],
                                 multiprocess_mode="max", registry=r)
         self._own_collectors: list[Collector] = []  # read at scrape time in this process (GPU gauges)
+        # prometheus-client picks per-process value files from this at import; the same holds for rendering.
+        self._shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._stages: dict[str, Any] = {}
         self._requests: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -88,9 +90,13 @@ class Metrics:
 
     def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
         """Publish the loaded model as an info gauge (value 1)."""
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker sets it once; clear() is per process there
+        if not self._shared_dir:  # a worker sets it once; clear() is per process there
             self.model_info.clear()
         self.model_info.labels(provider=provider, precision=precision, arch=arch, model=model).set(1)
+
+    def count_rejection(self, code: str) -> None:
+        """Count one request refused with error `code`."""
+        self.rejected.labels(reason=code).inc()
 
     def register(self, collector: Collector) -> None:
         """A collector read at scrape time by this process (not summed over workers: e.g. the GPU's gauges)."""
@@ -99,11 +105,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition format: this process's metrics, or every worker's under multiprocess mode."""
-        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if not shared:
+        if not self._shared_dir:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=shared)
+        MultiProcessCollector(registry, path=self._shared_dir)
         for collector in self._own_collectors:
             registry.register(collector)
         return generate_latest(registry)

@@ -74,7 +74,7 @@ class RequestContextMiddleware:
             # The client went away mid-upload: its fault, not ours, so no 5xx (the 5xx alert must not fire on
             # flaky networks) and no traceback. 499 is nginx's "client closed request"; nothing is sent.
             status = 499
-            self.metrics.rejected.labels(reason="client_closed").inc()
+            self.metrics.count_rejection("client_closed")
             log.info("request %s: client closed the connection before its body arrived", request_id)
         except Exception:
             log.exception("unhandled error in request %s", request_id)

@@ -13,21 +13,24 @@ import uvicorn
 from .http_protocol import HardenedHttpToolsProtocol, RejectHook
 from .settings import Settings
 
-__all__ = ["HardenedHttpToolsProtocol", "RejectHook", "build_config"]
+__all__ = ["HardenedHttpToolsProtocol", "RejectHook", "build_config", "server_options"]
 
 
 def _noop(_code: str) -> None:
     pass
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options every `segment-serve` server runs with, one process or each of several workers."""
+    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "lifespan": "on",
+            # Below compose's 30 s stop_grace_period and the pod's grace minus its preStop sleep. A stalled upload
+            # cannot hold it: the body deadline answers it 408 first.
+            "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+            "proxy_headers": True, "server_header": False}
+
+
 def build_config(app: Any, settings: Settings, on_reject: RejectHook = _noop) -> uvicorn.Config:
     """The uvicorn configuration `segment-serve` runs with; `on_reject(code)` is called for each refusal made
     before a request exists (head too large, too slow, malformed)."""
-    return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
-        http=HardenedHttpToolsProtocol.configured(settings, on_reject),
-        # Below compose's 30 s stop_grace_period and the pod's grace minus its preStop sleep. A stalled upload
-        # cannot hold it: the body deadline answers it 408 first.
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-        proxy_headers=True, server_header=False,
-    )
+    return uvicorn.Config(app, http=HardenedHttpToolsProtocol.configured(settings, on_reject),
+                          **server_options(settings))

@@ -26,6 +26,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .http_protocol import HardenedHttpToolsProtocol
+from .server import server_options
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,7 @@ def worker_app() -> Any:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     app = create_app(settings)
-    metrics = app.state.service.metrics
-    WorkerHttpProtocol.header_timeout_s = settings.header_timeout_s
-    WorkerHttpProtocol.max_header_bytes = int(settings.max_header_bytes)
-    WorkerHttpProtocol.on_reject = staticmethod(lambda code: metrics.rejected.labels(reason=code).inc())
+    WorkerHttpProtocol.apply_limits(settings, app.state.service.metrics.count_rejection)
     return quiet_startup_failure(app)
 
 
@@ -90,12 +88,11 @@ class WorkerSupervisor(Multiprocess):
 
 
 def worker_config(settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration each worker runs with (as `service.server.build_config`, by import names)."""
-    return uvicorn.Config(
-        "service.workers:worker_app", factory=True, workers=settings.workers,
-        host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
-        http="service.workers:WorkerHttpProtocol", timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-        timeout_worker_healthcheck=settings.worker_healthcheck_s, proxy_headers=True, server_header=False)
+    """The uvicorn configuration of the workers: the single server's options, the app and protocol by import
+    name (a spawned worker imports them itself)."""
+    return uvicorn.Config("service.workers:worker_app", factory=True, http="service.workers:WorkerHttpProtocol",
+                          workers=settings.workers, timeout_worker_healthcheck=settings.worker_healthcheck_s,
+                          **server_options(settings))
 
 
 METRICS_ROOM = 64 * 1024 * 1024  # prometheus-client's files: a few MB per worker at most
