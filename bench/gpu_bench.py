@@ -137,7 +137,7 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
     with start_service(model, **env) as server:
         # With several workers, all of them (the server's CPU and GPU memory then count every worker; the split
         # into thread groups reads the supervisor only).
-        server.wait_ready(timeout=600, workers=int(env.get("SEGMENT_WORKERS", "1")))
+        server.wait_ready(timeout=600)
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
         out["gpu_metrics"] = gpu_metric_lines(server.url)

@@ -70,16 +70,18 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_ready(self, timeout: float = 120, workers: int = 1) -> ServerProcess:
-        """Wait until /readyz is 200 (with several workers: from `workers` different processes, asked on new
-        connections, which the kernel hands to any of them; their pids are then in `worker_pids`); raise with
+    def wait_ready(self, timeout: float = 120) -> ServerProcess:
+        """Wait until /readyz is 200 (with several workers, `SEGMENT_WORKERS`: from each of them, asked on new
+        connections, which the kernel hands to any worker; their pids are then in `worker_pids`); raise with
         the last answer and the log if the process dies first."""
+        workers = int(self.env.get("SEGMENT_WORKERS") or 1)  # as the server reads it (empty: the default)
         deadline = time.monotonic() + timeout
         last = "no answer"
-        with httpx.Client(base_url=self.url, timeout=5) as client:
+        keep_alive = httpx.Limits(max_keepalive_connections=0 if workers > 1 else None)
+        with httpx.Client(base_url=self.url, timeout=5, limits=keep_alive) as client:
             while self.proc.poll() is None and time.monotonic() < deadline:
                 try:
-                    r = client.get("/readyz") if workers == 1 else httpx.get(f"{self.url}/readyz", timeout=5)
+                    r = client.get("/readyz")
                     if r.status_code == 200:
                         if workers == 1:
                             return self

@@ -22,10 +22,10 @@ from tests.service.svc_helpers import png_bytes, scene
 WORKERS = 2
 
 
-def ready_pids(server: ServerProcess, want: int) -> set[int]:
-    """The pids of `want` workers that answered /readyz 200 (asked afresh)."""
+def ready_pids(server: ServerProcess) -> set[int]:
+    """The pids of the workers that answered /readyz 200, asked afresh."""
     server.worker_pids.clear()
-    return set(server.wait_ready(90, workers=want).worker_pids)
+    return set(server.wait_ready(90).worker_pids)
 
 
 def samples(metrics_text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -49,7 +49,7 @@ def test_workers_answer_on_one_port_and_every_scrape_counts_all_of_them(rule_mod
     body, _ = upload
     with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
                        SEGMENT_WORKER_THREADS="2") as server:
-        pids = ready_pids(server, WORKERS)
+        pids = ready_pids(server)
         assert server.pid not in pids  # the supervisor itself serves nothing
         assert pids <= set(descendants(server.pid))  # what the benchmarks count as the server's CPU
         answers = [segment(server.url, body) for _ in range(12)]  # each on a new connection
@@ -86,7 +86,7 @@ def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model
     body, image = upload
     with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
                        SEGMENT_WORKER_THREADS="2") as server:
-        first = ready_pids(server, WORKERS)
+        first = ready_pids(server)
         expected = segment(server.url, body).content
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
@@ -102,7 +102,7 @@ def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model
             if ready.status_code == 200:
                 replaced = {ready.json()["pid"]} - first
         assert replaced, "no replacement worker answered"
-        assert victim not in ready_pids(server, WORKERS)
+        assert victim not in ready_pids(server)
         assert server.terminate() == 0
 
 
