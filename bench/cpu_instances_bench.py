@@ -15,16 +15,9 @@ Usage: python -m bench.cpu_instances_bench [--rounds 4] [--seconds 8] [--concurr
 
 from __future__ import annotations
 
-import argparse
-import statistics
-from pathlib import Path
-
-from bench.harness import alternating_rounds, machine_note
+from bench.harness import compare_servers, comparison_args, machine_note, median_of
 from bench.markdown import write_section
 from service.settings import available_cpus
-from testkit.images import encode
-from testkit.photos import PHOTOS, photo
-from testkit.server import ServerProcess
 
 
 def configurations(cpus: int) -> dict[str, dict[str, str]]:
@@ -36,33 +29,18 @@ def configurations(cpus: int) -> dict[str, dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=8.0, help="per round and concurrency")
-    ap.add_argument("--concurrency", default="1,8")
-    ap.add_argument("--out", type=Path, help="write the section into this markdown file")
-    args = ap.parse_args(argv)
-    cpus = available_cpus()
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
-    configs = configurations(cpus)
-    servers = {name: ServerProcess(None, **env) for name, env in configs.items()}
-    try:
-        for name, server in servers.items():
-            server.wait_ready(300, workers=int(configs[name].get("SEGMENT_WORKERS", "1")))
-        runs = alternating_rounds(servers, bodies, concurrencies, args.rounds, args.seconds)
-    finally:
-        for server in servers.values():
-            server.terminate()
+    args = comparison_args(__doc__, rounds=4, seconds=8.0, concurrency="1,8", argv=argv)
+    configs = configurations(available_cpus())
+    runs, _ = compare_servers(configs, args)
     lines = ["### CPU: one batch on every core, one batch per core, or one process per core (same run)", "",
              f"Command: `python -m bench.cpu_instances_bench --rounds {args.rounds} --seconds {args.seconds:g} "
              f"--concurrency {args.concurrency}`. {machine_note()}. Embedded model, 1024×768 JPEG → `labels`, "
              "closed loop; medians of the alternating rounds.", "",
              "| concurrency | configuration | img/s | p50 ms | p99 ms | server CPU-ms per request |",
              "|---|---|---|---|---|---|"]
-    for concurrency in concurrencies:
+    for concurrency in args.concurrencies:
         for name in configs:
-            ips, p50, p99, cpu = (statistics.median(p[key] for p in runs[(name, concurrency)])
+            ips, p50, p99, cpu = (median_of(runs[(name, concurrency)], key)
                                   for key in ("throughput", "p50", "p99", "cpu_ms"))
             lines.append(f"| {concurrency} | {name} | {ips:.1f} | {p50:.1f} | {p99:.1f} | {cpu:.1f} |")
     section = "\n".join(lines)

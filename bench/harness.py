@@ -5,16 +5,24 @@ drivers and request bodies are in testkit/.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.images import encode
 from testkit.load import closed_loop
+from testkit.photos import PHOTOS, photo
 from testkit.procstat import tree_cpu_seconds
 from testkit.server import ServerProcess
+
+T = TypeVar("T")
 
 
 def latency_summary(latencies_s: Sequence[float], wall_s: float) -> dict[str, float]:
@@ -76,3 +84,40 @@ def alternating_rounds(servers: Mapping[str, ServerProcess], bodies: Sequence[by
                 point["cpu_ms"] = (tree_cpu_seconds(server.pid) - before) / len(samples) * 1000
                 runs.setdefault((name, concurrency), []).append(point)
     return runs
+
+
+def comparison_args(doc: str, rounds: int, seconds: float, concurrency: str,
+                    argv: list[str] | None) -> argparse.Namespace:
+    """The options of a same-run comparison of servers: --rounds, --seconds (per round and concurrency),
+    --concurrency (a comma list, parsed into `concurrencies`) and --out (the markdown file to write into)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--seconds", type=float, default=seconds, help="per round and concurrency")
+    ap.add_argument("--concurrency", default=concurrency)
+    ap.add_argument("--out", type=Path, help="write the section into this markdown file")
+    args = ap.parse_args(argv)
+    args.concurrencies = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def compare_servers(configs: Mapping[str, Mapping[str, str]], args: argparse.Namespace,
+                    while_up: Callable[[dict[str, ServerProcess]], T] | None = None
+                    ) -> tuple[dict[tuple[str, int], list[dict]], T | None]:
+    """One `segment-serve` on the embedded model per configuration (name → environment), all ready (every
+    worker), driven with 1024x768 JPEG uploads in `alternating_rounds`; then `while_up(servers)` before they
+    stop. The rounds' points, and what `while_up` returned."""
+    bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
+    servers = {name: ServerProcess(None, **env) for name, env in configs.items()}
+    try:
+        for server in servers.values():
+            server.wait_ready(300)
+        runs = alternating_rounds(servers, bodies, args.concurrencies, args.rounds, args.seconds)
+        return runs, while_up(servers) if while_up else None
+    finally:
+        for server in servers.values():
+            server.terminate()
+
+
+def median_of(points: Sequence[Mapping[str, Any]], key: str) -> float:
+    """The median of one figure over a configuration's rounds."""
+    return statistics.median(p[key] for p in points)
