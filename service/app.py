@@ -29,7 +29,7 @@ from .gpu_metrics import register_gpu_metrics
 from .handoff import WorkerThreads
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
-from .results_cache import ResultsCache
+from .results_cache import ResultsCache, ResultStore
 from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
 from .routes.web import install_web_page
@@ -46,7 +46,7 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/outputs", "/docs", "/docs/o
 PUBLIC_PREFIXES = ("/static/",)
 
 
-def results_cache(settings: Settings) -> ResultsCache | SharedResultsCache:
+def results_cache(settings: Settings) -> ResultStore:
     """In this process's memory, or (several workers) in files every worker reads, each worker its share."""
     if settings.results_dir is None:
         return ResultsCache(settings.result_ttl_s, settings.result_cache_bytes)

@@ -1,10 +1,12 @@
-"""Recent results kept for `GET /results/{id}/...`: a TTL cache bounded in bytes (cachetools)."""
+"""Recent results kept for `GET /results/{id}/...`: what a store of them offers, and the in-memory one (a TTL cache
+bounded in bytes, cachetools)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +40,34 @@ def new_result_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-class ResultsCache:
+class ResultStore(ABC):
+    """What `/segment` and `/results` need of a store of recent results: `put`, `get`, a TTL and a byte bound."""
+
+    def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float]) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0 and self.max_bytes > 0
+
+    def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes) -> StoredResult | None:
+        """The result in the form kept, or None when it cannot be (larger than the bound, or the store is off)."""
+        item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
+        return item if self.enabled and item.nbytes <= self.max_bytes else None
+
+    @abstractmethod
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
+        """Store a result; False when it is not kept."""
+
+    @abstractmethod
+    def get(self, result_id: str) -> StoredResult | None:
+        """The result, or None when unknown or expired."""
+
+
+class ResultsCache(ResultStore):
     """`cachetools.TTLCache` sized in bytes (`getsizeof`), behind a lock (cachetools is not thread-safe).
 
     Arrays are stored as-is (no copy); treat them as read-only. When the byte bound is reached the least
@@ -46,16 +75,9 @@ class ResultsCache:
     """
 
     def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s = ttl_s
-        self.max_bytes = max_bytes
+        super().__init__(ttl_s, max_bytes, clock)
         self._items: TTLCache[str, StoredResult] = TTLCache(
             maxsize=max(1, max_bytes), ttl=ttl_s, timer=clock, getsizeof=lambda item: item.nbytes)
-        self._clock = clock
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.ttl_s > 0 and self.max_bytes > 0
 
     @property
     def nbytes(self) -> int:
@@ -70,8 +92,8 @@ class ResultsCache:
 
     def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
-        item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
-        if not self.enabled or item.nbytes > self.max_bytes:
+        item = self._to_keep(labels, source)
+        if item is None:
             return False  # TTLCache would raise ValueError("value too large")
         with self._lock:
             self._items[result_id] = item  # expires old entries, then evicts LRU ones until it fits

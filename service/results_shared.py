@@ -18,7 +18,6 @@ import os
 import pickle
 import re
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,34 +26,29 @@ import numpy as np
 from cachetools import TTLCache
 
 from .core.outputs.labelmap import LabelMap
-from .results_cache import StoredResult
+from .results_cache import ResultStore, StoredResult
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
 
 
-class SharedResultsCache:
+class SharedResultsCache(ResultStore):
     """The `ResultsCache` interface (`put`, `get`, `enabled`) over files in `directory`.
 
     `max_bytes` is this worker's share of the bound; the file contents are this service's own pickles, in a
     directory private to the service (made 0700 by the supervisor)."""
 
     def __init__(self, directory: Path, ttl_s: float, max_bytes: int,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.directory, self.ttl_s, self.max_bytes = directory, ttl_s, max_bytes
-        self._clock = clock  # wall time: the workers are separate processes
+                 clock: Callable[[], float] = time.time) -> None:  # wall time: the workers are separate processes
+        super().__init__(ttl_s, max_bytes, clock)
+        self.directory = directory
         self._owned: TTLCache[str, int] = TTLCache(maxsize=max(1, max_bytes), ttl=max(ttl_s, 1e-9), timer=clock,
                                                    getsizeof=lambda size: size)
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.ttl_s > 0 and self.max_bytes > 0
 
     def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
         """Store a result for every worker; False when it is larger than this worker's share (or caching is off)."""
-        item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
-        if not self.enabled or item.nbytes > self.max_bytes:
+        item = self._to_keep(labels, source)
+        if item is None:
             return False
         parts = _serialised(item)
         size = sum(len(part) for part in parts)

@@ -14,8 +14,7 @@ from .core.engine import Engine
 from .errors import ApiError
 from .handoff import WorkerThreads
 from .metrics import Metrics
-from .results_cache import ResultsCache
-from .results_shared import SharedResultsCache
+from .results_cache import ResultStore
 from .settings import Settings
 
 
@@ -25,7 +24,7 @@ class ServiceState:
 
     settings: Settings
     metrics: Metrics
-    cache: ResultsCache | SharedResultsCache
+    cache: ResultStore
     pool: WorkerThreads  # decode and encode (service/handoff.py)
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
