@@ -13,18 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from testkit.metrics import Labels, samples
 from testkit.server import ServerProcess
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
-def server_errors(metrics_text: str) -> dict[tuple[str, str], float]:
-    """The server's own count of 5xx answers, by (route, status)."""
-    return {(s.labels["route"], s.labels["status"]): s.value
-            for family in text_string_to_metric_families(metrics_text) if family.name == "segment_requests"
-            for s in family.samples if s.name == "segment_requests_total" and s.labels["status"].startswith("5")}
+def server_errors(metrics_text: str) -> dict[Labels, float]:
+    """The server's own count of 5xx answers, by route and status."""
+    return {labels: value for labels, value in samples(metrics_text, "segment_requests_total").items()
+            if dict(labels)["status"].startswith("5")}
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(rule_proc: ServerProcess, tmp_path: Path) -> None:

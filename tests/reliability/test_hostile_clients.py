@@ -21,13 +21,13 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.server import build_config
 from service.settings import Settings
 from testkit import REPO, rawhttp
 from testkit.load import probe
+from testkit.metrics import metric_sum
 from testkit.rawhttp import http_request, read_response, status_of
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -59,11 +59,6 @@ def error_of(raw: bytes) -> dict:
     return json.loads(raw.partition(b"\r\n\r\n")[2])["error"]
 
 
-def counter(metrics: str, name: str, **labels: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
 def tiny_ok(url: str) -> bool:
     r = httpx.post(f"{url}/segment", content=TINY, params={"output": "stats"}, timeout=10)
     return r.status_code == 200
@@ -87,7 +82,7 @@ def test_stalled_uploads_neither_lock_out_nor_unready(server: ServerProcess) -> 
         for sock in stalled:
             sock.close()
     assert time.perf_counter() - t0 < BODY_S + 5  # closed by the server, not by our read timeout
-    added = counter(server.metrics(), "segment_requests_total", route="/segment", status="408") - counter(
+    added = metric_sum(server.metrics(), "segment_requests_total", route="/segment", status="408") - metric_sum(
         before, "segment_requests_total", route="/segment", status="408")
     assert added == 40
 
@@ -197,13 +192,13 @@ def test_client_abort_is_499_without_traceback(server: ServerProcess) -> None:
     deadline = time.monotonic() + 10
     while True:
         after = server.metrics()
-        added = {s: counter(after, "segment_requests_total", route="/segment", status=s)
-                 - counter(before, "segment_requests_total", route="/segment", status=s) for s in ("499", "500")}
+        added = {s: metric_sum(after, "segment_requests_total", route="/segment", status=s)
+                 - metric_sum(before, "segment_requests_total", route="/segment", status=s) for s in ("499", "500")}
         if added["499"] >= 5 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert added == {"499": 5, "500": 0}
-    assert counter(after, "segment_rejected_total", reason="client_closed") >= 5
+    assert metric_sum(after, "segment_rejected_total", reason="client_closed") >= 5
     log = "".join(server.lines[log_from:])
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
 

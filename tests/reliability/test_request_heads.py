@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import rawhttp
+from testkit.metrics import metric_sum
 from testkit.rawhttp import http_request, read_response, read_responses, status_of
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -75,8 +75,7 @@ def assert_refused(raw: bytes, status: int, code: str) -> None:
 
 
 def rejected(server: ServerProcess, reason: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(server.metrics()) for s in f.samples
-               if s.name == "segment_rejected_total" and s.labels.get("reason") == reason)
+    return metric_sum(server.metrics(), "segment_rejected_total", reason=reason)
 
 
 SPLITS = {

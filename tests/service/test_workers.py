@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.workers import shared_parent
+from testkit.metrics import samples
 from testkit.procstat import cpu_seconds, descendants, tree_cpu_seconds
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -26,12 +26,6 @@ def ready_pids(server: ServerProcess) -> set[int]:
     """The pids of the workers that answered /readyz 200, asked afresh."""
     server.worker_pids.clear()
     return set(server.wait_ready(90).worker_pids)
-
-
-def samples(metrics_text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Every sample called `name`, by its sorted labels."""
-    return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(metrics_text)
-            for s in family.samples if s.name == name}
 
 
 def segment(url: str, body: bytes) -> httpx.Response:

@@ -1,0 +1,19 @@
+"""Reading a server's Prometheus text with prometheus-client's own parser, as the tests and benchmarks do."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def samples(metrics_text: str, name: str) -> dict[Labels, float]:
+    """Every sample called `name` (e.g. `segment_requests_total`), by its labels sorted as (key, value) pairs."""
+    return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(metrics_text)
+            for s in family.samples if s.name == name}
+
+
+def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
+    return sum(value for found, value in samples(metrics_text, name).items()
+               if all(dict(found).get(k) == v for k, v in labels.items()))
