@@ -21,6 +21,11 @@ CPU; on an H200 host at concurrency 32-64 the decode stage took 3-5x its time at
 cores were far from busy, the mark of threads waiting for the interpreter rather than for a core; fewer codec
 threads contend less.)
 
+On an offline GPU host that has PyTorch but not the serving stack, and takes at most 64 MiB of files:
+`bash bench/gpu_host.sh bundle` then `bash bench/gpu_host.sh slim` here, send the tree with `.gpu/`, run
+`source .gpu/setup.sh && python3 -m bench.gpu_bench ...` there (the setup ends with `--check-imports`, which
+names any package the service still misses in seconds), and `bash bench/gpu_host.sh restore` here afterwards.
+
 Before spending GPU time, the same code paths (less the CUDA-only `bound` stage) run on a CPU in about a minute with
 a tiny model; a stage that fails there fails on the GPU too:
 
@@ -51,9 +56,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import multiprocessing
 import os
+import pkgutil
 import subprocess
 import sys
 import time
@@ -99,6 +106,20 @@ def device_info() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         info["gpu"] = None
     return info
+
+
+def missing_imports() -> dict[str, list[str]]:
+    """The packages the service imports that are missing here, each with the service modules that need it:
+    checked before any GPU time is spent, since a GPU host's image may lack a serving dependency."""
+    import service
+
+    missing: dict[str, list[str]] = {}
+    for module in pkgutil.walk_packages(service.__path__, "service."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError as exc:
+            missing.setdefault(getattr(exc, "name", None) or str(exc), []).append(module.name)
+    return missing
 
 
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
@@ -196,9 +217,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=Path("gpu_bench.json"))
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--render", type=Path, help="only rewrite the docs section from a saved JSON run")
+    ap.add_argument("--check-imports", action="store_true",
+                    help="only check that every service module imports here (exit 2 naming what is missing)")
     args = ap.parse_args(argv)
     if args.render:
         write_section(args.out / "BENCHMARKS.md", "gpu", render(json.loads(args.render.read_text())))
+        return
+    missing = missing_imports()
+    if missing:
+        print("the service cannot start here, missing: "
+              + "; ".join(f"{package} (needed by {', '.join(modules)})" for package, modules in missing.items()),
+              file=sys.stderr)
+        sys.exit(2)
+    if args.check_imports:
+        print(f"onnxruntime {ort.__version__} {ort.get_available_providers()}; every service module imports")
         return
 
     skip = set(filter(None, args.skip.split(",")))
