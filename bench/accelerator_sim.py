@@ -10,7 +10,12 @@ with one connection each. So the service's img/s against the emulated raw best (
 ms) and against batch 8 are the GPU targets (≥ 0.9 at concurrency ≥ 32, ≥ 0.8 at 8) with the GPU's and the
 host's speed taken out: what remains is the design.
 
-Usage: python -m bench.accelerator_sim [--scale 4] [--concurrency 1,8,32,64] [--seconds 8] [--out docs/BENCHMARKS.md]
+`--input-size 513` letterboxes to DeepLab's usual size instead of the embedded model's 320, so decode, letterbox,
+unletterbox and PNG encode cost what they cost in front of a GPU; the server's CPU-ms per request then says how
+many images per second of host work one core carries at the GPU's sizes.
+
+Usage: python -m bench.accelerator_sim [--scale 4] [--input-size 513] [--concurrency 1,8,32,64] [--seconds 8]
+           [--out docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.harness import machine_note
@@ -30,27 +36,32 @@ from testkit.accelerator import H200_MS, emulated_server
 from testkit.images import encode
 from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
+from testkit.procstat import tree_cpu_seconds
 
 
 def measure(scale: float, concurrencies: list[int], seconds: float,
-            overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start the emulated server (the GPU defaults, then `overrides`) and drive it at each concurrency; img/s,
-    latency and mean batch per point."""
+            overrides: dict[str, str] | None = None, input_size: int | None = None) -> dict[str, Any]:
+    """Start the emulated server (the GPU defaults, then `overrides`, letterboxing to `input_size`) and drive it
+    at each concurrency; img/s, latency, mean batch and the server's CPU-ms per request per point."""
     bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
     out: dict[str, Any] = {"scale": scale, "device_ms": {n: ms * scale for n, ms in H200_MS.items()},
-                           "env": overrides or {}, "points": []}
-    with emulated_server(scale, **(overrides or {})) as server:
+                           "env": overrides or {}, "input_size": input_size, "points": []}
+    with emulated_server(scale, input_size, **(overrides or {})) as server:
         server.wait_ready(timeout=300)
+        out["readyz_input_size"] = httpx.get(f"{server.url}/readyz", timeout=30).json().get("input_size")
         for concurrency in concurrencies:
+            cpu_before = tree_cpu_seconds(server.pid)
             samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,
                                                     params={"output": "labels"}, per_connection=True))
+            cpu = tree_cpu_seconds(server.pid) - cpu_before
             ok = [s for s in samples if s.status == 200]
             if len(ok) != len(samples):
                 raise RuntimeError(f"c={concurrency}: {len(samples) - len(ok)} answers were not 200")
             latencies = np.array([s.latency_s for s in ok]) * 1000
             point = {"concurrency": concurrency, "throughput": len(ok) / wall,
                      "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99)),
-                     "mean_batch": float(np.mean([s.batch_size for s in ok]))}
+                     "mean_batch": float(np.mean([s.batch_size for s in ok])),
+                     "server_cpu_ms_per_request": cpu / len(ok) * 1000}
             out["points"].append(point)
             print(json.dumps(point), flush=True)
     return out
@@ -64,13 +75,16 @@ def render(result: dict[str, Any], command: str) -> str:
              f"Command: `{command}`. {machine_note()}", "",
              f"Emulated device: H200 raw batch times × {result['scale']:g} "
              f"({', '.join(f'{n}: {v:.1f} ms' for n, v in sorted(ms.items()))}); raw best {best:.1f} img/s "
-             f"(batch 16), raw batch 8 {batch8:.1f} img/s. Uploads: 1024×768 JPEGs → `labels` PNG.", "",
-             "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"(batch 16), raw batch 8 {batch8:.1f} img/s. Uploads: 1024×768 JPEGs → `labels` PNG, letterboxed "
+             f"to {result.get('readyz_input_size') or result.get('input_size') or 'the model size'}.", "",
+             "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
+             "| server CPU-ms per request |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in result["points"]:
         lines.append(f"| {p['concurrency']} | {p['throughput']:.1f} | {p['throughput'] / best:.2f} | "
                      f"{p['throughput'] / batch8:.2f} | {p['p50']:.0f} | {p['p99']:.0f} | "
-                     f"{p['p99'] / p['p50']:.2f} | {p['mean_batch']:.1f} |")
+                     f"{p['p99'] / p['p50']:.2f} | {p['mean_batch']:.1f} | "
+                     f"{p.get('server_cpu_ms_per_request', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -79,13 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=float, default=4.0, help="emulated batch times = H200 times × this")
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--seconds", type=float, default=8.0, help="per load point")
+    ap.add_argument("--input-size", type=int, help="letterbox size (default: the embedded model's 320)")
     ap.add_argument("--set", action="append", default=[], metavar="SEGMENT_X=V",
                     help="a setting over the GPU defaults, repeatable")
     ap.add_argument("--out", type=Path, help="write the section into this markdown file")
     ap.add_argument("--json", type=Path, help="save the raw result")
     args = ap.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
-    result = measure(args.scale, [int(c) for c in args.concurrency.split(",")], args.seconds, overrides)
+    result = measure(args.scale, [int(c) for c in args.concurrency.split(",")], args.seconds, overrides,
+                     args.input_size)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     command = " ".join(["python -m bench.accelerator_sim", *(argv if argv is not None else sys.argv[1:])])

@@ -1,7 +1,9 @@
-"""An emulated accelerator behind the real service: `python -m testkit.accelerator [--scale 4]` runs
-`segment-serve` (settings from SEGMENT_*, fixed shapes on) whose bucket sessions hold one emulated device for
+"""An emulated accelerator behind the real service: `python -m testkit.accelerator [--scale 4] [--input-size 513]`
+runs `segment-serve` (settings from SEGMENT_*, fixed shapes on) whose bucket sessions hold one emulated device for
 the batch times of raw onnxruntime on an H200 (deeplabv3_resnet101 at 513, fp16, NHWC) × `scale`, releasing the
-GIL as a CUDA wait does, and answer a real label map. Everything else (HTTP, decode, letterbox, buckets, batch
+GIL as a CUDA wait does, and answer a real label map. `--input-size` letterboxes to that size instead of the
+embedded model's (DeepLab's usual 513 makes the host's decode, letterbox, unletterbox and PNG work what it is on a
+GPU host). Everything else (HTTP, decode, letterbox, buckets, batch
 plan, batches in flight, unletterbox, PNG encode) is the service's own code: what it measures is whether the
 service's design keeps a device busy, with the device's and this host's speed taken out.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -27,10 +31,27 @@ GPU_LIKE_ENV = {"SEGMENT_FIXED_SHAPES": "on", "SEGMENT_MAX_BATCH_SIZE": "16", "S
                 "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_MAX_QUEUE": "256"}
 
 
-def emulated_server(scale: float, **overrides: str) -> ServerProcess:
-    """A `segment-serve` child on the emulated device (`GPU_LIKE_ENV`, then `overrides`); not yet ready."""
+def emulated_server(scale: float, input_size: int | None = None, **overrides: str) -> ServerProcess:
+    """A `segment-serve` child on the emulated device (`GPU_LIKE_ENV`, then `overrides`), letterboxing to
+    `input_size` (default: the embedded model's); not yet ready."""
     command = [sys.executable, "-m", "testkit.accelerator", "--scale", str(scale)]
+    if input_size:
+        command += ["--input-size", str(input_size)]
     return ServerProcess(None, command=command, **{**GPU_LIKE_ENV, **overrides})
+
+
+def with_input_size(model: Path, size: int, folder: Path) -> Path:
+    """A copy of `model` whose contract letterboxes to `size`: the embedded model is fully convolutional (free
+    height and width), so only its `input_size` metadata changes."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    for prop in proto.metadata_props:
+        if prop.key == "input_size":
+            prop.value = str(size)
+    path = folder / model.name
+    onnx.save(proto, str(path))
+    return path
 
 
 class EmulatedSession:
@@ -50,8 +71,9 @@ class EmulatedSession:
         return [self._labels.copy()]
 
 
-def serve(scale: float) -> None:
-    """Run the service on the embedded model's contract with emulated bucket sessions (blocks)."""
+def serve(scale: float, input_size: int | None = None) -> None:
+    """Run the service on the embedded model's contract (at `input_size` if given) with emulated bucket sessions
+    (blocks)."""
     import uvicorn
 
     from service.app import create_app
@@ -61,6 +83,10 @@ def serve(scale: float) -> None:
     from service.settings import Settings
 
     settings = Settings()
+    folder = tempfile.TemporaryDirectory(prefix="accelerator-")
+    if input_size:
+        settings = settings.model_copy(update={"model_path": with_input_size(settings.model_path, input_size,
+                                                                               Path(folder.name))})
     engine = load_engine(settings.engine_options())
     if engine.runner is None:
         raise SystemExit("the emulated accelerator needs SEGMENT_FIXED_SHAPES=on")
@@ -76,4 +102,6 @@ def serve(scale: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=4.0, help="batch times = the H200's × this")
-    serve(parser.parse_args().scale)
+    parser.add_argument("--input-size", type=int, help="letterbox size (default: the embedded model's)")
+    args = parser.parse_args()
+    serve(args.scale, args.input_size)

@@ -36,3 +36,19 @@ def test_the_service_keeps_an_emulated_device_busy_at_concurrency_32() -> None:
     assert throughput >= 0.8 * raw_best, (throughput, raw_best, mean_batch)
     assert p99 <= 2 * p50, (p50, p99)
     assert mean_batch >= 8, mean_batch
+
+
+def test_the_emulation_letterboxes_at_a_gpu_size_when_asked(tmp_path) -> None:
+    """`--input-size 513` serves the embedded model's contract at DeepLab's usual size: the copy's contract says
+    513 and the fully convolutional model answers a 513×513 map, so the host pays the GPU host's decode and PNG."""
+    from service.core.engine import load_engine
+    from service.settings import Settings, default_model_path
+    from testkit.accelerator import with_input_size
+
+    copy = with_input_size(default_model_path(), 513, tmp_path)
+    engine = load_engine(Settings(model_path=copy, fixed_shapes="off").engine_options())
+    assert engine.input_size == 513
+    labels = engine.run(np.zeros((2, 513, 513, 3), dtype=np.uint8))
+    assert labels.shape == (2, 513, 513)
+    original = load_engine(Settings(fixed_shapes="off").engine_options())
+    assert original.input_size != 513 and original.metadata.classes == engine.metadata.classes
