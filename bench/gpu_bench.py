@@ -8,7 +8,13 @@ bucket, and GPU memory. All figures come from one run on one device.
 
 Results are saved as JSON after every stage (`--json`), so a run cut short still reports what it measured.
 
-A shorter run that answers where the limit is and whether CUDA graphs pay (about 5 minutes on an H100/H200):
+Every stage plus the settings still to be decided on a GPU (a full run took about 3 minutes on an H200: the
+service is ready 3-9 s after start, the export takes about 12 s; with the variants allow 6-7 minutes):
+
+    python -m bench.gpu_bench --out docs --variant workers2:SEGMENT_WORKERS=2 \
+        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant threads4:SEGMENT_WORKER_THREADS=4
+
+A shorter one that answers where the limit is and whether CUDA graphs pay (about 5 minutes):
 
     python -m bench.gpu_bench --out docs --skip raw_fp32,two_threads,eager,off,fp32,before \
         --raw-sizes 1,8,16,32 --concurrency 8,32,64 --seconds 5 \
