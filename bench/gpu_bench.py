@@ -62,12 +62,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import multiprocessing
-import os
-import pkgutil
-import subprocess
 import sys
 import time
 import traceback
@@ -79,6 +75,7 @@ import httpx
 import onnxruntime as ort
 
 from bench.gpu_diagnose import label_like_png, multi_process, null_ceiling
+from bench.gpu_env import device_info, missing_imports
 from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service
 from bench.gpu_raw import (
     bound_variants,
@@ -93,39 +90,6 @@ from bench.gpu_report import render
 from bench.markdown import write_section
 from service.core.sessions import CPU, CUDA
 from testkit.images import encode
-
-
-def device_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
-                            "python": sys.version.split()[0], "cpus": os.cpu_count()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-    try:
-        query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        info["gpu"] = query.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["gpu"] = None
-    return info
-
-
-def missing_imports() -> dict[str, list[str]]:
-    """The packages the service imports that are missing here, each with the service modules that need it:
-    checked before any GPU time is spent, since a GPU host's image may lack a serving dependency."""
-    import service
-
-    missing: dict[str, list[str]] = {}
-    for module in pkgutil.walk_packages(service.__path__, "service."):
-        try:
-            importlib.import_module(module.name)
-        except ImportError as exc:
-            missing.setdefault(getattr(exc, "name", None) or str(exc), []).append(module.name)
-    return missing
 
 
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
