@@ -76,7 +76,7 @@ def render(result: dict[str, Any], command: str) -> str:
              f"Emulated device: H200 raw batch times × {result['scale']:g} "
              f"({', '.join(f'{n}: {v:.1f} ms' for n, v in sorted(ms.items()))}); raw best {best:.1f} img/s "
              f"(batch 16), raw batch 8 {batch8:.1f} img/s. Uploads: 1024×768 JPEGs → `labels` PNG, letterboxed "
-             f"to {result.get('readyz_input_size') or result.get('input_size') or 'the model size'}.", "",
+             f"to {result.get('readyz_input_size', 'the model size')}.", "",
              "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
              "| server CPU-ms per request |",
              "|---|---|---|---|---|---|---|---|---|"]

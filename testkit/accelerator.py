@@ -2,10 +2,10 @@
 runs `segment-serve` (settings from SEGMENT_*, fixed shapes on) whose bucket sessions hold one emulated device for
 the batch times of raw onnxruntime on an H200 (deeplabv3_resnet101 at 513, fp16, NHWC) × `scale`, releasing the
 GIL as a CUDA wait does, and answer a real label map. `--input-size` letterboxes to that size instead of the
-embedded model's (DeepLab's usual 513 makes the host's decode, letterbox, unletterbox and PNG work what it is on a
-GPU host). Everything else (HTTP, decode, letterbox, buckets, batch
-plan, batches in flight, unletterbox, PNG encode) is the service's own code: what it measures is whether the
-service's design keeps a device busy, with the device's and this host's speed taken out.
+embedded model's (DeepLab's usual 513 makes the host's decode, letterbox, unletterbox and PNG work what it is on
+a GPU host). Everything else (HTTP, decode, letterbox, buckets, batch plan, batches in flight, unletterbox, PNG
+encode) is the service's own code: what it measures is whether the service's design keeps a device busy, with
+the device's and this host's speed taken out.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def serve(scale: float, input_size: int | None = None) -> None:
     from service.settings import Settings
 
     settings = Settings()
-    folder = tempfile.TemporaryDirectory(prefix="accelerator-")
     if input_size:
+        folder = tempfile.TemporaryDirectory(prefix="accelerator-")  # held until the server returns
         settings = settings.model_copy(update={"model_path": with_input_size(settings.model_path, input_size,
                                                                                Path(folder.name))})
     engine = load_engine(settings.engine_options())
