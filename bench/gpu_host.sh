@@ -89,7 +89,8 @@ slim() {
 
 restore() {
   [ -e "$RETURN" ] || { echo "not slim" >&2; exit 1; }
-  git switch -q "$(cat "$RETURN")" && rm -f "$RETURN"
+  local ref; ref=$(cat "$RETURN")
+  { git switch -q "$ref" 2>/dev/null || git switch -q --detach "$ref"; } && rm -f "$RETURN"
   git log --oneline -1
 }
 
