@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .letterbox import pad_canvas
+
 
 def default_buckets(max_batch_size: int) -> list[int]:
     """Powers of two below `max_batch_size`, then `max_batch_size` itself: 1, 2, 4, 8 for 8; 1, 2, 4, 8, 12 for 12.
@@ -59,7 +61,7 @@ def fill_bucket(images: Sequence[np.ndarray], bucket: int, pad_rgb: Sequence[int
     for row, image in enumerate(images):
         batch[row] = image
     if len(images) < bucket:
-        batch[len(images):] = np.asarray(pad_rgb, dtype=np.uint8)
+        batch[len(images):] = pad_canvas(*first.shape[:2], pad_rgb)
     return batch
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .buckets import normalise_buckets
+from .buckets import fill_bucket, normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .letterbox import pad_canvas
 from .options import EngineOptions
 from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, Binding, FixedShapeRunner, create_session, fixed_dims
 
@@ -178,9 +179,9 @@ class Engine:
             self.runner.warm_up()
             batch_sizes = self.runner.sizes
         else:
-            pad = np.array(self.metadata.pad_rgb, dtype=np.uint8)
+            pad = pad_canvas(size, size, self.metadata.pad_rgb)
             for n in batch_sizes:
-                self.run(np.broadcast_to(pad, (n, size, size, 3)).copy())
+                self.run(fill_bucket([pad], n, self.metadata.pad_rgb))
         elapsed = time.perf_counter() - start
         log.info("warm-up on %s at %dx%d took %.2fs", list(batch_sizes), size, size, elapsed)
         return elapsed

@@ -21,6 +21,7 @@ from . import nvml
 from .bound import BoundRun, InstancePool, IoBinding
 from .buckets import batch_plan, bucket_for, fill_bucket
 from .contract import INPUT_NAME, LABELS_OUTPUT
+from .letterbox import pad_canvas
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class FixedShapeRunner:
         repeats = 3 if self.binding is not None and self.binding.mode == "cuda_graph" else 2
         for bucket in self.buckets:
             start = time.perf_counter()
-            batch = np.broadcast_to(np.asarray(self.pad_rgb, np.uint8), (bucket.size, height, width, 3)).copy()
+            batch = fill_bucket([pad_canvas(height, width, self.pad_rgb)], bucket.size, self.pad_rgb)
             try:
                 if bucket.session is None:
                     self._build(bucket)

@@ -11,6 +11,7 @@ from service.core.letterbox import (
     LetterboxInfo,
     compute_letterbox,
     letterbox,
+    pad_canvas,
     resize_nearest,
     unletterbox,
 )
@@ -48,6 +49,22 @@ def test_letterbox_places_resized_image_top_left_and_pads(h: int, w: int) -> Non
     np.testing.assert_array_equal(out[: info.new_h, : info.new_w], expected)
     assert (out[info.new_h :, :] == PAD).all()
     assert (out[:, info.new_w :] == PAD).all()
+
+
+def test_pad_canvas_is_one_read_only_image_per_size_and_colour() -> None:
+    """Padding copies from a cached canvas: it must be shared, unwritable (an answer written into it would
+    pad every later request), and keyed by size and colour, so two models' pads never mix."""
+    canvas = pad_canvas(64, 48, PAD)
+    assert canvas.shape == (64, 48, 3) and (canvas == PAD).all()
+    assert pad_canvas(64, 48, np.array(PAD, dtype=np.uint8)) is canvas
+    with pytest.raises(ValueError):
+        canvas[0, 0] = 0
+    other = (0, 255, 7)
+    assert (pad_canvas(64, 48, other) == other).all() and (pad_canvas(48, 64, PAD).shape == (48, 64, 3))
+    image = np.full((30, 64, 3), 200, np.uint8)
+    for pad in (PAD, other, PAD):
+        out, info = letterbox(image, 64, pad)
+        assert (out[info.new_h :] == pad).all() and (out[: info.new_h] == 200).all()
 
 
 def test_letterbox_writes_into_a_batch_slot() -> None:
