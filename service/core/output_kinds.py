@@ -97,7 +97,7 @@ def _labels(job: RenderInput) -> tuple[Body, Encoding]:
 def _color(job: RenderInput) -> tuple[Body, Encoding]:
     from .outputs.masks import encode_color_png
 
-    return encode_color_png(job.label_map.full, job.meta.palette), PNG
+    return encode_color_png(job.label_map, job.meta.palette), PNG
 
 
 def _overlay(job: RenderInput) -> tuple[Body, Encoding]:
@@ -108,7 +108,7 @@ def _overlay(job: RenderInput) -> tuple[Body, Encoding]:
     encoding = OUTPUT_KINDS["overlay"].encoding(job.options.format)
     if encoding is JPEG and max(job.image.shape[:2]) > JPEG_MAX_SIDE:
         encoding = PNG  # JPEG cannot store a side beyond 65,500 px; PNG can, and says so in Content-Type
-    body = encode_overlay(job.image, job.label_map.full, job.meta.palette, job.options.alpha, encoding.format)
+    body = encode_overlay(job.image, job.label_map, job.meta.palette, job.options.alpha, encoding.format)
     return body, encoding
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from service.core.letterbox import compute_letterbox, unletterbox
 from service.core.outputs import class_stats, encode_labels_png
 from service.core.outputs.labelmap import LabelMap, nearest_index
+from service.core.outputs.masks import colorize, colour_map, encode_color_png, encode_overlay
 from service.core.outputs.png import bit_depth, pack_rows
 from service.core.outputs.polygons import polygons_geojson
 
@@ -55,6 +56,11 @@ def test_label_map_matches_the_full_map(h: int, w: int, size: int, seed: int) ->
     png = Image.open(io.BytesIO(encode_labels_png(lmap, VOC)))
     assert png.mode == "P"
     np.testing.assert_array_equal(np.asarray(png), full)
+    # colours come from the smaller map and are resized: the same bytes as colouring the full map
+    np.testing.assert_array_equal(colour_map(lmap, VOC), colorize(full, VOC))
+    assert encode_color_png(lmap, VOC) == encode_color_png(full, VOC)
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert encode_overlay(image, lmap, VOC, 0.4, "png") == encode_overlay(image, full, VOC, 0.4, "png")
 
 
 def test_nearest_index_is_what_cv2_does() -> None:
