@@ -58,7 +58,11 @@ def test_label_map_matches_the_full_map(h: int, w: int, size: int, seed: int) ->
     np.testing.assert_array_equal(np.asarray(png), full)
     # colours come from the smaller map and are resized: the same bytes as colouring the full map
     np.testing.assert_array_equal(colour_map(lmap, VOC), colorize(full, VOC))
-    assert encode_color_png(lmap, VOC) == encode_color_png(full, VOC)
+    colour_png = encode_color_png(lmap, VOC)
+    assert colour_png == encode_color_png(full, VOC)
+    decoded = Image.open(io.BytesIO(colour_png))
+    assert decoded.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decoded), colorize(full, VOC))
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     assert encode_overlay(image, lmap, VOC, 0.4, "png") == encode_overlay(image, full, VOC, 0.4, "png")
 

@@ -67,9 +67,13 @@ def test_labels_png_with_ids_beyond_the_palette() -> None:
 
 def test_color_png_is_rgb_class_colours() -> None:
     labels = blob_labels()
-    img = Image.open(io.BytesIO(encode_color_png(labels, VOC)))
+    data = encode_color_png(labels, VOC)
+    img = Image.open(io.BytesIO(data))
     assert img.format == "PNG" and img.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(img), palette_lut(VOC)[labels])
+    # libpng (through OpenCV) reads the hand-written file the same, CRCs and all
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded[:, :, ::-1], palette_lut(VOC)[labels])
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
