@@ -58,11 +58,12 @@ def server_cpu_ms(server: ServerProcess, client: httpx.Client, data: bytes, kind
     return total, total - busiest
 
 
-def stage_split(checkout: Path, model: Path, upload: Path, reps: int) -> dict:
+def stage_split(checkout: Path, model: Path, upload: Path, reps: int, kinds: tuple[str, ...] = KINDS) -> dict:
     """Run bench/overhead_stages.py against `checkout`'s service package; its JSON result."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     out = subprocess.run([sys.executable, str(REPO / "bench" / "overhead_stages.py"), str(model), str(upload),
-                          str(reps)], env=env, cwd=checkout, capture_output=True, text=True, check=True)
+                          str(reps), ",".join(kinds)], env=env, cwd=checkout, capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -74,15 +75,19 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=50, help="sequential requests per kind and round")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="output kinds (labels, stats, polygons, color, overlay)")
+    ap.add_argument("--section", default="overhead", help="the marked section of --out to write")
+    ap.add_argument("--title", default="Per-request CPU cost besides the model")
     args = ap.parse_args()
+    kinds = tuple(args.kinds.split(","))
     trees = {"after": REPO} | ({"before": args.before.resolve()} if args.before else {})
     data = encode(photo("astronaut.png", size=(1024, 768)), "JPEG", 90)
     upload = Path(tempfile.mkdtemp()) / "upload.jpg"
     upload.write_bytes(data)
     env = {"SEGMENT_INTRA_OP_THREADS": "1"}
 
-    server_ms: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in trees}
-    outside_ms: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in trees}
+    server_ms: dict[str, dict[str, list[float]]] = {t: {k: [] for k in kinds} for t in trees}
+    outside_ms: dict[str, dict[str, list[float]]] = {t: {k: [] for k in kinds} for t in trees}
     model_ms: dict[str, list[float]] = {t: [] for t in trees}
     stages: dict[str, dict] = {}
     servers = {t: ServerProcess(args.model.resolve(), cwd=path, **env) for t, path in trees.items()}
@@ -91,21 +96,21 @@ def main() -> None:
             s.wait_ready()
         clients = {t: httpx.Client(base_url=s.url, timeout=60) for t, s in servers.items()}
         for t in trees:  # warm-up: first requests pay imports, allocations, ORT's first shapes
-            for kind in KINDS:
+            for kind in kinds:
                 server_cpu_ms(servers[t], clients[t], data, kind, 10)
         for r in range(args.rounds):
             for t in (trees if r % 2 == 0 else reversed(list(trees))):
-                split = stage_split(trees[t], args.model.resolve(), upload, max(30, args.requests))
+                split = stage_split(trees[t], args.model.resolve(), upload, max(30, args.requests), kinds)
                 model_ms[t].append(split["model"])
-                stages.setdefault(t, {k: {s: [] for s in STAGES} for k in KINDS})
-                for kind in KINDS:
+                stages.setdefault(t, {k: {s: [] for s in STAGES} for k in kinds})
+                for kind in kinds:
                     for stage, ms in split[kind].items():
                         stages[t][kind][stage].append(ms)
                     total, outside = server_cpu_ms(servers[t], clients[t], data, kind, args.requests)
                     server_ms[t][kind].append(total)
                     outside_ms[t][kind].append(outside)
                 print(f"round {r} {t}: model {split['model']:.1f} ms, server "
-                      + ", ".join(f"{k} {server_ms[t][k][-1]:.1f}" for k in KINDS), flush=True)
+                      + ", ".join(f"{k} {server_ms[t][k][-1]:.1f}" for k in kinds), flush=True)
         for c in clients.values():
             c.close()
     finally:
@@ -114,7 +119,7 @@ def main() -> None:
 
     med = statistics.median
     rows = []
-    for kind in KINDS:
+    for kind in kinds:
         for t in trees:
             # Per round: server − model of that round. On a shared machine (here 2 hyperthreads) every CPU-ms
             # stretches with the neighbours' load, so the last column also scales each round's overhead by the
@@ -128,11 +133,12 @@ def main() -> None:
             rows.append(f"| {kind} | {t} | {med(server_ms[t][kind]):.1f} | {med(model_ms[t]):.1f} | "
                         f"{med(overheads):.1f} | **{quiet:.1f}** | {med(outside_ms[t][kind]):.1f} | {cells} | "
                         f"{rest:.2f} |")
+    extra = "" if kinds == KINDS else f" --kinds {','.join(kinds)}"
     section = "\n".join([
-        "### Per-request CPU cost besides the model (1024x768 JPEG, CPU-ms per request)",
+        f"### {args.title} (1024x768 JPEG, CPU-ms per request)",
         "",
         f"Command: `python -m bench.overhead_bench --before <checkout of the older commit> --requests "
-        f"{args.requests} --rounds {args.rounds}`. Server: one intra-op thread, the embedded model, default "
+        f"{args.requests} --rounds {args.rounds}{extra}`. Server: one intra-op thread, the embedded model, default "
         "settings otherwise, raw `image/jpeg` bodies, sequential. Server CPU = utime + stime of the server "
         "process per request; "
         "model = the model's own CPU-ms per image; overhead = server − model. Stages are process CPU-ms "
@@ -147,7 +153,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    write_section(args.out, "overhead", section)
+    write_section(args.out, args.section, section)
     print(section)
 
 

@@ -3,11 +3,13 @@
 Run as a script with the checkout under test first on PYTHONPATH (`bench.overhead_bench` does that for the
 "before" and "after" trees), so the same measurement drives two versions of `service`:
 
-    PYTHONPATH=<checkout> python bench/overhead_stages.py <model.onnx> <upload.jpg> <reps>
+    PYTHONPATH=<checkout> python bench/overhead_stages.py <model.onnx> <upload.jpg> <reps> [kinds]
 
-Prints one JSON object: {kind: {stage: cpu_ms}} plus "model" (the model's own CPU-ms per image at one intra-op
-thread). Stages: `decode` (bytes → letterboxed tensor), `resize` (the model's map back to the upload's size, or
-to a `LabelMap` where the version has one), `render` (body: PNG or dict), `serialize` (the JSON response body).
+`kinds` is a comma list (default labels,stats,polygons; color and overlay too, the overlay rendered over the
+upload decoded in full). Prints one JSON object: {kind: {stage: cpu_ms}} plus "model" (the model's own CPU-ms
+per image at one intra-op thread). Stages: `decode` (bytes → letterboxed tensor), `resize` (the model's map back
+to the upload's size, or to a `LabelMap` where the version has one), `render` (body: PNG or dict), `serialize`
+(the JSON response body).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def model_cpu_ms(engine: Any, tensor: Any, reps: int) -> float:
     return (time.process_time() - start) / reps * 1000
 
 
-def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
+def measure(model: str, data: bytes, reps: int, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     try:  # the response class POST /segment answers JSON with, where the version has its own
         from service.routes.segment import FreshJSONResponse as JSONResponse
     except ImportError:
@@ -106,11 +108,16 @@ def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
 
     def back() -> Any:
         return back_fn(small, info)
-    for kind in KINDS:
+    image = None
+    if "overlay" in kinds:  # what an overlay request decodes besides the model's input
+        from service.core.decode import decode_image
+
+        image = decode_image(data, 10**9)
+    for kind in kinds:
         stages = {"decode": decode, "resize": cpu_ms(back, reps)}
 
         def render(kind: str = kind) -> Any:  # a fresh map each time: nothing cached between calls
-            return render_output(kind, None, back(), engine.metadata, header)[0]
+            return render_output(kind, image, back(), engine.metadata, header)[0]
         stages["render"] = cpu_ms(render, reps) - stages["resize"]
         body = render()
         if isinstance(body, dict):
@@ -121,6 +128,7 @@ def measure(model: str, data: bytes, reps: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     model_path, upload, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kinds = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else KINDS
     as_the_server_runs()
     with open(upload, "rb") as f:
-        print(json.dumps(measure(model_path, f.read(), n)))
+        print(json.dumps(measure(model_path, f.read(), n, kinds)))
