@@ -68,9 +68,9 @@ def colour_map(labels: np.ndarray | LabelMap, palette: Palette) -> np.ndarray:
     """The class colours at the map's final size, as `colorize(labels.full)` gives them, byte for byte.
 
     The colours of a nearest-neighbour resized map are the nearest-neighbour resized colours, so the smaller of
-    the model's map and the final map is coloured and then resized like `LabelMap.full` (measured on a 1024×768
-    upload of the embedded 320 model, the map's way back to full size included: 6.2 CPU-ms colouring the full map,
-    2.1 colouring the model's and resizing the colours).
+    the model's map and the final map is coloured and then resized like `LabelMap.full` (`bench.colour_bench`,
+    1024×768 answers of the embedded 320 model, the map's way back to full size included: 1.75 CPU-ms colouring
+    the full map, 1.10 colouring the model's and resizing the colours).
     """
     label_map = as_label_map(labels)
     height, width = label_map.shape
