@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     cv2.setNumThreads(1)
     maps, palette = answers()
 
+    bgr_palette = [colour[::-1] for colour in palette]  # OpenCV writes BGR: the palette reversed, as it was
+
     def libpng_png(label_map: LabelMap) -> bytes:
-        return cv2.imencode(".png", colorize(label_map.full, palette, bgr=True), LIBPNG_PARAMS)[1].tobytes()
+        return cv2.imencode(".png", colorize(label_map.full, bgr_palette), LIBPNG_PARAMS)[1].tobytes()
 
     for raw, info in maps:  # the same pixels both ways
         label_map = LabelMap.from_model(raw, info)

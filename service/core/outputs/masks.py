@@ -55,13 +55,10 @@ def _palette_image(labels: np.ndarray, lut: np.ndarray, n_colours: int = 256) ->
     return img
 
 
-def colorize(labels: np.ndarray, palette: Palette, *, bgr: bool = False) -> np.ndarray:
-    """H×W×3 uint8 image of the class colours (RGB, or BGR for OpenCV)."""
+def colorize(labels: np.ndarray, palette: Palette) -> np.ndarray:
+    """H×W×3 uint8 RGB image of the class colours."""
     _check_labels(labels)
-    lut = palette_lut(palette)
-    if bgr:
-        lut = np.ascontiguousarray(lut[:, ::-1])
-    return np.asarray(_palette_image(labels, lut).convert("RGB"))
+    return np.asarray(_palette_image(labels, palette_lut(palette)).convert("RGB"))
 
 
 def colour_map(labels: np.ndarray | LabelMap, palette: Palette) -> np.ndarray:
