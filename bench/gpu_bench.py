@@ -12,7 +12,8 @@ Every stage plus the settings still to be decided on a GPU (a full run took abou
 service is ready 3-9 s after start, the export takes about 12 s; with the variants allow 6-7 minutes):
 
     python -m bench.gpu_bench --out docs --variant workers2:SEGMENT_WORKERS=2 \
-        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant threads4:SEGMENT_WORKER_THREADS=4
+        --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant threads4:SEGMENT_WORKER_THREADS=4 \
+        --variant cut_at_once:SEGMENT_FILL_WHILE_BUSY=false --variant-concurrency 8,32,64
 
 A shorter one that answers where the limit is and whether CUDA graphs pay (about 5 minutes):
 
@@ -25,7 +26,9 @@ A shorter one that answers where the limit is and whether CUDA graphs pay (about
 was the limit, as `multi` measures with separate servers. `threads4`: the codec pool defaults to one thread per
 CPU; on an H200 host at concurrency 32-64 the decode stage took 3-5x its time at concurrency 1 while the host's
 cores were far from busy, the mark of threads waiting for the interpreter rather than for a core; fewer codec
-threads contend less.)
+threads contend less. `cut_at_once`: batches cut as soon as a worker frees, not filled while the other batch runs;
+in emulation filling gained most at concurrency 4-16, but on a GPU two batches overlap, which the emulation leaves
+out.)
 
 On an offline GPU host that has PyTorch but not the serving stack, and takes at most 64 MiB of files:
 `bash bench/gpu_host.sh bundle` then `bash bench/gpu_host.sh slim` here, send the tree with `.gpu/`, run

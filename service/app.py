@@ -83,10 +83,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                           model=eng.name)
         if eng.on_gpu and not register_gpu_metrics(metrics, eng.device_id):
             log.info("GPU metrics off: NVML (nvidia-ml-py) cannot read the device")
+        fill = settings.fill_while_busy and eng.runner is not None  # only buckets have timings
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
                                 concurrency=settings.concurrent_batches or eng.concurrent_batches,
-                                padded_size=eng.padded_size, take=eng.batch_take)
+                                padded_size=eng.padded_size, take=eng.batch_take,
+                                expected_s=eng.expected_batch_s if fill else None)
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)

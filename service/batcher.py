@@ -12,7 +12,9 @@ batch waits for images still being decoded only while no other worker is free.
 
 With fixed-shape buckets a batch is padded up to its bucket, and padding is GPU time spent on nothing. So a cut
 batch may run a smaller full bucket now and leave the rest at the head of the queue for the next batch (Triton's
-preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`).
+preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`). And while
+other batches run, a forming batch keeps filling until they are nearly done, as the device would not start it
+sooner (`service.busy_estimate`): at concurrency 8, batches of 4 instead of 3.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .busy_estimate import BusyEstimate
 from .errors import ApiError
 from .handoff import WorkerThreads
 from .metrics import Metrics
@@ -58,7 +61,8 @@ class Batcher:
     def __init__(self, run_images: Callable[[list[np.ndarray]], np.ndarray], *, max_batch_size: int,
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
                  retry_after_s: int = 1, concurrency: int = 1,
-                 padded_size: Callable[[int], int] | None = None, take: Callable[[int], int] | None = None) -> None:
+                 padded_size: Callable[[int], int] | None = None, take: Callable[[int], int] | None = None,
+                 expected_s: Callable[[int], float] | None = None) -> None:
         self._run_images = run_images
         self._padded_size = padded_size or (lambda count: count)
         self._take = take or (lambda count: count)
@@ -70,6 +74,7 @@ class Batcher:
         self.retry_after_s = retry_after_s
         self._queue: asyncio.Queue[_Item] | None = None
         self._held: deque[_Item] = deque()  # left by a split batch: the next batch starts with them
+        self._forming: list[_Item] = []  # the batch being collected: still queued, as far as anyone can tell
         self._workers: list[asyncio.Task[None]] = []
         self._collecting: asyncio.Lock | None = None
         # One thread per worker: at most `concurrency` batches run at once.
@@ -78,12 +83,16 @@ class Batcher:
         self.in_flight = 0  # batches running now
         self.peak_in_flight = 0  # the most that ever ran at once: the proof that batches overlap
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
+        # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
+        self._busy = BusyEstimate(expected_s) if expected_s is not None else None
+        self._batch_done: asyncio.Event | None = None  # set whenever a batch finishes: a filling batch re-checks
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the workers on the running loop."""
         self._queue = asyncio.Queue(self.max_queue)
         self._collecting = asyncio.Lock()
+        self._batch_done = asyncio.Event()
         self._accepting = True
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]
@@ -100,6 +109,8 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         # Anything still queued after the timeout is answered rather than left hanging.
+        self._held.extendleft(reversed(self._forming))
+        self._forming = []
         while self._held or (self._queue is not None and not self._queue.empty()):
             item = self._held.popleft() if self._held else self._queue.get_nowait()  # type: ignore[union-attr]
             if not item.future.done():
@@ -109,11 +120,16 @@ class Batcher:
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._held) + (self._queue.qsize() if self._queue is not None else 0)
+        return len(self._held) + len(self._forming) + (self._queue.qsize() if self._queue is not None else 0)
 
     @property
     def full(self) -> bool:
         return self._queue is not None and self._queue.full()
+
+    @property
+    def fills_while_busy(self) -> bool:
+        """Whether a batch forming while others run keeps filling until they are nearly done."""
+        return self._busy is not None
 
     @property
     def running(self) -> bool:
@@ -162,6 +178,7 @@ class Batcher:
                 continue
             self._batch_started()
             started = time.perf_counter()
+            planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
             try:
                 # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
                 tensors = [item.tensor for item in live]
@@ -175,7 +192,7 @@ class Batcher:
                         item.future.set_exception(error)
                 continue
             finally:
-                self._batch_finished()
+                self._batch_finished(planned_end)
             inference_s = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(live))
@@ -201,8 +218,12 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batches_in_flight.set(self.in_flight)
 
-    def _batch_finished(self) -> None:
+    def _batch_finished(self, planned_end: float) -> None:
         self.in_flight -= 1
+        if self._busy is not None:
+            self._busy.finished(planned_end, time.perf_counter(), self.in_flight)
+        if self._batch_done is not None:
+            self._batch_done.set()
         if self.metrics is not None:
             self.metrics.batches_in_flight.set(self.in_flight)
 
@@ -221,7 +242,7 @@ class Batcher:
     async def _gather(self) -> list[_Item]:
         assert self._queue is not None
         first = self._held.popleft() if self._held else await self._queue.get()
-        batch = [first]
+        batch = self._forming = [first]
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             if self._held:
@@ -232,8 +253,14 @@ class Batcher:
                 continue
             except asyncio.QueueEmpty:
                 pass
-            if self._incoming == 0 or self._idle_worker_waiting():
-                break  # nobody on the way, or a free worker will take them: waiting would only add latency
+            if self._idle_worker_waiting():
+                break  # a free worker will take what comes: waiting would only add latency
+            fill_s = self._fill_for()
+            if fill_s > 0:  # the device is busy with earlier batches: take what arrives until it is nearly free
+                await self._fill_one(fill_s)
+                continue  # an image came, a batch finished or the time is up: check again
+            if self._incoming == 0:
+                break  # nobody on the way: waiting would only add latency
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -241,7 +268,30 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
+        self._forming = []  # it runs next, in this same step of the loop: `in_flight` counts it from here on
         return batch
+
+    def _fill_for(self) -> float:
+        """Seconds the forming batch may keep filling because earlier batches still occupy the device."""
+        if self._busy is None or self.in_flight == 0:
+            return 0.0
+        return self._busy.fill_for(time.perf_counter())
+
+    async def _fill_one(self, timeout_s: float) -> None:
+        """Add the next queued image to the forming batch, waiting at most `timeout_s` and no longer than until
+        a running batch finishes."""
+        assert self._queue is not None and self._batch_done is not None
+        self._batch_done.clear()
+        getter = asyncio.ensure_future(self._queue.get())
+        finished = asyncio.ensure_future(self._batch_done.wait())
+        try:
+            await asyncio.wait((getter, finished), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the worker is cancelled: a taken image is never dropped
+            finished.cancel()
+            if getter.done():
+                self._forming.append(getter.result())
+            else:
+                getter.cancel()  # a cancelled get leaves its image in the queue for the next getter
 
     def _idle_worker_waiting(self) -> bool:
         """Whether another worker is free (neither running nor collecting). Then images still being decoded

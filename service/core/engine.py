@@ -141,6 +141,11 @@ class Engine:
         smaller full bucket now and the rest later costs less than padding all of them (`batch_plan`)."""
         return self.runner.take(count) if self.runner is not None else count
 
+    def expected_batch_s(self, count: int) -> float:
+        """Seconds a batch of `count` images is expected to take, from the buckets' warm-up runs (0 without
+        fixed shapes, or until warm-up has timed them)."""
+        return self.runner.expected_s(count) if self.runner is not None else 0.0
+
     def run_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Labels [N, H, W] uint8 for N letterboxed uint8 RGB images of one size. Thread-safe (ORT's run is)."""
         first = images[0]

@@ -239,6 +239,11 @@ class FixedShapeRunner:
         the buckets."""
         return self.plan.get(count, count)
 
+    def expected_s(self, count: int) -> float:
+        """Seconds a batch of `count` images is expected to take: its bucket's warm-up run (0 until timed)."""
+        bucket = self.buckets[self.sizes.index(bucket_for(min(count, self.sizes[-1]), self.sizes))]
+        return bucket.run_s or 0.0
+
     def padded_size(self, count: int) -> int:
         """The rows a batch of `count` images runs as (summed over chunks of the largest bucket)."""
         largest = self.sizes[-1]

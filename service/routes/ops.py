@@ -57,7 +57,8 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
         body["error"] = state.warmup_error
     if state.batcher is not None:
         body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue,
-                    concurrent_batches=state.batcher.concurrency)
+                    concurrent_batches=state.batcher.concurrency,
+                    fill_while_busy=state.batcher.fills_while_busy)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
