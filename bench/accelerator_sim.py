@@ -14,8 +14,10 @@ host's speed taken out: what remains is the design.
 unletterbox and PNG encode cost what they cost in front of a GPU; the server's CPU-ms per request then says how
 many images per second of host work one core carries at the GPU's sizes.
 
+`--against SEGMENT_X=V --rounds N` measures a second configuration in alternation with the first, N runs each.
+
 Usage: python -m bench.accelerator_sim [--scale 4] [--input-size 513] [--concurrency 1,8,32,64] [--seconds 8]
-           [--out docs/BENCHMARKS.md]
+           [--against SEGMENT_FILL_WHILE_BUSY=false --rounds 3] [--out docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -67,24 +69,39 @@ def measure(scale: float, concurrencies: list[int], seconds: float,
     return out
 
 
-def render(result: dict[str, Any], command: str) -> str:
-    """The markdown section: each point against the emulated raw best and raw batch 8."""
-    ms = {int(n): v for n, v in result["device_ms"].items()}
+def _cell(values: list[float], digits: int) -> str:
+    """One value, or the median with the range over rounds."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def render(configs: dict[str, list[dict[str, Any]]], command: str) -> str:
+    """The markdown section: a table per configuration (its runs' medians and ranges when there were several
+    rounds), each point against the emulated raw best and raw batch 8."""
+    first = next(iter(configs.values()))[0]
+    ms = {int(n): v for n, v in first["device_ms"].items()}
     best, batch8 = 16 / ms[16] * 1000, 8 / ms[8] * 1000
     lines = ["### The service against an emulated accelerator", "",
              f"Command: `{command}`. {machine_note()}", "",
-             f"Emulated device: H200 raw batch times × {result['scale']:g} "
+             f"Emulated device: H200 raw batch times × {first['scale']:g} "
              f"({', '.join(f'{n}: {v:.1f} ms' for n, v in sorted(ms.items()))}); raw best {best:.1f} img/s "
              f"(batch 16), raw batch 8 {batch8:.1f} img/s. Uploads: 1024×768 JPEGs → `labels` PNG, letterboxed "
-             f"to {result.get('readyz_input_size', 'the model size')}.", "",
-             "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
-             "| server CPU-ms per request |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in result["points"]:
-        lines.append(f"| {p['concurrency']} | {p['throughput']:.1f} | {p['throughput'] / best:.2f} | "
-                     f"{p['throughput'] / batch8:.2f} | {p['p50']:.0f} | {p['p99']:.0f} | "
-                     f"{p['p99'] / p['p50']:.2f} | {p['mean_batch']:.1f} | "
-                     f"{p.get('server_cpu_ms_per_request', float('nan')):.1f} |")
+             f"to {first.get('readyz_input_size', 'the model size')}."]
+    for label, runs in configs.items():
+        rounds = f", median (range) of {len(runs)} alternating runs" if len(runs) > 1 else ""
+        lines += ["", f"{label}{rounds}:", "",
+                  "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
+                  "| server CPU-ms per request |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for i, p in enumerate(runs[0]["points"]):
+            points = [run["points"][i] for run in runs]
+            cells = [_cell([q["throughput"] for q in points], 1), _cell([q["throughput"] / best for q in points], 2),
+                     _cell([q["throughput"] / batch8 for q in points], 2), _cell([q["p50"] for q in points], 0),
+                     _cell([q["p99"] for q in points], 0), _cell([q["p99"] / q["p50"] for q in points], 2),
+                     _cell([q["mean_batch"] for q in points], 1),
+                     _cell([q.get("server_cpu_ms_per_request", float("nan")) for q in points], 1)]
+            lines.append(f"| {p['concurrency']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -96,16 +113,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input-size", type=int, help="letterbox size (default: the embedded model's 320)")
     ap.add_argument("--set", action="append", default=[], metavar="SEGMENT_X=V",
                     help="a setting over the GPU defaults, repeatable")
+    ap.add_argument("--against", action="append", default=[], metavar="SEGMENT_X=V",
+                    help="also measure the configuration with these settings on top, in alternation, repeatable")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each configuration, alternating")
     ap.add_argument("--out", type=Path, help="write the section into this markdown file")
     ap.add_argument("--json", type=Path, help="save the raw result")
     args = ap.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
-    result = measure(args.scale, [int(c) for c in args.concurrency.split(",")], args.seconds, overrides,
-                     args.input_size)
+    labels = {"The defaults" + "".join(f", {k}={v}" for k, v in overrides.items()): overrides}
+    if args.against:
+        against = dict(item.split("=", 1) for item in args.against)
+        labels[", ".join(f"{k}={v}" for k, v in against.items())] = {**overrides, **against}
+    configs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for _ in range(args.rounds):
+        for label, env in labels.items():
+            configs[label].append(measure(args.scale, [int(c) for c in args.concurrency.split(",")], args.seconds,
+                                          env, args.input_size))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(configs, indent=1))
     command = " ".join(["python -m bench.accelerator_sim", *(argv if argv is not None else sys.argv[1:])])
-    section = render(result, command.replace(f" --out {args.out}", "") if args.out else command)
+    for flag, value in (("--out", args.out), ("--json", args.json)):
+        command = command.replace(f" {flag} {value}", "") if value else command
+    section = render(configs, command)
     if args.out:
         write_section(args.out, "accelerator", section)
     print(section)

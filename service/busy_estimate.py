@@ -4,9 +4,9 @@ With two batches in flight, a worker that frees up while the other batch runs us
 from whatever was queued, although the device would not start it until the running one was (nearly) done. The
 images that arrived in that time then waited a whole batch more, and at moderate load the batch sizes locked into
 a pattern of small batches: measured against an emulated device (`bench.accelerator_sim`, 513, concurrency 8),
-batches of 2 and 3 or of 2 and 4 in alternation, 0.69-0.81 of raw batch-8 throughput depending on the run. Filling
-until the running work is nearly done gave batches of 4 and 0.86-0.87 in every run (and 0.95 -> 0.98 of the raw
-best at concurrency 32).
+batches of 2 and 3 or of 2 and 4 in alternation, 0.68-0.81 of raw batch-8 throughput depending on the run. Filling
+until the running work is nearly done gave batches of 4 and 0.88 in every run (and 0.95 -> 0.99 of the raw best
+at concurrency 32; docs/BENCHMARKS.md).
 
 The estimate runs the batches back to back at their warm-up times (a device at full load runs them about that
 way) and is corrected whenever a batch finishes: early, the rest moves up; with nothing left running, the device
