@@ -12,9 +12,9 @@ batch waits for images still being decoded only while no other worker is free.
 
 With fixed-shape buckets a batch is padded up to its bucket, and padding is GPU time spent on nothing. So a cut
 batch may run a smaller full bucket now and leave the rest at the head of the queue for the next batch (Triton's
-preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`). And while
-other batches run, a forming batch keeps filling until they are nearly done, as the device would not start it
-sooner (`service.busy_estimate`): at concurrency 8, batches of 4 instead of 3.
+preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`). Given
+`expected_s`, a batch forming while others run keeps filling until they are nearly done (`service.busy_estimate`),
+which pays on a device that runs one batch at a time.
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     concurrent_batches: int | None = Field(
         None, ge=1, description="batches in flight at once (Triton's instance count); unset: 2 on GPU, 1 on CPU")
     fill_while_busy: bool = Field(
-        True, description="while other batches run, keep filling the next one until they are nearly done (the "
-                          "device would not start it sooner), from the buckets' warm-up times; needs fixed shapes")
+        False, description="while other batches run, keep filling the next one until they are nearly done, from "
+                           "the buckets' warm-up times: larger batches for more latency; pays where batches in "
+                           "flight do not overlap on the device; needs fixed shapes")
     io_binding: IoBinding = Field(
         "off", description="bucket sessions on preallocated buffers ('on'), replayed as CUDA graphs "
                            "('cuda_graph', CUDA only; one session per bucket and concurrent batch), or plain "

@@ -1,9 +1,14 @@
 """The GPU throughput targets in emulation: the real service (HTTP, decode, buckets, batch plan, two batches in
-flight, filling while the device is busy, encode) in front of an emulated device with an H200's batch times × 10
-(`testkit.accelerator`), so the device, not this host's CPUs, is the limit. At concurrency 32 it must keep the
-device at least 80 % as busy as raw back-to-back batches of 16 would (measured 0.98), with p99 within twice p50;
-at concurrency 8, where batch sizes vary, at least 80 % of raw batch 8 (measured 0.86-0.88, batches of 4; a
-batch cut as soon as a worker frees gave 0.81 with batches of 3)."""
+flight, encode) in front of an emulated device with an H200's batch times × 10 (`testkit.accelerator`), so the
+device, not this host's CPUs, is the limit.
+
+- One batch at a time on the device, concurrency 32: at least 80 % as busy as raw back-to-back batches of 16
+  (measured 0.96), p99 within twice p50.
+- Batches overlapping as on a GPU (`testkit.shared_device`), concurrency 8, where batch sizes vary: at least 80 % of
+  raw batch 8 (measured 0.93-1.13; one batch in flight gave 0.81-0.86).
+- One batch at a time, concurrency 8, with `SEGMENT_FILL_WHILE_BUSY`: batches of 4 and at least 80 % of raw batch 8
+  (measured 0.86-0.88 and 4.0-4.4; cutting at once gave 0.80-0.81 and 3.0 here, 0.68-0.74 in some runs at 513).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,17 @@ from testkit.load import closed_loop
 from testkit.photos import PHOTOS, photo
 
 SCALE = 10.0
+RAW_BEST = 16 / (H200_MS[16] * SCALE / 1000)
+RAW_BATCH8 = 8 / (H200_MS[8] * SCALE / 1000)
 
 
-def _load(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, np.ndarray, float]:
+def _bodies() -> list[bytes]:
+    return [encode(photo(name, size=(640, 480))) for name in PHOTOS]
+
+
+def _load(url: str, concurrency: int) -> tuple[float, np.ndarray, float]:
     """img/s, latencies and mean batch at `concurrency` closed-loop clients, after a ramp that fills the queue."""
+    bodies = _bodies()
     asyncio.run(closed_loop(url, bodies, concurrency, 1.5, 10**6, params={"output": "labels"}, per_connection=True))
     samples, wall = asyncio.run(closed_loop(url, bodies, concurrency, 6.0, 10**6, params={"output": "labels"},
                                             per_connection=True))
@@ -30,25 +42,37 @@ def _load(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, np.nd
     return len(samples) / wall, latencies, float(np.mean([s.batch_size for s in samples]))
 
 
-def test_the_service_keeps_an_emulated_device_busy_at_concurrency_8_and_32() -> None:
-    bodies = [encode(photo(name, size=(640, 480))) for name in PHOTOS]
-    raw_best = 16 / (H200_MS[16] * SCALE / 1000)
-    raw_batch8 = 8 / (H200_MS[8] * SCALE / 1000)
+def test_the_service_keeps_an_emulated_device_busy_at_concurrency_32() -> None:
     with emulated_server(SCALE) as server:
         server.wait_ready(timeout=120)
+        assert httpx.get(f"{server.url}/readyz", timeout=30).json()["fill_while_busy"] is False  # the default
+        throughput, latencies, mean_batch = _load(server.url, 32)
+    p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
+    print(f"c=32: {throughput:.1f} img/s against raw {RAW_BEST:.1f} ({throughput / RAW_BEST:.2f}), p50 "
+          f"{p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, mean batch {mean_batch:.1f}")
+    assert throughput >= 0.8 * RAW_BEST, (throughput, RAW_BEST, mean_batch)
+    assert p99 <= 2 * p50, (p50, p99)
+    assert mean_batch >= 8, mean_batch
+
+
+def test_varying_batch_sizes_at_concurrency_8_keep_a_gpu_like_device_busy() -> None:
+    with emulated_server(SCALE, overlap=True) as server:
+        server.wait_ready(timeout=120)
+        throughput, _, mean_batch = _load(server.url, 8)
+    print(f"c=8, overlapping: {throughput:.1f} img/s against raw batch 8 {RAW_BATCH8:.1f} "
+          f"({throughput / RAW_BATCH8:.2f}), mean batch {mean_batch:.1f}")
+    assert throughput >= 0.8 * RAW_BATCH8, (throughput, RAW_BATCH8, mean_batch)
+
+
+def test_filling_while_busy_runs_full_batches_of_4_at_concurrency_8_on_a_serial_device() -> None:
+    with emulated_server(SCALE, SEGMENT_FILL_WHILE_BUSY="true") as server:
+        server.wait_ready(timeout=120)
         assert httpx.get(f"{server.url}/readyz", timeout=30).json()["fill_while_busy"] is True
-        throughput, latencies, mean_batch = _load(server.url, bodies, 32)
-        p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
-        print(f"c=32: {throughput:.1f} img/s against raw {raw_best:.1f} ({throughput / raw_best:.2f}), p50 "
-              f"{p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, mean batch {mean_batch:.1f}")
-        assert throughput >= 0.8 * raw_best, (throughput, raw_best, mean_batch)
-        assert p99 <= 2 * p50, (p50, p99)
-        assert mean_batch >= 8, mean_batch
-        throughput, _, mean_batch = _load(server.url, bodies, 8)
-        print(f"c=8: {throughput:.1f} img/s against raw batch 8 {raw_batch8:.1f} ({throughput / raw_batch8:.2f}), "
-              f"mean batch {mean_batch:.1f}")
-        assert throughput >= 0.8 * raw_batch8, (throughput, raw_batch8, mean_batch)
-        assert mean_batch >= 3.5, mean_batch  # 8 clients fill two batches of 4, not a 3 and a 2-4
+        throughput, _, mean_batch = _load(server.url, 8)
+    print(f"c=8, filling: {throughput:.1f} img/s against raw batch 8 {RAW_BATCH8:.1f} "
+          f"({throughput / RAW_BATCH8:.2f}), mean batch {mean_batch:.1f}")
+    assert throughput >= 0.8 * RAW_BATCH8, (throughput, RAW_BATCH8, mean_batch)
+    assert mean_batch >= 3.5, mean_batch  # 8 clients fill two batches of 4, not a 3 and a 2-4
 
 
 def test_the_emulation_letterboxes_at_a_gpu_size_when_asked(tmp_path) -> None:
