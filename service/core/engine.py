@@ -45,6 +45,11 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     if spec.strip().lower() == "auto":
         return [p for p in (CUDA, CPU) if p in available] or [CPU]
     wanted = [_SHORT_NAMES.get(name.strip().lower(), name.strip()) for name in spec.split(",") if name.strip()]
+    if TENSORRT in wanted:
+        # Never run on a GPU here: it would need an engine cache, fp16 and shape profiles per bucket to be usable
+        # (without a cache every start rebuilds its engines), and none of that is built or measured.
+        raise EngineError("the TensorRT execution provider is not supported; use 'cuda' (with fixed-shape "
+                          "buckets and fp16 it needs no TensorRT)", "providers")
     unknown = [p for p in wanted if p not in available]
     if unknown:
         raise EngineError(f"execution providers {unknown} are not available in this onnxruntime build "

@@ -77,6 +77,10 @@ def test_provider_resolution() -> None:
     assert resolve_providers("CPUExecutionProvider", [CPU]) == [CPU]
     with pytest.raises(EngineError, match="not available"):
         resolve_providers("cuda", [CPU])
+    # TensorRT is refused by name even where the build has it: nothing about it is built or measured.
+    for spec in ("tensorrt,cuda,cpu", "trt", "TensorrtExecutionProvider"):
+        with pytest.raises(EngineError, match="TensorRT execution provider is not supported"):
+            resolve_providers(spec, ["TensorrtExecutionProvider", CUDA, CPU])
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this host has CUDA")
