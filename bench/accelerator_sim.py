@@ -14,10 +14,13 @@ host's speed taken out: what remains is the design.
 unletterbox and PNG encode cost what they cost in front of a GPU; the server's CPU-ms per request then says how
 many images per second of host work one core carries at the GPU's sizes.
 
-`--against SEGMENT_X=V --rounds N` measures a second configuration in alternation with the first, N runs each.
+`--overlap` lets batches in flight overlap on the device, as they do on a GPU (`testkit.shared_device`); without
+it the device runs one batch at a time. `--against SEGMENT_X=V --rounds N` measures a second configuration in
+alternation with the first, N runs each.
 
 Usage: python -m bench.accelerator_sim [--scale 4] [--input-size 513] [--concurrency 1,8,32,64] [--seconds 8]
-           [--against SEGMENT_FILL_WHILE_BUSY=false --rounds 3] [--out docs/BENCHMARKS.md]
+           [--overlap] [--against SEGMENT_FILL_WHILE_BUSY=true --rounds 2] [--out docs/BENCHMARKS.md]
+           [--section accelerator]
 """
 
 from __future__ import annotations
