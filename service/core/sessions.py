@@ -241,8 +241,11 @@ class FixedShapeRunner:
 
     def expected_s(self, count: int) -> float:
         """Seconds a batch of `count` images is expected to take: its bucket's warm-up run (0 until timed)."""
-        bucket = self.buckets[self.sizes.index(bucket_for(min(count, self.sizes[-1]), self.sizes))]
-        return bucket.run_s or 0.0
+        return self._bucket(min(count, self.sizes[-1])).run_s or 0.0
+
+    def _bucket(self, count: int) -> BucketSession:
+        """The bucket that runs `count` images (at most the largest bucket's size)."""
+        return self.buckets[self.sizes.index(bucket_for(count, self.sizes))]
 
     def padded_size(self, count: int) -> int:
         """The rows a batch of `count` images runs as (summed over chunks of the largest bucket)."""
@@ -258,7 +261,7 @@ class FixedShapeRunner:
         parts = []
         for start in range(0, len(images), largest):
             chunk = images[start:start + largest]
-            bucket = self.buckets[self.sizes.index(bucket_for(len(chunk), self.sizes))]
+            bucket = self._bucket(len(chunk))
             labels = bucket.run(fill_bucket(chunk, bucket.size, self.pad_rgb))
             parts.append(labels[:len(chunk)])
             with self._lock:
