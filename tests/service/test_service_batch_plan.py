@@ -16,8 +16,8 @@ from service.batcher import Batcher
 from service.core.buckets import batch_plan
 from service.errors import ApiError
 from service.settings import default_model_path
+from testkit.metrics import samples as metric_samples
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.test_service_batching import metric_samples
 
 # Seconds per batch of deeplabv3_resnet101 at 513, fp16, NHWC on an H200 (raw onnxruntime, docs/bench/).
 H200 = {1: 4.61e-3, 2: 7.21e-3, 4: 12.46e-3, 8: 22.07e-3, 16: 41.77e-3}

@@ -10,18 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.metrics import samples as metric_samples
 from tests.service.svc_helpers import png_bytes, scene
-
-
-def metric_samples(text: str, name: str) -> dict[tuple, float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                out[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
 
 
 async def _burst(url: str, bodies: list[bytes], params: dict, timeout: float = 60) -> list[httpx.Response]:

@@ -17,9 +17,9 @@ from service.core.engine import load_engine, uses_fixed_shapes
 from service.core.pipeline import Pipeline
 from service.core.sessions import CPU, CUDA, provider_options
 from service.settings import Settings, default_model_path
+from testkit.metrics import samples as metric_samples
 from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.test_service_batching import metric_samples
 
 DEMO_MODEL = default_model_path()  # the trained embedded demo model
 
