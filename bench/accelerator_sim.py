@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import machine_note
+from bench.harness import latency_summary, machine_note
 from bench.markdown import write_section
 from testkit.accelerator import H200_MS, emulated_server
 from testkit.images import encode
@@ -63,9 +63,7 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
             ok = [s for s in samples if s.status == 200]
             if len(ok) != len(samples):
                 raise RuntimeError(f"c={concurrency}: {len(samples) - len(ok)} answers were not 200")
-            latencies = np.array([s.latency_s for s in ok]) * 1000
-            point = {"concurrency": concurrency, "throughput": len(ok) / wall,
-                     "p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99)),
+            point = {"concurrency": concurrency, **latency_summary([s.latency_s for s in ok], wall),
                      "mean_batch": float(np.mean([s.batch_size for s in ok])),
                      "server_cpu_ms_per_request": cpu / len(ok) * 1000}
             out["points"].append(point)
