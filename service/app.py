@@ -23,10 +23,12 @@ from .codec import Codec
 from .connection import BodyDeadlineMiddleware
 from .core.decode_budget import DECODE_BUDGET
 from .core.engine import Engine
+from .core.letterbox import pad_canvas
 from .core.pipeline import Pipeline
 from .errors import ApiError
 from .gpu_metrics import register_gpu_metrics
 from .handoff import WorkerThreads
+from .inference_guard import InferenceHealth
 from .metrics import Metrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
 from .results_cache import ResultsCache, ResultStore
@@ -88,7 +90,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
                                 concurrency=settings.concurrent_batches or eng.concurrent_batches,
                                 padded_size=eng.padded_size, take=eng.batch_take,
-                                expected_s=eng.expected_batch_s if fill else None)
+                                expected_s=eng.expected_batch_s if fill else None,
+                                health=InferenceHealth(settings.inference_failures_to_unready,
+                                                       settings.inference_probe_s,
+                                                       settings.inference_unhealthy_after_s),
+                                # What warm-up runs: known to work on a working device.
+                                probe_image=pad_canvas(eng.input_size, eng.input_size, eng.metadata.pad_rgb))
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)

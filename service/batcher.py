@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,9 +31,8 @@ import numpy as np
 from .busy_estimate import BusyEstimate
 from .errors import ApiError
 from .handoff import WorkerThreads
+from .inference_guard import InferenceGuard, InferenceHealth
 from .metrics import Metrics
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,7 +60,8 @@ class Batcher:
                  max_wait_ms: float, max_queue: int, metrics: Metrics | None = None,
                  retry_after_s: int = 1, concurrency: int = 1,
                  padded_size: Callable[[int], int] | None = None, take: Callable[[int], int] | None = None,
-                 expected_s: Callable[[int], float] | None = None) -> None:
+                 expected_s: Callable[[int], float] | None = None, health: InferenceHealth | None = None,
+                 probe_image: np.ndarray | None = None) -> None:
         self._run_images = run_images
         self._padded_size = padded_size or (lambda count: count)
         self._take = take or (lambda count: count)
@@ -86,6 +85,9 @@ class Batcher:
         # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
         self._busy = BusyEstimate(expected_s) if expected_s is not None else None
         self._batch_done: asyncio.Event | None = None  # set whenever a batch finishes: a filling batch re-checks
+        # A failed batch: the device's fault or the batch's? (service/inference_guard.py)
+        self._guard = InferenceGuard(lambda tensors: self._executor.run(self._timed_run, tensors),
+                                     health or InferenceHealth(), probe_image, metrics)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +105,7 @@ class Batcher:
         deadline = time.monotonic() + drain_timeout_s
         while self._queue is not None and (self.depth or self.in_flight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        await self._guard.close()
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:
@@ -127,6 +130,11 @@ class Batcher:
         return self._queue is not None and self._queue.full()
 
     @property
+    def health(self) -> InferenceHealth:
+        """Whether model runs work on the device (service/inference_guard.py)."""
+        return self._guard.health
+
+    @property
     def fills_while_busy(self) -> bool:
         """Whether a batch forming while others run keeps filling until they are nearly done."""
         return self._busy is not None
@@ -148,7 +156,8 @@ class Batcher:
     async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None) -> InferenceResult:
         """Queue one letterboxed image and wait for its labels.
 
-        Raises ApiError 503 `overloaded` (queue full), 504 `timeout`, 500 `inference_failed`.
+        Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing), 504
+        `timeout`, 500 `inference_failed`.
         """
         if not self.running or self._queue is None:
             raise ApiError(503, "shutting_down", "the server is not accepting work",
@@ -181,26 +190,21 @@ class Batcher:
             planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
             try:
                 # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
-                tensors = [item.tensor for item in live]
-                labels = await self._executor.run(self._timed_run, tensors)
-            except Exception as exc:  # ORT failure: those requests fail, the worker carries on
-                log.exception("inference failed for a batch of %d (requests %s)", len(live),
-                              [item.request_id for item in live])
-                error = ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}")
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
+                # A failed run fails only the requests that fail on their own; the worker carries on.
+                outcomes = await self._guard.run([item.tensor for item in live])
             finally:
                 self._batch_finished(planned_end)
             inference_s = time.perf_counter() - started
-            if self.metrics is not None:
+            if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
                 self.metrics.batch_size.observe(len(live))
                 self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
-            for i, item in enumerate(live):
-                if not item.future.done():  # the client may have gone away while we ran
-                    item.future.set_result(InferenceResult(labels[i], started - item.enqueued, inference_s,
-                                                           len(live)))
+            for item, outcome in zip(live, outcomes, strict=True):
+                if item.future.done():  # the client may have gone away while we ran
+                    continue
+                if isinstance(outcome, ApiError):
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(InferenceResult(outcome, started - item.enqueued, inference_s, len(live)))
 
     def _timed_run(self, tensors: list[np.ndarray]) -> np.ndarray:
         """`run_images` in the inference thread, its time added to the busy counter (timed there, so a busy

@@ -59,6 +59,14 @@ class Metrics:
                                    multiprocess_mode="livesum", registry=r)
         self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled",
                              multiprocess_mode="livesum", registry=r)
+        self.inference_failures = Counter("segment_inference_failures",
+                                          "Failed model runs: a batch, one of its images run alone after it "
+                                          "failed, or the known-good probe image (probe failures mean the "
+                                          "device is failing, not the input)", ["run"], registry=r)
+        self.inference_failing = Gauge("segment_inference_failing",
+                                       "1 while model runs fail on the device (then /readyz and /segment answer "
+                                       "503); summed over worker processes", multiprocess_mode="livesum",
+                                       registry=r)
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
                                 ["provider", "precision", "arch", "model"],

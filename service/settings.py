@@ -110,6 +110,15 @@ class Settings(BaseSettings):
         default_factory=dict, description="extra CUDA provider options, 'key=value,key=value' "
                                           "(they override the defaults prefer_nhwc=1, "
                                           "cudnn_conv_algo_search=HEURISTIC)")
+    # A failing device (service/inference_guard.py): unready, then unhealthy, then ready again once runs work.
+    inference_failures_to_unready: int = Field(
+        3, ge=1, description="failed probes in a row (the known-good image failing after a failed batch) before "
+                             "/readyz and /segment answer 503 inference_unavailable")
+    inference_probe_s: float = Field(2.0, gt=0, description="while runs fail, how often the known-good image is "
+                                                           "tried; its first success makes the service ready")
+    inference_unhealthy_after_s: float = Field(
+        60.0, gt=0, description="runs failing this long make /healthz 503 too, so a liveness probe restarts the "
+                                "process (a device context that failed may not recover in it)")
     # Connection-level limits (service/server.py, service/connection.py): what one client may hold.
     max_header_bytes: ByteSize = Field(ByteSize(16 * 1024), ge=1024,
                                        description="request line + headers; 431/414 beyond")

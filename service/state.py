@@ -50,6 +50,8 @@ class ServiceState:
         """The engine, batcher and codec a /segment request needs, or 503 `not_ready` while the model loads."""
         if self.engine is None or self.batcher is None or self.codec is None:
             raise _not_ready()
+        if self.batcher.health.failing:  # refused before its body is read: it could only fail
+            raise self.batcher.health.unavailable()
         return self.engine, self.batcher, self.codec
 
     def admission(self, request: Request) -> Admission:
@@ -66,6 +68,8 @@ class ServiceState:
             return False, "warming_up"
         if self.batcher is None or not self.batcher.running:
             return False, "shutting_down"
+        if self.batcher.health.failing:
+            return False, "inference_failing"
         if self.batcher.full or self.admitted >= self.max_admitted:
             return False, "overloaded"
         return True, "ok"

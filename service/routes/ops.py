@@ -33,13 +33,19 @@ async def output_kinds() -> dict[str, Any]:
     return {"outputs": describe_outputs()}
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: the process answers, and model runs have not been failing for "
+                                 "SEGMENT_INFERENCE_UNHEALTHY_AFTER_S",
+            responses={503: {"description": "model runs have failed that long: restart the process"}})
+async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
+    health = state.batcher.health if state.batcher is not None else None
+    if health is None or health.live:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "inference_failing", "inference": health.describe()}, status_code=503)
 
 
 @router.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",
-            responses={503: {"description": "not ready: loading, warming up, overloaded or shutting down"}})
+            responses={503: {"description": "not ready: loading, warming up, overloaded, model runs failing or "
+                                             "shutting down"}})
 async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     ready, status = state.readiness()
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
@@ -58,7 +64,7 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     if state.batcher is not None:
         body.update(queue_depth=state.batcher.depth, max_queue=state.batcher.max_queue,
                     concurrent_batches=state.batcher.concurrency,
-                    fill_while_busy=state.batcher.fills_while_busy)
+                    fill_while_busy=state.batcher.fills_while_busy, inference=state.batcher.health.describe())
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

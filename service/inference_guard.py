@@ -1,0 +1,178 @@
+"""Telling a broken device from a bad batch when a model run fails, and what the service does about each.
+
+A failed batch is followed by one run of a known-good image (the padding canvas that warm-up already ran):
+
+- the probe succeeds: the device works, so the batch's own content failed it (a model with data-dependent ops) or
+  the failure passed. Each of the batch's images then runs on its own, so only an image that fails alone gets
+  500 `inference_failed` and the others sharing its batch get their answers. Since such failures prove nothing
+  about the device, no client can make the service unready by sending inputs that fail.
+- the probe fails too: the device (or the runtime on it) is failing, e.g. a CUDA context after an illegal memory
+  access, which no later run recovers in-process. After `failures_to_unready` such probes in a row, /readyz turns
+  503 `inference_failing` (a load balancer stops routing here) and /segment answers 503 `inference_unavailable`
+  with Retry-After instead of queueing work that would fail. The known-good image keeps running every
+  `probe_interval_s`; its first success makes the service ready again. Failing for `unhealthy_after_s` makes
+  /healthz 503 as well, so an orchestrator's liveness probe restarts the process with a fresh device context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ApiError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Outcome = np.ndarray | ApiError  # one image's labels, or the error its request is answered with
+
+
+class InferenceHealth:
+    """Whether model runs on the device work: consecutive failed probes, since when it fails, the last error."""
+
+    def __init__(self, failures_to_unready: int = 3, probe_interval_s: float = 2.0, unhealthy_after_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures_to_unready = failures_to_unready
+        self.probe_interval_s = probe_interval_s
+        self.unhealthy_after_s = unhealthy_after_s
+        self._clock = clock
+        self.consecutive_failures = 0
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def failing(self) -> bool:
+        return self.failing_since is not None
+
+    @property
+    def failing_for_s(self) -> float:
+        return 0.0 if self.failing_since is None else self._clock() - self.failing_since
+
+    @property
+    def live(self) -> bool:
+        """False once runs have failed for `unhealthy_after_s`: what /healthz tells a liveness probe."""
+        return self.failing_for_s < self.unhealthy_after_s
+
+    def probe_failed(self, error: str) -> bool:
+        """Count a failed probe; True if this one made the device failing."""
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.failing or self.consecutive_failures < self.failures_to_unready:
+            return False
+        self.failing_since = self._clock()
+        return True
+
+    def run_succeeded(self) -> float | None:
+        """A run worked: reset; the seconds it had been failing if this ends a failure, else None."""
+        self.consecutive_failures = 0
+        if self.failing_since is None:
+            return None
+        failed_for, self.failing_since = self.failing_for_s, None
+        return failed_for
+
+    def unavailable(self) -> ApiError:
+        """The 503 a request gets while the device fails."""
+        return ApiError(503, "inference_unavailable",
+                        f"model runs are failing on this server ({self.last_error}); retry shortly or elsewhere",
+                        {"Retry-After": str(max(1, math.ceil(self.probe_interval_s)))})
+
+    def describe(self) -> dict[str, Any]:
+        """For /readyz and /healthz."""
+        return {"failing": self.failing, "consecutive_failures": self.consecutive_failures,
+                "failing_for_s": round(self.failing_for_s, 1), "last_error": self.last_error}
+
+
+def inference_failed(exc: BaseException) -> ApiError:
+    """The 500 a request gets when its own run failed."""
+    return ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}")
+
+
+class InferenceGuard:
+    """Runs batches through `run` (awaitable, in the inference threads); on a failure, probes with `probe_image`
+    to tell a broken device from a bad batch. Without a probe image a failed batch simply fails as a whole."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], Awaitable[np.ndarray]], health: InferenceHealth,
+                 probe_image: np.ndarray | None, metrics: Metrics | None = None) -> None:
+        self._run = run
+        self.health = health
+        self._probe_image = probe_image
+        self._metrics = metrics
+        self._recovery: asyncio.Task[None] | None = None
+
+    async def run(self, tensors: list[np.ndarray]) -> Sequence[Outcome]:
+        """One outcome per image: its labels, or the ApiError its request gets."""
+        if self.health.failing:
+            return [self.health.unavailable()] * len(tensors)
+        try:
+            labels = await self._run(tensors)
+        except Exception as exc:
+            return await self._after_failure(tensors, exc)
+        self._succeeded()
+        return list(labels)
+
+    async def close(self) -> None:
+        """Stop probing (shutdown)."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+
+    async def _after_failure(self, tensors: list[np.ndarray], exc: Exception) -> list[Outcome]:
+        log.error("inference failed for a batch of %d: %s: %s", len(tensors), type(exc).__name__, exc)
+        self._count_failure("batch")
+        if self._probe_image is None or not await self._probe():
+            return [inference_failed(exc)] * len(tensors)
+        if len(tensors) == 1:
+            return [inference_failed(exc)]
+        outcomes: list[Outcome] = []
+        for tensor in tensors:  # the device works: find the image(s) that fail on their own
+            try:
+                outcomes.append((await self._run([tensor]))[0])
+            except Exception as alone:
+                self._count_failure("image")
+                outcomes.append(inference_failed(alone))
+        return outcomes
+
+    async def _probe(self) -> bool:
+        """Run the known-good image; whether it worked. A failure counts towards `failing`."""
+        assert self._probe_image is not None
+        try:
+            await self._run([self._probe_image])
+        except Exception as exc:
+            self._count_failure("probe")
+            if self.health.probe_failed(f"{type(exc).__name__}: {exc}"):
+                log.error("the known-good image failed %d times in a row: /readyz is 503 and /segment answers "
+                          "503 until a probe succeeds (every %gs)", self.health.consecutive_failures,
+                          self.health.probe_interval_s)
+                self._set_failing(1)
+                self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="inference-probe")
+            return False
+        self._succeeded()
+        return True
+
+    async def _recover(self) -> None:
+        while self.health.failing:
+            await asyncio.sleep(self.health.probe_interval_s)
+            await self._probe()
+
+    def _succeeded(self) -> None:
+        failed_for = self.health.run_succeeded()
+        if failed_for is not None:
+            log.warning("model runs work again after failing for %.1fs: ready", failed_for)
+            self._set_failing(0)
+
+    def _count_failure(self, run: str) -> None:
+        if self._metrics is not None:
+            self._metrics.inference_failures.labels(run=run).inc()
+
+    def _set_failing(self, value: int) -> None:
+        if self._metrics is not None:
+            self._metrics.inference_failing.set(value)
+

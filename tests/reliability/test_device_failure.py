@@ -1,0 +1,90 @@
+"""A device that fails while serving (a CUDA context after an illegal memory access fails every later run), on a
+real server over HTTP (`testkit.failing_device`: real onnxruntime sessions, every run failing while a flag file
+exists):
+
+- the first failed requests get 500 `inference_failed`; after SEGMENT_INFERENCE_FAILURES_TO_UNREADY failed probes
+  /readyz is 503 `inference_failing` and /segment answers 503 `inference_unavailable` with Retry-After at once;
+- after SEGMENT_INFERENCE_UNHEALTHY_AFTER_S of failing /healthz is 503 too (a liveness probe restarts the pod);
+- the device mended, the probe's first success makes the server ready and healthy, and answers are exact again;
+- all of it in the metrics an alert reads.
+
+The opposite case, inputs that fail on a working device and must never make the server unready, is in
+test_faults.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from testkit.images import decode_labels
+from testkit.metrics import metric_sum, samples
+from testkit.server import ServerProcess
+from tests.reliability.test_badimages_http import rule_labels
+from tests.service.svc_helpers import make_rule_model, png_bytes, scene
+
+UNHEALTHY_AFTER_S = 1.5
+
+
+def wait_for(client: httpx.Client, path: str, status: int, within_s: float) -> httpx.Response:
+    deadline = time.monotonic() + within_s
+    while (r := client.get(path)).status_code != status:
+        assert time.monotonic() < deadline, (path, r.status_code, r.text)
+        time.sleep(0.05)
+    return r
+
+
+def test_a_failing_device_turns_the_server_unready_then_unhealthy_and_it_recovers(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "rule.onnx")
+    flag = tmp_path / "device-broken"
+    clean = scene(96, 64)  # long side = the model's 96: letterboxing is exact, so the rule gives the answer
+    server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
+                           SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_FAILURES_TO_UNREADY="2",
+                           SEGMENT_INFERENCE_PROBE_S="0.2", SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S))
+    with server, httpx.Client(base_url=server.url, timeout=30) as client:
+        server.wait_ready()
+        segment = lambda: client.post("/segment", content=png_bytes(clean), params={"output": "labels"})  # noqa: E731
+        np.testing.assert_array_equal(decode_labels(segment().content), rule_labels(clean))
+
+        flag.touch()
+        answers = [segment() for _ in range(3)]
+        tripped = time.monotonic()
+        assert [r.status_code for r in answers] == [500, 500, 503], [r.text for r in answers]
+        assert all(r.json()["error"]["code"] == "inference_failed" for r in answers[:2])
+        refused = answers[2].json()["error"]
+        assert refused["code"] == "inference_unavailable" and "illegal memory access" in refused["message"]
+        assert answers[2].headers["retry-after"] == "1"
+
+        # Refused before the body is read: a client does not upload for nothing (this body never comes).
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5) as raw:
+            raw.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 1000000\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 503 ")
+
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "inference_failing"
+        assert ready.json()["inference"]["failing"] and "CUDA failure 700" in ready.json()["inference"]["last_error"]
+        assert client.get("/healthz").status_code == 200  # not yet: a short failure only sheds traffic
+        unhealthy = wait_for(client, "/healthz", 503, within_s=UNHEALTHY_AFTER_S + 5)
+        assert time.monotonic() - tripped >= UNHEALTHY_AFTER_S - 0.3
+        assert unhealthy.json()["status"] == "inference_failing"
+        metrics = client.get("/metrics").text
+        assert samples(metrics, "segment_inference_failing") == {(): 1.0}
+        # 2 failed batches, their 2 probes, then the recovery loop's probes every 0.2 s.
+        assert metric_sum(metrics, "segment_inference_failures_total", run="batch") == 2
+        assert metric_sum(metrics, "segment_inference_failures_total", run="probe") >= 2 + 3
+        assert metric_sum(metrics, "segment_rejected_total", reason="inference_unavailable") >= 1
+
+        flag.unlink()
+        assert wait_for(client, "/readyz", 200, within_s=3).json()["inference"]["failing"] is False
+        assert client.get("/healthz").status_code == 200
+        r = segment()
+        assert r.status_code == 200
+        np.testing.assert_array_equal(decode_labels(r.content), rule_labels(clean))
+        assert samples(client.get("/metrics").text, "segment_inference_failing") == {(): 0.0}
+    assert "model runs work again after failing" in server.log, server.log

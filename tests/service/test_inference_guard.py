@@ -1,0 +1,171 @@
+"""A failed model run: the device's fault or the batch's (service/inference_guard.py), proven on the batcher with a
+device that can be broken and mended and images that fail on their own.
+
+- an image that fails alone gets its 500, the images sharing its batch their own labels, and no number of such
+  images makes the service unready;
+- a device whose every run fails turns the batcher unavailable after `failures_to_unready` failed probes: queued
+  and new requests get 503 `inference_unavailable` with Retry-After, without running;
+- the known-good image keeps running while it fails, and its first success makes the batcher serve again;
+- liveness fails only after `unhealthy_after_s` of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.errors import ApiError
+from service.inference_guard import InferenceHealth
+from service.metrics import Metrics
+from testkit.metrics import samples as metric_samples
+
+POISON = 250  # an image whose first pixel is this fails on its own
+
+
+class Device:
+    """`run_images` on a device that can break: labels are each image's first pixel value."""
+
+    def __init__(self) -> None:
+        self.broken = threading.Event()
+        self.batches: list[list[int]] = []
+
+    def run_images(self, images: list[np.ndarray]) -> np.ndarray:
+        self.batches.append([int(image[0, 0, 0]) for image in images])
+        if self.broken.is_set():
+            raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+        if any(image[0, 0, 0] == POISON for image in images):
+            raise RuntimeError("indices element out of data bounds")
+        return np.stack([image[:, :, 0] for image in images])
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((2, 2, 3), value, np.uint8)
+
+
+PROBE = image(0)
+
+
+def batcher_on(device: Device, health: InferenceHealth, metrics: Metrics | None = None, **kw: object) -> Batcher:
+    options: dict = dict(max_batch_size=4, max_wait_ms=1000, max_queue=16, concurrency=1, metrics=metrics,
+                         health=health, probe_image=PROBE)
+    return Batcher(device.run_images, **{**options, **kw})
+
+
+def test_an_image_that_fails_alone_fails_alone_and_never_makes_the_service_unready() -> None:
+    device, metrics = Device(), Metrics()
+    health = InferenceHealth(failures_to_unready=2)
+
+    async def scenario() -> list[list[object]]:
+        batcher = batcher_on(device, health, metrics)
+        batcher.start()
+        rounds = []
+        for _ in range(4):  # more poisoned batches than failures_to_unready
+            rounds.append(await asyncio.gather(*(batcher.infer(image(v), 10) for v in (1, POISON, 3, 4)),
+                                               return_exceptions=True))
+            assert not batcher.health.failing
+        await batcher.stop()
+        return rounds
+
+    for outcomes in asyncio.run(scenario()):
+        assert [int(r.labels[0, 0]) for r in (outcomes[0], outcomes[2], outcomes[3])] == [1, 3, 4]
+        error = outcomes[1]
+        assert isinstance(error, ApiError) and (error.status, error.code) == (500, "inference_failed")
+        assert "out of data bounds" in error.message
+    # Each round: the batch, the probe, then each image alone.
+    assert device.batches[:6] == [[1, POISON, 3, 4], [0], [1], [POISON], [3], [4]]
+    assert health.consecutive_failures == 0 and not health.failing
+    failures = metric_samples(metrics.render().decode(), "segment_inference_failures_total")
+    assert failures == {(("run", "batch"),): 4.0, (("run", "image"),): 4.0}
+
+
+def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> None:
+    device, metrics = Device(), Metrics()
+    health = InferenceHealth(failures_to_unready=2, probe_interval_s=0.05, unhealthy_after_s=0.3)
+
+    async def scenario() -> None:
+        batcher = batcher_on(device, health, metrics, max_batch_size=1)
+        batcher.start()
+        assert int((await batcher.infer(image(7), 10)).labels[0, 0]) == 7
+        device.broken.set()
+        for _ in range(2):  # the batch fails, then the known-good image: two probes trip it
+            with pytest.raises(ApiError) as failed:
+                await batcher.infer(image(8), 10)
+            assert (failed.value.status, failed.value.code) == (500, "inference_failed")
+        assert health.failing and health.live
+        runs = len(device.batches)
+        with pytest.raises(ApiError) as refused:
+            await batcher.infer(image(9), 10)
+        assert (refused.value.status, refused.value.code) == (503, "inference_unavailable")
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert "illegal memory access" in refused.value.message
+        await asyncio.sleep(0.4)
+        assert not health.live  # failing longer than unhealthy_after_s
+        probes = device.batches[runs:]
+        assert len(probes) >= 4 and all(batch == [0] for batch in probes)  # only the probe ran meanwhile
+        assert metric_samples(metrics.render().decode(), "segment_inference_failing") == {(): 1.0}
+        device.broken.clear()
+        deadline = time.monotonic() + 2
+        while health.failing:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert health.live and health.consecutive_failures == 0
+        assert int((await batcher.infer(image(10), 10)).labels[0, 0]) == 10
+        assert metric_samples(metrics.render().decode(), "segment_inference_failing") == {(): 0.0}
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_requests_queued_when_the_device_fails_are_answered_503_without_running() -> None:
+    device = Device()
+    release = threading.Event()
+
+    def slow_then_broken(images: list[np.ndarray]) -> np.ndarray:
+        release.wait(10)
+        return device.run_images(images)
+
+    health = InferenceHealth(failures_to_unready=1, probe_interval_s=60)
+
+    async def scenario() -> list[object]:
+        batcher = Batcher(slow_then_broken, max_batch_size=2, max_wait_ms=0, max_queue=16, concurrency=1,
+                          health=health, probe_image=PROBE)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.infer(image(1), 10))
+        while batcher.in_flight == 0:
+            await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(batcher.infer(image(v), 10)) for v in (2, 3, 4, 5)]
+        await asyncio.sleep(0.05)
+        device.broken.set()
+        release.set()
+        outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[0], ApiError) and outcomes[0].code == "inference_failed"
+    assert all(isinstance(o, ApiError) and (o.status, o.code) == (503, "inference_unavailable")
+               for o in outcomes[1:]), outcomes
+    assert device.batches == [[1], [0]]  # the failed batch and its probe; nothing queued ran
+
+
+def test_health_counts_only_consecutive_failed_probes_and_times_the_failure() -> None:
+    now = [100.0]
+    health = InferenceHealth(failures_to_unready=3, probe_interval_s=2.5, unhealthy_after_s=10, clock=lambda: now[0])
+    assert not health.probe_failed("a") and not health.probe_failed("b")
+    assert health.run_succeeded() is None and health.consecutive_failures == 0  # a success in between resets
+    assert [health.probe_failed(e) for e in "cde"] == [False, False, True]
+    assert health.failing and health.describe() == {"failing": True, "consecutive_failures": 3,
+                                                     "failing_for_s": 0.0, "last_error": "e"}
+    assert not health.probe_failed("f")  # already failing: tripping is reported once
+    assert health.unavailable().headers == {"Retry-After": "3"}
+    now[0] += 9.9
+    assert health.live
+    now[0] += 0.1
+    assert not health.live
+    assert health.run_succeeded() == pytest.approx(10.0)
+    assert not health.failing and health.live
