@@ -71,7 +71,9 @@ def test_filling_while_busy_runs_full_batches_of_4_at_concurrency_8_on_a_serial_
         throughput, _, mean_batch = _load(server.url, 8)
     print(f"c=8, filling: {throughput:.1f} img/s against raw batch 8 {RAW_BATCH8:.1f} "
           f"({throughput / RAW_BATCH8:.2f}), mean batch {mean_batch:.1f}")
-    assert throughput >= 0.8 * RAW_BATCH8, (throughput, RAW_BATCH8, mean_batch)
+    # Alone 0.82-0.88 of raw batch 8 (cutting at once: 0.68-0.74); 0.78 once inside the whole suite on a 2-CPU
+    # host, so the bound sits between. The batch size below is what tells filling from cutting at once.
+    assert throughput >= 0.75 * RAW_BATCH8, (throughput, RAW_BATCH8, mean_batch)
     assert mean_batch >= 3.5, mean_batch  # 8 clients fill two batches of 4, not a 3 and a 2-4
 
 
