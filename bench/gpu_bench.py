@@ -6,7 +6,9 @@ bucket, and GPU memory. All figures come from one run on one device.
     python -m bench.gpu_bench --out docs            # writes a GPU section into docs/BENCHMARKS.md
     python -m bench.gpu_bench --render results.json  # rewrites that section from a saved run
 
-Results are saved as JSON after every stage (`--json`), so a run cut short still reports what it measured.
+Results are saved as JSON after every stage (`--json`), with each stage's seconds (`stage_s`), so a run cut short
+still reports what it measured; the stages the targets and the settings still to decide need run first (raw,
+eager, the service, the variants, fp32 through the service), the references and diagnostics after them.
 
 Every stage plus the settings still to be decided on a GPU (a full run took about 3 minutes on an H200: the
 service is ready 3-9 s after start, the export takes about 12 s; with the variants allow 6-7 minutes):
@@ -220,11 +222,13 @@ def main(argv: list[str] | None = None) -> None:
         if name in skip:
             return
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+        start = time.perf_counter()
         try:
             results[name] = fn()
         except Exception:
             results["errors"][name] = traceback.format_exc()[-2000:]
             print(results["errors"][name], flush=True)
+        results.setdefault("stage_s", {})[name] = round(time.perf_counter() - start, 1)
         save()
 
     holder: dict[str, Any] = {}
@@ -233,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         info, holder["model"] = export_models(args.workdir, args.arch, args.input_size, device)
         return info
 
+    # The order puts first what the targets and the settings still to decide need (raw at every batch, eager,
+    # the service with its defaults, the variants, fp32 through the service), so a run cut short by a time limit
+    # keeps those; the references and diagnostics follow.
     stage("model", export)
     model_info = results.get("model") or {}
     fp32, fp16 = Path(model_info.get("fp32", "")), Path(model_info.get("fp16", ""))
@@ -241,10 +248,6 @@ def main(argv: list[str] | None = None) -> None:
     stage("raw", lambda: raw_ort(best, ints(args.raw_sizes), size, args.raw_seconds, provider,
                                  {"nhwc": {"prefer_nhwc": "1"}, "nchw": {"prefer_nhwc": "0"},
                                   "nhwc_fixed": {"prefer_nhwc": "1"}}, fixed=("nhwc_fixed",)))
-    stage("raw_fp32", lambda: raw_ort(fp32, [8, 16], size, args.raw_seconds, provider, {"nhwc": {}}))
-    stage("two_threads", lambda: {n: two_threads(best, n, size, args.raw_seconds, provider) for n in (8, 16)})
-    if on_gpu:
-        stage("bound", lambda: {n: bound_variants(best, n, size, args.raw_seconds) for n in (8, 16)})
     stage("eager", lambda: eager(holder["model"], ints(args.eager_sizes), size, args.raw_seconds, device))
     holder.clear()
     release_gpu_memory()
@@ -256,29 +259,40 @@ def main(argv: list[str] | None = None) -> None:
     base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning"}
     buckets = sorted({*[2**i for i in range(8) if 2**i < args.max_batch], args.max_batch})
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
+    answer = args.workdir / "answer.png"
+    answer.unlink(missing_ok=True)
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
             pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
             per_connection=per_connection, **kw)
-        answer = args.workdir / "answer.png"
-        answer.unlink(missing_ok=True)
         stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
                                      keep_answer=answer))
+        for spec in args.variant:
+            name, _, pairs = spec.partition(":")
+            env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+            stage(f"variant_{name}", lambda env=env: run(env, ints(args.variant_concurrency)))
+        stage("fp32", lambda: run({"SEGMENT_PRECISION": "fp32"}, [32]))
+
+    stage("raw_fp32", lambda: raw_ort(fp32, [8, 16], size, args.raw_seconds, provider, {"nhwc": {}}))
+    stage("two_threads", lambda: {n: two_threads(best, n, size, args.raw_seconds, provider) for n in (8, 16)})
+    if on_gpu:
+        stage("bound", lambda: {n: bound_variants(best, n, size, args.raw_seconds) for n in (8, 16)})
+    release_gpu_memory()
+
+    with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
+        run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
+            pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
+            per_connection=per_connection, **kw)
+        stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
         diag = ints(args.diag_concurrency)
         stage("null", lambda: null_ceiling(pool, bodies, answer.read_bytes() if answer.exists()
                                            else label_like_png(width, height), diag, args.seconds, args.clients,
                                            args.workdir))
         stage("multi", lambda: multi_process(pool, fp32, bodies, ints(args.multi_processes), diag, args.seconds,
                                              args.clients, base, per_connection))
-        stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
-        stage("fp32", lambda: run({"SEGMENT_PRECISION": "fp32"}, [32]))
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",
                                      "SEGMENT_CUDA_OPTIONS": "prefer_nhwc=0", "SEGMENT_MAX_BATCH_SIZE": "8"},
                                     [8, 32]))
-        for spec in args.variant:
-            name, _, pairs = spec.partition(":")
-            env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
-            stage(f"variant_{name}", lambda env=env: run(env, ints(args.variant_concurrency)))
     save()
     write_section(args.out / "BENCHMARKS.md", "gpu", render(results))
     print(render(results))
