@@ -12,6 +12,10 @@ A failed batch is followed by one run of a known-good image (the padding canvas 
   with Retry-After instead of queueing work that would fail. The known-good image keeps running every
   `probe_interval_s`; its first success makes the service ready again. Failing for `unhealthy_after_s` makes
   /healthz 503 as well, so an orchestrator's liveness probe restarts the process with a fresh device context.
+
+A device can also hang instead of failing (a run that never returns): the queue then fills and /readyz reports
+`overloaded`, but nothing would ever restart the process. So a run in flight for `unhealthy_after_s` makes /healthz
+503 too (`inference_stuck`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +50,7 @@ class InferenceHealth:
         self.consecutive_failures = 0
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        self._runs: dict[object, float] = {}  # runs in flight: when each started
 
     @property
     def failing(self) -> bool:
@@ -56,9 +61,28 @@ class InferenceHealth:
         return 0.0 if self.failing_since is None else self._clock() - self.failing_since
 
     @property
-    def live(self) -> bool:
-        """False once runs have failed for `unhealthy_after_s`: what /healthz tells a liveness probe."""
-        return self.failing_for_s < self.unhealthy_after_s
+    def running_for_s(self) -> float:
+        """How long the oldest run in flight has been running (0 when none is)."""
+        return self._clock() - min(self._runs.values()) if self._runs else 0.0
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why a liveness probe should restart the process (`inference_failing`, `inference_stuck`), or None."""
+        if self.failing_for_s >= self.unhealthy_after_s:
+            return "inference_failing"
+        if self.running_for_s >= self.unhealthy_after_s:
+            return "inference_stuck"
+        return None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark one run as in flight while the block runs."""
+        token = object()
+        self._runs[token] = self._clock()
+        try:
+            yield
+        finally:
+            del self._runs[token]
 
     def probe_failed(self, error: str) -> bool:
         """Count a failed probe; True if this one made the device failing."""
@@ -86,7 +110,8 @@ class InferenceHealth:
     def describe(self) -> dict[str, Any]:
         """For /readyz and /healthz."""
         return {"failing": self.failing, "consecutive_failures": self.consecutive_failures,
-                "failing_for_s": round(self.failing_for_s, 1), "last_error": self.last_error}
+                "failing_for_s": round(self.failing_for_s, 1), "last_error": self.last_error,
+                "running_for_s": round(self.running_for_s, 1)}
 
 
 def inference_failed(exc: BaseException) -> ApiError:
@@ -111,7 +136,7 @@ class InferenceGuard:
         if self.health.failing:
             return [self.health.unavailable()] * len(tensors)
         try:
-            labels = await self._run(tensors)
+            labels = await self._timed(tensors)
         except Exception as exc:
             return await self._after_failure(tensors, exc)
         self._succeeded()
@@ -134,7 +159,7 @@ class InferenceGuard:
         outcomes: list[Outcome] = []
         for tensor in tensors:  # the device works: find the image(s) that fail on their own
             try:
-                outcomes.append((await self._run([tensor]))[0])
+                outcomes.append((await self._timed([tensor]))[0])
             except Exception as alone:
                 self._count_failure("image")
                 outcomes.append(inference_failed(alone))
@@ -144,7 +169,7 @@ class InferenceGuard:
         """Run the known-good image; whether it worked. A failure counts towards `failing`."""
         assert self._probe_image is not None
         try:
-            await self._run([self._probe_image])
+            await self._timed([self._probe_image])
         except Exception as exc:
             self._count_failure("probe")
             if self.health.probe_failed(f"{type(exc).__name__}: {exc}"):
@@ -156,6 +181,10 @@ class InferenceGuard:
             return False
         self._succeeded()
         return True
+
+    async def _timed(self, tensors: list[np.ndarray]) -> np.ndarray:
+        with self.health.running():
+            return await self._run(tensors)
 
     async def _recover(self) -> None:
         while self.health.failing:

@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     inference_probe_s: float = Field(2.0, gt=0, description="while runs fail, how often the known-good image is "
                                                            "tried; its first success makes the service ready")
     inference_unhealthy_after_s: float = Field(
-        60.0, gt=0, description="runs failing this long make /healthz 503 too, so a liveness probe restarts the "
-                                "process (a device context that failed may not recover in it)")
+        60.0, gt=0, description="runs failing this long, or one run in flight this long (a hung device), make "
+                                "/healthz 503 too, so a liveness probe restarts the process (a device context that "
+                                "failed may not recover in it)")
     # Connection-level limits (service/server.py, service/connection.py): what one client may hold.
     max_header_bytes: ByteSize = Field(ByteSize(16 * 1024), ge=1024,
                                        description="request line + headers; 431/414 beyond")

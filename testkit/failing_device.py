@@ -1,7 +1,8 @@
 """The real service whose device can be made to fail: `python -m testkit.failing_device --flag PATH` runs
 `segment-serve` (settings from SEGMENT_*) on real onnxruntime sessions, except that while the file PATH exists
 every model run raises the error a CUDA context raises after an illegal memory access (which, on a GPU, every
-later run in that context raises too). Removing the file mends the device.
+later run in that context raises too), or, when the file says `hang`, blocks as a hung device does. Removing the
+file mends the device (a blocked run then finishes normally).
 
 It stands in for the GPU that CI does not have: how the service tells a failing device from a failing input, turns
 unready and then unhealthy, and recovers, is tested against a real server over HTTP.
@@ -10,6 +11,7 @@ unready and then unhealthy, and recovers, is tested against a real server over H
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +35,8 @@ def serve(flag: Path) -> None:
     working = engine.run_images
 
     def run_images(images: Sequence[np.ndarray]) -> np.ndarray:
+        while flag.exists() and flag.read_text().strip() == "hang":
+            time.sleep(0.02)
         if flag.exists():
             raise RuntimeError(CUDA_ERROR)
         return working(images)
@@ -43,5 +47,6 @@ def serve(flag: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flag", type=Path, required=True, help="while this file exists, every model run fails")
+    parser.add_argument("--flag", type=Path, required=True,
+                        help="while this file exists, every model run fails (or hangs, if it says 'hang')")
     serve(parser.parse_args().flag)

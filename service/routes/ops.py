@@ -33,14 +33,15 @@ async def output_kinds() -> dict[str, Any]:
     return {"outputs": describe_outputs()}
 
 
-@router.get("/healthz", summary="Liveness: the process answers, and model runs have not been failing for "
+@router.get("/healthz", summary="Liveness: the process answers, and model runs have neither failed nor hung for "
                                  "SEGMENT_INFERENCE_UNHEALTHY_AFTER_S",
-            responses={503: {"description": "model runs have failed that long: restart the process"}})
+            responses={503: {"description": "model runs have failed (`inference_failing`) or one has run "
+                                             "(`inference_stuck`) that long: restart the process"}})
 async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     health = state.batcher.health if state.batcher is not None else None
-    if health is None or health.live:
+    if health is None or health.unhealthy is None:
         return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "inference_failing", "inference": health.describe()}, status_code=503)
+    return JSONResponse({"status": health.unhealthy, "inference": health.describe()}, status_code=503)
 
 
 @router.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",

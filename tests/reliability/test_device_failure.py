@@ -6,7 +6,9 @@ exists):
   /readyz is 503 `inference_failing` and /segment answers 503 `inference_unavailable` with Retry-After at once;
 - after SEGMENT_INFERENCE_UNHEALTHY_AFTER_S of failing /healthz is 503 too (a liveness probe restarts the pod);
 - the device mended, the probe's first success makes the server ready and healthy, and answers are exact again;
-- all of it in the metrics an alert reads.
+- all of it in the metrics an alert reads;
+- a device that hangs instead (a run that never returns): /healthz 503 `inference_stuck` once a run has been in
+  flight for SEGMENT_INFERENCE_UNHEALTHY_AFTER_S, 200 again when it returns.
 
 The opposite case, inputs that fail on a working device and must never make the server unready, is in
 test_faults.py.
@@ -14,9 +16,11 @@ test_faults.py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +33,15 @@ from tests.reliability.test_badimages_http import rule_labels
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 UNHEALTHY_AFTER_S = 1.5
+
+
+@contextlib.contextmanager
+def mended(flag: Path) -> Iterator[None]:
+    """Whatever happens in the block, the device works again after it (a hung run would hold up the shutdown)."""
+    try:
+        yield
+    finally:
+        flag.unlink(missing_ok=True)
 
 
 def wait_for(client: httpx.Client, path: str, status: int, within_s: float) -> httpx.Response:
@@ -46,7 +59,7 @@ def test_a_failing_device_turns_the_server_unready_then_unhealthy_and_it_recover
     server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
                            SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_FAILURES_TO_UNREADY="2",
                            SEGMENT_INFERENCE_PROBE_S="0.2", SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S))
-    with server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with server, httpx.Client(base_url=server.url, timeout=30) as client, mended(flag):
         server.wait_ready()
         segment = lambda: client.post("/segment", content=png_bytes(clean), params={"output": "labels"})  # noqa: E731
         np.testing.assert_array_equal(decode_labels(segment().content), rule_labels(clean))
@@ -88,3 +101,27 @@ def test_a_failing_device_turns_the_server_unready_then_unhealthy_and_it_recover
         np.testing.assert_array_equal(decode_labels(r.content), rule_labels(clean))
         assert samples(client.get("/metrics").text, "segment_inference_failing") == {(): 0.0}
     assert "model runs work again after failing" in server.log, server.log
+
+
+def test_a_hung_device_makes_healthz_fail_until_the_run_returns(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "rule.onnx")
+    flag = tmp_path / "device-hung"
+    clean = scene(96, 64)
+    server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
+                           SEGMENT_INTRA_OP_THREADS="1", SEGMENT_REQUEST_TIMEOUT_S="0.5",
+                           SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S))
+    with server, httpx.Client(base_url=server.url, timeout=30) as client, mended(flag):
+        server.wait_ready()
+        flag.write_text("hang")
+        hung = time.monotonic()
+        r = client.post("/segment", content=png_bytes(clean), params={"output": "labels"})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"  # the request gives up in time
+        assert client.get("/healthz").status_code == 200
+        stuck = wait_for(client, "/healthz", 503, within_s=UNHEALTHY_AFTER_S + 5)
+        assert time.monotonic() - hung >= UNHEALTHY_AFTER_S - 0.3
+        assert stuck.json()["status"] == "inference_stuck"
+        assert stuck.json()["inference"]["running_for_s"] >= UNHEALTHY_AFTER_S - 0.3
+        flag.unlink()
+        wait_for(client, "/healthz", 200, within_s=3)
+        r = client.post("/segment", content=png_bytes(clean), params={"output": "labels"})
+        np.testing.assert_array_equal(decode_labels(r.content), rule_labels(clean))

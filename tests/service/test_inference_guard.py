@@ -96,7 +96,7 @@ def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> No
             with pytest.raises(ApiError) as failed:
                 await batcher.infer(image(8), 10)
             assert (failed.value.status, failed.value.code) == (500, "inference_failed")
-        assert health.failing and health.live
+        assert health.failing and health.unhealthy is None
         runs = len(device.batches)
         with pytest.raises(ApiError) as refused:
             await batcher.infer(image(9), 10)
@@ -104,7 +104,7 @@ def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> No
         assert refused.value.headers == {"Retry-After": "1"}
         assert "illegal memory access" in refused.value.message
         await asyncio.sleep(0.4)
-        assert not health.live  # failing longer than unhealthy_after_s
+        assert health.unhealthy == "inference_failing"  # failing longer than unhealthy_after_s
         probes = device.batches[runs:]
         assert len(probes) >= 4 and all(batch == [0] for batch in probes)  # only the probe ran meanwhile
         assert metric_samples(metrics.render().decode(), "segment_inference_failing") == {(): 1.0}
@@ -113,7 +113,7 @@ def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> No
         while health.failing:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        assert health.live and health.consecutive_failures == 0
+        assert health.unhealthy is None and health.consecutive_failures == 0
         assert int((await batcher.infer(image(10), 10)).labels[0, 0]) == 10
         assert metric_samples(metrics.render().decode(), "segment_inference_failing") == {(): 0.0}
         await batcher.stop()
@@ -160,12 +160,53 @@ def test_health_counts_only_consecutive_failed_probes_and_times_the_failure() ->
     assert health.run_succeeded() is None and health.consecutive_failures == 0  # a success in between resets
     assert [health.probe_failed(e) for e in "cde"] == [False, False, True]
     assert health.failing and health.describe() == {"failing": True, "consecutive_failures": 3,
-                                                     "failing_for_s": 0.0, "last_error": "e"}
+                                                     "failing_for_s": 0.0, "last_error": "e",
+                                                     "running_for_s": 0.0}
     assert not health.probe_failed("f")  # already failing: tripping is reported once
     assert health.unavailable().headers == {"Retry-After": "3"}
     now[0] += 9.9
-    assert health.live
+    assert health.unhealthy is None
     now[0] += 0.1
-    assert not health.live
+    assert health.unhealthy == "inference_failing"
     assert health.run_succeeded() == pytest.approx(10.0)
-    assert not health.failing and health.live
+    assert not health.failing and health.unhealthy is None
+
+
+def test_a_run_in_flight_for_unhealthy_after_s_is_stuck() -> None:
+    now = [0.0]
+    health = InferenceHealth(unhealthy_after_s=10, clock=lambda: now[0])
+    with health.running():
+        now[0] += 5
+        with health.running():  # a later run does not hide the oldest
+            now[0] += 4.9
+            assert health.unhealthy is None and health.running_for_s == pytest.approx(9.9)
+            now[0] += 0.1
+            assert health.unhealthy == "inference_stuck" and health.describe()["running_for_s"] == 10.0
+    assert health.unhealthy is None and health.running_for_s == 0.0
+
+
+def test_a_hung_device_makes_the_batcher_stuck_until_the_run_returns() -> None:
+    device = Device()
+    release = threading.Event()
+
+    def hanging(images: list[np.ndarray]) -> np.ndarray:
+        release.wait(10)
+        return device.run_images(images)
+
+    health = InferenceHealth(unhealthy_after_s=0.2)
+
+    async def scenario() -> None:
+        batcher = Batcher(hanging, max_batch_size=1, max_wait_ms=0, max_queue=4, concurrency=1, health=health,
+                          probe_image=PROBE)
+        batcher.start()
+        request = asyncio.ensure_future(batcher.infer(image(5), 10))
+        await asyncio.sleep(0.1)
+        assert health.unhealthy is None
+        await asyncio.sleep(0.15)
+        assert health.unhealthy == "inference_stuck" and not health.failing  # hung, not failing: no 503 yet
+        release.set()
+        assert int((await request).labels[0, 0]) == 5
+        assert health.unhealthy is None
+        await batcher.stop()
+
+    asyncio.run(scenario())
