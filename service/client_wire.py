@@ -12,7 +12,8 @@ from PIL import Image
 
 from .client_types import OUTPUTS, ImageInput, SegmentApiError, SegmentResult
 
-# Statuses worth retrying: the queue was full or the model was still loading; both carry Retry-After.
+# Statuses worth retrying: the queue was full, the model was still loading or its runs were failing; all carry
+# Retry-After.
 RETRYABLE = frozenset({503})
 _MAX_RETRY_SLEEP_S = 5.0
 
