@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -210,3 +211,89 @@ def test_a_hung_device_makes_the_batcher_stuck_until_the_run_returns() -> None:
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_every_request_is_answered_once_through_splits_filling_poison_timeouts_and_an_outage(seed: int) -> None:
+    """The guard inside everything else the batcher does: two batches in flight, batches filled while the device
+    is busy and split by the plan, poisoned images, clients that give up, and a device that fails for a while.
+    Every request gets exactly one answer: its own labels, or the error its case allows."""
+    rng = np.random.default_rng(seed)
+    count, outage = 240, (0.35, 0.6)
+    poisoned = set(rng.choice(count, 12, replace=False).tolist())
+    impatient = set(rng.choice(count, 12, replace=False).tolist()) - poisoned
+    arrivals = np.sort(rng.uniform(0, 1.2, count))
+    device = Device()
+    lock = threading.Lock()
+    ran_ok: list[int] = []
+
+    def run_images(images: list[np.ndarray]) -> np.ndarray:
+        with lock:  # one batch at a time, 3 ms each
+            time.sleep(0.003)
+            labels = device.run_images(images)
+            ran_ok.extend(int(image[0, 0, 0]) for image in images)
+            return labels
+
+    def mark(i: int) -> np.ndarray:  # marks 1..240 (0 is the probe), a poisoned one's first pixel is POISON
+        tensor = np.full((2, 2, 3), 1 + i % 240, np.uint8)
+        if i in poisoned:
+            tensor[0, 0, 0] = POISON
+            tensor[1, 1, 0] = 1 + i % 240
+        return tensor
+
+    health = InferenceHealth(failures_to_unready=2, probe_interval_s=0.03)
+    recovered: list[float] = []
+
+    async def scenario() -> list[tuple[int, float, object]]:
+        batcher = Batcher(run_images, max_batch_size=8, max_wait_ms=5, max_queue=256, concurrency=2,
+                          take=lambda n: {3: 2, 5: 4, 6: 4}.get(n, n), expected_s=lambda n: 0.003,
+                          health=health, probe_image=PROBE)
+        batcher.start()
+        start = time.monotonic()
+
+        async def one(i: int) -> tuple[int, float, object]:
+            await asyncio.sleep(float(arrivals[i]))
+            sent = time.monotonic() - start
+            try:
+                return i, sent, await batcher.infer(mark(i), 0.001 if i in impatient else 10)
+            except ApiError as exc:
+                return i, sent, exc
+
+        async def outage_window() -> None:
+            await asyncio.sleep(outage[0])
+            device.broken.set()
+            await asyncio.sleep(outage[1] - outage[0])
+            device.broken.clear()
+            while health.failing:  # until the next probe has seen it mended
+                await asyncio.sleep(0.001)
+            recovered.append(time.monotonic() - start)
+
+        answers, _ = await asyncio.wait_for(asyncio.gather(asyncio.gather(*(one(i) for i in range(count))),
+                                                           outage_window()), 30)
+        assert batcher.depth == 0 and batcher.in_flight == 0
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert len(answers) == count and sorted(i for i, _, _ in answers) == list(range(count))
+    served = []
+    for i, sent, answer in answers:
+        after_outage = sent > recovered[0]
+        if isinstance(answer, ApiError):
+            allowed = {"inference_failed"} if i in poisoned else set()
+            if i in impatient:
+                allowed.add("timeout")
+            if not after_outage:
+                allowed |= {"inference_failed", "inference_unavailable"}
+            assert answer.code in allowed, (i, sent, answer.code, answer.message)
+        else:
+            assert i not in poisoned, (i, sent)
+            assert int(answer.labels[0, 0]) == 1 + i % 240  # its own row
+            served.append(1 + i % 240)
+    codes = Counter(answer.code for _, _, answer in answers if isinstance(answer, ApiError))
+    assert codes["inference_unavailable"] >= 1 and codes["timeout"] >= 1, codes  # the outage and the impatient
+    assert codes["inference_failed"] >= len(poisoned), codes
+    assert len(served) >= count // 2, codes
+    assert not health.failing
+    # Each answered image ran successfully exactly once (a failed batch's images reran only after it failed).
+    assert sorted(served) == sorted(m for m in ran_ok if m in set(served) and m != 0)
