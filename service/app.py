@@ -38,6 +38,7 @@ from .routes.web import install_web_page
 from .settings import Settings
 from .startup import open_engine
 from .state import ServiceState
+from .watchdog import stop_when_unhealthy
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)
         state.warmup_task = loop.create_task(_warm_up(state))
+        watchdog = None
+        if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain
+            watchdog = loop.create_task(stop_when_unhealthy(state.batcher.health,
+                                                            settings.shutdown_timeout_s + settings.request_timeout_s))
         try:
             yield
         finally:
             # uvicorn has stopped accepting and finished open requests; now drain anything left queued.
-            if state.warmup_task is not None:
-                state.warmup_task.cancel()
+            for task in (state.warmup_task, watchdog):
+                if task is not None:
+                    task.cancel()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -64,15 +65,18 @@ class WorkerThreads(Executor):
         self._put((fn, args, future, None) if not kwargs else (lambda: fn(*args, **kwargs), (), future, None))
         return future
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float | None = None) -> None:
+        """As `Executor.shutdown`; with `timeout_s`, wait at most that long in all (a job that never returns, such
+        as a run on a hung device, is then left to its daemon thread)."""
         with self._lock:
             self._closed = True
             if cancel_futures:
                 self._cancel_queued()
             self._jobs.put(None)  # each worker passes it on to the next, then ends
         if wait:
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
             for thread in self._threads:
-                thread.join()
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _put(self, job: _Job) -> None:
         if self._closed:

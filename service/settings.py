@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         60.0, gt=0, description="runs failing this long, or one run in flight this long (a hung device), make "
                                 "/healthz 503 too, so a liveness probe restarts the process (a device context that "
                                 "failed may not recover in it)")
+    exit_when_unhealthy: bool = Field(
+        True, description="once unhealthy (see inference_unhealthy_after_s), stop: SIGTERM to itself, exit status 4 "
+                          "if that does not finish in time; restart policies and the worker supervisor then start "
+                          "a fresh process")
     # Connection-level limits (service/server.py, service/connection.py): what one client may hold.
     max_header_bytes: ByteSize = Field(ByteSize(16 * 1024), ge=1024,
                                        description="request line + headers; 431/414 beyond")

@@ -58,7 +58,8 @@ def test_a_failing_device_turns_the_server_unready_then_unhealthy_and_it_recover
     clean = scene(96, 64)  # long side = the model's 96: letterboxing is exact, so the rule gives the answer
     server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
                            SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_FAILURES_TO_UNREADY="2",
-                           SEGMENT_INFERENCE_PROBE_S="0.2", SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S))
+                           SEGMENT_INFERENCE_PROBE_S="0.2", SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S),
+                           SEGMENT_EXIT_WHEN_UNHEALTHY="false")
     with server, httpx.Client(base_url=server.url, timeout=30) as client, mended(flag):
         server.wait_ready()
         segment = lambda: client.post("/segment", content=png_bytes(clean), params={"output": "labels"})  # noqa: E731
@@ -109,7 +110,8 @@ def test_a_hung_device_makes_healthz_fail_until_the_run_returns(tmp_path: Path) 
     clean = scene(96, 64)
     server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
                            SEGMENT_INTRA_OP_THREADS="1", SEGMENT_REQUEST_TIMEOUT_S="0.5",
-                           SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S))
+                           SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S),
+                           SEGMENT_EXIT_WHEN_UNHEALTHY="false")
     with server, httpx.Client(base_url=server.url, timeout=30) as client, mended(flag):
         server.wait_ready()
         flag.write_text("hang")

@@ -102,7 +102,8 @@ class LiveServer:
     """uvicorn running `create_app(settings)` in a thread, on a socket bound before it starts (no port race)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        # In-process, a server that stopped itself for ill health would signal the test run (service/watchdog.py).
+        self.settings = settings = settings.model_copy(update={"exit_when_unhealthy": False})
         self.app = create_app(settings)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
