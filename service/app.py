@@ -147,26 +147,46 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 
 async def _warm_up(state: ServiceState) -> None:
+    """Warm up; a failure is retried every SEGMENT_INFERENCE_PROBE_S (a device can fail for a while at startup,
+    e.g. out of memory while another process frees its share) and counts as a failed probe, so a warm-up that keeps
+    failing makes the process unhealthy, to be replaced, rather than unready for ever."""
+    assert state.engine is not None and state.batcher is not None
+    guard = state.batcher.guard
+    while True:
+        try:
+            await _warm_up_once(state)
+        except Exception as exc:
+            if state.warmup_error is None:
+                log.exception("warm-up failed; /readyz stays 503 while it is retried every %gs",
+                              guard.health.probe_interval_s)
+            state.warmup_error = f"{type(exc).__name__}: {exc}"
+            guard.known_good_failed(state.warmup_error, recover=False)  # retrying warm-up is the probe here
+            await asyncio.sleep(guard.health.probe_interval_s)
+            continue
+        if state.warmup_error:
+            log.warning("warm-up succeeded after failing (%s): ready", state.warmup_error)
+        state.warmup_error = None
+        guard.known_good_worked()
+        state.warm = True
+        return
+
+
+async def _warm_up_once(state: ServiceState) -> None:
     assert state.engine is not None
     batch = state.settings.max_batch_size
     sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
-    try:
-        await asyncio.to_thread(state.engine.warm_up, sizes)
-        if state.codec is not None:
-            state.outputs_warmup_s = await asyncio.to_thread(state.codec.pipeline.warm_outputs)
-        if state.engine.runner is not None:
-            for bucket in state.engine.runner.buckets:
-                if bucket.memory_bytes is not None:
-                    state.metrics.bucket_memory.labels(bucket=str(bucket.size)).set(bucket.memory_bytes)
-        # Everything loaded so far (modules, sessions, settings) lives as long as the process: move it out of the
-        # collector's reach, so a full collection no longer walks it while requests wait for the interpreter
-        # lock (measured in the server process: a full collection 19 ms before, under 0.1 ms after).
-        gc.collect()
-        gc.freeze()
-        state.warm = True
-    except Exception as exc:
-        state.warmup_error = f"{type(exc).__name__}: {exc}"
-        log.exception("warm-up failed; /readyz stays 503")
+    await asyncio.to_thread(state.engine.warm_up, sizes)
+    if state.codec is not None:
+        state.outputs_warmup_s = await asyncio.to_thread(state.codec.pipeline.warm_outputs)
+    if state.engine.runner is not None:
+        for bucket in state.engine.runner.buckets:
+            if bucket.memory_bytes is not None:
+                state.metrics.bucket_memory.labels(bucket=str(bucket.size)).set(bucket.memory_bytes)
+    # Everything loaded so far (modules, sessions, settings) lives as long as the process: move it out of the
+    # collector's reach, so a full collection no longer walks it while requests wait for the interpreter
+    # lock (measured in the server process: a full collection 19 ms before, under 0.1 ms after).
+    gc.collect()
+    gc.freeze()
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

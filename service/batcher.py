@@ -136,6 +136,11 @@ class Batcher:
         return self._guard.health
 
     @property
+    def guard(self) -> InferenceGuard:
+        """What tells a failing device from a failing batch; warm-up reports to it too."""
+        return self._guard
+
+    @property
     def fills_while_busy(self) -> bool:
         """Whether a batch forming while others run keeps filling until they are nearly done."""
         return self._busy is not None

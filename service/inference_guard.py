@@ -165,19 +165,28 @@ class InferenceGuard:
                 outcomes.append(inference_failed(alone))
         return outcomes
 
+    def known_good_failed(self, error: str, *, recover: bool = True) -> None:
+        """A run of known-good input failed (the probe image, or warm-up): it counts towards `failing`; when it
+        trips it and `recover`, the probe image runs every probe interval until it works again."""
+        self._count_failure("probe")
+        if self.health.probe_failed(error):
+            log.error("known-good input failed %d times in a row: /readyz is 503 and /segment answers 503 until it "
+                      "runs again", self.health.consecutive_failures)
+            self._set_failing(1)
+            if recover:
+                self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="inference-probe")
+
+    def known_good_worked(self) -> None:
+        """A run of known-good input worked (warm-up): the device works."""
+        self._succeeded()
+
     async def _probe(self) -> bool:
         """Run the known-good image; whether it worked. A failure counts towards `failing`."""
         assert self._probe_image is not None
         try:
             await self._timed([self._probe_image])
         except Exception as exc:
-            self._count_failure("probe")
-            if self.health.probe_failed(f"{type(exc).__name__}: {exc}"):
-                log.error("the known-good image failed %d times in a row: /readyz is 503 and /segment answers "
-                          "503 until a probe succeeds (every %gs)", self.health.consecutive_failures,
-                          self.health.probe_interval_s)
-                self._set_failing(1)
-                self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="inference-probe")
+            self.known_good_failed(f"{type(exc).__name__}: {exc}")
             return False
         self._succeeded()
         return True

@@ -1,8 +1,8 @@
 """The real service whose device can be made to fail: `python -m testkit.failing_device --flag PATH` runs
 `segment-serve` (settings from SEGMENT_*) on real onnxruntime sessions, except that while the file PATH exists
 every model run raises the error a CUDA context raises after an illegal memory access (which, on a GPU, every
-later run in that context raises too), or, when the file says `hang`, blocks as a hung device does. Removing the
-file mends the device (a blocked run then finishes normally).
+later run in that context raises too), or, when the file says `hang`, blocks as a hung device does; warm-up fails
+while the file exists. Removing the file mends the device (a blocked run then finishes normally).
 
 It stands in for the GPU that CI does not have: how the service tells a failing device from a failing input, turns
 unready and then unhealthy, and recovers, is tested against a real server over HTTP.
@@ -41,7 +41,15 @@ def serve(flag: Path) -> None:
             raise RuntimeError(CUDA_ERROR)
         return working(images)
 
+    warm_up = engine.warm_up
+
+    def failing_warm_up(*args: object) -> float:
+        if flag.exists():
+            raise RuntimeError(CUDA_ERROR)
+        return warm_up(*args)  # type: ignore[arg-type]
+
     engine.run_images = run_images  # type: ignore[method-assign]
+    engine.warm_up = failing_warm_up  # type: ignore[method-assign]
     uvicorn.Server(build_config(create_app(settings, engine=engine), settings)).run()
 
 

@@ -8,7 +8,8 @@ exists):
 - the device mended, the probe's first success makes the server ready and healthy, and answers are exact again;
 - all of it in the metrics an alert reads;
 - a device that hangs instead (a run that never returns): /healthz 503 `inference_stuck` once a run has been in
-  flight for SEGMENT_INFERENCE_UNHEALTHY_AFTER_S, 200 again when it returns.
+  flight for SEGMENT_INFERENCE_UNHEALTHY_AFTER_S, 200 again when it returns;
+- a device failing at startup: warm-up is retried, and the server is ready once the device works.
 
 The opposite case, inputs that fail on a working device and must never make the server unready, is in
 test_faults.py.
@@ -127,3 +128,28 @@ def test_a_hung_device_makes_healthz_fail_until_the_run_returns(tmp_path: Path) 
         wait_for(client, "/healthz", 200, within_s=3)
         r = client.post("/segment", content=png_bytes(clean), params={"output": "labels"})
         np.testing.assert_array_equal(decode_labels(r.content), rule_labels(clean))
+
+
+def test_a_warm_up_that_fails_is_retried_until_the_device_works(tmp_path: Path) -> None:
+    model = make_rule_model(tmp_path / "rule.onnx")
+    flag = tmp_path / "device-broken"
+    flag.touch()
+    clean = scene(96, 64)
+    server = ServerProcess(model, command=[sys.executable, "-m", "testkit.failing_device", "--flag", str(flag)],
+                           SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_PROBE_S="0.2",
+                           SEGMENT_EXIT_WHEN_UNHEALTHY="false")
+    with server, httpx.Client(base_url=server.url, timeout=30) as client, mended(flag):
+        deadline, body = time.monotonic() + 60, {}
+        while body.get("status") != "warmup_failed" or body["inference"]["consecutive_failures"] < 3:
+            assert time.monotonic() < deadline, body  # retried every 0.2 s, each a failed probe
+            time.sleep(0.05)
+            with contextlib.suppress(httpx.TransportError):  # until it listens
+                body = client.get("/readyz").json()
+        assert "CUDA failure 700" in body["error"]
+        r = client.post("/segment", content=png_bytes(clean))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "inference_unavailable"
+        flag.unlink()
+        assert wait_for(client, "/readyz", 200, within_s=5).json()["inference"]["consecutive_failures"] == 0
+        r = client.post("/segment", content=png_bytes(clean), params={"output": "labels"})
+        np.testing.assert_array_equal(decode_labels(r.content), rule_labels(clean))
+    assert "warm-up succeeded after failing" in server.log, server.log

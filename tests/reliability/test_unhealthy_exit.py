@@ -4,6 +4,7 @@ restart policy, the worker supervisor or an orchestrator starts a fresh one with
 - failing runs: after SEGMENT_INFERENCE_UNHEALTHY_AFTER_S of failing, the graceful stop a SIGTERM gives (uvicorn
   then ends the process by that signal, as on any SIGTERM);
 - a hung run: the same, although the run never returns (the drain does not wait for it without end);
+- a warm-up that keeps failing: the same, rather than unready for ever;
 - a graceful stop that cannot finish: exit status 4 after the bound.
 """
 
@@ -59,6 +60,16 @@ def test_a_hung_device_stops_the_process_although_the_run_never_returns(tmp_path
         status = server.proc.wait(timeout=UNHEALTHY_AFTER_S + 2 + 0.5 + 10)
     assert status == -signal.SIGTERM, server.log
     assert "inference_stuck: model runs hung for 1s" in server.log, server.log
+
+
+def test_a_warm_up_that_keeps_failing_stops_the_process(tmp_path: Path) -> None:
+    flag = tmp_path / "device-broken"
+    flag.touch()
+    with failing_server(tmp_path, flag) as server, mended(flag):
+        # 2 failed warm-ups (0.2 s apart) make it failing, 1 s more unhealthy.
+        status = server.proc.wait(timeout=60)
+    assert status == -signal.SIGTERM, server.log
+    assert "warm-up failed" in server.log and "inference_failing: model runs failed for 1s" in server.log
 
 
 def test_a_graceful_stop_that_cannot_finish_ends_in_exit_status_4() -> None:
