@@ -95,3 +95,19 @@ def test_a_graceful_stop_that_cannot_finish_ends_in_exit_status_4() -> None:
     assert done.returncode == 4, done.stderr
     assert 0.5 <= time.monotonic() - started < 20
     assert "the graceful stop did not finish in time" in done.stderr, done.stderr
+
+
+def test_a_worker_whose_model_runs_fail_is_replaced_by_the_supervisor(tmp_path: Path) -> None:
+    """With SEGMENT_WORKERS, a worker that stops itself is one that dies: the supervisor starts a fresh one. A model
+    whose every run fails (its graph only takes 32x32) fails each worker's warm-up, so each worker stops itself
+    once unhealthy, and is replaced, again and again, without a single request."""
+    broken = make_rule_model(tmp_path / "broken.onnx", input_size=64, fixed_hw=32)
+    with ServerProcess(broken, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_PROBE_S="0.2",
+                       SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S), log_level="info") as server:
+        deadline = time.monotonic() + 60
+        while server.log.count("stopping, so that a new process") < 3 or server.log.count("died") < 3:
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.log
+            time.sleep(0.2)
+        started = server.log.count("Started server process")
+        assert started >= 2 + 2, server.log  # the two first workers and their replacements
+        assert server.terminate() == 0, server.log  # the supervisor itself was never the one to go
