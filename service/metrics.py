@@ -61,8 +61,8 @@ class Metrics:
                              multiprocess_mode="livesum", registry=r)
         self.inference_failures = Counter("segment_inference_failures",
                                           "Failed model runs: a batch, one of its images run alone after it "
-                                          "failed, or the known-good probe image (probe failures mean the "
-                                          "device is failing, not the input)", ["run"], registry=r)
+                                          "failed, or known-good input (`probe`: the probe image or a warm-up; "
+                                          "these mean the device is failing, not the input)", ["run"], registry=r)
         self.inference_failing = Gauge("segment_inference_failing",
                                        "1 while model runs fail on the device (then /readyz and /segment answer "
                                        "503); summed over worker processes", multiprocess_mode="livesum",
