@@ -75,13 +75,14 @@ def summarise(samples: list[Sample], ready: list[tuple[float, int]], fault: floa
     during = [s for s in samples if fault <= ended(s) < mended]
     after = [s for s in samples if ended(s) >= mended]
     refused = [s.latency_s * 1000 for s in during if s.status == 503]
+    unready = first(fault, 503)
     first_503 = min((ended(s) for s in during if s.status == 503), default=None)
     first_ok_after = min((ended(s) for s in after if s.status == 200), default=None)
     return {
         "before": codes(before), "during": codes(during), "after": codes(after),
-        "failed_before_shedding": sum(s.status == 500 for s in during if first_503 is None or ended(s) <= first_503),
+        "ran_before_shedding": sum(s.status >= 500 for s in during if unready is None or ended(s) <= fault + unready),
         "first_503_after_fault_s": None if first_503 is None else first_503 - fault,
-        "unready_after_fault_s": first(fault, 503), "ready_after_mending_s": first(mended, 200),
+        "unready_after_fault_s": unready, "ready_after_mending_s": first(mended, 200),
         "first_200_after_mending_s": None if first_ok_after is None else first_ok_after - mended,
         "refusal_p50_ms": float(np.median(refused)) if refused else None,
         "throughput_before": len([s for s in before if s.status == 200]) / fault,
@@ -109,7 +110,8 @@ def render(result: dict[str, Any], args: argparse.Namespace, note: str) -> str:
         "",
         "| what | when |",
         "|---|---|",
-        f"| requests answered 500 before the server shed load | {result['failed_before_shedding']} |",
+        f"| requests answered 5xx before `/readyz` turned 503 (run in failing batches) | "
+        f"{result['ran_before_shedding']} |",
         f"| first 503 `inference_unavailable` after the failure | {secs(result['first_503_after_fault_s'])} |",
         f"| `/readyz` 503 after the failure | {secs(result['unready_after_fault_s'])} |",
         f"| a 503's latency while shedding (p50) | {refusal} |",

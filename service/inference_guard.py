@@ -7,10 +7,11 @@ A failed batch is followed by one run of a known-good image (the padding canvas 
   500 `inference_failed` and the others sharing its batch get their answers. Since such failures prove nothing
   about the device, no client can make the service unready by sending inputs that fail.
 - the probe fails too: the device (or the runtime on it) is failing, e.g. a CUDA context after an illegal memory
-  access, which no later run recovers in-process. After `failures_to_unready` such probes in a row, /readyz turns
-  503 `inference_failing` (a load balancer stops routing here) and /segment answers 503 `inference_unavailable`
-  with Retry-After instead of queueing work that would fail. The known-good image keeps running every
-  `probe_interval_s`; its first success makes the service ready again. Failing for `unhealthy_after_s` makes
+  access, which no later run recovers in-process. The batch's requests get 503 `inference_unavailable` with
+  Retry-After: the fault is not theirs, and a retry elsewhere can succeed. After `failures_to_unready` such probes
+  in a row, /readyz turns 503 `inference_failing` (a load balancer stops routing here) and /segment answers 503
+  `inference_unavailable` at once instead of queueing work that would fail. The known-good image keeps running
+  every `probe_interval_s`; its first success makes the service ready again. Failing for `unhealthy_after_s` makes
   /healthz 503 as well, so an orchestrator's liveness probe restarts the process with a fresh device context.
 
 A device can also hang instead of failing (a run that never returns): the queue then fills and /readyz reports
@@ -152,8 +153,10 @@ class InferenceGuard:
     async def _after_failure(self, tensors: list[np.ndarray], exc: Exception) -> list[Outcome]:
         log.error("inference failed for a batch of %d: %s: %s", len(tensors), type(exc).__name__, exc)
         self._count_failure("batch")
-        if self._probe_image is None or not await self._probe():
+        if self._probe_image is None:
             return [inference_failed(exc)] * len(tensors)
+        if not await self._probe():  # the device's fault, not the requests': they may retry, here or elsewhere
+            return [self.health.unavailable()] * len(tensors)
         if len(tensors) == 1:
             return [inference_failed(exc)]
         outcomes: list[Outcome] = []

@@ -93,11 +93,13 @@ def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> No
         batcher.start()
         assert int((await batcher.infer(image(7), 10)).labels[0, 0]) == 7
         device.broken.set()
-        for _ in range(2):  # the batch fails, then the known-good image: two probes trip it
+        for attempt in range(2):  # the batch fails, then the known-good image: two probes trip it
             with pytest.raises(ApiError) as failed:
                 await batcher.infer(image(8), 10)
-            assert (failed.value.status, failed.value.code) == (500, "inference_failed")
-        assert health.failing and health.unhealthy is None
+            # The device's fault, not the request's: retryable, although the batch did run.
+            assert (failed.value.status, failed.value.code) == (503, "inference_unavailable")
+            assert device.batches[-2:] == [[8], [0]] and health.failing == (attempt == 1)
+        assert health.unhealthy is None
         runs = len(device.batches)
         with pytest.raises(ApiError) as refused:
             await batcher.infer(image(9), 10)
@@ -148,9 +150,8 @@ def test_requests_queued_when_the_device_fails_are_answered_503_without_running(
         return outcomes
 
     outcomes = asyncio.run(scenario())
-    assert isinstance(outcomes[0], ApiError) and outcomes[0].code == "inference_failed"
     assert all(isinstance(o, ApiError) and (o.status, o.code) == (503, "inference_unavailable")
-               for o in outcomes[1:]), outcomes
+               for o in outcomes), outcomes
     assert device.batches == [[1], [0]]  # the failed batch and its probe; nothing queued ran
 
 
@@ -292,7 +293,7 @@ def test_every_request_is_answered_once_through_splits_filling_poison_timeouts_a
             served.append(1 + i % 240)
     codes = Counter(answer.code for _, _, answer in answers if isinstance(answer, ApiError))
     assert codes["inference_unavailable"] >= 1 and codes["timeout"] >= 1, codes  # the outage and the impatient
-    assert codes["inference_failed"] >= len(poisoned), codes
+    assert codes["inference_failed"] >= 1, codes  # the poisoned ones sent while the device worked
     assert len(served) >= count // 2, codes
     assert not health.failing
     # Each answered image ran successfully exactly once (a failed batch's images reran only after it failed).
