@@ -137,7 +137,7 @@ class InferenceGuard:
         if self.health.failing:
             return [self.health.unavailable()] * len(tensors)
         try:
-            labels = await self._timed(tensors)
+            labels = await self._run_tracked(tensors)
         except Exception as exc:
             return await self._after_failure(tensors, exc)
         self._succeeded()
@@ -162,7 +162,7 @@ class InferenceGuard:
         outcomes: list[Outcome] = []
         for tensor in tensors:  # the device works: find the image(s) that fail on their own
             try:
-                outcomes.append((await self._timed([tensor]))[0])
+                outcomes.append((await self._run_tracked([tensor]))[0])
             except Exception as alone:
                 self._count_failure("image")
                 outcomes.append(inference_failed(alone))
@@ -187,14 +187,15 @@ class InferenceGuard:
         """Run the known-good image; whether it worked. A failure counts towards `failing`."""
         assert self._probe_image is not None
         try:
-            await self._timed([self._probe_image])
+            await self._run_tracked([self._probe_image])
         except Exception as exc:
             self.known_good_failed(f"{type(exc).__name__}: {exc}")
             return False
         self._succeeded()
         return True
 
-    async def _timed(self, tensors: list[np.ndarray]) -> np.ndarray:
+    async def _run_tracked(self, tensors: list[np.ndarray]) -> np.ndarray:
+        """`run`, counted as in flight while it runs (what tells a hung device)."""
         with self.health.running():
             return await self._run(tensors)
 

@@ -33,9 +33,12 @@ class Device:
 
     def __init__(self) -> None:
         self.broken = threading.Event()
+        self.gate = threading.Event()  # cleared: runs wait for it (a slow or hung device)
+        self.gate.set()
         self.batches: list[list[int]] = []
 
     def run_images(self, images: list[np.ndarray]) -> np.ndarray:
+        self.gate.wait(10)
         self.batches.append([int(image[0, 0, 0]) for image in images])
         if self.broken.is_set():
             raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
@@ -126,16 +129,11 @@ def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> No
 
 def test_requests_queued_when_the_device_fails_are_answered_503_without_running() -> None:
     device = Device()
-    release = threading.Event()
-
-    def slow_then_broken(images: list[np.ndarray]) -> np.ndarray:
-        release.wait(10)
-        return device.run_images(images)
-
+    device.gate.clear()
     health = InferenceHealth(failures_to_unready=1, probe_interval_s=60)
 
     async def scenario() -> list[object]:
-        batcher = Batcher(slow_then_broken, max_batch_size=2, max_wait_ms=0, max_queue=16, concurrency=1,
+        batcher = Batcher(device.run_images, max_batch_size=2, max_wait_ms=0, max_queue=16, concurrency=1,
                           health=health, probe_image=PROBE)
         batcher.start()
         first = asyncio.ensure_future(batcher.infer(image(1), 10))
@@ -144,7 +142,7 @@ def test_requests_queued_when_the_device_fails_are_answered_503_without_running(
         queued = [asyncio.ensure_future(batcher.infer(image(v), 10)) for v in (2, 3, 4, 5)]
         await asyncio.sleep(0.05)
         device.broken.set()
-        release.set()
+        device.gate.set()
         outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
         await batcher.stop()
         return outcomes
@@ -189,16 +187,11 @@ def test_a_run_in_flight_for_unhealthy_after_s_is_stuck() -> None:
 
 def test_a_hung_device_makes_the_batcher_stuck_until_the_run_returns() -> None:
     device = Device()
-    release = threading.Event()
-
-    def hanging(images: list[np.ndarray]) -> np.ndarray:
-        release.wait(10)
-        return device.run_images(images)
-
+    device.gate.clear()
     health = InferenceHealth(unhealthy_after_s=0.2)
 
     async def scenario() -> None:
-        batcher = Batcher(hanging, max_batch_size=1, max_wait_ms=0, max_queue=4, concurrency=1, health=health,
+        batcher = Batcher(device.run_images, max_batch_size=1, max_wait_ms=0, max_queue=4, concurrency=1, health=health,
                           probe_image=PROBE)
         batcher.start()
         request = asyncio.ensure_future(batcher.infer(image(5), 10))
@@ -206,7 +199,7 @@ def test_a_hung_device_makes_the_batcher_stuck_until_the_run_returns() -> None:
         assert health.unhealthy is None
         await asyncio.sleep(0.15)
         assert health.unhealthy == "inference_stuck" and not health.failing  # hung, not failing: no 503 yet
-        release.set()
+        device.gate.set()
         assert int((await request).labels[0, 0]) == 5
         assert health.unhealthy is None
         await batcher.stop()
