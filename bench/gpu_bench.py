@@ -15,7 +15,8 @@ service is ready 3-9 s after start, the export takes about 12 s; with the varian
 
     python -m bench.gpu_bench --out docs --variant workers2:SEGMENT_WORKERS=2 \
         --variant graphs:SEGMENT_IO_BINDING=cuda_graph --variant threads4:SEGMENT_WORKER_THREADS=4 \
-        --variant fill:SEGMENT_FILL_WHILE_BUSY=true --variant-concurrency 8,32,64
+        --variant fill:SEGMENT_FILL_WHILE_BUSY=true \
+        --variant pow2:SEGMENT_CUDA_OPTIONS=arena_extend_strategy=kNextPowerOfTwo --variant-concurrency 8,32,64
 
 A shorter one that answers where the limit is and whether CUDA graphs pay (about 5 minutes):
 
@@ -30,7 +31,8 @@ CPU; on an H200 host at concurrency 32-64 the decode stage took 3-5x its time at
 cores were far from busy, the mark of threads waiting for the interpreter rather than for a core; fewer codec
 threads contend less. `fill`: a batch forming while the other runs keeps filling until it is nearly done; in
 emulation that paid on a device running one batch at a time and not on one where batches overlap; which one a GPU
-is, this measures.)
+is, this measures. `pow2`: the buckets' memory arenas growing by powers of two, onnxruntime's default, against the
+exact growth they now get: the GPU memory and the speed that changes.)
 
 On an offline GPU host that has PyTorch but not the serving stack, and takes at most 64 MiB of files:
 `bash bench/gpu_host.sh bundle` then `bash bench/gpu_host.sh slim` here, send the tree with `.gpu/`, run

@@ -146,6 +146,10 @@ def render(r: dict[str, Any]) -> str:
     if memory or service.get("gpu_memory_mib"):
         lines += ["", f"GPU memory: service process {service.get('gpu_memory_mib')} MiB in all; per bucket when "
                   f"built and warmed: {', '.join(memory) or 'not reported'}."]
+    others = [f"{key.removeprefix('variant_')} {config['gpu_memory_mib']} MiB" for key, config in r.items()
+              if key != "service" and isinstance(config, dict) and config.get("gpu_memory_mib") is not None]
+    if others:
+        lines += ["", f"GPU memory of the other configurations' service process: {', '.join(others)}."]
     lines += diagnostics(r)
     if r.get("errors"):
         lines += ["", "Stages that failed: " + ", ".join(sorted(r["errors"])) + " (tracebacks in the JSON)."]

@@ -18,7 +18,17 @@ from .buckets import fill_bucket, normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 from .letterbox import pad_canvas
 from .options import EngineOptions
-from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, Binding, FixedShapeRunner, create_session, fixed_dims
+from .sessions import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    TENSORRT,
+    Binding,
+    FixedShapeRunner,
+    bucket_cuda_options,
+    create_session,
+    fixed_dims,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +259,7 @@ def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str]
                           "io_binding")
     size = metadata.input_size
     input_shape = session.get_inputs()[0].shape
-    cuda_options = dict(options.cuda_options)
-    if options.io_binding == "cuda_graph":
-        cuda_options["enable_cuda_graph"] = "1"
+    cuda_options = bucket_cuda_options(options.cuda_options, cuda_graph=options.io_binding == "cuda_graph")
 
     def make_bucket_session(batch: int) -> ort.InferenceSession:
         dims = fixed_dims(input_shape, batch, size, size)

@@ -41,6 +41,22 @@ def provider_options(name: str, cuda_options: Mapping[str, str] | None = None) -
     return {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **(cuda_options or {})}
 
 
+def bucket_cuda_options(cuda_options: Mapping[str, str] | None = None, cuda_graph: bool = False) -> dict[str, str]:
+    """The CUDA options of a fixed-shape bucket's sessions: `cuda_options` (a setting) over the bucket defaults.
+
+    A bucket's session asks its memory arena for the same blocks on every run, so the arena grows by exactly
+    what is asked (`kSameAsRequested`): onnxruntime's default rounds each growth up to a power of two, and the GPU
+    runs show it, every fp16 bucket holding 0.5, 1, 2 or 3 GiB of arena plus about 150 MiB. The arena grows during
+    warm-up (and once more the first time two batches of one bucket run at once); steady runs reuse its blocks,
+    so exact growth should cost no speed (the next GPU run checks). On the CPU arena, the same allocator, it
+    reserved 31 % less for deeplabv3_resnet101 buckets 1-8 (docs/BENCHMARKS.md, `bench.arena_bench`).
+    """
+    options = {"arena_extend_strategy": "kSameAsRequested", **(cuda_options or {})}
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
 def session_options(intra_op_threads: int, fixed_dims: Mapping[str, int] | None = None) -> ort.SessionOptions:
     """The session options every engine session uses; `fixed_dims` pins the model's named dimensions."""
     options = ort.SessionOptions()

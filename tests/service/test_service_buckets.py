@@ -12,10 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
+from service.core import engine as engine_module
 from service.core.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
 from service.core.engine import load_engine, uses_fixed_shapes
 from service.core.pipeline import Pipeline
-from service.core.sessions import CPU, CUDA, provider_options
+from service.core.sessions import CPU, CUDA, bucket_cuda_options, provider_options
 from service.settings import Settings, default_model_path
 from testkit.metrics import samples as metric_samples
 from testkit.photos import PHOTOS, photo
@@ -75,6 +76,31 @@ def test_settings_and_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     assert uses_fixed_shapes("auto", CUDA) and not uses_fixed_shapes("auto", CPU)
     assert uses_fixed_shapes("on", CPU) and not uses_fixed_shapes("off", CUDA)
+
+
+def test_bucket_sessions_grow_their_cuda_arena_by_exactly_what_they_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bucket session's CUDA options ask for exact arena growth under the user's own options, which win; the
+    dynamic session, whose shapes change, keeps onnxruntime's default growth. (On this CPU host the CUDA options
+    reach `create_session` and are dropped there for the CPU provider, so the spy is where they can be seen.)"""
+    calls: list[tuple[dict, dict]] = []
+    real = engine_module.create_session
+
+    def spy(path, providers, threads, cuda_options=None, fixed_dims=None):
+        calls.append((dict(cuda_options or {}), dict(fixed_dims or {})))
+        return real(path, providers, threads, cuda_options, fixed_dims=fixed_dims)
+
+    monkeypatch.setattr(engine_module, "create_session", spy)
+    monkeypatch.setenv("SEGMENT_CUDA_OPTIONS", "gpu_mem_limit=4000000000")
+    fixed_engine(DEMO_MODEL, max_batch_size=4)
+    (dynamic, free), *buckets = calls
+    assert not free and dynamic == {"gpu_mem_limit": "4000000000"}
+    assert [dims for _, dims in buckets] and all(dims for _, dims in buckets)  # one fixed shape each
+    assert all(options == {"arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": "4000000000"}
+               for options, _ in buckets), buckets
+    assert bucket_cuda_options({"arena_extend_strategy": "kNextPowerOfTwo"}) == {
+        "arena_extend_strategy": "kNextPowerOfTwo"}  # the setting wins
+    assert bucket_cuda_options(None, cuda_graph=True) == {"arena_extend_strategy": "kSameAsRequested",
+                                                          "enable_cuda_graph": "1"}
 
 
 def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
