@@ -5,7 +5,7 @@ Registered only when the engine runs on a GPU and NVML answers (`service.core.nv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -17,33 +17,35 @@ from .metrics import Metrics
 
 
 class GpuCollector(Collector):
-    """segment_gpu_* gauges for one device, sampled when Prometheus scrapes."""
+    """segment_gpu_* gauges for the devices, labelled by device number, sampled when Prometheus scrapes."""
 
-    def __init__(self, device: tuple[Any, Any], gpu: str) -> None:
-        self._device = device
-        self._gpu = gpu
+    def __init__(self, devices: dict[str, tuple[Any, Any]]) -> None:
+        self._devices = devices  # {label: NVML device}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        reading = nvml.read(self._device)
-        if reading is None:
-            return
-        values = [("segment_gpu_memory_used_bytes", "GPU memory in use (all processes)", reading.memory_used),
-                  ("segment_gpu_memory_total_bytes", "GPU memory in all", reading.memory_total),
-                  ("segment_gpu_utilization_ratio",
-                   "Fraction of the last sample period the GPU ran a kernel (NVML)", reading.utilization)]
-        if reading.power_watts is not None:
-            values.append(("segment_gpu_power_watts", "GPU board power draw", reading.power_watts))
-        for name, documentation, value in values:
-            family = GaugeMetricFamily(name, documentation, labels=["gpu"])
-            family.add_metric([self._gpu], value)
-            yield family
+        families = {name: GaugeMetricFamily(name, documentation, labels=["gpu"]) for name, documentation in (
+            ("segment_gpu_memory_used_bytes", "GPU memory in use (all processes)"),
+            ("segment_gpu_memory_total_bytes", "GPU memory in all"),
+            ("segment_gpu_utilization_ratio", "Fraction of the last sample period the GPU ran a kernel (NVML)"),
+            ("segment_gpu_power_watts", "GPU board power draw"))}
+        for gpu, device in self._devices.items():
+            reading = nvml.read(device)
+            if reading is None:
+                continue
+            for name, value in (("segment_gpu_memory_used_bytes", reading.memory_used),
+                                ("segment_gpu_memory_total_bytes", reading.memory_total),
+                                ("segment_gpu_utilization_ratio", reading.utilization),
+                                ("segment_gpu_power_watts", reading.power_watts)):
+                if value is not None:  # not every board reports power
+                    families[name].add_metric([gpu], value)
+        yield from (family for family in families.values() if family.samples)
 
 
-def register_gpu_metrics(registry: CollectorRegistry | Metrics, device_id: int = 0) -> bool:
-    """Add the GPU gauges for CUDA device `device_id` to `registry` (the app's `Metrics`, so that several
-    workers' scrapes include them too); False where NVML cannot see it."""
-    device = nvml.device_handle(device_id)
-    if device is None or nvml.read(device) is None:
-        return False
-    registry.register(GpuCollector(device, str(device_id)))
-    return True
+def register_gpu_metrics(registry: CollectorRegistry | Metrics, device_ids: Sequence[int] = (0,)) -> bool:
+    """Add the GPU gauges for CUDA devices `device_ids` to `registry` (the app's `Metrics`, so that several
+    workers' scrapes include them too); False where NVML cannot see one of them (those are left out)."""
+    devices = {str(i): nvml.device_handle(i) for i in device_ids}
+    readable = {gpu: device for gpu, device in devices.items() if device is not None and nvml.read(device)}
+    if readable:
+        registry.register(GpuCollector(readable))
+    return len(readable) == len(devices)

@@ -18,7 +18,7 @@ from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the a
 
 from .server import build_config
 from .settings import Settings
-from .workers import serve_workers
+from .workers import serve_workers, worker_count
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(STARTUP_FAILURE)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.workers > 1:
-        sys.exit(serve_workers(settings, overrides))
+    workers = worker_count(settings)
+    if workers > 1:
+        sys.exit(serve_workers(settings.model_copy(update={"workers": workers}), overrides))
     from .app import create_app  # here: a supervisor of several workers never loads the app (resident 110 -> 54 MB)
 
     app = create_app(settings)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ByteSize, DirectoryPath, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core import nvml
 from .core.buckets import normalise_buckets
 from .core.options import (
     DEFAULT_BATCH_SIZE,
@@ -78,8 +79,17 @@ class Settings(BaseSettings):
     log_level: str = "info"
     precision: Precision = Field(
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
-    workers: int = Field(1, ge=1, le=64, description="server processes on one port, each with its own model "
-                         "sessions, batcher and result cache; metrics summed over them")
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="server processes on one port, each with its own model sessions, batcher and result "
+                            "cache; metrics summed over them. 'auto': one per CUDA device when the CUDA provider "
+                            "is available (as Triton puts an instance on every GPU), else one")
+    cuda_devices: str = Field(
+        "auto", description="CUDA devices the workers spread over, round robin: a comma list of device numbers "
+                            "as this process sees them, or 'auto' for every visible one; a 'device_id' in "
+                            "cuda_options names the one device instead")
+    worker_slot: int | None = Field(
+        None, ge=0, description="set by the supervisor in each worker: its slot, 0..workers-1, which picks its "
+                                "CUDA device; a replacement takes the slot of the worker it replaces")
     # uvicorn's default of 5 s is known to kill healthy workers whose interpreter is busy (uvicorn issue #2506).
     worker_healthcheck_s: int = Field(60, ge=1, description="a worker that does not answer the supervisor's "
                                         "ping this long is killed and replaced")
@@ -157,6 +167,17 @@ class Settings(BaseSettings):
             raise ValueError(f"expected key=value pairs, got {bad}")
         return {key.strip(): val.strip() for key, _, val in pairs}
 
+    @field_validator("cuda_devices")
+    @classmethod
+    def _device_list(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "auto":
+            return value
+        devices = [d.strip() for d in value.split(",")]
+        if not all(d.isdigit() for d in devices) or len(set(devices)) != len(devices):
+            raise ValueError(f"expected 'auto' or distinct device numbers such as '0,1', got {value!r}")
+        return ",".join(devices)
+
     @model_validator(mode="after")
     def _buckets_fit(self) -> Settings:
         self.batch_buckets = normalise_buckets(self.batch_buckets, self.max_batch_size)
@@ -172,12 +193,36 @@ class Settings(BaseSettings):
     def _level(cls, value: str) -> str:
         return value.lower()
 
+    def worker_total(self) -> int:
+        """How many workers there are, as a worker sees it: the supervisor passes its resolved count on, and a
+        single process left at 'auto' is one."""
+        return self.workers if self.workers != "auto" else 1
+
+    def cuda_device_list(self) -> list[int]:
+        """The CUDA devices the workers spread over: the `device_id` of `cuda_options`, the `cuda_devices` list,
+        or every device this process can see (device 0 where nothing says how many there are)."""
+        if "device_id" in self.cuda_options:
+            return [int(self.cuda_options["device_id"])]
+        if self.cuda_devices != "auto":
+            return [int(d) for d in self.cuda_devices.split(",")]
+        return list(range(nvml.visible_device_count() or 1))
+
+    def cuda_device(self) -> int:
+        """This process's CUDA device: its worker slot's, round robin over `cuda_device_list`."""
+        devices = self.cuda_device_list()
+        return devices[(self.worker_slot or 0) % len(devices)]
+
+    def cuda_devices_in_use(self, workers: int) -> list[int]:
+        """The devices `workers` workers run on (slots 0..workers-1)."""
+        devices = self.cuda_device_list()
+        return sorted({devices[slot % len(devices)] for slot in range(workers)})
+
     def engine_options(self) -> EngineOptions:
         """What the core's `load_engine` needs, from these settings."""
         return EngineOptions(
             model_path=self.model_path, providers=self.providers, precision=self.precision,
             intra_op_threads=self.intra_op_threads, require_gpu=self.require_gpu, fixed_shapes=self.fixed_shapes,
             max_batch_size=self.max_batch_size, batch_buckets=tuple(self.batch_buckets),
-            cuda_options=dict(self.cuda_options), concurrent_batches=self.concurrent_batches,
-            io_binding=self.io_binding,
+            cuda_options={**self.cuda_options, "device_id": str(self.cuda_device())},
+            concurrent_batches=self.concurrent_batches, io_binding=self.io_binding,
         )

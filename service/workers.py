@@ -8,17 +8,22 @@ on SIGTERM/SIGINT (each drains like a single server) and gives up if a worker ca
 
 Metrics are summed over the workers with prometheus-client's multiprocess mode (a private directory of
 memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them.
+
+On a host with several GPUs the workers spread over them: each worker holds one slot (a lock file) for its life,
+and slot k runs on device k mod the number of devices, so a replacement takes the device of the worker it
+replaces. `SEGMENT_WORKERS=auto` (the default) starts one worker per device when the CUDA provider is there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from socket import socket
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 from prometheus_client import multiprocess
@@ -37,14 +42,42 @@ class WorkerHttpProtocol(HardenedHttpToolsProtocol):
     builds, so each worker's app factory sets these limits from its own settings before it accepts a connection."""
 
 
+SLOTS_DIR_VARIABLE = "SEGMENT_WORKER_SLOTS_DIR"  # set by the supervisor, like PROMETHEUS_MULTIPROC_DIR
+_held_slot: IO[str] | None = None  # this worker's slot lock, held until the process ends
+
+
+def claim_slot(directory: Path, count: int) -> tuple[int, IO[str]]:
+    """The lowest of slots 0..count-1 that no live process holds, and its lock file: keep it open for as long as
+    the slot is yours. The kernel drops the lock when its holder dies, however it dies, so the replacement the
+    supervisor starts after a death finds that slot free."""
+    for slot in range(count):
+        handle = open(directory / f"slot-{slot}", "a")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return slot, handle
+    # The supervisor runs at most `count` workers; a slot past them still maps to a device (round robin).
+    log.warning("all %d worker slots are held; taking slot %d", count, count)
+    return count, open(directory / f"slot-{count}", "a")
+
+
 def worker_app() -> Any:
-    """uvicorn's app factory in each worker: the settings from the environment the supervisor passed on."""
+    """uvicorn's app factory in each worker: the settings from the environment the supervisor passed on, and
+    this worker's slot (its CUDA device)."""
+    global _held_slot
     from .app import create_app  # the supervisor itself never loads the app
     from .main import quiet_startup_failure
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    slots = os.environ.get(SLOTS_DIR_VARIABLE)
+    if slots:
+        slot, _held_slot = claim_slot(Path(slots), settings.worker_total())
+        settings = settings.model_copy(update={"worker_slot": slot})
+        log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
     app = create_app(settings)
     WorkerHttpProtocol.apply_limits(settings, app.state.service.metrics.count_rejection)
     return quiet_startup_failure(app)
@@ -87,11 +120,30 @@ class WorkerSupervisor(Multiprocess):
         return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
 
 
+def _cuda_available(providers: str) -> bool:
+    """Whether `providers` (the setting) can give the CUDA provider: asked of onnxruntime only then."""
+    spec = providers.strip().lower()
+    if spec != "auto" and "cuda" not in spec:
+        return False
+    import onnxruntime  # here: only where several CUDA devices make the answer matter
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def worker_count(settings: Settings) -> int:
+    """`SEGMENT_WORKERS`, 'auto' resolved: one worker per CUDA device the server may use where onnxruntime's CUDA
+    provider is available (Triton's default places a model instance on every GPU), else one."""
+    if settings.workers != "auto":
+        return settings.workers
+    devices = settings.cuda_device_list()
+    return len(devices) if len(devices) > 1 and _cuda_available(settings.providers) else 1
+
+
 def worker_config(settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration of the workers: the single server's options, the app and protocol by import
     name (a spawned worker imports them itself)."""
     return uvicorn.Config("service.workers:worker_app", factory=True, http="service.workers:WorkerHttpProtocol",
-                          workers=settings.workers, timeout_worker_healthcheck=settings.worker_healthcheck_s,
+                          workers=settings.worker_total(), timeout_worker_healthcheck=settings.worker_healthcheck_s,
                           **server_options(settings))
 
 
@@ -112,19 +164,21 @@ def shared_parent(room: int) -> str | None:
 
 
 def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
-    """Run `settings.workers` workers on one socket until told to stop; the exit status (3: one could not start).
+    """Run `settings.workers` workers (a count, not 'auto') on one socket until told to stop; the exit status
+    (3: one could not start).
 
     `overrides` (command-line options) reach the workers as the environment variables they stand for."""
-    for name, value in overrides.items():
+    for name, value in {**overrides, "workers": settings.workers}.items():
         os.environ[f"SEGMENT_{name.upper()}"] = str(value)
     parent = shared_parent(settings.result_cache_bytes + METRICS_ROOM)
     with tempfile.TemporaryDirectory(prefix="segment-", dir=parent) as shared:  # private: 0700
-        metrics_dir, results_dir = Path(shared, "metrics"), Path(shared, "results")
-        metrics_dir.mkdir()
-        results_dir.mkdir()
+        metrics_dir, results_dir, slots_dir = Path(shared, "metrics"), Path(shared, "results"), Path(shared, "slots")
+        for directory in (metrics_dir, results_dir, slots_dir):
+            directory.mkdir()
         # Each worker process imports prometheus-client afresh (spawn), so it sees this before any metric exists.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         os.environ["SEGMENT_RESULTS_DIR"] = str(results_dir)
+        os.environ[SLOTS_DIR_VARIABLE] = str(slots_dir)
         config = worker_config(settings)
         sock: socket = config.bind_socket()
         supervisor = WorkerSupervisor(config, sockets=[sock])

@@ -74,7 +74,8 @@ class ServerProcess:
         """Wait until /readyz is 200 (with several workers, `SEGMENT_WORKERS`: from each of them, asked on new
         connections, which the kernel hands to any worker; their pids are then in `worker_pids`); raise with
         the last answer and the log if the process dies first."""
-        workers = int(self.env.get("SEGMENT_WORKERS") or 1)  # as the server reads it (empty: the default)
+        count = self.env.get("SEGMENT_WORKERS") or "auto"  # as the server reads it (empty: the default)
+        workers = int(count) if count.strip().isdigit() else 1  # 'auto' is one process on a host without CUDA
         deadline = time.monotonic() + timeout
         last = "no answer"
         keep_alive = httpx.Limits(max_keepalive_connections=0 if workers > 1 else None)

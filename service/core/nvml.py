@@ -47,6 +47,26 @@ def device_handle(device_id: int = 0) -> tuple[Any, Any] | None:
         return None
 
 
+def visible_device_count() -> int | None:
+    """How many CUDA devices this process may use: CUDA_VISIBLE_DEVICES's entries when it is set (CUDA stops at
+    the first invalid one, so `-1` hides them all), else NVML's count; None where neither can say."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for entry in visible.split(","):
+            if not entry.strip() or entry.strip().startswith("-"):
+                break
+            count += 1
+        return count
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        return int(nvml.nvmlDeviceGetCount())
+    except Exception:  # NVML up but refusing: unknown
+        return None
+
+
 def read(device: tuple[Any, Any]) -> GpuReading | None:
     """A reading of the device from `device_handle`; None if NVML refuses."""
     nvml, handle = device

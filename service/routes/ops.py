@@ -50,12 +50,16 @@ async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
 async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     ready, status = state.readiness()
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
+    if state.settings.worker_slot is not None:
+        body["worker_slot"] = state.settings.worker_slot
     if state.engine is not None:
         eng = state.engine
         body.update(provider=eng.provider, requested_providers=eng.requested_providers,
                     precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
                     input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
                     max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None)
+        if eng.on_gpu:
+            body["cuda_device"] = eng.device_id
         if eng.runner is not None:
             body.update(eng.runner.describe())
     if state.outputs_warmup_s is not None:

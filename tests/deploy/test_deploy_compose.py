@@ -99,6 +99,15 @@ def test_model_file_picks_a_mounted_model() -> None:
         assert json.loads(out.stdout)["services"][name]["environment"]["SEGMENT_MODEL_PATH"] == "/models/voc.onnx"
 
 
+def test_the_gpu_service_takes_more_gpus_when_asked(config: dict) -> None:
+    assert config["services"]["segment"]["environment"]["SEGMENT_WORKERS"] == "auto"  # one worker per GPU
+    out = compose("-f", "docker-compose.yml", *ALL_PROFILES, "config", "--format", "json",
+                  env_extra={"SEGMENT_GPUS": "all"})
+    assert out.returncode == 0, out.stderr
+    (device,) = json.loads(out.stdout)["services"]["segment"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == -1  # Compose's form of "all"
+
+
 def test_monitoring_services(config: dict) -> None:
     prom = config["services"]["prometheus"]
     assert "profiles" not in prom

@@ -21,6 +21,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.core.contract import ModelMetadata, voc_colormap
+from service.core.engine import Engine
 from service.settings import Settings
 
 RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
@@ -101,10 +102,10 @@ def scene(width: int = 150, height: int = 100) -> np.ndarray:
 class LiveServer:
     """uvicorn running `create_app(settings)` in a thread, on a socket bound before it starts (no port race)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         # In-process, a server that stopped itself for ill health would signal the test run (service/watchdog.py).
         self.settings = settings = settings.model_copy(update={"exit_when_unhealthy": False})
-        self.app = create_app(settings)
+        self.app = create_app(settings, engine)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

@@ -69,7 +69,7 @@ def test_the_engines_device_is_read_at_scrape_time(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "pynvml", module)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     registry = CollectorRegistry()
-    assert register_gpu_metrics(registry, device_id=1)  # the process's device 1 is physical device 3
+    assert register_gpu_metrics(registry, [1])  # the process's device 1 is physical device 3
     assert ("index", 3) in module.lookups
     assert samples(registry) == {
         'segment_gpu_memory_used_bytes{gpu="1"}': 3_000.0, 'segment_gpu_memory_total_bytes{gpu="1"}': 80_000.0,
@@ -86,14 +86,14 @@ def test_devices_named_by_uuid_and_boards_without_power(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "pynvml", module)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-b,GPU-a")
     registry = CollectorRegistry()
-    assert register_gpu_metrics(registry, device_id=1)
+    assert register_gpu_metrics(registry, [1])
     assert module.lookups == [("uuid", "GPU-a")]
     assert samples(registry) == {'segment_gpu_memory_used_bytes{gpu="1"}': 1_000.0,
                                  'segment_gpu_memory_total_bytes{gpu="1"}': 8_000.0,
                                  'segment_gpu_utilization_ratio{gpu="1"}': 0.25}
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert memory_in_use(on_gpu=True) == 1_000  # bucket memory comes from the same device lookup
-    assert register_gpu_metrics(CollectorRegistry(), device_id=7) is False  # no such device: no gauges
+    assert register_gpu_metrics(CollectorRegistry(), [7]) is False  # no such device: no gauges
 
 
 def test_no_nvml_means_no_gpu_gauges(monkeypatch: pytest.MonkeyPatch, serve) -> None:

@@ -93,10 +93,10 @@ def test_bucket_sessions_grow_their_cuda_arena_by_exactly_what_they_ask(monkeypa
     monkeypatch.setenv("SEGMENT_CUDA_OPTIONS", "gpu_mem_limit=4000000000")
     fixed_engine(DEMO_MODEL, max_batch_size=4)
     (dynamic, free), *buckets = calls
-    assert not free and dynamic == {"gpu_mem_limit": "4000000000"}
+    user = {"gpu_mem_limit": "4000000000", "device_id": "0"}  # the device: this process's (the first)
+    assert not free and dynamic == user
     assert [dims for _, dims in buckets] and all(dims for _, dims in buckets)  # one fixed shape each
-    assert all(options == {"arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": "4000000000"}
-               for options, _ in buckets), buckets
+    assert all(options == {"arena_extend_strategy": "kSameAsRequested", **user} for options, _ in buckets), buckets
     assert bucket_cuda_options({"arena_extend_strategy": "kNextPowerOfTwo"}) == {
         "arena_extend_strategy": "kNextPowerOfTwo"}  # the setting wins
     assert bucket_cuda_options(None, cuda_graph=True) == {"arena_extend_strategy": "kSameAsRequested",
