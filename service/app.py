@@ -84,11 +84,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
-        # Every worker's scrape answers for all workers, so each reads every device the workers run on.
-        devices = [eng.device_id] if settings.worker_slot is None else settings.cuda_devices_in_use(
-            settings.worker_total())
-        if eng.on_gpu and not register_gpu_metrics(metrics, devices):
-            log.info("GPU metrics off for devices NVML (nvidia-ml-py) cannot read")
+        if eng.on_gpu:
+            # Any worker may answer a scrape for all of them, so each reads every device the workers run on.
+            devices = ([eng.device_id] if settings.worker_slot is None
+                       else settings.cuda_devices_in_use(settings.worker_total()))
+            if not register_gpu_metrics(metrics, devices):
+                log.info("GPU metrics off for devices NVML (nvidia-ml-py) cannot read")
         fill = settings.fill_while_busy and eng.runner is not None  # only buckets have timings
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
