@@ -100,16 +100,26 @@ from testkit.images import encode
 
 
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
+    """Right after readiness, for every bucket: `size` requests at once (one batch), then the same again; then
+    2 x `size` at once (two batches of the bucket in flight together, first time and again). A first time far
+    slower than the next would be a stall that warm-up left for the first requests."""
+    async def burst(client: httpx.AsyncClient, count: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        responses = await asyncio.gather(*(client.post("/segment", content=body, params={"output": "labels"},
+                                                       headers={"Content-Type": "image/jpeg"})
+                                           for _ in range(count)))
+        return {"max_ms": (time.perf_counter() - t0) * 1000, "statuses": sorted({r.status_code for r in responses}),
+                "batch_sizes": sorted({int(r.headers.get("x-batch-size", 0)) for r in responses})}
+
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         for size in buckets:
-            t0 = time.perf_counter()
-            responses = await asyncio.gather(*(client.post("/segment", content=body, params={"output": "labels"},
-                                                           headers={"Content-Type": "image/jpeg"})
-                                               for _ in range(size)))
-            out.append({"bucket": size, "max_ms": (time.perf_counter() - t0) * 1000,
-                        "statuses": sorted({r.status_code for r in responses}),
-                        "batch_sizes": sorted({int(r.headers.get("x-batch-size", 0)) for r in responses})})
+            first = await burst(client, size)
+            out.append({"bucket": size, **first, "again_ms": (await burst(client, size))["max_ms"]})
+        for row in out:
+            pair = await burst(client, 2 * row["bucket"])
+            row.update(pair_ms=pair["max_ms"], pair_batch_sizes=pair["batch_sizes"],
+                       pair_again_ms=(await burst(client, 2 * row["bucket"]))["max_ms"])
     return out
 
 

@@ -139,8 +139,18 @@ def render(r: dict[str, Any]) -> str:
             lines += _service_rows(f"{key.removeprefix('variant_')}: {settings or 'defaults'}", config)
     service = r.get("service") or {}
     if service.get("first_batches"):
-        lines += ["", "First request after `/readyz` for every bucket (that many concurrent requests at once): "
-                  + ", ".join(f"{f['bucket']}: {f['max_ms']:.0f} ms" for f in service["first_batches"]) + "."]
+        def again(f: dict[str, Any], key: str) -> str:
+            return f" (then {f[key]:.0f})" if f.get(key) is not None else ""
+
+        lines += ["", "First request after `/readyz` for every bucket (that many concurrent requests at once; the "
+                  "same again in brackets): "
+                  + ", ".join(f"{f['bucket']}: {f['max_ms']:.0f} ms{again(f, 'again_ms')}"
+                              for f in service["first_batches"]) + "."]
+        pairs = [f for f in service["first_batches"] if f.get("pair_ms") is not None]
+        if pairs:
+            lines += ["", "Then twice that many at once, two batches of the bucket in flight together for the first "
+                      "time: " + ", ".join(f"{f['bucket']}: {f['pair_ms']:.0f} ms{again(f, 'pair_again_ms')}"
+                                           for f in pairs) + "."]
     memory = [f"{b['batch_size']}: {b['memory_bytes'] / 2**20:.0f} MiB" for b in
               (service.get("readyz") or {}).get("buckets", []) if b.get("memory_bytes") is not None]
     if memory or service.get("gpu_memory_mib"):

@@ -16,19 +16,10 @@ import onnxruntime as ort
 
 from .buckets import fill_bucket, normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .fixed_shapes import Binding, FixedShapeRunner
 from .letterbox import pad_canvas
 from .options import EngineOptions
-from .sessions import (
-    CPU,
-    CUDA,
-    GPU_PROVIDERS,
-    TENSORRT,
-    Binding,
-    FixedShapeRunner,
-    bucket_cuda_options,
-    create_session,
-    fixed_dims,
-)
+from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, bucket_cuda_options, create_session, fixed_dims
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +262,6 @@ def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str]
         binding = Binding(options.io_binding, device, instances=concurrent)
     runner = FixedShapeRunner(normalise_buckets(options.batch_buckets, options.max_batch_size), (size, size),
                               metadata.pad_rgb, make_bucket_session, on_gpu=active in GPU_PROVIDERS,
-                              binding=binding, device_id=options.device_id)
+                              binding=binding, device_id=options.device_id, concurrent_batches=concurrent)
     runner.adopt_dynamic(session)
     return runner

@@ -32,7 +32,7 @@ def _loaded_after(imports: str) -> list[str]:
 
 def test_the_core_imports_neither_http_nor_torch() -> None:
     modules = _loaded_after("import service.core.pipeline, service.core.output_kinds, service.core.crf, "
-                            "service.core.sessions")
+                            "service.core.sessions, service.core.fixed_shapes")
     assert not [m for m in modules if m.split(".")[0] in HTTP_AND_TORCH]
     assert [m for m in modules if m.startswith("service.")] == sorted(
         m for m in modules if m.startswith("service.core"))

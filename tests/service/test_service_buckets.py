@@ -103,6 +103,17 @@ def test_bucket_sessions_grow_their_cuda_arena_by_exactly_what_they_ask(monkeypa
                                                           "enable_cuda_graph": "1"}
 
 
+def test_warm_up_overlaps_as_many_batches_of_each_bucket_as_will_run_at_once() -> None:
+    """Two batches in flight may be two of one bucket: warm-up runs each bucket that way once, so the working
+    memory (and on CUDA the stream and handles) of a second overlapping run exist before readiness."""
+    engine = fixed_engine(DEMO_MODEL, concurrent_batches=2)
+    assert [b.max_overlap for b in engine.runner.buckets] == [2] * len(engine.runner.buckets)
+    assert all(b.in_flight == 0 for b in engine.runner.buckets)
+    assert_one_shape_per_session(engine)
+    single = fixed_engine(DEMO_MODEL, concurrent_batches=1)
+    assert max(b.max_overlap for b in single.runner.buckets) < 2  # one batch at a time: nothing to overlap
+
+
 def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
     """The trained demo model on real photos: each photo alone, then inside batches of every size 1..11
     (padded to buckets 1, 2, 4, 8, and 11 = 8 + 3 as two chunks). Padded rows are computed and dropped."""
