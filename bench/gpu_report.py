@@ -143,7 +143,7 @@ def render(r: dict[str, Any]) -> str:
             return f" (then {f[key]:.0f})" if f.get(key) is not None else ""
 
         lines += ["", "First request after `/readyz` for every bucket (that many concurrent requests at once; the "
-                  "same again in brackets): "
+                  "same again after it, in parentheses): "
                   + ", ".join(f"{f['bucket']}: {f['max_ms']:.0f} ms{again(f, 'again_ms')}"
                               for f in service["first_batches"]) + "."]
         pairs = [f for f in service["first_batches"] if f.get("pair_ms") is not None]
