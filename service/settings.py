@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     providers: str = Field("auto", description="'auto' (CUDA then CPU if available) or a comma list, "
                                                "e.g. 'cuda,cpu' or 'CPUExecutionProvider'")
     require_gpu: bool = Field(False, description="fail startup unless CUDA is the provider actually in use")
-    intra_op_threads: int = Field(default_factory=available_cpus, ge=1)
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="onnxruntime's threads per session; unset: 1 on a GPU (the model runs on the "
+                                "device), else the CPUs this process may use, shared among the workers")
     max_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
@@ -221,7 +223,8 @@ class Settings(BaseSettings):
         """What the core's `load_engine` needs, from these settings."""
         return EngineOptions(
             model_path=self.model_path, providers=self.providers, precision=self.precision,
-            intra_op_threads=self.intra_op_threads, require_gpu=self.require_gpu, fixed_shapes=self.fixed_shapes,
+            intra_op_threads=self.intra_op_threads or 0, processes=self.worker_total(), require_gpu=self.require_gpu,
+            fixed_shapes=self.fixed_shapes,
             max_batch_size=self.max_batch_size, batch_buckets=tuple(self.batch_buckets),
             cuda_options={**self.cuda_options, "device_id": str(self.cuda_device())},
             concurrent_batches=self.concurrent_batches, io_binding=self.io_binding,

@@ -212,8 +212,9 @@ def load_engine(options: EngineOptions) -> Engine:
     if not path.is_file():
         raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
                           "model_path")
+    threads = options.threads_for(on_gpu=requested[0] in GPU_PROVIDERS)
     try:
-        session = create_session(path, requested, options.threads, options.cuda_options)
+        session = create_session(path, requested, threads, options.cuda_options)
     except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
         raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
     metadata = validate_contract(session)
@@ -221,29 +222,32 @@ def load_engine(options: EngineOptions) -> Engine:
     if requested and active != requested[0]:
         # The known trap: CUDA requested, the library or driver missing, ORT quietly runs on CPU.
         log.warning("requested %s but onnxruntime is running %s (silent fallback)", requested[0], active)
+        if options.threads_for(on_gpu=active in GPU_PROVIDERS) != threads:  # then size its threads for the CPU
+            threads = options.threads_for(on_gpu=active in GPU_PROVIDERS)
+            session = create_session(path, requested, threads, options.cuda_options)
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")
     concurrent = options.concurrent_batches or (2 if active in GPU_PROVIDERS else 1)
     runner = None
     if uses_fixed_shapes(options.fixed_shapes, active):
-        runner = _fixed_shape_runner(options, path, requested, session, metadata, active, concurrent)
+        runner = _fixed_shape_runner(options, path, requested, session, metadata, active, concurrent, threads)
     elif options.io_binding != "off":
         raise EngineError(f"io_binding '{options.io_binding}' runs fixed-shape buckets; fixed_shapes is "
                           f"'{options.fixed_shapes}' on {active} (set it to 'on')", "io_binding")
     engine = Engine(
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
-        intra_op_threads=options.threads, concurrent_batches=concurrent, device_id=options.device_id,
+        intra_op_threads=threads, concurrent_batches=concurrent, device_id=options.device_id,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
-             metadata.precision, metadata.num_classes, metadata.input_size, active, options.threads,
+             metadata.precision, metadata.num_classes, metadata.input_size, active, threads,
              f", fixed-shape buckets {runner.sizes}" if runner else "")
     return engine
 
 
 def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str], session: ort.InferenceSession,
-                        metadata: ModelMetadata, active: str, concurrent: int) -> FixedShapeRunner:
+                        metadata: ModelMetadata, active: str, concurrent: int, threads: int) -> FixedShapeRunner:
     """Buckets whose sessions are built with their one shape fixed, bound to buffers if `io_binding` says so."""
     if options.io_binding == "cuda_graph" and active != CUDA:
         raise EngineError(f"io_binding 'cuda_graph' needs the CUDA provider; the provider in use is {active}",
@@ -254,7 +258,7 @@ def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str]
 
     def make_bucket_session(batch: int) -> ort.InferenceSession:
         dims = fixed_dims(input_shape, batch, size, size)
-        return create_session(path, requested, options.threads, cuda_options, fixed_dims=dims)
+        return create_session(path, requested, threads, cuda_options, fixed_dims=dims)
 
     binding = None
     if options.io_binding != "off":

@@ -48,7 +48,9 @@ class EngineOptions:
 
     `providers`: 'auto' (CUDA, then CPU) or a comma list ('cuda,cpu', 'CPUExecutionProvider').
     `precision`: 'auto' prefers a sibling `*.fp16.onnx` when CUDA is active; others require that variant.
-    `intra_op_threads`: 0 means the CPUs this process may use (`available_cpus`).
+    `intra_op_threads`: 0 means the default: one on a GPU provider (the model runs on the device; every session
+    would keep a pool of idle CPU threads), else the CPUs this process may use (`available_cpus`) shared among
+    `processes`, the server processes on this host.
     `fixed_shapes`: pad batches to `batch_buckets`, one session per bucket ('auto': on GPU providers only).
     `batch_buckets`: empty means 1, 2, 4, ... up to `max_batch_size`.
     `cuda_options`: extra CUDA provider options over the defaults (`service.core.sessions`).
@@ -61,6 +63,7 @@ class EngineOptions:
     providers: str = "auto"
     precision: Precision = "auto"
     intra_op_threads: int = 0
+    processes: int = 1
     require_gpu: bool = False
     fixed_shapes: FixedShapes = "auto"
     max_batch_size: int = DEFAULT_BATCH_SIZE
@@ -74,7 +77,8 @@ class EngineOptions:
         """The CUDA device the engine runs on (the CUDA provider's `device_id` option; 0 by default)."""
         return int(self.cuda_options.get("device_id", 0))
 
-    @property
-    def threads(self) -> int:
-        """The intra-op thread count actually used."""
-        return self.intra_op_threads or available_cpus()
+    def threads_for(self, on_gpu: bool) -> int:
+        """The intra-op threads of each session, on a GPU provider or not."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return 1 if on_gpu else max(1, available_cpus() // self.processes)

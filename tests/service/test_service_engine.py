@@ -10,15 +10,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from service.core import engine as engine_module
 from service.core.contract import ContractError
 from service.core.engine import (
     CPU,
     CUDA,
     EngineError,
+    load_engine,
     resolve_model_path,
     resolve_providers,
 )
 from service.core.letterbox import letterbox, unletterbox
+from service.core.options import EngineOptions, available_cpus
 from service.core.pipeline import Pipeline
 from service.settings import Settings
 from service.startup import open_engine
@@ -37,6 +40,18 @@ def test_loads_tiny_deeplab_and_reads_metadata(tiny_onnx_model: Path) -> None:
     assert engine.session.get_session_options().intra_op_num_threads == 1
     assert engine.name == "tiny"
     assert not engine.has_confidence
+
+
+def test_a_silent_fallback_from_cuda_sizes_the_cpu_threads_for_the_cpu(tiny_onnx_model: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA requested gets one intra-op thread (the model runs on the device). Where onnxruntime falls back to
+    the CPU instead (this host's build has no CUDA provider, so asking for it is that fallback), the session is
+    remade with the CPU's share of threads, not left running a model on one thread."""
+    monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    engine = load_engine(EngineOptions(model_path=tiny_onnx_model, providers="cuda,cpu"))
+    assert engine.requested_providers == [CUDA, CPU] and engine.provider == CPU
+    assert engine.intra_op_threads == available_cpus()
+    assert engine.session.get_session_options().intra_op_num_threads == available_cpus()
 
 
 def test_confidence_output_is_detected(tiny_onnx_model_with_confidence: Path) -> None:

@@ -34,7 +34,12 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "")  # compose's `${SEGMENT_X:-}`: the default
     assert Settings().max_batch_size == 8
     monkeypatch.delenv("SEGMENT_MAX_BATCH_SIZE")
-    assert s.api_keys == [] and s.intra_op_threads == available_cpus() >= 1
+    assert s.api_keys == [] and s.intra_op_threads is None  # sized by the provider at load
+    cpus = available_cpus()
+    assert s.engine_options().threads_for(on_gpu=False) == cpus >= 1  # the CPUs this process may use
+    assert s.engine_options().threads_for(on_gpu=True) == 1  # the model runs on the device
+    assert Settings(workers=2).engine_options().threads_for(on_gpu=False) == max(1, cpus // 2)  # shared
+    assert Settings(intra_op_threads=3).engine_options().threads_for(on_gpu=True) == 3  # a setting is a setting
     assert s.model_path.name == "default.onnx" and s.model_path.parent.name == "models"
     monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValidationError, match="max_batch_size"):
