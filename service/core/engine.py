@@ -222,8 +222,9 @@ def load_engine(options: EngineOptions) -> Engine:
     if requested and active != requested[0]:
         # The known trap: CUDA requested, the library or driver missing, ORT quietly runs on CPU.
         log.warning("requested %s but onnxruntime is running %s (silent fallback)", requested[0], active)
-        if options.threads_for(on_gpu=active in GPU_PROVIDERS) != threads:  # then size its threads for the CPU
-            threads = options.threads_for(on_gpu=active in GPU_PROVIDERS)
+        fitting = options.threads_for(on_gpu=active in GPU_PROVIDERS)
+        if fitting != threads:  # sized for CUDA: remade with the CPU's share
+            threads = fitting
             session = create_session(path, requested, threads, options.cuda_options)
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
