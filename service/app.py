@@ -39,6 +39,7 @@ from .settings import Settings
 from .startup import open_engine
 from .state import ServiceState
 from .watchdog import stop_when_unhealthy
+from .worker_slots import device_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,14 @@ async def _warm_up(state: ServiceState) -> None:
 async def _warm_up_once(state: ServiceState) -> None:
     assert state.engine is not None
     batch = state.settings.max_batch_size
-    sizes = (1, batch) if state.engine.on_gpu and batch > 1 else (1,)
-    await asyncio.to_thread(state.engine.warm_up, sizes)
+    engine = state.engine
+    sizes = (1, batch) if engine.on_gpu and batch > 1 else (1,)
+
+    def warm_engine() -> None:
+        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
+            engine.warm_up(sizes)
+
+    await asyncio.to_thread(warm_engine)
     if state.codec is not None:
         state.outputs_warmup_s = await asyncio.to_thread(state.codec.pipeline.warm_outputs)
     if state.engine.runner is not None:

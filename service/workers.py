@@ -16,7 +16,6 @@ replaces. `SEGMENT_WORKERS=auto` (the default) starts one worker per device when
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from uvicorn.supervisors import Multiprocess
 from .http_protocol import HardenedHttpToolsProtocol
 from .server import server_options
 from .settings import Settings
+from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +42,7 @@ class WorkerHttpProtocol(HardenedHttpToolsProtocol):
     builds, so each worker's app factory sets these limits from its own settings before it accepts a connection."""
 
 
-SLOTS_DIR_VARIABLE = "SEGMENT_WORKER_SLOTS_DIR"  # set by the supervisor, like PROMETHEUS_MULTIPROC_DIR
 _held_slot: IO[str] | None = None  # this worker's slot lock, held until the process ends
-
-
-def claim_slot(directory: Path, count: int) -> tuple[int, IO[str]]:
-    """The lowest of slots 0..count-1 that no live process holds, and its lock file: keep it open for as long as
-    the slot is yours. The kernel drops the lock when its holder dies, however it dies, so the replacement the
-    supervisor starts after a death finds that slot free."""
-    for slot in range(count):
-        handle = open(directory / f"slot-{slot}", "a")  # noqa: SIM115 - held open on purpose
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return slot, handle
-    # The supervisor runs at most `count` workers; a slot past them still maps to a device (round robin).
-    log.warning("all %d worker slots are held; taking slot %d", count, count)
-    return count, open(directory / f"slot-{count}", "a")
 
 
 def worker_app() -> Any:

@@ -6,6 +6,7 @@ workers run on the CPU provider: what is proven is which device each worker is g
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import signal
 import subprocess
@@ -22,7 +23,8 @@ from service.core import nvml
 from service.core.engine import load_engine
 from service.core.sessions import CUDA
 from service.settings import Settings
-from service.workers import claim_slot, worker_count
+from service.worker_slots import SLOTS_DIR_VARIABLE, claim_slot
+from service.workers import worker_count
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import LiveServer
 from tests.service.test_gpu_metrics import fake_pynvml
@@ -95,7 +97,7 @@ def test_a_slot_is_held_for_life_and_freed_by_its_holders_death(tmp_path: Path) 
         handle.close()
     # Another process holds slot 0 until it is killed; the kernel then drops its lock.
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from service.workers import claim_slot; "
+        "import sys, time; from pathlib import Path; from service.worker_slots import claim_slot; "
         f"slot, handle = claim_slot(Path({str(tmp_path)!r}), 2); print(slot, flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
@@ -161,3 +163,29 @@ def test_a_workers_scrape_reads_every_device_the_workers_run_on(monkeypatch: pyt
                                 'segment_gpu_memory_used_bytes{gpu="3"} 3000.0'], used
     finally:
         server.stop()
+
+
+def test_workers_on_one_gpu_warm_up_one_at_a_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   rule_model: Path) -> None:
+    """A worker whose device another worker is warming up waits for its turn before building and warming its own
+    sessions (their memory readings are device-wide)."""
+    monkeypatch.setenv(SLOTS_DIR_VARIABLE, str(tmp_path))  # as the supervisor sets it for its workers
+    settings = Settings(model_path=rule_model, host="127.0.0.1", port=0, providers="cpu", intra_op_threads=1,
+                        workers=2, cuda_devices="3,0", worker_slot=0)
+    engine = dataclasses.replace(load_engine(settings.engine_options()), provider=CUDA)  # as if on CUDA device 3
+    with open(tmp_path / "device-3.warm-up", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # the other worker on device 3, warming up
+        server = LiveServer(settings, engine=engine).start(wait_ready=False)
+        try:
+            time.sleep(1.0)  # the rule model warms up in milliseconds once its turn comes
+            waiting = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert waiting.status_code == 503 and waiting.json()["ready"] is False, waiting.text
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+        try:
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{server.url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "never warmed up after its turn came"
+                time.sleep(0.05)
+        finally:
+            server.stop()
