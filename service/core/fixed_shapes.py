@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,23 +87,14 @@ class BucketSession:
         """Run `count` batches of this bucket at once, as concurrent batches will. A run that overlaps another
         needs working memory of its own and, on CUDA, its own stream and cuDNN/cuBLAS handles; made here, they
         are not made by the first two batches of the bucket that overlap after readiness."""
-        gate = threading.Barrier(count)
-        errors: list[BaseException] = []
+        gate = threading.Barrier(count)  # all start together: each task waits there, so each has its own thread
 
-        def one() -> None:
-            try:
-                gate.wait()
-                self.run(batch)
-            except BaseException as exc:  # raised below, in the warm-up's own thread
-                errors.append(exc)
+        def one(_: int) -> np.ndarray:
+            gate.wait()
+            return self.run(batch)
 
-        threads = [threading.Thread(target=one, name=f"warm-{self.size}-{i}") for i in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        with ThreadPoolExecutor(count, thread_name_prefix=f"warm-{self.size}") as pool:
+            list(pool.map(one, range(count)))  # a run's exception is raised here
 
     def warm(self, batch: np.ndarray, repeats: int) -> float:
         """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
