@@ -31,13 +31,27 @@ def _nvml() -> Any | None:
         return None
 
 
+def _visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES's entries (indices or UUIDs) as CUDA reads them, up to the first invalid one (so `-1`
+    hides every device); None where it is not set."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    entries: list[str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return entries
+
+
 def device_handle(device_id: int = 0) -> tuple[Any, Any] | None:
     """(pynvml, handle) for CUDA device `device_id` as this process sees it: CUDA_VISIBLE_DEVICES renumbers
     devices (by index or by UUID), NVML does not."""
     nvml = _nvml()
     if nvml is None:
         return None
-    visible = [v.strip() for v in (os.environ.get("CUDA_VISIBLE_DEVICES") or "").split(",") if v.strip()]
+    visible = _visible_devices() or []
     physical = visible[device_id] if device_id < len(visible) else str(device_id)
     try:
         if physical.isdigit():
@@ -50,14 +64,9 @@ def device_handle(device_id: int = 0) -> tuple[Any, Any] | None:
 def visible_device_count() -> int | None:
     """How many CUDA devices this process may use: CUDA_VISIBLE_DEVICES's entries when it is set (CUDA stops at
     the first invalid one, so `-1` hides them all), else NVML's count; None where neither can say."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = _visible_devices()
     if visible is not None:
-        count = 0
-        for entry in visible.split(","):
-            if not entry.strip() or entry.strip().startswith("-"):
-                break
-            count += 1
-        return count
+        return len(visible)
     nvml = _nvml()
     if nvml is None:
         return None
