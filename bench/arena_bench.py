@@ -6,30 +6,32 @@ the CPU one can be given either strategy through an environment allocator. Each 
 runs, as the service's warm-up does) alone in a fresh process, one per strategy, and the process's address space
 growth is read from /proc (VmSize: what the arena reserved, weights included; on a GPU that memory is committed
 by cudaMalloc, on a CPU only the pages touched are). The default per-session arena is measured too, to show that
-the environment allocator with power-of-two growth stands for it.
+the environment allocator with power-of-two growth stands for it. Address space moves by tens of MiB between
+identical processes (glibc's per-thread malloc arenas, onnxruntime's start-up), so each child runs with one intra-op
+thread and `MALLOC_ARENA_MAX=1`, and each cell is the median of `--repeats` fresh processes.
 
 Usage: python -m bench.arena_bench [--model M.onnx | --arch deeplabv3_resnet101] [--input-size 513]
-       [--buckets 1,2,4,8] [--out docs/BENCHMARKS.md]
+       [--buckets 1,2,4,8] [--repeats 3] [--out docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.markdown import write_section
+from testkit.server import proc_memory_kib
 
 STRATEGIES = {"default": None, "power_of_two": 0, "exact": 1}  # OrtArenaCfg's arena_extend_strategy
 
 
 def _vm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
+    return proc_memory_kib(os.getpid())["VmSize"] / 1024
 
 
 def child(strategy: str, model: str, size: int, batch: int) -> None:
@@ -41,7 +43,7 @@ def child(strategy: str, model: str, size: int, batch: int) -> None:
 
     shape = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     start = _vm_mib()
-    options = session_options(2, fixed_dims(shape, batch, size, size))
+    options = session_options(1, fixed_dims(shape, batch, size, size))
     if STRATEGIES[strategy] is not None:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, STRATEGIES[strategy], -1, -1))
@@ -53,22 +55,30 @@ def child(strategy: str, model: str, size: int, batch: int) -> None:
     print(f"{_vm_mib() - start:.1f}")
 
 
-def measure(model: Path, size: int, buckets: list[int]) -> dict[int, dict[str, float]]:
-    """MiB reserved per bucket and strategy, each in its own process."""
-    table: dict[int, dict[str, float]] = {}
+def measure(model: Path, size: int, buckets: list[int], repeats: int) -> dict[int, dict[str, list[float]]]:
+    """MiB reserved per bucket and strategy, `repeats` fresh processes each (interleaved, so that the machine's
+    state drifts over all strategies alike)."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
+    table: dict[int, dict[str, list[float]]] = {}
     for batch in buckets:
-        for strategy in STRATEGIES:
-            out = subprocess.run([sys.executable, "-m", "bench.arena_bench", "--child", strategy, str(model),
-                                  str(size), str(batch)], check=True, capture_output=True, text=True).stdout
-            table.setdefault(batch, {})[strategy] = float(out.split()[-1])
-            print(f"bucket {batch} {strategy}: {table[batch][strategy]:.0f} MiB", flush=True)
+        for _ in range(repeats):
+            for strategy in STRATEGIES:
+                out = subprocess.run([sys.executable, "-m", "bench.arena_bench", "--child", strategy, str(model),
+                                      str(size), str(batch)], check=True, capture_output=True, text=True,
+                                     env=env).stdout
+                table.setdefault(batch, {}).setdefault(strategy, []).append(float(out.split()[-1]))
+                print(f"bucket {batch} {strategy}: {table[batch][strategy][-1]:.0f} MiB", flush=True)
     return table
 
 
-def render(table: dict[int, dict[str, float]], label: str, command: str) -> str:
+def render(runs: dict[int, dict[str, list[float]]], label: str, command: str) -> str:
+    table = {batch: {k: statistics.median(v) for k, v in row.items()} for batch, row in runs.items()}
+    spread = max(max(v) - min(v) for row in runs.values() for v in row.values())
+    count = min(len(v) for row in runs.values() for v in row.values())
     lines = ["### Bucket memory: the arena's growth (CPU arena, same allocator as CUDA's)", "",
              f"Command: `{command}`. Model: {label}. MiB of address space a bucket session reserves once built and "
-             "warmed (weights included), each alone in a fresh process.", "",
+             f"warmed (weights included), each alone in a fresh process; medians of {count} processes per cell (the "
+             f"widest range within a cell: {spread:.0f} MiB).", "",
              "| bucket | default arena | power-of-two growth | exact growth | exact / power of two |",
              "|---|---|---|---|---|"]
     for batch, row in table.items():
@@ -90,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arch", default="deeplabv3_resnet101")
     ap.add_argument("--input-size", type=int, default=513)
     ap.add_argument("--buckets", default="1,2,4,8")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per bucket and strategy (median)")
     ap.add_argument("--out", type=Path, help="write the table into this Markdown file")
     args = ap.parse_args(argv)
     buckets = [int(b) for b in args.buckets.split(",")]
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
             model, _ = bench_model(Path(tmp) / "model.onnx", args.arch, args.input_size)
             label = f"{args.arch} at {args.input_size}×{args.input_size}, fp32, random weights"
-        section = render(measure(model, args.input_size, buckets), label, command.strip())
+        section = render(measure(model, args.input_size, buckets, args.repeats), label, command.strip())
     if args.out:
         write_section(args.out, "arena", section)
     print(section)

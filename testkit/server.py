@@ -130,10 +130,10 @@ def free_port() -> int:
 
 
 def proc_memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process in KiB (Linux /proc)."""
+    """VmRSS, VmHWM (peak RSS) and VmSize (address space) of a process in KiB (Linux /proc)."""
     out: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "VmSize"):
             out[key] = int(value.split()[0])
     return out

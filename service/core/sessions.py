@@ -38,7 +38,7 @@ def bucket_cuda_options(cuda_options: Mapping[str, str] | None = None, cuda_grap
     runs show it, every fp16 bucket holding 0.5, 1, 2 or 3 GiB of arena plus about 150 MiB. The arena grows during
     warm-up (and once more the first time two batches of one bucket run at once); steady runs reuse its blocks,
     so exact growth should cost no speed (the next GPU run checks). On the CPU arena, the same allocator, it
-    reserved 31 % less for deeplabv3_resnet101 buckets 1-8 (docs/BENCHMARKS.md, `bench.arena_bench`).
+    reserved 34 % less for deeplabv3_resnet101 buckets 1-8 (docs/BENCHMARKS.md, `bench.arena_bench`).
     """
     options = {"arena_extend_strategy": "kSameAsRequested", **(cuda_options or {})}
     if cuda_graph:
