@@ -67,11 +67,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     state = ServiceState(
         settings=settings, metrics=metrics,
         cache=results_cache(settings),
-        pool=WorkerThreads(settings.worker_threads, "codec"),
+        pool=WorkerThreads(settings.codec_threads(), "codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
-        heavy_pool=low_priority_pool(settings.worker_threads, "heavy-decode"),
+        heavy_pool=low_priority_pool(settings.codec_threads(), "heavy-decode"),
     )
 
     @contextlib.asynccontextmanager

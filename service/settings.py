@@ -95,8 +95,11 @@ class Settings(BaseSettings):
     # uvicorn's default of 5 s is known to kill healthy workers whose interpreter is busy (uvicorn issue #2506).
     worker_healthcheck_s: int = Field(60, ge=1, description="a worker that does not answer the supervisor's "
                                         "ping this long is killed and replaced")
-    worker_threads: int = Field(default_factory=lambda: max(2, available_cpus()), ge=1,
-                                description="thread pool for decode/letterbox/encode, off the event loop")
+    # Several workers on one host each get their share of the CPUs, as onnxruntime's intra-op threads do: every
+    # worker sizing its pool to the whole host would run workers x CPUs codec threads, all contending.
+    worker_threads: int | None = Field(
+        None, ge=1, description="thread pool for decode/letterbox/encode, off the event loop; unset: the CPUs "
+                                "this process may use, shared among the workers (at least 2)")
     # OpenCV splits a resize or a histogram over its own threads (one per CPU by default); the worker threads
     # already run requests side by side, and the split costs more CPU than it saves (a 1024x768 JPEG's decode
     # to render, 2 CPUs: labels 4.8 -> 4.4 CPU-ms, polygons 9.1 -> 8.1, wall time no longer, the same answers;
@@ -199,6 +202,11 @@ class Settings(BaseSettings):
         """How many workers there are, as a worker sees it: the supervisor passes its resolved count on, and a
         single process left at 'auto' is one."""
         return self.workers if self.workers != "auto" else 1
+
+    def codec_threads(self) -> int:
+        """The codec thread pool's size: `worker_threads`, or this worker's share of the CPUs (at least 2, so one
+        slow decode never holds up every other request)."""
+        return self.worker_threads or max(2, available_cpus() // self.worker_total())
 
     def cuda_device_list(self) -> list[int]:
         """The CUDA devices the workers spread over: the `device_id` of `cuda_options`, the `cuda_devices` list,

@@ -15,6 +15,8 @@ H200's gain from two threads on one session).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 import tempfile
 import threading
@@ -62,6 +64,19 @@ def with_input_size(model: Path, size: int, folder: Path) -> Path:
     return path
 
 
+def cached_copy(model: Path, size: int) -> Path:
+    """`with_input_size`'s copy in the temporary directory, named after the model's bytes and `size` and made
+    once: a temporary folder per server would outlive it, since uvicorn re-raises the SIGTERM that stops it
+    before any cleanup runs."""
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"segment-accelerator-{digest}-{size}" / model.name
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # servers starting at once never see half
+            os.replace(with_input_size(model, size, Path(scratch)), path)
+    return path
+
+
 class SerialDevice:
     """One batch at a time at full speed, as a GPU runs one batch's kernels."""
 
@@ -103,9 +118,7 @@ def serve(scale: float, input_size: int | None = None, overlap: bool = False) ->
 
     settings = Settings()
     if input_size:
-        folder = tempfile.TemporaryDirectory(prefix="accelerator-")  # held until the server returns
-        settings = settings.model_copy(update={"model_path": with_input_size(settings.model_path, input_size,
-                                                                               Path(folder.name))})
+        settings = settings.model_copy(update={"model_path": cached_copy(settings.model_path, input_size)})
     engine = load_engine(settings.engine_options())
     if engine.runner is None:
         raise SystemExit("the emulated accelerator needs SEGMENT_FIXED_SHAPES=on")

@@ -91,3 +91,21 @@ def test_the_emulation_letterboxes_at_a_gpu_size_when_asked(tmp_path) -> None:
     assert labels.shape == (2, 513, 513)
     original = load_engine(Settings(fixed_shapes="off").engine_options())
     assert original.input_size != 513 and original.metadata.classes == engine.metadata.classes
+
+
+def test_the_emulation_makes_its_model_copy_once_per_model_and_size(tmp_path, monkeypatch) -> None:
+    """Servers are stopped by a signal that uvicorn re-raises before any cleanup runs, so the copy is named after
+    the model's bytes and the size and reused: stopping servers leaves no folders behind."""
+    import tempfile
+
+    from service.core.engine import load_engine
+    from service.settings import Settings, default_model_path
+    from testkit.accelerator import cached_copy
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = cached_copy(default_model_path(), 513)
+    assert cached_copy(default_model_path(), 513) == first and first.is_relative_to(tmp_path)
+    other = cached_copy(default_model_path(), 385)
+    assert other != first and len(list(tmp_path.iterdir())) == 2
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no scratch folder left
+    assert load_engine(Settings(model_path=other, fixed_shapes="off").engine_options()).input_size == 385

@@ -40,6 +40,12 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> No
     assert s.engine_options().threads_for(on_gpu=True) == 1  # the model runs on the device
     assert Settings(workers=2).engine_options().threads_for(on_gpu=False) == max(1, cpus // 2)  # shared
     assert Settings(intra_op_threads=3).engine_options().threads_for(on_gpu=True) == 3  # a setting is a setting
+    assert s.worker_threads is None and s.codec_threads() == max(2, cpus)
+    monkeypatch.setattr("service.settings.available_cpus", lambda: 16)  # a GPU host
+    assert Settings().codec_threads() == 16
+    assert Settings(workers=2).codec_threads() == 8  # workers share the host's CPUs, not each take all of them
+    assert Settings(workers=16).codec_threads() == 2  # never fewer than 2: one slow decode holds up no one
+    assert Settings(workers=2, worker_threads=12).codec_threads() == 12
     assert s.model_path.name == "default.onnx" and s.model_path.parent.name == "models"
     monkeypatch.setenv("SEGMENT_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValidationError, match="max_batch_size"):
