@@ -73,8 +73,9 @@ class BucketSession:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is; bound runs are handed
         out one batch at a time)."""
-        self._record(batch)
         with self._lock:
+            self.runs += 1
+            self.shapes.add(batch.shape)
             self.in_flight += 1
             self.max_overlap = max(self.max_overlap, self.in_flight)
         try:

@@ -41,6 +41,18 @@ def assert_one_shape_per_session(engine) -> None:
         assert bucket.shapes == {(bucket.size, size, size, 3)}, (bucket.size, bucket.shapes)
 
 
+class SessionSpy:
+    """An onnxruntime session that records the shape of every batch it is fed."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, names, feeds):
+        self.shapes.append(feeds["image"].shape)
+        return self.session.run(names, feeds)
+
+
 def test_bucket_arithmetic() -> None:
     assert default_buckets(8) == [1, 2, 4, 8]
     assert default_buckets(12) == [1, 2, 4, 8, 12]
@@ -118,6 +130,9 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
     """The trained demo model on real photos: each photo alone, then inside batches of every size 1..11
     (padded to buckets 1, 2, 4, 8, and 11 = 8 + 3 as two chunks). Padded rows are computed and dropped."""
     engine = fixed_engine(DEMO_MODEL)
+    spies = {b.size: SessionSpy(b.session) for b in engine.runner.buckets}  # what each session is fed from now
+    for bucket in engine.runner.buckets:
+        bucket.session = spies[bucket.size]
     pipeline = Pipeline(engine)
     tensors = [pipeline.prepare_image(photo(name)).tensor for name in PHOTOS]
     tensors += [pipeline.prepare_image(scene(300 + 10 * i, 200)).tensor for i in range(6)]
@@ -131,6 +146,13 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
         for i in range(count):
             np.testing.assert_array_equal(got[i], alone[i], err_msg=f"image {i} in a batch of {count}")
     assert_one_shape_per_session(engine)
+    size = engine.input_size
+    chunks = [1] * len(tensors)  # each alone, then each batch in chunks of at most 8
+    for count in range(1, len(tensors) + 1):
+        chunks += [8] * (count // 8) + ([count % 8] if count % 8 else [])
+    for bucket_size, spy in spies.items():
+        assert set(spy.shapes) == {(bucket_size, size, size, 3)}, (bucket_size, set(spy.shapes))
+        assert len(spy.shapes) == sum(bucket_for(n, engine.runner.sizes) == bucket_size for n in chunks)
     assert engine.padded_size(3) == 4 and engine.padded_size(11) == 12 and engine.padded_size(8) == 8
     # An offline caller's other size runs on its own dynamic session, leaving the buckets' one shape alone.
     odd = engine.run_images([tensors[0][:200, :150]])
