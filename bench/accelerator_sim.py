@@ -19,7 +19,7 @@ it the device runs one batch at a time. `--against SEGMENT_X=V --rounds N` measu
 alternation with the first, N runs each.
 
 Usage: python -m bench.accelerator_sim [--scale 4] [--input-size 513] [--concurrency 1,8,32,64] [--seconds 8]
-           [--overlap] [--against SEGMENT_FILL_WHILE_BUSY=true --rounds 2] [--out docs/BENCHMARKS.md]
+           [--overlap] [--against SEGMENT_FILL_WHILE_BUSY=true --rounds 2] [--gil] [--out docs/BENCHMARKS.md]
            [--section accelerator]
 """
 
@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.gil_probe import GilSampler
+from bench.gpu_load import thread_group
 from bench.harness import latency_summary, machine_note
 from bench.markdown import write_section
 from testkit.accelerator import H200_MS, emulated_server
@@ -46,9 +48,10 @@ from testkit.shared_device import H200_GAP_S
 
 
 def measure(scale: float, concurrencies: list[int], seconds: float, overrides: dict[str, str] | None = None,
-            input_size: int | None = None, overlap: bool = False) -> dict[str, Any]:
+            input_size: int | None = None, overlap: bool = False, gil: bool = False) -> dict[str, Any]:
     """Start the emulated server (the GPU defaults, then `overrides`, letterboxing to `input_size`) and drive it
-    at each concurrency; img/s, latency, mean batch and the server's CPU-ms per request per point."""
+    at each concurrency; img/s, latency, mean batch and the server's CPU-ms per request per point, and with
+    `gil` the GIL's ms per request (py-spy)."""
     bodies = [encode(photo(name, size=(1024, 768))) for name in PHOTOS]
     out: dict[str, Any] = {"scale": scale, "device_ms": {n: ms * scale for n, ms in H200_MS.items()},
                            "env": overrides or {}, "input_size": input_size, "overlap": overlap, "points": []}
@@ -57,6 +60,7 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
         out["readyz_input_size"] = httpx.get(f"{server.url}/readyz", timeout=30).json().get("input_size")
         for concurrency in concurrencies:
             cpu_before = tree_cpu_seconds(server.pid)
+            sampler = GilSampler(server.pid, seconds - 0.5) if gil else None
             samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,
                                                     params={"output": "labels"}, per_connection=True))
             cpu = tree_cpu_seconds(server.pid) - cpu_before
@@ -66,9 +70,23 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
             point = {"concurrency": concurrency, **latency_summary([s.latency_s for s in ok], wall),
                      "mean_batch": float(np.mean([s.batch_size for s in ok])),
                      "server_cpu_ms_per_request": cpu / len(ok) * 1000}
+            if sampler is not None:
+                point["gil"] = gil_per_request(sampler.result(
+                    lambda tid, name, pid=server.pid: thread_group(pid, tid, name)), wall, len(ok))
             out["points"].append(point)
             print(json.dumps(point), flush=True)
     return out
+
+
+def gil_per_request(result: dict[str, Any], wall: float, requests: int) -> dict[str, Any]:
+    """py-spy's GIL shares as ms per request, in all and by holder: 1000 / the total is the most requests per
+    second one server process can answer, whatever the device (every thread but the holder waits)."""
+    if "unavailable" in result:
+        return result
+    per_request = wall / requests * 1000  # a share of the time, as ms per request
+    return {"ms": result["held"] * per_request,
+            "by_group": {g: share * per_request for g, share in result["by_group"].items()},
+            "top_functions": result["top_functions"]}
 
 
 def _cell(values: list[float], digits: int) -> str:
@@ -94,12 +112,14 @@ def render(configs: dict[str, list[dict[str, Any]]], command: str) -> str:
                  f"Batches in flight overlap on the device, as on a GPU (a {H200_GAP_S * first['scale'] * 1000:.1f} "
                  "ms gap per batch that other batches' compute hides; the raw figures are one batch at a time)."
                  if first.get("overlap") else "The device runs one batch at a time.")]
+    gil = any("ms" in p.get("gil", {}) for runs in configs.values() for run in runs for p in run["points"])
     for label, runs in configs.items():
         rounds = f", median (range) of {len(runs)} alternating runs" if len(runs) > 1 else ""
         lines += ["", f"{label}{rounds}:", "",
                   "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
-                  "| server CPU-ms per request |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| server CPU-ms per request |" + (" GIL ms per request | event loop | codec | one process at most, "
+                                                     "req/s |" if gil else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gil else "")]
         for i, p in enumerate(runs[0]["points"]):
             points = [run["points"][i] for run in runs]
             cells = [_cell([q["throughput"] for q in points], 1), _cell([q["throughput"] / best for q in points], 2),
@@ -107,6 +127,12 @@ def render(configs: dict[str, list[dict[str, Any]]], command: str) -> str:
                      _cell([q["p99"] for q in points], 0), _cell([q["p99"] / q["p50"] for q in points], 2),
                      _cell([q["mean_batch"] for q in points], 1),
                      _cell([q.get("server_cpu_ms_per_request", float("nan")) for q in points], 1)]
+            if gil:
+                held = [q.get("gil", {}) for q in points]
+                ms = [h.get("ms", float("nan")) for h in held]
+                cells += [_cell(ms, 2), _cell([h.get("by_group", {}).get("loop", 0.0) for h in held], 2),
+                          _cell([h.get("by_group", {}).get("codec", 0.0) for h in held], 2),
+                          _cell([1000 / m for m in ms], 0)]
             lines.append(f"| {p['concurrency']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -124,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="runs of each configuration, alternating")
     ap.add_argument("--overlap", action="store_true",
                     help="batches in flight overlap on the device, as on a GPU (default: one at a time)")
+    ap.add_argument("--gil", action="store_true", help="sample the server's GIL with py-spy at every point")
     ap.add_argument("--out", type=Path, help="write the section into this markdown file")
     ap.add_argument("--section", default="accelerator", help="the marked section of --out to write")
     ap.add_argument("--json", type=Path, help="save the raw result")
@@ -137,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for label, env in labels.items():
             configs[label].append(measure(args.scale, [int(c) for c in args.concurrency.split(",")], args.seconds,
-                                          env, args.input_size, args.overlap))
+                                          env, args.input_size, args.overlap, args.gil))
     if args.json:
         args.json.write_text(json.dumps(configs, indent=1))
     command = " ".join(["python -m bench.accelerator_sim", *(argv if argv is not None else sys.argv[1:])])
