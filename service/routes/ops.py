@@ -52,6 +52,7 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
     if state.settings.worker_slot is not None:
         body["worker_slot"] = state.settings.worker_slot
+    body["codec_threads"] = state.pool.workers
     if state.engine is not None:
         eng = state.engine
         body.update(provider=eng.provider, requested_providers=eng.requested_providers,

@@ -144,11 +144,13 @@ def test_workers_take_distinct_slots_and_a_replacement_takes_the_dead_ones(rule_
         assert server.terminate() == 0
 
 
-def test_a_workers_scrape_reads_every_device_the_workers_run_on(monkeypatch: pytest.MonkeyPatch,
-                                                                 rule_model: Path) -> None:
-    """Any worker may answer a scrape for all of them, so each reads the GPU gauges of every device in use."""
+def test_a_worker_reads_every_device_in_use_and_takes_its_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch,
+                                                                           rule_model: Path) -> None:
+    """Any worker may answer a scrape for all of them, so each reads the GPU gauges of every device in use; its
+    codec pool is its share of the host's CPUs, as /readyz reports."""
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())  # devices 0 and 3
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("service.settings.available_cpus", lambda: 8)
     settings = Settings(model_path=rule_model, host="127.0.0.1", port=0, providers="cpu", intra_op_threads=1,
                         workers=2, cuda_devices="3,0", worker_slot=0)
     # As if it ran on CUDA (this host has none): the provider decides whether there are GPU gauges at all.
@@ -157,6 +159,7 @@ def test_a_workers_scrape_reads_every_device_the_workers_run_on(monkeypatch: pyt
     try:
         ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
         assert ready["worker_slot"] == 0 and ready["cuda_device"] == 3
+        assert ready["codec_threads"] == 4  # its half of the host's 8 CPUs
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
         used = [line for line in text.splitlines() if line.startswith("segment_gpu_memory_used_bytes")]
         assert sorted(used) == ['segment_gpu_memory_used_bytes{gpu="0"} 1000.0',
