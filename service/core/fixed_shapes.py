@@ -61,9 +61,9 @@ class BucketSession:
         return [self.session] if self.session is not None else []
 
     def _record(self, batch: np.ndarray) -> None:
-        with self._lock:
-            self.runs += 1
-            self.shapes.add(batch.shape)
+        """Count a run of `batch`; the caller holds `_lock`."""
+        self.runs += 1
+        self.shapes.add(batch.shape)
 
     def _run_plain(self, batch: np.ndarray) -> np.ndarray:
         assert self.session is not None, "bucket session used before it was built"
@@ -74,8 +74,7 @@ class BucketSession:
         """Labels for a batch of exactly this bucket's size. Thread-safe (ORT's run is; bound runs are handed
         out one batch at a time)."""
         with self._lock:
-            self.runs += 1
-            self.shapes.add(batch.shape)
+            self._record(batch)
             self.in_flight += 1
             self.max_overlap = max(self.max_overlap, self.in_flight)
         try:
@@ -104,7 +103,8 @@ class BucketSession:
         elapsed = 0.0
         for run in runners:
             for _ in range(repeats):
-                self._record(batch)
+                with self._lock:
+                    self._record(batch)
                 start = time.perf_counter()
                 run(batch)
                 elapsed = time.perf_counter() - start
