@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.gil_probe import GilSampler
+from bench.gil_probe import GilSampler, ms_per_request
 from bench.gpu_load import thread_group
 from bench.harness import latency_summary, machine_note
 from bench.markdown import write_section
@@ -72,20 +72,18 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
                      "server_cpu_ms_per_request": cpu / len(ok) * 1000}
             if sampler is not None:
                 point["gil"] = gil_per_request(sampler.result(
-                    lambda tid, name, pid=server.pid: thread_group(pid, tid, name)), wall, len(ok))
+                    lambda tid, name, pid=server.pid: thread_group(pid, tid, name)), point["throughput"])
             out["points"].append(point)
             print(json.dumps(point), flush=True)
     return out
 
 
-def gil_per_request(result: dict[str, Any], wall: float, requests: int) -> dict[str, Any]:
-    """py-spy's GIL shares as ms per request, in all and by holder: 1000 / the total is the most requests per
-    second one server process can answer, whatever the device (every thread but the holder waits)."""
+def gil_per_request(result: dict[str, Any], throughput: float) -> dict[str, Any]:
+    """py-spy's GIL shares (`GilSampler.result`) as ms per request at `throughput` req/s, in all and by holder."""
     if "unavailable" in result:
         return result
-    per_request = wall / requests * 1000  # a share of the time, as ms per request
-    return {"ms": result["held"] * per_request,
-            "by_group": {g: share * per_request for g, share in result["by_group"].items()},
+    return {"ms": ms_per_request(result["held"], throughput),
+            "by_group": {g: ms_per_request(share, throughput) for g, share in result["by_group"].items()},
             "top_functions": result["top_functions"]}
 
 

@@ -28,6 +28,13 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
+def ms_per_request(share: float, throughput: float) -> float:
+    """A share of the time (0..1) the GIL is held, as ms per request at `throughput` requests a second: 1000 / that
+    is the most requests a second one server process can answer, whatever the device (every thread but the
+    holder waits)."""
+    return share * 1000 / throughput if throughput > 0 else float("nan")
+
+
 class GilSampler:
     """`py-spy record --gil` on one process for `seconds`, started now; `result()` waits and parses."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.gil_probe import ms_per_request
+
 MAIN_GROUPS = ("loop", "codec", "inference")
 
 
@@ -85,11 +87,10 @@ def _gil(r: dict[str, Any]) -> list[str]:
                 continue
             holders = ", ".join(f"{k} {v:.0%}" for k, v in gil["by_group"].items())
             top = "; ".join(f"`{k}` {v:.0%}" for k, v in list(gil["top_functions"].items())[:4])
-            # As time per request: 1000 / that is the most requests a second one process can answer.
-            ms = gil["held"] * 1000 / p["throughput"] if p.get("throughput") else float("nan")
+            ms = ms_per_request(gil["held"], p.get("throughput") or 0.0)
             lines.append(f"- {name}, c={p['concurrency']}: held {gil['held']:.0%} of the time ({holders}), "
-                         f"{ms:.2f} ms per request, so one process answers at most {1000 / ms if ms > 0 else float('inf'):.0f} "
-                         "req/s; "
+                         f"{ms:.2f} ms per request, so one process answers at most "
+                         f"{1000 / ms if ms > 0 else float('inf'):.0f} req/s; "
                          f"where: {top}.")
     if not lines:
         return []
