@@ -131,6 +131,7 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
     (padded to buckets 1, 2, 4, 8, and 11 = 8 + 3 as two chunks). Padded rows are computed and dropped."""
     engine = fixed_engine(DEMO_MODEL)
     spies = {b.size: SessionSpy(b.session) for b in engine.runner.buckets}  # what each session is fed from now
+    warm_runs = {b.size: b.runs for b in engine.runner.buckets}
     for bucket in engine.runner.buckets:
         bucket.session = spies[bucket.size]
     pipeline = Pipeline(engine)
@@ -153,6 +154,9 @@ def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
     for bucket_size, spy in spies.items():
         assert set(spy.shapes) == {(bucket_size, size, size, 3)}, (bucket_size, set(spy.shapes))
         assert len(spy.shapes) == sum(bucket_for(n, engine.runner.sizes) == bucket_size for n in chunks)
+    # The runner's own record (`runs` and `shapes`, in /readyz) counts every one of those runs too.
+    assert {b.size: b.runs - warm_runs[b.size] for b in engine.runner.buckets} == {
+        size: len(spy.shapes) for size, spy in spies.items()}
     assert engine.padded_size(3) == 4 and engine.padded_size(11) == 12 and engine.padded_size(8) == 8
     # An offline caller's other size runs on its own dynamic session, leaving the buckets' one shape alone.
     odd = engine.run_images([tensors[0][:200, :150]])
