@@ -104,7 +104,9 @@ def test_the_emulation_makes_its_model_copy_once_per_model_and_size(tmp_path, mo
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     first = cached_copy(default_model_path(), 513)
+    made = first.stat().st_ino
     assert cached_copy(default_model_path(), 513) == first and first.is_relative_to(tmp_path)
+    assert first.stat().st_ino == made  # reused, not written again
     other = cached_copy(default_model_path(), 385)
     assert other != first and len(list(tmp_path.iterdir())) == 2
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no scratch folder left
