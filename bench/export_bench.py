@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from model_export.architectures import build_model
 from model_export.export import build_metadata, export_onnx
-from model_export.models import build_model
 from model_export.wrapper import ExportWrapper
 
 

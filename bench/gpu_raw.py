@@ -48,8 +48,8 @@ def export_models(workdir: Path, arch: str, input_size: int, device: str) -> tup
     eager model."""
     import torch
 
+    from model_export.architectures import build_model
     from model_export.export import build_metadata, export_onnx
-    from model_export.models import build_model
     from model_export.quantize import _props, _write_props, convert_fp16
     from model_export.wrapper import ExportWrapper
 

@@ -29,9 +29,9 @@ import onnxruntime as ort
 import torch
 
 from bench.markdown import write_section
+from model_export.architectures import build_model
 from model_export.calibration import decode_file, letterboxed
 from model_export.export import build_metadata, export_onnx
-from model_export.models import build_model
 from model_export.quantize import DEFAULT_KEEP_FLOAT, make_variant
 from model_export.wrapper import ExportWrapper
 

@@ -19,8 +19,8 @@ import torch
 
 from bench.harness import latency_summary, machine_note
 from bench.markdown import write_section
+from model_export.architectures import build_model
 from model_export.export import build_metadata, export_onnx
-from model_export.models import build_model
 from model_export.quantize import make_variant
 from model_export.wrapper import Normalize
 from testkit.images import encode

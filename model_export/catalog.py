@@ -1,6 +1,6 @@
 """What `segment-export` offers, as plain data with no torch import: architectures with the input size each was
 designed around, and the published weights as one table of sources (as torchvision's `Weights` enums are). The
-CLI builds its parsers from here, so `--help` is instant; `models.ARCHITECTURES` and `weights` use the same names
+CLI builds its parsers from here, so `--help` is instant; `architectures.ARCHITECTURES` and `weights` use the same names
 (a test keeps them equal)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from service.core.contract import VOC_CLASSES
 
-# Each architecture (model_export.models.ARCHITECTURES, in the same order) and the square input size it was
+# Each architecture (model_export.architectures.ARCHITECTURES, in the same order) and the square input size it was
 # designed around: DeepLab's 513 for the ResNets (VOC's evaluation size), the thin models' training crops, and
 # the 520 torchvision evaluates its MobileNetV3 weights at.
 ARCH_INPUT_SIZES: dict[str, int] = {

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .architectures import build_model
 from .errors import ModelExportError
-from .models import SegmentationModel, build_model
+from .models import SegmentationModel
 from .torch_io import load_torch_file
 
 FORMAT = "model_export.train/1"

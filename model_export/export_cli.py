@@ -45,7 +45,7 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
     if args.random_init:
         if not args.arch:
             raise CliError("--random-init needs --arch")
-        from .models import build_model  # torch: only when exporting, not for --help
+        from .architectures import build_model  # torch: only when exporting, not for --help
 
         return build_model(args.arch, args.num_classes), {}, "random-init", ""
     if not args.weights.is_file():

@@ -6,8 +6,7 @@ torchvision's published deeplabv3 checkpoints load with `strict=True`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,8 +14,6 @@ from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
-
-from .catalog import ARCH_INPUT_SIZES
 
 DEEPLABV2_RATES = (6, 12, 18, 24)
 DEEPLABV3_RATES = (12, 24, 36)
@@ -223,47 +220,6 @@ def deeplabv3_thin(num_classes: int = 21, aux_loss: bool = False, output_stride:
                      "imagenet", output_stride)
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build one architecture and what it was designed around."""
-
-    builder: Callable[..., SegmentationModel]
-    default_input_size: int
-
-
-def _mobilenet(name: str) -> Callable[..., SegmentationModel]:
-    """A builder from model_export.mobilenet, imported on first use (it imports this module)."""
-
-    def build(**kwargs: object) -> SegmentationModel:
-        from . import mobilenet
-
-        return getattr(mobilenet, name)(**kwargs)
-
-    return build
-
-
 def output_classes(model: SegmentationModel) -> int:
     """Number of classes the main head predicts (its last conv's outputs), for every architecture."""
     return [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    name: ArchSpec(builder, ARCH_INPUT_SIZES[name]) for name, builder in (
-        ("deeplabv2_resnet101", deeplabv2_resnet101),
-        ("deeplabv3_resnet50", deeplabv3_resnet50),
-        ("deeplabv3_resnet101", deeplabv3_resnet101),
-        ("deeplabv2_thin", deeplabv2_thin),
-        ("deeplabv3_thin", deeplabv3_thin),
-        ("deeplabv3_mobilenet_v3_large", _mobilenet("deeplabv3_mobilenet_v3_large")),
-        ("lraspp_mobilenet_v3_large", _mobilenet("lraspp_mobilenet_v3_large")),
-    )
-}
-
-
-def build_model(arch: str, num_classes: int = 21, **kwargs: object) -> SegmentationModel:
-    """Build an architecture by name; kwargs go to its builder (aux_loss, output_stride, ...)."""
-    try:
-        spec = ARCHITECTURES[arch]
-    except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
-    return spec.builder(num_classes=num_classes, **kwargs)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from service.core.contract import voc_colormap
 
+from .architectures import build_model
 from .checkpoint import (
     checkpoint_model_kwargs,
     read_training_checkpoint,
@@ -35,7 +36,7 @@ from .data import Augment, TrainStream, VOCSegmentation
 from .device import pick_device
 from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
-from .models import SegmentationModel, build_model
+from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
 from .train_config import TrainConfig
 from .wrapper import normalize_nchw, preprocessing_constants

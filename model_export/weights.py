@@ -21,11 +21,13 @@ from typing import Any, NoReturn
 
 import torch
 
+from .architectures import build_model
+
 # PUBLISHED (name -> file) is the downloader's view of the table that its callers and tests read from here.
 from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, WEIGHT_SOURCES  # noqa: F401
 from .checkpoint import CheckpointError, load_checkpoint_model, read_training_checkpoint
 from .errors import ModelExportError
-from .models import SegmentationModel, build_model, output_classes
+from .models import SegmentationModel, output_classes
 from .torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,9 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
-from .server import build_config
+from .server import build_config, quiet_startup_failure
 from .settings import Settings
 from .workers import serve_workers, worker_count
 
@@ -41,26 +40,6 @@ def settings_error(exc: ValidationError) -> str:
         given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
         lines.append(f"cannot start: SEGMENT_{name.upper()}: {err['msg']}{given}")
     return "\n".join(lines)
-
-
-def quiet_startup_failure(app: ASGIApp) -> ASGIApp:
-    """The lifespan already logged `cannot start: <reason>` in one line; drop the traceback Starlette attaches
-    to the startup-failure message (kept at debug level)."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await app(scope, receive, send)
-            return
-
-        async def send_quietly(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed" and message.get("message"):
-                logging.getLogger(__name__).debug("startup failure:\n%s", message["message"])
-                message = {**message, "message": ""}
-            await send(message)
-
-        await app(scope, receive, send_quietly)
-
-    return wrapped
 
 
 def main(argv: list[str] | None = None) -> None:

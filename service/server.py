@@ -1,19 +1,22 @@
 """The HTTP server as configured for hostile clients: uvicorn on httptools, with the protocol of
-service/http_protocol.py (head-size limit, head deadline, JSON answers for bad heads, bounded linger).
+service/http_protocol.py (head-size limit, head deadline, JSON answers for bad heads, bounded linger), and an
+app whose failed startup logs one line, not a traceback.
 
 The body deadline itself is ASGI middleware (service/connection.py): it needs to answer through the app.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .http_protocol import HardenedHttpToolsProtocol, RejectHook
 from .settings import Settings
 
-__all__ = ["HardenedHttpToolsProtocol", "RejectHook", "build_config", "server_options"]
+__all__ = ["HardenedHttpToolsProtocol", "RejectHook", "build_config", "quiet_startup_failure", "server_options"]
 
 
 def _noop(_code: str) -> None:
@@ -34,3 +37,23 @@ def build_config(app: Any, settings: Settings, on_reject: RejectHook = _noop) ->
     before a request exists (head too large, too slow, malformed)."""
     return uvicorn.Config(app, http=HardenedHttpToolsProtocol.configured(settings, on_reject),
                           **server_options(settings))
+
+
+def quiet_startup_failure(app: ASGIApp) -> ASGIApp:
+    """The lifespan already logged `cannot start: <reason>` in one line; drop the traceback Starlette attaches
+    to the startup-failure message (kept at debug level)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and message.get("message"):
+                logging.getLogger(__name__).debug("startup failure:\n%s", message["message"])
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_quietly)
+
+    return wrapped

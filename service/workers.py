@@ -30,7 +30,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .http_protocol import HardenedHttpToolsProtocol
-from .server import server_options
+from .server import quiet_startup_failure, server_options
 from .settings import Settings
 from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
 
@@ -50,7 +50,6 @@ def worker_app() -> Any:
     this worker's slot (its CUDA device)."""
     global _held_slot
     from .app import create_app  # the supervisor itself never loads the app
-    from .main import quiet_startup_failure
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(),

@@ -12,8 +12,8 @@ def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A thin DeepLab-v3 with 5 classes, random weights, exported with the real exporter (input_size 64)."""
     import torch
 
+    from model_export.architectures import build_model
     from model_export.export import build_metadata, export_onnx
-    from model_export.models import build_model
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_thin", num_classes=5, base_width=8, head_channels=16).eval()
@@ -27,8 +27,8 @@ def tiny_onnx_model_with_confidence(tmp_path_factory: pytest.TempPathFactory) ->
     """Same as tiny_onnx_model but with the optional uint8 `confidence` output."""
     import torch
 
+    from model_export.architectures import build_model
     from model_export.export import build_metadata, export_onnx
-    from model_export.models import build_model
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_thin", num_classes=5, base_width=8, head_channels=16).eval()

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..architectures import build_model
 from ..errors import ModelExportError
-from ..models import SegmentationModel, build_model
+from ..models import SegmentationModel
 from ..torch_io import Mismatch
 from .proto import messages
 

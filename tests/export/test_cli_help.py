@@ -55,9 +55,9 @@ def test_every_subcommand_help_works_without_the_export_extra(name: str) -> None
 
 
 def test_the_torch_free_catalog_names_what_the_models_build() -> None:
-    from model_export import catalog, models, weights
+    from model_export import architectures, catalog, weights
 
-    assert tuple(models.ARCHITECTURES) == catalog.ARCH_NAMES
+    assert tuple(architectures.ARCHITECTURES) == catalog.ARCH_NAMES
     assert weights.PUBLISHED is catalog.PUBLISHED and set(catalog.PUBLISHED) <= set(catalog.ARCH_NAMES)
 
 

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from model_export.architectures import build_model
 from model_export.checkpoint import save_checkpoint
 from model_export.cli import main
 from model_export.export import read_metadata
-from model_export.models import build_model
 from model_export.wrapper import ExportWrapper
 from testkit.photos import photo
 

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from model_export.architectures import build_model
 from model_export.export import build_metadata, export_onnx, read_metadata
-from model_export.models import build_model
 from service.core.contract import VOC_CLASSES, ContractError, ModelMetadata, voc_colormap
 
 

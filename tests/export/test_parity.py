@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from model_export.architectures import build_model
 from model_export.export import build_metadata, export_onnx
-from model_export.models import build_model
 from model_export.wrapper import ExportWrapper
 from testkit.photos import PHOTOS, photo
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_export.architectures import build_model
 from model_export.checkpoint import load_checkpoint_model, save_checkpoint
-from model_export.models import build_model
 
 
 def rates(model) -> list[list[int]]:

@@ -39,8 +39,8 @@ def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch.nn.functional as F
 
     from model_export import synthetic
+    from model_export.architectures import build_model
     from model_export.export import build_metadata, export_onnx
-    from model_export.models import build_model
     from model_export.wrapper import normalize_nchw
 
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_export.architectures import build_model
 from model_export.checkpoint import read_training_checkpoint
 from model_export.cli import build_parser
-from model_export.models import build_model
 from model_export.synthetic import CLASSES
 from tests.training.conftest import TINY_MODEL, tiny_config
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from model_export.architectures import build_model
 from model_export.checkpoint import load_checkpoint_model, read_training_checkpoint
 from model_export.cli import main
 from model_export.data import Augment, TrainStream, VOCSegmentation
 from model_export.init_weights import init_from_file
 from model_export.loss import multiscale_loss, seg_cross_entropy
-from model_export.models import build_model
 from model_export.schedule import freeze_bn, param_groups, poly_lr, set_lr
 from model_export.synthetic import CLASSES
 from model_export.train import train

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_export.architectures import build_model
 from model_export.caffe.proto import messages
-from model_export.models import build_model
 
 LAYERS = (1, 2, 4, 1)
 WIDTH = 8

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_export.models import build_model
+from model_export.architectures import build_model
 from model_export.weights import WeightsError, load_weights
 
 

@@ -175,8 +175,8 @@ def test_proto_file_matches_runtime_schema() -> None:
 
 
 def test_resnet101_layer_names_follow_the_published_model() -> None:
+    from model_export.architectures import build_model
     from model_export.caffe.convert import layer_map
-    from model_export.models import build_model
 
     rows = layer_map(build_model("deeplabv2_resnet101", 21))
     convs = [row[0] for row in rows]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_export.architectures import build_model
 from model_export.cli import main as cli_main
-from model_export.models import build_model
 from model_export.weights import PUBLISHED, WeightsError, fetch, hash_prefix, load_weights
 
 

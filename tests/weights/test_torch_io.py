@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_export.architectures import ARCHITECTURES
 from model_export.catalog import ARCH_INPUT_SIZES, ARCH_NAMES, PUBLISHED, WEIGHT_SOURCES, default_input_size
 from model_export.cli import CliError, command_line_message
 from model_export.errors import OPTION, ModelExportError
-from model_export.models import ARCHITECTURES
 from model_export.torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 from service.core.contract import VOC_CLASSES
 
