@@ -30,7 +30,13 @@ from .gpu_metrics import register_gpu_metrics
 from .handoff import WorkerThreads
 from .inference_guard import InferenceHealth
 from .metrics import Metrics
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware, error_response
+from .middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HeadAsGetMiddleware,
+    RequestContextMiddleware,
+    error_response,
+)
 from .results_cache import ResultsCache, ResultStore
 from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
@@ -132,7 +138,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.service = state
 
-    # Middleware: the last added is the outermost. Request context wraps everything, so every response
+    # Middleware: the last added is the outermost. Request context wraps all but the HEAD routing, so every response
     # (401, 413 and crashes included) gets an X-Request-ID and is counted.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
@@ -143,6 +149,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Result-ID", "Retry-After"],
                            max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(HeadAsGetMiddleware)  # outside the rest, so that they all see the GET it is routed as
 
     _install_error_handlers(app, metrics)
     for router in (segment.router, results.router, ops.router):

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids + request metrics, API-key auth, and the upload size limit.
+"""Pure-ASGI middleware: HEAD as GET, request ids + request metrics, API-key auth, and the upload size limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so uploads stream through untouched and the size limit can count bytes as
 they arrive.
@@ -38,8 +38,23 @@ def error_response(error: ApiError, scope: Scope) -> JSONResponse:
     return JSONResponse(error.to_body(request_id_of(scope)), status_code=error.status, headers=error.headers)
 
 
+class HeadAsGetMiddleware:
+    """Outermost: a HEAD request is routed as GET. HTTP asks every server to answer HEAD wherever it answers GET
+    (RFC 9110), and monitors and `curl -I` send it; FastAPI's GET routes alone answer it 405. The server's own
+    scope keeps the method HEAD (a copy goes inward), so uvicorn sends the GET answer's headers without its body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class RequestContextMiddleware:
-    """Outermost: assigns X-Request-ID, counts every response by route template and status, catches crashes."""
+    """Outermost but for the HEAD routing: assigns X-Request-ID, counts every response by route template and
+    status, catches crashes."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, inflight_paths: Iterable[str] = ("/segment",)) -> None:
         self.app = app

@@ -80,6 +80,32 @@ def test_unknown_routes_and_methods(rule_server: LiveServer) -> None:
         assert r.status_code == 405 and error_code(r) == "method_not_allowed"
 
 
+def test_head_answers_as_get_without_a_body(rule_server: LiveServer, good_png: bytes) -> None:
+    """HEAD wherever GET answers: GET's status and headers, no body, and the keep-alive connection stays in step
+    (a body sent after HEAD would be read as the next response's start)."""
+    with rule_server.client() as client:
+        result_id = client.post("/segment", content=good_png).headers["x-result-id"]
+        for path in ("/healthz", "/readyz", "/classes", "/outputs", "/metrics", "/", "/openapi.json",
+                     f"/results/{result_id}/labels.png"):
+            head, get = client.head(path), client.get(path)
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b"" and get.content, path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            if path != "/metrics":  # the metrics change between the two requests
+                assert head.headers["content-length"] == get.headers["content-length"], path
+            assert head.headers["x-request-id"] != get.headers["x-request-id"]
+        r = client.head("/segment")
+        assert r.status_code == 405 and r.headers["allow"] == "POST" and r.content == b""
+        assert client.head("/nope").status_code == 404
+        assert client.post("/segment", content=good_png).status_code == 200  # the connection still in step
+        assert client.get("/healthz").json()["status"] == "ok"
+        metrics = client.get("/metrics").text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith("segment_requests_total{") and 'route="/classes"' in line]
+    assert counted and all('status="200"' in line for line in counted)
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 2  # the HEAD counted under its route
+
+
 def test_upload_limits(serve, rule_model: Path) -> None:
     server = serve(rule_model, max_upload_bytes=20_000, max_pixels=100_000)
     big = png_bytes((np.random.default_rng(0).integers(0, 255, (120, 120, 3))).astype(np.uint8))
