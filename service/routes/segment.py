@@ -50,9 +50,13 @@ async def _read_upload(request: Request, settings: Settings) -> bytes:
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=4, max_fields=32, max_part_size=settings.max_upload_bytes)
         try:
-            field_value = form.get("image")
-            if field_value is None:
+            images = form.getlist("image")
+            if not images:
                 raise ApiError(422, "invalid_request", "multipart body has no field named 'image'")
+            if len(images) > 1:  # answering for the first alone would drop the others without a word
+                raise ApiError(422, "invalid_request", f"multipart body has {len(images)} fields named 'image'; "
+                               "send one image per request (concurrent requests are batched by the server)")
+            field_value = images[0]
             if isinstance(field_value, UploadFile):
                 return await field_value.read()
             return field_value.encode("latin-1", errors="replace")  # a text field: let decode judge it
@@ -87,7 +91,7 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
         "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
         "415": {"description": "not a supported image"},
-        "422": {"description": "invalid parameters or missing field `image`"},
+        "422": {"description": "invalid parameters, or not exactly one multipart field `image`"},
         "501": {"description": "`crf=true` on a server without the crf extra"},
         "503": {"description": "overloaded (see Retry-After)"},
         "504": {"description": "inference timed out"},

@@ -44,6 +44,9 @@ BAD_REQUESTS = [
      "corrupt_image"),
     ("multipart without image", {"files": {"photo": ("a.png", b"x", "image/png")}}, 422, "invalid_request"),
     ("multipart empty image", {"files": {"image": ("a.png", b"", "image/png")}}, 400, "empty_body"),
+    ("multipart with two images", {"files": [("image", ("a.png", png_bytes(scene(64, 48)), "image/png")),
+                                             ("image", ("b.png", png_bytes(scene(48, 64)), "image/png"))]},
+     422, "invalid_request"),
 ]
 BAD_PARAMS = [
     ({"output": "mask"}, "output"),
