@@ -140,7 +140,12 @@ class ApiKeyMiddleware:
 
 class BodyLimitMiddleware:
     """413 `payload_too_large` for bodies over `max_bytes`: from Content-Length before reading anything, and by
-    counting the streamed bytes (chunked uploads, lying headers) so a body is never read whole."""
+    counting the streamed bytes (chunked uploads, lying headers) so a body is never read whole.
+
+    Not Starlette's `RequestBodyLimitMiddleware` (Starlette 1.x; FastAPI's `max_body_size`): that one refuses a
+    declared over-limit length only once the app reads the body or answers, after admission and routing, and
+    answers outside the service's JSON envelope (plain text, or FastAPI's `detail`); it also needs a far newer
+    FastAPI than the project supports."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
