@@ -37,7 +37,7 @@ import numpy as np
 
 from bench.gil_probe import GilSampler, ms_per_request
 from bench.gpu_load import thread_group
-from bench.harness import latency_summary, machine_note
+from bench.harness import latency_summary, loop_lag_ms, machine_note
 from bench.markdown import write_section
 from testkit.accelerator import H200_MS, emulated_server
 from testkit.images import encode
@@ -59,6 +59,7 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
         server.wait_ready(timeout=300)
         out["readyz_input_size"] = httpx.get(f"{server.url}/readyz", timeout=30).json().get("input_size")
         for concurrency in concurrencies:
+            metrics_before = httpx.get(f"{server.url}/metrics", timeout=30).text
             cpu_before = tree_cpu_seconds(server.pid)
             sampler = GilSampler(server.pid, seconds - 0.5) if gil else None
             samples, wall = asyncio.run(closed_loop(server.url, bodies, concurrency, seconds, 10**9,
@@ -69,7 +70,8 @@ def measure(scale: float, concurrencies: list[int], seconds: float, overrides: d
                 raise RuntimeError(f"c={concurrency}: {len(samples) - len(ok)} answers were not 200")
             point = {"concurrency": concurrency, **latency_summary([s.latency_s for s in ok], wall),
                      "mean_batch": float(np.mean([s.batch_size for s in ok])),
-                     "server_cpu_ms_per_request": cpu / len(ok) * 1000}
+                     "server_cpu_ms_per_request": cpu / len(ok) * 1000,
+                     "loop_lag_ms": loop_lag_ms(metrics_before, httpx.get(f"{server.url}/metrics", timeout=30).text)}
             if sampler is not None:
                 point["gil"] = gil_per_request(sampler.result(
                     lambda tid, name, pid=server.pid: thread_group(pid, tid, name)), point["throughput"])
@@ -115,16 +117,18 @@ def render(configs: dict[str, list[dict[str, Any]]], command: str) -> str:
         rounds = f", median (range) of {len(runs)} alternating runs" if len(runs) > 1 else ""
         lines += ["", f"{label}{rounds}:", "",
                   "| concurrency | img/s | / raw best | / raw batch 8 | p50 ms | p99 ms | p99 / p50 | mean batch "
-                  "| server CPU-ms per request |" + (" GIL ms per request | event loop | codec | one process at most, "
-                                                     "req/s |" if gil else ""),
-                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gil else "")]
+                  "| server CPU-ms per request | loop lag mean ms | loop lag p99 ms (at most) |"
+                  + (" GIL ms per request | event loop | codec | one process at most, req/s |" if gil else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if gil else "")]
         for i, p in enumerate(runs[0]["points"]):
             points = [run["points"][i] for run in runs]
             cells = [_cell([q["throughput"] for q in points], 1), _cell([q["throughput"] / best for q in points], 2),
                      _cell([q["throughput"] / batch8 for q in points], 2), _cell([q["p50"] for q in points], 0),
                      _cell([q["p99"] for q in points], 0), _cell([q["p99"] / q["p50"] for q in points], 2),
                      _cell([q["mean_batch"] for q in points], 1),
-                     _cell([q.get("server_cpu_ms_per_request", float("nan")) for q in points], 1)]
+                     _cell([q.get("server_cpu_ms_per_request", float("nan")) for q in points], 1),
+                     _cell([q.get("loop_lag_ms", {}).get("mean", float("nan")) for q in points], 2),
+                     _cell([q.get("loop_lag_ms", {}).get("p99", float("nan")) for q in points], 0)]
             if gil:
                 held = [q.get("gil", {}) for q in points]
                 ms = [h.get("ms", float("nan")) for h in held]

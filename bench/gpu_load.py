@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.gil_probe import GilSampler
-from bench.harness import latency_summary, stage_means_ms
+from bench.harness import latency_summary, loop_lag_ms, stage_means_ms
 from testkit.load import closed_loop
 from testkit.procstat import descendants, thread_times, tree_cpu_seconds
 from testkit.rawhttp import split_url
@@ -182,7 +182,8 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
                    server_cpu_ms_per_request=sum(cpu1[k] - cpu0[k] for k in range(len(servers))) * 1000
                    / max(1, len(samples)),
                    client_processes=len(plan), client_cores=sum(client_cpu) / wall,
-                   client_core_max=max(client_cpu) / wall, healthz=probe.summary())
+                   client_core_max=max(client_cpu) / wall, healthz=probe.summary(),
+                   loop_lag_ms=loop_lag_ms(before[0], after[0]) if service else {})
     if len(servers) > 1:
         summary["servers"] = per_server
     if sampler is not None:

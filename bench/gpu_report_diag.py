@@ -61,18 +61,20 @@ def _threads(r: dict[str, Any]) -> list[str]:
         for p in config.get("points", []):
             if "threads" not in p:
                 continue
-            h = p.get("healthz") or {}
+            h, lag = p.get("healthz") or {}, p.get("loop_lag_ms") or {}
             rows.append(f"| {name} | {p['concurrency']} | {_f(p['throughput'])} | {_f(p['server_cores'], 2)} | "
                         + " | ".join(_groups(p["threads"])) + f" | {_f(h.get('p50'))} / {_f(h.get('p99'))} / "
-                        f"{_f(h.get('max'))} (idle {_f((idle or {}).get('p50'))}) | {_f(p.get('client_cores'), 2)} "
-                        f"({_f(p.get('client_core_max'), 2)}) |")
+                        f"{_f(h.get('max'))} (idle {_f((idle or {}).get('p50'))}) | {_f(lag.get('mean'), 2)} / "
+                        f"{_f(lag.get('p99'))} | {_f(p.get('client_cores'), 2)} ({_f(p.get('client_core_max'), 2)}) |")
     if not rows:
         return []
     return ["", "Where the CPU goes (cores per thread group of the server process; native: threads Python did not "
             "start, mostly onnxruntime's) and how long a trivial `GET /healthz` on its own connection waits meanwhile "
-            "(p50 / p99 / max ms, and p50 with no load):", "",
+            "(p50 / p99 / max ms, and p50 with no load), with the event loop's own lag (mean / p99 ms, "
+            "`segment_event_loop_lag_seconds`):", "",
             "| configuration | concurrency | img/s | server cores | loop | codec | inference | native | other | "
-            "/healthz ms | clients' cores (busiest process) |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+            "/healthz ms | loop lag ms | clients' cores (busiest process) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def _gil(r: dict[str, Any]) -> list[str]:

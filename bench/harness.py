@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.images import encode
 from testkit.load import closed_loop
+from testkit.metrics import bucket_quantile, histogram
 from testkit.photos import PHOTOS, photo
 from testkit.procstat import tree_cpu_seconds
 from testkit.server import ServerProcess
@@ -56,6 +57,18 @@ def stage_means_ms(before: str, after: str) -> dict[str, float]:
         if count > count0:
             means[stage] = (total - total0) / (count - count0) * 1000
     return means
+
+
+def loop_lag_ms(before: str, after: str) -> dict[str, float]:
+    """The event loop's lag (`segment_event_loop_lag_seconds`) between two /metrics scrapes: `mean` and `p99`
+    (the upper bound of the bucket holding the 99th percentile), in ms; empty when no tick was observed."""
+    buckets0, count0, sum0 = histogram(before, "segment_event_loop_lag_seconds")
+    buckets1, count1, sum1 = histogram(after, "segment_event_loop_lag_seconds")
+    count = count1 - count0
+    if count <= 0:
+        return {}
+    buckets = {bound: value - buckets0.get(bound, 0.0) for bound, value in buckets1.items()}
+    return {"mean": (sum1 - sum0) / count * 1000, "p99": bucket_quantile(buckets, count, 0.99) * 1000}
 
 
 def machine_note() -> str:

@@ -29,6 +29,7 @@ from .errors import ApiError
 from .gpu_metrics import register_gpu_metrics
 from .handoff import WorkerThreads
 from .inference_guard import InferenceHealth
+from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
 from .middleware import (
     ApiKeyMiddleware,
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
         heavy_pool=low_priority_pool(settings.codec_threads(), "heavy-decode"),
+        loop_lag=LoopLagMonitor(metrics.loop_lag),
     )
 
     @contextlib.asynccontextmanager
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             for task in (state.warmup_task, watchdog):
                 if task is not None:
                     task.cancel()
+            state.loop_lag.stop()
             await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)
@@ -180,6 +183,7 @@ async def _warm_up(state: ServiceState) -> None:
         state.warmup_error = None
         guard.known_good_worked()
         state.warm = True
+        state.loop_lag.start()  # from readiness on: start-up's model loading is not the serving loop's lag
         return
 
 

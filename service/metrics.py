@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 from .core.options import DEFAULT_BATCH_SIZE
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The loop's timers have a 1 ms clock: below 2 ms is on time.
+_LAG_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -68,6 +70,11 @@ class Metrics:
                                        "503); summed over worker processes", multiprocess_mode="livesum",
                                        registry=r)
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
+        self.loop_lag = Histogram("segment_event_loop_lag_seconds",
+                                  "How late the event loop ran a timer due every 100 ms: stalls of the whole "
+                                  "process (a blocking call, a long hold of the interpreter lock, a starved CPU), "
+                                  "which hold up every request and /healthz alike",
+                                  buckets=_LAG_BUCKETS, registry=r)
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
                                 ["provider", "precision", "arch", "model"],
                                 multiprocess_mode="max", registry=r)

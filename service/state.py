@@ -13,6 +13,7 @@ from .codec import Codec
 from .core.engine import Engine
 from .errors import ApiError
 from .handoff import WorkerThreads
+from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
 from .results_cache import ResultStore
 from .settings import Settings
@@ -30,6 +31,7 @@ class ServiceState:
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
     render_pool: WorkerThreads  # at lower CPU priority (service/admission.py)
     heavy_pool: WorkerThreads  # decodes of very large images, at lower CPU priority (service/codec.py)
+    loop_lag: LoopLagMonitor  # started once warm (service/loop_lag.py)
     engine: Engine | None = None
     batcher: Batcher | None = None
     codec: Codec | None = None  # decode and encode, in `pool`

@@ -17,3 +17,15 @@ def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
     return sum(value for found, value in samples(metrics_text, name).items()
                if all(dict(found).get(k) == v for k, v in labels.items()))
+
+
+def histogram(metrics_text: str, name: str) -> tuple[dict[float, float], float, float]:
+    """A histogram without labels, e.g. `segment_event_loop_lag_seconds`: (cumulative count per bucket's upper
+    bound, count, sum)."""
+    buckets = {float(dict(labels)["le"]): value for labels, value in samples(metrics_text, f"{name}_bucket").items()}
+    return buckets, metric_sum(metrics_text, f"{name}_count"), metric_sum(metrics_text, f"{name}_sum")
+
+
+def bucket_quantile(buckets: dict[float, float], count: float, q: float) -> float:
+    """The upper bound of the bucket holding quantile `q` (0..1) of `count` observations (inf in the last)."""
+    return next((bound for bound in sorted(buckets) if buckets[bound] >= q * count), float("inf"))

@@ -136,6 +136,7 @@ def test_queries_use_only_exported_metrics_and_labels(scraped_metrics: str, sour
                 assert not unknown, f"labels {unknown} not on {metric} (query: {expr})"
         seen = set().union(*(labels.get(m, set()) for m in used))
         if seen:
+            seen |= {"instance", "job"}  # Prometheus adds its target labels to every series it scrapes
             for group in GROUPING.findall(expr):
                 grouped = {g.strip() for g in group.split(",") if g.strip()}
                 assert grouped <= seen, f"grouping by {grouped - seen} (query: {expr})"
