@@ -71,14 +71,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
     cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
     metrics = Metrics(settings.max_batch_size)
+    codec_threads = settings.codec_threads()  # reads the CPU affinity and cgroup quota: once
     state = ServiceState(
         settings=settings, metrics=metrics,
         cache=results_cache(settings),
-        pool=WorkerThreads(settings.codec_threads(), "codec"),
+        pool=WorkerThreads(codec_threads, "codec"),
         uploads=UploadBudget(settings.upload_buffer_bytes),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
-        heavy_pool=low_priority_pool(settings.codec_threads(), "heavy-decode"),
+        heavy_pool=low_priority_pool(codec_threads, "heavy-decode"),
         loop_lag=LoopLagMonitor(metrics.loop_lag),
     )
 
