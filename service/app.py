@@ -189,13 +189,16 @@ async def _warm_up(state: ServiceState) -> None:
 
 
 async def _warm_up_once(state: ServiceState) -> None:
-    assert state.engine is not None
+    assert state.engine is not None and state.batcher is not None
     batch = state.settings.max_batch_size
     engine = state.engine
     sizes = (1, batch) if engine.on_gpu and batch > 1 else (1,)
+    health = state.batcher.guard.health
 
     def warm_engine() -> None:
-        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
+        # Its runs are in flight as a batch's are, from the device's turn on: a device that hangs in warm-up
+        # makes the process unhealthy, to be replaced, instead of unready for ever.
+        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext(), health.running():
             engine.warm_up(sizes)
 
     await asyncio.to_thread(warm_engine)

@@ -117,7 +117,8 @@ class Batcher:
         while self._held or (self._queue is not None and not self._queue.empty()):
             item = self._held.popleft() if self._held else self._queue.get_nowait()  # type: ignore[union-attr]
             if not item.future.done():
-                item.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+                item.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down",
+                                                   {"Retry-After": str(self.retry_after_s)}))
         # A run still going after the drain timeout is not waited for without end: on a hung device it never returns.
         self._executor.shutdown(wait=True, timeout_s=max(1.0, deadline - time.monotonic()))
 

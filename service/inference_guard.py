@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -52,6 +53,7 @@ class InferenceHealth:
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self._runs: dict[object, float] = {}  # runs in flight: when each started
+        self._runs_lock = threading.Lock()  # warm-up's runs are marked from its thread, read on the loop
 
     @property
     def failing(self) -> bool:
@@ -64,7 +66,9 @@ class InferenceHealth:
     @property
     def running_for_s(self) -> float:
         """How long the oldest run in flight has been running (0 when none is)."""
-        return self._clock() - min(self._runs.values()) if self._runs else 0.0
+        with self._runs_lock:
+            oldest = min(self._runs.values(), default=None)
+        return 0.0 if oldest is None else self._clock() - oldest
 
     @property
     def unhealthy(self) -> str | None:
@@ -79,11 +83,13 @@ class InferenceHealth:
     def running(self) -> Iterator[None]:
         """Mark one run as in flight while the block runs."""
         token = object()
-        self._runs[token] = self._clock()
+        with self._runs_lock:
+            self._runs[token] = self._clock()
         try:
             yield
         finally:
-            del self._runs[token]
+            with self._runs_lock:
+                del self._runs[token]
 
     def probe_failed(self, error: str) -> bool:
         """Count a failed probe; True if this one made the device failing."""

@@ -49,11 +49,17 @@ class ServiceState:
         return 2 * self.settings.max_queue + self.settings.max_batch_size
 
     def serving(self) -> tuple[Engine, Batcher, Codec]:
-        """The engine, batcher and codec a /segment request needs, or 503 `not_ready` while the model loads."""
+        """The engine, batcher and codec a /segment request needs, or 503 (with Retry-After) before its body is
+        read: `not_ready` while the model loads and warms up, `inference_unavailable` while model runs fail."""
         if self.engine is None or self.batcher is None or self.codec is None:
             raise _not_ready()
         if self.batcher.health.failing:  # refused before its body is read: it could only fail
             raise self.batcher.health.unavailable()
+        if not self.warm:
+            # uvicorn accepts as soon as startup ends, and the workers of one port share its connections, so
+            # requests can come before readiness. Until warm-up has built and run every bucket they could reach
+            # a session not yet built and be taken for a failing device; a warm-up that failed is one.
+            raise self.batcher.health.unavailable() if self.warmup_error else _not_ready()
         return self.engine, self.batcher, self.codec
 
     def admission(self, request: Request) -> Admission:
@@ -88,7 +94,7 @@ async def service_state(request: Request) -> ServiceState:
 
 
 def _not_ready() -> ApiError:
-    return ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
+    return ApiError(503, "not_ready", "the model is still loading or warming up", {"Retry-After": "1"})
 
 
 async def loaded_engine(state: ServiceState = Depends(service_state)) -> Engine:

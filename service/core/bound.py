@@ -15,9 +15,10 @@ are host memory, which is how the tests exercise this path.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -66,6 +67,17 @@ class InstancePool:
         self._free: queue.SimpleQueue[BoundRun] = queue.SimpleQueue()
         for run in self.runs:
             self._free.put(run)
+
+    @contextlib.contextmanager
+    def each_alone(self) -> Iterator[list[BoundRun]]:
+        """Every instance, out of use for the block (a batch waits meanwhile): warm-up runs each one, and a batch
+        run on one at the same time would share its bound input and output."""
+        held = [self._free.get() for _ in self.runs]
+        try:
+            yield held
+        finally:
+            for instance in held:
+                self._free.put(instance)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Labels for `batch` on whichever instance is free."""

@@ -8,6 +8,7 @@ shape alone. Torch-free and HTTP-free, like the rest of the core.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -99,15 +100,16 @@ class BucketSession:
     def warm(self, batch: np.ndarray, repeats: int) -> float:
         """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
         the last run."""
-        runners = [run.run for run in self.pool.runs] if self.pool is not None else [self._run_plain]
-        elapsed = 0.0
-        for run in runners:
-            for _ in range(repeats):
-                with self._lock:
-                    self._record(batch)
-                start = time.perf_counter()
-                run(batch)
-                elapsed = time.perf_counter() - start
+        with self.pool.each_alone() if self.pool is not None else contextlib.nullcontext() as instances:
+            runners = [run.run for run in instances] if instances is not None else [self._run_plain]
+            elapsed = 0.0
+            for run in runners:
+                for _ in range(repeats):
+                    with self._lock:
+                        self._record(batch)
+                    start = time.perf_counter()
+                    run(batch)
+                    elapsed = time.perf_counter() - start
         return elapsed
 
     def describe(self) -> dict[str, object]:

@@ -90,6 +90,7 @@ def test_images_held_back_by_a_split_are_answered_when_the_server_stops() -> Non
 
     held = asyncio.run(scenario())
     assert all(isinstance(e, ApiError) and e.status == 503 and e.code == "shutting_down" for e in held), held
+    assert all(e.headers["Retry-After"] for e in held)  # retryable, elsewhere
 
 
 def test_a_live_server_runs_only_batches_its_plan_keeps_whole(serve) -> None:

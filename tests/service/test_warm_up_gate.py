@@ -1,0 +1,111 @@
+"""Until warm-up is done, `/segment` is refused (503 `not_ready`, nothing run, no failure counted); a warm-up that
+hangs is a stuck device; and warm-up never shares a bound instance's buffers with a batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.core.engine import load_engine
+from service.core.options import EngineOptions
+from service.settings import Settings
+from testkit.metrics import metric_sum
+from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes, scene, with_input_size
+
+
+def held_warm_up_server(tmp_path: Path, **settings: object) -> tuple[LiveServer, threading.Event]:
+    """A live server whose warm-up waits for the returned event (a slow or hung device)."""
+    options = Settings(model_path=make_rule_model(tmp_path / "rule.onnx"), host="127.0.0.1", port=0,
+                       intra_op_threads=1, **settings)
+    engine = load_engine(options.engine_options())
+    release = threading.Event()
+    warm_up = engine.warm_up
+
+    def held(*args: object, **kwargs: object) -> object:
+        release.wait(30)
+        return warm_up(*args, **kwargs)
+
+    engine.warm_up = held  # type: ignore[method-assign]
+    return LiveServer(options, engine=engine).start(wait_ready=False), release
+
+
+def readyz_status(client: httpx.Client) -> str:
+    return client.get("/readyz").json()["status"]
+
+
+def test_requests_before_warm_up_is_done_are_refused_and_count_no_failure(tmp_path: Path) -> None:
+    server, release = held_warm_up_server(tmp_path)
+    try:
+        with server.client() as client:
+            deadline = time.monotonic() + 10
+            while readyz_status(client) != "warming_up":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            for _ in range(3):
+                r = client.post("/segment", content=png_bytes(scene()))
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert r.json()["error"]["code"] == "not_ready"
+            metrics = client.get("/metrics").text
+            assert metric_sum(metrics, "segment_inference_failures_total") == 0  # not taken for a failing device
+            assert metric_sum(metrics, "segment_batch_size_count") == 0  # nothing ran
+            assert client.get("/healthz").status_code == 200
+            release.set()
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline + 20
+                time.sleep(0.02)
+            assert client.post("/segment", content=png_bytes(scene())).status_code == 200
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_a_warm_up_that_hangs_is_a_stuck_device(tmp_path: Path) -> None:
+    server, release = held_warm_up_server(tmp_path, inference_unhealthy_after_s=1.0)
+    try:
+        with server.client() as client:
+            assert client.get("/healthz").status_code == 200
+            deadline = time.monotonic() + 15
+            while (health := client.get("/healthz")).status_code == 200:
+                assert time.monotonic() < deadline, "a warm-up run hung past inference_unhealthy_after_s"
+                time.sleep(0.05)
+            assert health.status_code == 503 and health.json()["status"] == "inference_stuck", health.text
+            release.set()  # the run returns: healthy and ready again
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline + 15
+                time.sleep(0.02)
+            assert client.get("/healthz").status_code == 200
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_warm_up_never_shares_a_bound_instance_with_a_batch(tmp_path: Path) -> None:
+    """Bound runs keep their input and labels in buffers of their own instance; a warm-up that ran an instance a
+    batch was using would overwrite that batch's input or labels."""
+    model = with_input_size(make_rule_model(tmp_path / "rule.onnx"), tmp_path / "big.onnx", 384)
+    engine = load_engine(EngineOptions(model_path=model, providers="cpu", intra_op_threads=1, fixed_shapes="on",
+                                       max_batch_size=1, io_binding="on", concurrent_batches=2))
+    assert engine.runner is not None
+    engine.runner.warm_up()
+    blue = np.zeros((384, 384, 3), np.uint8)
+    blue[..., 2] = 200  # class 3 everywhere; warm-up runs the padding colour, class 0
+    expected = engine.run_images([blue])
+    assert (expected == 3).all()
+    stop = threading.Event()
+
+    def warm_again() -> None:  # as a warm-up retry does, while batches run
+        while not stop.is_set():
+            engine.runner.warm_up()
+
+    warmer = threading.Thread(target=warm_again)
+    warmer.start()
+    try:
+        wrong = sum(not np.array_equal(engine.run_images([blue]), expected) for _ in range(300))
+    finally:
+        stop.set()
+        warmer.join(30)
+    assert wrong == 0, f"{wrong} of 300 batches got labels that were not theirs"
