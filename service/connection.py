@@ -5,16 +5,26 @@ plus one second for every `body_min_rate` bytes received. A client sending at le
 whatever the size of its upload; one that stops, or trickles slower, is answered `408 body_timeout` with
 `Connection: close`. It is enforced around ASGI `receive()`, where the app waits for the body, so the answer goes
 through the app's own error envelope and metrics.
+
+And the other end of it: once the body is in, the only thing `receive()` still brings is the client hanging up.
+`while_connected` watches for that while a request waits for the device, and cancels the wait, so the batcher
+skips an image whose client has gone instead of spending device time on it (clients that time out and retry
+under overload would otherwise have every abandoned copy run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
+
+T = TypeVar("T")
 
 
 class BodyDeadlineMiddleware:
@@ -58,3 +68,31 @@ class BodyDeadlineMiddleware:
             return message
 
         await self.app(scope, receive_with_deadline, send)
+
+
+async def while_connected(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`, awaited while the client stays connected. If it hangs up first, the wait is cancelled (and with it
+    `work`: a queued image is then skipped) and ClientDisconnect is raised, which is answered as 499 without a
+    traceback. Call it once the body has been read."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        task.cancel()
+
+    # One task that waits on the connection, rather than `work` in a task of its own raced against it: the
+    # request's own task keeps awaiting `work` directly.
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:  # cancelled by the watcher alone, not by a shutdown
+            raise ClientDisconnect from None
+        raise
+    finally:
+        watcher.cancel()

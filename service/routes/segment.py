@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from ..batcher import Batcher
 from ..codec import Codec
+from ..connection import while_connected
 from ..core.crf import available as crf_available
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, negotiate
 from ..core.pipeline import SegmentOptions
@@ -145,7 +146,8 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
         prepared = await codec.decode(data, full_resolution=options.full_resolution)
     timing["decode"] = time.perf_counter() - t0
 
-    result = await batcher.infer(prepared.tensor, settings.request_timeout_s, request_id)
+    result = await while_connected(request.receive,
+                                   batcher.infer(prepared.tensor, settings.request_timeout_s, request_id))
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
 
     t0 = time.perf_counter()

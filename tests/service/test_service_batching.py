@@ -11,8 +11,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from service.core.engine import load_engine
+from service.settings import Settings
+from testkit.metrics import metric_sum
 from testkit.metrics import samples as metric_samples
-from tests.service.svc_helpers import png_bytes, scene
+from tests.service.svc_helpers import LiveServer, png_bytes, scene
 
 
 async def _burst(url: str, bodies: list[bytes], params: dict, timeout: float = 60) -> list[httpx.Response]:
@@ -113,6 +116,45 @@ def test_disconnected_client_does_not_poison_the_batch(serve, slow_model: Path) 
     with server.client() as client:
         r = client.post("/segment", content=png_bytes(image))
         assert r.status_code == 200
+
+
+def test_images_of_clients_that_hung_up_are_not_run(rule_model: Path) -> None:
+    """Clients that give up while their images wait for the device: the waits are cancelled and the batcher skips
+    the images, so the device runs only what was already running (clients that time out and retry under
+    overload would otherwise have every abandoned copy run)."""
+    settings = Settings(model_path=rule_model, host="127.0.0.1", port=0, intra_op_threads=1, max_batch_size=1,
+                        concurrent_batches=1)
+    engine = load_engine(settings.engine_options())
+    run_images, runs = engine.run_images, []
+
+    def slow(images: list[np.ndarray]) -> np.ndarray:  # a 0.3 s model run
+        time.sleep(0.3)
+        runs.append(len(images))
+        return run_images(images)
+
+    engine.run_images = slow  # type: ignore[method-assign]
+    server = LiveServer(settings, engine=engine).start()
+    try:
+        runs.clear()  # warm-up's
+
+        async def impatient_burst() -> list[object]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=0.15) as impatient:
+                return await asyncio.gather(*(impatient.post("/segment", content=png_bytes(scene()))
+                                              for _ in range(8)), return_exceptions=True)
+
+        gone = asyncio.run(impatient_burst())
+        assert all(isinstance(g, httpx.TimeoutException) for g in gone), gone
+        time.sleep(1.2)  # four more runs' time, had the queued images been run
+        assert len(runs) <= 2, runs  # the one running when they left (and one taken just before)
+        with server.client() as client:
+            deadline = time.monotonic() + 5
+            while metric_sum(client.get("/metrics").text, "segment_rejected_total", reason="client_closed") < 6:
+                assert time.monotonic() < deadline, "the abandoned requests were not counted as clients gone"
+                time.sleep(0.05)
+            assert client.get("/readyz").json()["queue_depth"] == 0
+            assert client.post("/segment", content=png_bytes(scene())).status_code == 200  # still serving
+    finally:
+        server.stop()
 
 
 def test_a_model_failing_every_run_is_a_503_json_and_the_worker_keeps_running(serve, broken_model: Path) -> None:
