@@ -34,17 +34,19 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB following the decoder's documented policy."""
     mode = img.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in img.info:  # the common case: nothing to convert
         return img
     if mode.startswith(("I", "F")):
         return Image.fromarray(deep_grey_to_uint8(img)).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(img)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
+    if has_alpha:  # also 1, L and RGB with a tRNS colour key: Pillow turns the key into alpha 0
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # only the composite outlives this line: at most three RGBA/RGB planes at once beside `img`
+        composited = Image.alpha_composite(Image.new("RGBA", rgba.size, (*_WHITE, 255)), rgba)
+        del rgba
+        return composited.convert("RGB")
     return img.convert("RGB")  # L, 1, P, YCbCr, LAB, HSV
 
 
@@ -64,9 +66,13 @@ def deep_grey_to_uint8(img: Image.Image) -> np.ndarray:
 
     Float images are taken as 0..1 when they fit (NaN and infinities as 0), otherwise stretched min..max;
     integers within 0..65535 are 16-bit data (`round(v / 257)`), others stretched min..max. Two passes over
-    row blocks: the range, then the conversion.
+    row blocks: the range, then the conversion. Pixels equal to a PNG tRNS colour key (`info["transparency"]`,
+    in the image's own values) are fully transparent and come out white, as compositing over white gives.
     """
     is_float = img.mode.startswith("F")
+    key = img.info.get("transparency")
+    if not isinstance(key, (int, float)) or isinstance(key, bool):
+        key = None
     lo, hi = np.inf, -np.inf
     for _, block in _blocks(img):
         values = _finite(block) if is_float else block
@@ -85,6 +91,8 @@ def deep_grey_to_uint8(img: Image.Image) -> np.ndarray:
         else:
             # 16-bit range: v / 257 maps 65535 to 255 and 0 to 0 exactly; (v + 128) // 257 is that, rounded.
             target[...] = (block.astype(np.uint32) + 128) // 257
+        if key is not None:
+            target[block == key] = _WHITE[0]
     return out
 
 

@@ -26,8 +26,9 @@ Pillow's `draft` would pick, so the pixels are the Pillow path's; anything libjp
 Every decode holds its estimated peak memory in the process-wide decode budget while it runs.
 
 Conversions to RGB (`service.core.colour`), all applied after EXIF orientation:
-- transparency (RGBA, LA, PA, palette with tRNS) is composited over white, the background a viewer shows on a
-  page, because the colour under fully transparent pixels is arbitrary (often black) and would mislead the model;
+- transparency (RGBA, LA, PA, and a tRNS colour key on palette, grey, 16-bit grey or RGB) is composited over
+  white, the background a viewer shows on a page, because the colour under fully transparent pixels is
+  arbitrary (often black) and would mislead the model;
 - 16-bit and 32-bit integer greyscale is scaled to 8 bits (`round(v / 257)`), not clipped as Pillow's own
   `convert("L")` does; float images are taken as 0..1 when they fit, otherwise stretched min..max; both in row
   blocks, so no full-size wide copy is ever made;

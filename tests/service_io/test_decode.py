@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from service.core import colour
 from service.core.decode import decode_image
 from service.core.errors import DecodeError
 from service.errors import ApiError
@@ -158,6 +159,48 @@ def test_palette_without_transparency() -> None:
     img.putpalette([1, 2, 3, 250, 251, 252])
     out = decode_image(encode(img, "PNG"), MAX_PIXELS)
     np.testing.assert_array_equal(out[0], [[1, 2, 3], [250, 251, 252]])
+
+
+# A PNG tRNS colour key makes every pixel of exactly that value fully transparent: composited over white, as a
+# viewer shows it, in every mode Pillow reports the key for (L, RGB, 16-bit grey).
+def _keyed_png(values: np.ndarray, key: object) -> bytes:
+    data = encode(Image.fromarray(values), "PNG", transparency=key)
+    assert Image.open(io.BytesIO(data)).info["transparency"] == key  # the tRNS chunk is really there
+    return data
+
+
+def test_grey_png_colour_key_composited_on_white() -> None:
+    grey = np.array([[10, 11, 200]], dtype=np.uint8)
+    out = decode_image(_keyed_png(grey, 10), MAX_PIXELS)
+    np.testing.assert_array_equal(out[0], [[255, 255, 255], [11, 11, 11], [200, 200, 200]])
+
+
+def test_rgb_png_colour_key_composited_on_white() -> None:
+    rgb = np.array([[[10, 20, 30], [10, 20, 31], [0, 0, 0]], [[200, 10, 30], [10, 20, 30], [9, 20, 30]]],
+                   dtype=np.uint8)
+    out = decode_image(_keyed_png(rgb, (10, 20, 30)), MAX_PIXELS)
+    expected = rgb.copy()
+    expected[(rgb == (10, 20, 30)).all(axis=2)] = 255  # only exact matches of all three samples
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_rgb_png_without_colour_key_is_unchanged() -> None:
+    rgb = np.array([[[10, 20, 30], [0, 0, 0], [255, 255, 255]]], dtype=np.uint8)
+    data = encode(Image.fromarray(rgb), "PNG")
+    assert "transparency" not in Image.open(io.BytesIO(data)).info
+    np.testing.assert_array_equal(decode_image(data, MAX_PIXELS), rgb)
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert colour.to_rgb(img) is img  # the common case stays a no-op: no RGBA planes, no copy
+
+
+def test_16bit_grey_png_colour_key_composited_on_white(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The key is compared in 16 bits: 2571 also scales to 10 but is not transparent.
+    values = np.array([[2570, 2571, 0, 65535], [65535, 2570, 2569, 2570]] * 3, dtype=np.uint16)
+    monkeypatch.setattr(colour, "BLOCK_BYTES", 8 * values.shape[1])  # one row a block: the key in every block
+    out = decode_image(_keyed_png(values, 2570), MAX_PIXELS)
+    expected = np.where(values == 2570, 255, (values.astype(np.uint32) + 128) // 257)
+    np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, axis=2))
 
 
 def test_cmyk_jpeg_converts_to_rgb(astronaut: np.ndarray) -> None:
