@@ -97,12 +97,31 @@ def letterbox(
     else:
         scale = max(info.new_h, info.new_w) / max(image.shape[:2])
         interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
-        cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
+        partial = partial_block_scale(image.shape[:2], (info.orig_h, info.orig_w))
+        if partial is None:
+            cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
+        else:
+            # The last reduced row or column stands for less than `partial` original pixels: resize at the true
+            # scale (cv2 keeps fx and fy exact when it works out the size itself) and keep what the original
+            # covers, instead of stretching the part the original does not have onto the letterbox.
+            fx, fy = info.new_w * partial / info.orig_w, info.new_h * partial / info.orig_h
+            region[...] = cv2.resize(image, None, fx=fx, fy=fy, interpolation=interpolation)[: info.new_h, : info.new_w]
     # Padding only where the content is not: the right strip and the bottom strip.
     canvas = pad_canvas(size, size, pad_rgb)
     out[: info.new_h, info.new_w :] = canvas[: info.new_h, info.new_w :]
     out[info.new_h :, :] = canvas[info.new_h :, :]
     return out, info
+
+
+def partial_block_scale(image_hw: tuple[int, int], orig_hw: tuple[int, int]) -> int | None:
+    """d when `image_hw` is a JPEG of `orig_hw` decoded at 1/d in libjpeg's DCT domain (each side ceil(side / d))
+    and a side of the original is not a multiple of d, so that the last reduced row or column covers fewer than
+    d original pixels; else None (no reduction, or whole blocks only)."""
+    (h, w), (orig_h, orig_w) = image_hw, orig_hw
+    for d in (2, 4, 8):
+        if (h, w) == (-(-orig_h // d), -(-orig_w // d)):
+            return d if orig_h % d or orig_w % d else None
+    return None
 
 
 def resize_nearest(values: np.ndarray, width: int, height: int) -> np.ndarray:

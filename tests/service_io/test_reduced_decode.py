@@ -72,6 +72,34 @@ def test_reduced_letterbox_matches_the_full_decode_and_restores_the_original_siz
     assert unletterbox(labels, info_reduced).shape == (768, 1024)
 
 
+def _edge_x(row: np.ndarray) -> float:
+    """Sub-pixel column where a dark-to-bright step crosses half way."""
+    values = row.astype(float)
+    middle = (values.min() + values.max()) / 2
+    i = int(np.flatnonzero(values >= middle)[0])
+    return i - 1 + (middle - values[i - 1]) / (values[i] - values[i - 1])
+
+
+@pytest.mark.parametrize(("width", "height", "size", "edge"), [
+    (2561, 1921, 320, 2400), (2567, 1927, 320, 2400), (1031, 775, 128, 1000), (1023, 767, 320, 1000)])
+def test_a_side_that_is_not_whole_dct_blocks_is_not_stretched(width: int, height: int, size: int,
+                                                               edge: int) -> None:
+    """Decoded at 1/d, a side that is not a multiple of d ends in a reduced column (or row) standing for fewer
+    than d original pixels. Stretched onto the letterbox with the rest, it moved content towards the origin, up
+    to 0.9 model pixels at the far side (7 original pixels at 1/8); the full decode is the reference."""
+    array = np.zeros((height, width, 3), np.uint8)
+    array[:, edge:] = 255
+    data = jpeg(array)
+    reduced, orig_hw = decode_image_for_model(data, MAX_PIXELS, size)
+    assert reduced.shape[1] < width and width % round(width / reduced.shape[1])  # reduced, with a partial column
+    full_tensor, info = letterbox(decode_image(data, MAX_PIXELS), size, PAD)
+    reduced_tensor, reduced_info = letterbox(reduced, size, PAD, orig_hw=orig_hw)
+    assert reduced_info == info
+    row = info.new_h // 2
+    shift = _edge_x(reduced_tensor[row, : info.new_w, 0]) - _edge_x(full_tensor[row, : info.new_w, 0])
+    assert abs(shift) < 0.1, f"the edge moved {shift:+.2f} model pixels"
+
+
 def test_other_formats_are_decoded_in_full(big_photo) -> None:
     buf = io.BytesIO()
     Image.fromarray(big_photo).save(buf, "PNG")
