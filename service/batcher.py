@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from .errors import ApiError
 from .handoff import WorkerThreads
 from .inference_guard import InferenceGuard, InferenceHealth
 from .metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -192,26 +195,38 @@ class Batcher:
             live = [item for item in batch if not item.future.done()]  # drop timed-out / disconnected
             if not live:
                 continue
-            self._batch_started()
-            started = time.perf_counter()
-            planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
             try:
-                # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
-                # A failed run fails only the requests that fail on their own; the worker carries on.
-                outcomes = await self._guard.run([item.tensor for item in live])
-            finally:
-                self._batch_finished(planned_end)
-            inference_s = time.perf_counter() - started
-            if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
-                self.metrics.batch_size.observe(len(live))
-                self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
-            for item, outcome in zip(live, outcomes, strict=True):
-                if item.future.done():  # the client may have gone away while we ran
-                    continue
-                if isinstance(outcome, ApiError):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(InferenceResult(outcome, started - item.enqueued, inference_s, len(live)))
+                await self._run_batch(live)
+            except Exception:
+                # A fault of ours rather than of the run (the guard answers those): these requests get a 500, and
+                # the worker carries on; were it to end, the server would stay up and never serve again.
+                log.exception("a batch of %d failed outside its model run", len(live))
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(ApiError(500, "internal_error", "internal server error"))
+
+    async def _run_batch(self, live: list[_Item]) -> None:
+        """Run one batch and answer each of its requests."""
+        self._batch_started()
+        started = time.perf_counter()
+        planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
+        try:
+            # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
+            # A failed run fails only the requests that fail on their own; the worker carries on.
+            outcomes = await self._guard.run([item.tensor for item in live])
+        finally:
+            self._batch_finished(planned_end)
+        inference_s = time.perf_counter() - started
+        if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
+            self.metrics.batch_size.observe(len(live))
+            self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
+        for item, outcome in zip(live, outcomes, strict=True):
+            if item.future.done():  # the client may have gone away while we ran
+                continue
+            if isinstance(outcome, ApiError):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(InferenceResult(outcome, started - item.enqueued, inference_s, len(live)))
 
     def _timed_run(self, tensors: list[np.ndarray]) -> np.ndarray:
         """`run_images` in the inference thread, its time added to the busy counter (timed there, so a busy

@@ -185,6 +185,31 @@ def test_a_run_in_flight_for_unhealthy_after_s_is_stuck() -> None:
     assert health.unhealthy is None and health.running_for_s == 0.0
 
 
+def test_a_fault_outside_the_model_run_fails_its_batch_with_500_and_the_worker_goes_on() -> None:
+    """A bug between the run and the answers (here: outcomes that do not match the batch) fails that batch's
+    requests with 500 `internal_error`; the worker lives on, or the server would stay up and never serve again."""
+    device = Device()
+
+    async def scenario() -> None:
+        batcher = batcher_on(device, InferenceHealth(), max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        guard_run, calls = batcher.guard.run, []
+
+        async def wrong_once(tensors: list[np.ndarray]) -> list[object]:
+            calls.append(len(tensors))
+            return [] if len(calls) == 1 else await guard_run(tensors)
+
+        batcher.guard.run = wrong_once  # type: ignore[method-assign]
+        with pytest.raises(ApiError) as failed:
+            await batcher.infer(image(5), 2)
+        assert (failed.value.status, failed.value.code) == (500, "internal_error")
+        assert int((await batcher.infer(image(6), 2)).labels[0, 0]) == 6  # the worker is still there
+        assert batcher.running and calls == [1, 1]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_hung_device_makes_the_batcher_stuck_until_the_run_returns() -> None:
     device = Device()
     device.gate.clear()
