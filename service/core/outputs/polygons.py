@@ -10,10 +10,10 @@ Rings run along pixel *edges* (a pixel (row r, column c) is the square [c, c+1] 
 How: OpenCV traces borders through pixel centres. On the mask doubled in size (every pixel a 2x2 block) the
 border sub-pixel at doubled coordinate p sits next to original pixel edge (p + 1) // 2, so the traced chain
 mapped that way visits exactly the pixel-edge corners of the region. Regions are 8-connected (OpenCV's rule);
-where two parts of one region touch only at a corner the ring touches itself, which OGC forbids: shapely's
-`make_valid` splits it there into polygons that touch at that point (each its own feature). Simplification is
-Douglas-Peucker, checked: where it would make a ring cross itself or its holes, shapely's topology-preserving
-variant is used instead.
+where two parts of one region touch only at a corner (a ring touches itself, or holes touch the outer ring or
+each other there) OGC forbids it: shapely's `make_valid` splits it there into polygons that touch at that
+point (each its own feature). Simplification is Douglas-Peucker, checked: where it would make a ring cross
+itself or its holes, shapely's topology-preserving variant is used instead.
 """
 
 from __future__ import annotations
@@ -157,14 +157,17 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
     ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
     ring_ok = ~is_hole | (ring_area >= min_area)
-    # Pixel-edge rings are simple unless they pass a corner twice (a region or a hole joined only at a
-    # corner); only their polygons need GEOS's validity repair, the rest skip its (costlier) checks.
-    key = np.sort(ring_of.astype(np.int64) << 40 | corners[:, 0].astype(np.int64) << 20 | corners[:, 1])
-    repeated = np.unique(key[1:][key[1:] == key[:-1]] >> 40)
+    # Pixel-edge rings never cross, but a polygon is pinched where it passes a corner twice: a ring touching
+    # itself (a region or a hole joined only at a corner) or two of its rings meeting at a corner (a hole
+    # touching the outer ring or another hole, e.g. four pixels around one: the interior is then disconnected).
+    # Only those polygons need GEOS's validity repair; the rest skip its (costlier) checks. Filled holes count
+    # for nothing.
     owner_arr = np.array(owners)
-    pinched = np.zeros(len(polygon_class), dtype=bool)
-    pinched[owner_arr[repeated]] = True
     on = ring_ok[ring_of]
+    polygon_of = owner_arr[ring_of[on]].astype(np.int64)
+    key = np.sort(polygon_of << 40 | corners[on, 0].astype(np.int64) << 20 | corners[on, 1])
+    pinched = np.zeros(len(polygon_class), dtype=bool)
+    pinched[key[1:][key[1:] == key[:-1]] >> 40] = True
     dense_ring = np.cumsum(ring_ok) - 1
     rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
     geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
@@ -178,9 +181,16 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
 
 def _simplified(original: np.ndarray, tolerance: float) -> np.ndarray:
     """Douglas-Peucker; a part it makes invalid gets the topology-preserving variant instead (3x slower on a
-    whole map, so only where needed), and one that would vanish or stay invalid is kept as it was."""
+    whole map, so only where needed), and one that would vanish or stay invalid is kept as it was.
+
+    Both variants only drop vertices, so what they return is on the pixel grid and is published as checked;
+    but where DP's ring crosses itself GEOS repairs it with a buffer, which adds vertices off the grid (rounded,
+    they can make the ring cross itself again) or splits the polygon. Such a result counts as invalid too."""
     simple = shapely.simplify(original, tolerance, preserve_topology=False)
-    bad = ~shapely.is_valid(simple)
+    coords, index = shapely.get_coordinates(simple, return_index=True)
+    bad = np.zeros(len(simple), dtype=bool)
+    bad[index[np.any(coords != np.rint(coords), axis=1)]] = True
+    bad |= (shapely.get_type_id(simple) != shapely.GeometryType.POLYGON) | ~shapely.is_valid(simple)
     if bad.any():
         simple[bad] = shapely.simplify(original[bad], tolerance, preserve_topology=True)
         bad[bad] = ~shapely.is_valid(simple[bad])
