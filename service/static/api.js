@@ -1,5 +1,5 @@
 // Talking to the service: the API key, the JSON error envelope, the status line, and `POST /segment`.
-import { $, state } from "./page_state.js";
+import { $ } from "./page_state.js";
 
 // Polygons as the page asks for them (1-pixel simplification).
 export const POLYGON_QUERY = "&tolerance=1";
@@ -41,12 +41,16 @@ export function showError(err) {
   if (err instanceof ApiError && err.code === "unauthorized") $("api-key").focus();
 }
 
-export async function segment(output, query = "") {
-  const file = state.file;
-  const response = await api(`/segment?output=${output}${query}`, {
+// `POST /segment` of `file` (always passed in, never read from the state later: an older upload's request must
+// not send a newer file). `segment` answers JSON kinds; `segmentResponse` any kind, as the raw response.
+export function segmentResponse(file, output, query = "") {
+  return api(`/segment?output=${output}${query}`, {
     method: "POST",
     headers: { "Content-Type": file.type || "application/octet-stream" },
     body: file,
   });
-  return response.json();
+}
+
+export async function segment(file, output, query = "") {
+  return (await segmentResponse(file, output, query)).json();
 }

@@ -1,9 +1,10 @@
 // The web page of the segmentation service: plain browser JavaScript, no build step.
 // One upload asks for `stats` (legend + result id); the colour mask is then fetched by id and blended here on
-// a canvas, so the opacity slider is instant. Polygons are asked for only when their toggle is switched on.
+// a canvas, so the opacity slider is instant. An upload the browser cannot decode (TIFF) is shown as the service
+// decodes it (one more request). Polygons are asked for only when their toggle is switched on.
 // The download list and its file names come from the service's table of output kinds (`GET /outputs`).
 import { $, state } from "./page_state.js";
-import { POLYGON_QUERY, segment, setStatus, showError, api } from "./api.js";
+import { POLYGON_QUERY, segment, segmentResponse, setStatus, showError, api } from "./api.js";
 import { download, enableDownloads, loadOutputs } from "./downloads.js";
 import { fitToViewer, loadMask, render, renderClassList, renderLegend, renderPolygons, showModelNote } from "./view.js";
 
@@ -31,12 +32,12 @@ async function togglePolygons() {
     const run = state.run;
     setStatus("Tracing polygons…");
     try {
-      const polygons = await segment("polygons", POLYGON_QUERY);
+      const polygons = await segment(state.file, "polygons", POLYGON_QUERY);
       if (run !== state.run) return;
       state.polygons = polygons;
       setStatus(`${polygons.features.length} polygons.`);
     } catch (err) {
-      showError(err);
+      if (run === state.run) showError(err);
       return;
     }
   }
@@ -44,6 +45,24 @@ async function togglePolygons() {
   $("stage").dataset.polygons = $("polygons").checked && state.polygons ? state.polygons.features.length : "";
 }
 
+// The upload decoded by the browser (EXIF orientation applied), or null where the browser cannot decode it
+// (TIFF, which the service accepts).
+async function decodeHere(file) {
+  try {
+    return await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (_) {
+    return null;
+  }
+}
+
+// The upload as the service decodes it: its overlay at opacity 0, as PNG, is the image itself, losslessly.
+async function decodeOnServer(file) {
+  const blob = await (await segmentResponse(file, "overlay", "&alpha=0&format=png")).blob();
+  return createImageBitmap(blob);
+}
+
+// Every await is followed by a check that this upload is still the newest (`run`) before the state is touched,
+// and each request sends `file` itself: a slow older upload never shows over, or asks about, a newer one.
 async function handleFile(file) {
   if (!file) return;
   const run = ++state.run;
@@ -54,18 +73,25 @@ async function handleFile(file) {
   try {
     if (!state.classes.length) await loadClasses();
     await loadOutputs();
-    state.image = await createImageBitmap(file, { imageOrientation: "from-image" });
-    render();
-    const stats = await segment("stats");
-    const mask = await loadMask(stats.id);
+    let image = await decodeHere(file);
     if (run !== state.run) return;
-    Object.assign(state, { stats, mask });
+    const decodedHere = Boolean(image);
+    if (decodedHere) {
+      state.image = image;
+      render();
+    }
+    const stats = await segment(file, "stats");
+    const mask = await loadMask(stats.id);
+    if (!decodedHere) image = await decodeOnServer(file);
+    if (run !== state.run) return;
+    Object.assign(state, { image, stats, mask });
     render();
     renderLegend(stats);
     enableDownloads(true);
     $("stage").dataset.state = "ready";
     $("stage").dataset.resultId = stats.id;
-    setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.`);
+    setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.` +
+      (decodedHere ? "" : " (This browser cannot show the file: the picture is the service's decode of it.)"));
     await togglePolygons();
   } catch (err) {
     if (run !== state.run) return;

@@ -58,11 +58,15 @@ export function enableDownloads(on) {
 }
 
 // The JSON answer of an output kind for the current upload: stats and polygons as the page already holds them,
-// any other JSON kind asked for now.
+// any other JSON kind asked for now. Polygons asked for here are kept only while their upload is still the one
+// shown: a late answer must not land on a newer upload.
 async function jsonAnswer(name) {
   if (name === "stats") return state.stats;
-  if (name === "polygons") return state.polygons || (state.polygons = await segment("polygons", POLYGON_QUERY));
-  return segment(name);
+  if (name === "polygons" && state.polygons) return state.polygons;
+  const run = state.run;
+  const answer = await segment(state.file, name, name === "polygons" ? POLYGON_QUERY : "");
+  if (name === "polygons" && run === state.run) state.polygons = answer;
+  return answer;
 }
 
 export async function download(event) {
