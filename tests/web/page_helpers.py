@@ -1,0 +1,62 @@
+"""What the web page tests share: the browser, the test key, and small page helpers (canvas pixels, the opacity
+slider, drag and drop, downloads)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from testkit import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+KEY = "web-test-key"
+DEMO_MODEL = REPO / "service" / "models" / "default.onnx"
+
+
+
+def canvas_pixel(page: object, x: int, y: int) -> list[int]:
+    return page.evaluate(  # type: ignore[attr-defined]
+        "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"
+        ".getImageData(x, y, 1, 1).data.slice(0, 3))", [x, y])
+
+
+def set_alpha(page: object, percent: int) -> None:
+    page.evaluate(  # type: ignore[attr-defined]
+        "(v) => { const el = document.getElementById('alpha'); el.value = v;"
+        " el.dispatchEvent(new Event('input')); }", percent)
+
+
+def drop_file(page: object, path: Path) -> None:
+    """A real drag-and-drop: a DataTransfer holding the file, dropped on the drop zone."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(  # type: ignore[attr-defined]
+        """([b64, name]) => { const dt = new DataTransfer();
+             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+             dt.items.add(new File([bytes], name, { type: 'image/png' })); return dt; }""", [data, path.name])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})  # type: ignore[attr-defined]
+
+
+def download_names(table: list[dict]) -> list[str]:
+    """The download links the page should build from an output table: JSON kinds in their default encoding,
+    image kinds as the PNG that /results renders again."""
+    names = []
+    for kind in table:
+        encodings = kind["encodings"] if kind["json"] else [e for e in kind["encodings"]
+                                                             if e["media_type"] == "image/png"]
+        if encodings:
+            names.append(kind["name"] + encodings[0]["suffix"])
+    return names
+
+
+def suffix(table: list[dict], name: str, media_type: str | None = None) -> str:
+    (kind,) = [k for k in table if k["name"] == name]
+    return next(e["suffix"] for e in kind["encodings"] if media_type in (None, e["media_type"]))
+
+
+def download_output(page: object, output: str) -> tuple[str, bytes]:
+    """Click the download link of `output`; the suggested file name and the bytes saved."""
+    with page.expect_download() as download:  # type: ignore[attr-defined]
+        page.click(f"#downloads a[data-output={output}]")  # type: ignore[attr-defined]
+    return download.value.suggested_filename, Path(download.value.path()).read_bytes()
