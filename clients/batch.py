@@ -4,9 +4,16 @@
     segment images/ --out masks/ --output stats --local model.onnx
 
 - Inputs are files and folders (searched recursively for image files); outputs mirror the folder layout under
-  `--out`, with the file suffix of the output kind (`segment --help` lists the kinds and their suffixes).
+  `--out`, with the file suffix of the output kind (`segment --help` lists the kinds and their suffixes). Names
+  that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png); the same relative path under two
+  inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written (exit 2). An `--out` inside an input
+  folder is not read back as input.
+- An overlay asked for as JPEG comes back as PNG when a side exceeds JPEG's 65,500 px; it is stored as `.png`.
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
-  a rerun skips it (resume). `--overwrite` redoes everything.
+  a rerun skips it (resume). `--out` records the output kind and options of the run (`.segment-run.json`); a
+  rerun asking for others stops (exit 2) rather than skip files that hold something else. `--overwrite` redoes
+  everything.
+- Ctrl-C drops the files not yet started, lets the running ones finish, prints the summary and exits 130.
 - A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
   summary at the end lists every failure, and the exit status is 1 when anything failed.
 - `--local` runs onnxruntime in this process through `service.local`, i.e. the service's own decode, letterbox,
@@ -19,14 +26,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from tqdm import tqdm
 
+from clients.batch_outputs import (
+    Job,
+    NameClash,
+    answer_target,
+    is_done,
+    options_conflict,
+    output_suffix,
+    plan,
+    record_options,
+    write_atomic,
+)
 from service.client import (
     OUTPUTS,
     OVERLAY_FORMATS,
@@ -38,22 +56,15 @@ from service.client import (
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"})
 # JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
 # comparable with fresh ones).
 _VOLATILE_FIELDS = ("id", "timing_ms")
-_PART_SUFFIX = ".part"
+_INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 
 
 class Backend(Protocol):
     def segment(self, data: bytes, output: str, *, alpha: float | None = None, format: str | None = None,
                 tolerance: float | None = None, min_area: float | None = None) -> SegmentResult: ...
-
-
-@dataclass(frozen=True)
-class Job:
-    source: Path
-    target: Path
 
 
 @dataclass(frozen=True)
@@ -63,49 +74,10 @@ class Failure:
     message: str
 
 
-def output_suffix(output: str, fmt: str | None) -> str:
-    """The file extension for an output kind in format `fmt` (None, or a format the kind is not written in: its
-    default)."""
-    kind = OUTPUT_KINDS[output]
-    formats = {e.format: e for e in kind.encodings}
-    return formats.get(fmt, kind.encodings[0]).suffix
-
-
-def discover(inputs: Iterable[Path]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every image under the inputs, sorted, no duplicates."""
-    found: dict[Path, Path] = {}
-    for root in inputs:
-        if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-                    found.setdefault(path.resolve(), path.relative_to(root))
-        else:  # an explicit file is taken whatever its name; a missing one fails as a read error later
-            found.setdefault(root.resolve(), Path(root.name))
-    return sorted(((src, rel) for src, rel in found.items()), key=lambda item: str(item[1]))
-
-
-def plan(inputs: Iterable[Path], out: Path, suffix: str) -> list[Job]:
-    """Map inputs to output paths. Names that would collide (a.jpg, a.png) keep their extension: a.jpg.png."""
-    files = discover(inputs)
-    stems: dict[Path, int] = {}
-    for _, rel in files:
-        key = rel.with_suffix(suffix)
-        stems[key] = stems.get(key, 0) + 1
-    jobs = []
-    for src, rel in files:
-        target = rel.with_suffix(suffix)
-        if stems[target] > 1:
-            target = rel.with_name(rel.name + suffix)
-        jobs.append(Job(src, out / target))
-    return jobs
-
-
-def is_done(job: Job) -> bool:
-    """An output exists only once complete (written under a temporary name, then renamed)."""
-    try:
-        return job.target.stat().st_size > 0
-    except OSError:
-        return False
+def run_options(args: argparse.Namespace) -> dict[str, object]:
+    """What decides the content of every output file; recorded in --out so that a rerun can tell."""
+    return {"output": args.output, "format": args.format, "alpha": args.alpha, "tolerance": args.tolerance,
+            "min_area": args.min_area}
 
 
 def payload(result: SegmentResult) -> bytes:
@@ -114,17 +86,6 @@ def payload(result: SegmentResult) -> bytes:
         return result.content
     body = {k: v for k, v in result.json().items() if k not in _VOLATILE_FIELDS}
     return (json.dumps(body, indent=1) + "\n").encode()
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write to `<target>.part`, flush to disk, then rename over `target` (atomic on POSIX)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + _PART_SUFFIX)
-    with open(part, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(part, target)
 
 
 def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | None:
@@ -145,7 +106,7 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
     except Exception as exc:  # a bug, still reported per file rather than killing the run
         return Failure(job.source, "error", repr(exc))
     try:
-        write_atomic(job.target, payload(result))
+        write_atomic(answer_target(job.target, result), payload(result))
     except OSError as exc:
         return Failure(job.source, "write_error", str(exc))
     return None
@@ -154,7 +115,7 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="segment", description="Segment image files through the service (--server) or in-process (--local).",
-        epilog=_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_kinds_help() + "\n\n" + _RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--out", "-o", type=Path, required=True, help="output folder (layout mirrors the inputs)")
     parser.add_argument("--output", choices=OUTPUTS, default="color",
@@ -173,12 +134,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
-    parser.add_argument("--overwrite", action="store_true", help="redo files whose output already exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo files whose output already exists, also when made with other options")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     return args
+
+
+_RULES = """\
+outputs:
+  Names that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png). The same relative path
+  under two inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written: use separate --out folders.
+  A rerun skips the files already written, unless it asks for another --output or other options than the run
+  recorded in --out: then it stops, and --overwrite redoes everything. An overlay too large for JPEG is stored
+  as .png. Ctrl-C stops after the files in progress and exits 130.
+exit status: 0 all written, 1 some files failed, 2 cannot start, 130 interrupted"""
 
 
 def _kinds_help() -> str:
@@ -206,47 +178,84 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
     return client, client
 
 
-def _summary(total: int, skipped: int, failures: list[Failure]) -> str:
-    done = total - skipped - len(failures)
-    lines = [f"segment: {done} written, {skipped} skipped (already done), {len(failures)} failed, {total} total"]
+def _summary(total: int, skipped: int, outcomes: list[Failure | None], interrupted: bool) -> str:
+    failures = [outcome for outcome in outcomes if outcome is not None]
+    written = len(outcomes) - len(failures)
+    lines = [f"segment: {written} written, {skipped} skipped (already done), {len(failures)} failed, {total} total"]
+    if interrupted:
+        lines[0] += f"; interrupted, {total - skipped - len(outcomes)} not done"
     lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in sorted(failures, key=lambda f: str(f.source))]
     return "\n".join(lines)
 
 
+def run_jobs(backend: Backend, todo: list[Job], args: argparse.Namespace) -> tuple[list[Failure | None], bool]:
+    """Run `todo` on `args.jobs` threads: the outcome of every job that ran, and whether Ctrl-C stopped the run."""
+    pool = ThreadPoolExecutor(args.jobs, thread_name_prefix="segment")
+    futures: list[Future[Failure | None]] = []
+    interrupted = False
+    try:
+        with tqdm(total=len(todo), unit="img", disable=args.no_progress or None, file=sys.stderr) as bar:
+            for job in todo:
+                futures.append(pool.submit(run_job, backend, job, args))
+            failed = 0
+            for future in as_completed(futures):
+                failure = future.result()
+                if failure is not None:
+                    failed += 1
+                    bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
+                    bar.set_postfix(failed=failed)
+                bar.update()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # Leaving a pool waits for every queued job: on Ctrl-C drop those and wait only for the running ones
+        # (an output is whole or absent, see write_atomic).
+        pool.shutdown(cancel_futures=True)
+    return [future.result() for future in futures if not future.cancelled()], interrupted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start)."""
+    """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start, 130 Ctrl-C)."""
     args = parse_args(argv)
-    jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format))
-    todo = jobs if args.overwrite else [job for job in jobs if not is_done(job)]
-    skipped = len(jobs) - len(todo)
+    try:
+        jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format))
+    except NameClash as exc:
+        print(f"segment: {exc}", file=sys.stderr)
+        return 2
     if not jobs:
         print(f"segment: no image files under {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2
+    options = run_options(args)
+    conflict = None if args.overwrite else options_conflict(args.out, options)
+    if conflict is not None:
+        print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out",
+              file=sys.stderr)
+        return 2
+    suffixes = [encoding.suffix for encoding in OUTPUT_KINDS[args.output].encodings]
+    todo = jobs if args.overwrite else [job for job in jobs if not is_done(job, suffixes)]
+    skipped = len(jobs) - len(todo)
     try:
         backend, client = _backend(args)
     except Exception as exc:  # model missing/invalid: nothing can succeed
         print(f"segment: cannot start: {exc}", file=sys.stderr)
         return 2
-    failures: list[Failure] = []
     try:
         if client is not None and todo and not _server_reachable(client, args.wait):
             print(f"segment: {args.server} is not reachable or not ready", file=sys.stderr)
             return 2
-        with (tqdm(total=len(todo), unit="img", disable=args.no_progress or None, file=sys.stderr) as bar,
-              ThreadPoolExecutor(args.jobs, thread_name_prefix="segment") as pool):
-            futures = [pool.submit(run_job, backend, job, args) for job in todo]
-            for future in as_completed(futures):
-                failure = future.result()
-                if failure is not None:
-                    failures.append(failure)
-                    bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
-                    bar.set_postfix(failed=len(failures))
-                bar.update()
+        if not record_options(args.out, options):
+            return 2
+        outcomes, interrupted = run_jobs(backend, todo, args)
+    except KeyboardInterrupt:  # while waiting for the server: nothing ran yet
+        print("segment: interrupted", file=sys.stderr)
+        return _INTERRUPTED
     finally:
         if client is not None:
             client.close()
-    print(_summary(len(jobs), skipped, failures), file=sys.stderr)
-    return 1 if failures else 0
+    print(_summary(len(jobs), skipped, outcomes, interrupted), file=sys.stderr)
+    if interrupted:
+        return _INTERRUPTED
+    return 1 if any(outcomes) else 0
 
 
 def _server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:

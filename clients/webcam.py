@@ -11,6 +11,9 @@ Frames are JPEG-encoded and sent over one `SegmentClient` (kept-alive connection
 requests at once, so throughput is set by the server's batching rather than by one round trip per frame. Results
 are consumed oldest-first, so the output keeps the frame order. The server returns class ids (`labels`, a small
 palette PNG) and the overlay is blended here with the service's own `blend_overlay`, on the original frame.
+
+A frame that fails (refused, or the connection broke, e.g. a server restart) is counted and passed on unsegmented;
+after `--max-failures` failures in a row (the server is gone, not one frame bad) the run stops with exit 2.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
+from service.client import SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
 from service.core.outputs.masks import blend_overlay
 
@@ -45,6 +48,8 @@ class Stats:
 
     frames: int = 0
     errors: int = 0
+    failing: int = 0  # frames failed in a row, up to the last one
+    stopped: str | None = None  # why the loop gave up before the end of the video
     started: float = field(default_factory=time.perf_counter)
     fps: float = 0.0  # exponential moving average of the output rate
     latency_ms: float = 0.0
@@ -214,14 +219,19 @@ def run(args: argparse.Namespace) -> Stats:
                 try:
                     labels, latency = future.result()
                     shown = blend_overlay(frame, labels, palette, args.alpha)
-                except (SegmentApiError, DecodeError) as exc:  # one bad frame: show it plain, keep going
+                    stats.failing = 0
+                except (SegmentClientError, DecodeError) as exc:  # one bad frame: show it plain, keep going
                     stats.errors += 1
+                    stats.failing += 1
                     print(f"segment-webcam: frame {stats.frames}: {exc}", file=sys.stderr)
                     shown, latency = frame.copy(), 0.0
                 stats.tick(latency)
                 if not args.no_hud:
                     draw_hud(shown, stats, len(pending))
                 sink.put(shown)
+                if args.max_failures and stats.failing >= args.max_failures:  # the server is gone, not one frame
+                    stats.stopped = f"stopped after {stats.failing} frames failed in a row"
+                    break
         finally:
             for _, future in pending:
                 future.cancel()
@@ -252,24 +262,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: all)")
     parser.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of the uploaded frames")
     parser.add_argument("--no-hud", action="store_true", help="no FPS/latency text on the frames")
+    parser.add_argument("--max-failures", type=int, default=25,
+                        help="stop after this many frames failed in a row (default 25; 0: never stop)")
     args = parser.parse_args(argv)
     if args.inflight < 1:
         parser.error("--inflight must be at least 1")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error("--alpha must be within 0..1")
+    if args.max_failures < 0:
+        parser.error("--max-failures must be 0 or more")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some failed."""
+    """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some failed, 2 if it could not
+    start or gave up (`--max-failures`)."""
     args = parse_args(argv)
     try:
         stats = run(args)
     except SegmentClientError as exc:
         print(f"segment-webcam: {exc}", file=sys.stderr)
         return 2
+    if stats.stopped:
+        print(f"segment-webcam: {stats.stopped}", file=sys.stderr)
     print(f"segment-webcam: {stats.frames} frames, {stats.errors} errors, {stats.mean_fps:.1f} FPS on average",
           file=sys.stderr)
+    if stats.stopped:
+        return 2
     return 1 if stats.errors else 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 import mimetypes
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -53,10 +56,26 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers["retry-after"])
-    except (KeyError, ValueError):
+    """Seconds from the Retry-After header, never negative: delay-seconds or an HTTP date (RFC 9110 10.2.3
+    allows both); None when absent or unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _seconds_until(value)
+    return None if seconds is None or math.isnan(seconds) else max(0.0, seconds)
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates always are
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - datetime.now(timezone.utc)).total_seconds()
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -86,5 +105,6 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
 
 
 def retry_sleep(error: SegmentApiError, attempt: int) -> float:
-    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff; capped."""
-    return min(_MAX_RETRY_SLEEP_S, error.retry_after if error.retry_after is not None else 0.2 * 2**attempt)
+    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff; within 0 and the cap."""
+    wait = error.retry_after if error.retry_after is not None else 0.2 * 2**attempt
+    return min(_MAX_RETRY_SLEEP_S, max(0.0, wait))

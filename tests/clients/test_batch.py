@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clients import batch
 from clients.batch import main
-from service.core.output_kinds import OUTPUT_KINDS
+from service.client import SegmentResult
+from service.core.output_kinds import JPEG_MAX_SIDE, OUTPUT_KINDS
+from testkit.photos import photo
 from tests.clients.conftest import write_photos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,8 +27,13 @@ KINDS = ("labels", "color", "overlay", "polygons", "stats")
 SUFFIX = {"labels": ".png", "color": ".png", "overlay": ".jpg", "polygons": ".geojson", "stats": ".json"}
 
 
+RUN_FILE = ".segment-run.json"
+
+
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The outputs under `root` (the run's record of its options left out)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != RUN_FILE}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -118,3 +131,112 @@ def test_help_lists_the_kinds_of_the_output_table(capsys: pytest.CaptureFixture[
     overlay_formats = [e.format for e in OUTPUT_KINDS["overlay"].encodings]
     assert f"--format {{{','.join(overlay_formats)}}}" in text
     assert f"overlay format (default {overlay_formats[0]})" in text
+
+
+def test_no_two_inputs_share_an_output_file(tiny_onnx_model: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A kept extension that lands on another file's name is renamed again; the same relative path under two
+    inputs stops the run before anything is written."""
+    in1, in2 = tmp_path / "in1", tmp_path / "in2"
+    for index, path in enumerate([in1 / "a.jpg", in1 / "a.png", in1 / "a.jpg.png", in1 / "x.jpg", in2 / "x.jpg"]):
+        path.parent.mkdir(exist_ok=True)
+        image = Image.fromarray(photo("coffee.png", (40 + 8 * index, 30)))
+        image.save(path, "JPEG" if path.suffix == ".jpg" else "PNG")
+    out = tmp_path / "out"
+    assert main([str(in1), "--out", str(out), "--output", "stats", "--local", str(tiny_onnx_model),
+                 "-j", "4", "--no-progress"]) == 0
+    written = _files(out)
+    # a.jpg and a.png keep their extension; then a.jpg.png (-> a.jpg.json, as a.jpg's) keeps its own as well.
+    assert sorted(written) == ["a.jpg.json", "a.jpg.png.json", "a.png.json", "x.json"]
+    widths = sorted(json.loads(body)["width"] for body in written.values())
+    assert widths == [40, 48, 56, 64]  # four inputs, four files: none overwrote another
+    capsys.readouterr()
+    assert main([str(in1), str(in2), "--out", str(tmp_path / "two"), "--output", "stats", "--local",
+                 str(tiny_onnx_model), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{(in1 / 'x.jpg').resolve()}, {(in2 / 'x.jpg').resolve()} -> {tmp_path / 'two' / 'x.json'}" in err
+    assert not (tmp_path / "two").exists()
+
+
+def test_an_output_folder_inside_the_input_is_not_read_back(tiny_onnx_model: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "in"
+    write_photos(inputs)
+    args = [str(inputs), "--out", str(inputs / "masks"), "--output", "color", "--local", str(tiny_onnx_model),
+            "--no-progress"]
+    for _ in range(3):
+        assert main(args) == 0
+    assert "0 written, 3 skipped (already done), 0 failed, 3 total" in capsys.readouterr().err
+    assert sorted(_files(inputs / "masks")) == ["astronaut.png", "coffee.png", "sub/chelsea.png"]
+
+
+def test_a_rerun_with_other_options_does_not_skip_files_made_with_the_old(tiny_onnx_model: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_photos(inputs)
+    common = [str(inputs), "--out", str(out), "--local", str(tiny_onnx_model), "--no-progress"]
+    assert main([*common, "--output", "labels"]) == 0
+    labels = _files(out)
+    capsys.readouterr()
+    assert main([*common, "--output", "color"]) == 2  # not "0 written, 3 skipped" over label maps
+    err = capsys.readouterr().err
+    assert "--output labels then, color now" in err and "--overwrite" in err
+    assert _files(out) == labels
+    assert main([*common, "--output", "color", "--overwrite"]) == 0
+    assert Image.open(out / "coffee.png").mode == "RGB"
+    capsys.readouterr()
+    assert main([*common, "--output", "color"]) == 0  # the same options again: resume
+    assert "0 written, 3 skipped (already done)" in capsys.readouterr().err
+    # Options count as much as the kind: another --alpha is another overlay.
+    overlays = tmp_path / "overlays"
+    assert main([*common[:2], str(overlays), *common[3:], "--output", "overlay", "--alpha", "0.2"]) == 0
+    assert main([*common[:2], str(overlays), *common[3:], "--output", "overlay", "--alpha", "0.9"]) == 2
+    assert "--alpha 0.2 then, 0.9 now" in capsys.readouterr().err
+    assert json.loads((overlays / RUN_FILE).read_text())["alpha"] == 0.2
+
+
+def test_ctrl_c_stops_after_the_files_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for index in range(40):
+        (inputs / f"f{index:02}.png").write_bytes(b"not decoded by the stub")
+    calls = itertools.count()
+
+    class Slow:
+        def segment(self, data: bytes, output: str, **options: object) -> SegmentResult:
+            if next(calls) == 2:  # the user presses Ctrl-C while the third file is in progress
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            return SegmentResult(output, b"\x89PNG stub", "image/png", None, None)
+
+    monkeypatch.setattr(batch, "_backend", lambda args: (Slow(), None))
+    started = time.monotonic()
+    try:
+        status = main([str(inputs), "--out", str(out), "--local", "stub.onnx", "-j", "2", "--no-progress"])
+    except KeyboardInterrupt:  # the old behaviour: every queued file done, then a traceback
+        status = None
+    assert status == 130
+    assert time.monotonic() - started < 2.0  # 40 files x 0.2 s on 2 threads would take 4 s
+    written = _files(out)
+    assert 2 <= len(written) <= 4 and set(written.values()) == {b"\x89PNG stub"}
+    assert not list(out.glob("*.part"))
+    err = capsys.readouterr().err
+    assert f"{len(written)} written, 0 skipped (already done), 0 failed, 40 total; interrupted, " \
+           f"{40 - len(written)} not done" in err
+
+
+def test_an_overlay_too_large_for_jpeg_is_stored_as_png(tiny_onnx_model: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_photos(inputs)
+    Image.new("RGB", (JPEG_MAX_SIDE + 1, 4), (90, 120, 200)).save(inputs / "strip.png")
+    args = [str(inputs), "--out", str(out), "--output", "overlay", "--local", str(tiny_onnx_model), "--no-progress"]
+    assert main(args) == 0
+    written = _files(out)
+    assert sorted(written) == ["astronaut.jpg", "coffee.jpg", "strip.png", "sub/chelsea.jpg"]
+    assert written["strip.png"].startswith(b"\x89PNG") and written["coffee.jpg"].startswith(b"\xff\xd8")
+    assert Image.open(out / "strip.png").size == (JPEG_MAX_SIDE + 1, 4)
+    capsys.readouterr()
+    assert main(args) == 0  # resume finds it under its real suffix
+    assert "0 written, 4 skipped (already done)" in capsys.readouterr().err

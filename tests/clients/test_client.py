@@ -8,8 +8,11 @@ import io
 import socket
 import typing
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,6 +25,7 @@ from service.client import (
     SegmentClient,
     SegmentConnectionError,
 )
+from service.client_wire import raise_for_error, retry_sleep
 from service.core.output_kinds import DEFAULT_OUTPUT, OUTPUT_KINDS, describe
 from tests.clients.conftest import API_KEY
 
@@ -168,3 +172,27 @@ def test_async_client(server_url: str, astronaut: np.ndarray) -> None:
     for labels in arrays:
         np.testing.assert_array_equal(labels, expected)
     assert classes["classes"] and status == 415
+
+
+def _busy(retry_after: str) -> httpx.Response:
+    return httpx.Response(503, headers={"Retry-After": retry_after},
+                          json={"error": {"code": "overloaded", "message": "queue full"}})
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    """RFC 9110 allows delay-seconds or an HTTP date; a negative or past one means no wait, never a crash."""
+    requests: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: requests.append(request) or _busy("-1"))
+    with SegmentClient("http://segment.test", retries=2, transport=transport) as client, \
+            pytest.raises(SegmentApiError) as info:
+        client.stats(b"\x89PNG")
+    assert (info.value.status, info.value.retry_after, len(requests)) == (503, 0.0, 3)
+
+    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)
+    for header, low, high in ((soon, 1.5, 3.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0), ("soon", None, None)):
+        with pytest.raises(SegmentApiError) as info:
+            raise_for_error(_busy(header))
+        wait = info.value.retry_after
+        assert wait is None if low is None else low <= wait <= high, (header, wait)
+    assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=-5.0), 0) == 0.0
+    assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=3600.0), 0) == 5.0  # the cap

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -10,8 +13,8 @@ import pytest
 
 from clients import webcam
 from clients.webcam import bgr_palette, main
-from service.client import SegmentClient
-from service.core.outputs.masks import blend_overlay
+from service.client import SegmentClient, SegmentConnectionError, SegmentResult
+from service.core.outputs.masks import blend_overlay, encode_labels_png
 
 FRAMES, WIDTH, HEIGHT = 20, 96, 72
 
@@ -141,3 +144,52 @@ def test_gui_detection_and_a_failing_window_are_not_masked(monkeypatch: pytest.M
         finally:
             sink.close()
     assert "no GUI" in str(stop.value)
+
+
+_CLASSES = {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                        {"id": 1, "name": "thing", "color": [255, 0, 0]}]}
+
+
+class _Server:
+    """Stands in for the service: class 1 on every pixel, except that the requests `fails` picks lose their
+    connection (a server restart)."""
+
+    def __init__(self, fails: Callable[[int], bool]) -> None:
+        self.fails, self.calls = fails, itertools.count()
+
+    def segment(self, data: bytes, output: str = "labels") -> SegmentResult:
+        if self.fails(next(self.calls)):
+            raise SegmentConnectionError("POST http://127.0.0.1:8000/segment: [Errno 104] Connection reset by peer")
+        height, width = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        body = encode_labels_png(np.ones((height, width), np.uint8), [(0, 0, 0), (255, 0, 0)])
+        return SegmentResult(output, body, "image/png", None, None)
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bool]) -> None:
+    server = _Server(fails)
+    monkeypatch.setattr(webcam, "open_segmenter", lambda args: contextlib.nullcontext((server, _CLASSES)))
+
+
+def test_a_broken_connection_costs_one_frame_not_the_video(video: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _serve(monkeypatch, lambda request: request == 5)
+    out = tmp_path / "seg.mkv"
+    assert main([str(video), "--out", str(out), "--inflight", "1", "--no-hud"]) == 1
+    inputs, outputs = _read_all(video), _read_all(out)
+    assert len(outputs) == FRAMES
+    plain = [index for index, (got, frame) in enumerate(zip(outputs, inputs, strict=True))
+             if np.array_equal(got, frame)]
+    assert plain == [5]  # that frame unsegmented, every other one with its overlay
+    err = capsys.readouterr().err
+    assert "frame 5: POST" in err and f"{FRAMES} frames, 1 errors" in err
+
+
+def test_gives_up_after_max_failures_in_a_row(video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _serve(monkeypatch, lambda request: request != 2)  # one frame gets through: the count starts again
+    out = tmp_path / "seg.mkv"
+    assert main([str(video), "--out", str(out), "--inflight", "1", "--no-hud", "--max-failures", "3"]) == 2
+    assert len(_read_all(out)) == 6
+    err = capsys.readouterr().err
+    assert "stopped after 3 frames failed in a row" in err and "6 frames, 5 errors" in err
