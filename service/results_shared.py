@@ -2,8 +2,12 @@
 
 A follow-up `GET /results/{id}` may reach any worker (the kernel hands each new connection to one of them), so
 under `SEGMENT_WORKERS` > 1 results live in files rather than in one worker's memory. The worker that stored a
-result owns its file: it evicts its own files least recently stored first beyond its share of the byte bound,
-and on expiry; any worker reads any file, and one older than the TTL counts as gone.
+result owns its file, in a folder named after its pid: it evicts its own files least recently stored first beyond
+its share of the byte bound, and on expiry; any worker reads any file, and one older than the TTL counts as gone.
+Only the owner knows which of its files are still wanted, so when a worker is gone (killed, restarted, stopped by
+the watchdog) the supervisor removes its folder (`remove_worker_results`): a replacement starts with an empty
+share, and the dead worker's files would otherwise stay, past the TTL and beyond the bound, until the supervisor
+exits.
 
 Every `/segment` stores one, in its encode job (off the event loop). Files, not a database, and written with
 the arrays' and the upload's own bytes rather than a pickled copy of them (pickle protocol 5's out-of-band
@@ -17,6 +21,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -36,12 +41,15 @@ class SharedResultsCache(ResultStore):
     """The `ResultsCache` interface (`put`, `get`, `enabled`) over files in `directory`.
 
     `max_bytes` is this worker's share of the bound; the file contents are this service's own pickles, in a
-    directory private to the service (made 0700 by the supervisor)."""
+    directory private to the service (made 0700 by the supervisor). `owner`: the folder of this worker's files
+    (default: its pid, which is what the supervisor knows it by)."""
 
     def __init__(self, directory: Path, ttl_s: float, max_bytes: int,
-                 clock: Callable[[], float] = time.time) -> None:  # wall time: the workers are separate processes
+                 clock: Callable[[], float] = time.time,  # wall time: the workers are separate processes
+                 owner: str | None = None) -> None:
         super().__init__(ttl_s, max_bytes, clock)
         self.directory = directory
+        self._own = directory / (owner or str(os.getpid()))
         self._owned: TTLCache[str, int] = TTLCache(maxsize=max(1, max_bytes), ttl=max(ttl_s, 1e-9), timer=clock,
                                                    getsizeof=lambda size: size)
 
@@ -52,9 +60,10 @@ class SharedResultsCache(ResultStore):
             return False
         parts = _serialised(item)
         size = sum(len(part) for part in parts)
-        path = self.directory / result_id
+        path = self._own / result_id
         partial = path.with_name(f".{result_id}.partial")
         try:
+            self._own.mkdir(exist_ok=True)  # here, not at start: the folder of a worker that never stores stays away
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 if os.writev(fd, parts) != size:
@@ -72,19 +81,35 @@ class SharedResultsCache(ResultStore):
                 gone.append(self._owned.popitem()[0])  # least recently stored
             self._owned[result_id] = min(size, self._owned.maxsize)
         for key in gone:
-            (self.directory / key).unlink(missing_ok=True)
+            (self._own / key).unlink(missing_ok=True)
         return True
 
     def get(self, result_id: str) -> StoredResult | None:
         """The result, whichever worker stored it; None when unknown or expired."""
         if not _ID.match(result_id):
             return None
-        try:
-            data = (self.directory / result_id).read_bytes()
-        except OSError:
-            return None
-        item = _deserialised(data)
-        return item if self._clock() - item.created <= self.ttl_s else None
+        for owner in _owners(self.directory):
+            try:
+                data = (self.directory / owner / result_id).read_bytes()
+            except OSError:  # not this worker's; or removed meanwhile (evicted, or its worker gone): unknown
+                continue
+            item = _deserialised(data)  # whole: a file is renamed into place complete, and unlinking keeps it whole
+            return item if self._clock() - item.created <= self.ttl_s else None
+        return None
+
+
+def remove_worker_results(directory: Path, pid: int) -> None:
+    """Remove the files of the worker `pid`, which is gone (the supervisor calls this). A reader that races it
+    reads the file whole or finds nothing (a 404), never part of one."""
+    shutil.rmtree(directory / str(pid), ignore_errors=True)
+
+
+def _owners(directory: Path) -> list[str]:
+    """The folders of the workers that stored results: one per worker, so listing them is cheap."""
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
 
 
 def _serialised(item: StoredResult) -> list[bytes | memoryview]:

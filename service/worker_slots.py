@@ -21,19 +21,28 @@ SLOTS_DIR_VARIABLE = "SEGMENT_WORKER_SLOTS_DIR"  # set by the supervisor, like P
 
 
 def claim_slot(directory: Path, count: int) -> tuple[int, IO[str]]:
-    """The lowest of slots 0..count-1 that no live process holds, and its lock file: keep it open for as long as
-    the slot is yours. The replacement the supervisor starts after a death finds the dead worker's slot free."""
-    for slot in range(count):
-        handle = open(directory / f"slot-{slot}", "a")  # noqa: SIM115 - held open on purpose
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return slot, handle
-    # The supervisor runs at most `count` workers; a slot past them still maps to a device (round robin).
-    log.warning("all %d worker slots are held; taking slot %d", count, count)
-    return count, open(directory / f"slot-{count}", "a")
+    """The lowest slot that no live process holds, and its lock file: keep it open for as long as the slot is
+    yours. The replacement the supervisor starts after a death finds the dead worker's slot free.
+
+    Slots 0..count-1 are the workers'; one past them (all held: more workers than `count`, e.g. after SIGTTIN) is
+    locked all the same, so two workers never share a slot, and still maps to a device (round robin)."""
+    slot = 0
+    while (handle := _locked(directory / f"slot-{slot}")) is None:
+        slot += 1
+    if slot >= count:
+        log.warning("all %d worker slots are held; taking slot %d", count, slot)
+    return slot, handle
+
+
+def _locked(path: Path) -> IO[str] | None:
+    """`path` opened and locked for this process, or None when another holds it."""
+    handle = open(path, "a")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` ans
 
 On a host with several GPUs the workers spread over them: each worker holds one slot (a lock file) for its life,
 and slot k runs on device k mod the number of devices, so a replacement takes the device of the worker it
-replaces. `SEGMENT_WORKERS=auto` (the default) starts one worker per device when the CUDA provider is there.
+replaces (on SIGHUP too: each worker stops before its replacement starts). `SEGMENT_WORKERS=auto` (the default)
+starts one worker per device when the CUDA provider is there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from socket import socket
 from typing import IO, Any
@@ -28,8 +30,10 @@ import uvicorn
 from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from .http_protocol import HardenedHttpToolsProtocol
+from .results_shared import remove_worker_results
 from .server import quiet_startup_failure, server_options
 from .settings import Settings
 from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
@@ -65,10 +69,12 @@ def worker_app() -> Any:
 
 
 class WorkerSupervisor(Multiprocess):
-    """uvicorn's supervisor, plus two things:
+    """uvicorn's supervisor, plus:
 
-    - the bookkeeping multiprocess metrics need: a worker that is gone no longer counts in the live gauges (queue
-      depth, requests in flight);
+    - what a worker that is gone leaves behind is cleared (`_bury`): its live-gauge files (queue depth, requests
+      in flight), whose last values multiprocess metrics would keep summing, and its result files, which only it
+      knew and which would stay, past their TTL and beyond the bound, until the supervisor exits;
+    - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`);
     - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
       keeps the parent's copy of the worker's end of the ping pipe open, so that wait saw no end-of-file and ran
       the whole health-check timeout (measured: a model that fails to load in both workers stopped the server
@@ -76,21 +82,59 @@ class WorkerSupervisor(Multiprocess):
       started (multiprocessing duplicates the descriptor as it pickles it), so the parent's is closed after.
     """
 
+    def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None) -> None:
+        super().__init__(config, sockets)
+        self.results_dir = results_dir
+
     def init_processes(self) -> None:
         super().init_processes()
         self._release_worker_ends()
 
     def restart_all(self) -> None:
-        super().restart_all()
-        self._release_worker_ends()
+        """Replace each worker in turn, stopping it before its replacement starts (the others serve meanwhile).
+
+        uvicorn's own order (the replacement first, ready before the old worker stops) cannot keep the slots: the
+        replacement found its predecessor's slot still locked and took another, so two workers shared a CUDA
+        device and one device had none; and on a GPU the two would need both models' memory on one device. Like
+        uvicorn's, the restart stops at a replacement not ready in time, whose fate is then the keep-alive loop's
+        (replaced if it dies; a startup failure stops the server, as at the first start)."""
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            old.terminate()
+            old.join()
+            self._bury([old.pid])
+            new = Process(self.config, self.sockets)
+            new.start()
+            self.processes[idx] = new
+            self._release_worker_ends()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                if not self.should_exit.is_set():
+                    log.error("worker [%s] was not ready in time; the restart stops there", new.pid)
+                return
 
     def keep_subprocess_alive(self) -> None:
-        before = {p.pid for p in self.processes}
+        before = self._pids()
         super().keep_subprocess_alive()
         self._release_worker_ends()
-        for pid in before - {p.pid for p in self.processes}:
-            if pid is not None:
-                multiprocess.mark_process_dead(pid)
+        self._bury(before - self._pids())
+
+    def handle_ttou(self) -> None:  # one worker fewer (SIGTTOU): it is gone like a dead one
+        before = self._pids()
+        super().handle_ttou()
+        self._bury(before - self._pids())
+
+    def _pids(self) -> set[int | None]:
+        return {p.pid for p in self.processes}
+
+    def _bury(self, pids: Iterable[int | None]) -> None:
+        """Clear what the workers `pids`, which are gone, left in the shared directories."""
+        for pid in pids:
+            if pid is None:
+                continue
+            multiprocess.mark_process_dead(pid)
+            if self.results_dir is not None:
+                remove_worker_results(self.results_dir, pid)
 
     def _release_worker_ends(self) -> None:
         for process in self.processes:
@@ -162,7 +206,7 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
         os.environ[SLOTS_DIR_VARIABLE] = str(slots_dir)
         config = worker_config(settings)
         sock: socket = config.bind_socket()
-        supervisor = WorkerSupervisor(config, sockets=[sock])
+        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir)
         supervisor.run()
         sock.close()
     if supervisor.failed_to_start:

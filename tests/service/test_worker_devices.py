@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,7 @@ from service.workers import worker_count
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import LiveServer
 from tests.service.test_gpu_metrics import fake_pynvml
+from tests.service.test_workers import worker_environ
 
 
 def test_the_visible_devices_are_counted_as_cuda_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,9 +92,13 @@ def test_auto_workers_are_one_per_device_where_cuda_runs(monkeypatch: pytest.Mon
 def test_a_slot_is_held_for_life_and_freed_by_its_holders_death(tmp_path: Path) -> None:
     held = [claim_slot(tmp_path, 3) for _ in range(3)]
     assert [slot for slot, _ in held] == [0, 1, 2]
-    assert claim_slot(tmp_path, 3)[0] == 3  # all held: past the end (still a device, round robin)
+    # All held: past the end (still a device, round robin), and locked like the others: never one slot twice.
+    held += [claim_slot(tmp_path, 3), claim_slot(tmp_path, 3)]
+    assert [slot for slot, _ in held[3:]] == [3, 4]
     held[1][1].close()  # its holder went
-    assert claim_slot(tmp_path, 3)[0] == 1
+    mine, handle = claim_slot(tmp_path, 3)
+    assert mine == 1
+    handle.close()
     for _, handle in held:
         handle.close()
     # Another process holds slot 0 until it is killed; the kernel then drops its lock.
@@ -141,6 +147,29 @@ def test_workers_take_distinct_slots_and_a_replacement_takes_the_dead_ones(rule_
         now = _slots(server, 2)  # the survivor and the replacement: a dead worker answers nothing
         assert sorted(now.values()) == [0, 1] and victim not in now, now
         assert server.log.count("worker slot 0: CUDA device 0") == 1  # the survivor kept its slot
+        assert server.terminate() == 0
+
+
+def test_a_restart_of_all_workers_keeps_their_slots_and_clears_their_live_gauges(rule_model: Path) -> None:
+    """SIGHUP (uvicorn's restart of every worker): each replacement takes the slot, so the device, of the worker it
+    replaces, and the old workers' live-gauge files go (or their last values would be summed on)."""
+    with ServerProcess(rule_model, SEGMENT_WORKERS="2", SEGMENT_CUDA_DEVICES="0,1", SEGMENT_INTRA_OP_THREADS="1",
+                       SEGMENT_WORKER_THREADS="2", log_level="info") as server:
+        first = _slots(server.wait_ready(90), 2)
+        metrics = Path(worker_environ(min(first))["PROMETHEUS_MULTIPROC_DIR"])
+
+        def live_gauges(pids: Iterable[int]) -> list[str]:
+            return sorted(p.name for p in metrics.glob("gauge_live*") for pid in pids if p.stem.endswith(f"_{pid}"))
+
+        assert live_gauges(first), sorted(p.name for p in metrics.iterdir())  # what there is to clear
+        os.kill(server.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while set(now := _slots(server, 2)) & set(first):  # until only replacements answer
+            assert time.monotonic() < deadline, (now, server.log)
+            time.sleep(0.2)
+        assert sorted(now.values()) == [0, 1], now
+        assert "slots are held" not in server.log
+        assert live_gauges(first) == [] and live_gauges(now)
         assert server.terminate() == 0
 
 

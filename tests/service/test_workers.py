@@ -28,6 +28,21 @@ def ready_pids(server: ServerProcess) -> set[int]:
     return set(server.wait_ready(90).worker_pids)
 
 
+def worker_environ(pid: int) -> dict[str, str]:
+    """The environment the worker `pid` started with: where the supervisor put the shared directories."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def replacements(server: ServerProcess, gone: set[int], timeout: float = 60) -> set[int]:
+    """The pids of `WORKERS` ready workers none of which is in `gone`, asked until they are the only ones."""
+    deadline = time.monotonic() + timeout
+    while (now := ready_pids(server)) & gone:
+        assert time.monotonic() < deadline, (now, server.log)
+        time.sleep(0.2)
+    return now
+
+
 def segment(url: str, body: bytes) -> httpx.Response:
     return httpx.post(f"{url}/segment", params={"output": "labels"}, content=body,
                       headers={"content-type": "image/png"}, timeout=30)
@@ -97,6 +112,28 @@ def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model
                 replaced = {ready.json()["pid"]} - first
         assert replaced, "no replacement worker answered"
         assert victim not in ready_pids(server)
+        assert server.terminate() == 0
+
+
+def test_the_results_of_workers_that_die_go_with_them(rule_model: Path, upload) -> None:
+    """Only the worker that stored a result knows its file (its replacement starts with an empty share): the
+    supervisor removes a dead worker's files, or they would stay, past the TTL and beyond the bound, as long as it
+    runs."""
+    body, _ = upload
+    with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
+                       SEGMENT_WORKER_THREADS="2") as server:
+        first = ready_pids(server)
+        results = Path(worker_environ(min(first))["SEGMENT_RESULTS_DIR"])
+        ids = [segment(server.url, body).headers["X-Result-ID"] for _ in range(6)]
+        assert len([p for p in results.rglob("*") if p.is_file()]) == 6
+        for pid in first:  # both: whichever stored which, every one of these results has lost its owner
+            os.kill(pid, signal.SIGKILL)
+        replacements(server, first)
+        assert [p for p in results.rglob("*") if p.is_file()] == []
+        for rid in ids:
+            assert httpx.get(f"{server.url}/results/{rid}/labels.png", timeout=10).status_code == 404
+        again = segment(server.url, body).headers["X-Result-ID"]  # the replacements store and read as before
+        assert httpx.get(f"{server.url}/results/{again}/labels.png", timeout=10).status_code == 200
         assert server.terminate() == 0
 
 
