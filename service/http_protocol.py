@@ -11,8 +11,14 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
   (uvicorn answers these in plain text);
 - a head deadline: a head must arrive within `header_timeout_s` of the connection opening or of the first byte
   after a keep-alive pause, else 408 `header_timeout`; a connection that sends nothing is closed quietly;
+- a limit on a chunked body's framing: httptools parses chunk-size lines, chunk extensions and trailer fields with
+  no limit (and joins a trailer field's pieces on every read, as it does a header's), so more than
+  `max_header_bytes` of them in a row is 431 `headers_too_large`; trailer fields are discarded, not added to the
+  request's headers, which the app has already read;
 - a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
-  read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer.
+  read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
+- every request still in the server told of a hang-up: uvicorn tells only the newest, so a request with another
+  pipelined behind it ran on (its image on the device) and wrote its answer to the closed transport.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .settings import Settings
 
@@ -63,6 +70,11 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._completed_in_read = False  # a request ended inside the current read
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None  # decided, waiting for earlier answers to go out
+        self._chunked = False  # the current request's body is chunked (llhttp refuses any other transfer-encoding)
+        self._framing = 0  # a chunked body's non-body bytes since the last feed that carried body bytes
+        self._body_in_feed = 0  # body bytes httptools passed on from the current feed (see `_feed`)
+        self._head_ended_in_feed = False  # a head ended inside the current feed (its body's framing is not counted)
+        self._running: RequestResponseCycle | None = None  # the request whose app runs (`self.cycle` is the newest)
 
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
@@ -94,7 +106,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         # client trickling bytes cannot keep the connection open after its answer.
         self._completed_in_read = False
         try:
-            self.parser.feed_data(data)
+            if not self._feed(data):
+                return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -113,6 +126,21 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes, self._tail, self._line_done = self._head_lower_bound(), data[-3:], bool(self.headers)
         if self._in_head and (self._inexact or not self._completed_in_read):
             self._arm_head_timer()  # part of a head is here (or blank lines): from now on it has `header_timeout_s`
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse a read; False when it was refused for its chunked-body framing. Inside a chunked body (or a head:
+        such a body may begin in the same read) httptools is fed at most `max_header_bytes` at a time, so that the
+        framing is counted between feeds, before httptools has parsed much more of it. A body with a Content-Length
+        has no framing: the rest of its read goes in whole."""
+        step, start = self.max_header_bytes, 0
+        while start < len(data):
+            end = start + step if self._in_head or self._chunked else len(data)
+            self._body_in_feed, self._head_ended_in_feed = 0, False
+            self.parser.feed_data(data[start:end] if start or end < len(data) else data)
+            if self._framing_too_large(min(end, len(data)) - start):
+                return False
+            start = end
+        return True
 
     def _head_too_large(self, data: bytes) -> bool:
         """Count `data` into the current head; refuse when the head passes the limit. Each byte is looked at
@@ -143,6 +171,28 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self._line_done = line_done
         return False
 
+    def _framing_too_large(self, size: int) -> bool:
+        """Count the non-body bytes of the feed of `size` bytes just parsed, when inside a chunked body; refuse when
+        more than `max_header_bytes` of them came in a row.
+
+        httptools does not say where in a feed the body bytes were, so the count restarts at each feed that carried
+        some (with that feed's framing), and adds the whole of each feed that carried none. Framing in a row (a chunk
+        extension, or trailer fields: no body byte comes after the last chunk) is so refused after at most twice the
+        limit, three times when it began in the head's feed, which is not counted. A legitimate body is never: its
+        chunk-size lines are a few bytes between data, so a feed of `max_header_bytes` always carries some data."""
+        if self._in_head or not self._chunked or self._head_ended_in_feed:
+            self._framing = 0
+            return False
+        framing = size - self._body_in_feed
+        self._framing = framing if self._body_in_feed else self._framing + framing
+        if self._framing <= self.max_header_bytes:
+            return False
+        self._refusal = (431, "headers_too_large",
+                         f"chunked body framing (chunk extensions, trailer fields) longer than {self.max_header_bytes} "
+                         "bytes")
+        self._refuse()
+        return True
+
     def _head_lower_bound(self) -> int:
         """The fewest bytes the parts of the current head httptools has passed on can have been sent in."""
         return len(self.url) + sum(len(name) + len(value) + 3 for name, value in self.headers)
@@ -153,8 +203,19 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks -------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._chunked = False
         if self._completed_in_read:
             self._inexact = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+        # else: a trailer field, after a chunked body. Discarded (RFC 9110 6.5.1 allows it): uvicorn would append it
+        # to the request's headers, which the app has already read, one list entry per field.
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_feed += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         if self._inexact:  # its start was not counted as bytes: check what was parsed
@@ -167,6 +228,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
                                  (431, "headers_too_large", f"request head larger than {limit} bytes"))
                 raise _Refused  # httptools stops parsing this read
         self._in_head, self._head_bytes, self._tail, self._line_done, self._inexact = False, 0, b"", False, False
+        self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
+        self._head_ended_in_feed = True
         self._cancel_head_timer()
         self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
         super().on_headers_complete()
@@ -179,6 +242,24 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._refusal is not None:
             self._refuse()  # the answers before it are out (or the next pipelined one started: it waits)
+
+    # -- requests in the server -------------------------------------------------------------------------------
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle  # uvicorn keeps only the newest request, `self.cycle`, which may be a queued one
+        super()._start_asgi_task(cycle, app)
+
+    def _cycles(self) -> list[RequestResponseCycle]:
+        """This connection's requests in the server, oldest first: the one whose app runs, then those queued."""
+        queued = [cycle for cycle, _ in reversed(self.pipeline)]  # uvicorn appends on the left, pops on the right
+        return queued if self._running is None else [self._running, *queued]
+
+    def _disconnect_cycles(self) -> None:
+        """Tell every unanswered request that its client is gone: its `receive()` returns http.disconnect (which
+        `while_connected` waits for, to skip its image) and its answer is not written."""
+        for cycle in self._cycles():
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     # -- head deadline ----------------------------------------------------------------------------------------
     def _arm_head_timer(self) -> None:
@@ -202,22 +283,41 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        # uvicorn marks only `self.cycle`: with a request pipelined behind the running one, that is the queued one,
+        # and the running one would go on to the device and then write to the closed transport (RuntimeError).
+        self._disconnect_cycles()
         super().connection_lost(exc)
 
     # -- refusals ---------------------------------------------------------------------------------------------
     def _refuse(self) -> None:
         """Send the pending refusal once every request before it on this connection has its answer; until then
-        read nothing more."""
-        if self._in_head and self.cycle is not None and not self.cycle.response_complete:
-            self.flow.pause_reading()  # a later request's head: the one in flight is answered first
+        read nothing more. A request refused inside its body (a bad chunk, too much framing) is `self.cycle`: the
+        refusal is its answer, so it is taken out of the queue when pipelined behind another (its app never runs),
+        or cut off when running (its app sees a disconnect)."""
+        refused = None if self._in_head else self.cycle
+        if refused is not None:
+            for item in [item for item in self.pipeline if item[0] is refused]:
+                self.pipeline.remove(item)
+        # Wait for each earlier request's answer, and for the refused request's own if it has begun (an answer
+        # given before its body was read, 413 or 503): a refusal cannot cut into a response.
+        if any(not cycle.response_complete and (cycle is not refused or cycle.response_started)
+               for cycle in self._cycles()):
+            self.flow.pause_reading()
             return
         assert self._refusal is not None
-        self._reject(*self._refusal)
+        self._reject(*self._refusal, answered=refused is not None and refused.response_started)
 
-    def _reject(self, status: int, code: str, message: str) -> None:
-        """Answer an error outside any request cycle (no app involved) and close the connection."""
+    def _reject(self, status: int, code: str, message: str, answered: bool = False) -> None:
+        """Answer an error outside any request cycle (no app involved) and close the connection; `answered`: the
+        refused request already has its answer, so the connection is only closed."""
         self._cancel_head_timer()
         if self.transport.is_closing():
+            return
+        self._disconnect_cycles()  # a refused request whose app runs must not answer too (nor write after close)
+        if answered:
+            log.info("closed a connection after its answer: %s %s", status, code)
+            self.on_reject(code)
+            self.transport.close()
             return
         request_id = uuid.uuid4().hex
         body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()

@@ -5,7 +5,9 @@ upload, and startup errors. Deadlines are set short (1-1.5 s) so that every case
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
+from service.core.engine import load_engine
 from service.server import build_config
 from service.settings import Settings
 from testkit import REPO, rawhttp
@@ -297,3 +300,79 @@ def test_an_answered_upload_cannot_hold_its_connection_by_trickling(server: Serv
             break
     sock.close()
     assert status_of(got) == 413 and closed and time.perf_counter() - t0 < 9, (got[:100], closed)
+
+
+@contextlib.contextmanager
+def in_process_server(app: object, settings: Settings) -> Iterator[tuple[str, int]]:
+    """Real uvicorn as `segment-serve` configures it, in a thread of this process (so that the test can reach into
+    the engine): the address it listens on, once ready."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(build_config(app, settings))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        host, port = sock.getsockname()
+        deadline = time.monotonic() + 30
+        while not ready(f"http://{host}:{port}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield host, port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:  # not listening yet
+        return False
+
+
+class ErrorRecords(logging.Handler):
+    """The ERROR records logged while attached (to uvicorn's loggers, which do not propagate, and to the root)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_hang_up_with_a_request_pipelined_behind_the_upload_skips_its_image(rel_rule_model: Path) -> None:
+    """Clients that pipeline a GET behind their /segment and hang up while it waits for the device: their images
+    are skipped, as without the GET, and nothing is written to the closed connections. uvicorn told only the
+    queued GET of the hang-up, so every image ran (4 of 4) and each answer raised RuntimeError on the closed
+    transport, logged as ERROR tracebacks."""
+    settings = Settings(model_path=rel_rule_model, intra_op_threads=1, max_batch_size=1, concurrent_batches=1,
+                        exit_when_unhealthy=False)
+    engine = load_engine(settings.engine_options())
+    run_images, runs = engine.run_images, []
+
+    def slow_device(images: Sequence[np.ndarray]) -> np.ndarray:
+        time.sleep(0.5)
+        runs.append(len(images))
+        return run_images(images)
+
+    engine.run_images = slow_device  # type: ignore[method-assign]
+    post = http_request(f"POST /segment?output=stats HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                        f"Content-Length: {len(TINY)}", TINY)
+    errors = ErrorRecords()
+    with in_process_server(create_app(settings, engine), settings) as address:
+        for name in ("uvicorn", ""):
+            logging.getLogger(name).addHandler(errors)
+        try:
+            clients = [socket.create_connection(address, timeout=10) for _ in range(4)]
+            for client in clients:
+                client.sendall(post + http_request("GET /healthz HTTP/1.1\nHost: x"))
+            time.sleep(0.15)
+            for client in clients:
+                client.close()
+            time.sleep(4 * 0.5 + 1)  # long enough for all four to have run
+        finally:
+            for name in ("uvicorn", ""):
+                logging.getLogger(name).removeHandler(errors)
+    assert len(runs) <= 1, runs  # only an image already on the device when its client left
+    assert not errors.records, [r.getMessage() for r in errors.records]

@@ -1,12 +1,14 @@
 """Request heads at and around the head-size limit, pipelined and keep-alive requests, and malformed heads,
 against a real `segment-serve` process over raw sockets. The limit covers the request line and the headers,
-including the blank line that ends them; how the bytes are split into writes must not matter."""
+including the blank line that ends them; how the bytes are split into writes must not matter. The same limit
+bounds what a chunked body may send in a row that is not body: chunk extensions and trailer fields."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ import httpx
 import pytest
 
 from testkit import rawhttp
+from testkit.load import probe
 from testkit.metrics import metric_sum
+from testkit.procstat import cpu_seconds
 from testkit.rawhttp import http_request, read_response, read_responses, status_of
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -207,3 +211,85 @@ def test_ordinary_clients_are_unaffected(server: ServerProcess) -> None:
     r = httpx.post(f"{server.url}/segment", content=TINY, params={"output": "stats"},
                    headers={"X-Normal": "a" * 8000, "Content-Type": "image/png"}, timeout=10)
     assert r.status_code == 200 and r.json()["width"] == 32
+
+
+CHUNKED = "POST /segment HTTP/1.1\nHost: x\nContent-Type: image/png\nTransfer-Encoding: chunked"
+# After a first chunk: the start of framing that never ends, and what one more 100-byte piece of it is.
+FRAMINGS = {"trailer fields": (b"5\r\nhello\r\n0\r\n", b"X-T: " + b"a" * 93 + b"\r\n"),
+            "one trailer value": (b"5\r\nhello\r\n0\r\nX-T: ", b"a" * 100),
+            "chunk extension": (b"5\r\nhello\r\n5;x=", b"a" * 100)}
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=list(FRAMINGS))
+def test_chunked_framing_trickled_past_the_limit_is_refused_at_the_limit(server: ServerProcess,
+                                                                         framing: str) -> None:
+    """Trailer fields (or a chunk extension) after a chunked body, trickled 100 bytes at a time and never ending:
+    431 once about the head limit has arrived, as for a head. They used to be parsed without limit, each trailer
+    field added to the request's headers (2.5 GB of server memory for 98 MiB of them)."""
+    before = rejected(server, "headers_too_large")
+    start, piece = FRAMINGS[framing]
+    sock = connect(server)
+    sock.sendall(http_request(CHUNKED) + start)
+    sent, refused_after = 0, None
+    try:
+        while sent < 6 * LIMIT:
+            sock.sendall(piece)
+            sent += len(piece)
+            time.sleep(0.001)
+    except OSError:
+        refused_after = sent
+    raw, _ = read_response(sock, 5)
+    sock.close()
+    assert_refused(raw, 431, "headers_too_large")
+    assert refused_after is None or refused_after < 3 * LIMIT, refused_after
+    assert rejected(server, "headers_too_large") == before + 1
+
+
+def test_a_streamed_trailer_is_refused_without_stalling_others(server: ServerProcess) -> None:
+    """One trailer value streamed in 1 MiB writes: refused after about the limit, the server spends next to no
+    CPU on it and /healthz on other connections stays fast. It used to be joined again on every read (3 s of
+    server CPU for 46 MiB, /healthz taking 2 s meanwhile)."""
+    health: list[float] = []
+    streaming = threading.Event()
+    streaming.set()
+
+    def probe_health() -> None:
+        while streaming.is_set():
+            health.extend(probe(server.url, b"", 1, path="/healthz", pause_s=0).latencies_ms)
+
+    prober = threading.Thread(target=probe_health, daemon=True)
+    prober.start()
+    cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+    sock = connect(server)
+    sock.sendall(http_request(CHUNKED) + FRAMINGS["one trailer value"][0])
+    sent = 0
+    try:
+        while sent < 32 << 20:
+            sent += sock.send(b"a" * (1 << 20))
+    except OSError:
+        pass  # the server answered and closed
+    took, cpu = time.perf_counter() - t0, cpu_seconds(server.pid) - cpu0
+    streaming.clear()
+    prober.join(30)
+    sock.close()
+    # What the kernel's socket buffers absorbed before the refusal reached us: far less than the cap.
+    assert sent < 32 << 20 and took < 5, (sent, took)
+    assert cpu < 1.0, cpu
+    health += probe(server.url, b"", 5, path="/healthz", pause_s=0).latencies_ms
+    assert max(health) < 500, health
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"zz\r\nhello\r\n0\r\n\r\n", 400, "bad_request"),
+    (b"5\r\nhello\r\n0\r\n" + b"X-T: a\r\n" * (LIMIT // 2) + b"\r\n", 431, "headers_too_large"),
+], ids=["bad chunk size", "oversized trailers"])
+def test_a_bad_chunked_body_pipelined_behind_a_request_is_refused_after_its_answer(
+        server: ServerProcess, body: bytes, status: int, code: str) -> None:
+    """The request before it is answered first, then the refusal (it used to come first, and alone)."""
+    sock = connect(server)
+    sock.sendall(http_request("GET /outputs HTTP/1.1\nHost: x") + http_request(CHUNKED) + body)
+    got = read_responses(sock, 3, 10)
+    sock.close()
+    assert [s for s, _, _ in got] == [200, status], [g[:2] for g in got]
+    assert error_of(got[1][1] + b"\r\n\r\n" + got[1][2])["code"] == code
+    assert b"connection: close" in got[1][1].lower()

@@ -1,6 +1,8 @@
 """The hardened httptools protocol in-process, with a fake transport, so that every read boundary is chosen
 exactly: the head-size limit holds however a head is split, and the bytes of an oversized head never reach the
-parser (what kept the old httptools setup quadratic). The same behaviours over real sockets:
+parser (what kept the old httptools setup quadratic); a chunked body's framing (chunk extensions, trailer fields) is
+bounded the same way; refusals come in order behind pipelined requests; a hang-up reaches every request of the
+connection. The same behaviours over real sockets:
 tests/reliability/test_request_heads.py and test_hostile_clients.py."""
 
 from __future__ import annotations
@@ -64,14 +66,28 @@ async def app(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def feed(pieces: list[bytes]) -> tuple[bytes, bool, int, list[str]]:
-    """Each piece as one read on a fresh connection: what was written back, whether the connection was closed,
-    how many bytes reached the parser, and the refusals reported."""
+async def body_app(scope: dict, receive: Any, send: Any) -> None:
+    """Reads the whole body, then answers its size and the request's header names."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+    answer = b"%d %s" % (size, b",".join(name for name, _ in scope["headers"]))
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def feed(pieces: list[bytes], asgi: Any = app) -> tuple[bytes, bool, int, list[str]]:
+    """Each piece as one read on a fresh connection to `asgi`: what was written back, whether the connection was
+    closed, how many bytes reached the parser, and the refusals reported."""
     async def run() -> tuple[bytes, bool, int, list[str]]:
         refused: list[str] = []
         cls = HardenedHttpToolsProtocol.configured(Settings(max_header_bytes=LIMIT, header_timeout_s=5),
                                                    refused.append)
-        proto = cls(config=Config(app=app, http=cls), server_state=ServerState(), app_state={},
+        proto = cls(config=Config(app=asgi, http=cls), server_state=ServerState(), app_state={},
                     _loop=asyncio.get_running_loop())
         transport = FakeTransport()
         proto.connection_made(transport)
@@ -81,6 +97,7 @@ def feed(pieces: list[bytes]) -> tuple[bytes, bool, int, list[str]]:
             await asyncio.sleep(0)
         await asyncio.sleep(0.01)  # let a request's task answer
         proto.connection_lost(None)
+        await asyncio.sleep(0.01)  # let a request's task see the hang-up
         return bytes(transport.written), transport.closed, parser.fed, refused
 
     return asyncio.run(run())
@@ -147,3 +164,67 @@ def test_an_oversized_head_behind_a_request_in_the_same_read() -> None:
                    [first + b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", *[b"a" * 100] * 4000]):
         written, closed, _, refused = feed(pieces)
         assert status(written) == [200, 431] and closed and refused == ["headers_too_large"], written[-300:]
+
+
+CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+FRAMINGS = {  # a chunked body whose framing in a row passes the limit many times over
+    "trailer fields": b"5\r\nhello\r\n0\r\n" + b"X-T: a\r\n" * (8 * LIMIT // 8) + b"\r\n",
+    "one trailer value": b"5\r\nhello\r\n0\r\nX-T: " + b"a" * (64 * LIMIT) + b"\r\n\r\n",
+    "chunk extension": b"5;x=" + b"a" * (64 * LIMIT) + b"\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("reads", [0, 100], ids=["one read", "100-byte reads"])
+@pytest.mark.parametrize("framing", FRAMINGS, ids=list(FRAMINGS))
+def test_chunked_framing_past_the_limit_is_431_before_much_is_parsed(framing: str, reads: int) -> None:
+    """Chunk extensions and trailer fields are parsed (trailers buffered) by httptools with no limit: more than
+    the limit of them in a row is refused, and the parser is fed no more than about three times the limit."""
+    data = CHUNKED + FRAMINGS[framing]
+    pieces = [data[i:i + reads] for i in range(0, len(data), reads)] if reads else [data]
+    written, closed, fed, refused = feed(pieces, body_app)
+    assert status(written) == [431] and closed and refused == ["headers_too_large"], written[:300]
+    assert json.loads(written.partition(b"\r\n\r\n")[2])["error"]["code"] == "headers_too_large"
+    assert fed <= 3 * LIMIT, fed
+
+
+@pytest.mark.parametrize("reads", [0, 3, 100], ids=["one read", "3-byte reads", "100-byte reads"])
+def test_tiny_chunks_and_small_trailers_are_served_and_trailers_dropped(reads: int) -> None:
+    """A body of 1-byte chunks (five framing bytes per body byte, far more framing than the limit in all, but
+    never much in a row) and a small trailer section: served, the trailer fields not among the headers."""
+    data = CHUNKED + b"1\r\na\r\n" * (2 * LIMIT) + b"0\r\nX-Trailer: 1\r\nX-Other: 2\r\n\r\n"
+    pieces = [data[i:i + reads] for i in range(0, len(data), reads)] if reads else [data]
+    written, _, _, refused = feed(pieces, body_app)
+    assert status(written) == [200] and not refused, written[-300:]
+    assert written.endswith(b"%d host,transfer-encoding" % (2 * LIMIT)), written[-100:]
+
+
+@pytest.mark.parametrize("body, code", [(b"zz\r\nhello\r\n0\r\n\r\n", 400), (FRAMINGS["trailer fields"], 431)],
+                         ids=["bad chunk size", "oversized trailers"])
+def test_a_refusal_inside_a_pipelined_body_comes_after_the_earlier_answer(body: bytes, code: int) -> None:
+    """The refused request was queued behind a GET: the GET is answered first, then the refusal, in place of the
+    refused request's own answer."""
+    written, closed, _, _ = feed([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + CHUNKED + body])
+    assert status(written) == [200, code] and closed, written[-300:]
+
+
+def test_a_hang_up_reaches_a_running_request_with_another_queued_behind_it() -> None:
+    """uvicorn tells only its newest request (the queued one) of a hang-up: the running one, waiting as
+    `while_connected` does for the client to leave, must hear of it too."""
+    heard: list[str] = []
+
+    async def waiting_app(scope: dict, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        heard.append(scope["path"])
+
+    written, _, _, _ = feed([b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\nGET /queued HTTP/1.1\r\nHost: x\r\n\r\n"],
+                            waiting_app)
+    assert heard == ["/waits"] and not written
+
+
+def test_framing_past_the_limit_after_an_early_answer_closes_without_a_second_answer() -> None:
+    """The app answered before reading the body (as a 413 does); the framing that follows is refused by closing
+    the connection, not by a second answer to the same request."""
+    data = CHUNKED + FRAMINGS["trailer fields"]
+    written, closed, _, refused = feed([data[i:i + 100] for i in range(0, len(data), 100)])
+    assert status(written) == [200] and closed and refused == ["headers_too_large"], written[-300:]
