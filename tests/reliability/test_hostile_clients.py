@@ -248,16 +248,8 @@ def test_a_crash_answers_500_and_keeps_the_connection(rel_rule_model: Path) -> N
         raise RuntimeError("a bug")
 
     app.add_api_route("/boom", boom)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(build_config(app, settings))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        client = socket.create_connection(sock.getsockname(), timeout=10)
+    with in_process_server(app, settings) as address:
+        client = socket.create_connection(address, timeout=10)
         answers = []
         for path in ("/boom", "/healthz"):
             client.sendall(http_request(f"GET {path} HTTP/1.1\nHost: x"))
@@ -268,10 +260,6 @@ def test_a_crash_answers_500_and_keeps_the_connection(rel_rule_model: Path) -> N
                 raw += chunk
             answers.append(raw)
         client.close()
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
     assert status_of(answers[0]) == 500 and error_of(answers[0])["code"] == "internal_error"
     assert b"connection: close" not in answers[0].lower()
     assert status_of(answers[1]) == 200

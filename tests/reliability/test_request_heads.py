@@ -67,6 +67,20 @@ def send_in_pieces(sock: socket.socket, data: bytes, cuts: list[int], pause_s: f
         pass
 
 
+def trickle(sock: socket.socket, piece: bytes, up_to: int) -> int | None:
+    """Send `piece` again and again, 1 ms apart, until `up_to` bytes; the bytes sent when the server closed the
+    connection on us, or None if it never did."""
+    sent = 0
+    try:
+        while sent < up_to:
+            sock.sendall(piece)
+            sent += len(piece)
+            time.sleep(0.001)
+    except OSError:
+        return sent
+    return None
+
+
 def error_of(raw: bytes) -> dict:
     return json.loads(raw.partition(b"\r\n\r\n")[2])["error"]
 
@@ -109,14 +123,7 @@ def test_an_oversized_head_trickled_in_small_writes_is_refused_at_the_limit(serv
     before = rejected(server, "headers_too_large")
     sock = connect(server)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    sent, refused_after = 0, None
-    try:
-        while sent < 4 * LIMIT:
-            sock.sendall(b"X-Many: " + b"a" * 90 + b"\r\n")
-            sent += 100
-            time.sleep(0.001)
-    except OSError:
-        refused_after = sent
+    refused_after = trickle(sock, b"X-Many: " + b"a" * 90 + b"\r\n", 4 * LIMIT)
     raw, _ = read_response(sock, 5)
     sock.close()
     assert_refused(raw, 431, "headers_too_large")
@@ -230,14 +237,7 @@ def test_chunked_framing_trickled_past_the_limit_is_refused_at_the_limit(server:
     start, piece = FRAMINGS[framing]
     sock = connect(server)
     sock.sendall(http_request(CHUNKED) + start)
-    sent, refused_after = 0, None
-    try:
-        while sent < 6 * LIMIT:
-            sock.sendall(piece)
-            sent += len(piece)
-            time.sleep(0.001)
-    except OSError:
-        refused_after = sent
+    refused_after = trickle(sock, piece, 6 * LIMIT)
     raw, _ = read_response(sock, 5)
     sock.close()
     assert_refused(raw, 431, "headers_too_large")
