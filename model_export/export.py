@@ -21,7 +21,7 @@ from service.core.contract import (
 )
 
 from .catalog import DEFAULT_OPSET, default_input_size
-from .models import SegmentationModel
+from .models import SegmentationModel, output_classes
 from .wrapper import ExportWrapper, preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
                    extra: dict[str, str] | None = None) -> ModelMetadata:
     """Metadata for a model: its normalisation comes from the model's own preprocessing convention."""
     mean, std, order = preprocessing_constants(model.preprocessing)
+    try:
+        predicted = output_classes(model)
+    except IndexError:  # a head with no convolution (a stand-in in tests): nothing to check against
+        predicted = num_classes
+    if num_classes != predicted:
+        raise ValueError(f"num_classes {num_classes} for a model that predicts {predicted} classes")
     names = list(classes) if classes is not None else default_classes(num_classes)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")

@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
     if info.get("pretraining_head"):
         raise CliError(f"{args.weights} is converted from a Caffe initialisation file: its ASPP is untrained. "
                        "Fine-tune it first (segment-export train --init)")
+    from .models import output_classes
+
     classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")
-    num_classes = len(classes) if classes else args.num_classes
+    num_classes = output_classes(model)  # what the head predicts: the names must match it, not a default of 21
+    if classes and len(classes) != num_classes:
+        raise CliError(f"{len(classes)} class names ({args.classes or args.weights}) for a model that predicts "
+                       f"{num_classes} classes: label ids would have no name or colour")
     # A training checkpoint knows the size it was trained at and its palette; flags override.
     meta = build_metadata(model, num_classes=num_classes, classes=classes,
                           palette=None if args.classes else info.get("palette"),

@@ -64,6 +64,29 @@ def test_flags_override_the_checkpoint(checkpoint, tmp_path: Path) -> None:
     assert meta.palette[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]  # VOC colours once names change
 
 
+def test_a_weights_file_without_names_gets_one_for_each_class_its_head_predicts(tmp_path: Path) -> None:
+    """A torchvision-layout file records no class names: the metadata names as many classes as the head
+    predicts (not VOC's 21, which left label ids without a name or colour)."""
+    torch.manual_seed(2)
+    path = tmp_path / "five.pth"
+    torch.save(build_model("deeplabv3_thin", 5).state_dict(), path)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(path), "--arch", "deeplabv3_thin", "-o", str(out)]) == 0
+    meta = read_metadata(out)
+    assert len(meta.classes) == len(meta.palette) == 5 and meta.classes[0] == "background"
+
+
+def test_class_names_that_do_not_match_the_head_are_refused(checkpoint, tmp_path: Path, capsys) -> None:
+    path, _ = checkpoint
+    names = tmp_path / "classes.json"
+    names.write_text(json.dumps(["a", "b"]))
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(path), "--classes", str(names), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "2 class names" in err and "predicts 3 classes" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_missing_weights_file_is_one_clear_line(tmp_path: Path, capsys) -> None:
     assert main(["export", "--weights", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
