@@ -38,7 +38,7 @@ from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
-from .train_config import TrainConfig
+from .train_config import NETWORK, TrainConfig, resume_conflicts
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,19 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
     return model
 
 
+def _check_resume_settings(cfg: TrainConfig, resume: dict[str, Any]) -> None:
+    """ValueError if `cfg` would continue the checkpoint's run with other settings (schedule, data stream, BN...):
+    the run would silently diverge from the one it resumes. Checkpoints without recorded `args` are trusted."""
+    recorded = resume.get("args")
+    if recorded is None:
+        log.warning("checkpoint records no settings: resuming with the given ones, which must match its run")
+        return
+    conflicts = {k: v for k, v in resume_conflicts(cfg, recorded).items() if k not in NETWORK}
+    if conflicts:
+        listed = ", ".join(f"{k}={given!r} (checkpoint: {was!r})" for k, (given, was) in conflicts.items())
+        raise ValueError(f"resuming with settings that differ from the checkpoint's run: {listed}")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final checkpoint path and last loss."""
     out = Path(cfg.out)
@@ -96,6 +109,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.arch, cfg.classes = resume["arch"], list(resume["classes"])
         cfg.model_kwargs = checkpoint_model_kwargs(resume)
         cfg.init = None
+        _check_resume_settings(cfg, resume)
     torch.manual_seed(cfg.seed)
     model = _build(cfg)
     if resume is not None:

@@ -5,12 +5,12 @@ only when the command runs, so `--help` is instant."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 from .catalog import ARCH_NAMES
 from .cli import CliError
-from .train_config import TrainConfig
+from .train_config import CHANGEABLE, PER_RUN, TrainConfig
 
 DESCRIPTION = "`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py)."
 # Each field's default; fields without one (data, out) are required options.
@@ -19,6 +19,24 @@ _DEFAULTS: dict[str, Any] = {
     for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING
 }
 _FIELDS = frozenset(f.name for f in fields(TrainConfig))
+# The namespace attribute listing the options given on the command line (dest -> the flag as spelt), so a resume
+# can tell "not given" (take the checkpoint's value) from "given" (must agree with it).
+GIVEN = "given_flags"
+# Options whose dest is not the TrainConfig field they set.
+_OPTION_FIELDS = {"no_mirror": ("mirror",), "train_bn": ("train_bn", "bn_affine"), "no_progress": ("progress",)}
+_MODEL_OPTIONS = frozenset({"output_stride", "base_width", "head_channels", "legacy_dilation"})
+
+
+def _recording(action: type[argparse.Action]) -> type[argparse.Action]:
+    """`action`, also noting its dest and flag in the namespace's GIVEN dict when the option is given."""
+
+    class Recording(action):  # type: ignore[valid-type,misc]
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: str | None = None) -> None:
+            super().__call__(parser, namespace, values, option_string)
+            setattr(namespace, GIVEN, {**getattr(namespace, GIVEN, {}), self.dest: option_string})
+
+    return Recording
 
 
 def _setting(p: argparse.ArgumentParser, flag: str, name: str, value_type: type | None = None,
@@ -40,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `segment-export train`."""
     p = subparsers.add_parser("train", help="train a DeepLab model on a VOC-layout dataset",
                               description=DESCRIPTION)
+    # Every option of this parser records that it was given (the defaults stay real values, shown by --help).
+    p.register("action", None, _recording(argparse._StoreAction))
+    p.register("action", "store_true", _recording(argparse._StoreTrueAction))
     _setting(p, "--data", "data", help="dataset root holding VOCdevkit/VOC2012")
     _setting(p, "--out", "out", help="output directory (checkpoint.pt, metrics.csv)")
     _setting(p, "--split", "split", help="split list name, or a path to a .txt list")
@@ -76,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _setting(p, "--workers", "workers", help="data loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     _setting(p, "--device", "device", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    _setting(p, "--resume", "resume", help="checkpoint to continue from (model, optimiser, iteration, RNG)")
+    _setting(p, "--resume", "resume",
+             help="checkpoint to continue from: model, optimiser, iteration, RNG and the run's settings (options "
+                  "not given take the recorded values; given ones must agree, except data/out/stop-at, saving, "
+                  "logging, workers and device)")
     _setting(p, "--stop-at", "stop_at", int, help="stop after this iteration (resumable; schedule unchanged)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=_run)
@@ -134,15 +158,50 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     })
 
 
+def _flag_value(cfg: TrainConfig, dest: str, recorded: dict[str, Any]) -> tuple[Any, Any]:
+    """(the given value, the recorded one) of option `dest`, in the terms of the TrainConfig field(s) it sets."""
+    if dest in _MODEL_OPTIONS:
+        return cfg.model_kwargs.get(dest), recorded.get("model_kwargs", {}).get(dest)
+    names = [n for n in _OPTION_FIELDS.get(dest, (dest,)) if n in recorded]
+    if len(names) == 1:
+        return getattr(cfg, names[0]), recorded[names[0]]
+    return tuple(getattr(cfg, n) for n in names), tuple(recorded[n] for n in names)
+
+
+def resumed_config(args: argparse.Namespace, cfg: TrainConfig, recorded: dict[str, Any] | None) -> TrainConfig:
+    """The config that continues a checkpoint's run: its recorded settings (`args` in the file), the options of
+    this invocation (PER_RUN), and those given that may change (CHANGEABLE). ValueError names a given option
+    that differs from the recorded run. Without a record (older checkpoints) the options are used as given, and
+    model_export.train warns."""
+    if recorded is None:
+        return cfg
+    given: dict[str, str] = getattr(args, GIVEN, {})
+    keep = set(PER_RUN)
+    for dest, flag in given.items():
+        names = set(_OPTION_FIELDS.get(dest, (dest,)))
+        if names <= PER_RUN | CHANGEABLE:
+            keep |= names
+            continue
+        if dest == "threads":  # not a setting of the run
+            continue
+        value, was = _flag_value(cfg, dest, recorded)
+        if value != was:
+            raise ValueError(f"{flag} differs from the checkpoint's run ({value} vs recorded {was}): a resumed run "
+                             f"keeps its recorded settings; drop {flag}, or start a new run without --resume")
+    return replace(cfg, **{k: v for k, v in recorded.items() if k in _FIELDS and k not in keep})
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, read_training_checkpoint
     from .data import DatasetError
     from .train import train
 
     try:
         cfg = config_from_args(args)
+        if cfg.resume:
+            cfg = resumed_config(args, cfg, read_training_checkpoint(cfg.resume).get("args"))
         if args.threads:
             torch.set_num_threads(args.threads)
         summary = train(cfg)

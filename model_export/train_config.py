@@ -3,7 +3,7 @@ their defaults from these fields (model_export.train_cli) without importing the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from service.core.contract import VOC_CLASSES
@@ -43,3 +43,18 @@ class TrainConfig:
     stop_at: int | None = None  # stop (and save) after this iteration without changing the schedule length
     progress: bool = True
 
+
+
+# On resume, settings of the invocation itself: where it reads and writes, which checkpoint, where it stops.
+PER_RUN = frozenset({"data", "out", "resume", "stop_at"})
+# On resume, settings that may change without changing what the run computes (saving, logging, where it runs).
+CHANGEABLE = frozenset({"save_every", "log_every", "workers", "device", "progress"})
+# Defined by the checkpoint's network whatever the config says (model_export.train takes them from the file).
+NETWORK = frozenset({"arch", "classes", "model_kwargs", "init"})
+
+
+def resume_conflicts(cfg: TrainConfig, recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """name -> (cfg's value, recorded value) for each setting that differs from a checkpoint's recorded `args`
+    and that a resumed run may not change (the schedule, the data stream, the parameter groups...)."""
+    fixed = (f.name for f in fields(TrainConfig) if f.name not in PER_RUN | CHANGEABLE and f.name in recorded)
+    return {name: (getattr(cfg, name), recorded[name]) for name in fixed if getattr(cfg, name) != recorded[name]}
