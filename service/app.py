@@ -196,10 +196,10 @@ async def _warm_up_once(state: ServiceState) -> None:
     health = state.batcher.guard.health
 
     def warm_engine() -> None:
-        # Its runs are in flight as a batch's are, from the device's turn on: a device that hangs in warm-up
-        # makes the process unhealthy, to be replaced, instead of unready for ever.
-        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext(), health.running():
-            engine.warm_up(sizes)
+        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
+            # Each of its runs is in flight as a batch's is: a device that hangs in warm-up makes the process
+            # unhealthy, to be replaced, instead of unready for ever; a warm-up long in all (many buckets) does not.
+            engine.warm_up(sizes, each_run=health.running)
 
     await asyncio.to_thread(warm_engine)
     if state.codec is not None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,20 +180,23 @@ class Engine:
             raise RuntimeError(f"model returned labels {labels.shape} for input {tuple(input_shape)}")
         return labels
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1,)) -> float:
+    def warm_up(self, batch_sizes: Sequence[int] = (1,),
+                each_run: Callable[[], AbstractContextManager[object]] = nullcontext) -> float:
         """Run the model on the inference size so the first request pays no allocation/tuning; seconds.
 
-        With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored).
+        With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored). `each_run` is entered
+        around each model run (each bucket's runs), not around the whole: what tells a hung run from a long warm-up.
         """
         start = time.perf_counter()
         size = self.input_size
         if self.runner is not None:
-            self.runner.warm_up()
+            self.runner.warm_up(each_run)
             batch_sizes = self.runner.sizes
         else:
             pad = pad_canvas(size, size, self.metadata.pad_rgb)
             for n in batch_sizes:
-                self.run(fill_bucket([pad], n, self.metadata.pad_rgb))
+                with each_run():
+                    self.run(fill_bucket([pad], n, self.metadata.pad_rgb))
         elapsed = time.perf_counter() - start
         log.info("warm-up on %s at %dx%d took %.2fs", list(batch_sizes), size, size, elapsed)
         return elapsed

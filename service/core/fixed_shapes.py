@@ -162,8 +162,10 @@ class FixedShapeRunner:
                                              b.device, self.device_id) for _ in range(b.instances)])
         bucket.session = bucket.pool.runs[0].session
 
-    def warm_up(self) -> None:
-        """Build every bucket's session(s) and run each on its one shape, recording time and memory."""
+    def warm_up(self, each_run: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+                ) -> None:
+        """Build every bucket's session(s) and run each on its one shape, recording time and memory. `each_run`
+        is entered around each bucket's runs (not its session build)."""
         mark = memory_in_use(self.on_gpu, self.device_id)
         height, width = self.input_hw
         # Plain: the first run plans and allocates, the second proves and times the steady state. A CUDA graph
@@ -175,9 +177,11 @@ class FixedShapeRunner:
             try:
                 if bucket.session is None:
                     self._build(bucket)
-                bucket.run_s = bucket.warm(batch, repeats)
+                with each_run():
+                    bucket.run_s = bucket.warm(batch, repeats)
                 if self.concurrent_batches > 1 and bucket.pool is None:  # a pool has one session per batch
-                    bucket.warm_together(batch, self.concurrent_batches)
+                    with each_run():
+                        bucket.warm_together(batch, self.concurrent_batches)
             except Exception as exc:
                 if self.binding is None:
                     raise

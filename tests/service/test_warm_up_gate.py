@@ -12,24 +12,25 @@ import numpy as np
 
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
+from service.inference_guard import InferenceHealth
 from service.settings import Settings
 from testkit.metrics import metric_sum
 from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes, scene, with_input_size
 
 
 def held_warm_up_server(tmp_path: Path, **settings: object) -> tuple[LiveServer, threading.Event]:
-    """A live server whose warm-up waits for the returned event (a slow or hung device)."""
+    """A live server whose model runs wait for the returned event (a slow or hung device): warm-up's first."""
     options = Settings(model_path=make_rule_model(tmp_path / "rule.onnx"), host="127.0.0.1", port=0,
                        intra_op_threads=1, **settings)
     engine = load_engine(options.engine_options())
     release = threading.Event()
-    warm_up = engine.warm_up
+    run = engine.run
 
-    def held(*args: object, **kwargs: object) -> object:
+    def held(batch: np.ndarray) -> np.ndarray:
         release.wait(30)
-        return warm_up(*args, **kwargs)
+        return run(batch)
 
-    engine.warm_up = held  # type: ignore[method-assign]
+    engine.run = held  # type: ignore[method-assign]
     return LiveServer(options, engine=engine).start(wait_ready=False), release
 
 
@@ -109,3 +110,34 @@ def test_warm_up_never_shares_a_bound_instance_with_a_batch(tmp_path: Path) -> N
         stop.set()
         warmer.join(30)
     assert wrong == 0, f"{wrong} of 300 batches got labels that were not theirs"
+
+
+def test_a_warm_up_long_in_all_is_not_a_stuck_device(tmp_path: Path) -> None:
+    """Each warm-up run counts as in flight on its own: runs of 0.3 s, 0.9 s in all, never look stuck with a
+    0.5 s limit (as one run, a warm-up of many buckets longer than the limit made a healthy process restart)."""
+    engine = load_engine(EngineOptions(model_path=make_rule_model(tmp_path / "rule.onnx"), providers="cpu",
+                                       intra_op_threads=1))
+    run = engine.run
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.3)
+        return run(batch)
+
+    engine.run = slow  # type: ignore[method-assign]
+    health = InferenceHealth(unhealthy_after_s=0.5)
+    seen: list[str | None] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(health.unhealthy)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert engine.warm_up((1, 2, 4), each_run=health.running) >= 0.9
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) > 20 and set(seen) == {None}
