@@ -8,6 +8,7 @@ The body deadline itself is ASGI middleware (service/connection.py): it needs to
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import uvicorn
@@ -28,7 +29,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "lifespan": "on",
             # Below compose's 30 s stop_grace_period and the pod's grace minus its preStop sleep. A stalled upload
             # cannot hold it: the body deadline answers it 408 first.
-            "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+            "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout_s),
             "proxy_headers": True, "server_header": False}
 
 

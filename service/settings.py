@@ -22,6 +22,8 @@ from .core.options import (
 )
 
 MB = 1024 * 1024
+# Python's logging levels as uvicorn names them (its --log-level choices).
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def default_model_path() -> Path:
@@ -149,7 +151,9 @@ class Settings(BaseSettings):
     upload_buffer_bytes: ByteSize = Field(ByteSize(512 * MB), ge=1,
                                           description="declared bytes of bodies still arriving; 503 beyond")
     max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
-    shutdown_timeout_s: float = Field(25.0, gt=0, description="graceful-shutdown bound (below compose's 30 s)")
+    shutdown_timeout_s: float = Field(25.0, ge=1, le=3600,
+                                      description="graceful-shutdown bound (below compose's 30 s); whole seconds "
+                                                  "for uvicorn, rounded up")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -170,7 +174,10 @@ class Settings(BaseSettings):
         bad = [key for key, sep, _ in pairs if not sep or not key.strip()]
         if bad:
             raise ValueError(f"expected key=value pairs, got {bad}")
-        return {key.strip(): val.strip() for key, _, val in pairs}
+        options = {key.strip(): val.strip() for key, _, val in pairs}
+        if not options.get("device_id", "0").isdigit():  # it picks the workers' device: a number
+            raise ValueError(f"device_id must be a device number, got {options['device_id']!r}")
+        return options
 
     @field_validator("cuda_devices")
     @classmethod
@@ -196,7 +203,10 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
-        return value.lower()
+        value = value.lower()
+        if value not in _LOG_LEVELS:  # else uvicorn fails on it later, with a traceback
+            raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+        return value
 
     def worker_total(self) -> int:
         """How many workers there are, as a worker sees it: the supervisor passes its resolved count on, and a

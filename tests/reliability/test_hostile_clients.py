@@ -222,7 +222,11 @@ def test_sigterm_with_a_stalled_upload_exits_within_the_body_deadline(rel_rule_m
 @pytest.mark.parametrize("env, names", [
     ({"SEGMENT_MAX_BATCH_SIZE": "abc"}, "SEGMENT_MAX_BATCH_SIZE"),
     ({"SEGMENT_MODEL_PATH": "/nonexistent/model.onnx"}, "not found"),
-], ids=["bad-setting", "missing-model"])
+    # Each of these got past the settings and failed later with a traceback (exit 1).
+    ({"SEGMENT_LOG_LEVEL": "warn"}, "SEGMENT_LOG_LEVEL"),
+    ({"SEGMENT_CUDA_OPTIONS": "device_id=abc"}, "SEGMENT_CUDA_OPTIONS"),
+    ({"SEGMENT_SHUTDOWN_TIMEOUT_S": "inf"}, "SEGMENT_SHUTDOWN_TIMEOUT_S"),
+], ids=["bad-setting", "missing-model", "log-level", "device-id", "shutdown-timeout"])
 def test_startup_errors_are_one_clear_line(env: dict[str, str], names: str, rel_rule_model: Path) -> None:
     full = {"SEGMENT_MODEL_PATH": str(rel_rule_model), "SEGMENT_PORT": "0", "SEGMENT_HOST": "127.0.0.1", **env}
     done = subprocess.run([sys.executable, "-m", "service.main"], env={**_clean_env(), **full}, cwd=REPO,
