@@ -101,6 +101,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if not register_gpu_metrics(metrics, devices):
                 log.info("GPU metrics off for devices NVML (nvidia-ml-py) cannot read")
         fill = settings.fill_while_busy and eng.runner is not None  # only buckets have timings
+        if eng.runner is None:
+            ignored = [f"SEGMENT_{name.upper()}" for name in ("fill_while_busy", "batch_buckets")
+                       if name in settings.model_fields_set]
+            if ignored:
+                log.warning("%s need fixed shapes (SEGMENT_FIXED_SHAPES=on; auto is off on CPU): ignored",
+                            " and ".join(ignored))
         state.batcher = Batcher(eng.run_images, max_batch_size=settings.max_batch_size,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
                                 concurrency=settings.concurrent_batches or eng.concurrent_batches,

@@ -63,6 +63,30 @@ def test_promtool_catches_a_broken_config(tmp_path: Path) -> None:
     assert promtool("check", "rules", str(tmp_path / "bad.yml")).returncode != 0
 
 
+def test_the_failing_device_alert_fires_although_each_process_stops_itself(tmp_path: Path) -> None:
+    """By default a process whose device fails stops itself after 60 s and a fresh one starts at 0, so the
+    `segment_inference_failing` gauge never holds for the alert's minute: the failed probes, counted across
+    restarts, must raise it (promtool's rule unit test, scrapes every 15 s)."""
+    groups = yaml.safe_load((DOCKER / "prometheus-rules.yml").read_text())["groups"]
+    (rule,) = [r for g in groups for r in g["rules"] if r.get("alert") == "SegmentInferenceFailing"]
+    summary = rule["annotations"]["summary"].replace("{{ $labels.instance }}", "a")
+    restarts = " ".join(["1 1 1 1 stale"] * 4)  # failing for 60 s, then a new process
+    probes = " ".join(["0 1 2 3 4"] * 4)  # a probe every 15 s, counted from 0 in each process
+    test = {"rule_files": [str(DOCKER / "prometheus-rules.yml")], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [
+            {"series": 'segment_inference_failing{instance="a"}', "values": restarts},
+            {"series": 'segment_inference_failures_total{instance="a",run="probe"}', "values": probes},
+        ],
+        "alert_rule_test": [{"eval_time": "3m", "alertname": "SegmentInferenceFailing", "exp_alerts": [
+            {"exp_labels": {"instance": "a", "severity": "critical"}, "exp_annotations": {"summary": summary}}]}],
+    }]}
+    path = tmp_path / "failing_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    out = promtool("test", "rules", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_scrape_target_is_the_compose_service() -> None:
     cfg = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "segment"]

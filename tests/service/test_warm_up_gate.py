@@ -3,12 +3,14 @@ hangs is a stuck device; and warm-up never shares a bound instance's buffers wit
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
@@ -141,3 +143,16 @@ def test_a_warm_up_long_in_all_is_not_a_stuck_device(tmp_path: Path) -> None:
         done.set()
         watcher.join()
     assert len(seen) > 20 and set(seen) == {None}
+
+
+def test_bucket_settings_without_fixed_shapes_are_said_to_be_ignored(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """On CPU fixed shapes are off by default, and with them the buckets and filling while busy: say so rather
+    than take the settings silently."""
+    settings = Settings(model_path=make_rule_model(tmp_path / "rule.onnx"), host="127.0.0.1", port=0,
+                        intra_op_threads=1, fill_while_busy=True, batch_buckets="1,4")
+    with caplog.at_level(logging.WARNING, logger="service.app"):
+        server = LiveServer(settings).start()
+        server.stop()
+    warned = [r.getMessage() for r in caplog.records if "need fixed shapes" in r.getMessage()]
+    assert warned and "SEGMENT_FILL_WHILE_BUSY and SEGMENT_BATCH_BUCKETS" in warned[0], warned
