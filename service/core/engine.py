@@ -89,6 +89,9 @@ def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
     if image.type != "tensor(uint8)" or len(image.shape) != 4 or image.shape[3] != 3:
         raise ContractError(f"input {INPUT_NAME!r} must be uint8 [batch, height, width, 3] RGB, "
                             f"got {image.type} {image.shape}")
+    if isinstance(image.shape[0], int):  # symbolic (a name) or unknown (None) is dynamic
+        raise ContractError(f"input {INPUT_NAME!r} has a fixed batch size {image.shape[0]}: the contract needs it "
+                            "dynamic, as the service runs requests in batches (export with segment-export)")
     if LABELS_OUTPUT not in outputs:
         raise ContractError(f"model has no output named {LABELS_OUTPUT!r} (outputs: {sorted(outputs)})")
     labels = outputs[LABELS_OUTPUT]

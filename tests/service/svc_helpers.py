@@ -28,7 +28,8 @@ RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
 
 
 def make_rule_model(path: Path, *, input_size: int = 96, metadata: bool = True, input_dtype: int = TensorProto.UINT8,
-                    labels_dtype: int = TensorProto.UINT8, fixed_hw: int | None = None) -> Path:
+                    labels_dtype: int = TensorProto.UINT8, fixed_hw: int | None = None,
+                    batch: int | str = "batch") -> Path:
     """A small real ONNX graph with a predictable answer: the dominant channel of each pixel is its class
     (R→1, G→2, B→3), pixels whose brightest channel is below 64 are background (0).
 
@@ -37,8 +38,8 @@ def make_rule_model(path: Path, *, input_size: int = 96, metadata: bool = True, 
     """
     h = fixed_hw or "height"
     w = fixed_hw or "width"
-    image = helper.make_tensor_value_info("image", input_dtype, ["batch", h, w, 3])
-    labels = helper.make_tensor_value_info("labels", labels_dtype, ["batch", h, w])
+    image = helper.make_tensor_value_info("image", input_dtype, [batch, h, w, 3])
+    labels = helper.make_tensor_value_info("labels", labels_dtype, [batch, h, w])
     nodes = [
         helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMax", ["x", "axis"], ["peak"], keepdims=0),

@@ -47,10 +47,13 @@ def test_readme_flow_segment_serve_answers_readyz(processes, tiny_onnx_model: Pa
     assert "CPUExecutionProvider" in server.log  # the provider in use is logged at startup
 
 
-@pytest.mark.parametrize("kind,expect", [("bare", "metadata"), ("float", "must be uint8")])
+@pytest.mark.parametrize("kind,expect", [("bare", "metadata"), ("float", "must be uint8"),
+                                         ("static-batch", "fixed batch size 1")])
 def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: str, expect: str) -> None:
-    model = (make_rule_model(tmp_path / "bare.onnx", metadata=False) if kind == "bare"
-             else make_rule_model(tmp_path / "float.onnx", input_dtype=TensorProto.FLOAT))
+    model = {"bare": lambda: make_rule_model(tmp_path / "bare.onnx", metadata=False),
+             "float": lambda: make_rule_model(tmp_path / "float.onnx", input_dtype=TensorProto.FLOAT),
+             # It served, but every batch of more than one failed and ran again image by image.
+             "static-batch": lambda: make_rule_model(tmp_path / "static.onnx", batch=1)}[kind]()
     server = serve_process(model)
     processes.append(server)
     assert server.proc.wait(60) == 3
