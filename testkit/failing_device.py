@@ -43,10 +43,10 @@ def serve(flag: Path) -> None:
 
     warm_up = engine.warm_up
 
-    def failing_warm_up(*args: object) -> float:
+    def failing_warm_up(*args: object, **kwargs: object) -> float:
         if flag.exists():
             raise RuntimeError(CUDA_ERROR)
-        return warm_up(*args)  # type: ignore[arg-type]
+        return warm_up(*args, **kwargs)  # type: ignore[arg-type]
 
     engine.run_images = run_images  # type: ignore[method-assign]
     engine.warm_up = failing_warm_up  # type: ignore[method-assign]
