@@ -20,6 +20,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 _PART_SUFFIX = ".part"
 _RUN_FILE = ".segment-run.json"  # in --out: the output kind and options its files were made with
 
+
 @dataclass(frozen=True)
 class Job:
     source: Path
