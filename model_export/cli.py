@@ -145,4 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m model_export.cli` runs this file as `__main__`, while the subcommands import `model_export.cli`
+    # and raise that module's CliError, a different class from this copy's: run the imported module's main, so
+    # the errors it catches are the ones raised.
+    from model_export.cli import main as imported_main
+
+    sys.exit(imported_main())

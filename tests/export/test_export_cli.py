@@ -4,6 +4,8 @@ the ONNX metadata, and the exported labels match the checkpoint's eager model.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -92,3 +94,12 @@ def test_missing_weights_file_is_one_clear_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_python_dash_m_reports_a_user_error_in_one_line_too(tmp_path: Path) -> None:
+    """`python -m model_export.cli` runs the module as `__main__`; its errors must still be the one-line kind."""
+    done = subprocess.run([sys.executable, "-m", "model_export.cli", "export", "--weights", str(tmp_path / "nope.pt"),
+                           "-o", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2, done.stderr
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
