@@ -213,26 +213,33 @@ def uses_fixed_shapes(mode: str, provider: str) -> bool:
 
 def load_engine(options: EngineOptions) -> Engine:
     """Create the ORT session(s), check the contract and the provider actually in use."""
-    path = Path(options.model_path)
+    given = Path(options.model_path)
     requested = resolve_providers(options.providers)
-    path = resolve_model_path(path, options.precision, cuda_active=CUDA in requested)
+    # The first provider listed is the one that runs the model ('cpu,cuda' runs on the CPU).
+    path = resolve_model_path(given, options.precision, cuda_active=requested[:1] == [CUDA])
     if not path.is_file():
         raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
                           "model_path")
     threads = options.threads_for(on_gpu=requested[0] in GPU_PROVIDERS)
-    try:
-        session = create_session(path, requested, threads, options.cuda_options)
-    except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
-        raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
+    session = _open_session(path, requested, threads, options)
     metadata = validate_contract(session)
     active = session.get_providers()[0]
     if requested and active != requested[0]:
         # The known trap: CUDA requested, the library or driver missing, ORT quietly runs on CPU.
         log.warning("requested %s but onnxruntime is running %s (silent fallback)", requested[0], active)
-        fitting = options.threads_for(on_gpu=active in GPU_PROVIDERS)
-        if fitting != threads:  # sized for CUDA: remade with the CPU's share
-            threads = fitting
-            session = create_session(path, requested, threads, options.cuda_options)
+        fitting_threads = options.threads_for(on_gpu=active in GPU_PROVIDERS)
+        # 'auto' picked the fp16 sibling for CUDA; off CUDA fp16 runs far slower than fp32, so take what 'auto'
+        # means on the provider really in use (an explicit precision resolves the same either way).
+        fitting_path = resolve_model_path(given, options.precision, cuda_active=active == CUDA)
+        if fitting_path != path and fitting_path.is_file():
+            log.warning("precision auto: loading %s instead of %s, as the provider in use is %s",
+                        fitting_path, path, active)
+        else:
+            fitting_path = path
+        if (fitting_threads, fitting_path) != (threads, path):  # one remake for both
+            threads, path = fitting_threads, fitting_path
+            session = _open_session(path, requested, threads, options)
+            metadata = validate_contract(session)
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")
@@ -252,6 +259,14 @@ def load_engine(options: EngineOptions) -> Engine:
              metadata.precision, metadata.num_classes, metadata.input_size, active, threads,
              f", fixed-shape buckets {runner.sizes}" if runner else "")
     return engine
+
+
+def _open_session(path: Path, requested: list[str], threads: int, options: EngineOptions) -> ort.InferenceSession:
+    """`create_session`, with ORT's own load errors (unreadable or invalid graphs) as a ContractError."""
+    try:
+        return create_session(path, requested, threads, options.cuda_options)
+    except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
+        raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
 def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str], session: ort.InferenceSession,

@@ -54,6 +54,43 @@ def test_a_silent_fallback_from_cuda_sizes_the_cpu_threads_for_the_cpu(tiny_onnx
     assert engine.session.get_session_options().intra_op_num_threads == available_cpus()
 
 
+def test_a_silent_fallback_from_cuda_loads_fp32_where_precision_is_auto(tiny_onnx_model: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """'auto' picks the fp16 sibling for CUDA; when onnxruntime falls back to the CPU, fp16 there is far slower
+    than fp32, so the fp32 file is loaded instead, in the same one remake that re-sizes the threads. An explicit
+    fp16 is honoured on the CPU all the same."""
+    from model_export.quantize import make_variant
+
+    base = shutil.copyfile(tiny_onnx_model, tmp_path / "tiny.onnx")
+    fp16 = make_variant(base, tmp_path / "tiny.fp16.onnx", "fp16")
+    monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    opened: list[Path] = []
+    create = engine_module.create_session
+
+    def recording_create(path: Path, *args, **kwargs) -> ort.InferenceSession:
+        opened.append(path)
+        return create(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "create_session", recording_create)
+
+    engine = load_engine(EngineOptions(model_path=base, providers="cuda,cpu"))
+    assert engine.provider == CPU
+    assert opened == [fp16, base]  # picked for CUDA, then one remake on the fp32 file
+    assert engine.model_path == base and engine.name == "tiny"
+    assert engine.precision == "fp32" == engine.session.get_modelmeta().custom_metadata_map["precision"]
+    assert engine.intra_op_threads == available_cpus()
+
+    opened.clear()
+    explicit = load_engine(EngineOptions(model_path=base, providers="cuda,cpu", precision="fp16"))
+    assert explicit.provider == CPU and explicit.model_path == fp16 and explicit.name == "tiny.fp16"
+    assert explicit.precision == "fp16" == explicit.session.get_modelmeta().custom_metadata_map["precision"]
+    assert set(opened) == {fp16}
+
+    opened.clear()  # CUDA listed after the CPU: the CPU runs the model, so 'auto' means fp32 from the start
+    cpu_first = load_engine(EngineOptions(model_path=base, providers="cpu,cuda"))
+    assert cpu_first.provider == CPU and cpu_first.model_path == base and opened == [base]
+
+
 def test_confidence_output_is_detected(tiny_onnx_model_with_confidence: Path) -> None:
     assert open_engine(settings_for(tiny_onnx_model_with_confidence)).has_confidence
 
