@@ -5,12 +5,12 @@ The defaults shared by the service, the batch CLI's local mode, evaluate and the
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .cpus import available_cpus
 
 # Images per model run: the service's `max_batch_size`, and the chunk size of offline runs.
 DEFAULT_BATCH_SIZE = 8
@@ -22,24 +22,6 @@ EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.on
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 FixedShapes = Literal["auto", "on", "off"]
 IoBinding = Literal["off", "on", "cuda_graph"]
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: the affinity mask, capped by a cgroup v2 CPU quota if one is set.
-
-    onnxruntime's own default counts the host's cores, which oversubscribes a CPU-limited container.
-    """
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 @dataclass(frozen=True)
