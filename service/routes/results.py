@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from ..core.decode import decode_image
@@ -23,8 +23,12 @@ ResultFile = Literal[RESULT_FILES]  # type: ignore[valid-type]
 
 @router.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
+                       422: {"description": "invalid parameters (alpha outside 0..1)"},
                        503: {"description": "too many re-renders in progress (see Retry-After)"}})
 async def result(result_id: str, name: ResultFile,
+                 # As `POST /segment?alpha=` (same default and bounds), so the page's download matches its slider.
+                 alpha: float = Query(RenderOptions.alpha, ge=0.0, le=1.0,
+                                      description="overlay opacity of the class colours (overlay only)"),
                  state: ServiceState = Depends(service_state), engine: Engine = Depends(loaded_engine)) -> Response:
     stored = state.cache.get(result_id)
     if stored is None:
@@ -37,7 +41,7 @@ async def result(result_id: str, name: ResultFile,
             image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
         except DecodeError as exc:  # e.g. the decode memory budget is full right now: 503
             raise ApiError.from_decode(exc) from None
-        body, _ = render(kind, image, stored.labels, engine.metadata, RenderOptions(format="png"))
+        body, _ = render(kind, image, stored.labels, engine.metadata, RenderOptions(alpha=alpha, format="png"))
         return body  # type: ignore[return-value]  # image kinds are always bytes
 
     with state.renders:  # bounded and in its own pool: refetches cannot starve /segment

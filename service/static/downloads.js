@@ -69,6 +69,13 @@ async function jsonAnswer(name) {
   return answer;
 }
 
+// Where an image kind of the current result is rendered again. The overlay is drawn at the opacity the slider
+// shows now (0..100 % -> alpha 0..1), so the file matches the picture on the canvas.
+export function resultPath(name) {
+  const path = `/results/${state.stats.id}/${name}.png`;
+  return name === "overlay" ? `${path}?alpha=${Number($("alpha").value) / 100}` : path;
+}
+
 export async function download(event) {
   const a = event.target.closest("a[data-output]");
   if (!a) return;
@@ -80,7 +87,7 @@ export async function download(event) {
   try {
     const blob = kind.json
       ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
-      : await (await api(`/results/${state.stats.id}/${kind.name}.png`)).blob();
+      : await (await api(resultPath(kind.name))).blob();
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
     link.download = `${base}-${kind.name}${encoding.suffix}`;
