@@ -123,9 +123,11 @@ class SegmentClient:
         """A GeoJSON FeatureCollection in pixel coordinates."""
         return self.segment(image, "polygons", tolerance=tolerance, min_area=min_area).json()
 
-    def result(self, result_id: str, name: ResultName) -> bytes:
-        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds)."""
-        response = self._send("GET", f"/results/{result_id}/{name}.png")
+    def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:
+        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds); `alpha` sets
+        the overlay's opacity (the service's default where None)."""
+        params = {} if alpha is None else {"alpha": alpha}
+        response = self._send("GET", f"/results/{result_id}/{name}.png", params=params)
         raise_for_error(response)
         return response.content
 

@@ -74,9 +74,10 @@ class AsyncSegmentClient:
                                     params=segment_params(output, alpha, format, tolerance, min_area))
         return segment_result(response, output)
 
-    async def result(self, result_id: str, name: ResultName) -> bytes:
-        """A recent result again as PNG."""
-        response = await self._send("GET", f"/results/{result_id}/{name}.png")
+    async def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:
+        """A recent result again as PNG; see `SegmentClient.result`."""
+        params = {} if alpha is None else {"alpha": alpha}
+        response = await self._send("GET", f"/results/{result_id}/{name}.png", params=params)
         raise_for_error(response)
         return response.content
 

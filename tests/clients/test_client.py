@@ -92,6 +92,22 @@ def test_results_by_id_match_the_answer(server_url: str, astronaut: np.ndarray) 
         np.testing.assert_array_equal(np.asarray(color), _palette(client)[first.array()])
         overlay = Image.open(io.BytesIO(client.result(first.result_id, "overlay")))
         assert overlay.size == (astronaut.shape[1], astronaut.shape[0])
+        # alpha 0 draws no class colour: the picture itself, as the service decoded it (a lossless PNG here)
+        plain = Image.open(io.BytesIO(client.result(first.result_id, "overlay", alpha=0.0))).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(plain), astronaut)
+
+
+def test_the_async_client_fetches_a_result_at_an_alpha(server_url: str, astronaut: np.ndarray) -> None:
+    async def run() -> tuple[bytes, bytes]:
+        async with AsyncSegmentClient(server_url) as client:
+            first = await client.segment(astronaut, "labels")
+            assert first.result_id is not None
+            return (await client.result(first.result_id, "overlay", alpha=0.0),
+                    await client.result(first.result_id, "overlay"))
+
+    plain, default = asyncio.run(run())
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(plain)).convert("RGB")), astronaut)
+    assert plain != default
 
 
 @pytest.mark.parametrize(("body", "params", "status", "code"), [
