@@ -1,5 +1,5 @@
 """CPU cost of one hand-off to a worker thread and back to the event loop: `loop.run_in_executor` on a
-`ThreadPoolExecutor` against `service.handoff.WorkerThreads.run`, and of one timed body read (`asyncio.wait_for`
+`ThreadPoolExecutor` against `service.core.handoff.WorkerThreads.run`, and of one timed body read (`asyncio.wait_for`
 on a coroutine against `asyncio.timeout`), on uvloop as the service runs.
 
 Method: 3000 sequential calls of a no-op per round, the event loop's thread CPU (`time.thread_time`) and the
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
 
-from service.handoff import WorkerThreads
+from service.core.handoff import WorkerThreads
 
 
 def _noop() -> int:

@@ -21,8 +21,8 @@ from typing import Protocol
 
 from starlette.datastructures import Headers
 
+from .core.handoff import WorkerThreads
 from .errors import ApiError
-from .handoff import WorkerThreads
 
 RETRY = {"Retry-After": "1"}
 

@@ -23,11 +23,11 @@ from .codec import Codec
 from .connection import BodyDeadlineMiddleware
 from .core.decode_budget import DECODE_BUDGET
 from .core.engine import Engine
+from .core.handoff import WorkerThreads
 from .core.letterbox import pad_canvas
 from .core.pipeline import Pipeline
 from .errors import ApiError
 from .gpu_metrics import register_gpu_metrics
-from .handoff import WorkerThreads
 from .inference_guard import InferenceHealth
 from .loop_lag import LoopLagMonitor
 from .metrics import Metrics

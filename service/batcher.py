@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .busy_estimate import BusyEstimate
+from .core.handoff import WorkerThreads
 from .errors import ApiError
-from .handoff import WorkerThreads
 from .inference_guard import InferenceGuard, InferenceHealth
 from .metrics import Metrics
 

@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from .core.errors import DecodeError
+from .core.handoff import WorkerThreads
 from .core.outputs.labelmap import LabelMap
 from .core.pipeline import Pipeline, Prepared, SegmentOptions
 from .errors import ApiError
-from .handoff import WorkerThreads
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.

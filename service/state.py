@@ -11,8 +11,8 @@ from .admission import Admission, Slots, UploadBudget, declared_length
 from .batcher import Batcher
 from .codec import Codec
 from .core.engine import Engine
+from .core.handoff import WorkerThreads
 from .errors import ApiError
-from .handoff import WorkerThreads
 from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
 from .results_cache import ResultStore
@@ -26,7 +26,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     cache: ResultStore
-    pool: WorkerThreads  # decode and encode (service/handoff.py)
+    pool: WorkerThreads  # decode and encode (service/core/handoff.py)
     uploads: UploadBudget  # bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
     render_pool: WorkerThreads  # at lower CPU priority (service/admission.py)

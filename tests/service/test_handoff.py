@@ -1,4 +1,4 @@
-"""`service.handoff.WorkerThreads`: what `run_in_executor` on a `ThreadPoolExecutor` gave the codec and the batcher."""
+"""`service.core.handoff.WorkerThreads`: what `run_in_executor` on a `ThreadPoolExecutor` gave the codec and batcher."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.handoff import WorkerThreads
+from service.core.handoff import WorkerThreads
 
 
 def test_run_returns_the_result_from_a_named_worker_thread() -> None:

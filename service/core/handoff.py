@@ -1,4 +1,5 @@
-"""Worker threads that hand a call's answer back to the event loop with one wake-up: the codec's and the batcher's.
+"""Worker threads that hand a call's answer back to the event loop with one wake-up: the codec's, the batcher's, and
+each bound session's own thread (`service.core.bound`).
 
 `loop.run_in_executor` on a `ThreadPoolExecutor` costs 26-56 CPU-µs a call, 17-33 of them on the event loop
 (uvloop, `python -m bench.handoff_bench`, runs on a shared machine): a concurrent `Future` with its own
