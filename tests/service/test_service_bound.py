@@ -135,6 +135,43 @@ def test_bound_instances_run_concurrent_batches(slow_model: Path) -> None:
     assert pool.peak_in_use == 2  # both instances ran at once, none was shared
 
 
+def test_each_bound_session_runs_on_one_thread_of_its_own_warm_up_included(slow_model: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's CUDA provider keeps a captured graph per thread and cannot replay one session's graph from
+    several threads: warm-up (the caller's thread) and batches (two other threads) must all reach a bound session
+    on the one thread that captured it."""
+    settings = Settings(model_path=slow_model, providers="cpu", intra_op_threads=1, fixed_shapes="on",
+                        io_binding="on", concurrent_batches=2, max_batch_size=2)
+    engine = load_engine(settings.engine_options())
+    seen: dict[int, set[int]] = {}  # session -> the threads it ran on
+    original = ort.InferenceSession.run_with_iobinding
+
+    def recording(session: ort.InferenceSession, *args: object) -> object:
+        seen.setdefault(id(session), set()).add(threading.get_ident())
+        return original(session, *args)
+
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding", recording)
+    engine.warm_up()
+    image = np.full((engine.input_size, engine.input_size, 3), 90, np.uint8)
+    barrier = threading.Barrier(2)
+
+    def worker(count: int) -> None:
+        barrier.wait()
+        for _ in range(3):
+            engine.run_images([image] * count)
+
+    threads = [threading.Thread(target=worker, args=(count,)) for count in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    instances = [i for b in engine.runner.buckets for i in b.pool.runs]
+    assert len(seen) == len(instances) == 4  # every instance ran, warm-up and batches
+    assert all(len(names) == 1 for names in seen.values()), seen
+    assert len(set().union(*seen.values())) == 4  # and each on a thread of its own
+    assert threading.get_ident() not in set().union(*seen.values())
+
+
 def test_io_binding_needs_fixed_shapes_and_cuda_graphs_need_cuda() -> None:
     with pytest.raises(EngineError, match="fixed_shapes") as err:
         load_engine(Settings(model_path=DEMO_MODEL, providers="cpu", io_binding="on").engine_options())
