@@ -6,6 +6,8 @@ torch is imported inside the functions, so the load-generator processes that imp
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.contract import INPUT_NAME, LABELS_OUTPUT
-from service.core.sessions import CPU, CUDA, create_session, fixed_dims, session_options
+from service.core.sessions import CPU, CUDA, bucket_cuda_options, create_session, fixed_dims, session_options
 
 Runner = Callable[[np.ndarray], object]
 
@@ -88,10 +90,18 @@ def export_models(workdir: Path, arch: str, input_size: int, device: str) -> tup
 def throughput(run: Runner, batch: np.ndarray, seconds: float, min_runs: int = 10, threads: int = 1) -> float:
     """Images per second of `run(batch)` after three warm runs, over at least `seconds` and `min_runs`,
     from `threads` threads at once."""
-    for _ in range(3):
-        run(batch)
+    # Each thread warms up itself before the clock starts: onnxruntime's CUDA provider captures a CUDA graph (and
+    # makes its cuDNN/cuBLAS handles) per thread, so a warm-up on another thread would leave that inside the timing.
+    start_line = threading.Barrier(threads + 1)
 
     def loop() -> int:
+        try:
+            for _ in range(3):
+                run(batch)
+        except BaseException:
+            start_line.abort()  # the caller stops waiting, and reads this error from the result
+            raise
+        start_line.wait()
         runs = 0
         deadline = time.perf_counter() + seconds
         while runs < min_runs or time.perf_counter() < deadline:
@@ -99,9 +109,12 @@ def throughput(run: Runner, batch: np.ndarray, seconds: float, min_runs: int = 1
             runs += 1
         return runs
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(lambda _: loop(), range(threads)))
+        counts = [pool.submit(loop) for _ in range(threads)]
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start_line.wait()
+        start = time.perf_counter()
+        total = sum(count.result() for count in counts)
     return total * len(batch) / (time.perf_counter() - start)
 
 
@@ -145,9 +158,10 @@ def bound_variants(model: Path, size: int, input_size: int, seconds: float) -> d
     out: dict[str, float | str] = {}
     batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
     dims = pinned_dims(model, size, input_size)
-    for name, extra in (("iobinding", {}), ("cuda_graph", {"enable_cuda_graph": "1"})):
-        try:
-            options = {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1", **extra}
+    for name in ("iobinding", "cuda_graph"):
+        try:  # the provider options of the service's bound buckets
+            options = {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1",
+                       **bucket_cuda_options(cuda_graph=name == "cuda_graph")}
             session = ort.InferenceSession(str(model), sess_options=session_options(4, dims),
                                            providers=[(CUDA, options)])
             x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)

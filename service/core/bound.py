@@ -50,7 +50,7 @@ class BoundRun:
         self._binding.bind_ortvalue_output(LABELS_OUTPUT, self._labels)
         # Its one thread (see the module's docstring); daemon, so a run hung on the device cannot hold the
         # interpreter open at exit. The hop costs microseconds against a batch's milliseconds.
-        self._thread = WorkerThreads(1, f"bound_{'x'.join(map(str, shape[:3]))}")
+        self._thread = WorkerThreads(1, f"bound-{shape[0]}")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Labels for `batch` (exactly this run's shape), as an array the caller owns; run on this session's

@@ -169,7 +169,7 @@ class FixedShapeRunner:
         mark = memory_in_use(self.on_gpu, self.device_id)
         height, width = self.input_hw
         # Plain: the first run plans and allocates, the second proves and times the steady state. A CUDA graph
-        # is captured on a run after the first, so it gets one more, replayed.
+        # is captured within the first runs (onnxruntime versions differ on which), so it gets one more, replayed.
         repeats = 3 if self.binding is not None and self.binding.mode == "cuda_graph" else 2
         for bucket in self.buckets:
             start = time.perf_counter()
