@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -196,12 +197,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
                   keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> list[str]:
     """Static QDQ quantisation after ORT's pre-processing; returns the names of the nodes kept in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # Shape inference + ORT's graph optimisation, so quantisation sees the graph ORT will actually run.
-        quant_pre_process(str(fp32_path), str(pre))
+        pre = pre_process(Path(fp32_path), Path(tmp))
         model = onnx.load(str(pre))
         float_nodes = graph_nodes_to_keep_float(model, keep_float)
         log.info("calibrating on %d images (%s); keeping %d nodes in float", calib.count, calib.origin,
@@ -216,6 +214,41 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
                 nodes_to_exclude=float_nodes, calibrate_method=CalibrationMethod.MinMax,
             )
     return float_nodes
+
+
+def pre_process(fp32_path: Path, tmp: Path) -> Path:
+    """ORT's quantisation pre-processing (shape inference, then ORT's graph optimisation, so that quantisation
+    sees the graph ORT will run) of `fp32_path` into `tmp`/pre.onnx.
+
+    ORT's symbolic shape inference fails on a multi-scale graph: a Resize by scales [1, 1, s, s] gives the batch
+    dim `floor(1.0*batch)` (sympy keeps the float factor), which the Max fusing it with the scale-1 copy's `batch`
+    cannot broadcast ("Incomplete symbolic shape inference"). It only adds dims that ONNX's shape inference leaves
+    unknown (the MSC DeepLab-v2 quantises to the same nodes without it), so then it alone is skipped.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, pre = str(fp32_path.resolve()), tmp.resolve() / "pre.onnx"
+    # On failure ORT dumps sym_shape_infer_temp.onnx and its weights into the working directory: keep them in tmp.
+    with _working_directory(tmp):
+        try:
+            quant_pre_process(src, str(pre))
+        except Exception as exc:  # ORT raises a bare Exception, and asserts inside the inference
+            log.warning("int8 pre-processing: skipped ORT's symbolic shape inference, which failed on %s (%s: %s); "
+                        "ONNX shape inference and ORT's graph optimisation still run", fp32_path.name,
+                        type(exc).__name__, exc)
+            quant_pre_process(src, str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """`contextlib.chdir` (Python 3.11+) for 3.10; quantisation is a batch job, not a threaded server."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 @contextlib.contextmanager

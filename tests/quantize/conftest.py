@@ -16,6 +16,7 @@ from testkit.photos import PHOTOS, photo_path
 
 SIZE = 64
 TRAIN_SEED = 4321  # scenes for the test model; the calibration seed of model_export.calibration differs
+STEPS_V2 = 60  # ~1.5 s: enough for the DeepLab-v2 fixture to draw several classes on the photos
 
 
 def _scenes(start: int, n: int):  # -> tuple[torch.Tensor, torch.Tensor]
@@ -32,9 +33,8 @@ def _scenes(start: int, n: int):  # -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float(), torch.from_numpy(np.stack(ys)).long()
 
 
-@pytest.fixture(scope="session")
-def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A thin DeepLab-v3 trained ~10 s on synthetic scenes (the demo's 7 classes), exported at input size 64."""
+def _trained_export(arch: str, out: Path, steps: int, source: str, **kwargs: object) -> Path:
+    """`arch` (the demo's 7 classes) trained `steps` Adam steps on synthetic scenes, exported at input size 64."""
     import torch
     import torch.nn.functional as F
 
@@ -44,11 +44,11 @@ def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_export.wrapper import normalize_nchw
 
     torch.manual_seed(0)
-    model = build_model("deeplabv3_thin", num_classes=len(synthetic.CLASSES), base_width=8, head_channels=16)
+    model = build_model(arch, num_classes=len(synthetic.CLASSES), **kwargs)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batches = [_scenes(8 * b, 8) for b in range(12)]
-    for it in range(120):
+    for it in range(steps):
         x, y = batches[it % len(batches)]
         logits = F.interpolate(model(normalize_nchw(x, model.preprocessing)), size=(SIZE, SIZE),
                                mode="bilinear", align_corners=False)
@@ -58,8 +58,22 @@ def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         opt.step()
     model.eval()
     meta = build_metadata(model, num_classes=len(synthetic.CLASSES), classes=synthetic.CLASSES,
-                          palette=synthetic.PALETTE, input_size=SIZE, source="tests: 120 Adam steps on synthetic")
-    return export_onnx(model, tmp_path_factory.mktemp("trained") / "tiny.onnx", meta)
+                          palette=synthetic.PALETTE, input_size=SIZE, source=source)
+    return export_onnx(model, out, meta)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A thin DeepLab-v3 trained ~10 s on synthetic scenes (the demo's 7 classes), exported at input size 64."""
+    return _trained_export("deeplabv3_thin", tmp_path_factory.mktemp("trained") / "tiny.onnx", 120,
+                           "tests: 120 Adam steps on synthetic", base_width=8, head_channels=16)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_deeplabv2_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A thin DeepLab-v2 (ASPP sum of four dilated convs) trained a few seconds the same way, at input size 64."""
+    return _trained_export("deeplabv2_thin", tmp_path_factory.mktemp("trained") / "tiny_v2.onnx", STEPS_V2,
+                           f"tests: {STEPS_V2} Adam steps on synthetic", base_width=4)
 
 
 @pytest.fixture(scope="session")
