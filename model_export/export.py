@@ -21,10 +21,25 @@ from service.core.contract import (
 )
 
 from .catalog import DEFAULT_OPSET, default_input_size
+from .checkpoint import nonfinite_tensors
+from .errors import ModelExportError
 from .models import SegmentationModel, output_classes
 from .wrapper import ExportWrapper, preprocessing_constants
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteWeightsError(ModelExportError):
+    """The model's weights hold NaN or infinity: every answer of the exported model would be garbage."""
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """NonFiniteWeightsError naming `what` (the weights' source) if a parameter or buffer is NaN or infinite."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. {bad[0]}): the exported "
+            "model would answer garbage. Export a checkpoint saved before training diverged, or train again")
 
 
 def default_classes(num_classes: int) -> list[str]:
@@ -67,6 +82,7 @@ def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelM
     """
     if opset < 17:
         raise ValueError("the contract needs opset >= 17")
+    check_finite(model, f"the {metadata.arch} model ({metadata.source})")  # whichever command exports it
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(model.eval(), confidence=confidence).eval()

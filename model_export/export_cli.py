@@ -72,10 +72,12 @@ def _msc_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
-    from .export import build_metadata, export_onnx  # onnx: only when exporting, not for --help
+    from .export import build_metadata, check_finite, export_onnx  # onnx: only when exporting, not for --help
 
     start = time.perf_counter()
     model, info, source, sha = _load(args)
+    # Before the class checks, metadata, MSC or quantisation: diverged training is what went wrong.
+    check_finite(model, str(args.weights) if args.weights else f"random-init {args.arch}")
     if info.get("pretraining_head"):
         raise CliError(f"{args.weights} is converted from a Caffe initialisation file: its ASPP is untrained. "
                        "Fine-tune it first (segment-export train --init)")

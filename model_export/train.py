@@ -1,18 +1,23 @@
 """`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py): the loop.
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
-10× LR on weights and 20× on biases (model_export.schedule); BN stays frozen unless `--train-bn` (alias
-`--is-training`; `stats` for statistics only); labels are nearest-downsampled to the logits; cross entropy ignores
+10× LR on weights and 20× on biases (model_export.schedule); BN is frozen when training starts from given weights
+(the seed fine-tunes an ImageNet model) and trained when it starts from random ones, unless `train_bn` says
+otherwise (`--train-bn all|stats|off`); labels are nearest-downsampled to the logits; cross entropy ignores
 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss (model_export.loss): the sum of per-scale CE terms plus
 the CE of the element-wise max over scales. `--accumulate N` averages gradients over N batches (the seed's
 batch-1 + iter_size). Where training starts is model_export.init_weights; the settings, model_export.train_config;
 the command line, model_export.train_cli. Checkpoints (see model_export.checkpoint) resume bit-identically.
+
+A non-finite loss, or non-finite weights about to be saved, stops the run with `TrainingDiverged`: the checkpoint
+on disk stays the last finite one.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +32,7 @@ from service.core.contract import voc_colormap
 from .architectures import build_model
 from .checkpoint import (
     checkpoint_model_kwargs,
+    nonfinite_tensors,
     read_training_checkpoint,
     rng_state,
     save_checkpoint,
@@ -34,6 +40,7 @@ from .checkpoint import (
 )
 from .data import Augment, TrainStream, VOCSegmentation
 from .device import pick_device
+from .errors import ModelExportError
 from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
@@ -43,7 +50,26 @@ from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train"]
+__all__ = ["TrainingDiverged", "train"]
+
+# The settings a diverged run's message suggests changing; the CLI names them by their flags.
+_HINTED = ("init", "base_lr", "train_bn")
+
+
+class TrainingDiverged(ModelExportError):
+    """The loss or the weights became NaN/inf. The message names the settings to change as `{init}`,
+    `{base_lr}` and `{train_bn}`: their parameter names by default, `naming(...)` spells them otherwise."""
+
+    def __init__(self, template: str) -> None:
+        self.hint_template = template
+        super().__init__(self.naming({}))
+
+    def naming(self, spellings: dict[str, str]) -> str:
+        """The message with each hinted setting spelt `spellings[name]` (default: its parameter name)."""
+        text = self.hint_template
+        for name in _HINTED:
+            text = text.replace("{" + name + "}", spellings.get(name, name))
+        return text
 
 
 class ScalarLog:
@@ -85,6 +111,35 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
     return model
 
 
+def _resolve_bn_mode(cfg: TrainConfig, resume: dict[str, Any] | None) -> None:
+    """Fill in `cfg.train_bn` when it is None (auto). A resumed run keeps its recorded mode. Otherwise BN is frozen
+    on given weights only: DeepLab-v2 freezes BN because it fine-tunes ImageNet statistics with small batches;
+    random weights have none (running mean 0, var 1, gamma 1, beta 0 make every BN an identity), so frozen BN
+    leaves a deep ResNet unnormalised and its loss overflows in the first iterations."""
+    if cfg.train_bn is None:
+        recorded = (resume or {}).get("args") or {}
+        cfg.train_bn = bool(recorded.get("train_bn", False)) if resume is not None else cfg.init is None
+    if not cfg.train_bn and resume is None and cfg.init is None:
+        log.warning("BatchNorm is frozen on randomly initialised weights: frozen at their initial statistics the "
+                    "BN layers normalise nothing, and a deep network's loss diverges at once; start from pretrained "
+                    "weights or train BN")
+
+
+def _divergence(what: str, iteration: int, cfg: TrainConfig, from_random: bool, saved: int | None,
+                ckpt_path: Path) -> TrainingDiverged:
+    """The error for a run that went non-finite at `iteration`: what was kept, and what to try."""
+    kept = f"{ckpt_path} keeps iteration {saved}" if saved is not None else "this run saved no checkpoint"
+    lower = f"lower the learning rate ({{base_lr}}, now {cfg.base_lr:g})"
+    pretrained = "start from pretrained weights ({init} imagenet or a weights file)"
+    if from_random and not cfg.train_bn:
+        advice = f"frozen BN on random weights normalises nothing: {pretrained} or train BN ({{train_bn}}), or {lower}"
+    elif from_random:
+        advice = f"{lower}, or {pretrained}"
+    else:
+        advice = lower
+    return TrainingDiverged(f"training diverged: {what} at iteration {iteration}; {kept}. Try: {advice}")
+
+
 def _check_resume_settings(cfg: TrainConfig, resume: dict[str, Any]) -> None:
     """ValueError if `cfg` would continue the checkpoint's run with other settings (schedule, data stream, BN...):
     the run would silently diverge from the one it resumes. Checkpoints without recorded `args` are trusted."""
@@ -108,6 +163,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # The network is defined by the checkpoint, whatever the flags say.
         cfg.arch, cfg.classes = resume["arch"], list(resume["classes"])
         cfg.model_kwargs = checkpoint_model_kwargs(resume)
+    _resolve_bn_mode(cfg, resume)
+    if resume is not None:
         cfg.init = None
         _check_resume_settings(cfg, resume)
     torch.manual_seed(cfg.seed)
@@ -150,10 +207,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resume is not None:
         meta["source"] = resume.get("source", meta["source"])
 
+    saved: int | None = None  # the iteration this run last saved
+    from_random = meta["source"] == "init=random"  # where the run (or the run it resumes) started
+
     def save(iteration: int) -> None:
+        nonlocal saved
+        # A finite loss does not vouch for the weights the step after it produced: check them before they
+        # replace the last good checkpoint.
+        bad = nonfinite_tensors(model.state_dict())
+        if bad:
+            raise _divergence(f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]})", iteration, cfg,
+                              from_random, saved, ckpt_path)
         save_checkpoint(ckpt_path, {**meta, "state_dict": model.state_dict(),
                                     "optimizer": optimizer.state_dict(), "iteration": iteration,
                                     "max_iter": cfg.max_iter, "rng": rng_state(), "args": asdict(cfg)})
+        saved = iteration
 
     end = min(cfg.max_iter, cfg.stop_at) if cfg.stop_at else cfg.max_iter
     bar = tqdm(range(start, end), initial=start, total=cfg.max_iter, disable=not cfg.progress,
@@ -169,8 +237,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 images, labels = next(batches)
                 x = normalize_nchw(images.to(device, non_blocking=True), model.preprocessing)
                 loss = multiscale_loss(multiscale_logits(model, x, cfg.scales), labels.to(device))
+                value = loss.item()
+                if not math.isfinite(value):  # before the step: the weights stay as they were
+                    raise _divergence(f"loss is {value}", it + 1, cfg, from_random, saved, ckpt_path)
                 (loss / cfg.accumulate).backward()
-                loss_value += loss.item() / cfg.accumulate
+                loss_value += value / cfg.accumulate
             optimizer.step()
             done = it + 1
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")

@@ -25,6 +25,8 @@ GIVEN = "given_flags"
 # Options whose dest is not the TrainConfig field they set.
 _OPTION_FIELDS = {"no_mirror": ("mirror",), "train_bn": ("train_bn", "bn_affine"), "no_progress": ("progress",)}
 _MODEL_OPTIONS = frozenset({"output_stride", "base_width", "head_channels", "legacy_dilation"})
+# How a diverged run's message (model_export.train.TrainingDiverged) spells the settings it suggests changing.
+_HINT_FLAGS = {"init": "--init", "base_lr": "--lr", "train_bn": "--train-bn"}
 
 
 def _recording(action: type[argparse.Action]) -> type[argparse.Action]:
@@ -88,9 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mirror", action="store_true")
     p.add_argument("--scales", default=",".join(f"{s:g}" for s in _DEFAULTS["scales"]),
                    help="multi-scale training, e.g. 1,0.75,0.5")
-    p.add_argument("--train-bn", "--is-training", nargs="?", const="all", choices=("all", "stats"),
+    p.add_argument("--train-bn", "--is-training", nargs="?", const="all", choices=("all", "stats", "off"),
                    help="train BN: 'all' (the default when given) updates statistics and gamma/beta; 'stats' "
-                        "updates statistics only, as DrSleep's --is-training does. Without it BN is frozen")
+                        "updates statistics only, as DrSleep's --is-training does; 'off' freezes BN. Without it "
+                        "BN is frozen when starting from --init weights (as the seed fine-tunes) and trained "
+                        "('all') from random weights, whose BN statistics mean nothing; --resume keeps the "
+                        "recorded mode")
     _setting(p, "--seed", "seed")
     _setting(p, "--save-every", "save_every")
     _setting(p, "--log-every", "log_every")
@@ -153,7 +158,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {name: value for name, value in vars(args).items() if name in _FIELDS}
     return TrainConfig(**{
         **given, "classes": parse_classes(args.classes), "model_kwargs": model_kwargs(args), "scales": scales,
-        "mirror": not args.no_mirror, "train_bn": args.train_bn is not None, "bn_affine": args.train_bn != "stats",
+        # Not given: None, which model_export.train resolves from where training starts.
+        "mirror": not args.no_mirror, "train_bn": None if args.train_bn is None else args.train_bn != "off",
+        "bn_affine": args.train_bn != "stats",
         "progress": not args.no_progress,
     })
 
@@ -196,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .checkpoint import CheckpointError, read_training_checkpoint
     from .data import DatasetError
-    from .train import train
+    from .train import TrainingDiverged, train
 
     try:
         cfg = config_from_args(args)
@@ -205,6 +212,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         summary = train(cfg)
+    except TrainingDiverged as exc:
+        raise CliError(exc.naming(_HINT_FLAGS)) from None
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f}s, last loss "

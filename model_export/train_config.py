@@ -32,7 +32,11 @@ class TrainConfig:
     max_scale: float = 1.5
     mirror: bool = True
     scales: list[float] = field(default_factory=lambda: [1.0])
-    train_bn: bool = False
+    # None: trained when starting from random weights, frozen when starting from given ones (init); a resumed
+    # run keeps its recorded mode.
+    # Frozen BN is DeepLab-v2's fine-tuning choice; on random weights its layers are identities (mean 0, var 1)
+    # and a deep ResNet's activations grow block after block until the loss overflows (model_export.train).
+    train_bn: bool | None = None
     bn_affine: bool = True  # with train_bn: also train gamma/beta (False: statistics only, as DrSleep)
     seed: int = 1234
     save_every: int = 1000
@@ -42,7 +46,6 @@ class TrainConfig:
     resume: str | None = None
     stop_at: int | None = None  # stop (and save) after this iteration without changing the schedule length
     progress: bool = True
-
 
 
 # On resume, settings of the invocation itself: where it reads and writes, which checkpoint, where it stops.
