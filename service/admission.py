@@ -6,7 +6,8 @@ A /segment request passes two gates, in order:
    the second gate, nor make the server unready;
 2. the admission bound, once its body has arrived: at most `max_admitted` requests decoding, queued, running or
    encoding (the bound `/readyz` reports).
-A request refused at either gate gets 503 with Retry-After. The body deadline (service/connection.py) is what
+A request refused at either gate gets 503 with Retry-After; an upload larger than the whole upload budget, which
+no retry would fit, is refused 413 by the body limit instead. The body deadline (service/connection.py) is what
 limits how long a body may take to arrive.
 
 `Slots` bounds other expensive work the same way (re-rendering `/results`), and `low_priority_pool` runs it.
@@ -39,11 +40,18 @@ class UploadBudget:
         self.capacity = capacity
         self.reserved = 0
 
-    def reserve(self, nbytes: int) -> None:
-        """Reserve `nbytes` or raise 503 (a body larger than the whole budget is refused by the size limit)."""
+    def reserve(self, nbytes: int) -> int:
+        """Reserve `nbytes`, at most the whole budget, or raise 503; returns what it reserved.
+
+        A body declared larger than the whole budget could never fit, and must not be told to retry: the body
+        limit, which app.py sets no higher than this budget, refuses it with 413 before it gets here. What comes
+        larger is a chunked body's "up to the upload limit": it holds the whole budget, and the body limit
+        answers 413 should it grow past that."""
+        nbytes = min(nbytes, self.capacity)
         if self.reserved + nbytes > self.capacity:
             raise overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes reserved)")
         self.reserved += nbytes
+        return nbytes
 
     def release(self, nbytes: int) -> None:
         self.reserved -= nbytes
@@ -71,8 +79,7 @@ class Admission:
 
     def __init__(self, state: Admissible, uploads: UploadBudget, declared: int) -> None:
         self.state, self.uploads = state, uploads
-        uploads.reserve(declared)
-        self.reserved = declared
+        self.reserved = uploads.reserve(declared)
         self.admitted = False
 
     def admit(self) -> None:

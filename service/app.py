@@ -150,7 +150,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     # Middleware: the last added is the outermost. Request context wraps all but the HEAD routing, so every response
     # (401, 413 and crashes included) gets an X-Request-ID and is counted.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # No upload may be larger than the buffer for uploads arriving either: it could never be reserved there, so it
+    # is refused as too large (413, from its Content-Length or as it grows) rather than told to retry (503).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=min(settings.max_upload_bytes, settings.upload_buffer_bytes))
     app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS,
                        public_prefixes=PUBLIC_PREFIXES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, DirectoryPath, Field, field_validator, model_validator
+from pydantic import ByteSize, DirectoryPath, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core import nvml
@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
     max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="accepts 40e6")
-    decode_memory_bytes: ByteSize = Field(ByteSize(1024 * MB), ge=1,
+    # At least 64 KiB: less refuses even thumbnails (3 bytes a pixel at best), and warm-up's own small JPEG,
+    # which must decode for the server to become ready, would not fit.
+    decode_memory_bytes: ByteSize = Field(ByteSize(1024 * MB), ge=64 * 1024,
                                           description="memory that image decodes in flight may hold together")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
@@ -111,8 +113,9 @@ class Settings(BaseSettings):
         "auto", description="pad batches to bucket sizes, one session per bucket, so no session ever sees a "
                             "second input shape (cuDNN re-plans on every change); 'auto': on for GPU providers")
     batch_buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=list, description="comma list of bucket batch sizes; empty: 1, 2, 4, ... up to "
-                                          "max_batch_size (which is always a bucket)")
+        default_factory=list, validate_default=True,
+        description="comma list of bucket batch sizes; empty: 1, 2, 4, ... up to max_batch_size (which is always "
+                    "a bucket)")
     concurrent_batches: int | None = Field(
         None, ge=1, description="batches in flight at once (Triton's instance count); unset: 2 on GPU, 1 on CPU")
     fill_while_busy: bool = Field(
@@ -149,7 +152,8 @@ class Settings(BaseSettings):
     body_min_rate: ByteSize = Field(ByteSize(32 * 1024), ge=1,
                                     description="bytes/s an upload earns beyond body_timeout_s")
     upload_buffer_bytes: ByteSize = Field(ByteSize(512 * MB), ge=1,
-                                          description="declared bytes of bodies still arriving; 503 beyond")
+                                          description="declared bytes of bodies still arriving; 503 beyond (413 for "
+                                                      "one upload larger than all of it)")
     max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
     shutdown_timeout_s: float = Field(25.0, ge=1, le=3600,
                                       description="graceful-shutdown bound (below compose's 30 s); whole seconds "
@@ -190,10 +194,14 @@ class Settings(BaseSettings):
             raise ValueError(f"expected 'auto' or distinct device numbers such as '0,1', got {value!r}")
         return ",".join(devices)
 
-    @model_validator(mode="after")
-    def _buckets_fit(self) -> Settings:
-        self.batch_buckets = normalise_buckets(self.batch_buckets, self.max_batch_size)
-        return self
+    @field_validator("batch_buckets")
+    @classmethod
+    def _buckets_fit(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        # Resolved here, default included (validate_default), not by assigning the field in a model validator:
+        # that would count it among the fields the user set (`model_fields_set`), which app.py warns about.
+        if "max_batch_size" not in info.data:  # itself invalid, and reported as such
+            return value
+        return normalise_buckets(value, info.data["max_batch_size"])
 
     @field_validator("max_pixels", mode="before")
     @classmethod

@@ -37,6 +37,15 @@ def estimate_bytes(mode: str, pixels: int, has_alpha: bool = False) -> int:
     return (_MODE_BYTES.get(mode, 4) + 7) * pixels + extra
 
 
+def readable_bytes(nbytes: int) -> str:
+    """`nbytes` in the largest binary unit it reaches, one decimal (`488.3 KiB`), or in bytes below 1 KiB: whole
+    MiB would call a budget under 1 MiB `0 MiB`."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
 class DecodeBudget:
     """A counting semaphore in bytes (thread-safe; decodes run in the codec thread pool)."""
 
@@ -56,8 +65,8 @@ class DecodeBudget:
         """Hold `nbytes` of the budget for the block; 413 if it can never fit, 503 if it does not in time."""
         if nbytes > self.capacity:
             raise DecodeError("image_too_large",
-                           f"decoding this image needs ~{nbytes >> 20} MiB, more than the decode memory budget "
-                           f"of {self.capacity >> 20} MiB")
+                              f"decoding this image needs ~{readable_bytes(nbytes)}, more than the decode memory "
+                              f"budget of {readable_bytes(self.capacity)}")
         deadline = time.monotonic() + wait_s
         with self._cond:
             while self.in_use + nbytes > self.capacity:

@@ -134,7 +134,10 @@ class Pipeline:
         image[:, width // 2:] = (200, 120, 40)
         with io.BytesIO() as buffer:
             Image.fromarray(image).save(buffer, format="JPEG")
-            prepared = self.preprocess(buffer.getvalue())
+            # Under its own pixel count, not the uploads' `max_pixels`: a limit set below this image is the
+            # uploads' business, and a warm-up failing on it would be taken for a failing device.
+            decoded, orig_hw = decode_image_for_model(buffer.getvalue(), height * width, self.engine.input_size)
+        prepared = self.prepare_image(decoded, orig_hw)
         size = self.engine.input_size
         labels = np.zeros((size, size), np.uint8)
         labels[: size // 2, : size // 2] = min(1, self.engine.metadata.num_classes - 1)  # a region and a hole
