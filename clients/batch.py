@@ -169,6 +169,12 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def serve_extra_missing(prog: str, what: str, exc: ModuleNotFoundError) -> str:
+    """The one line for a client-only install asked for what needs the serve extra (onnxruntime, OpenCV)."""
+    # The spelling of the README's install commands, so that the fix can be pasted.
+    return f"{prog}: {what} needs the serve extra (module {exc.name!r} is missing): pip install '.[serve]'"
+
+
 def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
     if args.local is not None:
         from service.local import LocalSegmenter  # onnxruntime only when asked for
@@ -236,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = len(jobs) - len(todo)
     try:
         backend, client = _backend(args)
+    except ModuleNotFoundError as exc:  # --local on a client-only install: no onnxruntime or OpenCV here
+        print(serve_extra_missing("segment", "--local", exc), file=sys.stderr)
+        return 2
     except Exception as exc:  # model missing/invalid: nothing can succeed
         print(f"segment: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -30,12 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 
+from clients.batch import serve_extra_missing
 from service.client import SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
-from service.core.outputs.masks import blend_overlay
+
+try:  # OpenCV and the service's renderers come with the serve extra; main() says so on a client-only install
+    import cv2
+
+    from service.core.outputs.masks import blend_overlay
+except ModuleNotFoundError as exc:
+    _MISSING: ModuleNotFoundError | None = exc
+else:
+    _MISSING = None
 
 WINDOW = "segment-webcam"
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
@@ -278,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some failed, 2 if it could not
     start or gave up (`--max-failures`)."""
     args = parse_args(argv)
+    if _MISSING is not None:
+        print(serve_extra_missing("segment-webcam", "the webcam client", _MISSING), file=sys.stderr)
+        return 2
     try:
         stats = run(args)
     except SegmentClientError as exc:
