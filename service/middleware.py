@@ -11,11 +11,12 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
@@ -36,6 +37,46 @@ def request_id_of(scope: Scope) -> str | None:
 def error_response(error: ApiError, scope: Scope) -> JSONResponse:
     """The JSON envelope for an ApiError, carrying the request id."""
     return JSONResponse(error.to_body(request_id_of(scope)), status_code=error.status, headers=error.headers)
+
+
+_REFUSED = "refused"  # the key, in the request's state, of a refusal made by a middleware
+
+
+async def refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer `error` from a middleware, before the app: RequestContextMiddleware counts it in
+    `segment_rejected_total`, as the app's error handler counts the refusals made inside the app."""
+    scope.setdefault("state", {})[_REFUSED] = error.code
+    await error_response(error, scope)(scope, receive, send)
+
+
+def route_of(scope: Scope) -> BaseRoute | None:
+    """The route that handled the request; for one answered before routing (a 401, a 413 from Content-Length),
+    the route the app's router would have chosen (a full match, else one for the path alone, as for a 405), or
+    None for an unknown path."""
+    route = scope.get("route")
+    if route is not None:
+        return route
+    router = getattr(scope.get("app"), "router", None)  # Starlette puts the app in the scope
+    partial = None
+    for candidate in _flat_routes(getattr(router, "routes", ())):
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return candidate
+        if match is Match.PARTIAL and partial is None:
+            partial = candidate
+    return partial
+
+
+def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """`routes` in the router's order, with the routes of the routers included in the app in their place: older
+    FastAPI copies those into the app's list, newer keeps each included router whole (`original_router`). They are
+    included without a prefix, as the service's are (with one, their routes would not match: "unmatched")."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _flat_routes(included.routes)
+        else:
+            yield route
 
 
 class HeadAsGetMiddleware:
@@ -102,8 +143,11 @@ class RequestContextMiddleware:
         finally:
             if tracked:
                 self.metrics.inflight.dec()
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"  # templates only: bounded label values
+            refused = scope["state"].get(_REFUSED)
+            if refused is not None:
+                self.metrics.count_rejection(refused)
+            # Templates only, and "unmatched" for an unknown path: bounded label values.
+            label = getattr(route_of(scope), "path", None) or "unmatched"
             self.metrics.request_done(label, status, time.perf_counter() - t0)
 
 
@@ -135,7 +179,7 @@ class ApiKeyMiddleware:
             return
         error = ApiError(401, "unauthorized", "missing or invalid API key (send X-API-Key or "
                          "Authorization: Bearer)", {"WWW-Authenticate": "Bearer"})
-        await error_response(error, scope)(scope, receive, send)
+        await refuse(error, scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -160,7 +204,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._error(), scope)(scope, receive, send)
+            await refuse(self._error(), scope, receive, send)
             return
         seen = 0
 

@@ -7,7 +7,8 @@ one listening socket, supervised by uvicorn's own `Multiprocess`: it restarts a 
 on SIGTERM/SIGINT (each drains like a single server) and gives up if a worker cannot start.
 
 Metrics are summed over the workers with prometheus-client's multiprocess mode (a private directory of
-memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them.
+memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them. The files
+of a worker that is gone are folded into the supervisor's archive (service/metrics_files.py).
 
 On a host with several GPUs the workers spread over them: each worker holds one slot (a lock file) for its life,
 and slot k runs on device k mod the number of devices, so a replacement takes the device of the worker it
@@ -27,12 +28,12 @@ from socket import socket
 from typing import IO, Any
 
 import uvicorn
-from prometheus_client import multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from .http_protocol import HardenedHttpToolsProtocol
+from .metrics_files import fold_dead_metrics
 from .results_shared import remove_worker_results
 from .server import quiet_startup_failure, server_options
 from .settings import Settings
@@ -71,9 +72,9 @@ def worker_app() -> Any:
 class WorkerSupervisor(Multiprocess):
     """uvicorn's supervisor, plus:
 
-    - what a worker that is gone leaves behind is cleared (`_bury`): its live-gauge files (queue depth, requests
-      in flight), whose last values multiprocess metrics would keep summing, and its result files, which only it
-      knew and which would stay, past their TTL and beyond the bound, until the supervisor exits;
+    - what a worker that is gone leaves behind is cleared (`_bury`): its metric files (its counts folded into the
+      archive, `fold_dead_metrics`), and its result files, which only it knew and which would stay, past their TTL
+      and beyond the bound, until the supervisor exits;
     - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`);
     - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
       keeps the parent's copy of the worker's end of the ping pipe open, so that wait saw no end-of-file and ran
@@ -82,9 +83,10 @@ class WorkerSupervisor(Multiprocess):
       started (multiprocessing duplicates the descriptor as it pickles it), so the parent's is closed after.
     """
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None,
+                 metrics_dir: Path | None = None) -> None:
         super().__init__(config, sockets)
-        self.results_dir = results_dir
+        self.results_dir, self.metrics_dir = results_dir, metrics_dir
 
     def init_processes(self) -> None:
         super().init_processes()
@@ -132,7 +134,8 @@ class WorkerSupervisor(Multiprocess):
         for pid in pids:
             if pid is None:
                 continue
-            multiprocess.mark_process_dead(pid)
+            if self.metrics_dir is not None:
+                fold_dead_metrics(self.metrics_dir, pid)
             if self.results_dir is not None:
                 remove_worker_results(self.results_dir, pid)
 
@@ -206,7 +209,7 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
         os.environ[SLOTS_DIR_VARIABLE] = str(slots_dir)
         config = worker_config(settings)
         sock: socket = config.bind_socket()
-        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir)
+        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir)
         supervisor.run()
         sock.close()
     if supervisor.failed_to_start:

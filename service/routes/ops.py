@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -11,6 +12,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ..core.engine import Engine
 from ..core.output_kinds import describe as describe_outputs
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import Metrics
+from ..metrics_files import metrics_files_lock
 from ..state import ServiceState, loaded_engine, service_state
 
 router = APIRouter()
@@ -78,4 +81,14 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
 async def metrics_route(state: ServiceState = Depends(service_state)) -> Response:
     if state.batcher is not None:
         state.metrics.queue_depth.set(state.batcher.depth)
-    return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    # Rendered off the event loop: under several workers it reads every worker's files (and the GPU's gauges ask
+    # NVML), which on the loop held up every request and /healthz meanwhile. In asyncio's default threads, not the
+    # codec's (a scrape must not queue behind decodes) nor the low-priority ones (nor behind /results re-renders,
+    # and not at nice +10: a scrape is wanted most when the CPUs are saturated).
+    return Response(await asyncio.to_thread(_render, state.metrics), media_type=METRICS_CONTENT_TYPE)
+
+
+def _render(metrics: Metrics) -> bytes:
+    # The lock keeps the supervisor from folding a dead worker's files into the archive while they are read.
+    with metrics_files_lock(os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+        return metrics.render()
