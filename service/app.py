@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or Settings()
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
     cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
-    metrics = Metrics(settings.max_batch_size)
+    metrics = Metrics(settings.max_batch_size, settings.worker_slot)
     codec_threads = settings.codec_threads()  # reads the CPU affinity and cgroup quota: once
     state = ServiceState(
         settings=settings, metrics=metrics,

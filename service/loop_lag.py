@@ -21,8 +21,8 @@ INTERVAL_S = 0.1
 
 
 class LoopLagMonitor:
-    """Observes into `histogram` (a prometheus-client Histogram) how late a timer due every `interval_s` ran on
-    the running event loop, from `start()` until `stop()`."""
+    """Observes into `histogram` (a prometheus-client Histogram, or this worker's child of one) how late a timer due
+    every `interval_s` ran on the running event loop, from `start()` until `stop()`."""
 
     def __init__(self, histogram: Any, interval_s: float = INTERVAL_S) -> None:
         self.histogram = histogram

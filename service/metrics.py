@@ -3,12 +3,15 @@
 The names are a public interface: deployment dashboards and alerts are written against them. Under several
 worker processes (`PROMETHEUS_MULTIPROC_DIR` set, service/workers.py) every worker writes its values to that
 directory and `/metrics` sums all of them: gauges are summed over the live workers, the model gauge is the same
-in each.
+in each. What must not be summed carries the worker's slot (`worker`, 0..SEGMENT_WORKERS-1, a bounded label; "0"
+for a single process): its start time, which tells a replaced worker, and its event loop's lag, where one stalled
+worker among several would be diluted by the others.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,11 +27,26 @@ _LAG_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# Labelled counters are created at 0 at start for every value known in advance: a series that first appears at 1
+# has no earlier sample, so Prometheus' increase() and rate() miss the first event of each kind in each process.
+INFERENCE_RUNS = ("batch", "image", "probe")
+# The stable error codes (README, "Errors"; tests/service/test_worker_metrics.py keeps the two in step) and
+# `client_closed`, a client gone mid-upload. The `http_<status>` codes of unexpected HTTP errors are open-ended.
+REJECTION_REASONS = (
+    "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "empty_body",
+    "header_timeout", "headers_too_large", "image_too_large", "inference_failed", "inference_unavailable",
+    "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready", "overloaded",
+    "payload_too_large", "result_not_found", "shutting_down", "timeout", "unauthorized", "unsupported_media_type",
+    "uri_too_long",
+)
+
 
 class Metrics:
-    """All service metrics, registered on a private registry."""
+    """All service metrics, registered on a private registry; `worker_slot` is this worker's slot (None: the only
+    process)."""
 
-    def __init__(self, max_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, max_batch_size: int = DEFAULT_BATCH_SIZE, worker_slot: int | None = None) -> None:
+        self.worker = str(worker_slot or 0)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("segment_requests", "HTTP requests by route template and status code",
@@ -65,16 +83,29 @@ class Metrics:
                                           "Failed model runs: a batch, one of its images run alone after it "
                                           "failed, or known-good input (`probe`: the probe image or a warm-up; "
                                           "these mean the device is failing, not the input)", ["run"], registry=r)
+        for run in INFERENCE_RUNS:
+            self.inference_failures.labels(run=run)
         self.inference_failing = Gauge("segment_inference_failing",
                                        "1 while model runs fail on the device (then /readyz and /segment answer "
                                        "503); summed over worker processes", multiprocess_mode="livesum",
                                        registry=r)
         self.rejected = Counter("segment_rejected", "Requests refused, by error code", ["reason"], registry=r)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason=reason)
+        # Only this worker's child is observed: each worker's own loop, not their sum.
         self.loop_lag = Histogram("segment_event_loop_lag_seconds",
-                                  "How late the event loop ran a timer due every 100 ms: stalls of the whole "
-                                  "process (a blocking call, a long hold of the interpreter lock, a starved CPU), "
-                                  "which hold up every request and /healthz alike",
-                                  buckets=_LAG_BUCKETS, registry=r)
+                                  "How late each worker's event loop ran a timer due every 100 ms: stalls of the "
+                                  "whole process (a blocking call, a long hold of the interpreter lock, a starved "
+                                  "CPU), which hold up every request and /healthz alike",
+                                  ["worker"], buckets=_LAG_BUCKETS, registry=r).labels(worker=self.worker)
+        # The supervisor replaces a worker that dies without a trace elsewhere (`up` stays 1): the slot's start time
+        # changes. 'max': until the supervisor removes a dead worker's files (service/metrics_files.py), the newest
+        # start, the largest, is the one shown.
+        self.worker_start_time = Gauge("segment_worker_start_time_seconds",
+                                       "When the worker in this slot started, in seconds since the epoch; it "
+                                       "changes each time the slot's worker is replaced", ["worker"],
+                                       multiprocess_mode="max", registry=r)
+        self.worker_start_time.labels(worker=self.worker).set(time.time())
         self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
                                 ["provider", "precision", "arch", "model"],
                                 multiprocess_mode="max", registry=r)

@@ -139,7 +139,7 @@ class RequestContextMiddleware:
             # Answered in our envelope and not re-raised: the connection stays usable (a re-raise made uvicorn
             # close it without `Connection: close`, breaking the client's next request on it).
             error = ApiError(500, "internal_error", "internal server error")
-            await error_response(error, scope)(scope, receive, send_with_id)
+            await refuse(error, scope, receive, send_with_id)
         finally:
             if tracked:
                 self.metrics.inflight.dec()

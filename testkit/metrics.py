@@ -20,9 +20,12 @@ def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
 
 
 def histogram(metrics_text: str, name: str) -> tuple[dict[float, float], float, float]:
-    """A histogram without labels, e.g. `segment_event_loop_lag_seconds`: (cumulative count per bucket's upper
-    bound, count, sum)."""
-    buckets = {float(dict(labels)["le"]): value for labels, value in samples(metrics_text, f"{name}_bucket").items()}
+    """A histogram summed over its labels (e.g. `segment_event_loop_lag_seconds` over the workers): (cumulative
+    count per bucket's upper bound, count, sum)."""
+    buckets: dict[float, float] = {}
+    for labels, value in samples(metrics_text, f"{name}_bucket").items():
+        bound = float(dict(labels)["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
     return buckets, metric_sum(metrics_text, f"{name}_count"), metric_sum(metrics_text, f"{name}_sum")
 
 

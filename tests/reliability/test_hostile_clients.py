@@ -264,7 +264,11 @@ def test_a_crash_answers_500_and_keeps_the_connection(rel_rule_model: Path) -> N
                 raw += chunk
             answers.append(raw)
         client.close()
+        metrics = httpx.get(f"http://{address[0]}:{address[1]}/metrics", timeout=10).text
     assert status_of(answers[0]) == 500 and error_of(answers[0])["code"] == "internal_error"
+    # Counted as every other refusal, under its route (the alert on 5xx and the rejections panel see it).
+    assert metric_sum(metrics, "segment_rejected_total", reason="internal_error") == 1
+    assert metric_sum(metrics, "segment_requests_total", route="/boom", status="500") == 1
     assert b"connection: close" not in answers[0].lower()
     assert status_of(answers[1]) == 200
 

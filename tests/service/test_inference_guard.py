@@ -84,7 +84,7 @@ def test_an_image_that_fails_alone_fails_alone_and_never_makes_the_service_unrea
     assert device.batches[:6] == [[1, POISON, 3, 4], [0], [1], [POISON], [3], [4]]
     assert health.consecutive_failures == 0 and not health.failing
     failures = metric_samples(metrics.render().decode(), "segment_inference_failures_total")
-    assert failures == {(("run", "batch"),): 4.0, (("run", "image"),): 4.0}
+    assert failures == {(("run", "batch"),): 4.0, (("run", "image"),): 4.0, (("run", "probe"),): 0.0}
 
 
 def test_a_failing_device_makes_requests_503_until_the_probe_works_again() -> None:
