@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .core.decode import ACCEPTED_FORMATS
 from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
+from .core.options import DEFAULT_MAX_PIXELS
+from .core.output_kinds import json_bytes
 from .core.outputs.labelmap import LabelMap
 from .core.pipeline import Pipeline, Prepared, SegmentOptions
+from .core.structure import check_structure
 from .errors import ApiError
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
@@ -36,13 +40,16 @@ def _ignore(_label_map: LabelMap) -> None:
     pass
 
 
-def decoded_pixels(data: bytes, *, full_resolution: bool) -> int:
-    """Pixels a decode of `data` will produce at full size, from its header (0 when the header is unreadable:
-    the decode itself then answers with the error)."""
+def decoded_pixels(data: bytes, *, full_resolution: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Pixels a decode of `data` will produce at full size, from its header (0 when the header is unreadable
+    or its structure is refused: the decode itself then answers with the error)."""
     if not full_resolution and data.startswith(_JPEG_MAGIC):
         return 0  # decoded reduced: no header to read (Image.open cost 65 µs per 1024x768 JPEG upload)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        # Only the accepted formats' parsers, and only past the structure checks: Pillow's others (EPS, ICNS,
+        # PSD...) and floods of markers or strips cost seconds before the decode would refuse them.
+        check_structure(data, max_pixels)
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             width, height = img.size
             reduced = img.format in ("JPEG", "MPO") and not full_resolution
     except Exception:  # hostile bytes: the real decode gives the documented 4xx
@@ -64,7 +71,8 @@ class Codec:
         decode = functools.partial(self._preprocess, data, full_resolution)
         # The header is read in the pool, not on the event loop (~0.07 ms for a JPEG); a heavy upload then moves
         # to the low-priority pool.
-        decoded = await self.threads.run(self._decode_unless_heavy, data, full_resolution, decode)
+        decoded = await self.threads.run(self._decode_unless_heavy, data, full_resolution, decode,
+                                         self.pipeline.max_pixels)
         return decoded if decoded is not None else await self.heavy_threads.run(decode)
 
     def _preprocess(self, data: bytes, full_resolution: bool) -> Prepared:
@@ -74,22 +82,23 @@ class Codec:
             raise ApiError.from_decode(exc) from None
 
     @staticmethod
-    def _decode_unless_heavy(data: bytes, full_resolution: bool,
-                             decode: Callable[[], Prepared]) -> Prepared | None:
-        if decoded_pixels(data, full_resolution=full_resolution) > HEAVY_DECODE_PIXELS:
+    def _decode_unless_heavy(data: bytes, full_resolution: bool, decode: Callable[[], Prepared],
+                             max_pixels: int) -> Prepared | None:
+        if decoded_pixels(data, full_resolution=full_resolution, max_pixels=max_pixels) > HEAVY_DECODE_PIXELS:
             return None
         return decode()
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], object] = _ignore,
-                     ) -> tuple[bytes | dict[str, Any], str]:
+                     ) -> tuple[bytes, str]:
         """The answer's body and media type; `keep(label map at the upload's size)` stores it for `/results`,
-        in the same job (off the event loop: under several workers that is a file write)."""
+        in the same job (off the event loop: under several workers that is a file write). A JSON kind's body
+        comes serialised here too: a large one (polygons: megabytes) would otherwise stall the event loop."""
         return await self.threads.run(self._encode, prepared, labels, options, header, keep)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
-                header: dict[str, Any], keep: Callable[[LabelMap], object]) -> tuple[bytes | dict[str, Any], str]:
+                header: dict[str, Any], keep: Callable[[LabelMap], object]) -> tuple[bytes, str]:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
         body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
         keep(label_map)
-        return body, media
+        return (json_bytes(body) if isinstance(body, dict) else body), media

@@ -35,9 +35,9 @@ INFERENCE_RUNS = ("batch", "image", "probe")
 REJECTION_REASONS = (
     "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "empty_body",
     "header_timeout", "headers_too_large", "image_too_large", "inference_failed", "inference_unavailable",
-    "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready", "overloaded",
-    "payload_too_large", "result_not_found", "shutting_down", "timeout", "unauthorized", "unsupported_media_type",
-    "uri_too_long",
+    "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready", "output_too_complex",
+    "overloaded", "payload_too_large", "result_not_found", "shutting_down", "timeout", "unauthorized",
+    "unsupported_media_type", "uri_too_long",
 )
 
 

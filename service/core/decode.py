@@ -53,6 +53,7 @@ from .colour import to_rgb_array
 from .decode_budget import DECODE_BUDGET, estimate_bytes
 from .errors import DecodeError
 from .letterbox import compute_letterbox
+from .structure import check_structure, tiff_chunk_pixels
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated uploads would be accepted")
 
+    # Before Pillow parses a single marker, chunk or strip: floods of them cost seconds in its Python parsers.
+    check_structure(data, max_pixels)
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -172,7 +175,9 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             img.draft("RGB", (width // denom, height // denom))  # Pillow then picks exactly 1/denom
         reduced_size = img.size
         has_alpha = "transparency" in img.info
-        with DECODE_BUDGET.reserve(estimate_bytes(img.mode, img.width * img.height, has_alpha=has_alpha)):
+        # libtiff inflates a whole tile even when it is far larger than the image: budget the larger of the two.
+        budget_pixels = max(img.width * img.height, tiff_chunk_pixels(img))
+        with DECODE_BUDGET.reserve(estimate_bytes(img.mode, budget_pixels, has_alpha=has_alpha)):
             try:
                 img.load()  # decodes the first frame; raises on truncated or corrupt data
             except Exception as exc:

@@ -11,6 +11,7 @@ the table; each renderer imports its encoder when it first runs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,17 @@ JPEG = Encoding("jpeg", "image/jpeg", ".jpg")
 GEOJSON = Encoding("geojson", "application/geo+json", ".geojson")
 JSON = Encoding("json", "application/json", ".json")
 JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION
+
+
+# Starlette's `JSONResponse` encoding, byte for byte, without the circular-reference check: an answer is a tree
+# built for this request, never circular, and the check costs a dict insert and delete per list and object.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"),
+                                 check_circular=False)
+
+
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """A JSON kind's body as the bytes the API answers with."""
+    return _JSON_ENCODER.encode(body).encode("utf-8")
 
 
 def _labels(job: RenderInput) -> tuple[Body, Encoding]:

@@ -33,6 +33,19 @@ from service.core.outputs.stats import class_name
 # 1024x768, under one pixel of a 320 model's map... rounded up to whole pixels) are noise, not objects.
 DEFAULT_MIN_AREA_FRACTION = 1e-4
 
+# What one answer may hold, checked on the traced rings before any geometry is built (OpenCV's tracing and a few
+# numpy passes: milliseconds), regions too small for `min_area` not counted. A VOC-like model on a 4K photo gives
+# a few thousand regions and ~10^5 vertices; per-pixel noise on a 512 model's map gives ~76,000 regions, 17 MB of
+# JSON and ~50 s of CPU. `make_valid` on a pinched polygon costs ~V^1.5 in its vertices (one of 12,833 vertices
+# and 948 holes: 0.65 s; 51,984 and 4,163: 5.2 s), so the vertices needing it have a bound of their own.
+MAX_POLYGONS = 10_000
+MAX_VERTICES = 500_000
+MAX_REPAIR_VERTICES = 40_000
+
+
+class PolygonsTooComplex(ValueError):
+    """The polygons of a label map exceed `MAX_POLYGONS`, `MAX_VERTICES` or `MAX_REPAIR_VERTICES`."""
+
 
 def default_min_area(height: int, width: int) -> float:
     """The `min_area` the API uses when none is given."""
@@ -156,18 +169,28 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     following[first + kept - 1] = first
     cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
     ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
-    ring_ok = ~is_hole | (ring_area >= min_area)
+    # A polygon whose outer ring encloses less than min_area has no part that big: dropped before it is built
+    # (the answer is the same) and not counted against the bounds.
+    owner_arr = np.array(owners)
+    big = np.zeros(len(polygon_class), dtype=bool)
+    big[owner_arr[~is_hole]] = ring_area[~is_hole] >= min_area
+    ring_ok = (~is_hole | (ring_area >= min_area)) & big[owner_arr]
+    dense_polygon = np.cumsum(big) - 1
+    owner_arr = dense_polygon[owner_arr]
+    polygon_class = [c for c, keep in zip(polygon_class, big.tolist(), strict=True) if keep]
+    if not polygon_class:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     # Pixel-edge rings never cross, but a polygon is pinched where it passes a corner twice: a ring touching
     # itself (a region or a hole joined only at a corner) or two of its rings meeting at a corner (a hole
     # touching the outer ring or another hole, e.g. four pixels around one: the interior is then disconnected).
     # Only those polygons need GEOS's validity repair; the rest skip its (costlier) checks. Filled holes count
     # for nothing.
-    owner_arr = np.array(owners)
     on = ring_ok[ring_of]
     polygon_of = owner_arr[ring_of[on]].astype(np.int64)
     key = np.sort(polygon_of << 40 | corners[on, 0].astype(np.int64) << 20 | corners[on, 1])
     pinched = np.zeros(len(polygon_class), dtype=bool)
     pinched[key[1:][key[1:] == key[:-1]] >> 40] = True
+    _check_bounds(len(polygon_class), len(polygon_of), int(pinched[polygon_of].sum()))
     dense_ring = np.cumsum(ring_ok) - 1
     rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
     geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
@@ -177,6 +200,15 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     parts, source = shapely.get_parts(geoms, return_index=True)
     chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) >= max(min_area, 1e-9))
     return parts[chosen], np.array(polygon_class)[source[chosen]]
+
+
+def _check_bounds(polygons: int, vertices: int, repair_vertices: int) -> None:
+    """Raise `PolygonsTooComplex` when an answer would exceed what one may hold."""
+    for count, bound, what in ((polygons, MAX_POLYGONS, "regions"), (vertices, MAX_VERTICES, "vertices"),
+                               (repair_vertices, MAX_REPAIR_VERTICES, "vertices in regions that touch themselves")):
+        if count > bound:
+            raise PolygonsTooComplex(f"the polygons would have {count:,} {what} (at most {bound:,}); a larger "
+                                     "min_area drops small regions and fills small holes")
 
 
 def _simplified(original: np.ndarray, tolerance: float) -> np.ndarray:

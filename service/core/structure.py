@@ -1,0 +1,197 @@
+"""Container-structure checks run before Pillow parses an upload.
+
+Pillow parses container structure in Python, one loop turn per marker, chunk, sub-block or strip, so a tiny image
+wrapped in millions of empty structures costs seconds of a codec thread (and, for TIFF strips, gigabytes of tile
+tuples) before a pixel is decoded or the decode memory budget is consulted. Measured on Pillow 13, per structure:
+JPEG marker ~1.2 µs, PNG chunk ~2.5 µs, GIF sub-block ~0.3 µs, TIFF strip ~5.6 µs and ~250 bytes, RLE BMP pair
+~0.5 µs. `check_structure` walks the same structures (jumping from one length field to the next, so a normal file
+costs a few µs) and refuses, with 413 `image_too_large`, counts no real encoder writes. `tiff_chunk_pixels` gives
+the pixels of one TIFF tile or strip, which libtiff inflates whole even when it is far larger than the image.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from PIL import Image
+
+from .errors import DecodeError
+
+# JPEG: marker segments (plus fill bytes) before the first scan. Real files carry tens (up to ~300 with a large
+# ICC profile and extended XMP split into 64 KB segments); junk bytes between segments are skipped byte by byte.
+MAX_JPEG_SEGMENTS = 4096
+MAX_JPEG_JUNK_BYTES = 65536
+# PNG: chunks up to IEND. Encoders write IDAT in 8-64 KB pieces, so a big file may have thousands; beyond this
+# base, one chunk per KiB of file is allowed.
+MAX_PNG_CHUNKS = 4096
+# GIF: extension blocks and sub-blocks before the first image (a large XMP packet makes ~1,000).
+MAX_GIF_BLOCKS = 16384
+# TIFF: strips or tiles in the first IFD; beyond this, only as many as one per 256 pixels (a 16x16 tile).
+MAX_TIFF_CHUNKS = 65536
+MIN_PIXELS_PER_TIFF_CHUNK = 256
+# TIFF: a tile libtiff inflates whole, however small the image, is refused above this when over 4x the image.
+MAX_TIFF_TILE_PIXELS = 1 << 20
+# BMP: Pillow decodes RLE4/RLE8 in Python, one loop turn per 2-byte pair.
+MAX_BMP_RLE_BYTES = 1 << 20
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: no length field
+_TIFF_SCALAR = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8
+
+
+def _too_large(message: str) -> DecodeError:
+    return DecodeError("image_too_large", message)
+
+
+def check_structure(data: bytes, max_pixels: int) -> None:
+    """Raise `DecodeError` (413 `image_too_large`) when `data`'s container structure would cost Pillow far more
+    to parse than its pixels justify. Anything malformed is left for the decoder to judge."""
+    if data.startswith(b"\xff\xd8"):
+        _check_jpeg(data)
+    elif data.startswith(_PNG):
+        _check_png(data)
+    elif data.startswith((b"GIF87a", b"GIF89a")):
+        _check_gif(data)
+    elif data.startswith(_TIFF):
+        _check_tiff(data, max_pixels)
+    elif data.startswith(b"BM"):
+        _check_bmp(data)
+
+
+def _check_jpeg(data: bytes) -> None:
+    pos, end, segments, junk = 2, len(data), 0, 0
+    while pos + 1 < end:
+        if data[pos] != 0xFF:  # junk between segments: Pillow skips it one byte at a time
+            nxt = data.find(b"\xff", pos)
+            nxt = end if nxt < 0 else nxt
+            junk += nxt - pos
+            pos = nxt
+        else:
+            marker = data[pos + 1]
+            if marker in (0xFF, 0x00):  # fill byte (or stuffed zero): one Pillow loop turn each
+                junk += 1
+                pos += 1
+            elif marker == 0xDA or marker == 0xD9:  # first scan (Pillow stops here) or end of image
+                return
+            elif marker in _JPEG_STANDALONE:
+                segments += 1
+                pos += 2
+            else:
+                segments += 1
+                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if segments > MAX_JPEG_SEGMENTS or junk > MAX_JPEG_JUNK_BYTES:
+            raise _too_large(f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments or "
+                             f"{MAX_JPEG_JUNK_BYTES} bytes of padding before its first scan")
+
+
+def _check_png(data: bytes) -> None:
+    limit = MAX_PNG_CHUNKS + len(data) // 1024
+    pos, end, chunks = 8, len(data), 0
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        pos += 12 + length
+        chunks += 1
+        if kind == b"IEND":
+            return
+        if chunks > limit:
+            raise _too_large(f"the PNG has more than {limit} chunks for {len(data)} bytes")
+
+
+def _check_gif(data: bytes) -> None:
+    pos, end, blocks = 13, len(data), 0
+    if end > 10 and data[10] & 0x80:  # global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos < end and data[pos] == 0x21:  # extensions before the first image descriptor
+        pos += 2  # introducer and label
+        while pos < end and data[pos] and blocks <= MAX_GIF_BLOCKS:
+            pos += data[pos] + 1
+            blocks += 1
+        pos += 1
+        blocks += 1
+        if blocks > MAX_GIF_BLOCKS:
+            raise _too_large(f"the GIF has more than {MAX_GIF_BLOCKS} extension blocks before its first image")
+
+
+def _check_bmp(data: bytes) -> None:
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return  # OS/2 headers have no compression field
+    compression = int.from_bytes(data[30:34], "little")
+    pixel_bytes = len(data) - int.from_bytes(data[10:14], "little")
+    if compression in (1, 2) and pixel_bytes > MAX_BMP_RLE_BYTES:
+        raise _too_large(f"RLE-compressed BMP data over {MAX_BMP_RLE_BYTES} bytes is refused (decoded slowly); "
+                         "send the image as PNG")
+
+
+def _check_tiff(data: bytes, max_pixels: int) -> None:
+    entries = _tiff_first_ifd(data)
+    if entries is None:
+        return
+    width, height = entries.get(256, (0, 0))[1], entries.get(257, (0, 0))[1]
+    if width <= 0 or height <= 0:
+        return
+    across, down = 1, height
+    if 322 in entries and 323 in entries:
+        tile_w, tile_h = entries[322][1], entries[323][1]
+        if tile_w <= 0 or tile_h <= 0:
+            return
+        across, down = -(-width // tile_w), -(-height // tile_h)
+    else:
+        rows = entries.get(278, (1, 0xFFFFFFFF))[1]
+        if rows <= 0:
+            return
+        down = -(-height // min(rows, height))
+    planes = entries.get(277, (1, 1))[1] if entries.get(284, (1, 1))[1] == 2 else 1
+    expected = across * down * max(1, planes)
+    allowed = max(MAX_TIFF_CHUNKS, min(width * height, max_pixels) // MIN_PIXELS_PER_TIFF_CHUNK)
+    for tag in (273, 279, 324, 325):  # strip/tile offsets and byte counts
+        count = entries.get(tag, (0, 0))[0]
+        if count > expected and count > MAX_TIFF_CHUNKS // 64:
+            raise _too_large(f"the TIFF lists {count} strips or tiles where its {width}x{height} geometry has "
+                             f"{expected}")
+        if count > allowed:
+            raise _too_large(f"the TIFF has {count} strips or tiles, more than {allowed} for {width}x{height}")
+
+
+def _tiff_first_ifd(data: bytes) -> dict[int, tuple[int, int]] | None:
+    """Tag -> (value count, first value when it is an inline integer, else 0) of the first IFD; None when the
+    header is broken (the decoder then answers)."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    try:
+        if big:
+            (ifd,) = struct.unpack_from(order + "Q", data, 8)
+            (count,) = struct.unpack_from(order + "Q", data, ifd)
+            entry, start, value_size = order + "HHQ8s", ifd + 8, 8
+        else:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            (count,) = struct.unpack_from(order + "H", data, ifd)
+            entry, start, value_size = order + "HHI4s", ifd + 2, 4
+        size = struct.calcsize(entry)
+        block = data[start : start + min(count, 65535) * size]
+        rows = struct.iter_unpack(entry, block[: len(block) - len(block) % size])
+    except struct.error:
+        return None
+    entries = {}
+    for tag, kind, n, raw in rows:
+        fmt = _TIFF_SCALAR.get(kind)
+        inline = fmt is not None and n >= 1 and struct.calcsize(fmt) * n <= value_size
+        entries[tag] = (n, struct.unpack_from(order + fmt, raw)[0] if inline and fmt else 0)
+    return entries
+
+
+def tiff_chunk_pixels(img: Image.Image) -> int:
+    """Pixels of one strip or tile of an opened TIFF, as libtiff allocates and inflates it (a tile is not cut to
+    the image, a strip is); 0 for other formats. Raises `DecodeError` (413) for a tile far larger than the image
+    (over 4x its pixels and over 1 MP: writers size tiles to the image, 256x256 for a small one)."""
+    if img.format != "TIFF":
+        return 0
+    tags = img.tag_v2  # type: ignore[attr-defined]
+    width, height = img.size
+    tile_w, tile_h = tags.get(322), tags.get(323)
+    if not (tile_w and tile_h):
+        return width * min(int(tags.get(278) or height), height)
+    tile = int(tile_w) * int(tile_h)
+    if tile > max(4 * width * height, MAX_TIFF_TILE_PIXELS):
+        raise _too_large(f"the TIFF's {tile_w}x{tile_h} tiles are far larger than its {width}x{height} image")
+    return tile
