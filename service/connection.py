@@ -10,13 +10,19 @@ And the other end of it: once the body is in, the only thing `receive()` still b
 `while_connected` watches for that while a request waits for the device, and cancels the wait, so the batcher
 skips an image whose client has gone instead of spending device time on it (clients that time out and retry
 under overload would otherwise have every abandoned copy run).
+
+And the same rule for the answer: `SendDeadline` bounds the bytes a client leaves unread in the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
+import struct
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
@@ -25,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import ApiError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what the kernel still holds
 
 
 class BodyDeadlineMiddleware:
@@ -96,3 +104,59 @@ async def while_connected(receive: Receive, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+class SendDeadline:
+    """The body deadline's rule for the bytes a client is sent: once they wait in the transport's buffer, they must
+    leave within `timeout_s`, plus one second for every `min_rate` bytes that do; else the connection is aborted.
+
+    uvicorn writes a whole response body into the transport at once, and asyncio keeps whatever the socket does not
+    take (and `close()` waits for it): a client that stops reading pinned its answer (90 MB for a large overlay
+    PNG) for as long as it kept the connection open. A reader at `min_rate` or faster is never cut off.
+    """
+
+    tick_s = 1.0  # how often the buffer is looked at: the bytes that left it in between are the client's credit
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, timeout_s: float,
+                 min_rate: float, on_expired: Callable[[], None]) -> None:
+        self.loop, self.transport = loop, transport
+        self.timeout_s, self.min_rate, self.on_expired = timeout_s, min_rate, on_expired
+        self._timer: asyncio.TimerHandle | None = None
+        self._since = self._drained = 0.0
+        self._pending: int | None = None  # the buffer's size at the last tick
+
+    def watch(self) -> None:
+        """Start the deadline unless it runs; it ends by itself once the buffer is empty. Call it when a write
+        filled the buffer (`pause_writing`), and when a response is complete or the connection closing."""
+        if self._timer is None:  # the buffer is looked at a tick later: most often empty by then, and done with
+            self._since, self._drained, self._pending = self.loop.time(), 0.0, None
+            self._timer = self.loop.call_later(min(self.tick_s, self.timeout_s), self._check)
+
+    def cancel(self) -> None:
+        """Stop it (the connection is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        pending = self.transport.get_write_buffer_size()
+        if not pending:
+            return  # all taken: the next stall starts afresh
+        # A net growth (a later write) hides what left in the same tick: the credit errs on the client's loss.
+        if self._pending is not None:
+            self._drained += max(0, self._pending - pending)
+        self._pending = pending
+        now = self.loop.time()
+        left = self._since + self.timeout_s + self._drained / self.min_rate - now
+        if left > 0:
+            self._timer = self.loop.call_later(min(self.tick_s, left), self._check)
+            return
+        log.info("aborted a connection whose client stopped reading: %d bytes unsent after %.0f s (%d taken)",
+                 pending, now - self._since, self._drained)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed under us: abort() below still drops the buffer
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        self.transport.abort()
+        self.on_expired()

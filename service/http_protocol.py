@@ -18,7 +18,10 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
 - a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
   read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
 - every request still in the server told of a hang-up: uvicorn tells only the newest, so a request with another
-  pipelined behind it ran on (its image on the device) and wrote its answer to the closed transport.
+  pipelined behind it ran on (its image on the device) and wrote its answer to the closed transport;
+- a send deadline (`SendDeadline`, service/connection.py): bytes left unread in the transport's buffer must leave
+  within `send_timeout_s` plus 1 s per `send_min_rate` bytes, else the connection is aborted (buffer dropped),
+  counted as `send_timeout`; uvicorn kept an unread answer, and the connection, for as long as the client liked.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from .connection import SendDeadline
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     header_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
+    send_timeout_s: float = 30.0
+    send_min_rate: float = 32 * 1024
     on_reject: RejectHook = staticmethod(_noop)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -88,12 +94,15 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         """Set these settings' limits, and the hook told of each refusal, on this class itself."""
         cls.header_timeout_s = settings.header_timeout_s
         cls.max_header_bytes = int(settings.max_header_bytes)
+        cls.send_timeout_s, cls.send_min_rate = settings.send_timeout_s, float(settings.send_min_rate)
         cls.on_reject = staticmethod(on_reject)
 
     # -- bytes in ---------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()  # a connection that never sends a byte is closed too
+        self._send_deadline = SendDeadline(self.loop, transport, self.send_timeout_s, self.send_min_rate,
+                                           lambda: self.on_reject("send_timeout"))
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing() or self._refusal is not None:
@@ -240,6 +249,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._send_deadline.watch()  # what is still unsent, kept open or closing (close() waits for it), is bounded
         if self._refusal is not None:
             self._refuse()  # the answers before it are out (or the next pipelined one started: it waits)
 
@@ -281,8 +291,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         else:  # an idle connection: close quietly, as the keep-alive timeout does
             self.transport.close()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._send_deadline.watch()  # the buffer passed its high-water mark: the client must take it
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._send_deadline.cancel()
         # uvicorn marks only `self.cycle`: with a request pipelined behind the running one, that is the queued one,
         # and the running one would go on to the device and then write to the closed transport (RuntimeError).
         self._disconnect_cycles()
@@ -327,3 +342,4 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self.on_reject(code)
         self.transport.write(head.encode("ascii") + body)
         self.transport.close()
+        self._send_deadline.watch()

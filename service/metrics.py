@@ -31,12 +31,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # has no earlier sample, so Prometheus' increase() and rate() miss the first event of each kind in each process.
 INFERENCE_RUNS = ("batch", "image", "probe")
 # The stable error codes (README, "Errors"; tests/service/test_worker_metrics.py keeps the two in step) and
-# `client_closed`, a client gone mid-upload. The `http_<status>` codes of unexpected HTTP errors are open-ended.
+# the two that answer nothing: `client_closed`, a client gone mid-upload, and `send_timeout`, a client that stopped
+# reading its answer (service/connection.py). The `http_<status>` codes of unexpected HTTP errors are open-ended.
 REJECTION_REASONS = (
     "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "empty_body",
     "header_timeout", "headers_too_large", "image_too_large", "inference_failed", "inference_unavailable",
     "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready", "output_too_complex",
-    "overloaded", "payload_too_large", "result_not_found", "shutting_down", "timeout", "unauthorized",
+    "overloaded", "payload_too_large", "result_not_found", "send_timeout", "shutting_down", "timeout", "unauthorized",
     "unsupported_media_type", "uri_too_long",
 )
 

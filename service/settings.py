@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0, description="body deadline, extended by body_min_rate; 408")
     body_min_rate: ByteSize = Field(ByteSize(32 * 1024), ge=1,
                                     description="bytes/s an upload earns beyond body_timeout_s")
+    send_timeout_s: float = Field(30.0, gt=0, description="unread response bytes must leave within this, extended "
+                                  "by send_min_rate; else the connection is aborted")
+    send_min_rate: ByteSize = Field(ByteSize(32 * 1024), ge=1,
+                                    description="bytes/s a reader earns beyond send_timeout_s")
     upload_buffer_bytes: ByteSize = Field(ByteSize(512 * MB), ge=1,
                                           description="declared bytes of bodies still arriving; 503 beyond (413 for "
                                                       "one upload larger than all of it)")
