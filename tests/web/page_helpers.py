@@ -16,6 +16,16 @@ DEMO_MODEL = REPO / "service" / "models" / "default.onnx"
 
 
 
+def page_problems(page: object) -> list[str]:
+    """A list that collects the page's uncaught errors and console errors from now on (the service's 401s before
+    the key is entered are expected, and left out)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))  # type: ignore[attr-defined]
+    page.on("console", lambda msg: problems.append(msg.text)  # type: ignore[attr-defined]
+            if msg.type == "error" and "401" not in msg.text else None)
+    return problems
+
+
 def canvas_pixel(page: object, x: int, y: int) -> list[int]:
     return page.evaluate(  # type: ignore[attr-defined]
         "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"

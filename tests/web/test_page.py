@@ -25,6 +25,7 @@ from tests.web.page_helpers import (
     download_names,
     download_output,
     drop_file,
+    page_problems,
     set_alpha,
     suffix,
 )
@@ -32,10 +33,7 @@ from tests.web.page_helpers import (
 
 def test_web_page_end_to_end(browser_page: object, url: str, scene: Path, model: Path, shots: Path) -> None:
     page = browser_page
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" and "401" not in msg.text
-            else None)
+    problems = page_problems(page)
 
     with SegmentClient(url, api_key=KEY) as client:
         stats = client.stats(scene)

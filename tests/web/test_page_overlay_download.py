@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.client import SegmentClient
 from tests.service.svc_helpers import make_rule_model, running_server, scene
-from tests.web.page_helpers import KEY, canvas_pixel, download_output, set_alpha
+from tests.web.page_helpers import KEY, canvas_pixel, download_output, page_problems, set_alpha
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,7 @@ def _download_overlay(page: object) -> tuple[str, np.ndarray]:
 def test_the_overlay_download_follows_the_opacity_slider(browser_page: object, rule_url: str,
                                                          picture: Path) -> None:
     page = browser_page
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" and "401" not in msg.text
-            else None)
+    problems = page_problems(page)
     with SegmentClient(rule_url, api_key=KEY) as client:
         labels = client.labels(picture)
         palette = {c["id"]: c["color"] for c in client.classes()["classes"]}

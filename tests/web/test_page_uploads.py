@@ -18,6 +18,7 @@ from tests.web.page_helpers import (
     KEY,
     canvas_pixel,
     download_output,
+    page_problems,
     set_alpha,
 )
 
@@ -35,10 +36,7 @@ def two_scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _open_with_key(page: object, url: str) -> list[str]:
     """Load the page, enter the key, wait for the class list and the download list; the page's errors."""
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))  # type: ignore[attr-defined]
-    page.on("console", lambda msg: problems.append(msg.text)  # type: ignore[attr-defined]
-            if msg.type == "error" and "401" not in msg.text else None)
+    problems = page_problems(page)
     page.goto(url + "/")  # type: ignore[attr-defined]
     page.fill("#api-key", KEY)  # type: ignore[attr-defined]
     page.press("#api-key", "Tab")  # type: ignore[attr-defined]
