@@ -166,8 +166,11 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             if reduce_to is not None:  # decoded at 1/denom of each side
                 denom = dct_reduction(width, height, reduce_to)
                 out_pixels = -(-width // denom) * -(-height // denom)
-            with DECODE_BUDGET.reserve(3 * out_pixels):  # libjpeg-turbo writes the RGB array directly
-                fast = _decode_jpeg_fast(data, img, reduce_to)
+            orientation = _exif_orientation(img)
+            # libjpeg-turbo writes the RGB array directly; an EXIF orientation other than 1 makes a turned copy.
+            copies = 1 if orientation in (None, 1) else 2
+            with DECODE_BUDGET.reserve(3 * out_pixels * copies):
+                fast = _decode_jpeg_fast(data, img, reduce_to, orientation)
             if fast is not None:
                 return fast
         if reduce_to is not None and img.format in ("JPEG", "MPO"):
@@ -193,7 +196,7 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
 
 
 def _decode_jpeg_fast(data: bytes, img: Image.Image,
-                      reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+                      reduce_to: int | None, orientation: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
     """A clean RGB or greyscale JPEG through libjpeg-turbo (see `service.jpeg`), EXIF orientation applied;
     None when libjpeg reports anything, so that the Pillow path gives its established answer."""
     width, height = img.size
@@ -208,11 +211,6 @@ def _decode_jpeg_fast(data: bytes, img: Image.Image,
     except ValueError as exc:
         log.debug("libjpeg-turbo fast path declined (%s); decoding with Pillow", exc)
         return None
-    try:
-        orientation = img.getexif().get(_ORIENTATION_TAG)
-    except Exception as exc:  # as in `_oriented`: a broken EXIF block does not fail a decodable image
-        log.debug("ignoring unreadable EXIF orientation: %s", exc)
-        orientation = None
     turned = orientation in (5, 6, 7, 8)
     return jpeg.orient(pixels, orientation), ((width, height) if turned else (height, width))
 
@@ -233,6 +231,16 @@ def _decode_failure(exc: Exception, what: str) -> DecodeError:
     if isinstance(exc, UnidentifiedImageError):
         return DecodeError("corrupt_image", what)  # its message only names the BytesIO object
     return DecodeError("corrupt_image", f"{what}: {exc}")
+
+
+def _exif_orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag's value, or None (none, or an unreadable EXIF block: as in `_oriented`, a broken
+    EXIF block does not fail a decodable image)."""
+    try:
+        return img.getexif().get(_ORIENTATION_TAG)
+    except Exception as exc:
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+        return None
 
 
 def _oriented(img: Image.Image) -> Image.Image:

@@ -290,3 +290,24 @@ def test_concurrent_decoding_matches_serial() -> None:
                     assert got == want
                 else:
                     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_a_jpeg_turned_by_exif_reserves_its_turned_copy_too(orientation: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg-turbo's RGB array, and for an orientation other than 1 the turned copy made beside it: the decode
+    memory budget must hold both, or concurrent rotated photos overrun it twofold."""
+    from service.core import decode as decode_module
+
+    reserved: list[int] = []
+    real = decode_module.DECODE_BUDGET.reserve
+
+    def recording(nbytes: int, *args: object, **kwargs: object):
+        reserved.append(nbytes)
+        return real(nbytes, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module.DECODE_BUDGET, "reserve", recording)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(buffer, "JPEG", exif=exif_bytes(orientation))
+    decoded = decode_image(buffer.getvalue(), 10_000)
+    assert decoded.shape[:2] == ((64, 48) if orientation == 6 else (48, 64))
+    assert reserved == [3 * 48 * 64 * (1 if orientation == 1 else 2)]
