@@ -1,4 +1,4 @@
-"""JPEG specifics of the decoder: the scan-count guard and the libjpeg-turbo fast path.
+"""JPEG specifics of the decoder: the scan-count and header-segment guards and the libjpeg-turbo fast path.
 
 - Scan guard: a progressive JPEG may repeat scans without limit, and every scan makes libjpeg walk all the
   coefficients of the image again (a 80 KB 2048x2048 file whose last scan is repeated 4,000 times takes ~10 s).
@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import simplejpeg
 
+from .errors import DecodeError
+
 # A standard progressive JPEG has 10 scans (6 for greyscale); encoders that optimise their scan script stay
 # below ~20. Each scan costs about 0.55 ns per pixel (measured: a 2048x2048 file whose last scan repeats 4,000
 # times takes 9.3 s with Pillow, 0.18 s at 64 scans), so the limit is a budget of scan-pixels, 1e9 (~0.6 s
@@ -23,9 +25,16 @@ MAX_SCANS = 64
 MIN_SCANS = 16
 SCAN_PIXEL_BUDGET = 1_000_000_000
 
-_EOI = 0xD9
-# Markers without a length field: SOI, EOI, RSTn, TEM.
-_STANDALONE = {0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)}
+# Marker segments (plus fill bytes) before the first scan: Pillow parses each in Python. Real files carry tens (up
+# to ~300 with a large ICC profile and extended XMP split into 64 KB segments); junk bytes between segments are
+# skipped byte by byte.
+MAX_SEGMENTS = 4096
+MAX_JUNK_BYTES = 65536
+
+_SOS, _EOI = 0xDA, 0xD9
+# Markers without a length field: TEM, RSTn, and SOI and EOI.
+_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}
+_STANDALONE = {0xD8, _EOI, *_NO_LENGTH}
 
 
 def scan_limit(pixels: int) -> int:
@@ -65,7 +74,7 @@ def _walk_scans(data: bytes, limit: int) -> int:
             pos += 2
             continue
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == 0xDA:
+        if marker == _SOS:
             scans += 1
             if scans > limit:
                 return scans
@@ -83,6 +92,35 @@ def _next_marker(data: bytes, pos: int) -> int:
         if follower != 0x00 and not 0xD0 <= follower <= 0xD7 and follower != 0xFF:
             return pos
         pos += 1 if follower == 0xFF else 2
+
+
+def check_segments(data: bytes) -> None:
+    """Raise `DecodeError` (413 `image_too_large`) when a JPEG has more than `MAX_SEGMENTS` marker segments or
+    `MAX_JUNK_BYTES` of fill and junk before its first scan, all of which Pillow's header parser walks in Python
+    (a flood of 4.5 M empty APP markers took 11 s); anything malformed is left for the decoder to judge."""
+    pos, end, segments, junk = 2, len(data), 0, 0
+    while pos + 1 < end:
+        if data[pos] != 0xFF:  # junk between segments: Pillow skips it one byte at a time
+            nxt = data.find(b"\xff", pos)
+            nxt = end if nxt < 0 else nxt
+            junk += nxt - pos
+            pos = nxt
+        else:
+            marker = data[pos + 1]
+            if marker in (0xFF, 0x00):  # fill byte (or stuffed zero): one Pillow loop turn each
+                junk += 1
+                pos += 1
+            elif marker in (_SOS, _EOI):  # first scan (Pillow stops here) or end of image
+                return
+            elif marker in _NO_LENGTH:
+                segments += 1
+                pos += 2
+            else:
+                segments += 1
+                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if segments > MAX_SEGMENTS or junk > MAX_JUNK_BYTES:
+            raise DecodeError("image_too_large", f"the JPEG has more than {MAX_SEGMENTS} marker segments or "
+                              f"{MAX_JUNK_BYTES} bytes of padding before its first scan")
 
 
 def decode_rgb(data: bytes, min_width: int = 0, min_height: int = 0) -> np.ndarray:

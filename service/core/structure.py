@@ -15,12 +15,9 @@ import struct
 
 from PIL import Image
 
+from . import jpeg
 from .errors import DecodeError
 
-# JPEG: marker segments (plus fill bytes) before the first scan. Real files carry tens (up to ~300 with a large
-# ICC profile and extended XMP split into 64 KB segments); junk bytes between segments are skipped byte by byte.
-MAX_JPEG_SEGMENTS = 4096
-MAX_JPEG_JUNK_BYTES = 65536
 # PNG: chunks up to IEND. Encoders write IDAT in 8-64 KB pieces, so a big file may have thousands; beyond this
 # base, one chunk per KiB of file is allowed.
 MAX_PNG_CHUNKS = 4096
@@ -36,11 +33,10 @@ MAX_BMP_RLE_BYTES = 1 << 20
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: no length field
 _TIFF_SCALAR = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8
 
 
-def _too_large(message: str) -> DecodeError:
+def _too_large(message: str) -> DecodeError:  # as `jpeg.check_segments` refuses
     return DecodeError("image_too_large", message)
 
 
@@ -48,7 +44,7 @@ def check_structure(data: bytes, max_pixels: int) -> None:
     """Raise `DecodeError` (413 `image_too_large`) when `data`'s container structure would cost Pillow far more
     to parse than its pixels justify. Anything malformed is left for the decoder to judge."""
     if data.startswith(b"\xff\xd8"):
-        _check_jpeg(data)
+        jpeg.check_segments(data)  # beside the scan guard's walk over the same markers
     elif data.startswith(_PNG):
         _check_png(data)
     elif data.startswith((b"GIF87a", b"GIF89a")):
@@ -57,32 +53,6 @@ def check_structure(data: bytes, max_pixels: int) -> None:
         _check_tiff(data, max_pixels)
     elif data.startswith(b"BM"):
         _check_bmp(data)
-
-
-def _check_jpeg(data: bytes) -> None:
-    pos, end, segments, junk = 2, len(data), 0, 0
-    while pos + 1 < end:
-        if data[pos] != 0xFF:  # junk between segments: Pillow skips it one byte at a time
-            nxt = data.find(b"\xff", pos)
-            nxt = end if nxt < 0 else nxt
-            junk += nxt - pos
-            pos = nxt
-        else:
-            marker = data[pos + 1]
-            if marker in (0xFF, 0x00):  # fill byte (or stuffed zero): one Pillow loop turn each
-                junk += 1
-                pos += 1
-            elif marker == 0xDA or marker == 0xD9:  # first scan (Pillow stops here) or end of image
-                return
-            elif marker in _JPEG_STANDALONE:
-                segments += 1
-                pos += 2
-            else:
-                segments += 1
-                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if segments > MAX_JPEG_SEGMENTS or junk > MAX_JPEG_JUNK_BYTES:
-            raise _too_large(f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments or "
-                             f"{MAX_JPEG_JUNK_BYTES} bytes of padding before its first scan")
 
 
 def _check_png(data: bytes) -> None:
