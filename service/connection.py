@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what the kernel still holds
 
 
+def time_left(started: float, timeout_s: float, moved: float, min_rate: float, now: float) -> float:
+    """Seconds left under the rule both deadlines follow: `timeout_s` from `started`, plus one second for every
+    `min_rate` bytes `moved` since (received of a body, or taken of an answer)."""
+    return started + timeout_s + moved / min_rate - now
+
+
 class BodyDeadlineMiddleware:
     """408 `body_timeout` when a body falls behind `timeout_s + received / min_rate` seconds."""
 
@@ -60,7 +66,7 @@ class BodyDeadlineMiddleware:
             nonlocal received, done
             if done:  # body complete: only a disconnect can follow, and waiting for it is the app's choice
                 return await receive()
-            remaining = started + self.timeout_s + received / self.min_rate - time.monotonic()
+            remaining = time_left(started, self.timeout_s, received, self.min_rate, time.monotonic())
             if remaining <= 0:  # as `wait_for` with no time left: refused without looking for more
                 raise self._error(received)
             # `asyncio.timeout`, not `wait_for`: `wait_for` wraps `receive()` in a task of its own, an extra task
@@ -148,7 +154,7 @@ class SendDeadline:
             self._drained += max(0, self._pending - pending)
         self._pending = pending
         now = self.loop.time()
-        left = self._since + self.timeout_s + self._drained / self.min_rate - now
+        left = time_left(self._since, self.timeout_s, self._drained, self.min_rate, now)
         if left > 0:
             self._timer = self.loop.call_later(min(self.tick_s, left), self._check)
             return
