@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ByteSize, DirectoryPath, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from uvicorn.config import LOG_LEVELS  # uvicorn's --log-level choices, the server this setting is passed to
 
 from .core import nvml
 from .core.buckets import normalise_buckets
@@ -22,8 +23,6 @@ from .core.options import (
 )
 
 MB = 1024 * 1024
-# Python's logging levels as uvicorn names them (its --log-level choices).
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def default_model_path() -> Path:
@@ -216,8 +215,8 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         value = value.lower()
-        if value not in _LOG_LEVELS:  # else uvicorn fails on it later, with a traceback
-            raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+        if value not in LOG_LEVELS:  # else uvicorn fails on it later, with a traceback
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
         return value
 
     def worker_total(self) -> int:
