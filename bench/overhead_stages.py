@@ -57,10 +57,14 @@ def model_cpu_ms(engine: Any, tensor: Any, reps: int) -> float:
 
 
 def measure(model: str, data: bytes, reps: int, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
-    try:  # the response class POST /segment answers JSON with, where the version has its own
-        from service.routes.segment import FreshJSONResponse as JSONResponse
+    serialize: Callable[[Any], Any]
+    try:  # how POST /segment serialises a JSON answer: this tree in the codec thread, older ones by response class
+        from service.core.output_kinds import json_bytes as serialize
     except ImportError:
-        from starlette.responses import JSONResponse  # type: ignore[assignment]
+        try:
+            from service.routes.segment import FreshJSONResponse as serialize  # type: ignore[assignment,no-redef]
+        except ImportError:
+            from starlette.responses import JSONResponse as serialize  # type: ignore[assignment,no-redef]
 
     try:  # this tree: the core's pipeline
         from service.core.engine import load_engine
@@ -121,7 +125,7 @@ def measure(model: str, data: bytes, reps: int, kinds: tuple[str, ...] = KINDS) 
         stages["render"] = cpu_ms(render, reps) - stages["resize"]
         body = render()
         if isinstance(body, dict):
-            stages["serialize"] = cpu_ms(lambda body=body: JSONResponse(body), reps)
+            stages["serialize"] = cpu_ms(lambda body=body: serialize(body), reps)
         result[kind] = stages
     return result
 

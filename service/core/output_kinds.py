@@ -90,7 +90,8 @@ JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION
 
 
 # Starlette's `JSONResponse` encoding, byte for byte, without the circular-reference check: an answer is a tree
-# built for this request, never circular, and the check costs a dict insert and delete per list and object.
+# built for this request, never circular, and the check costs a dict insert and delete per list and object (a
+# 1024x768 photo's polygons: 565 -> ~400 µs per answer).
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"),
                                  check_circular=False)
 

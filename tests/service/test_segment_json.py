@@ -1,4 +1,5 @@
-"""`FreshJSONResponse` (the JSON answers of POST /segment) writes exactly the bytes Starlette's `JSONResponse` does."""
+"""`json_bytes` (the JSON answers of POST /segment, serialised in the codec thread) writes exactly the bytes
+Starlette's `JSONResponse` does."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 from fastapi.responses import JSONResponse
 
-from service.routes.segment import FreshJSONResponse
+from service.core.output_kinds import json_bytes
 
 BODIES = [
     {},
@@ -21,10 +22,10 @@ BODIES = [
 
 @pytest.mark.parametrize("body", BODIES)
 def test_same_bytes_as_starlette(body: dict) -> None:
-    assert FreshJSONResponse(body).body == JSONResponse(body).body
+    assert json_bytes(body) == JSONResponse(body).body
 
 
 def test_non_finite_floats_are_still_refused() -> None:
     for value in (math.nan, math.inf):
         with pytest.raises(ValueError):
-            FreshJSONResponse({"x": value})
+            json_bytes({"x": value})
