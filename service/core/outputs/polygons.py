@@ -36,8 +36,9 @@ DEFAULT_MIN_AREA_FRACTION = 1e-4
 # What one answer may hold, checked on the traced rings before any geometry is built (OpenCV's tracing and a few
 # numpy passes: milliseconds), regions too small for `min_area` not counted. A VOC-like model on a 4K photo gives
 # a few thousand regions and ~10^5 vertices; per-pixel noise on a 512 model's map gives ~76,000 regions, 17 MB of
-# JSON and ~50 s of CPU. `make_valid` on a pinched polygon costs ~V^1.5 in its vertices (one of 12,833 vertices
-# and 948 holes: 0.65 s; 51,984 and 4,163: 5.2 s), so the vertices needing it have a bound of their own.
+# JSON and ~50 s of CPU. Repairing pinched polygons grows faster than their vertices, so the vertices needing it
+# have a bound of their own: just under it (38,686 vertices, random specks on a 225 px map) GEOS's default repair
+# took 2.9-3.7 CPU-s, its "structure" method, used here, 0.70-0.78 (`python -m bench.polygons_bench`, two runs).
 MAX_POLYGONS = 10_000
 MAX_VERTICES = 500_000
 MAX_REPAIR_VERTICES = 40_000
@@ -195,7 +196,11 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
     geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
     if pinched.any():
-        geoms[pinched] = shapely.make_valid(geoms[pinched])
+        # "structure": shells unioned, holes subtracted, which is what a pixel region is (the default rebuilds
+        # every ring's linework). Normalised, the two give the same polygons; normalised, simplifying them does
+        # not hang on where a method happened to start each ring.
+        geoms[pinched] = shapely.normalize(shapely.make_valid(geoms[pinched], method="structure",
+                                                              keep_collapsed=False))
     # A split region gives a MultiPolygon (or a collection): one feature per polygon part.
     parts, source = shapely.get_parts(geoms, return_index=True)
     chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) >= max(min_area, 1e-9))
