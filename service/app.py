@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/outputs", "/docs", "/docs/oauth2-redirect", "/redoc",
                 "/openapi.json", "/", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")  # documented routes that are not the API (alerts leave them out)
 
 
 def results_cache(settings: Settings) -> ResultStore:
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     for router in (segment.router, results.router, ops.router):
         app.include_router(router)
     install_web_page(app)
+    metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API
     return app
 
 

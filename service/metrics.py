@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -40,6 +41,10 @@ REJECTION_REASONS = (
     "overloaded", "payload_too_large", "result_not_found", "send_timeout", "shutting_down", "timeout", "unauthorized",
     "unsupported_media_type", "uri_too_long",
 )
+
+# What an API route answers that the alerts read: successes and the 5xx of failing runs, shedding and timeouts.
+# Created at 0 for every API route (`start_routes`); other statuses appear when first answered.
+API_STATUSES = (200, 500, 503, 504)
 
 
 class Metrics:
@@ -134,6 +139,12 @@ class Metrics:
                                               self.request_duration.labels(route=route))
         children[0].inc()
         children[1].observe(seconds)
+
+    def start_routes(self, routes: Iterable[str]) -> None:
+        """Create the request counters of `routes` (the API's route templates) at 0 for each of `API_STATUSES`."""
+        for route in routes:
+            for status in API_STATUSES:
+                self.requests.labels(route=route, status=str(status))
 
     def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
         """Publish the loaded model as an info gauge (value 1)."""

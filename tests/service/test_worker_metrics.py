@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from service.app import PROBE_PATHS
 from service.metrics import INFERENCE_RUNS, REJECTION_REASONS
 from service.settings import Settings
 from testkit.metrics import samples
@@ -33,6 +34,11 @@ def assert_known_counters_at_zero(text: str) -> None:
     rejected = samples(text, "segment_rejected_total")
     assert {dict(k)["reason"] for k in rejected} == set(REJECTION_REASONS), rejected
     assert set(rejected.values()) == {0.0}, rejected
+    # Each API route's successes and 5xx too: the error-rate and shedding alerts see a route's first failure.
+    requests = {(dict(k)["route"], dict(k)["status"]): v for k, v in samples(text, "segment_requests_total").items()
+                if dict(k)["route"] not in PROBE_PATHS}
+    api = ("/segment", "/results/{result_id}/{name}", "/classes", "/outputs")
+    assert requests == {(route, str(status)): 0.0 for route in api for status in (200, 500, 503, 504)}, requests
 
 
 def test_the_known_reasons_are_the_documented_error_codes() -> None:
