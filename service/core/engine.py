@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from .buckets import fill_bucket, normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
-from .fixed_shapes import Binding, FixedShapeRunner
+from .fixed_shapes import Binding, FixedShapeRunner, OnEachThread
 from .letterbox import pad_canvas
 from .options import EngineOptions
 from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, bucket_cuda_options, create_session, fixed_dims
@@ -184,16 +184,19 @@ class Engine:
         return labels
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,),
-                each_run: Callable[[], AbstractContextManager[object]] = nullcontext) -> float:
+                each_run: Callable[[], AbstractContextManager[object]] = nullcontext,
+                on_each_thread: OnEachThread | None = None) -> float:
         """Run the model on the inference size so the first request pays no allocation/tuning; seconds.
 
-        With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored). `each_run` is entered
-        around each model run (each bucket's runs), not around the whole: what tells a hung run from a long warm-up.
+        With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored), then run once on each
+        of the threads that will run batches, given as `on_each_thread` (`FixedShapeRunner.warm_up`). `each_run`
+        is entered around each model run (each bucket's runs), not around the whole: what tells a hung run from
+        a long warm-up.
         """
         start = time.perf_counter()
         size = self.input_size
         if self.runner is not None:
-            self.runner.warm_up(each_run)
+            self.runner.warm_up(each_run, on_each_thread)
             batch_sizes = self.runner.sizes
         else:
             pad = pad_canvas(size, size, self.metadata.pad_rgb)

@@ -9,12 +9,14 @@ shape alone. Torch-free and HTTP-free, like the rest of the core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +28,21 @@ from .letterbox import pad_canvas
 from .sessions import memory_in_use
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OnEachThread = Callable[[Callable[[], T]], list[T]]  # runs a function once on each of a set of threads, at once
+
+
+def _on_fresh_threads(count: int, fn: Callable[[], T]) -> list[T]:
+    """`fn()` on `count` new threads at once (offline callers, who have no threads of their own to warm)."""
+    gate = threading.Barrier(count)  # all start together: each task waits there, so each has its own thread
+
+    def one(_: int) -> T:
+        gate.wait()
+        return fn()
+
+    with ThreadPoolExecutor(count, thread_name_prefix="warm") as pool:
+        return list(pool.map(one, range(count)))
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class BucketSession:
     run_s: float | None = None  # one steady-state run (the last warm-up run): the batch plan's cost
     runs: int = 0
     shapes: set[tuple[int, ...]] = field(default_factory=set)
+    threads: set[str] = field(default_factory=set)  # the threads that ran it (CUDA makes handles per thread)
     in_flight: int = 0
     max_overlap: int = 0  # the most runs of this bucket in flight at once
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -65,6 +83,7 @@ class BucketSession:
         """Count a run of `batch`; the caller holds `_lock`."""
         self.runs += 1
         self.shapes.add(batch.shape)
+        self.threads.add(threading.current_thread().name)
 
     def _run_plain(self, batch: np.ndarray) -> np.ndarray:
         assert self.session is not None, "bucket session used before it was built"
@@ -84,18 +103,12 @@ class BucketSession:
             with self._lock:
                 self.in_flight -= 1
 
-    def warm_together(self, batch: np.ndarray, count: int) -> None:
-        """Run `count` batches of this bucket at once, as concurrent batches will. A run that overlaps another
-        needs working memory of its own and, on CUDA, its own stream and cuDNN/cuBLAS handles; made here, they
-        are not made by the first two batches of the bucket that overlap after readiness."""
-        gate = threading.Barrier(count)  # all start together: each task waits there, so each has its own thread
-
-        def one(_: int) -> np.ndarray:
-            gate.wait()
-            return self.run(batch)
-
-        with ThreadPoolExecutor(count, thread_name_prefix=f"warm-{self.size}") as pool:
-            list(pool.map(one, range(count)))  # a run's exception is raised here
+    def warm_together(self, batch: np.ndarray, on_each_thread: OnEachThread) -> None:
+        """Run a batch of this bucket on each thread that will run batches, all at once, as concurrent batches
+        will. A run that overlaps another needs working memory of its own, and onnxruntime's CUDA provider makes
+        a thread's cuDNN/cuBLAS handles (per session) on that thread's first run; made here, they are not made
+        by the first batches of the bucket after readiness."""
+        on_each_thread(lambda: self.run(batch))  # a run's exception is raised here
 
     def warm(self, batch: np.ndarray, repeats: int) -> float:
         """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
@@ -162,10 +175,14 @@ class FixedShapeRunner:
                                              b.device, self.device_id) for _ in range(b.instances)])
         bucket.session = bucket.pool.runs[0].session
 
-    def warm_up(self, each_run: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
-                ) -> None:
+    def warm_up(self, each_run: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+                on_each_thread: OnEachThread | None = None) -> None:
         """Build every bucket's session(s) and run each on its one shape, recording time and memory. `each_run`
-        is entered around each bucket's runs (not its session build)."""
+        is entered around each bucket's runs (not its session build). `on_each_thread(fn)` runs `fn` at once on
+        every thread that will run batches (`WorkerThreads.run_on_each`); without it, on as many fresh threads as
+        batches run at once."""
+        if on_each_thread is None and self.concurrent_batches > 1:
+            on_each_thread = functools.partial(_on_fresh_threads, self.concurrent_batches)
         mark = memory_in_use(self.on_gpu, self.device_id)
         height, width = self.input_hw
         # Plain: the first run plans and allocates, the second proves and times the steady state. A CUDA graph
@@ -179,9 +196,9 @@ class FixedShapeRunner:
                     self._build(bucket)
                 with each_run():
                     bucket.run_s = bucket.warm(batch, repeats)
-                if self.concurrent_batches > 1 and bucket.pool is None:  # a pool has one session per batch
+                if on_each_thread is not None and bucket.pool is None:  # a pool runs each session on its own thread
                     with each_run():
-                        bucket.warm_together(batch, self.concurrent_batches)
+                        bucket.warm_together(batch, on_each_thread)
             except Exception as exc:
                 if self.binding is None:
                     raise

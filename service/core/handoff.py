@@ -66,6 +66,22 @@ class WorkerThreads(Executor):
         self._put((fn, args, future, None) if not kwargs else (lambda: fn(*args, **kwargs), (), future, None))
         return future
 
+    def run_on_each(self, fn: Callable[[], T]) -> list[T]:
+        """`fn()` once on every one of the `workers` threads (starting any not yet started), all at once; their
+        results. What must happen on each thread that will run jobs, such as onnxruntime's per-thread CUDA
+        handles made during warm-up rather than on a thread's first batch. Not from one of these threads (it
+        would wait for itself); a busy thread takes its turn when its job is done."""
+        if threading.current_thread() in self._threads:
+            raise RuntimeError(f"run_on_each called from {threading.current_thread().name}, one of its own threads")
+        # A party waits at the barrier until every thread holds one, so no thread can take two of them.
+        gate = threading.Barrier(self.workers)
+
+        def once() -> T:
+            gate.wait()
+            return fn()
+
+        return [future.result() for future in [self.submit(once) for _ in range(self.workers)]]
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float | None = None) -> None:
         """As `Executor.shutdown`; with `timeout_s`, wait at most that long in all (a job that never returns, such
         as a run on a hung device, is then left to its daemon thread)."""

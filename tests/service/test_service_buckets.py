@@ -15,6 +15,8 @@ import pytest
 from service.core import engine as engine_module
 from service.core.buckets import bucket_for, default_buckets, fill_bucket, normalise_buckets
 from service.core.engine import load_engine, uses_fixed_shapes
+from service.core.handoff import WorkerThreads
+from service.core.letterbox import pad_canvas
 from service.core.pipeline import Pipeline
 from service.core.sessions import CPU, CUDA, bucket_cuda_options, provider_options
 from service.settings import Settings, default_model_path
@@ -124,6 +126,30 @@ def test_warm_up_overlaps_as_many_batches_of_each_bucket_as_will_run_at_once() -
     assert_one_shape_per_session(engine)
     single = fixed_engine(DEMO_MODEL, concurrent_batches=1)
     assert max(b.max_overlap for b in single.runner.buckets) < 2  # one batch at a time: nothing to overlap
+
+
+def test_warm_up_runs_every_bucket_on_each_thread_that_will_run_batches() -> None:
+    """onnxruntime's CUDA provider makes a thread's cuDNN/cuBLAS handles on that thread's first run of a session:
+    warm-up runs each bucket on every inference thread, so no batch after readiness is a thread's first."""
+    threads = WorkerThreads(2, "inference")
+    try:
+        engine = load_engine(Settings(model_path=DEMO_MODEL, providers="cpu", intra_op_threads=1, fixed_shapes="on",
+                                      concurrent_batches=2, max_batch_size=4).engine_options())
+        engine.warm_up(on_each_thread=threads.run_on_each)
+        names = {"inference_0", "inference_1"}
+        warmed = {b.size: set(b.threads) for b in engine.runner.buckets}
+        assert all(names <= ran for ran in warmed.values()), warmed
+        assert [b.max_overlap for b in engine.runner.buckets] == [2, 2, 2]  # both at once, as batches will
+        pad = pad_canvas(engine.input_size, engine.input_size, engine.metadata.pad_rgb)
+        futures = [threads.submit(engine.run_images, [pad] * n) for n in (1, 2, 3, 4, 1, 4, 2, 3) * 2]
+        assert [f.result().shape[0] for f in futures] == [1, 2, 3, 4, 1, 4, 2, 3] * 2
+        assert {b.size: set(b.threads) for b in engine.runner.buckets} == warmed  # no thread new to a bucket
+        assert_one_shape_per_session(engine)
+    finally:
+        threads.shutdown()
+    with pytest.raises(RuntimeError, match="its own threads"):  # from one of its threads it would wait for itself
+        one = WorkerThreads(1, "inference")
+        one.submit(one.run_on_each, lambda: None).result(timeout=10)
 
 
 def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
