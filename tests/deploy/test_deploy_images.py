@@ -144,3 +144,31 @@ def test_dockerignore_keeps_context_small() -> None:
                 top = src.split("/")[0]
                 assert src in allowed or top in allowed or \
                     any(re.fullmatch(a.replace("*", ".*"), src) for a in allowed), f"{src} is excluded"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_the_shipped_venv_has_no_pip(name: str) -> None:
+    """The stage whose venv the runtime copies removes pip after its last install: a runtime user (uid 10001)
+    cannot install into the root-owned venv anyway, and pip is one more package for scanners to flag."""
+    structure = dockerfile(name).structure
+    (copy,) = [ins["value"] for ins in final_stage(dockerfile(name)) if ins["instruction"] == "COPY"
+               and ins["value"].split()[-2:] == ["/opt/venv", "/opt/venv"]]
+    source = copy.split()[0].removeprefix("--from=")
+    start = next(i for i, ins in enumerate(structure)
+                 if ins["instruction"] == "FROM" and ins["value"].split()[-1] == source)
+    end = next((i for i, ins in enumerate(structure[start + 1:], start + 1) if ins["instruction"] == "FROM"),
+               len(structure))
+    commands = [cmd.strip() for ins in structure[start:end] if ins["instruction"] == "RUN"
+                for cmd in ins["value"].split("&&") if "pip" in cmd]
+    assert commands and commands[-1] == "/opt/venv/bin/pip uninstall --yes pip", commands
+
+
+def test_the_documented_gpu_wheel_check_installs_what_the_gpu_image_installs() -> None:
+    """docs/DEPLOY.md's hand check of the GPU image's wheel set names the versions Dockerfile.gpu pins."""
+    text = DOCKERFILES["gpu"].read_text()
+    pins = dict(re.findall(r"^ARG (ORT_GPU|NVML)_VERSION=(\S+)$", text, re.M))
+    assert set(pins) == {"ORT_GPU", "NVML"}, pins
+    doc = (REPO / "docs" / "DEPLOY.md").read_text().split("Checked by hand", 1)[1]
+    block = re.search(r"```bash\n(.*?)\n```", doc, re.S).group(1)
+    assert f"onnxruntime-gpu=={pins['ORT_GPU']}" in block and f"nvidia-ml-py=={pins['NVML']}" in block, block
+    assert "--python-version 3.12" in block  # Ubuntu 24.04's Python, the GPU image's interpreter

@@ -12,11 +12,11 @@ from kubernetes_validate import utils as kv
 
 from service.settings import Settings
 
-from .tools import K8S, dockerfile, final_stage, require_tool
+from .tools import K8S, QUEUE_DEPTH, dockerfile, final_stage, require_tool
 
 # Files that are not Kubernetes objects (kustomize input, Helm values) are checked separately.
 NOT_OBJECTS = {"kustomization.yaml", "prometheus-adapter-values.yaml"}
-MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name not in NOT_OBJECTS)
+MANIFESTS = sorted(p for root in (K8S, QUEUE_DEPTH) for p in root.rglob("*.yaml") if p.name not in NOT_OBJECTS)
 
 
 def load(path) -> list[dict]:
@@ -30,16 +30,20 @@ def validate(obj: dict) -> None:
 
 @pytest.fixture(scope="module")
 def objects() -> dict[str, dict]:
-    """kind -> object, for the base manifests (not extras/)."""
+    """kind -> object, for the base manifests (not the overlay), as kustomize renders them (the ConfigMap is made
+    from settings.env there)."""
+    kubectl = require_tool("kubectl")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
     found = {}
-    for path in MANIFESTS:
-        if path.parent == K8S:
-            for doc in load(path):
-                found[doc["kind"]] = doc
+    for doc in yaml.safe_load_all(out.stdout):
+        if doc:
+            assert doc["kind"] not in found, f"one {doc['kind']} in the base"
+            found[doc["kind"]] = doc
     return found
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(K8S)))
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(K8S.parent)))
 def test_manifest_matches_the_kubernetes_schema(path) -> None:
     docs = load(path)
     assert docs
@@ -119,9 +123,9 @@ def test_configmap_holds_real_settings(objects: dict[str, dict]) -> None:
 
 
 def test_queue_depth_hpa_matches_the_adapter_rule() -> None:
-    (hpa,) = load(K8S / "extras" / "hpa-queue-depth.yaml")
+    (hpa,) = load(QUEUE_DEPTH / "hpa-queue-depth.yaml")
     (metric,) = hpa["spec"]["metrics"]
-    values = yaml.safe_load((K8S / "extras" / "prometheus-adapter-values.yaml").read_text())
+    values = yaml.safe_load((QUEUE_DEPTH / "prometheus-adapter-values.yaml").read_text())
     (rule,) = values["rules"]["custom"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
     assert "segment_queue_depth" in rule["seriesQuery"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .tools import K8S, REPO, require_tool
+from .tools import K8S, QUEUE_DEPTH, REPO, require_tool
 
 DEPLOY_MD = REPO / "docs" / "DEPLOY.md"
 
@@ -85,8 +85,14 @@ def test_editing_images_in_kustomization_sets_the_deployed_image(steps: list[lis
 
 
 def test_queue_depth_target_is_one_batch_of_the_configmap() -> None:
-    batch = int(load_one(K8S / "configmap.yaml", "ConfigMap")["data"]["SEGMENT_MAX_BATCH_SIZE"])
-    (metric,) = load_one(K8S / "extras" / "hpa-queue-depth.yaml", "HorizontalPodAutoscaler")["spec"]["metrics"]
+    out = subprocess.run([require_tool("kubectl"), "kustomize", str(QUEUE_DEPTH)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (config,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+    batch = int(config["data"]["SEGMENT_MAX_BATCH_SIZE"])
+    (hpa,) = [d for d in rendered if d["kind"] == "HorizontalPodAutoscaler"]
+    (metric,) = hpa["spec"]["metrics"]
     assert int(metric["pods"]["target"]["averageValue"]) == batch
-    (row,) = [line for line in DEPLOY_MD.read_text().splitlines() if line.startswith("| `extras/hpa-queue-depth")]
+    (row,) = [line for line in DEPLOY_MD.read_text().splitlines() if line.startswith("| `deploy/k8s-queue-depth")]
     assert [int(n) for n in re.findall(r"average of (\d+) queued images", row)] == [batch], row

@@ -14,6 +14,8 @@ from dockerfile_parse import DockerfileParser
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 K8S = REPO / "deploy" / "k8s"
+# The overlay that swaps the base's CPU autoscaler for the queue-depth one.
+QUEUE_DEPTH = REPO / "deploy" / "k8s-queue-depth"
 DOCKERFILES = {name: DOCKER / f"Dockerfile.{name}" for name in ("cpu", "gpu", "export")}
 # The venv's bin dir: CI runs `.venv/bin/python -m pytest` without activating the venv, so PATH may lack it.
 VENV_BIN = Path(sys.executable).parent
