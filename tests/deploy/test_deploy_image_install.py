@@ -78,6 +78,9 @@ def test_cpu_image_build_stage_and_cmd(tiny_onnx_model: Path, tmp_path: Path) ->
     bin_dir = venv / "bin"
     assert (bin_dir / "segment-serve").is_file()
     assert not (bin_dir / "pip").exists(), "the build stage removes pip from the shipped venv"
+    # The licence the package declares ships in the image (a build without it is deprecated by setuptools).
+    (licence,) = venv.glob("lib/python*/site-packages/segment_service-*.dist-info/licenses/LICENSE")
+    assert licence.read_bytes() == (REPO / "LICENSE").read_bytes()
     probe = subprocess.run([str(bin_dir / "python"), "-c",
                             "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, timeout=60)
