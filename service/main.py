@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -16,8 +17,10 @@ from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
 from .server import build_config, quiet_startup_failure
-from .settings import Settings
+from .settings import Settings, unknown_variables
 from .workers import serve_workers, worker_count
+
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(STARTUP_FAILURE)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in unknown_variables(os.environ):  # here, once: the workers of a supervisor do not run main()
+        log.warning(warning)
     workers = worker_count(settings)
     if workers > 1:
         sys.exit(serve_workers(settings.model_copy(update={"workers": workers}), overrides))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -258,3 +260,26 @@ class Settings(BaseSettings):
             cuda_options={**self.cuda_options, "device_id": str(self.cuda_device())},
             concurrent_batches=self.concurrent_batches, io_binding=self.io_binding,
         )
+
+
+# SEGMENT_* names read by other parts than the server's settings: the supervisor's hand-over to its workers, the
+# model tools' weight cache and mirror, the webcam client, and docker-compose's own variables.
+OTHER_VARIABLES = frozenset({"SEGMENT_WORKER_SLOTS_DIR", "SEGMENT_CACHE_DIR", "SEGMENT_WEIGHTS_BASE_URL", "SEGMENT_URL",
+                             "SEGMENT_GPUS", "SEGMENT_MODEL_FILE", "SEGMENT_PUBLISH"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each SEGMENT_* variable in `environ` that nothing reads, naming the closest setting: pydantic
+    ignores unknown names, so a misspelt one (SEGMENT_MAX_BATCHSIZE) would leave its setting at the default
+    without a word. Names are matched regardless of case, as the settings read them."""
+    settings = {f"SEGMENT_{name.upper()}" for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("SEGMENT_") or upper in settings or upper in OTHER_VARIABLES:
+            continue
+        # Compared without the prefix every name shares, which would make any two names look alike.
+        close = difflib.get_close_matches(upper.removeprefix("SEGMENT_"), [n[8:] for n in settings], n=1)
+        hint = f"; did you mean SEGMENT_{close[0]}?" if close else ""
+        warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
+    return warnings

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from service.admission import UploadBudget
 from service.core.decode_budget import DecodeBudget
 from service.core.errors import DecodeError
-from service.settings import Settings
+from service.settings import OTHER_VARIABLES, Settings, unknown_variables
 from testkit import REPO
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -57,6 +57,30 @@ def test_buckets_given_on_cpu_are_reported_ignored(rule_model: Path) -> None:
         server.wait_ready()
     assert f"SEGMENT_BATCH_BUCKETS {IGNORED}" in server.log, server.log
     assert "SEGMENT_FILL_WHILE_BUSY" not in server.log  # left at its default: not named
+
+
+def test_a_misspelt_setting_is_named_at_startup_with_the_setting_meant(rule_model: Path) -> None:
+    """An unknown SEGMENT_* name would otherwise leave its setting at the default without a word."""
+    with ServerProcess(rule_model, SEGMENT_MAX_BATCHSIZE="2", SEGMENT_MAX_QUEUE="9") as server:
+        server.wait_ready()
+        queue = httpx.get(f"{server.url}/readyz", timeout=10).json()["max_queue"]
+    assert queue == 9  # a real setting, read and not warned of
+    assert ("environment variable SEGMENT_MAX_BATCHSIZE is not a setting and is ignored; did you mean "
+            "SEGMENT_MAX_BATCH_SIZE?") in server.log, server.log
+    assert server.log.count("is not a setting") == 1, server.log  # once, and only for that name
+
+
+def test_the_variables_known_to_be_no_settings_are_read_by_the_project() -> None:
+    """Each name exempt from the warning is read somewhere: a name no longer used would hide a typo."""
+    sources = [*REPO.glob("service/**/*.py"), *REPO.glob("model_export/**/*.py"), *REPO.glob("clients/*.py"),
+               REPO / "docker-compose.yml"]
+    text = "\n".join(path.read_text() for path in sources)
+    for name in OTHER_VARIABLES - {"SEGMENT_WORKER_SLOTS_DIR"}:  # set and read by the supervisor's code
+        assert f'"{name}"' in text or f"${{{name}" in text, name
+    assert '"SEGMENT_WORKER_SLOTS_DIR"' in (REPO / "service" / "worker_slots.py").read_text()
+    assert unknown_variables({"segment_max_queue": "1", "SEGMENT_GPUS": "all", "OTHER": "x"}) == []
+    assert unknown_variables({"SEGMENT_FOO": "1"}) == ["environment variable SEGMENT_FOO is not a setting and is "
+                                                      "ignored"]  # nothing close: no guess
 
 
 def test_a_small_pixel_limit_still_warms_up_and_bounds_uploads(rule_model: Path) -> None:
