@@ -81,6 +81,12 @@ def test_cpu_image_build_stage_and_cmd(tiny_onnx_model: Path, tmp_path: Path) ->
     # The licence the package declares ships in the image (a build without it is deprecated by setuptools).
     (licence,) = venv.glob("lib/python*/site-packages/segment_service-*.dist-info/licenses/LICENSE")
     assert licence.read_bytes() == (REPO / "LICENSE").read_bytes()
+    # Every command the image carries runs (segment-export's package is not in a serving image: not carried).
+    commands = sorted(path.name for path in bin_dir.glob("segment*"))
+    assert commands == ["segment", "segment-serve", "segment-webcam"], commands
+    for command in commands:
+        ran = subprocess.run([str(bin_dir / command), "--help"], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and "usage:" in ran.stdout, (command, ran.stderr[-2000:])
     probe = subprocess.run([str(bin_dir / "python"), "-c",
                             "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, timeout=60)
