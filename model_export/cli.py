@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import ModelExportError
 
@@ -82,6 +84,19 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     """The missing module's name if the export extra provides it, else None."""
     name = (exc.name or "").split(".")[0]
     return exc.name if name in EXPORT_EXTRA_MODULES else None
+
+
+def read_class_names(path: Path, flag: str = "--classes") -> list[str]:
+    """The JSON list of class names in `path` (a `--classes` file); CliError saying what is wrong with it."""
+    try:
+        names = json.loads(path.read_text())
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CliError(f"{flag} {path} is not JSON: {exc}") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CliError(f"{flag} {path} must hold a non-empty JSON list of class names (strings)")
+    return names
 
 
 def flag_of(option: str) -> str:

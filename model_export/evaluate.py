@@ -209,6 +209,9 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    for option, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None and value < 1:  # a limit of 0 or less would score nothing and print NaN
+            raise ModelExportError(f"{OPTION} must be at least 1, got {value}", option=option)
     if path.suffix == ".onnx":
         checkpoint_only = [name for name, used in (("scales", tuple(scales) != (1.0,)), ("flip", flip),
                                                    ("input_size", input_size is not None)) if used]

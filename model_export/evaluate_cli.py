@@ -69,5 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(format_scores(scores, classes))
     if args.json:
-        Path(args.json).write_text(json.dumps(scores.as_dict(classes), indent=2) + "\n")
+        try:
+            Path(args.json).write_text(json.dumps(scores.as_dict(classes), indent=2) + "\n")
+        except OSError as exc:
+            raise CliError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
     return 0

@@ -65,7 +65,8 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")
     colours = [list(c) for c in palette] if palette is not None else voc_colormap(num_classes)
-    size = input_size or default_input_size(model.arch)  # an unknown arch is an error, not resnet50's size
+    # An unknown arch is an error, not resnet50's size; 0 is refused by the metadata, not taken for "not given".
+    size = input_size if input_size is not None else default_input_size(model.arch)
     return ModelMetadata(
         classes=names, palette=colours, input_size=size, arch=model.arch, source=source,
         source_sha256=source_sha256, mean=list(mean), std=list(std), channel_order=order,

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import ARCH_NAMES, DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, PRECISIONS
-from .cli import CliError
+from .cli import CliError, read_class_names
+
+RANDOM_INIT_CLASSES = 21  # VOC's
 
 if TYPE_CHECKING:
     from .models import SegmentationModel
@@ -24,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--weights", type=Path, help="a training checkpoint or a torchvision .pth state_dict")
     src.add_argument("--random-init", action="store_true", help="random weights (for timing and tests)")
     p.add_argument("--arch", choices=sorted(ARCH_NAMES), help="architecture (read from a checkpoint)")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--num-classes", type=int,
+                   help=f"classes of a --random-init model (default {RANDOM_INIT_CLASSES}); with --weights the head "
+                        "decides, and a different number is refused")
     p.add_argument("--classes", type=Path, help="JSON file with the list of class names")
     p.add_argument("--input-size", type=int, help="long side the service letterboxes to")
     p.add_argument("--confidence", action="store_true", help="add the uint8 max-softmax `confidence` output")
@@ -47,7 +51,10 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
             raise CliError("--random-init needs --arch")
         from .architectures import build_model  # torch: only when exporting, not for --help
 
-        return build_model(args.arch, args.num_classes), {}, "random-init", ""
+        count = RANDOM_INIT_CLASSES if args.num_classes is None else args.num_classes
+        if not 1 <= count <= 255:  # labels are uint8
+            raise CliError(f"--num-classes must be between 1 and 255, got {count}")
+        return build_model(args.arch, count), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")
     from .torch_io import sha256_file
@@ -72,6 +79,17 @@ def _msc_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
+    from .errors import ModelExportError
+
+    try:
+        return _export(args)
+    except ModelExportError:
+        raise  # `main` names the flag at fault
+    except (ValueError, OSError) as exc:  # a bad --opset or --input-size, an unwritable --output...
+        raise CliError(str(exc)) from None
+
+
+def _export(args: argparse.Namespace) -> int:
     from .export import build_metadata, check_finite, export_onnx  # onnx: only when exporting, not for --help
 
     start = time.perf_counter()
@@ -83,15 +101,18 @@ def run(args: argparse.Namespace) -> int:
                        "Fine-tune it first (segment-export train --init)")
     from .models import output_classes
 
-    classes = json.loads(args.classes.read_text()) if args.classes else info.get("classes")
+    classes = read_class_names(args.classes) if args.classes else info.get("classes")
     num_classes = output_classes(model)  # what the head predicts: the names must match it, not a default of 21
+    if args.weights and args.num_classes is not None and args.num_classes != num_classes:
+        raise CliError(f"--num-classes {args.num_classes}, but {args.weights} predicts {num_classes} classes")
     if classes and len(classes) != num_classes:
         raise CliError(f"{len(classes)} class names ({args.classes or args.weights}) for a model that predicts "
                        f"{num_classes} classes: label ids would have no name or colour")
     # A training checkpoint knows the size it was trained at and its palette; flags override.
     meta = build_metadata(model, num_classes=num_classes, classes=classes,
                           palette=None if args.classes else info.get("palette"),
-                          input_size=args.input_size or info.get("input_size"), source=source, source_sha256=sha)
+                          input_size=args.input_size if args.input_size is not None else info.get("input_size"),
+                          source=source, source_sha256=sha)
     scales = _msc_scales(args)
     if args.precision == "fp32" and scales is None:
         path = export_onnx(model, args.output, meta, confidence=args.confidence, opset=args.opset)

@@ -7,9 +7,11 @@ import logging
 import pickle
 from pathlib import Path
 
+import torch
+
 from .checkpoint import read_training_checkpoint
 from .models import SegmentationModel
-from .torch_io import load_torch_file
+from .torch_io import compare_state_dicts, load_torch_file
 from .wrapper import preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,8 @@ def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
     (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
     preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
-    Only tensors whose names and shapes match are copied; returns how many were."""
+    The backbone must be there whole (ValueError otherwise); of the heads, tensors whose names and shapes match
+    are copied and the rest keep their initialisation (a new class count). Returns how many tensors were copied."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init weights not found: {path}")
@@ -42,9 +45,23 @@ def init_from_file(model: SegmentationModel, path: str | Path) -> int:
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise ValueError(f"no tensor in {path} matches the model ({len(state)} keys, e.g. {next(iter(state))})")
+    _check_backbone(model, own, state, path)
     model.load_state_dict(matched, strict=False)
     log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
     return len(matched)
+
+
+def _check_backbone(model: SegmentationModel, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                    path: Path) -> None:
+    """ValueError unless `state` holds every backbone tensor of the model, shaped alike. Only the heads may differ
+    (a new class count: the seed re-initialises its classifier); a backbone left partly at random init (another
+    depth or width, another arch) would train on, with BN frozen, from weights nobody chose."""
+    # Files saved before BatchNorm counted batches lack these buffers; they do not affect training.
+    backbone = {k: v for k, v in own.items() if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+    mismatch = compare_state_dicts(backbone, {k: v for k, v in state.items() if k in backbone})
+    if mismatch:
+        raise ValueError(f"{path} does not fit the backbone of {model.arch}: {mismatch.describe()}; only the "
+                         "classifier may differ from the model")
 
 
 def init_from_imagenet(model: SegmentationModel) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf import json_format, message
 from onnx import helper, numpy_helper
 
 from service.core.contract import INPUT_NAME, LABELS_OUTPUT
@@ -43,6 +44,14 @@ def parse_scales(text: str) -> tuple[float, ...]:
     if not scales or any(not 0 < s <= 4 for s in scales) or len(set(scales)) != len(scales):
         raise ValueError(f"scales must be distinct numbers in (0, 4], got {text!r}")
     return scales
+
+
+def _load(src: str | Path) -> onnx.ModelProto:
+    """The ONNX model in `src`; MscError for a file that is not one."""
+    try:
+        return onnx.load(str(src))
+    except (message.Error, json_format.Error) as exc:  # what protobuf raises for bytes that are not a model
+        raise MscError(f"{src} is not an ONNX model file: {exc}") from None
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -126,7 +135,7 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
 def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB_SCALES,
              flip: bool = False) -> Path:
     """Write `dst`: `src` with max fusion over `scales` (and mirrors) in the graph; metadata records it."""
-    model = onnx.load(str(src))
+    model = _load(src)
     precision = {p.key: p.value for p in model.metadata_props}.get("precision", "fp32")
     if precision != "fp32":
         raise MscError(f"{Path(src).name} is a {precision} variant: bake MSC into the fp32 file (or use "

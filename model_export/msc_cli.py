@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"model file {args.model} does not exist")
     try:
         out = bake_msc(args.model, args.output, parse_scales(args.scales), args.flip)
-    except (ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+    except (ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:  # OSError: the output
         raise CliError(str(exc)) from None
     print(json.dumps({"output": str(out), "scales": list(parse_scales(args.scales)), "flip": args.flip,
                       "size_mb": round(out.stat().st_size / 1e6, 2)}))

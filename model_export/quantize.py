@@ -272,16 +272,18 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> None:
 
     Every Cast stays as it is: the first one turns the uint8 image into float32 and the converter then inserts
     a float32->float16 cast after it; converting that Cast itself leaves stale float32 type info that ORT
-    rejects. Resize stays float32 (onnxconverter-common's default block list), so the upsampled logits that
-    ArgMax compares are float32.
+    rejects. Resize (and a multi-scale graph's Max) stay float32 (onnxconverter-common's default block list), and
+    so does ArgMax: the upsampled logits it compares are float32, as in the fp32 file. Left to the converter, they
+    were rounded to fp16 after the upsample, and logits less than half an fp16 step apart (0.25 at 1000) became
+    ties that ArgMax gives to the lower class id: the CUDA provider runs that fp16 ArgMax as written.
     """
     from onnxconverter_common import float16
 
     model = onnx.load(str(fp32_path))
-    casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
-    if any(not name for name in casts):
-        raise ContractError("fp16 conversion needs named Cast nodes")
-    half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+    keep = [n.name for n in model.graph.node if n.op_type in ("Cast", "ArgMax")]
+    if any(not name for name in keep):
+        raise ContractError("fp16 conversion needs named Cast and ArgMax nodes")
+    half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     onnx.checker.check_model(half)
     onnx.save(half, str(out_path))
 

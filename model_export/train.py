@@ -31,6 +31,7 @@ from service.core.contract import voc_colormap
 
 from .architectures import build_model
 from .checkpoint import (
+    CheckpointError,
     checkpoint_model_kwargs,
     nonfinite_tensors,
     read_training_checkpoint,
@@ -40,12 +41,12 @@ from .checkpoint import (
 )
 from .data import Augment, TrainStream, VOCSegmentation
 from .device import pick_device
-from .errors import ModelExportError
+from .errors import OPTION, ModelExportError
 from .init_weights import init_from_file, init_from_imagenet
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
-from .train_config import NETWORK, TrainConfig, resume_conflicts
+from .train_config import NETWORK, TrainConfig, check_config, resume_conflicts
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,24 @@ def _check_resume_settings(cfg: TrainConfig, resume: dict[str, Any]) -> None:
         raise ValueError(f"resuming with settings that differ from the checkpoint's run: {listed}")
 
 
+def _check_resumable(path: str, resume: dict[str, Any]) -> None:
+    """CheckpointError for a checkpoint that holds weights but no run to continue (`convert-caffe --checkpoint`
+    writes one at iteration 0, without optimiser or RNG state): it is where a new run starts."""
+    missing = [key for key in ("optimizer", "rng", "iteration") if key not in resume]
+    if missing:
+        raise CheckpointError(f"{path} holds no training state to resume (no {', '.join(missing)}): it is initial "
+                              f"weights, not a run; start a new run from it with {OPTION} {path}", option="init")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final checkpoint path and last loss."""
+    check_config(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     resume = read_training_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
+        _check_resumable(cfg.resume, resume)
         # The network is defined by the checkpoint, whatever the flags say.
         cfg.arch, cfg.classes = resume["arch"], list(resume["classes"])
         cfg.model_kwargs = checkpoint_model_kwargs(resume)

@@ -9,7 +9,8 @@ from dataclasses import MISSING, fields, replace
 from typing import Any
 
 from .catalog import ARCH_NAMES
-from .cli import CliError
+from .cli import CliError, flag_of
+from .errors import ModelExportError
 from .train_config import CHANGEABLE, PER_RUN, TrainConfig
 
 DESCRIPTION = "`segment-export train`: DeepLab training as in the seed (train.py / train_msc.py)."
@@ -27,6 +28,8 @@ _OPTION_FIELDS = {"no_mirror": ("mirror",), "train_bn": ("train_bn", "bn_affine"
 _MODEL_OPTIONS = frozenset({"output_stride", "base_width", "head_channels", "legacy_dilation"})
 # How a diverged run's message (model_export.train.TrainingDiverged) spells the settings it suggests changing.
 _HINT_FLAGS = {"init": "--init", "base_lr": "--lr", "train_bn": "--train-bn"}
+# Settings whose flag is not `flag_of(field)`, for errors that name the setting at fault.
+_FLAGS = {"max_iter": "--iters", "base_lr": "--lr"}
 
 
 def _recording(action: type[argparse.Action]) -> type[argparse.Action]:
@@ -214,6 +217,9 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(cfg)
     except TrainingDiverged as exc:
         raise CliError(exc.naming(_HINT_FLAGS)) from None
+    except ModelExportError as exc:  # a setting out of range, a checkpoint that cannot resume
+        option = exc.option
+        raise CliError(exc.naming_option_as(_FLAGS.get(option, flag_of(option))) if option else str(exc)) from None
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f}s, last loss "

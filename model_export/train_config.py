@@ -8,6 +8,8 @@ from typing import Any
 
 from service.core.contract import VOC_CLASSES
 
+from .errors import OPTION, ModelExportError
+
 
 @dataclass
 class TrainConfig:
@@ -54,6 +56,35 @@ PER_RUN = frozenset({"data", "out", "resume", "stop_at"})
 CHANGEABLE = frozenset({"save_every", "log_every", "workers", "device", "progress"})
 # Defined by the checkpoint's network whatever the config says (model_export.train takes them from the file).
 NETWORK = frozenset({"arch", "classes", "model_kwargs", "init"})
+
+
+# Settings that count something: zero or less would divide by zero (log_every, save_every), train nothing and
+# report success (accumulate), or build no batch at all.
+_AT_LEAST_ONE = ("max_iter", "batch_size", "accumulate", "crop_size", "save_every", "log_every")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ModelExportError naming the first setting whose value cannot describe a run (its `option` is the field)."""
+
+    def bad(name: str, rule: str) -> ModelExportError:
+        return ModelExportError(f"{OPTION} must be {rule}, got {getattr(cfg, name)!r}", option=name)
+
+    for name in _AT_LEAST_ONE:
+        if getattr(cfg, name) < 1:
+            raise bad(name, "at least 1")
+    for name in ("input_size", "stop_at"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise bad(name, "at least 1")
+    if cfg.workers < 0:
+        raise bad("workers", "0 or more")
+    if not cfg.base_lr > 0:
+        raise bad("base_lr", "positive")
+    if not cfg.weight_decay >= 0:
+        raise bad("weight_decay", "0 or more")
+    if not 0 < cfg.min_scale <= cfg.max_scale:
+        raise bad("min_scale", f"positive and at most the largest scale ({cfg.max_scale})")
+    if not cfg.scales or cfg.scales[0] != 1.0 or any(not s > 0 for s in cfg.scales):
+        raise bad("scales", "positive numbers starting with 1 (the scale the fused max is computed at)")
 
 
 def resume_conflicts(cfg: TrainConfig, recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

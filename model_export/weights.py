@@ -100,16 +100,26 @@ def fetch(url: str, *, cache: str | Path | None = None, timeout: float = CONNECT
     The download is `torch.hub.download_url_to_file` with the file name's sha256 prefix: it writes a temporary
     file beside the target and moves it into place only after the hash check, so an interrupted or corrupt
     download never poisons the cache. A file already in the cache (put there by torch, torchvision or by hand)
-    is checked against the same prefix and used without any network access.
+    is checked against the same prefix and used without any network access. A file name without a sha256
+    prefix is refused (WeightsError): nothing else would tell a download cut short from the whole file.
     """
     file_name = url.rstrip("/").rsplit("/", 1)[-1]
     prefix = hash_prefix(file_name)
+    if prefix is None:
+        # The hash is the only check a download gets: torch.hub's downloader keeps whatever arrived, so a
+        # connection cut short would otherwise be cached (and reused) as the weights.
+        raise WeightsError(f"{file_name} carries no sha256 prefix ('<name>-<sha256 prefix>.pth', as torchvision "
+                           f"names its files), so a download from {url} could not be verified; publish or rename "
+                           "it under that convention")
     folder = cache_dir(cache)
     target = folder / file_name
     if target.exists():
         log.info("using cached %s", target)
         return target, verify_hash(target, prefix)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the weights cache {folder}: {exc.strerror or exc}") from None
     manual = (f"download it by other means from {url} and save it as {target} "
               "(the sha256 must start with the hex after the last '-'); a re-run then uses it")
     try:

@@ -36,6 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch, convert and export."""
+    from .cli import CliError
+    from .errors import ModelExportError
+
+    try:
+        return _pretrained(args)
+    except ModelExportError:
+        raise  # one line already (`main` prints it)
+    except OSError as exc:  # an unwritable --output
+        raise CliError(str(exc)) from None
+
+
+def _pretrained(args: argparse.Namespace) -> int:
     from .export import build_metadata, export_onnx  # torch and onnx: only when run, not for --help
     from .models import output_classes
     from .weights import (

@@ -37,18 +37,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert and export; CaffeError (printed as one line) reports missing/extra layers and shape mismatches."""
-    import json
-
     from ..cli import CliError
+    from ..errors import ModelExportError
+
+    try:
+        return _convert(args)
+    except ModelExportError:
+        raise  # one line already (`main` prints it)
+    except (ValueError, OSError) as exc:  # a bad --input-size, an unwritable output...
+        raise CliError(str(exc)) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..cli import CliError, read_class_names
     from ..export import build_metadata, default_classes, export_onnx
     from ..torch_io import sha256_file
     from .convert import convert_caffemodel
 
     if args.output is None and args.checkpoint is None:
         raise CliError("give -o/--output (ONNX), --checkpoint (training checkpoint) or both")
-    classes = json.loads(args.classes.read_text()) if args.classes else None
+    if args.input_size <= 0:  # before a checkpoint records it
+        raise CliError(f"--input-size must be positive, got {args.input_size}")
+    classes = read_class_names(args.classes) if args.classes else None
     model, info = convert_caffemodel(args.caffemodel, args.num_classes or (len(classes) if classes else None))
     num_classes = info["num_classes"]
+    if classes is not None and len(classes) != num_classes:
+        raise CliError(f"{len(classes)} class names ({args.classes}) for a model with {num_classes} classes")
     if classes is None:
         classes = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
     if info["head"] is None and args.output is not None:
