@@ -7,7 +7,8 @@
   `--out`, with the file suffix of the output kind (`segment --help` lists the kinds and their suffixes). Names
   that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png); the same relative path under two
   inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written (exit 2). An `--out` inside an input
-  folder is not read back as input.
+  folder is not read back as input; an `--out` that is an input folder, or an output that would be an input
+  image (`segment x.png --out .`), stops the run before anything is written (exit 2).
 - An overlay asked for as JPEG comes back as PNG when a side exceeds JPEG's 65,500 px; it is stored as `.png`.
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
   a rerun skips it (resume). `--out` records the output kind and options of the run (`.segment-run.json`); a
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from clients.batch_outputs import (
     Job,
-    NameClash,
+    PlanError,
     answer_target,
     is_done,
     options_conflict,
@@ -129,8 +130,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=_unit_float, default=None, help="overlay opacity 0..1")
     parser.add_argument("--format", choices=OVERLAY_FORMATS, default=None,
                         help=f"overlay format (default {OVERLAY_FORMATS[0]})")
-    parser.add_argument("--tolerance", type=float, default=None, help="polygon simplification, pixels")
-    parser.add_argument("--min-area", type=float, default=None, help="drop polygons smaller than this")
+    parser.add_argument("--tolerance", type=_non_negative_float, default=None, help="polygon simplification, pixels")
+    parser.add_argument("--min-area", type=_non_negative_float, default=None,
+                        help="drop polygons smaller than this, pixels")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
@@ -147,6 +149,7 @@ _RULES = """\
 outputs:
   Names that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png). The same relative path
   under two inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written: use separate --out folders.
+  So does an --out that is an input folder, or an output file that would be an input image.
   A rerun skips the files already written, unless it asks for another --output or other options than the run
   recorded in --out: then it stops, and --overwrite redoes everything. An overlay too large for JPEG is stored
   as .png. Ctrl-C stops after the files in progress and exits 130.
@@ -166,6 +169,15 @@ def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """As the API bounds `tolerance` and `min_area`: refused here, before a run that every file would fail (and
+    whose options, recorded in --out, a corrected rerun would then conflict with)."""
+    value = float(text)
+    if not value >= 0.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -223,9 +235,10 @@ def run_jobs(backend: Backend, todo: list[Job], args: argparse.Namespace) -> tup
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start, 130 Ctrl-C)."""
     args = parse_args(argv)
+    suffixes = [encoding.suffix for encoding in OUTPUT_KINDS[args.output].encodings]
     try:
-        jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format))
-    except NameClash as exc:
+        jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format), suffixes)
+    except PlanError as exc:  # nothing written yet
         print(f"segment: {exc}", file=sys.stderr)
         return 2
     if not jobs:
@@ -237,7 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out",
               file=sys.stderr)
         return 2
-    suffixes = [encoding.suffix for encoding in OUTPUT_KINDS[args.output].encodings]
     todo = jobs if args.overwrite else [job for job in jobs if not is_done(job, suffixes)]
     skipped = len(jobs) - len(todo)
     try:

@@ -27,7 +27,11 @@ class Job:
     target: Path
 
 
-class NameClash(Exception):
+class PlanError(Exception):
+    """Inputs and --out that cannot be mapped to output files without losing one; the run stops before writing."""
+
+
+class NameClash(PlanError):
     """Inputs that would be written to the same output file."""
 
     def __init__(self, clashes: dict[Path, list[Path]]) -> None:
@@ -35,6 +39,17 @@ class NameClash(Exception):
         super().__init__("the same relative path under two inputs would be written to one output file; give "
                          "them separate --out folders:\n" + "\n".join(lines))
         self.clashes = clashes
+
+
+class OutputOverInput(PlanError):
+    """An output file would be an input image, or --out is an input folder (whose outputs a rerun would read
+    back as inputs)."""
+
+    def __init__(self, out: Path, overwritten: list[Path]) -> None:
+        what = "is an input folder: a rerun would read its outputs back as inputs" if not overwritten else \
+            "would write over input images:\n" + "\n".join(f"  {path}" for path in overwritten)
+        super().__init__(f"--out {out} {what}; use another --out")
+        self.overwritten = overwritten
 
 
 def output_suffix(output: str, fmt: str | None) -> str:
@@ -65,9 +80,14 @@ def discover(inputs: Iterable[Path], exclude: Path | None = None) -> list[tuple[
     return sorted(((src, rel) for src, rel in found.items()), key=lambda item: str(item[1]))
 
 
-def plan(inputs: Iterable[Path], out: Path, suffix: str) -> list[Job]:
+def plan(inputs: Iterable[Path], out: Path, suffix: str, answer_suffixes: Iterable[str] = ()) -> list[Job]:
     """Map inputs to output paths, one file each. Names that would collide (a.jpg, a.png) keep their extension:
-    a.jpg.png, a.png.png. `NameClash` when the same relative path comes from two inputs."""
+    a.jpg.png, a.png.png. `NameClash` when the same relative path comes from two inputs; `OutputOverInput` when
+    an output, under `suffix` or one of the `answer_suffixes` it may be stored under (see `answer_target`),
+    would be an input image, or when `out` is an input folder."""
+    inputs = list(inputs)
+    if any(root.is_dir() and root.resolve() == out.resolve() for root in inputs):
+        raise OutputOverInput(out, [])
     files = discover(inputs, exclude=out)
     rels = dict(files)
     targets = {src: rel.with_suffix(suffix) for src, rel in files}
@@ -78,7 +98,14 @@ def plan(inputs: Iterable[Path], out: Path, suffix: str) -> list[Job]:
         if all(targets[src] == target for src, target in renamed.items()):
             raise NameClash({out / rels[sources[0]].with_suffix(suffix): sources for sources in clashes.values()})
         targets.update(renamed)
-    return [Job(src, out / targets[src]) for src, _ in files]
+    jobs = [Job(src, out / targets[src]) for src, _ in files]
+    # An input given as a file inside --out (`segment x.png --out .`): its output would be the input itself,
+    # skipped as "already done", or replaced by its mask under --overwrite.
+    suffixes = {suffix, *answer_suffixes}
+    overwritten = sorted({job.source for job in jobs for s in suffixes if job.target.with_suffix(s).resolve() in rels})
+    if overwritten:
+        raise OutputOverInput(out, overwritten)
+    return jobs
 
 
 def _clashes(targets: dict[Path, Path]) -> dict[Path, list[Path]]:

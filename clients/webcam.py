@@ -13,7 +13,10 @@ are consumed oldest-first, so the output keeps the frame order. The server retur
 palette PNG) and the overlay is blended here with the service's own `blend_overlay`, on the original frame.
 
 A frame that fails (refused, or the connection broke, e.g. a server restart) is counted and passed on unsegmented;
-after `--max-failures` failures in a row (the server is gone, not one frame bad) the run stops with exit 2.
+after `--max-failures` failures in a row (the server is gone, not one frame bad) the run stops with exit 2. Before
+the first frame it waits up to `--wait` seconds for the server to be ready (one starting up answers 503 until its
+model is warm). Ctrl-C, the way a headless camera run ends, closes the video file properly, prints the summary
+and exits 130.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ else:
 WINDOW = "segment-webcam"
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
 _HUD_HEIGHT = 22
+_INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2), as `segment` exits
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Stats:
     errors: int = 0
     failing: int = 0  # frames failed in a row, up to the last one
     stopped: str | None = None  # why the loop gave up before the end of the video
+    interrupted: bool = False  # Ctrl-C ended the loop
     started: float = field(default_factory=time.perf_counter)
     fps: float = 0.0  # exponential moving average of the output rate
     latency_ms: float = 0.0
@@ -126,6 +131,9 @@ def open_segmenter(args: argparse.Namespace) -> contextlib.AbstractContextManage
     @contextlib.contextmanager
     def remote() -> Iterator[tuple[Segmenter, dict]]:
         with SegmentClient(args.server, api_key=args.api_key, max_connections=args.inflight, retries=1) as client:
+            # A server still warming up refuses every frame (503 not_ready): the first seconds of video would
+            # go out unsegmented, or the run would stop at --max-failures before the server is up.
+            client.wait_ready(timeout=args.wait)
             yield client, client.classes()
 
     return remote()
@@ -240,6 +248,8 @@ def run(args: argparse.Namespace) -> Stats:
                 if args.max_failures and stats.failing >= args.max_failures:  # the server is gone, not one frame
                     stats.stopped = f"stopped after {stats.failing} frames failed in a row"
                     break
+        except KeyboardInterrupt:  # how a headless camera run ends: the frames written so far make the video
+            stats.interrupted = True
         finally:
             for _, future in pending:
                 future.cancel()
@@ -261,6 +271,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--api-key", default=os.environ.get("SEGMENT_API_KEY"), help="X-API-Key")
+    parser.add_argument("--wait", type=float, default=30.0,
+                        help="--server: seconds to wait for it to be ready before the first frame (default 30)")
     parser.add_argument("--inflight", type=int, default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
     parser.add_argument("--out", type=Path, help="write the result to this video file (headless)")
@@ -284,7 +296,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some failed, 2 if it could not
-    start or gave up (`--max-failures`)."""
+    start or gave up (`--max-failures`), 130 on Ctrl-C."""
     args = parse_args(argv)
     if _MISSING is not None:
         print(serve_extra_missing("segment-webcam", "the webcam client", _MISSING), file=sys.stderr)
@@ -294,10 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegmentClientError as exc:
         print(f"segment-webcam: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the first frame (waiting for the server): nothing was written
+        print("segment-webcam: interrupted", file=sys.stderr)
+        return _INTERRUPTED
     if stats.stopped:
         print(f"segment-webcam: {stats.stopped}", file=sys.stderr)
-    print(f"segment-webcam: {stats.frames} frames, {stats.errors} errors, {stats.mean_fps:.1f} FPS on average",
-          file=sys.stderr)
+    print(f"segment-webcam: {stats.frames} frames, {stats.errors} errors, {stats.mean_fps:.1f} FPS on average"
+          + ("; interrupted" if stats.interrupted else ""), file=sys.stderr)
+    if stats.interrupted:
+        return _INTERRUPTED
     if stats.stopped:
         return 2
     return 1 if stats.errors else 0

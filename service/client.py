@@ -48,6 +48,8 @@ from .client_wire import (
 )
 from .core.output_kinds import DEFAULT_OUTPUT
 
+_MIN_PROBE_S = 0.1  # the shortest wait for one /readyz answer, so that a last probe can still succeed
+
 __all__ = [
     "OUTPUTS",
     "OVERLAY_FORMATS",
@@ -69,7 +71,8 @@ class SegmentClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
                  max_connections: int = 8, transport: httpx.BaseTransport | None = None) -> None:
-        """`retries`: extra attempts on 503 (overloaded / not ready), sleeping for the server's Retry-After."""
+        """`retries`: extra attempts on 503 (overloaded / not ready), sleeping for the server's Retry-After (one
+        longer than 5 s is not waited for: the error is raised, with its `retry_after`)."""
         self.url = url.rstrip("/")
         self.retries = max(0, retries)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -97,17 +100,22 @@ class SegmentClient:
             try:
                 raise_for_error(response)
             except SegmentApiError as error:
-                time.sleep(retry_sleep(error, attempt))
+                wait = retry_sleep(error, attempt)
+                if wait is None:  # the server asks for a longer wait than a retry here would give it
+                    return response
+                time.sleep(wait)
             attempt += 1
 
     def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
-                min_area: float | None = None) -> SegmentResult:
+                min_area: float | None = None, crf: bool | None = None) -> SegmentResult:
         """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG).
-        `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding."""
+        `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
+        the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`). None: the service's
+        default."""
         content, media = request_body(image)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                              params=segment_params(output, alpha, format, tolerance, min_area))
+                              params=segment_params(output, alpha, format, tolerance, min_area, crf))
         return segment_result(response, output)
 
     def labels(self, image: ImageInput) -> np.ndarray:
@@ -141,20 +149,25 @@ class SegmentClient:
         default)."""
         return self._json("/outputs")["outputs"]
 
-    def ready(self) -> bool:
-        """True when `/readyz` answers 200."""
+    def ready(self, timeout: float | None = None) -> bool:
+        """True when `/readyz` answers 200 within `timeout` seconds (None: the client's timeout)."""
         try:
-            return self._http.get("/readyz").status_code == 200
+            if timeout is None:
+                return self._http.get("/readyz").status_code == 200
+            return self._http.get("/readyz", timeout=timeout).status_code == 200
         except httpx.TransportError:
             return False
 
     def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> None:
         """Block until the service is ready; raise `SegmentConnectionError` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self.ready():
-            if time.monotonic() > deadline:
-                raise SegmentConnectionError(f"{self.url} not ready after {timeout:.0f}s")
-            time.sleep(interval)
+        # Each probe gets the time left, not the client's whole timeout: a server that accepts connections but
+        # does not answer (hung, or stopped in a debugger) must not hold this past its deadline.
+        while not self.ready(timeout=max(_MIN_PROBE_S, deadline - time.monotonic())):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SegmentConnectionError(f"{self.url} not ready after {timeout:g}s")
+            time.sleep(min(interval, left))
 
     def _json(self, path: str) -> dict[str, Any]:
         response = self._send("GET", path)

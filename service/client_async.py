@@ -61,17 +61,20 @@ class AsyncSegmentClient:
             try:
                 raise_for_error(response)
             except SegmentApiError as error:
-                await asyncio.sleep(retry_sleep(error, attempt))
+                wait = retry_sleep(error, attempt)
+                if wait is None:  # the server asks for a longer wait than a retry here would give it
+                    return response
+                await asyncio.sleep(wait)
             attempt += 1
 
     async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
-                      min_area: float | None = None) -> SegmentResult:
+                      min_area: float | None = None, crf: bool | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""
         # Reading a file is blocking; do it off the loop.
         content, media = await asyncio.to_thread(request_body, image)
         response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                                    params=segment_params(output, alpha, format, tolerance, min_area))
+                                    params=segment_params(output, alpha, format, tolerance, min_area, crf))
         return segment_result(response, output)
 
     async def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:

@@ -40,7 +40,7 @@ def request_body(image: ImageInput) -> tuple[bytes, str]:
 
 
 def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance: float | None,
-                   min_area: float | None) -> dict[str, str]:
+                   min_area: float | None, crf: bool | None = None) -> dict[str, str]:
     """The query of `POST /segment`; a ValueError for an output kind the service does not have."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -48,6 +48,8 @@ def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance:
     for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area)):
         if value is not None:
             params[key] = str(value)
+    if crf is not None:
+        params["crf"] = "true" if crf else "false"  # the spelling of the API's boolean, not Python's "True"
     return params
 
 
@@ -104,7 +106,10 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
     )
 
 
-def retry_sleep(error: SegmentApiError, attempt: int) -> float:
-    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff; within 0 and the cap."""
-    wait = error.retry_after if error.retry_after is not None else 0.2 * 2**attempt
-    return min(_MAX_RETRY_SLEEP_S, max(0.0, wait))
+def retry_sleep(error: SegmentApiError, attempt: int) -> float | None:
+    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff, at most the cap. None
+    (do not retry) when the server asks for a longer wait than the cap: retrying sooner than it asked would only
+    be refused again, and blocking the caller that long is its own decision (`SegmentApiError.retry_after`)."""
+    if error.retry_after is not None:
+        return max(0.0, error.retry_after) if error.retry_after <= _MAX_RETRY_SLEEP_S else None
+    return min(_MAX_RETRY_SLEEP_S, 0.2 * 2**attempt)

@@ -4,6 +4,15 @@ import { $ } from "./page_state.js";
 // Polygons as the page asks for them (1-pixel simplification).
 export const POLYGON_QUERY = "&tolerance=1";
 
+// A 503 with Retry-After (queue full, model still warming up, every result render slot busy) is sent again once
+// the wait the service asks for is over, as the Python client does: each wait at least MIN_RETRY_WAIT_S (a
+// Retry-After of 0 or in the past must not become a busy loop), all of them together at most RETRY_BUDGET_S (a
+// model warming up on a GPU can take tens of seconds). A wait longer than MAX_RETRY_WAIT_S is not retried sooner
+// than asked: the error is shown.
+const MIN_RETRY_WAIT_S = 0.5;
+const MAX_RETRY_WAIT_S = 5;
+const RETRY_BUDGET_S = 30;
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(`${code}: ${message}`);
@@ -17,17 +26,42 @@ export function authHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
+// Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), or null: none, or too long a wait.
+function retryAfter(response) {
+  const value = (response.headers.get("retry-after") || "").trim();
+  if (!value) return null;
+  const seconds = /^\d+(\.\d+)?$/.test(value) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return Number.isFinite(seconds) && seconds <= MAX_RETRY_WAIT_S ? Math.max(MIN_RETRY_WAIT_S, seconds) : null;
+}
+
+function sleep(seconds, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, seconds * 1000);
+    signal?.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); }, { once: true });
+  });
+}
+
 export async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
-  if (!response.ok) {
-    let code = `http_${response.status}`, message = response.statusText;
-    try {
-      const body = await response.json();
-      if (body && body.error) ({ code, message } = body.error);
-    } catch (_) { /* not JSON: keep the status line */ }
-    throw new ApiError(response.status, code, message);
+  let waited = 0;
+  for (;;) {
+    const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    const wait = response.status === 503 ? retryAfter(response) : null;
+    if (wait !== null && waited + wait <= RETRY_BUDGET_S) {
+      waited += wait;
+      response.body?.cancel();  // the error body is not needed: let the connection go back to the pool
+      await sleep(wait, options.signal);
+      continue;
+    }
+    if (!response.ok) {
+      let code = `http_${response.status}`, message = response.statusText;
+      try {
+        const body = await response.json();
+        if (body && body.error) ({ code, message } = body.error);
+      } catch (_) { /* not JSON: keep the status line */ }
+      throw new ApiError(response.status, code, message);
+    }
+    return response;
   }
-  return response;
 }
 
 export function setStatus(text, isError = false) {
@@ -43,14 +77,29 @@ export function showError(err) {
 
 // `POST /segment` of `file` (always passed in, never read from the state later: an older upload's request must
 // not send a newer file). `segment` answers JSON kinds; `segmentResponse` any kind, as the raw response.
-export function segmentResponse(file, output, query = "") {
+// `signal` aborts it (a newer upload was chosen: the service stops working on a request whose client left).
+export function segmentResponse(file, output, query = "", signal = undefined) {
   return api(`/segment?output=${output}${query}`, {
     method: "POST",
     headers: { "Content-Type": file.type || "application/octet-stream" },
     body: file,
+    signal,
   });
 }
 
-export async function segment(file, output, query = "") {
-  return (await segmentResponse(file, output, query)).json();
+export async function segment(file, output, query = "", signal = undefined) {
+  return (await segmentResponse(file, output, query, signal)).json();
+}
+
+// An image kind of a result as PNG: rendered again by `GET /results/{id}/{name}.png` (the overlay at `alpha`),
+// or, where the service no longer holds that result (expired, evicted by newer ones, or its result cache is
+// off), by segmenting `file` again.
+export async function resultImage(file, resultId, name, alpha = null, signal = undefined) {
+  const opacity = name === "overlay" && alpha !== null ? `alpha=${alpha}` : "";
+  try {
+    return await (await api(`/results/${resultId}/${name}.png${opacity && "?" + opacity}`, { signal })).blob();
+  } catch (err) {
+    if (!(err instanceof ApiError && err.code === "result_not_found")) throw err;
+    return (await segmentResponse(file, name, `&format=png${opacity && "&" + opacity}`, signal)).blob();
+  }
 }

@@ -32,7 +32,7 @@ async function togglePolygons() {
     const run = state.run;
     setStatus("Tracing polygons…");
     try {
-      const polygons = await segment(state.file, "polygons", POLYGON_QUERY);
+      const polygons = await segment(state.file, "polygons", POLYGON_QUERY, state.controller.signal);
       if (run !== state.run) return;
       state.polygons = polygons;
       setStatus(`${polygons.features.length} polygons.`);
@@ -56,17 +56,21 @@ async function decodeHere(file) {
 }
 
 // The upload as the service decodes it: its overlay at opacity 0, as PNG, is the image itself, losslessly.
-async function decodeOnServer(file) {
-  const blob = await (await segmentResponse(file, "overlay", "&alpha=0&format=png")).blob();
+async function decodeOnServer(file, signal) {
+  const blob = await (await segmentResponse(file, "overlay", "&alpha=0&format=png", signal)).blob();
   return createImageBitmap(blob);
 }
 
 // Every await is followed by a check that this upload is still the newest (`run`) before the state is touched,
-// and each request sends `file` itself: a slow older upload never shows over, or asks about, a newer one.
+// and each request sends `file` itself: a slow older upload never shows over, or asks about, a newer one. A newer
+// upload aborts the older one's requests, so the service stops working on an answer nobody will see.
 async function handleFile(file) {
   if (!file) return;
   const run = ++state.run;
-  Object.assign(state, { file, stats: null, mask: null, polygons: null });
+  state.controller?.abort();
+  const controller = new AbortController();
+  const { signal } = controller;
+  Object.assign(state, { file, stats: null, mask: null, polygons: null, controller });
   enableDownloads(false);
   $("stage").dataset.state = "busy";
   setStatus(`Segmenting ${file.name}…`);
@@ -80,9 +84,9 @@ async function handleFile(file) {
       state.image = image;
       render();
     }
-    const stats = await segment(file, "stats");
-    const mask = await loadMask(stats.id);
-    if (!decodedHere) image = await decodeOnServer(file);
+    const stats = await segment(file, "stats", "", signal);
+    const mask = await loadMask(file, stats.id, signal);
+    if (!decodedHere) image = await decodeOnServer(file, signal);
     if (run !== state.run) return;
     Object.assign(state, { image, stats, mask });
     render();
@@ -108,9 +112,18 @@ function setUp() {
     loadOutputs();
     loadClasses().then(() => { if (state.file && !state.stats) handleFile(state.file); });
   });
-  $("file").addEventListener("change", (e) => handleFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    // Emptied, so that choosing the same file again (after an error, or to run it again) is a change too.
+    e.target.value = "";
+    handleFile(file);
+  });
   const drop = $("drop");
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" && e.key !== " ") return;
+    e.preventDefault();  // Space would also scroll the page
+    $("file").click();
+  });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }

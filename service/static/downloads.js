@@ -1,6 +1,6 @@
 // The download list, built from the service's table of output kinds (`GET /outputs`), and the downloads.
 import { $, state } from "./page_state.js";
-import { api, POLYGON_QUERY, segment, showError } from "./api.js";
+import { api, POLYGON_QUERY, resultImage, segment, showError } from "./api.js";
 
 // Short notes beside a download link; kinds without one get none (the table's description is the tooltip).
 const DOWNLOAD_NOTES = { labels: "class ids" };
@@ -41,7 +41,7 @@ export function renderDownloads() {
     a.dataset.output = kind.name;
     a.textContent = `${kind.name}${downloadEncoding(kind).suffix}`;
     a.title = kind.description;
-    a.classList.toggle("disabled", !state.stats);
+    setEnabled(a, Boolean(state.stats));
     li.append(a);
     if (DOWNLOAD_NOTES[kind.name]) {
       const note = document.createElement("span");
@@ -53,8 +53,16 @@ export function renderDownloads() {
   }));
 }
 
+// A link that cannot download yet is greyed out, and out of the Tab order and announced as disabled, so that a
+// keyboard or screen-reader user does not land on links that do nothing.
+function setEnabled(a, on) {
+  a.classList.toggle("disabled", !on);
+  a.tabIndex = on ? 0 : -1;
+  a.setAttribute("aria-disabled", String(!on));
+}
+
 export function enableDownloads(on) {
-  document.querySelectorAll("#downloads a").forEach((a) => a.classList.toggle("disabled", !on));
+  document.querySelectorAll("#downloads a").forEach((a) => setEnabled(a, on));
 }
 
 // The JSON answer of an output kind for the current upload: stats and polygons as the page already holds them,
@@ -69,13 +77,6 @@ async function jsonAnswer(name) {
   return answer;
 }
 
-// Where an image kind of the current result is rendered again. The overlay is drawn at the opacity the slider
-// shows now (0..100 % -> alpha 0..1), so the file matches the picture on the canvas.
-export function resultPath(name) {
-  const path = `/results/${state.stats.id}/${name}.png`;
-  return name === "overlay" ? `${path}?alpha=${Number($("alpha").value) / 100}` : path;
-}
-
 export async function download(event) {
   const a = event.target.closest("a[data-output]");
   if (!a) return;
@@ -83,11 +84,14 @@ export async function download(event) {
   const kind = (state.outputs || []).find((k) => k.name === a.dataset.output);
   if (!state.stats || !kind) return;
   const encoding = downloadEncoding(kind);
-  const base = (state.file.name || "image").replace(/\.[^.]+$/, "");
+  const { file, stats } = state;
+  const base = (file.name || "image").replace(/\.[^.]+$/, "");
+  // The overlay is drawn at the opacity the slider shows now (0..100 % -> alpha 0..1), as on the canvas.
+  const alpha = Number($("alpha").value) / 100;
   try {
     const blob = kind.json
       ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
-      : await (await api(resultPath(kind.name))).blob();
+      : await resultImage(file, stats.id, kind.name, alpha);
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
     link.download = `${base}-${kind.name}${encoding.suffix}`;

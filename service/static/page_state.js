@@ -11,4 +11,5 @@ export const state = {
   stats: null,        // the stats answer (has `id`, `classes`, `width`, `height`)
   polygons: null,     // the polygons answer, once asked for
   run: 0,             // increments per upload, so a slow older answer never overwrites a newer one
+  controller: null,   // AbortController of the newest upload's requests (a newer upload aborts them)
 };

@@ -1,6 +1,6 @@
 // What the page shows: the image with its mask on a canvas, the legend, the polygon layer, the model note.
 import { $, state } from "./page_state.js";
-import { api } from "./api.js";
+import { resultImage } from "./api.js";
 
 // The embedded model was trained on synthetic shapes only: say so before anyone uploads a photo.
 export function showModelNote(info) {
@@ -24,10 +24,10 @@ export function classColor(id) {
   return entry ? `rgb(${entry.color.join(",")})` : "#888";
 }
 
-// The colour mask with the background (class 0's colour) made transparent, as the server's overlay leaves the
-// background unblended.
-export async function loadMask(resultId) {
-  const blob = await (await api(`/results/${resultId}/color.png`)).blob();
+// The colour mask of `file`'s result with the background (class 0's colour) made transparent, as the server's
+// overlay leaves the background unblended.
+export async function loadMask(file, resultId, signal) {
+  const blob = await resultImage(file, resultId, "color", null, signal);
   const bitmap = await createImageBitmap(blob);
   const canvas = document.createElement("canvas");
   canvas.width = bitmap.width;
@@ -118,9 +118,10 @@ export function renderPolygons() {
   svg.setAttribute("preserveAspectRatio", "none");
   const fill = $("fill-polygons").checked;
   for (const feature of state.polygons.features) {
-    // Vertices are pixel centres; +0.5 puts them on the centres of the canvas pixels.
+    // Vertices lie on pixel edges (pixel (row r, column c) is the square [c, c+1] x [r, r+1]), which are the
+    // viewBox's units: drawn as they are, a ring runs along the edges of its region's canvas pixels.
     const d = feature.geometry.coordinates
-      .map((ring) => "M" + ring.map(([x, y]) => `${x + 0.5},${y + 0.5}`).join("L") + "Z").join(" ");
+      .map((ring) => "M" + ring.map(([x, y]) => `${x},${y}`).join("L") + "Z").join(" ");
     const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
     path.setAttribute("d", d);
     const color = classColor(feature.properties.class_id);

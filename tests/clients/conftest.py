@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.core.engine import load_engine
+from service.settings import Settings
 from testkit.photos import photo
-from tests.service.svc_helpers import running_server
+from tests.service.svc_helpers import LiveServer, running_server
 
 API_KEY = "test-key-123"
 
@@ -43,3 +47,26 @@ def write_photos(folder: Path) -> list[Path]:
 @pytest.fixture
 def astronaut() -> np.ndarray:
     return photo("astronaut.png", (96, 80))
+
+
+@contextlib.contextmanager
+def warming_server(model_path: Path, **settings: object) -> Iterator[tuple[str, threading.Event]]:
+    """A real server whose warm-up waits for the returned event (a model still loading onto a device): until it is
+    set, `/readyz` is 503 and `/segment` answers 503 `not_ready` with Retry-After, as a server starting up does."""
+    options = Settings(model_path=model_path, host="127.0.0.1", port=0, intra_op_threads=1, worker_threads=2,
+                       **settings)
+    engine = load_engine(options.engine_options())
+    release = threading.Event()
+    run = engine.run
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        release.wait(30)
+        return run(batch)
+
+    engine.run = held  # type: ignore[method-assign]
+    server = LiveServer(options, engine=engine).start(wait_ready=False)
+    try:
+        yield server.url, release
+    finally:
+        release.set()
+        server.stop()

@@ -211,4 +211,6 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
         wait = info.value.retry_after
         assert wait is None if low is None else low <= wait <= high, (header, wait)
     assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=-5.0), 0) == 0.0
-    assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=3600.0), 0) == 5.0  # the cap
+    # Longer than the cap: not retried (sooner than asked), the error goes to the caller with its retry_after.
+    assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=3600.0), 0) is None
+    assert retry_sleep(SegmentApiError(503, "overloaded", "queue full", retry_after=None), 10) == 5.0  # the cap

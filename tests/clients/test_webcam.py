@@ -89,7 +89,7 @@ def test_hud_and_max_frames(server_url: str, video: Path, tmp_path: Path) -> Non
 def test_bad_source_and_server(server_url: str, tmp_path: Path, video: Path) -> None:
     with pytest.raises(SystemExit, match="cannot open video source"):
         main([str(tmp_path / "missing.mp4"), "--server", server_url, "--out", str(tmp_path / "o.avi")])
-    assert main([str(video), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "o.avi")]) == 2
+    assert main([str(video), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "o.avi"), "--wait", "1"]) == 2
 
 
 def test_local_mode_writes_the_same_frames_as_the_server(server_url: str, tiny_onnx_model: Path, video: Path,
