@@ -65,7 +65,7 @@ _INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 
 class Backend(Protocol):
     def segment(self, data: bytes, output: str, *, alpha: float | None = None, format: str | None = None,
-                tolerance: float | None = None, min_area: float | None = None) -> SegmentResult: ...
+                tolerance: float | None = None, min_area: float | None = None, crf: bool = False) -> SegmentResult: ...
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Failure:
 
 def run_options(args: argparse.Namespace) -> dict[str, object]:
     """What decides the content of every output file; recorded in --out so that a rerun can tell."""
+    # `crf` only when asked for: a folder written before the flag existed holds masks without it, and is resumed.
     return {"output": args.output, "format": args.format, "alpha": args.alpha, "tolerance": args.tolerance,
-            "min_area": args.min_area}
+            "min_area": args.min_area, **({"crf": True} if args.crf else {})}
 
 
 def payload(result: SegmentResult) -> bytes:
@@ -97,7 +98,7 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
         return Failure(job.source, "read_error", str(exc))
     try:
         result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
-                                 tolerance=args.tolerance, min_area=args.min_area)
+                                 tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
     except SegmentApiError as exc:
         return Failure(job.source, exc.code, exc.message)
     except SegmentClientError as exc:
@@ -133,6 +134,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=_non_negative_float, default=None, help="polygon simplification, pixels")
     parser.add_argument("--min-area", type=_non_negative_float, default=None,
                         help="drop polygons smaller than this, pixels")
+    parser.add_argument("--crf", action="store_true",
+                        help="refine each mask with the dense CRF (the crf extra, on the server or, --local, here)")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
@@ -189,8 +192,11 @@ def serve_extra_missing(prog: str, what: str, exc: ModuleNotFoundError) -> str:
 
 def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
     if args.local is not None:
+        from service.core import crf
         from service.local import LocalSegmenter  # onnxruntime only when asked for
 
+        if args.crf and not crf.available():
+            raise RuntimeError("--crf --local needs the crf extra here: pip install '.[crf]'")
         return LocalSegmenter(args.local, providers=args.providers, threads=args.threads), None
     client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs)
     return client, client

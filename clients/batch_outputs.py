@@ -150,8 +150,8 @@ def options_conflict(out: Path, options: dict[str, object]) -> str | None:
         return f"{out / _RUN_FILE} is not a record of a run"
     if recorded == options:
         return None
-    changes = [f"--{key.replace('_', '-')} {_shown(recorded.get(key))} then, {_shown(value)} now"
-               for key, value in options.items() if recorded.get(key) != value]
+    changes = [f"--{key.replace('_', '-')} {_shown(recorded.get(key))} then, {_shown(options.get(key))} now"
+               for key in {**recorded, **options} if recorded.get(key) != options.get(key)]  # a flag given once
     return f"{out} holds files made with other options ({'; '.join(changes) or 'unknown options'})"
 
 

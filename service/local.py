@@ -36,12 +36,13 @@ class LocalSegmenter:
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,
-                min_area: float | None = None) -> SegmentResult:
+                min_area: float | None = None, crf: bool = False) -> SegmentResult:
         """Segment encoded image bytes. Bad input raises `service.core.errors.DecodeError` (its `code` is the one
-        the service answers with)."""
+        the service answers with); `crf=True` refines the mask with the dense CRF, as `POST /segment?crf=true`
+        does (`service.core.crf.CrfUnavailable` without the crf extra)."""
         render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
                                tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)
-        answer = self.pipeline.segment(data, SegmentOptions(output, render), {"model": self.engine.name})
+        answer = self.pipeline.segment(data, SegmentOptions(output, render, crf=crf), {"model": self.engine.name})
         if isinstance(answer.body, dict):
             body = {**answer.body, "timing_ms": {k: round(v * 1000, 3) for k, v in answer.timing.items()}}
             content = json.dumps(body).encode()

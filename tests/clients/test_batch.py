@@ -18,9 +18,11 @@ from PIL import Image
 from clients import batch
 from clients.batch import main
 from service.client import SegmentResult
+from service.core import crf
 from service.core.output_kinds import JPEG_MAX_SIDE, OUTPUT_KINDS
 from testkit.photos import photo
 from tests.clients.conftest import write_photos
+from tests.service.svc_helpers import make_rule_model, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("labels", "color", "overlay", "polygons", "stats")
@@ -193,6 +195,30 @@ def test_a_rerun_with_other_options_does_not_skip_files_made_with_the_old(tiny_o
     assert main([*common[:2], str(overlays), *common[3:], "--output", "overlay", "--alpha", "0.9"]) == 2
     assert "--alpha 0.2 then, 0.9 now" in capsys.readouterr().err
     assert json.loads((overlays / RUN_FILE).read_text())["alpha"] == 0.2
+
+
+def test_crf_refines_every_file_alike_on_the_server_and_locally(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--crf` asks for `crf=true`: the server's and the local run's files are the same, and differ from the plain
+    masks (the rule model's boundaries, which the CRF moves); the flag counts as an option, and a folder written
+    without it resumes without it. The dev install carries the crf extra."""
+    assert crf.available()
+    model = make_rule_model(tmp_path / "rule.onnx")
+    write_photos(tmp_path / "in")
+    plain, remote, local = tmp_path / "plain", tmp_path / "remote", tmp_path / "local"
+    common = [str(tmp_path / "in"), "--output", "labels", "--no-progress"]
+    with running_server(model) as server_url:
+        assert main([*common, "--out", str(plain), "--server", server_url]) == 0
+        assert main([*common, "--out", str(remote), "--server", server_url, "--crf"]) == 0
+        assert main([*common, "--out", str(local), "--local", str(model), "--crf"]) == 0
+        assert _files(remote) == _files(local) and len(_files(remote)) == 3
+        assert _files(remote) != _files(plain)
+        capsys.readouterr()
+        assert main([*common, "--out", str(remote), "--server", server_url]) == 2  # refined files, plain asked for
+        assert "--crf True then, default now" in capsys.readouterr().err
+        assert main([*common, "--out", str(plain), "--server", server_url]) == 0
+        assert "0 written, 3 skipped" in capsys.readouterr().err
+    assert "crf" not in json.loads((plain / RUN_FILE).read_text())  # as recorded before the flag existed
 
 
 def test_ctrl_c_stops_after_the_files_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
