@@ -263,7 +263,8 @@ class Settings(BaseSettings):
 
 
 # SEGMENT_* names read by other parts than the server's settings: the supervisor's hand-over to its workers, the
-# model tools' weight cache and mirror, the webcam client, and docker-compose's own variables.
+# model tools' weight cache and mirror, the webcam client, and docker-compose's own variables. Not the clients'
+# SEGMENT_API_KEY: set for a server, it is a misspelt SEGMENT_API_KEYS, and the server would run without keys.
 OTHER_VARIABLES = frozenset({"SEGMENT_WORKER_SLOTS_DIR", "SEGMENT_CACHE_DIR", "SEGMENT_WEIGHTS_BASE_URL", "SEGMENT_URL",
                              "SEGMENT_GPUS", "SEGMENT_MODEL_FILE", "SEGMENT_PUBLISH"})
 
