@@ -15,6 +15,10 @@ batch may run a smaller full bucket now and leave the rest at the head of the qu
 preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`). Given
 `expected_s`, a batch forming while others run keeps filling until they are nearly done (`service.busy_estimate`),
 which pays on a device that runs one batch at a time.
+
+A request that stops waiting (its client hung up, or its timeout passed) takes its image out of line at once
+(service/batch_line.py): an abandoned image holds no place in the queue, a forming batch or `segment_queue_depth`,
+and is never run.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from .batch_line import QueuedImage, WaitingLine
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
 from .errors import ApiError
@@ -36,6 +41,7 @@ from .inference_guard import InferenceGuard, InferenceHealth
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,14 +52,6 @@ class InferenceResult:
     queue_s: float
     inference_s: float
     batch_size: int
-
-
-@dataclass
-class _Item:
-    tensor: np.ndarray
-    future: asyncio.Future[InferenceResult]
-    request_id: str | None
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
@@ -74,15 +72,15 @@ class Batcher:
         self.max_queue = max_queue
         self.metrics = metrics
         self.retry_after_s = retry_after_s
-        self._queue: asyncio.Queue[_Item] | None = None
-        self._held: deque[_Item] = deque()  # left by a split batch: the next batch starts with them
-        self._forming: list[_Item] = []  # the batch being collected: still queued, as far as anyone can tell
+        self._line: WaitingLine | None = None  # made on the loop, by `start`
         self._workers: list[asyncio.Task[None]] = []
         self._collecting: asyncio.Lock | None = None
         # One thread per worker: at most `concurrency` batches run at once.
         self._executor = WorkerThreads(self.concurrency, "inference")
         self._accepting = False
         self.in_flight = 0  # batches running now
+        self._running: list[tuple[float, list[QueuedImage]]] = []  # their start (monotonic) and images
+        self._timeout_s: float | None = None  # the longest request timeout (`infer`): a run older is of no use
         self.peak_in_flight = 0  # the most that ever ran at once: the proof that batches overlap
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
         # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
@@ -95,7 +93,7 @@ class Batcher:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the workers on the running loop."""
-        self._queue = asyncio.Queue(self.max_queue)
+        self._line = WaitingLine(self.max_queue)
         self._collecting = asyncio.Lock()
         self._batch_done = asyncio.Event()
         self._accepting = True
@@ -103,10 +101,14 @@ class Batcher:
         self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop accepting, let the queued and running batches finish (up to a timeout), then stop the workers."""
+        """Stop accepting, let the queued and running batches finish while a request waits for them (up to a
+        timeout), then stop the workers."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
-        while self._queue is not None and (self.depth or self.in_flight) and time.monotonic() < deadline:
+        # Not `in_flight`: once uvicorn's graceful shutdown has cut off the requests still in the server (answered
+        # 503, service/server.py), a batch of theirs still on a slow or hung device answers nobody, and waiting
+        # for it kept the process past the shutdown timeout (and an orchestrator's grace period) for nothing.
+        while self._line is not None and self._waited_for() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await self._guard.close()
         for worker in self._workers:
@@ -115,24 +117,36 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         # Anything still queued after the timeout is answered rather than left hanging.
-        self._held.extendleft(reversed(self._forming))
-        self._forming = []
-        while self._held or (self._queue is not None and not self._queue.empty()):
-            item = self._held.popleft() if self._held else self._queue.get_nowait()  # type: ignore[union-attr]
+        for item in self._line.take_all() if self._line is not None else []:
             if not item.future.done():
                 item.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down",
-                                                   {"Retry-After": str(self.retry_after_s)}))
-        # A run still going after the drain timeout is not waited for without end: on a hung device it never returns.
-        self._executor.shutdown(wait=True, timeout_s=max(1.0, deadline - time.monotonic()))
+                                                   self._retry_after()))
+        # A run still going now gets a moment, not the drain timeout: on a hung device it never returns.
+        self._executor.shutdown(wait=True, timeout_s=1.0)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._held) + len(self._forming) + (self._queue.qsize() if self._queue is not None else 0)
+        return self._line.depth if self._line is not None else 0
+
+    def _waited_for(self) -> bool:
+        """Whether a request still waits for an image queued or running here."""
+        return bool(self.depth) or any(not item.future.done() for _, batch in self._running for item in batch)
 
     @property
     def full(self) -> bool:
-        return self._queue is not None and self._queue.full()
+        """No more work can be taken: the queue is full, or the device is `stalled` (/readyz: overloaded)."""
+        return self._line is not None and (self._line.full() or self.stalled)
+
+    @property
+    def stalled(self) -> bool:
+        """Whether every inference slot holds a run that has outlived the longest request timeout (a hung device):
+        an image queued now could not even start in time. Without this, /readyz stayed ready on a hung device, and
+        each request waited its whole timeout for a 504, until abandoned images happened to fill the queue."""
+        if self._timeout_s is None or len(self._running) < self.concurrency:
+            return False
+        now = time.monotonic()
+        return all(now - started >= self._timeout_s for started, _ in self._running)
 
     @property
     def health(self) -> InferenceHealth:
@@ -153,6 +167,10 @@ class Batcher:
     def running(self) -> bool:
         return self._accepting and bool(self._workers) and not any(w.done() for w in self._workers)
 
+    def on_each_thread(self, fn: Callable[[], T]) -> list[T]:
+        """`fn()` once on each thread that runs batches, all at once (warm-up: `FixedShapeRunner.warm_up`)."""
+        return self._executor.run_on_each(fn)
+
     # -- requests --------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def expecting(self) -> Iterator[None]:
@@ -166,28 +184,38 @@ class Batcher:
     async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None) -> InferenceResult:
         """Queue one letterboxed image and wait for its labels.
 
-        Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing), 504
-        `timeout`, 500 `inference_failed`.
+        Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing, or
+        `stalled`), 504 `timeout`, 500 `inference_failed`.
         """
-        if not self.running or self._queue is None:
-            raise ApiError(503, "shutting_down", "the server is not accepting work",
-                           {"Retry-After": str(self.retry_after_s)})
+        if not self.running or self._line is None:
+            raise ApiError(503, "shutting_down", "the server is not accepting work", self._retry_after())
+        self._timeout_s = max(self._timeout_s or 0.0, timeout_s)
+        if self.stalled:
+            raise ApiError(503, "inference_unavailable", f"model runs on this server have not returned in "
+                           f"{self._timeout_s:g}s; retry shortly or elsewhere", self._retry_after())
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
+        item = QueuedImage(tensor, future, request_id)
         try:
-            self._queue.put_nowait(_Item(tensor, future, request_id))
+            self._line.put(item)
         except asyncio.QueueFull:
             raise ApiError(503, "overloaded", f"the inference queue is full ({self.max_queue}); retry shortly",
-                           {"Retry-After": str(self.retry_after_s)}) from None
+                           self._retry_after()) from None
         self._observe_depth()
         try:
-            # A timeout or a cancelled handler cancels the future; the worker then skips this item.
+            # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"inference did not finish within {timeout_s:g}s") from None
+        finally:
+            if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
+                self._observe_depth()
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
     # -- worker ----------------------------------------------------------------------------------------------
     async def _work(self) -> None:
-        assert self._queue is not None and self._collecting is not None
+        assert self._line is not None and self._collecting is not None
         while True:
             async with self._collecting:  # one worker forms a batch at a time; the others run theirs
                 batch = await self._collect()
@@ -205,9 +233,11 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(ApiError(500, "internal_error", "internal server error"))
 
-    async def _run_batch(self, live: list[_Item]) -> None:
+    async def _run_batch(self, live: list[QueuedImage]) -> None:
         """Run one batch and answer each of its requests."""
         self._batch_started()
+        running = (time.monotonic(), live)
+        self._running.append(running)
         started = time.perf_counter()
         planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
         try:
@@ -215,6 +245,7 @@ class Batcher:
             # A failed run fails only the requests that fail on their own; the worker carries on.
             outcomes = await self._guard.run([item.tensor for item in live])
         finally:
+            self._running = [batch for batch in self._running if batch is not running]
             self._batch_finished(planned_end)
         inference_s = time.perf_counter() - started
         if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
@@ -253,32 +284,29 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.batches_in_flight.set(self.in_flight)
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> list[QueuedImage]:
         """Block for the first item, then take more until the batch is full or max_wait has passed; then keep
         back what the plan says should wait for the next batch."""
         batch = await self._gather()
         keep = self._take(len(batch))
         if keep < len(batch):
-            self._held.extendleft(reversed(batch[keep:]))  # first in line for the next batch, in arrival order
+            assert self._line is not None
+            self._line.hold(batch[keep:])
             if self.metrics is not None:
                 self.metrics.held_images.inc(len(batch) - keep)
             del batch[keep:]
         return batch
 
-    async def _gather(self) -> list[_Item]:
-        assert self._queue is not None
-        first = self._held.popleft() if self._held else await self._queue.get()
-        batch = self._forming = [first]
+    async def _gather(self) -> list[QueuedImage]:
+        assert self._line is not None
+        line = self._line
+        first = line.next_waiting() or await line.get()
+        batch = line.forming = [first]
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch_size:
-            if self._held:
-                batch.append(self._held.popleft())
+            if (item := line.next_waiting()) is not None:
+                batch.append(item)
                 continue
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
             if self._idle_worker_waiting():
                 break  # a free worker will take what comes: waiting would only add latency
             fill_s = self._fill_for()
@@ -291,10 +319,10 @@ class Batcher:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(line.get(), remaining))
             except asyncio.TimeoutError:
                 break
-        self._forming = []  # it runs next, in this same step of the loop: `in_flight` counts it from here on
+        line.forming = []  # it runs next, in this same step of the loop: `in_flight` counts it from here on
         return batch
 
     def _fill_for(self) -> float:
@@ -306,16 +334,16 @@ class Batcher:
     async def _fill_one(self, timeout_s: float) -> None:
         """Add the next queued image to the forming batch, waiting at most `timeout_s` and no longer than until
         a running batch finishes."""
-        assert self._queue is not None and self._batch_done is not None
+        assert self._line is not None and self._batch_done is not None
         self._batch_done.clear()
-        getter = asyncio.ensure_future(self._queue.get())
+        getter = asyncio.ensure_future(self._line.get())
         finished = asyncio.ensure_future(self._batch_done.wait())
         try:
             await asyncio.wait((getter, finished), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when the worker is cancelled: a taken image is never dropped
             finished.cancel()
             if getter.done():
-                self._forming.append(getter.result())
+                self._line.forming.append(getter.result())
             else:
                 getter.cancel()  # a cancelled get leaves its image in the queue for the next getter
 

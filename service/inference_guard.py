@@ -14,9 +14,10 @@ A failed batch is followed by one run of a known-good image (the padding canvas 
   every `probe_interval_s`; its first success makes the service ready again. Failing for `unhealthy_after_s` makes
   /healthz 503 as well, so an orchestrator's liveness probe restarts the process with a fresh device context.
 
-A device can also hang instead of failing (a run that never returns): the queue then fills and /readyz reports
-`overloaded`, but nothing would ever restart the process. So a run in flight for `unhealthy_after_s` makes /healthz
-503 too (`inference_stuck`).
+A device can also hang instead of failing (a run that never returns). Once the runs on every inference slot have
+outlived a request's timeout, /readyz reports `overloaded` and /segment answers 503 `inference_unavailable` at once
+(`Batcher.stalled`), but nothing would ever restart the process. So a run in flight for `unhealthy_after_s` makes
+/healthz 503 too (`inference_stuck`).
 """
 
 from __future__ import annotations
