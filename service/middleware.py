@@ -6,6 +6,7 @@ they arrive.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -126,6 +127,12 @@ class RequestContextMiddleware:
         t0 = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # Cut off by the server's shutdown before answering: `answer_cut_off` (service/server.py) answers it
+            # 503 `shutting_down`, which is what it counts as here; not a 500 for the error-rate alert.
+            if not started:
+                status = 503
+            raise
         except ClientDisconnect:
             # The client went away mid-upload: its fault, not ours, so no 5xx (the 5xx alert must not fire on
             # flaky networks) and no traceback. 499 is nginx's "client closed request"; nothing is sent.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,7 +36,7 @@ from uvicorn.supervisors.multiprocess import Process
 from .http_protocol import HardenedHttpToolsProtocol
 from .metrics_files import fold_dead_metrics
 from .results_shared import remove_worker_results
-from .server import quiet_startup_failure, server_options
+from .server import answer_cut_off, quiet_startup_failure, server_options
 from .settings import Settings
 from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
 
@@ -48,6 +49,7 @@ class WorkerHttpProtocol(HardenedHttpToolsProtocol):
 
 
 _held_slot: IO[str] | None = None  # this worker's slot lock, held until the process ends
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def worker_app() -> Any:
@@ -65,8 +67,9 @@ def worker_app() -> Any:
         settings = settings.model_copy(update={"worker_slot": slot})
         log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
     app = create_app(settings)
-    WorkerHttpProtocol.apply_limits(settings, app.state.service.metrics.count_rejection)
-    return quiet_startup_failure(app)
+    count_rejection = app.state.service.metrics.count_rejection
+    WorkerHttpProtocol.apply_limits(settings, count_rejection)
+    return answer_cut_off(quiet_startup_failure(app), count_rejection)  # as `build_config` does for one process
 
 
 class WorkerSupervisor(Multiprocess):
@@ -75,7 +78,8 @@ class WorkerSupervisor(Multiprocess):
     - what a worker that is gone leaves behind is cleared (`_bury`): its metric files (its counts folded into the
       archive, `fold_dead_metrics`), and its result files, which only it knew and which would stay, past their TTL
       and beyond the bound, until the supervisor exits;
-    - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`);
+    - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`), and
+      gives way to a SIGTERM or SIGINT that comes meanwhile;
     - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
       keeps the parent's copy of the worker's end of the ping pipe open, so that wait saw no end-of-file and ran
       the whole health-check timeout (measured: a model that fails to load in both workers stopped the server
@@ -99,9 +103,10 @@ class WorkerSupervisor(Multiprocess):
         replacement found its predecessor's slot still locked and took another, so two workers shared a CUDA
         device and one device had none; and on a GPU the two would need both models' memory on one device. Like
         uvicorn's, the restart stops at a replacement not ready in time, whose fate is then the keep-alive loop's
-        (replaced if it dies; a startup failure stops the server, as at the first start)."""
+        (replaced if it dies; a startup failure stops the server, as at the first start). It stops too once told
+        to stop (`stopping`), so that a SIGTERM during a restart does not wait for every other worker's restart."""
         for idx, old in enumerate(self.processes):
-            if self.should_exit.is_set():
+            if self.stopping:
                 return
             old.terminate()
             old.join()
@@ -110,10 +115,19 @@ class WorkerSupervisor(Multiprocess):
             new.start()
             self.processes[idx] = new
             self._release_worker_ends()
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
-                if not self.should_exit.is_set():
+            stop = _StopAsked(self)  # what it asks is `is_set()`
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, stop):  # type: ignore[arg-type]
+                if not self.stopping:
                     log.error("worker [%s] was not ready in time; the restart stops there", new.pid)
                 return
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the server is to stop: told so, or a SIGTERM/SIGINT waits in the signal queue. The main loop
+        handles the signals between its rounds, and a restart (SIGHUP) runs inside one: without this, a SIGTERM
+        that came during a restart waited until every worker had been replaced (each loading its model), past
+        an orchestrator's grace period, which then kills every worker, requests in flight and all."""
+        return self.should_exit.is_set() or not STOP_SIGNALS.isdisjoint(self.signal_queue)
 
     def keep_subprocess_alive(self) -> None:
         before = self._pids()
@@ -146,6 +160,16 @@ class WorkerSupervisor(Multiprocess):
     @property
     def failed_to_start(self) -> bool:
         return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
+
+
+class _StopAsked:
+    """The stop flag `Process.wait_until_ready` looks at (`is_set()`): the supervisor's `stopping`."""
+
+    def __init__(self, supervisor: WorkerSupervisor) -> None:
+        self._supervisor = supervisor
+
+    def is_set(self) -> bool:
+        return self._supervisor.stopping
 
 
 def _cuda_available(providers: str) -> bool:
