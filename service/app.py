@@ -203,13 +203,14 @@ async def _warm_up_once(state: ServiceState) -> None:
     batch = state.settings.max_batch_size
     engine = state.engine
     sizes = (1, batch) if engine.on_gpu and batch > 1 else (1,)
-    health = state.batcher.guard.health
+    batcher = state.batcher
+    health = batcher.guard.health
 
     def warm_engine() -> None:
         with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
             # Each of its runs is in flight as a batch's is: a device that hangs in warm-up makes the process
             # unhealthy, to be replaced, instead of unready for ever; a warm-up long in all (many buckets) does not.
-            engine.warm_up(sizes, each_run=health.running)
+            engine.warm_up(sizes, each_run=health.running, on_each_thread=batcher.on_each_thread)
 
     await asyncio.to_thread(warm_engine)
     if state.codec is not None:

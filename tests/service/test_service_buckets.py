@@ -240,6 +240,26 @@ def test_every_bucket_is_warm_before_ready_and_each_session_sees_one_shape(serve
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_server_warms_every_bucket_on_each_of_its_inference_threads(serve, concurrency: int) -> None:
+    """After readiness no batch is the first run of its bucket on its thread (on CUDA: no handles made then)."""
+    server = serve(DEMO_MODEL, fixed_shapes="on", max_batch_size=4, concurrent_batches=concurrency,
+                   intra_op_threads=1, max_wait_ms=50)
+    threads = {f"inference_{i}" for i in range(concurrency)}
+    warmed = {b.size: set(b.threads) for b in server.state.engine.runner.buckets}
+    assert all(threads <= ran for ran in warmed.values()), warmed
+
+    async def burst(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/segment", content=png_bytes(scene(90 + i, 70)),
+                                                      params={"output": "stats"}) for i in range(n)))
+
+    for n in (1, 4, 3, 2, 6, 1):
+        assert [r.status_code for r in asyncio.run(burst(n))] == [200] * n
+    ran = {b.size: set(b.threads) for b in server.state.engine.runner.buckets}
+    assert ran == warmed  # every batch ran on a thread that had run its bucket before readiness
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_concurrent_batches_overlap(serve, very_slow_model: Path, concurrency: int) -> None:
     server = serve(very_slow_model, max_batch_size=1, max_wait_ms=0, concurrent_batches=concurrency,
                    intra_op_threads=1)
