@@ -204,7 +204,7 @@ class Batcher:
         try:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ApiError(504, "timeout", f"inference did not finish within {timeout_s:g}s") from None
         finally:
             if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
@@ -320,7 +320,7 @@ class Batcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(line.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         line.forming = []  # it runs next, in this same step of the loop: `in_flight` counts it from here on
         return batch

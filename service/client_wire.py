@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import mimetypes
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -76,8 +76,8 @@ def _seconds_until(http_date: str) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:  # "-0000": UTC, as HTTP dates always are
-        when = when.replace(tzinfo=timezone.utc)
-    return (when - datetime.now(timezone.utc)).total_seconds()
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
 
 
 def raise_for_error(response: httpx.Response) -> None:

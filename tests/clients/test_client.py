@@ -8,7 +8,7 @@ import io
 import socket
 import typing
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -204,7 +204,7 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
         client.stats(b"\x89PNG")
     assert (info.value.status, info.value.retry_after, len(requests)) == (503, 0.0, 3)
 
-    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
     for header, low, high in ((soon, 1.5, 3.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0), ("soon", None, None)):
         with pytest.raises(SegmentApiError) as info:
             raise_for_error(_busy(header))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
