@@ -270,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if client is not None and todo and not _server_reachable(client, args.wait):
             print(f"segment: {args.server} is not reachable or not ready", file=sys.stderr)
             return 2
+        if client is not None and todo and (refused := _key_refused(client)) is not None:
+            print(f"segment: {args.server} refused the API key (--api-key or $SEGMENT_API_KEY): {refused}",
+                  file=sys.stderr)
+            return 2
         if not record_options(args.out, options):
             return 2
         outcomes, interrupted = run_jobs(backend, todo, args)
@@ -283,6 +287,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interrupted:
         return _INTERRUPTED
     return 1 if any(outcomes) else 0
+
+
+def _key_refused(client: SegmentClient) -> str | None:
+    """The server's message when it refuses this client's API key (asked once, of `GET /classes`), else None:
+    otherwise every file would fail on its own with the same 401."""
+    try:
+        client.classes()
+    except SegmentApiError as exc:
+        return exc.message if exc.code == "unauthorized" else None
+    except SegmentClientError:
+        return None  # the files' own requests report what is wrong
+    return None
 
 
 def _server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:

@@ -21,7 +21,7 @@ from service.client import SegmentResult
 from service.core import crf
 from service.core.output_kinds import JPEG_MAX_SIDE, OUTPUT_KINDS
 from testkit.photos import photo
-from tests.clients.conftest import write_photos
+from tests.clients.conftest import API_KEY, write_photos
 from tests.service.svc_helpers import make_rule_model, running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,3 +268,16 @@ def test_an_overlay_too_large_for_jpeg_is_stored_as_png(tiny_onnx_model: Path, t
     capsys.readouterr()
     assert main(args) == 0  # resume finds it under its real suffix
     assert "0 written, 4 skipped (already done)" in capsys.readouterr().err
+
+
+def test_a_refused_api_key_stops_the_run_before_any_file(keyed_server_url: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """One line and exit 2, rather than every file failing on its own with the same 401; the right key runs."""
+    write_photos(tmp_path / "in")
+    common = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--server", keyed_server_url, "--no-progress"]
+    assert main([*common, "--api-key", "wrong"]) == 2
+    err = capsys.readouterr().err
+    assert "refused the API key" in err and "FAILED" not in err, err
+    assert not (tmp_path / "out").exists() or not _files(tmp_path / "out")
+    assert main([*common, "--api-key", API_KEY]) == 0
+    assert len(_files(tmp_path / "out")) == 3
