@@ -195,6 +195,10 @@ def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: in
                     on_prediction(dataset.ids[i], target, pred)
             bar.update(len(idx))
             bar.set_postfix(miou=f"{cm.compute().miou:.4f}")
+    if cm.out_of_range:  # left out of the scores, as the VOC protocol does, but a mismatch is worth a word
+        log.warning("%d ground-truth pixels hold class ids the model does not have (it has %d classes; %d is the "
+                    "ignore label): left out of the scores. Is this the dataset the model was trained for?",
+                    cm.out_of_range, num_classes, cm.ignore_index)
     return cm.compute()
 
 

@@ -23,6 +23,7 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.out_of_range = 0  # target pixels with an id the model has no class for (not the ignore label)
 
     def update(self, target: np.ndarray, pred: np.ndarray) -> None:
         """Add one (or a batch of) label maps; shapes must match."""
@@ -31,6 +32,7 @@ class ConfusionMatrix:
         if target.shape != pred.shape:
             raise ValueError(f"target has {target.size} pixels, prediction {pred.size}")
         valid = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        self.out_of_range += int(np.count_nonzero(target != self.ignore_index)) - int(np.count_nonzero(valid))
         if np.any((pred[valid] < 0) | (pred[valid] >= self.num_classes)):
             raise ValueError(f"prediction holds class ids outside 0..{self.num_classes - 1}")
         n = self.num_classes

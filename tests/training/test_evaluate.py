@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
+from model_export.data import VOCSegmentation
 from model_export.errors import ModelExportError
-from model_export.evaluate import evaluate_model
+from model_export.evaluate import evaluate_model, evaluate_split
 from model_export.export import build_metadata, export_onnx
 from model_export.metrics import ConfusionMatrix
 
@@ -55,6 +57,27 @@ def test_perfect_and_ignored_predictions() -> None:
     cm.update(t, np.array([[0, 1, 2], [2, 2, 0]], np.uint8))  # errors only where ignored
     s = cm.compute()
     assert s.miou == 1.0 and s.pixel_accuracy == 1.0 and cm.matrix.sum() == 4
+
+
+def test_ground_truth_ids_the_model_lacks_are_left_out_with_a_warning(tiny_voc: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A dataset with more classes than the model (the tiny set has 7) is scored on the classes the model has,
+    as the VOC protocol does, and said so: it is most likely the wrong dataset."""
+    dataset = VOCSegmentation(tiny_voc, "val")
+    labels = [dataset.read_label(i) for i in range(len(dataset))]
+    beyond = sum(int(((t >= 3) & (t != 255)).sum()) for t in labels)
+    assert beyond > 0
+    with caplog.at_level(logging.WARNING, logger="model_export.evaluate"):
+        scores = evaluate_split(lambda paths: [np.zeros_like(t) for t in labels[:len(paths)]], dataset, 3,
+                                batch_size=len(dataset), progress=False)
+    assert f"{beyond} ground-truth pixels hold class ids the model does not have" in caplog.text, caplog.text
+    kept = np.concatenate([t[t < 3].ravel() for t in labels])
+    assert scores.pixel_accuracy == pytest.approx(float((kept == 0).mean()))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="model_export.evaluate"):
+        evaluate_split(lambda paths: [np.zeros_like(t) for t in labels[:len(paths)]], dataset, 7,
+                       batch_size=len(dataset), progress=False)
+    assert "class ids the model does not have" not in caplog.text  # every id is a class of a 7-class model
 
 
 @pytest.fixture(scope="module")
