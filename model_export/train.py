@@ -197,6 +197,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         set_rng_state(resume["rng"])
     if start >= cfg.max_iter:
         raise ValueError(f"checkpoint is at iteration {start}, max_iter is {cfg.max_iter}: nothing to do")
+    if cfg.stop_at is not None and cfg.stop_at <= start:  # else it "trained" a negative number of iterations
+        raise ModelExportError(f"{OPTION} {cfg.stop_at} is not after the checkpoint's iteration {start}: nothing "
+                               "to do", option="stop_at")
 
     dataset = VOCSegmentation(cfg.data, cfg.split, cfg.labels_dir)
     pad = preprocessing_constants(model.preprocessing)[0]

@@ -38,6 +38,9 @@ def test_resume_with_only_the_checkpoint_continues_the_recorded_run(tiny_voc: Pa
     torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG either
     ckpt = tmp_path / "half" / "checkpoint.pt"
     assert main(["train", "--resume", str(ckpt), *data, "--out", str(tmp_path / "resumed")]) == 0
+    resumed_early = ["train", "--resume", str(ckpt), *data, "--out", str(tmp_path / "early")]
+    assert main([*resumed_early, "--stop-at", "3"]) == 2  # at the checkpoint's iteration: nothing to train
+    assert not (tmp_path / "early" / "checkpoint.pt").exists()
     # Same poly schedule (6 iterations from lr 0.01), logged every iteration as recorded.
     assert _lr_log(tmp_path / "resumed") == _lr_log(tmp_path / "straight")[3:]
     # Same data stream and optimiser: the weights are bit-identical to the uninterrupted run's.
