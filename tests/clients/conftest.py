@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.core.engine import load_engine
 from service.settings import Settings
 from testkit.photos import photo
-from tests.service.svc_helpers import LiveServer, running_server
+from tests.service.svc_helpers import held_server, running_server
 
 API_KEY = "test-key-123"
 
@@ -53,18 +52,8 @@ def astronaut() -> np.ndarray:
 def warming_server(model_path: Path, **settings: object) -> Iterator[tuple[str, threading.Event]]:
     """A real server whose warm-up waits for the returned event (a model still loading onto a device): until it is
     set, `/readyz` is 503 and `/segment` answers 503 `not_ready` with Retry-After, as a server starting up does."""
-    options = Settings(model_path=model_path, host="127.0.0.1", port=0, intra_op_threads=1, worker_threads=2,
-                       **settings)
-    engine = load_engine(options.engine_options())
-    release = threading.Event()
-    run = engine.run
-
-    def held(batch: np.ndarray) -> np.ndarray:
-        release.wait(30)
-        return run(batch)
-
-    engine.run = held  # type: ignore[method-assign]
-    server = LiveServer(options, engine=engine).start(wait_ready=False)
+    server, release = held_server(Settings(model_path=model_path, host="127.0.0.1", port=0, intra_op_threads=1,
+                                           worker_threads=2, **settings))
     try:
         yield server.url, release
     finally:

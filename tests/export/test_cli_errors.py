@@ -12,6 +12,7 @@ from model_export.architectures import build_model
 from model_export.checkpoint import save_checkpoint
 from model_export.cli import main
 from model_export.synthetic import SceneConfig, write_dataset
+from testkit.cli import one_line_error
 
 RANDOM = ["export", "--random-init", "--arch", "deeplabv3_thin"]
 
@@ -23,15 +24,6 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "a_file").write_text("a file, not a directory")
     (tmp_path / "not_onnx.onnx").write_bytes(b"\x00\x01 this is not a protobuf model \xff\xfe")
     return tmp_path
-
-
-def _one_line_error(code: int, capsys: pytest.CaptureFixture[str], *expected: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -49,13 +41,13 @@ def test_export_refuses_bad_options_in_one_line(args: list[str], expected: tuple
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = files / "m.onnx"
     code = main([*RANDOM, *(a.format(d=files) for a in args), "-o", str(out)])
-    _one_line_error(code, capsys, *expected)
+    one_line_error(code, capsys, *expected)
     assert not out.exists()
 
 
 def test_export_to_an_unwritable_place_is_one_line(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main([*RANDOM, "-o", str(files / "a_file" / "m.onnx")])
-    _one_line_error(code, capsys, "a_file")
+    one_line_error(code, capsys, "a_file")
 
 
 def test_num_classes_that_contradict_the_weights_are_refused(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +60,7 @@ def test_num_classes_that_contradict_the_weights_are_refused(files: Path, capsys
         "iteration": 0, "source": "tests"})
     out = files / "m.onnx"
     code = main(["export", "--weights", str(ckpt), "--num-classes", "21", "-o", str(out)])
-    _one_line_error(code, capsys, "--num-classes 21", "predicts 3 classes")
+    one_line_error(code, capsys, "--num-classes 21", "predicts 3 classes")
     assert not out.exists()
     # Given and equal is fine.
     assert main(["export", "--weights", str(ckpt), "--num-classes", "3", "-o", str(out)]) == 0 and out.exists()
@@ -82,20 +74,20 @@ def test_num_classes_that_contradict_the_weights_are_refused(files: Path, capsys
 def test_convert_caffe_refuses_bad_options_in_one_line(args: list[str], expected: tuple[str, ...], files: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["convert-caffe", str(files / "any.caffemodel"), *(a.format(d=files) for a in args)])
-    _one_line_error(code, capsys, *expected)
+    one_line_error(code, capsys, *expected)
     assert not (files / "m.onnx").exists() and not (files / "init.pt").exists()
 
 
 def test_msc_of_a_file_that_is_not_onnx_is_one_line(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["msc", str(files / "not_onnx.onnx"), "-o", str(files / "out.onnx")])
-    _one_line_error(code, capsys, "not_onnx.onnx is not an ONNX model file")
+    one_line_error(code, capsys, "not_onnx.onnx is not an ONNX model file")
     assert not (files / "out.onnx").exists()
 
 
 def test_msc_to_an_unwritable_place_is_one_line(tiny_onnx_model: Path, files: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["msc", str(tiny_onnx_model), "-o", str(files / "a_file" / "out.onnx")])
-    _one_line_error(code, capsys, "a_file")
+    one_line_error(code, capsys, "a_file")
 
 
 @pytest.fixture
@@ -113,7 +105,7 @@ def one_scene(tmp_path: Path) -> Path:
 def test_evaluate_refuses_counts_that_score_nothing(args: list[str], expected: tuple[str, ...], tiny_onnx_model: Path,
                                                     one_scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["evaluate", "--model", str(tiny_onnx_model), "--data", str(one_scene), "--no-progress", *args])
-    err = _one_line_error(code, capsys, *expected)
+    err = one_line_error(code, capsys, *expected)
     assert "mIoU" not in err
 
 
@@ -121,7 +113,7 @@ def test_evaluate_json_to_an_unwritable_place_is_one_line(tiny_onnx_model: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["evaluate", "--model", str(tiny_onnx_model), "--data", str(one_scene), "--no-progress",
                  "--json", str(files / "a_file" / "scores.json")])
-    _one_line_error(code, capsys, "cannot write --json", "a_file")
+    one_line_error(code, capsys, "cannot write --json", "a_file")
 
 
 def test_pretrained_to_an_unwritable_place_is_one_line(files: Path, monkeypatch: pytest.MonkeyPatch,
@@ -140,4 +132,4 @@ def test_pretrained_to_an_unwritable_place_is_one_line(files: Path, monkeypatch:
     monkeypatch.setitem(catalog.WEIGHT_SOURCES, row.name, row)
     code = main(["pretrained", "thin_demo", "--base-url", "http://127.0.0.1:9/", "--cache-dir", str(cache),
                  "-o", str(files / "a_file" / "m.onnx")])
-    _one_line_error(code, capsys, "a_file")
+    one_line_error(code, capsys, "a_file")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.core.contract import ModelMetadata, voc_colormap
-from service.core.engine import Engine
+from service.core.engine import Engine, load_engine
 from service.settings import Settings
 
 RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
@@ -150,6 +150,21 @@ def running_server(model_path: Path, **settings: object) -> Iterator[str]:
         yield server.start().url
     finally:
         server.stop()
+
+
+def held_server(options: Settings) -> tuple[LiveServer, threading.Event]:
+    """A started live server whose model runs wait for the returned event (a model still loading onto a device, or
+    a slow or hung one): warm-up's first run waits, so until it is set `/readyz` is 503."""
+    engine = load_engine(options.engine_options())
+    release = threading.Event()
+    run = engine.run
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        release.wait(30)
+        return run(batch)
+
+    engine.run = held  # type: ignore[method-assign]
+    return LiveServer(options, engine=engine).start(wait_ready=False), release
 
 
 def copy_model(src: Path, dst: Path) -> Path:

@@ -17,23 +17,13 @@ from service.core.options import EngineOptions
 from service.inference_guard import InferenceHealth
 from service.settings import Settings
 from testkit.metrics import metric_sum
-from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes, scene, with_input_size
+from tests.service.svc_helpers import LiveServer, held_server, make_rule_model, png_bytes, scene, with_input_size
 
 
 def held_warm_up_server(tmp_path: Path, **settings: object) -> tuple[LiveServer, threading.Event]:
     """A live server whose model runs wait for the returned event (a slow or hung device): warm-up's first."""
-    options = Settings(model_path=make_rule_model(tmp_path / "rule.onnx"), host="127.0.0.1", port=0,
-                       intra_op_threads=1, **settings)
-    engine = load_engine(options.engine_options())
-    release = threading.Event()
-    run = engine.run
-
-    def held(batch: np.ndarray) -> np.ndarray:
-        release.wait(30)
-        return run(batch)
-
-    engine.run = held  # type: ignore[method-assign]
-    return LiveServer(options, engine=engine).start(wait_ready=False), release
+    return held_server(Settings(model_path=make_rule_model(tmp_path / "rule.onnx"), host="127.0.0.1", port=0,
+                                intra_op_threads=1, **settings))
 
 
 def readyz_status(client: httpx.Client) -> str:

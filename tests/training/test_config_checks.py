@@ -16,21 +16,13 @@ from model_export.init_weights import init_from_file
 from model_export.synthetic import CLASSES
 from model_export.train import train
 from service.core.contract import voc_colormap
+from testkit.cli import one_line_error
 
 from .conftest import TINY_MODEL, tiny_config
 
 COMMON = ["train", "--arch", "deeplabv3_thin", "--classes", "synthetic", "--base-width", "4", "--head-channels", "8",
           "--output-stride", "16", "--crop-size", "32", "--batch-size", "2", "--iters", "2", "--no-progress",
           "--train-bn"]
-
-
-def _one_line_error(code: int, capsys: pytest.CaptureFixture[str], *expected: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -48,7 +40,7 @@ def test_settings_that_describe_no_run_are_one_line(args: list[str], expected: s
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = main([*COMMON, "--data", str(tiny_voc), "--out", str(out), *args])
-    _one_line_error(code, capsys, expected)
+    one_line_error(code, capsys, expected)
     assert not (out / "checkpoint.pt").exists()
 
 
@@ -72,7 +64,7 @@ def test_resuming_initial_weights_says_to_start_from_them(tiny_voc: Path, tmp_pa
         "input_size": 32, "state_dict": model.state_dict(), "iteration": 0, "source": "caffe:init.caffemodel"})
     out = tmp_path / "run"
     code = main([*COMMON, "--data", str(tiny_voc), "--out", str(out), "--resume", str(init)])
-    _one_line_error(code, capsys, "holds no training state to resume", f"--init {init}")
+    one_line_error(code, capsys, "holds no training state to resume", f"--init {init}")
     assert not (out / "checkpoint.pt").exists()
     # What the message says works.
     assert main([*COMMON, "--data", str(tiny_voc), "--out", str(out), "--init", str(init)]) == 0

@@ -11,7 +11,8 @@ from PIL import Image
 
 from model_export.synthetic import SceneConfig, render_scene
 from testkit import REPO
-from tests.service.svc_helpers import running_server
+from tests.service.svc_helpers import make_rule_model, running_server
+from tests.service.svc_helpers import scene as scene_image
 from tests.web.page_helpers import CHROMIUM, CHROMIUM_ARGS, DEMO_MODEL, KEY
 
 
@@ -63,3 +64,19 @@ def browser_context() -> Iterator[object]:
 @pytest.fixture
 def browser_page(browser_context: object) -> object:
     return browser_context.new_page()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def rule_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live server on the rule model, whose regions are known, with the API key."""
+    model = make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx")
+    with running_server(model, api_keys=[KEY]) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 160x120 scene for the rule model, as PNG (lossless: pixels can be compared exactly)."""
+    path = tmp_path_factory.mktemp("picture") / "picture.png"
+    Image.fromarray(scene_image(160, 120)).save(path)
+    return path

@@ -3,29 +3,10 @@ are known): polygons over their pixels, the same file chosen again, the keyboard
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from PIL import Image
-
 from service.client import SegmentClient
-from tests.service.svc_helpers import make_rule_model, running_server, scene
 from tests.web.page_helpers import KEY, page_problems
-
-
-@pytest.fixture(scope="module")
-def rule_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx")
-    with running_server(model, api_keys=[KEY]) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "picture.png"
-    Image.fromarray(scene(160, 120)).save(path)
-    return path
 
 
 def _open(page: object, url: str, height: int = 760) -> list[str]:

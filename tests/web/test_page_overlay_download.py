@@ -4,30 +4,13 @@ uvicorn on the rule model, whose foreground and background are known)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from service.client import SegmentClient
-from tests.service.svc_helpers import make_rule_model, running_server, scene
 from tests.web.page_helpers import KEY, canvas_pixel, download_output, page_problems, set_alpha
-
-
-@pytest.fixture(scope="module")
-def rule_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx")
-    with running_server(model, api_keys=[KEY]) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("overlay") / "picture.png"  # PNG: the pixels can be compared exactly
-    Image.fromarray(scene(160, 120)).save(path)
-    return path
 
 
 def _download_overlay(page: object) -> tuple[str, np.ndarray]:
