@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,24 +229,38 @@ def test_ctrl_c_stops_after_the_files_in_progress(tmp_path: Path, monkeypatch: p
     for index in range(40):
         (inputs / f"f{index:02}.png").write_bytes(b"not decoded by the stub")
     calls = itertools.count()
+    handled = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:  # Python's own handler, which says when it ran
+        handled.set()
+        raise KeyboardInterrupt
 
     class Slow:
         def segment(self, data: bytes, output: str, **options: object) -> SegmentResult:
-            if next(calls) == 2:  # the user presses Ctrl-C while the third file is in progress
+            index = next(calls)
+            if index == 2:  # the user presses Ctrl-C while the third file is in progress
                 os.kill(os.getpid(), signal.SIGINT)
-            # Long enough that the main thread takes the signal before a worker is free for a fifth file, even
-            # on a loaded machine (at 0.2 s a CI run once saw five written).
-            time.sleep(0.4)
+            if index >= 2:
+                # In progress until the main thread has taken the signal, and a moment more for it to drop the
+                # queued files: on a loaded machine the signal can wait for the main thread far longer than a
+                # file takes (fixed sleeps saw a fifth file written).
+                handled.wait(10)
+                time.sleep(0.3)
+            else:
+                time.sleep(0.1)
             return SegmentResult(output, b"\x89PNG stub", "image/png", None, None)
 
     monkeypatch.setattr(batch, "_backend", lambda args: (Slow(), None))
+    previous = signal.signal(signal.SIGINT, on_sigint)
     started = time.monotonic()
     try:
         status = main([str(inputs), "--out", str(out), "--local", "stub.onnx", "-j", "2", "--no-progress"])
     except KeyboardInterrupt:  # the old behaviour: every queued file done, then a traceback
         status = None
-    assert status == 130
-    assert time.monotonic() - started < 2.0  # 40 files x 0.4 s on 2 threads would take 8 s
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert status == 130 and handled.is_set()
+    assert time.monotonic() - started < 4.0  # 40 files on 2 threads would take 2 s more than the interrupted run
     written = _files(out)
     assert 2 <= len(written) <= 4 and set(written.values()) == {b"\x89PNG stub"}
     assert not list(out.glob("*.part"))
