@@ -33,7 +33,8 @@ Conversions to RGB (`service.core.colour`), all applied after EXIF orientation:
   `convert("L")` does; float images are taken as 0..1 when they fit, otherwise stretched min..max; both in row
   blocks, so no full-size wide copy is ever made;
 - CMYK with an embedded ICC profile goes through LittleCMS to sRGB, otherwise Pillow's plain conversion;
-- animated GIF/PNG/WebP and multi-page TIFF give their first frame.
+- animated GIF/PNG/WebP and multi-page TIFF give their first frame; a GIF's canvas outside that frame is
+  transparent, as browsers show it, so it comes out white too.
 
 Thread safety: nothing here mutates module or Pillow globals. The pixel limit is checked on the header size before
 any pixel is decoded, instead of setting `Image.MAX_IMAGE_PIXELS` per call; Pillow's own bomb check stays on as a
@@ -46,13 +47,13 @@ import io
 import logging
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from . import jpeg
 from .colour import to_rgb_array
 from .decode_budget import DECODE_BUDGET, estimate_bytes
 from .errors import DecodeError
-from .letterbox import compute_letterbox
+from .letterbox import LetterboxInfo, compute_letterbox, fit_content
 from .structure import check_structure, tiff_chunk_pixels
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def decode_image_for_model(data: bytes, max_pixels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode for inference at `size`: returns the RGB array, possibly reduced, and the original (h, w).
+    """Decode for inference at `size`: returns the RGB array, possibly reduced (or already resized to the letterbox
+    content, when its EXIF orientation turns a partial DCT block to the top or left), and the original (h, w).
 
     A JPEG much larger than the model's input is decoded straight at 1/2, 1/4 or 1/8 scale in libjpeg's DCT
     domain (`dct_reduction`), so the letterbox resize shrinks by less than 2x (or enlarges by at most 1 %).
@@ -120,6 +122,26 @@ def dct_reduction(width: int, height: int, size: int) -> int:
     target = compute_letterbox(height, width, size)
     scale = min(width / target.new_w, height / target.new_h) * (1 + DCT_SLACK)
     return next((d for d in (8, 4, 2) if scale >= d), 1)
+
+
+# EXIF orientations that turn the stored image's last column (resp. last row) to the left or top of the picture.
+_LAST_COLUMN_FIRST = frozenset({2, 3, 7, 8})
+_LAST_ROW_FIRST = frozenset({3, 4, 6, 7})
+
+
+def _fit_before_turning(width: int, height: int, size: int | None, denom: int,
+                        orientation: int | None) -> LetterboxInfo | None:
+    """The letterbox geometry (in the stored orientation) to resize a reduced decode to before turning it, when
+    its EXIF orientation would turn a partial DCT block to the left or top; else None.
+
+    A side that is not a multiple of `denom` ends in a partial block, which `letterbox.fit_content` expects at the
+    right or bottom; turned to the left or top it would shift the mask by up to a block (1.7 model pixels,
+    measured). Resized to the letterbox content first, the image is turned at that (small) size instead, and the
+    letterbox then copies it as it is. Phone photos (4032x3024, 4000x3000, ...) have whole blocks anyway."""
+    if size is None or denom == 1 or not ((orientation in _LAST_COLUMN_FIRST and width % denom)
+                                          or (orientation in _LAST_ROW_FIRST and height % denom)):
+        return None
+    return compute_letterbox(height, width, size)
 
 
 def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -160,57 +182,67 @@ def _decode(data: bytes, max_pixels: int, reduce_to: int | None) -> tuple[np.nda
             if scans > limit:
                 raise DecodeError("image_too_large",
                                f"the JPEG has more than {limit} scans, the limit for {width}x{height}")
-        pixels = width * height
-        if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
-            out_pixels = pixels
-            if reduce_to is not None:  # decoded at 1/denom of each side
-                denom = dct_reduction(width, height, reduce_to)
-                out_pixels = -(-width // denom) * -(-height // denom)
-            orientation = _exif_orientation(img)
+        is_jpeg = img.format in ("JPEG", "MPO")
+        # A JPEG's EXIF is in its header; other formats may keep it after the pixels (PNG's eXIf chunk), and
+        # Pillow would decode them to find it: theirs is read once they are loaded, below.
+        orientation = _exif_orientation(img) if is_jpeg else None
+        # The DCT scale denominator of a reduced JPEG decode; 1: decoded at full size.
+        denom = dct_reduction(width, height, reduce_to) if reduce_to is not None and is_jpeg else 1
+        fit = _fit_before_turning(width, height, reduce_to, denom, orientation)
+        if is_jpeg and img.mode in ("RGB", "L"):
+            out_pixels = -(-width // denom) * -(-height // denom)
             # libjpeg-turbo writes the RGB array directly; an EXIF orientation other than 1 makes a turned copy.
             copies = 1 if orientation in (None, 1) else 2
             with DECODE_BUDGET.reserve(3 * out_pixels * copies):
-                fast = _decode_jpeg_fast(data, img, reduce_to, orientation)
+                fast = _decode_jpeg_fast(data, img, denom, orientation, fit)
             if fast is not None:
                 return fast
-        if reduce_to is not None and img.format in ("JPEG", "MPO"):
-            denom = dct_reduction(width, height, reduce_to)
+        if denom > 1:
             img.draft("RGB", (width // denom, height // denom))  # Pillow then picks exactly 1/denom
-        reduced_size = img.size
         has_alpha = "transparency" in img.info
         # libtiff inflates a whole tile even when it is far larger than the image: budget the larger of the two.
         budget_pixels = max(img.width * img.height, tiff_chunk_pixels(img))
-        with DECODE_BUDGET.reserve(estimate_bytes(img.mode, budget_pixels, has_alpha=has_alpha)):
+        # Where a GIF's first frame lies on its canvas (known until the frame is loaded).
+        gif_frame = img.tile[0][1] if img.format == "GIF" and img.tile else None
+        with DECODE_BUDGET.reserve(estimate_bytes(img.mode, budget_pixels, has_alpha=has_alpha or bool(gif_frame))):
             try:
                 img.load()  # decodes the first frame; raises on truncated or corrupt data
             except Exception as exc:
                 raise _decode_failure(exc, "the image data is corrupt or truncated") from exc
+            if gif_frame is not None:
+                img = _gif_canvas(img, gif_frame)
+            oriented, turned = (img, orientation in (5, 6, 7, 8)) if fit else _oriented(
+                img, orientation if is_jpeg else _exif_orientation(img))
             try:
-                rgb = to_rgb_array(_oriented(img))
+                rgb = to_rgb_array(oriented)
             except Exception as exc:  # a pixel layout Pillow parses but cannot convert (exotic TIFF modes)
                 raise DecodeError("unsupported_media_type",
                                   f"unsupported pixel format (mode {img.mode}): {exc}") from exc
-            # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it.
-            turned = rgb.shape[1::-1] != reduced_size
+            if fit:
+                rgb = jpeg.orient(fit_content(rgb, fit), orientation)
+            # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it. Known
+            # from the orientation, not the shapes: a reduced decode can be square when the original is not.
             return rgb, ((width, height) if turned else (height, width))
 
 
-def _decode_jpeg_fast(data: bytes, img: Image.Image,
-                      reduce_to: int | None, orientation: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """A clean RGB or greyscale JPEG through libjpeg-turbo (see `service.jpeg`), EXIF orientation applied;
-    None when libjpeg reports anything, so that the Pillow path gives its established answer."""
+def _decode_jpeg_fast(data: bytes, img: Image.Image, denom: int, orientation: int | None,
+                      fit: LetterboxInfo | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A clean RGB or greyscale JPEG through libjpeg-turbo (see `service.jpeg`) at 1/`denom` scale, resized to
+    `fit` if given, EXIF orientation applied; None when libjpeg reports anything, so that the Pillow path gives its
+    established answer."""
     width, height = img.size
     min_w = min_h = 0
-    if reduce_to is not None:
+    if denom > 1:
         # The scale the Pillow path asks `draft` for (`dct_reduction`), so the pixels are the very ones it
         # decodes: libjpeg-turbo's other n/8 scales have no SIMD IDCT (3/8 and 5/8 decode slower than 1/2).
-        denom = dct_reduction(width, height, reduce_to)
         min_w, min_h = -(-width // denom), -(-height // denom)
     try:
         pixels = jpeg.decode_rgb(data, min_w, min_h)
     except ValueError as exc:
         log.debug("libjpeg-turbo fast path declined (%s); decoding with Pillow", exc)
         return None
+    if fit is not None:
+        pixels = fit_content(pixels, fit)
     turned = orientation in (5, 6, 7, 8)
     return jpeg.orient(pixels, orientation), ((width, height) if turned else (height, width))
 
@@ -243,13 +275,38 @@ def _exif_orientation(img: Image.Image) -> int | None:
         return None
 
 
-def _oriented(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag. A broken EXIF block is ignored rather than failing a decodable image."""
+def _gif_canvas(img: Image.Image, frame: tuple[int, int, int, int]) -> Image.Image:
+    """A GIF's first frame on its canvas, the canvas outside the frame white: browsers show it transparent, which
+    the decoder composites over white, where Pillow fills it with palette entry 0, an arbitrary colour (black)."""
+    width, height = img.size
+    x0, x1 = (min(max(0, x), width) for x in (frame[0], frame[2]))
+    y0, y1 = (min(max(0, y), height) for y in (frame[1], frame[3]))
+    if "transparency" in img.info or (x0, y0, x1, y1) == (0, 0, width, height):
+        return img  # covered, or Pillow already filled the canvas with the transparent entry
+    canvas = img.convert("RGB")
+    for box in ((0, 0, width, y0), (0, y1, width, height), (0, y0, x0, y1), (x1, y0, width, y1)):
+        if box[2] > box[0] and box[3] > box[1]:
+            canvas.paste((255, 255, 255), box)
+    return canvas
+
+
+# EXIF orientation -> the transpose that shows the picture upright, as Pillow's `ImageOps.exif_transpose` applies.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _oriented(img: Image.Image, orientation: int | None) -> tuple[Image.Image, bool]:
+    """The image turned upright by its EXIF `orientation` (read by `_exif_orientation`), and whether it was turned
+    by 90 degrees. No copy when there is nothing to turn (the common case); unknown values, and a transpose
+    Pillow cannot make, leave the image as it is rather than failing a decodable image."""
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return img, False
     try:
-        # in_place: no copy of the pixels when there is nothing to rotate (the common case)
-        ImageOps.exif_transpose(img, in_place=True)
+        return img.transpose(method), orientation in (5, 6, 7, 8)
     except Exception as exc:
-        log.debug("ignoring unreadable EXIF orientation: %s", exc)
-    return img
+        log.debug("ignoring EXIF orientation %s: %s", orientation, exc)
+        return img, False
 
 

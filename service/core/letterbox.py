@@ -91,26 +91,35 @@ def letterbox(
     elif out.shape != (size, size, 3) or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {(size, size, 3)}, got {out.dtype} {out.shape}")
 
-    region = out[: info.new_h, : info.new_w]
-    if (info.new_h, info.new_w) == image.shape[:2]:
-        region[...] = image
-    else:
-        scale = max(info.new_h, info.new_w) / max(image.shape[:2])
-        interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
-        partial = partial_block_scale(image.shape[:2], (info.orig_h, info.orig_w))
-        if partial is None:
-            cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
-        else:
-            # The last reduced row or column stands for less than `partial` original pixels: resize at the true
-            # scale (cv2 keeps fx and fy exact when it works out the size itself) and keep what the original
-            # covers, instead of stretching the part the original does not have onto the letterbox.
-            fx, fy = info.new_w * partial / info.orig_w, info.new_h * partial / info.orig_h
-            region[...] = cv2.resize(image, None, fx=fx, fy=fy, interpolation=interpolation)[: info.new_h, : info.new_w]
+    fit_content(image, info, out[: info.new_h, : info.new_w])
     # Padding only where the content is not: the right strip and the bottom strip.
     canvas = pad_canvas(size, size, pad_rgb)
     out[: info.new_h, info.new_w :] = canvas[: info.new_h, info.new_w :]
     out[info.new_h :, :] = canvas[info.new_h :, :]
     return out, info
+
+
+def fit_content(image: np.ndarray, info: LetterboxInfo, region: np.ndarray | None = None) -> np.ndarray:
+    """`image` (the original, or a JPEG of it decoded reduced) resized to the letterbox content, `info.new_h` x
+    `info.new_w`, written into `region` when given; see `letterbox` for the interpolation."""
+    if region is None:
+        region = np.empty((info.new_h, info.new_w, 3), dtype=np.uint8)
+    if (info.new_h, info.new_w) == image.shape[:2]:
+        region[...] = image
+        return region
+    scale = max(info.new_h, info.new_w) / max(image.shape[:2])
+    interpolation = cv2.INTER_AREA if scale < AREA_BELOW_SCALE else cv2.INTER_LINEAR
+    partial = partial_block_scale(image.shape[:2], (info.orig_h, info.orig_w))
+    if partial is None:
+        cv2.resize(image, (info.new_w, info.new_h), dst=region, interpolation=interpolation)
+    else:
+        # The last reduced row or column stands for less than `partial` original pixels: resize at the true
+        # scale (cv2 keeps fx and fy exact when it works out the size itself) and keep what the original
+        # covers, instead of stretching the part the original does not have onto the letterbox. (A decoder that
+        # turns a partial block to the top or left by EXIF orientation resizes before turning: `service.core.decode`.)
+        fx, fy = info.new_w * partial / info.orig_w, info.new_h * partial / info.orig_h
+        region[...] = cv2.resize(image, None, fx=fx, fy=fy, interpolation=interpolation)[: info.new_h, : info.new_w]
+    return region
 
 
 def partial_block_scale(image_hw: tuple[int, int], orig_hw: tuple[int, int]) -> int | None:
