@@ -190,9 +190,7 @@ class Batcher:
         if not self.running or self._line is None:
             raise ApiError(503, "shutting_down", "the server is not accepting work", self._retry_after())
         self._timeout_s = max(self._timeout_s or 0.0, timeout_s)
-        if self.stalled:
-            raise ApiError(503, "inference_unavailable", f"model runs on this server have not returned in "
-                           f"{self._timeout_s:g}s; retry shortly or elsewhere", self._retry_after())
+        self.refuse_if_stalled()
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
         item = QueuedImage(tensor, future, request_id)
         try:
@@ -209,6 +207,12 @@ class Batcher:
         finally:
             if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
                 self._observe_depth()
+
+    def refuse_if_stalled(self) -> None:
+        """503 `inference_unavailable` (with Retry-After) while the device is `stalled`."""
+        if self.stalled:
+            raise ApiError(503, "inference_unavailable", f"model runs on this server have not returned in "
+                           f"{self._timeout_s:g}s; retry shortly or elsewhere", self._retry_after())
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}

@@ -50,11 +50,12 @@ class ServiceState:
 
     def serving(self) -> tuple[Engine, Batcher, Codec]:
         """The engine, batcher and codec a /segment request needs, or 503 (with Retry-After) before its body is
-        read: `not_ready` while the model loads and warms up, `inference_unavailable` while model runs fail."""
+        read: `not_ready` while the model loads and warms up, `inference_unavailable` while model runs fail or hang."""
         if self.engine is None or self.batcher is None or self.codec is None:
             raise _not_ready()
         if self.batcher.health.failing:  # refused before its body is read: it could only fail
             raise self.batcher.health.unavailable()
+        self.batcher.refuse_if_stalled()  # a hung device: it could not even start in time
         if not self.warm:
             # uvicorn accepts as soon as startup ends, and the workers of one port share its connections, so
             # requests can come before readiness. Until warm-up has built and run every bucket they could reach

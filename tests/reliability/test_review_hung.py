@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 
 from testkit.images import decode_labels
+from testkit.rawhttp import connect, http_request, read_responses
 from testkit.server import ServerProcess
 from tests.reliability.test_badimages_http import rule_labels
 from tests.reliability.test_device_failure import mended, wait_for
@@ -44,6 +45,15 @@ def test_a_run_that_outlives_the_request_timeout_makes_the_server_unready_until_
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "inference_unavailable" and int(r.headers["retry-after"]) >= 1
             assert time.monotonic() - started < 0.9  # refused, not timed out after the request timeout (1 s)
+        # Refused before its upload is read: headers announcing a body that never comes get the 503 at once.
+        sock = connect(server.url)
+        sock.sendall(http_request("POST /segment HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                                  "Content-Length: 100000"))
+        started = time.monotonic()
+        ((status, _, body),) = read_responses(sock, 1, timeout=5)
+        took = time.monotonic() - started
+        sock.close()
+        assert status == 503 and b"inference_unavailable" in body and took < 2, (status, body, took)
         flag.unlink()  # the run returns
         wait_for(client, "/readyz", 200, within_s=5)
         r = segment()
