@@ -3,6 +3,7 @@ bounded in bytes, cachetools)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -35,6 +36,15 @@ class StoredResult:
         return int(self.labels.nbytes + len(self.source))
 
 
+def bare(labels: np.ndarray | LabelMap) -> np.ndarray | LabelMap:
+    """`labels` without what was computed from it and cached on it (`LabelMap.full`, `counts`, `used_lines`).
+
+    A render caches the full-size map on the `LabelMap` it was given (an overlay's: 12 MB for a 12 MP upload),
+    which the byte bound, counting the map's fields only, never sees: kept, or rendered again from the cache, the
+    store held many times its bound. A new `LabelMap` over the same arrays costs nothing."""
+    return dataclasses.replace(labels) if isinstance(labels, LabelMap) else labels
+
+
 def new_result_id() -> str:
     """A random, unguessable id (128 bits, URL-safe)."""
     return secrets.token_urlsafe(16)
@@ -55,7 +65,7 @@ class ResultStore(ABC):
 
     def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes) -> StoredResult | None:
         """The result in the form kept, or None when it cannot be (larger than the bound, or the store is off)."""
-        item = StoredResult(labels.compact() if isinstance(labels, LabelMap) else labels, source, self._clock())
+        item = StoredResult(bare(labels.compact() if isinstance(labels, LabelMap) else labels), source, self._clock())
         return item if self.enabled and item.nbytes <= self.max_bytes else None
 
     @abstractmethod
@@ -66,12 +76,18 @@ class ResultStore(ABC):
     def get(self, result_id: str) -> StoredResult | None:
         """The result, or None when unknown or expired."""
 
+    @abstractmethod
+    def __contains__(self, result_id: object) -> bool:
+        """Whether a result is kept, asked cheaply (no read of it): False is certain, True may be gone by the time
+        it is read (`get`)."""
+
 
 class ResultsCache(ResultStore):
     """`cachetools.TTLCache` sized in bytes (`getsizeof`), behind a lock (cachetools is not thread-safe).
 
-    Arrays are stored as-is (no copy); treat them as read-only. When the byte bound is reached the least
-    recently used result goes first; expired results are dropped on every access.
+    Arrays are stored as-is (no copy); treat them as read-only. `get` hands out a `bare` view of a label map, so
+    that what a render caches on it goes with the render. When the byte bound is reached the least recently used
+    result goes first; expired results are dropped on every access.
     """
 
     def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -99,8 +115,13 @@ class ResultsCache(ResultStore):
             self._items[result_id] = item  # expires old entries, then evicts LRU ones until it fits
         return True
 
+    def __contains__(self, result_id: object) -> bool:
+        with self._lock:
+            return result_id in self._items  # an expired one is not (TTLCache checks its time)
+
     def get(self, result_id: str) -> StoredResult | None:
         """The result, or None when unknown or expired."""
         with self._lock:
             self._items.expire()
-            return self._items.get(result_id)
+            item = self._items.get(result_id)
+        return None if item is None else dataclasses.replace(item, labels=bare(item.labels))

@@ -60,6 +60,8 @@ class SharedResultsCache(ResultStore):
             return False
         parts = _serialised(item)
         size = sum(len(part) for part in parts)
+        if size > self.max_bytes:  # the file, header and pickle included, is what the bound counts
+            return False
         path = self._own / result_id
         partial = path.with_name(f".{result_id}.partial")
         try:
@@ -75,14 +77,31 @@ class SharedResultsCache(ResultStore):
             log.warning("result %s not kept for /results: %s", result_id, exc)
             partial.unlink(missing_ok=True)
             return False
-        with self._lock:
-            gone = [key for key, _ in self._owned.expire()]
+        # One instant for the whole update: each TTLCache call otherwise expires entries afresh at its own time and
+        # drops them without a word, and a file dropped so stays on disk, past its TTL and beyond the bound.
+        with self._lock, self._owned.timer as now:
+            gone = [key for key, _ in self._owned.expire(now)]
             while self._owned.currsize + size > self._owned.maxsize and self._owned:
                 gone.append(self._owned.popitem()[0])  # least recently stored
-            self._owned[result_id] = min(size, self._owned.maxsize)
+            self._owned[result_id] = size
         for key in gone:
             (self._own / key).unlink(missing_ok=True)
         return True
+
+    def __contains__(self, result_id: object) -> bool:
+        """Whether some worker's file holds the result, by its metadata alone (cheap enough for the event loop; a
+        `get` reads the whole file, the upload included). A file is written after its result's `created`, so one
+        modified a TTL ago or more holds an expired result; a second's grace, as file times lag the clock by up to
+        a tick (`get` then decides at the exact TTL)."""
+        if not isinstance(result_id, str) or not _ID.match(result_id):
+            return False
+        for owner in _owners(self.directory):
+            try:
+                modified = (self.directory / owner / result_id).stat().st_mtime
+            except OSError:
+                continue
+            return self._clock() - modified < self.ttl_s + 1.0
+        return False
 
     def get(self, result_id: str) -> StoredResult | None:
         """The result, whichever worker stored it; None when unknown or expired."""
@@ -94,7 +113,7 @@ class SharedResultsCache(ResultStore):
             except OSError:  # not this worker's; or removed meanwhile (evicted, or its worker gone): unknown
                 continue
             item = _deserialised(data)  # whole: a file is renamed into place complete, and unlinking keeps it whole
-            return item if self._clock() - item.created <= self.ttl_s else None
+            return item if self._clock() - item.created < self.ttl_s else None  # gone at the TTL, as in memory
         return None
 
 
