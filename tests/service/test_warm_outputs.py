@@ -3,9 +3,6 @@ request of each kind does not pay what libraries load or build on first use."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +35,6 @@ def test_warm_outputs_renders_every_kind_in_every_format(rule_model: Path, monke
     assert seconds > 0
     assert sorted(rendered) == sorted((name, encoding.format) for name, kind in OUTPUT_KINDS.items()
                                       for encoding in kind.encodings)
-
-
-def test_warm_outputs_pays_first_use_costs(rule_model: Path) -> None:
-    """The measured cause of a slow first `stats` or `polygons` answer: `np.unique` imports `numpy.ma` on its
-    first call. Loading the model does not; warming the outputs must."""
-    code = (
-        "import sys, json\n"
-        "from service.core.engine import load_engine\n"
-        "from service.core.options import EngineOptions\n"
-        "from service.core.pipeline import Pipeline\n"
-        f"pipeline = Pipeline(load_engine(EngineOptions(model_path={str(rule_model)!r}, intra_op_threads=1)))\n"
-        "before = 'numpy.ma' in sys.modules\n"
-        "pipeline.warm_outputs()\n"
-        "print(json.dumps([before, 'numpy.ma' in sys.modules]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, True]
 
 
 def test_the_server_warms_the_outputs_before_it_is_ready(serve, rule_model: Path) -> None:
