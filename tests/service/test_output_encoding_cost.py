@@ -14,7 +14,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,6 +33,7 @@ from service.settings import Settings, default_model_path
 from testkit.images import encode
 from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import LiveServer
+from tests.service_io.test_labelmap import model_output
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,18 +43,6 @@ GEOMETRIES = [(768, 1024, 320), (1024, 768, 320), (641, 479, 320), (961, 1280, 3
               (320, 320, 320), (150, 200, 513), (333, 517, 96), (5, 700, 64), (700, 1, 64), (1, 1, 32),
               (2000, 3, 257), (1, 5000, 64), (100, 7000, 320)]
 COLOURS = [2, 3, 4, 7, 16, 21, 256]  # bit depths 1, 2, 2, 4, 4, 8, 8
-
-
-def blobs(size: int, seed: int, n_classes: int) -> np.ndarray:
-    """A size x size model map of discs over a background, with 1 % speckle: runs and isolated pixels."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.uint8)
-    for _ in range(12):
-        cx, cy, r = rng.integers(0, size, 3)
-        cv2.circle(labels, (int(cx), int(cy)), int(r) // 3 + 1, int(rng.integers(1, n_classes)), -1)
-    speckle = rng.random((size, size)) < 0.01
-    labels[speckle] = rng.integers(0, n_classes, int(speckle.sum()))
-    return labels
 
 
 def png_by_definition(full: np.ndarray, palette_rgb: np.ndarray) -> bytes:
@@ -83,7 +71,7 @@ def png_by_definition(full: np.ndarray, palette_rgb: np.ndarray) -> bytes:
 def model_map(size: int, seed: int, n_colours: int) -> np.ndarray:
     if seed == 0:
         return np.random.default_rng(size).integers(0, n_colours, (size, size), dtype=np.uint8)
-    return blobs(size, seed, n_colours)
+    return model_output(size, seed, n_colours)
 
 
 @pytest.mark.parametrize(("h", "w", "size"), GEOMETRIES)
@@ -121,7 +109,7 @@ def test_maps_with_any_non_decreasing_index_maps_count_right() -> None:
     bounds every class exactly."""
     rng = np.random.default_rng(7)
     for trial in range(200):
-        small = blobs(int(rng.integers(4, 40)), trial, 6)[: int(rng.integers(2, 30))]
+        small = model_output(int(rng.integers(4, 40)), trial, 6)[: int(rng.integers(2, 30))]
         rows = np.sort(rng.integers(0, small.shape[0], int(rng.integers(1, 90))))
         cols = np.sort(rng.integers(0, small.shape[1], int(rng.integers(1, 90))))
         label_map = LabelMap(small, rows, cols)
@@ -145,14 +133,14 @@ def test_the_geometry_is_shared_and_read_only() -> None:
     """Index maps are made once per geometry and shared between maps, so none can be written (which would change
     every later answer of that geometry); a pickled map (the shared results cache's files) holds only its map."""
     info = compute_letterbox(768, 1024, 320)
-    first, second = (LabelMap.from_model(blobs(320, seed, 5), info) for seed in (1, 2))
+    first, second = (LabelMap.from_model(model_output(320, seed, 5), info) for seed in (1, 2))
     assert first.rows is second.rows and first.cols is second.cols
     assert first.rows is nearest_index(240, 768)
     _ = first.counts, first.used_lines
     for array in (first.rows, first.cols, *first.used_lines[1:]):
         with pytest.raises(ValueError, match="read-only"):
             array[0] = 1
-    third = LabelMap.from_model(blobs(320, 3, 5), info)
+    third = LabelMap.from_model(model_output(320, 3, 5), info)
     assert third.axes[0].index is third.rows  # the geometry, at hand
     plain = LabelMap(third.small, third.rows.copy(), third.cols.copy())
     data = pickle.dumps(third, protocol=5)
