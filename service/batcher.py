@@ -78,8 +78,7 @@ class Batcher:
         # One thread per worker: at most `concurrency` batches run at once.
         self._executor = WorkerThreads(self.concurrency, "inference")
         self._accepting = False
-        self.in_flight = 0  # batches running now
-        self._running: list[tuple[float, list[QueuedImage]]] = []  # their start (monotonic) and images
+        self._running: list[tuple[float, list[QueuedImage]]] = []  # batches running now: start (monotonic), images
         self._timeout_s: float | None = None  # the longest request timeout (`infer`): a run older is of no use
         self.peak_in_flight = 0  # the most that ever ran at once: the proof that batches overlap
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
@@ -125,6 +124,11 @@ class Batcher:
         self._executor.shutdown(wait=True, timeout_s=1.0)
 
     # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Batches running now."""
+        return len(self._running)
+
     @property
     def depth(self) -> int:
         return self._line.depth if self._line is not None else 0
@@ -239,9 +243,7 @@ class Batcher:
 
     async def _run_batch(self, live: list[QueuedImage]) -> None:
         """Run one batch and answer each of its requests."""
-        self._batch_started()
-        running = (time.monotonic(), live)
-        self._running.append(running)
+        running = self._batch_started(live)
         started = time.perf_counter()
         planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
         try:
@@ -249,8 +251,7 @@ class Batcher:
             # A failed run fails only the requests that fail on their own; the worker carries on.
             outcomes = await self._guard.run([item.tensor for item in live])
         finally:
-            self._running = [batch for batch in self._running if batch is not running]
-            self._batch_finished(planned_end)
+            self._batch_finished(running, planned_end)
         inference_s = time.perf_counter() - started
         if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
             self.metrics.batch_size.observe(len(live))
@@ -273,14 +274,16 @@ class Batcher:
             if self.metrics is not None:
                 self.metrics.inference_busy.inc(time.perf_counter() - start)
 
-    def _batch_started(self) -> None:
-        self.in_flight += 1
+    def _batch_started(self, live: list[QueuedImage]) -> tuple[float, list[QueuedImage]]:
+        running = (time.monotonic(), live)
+        self._running.append(running)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self.metrics is not None:
             self.metrics.batches_in_flight.set(self.in_flight)
+        return running
 
-    def _batch_finished(self, planned_end: float) -> None:
-        self.in_flight -= 1
+    def _batch_finished(self, running: tuple[float, list[QueuedImage]], planned_end: float) -> None:
+        self._running = [batch for batch in self._running if batch is not running]
         if self._busy is not None:
             self._busy.finished(planned_end, time.perf_counter(), self.in_flight)
         if self._batch_done is not None:
