@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,6 +23,7 @@ import onnxruntime as ort
 from .bound import BoundRun, InstancePool, IoBinding
 from .buckets import batch_plan, bucket_for, fill_bucket
 from .contract import INPUT_NAME, LABELS_OUTPUT
+from .handoff import WorkerThreads
 from .letterbox import pad_canvas
 from .sessions import memory_in_use
 
@@ -35,14 +35,11 @@ OnEachThread = Callable[[Callable[[], T]], list[T]]  # runs a function once on e
 
 def _on_fresh_threads(count: int, fn: Callable[[], T]) -> list[T]:
     """`fn()` on `count` new threads at once (offline callers, who have no threads of their own to warm)."""
-    gate = threading.Barrier(count)  # all start together: each task waits there, so each has its own thread
-
-    def one(_: int) -> T:
-        gate.wait()
-        return fn()
-
-    with ThreadPoolExecutor(count, thread_name_prefix="warm") as pool:
-        return list(pool.map(one, range(count)))
+    threads = WorkerThreads(count, "warm")
+    try:
+        return threads.run_on_each(fn)
+    finally:
+        threads.shutdown()
 
 
 @dataclass(frozen=True)
