@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import ModelExportError
+
+Command = Callable[[argparse.Namespace], int]  # a subcommand's `run`
 
 # name -> (module, one-line help), in help order. tests/export/test_export_cli.py checks that each help line
 # is the one the module registers.
@@ -84,6 +87,26 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     """The missing module's name if the export extra provides it, else None."""
     name = (exc.name or "").split(".")[0]
     return exc.name if name in EXPORT_EXTRA_MODULES else None
+
+
+def one_line_errors(*kinds: type[Exception]) -> Callable[[Command], Command]:
+    """A subcommand's `run` whose errors of `kinds` (a value its flags allow but the work refuses, an unwritable
+    output) end as one-line CliErrors; a ModelExportError, itself a ValueError, passes as it is (`main` names the
+    flag at fault)."""
+
+    def wrap(run: Command) -> Command:
+        @functools.wraps(run)
+        def wrapped(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except ModelExportError:
+                raise
+            except kinds as exc:
+                raise CliError(str(exc)) from None
+
+        return wrapped
+
+    return wrap
 
 
 def read_class_names(path: Path, flag: str = "--classes") -> list[str]:

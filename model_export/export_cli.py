@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import ARCH_NAMES, DEFAULT_CALIBRATION_COUNT, DEFAULT_OPSET, PRECISIONS
-from .cli import CliError, read_class_names
+from .cli import CliError, one_line_errors, read_class_names
 
 RANDOM_INIT_CLASSES = 21  # VOC's
 
@@ -77,19 +77,9 @@ def _msc_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
         raise CliError(f"--msc: {exc}") from None
 
 
+@one_line_errors(ValueError, OSError)  # a bad --opset or --input-size, an unwritable --output...
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
-    from .errors import ModelExportError
-
-    try:
-        return _export(args)
-    except ModelExportError:
-        raise  # `main` names the flag at fault
-    except (ValueError, OSError) as exc:  # a bad --opset or --input-size, an unwritable --output...
-        raise CliError(str(exc)) from None
-
-
-def _export(args: argparse.Namespace) -> int:
     from .export import build_metadata, check_finite, export_onnx  # onnx: only when exporting, not for --help
 
     start = time.perf_counter()

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .catalog import BASE_URL_ENV, CACHE_ENV, WEIGHT_SOURCES
+from .cli import one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@one_line_errors(OSError)  # an unwritable --output
 def run(args: argparse.Namespace) -> int:
     """Fetch, convert and export."""
-    from .cli import CliError
-    from .errors import ModelExportError
-
-    try:
-        return _pretrained(args)
-    except ModelExportError:
-        raise  # one line already (`main` prints it)
-    except OSError as exc:  # an unwritable --output
-        raise CliError(str(exc)) from None
-
-
-def _pretrained(args: argparse.Namespace) -> int:
     from .export import build_metadata, export_onnx  # torch and onnx: only when run, not for --help
     from .models import output_classes
     from .weights import (

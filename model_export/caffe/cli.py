@@ -9,6 +9,7 @@ from pathlib import Path
 from service.core.contract import VOC_CLASSES
 
 from ..catalog import default_input_size
+from ..cli import one_line_errors
 
 # DeepLab-v2 evaluates VOC at 513x513: the size its architecture is listed with.
 CAFFE_INPUT_SIZE = default_input_size("deeplabv2_resnet101")
@@ -35,20 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+@one_line_errors(ValueError, OSError)  # a bad --input-size, an unwritable output...
 def run(args: argparse.Namespace) -> int:
     """Convert and export; CaffeError (printed as one line) reports missing/extra layers and shape mismatches."""
-    from ..cli import CliError
-    from ..errors import ModelExportError
-
-    try:
-        return _convert(args)
-    except ModelExportError:
-        raise  # one line already (`main` prints it)
-    except (ValueError, OSError) as exc:  # a bad --input-size, an unwritable output...
-        raise CliError(str(exc)) from None
-
-
-def _convert(args: argparse.Namespace) -> int:
     from ..cli import CliError, read_class_names
     from ..export import build_metadata, default_classes, export_onnx
     from ..torch_io import sha256_file
