@@ -273,14 +273,15 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """A warning for each SEGMENT_* variable in `environ` that nothing reads, naming the closest setting: pydantic
     ignores unknown names, so a misspelt one (SEGMENT_MAX_BATCHSIZE) would leave its setting at the default
     without a word. Names are matched regardless of case, as the settings read them."""
-    settings = {f"SEGMENT_{name.upper()}" for name in Settings.model_fields}
+    prefix = Settings.model_config["env_prefix"].upper()
+    fields = [field.upper() for field in Settings.model_fields]
     warnings = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith("SEGMENT_") or upper in settings or upper in OTHER_VARIABLES:
+        if not upper.startswith(prefix) or upper.removeprefix(prefix) in fields or upper in OTHER_VARIABLES:
             continue
         # Compared without the prefix every name shares, which would make any two names look alike.
-        close = difflib.get_close_matches(upper.removeprefix("SEGMENT_"), [n[8:] for n in settings], n=1)
-        hint = f"; did you mean SEGMENT_{close[0]}?" if close else ""
+        close = difflib.get_close_matches(upper.removeprefix(prefix), fields, n=1)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
         warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
     return warnings
