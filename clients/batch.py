@@ -60,7 +60,7 @@ from service.core.output_kinds import OUTPUT_KINDS
 # JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
 # comparable with fresh ones).
 _VOLATILE_FIELDS = ("id", "timing_ms")
-_INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 
 
 class Backend(Protocol):
@@ -279,13 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcomes, interrupted = run_jobs(backend, todo, args)
     except KeyboardInterrupt:  # while waiting for the server: nothing ran yet
         print("segment: interrupted", file=sys.stderr)
-        return _INTERRUPTED
+        return INTERRUPTED
     finally:
         if client is not None:
             client.close()
     print(_summary(len(jobs), skipped, outcomes, interrupted), file=sys.stderr)
     if interrupted:
-        return _INTERRUPTED
+        return INTERRUPTED
     return 1 if any(outcomes) else 0
 
 

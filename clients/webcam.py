@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clients.batch import serve_extra_missing
+from clients.batch import INTERRUPTED, serve_extra_missing
 from service.client import SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
 
@@ -51,7 +51,6 @@ else:
 WINDOW = "segment-webcam"
 _FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
 _HUD_HEIGHT = 22
-_INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2), as `segment` exits
 
 
 @dataclass
@@ -308,13 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # before the first frame (waiting for the server): nothing was written
         print("segment-webcam: interrupted", file=sys.stderr)
-        return _INTERRUPTED
+        return INTERRUPTED
     if stats.stopped:
         print(f"segment-webcam: {stats.stopped}", file=sys.stderr)
     print(f"segment-webcam: {stats.frames} frames, {stats.errors} errors, {stats.mean_fps:.1f} FPS on average"
           + ("; interrupted" if stats.interrupted else ""), file=sys.stderr)
     if stats.interrupted:
-        return _INTERRUPTED
+        return INTERRUPTED
     if stats.stopped:
         return 2
     return 1 if stats.errors else 0

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from service.app import create_app
+from service.app import PROBE_PATHS, create_app
 from service.settings import Settings
 
 from .tools import DOCKER, require_tool
 
 RULES = DOCKER / "prometheus-rules.yml"
-PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 def rule(alertname: str) -> dict[str, Any]:
@@ -85,13 +84,13 @@ def test_healthy_api_traffic_does_not_fire(tmp_path: Path, per_15s: float) -> No
 def test_the_error_rate_counts_exactly_the_api_routes() -> None:
     """The alert's route filter matches every route the API documents but the probes and /metrics."""
     paths = list(create_app(Settings()).openapi()["paths"])
-    assert "/segment" in paths and set(PROBES) <= set(paths)
+    assert "/segment" in paths and set(PROBE_PATHS) <= set(paths)
     expr = rule("SegmentHighServerErrorRate")["expr"]
     filters = set(re.findall(r'route=~"([^"]+)"', expr))
     assert len(filters) == 1 and expr.count("route=~") == 2, expr  # numerator and denominator alike
     (api,) = filters
     for path in paths:
-        assert bool(re.fullmatch(api, path)) == (path not in PROBES), path
+        assert bool(re.fullmatch(api, path)) == (path not in PROBE_PATHS), path
     assert not re.fullmatch(api, "unmatched")
 
 
