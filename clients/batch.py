@@ -28,7 +28,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +61,7 @@ from service.core.output_kinds import OUTPUT_KINDS
 # comparable with fresh ones).
 _VOLATILE_FIELDS = ("id", "timing_ms")
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+SIGNAL_CHECK_S = 0.2  # how soon a Ctrl-C taken by a worker thread stops the run
 
 
 class Backend(Protocol):
@@ -221,14 +222,19 @@ def run_jobs(backend: Backend, todo: list[Job], args: argparse.Namespace) -> tup
         with tqdm(total=len(todo), unit="img", disable=args.no_progress or None, file=sys.stderr) as bar:
             for job in todo:
                 futures.append(pool.submit(run_job, backend, job, args))
-            failed = 0
-            for future in as_completed(futures):
-                failure = future.result()
-                if failure is not None:
-                    failed += 1
-                    bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
-                    bar.set_postfix(failed=failed)
-                bar.update()
+            failed, pending = 0, set(futures)
+            while pending:
+                # Python runs signal handlers on the main thread only, and only once it wakes: a Ctrl-C the
+                # kernel hands to a worker thread would wait for the next file to finish (minutes for a slow
+                # server) if this wait had no timeout.
+                done, pending = wait(pending, timeout=SIGNAL_CHECK_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    failure = future.result()
+                    if failure is not None:
+                        failed += 1
+                        bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
+                        bar.set_postfix(failed=failed)
+                    bar.update()
     except KeyboardInterrupt:
         interrupted = True
     finally:
