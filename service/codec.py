@@ -36,8 +36,8 @@ HEAVY_DECODE_PIXELS = 16_000_000
 _JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts; no plugin tried before it does
 
 
-def _ignore(_label_map: LabelMap) -> None:
-    pass
+def _ignore(_label_map: LabelMap) -> bool:
+    return False
 
 
 def decoded_pixels(data: bytes, *, full_resolution: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
@@ -89,16 +89,19 @@ class Codec:
         return decode()
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
-                     header: dict[str, Any], keep: Callable[[LabelMap], object] = _ignore,
-                     ) -> tuple[bytes, str]:
-        """The answer's body and media type; `keep(label map at the upload's size)` stores it for `/results`,
-        in the same job (off the event loop: under several workers that is a file write). A JSON kind's body
-        comes serialised here too: a large one (polygons: megabytes) would otherwise stall the event loop."""
+                     header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,
+                     ) -> tuple[bytes, str, bool]:
+        """The answer's body and media type, and whether `keep(label map at the upload's size)` stored it for
+        `/results` (in the same job: off the event loop, where under several workers it is a file write). A JSON
+        kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
+        to a 404. A JSON body comes serialised here too: a large one (polygons: megabytes) would otherwise stall
+        the event loop."""
         return await self.threads.run(self._encode, prepared, labels, options, header, keep)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
-                header: dict[str, Any], keep: Callable[[LabelMap], object]) -> tuple[bytes, str]:
+                header: dict[str, Any], keep: Callable[[LabelMap], bool]) -> tuple[bytes, str, bool]:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
-        body, media = self.pipeline.render(options.output, prepared, label_map, options.render, header)
-        keep(label_map)
-        return (json_bytes(body) if isinstance(body, dict) else body), media
+        kept = keep(label_map)  # first: the store takes the map bare, whatever a render caches on it later
+        body, media = self.pipeline.render(options.output, prepared, label_map, options.render,
+                                           header if kept else {**header, "id": None})
+        return (json_bytes(body) if isinstance(body, dict) else body), media, kept

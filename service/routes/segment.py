@@ -142,16 +142,18 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     t0 = time.perf_counter()
     result_id = new_result_id()
     try:
-        body, media = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
-                                         keep=lambda label_map: state.cache.put(result_id, label_map, data))
+        body, media, kept = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
+                                               keep=lambda label_map: state.cache.put(result_id, label_map, data))
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
     timing["encode"] = time.perf_counter() - t0
     for stage, seconds in timing.items():
         metrics.stage(stage).observe(seconds)
 
-    headers = {"X-Result-ID": result_id, "X-Batch-Size": str(result.batch_size),
+    headers = {"X-Batch-Size": str(result.batch_size),
                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
+    if kept:  # only an id `GET /results` can answer
+        headers["X-Result-ID"] = result_id
     if OUTPUT_KINDS[options.output].is_json:
         # The body came serialised from the codec thread (megabytes of polygons would stall the event loop);
         # `timing_ms`, known only now, goes in as the last member: the bytes `{**body, "timing_ms": ...}` gives.

@@ -92,14 +92,16 @@ export async function segment(file, output, query = "", signal = undefined) {
 }
 
 // An image kind of a result as PNG: rendered again by `GET /results/{id}/{name}.png` (the overlay at `alpha`),
-// or, where the service no longer holds that result (expired, evicted by newer ones, or its result cache is
-// off), by segmenting `file` again.
+// or, where the service did not keep that result (a null id: its result cache is off, or the result is larger
+// than it) or no longer holds it (expired, evicted by newer ones), by segmenting `file` again.
 export async function resultImage(file, resultId, name, alpha = null, signal = undefined) {
   const opacity = name === "overlay" && alpha !== null ? `alpha=${alpha}` : "";
+  const again = async () => (await segmentResponse(file, name, `&format=png${opacity && "&" + opacity}`, signal)).blob();
+  if (resultId === null) return again();
   try {
     return await (await api(`/results/${resultId}/${name}.png${opacity && "?" + opacity}`, { signal })).blob();
   } catch (err) {
     if (!(err instanceof ApiError && err.code === "result_not_found")) throw err;
-    return (await segmentResponse(file, name, `&format=png${opacity && "&" + opacity}`, signal)).blob();
+    return again();
   }
 }

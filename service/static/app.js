@@ -93,7 +93,7 @@ async function handleFile(file) {
     renderLegend(stats);
     enableDownloads(true);
     $("stage").dataset.state = "ready";
-    $("stage").dataset.resultId = stats.id;
+    $("stage").dataset.resultId = stats.id ?? "";  // null: not kept (see resultImage)
     setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.` +
       (decodedHere ? "" : " (This browser cannot show the file: the picture is the service's decode of it.)"));
     await togglePolygons();
