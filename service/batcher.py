@@ -1,20 +1,12 @@
-"""Dynamic batching: `concurrency` workers, fed by one bounded asyncio queue, run batches on the engine.
+"""Dynamic batching: `concurrency` workers, fed by one bounded waiting line, run batches on the engine.
 
-A batch is cut when it holds `max_batch_size` images or `max_wait_ms` after its first image arrived
-(Triton's `max_queue_delay`), or at once when no other request is on its way (being decoded): waiting then
-could only add latency, so a lone request pays no batching delay. Inference runs in dedicated threads so the
-event loop stays free.
+How a batch is formed (cut at `max_batch_size` or `max_wait_ms`, at once when nobody else is on the way, split to a
+preferred bucket, filled while the device is busy) is service/batch_forming.py. Inference runs in dedicated
+threads so the event loop stays free.
 
 Several batches in flight (Triton's instance group) keep a GPU busy while another batch's inputs are copied
 in and its labels copied out: measured on an H100, two threads on one session raised batch-8 throughput
-32-39 %. Workers take turns to collect, so a forming batch is never split between two idle workers, and a
-batch waits for images still being decoded only while no other worker is free.
-
-With fixed-shape buckets a batch is padded up to its bucket, and padding is GPU time spent on nothing. So a cut
-batch may run a smaller full bucket now and leave the rest at the head of the queue for the next batch (Triton's
-preferred batch sizes), when the engine's plan says that costs less (`service.core.buckets.batch_plan`). Given
-`expected_s`, a batch forming while others run keeps filling until they are nearly done (`service.busy_estimate`),
-which pays on a device that runs one batch at a time.
+32-39 %.
 
 A request that stops waiting (its client hung up, or its timeout passed) takes its image out of line at once
 (service/batch_line.py): an abandoned image holds no place in the queue, a forming batch or `segment_queue_depth`,
@@ -33,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from .batch_forming import BatchForming
 from .batch_line import QueuedImage, WaitingLine
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
@@ -74,7 +67,7 @@ class Batcher:
         self.retry_after_s = retry_after_s
         self._line: WaitingLine | None = None  # made on the loop, by `start`
         self._workers: list[asyncio.Task[None]] = []
-        self._collecting: asyncio.Lock | None = None
+        self._forming: BatchForming | None = None  # made on the loop, by `start`
         # One thread per worker: at most `concurrency` batches run at once.
         self._executor = WorkerThreads(self.concurrency, "inference")
         self._accepting = False
@@ -84,7 +77,6 @@ class Batcher:
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
         # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
         self._busy = BusyEstimate(expected_s) if expected_s is not None else None
-        self._batch_done: asyncio.Event | None = None  # set whenever a batch finishes: a filling batch re-checks
         # A failed batch: the device's fault or the batch's? (service/inference_guard.py)
         self._guard = InferenceGuard(lambda tensors: self._executor.run(self._timed_run, tensors),
                                      health or InferenceHealth(), probe_image, metrics)
@@ -93,8 +85,10 @@ class Batcher:
     def start(self) -> None:
         """Start the workers on the running loop."""
         self._line = WaitingLine(self.max_queue)
-        self._collecting = asyncio.Lock()
-        self._batch_done = asyncio.Event()
+        self._forming = BatchForming(self._line, max_batch_size=self.max_batch_size, max_wait_s=self.max_wait_s,
+                                     concurrency=self.concurrency, in_flight=lambda: self.in_flight,
+                                     incoming=lambda: self._incoming, take=self._take, busy=self._busy,
+                                     metrics=self.metrics)
         self._accepting = True
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]
@@ -223,10 +217,9 @@ class Batcher:
 
     # -- worker ----------------------------------------------------------------------------------------------
     async def _work(self) -> None:
-        assert self._line is not None and self._collecting is not None
+        assert self._forming is not None
         while True:
-            async with self._collecting:  # one worker forms a batch at a time; the others run theirs
-                batch = await self._collect()
+            batch = await self._forming.next_batch()
             self._observe_depth()
             live = [item for item in batch if not item.future.done()]  # drop timed-out / disconnected
             if not live:
@@ -249,7 +242,8 @@ class Batcher:
         try:
             # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
             # A failed run fails only the requests that fail on their own; the worker carries on.
-            outcomes = await self._guard.run([item.tensor for item in live])
+            outcomes = await self._guard.run([item.tensor for item in live],
+                                             wanted=lambda index: not live[index].future.done())
         finally:
             self._batch_finished(running, planned_end)
         inference_s = time.perf_counter() - started
@@ -286,79 +280,10 @@ class Batcher:
         self._running = [batch for batch in self._running if batch is not running]
         if self._busy is not None:
             self._busy.finished(planned_end, time.perf_counter(), self.in_flight)
-        if self._batch_done is not None:
-            self._batch_done.set()
+        if self._forming is not None:
+            self._forming.batch_finished()
         if self.metrics is not None:
             self.metrics.batches_in_flight.set(self.in_flight)
-
-    async def _collect(self) -> list[QueuedImage]:
-        """Block for the first item, then take more until the batch is full or max_wait has passed; then keep
-        back what the plan says should wait for the next batch."""
-        batch = await self._gather()
-        keep = self._take(len(batch))
-        if keep < len(batch):
-            assert self._line is not None
-            self._line.hold(batch[keep:])
-            if self.metrics is not None:
-                self.metrics.held_images.inc(len(batch) - keep)
-            del batch[keep:]
-        return batch
-
-    async def _gather(self) -> list[QueuedImage]:
-        assert self._line is not None
-        line = self._line
-        first = line.next_waiting() or await line.get()
-        batch = line.forming = [first]
-        deadline = time.perf_counter() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            if (item := line.next_waiting()) is not None:
-                batch.append(item)
-                continue
-            if self._idle_worker_waiting():
-                break  # a free worker will take what comes: waiting would only add latency
-            fill_s = self._fill_for()
-            if fill_s > 0:  # the device is busy with earlier batches: take what arrives until it is nearly free
-                await self._fill_one(fill_s)
-                continue  # an image came, a batch finished or the time is up: check again
-            if self._incoming == 0:
-                break  # nobody on the way: waiting would only add latency
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(line.get(), remaining))
-            except TimeoutError:
-                break
-        line.forming = []  # it runs next, in this same step of the loop: `in_flight` counts it from here on
-        return batch
-
-    def _fill_for(self) -> float:
-        """Seconds the forming batch may keep filling because earlier batches still occupy the device."""
-        if self._busy is None or self.in_flight == 0:
-            return 0.0
-        return self._busy.fill_for(time.perf_counter())
-
-    async def _fill_one(self, timeout_s: float) -> None:
-        """Add the next queued image to the forming batch, waiting at most `timeout_s` and no longer than until
-        a running batch finishes."""
-        assert self._line is not None and self._batch_done is not None
-        self._batch_done.clear()
-        getter = asyncio.ensure_future(self._line.get())
-        finished = asyncio.ensure_future(self._batch_done.wait())
-        try:
-            await asyncio.wait((getter, finished), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the worker is cancelled: a taken image is never dropped
-            finished.cancel()
-            if getter.done():
-                self._line.forming.append(getter.result())
-            else:
-                getter.cancel()  # a cancelled get leaves its image in the queue for the next getter
-
-    def _idle_worker_waiting(self) -> bool:
-        """Whether another worker is free (neither running nor collecting). Then images still being decoded
-        need not be waited for: they will run on that worker as soon as they arrive, and under load, when
-        every worker is busy, batches still fill from the queue."""
-        return self.in_flight < self.concurrency - 1
 
     def _observe_depth(self) -> None:
         if self.metrics is not None:
