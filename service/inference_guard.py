@@ -122,6 +122,10 @@ class InferenceHealth:
                 "running_for_s": round(self.running_for_s, 1)}
 
 
+# The outcome of an image not run again after a failed batch because its request no longer waits: never sent.
+GONE = ApiError(499, "client_gone", "the request stopped waiting before its image ran again")
+
+
 def inference_failed(exc: BaseException) -> ApiError:
     """The 500 a request gets when its own run failed."""
     return ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}")
@@ -139,14 +143,16 @@ class InferenceGuard:
         self._metrics = metrics
         self._recovery: asyncio.Task[None] | None = None
 
-    async def run(self, tensors: list[np.ndarray]) -> Sequence[Outcome]:
-        """One outcome per image: its labels, or the ApiError its request gets."""
+    async def run(self, tensors: list[np.ndarray], wanted: Callable[[int], bool] = lambda index: True,
+                  ) -> Sequence[Outcome]:
+        """One outcome per image: its labels, or the ApiError its request gets. `wanted(i)` says whether image i's
+        request still waits: after a failed batch, only those run again on their own."""
         if self.health.failing:
             return [self.health.unavailable()] * len(tensors)
         try:
             labels = await self._run_tracked(tensors)
         except Exception as exc:
-            return await self._after_failure(tensors, exc)
+            return await self._after_failure(tensors, exc, wanted)
         self._succeeded()
         return list(labels)
 
@@ -157,7 +163,8 @@ class InferenceGuard:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery
 
-    async def _after_failure(self, tensors: list[np.ndarray], exc: Exception) -> list[Outcome]:
+    async def _after_failure(self, tensors: list[np.ndarray], exc: Exception,
+                             wanted: Callable[[int], bool]) -> list[Outcome]:
         log.error("inference failed for a batch of %d: %s: %s", len(tensors), type(exc).__name__, exc)
         self._count_failure("batch")
         if self._probe_image is None:
@@ -167,7 +174,10 @@ class InferenceGuard:
         if len(tensors) == 1:
             return [inference_failed(exc)]
         outcomes: list[Outcome] = []
-        for tensor in tensors:  # the device works: find the image(s) that fail on their own
+        for index, tensor in enumerate(tensors):  # the device works: find the image(s) that fail on their own
+            if not wanted(index):  # its client has gone (or timed out): a run alone would answer nobody
+                outcomes.append(GONE)
+                continue
             try:
                 outcomes.append((await self._run_tracked([tensor]))[0])
             except Exception as alone:

@@ -195,9 +195,9 @@ def test_a_fault_outside_the_model_run_fails_its_batch_with_500_and_the_worker_g
         batcher.start()
         guard_run, calls = batcher.guard.run, []
 
-        async def wrong_once(tensors: list[np.ndarray]) -> list[object]:
+        async def wrong_once(tensors: list[np.ndarray], **options: object) -> list[object]:
             calls.append(len(tensors))
-            return [] if len(calls) == 1 else await guard_run(tensors)
+            return [] if len(calls) == 1 else await guard_run(tensors, **options)  # type: ignore[arg-type]
 
         batcher.guard.run = wrong_once  # type: ignore[method-assign]
         with pytest.raises(ApiError) as failed:
@@ -316,3 +316,29 @@ def test_every_request_is_answered_once_through_splits_filling_poison_timeouts_a
     assert not health.failing
     # Each answered image ran successfully exactly once (a failed batch's images reran only after it failed).
     assert sorted(served) == sorted(m for m in ran_ok if m in set(served) and m != 0)
+
+
+def test_after_a_failed_batch_only_the_images_still_waited_for_run_again_alone() -> None:
+    """A client that hung up while its batch failed: its image is not run again on its own (before, the search for
+    the failing image ran it anyway, device time that answered nobody)."""
+    device = Device()
+    device.gate.clear()  # the batch runs until the client of image 3 has gone
+
+    async def scenario() -> list[object]:
+        batcher = batcher_on(device, InferenceHealth())
+        batcher.start()
+        tasks = [asyncio.ensure_future(batcher.infer(image(v), 10)) for v in (1, POISON, 3, 4)]
+        while batcher.in_flight == 0:
+            await asyncio.sleep(0.005)
+        tasks[2].cancel()  # the client of image 3 hangs up while its batch runs
+        await asyncio.sleep(0.05)
+        device.gate.set()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert device.batches == [[1, POISON, 3, 4], [int(PROBE[0, 0, 0])], [1], [POISON], [4]]
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert [int(outcomes[i].labels[0, 0]) for i in (0, 3)] == [1, 4]  # type: ignore[union-attr]
+    assert isinstance(outcomes[1], ApiError) and outcomes[1].code == "inference_failed"
