@@ -247,11 +247,11 @@ class Batcher:
         finally:
             self._batch_finished(running, planned_end)
         inference_s = time.perf_counter() - started
-        if self.metrics is not None and not all(isinstance(outcome, ApiError) for outcome in outcomes):
+        if self.metrics is not None and any(isinstance(outcome, np.ndarray) for outcome in outcomes):
             self.metrics.batch_size.observe(len(live))
             self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
         for item, outcome in zip(live, outcomes, strict=True):
-            if item.future.done():  # the client may have gone away while we ran
+            if item.future.done() or outcome is None:  # the client may have gone away while we ran
                 continue
             if isinstance(outcome, ApiError):
                 item.future.set_exception(outcome)

@@ -38,7 +38,9 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Outcome = np.ndarray | ApiError  # one image's labels, or the error its request is answered with
+# One image's labels, the error its request is answered with, or None: not run again after a failed batch because
+# its request no longer waited (nothing to answer).
+Outcome = np.ndarray | ApiError | None
 
 
 class InferenceHealth:
@@ -122,10 +124,6 @@ class InferenceHealth:
                 "running_for_s": round(self.running_for_s, 1)}
 
 
-# The outcome of an image not run again after a failed batch because its request no longer waits: never sent.
-GONE = ApiError(499, "client_gone", "the request stopped waiting before its image ran again")
-
-
 def inference_failed(exc: BaseException) -> ApiError:
     """The 500 a request gets when its own run failed."""
     return ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}")
@@ -145,8 +143,9 @@ class InferenceGuard:
 
     async def run(self, tensors: list[np.ndarray], wanted: Callable[[int], bool] = lambda index: True,
                   ) -> Sequence[Outcome]:
-        """One outcome per image: its labels, or the ApiError its request gets. `wanted(i)` says whether image i's
-        request still waits: after a failed batch, only those run again on their own."""
+        """One outcome per image: its labels, the ApiError its request gets, or None. `wanted(i)` says whether
+        image i's request still waits: after a failed batch, only those run again on their own (None for the
+        others)."""
         if self.health.failing:
             return [self.health.unavailable()] * len(tensors)
         try:
@@ -176,7 +175,7 @@ class InferenceGuard:
         outcomes: list[Outcome] = []
         for index, tensor in enumerate(tensors):  # the device works: find the image(s) that fail on their own
             if not wanted(index):  # its client has gone (or timed out): a run alone would answer nobody
-                outcomes.append(GONE)
+                outcomes.append(None)
                 continue
             try:
                 outcomes.append((await self._run_tracked([tensor]))[0])
