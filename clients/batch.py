@@ -6,14 +6,15 @@
 - Inputs are files and folders (searched recursively for image files); outputs mirror the folder layout under
   `--out`, with the file suffix of the output kind (`segment --help` lists the kinds and their suffixes). Names
   that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png); the same relative path under two
-  inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written (exit 2). An `--out` inside an input
-  folder is not read back as input; an `--out` that is an input folder, or an output that would be an input
-  image (`segment x.png --out .`), stops the run before anything is written (exit 2).
+  inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written (exit 2). Names that differ only in
+  case collide as well (A.png, a.png), as they do on a case-insensitive filesystem (macOS, Windows). An `--out`
+  inside an input folder is not read back as input; an `--out` that is an input folder, or an output that would
+  be an input image (`segment x.png --out .`), stops the run before anything is written (exit 2).
 - An overlay asked for as JPEG comes back as PNG when a side exceeds JPEG's 65,500 px; it is stored as `.png`.
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
-  a rerun skips it (resume). `--out` records the output kind and options of the run (`.segment-run.json`); a
-  rerun asking for others stops (exit 2) rather than skip files that hold something else. `--overwrite` redoes
-  everything.
+  a rerun skips it (resume). `--out` records the output kind, options and model of the run
+  (`.segment-run.json`, see `clients.batch_record`); a rerun asking for others, or with another model, stops
+  (exit 2) rather than skip files that hold something else. `--overwrite` redoes everything.
 - Ctrl-C drops the files not yet started, lets the running ones finish, prints the summary and exits 130.
 - A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
   summary at the end lists every failure, and the exit status is 1 when anything failed.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,25 +35,10 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from clients.batch_outputs import (
-    Job,
-    PlanError,
-    answer_target,
-    is_done,
-    options_conflict,
-    output_suffix,
-    plan,
-    record_options,
-    write_atomic,
-)
-from service.client import (
-    OUTPUTS,
-    OVERLAY_FORMATS,
-    SegmentApiError,
-    SegmentClient,
-    SegmentClientError,
-    SegmentResult,
-)
+from clients.batch_cli import parse_args, run_options
+from clients.batch_outputs import Job, PlanError, answer_target, is_done, output_suffix, plan, write_atomic
+from clients.batch_record import local_model, model_conflict, options_conflict, record_run, server_model
+from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS
 
@@ -74,13 +59,6 @@ class Failure:
     source: Path
     code: str
     message: str
-
-
-def run_options(args: argparse.Namespace) -> dict[str, object]:
-    """What decides the content of every output file; recorded in --out so that a rerun can tell."""
-    # `crf` only when asked for: a folder written before the flag existed holds masks without it, and is resumed.
-    return {"output": args.output, "format": args.format, "alpha": args.alpha, "tolerance": args.tolerance,
-            "min_area": args.min_area, **({"crf": True} if args.crf else {})}
 
 
 def payload(result: SegmentResult) -> bytes:
@@ -113,76 +91,6 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
     except OSError as exc:
         return Failure(job.source, "write_error", str(exc))
     return None
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="segment", description="Segment image files through the service (--server) or in-process (--local).",
-        epilog=_kinds_help() + "\n\n" + _RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
-    parser.add_argument("--out", "-o", type=Path, required=True, help="output folder (layout mirrors the inputs)")
-    parser.add_argument("--output", choices=OUTPUTS, default="color",
-                        help="what to produce (default color; the kinds are listed below)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", metavar="URL", help="base URL of a running segment-serve")
-    where.add_argument("--local", metavar="MODEL", type=Path, help="ONNX model to run in this process")
-    parser.add_argument("--api-key", default=os.environ.get("SEGMENT_API_KEY"),
-                        help="X-API-Key for --server (default $SEGMENT_API_KEY)")
-    parser.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight / worker threads")
-    parser.add_argument("--alpha", type=_unit_float, default=None, help="overlay opacity 0..1")
-    parser.add_argument("--format", choices=OVERLAY_FORMATS, default=None,
-                        help=f"overlay format (default {OVERLAY_FORMATS[0]})")
-    parser.add_argument("--tolerance", type=_non_negative_float, default=None, help="polygon simplification, pixels")
-    parser.add_argument("--min-area", type=_non_negative_float, default=None,
-                        help="drop polygons smaller than this, pixels")
-    parser.add_argument("--crf", action="store_true",
-                        help="refine each mask with the dense CRF (the crf extra, on the server or, --local, here)")
-    parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
-    parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
-    parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="redo files whose output already exists, also when made with other options")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    return args
-
-
-_RULES = """\
-outputs:
-  Names that would collide keep their extension (a.jpg, a.png: a.jpg.png, a.png.png). The same relative path
-  under two inputs (in1/x.jpg, in2/x.jpg) stops the run before anything is written: use separate --out folders.
-  So does an --out that is an input folder, or an output file that would be an input image.
-  A rerun skips the files already written, unless it asks for another --output or other options than the run
-  recorded in --out: then it stops, and --overwrite redoes everything. An overlay too large for JPEG is stored
-  as .png. Ctrl-C stops after the files in progress and exits 130.
-exit status: 0 all written, 1 some files failed, 2 cannot start, 130 interrupted"""
-
-
-def _kinds_help() -> str:
-    """The output kinds for `--help`, from the service's table: name, file suffixes (default first), description."""
-    rows = [(kind.name, " ".join(e.suffix for e in kind.encodings), kind.description)
-            for kind in OUTPUT_KINDS.values()]
-    name_width, suffix_width = (max(len(row[i]) for row in rows) for i in (0, 1))
-    lines = [f"  {name:<{name_width}}  {suffix:<{suffix_width}}  {text}" for name, suffix, text in rows]
-    return "output kinds (--output) and their file suffixes:\n" + "\n".join(lines)
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    """As the API bounds `tolerance` and `min_area`: refused here, before a run that every file would fail (and
-    whose options, recorded in --out, a corrected rerun would then conflict with)."""
-    value = float(text)
-    if not value >= 0.0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def serve_extra_missing(prog: str, what: str, exc: ModuleNotFoundError) -> str:
@@ -273,14 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segment: cannot start: {exc}", file=sys.stderr)
         return 2
     try:
-        if client is not None and todo and not _server_reachable(client, args.wait):
+        # Asked even when every file is done: "skipped (already done)" must mean done by this model.
+        if client is not None and not _server_reachable(client, args.wait):
             print(f"segment: {args.server} is not reachable or not ready", file=sys.stderr)
             return 2
-        if client is not None and todo and (refused := _key_refused(client)) is not None:
-            print(f"segment: {args.server} refused the API key (--api-key or $SEGMENT_API_KEY): {refused}",
+        model = _model(backend, client)
+        if isinstance(model, str):
+            print(f"segment: {model}", file=sys.stderr)
+            return 2
+        conflict = None if args.overwrite else model_conflict(args.out, model)
+        if conflict is not None:
+            print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out",
                   file=sys.stderr)
             return 2
-        if not record_options(args.out, options):
+        if not record_run(args.out, options, model):
             return 2
         outcomes, interrupted = run_jobs(backend, todo, args)
     except KeyboardInterrupt:  # while waiting for the server: nothing ran yet
@@ -295,16 +209,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if any(outcomes) else 0
 
 
-def _key_refused(client: SegmentClient) -> str | None:
-    """The server's message when it refuses this client's API key (asked once, of `GET /classes`), else None:
-    otherwise every file would fail on its own with the same 401."""
+def _model(backend: Backend, client: SegmentClient | None) -> dict[str, object] | str:
+    """Which model makes this run's files (see `clients.batch_record`), or why it cannot be told. A server is asked
+    once, with `GET /classes`, which also tells a refused API key at once: otherwise every file would fail on its
+    own with the same 401."""
+    if client is None:
+        return local_model(backend.engine)  # type: ignore[attr-defined]  # a LocalSegmenter
     try:
-        client.classes()
+        return server_model(client.classes())
     except SegmentApiError as exc:
-        return exc.message if exc.code == "unauthorized" else None
-    except SegmentClientError:
-        return None  # the files' own requests report what is wrong
-    return None
+        if exc.code == "unauthorized":
+            return f"{client.url} refused the API key (--api-key or $SEGMENT_API_KEY): {exc.message}"
+        return f"{client.url} does not say which model it serves: {exc.code}: {exc.message}"
+    except SegmentClientError as exc:
+        return f"{client.url} does not say which model it serves: {exc}"
 
 
 def _server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:

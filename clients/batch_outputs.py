@@ -1,24 +1,22 @@
 """Where the outputs of a `segment` run go: the images found under the inputs, one output file each (names that
-would collide keep their extension), whether an output is already done (resume), atomic writes, and the record of
-the output kind and options a folder's files were made with."""
+would collide keep their extension), whether an output is already done (resume), and atomic writes. The record of
+what a folder's files were made with is `clients.batch_record`."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.client import SegmentResult
-from service.core.output_kinds import OUTPUT_KINDS
+from service.core.output_kinds import OUTPUT_KINDS, Encoding
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"})
 
 _PART_SUFFIX = ".part"
-_RUN_FILE = ".segment-run.json"  # in --out: the output kind and options its files were made with
 
 
 @dataclass(frozen=True)
@@ -32,12 +30,16 @@ class PlanError(Exception):
 
 
 class NameClash(PlanError):
-    """Inputs that would be written to the same output file."""
+    """Inputs that would be written to the same output file: the same relative path under two inputs, or names
+    that differ only in case, which a case-insensitive filesystem (macOS, Windows, many mounts) takes for one."""
 
-    def __init__(self, clashes: dict[Path, list[Path]]) -> None:
+    def __init__(self, clashes: dict[Path, list[Path]], case_only: bool = False) -> None:
         lines = [f"  {', '.join(map(str, sources))} -> {target}" for target, sources in clashes.items()]
-        super().__init__("the same relative path under two inputs would be written to one output file; give "
-                         "them separate --out folders:\n" + "\n".join(lines))
+        what = ("names that differ only in case would be written to one output file on a case-insensitive "
+                "filesystem; rename one, or give them separate --out folders:") if case_only else \
+            "the same relative path under two inputs would be written to one output file; give them separate " \
+            "--out folders:"
+        super().__init__(what + "\n" + "\n".join(lines))
         self.clashes = clashes
 
 
@@ -52,12 +54,17 @@ class OutputOverInput(PlanError):
         self.overwritten = overwritten
 
 
-def output_suffix(output: str, fmt: str | None) -> str:
-    """The file extension for an output kind in format `fmt` (None, or a format the kind is not written in: its
-    default)."""
+def output_encoding(output: str, fmt: str | None) -> Encoding:
+    """How an output kind asked for in format `fmt` is written (None, or a format the kind is not written in, which
+    the service ignores: its default)."""
     kind = OUTPUT_KINDS[output]
     formats = {e.format: e for e in kind.encodings}
-    return formats.get(fmt, kind.encodings[0]).suffix
+    return formats.get(fmt, kind.encodings[0])
+
+
+def output_suffix(output: str, fmt: str | None) -> str:
+    """The file extension for an output kind in format `fmt` (see `output_encoding`)."""
+    return output_encoding(output, fmt).suffix
 
 
 def discover(inputs: Iterable[Path], exclude: Path | None = None) -> list[tuple[Path, Path]]:
@@ -82,9 +89,11 @@ def discover(inputs: Iterable[Path], exclude: Path | None = None) -> list[tuple[
 
 def plan(inputs: Iterable[Path], out: Path, suffix: str, answer_suffixes: Iterable[str] = ()) -> list[Job]:
     """Map inputs to output paths, one file each. Names that would collide (a.jpg, a.png) keep their extension:
-    a.jpg.png, a.png.png. `NameClash` when the same relative path comes from two inputs; `OutputOverInput` when
-    an output, under `suffix` or one of the `answer_suffixes` it may be stored under (see `answer_target`),
-    would be an input image, or when `out` is an input folder."""
+    a.jpg.png, a.png.png. Names are compared as a case-insensitive filesystem does (see `same_file_key`), so
+    that no two outputs are one file there. `NameClash` when the same relative path comes from two inputs (or
+    two differing only in case); `OutputOverInput` when an output, under `suffix` or one of the
+    `answer_suffixes` it may be stored under (see `answer_target`), would be an input image, or when `out` is an
+    input folder."""
     inputs = list(inputs)
     if any(root.is_dir() and root.resolve() == out.resolve() for root in inputs):
         raise OutputOverInput(out, [])
@@ -96,24 +105,36 @@ def plan(inputs: Iterable[Path], out: Path, suffix: str, answer_suffixes: Iterab
     while clashes := _clashes(targets):
         renamed = {src: rels[src].with_name(rels[src].name + suffix) for srcs in clashes.values() for src in srcs}
         if all(targets[src] == target for src, target in renamed.items()):
-            raise NameClash({out / rels[sources[0]].with_suffix(suffix): sources for sources in clashes.values()})
+            case_only = all(len({rels[src] for src in sources}) > 1 for sources in clashes.values())
+            raise NameClash({out / rels[sources[0]].with_suffix(suffix): sources for sources in clashes.values()},
+                            case_only)
         targets.update(renamed)
     jobs = [Job(src, out / targets[src]) for src, _ in files]
     # An input given as a file inside --out (`segment x.png --out .`): its output would be the input itself,
     # skipped as "already done", or replaced by its mask under --overwrite.
     suffixes = {suffix, *answer_suffixes}
-    overwritten = sorted({job.source for job in jobs for s in suffixes if job.target.with_suffix(s).resolve() in rels})
+    inputs_keys = {same_file_key(src) for src in rels}  # x.PNG is x.png's own file on a case-insensitive --out
+    overwritten = sorted({job.source for job in jobs for s in suffixes
+                          if same_file_key(job.target.with_suffix(s).resolve()) in inputs_keys})
     if overwritten:
         raise OutputOverInput(out, overwritten)
     return jobs
 
 
-def _clashes(targets: dict[Path, Path]) -> dict[Path, list[Path]]:
-    """The targets claimed by more than one source, with those sources."""
-    owners: dict[Path, list[Path]] = defaultdict(list)
+def same_file_key(path: Path) -> str:
+    """`path` as a case-insensitive filesystem compares names: case folded, and Unicode-normalised as macOS's
+    are (an é typed as one character or as e plus an accent). Two paths with one key are one file there."""
+    # Canonical caseless matching (Unicode 3.13, D145): NFD, case fold, NFD again.
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", str(path)).casefold())
+
+
+def _clashes(targets: dict[Path, Path]) -> dict[str, list[Path]]:
+    """The targets claimed by more than one source, with those sources; targets that differ only in case are one
+    (see `same_file_key`): on macOS, Windows and many mounts, the second would overwrite the first."""
+    owners: dict[str, list[Path]] = defaultdict(list)
     for src, target in targets.items():
-        owners[target].append(src)
-    return {target: sources for target, sources in owners.items() if len(sources) > 1}
+        owners[same_file_key(target)].append(src)
+    return {key: sources for key, sources in owners.items() if len(sources) > 1}
 
 
 def is_done(job: Job, suffixes: Iterable[str] = ()) -> bool:
@@ -138,27 +159,6 @@ def answer_target(target: Path, result: SegmentResult) -> Path:
     return target
 
 
-def options_conflict(out: Path, options: dict[str, object]) -> str | None:
-    """Why the files in `out` may not be resumed with `options`, or None: the same options, or no run recorded."""
-    try:
-        recorded = json.loads((out / _RUN_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:  # written atomically, so only a hand edit or a disk fault gets here
-        return f"{out / _RUN_FILE} cannot be read ({exc})"
-    if not isinstance(recorded, dict):
-        return f"{out / _RUN_FILE} is not a record of a run"
-    if recorded == options:
-        return None
-    changes = [f"--{key.replace('_', '-')} {_shown(recorded.get(key))} then, {_shown(options.get(key))} now"
-               for key in {**recorded, **options} if recorded.get(key) != options.get(key)]  # a flag given once
-    return f"{out} holds files made with other options ({'; '.join(changes) or 'unknown options'})"
-
-
-def _shown(value: object) -> str:
-    return "default" if value is None else str(value)
-
-
 def write_atomic(target: Path, data: bytes) -> None:
     """Write to `<target>.part`, flush to disk, then rename over `target` (atomic on POSIX)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,12 +169,3 @@ def write_atomic(target: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(part, target)
 
-
-def record_options(out: Path, options: dict[str, object]) -> bool:
-    """Write the run's options into --out (see `options_conflict`); False, said why, when it cannot be written."""
-    try:
-        write_atomic(out / _RUN_FILE, (json.dumps(options, indent=1) + "\n").encode())
-    except OSError as exc:
-        print(f"segment: cannot write to {out}: {exc}", file=sys.stderr)
-        return False
-    return True

@@ -17,6 +17,9 @@ after `--max-failures` failures in a row (the server is gone, not one frame bad)
 the first frame it waits up to `--wait` seconds for the server to be ready (one starting up answers 503 until its
 model is warm). Ctrl-C, the way a headless camera run ends, closes the video file properly, prints the summary
 and exits 130.
+
+This module is the loop and the command line; the video in and out is `clients.webcam_video`, the numbers and the
+HUD are `clients.webcam_hud`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -42,65 +44,13 @@ from service.core.errors import DecodeError
 try:  # OpenCV and the service's renderers come with the serve extra; main() says so on a client-only install
     import cv2
 
+    from clients.webcam_hud import Stats, draw_hud
+    from clients.webcam_video import NO_GUI, Sink, has_gui, open_capture
     from service.core.outputs.masks import blend_overlay
 except ModuleNotFoundError as exc:
     _MISSING: ModuleNotFoundError | None = exc
 else:
     _MISSING = None
-
-WINDOW = "segment-webcam"
-_FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1", ".mov": "mp4v"}
-_HUD_HEIGHT = 22
-
-
-@dataclass
-class Stats:
-    """Running numbers for the HUD and the final summary."""
-
-    frames: int = 0
-    errors: int = 0
-    failing: int = 0  # frames failed in a row, up to the last one
-    stopped: str | None = None  # why the loop gave up before the end of the video
-    interrupted: bool = False  # Ctrl-C ended the loop
-    started: float = field(default_factory=time.perf_counter)
-    fps: float = 0.0  # exponential moving average of the output rate
-    latency_ms: float = 0.0
-    _last: float | None = None
-
-    def tick(self, latency_s: float) -> None:
-        now = time.perf_counter()
-        if self._last is not None and now > self._last:
-            rate = 1.0 / (now - self._last)
-            self.fps = rate if self.fps == 0 else 0.9 * self.fps + 0.1 * rate
-        self._last = now
-        self.latency_ms = 1000 * latency_s if self.latency_ms == 0 else 0.9 * self.latency_ms + 100 * latency_s
-        self.frames += 1
-
-    @property
-    def mean_fps(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        return self.frames / elapsed if elapsed > 0 else 0.0
-
-
-def open_capture(source: str) -> cv2.VideoCapture:
-    """A camera index ("0") or a video file path."""
-    capture = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
-    if not capture.isOpened():
-        raise SystemExit(f"segment-webcam: cannot open video source {source!r}")
-    return capture
-
-
-def has_gui() -> bool:
-    """Whether this OpenCV build can open windows (opencv-python-headless cannot)."""
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GUI:"):
-            return line.split(":", 1)[1].strip().upper() != "NONE"
-    return True  # unknown layout: let imshow decide
-
-
-NO_GUI = ("segment-webcam: this OpenCV build has no GUI (opencv-python-headless, as the serve extra installs), "
-          "so it cannot show a window. Write a video with --out FILE instead, or replace it with the GUI build: "
-          "pip uninstall -y opencv-python-headless && pip install opencv-python")
 
 
 class Segmenter(Protocol):
@@ -147,55 +97,11 @@ def bgr_palette(classes: dict) -> list[tuple[int, int, int]]:
     return palette
 
 
-def draw_hud(frame: np.ndarray, stats: Stats, inflight: int) -> None:
-    """FPS, latency and requests in flight, on a dark strip at the top-left."""
-    text = f"{stats.fps:5.1f} FPS  {stats.latency_ms:6.0f} ms  {inflight} in flight"
-    (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    cv2.rectangle(frame, (0, 0), (min(frame.shape[1], width + 10), _HUD_HEIGHT), (0, 0, 0), cv2.FILLED)
-    cv2.putText(frame, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-
-
 def _request(client: Segmenter, jpeg: bytes) -> tuple[np.ndarray, float]:
     """Runs in a worker thread: labels for one frame, and the round-trip time."""
     start = time.perf_counter()
     labels = client.segment(jpeg, "labels").array()
     return labels, time.perf_counter() - start
-
-
-class Sink:
-    """Where finished frames go: a window, a video file, or both."""
-
-    def __init__(self, out: Path | None, show: bool, fps: float, fourcc: str | None) -> None:
-        self.out, self.show, self.fps = out, show, fps
-        self.fourcc = fourcc or _FOURCC_BY_SUFFIX.get(out.suffix.lower(), "mp4v") if out else None
-        self.writer: cv2.VideoWriter | None = None
-        self.quit = False
-        self.window = False  # a window was opened: close() destroys it
-
-    def put(self, frame: np.ndarray) -> None:
-        if self.out is not None:
-            if self.writer is None:
-                self.out.parent.mkdir(parents=True, exist_ok=True)
-                self.writer = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
-                                              (frame.shape[1], frame.shape[0]))
-                if not self.writer.isOpened():
-                    raise SystemExit(f"segment-webcam: cannot write {self.out} with codec {self.fourcc!r}")
-            self.writer.write(frame)
-        if self.show:
-            try:
-                cv2.imshow(WINDOW, frame)
-            except cv2.error as exc:
-                raise SystemExit(NO_GUI) from exc
-            self.window = True
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                self.quit = True
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-        if self.window:
-            with contextlib.suppress(cv2.error):  # never mask the error that ended the loop
-                cv2.destroyAllWindows()
 
 
 def run(args: argparse.Namespace) -> Stats:

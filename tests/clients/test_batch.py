@@ -254,6 +254,7 @@ def test_ctrl_c_stops_after_the_files_in_progress(tmp_path: Path, monkeypatch: p
             return SegmentResult(output, b"\x89PNG stub", "image/png", None, None)
 
     monkeypatch.setattr(batch, "_backend", lambda args: (Slow(), None))
+    monkeypatch.setattr(batch, "_model", lambda backend, client: {"name": "stub"})  # no model file behind Slow
     previous = signal.signal(signal.SIGINT, on_sigint)
     # The pool's threads inherit this mask; the third file's thread unblocks the signal for itself.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

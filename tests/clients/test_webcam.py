@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clients import webcam
+from clients import webcam, webcam_video
 from clients.webcam import bgr_palette, main
 from service.client import SegmentClient, SegmentConnectionError, SegmentResult
 from service.core.outputs.masks import blend_overlay, encode_labels_png
@@ -126,9 +126,9 @@ def test_show_without_a_gui_build_says_what_to_do(video: Path, monkeypatch: pyte
 
 def test_gui_detection_and_a_failing_window_are_not_masked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:    GTK3\n")
-    assert webcam.has_gui()
+    assert webcam_video.has_gui()
     monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:    NONE\n")
-    assert not webcam.has_gui()
+    assert not webcam_video.has_gui()
 
     def no_window(*args: object) -> None:
         raise cv2.error("The function is not implemented")
@@ -137,7 +137,7 @@ def test_gui_detection_and_a_failing_window_are_not_masked(monkeypatch: pytest.M
     # and close() does not replace it with a second cv2.error.
     monkeypatch.setattr(cv2, "imshow", no_window)
     monkeypatch.setattr(cv2, "destroyAllWindows", no_window)
-    sink = webcam.Sink(None, True, 25.0, None)
+    sink = webcam_video.Sink(None, True, 25.0, None)
     with pytest.raises(SystemExit) as stop:
         try:
             sink.put(np.zeros((8, 8, 3), np.uint8))
