@@ -4,15 +4,15 @@ way with files made another.
 
 Options are compared by their effective values (`--format jpeg` is what an overlay without `--format` gets), so
 that a record written before the values were filled in still resumes. A model is known by what the server tells
-of it (`GET /classes`: file name, architecture, precision, input size, source) and, for a local file, also by the
-sha256 of its bytes; two records conflict where they disagree on something both hold. A record without a model
-(written by an earlier version) resumes with any, and the model is recorded from then on.
+of it (`GET /classes`: file name, architecture, precision, input size, source, the file's sha256), and a local file
+by the same; two records conflict where they disagree on something both hold (a server older than the sha256 does
+not tell it). A record without a model (written by an earlier version) resumes with any, and the model is
+recorded from then on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,7 +25,7 @@ RUN_FILE = ".segment-run.json"
 MODEL_KEY = "model"
 # The fields of `GET /classes` that tell one model from another, and the record's names for them.
 _SERVER_FIELDS = {"name": "model", "arch": "arch", "precision": "precision", "input_size": "input_size",
-                  "source": "source"}
+                  "source": "source", "sha256": "sha256"}
 _RENDER_DEFAULTS = {f.name: getattr(RenderOptions(), f.name) for f in dataclasses.fields(RenderOptions)}
 
 
@@ -50,13 +50,10 @@ def server_model(classes: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_model(engine: Any) -> dict[str, Any]:
-    """The model of a `service.core.engine.Engine` loaded here: what a server would tell of it, and the sha256 of
-    the file it runs (which tells apart two files of one name and the same metadata, e.g. a re-export)."""
-    with open(engine.model_path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    """The model of a `service.core.engine.Engine` loaded here: what a server tells of it (`server_model`)."""
     meta = engine.metadata
     return {"name": engine.name, "arch": meta.arch, "precision": engine.precision, "input_size": meta.input_size,
-            "source": meta.source, "sha256": digest}
+            "source": meta.source, "sha256": engine.sha256}
 
 
 def _recorded(out: Path) -> dict[str, Any] | str | None:

@@ -5,6 +5,7 @@ The steps around it (decode, letterbox, unletterbox, render) are `service.core.p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -124,6 +125,7 @@ class Engine:
     device_id: int = 0  # the CUDA device, where the provider is CUDA
     has_confidence: bool = False
     runner: FixedShapeRunner | None = None
+    sha256: str = ""  # of the model file: tells two files of one name and the same metadata apart (a re-export)
 
     @property
     def input_size(self) -> int:
@@ -214,6 +216,12 @@ def uses_fixed_shapes(mode: str, provider: str) -> bool:
     return mode == "on" or (mode == "auto" and provider in GPU_PROVIDERS)
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (a model is hundreds of MB; about 0.1 s each)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def load_engine(options: EngineOptions) -> Engine:
     """Create the ORT session(s), check the contract and the provider actually in use."""
     given = Path(options.model_path)
@@ -257,6 +265,7 @@ def load_engine(options: EngineOptions) -> Engine:
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
         intra_op_threads=threads, concurrent_batches=concurrent, device_id=options.device_id,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
+        sha256=file_sha256(path),
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
              metadata.precision, metadata.num_classes, metadata.input_size, active, threads,

@@ -25,6 +25,7 @@ async def classes(engine: Engine = Depends(loaded_engine)) -> dict[str, Any]:
     return {
         "model": engine.name, "arch": meta.arch, "precision": engine.precision,
         "input_size": meta.input_size, "ignore_index": meta.ignore_index, "source": meta.source,
+        "sha256": engine.sha256,
         "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
                     for i, name in enumerate(meta.classes)],
     }

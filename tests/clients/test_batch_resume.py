@@ -87,6 +87,29 @@ def test_a_rerun_against_a_server_serving_another_model_stops(server_url: str, t
         assert _files(out) == made
 
 
+def test_a_server_serving_a_reexport_under_the_same_name_stops_the_rerun(tiny_onnx_model: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Same file name, architecture, precision, input size and source; other weights: only the sha256 the server
+    tells in `GET /classes` shows it (before, the rerun skipped every file as already done)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_photos(inputs)
+    first = tmp_path / "v1" / "model.onnx"
+    first.parent.mkdir()
+    shutil.copy(tiny_onnx_model, first)
+    second = _reexported(tiny_onnx_model, tmp_path / "v2" / "model.onnx")
+    common = [str(inputs), "--out", str(out), "--output", "labels", "--no-progress"]
+    with running_server(first) as url:
+        assert main([*common, "--server", url]) == 0
+    made = _files(out)
+    capsys.readouterr()
+    with running_server(second) as url:
+        assert main([*common, "--server", url]) == 2
+    assert "made by another model (model (sha256 " in capsys.readouterr().err
+    assert _files(out) == made
+    assert main([*common, "--local", str(first)]) == 0  # the server's model, run here: its files resume
+    assert "0 written, 3 skipped (already done)" in capsys.readouterr().err
+
+
 def test_a_folder_recorded_before_models_resumes_and_records_the_model(tiny_onnx_model: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A record as the earlier version wrote it: options left out as null, no model. It resumes (no false

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def test_classes_readyz_docs(rule_server: LiveServer) -> None:
         classes = client.get("/classes").json()
         assert [c["name"] for c in classes["classes"]] == ["background", "red", "green", "blue", "stripes"]
         assert classes["classes"][1]["color"] == [128, 0, 0] and classes["precision"] == "fp32"
+        model_file = rule_server.settings.model_path.read_bytes()
+        assert classes["sha256"] == hashlib.sha256(model_file).hexdigest()
         ready = client.get("/readyz").json()
         assert ready["ready"] and ready["provider"] == "CPUExecutionProvider" and ready["arch"] == "rule"
         assert client.get("/docs").status_code == 200
