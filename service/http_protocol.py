@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,12 +38,12 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .connection import SendDeadline
+from .http_head import HeadMeter, Refusal
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 RejectHook = Callable[[str], None]
-_LEADING_CRLF = re.compile(rb"[\r\n]*")  # llhttp skips these before a request line: not part of a head
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
 
 
@@ -69,13 +68,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # between requests or inside a head (not yet `on_headers_complete`)
-        self._head_bytes = 0  # bytes of the current head so far (a lower bound when `_inexact`)
-        self._tail = b""  # its last 3 bytes: a blank line may be split across reads
-        self._line_done = False  # the request line's LF was among them
-        self._inexact = False  # the head began inside a read after another request's end: offset unknown
+        self._head = HeadMeter(self.max_header_bytes)  # the current head's size so far
         self._completed_in_read = False  # a request ended inside the current read
         self._head_timer: asyncio.TimerHandle | None = None
-        self._refusal: tuple[int, str, str] | None = None  # decided, waiting for earlier answers to go out
+        self._refusal: Refusal | None = None  # decided, waiting for earlier answers to go out
         self._chunked = False  # the current request's body is chunked (llhttp refuses any other transfer-encoding)
         self._framing = 0  # a chunked body's non-body bytes since the last feed that carried body bytes
         self._body_in_feed = 0  # body bytes httptools passed on from the current feed (see `_feed`)
@@ -129,11 +125,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
                 self._refusal = (400, "bad_request", "malformed HTTP request")
             self._refuse()
             return
-        if self._in_head and self._completed_in_read and self._inexact:
-            # The next head began inside this read and is incomplete: count what httptools passed on of it (its
-            # request line is done once a header is); the following reads are counted as bytes again.
-            self._head_bytes, self._tail, self._line_done = self._head_lower_bound(), data[-3:], bool(self.headers)
-        if self._in_head and (self._inexact or not self._completed_in_read):
+        if self._in_head and self._completed_in_read and self._head.inexact:
+            # The next head began inside this read and is incomplete (its request line is done once a header is).
+            self._head.resync(self._head_lower_bound(), data, bool(self.headers))
+        if self._in_head and (self._head.inexact or not self._completed_in_read):
             self._arm_head_timer()  # part of a head is here (or blank lines): from now on it has `header_timeout_s`
 
     def _feed(self, data: bytes) -> bool:
@@ -152,33 +147,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _head_too_large(self, data: bytes) -> bool:
-        """Count `data` into the current head; refuse when the head passes the limit. Each byte is looked at
-        once and at most `max_header_bytes` of a head are, so the cost stays linear in what arrives."""
-        limit, seen, tail = self.max_header_bytes, self._head_bytes, self._tail
-        start = 0
-        if not seen and not self._inexact and data[:1] in (b"\r", b"\n"):
-            start = _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
-        stop = start + limit - seen  # the head may end no later than here
-        if tail:  # the blank line split across reads?
-            joined = tail + data[:3]
-            i = joined.find(b"\r\n\r\n")
-            if 0 <= i < len(tail) and i + 4 - len(tail) <= stop:
-                return False
-        if data.find(b"\r\n\r\n", start, stop) >= 0:
-            return False  # the head ends within the limit: httptools parses it
-        line_done = self._line_done or data.find(b"\n", start, stop) >= 0
-        if seen + len(data) - start > limit:
-            if line_done:
-                self._refusal = (431, "headers_too_large", f"request head larger than {limit} bytes")
-            else:
-                self._refusal = (414, "uri_too_long", f"request line longer than {limit} bytes")
-            self._refuse()
-            return True
-        if start < len(data):
-            self._head_bytes = seen + len(data) - start
-            self._tail = (tail + data[-3:])[-3:]
-            self._line_done = line_done
-        return False
+        """Count `data` into the current head (`HeadMeter`); refuse when the head passes the limit."""
+        refusal = self._head.count(data)
+        if refusal is None:
+            return False
+        self._refusal = refusal
+        self._refuse()
+        return True
 
     def _framing_too_large(self, size: int) -> bool:
         """Count the non-body bytes of the feed of `size` bytes just parsed, when inside a chunked body; refuse when
@@ -214,7 +189,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._chunked = False
         if self._completed_in_read:
-            self._inexact = True
+            self._head.inexact = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -227,16 +202,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
-        if self._inexact:  # its start was not counted as bytes: check what was parsed
-            method = self.parser.get_method()
-            size = len(method) + 12 + self._head_lower_bound() + 2  # "M url HTTP/1.1\r\n" ... "\r\n"
-            if size > self.max_header_bytes:
-                limit = self.max_header_bytes
-                self._refusal = ((414, "uri_too_long", f"request line longer than {limit} bytes")
-                                 if len(method) + len(self.url) + 12 > limit else
-                                 (431, "headers_too_large", f"request head larger than {limit} bytes"))
-                raise _Refused  # httptools stops parsing this read
-        self._in_head, self._head_bytes, self._tail, self._line_done, self._inexact = False, 0, b"", False, False
+        # An inexact head's start was not counted as bytes: check what was parsed.
+        refusal = self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
+        if refusal is not None:
+            self._refusal = refusal
+            raise _Refused  # httptools stops parsing this read
+        self._in_head = False
+        self._head.reset()
         self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
         self._head_ended_in_feed = True
         self._cancel_head_timer()
@@ -285,7 +257,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head or self._refusal is not None:
             return
-        if self._head_bytes or self._inexact:  # part of a head arrived, then nothing: tell the client why
+        if self._head.started:  # part of a head arrived, then nothing: tell the client why
             self._refusal = (408, "header_timeout", f"request head not received within {self.header_timeout_s:g} s")
             self._refuse()
         else:  # an idle connection: close quietly, as the keep-alive timeout does
