@@ -134,35 +134,43 @@ class WorkerThreads(Executor):
                 self._jobs.put(None)
                 return
             fn, args, future, loop = job
-            # In functions of their own, so that an idle worker holds no reference to the last job's arrays.
+            # In functions of their own, so that an idle worker holds no reference to the last job's arrays. Each
+            # marks this thread idle (`_done`) before it delivers the answer: the awaiter's next job, submitted as
+            # soon as it has the answer, found no idle thread and started another (a second malloc arena).
             if loop is None:
-                _run_concurrent(fn, args, future)  # type: ignore[arg-type]
+                _run_concurrent(fn, args, future, self._done)  # type: ignore[arg-type]
             else:
-                _run_async(fn, args, future, loop)  # type: ignore[arg-type]
+                _run_async(fn, args, future, loop, self._done)  # type: ignore[arg-type]
             del job, fn, args, future, loop
-            self._done()
 
 
 def _run_async(fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any],
-               loop: asyncio.AbstractEventLoop) -> None:
+               loop: asyncio.AbstractEventLoop, idle: Callable[[], None]) -> None:
     if future.cancelled():
+        idle()
         return
     try:
         result = fn(*args)
     except BaseException as exc:  # every failure belongs to the awaiter
+        idle()
         _call_soon(loop, _reject, future, exc)
     else:
+        idle()
         _call_soon(loop, _resolve, future, result)
 
 
-def _run_concurrent(fn: Callable[..., Any], args: tuple[Any, ...], future: Future[Any]) -> None:
+def _run_concurrent(fn: Callable[..., Any], args: tuple[Any, ...], future: Future[Any],
+                    idle: Callable[[], None]) -> None:
     if not future.set_running_or_notify_cancel():
+        idle()
         return
     try:
         result = fn(*args)
     except BaseException as exc:
+        idle()
         future.set_exception(exc)
     else:
+        idle()
         future.set_result(result)
 
 

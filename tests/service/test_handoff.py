@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -105,3 +106,26 @@ def test_a_thread_is_added_only_when_none_is_idle() -> None:
     blocked.result(5)
     threads.shutdown()
     assert seen == ["lazy_0", "lazy_1"]
+
+
+def test_a_job_submitted_as_soon_as_the_last_answer_arrives_reuses_its_thread() -> None:
+    """The thread is idle before its answer is delivered: a caller that submits its next job the moment it has the
+    answer (here: in the future's done-callback, which runs as the answer is set) found no idle thread, and a
+    second thread (and malloc arena) started for jobs that never overlap."""
+    seen: list[str] = []
+    threads = WorkerThreads(2, "chain", initializer=lambda: seen.append(threading.current_thread().name))
+    gate = threading.Event()
+    first = threads.submit(gate.wait)
+    follow_up: list[Future[str]] = []
+    submitted = threading.Event()
+
+    def submit_next(_: Future[object]) -> None:
+        follow_up.append(threads.submit(lambda: threading.current_thread().name))
+        submitted.set()
+
+    first.add_done_callback(submit_next)
+    gate.set()  # the callback is registered before the answer: it runs in the worker as the answer is set
+    assert submitted.wait(5)
+    assert follow_up[0].result(5) == "chain_0"
+    threads.shutdown()
+    assert seen == ["chain_0"]
