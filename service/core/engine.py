@@ -274,9 +274,18 @@ def load_engine(options: EngineOptions) -> Engine:
 
 
 def _open_session(path: Path, requested: list[str], threads: int, options: EngineOptions) -> ort.InferenceSession:
-    """`create_session`, with ORT's own load errors (unreadable or invalid graphs) as a ContractError."""
+    """`create_session`, with ORT's own load errors (unreadable or invalid graphs) as a ContractError, and a
+    CUDA provider that cannot be created with the options given as an EngineError naming `cuda_options`."""
     try:
         return create_session(path, requested, threads, options.cuda_options)
+    except RuntimeError as exc:
+        # A provider's creation throws a plain RuntimeError (a mistyped or invalid option, a device_id out of range);
+        # an unreadable or invalid graph raises onnxruntime's own status exceptions, none of them a RuntimeError.
+        if CUDA not in requested:
+            raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
+        raise EngineError(f"onnxruntime cannot load {path} on {CUDA} with the CUDA options given "
+                          f"{dict(options.cuda_options)} (an unknown or invalid option fails here): {exc}",
+                          "cuda_options") from exc
     except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
         raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
 

@@ -69,9 +69,17 @@ def session_options(intra_op_threads: int, fixed_dims: Mapping[str, int] | None 
 def create_session(path: Path, providers: Sequence[str], intra_op_threads: int,
                    cuda_options: Mapping[str, str] | None = None,
                    fixed_dims: Mapping[str, int] | None = None) -> ort.InferenceSession:
-    """An InferenceSession for `path` on `providers` (in priority order) with the engine's options."""
+    """An InferenceSession for `path` on `providers` (in priority order) with the engine's options.
+
+    onnxruntime's Python fallback is off: by default, when creating a provider throws (a mistyped or invalid
+    CUDA option, a `device_id` out of range, a CUDA call failing at provider creation) the session is quietly made
+    again on the CPU alone, without the options, and a run failing inside a provider moves the session to the CPU
+    for good; only a line printed to stdout tells. A provider that is missing altogether (no CUDA library) still
+    leaves the session on the CPU without an error, which the engine checks (`session.get_providers()`).
+    """
     return ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads, fixed_dims),
-                                providers=[(p, provider_options(p, cuda_options)) for p in providers])
+                                providers=[(p, provider_options(p, cuda_options)) for p in providers],
+                                enable_fallback=0)
 
 
 def fixed_dims(input_shape: Sequence[object], batch: int, height: int, width: int) -> dict[str, int]:

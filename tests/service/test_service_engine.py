@@ -168,3 +168,55 @@ def test_segment_images_matches_direct_ort(rule_model: Path) -> None:
     np.testing.assert_array_equal(got[1], session.run(None, {"image": images[1][None]})[0][0])
     assert set(np.unique(got[0]).tolist()) == {0, 1, 2, 3}  # background, red, green bar, blue hole
     assert len(RULE_CLASSES) == engine.metadata.num_classes
+
+
+# The CUDA provider's option names (onnxruntime/core/providers/cuda/cuda_execution_provider_info.cc): its option
+# parser throws on any other name ("Unknown provider option"), as a plain RuntimeError in Python.
+CUDA_OPTION_NAMES = {
+    "device_id", "has_user_compute_stream", "user_compute_stream", "gpu_mem_limit", "arena_extend_strategy",
+    "cudnn_conv_algo_search", "do_copy_in_default_stream", "gpu_external_alloc", "gpu_external_free",
+    "gpu_external_empty_cache", "cudnn_conv_use_max_workspace", "enable_cuda_graph", "cudnn_conv1d_pad_to_nc1d",
+    "tunable_op_enable", "tunable_op_tuning_enable", "tunable_op_max_tuning_duration_ms",
+    "enable_skip_layer_norm_strict_mode", "prefer_nhwc", "use_ep_level_unified_stream", "use_tf32",
+}
+
+
+class CudaOptionChecking(ort.InferenceSession):
+    """A session of this CPU build that refuses unknown CUDA option names as onnxruntime-gpu's CUDA provider does,
+    when the session is created; onnxruntime's own Python code (its fallback included) does the rest."""
+
+    def _create_inference_session(self, providers: list, provider_options: list | None,
+                                  disabled_optimizers: object = None) -> None:
+        for provider in providers or []:
+            if isinstance(provider, tuple) and provider[0] == CUDA:
+                unknown = sorted(set(provider[1]) - CUDA_OPTION_NAMES)
+                if unknown:
+                    self._fallback_providers = [CPU]  # as onnxruntime's own method sets it before the provider
+                    raise RuntimeError(f'Unknown provider option: "{unknown[0]}".')
+        return super()._create_inference_session(providers, provider_options, disabled_optimizers)
+
+
+def test_a_cuda_option_the_provider_rejects_stops_the_engine(rule_model: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's Python fallback would make the session again on the CPU alone when the CUDA provider throws
+    (a mistyped option, a device_id out of range), leaving a line on stdout and an engine on the CPU; the engine
+    asks for no fallback, so the mistake stops it, naming the setting."""
+    monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", CudaOptionChecking)
+    spelled_right = load_engine(EngineOptions(model_path=rule_model, providers="cuda,cpu",
+                                              cuda_options={"prefer_nhwc": "0"}))
+    assert spelled_right.provider == CPU  # this build has no CUDA provider: the known quiet fallback, no error
+    with pytest.raises(EngineError, match=r'SEGMENT_CUDA_OPTIONS: .*Unknown provider option: "prefer_nhcw"') as err:
+        open_engine(settings_for(rule_model, providers="cuda,cpu", cuda_options={"prefer_nhcw": "0"}))
+    assert err.value.setting == "cuda_options"
+
+
+def test_no_engine_session_falls_back_on_its_own(rule_model: Path) -> None:
+    """Every session the engine makes (the contract's, each bucket's, each bound instance's) has onnxruntime's
+    run-time fallback off too: a run failing in the CUDA provider must fail, not move that session to the CPU."""
+    engine = load_engine(EngineOptions(model_path=rule_model, providers="cpu", intra_op_threads=1, fixed_shapes="on",
+                                       io_binding="on", concurrent_batches=2, max_batch_size=2))
+    engine.warm_up()
+    sessions = [engine.session, *(s for bucket in engine.runner.buckets for s in bucket.sessions)]
+    assert len(sessions) == 5
+    assert not any(session._enable_fallback for session in sessions)
