@@ -88,6 +88,7 @@ from bench.gpu_raw import (
     bound_variants,
     eager,
     export_models,
+    on_provider,
     raw_ort,
     release_gpu_memory,
     synthetic_photo,
@@ -95,8 +96,14 @@ from bench.gpu_raw import (
 )
 from bench.gpu_report import render
 from bench.markdown import write_section
-from service.core.sessions import CPU, CUDA
+from service.core import nvml
+from service.core.sessions import CPU, CUDA, create_session
 from testkit.images import encode
+
+# What the run imports besides the service and this module: the exporter of its first stage (torch, torchvision,
+# onnx, onnxconverter-common) and the modules its server subprocesses start from.
+BENCH_MODULES = ("model_export.architectures", "model_export.export", "model_export.quantize", "model_export.wrapper",
+                 "onnxconverter_common.float16", "bench.thread_map", "bench.null_server")
 
 
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         write_section(args.out / "BENCHMARKS.md", "gpu", render(json.loads(args.render.read_text())))
         return
-    missing = missing_imports()
+    missing = missing_imports(BENCH_MODULES)
     if missing:
         print("the service cannot start here, missing: "
               + "; ".join(f"{package} (needed by {', '.join(modules)})" for package, modules in missing.items()),
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if args.check_imports:
         print(f"onnxruntime {ort.__version__} {ort.get_available_providers()}; every service module imports")
+        device = nvml.device_handle(0)
+        print("NVML reads GPU 0" if device is not None and nvml.read(device) is not None else
+              "NVML reads no GPU here (nvidia-ml-py missing, or no device): no bucket memory, no segment_gpu_*")
         return
 
     skip = set(filter(None, args.skip.split(",")))
@@ -255,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     stage("model", export)
     model_info = results.get("model") or {}
     fp32, fp16 = Path(model_info.get("fp32", "")), Path(model_info.get("fp16", ""))
+    if on_gpu:  # onnxruntime lists CUDA whether or not its libraries load: every stage would then run on the CPU
+        stage("cuda", lambda: on_provider(create_session(fp16, [CUDA, CPU], 1), CUDA).get_providers())
+        if "cuda" in results["errors"]:
+            sys.exit("the CUDA provider does not run the model: stopped before spending the run on CPU figures")
     size = args.input_size
     best = fp16 if on_gpu else fp32
     stage("raw", lambda: raw_ort(best, ints(args.raw_sizes), size, args.raw_seconds, provider,
@@ -268,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     bodies = [encode(synthetic_photo(width, height, seed)) for seed in range(8)]
     concurrencies = ints(args.concurrency)
     per_connection = args.client_pool == "per-connection"
-    base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning"}
+    base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning",
+            # A service quietly on the CPU would spend each load point measuring the wrong thing: refuse to start.
+            "SEGMENT_REQUIRE_GPU": str(on_gpu).lower()}
     buckets = sorted({*[2**i for i in range(8) if 2**i < args.max_batch], args.max_batch})
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
     answer = args.workdir / "answer.png"

@@ -11,6 +11,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ def _top_level_imports(path: Path) -> set[str]:
     return names
 
 
-def missing_imports() -> dict[str, list[str]]:
-    """Each package the service needs that cannot be imported here, with the service modules that need it.
+def missing_imports(also: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Each package the service needs that cannot be imported here, with the service modules that need it, then
+    what importing each module of `also` (the benchmark's own: the exporter it runs first, the modules its
+    subprocesses start from) misses.
 
     Every missing package at once, found from the sources (a first import error would hide the packages that
     the modules behind it need), then every module imported for real (a package present but broken)."""
@@ -62,11 +65,17 @@ def missing_imports() -> dict[str, list[str]]:
         for name in sorted(_top_level_imports(path) - set(sys.stdlib_module_names) - {"service", "__future__"}):
             if importlib.util.find_spec(name) is None:
                 missing.setdefault(name, []).append(module)
-    if missing:
-        return missing
-    for info in pkgutil.walk_packages(service.__path__, "service."):
-        try:
-            importlib.import_module(info.name)
-        except ImportError as exc:
-            missing.setdefault(getattr(exc, "name", None) or str(exc), []).append(info.name)
+    if not missing:
+        for info in pkgutil.walk_packages(service.__path__, "service."):
+            _try_import(info.name, missing)
+    for module in also:
+        _try_import(module, missing)
     return missing
+
+
+def _try_import(module: str, missing: dict[str, list[str]]) -> None:
+    """Import `module`; on an ImportError, note the package it names (or the error) as needed by `module`."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        missing.setdefault(getattr(exc, "name", None) or str(exc), []).append(module)

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.contract import INPUT_NAME, LABELS_OUTPUT
-from service.core.sessions import CPU, CUDA, bucket_cuda_options, create_session, fixed_dims, session_options
+from service.core.sessions import CPU, CUDA, bucket_cuda_options, create_session, fixed_dims
 
 Runner = Callable[[np.ndarray], object]
 
@@ -26,6 +26,16 @@ Runner = Callable[[np.ndarray], object]
 def providers(provider: str) -> list[str]:
     """The provider, then CPU for any node it cannot run (as the service asks)."""
     return [provider] if provider == CPU else [provider, CPU]
+
+
+def on_provider(session: ort.InferenceSession, provider: str) -> ort.InferenceSession:
+    """`session`, checked to run on `provider`: where the CUDA provider cannot be loaded (a library missing or of
+    the wrong version) onnxruntime makes the session on the CPU with only a logged error, and every figure of the
+    stage would be a CPU one, taking minutes per batch size at the GPU's sizes."""
+    active = session.get_providers()[0]
+    if active != provider:
+        raise RuntimeError(f"the session runs on {active}, not {provider} (see onnxruntime's log above)")
+    return session
 
 
 def synthetic_photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -135,8 +145,8 @@ def raw_ort(model: Path, sizes: list[int], input_size: int, seconds: float, prov
         out[layout] = {}
         for size in sizes:
             dims = pinned_dims(model, size, input_size) if layout in fixed else None
-            session = create_session(model, providers(provider), intra_op_threads=4, cuda_options=options,
-                                     fixed_dims=dims)
+            session = on_provider(create_session(model, providers(provider), intra_op_threads=4,
+                                                 cuda_options=options, fixed_dims=dims), provider)
             batch = np.stack([synthetic_photo(input_size, input_size, int(s)) for s in rng.integers(0, 99, size)])
             out[layout][size] = throughput(lambda b, s=session: s.run([LABELS_OUTPUT], {INPUT_NAME: b}), batch,
                                            seconds)
@@ -146,7 +156,7 @@ def raw_ort(model: Path, sizes: list[int], input_size: int, seconds: float, prov
 
 def two_threads(model: Path, size: int, input_size: int, seconds: float, provider: str) -> float:
     """img/s of two threads running batches of `size` on one NHWC session (what concurrent batches buy)."""
-    session = create_session(model, providers(provider), intra_op_threads=4)
+    session = on_provider(create_session(model, providers(provider), intra_op_threads=4), provider)
     batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
     return throughput(lambda b: session.run([LABELS_OUTPUT], {INPUT_NAME: b}), batch, seconds, threads=2)
 
@@ -159,11 +169,9 @@ def bound_variants(model: Path, size: int, input_size: int, seconds: float) -> d
     batch = np.stack([synthetic_photo(input_size, input_size, i) for i in range(size)])
     dims = pinned_dims(model, size, input_size)
     for name in ("iobinding", "cuda_graph"):
-        try:  # the provider options of the service's bound buckets
-            options = {"cudnn_conv_algo_search": "HEURISTIC", "prefer_nhwc": "1",
-                       **bucket_cuda_options(cuda_graph=name == "cuda_graph")}
-            session = ort.InferenceSession(str(model), sess_options=session_options(4, dims),
-                                           providers=[(CUDA, options)])
+        try:  # the session and provider options of the service's bound buckets
+            session = on_provider(create_session(model, [CUDA], 4, bucket_cuda_options(cuda_graph=name == "cuda_graph"),
+                                                 fixed_dims=dims), CUDA)
             x = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
             y = ort.OrtValue.ortvalue_from_shape_and_type((size, input_size, input_size), np.uint8, "cuda", 0)
             binding = session.io_binding()
