@@ -19,6 +19,10 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
   read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
 - every request still in the server told of a hang-up: uvicorn tells only the newest, so a request with another
   pipelined behind it ran on (its image on the device) and wrote its answer to the closed transport;
+- a graceful shutdown that answers what is on its way: uvicorn closed every connection without a request in
+  progress at once, so a request just sent on a connection accepted an instant earlier (or on an idle keep-alive
+  one) was lost unanswered, also at each worker of a SIGHUP restart; such a connection now has `SHUTDOWN_GRACE_S`
+  to bring a request, answered with `Connection: close`;
 - a send deadline (`SendDeadline`, service/connection.py): bytes left unread in the transport's buffer must leave
   within `send_timeout_s` plus 1 s per `send_min_rate` bytes, else the connection is aborted (buffer dropped),
   counted as `send_timeout`; uvicorn kept an unread answer, and the connection, for as long as the client liked.
@@ -44,6 +48,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 RejectHook = Callable[[str], None]
+# How long a connection without a request in progress may still bring one once a graceful shutdown has begun: a
+# request a client sent as the shutdown began arrives well within it (a round trip), and connections that send
+# nothing more hold the shutdown no longer than this.
+SHUTDOWN_GRACE_S = 1.0
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
 
 
@@ -77,6 +85,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._body_in_feed = 0  # body bytes httptools passed on from the current feed (see `_feed`)
         self._head_ended_in_feed = False  # a head ended inside the current feed (its body's framing is not counted)
         self._running: RequestResponseCycle | None = None  # the request whose app runs (`self.cycle` is the newest)
+        self._shutting_down = False  # a graceful shutdown has begun: every answer closes the connection
 
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
@@ -214,6 +223,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed (`shutdown`)
 
     def on_message_complete(self) -> None:
         self._in_head, self._completed_in_read = True, True
@@ -266,6 +277,23 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._send_deadline.watch()  # the buffer passed its high-water mark: the client must take it
+
+    # -- graceful shutdown --------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown of this connection (it has stopped listening): a request in progress is
+        answered and the connection closed after it; one without gets `SHUTDOWN_GRACE_S` to bring its request."""
+        self._shutting_down = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif not self.transport.is_closing():
+            self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
+
+    def _shutdown_grace_over(self) -> None:
+        """Close the connection if no request came in the grace; part of a head keeps the head deadline."""
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        if not (self._in_head and self._head.started):
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
