@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
@@ -112,12 +113,20 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = False
+        plain_error: PlainError | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, plain_error
+            if plain_error is not None:  # a plain-text error being turned into the envelope
+                if plain_error.add(message):
+                    await plain_error.send(scope, send, request_id)
+                return
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
+                if status >= 400 and PlainError.applies(message):
+                    plain_error = PlainError(message)
+                    return
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
@@ -156,6 +165,56 @@ class RequestContextMiddleware:
             # Templates only, and "unmatched" for an unknown path: bounded label values.
             label = getattr(route_of(scope), "path", None) or "unmatched"
             self.metrics.request_done(label, status, time.perf_counter() - t0)
+
+
+# Codes for the statuses Starlette's own components answer in plain text (else `http_<status>`, as the app's
+# HTTPException handler names them).
+_PLAIN_ERROR_CODES = {400: "bad_request", 416: "range_not_satisfiable"}
+
+
+class PlainError:
+    """A plain-text error answered by a component the app's error handlers never see, turned into the JSON envelope
+    (code by status, the text as message, the other headers kept): Starlette's CORS middleware refuses a preflight
+    with 400 `Disallowed CORS origin`, and `FileResponse` (the web page, /static) a bad `Range` with 400 or 416."""
+
+    def __init__(self, start: Message) -> None:
+        self.start = start
+        self.body = bytearray()
+
+    @staticmethod
+    def applies(start: Message) -> bool:
+        """Whether a response's start message is that of a plain-text answer."""
+        return any(key.lower() == b"content-type" and value.startswith(b"text/plain")
+                   for key, value in start.get("headers", ()))
+
+    def add(self, message: Message) -> bool:
+        """Take one body message; True once the body is complete. Bounded: these bodies are one short line."""
+        if message["type"] == "http.response.body" and len(self.body) < 1024:
+            self.body += message.get("body", b"")[:1024]
+        return message["type"] != "http.response.body" or not message.get("more_body", False)
+
+    async def send(self, scope: Scope, send: Send, request_id: str) -> None:
+        """Send the envelope in place of the plain text (counted in `segment_rejected_total` by its code)."""
+        status = self.start["status"]
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in self.start.get("headers", ())
+                   if key.lower() not in (b"content-type", b"content-length")}
+        message = self.body.decode("utf-8", errors="replace").strip() or _phrase(status)
+        error = ApiError(status, _PLAIN_ERROR_CODES.get(status, f"http_{status}"), message, headers)
+        scope.setdefault("state", {})[_REFUSED] = error.code
+        response = error_response(error, scope)
+        response.raw_headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+        await response(scope, _no_receive, send)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+async def _no_receive() -> Message:  # a response sent from within `send` never reads the request
+    return {"type": "http.disconnect"}
 
 
 class ApiKeyMiddleware:

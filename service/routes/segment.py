@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import time
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,11 @@ from ..settings import Settings
 from ..state import ServiceState
 from .query_model import QueryModelRoute
 
+try:  # the module's name since python-multipart 0.0.13; the project allows older ones, as Starlette does
+    from python_multipart.multipart import parse_options_header
+except ModuleNotFoundError:  # pragma: no cover
+    from multipart.multipart import parse_options_header  # type: ignore[no-redef]
+
 router = APIRouter(route_class=QueryModelRoute)
 
 # The `output` parameter's type, from the output-kind table.
@@ -33,10 +39,36 @@ _OUTPUT_HELP = "; ".join(f"{kind.name}: {kind.description}" for kind in OUTPUT_K
 _MEDIA_TYPES = sorted({e.media_type for kind in OUTPUT_KINDS.values() for e in kind.encodings})
 
 
+# The multipart `charset` parameters accepted (codec names as `codecs.lookup` gives them). Starlette decodes every
+# part's name, and every text field, with the body's charset, on the event loop, and catches only UnicodeDecodeError
+# and LookupError: Python's punycode decoder is quadratic (a 400 KB field held the loop 4.7 s, so a 20 MB one would
+# hold it for hours) and raises plain UnicodeError (a 500), as idna does. Browsers and HTTP libraries send no
+# charset at all (utf-8); these three linear C decoders are all a client needs.
+MULTIPART_CHARSETS = ("utf-8", "ascii", "iso8859-1")
+
+
+def _check_multipart_charset(content_type: str) -> None:
+    """415 `unsupported_media_type` for a multipart `charset` other than MULTIPART_CHARSETS, read as Starlette
+    reads it."""
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset")
+    if charset is None:
+        return
+    name = charset.decode("latin-1")
+    try:
+        known = codecs.lookup(name).name
+    except LookupError:
+        known = None
+    if known not in MULTIPART_CHARSETS:
+        raise ApiError(415, "unsupported_media_type", f"multipart charset {name[:40]!r} is not supported; send "
+                       "utf-8 (or no charset), us-ascii or iso-8859-1")
+
+
 async def _read_upload(request: Request, settings: Settings) -> bytes:
     """The image bytes: multipart field `image`, or the raw body for any other content type."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
+        _check_multipart_charset(content_type)
         form = await request.form(max_files=4, max_fields=32, max_part_size=settings.max_upload_bytes)
         try:
             images = form.getlist("image")
@@ -79,7 +111,8 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
         "400": {"description": "empty body or corrupt image"},
         "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
-        "415": {"description": "not a supported image"},
+        "415": {"description": "not a supported image, or a multipart charset other than utf-8, us-ascii or "
+                               "iso-8859-1"},
         "422": {"description": "invalid parameters, not exactly one multipart field `image`, or polygons too "
                                "complex to answer (`output_too_complex`)"},
         "501": {"description": "`crf=true` on a server without the crf extra"},
