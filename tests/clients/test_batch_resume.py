@@ -36,15 +36,20 @@ def _reexported(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_rerun_with_another_local_model_stops(tiny_onnx_model: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Before: each rerun below skipped all three files "already done", leaving the first model's masks."""
+def _photos_and_two_exports(model: Path, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """An input folder of photos, an output folder, and two files named model.onnx: `model` and a re-export."""
     inputs, out = tmp_path / "in", tmp_path / "out"
     write_photos(inputs)
     first = tmp_path / "v1" / "model.onnx"
     first.parent.mkdir()
-    shutil.copy(tiny_onnx_model, first)
-    second = _reexported(tiny_onnx_model, tmp_path / "v2" / "model.onnx")
+    shutil.copy(model, first)
+    return inputs, out, first, _reexported(model, tmp_path / "v2" / "model.onnx")
+
+
+def test_a_rerun_with_another_local_model_stops(tiny_onnx_model: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: each rerun below skipped all three files "already done", leaving the first model's masks."""
+    inputs, out, first, second = _photos_and_two_exports(tiny_onnx_model, tmp_path)
     rule = make_rule_model(tmp_path / "rule.onnx")
     common = [str(inputs), "--out", str(out), "--output", "labels", "--no-progress"]
     assert main([*common, "--local", str(first)]) == 0
@@ -91,12 +96,7 @@ def test_a_server_serving_a_reexport_under_the_same_name_stops_the_rerun(tiny_on
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Same file name, architecture, precision, input size and source; other weights: only the sha256 the server
     tells in `GET /classes` shows it (before, the rerun skipped every file as already done)."""
-    inputs, out = tmp_path / "in", tmp_path / "out"
-    write_photos(inputs)
-    first = tmp_path / "v1" / "model.onnx"
-    first.parent.mkdir()
-    shutil.copy(tiny_onnx_model, first)
-    second = _reexported(tiny_onnx_model, tmp_path / "v2" / "model.onnx")
+    inputs, out, first, second = _photos_and_two_exports(tiny_onnx_model, tmp_path)
     common = [str(inputs), "--out", str(out), "--output", "labels", "--no-progress"]
     with running_server(first) as url:
         assert main([*common, "--server", url]) == 0
