@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 import cv2
@@ -66,8 +67,10 @@ def results_cache(settings: Settings) -> ResultStore:
                               settings.result_cache_bytes // settings.worker_total())
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the service. The model loads in the lifespan (or `engine` is used as given)."""
+def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
+               warm_before_serving: bool = False) -> FastAPI:
+    """Build the service. The model loads in the lifespan (or `engine` is used as given). `warm_before_serving`:
+    the lifespan's startup waits for warm-up, so the server takes no connection before (`_until_warm`)."""
     settings = settings or Settings()
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
     cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
@@ -126,6 +129,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain
             watchdog = loop.create_task(stop_when_unhealthy(state.batcher.health,
                                                             settings.shutdown_timeout_s + settings.request_timeout_s))
+        if warm_before_serving:
+            await _until_warm(state)
         try:
             yield
         finally:
@@ -170,6 +175,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_web_page(app)
     metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API
     return app
+
+
+async def _until_warm(state: ServiceState) -> None:
+    """Wait for warm-up before uvicorn starts accepting (it does once the lifespan has started), or until uvicorn is
+    told to stop. Under the supervisor the workers share the listening socket and the kernel hands each new
+    connection to any worker accepting: a worker warming up took its share and answered each 503 `not_ready`
+    (seconds to a minute on a GPU with many buckets) while its siblings had room. A single process keeps accepting
+    during warm-up instead, so that its probes see `/healthz` alive and `/readyz` say why it is not ready yet.
+    uvicorn's SIGTERM/SIGINT handler is its server's bound `handle_exit`, installed before the lifespan starts."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    while not state.warm and not getattr(server, "should_exit", False):
+        await asyncio.sleep(0.05)
 
 
 async def _warm_up(state: ServiceState) -> None:

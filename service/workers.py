@@ -66,7 +66,7 @@ def worker_app() -> Any:
         slot, _held_slot = claim_slot(Path(slots), settings.worker_total())
         settings = settings.model_copy(update={"worker_slot": slot})
         log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
-    app = create_app(settings)
+    app = create_app(settings, warm_before_serving=True)  # siblings serve meanwhile (`_until_warm`)
     count_rejection = app.state.service.metrics.count_rejection
     WorkerHttpProtocol.apply_limits(settings, count_rejection)
     return answer_cut_off(quiet_startup_failure(app), count_rejection)  # as `build_config` does for one process

@@ -99,25 +99,18 @@ def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model
         expected = segment(server.url, body).content
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        # The survivor answers throughout; the supervisor starts a replacement, which takes its share of the
-        # connections once its model is loaded and refuses them, retryable, until it is warm (README).
+        # The survivor answers throughout; the supervisor starts a replacement.
         deadline = time.monotonic() + 30  # the health check's timeout is 60 s: not what notices a death
         replaced: set[int] = set()
-        served = 0
         while time.monotonic() < deadline and not replaced:
             r = segment(server.url, body)
-            if r.status_code == 503 and r.json()["error"]["code"] == "not_ready":
-                assert int(r.headers["Retry-After"]) >= 1
-                continue
             assert r.status_code == 200, r.text
             assert np.asarray(Image.open(io.BytesIO(r.content))).shape == image.shape[:2]
             assert r.content == expected
-            served += 1
             ready = httpx.get(f"{server.url}/readyz", timeout=5)
             if ready.status_code == 200:
                 replaced = {ready.json()["pid"]} - first
         assert replaced, "no replacement worker answered"
-        assert served >= 1
         assert victim not in ready_pids(server)
         assert server.terminate() == 0
 
