@@ -5,14 +5,12 @@ latency of /healthz probed beside the load, and optionally the GIL (py-spy)."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -24,9 +22,8 @@ import numpy as np
 
 from bench.gil_probe import GilSampler
 from bench.harness import latency_summary, loop_lag_ms, stage_means_ms
-from testkit.load import closed_loop
+from testkit.load import HealthProbe, closed_loop
 from testkit.procstat import descendants, thread_times, tree_cpu_seconds
-from testkit.rawhttp import split_url
 from testkit.server import ServerProcess
 
 POOLS = {False: "shared", True: "per-connection"}  # how each load-generator process holds its connections
@@ -65,47 +62,6 @@ def thread_split(pid: int, before: dict[int, tuple[str, float]], after: dict[int
         cores[group] += (cpu - before.get(tid, (comm, 0.0))[1]) / wall
         count[group] += 1
     return {g: {"cores": c, "threads": count[g]} for g, c in cores.most_common()}
-
-
-class HealthProbe:
-    """GET `path` every `interval` s on one kept-alive connection of its own, in a thread of this process:
-    the time a trivial request waits for the server's event loop (and its GIL) while the load runs."""
-
-    def __init__(self, url: str, path: str = "/healthz", interval: float = 0.05) -> None:
-        self.host, self.port = split_url(url)
-        self.path, self.interval = path, interval
-        self.latencies_ms: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
-
-    def _run(self) -> None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                conn.request("GET", self.path)
-                conn.getresponse().read()
-                self.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            except (OSError, http.client.HTTPException):
-                self.errors += 1
-                conn.close()  # reconnects on the next request
-            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
-        conn.close()
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def summary(self) -> dict[str, float]:
-        lat = np.asarray(self.latencies_ms or [np.nan])
-        p50, p99 = np.percentile(lat, [50, 99])
-        return {"n": len(self.latencies_ms), "p50": float(p50), "p99": float(p99), "max": float(lat.max()),
-                "errors": self.errors}
 
 
 def _drive(args: tuple[list[tuple[int, str, int]], list[bytes], float, str, bool]

@@ -1,17 +1,21 @@
 """Load on a live server over loopback: bounded httpx drivers (closed loop and open loop) that keep every
-answer, and a probe that times tiny requests on fresh connections (what a new client sees while others load or
-attack the server)."""
+answer, a probe that times tiny requests on fresh connections (what a new client sees while others load or
+attack the server), and `HealthProbe`, which times /healthz in the background while a block runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
+
+from testkit.rawhttp import split_url
 
 
 @dataclass
@@ -154,3 +158,49 @@ def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: fl
             break
         time.sleep(pause_s)
     return Probe(latencies, statuses)
+
+
+class HealthProbe:
+    """GET `path` every `interval` s on one kept-alive connection of its own, in a thread of this process, while
+    the block runs: the time a trivial request waits for the server's event loop (and its GIL) meanwhile. Each
+    answer's latency and status is kept; a request that fails counts in `errors` (and reconnects)."""
+
+    def __init__(self, url: str, path: str = "/healthz", interval: float = 0.05) -> None:
+        self.host, self.port = split_url(url)
+        self.path, self.interval = path, interval
+        self.latencies_ms: list[float] = []
+        self.statuses: list[int] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                response.read()
+                self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                self.statuses.append(response.status)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()  # reconnects on the next request
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
+        conn.close()
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def summary(self) -> dict[str, float]:
+        """Latency p50, p99 and max (ms), the number of answers and of errors."""
+        lat = np.asarray(self.latencies_ms or [np.nan])
+        p50, p99 = np.percentile(lat, [50, 99])
+        return {"n": len(self.latencies_ms), "p50": float(p50), "p99": float(p99), "max": float(lat.max()),
+                "errors": self.errors}
