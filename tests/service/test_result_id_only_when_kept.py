@@ -7,14 +7,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
-from tests.service.svc_helpers import make_rule_model, png_bytes, running_server, scene
-
-
-@pytest.fixture(scope="module")
-def rule_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx")
+from tests.service.svc_helpers import png_bytes, running_server, scene
 
 
 def _segment(url: str, data: bytes, output: str) -> httpx.Response:

@@ -10,18 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from testkit import REPO
 from testkit.server import ServerProcess
-from tests.service.svc_helpers import make_rule_model, png_bytes, scene
+from tests.service.svc_helpers import png_bytes, scene
 
 WARM_UP_S = 3.0
-
-
-@pytest.fixture(scope="module")
-def rule_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx")
 
 
 def test_a_replacement_takes_no_connection_before_it_is_warm(rule_model: Path) -> None:
@@ -29,12 +23,7 @@ def test_a_replacement_takes_no_connection_before_it_is_warm(rule_model: Path) -
     slow = os.pathsep.join([str(REPO / "testkit" / "slow_warm_up"), str(REPO), os.environ.get("PYTHONPATH", "")])
     with ServerProcess(rule_model, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_WORKER_THREADS="2",
                        PYTHONPATH=slow, TESTKIT_WARM_UP_S=str(WARM_UP_S)) as server:
-        server.wait_ready(120)
-        first = set()
-        deadline = time.monotonic() + 30
-        while len(first) < 2:  # both workers ready
-            assert time.monotonic() < deadline, server.log
-            first.add(httpx.get(f"{server.url}/readyz", timeout=10).json()["pid"])
+        first = set(server.wait_ready(120).worker_pids)  # both workers ready
         os.kill(min(first), signal.SIGKILL)
         answers: list[tuple[int, str]] = []
         replaced: set[int] = set()
