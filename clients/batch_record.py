@@ -50,10 +50,8 @@ def server_model(classes: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_model(engine: Any) -> dict[str, Any]:
-    """The model of a `service.core.engine.Engine` loaded here: what a server tells of it (`server_model`)."""
-    meta = engine.metadata
-    return {"name": engine.name, "arch": meta.arch, "precision": engine.precision, "input_size": meta.input_size,
-            "source": meta.source, "sha256": engine.sha256}
+    """The model of a `service.core.engine.Engine` loaded here, as a server serving it tells of it."""
+    return server_model(engine.description())
 
 
 def _recorded(out: Path) -> dict[str, Any] | str | None:

@@ -140,6 +140,13 @@ class Engine:
         """Model name for responses and metrics: the file name without `.onnx`."""
         return self.model_path.name.removesuffix(".onnx")
 
+    def description(self) -> dict[str, object]:
+        """What tells this model from another: what `GET /classes` says of it besides its classes, and what
+        `segment` records of the model its files were made with."""
+        meta = self.metadata
+        return {"model": self.name, "arch": meta.arch, "precision": self.precision, "input_size": meta.input_size,
+                "source": meta.source, "sha256": self.sha256}
+
     @property
     def on_gpu(self) -> bool:
         return self.provider in GPU_PROVIDERS

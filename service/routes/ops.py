@@ -23,9 +23,7 @@ router = APIRouter()
 async def classes(engine: Engine = Depends(loaded_engine)) -> dict[str, Any]:
     meta = engine.metadata
     return {
-        "model": engine.name, "arch": meta.arch, "precision": engine.precision,
-        "input_size": meta.input_size, "ignore_index": meta.ignore_index, "source": meta.source,
-        "sha256": engine.sha256,
+        **engine.description(), "ignore_index": meta.ignore_index,
         "classes": [{"id": i, "name": name, "color": list(meta.palette[i])}
                     for i, name in enumerate(meta.classes)],
     }
