@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from clients.batch_cli import parse_args, run_options
 from clients.batch_outputs import Job, PlanError, answer_target, is_done, output_suffix, plan, write_atomic
-from clients.batch_record import local_model, model_conflict, options_conflict, record_run, server_model
+from clients.batch_record import local_model, model_conflict, options_conflict, read_record, record_run, server_model
 from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS
@@ -165,10 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segment: no image files under {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2
     options = run_options(args)
-    conflict = None if args.overwrite else options_conflict(args.out, options)
-    if conflict is not None:
-        print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out",
-              file=sys.stderr)
+    recorded = None if args.overwrite else read_record(args.out)
+    if _refused(options_conflict(args.out, recorded, options)):
         return 2
     todo = jobs if args.overwrite else [job for job in jobs if not is_done(job, suffixes)]
     skipped = len(jobs) - len(todo)
@@ -189,10 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(model, str):
             print(f"segment: {model}", file=sys.stderr)
             return 2
-        conflict = None if args.overwrite else model_conflict(args.out, model)
-        if conflict is not None:
-            print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out",
-                  file=sys.stderr)
+        if _refused(model_conflict(args.out, recorded, model)):
             return 2
         if not record_run(args.out, options, model):
             return 2
@@ -207,6 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if interrupted:
         return INTERRUPTED
     return 1 if any(outcomes) else 0
+
+
+def _refused(conflict: str | None) -> bool:
+    """Say why the run may not resume in --out (see `clients.batch_record`); False when it may."""
+    if conflict is None:
+        return False
+    print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out", file=sys.stderr)
+    return True
 
 
 def _model(backend: Backend, client: SegmentClient | None) -> dict[str, object] | str:

@@ -54,8 +54,9 @@ def local_model(engine: Any) -> dict[str, Any]:
     return server_model(engine.description())
 
 
-def _recorded(out: Path) -> dict[str, Any] | str | None:
-    """The record in `out`, None when there is none, or why it cannot be read."""
+def read_record(out: Path) -> dict[str, Any] | str | None:
+    """The record in `out`, None when there is none, or why it cannot be read. Read once per run: the options
+    and the model are compared with the same record."""
     try:
         recorded = json.loads((out / RUN_FILE).read_text())
     except FileNotFoundError:
@@ -67,10 +68,9 @@ def _recorded(out: Path) -> dict[str, Any] | str | None:
     return recorded
 
 
-def options_conflict(out: Path, options: dict[str, Any]) -> str | None:
-    """Why the files in `out` may not be resumed with `options`, or None: the same effective options, or no run
-    recorded."""
-    recorded = _recorded(out)
+def options_conflict(out: Path, recorded: dict[str, Any] | str | None, options: dict[str, Any]) -> str | None:
+    """Why the files in `out`, whose record is `recorded` (see `read_record`), may not be resumed with `options`,
+    or None: the same effective options, or no run recorded."""
     if recorded is None or isinstance(recorded, str):
         return recorded
     then, now = effective_options(recorded), effective_options(options)
@@ -81,10 +81,9 @@ def options_conflict(out: Path, options: dict[str, Any]) -> str | None:
     return f"{out} holds files made with other options ({'; '.join(changes)})"
 
 
-def model_conflict(out: Path, model: dict[str, Any]) -> str | None:
-    """Why the files in `out` may not be resumed with `model`, or None: no model recorded, or one that agrees
-    with `model` on everything both records hold."""
-    recorded = _recorded(out)
+def model_conflict(out: Path, recorded: dict[str, Any] | str | None, model: dict[str, Any]) -> str | None:
+    """Why the files in `out`, whose record is `recorded`, may not be resumed with `model`, or None: no model
+    recorded, or one that agrees with `model` on everything both records hold."""
     if recorded is None or isinstance(recorded, str):
         return recorded
     then = recorded.get(MODEL_KEY)
