@@ -9,20 +9,21 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
 - a head-size limit on the request line and headers, blank line included: 431 `headers_too_large`, or 414
   `uri_too_long` when the request line alone is longer; 400 `bad_request` for any other malformed head
   (uvicorn answers these in plain text);
+- HTTP/1.0 and HTTP/1.1 only: 505 `unsupported_http_version` for any other version (llhttp took HTTP/0.9 and
+  HTTP/2.0 as HTTP/1), and chunked the only transfer coding: 501 `unsupported_transfer_encoding` for another one
+  before it (llhttp passed the still-coded bytes on as the body), 400 when chunked is not the last or the request
+  is HTTP/1.0 (llhttp framed it by chunks)
+  (service/http_refusals.py);
 - a head deadline: a head must arrive within `header_timeout_s` of the connection opening or of the first byte
   after a keep-alive pause, else 408 `header_timeout`; a connection that sends nothing is closed quietly;
 - a limit on a chunked body's framing: httptools parses chunk-size lines, chunk extensions and trailer fields with
   no limit (and joins a trailer field's pieces on every read, as it does a header's), so more than
-  `max_header_bytes` of them in a row is 431 `headers_too_large`; trailer fields are discarded, not added to the
-  request's headers, which the app has already read;
+  `max_header_bytes` of them in a row is 431 `headers_too_large` (`FramingMeter`, service/http_framing.py); trailer
+  fields are discarded, not added to the request's headers, which the app has already read;
 - a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
   read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
-- every request still in the server told of a hang-up: uvicorn tells only the newest, so a request with another
-  pipelined behind it ran on (its image on the device) and wrote its answer to the closed transport;
-- a graceful shutdown that answers what is on its way: uvicorn closed every connection without a request in
-  progress at once, so a request just sent on a connection accepted an instant earlier (or on an idle keep-alive
-  one) was lost unanswered, also at each worker of a SIGHUP restart; such a connection now has `SHUTDOWN_GRACE_S`
-  to bring a request, answered with `Connection: close`;
+- every request still in the server told of a hang-up, and a graceful shutdown that gives a connection
+  `SHUTDOWN_GRACE_S` to bring a request, answered with `Connection: close` (its base, service/http_requests.py);
 - a send deadline (`SendDeadline`, service/connection.py): bytes left unread in the transport's buffer must leave
   within `send_timeout_s` plus 1 s per `send_min_rate` bytes, else the connection is aborted (buffer dropped),
   counted as `send_timeout`; uvicorn kept an unread answer, and the connection, for as long as the client liked.
@@ -31,28 +32,24 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .connection import SendDeadline
+from .http_framing import FramingMeter
 from .http_head import HeadMeter, Refusal
+from .http_refusals import envelope, parser_refusal, unsupported_transfer_coding, unsupported_version
+from .http_requests import SHUTDOWN_GRACE_S, TrackedHttpToolsProtocol
 from .settings import Settings
+
+__all__ = ["SHUTDOWN_GRACE_S", "HardenedHttpToolsProtocol", "RejectHook"]
 
 log = logging.getLogger(__name__)
 
 RejectHook = Callable[[str], None]
-# How long a connection without a request in progress may still bring one once a graceful shutdown has begun: a
-# request a client sent as the shutdown began arrives well within it (a round trip), and connections that send
-# nothing more hold the shutdown no longer than this.
-SHUTDOWN_GRACE_S = 1.0
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
 
 
 def _noop(_code: str) -> None:
@@ -63,9 +60,9 @@ class _Refused(Exception):
     """Raised from a parser callback to stop httptools; the refusal is in `_refusal`."""
 
 
-class HardenedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a head-size limit, a head deadline, JSON answers for bad heads and a
-    bounded linger."""
+class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
+    """uvicorn's httptools protocol with a head-size limit, a head deadline, JSON answers for bad heads and for
+    HTTP it does not speak, and a bounded linger."""
 
     header_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
@@ -80,12 +77,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._completed_in_read = False  # a request ended inside the current read
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: Refusal | None = None  # decided, waiting for earlier answers to go out
-        self._chunked = False  # the current request's body is chunked (llhttp refuses any other transfer-encoding)
-        self._framing = 0  # a chunked body's non-body bytes since the last feed that carried body bytes
-        self._body_in_feed = 0  # body bytes httptools passed on from the current feed (see `_feed`)
-        self._head_ended_in_feed = False  # a head ended inside the current feed (its body's framing is not counted)
-        self._running: RequestResponseCycle | None = None  # the request whose app runs (`self.cycle` is the newest)
-        self._shutting_down = False  # a graceful shutdown has begun: every answer closes the connection
+        self._framing = FramingMeter(self.max_header_bytes)  # a chunked body's framing in a row (see `_feed`)
 
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
@@ -128,10 +120,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        except httptools.HttpParserError:  # `_Refused` from a callback arrives wrapped in one too
+        except httptools.HttpParserError as exc:  # `_Refused` from a callback arrives wrapped in one too
             if self._refusal is None:
                 self.logger.warning("Invalid HTTP request received.")
-                self._refusal = (400, "bad_request", "malformed HTTP request")
+                self._refusal = parser_refusal(exc)
             self._refuse()
             return
         if self._in_head and self._completed_in_read and self._head.inexact:
@@ -147,10 +139,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         has no framing: the rest of its read goes in whole."""
         step, start = self.max_header_bytes, 0
         while start < len(data):
-            end = start + step if self._in_head or self._chunked else len(data)
-            self._body_in_feed, self._head_ended_in_feed = 0, False
+            end = start + step if self._in_head or self._framing.chunked else len(data)
+            self._framing.start_feed()
             self.parser.feed_data(data[start:end] if start or end < len(data) else data)
-            if self._framing_too_large(min(end, len(data)) - start):
+            refusal = self._framing.count(min(end, len(data)) - start, self._in_head)
+            if refusal is not None:
+                self._refusal = refusal
+                self._refuse()
                 return False
             start = end
         return True
@@ -164,28 +159,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse()
         return True
 
-    def _framing_too_large(self, size: int) -> bool:
-        """Count the non-body bytes of the feed of `size` bytes just parsed, when inside a chunked body; refuse when
-        more than `max_header_bytes` of them came in a row.
-
-        httptools does not say where in a feed the body bytes were, so the count restarts at each feed that carried
-        some (with that feed's framing), and adds the whole of each feed that carried none. Framing in a row (a chunk
-        extension, or trailer fields: no body byte comes after the last chunk) is so refused after at most twice the
-        limit, three times when it began in the head's feed, which is not counted. A legitimate body is never: its
-        chunk-size lines are a few bytes between data, so a feed of `max_header_bytes` always carries some data."""
-        if self._in_head or not self._chunked or self._head_ended_in_feed:
-            self._framing = 0
-            return False
-        framing = size - self._body_in_feed
-        self._framing = framing if self._body_in_feed else self._framing + framing
-        if self._framing <= self.max_header_bytes:
-            return False
-        self._refusal = (431, "headers_too_large",
-                         f"chunked body framing (chunk extensions, trailer fields) longer than {self.max_header_bytes} "
-                         "bytes")
-        self._refuse()
-        return True
-
     def _head_lower_bound(self) -> int:
         """The fewest bytes the parts of the current head httptools has passed on can have been sent in."""
         return len(self.url) + sum(len(name) + len(value) + 3 for name, value in self.headers)
@@ -196,7 +169,7 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks -------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._chunked = False
+        self._framing.chunked = False
         if self._completed_in_read:
             self._head.inexact = True
 
@@ -207,24 +180,25 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         # to the request's headers, which the app has already read, one list entry per field.
 
     def on_body(self, body: bytes) -> None:
-        self._body_in_feed += len(body)
+        self._framing.body_in_feed += len(body)
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
-        # An inexact head's start was not counted as bytes: check what was parsed.
-        refusal = self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
+        # An inexact head's start was not counted as bytes: check what was parsed. Then what it asks of HTTP, before
+        # uvicorn starts the app on it.
+        refusal = (self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
+                   or unsupported_version(version := self.parser.get_http_version())
+                   or unsupported_transfer_coding(version, self.headers))
         if refusal is not None:
             self._refusal = refusal
             raise _Refused  # httptools stops parsing this read
         self._in_head = False
         self._head.reset()
-        self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
-        self._head_ended_in_feed = True
+        self._framing.chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
+        self._framing.head_ended_in_feed = True
         self._cancel_head_timer()
         self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
         super().on_headers_complete()
-        if self._shutting_down and self.cycle is not None:
-            self.cycle.keep_alive = False  # answered, then closed (`shutdown`)
 
     def on_message_complete(self) -> None:
         self._in_head, self._completed_in_read = True, True
@@ -235,24 +209,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._send_deadline.watch()  # what is still unsent, kept open or closing (close() waits for it), is bounded
         if self._refusal is not None:
             self._refuse()  # the answers before it are out (or the next pipelined one started: it waits)
-
-    # -- requests in the server -------------------------------------------------------------------------------
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        self._running = cycle  # uvicorn keeps only the newest request, `self.cycle`, which may be a queued one
-        super()._start_asgi_task(cycle, app)
-
-    def _cycles(self) -> list[RequestResponseCycle]:
-        """This connection's requests in the server, oldest first: the one whose app runs, then those queued."""
-        queued = [cycle for cycle, _ in reversed(self.pipeline)]  # uvicorn appends on the left, pops on the right
-        return queued if self._running is None else [self._running, *queued]
-
-    def _disconnect_cycles(self) -> None:
-        """Tell every unanswered request that its client is gone: its `receive()` returns http.disconnect (which
-        `while_connected` waits for, to skip its image) and its answer is not written."""
-        for cycle in self._cycles():
-            if not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
 
     # -- head deadline ----------------------------------------------------------------------------------------
     def _arm_head_timer(self) -> None:
@@ -278,30 +234,13 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         super().pause_writing()
         self._send_deadline.watch()  # the buffer passed its high-water mark: the client must take it
 
-    # -- graceful shutdown --------------------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """uvicorn's graceful shutdown of this connection (it has stopped listening): a request in progress is
-        answered and the connection closed after it; one without gets `SHUTDOWN_GRACE_S` to bring its request."""
-        self._shutting_down = True
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.keep_alive = False
-        elif not self.transport.is_closing():
-            self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
-
-    def _shutdown_grace_over(self) -> None:
-        """Close the connection if no request came in the grace; part of a head keeps the head deadline."""
-        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-            return
-        if not (self._in_head and self._head.started):
-            self.transport.close()
+    def _head_started(self) -> bool:
+        return self._in_head and self._head.started
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._send_deadline.cancel()
-        # uvicorn marks only `self.cycle`: with a request pipelined behind the running one, that is the queued one,
-        # and the running one would go on to the device and then write to the closed transport (RuntimeError).
-        self._disconnect_cycles()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # every request still in the server is told (service/http_requests.py)
 
     # -- refusals ---------------------------------------------------------------------------------------------
     def _refuse(self) -> None:
@@ -334,12 +273,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             self.on_reject(code)
             self.transport.close()
             return
-        request_id = uuid.uuid4().hex
-        body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
-        head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n")
         log.info("refused a connection's request: %s %s", status, code)
         self.on_reject(code)
-        self.transport.write(head.encode("ascii") + body)
+        self.transport.write(envelope(status, code, message))
         self.transport.close()
         self._send_deadline.watch()

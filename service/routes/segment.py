@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import codecs
 import time
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..batcher import Batcher
 from ..codec import Codec
@@ -64,12 +66,40 @@ def _check_multipart_charset(content_type: str) -> None:
                        "utf-8 (or no charset), us-ascii or iso-8859-1")
 
 
+class _MultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, told when the closing boundary arrives: python-multipart ends a body cut short
+    without a word (its `finalize()` checks nothing), and the form then lacks the part cut off, the image."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True  # python-multipart calls it on the closing boundary (`--boundary--`) alone
+        super().on_end()
+
+
+async def _read_form(request: Request, settings: Settings) -> FormData:
+    """The multipart body parsed as `Request.form()` parses it; 400 `incomplete_multipart` for one that ends before
+    its closing boundary, `bad_request` for a malformed one."""
+    async with aclosing(request.stream()) as stream:
+        parser = _MultiPartParser(request.headers, stream, max_files=4, max_fields=32,
+                                  max_part_size=settings.max_upload_bytes)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:  # Request.form() turns it into a 400 HTTPException: `bad_request`
+            raise ApiError(400, "bad_request", exc.message) from None
+    if not parser.complete:
+        await form.close()
+        raise ApiError(400, "incomplete_multipart", "the multipart body ended before its closing boundary "
+                       "(--<boundary>--): the upload was cut short")
+    return form
+
+
 async def _read_upload(request: Request, settings: Settings) -> bytes:
     """The image bytes: multipart field `image`, or the raw body for any other content type."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         _check_multipart_charset(content_type)
-        form = await request.form(max_files=4, max_fields=32, max_part_size=settings.max_upload_bytes)
+        form = await _read_form(request, settings)
         try:
             images = form.getlist("image")
             if not images:
@@ -108,11 +138,12 @@ _SEGMENT_BODY_DOC: dict[str, Any] = {
     "responses": {
         "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
                 "content": {media: {} for media in _MEDIA_TYPES}},
-        "400": {"description": "empty body or corrupt image"},
+        "400": {"description": "empty body, corrupt image, or a multipart body cut short before its closing "
+                               "boundary"},
         "408": {"description": "the body stopped arriving (body deadline)"},
         "413": {"description": "upload or image too large"},
-        "415": {"description": "not a supported image, or a multipart charset other than utf-8, us-ascii or "
-                               "iso-8859-1"},
+        "415": {"description": "not a supported image, a multipart charset other than utf-8, us-ascii or "
+                               "iso-8859-1, or a Content-Encoding other than identity"},
         "422": {"description": "invalid parameters, not exactly one multipart field `image`, or polygons too "
                                "complex to answer (`output_too_complex`)"},
         "501": {"description": "`crf=true` on a server without the crf extra"},

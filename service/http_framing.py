@@ -1,0 +1,48 @@
+"""Counting a chunked body's framing (chunk-size lines, chunk extensions, trailer fields) between the parser's
+feeds (service/http_protocol.py).
+
+httptools (llhttp) parses a chunked body's framing with no limit, and joins a trailer field's pieces on every read,
+as it does a header's: 98 MiB of trailer fields, or one 46 MiB value, cost gigabytes and seconds of the event loop.
+Inside a chunked body the protocol feeds httptools at most `limit` bytes at a time, and `FramingMeter` counts the
+non-body bytes of each feed, so that framing in a row is refused before httptools has parsed much more of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .http_head import Refusal
+
+
+@dataclass
+class FramingMeter:
+    """The current request's framing in a row, counted per feed of at most `limit` bytes.
+
+    httptools does not say where in a feed the body bytes were, so the count restarts at each feed that carried some
+    (with that feed's framing), and adds the whole of each feed that carried none. Framing in a row (a chunk
+    extension, or trailer fields: no body byte comes after the last chunk) is so refused after at most twice the
+    limit, three times when it began in the head's feed, which is not counted. A legitimate body is never: its
+    chunk-size lines are a few bytes between data, so a feed of `limit` bytes always carries some data."""
+
+    limit: int
+    chunked: bool = False  # the current request's body is chunked (any other transfer coding is refused)
+    framing: int = 0  # non-body bytes since the last feed that carried body bytes
+    body_in_feed: int = 0  # body bytes httptools passed on from the current feed
+    head_ended_in_feed: bool = False  # a head ended inside the current feed (its body's framing is not counted)
+
+    def start_feed(self) -> None:
+        """A feed is about to be parsed."""
+        self.body_in_feed, self.head_ended_in_feed = 0, False
+
+    def count(self, size: int, in_head: bool) -> Refusal | None:
+        """Count the non-body bytes of the feed of `size` bytes just parsed (`in_head`: it ended inside a head):
+        the refusal when more than `limit` came in a row inside a chunked body, else None."""
+        if in_head or not self.chunked or self.head_ended_in_feed:
+            self.framing = 0
+            return None
+        framing = size - self.body_in_feed
+        self.framing = framing if self.body_in_feed else self.framing + framing
+        if self.framing <= self.limit:
+            return None
+        return (431, "headers_too_large",
+                f"chunked body framing (chunk extensions, trailer fields) longer than {self.limit} bytes")

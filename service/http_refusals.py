@@ -1,0 +1,71 @@
+"""The answers service/http_protocol.py gives outside any app, and the requests it refuses for what they ask of
+HTTP itself rather than of the service.
+
+- HTTP versions: llhttp parses an `HTTP/0.9` or `HTTP/2.0` request line and hands it on as though it were HTTP/1,
+  and refuses other well-formed versions (`HTTP/1.2`, `HTTP/3.0`) as it refuses a malformed head. This server
+  speaks HTTP/1.0 and HTTP/1.1 only: any other version is 505 `unsupported_http_version` (RFC 9110 15.6.6).
+- Transfer codings: llhttp frames `Transfer-Encoding: gzip, chunked` as chunked and hands on the still-coded bytes
+  as the body. Chunked is the only transfer coding this server decodes: any other before it is 501
+  `unsupported_transfer_encoding` (RFC 9112 6.1); a list that does not end with chunked leaves the body's length
+  unknown, 400 `bad_request` (RFC 9112 6.3), as llhttp would answer it, but before the app starts. An HTTP/1.0
+  request has no transfer codings at all: one naming any is faulty framing (RFC 9112 6.1; a proxy that speaks
+  HTTP/1.0 frames it by Content-Length or the connection's end, the server by chunks: the smuggling gap), 400.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from http import HTTPStatus
+
+from .http_head import Refusal
+
+SUPPORTED_VERSIONS = ("1.0", "1.1")
+# llhttp's reason for a request line whose version is well-formed but not one it parses (a malformed version has
+# another: "Invalid minor version", "Expected dot", ...). httptools passes on only this text, not llhttp's errno.
+_LLHTTP_UNSUPPORTED_VERSION = "Invalid HTTP version"
+_VERSION_HINT = "send HTTP/1.1 (or HTTP/1.0)"
+
+
+def unsupported_version(version: str) -> Refusal | None:
+    """505 `unsupported_http_version` for a parsed request line's version other than 1.0 and 1.1, else None."""
+    if version in SUPPORTED_VERSIONS:
+        return None
+    return 505, "unsupported_http_version", f"HTTP/{version[:8]} is not supported; {_VERSION_HINT}"
+
+
+def unsupported_transfer_coding(version: str, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    """The refusal of a parsed head's transfer codings (`headers` as uvicorn keeps them, names in lower case): 501
+    `unsupported_transfer_encoding` for a coding other than chunked before it, 400 `bad_request` when chunked is
+    not the last or the request is HTTP/1.0, else None (chunked alone, or no Transfer-Encoding)."""
+    codings = [coding.strip().lower() for name, value in headers if name == b"transfer-encoding"
+               for coding in value.split(b",")]
+    codings = [coding for coding in codings if coding]  # a list may have empty elements (RFC 9110 5.6.1)
+    if not codings:
+        return None
+    if version == "1.0":
+        return 400, "bad_request", "Transfer-Encoding is not HTTP/1.0: send a Content-Length, or use HTTP/1.1"
+    if codings == [b"chunked"]:
+        return None
+    if codings[-1] != b"chunked":
+        return 400, "bad_request", "Transfer-Encoding must end with chunked: the body's length is unknown"
+    others = b", ".join(codings[:-1]).decode("latin-1")[:60]
+    return 501, "unsupported_transfer_encoding", (f"transfer coding {others!r} is not supported; send the body with "
+                                                  "Transfer-Encoding: chunked alone, or with a Content-Length")
+
+
+def parser_refusal(exc: Exception) -> Refusal:
+    """The refusal of a head llhttp could not parse: 505 for a version it does not parse, else 400."""
+    if str(exc) == _LLHTTP_UNSUPPORTED_VERSION:
+        return 505, "unsupported_http_version", f"this HTTP version is not supported; {_VERSION_HINT}"
+    return 400, "bad_request", "malformed HTTP request"
+
+
+def envelope(status: int, code: str, message: str) -> bytes:
+    """A whole response in the service's JSON error envelope (service/middleware.py) with `Connection: close`:
+    the answer to a request no app sees."""
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n")
+    return head.encode("ascii") + body

@@ -1,0 +1,81 @@
+"""The requests of one HTTP connection while they are in the server: each told of a hang-up, and those on their
+way answered through a graceful shutdown. service/http_protocol.py builds its limits on top of this.
+
+uvicorn's httptools protocol keeps only the newest request (`self.cycle`) and tells only it of a hang-up: with a
+request pipelined behind the running one, the running one went on (its image on the device) and wrote its answer to
+the closed transport. Its graceful shutdown closed every connection without a request in progress at once, so a
+request just sent on a connection accepted an instant earlier (or on an idle keep-alive one) was lost unanswered,
+also at each worker of a SIGHUP restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+# How long a connection without a request in progress may still bring one once a graceful shutdown has begun: a
+# request a client sent as the shutdown began arrives well within it (a round trip), and connections that send
+# nothing more hold the shutdown no longer than this.
+SHUTDOWN_GRACE_S = 1.0
+
+
+class TrackedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol that knows every request of its connection in the server, tells each of a
+    hang-up, and gives a connection `SHUTDOWN_GRACE_S` to bring a request once a graceful shutdown begins."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._running: RequestResponseCycle | None = None  # the request whose app runs (`self.cycle` is the newest)
+        self._shutting_down = False  # a graceful shutdown has begun: every answer closes the connection
+
+    def _head_started(self) -> bool:
+        """Whether part of the next request's head has arrived (a subclass that counts heads knows)."""
+        return False
+
+    # -- requests in the server -------------------------------------------------------------------------------
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle  # uvicorn keeps only the newest request, `self.cycle`, which may be a queued one
+        super()._start_asgi_task(cycle, app)
+
+    def _cycles(self) -> list[RequestResponseCycle]:
+        """This connection's requests in the server, oldest first: the one whose app runs, then those queued."""
+        queued = [cycle for cycle, _ in reversed(self.pipeline)]  # uvicorn appends on the left, pops on the right
+        return queued if self._running is None else [self._running, *queued]
+
+    def _disconnect_cycles(self) -> None:
+        """Tell every unanswered request that its client is gone: its `receive()` returns http.disconnect (which
+        `while_connected` waits for, to skip its image) and its answer is not written."""
+        for cycle in self._cycles():
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed (`shutdown`)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn marks only `self.cycle`: with a request pipelined behind the running one, that is the queued one,
+        # and the running one would go on to the device and then write to the closed transport (RuntimeError).
+        self._disconnect_cycles()
+        super().connection_lost(exc)
+
+    # -- graceful shutdown --------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown of this connection (it has stopped listening): a request in progress is
+        answered and the connection closed after it; one without gets `SHUTDOWN_GRACE_S` to bring its request."""
+        self._shutting_down = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif not self.transport.is_closing():
+            self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
+
+    def _shutdown_grace_over(self) -> None:
+        """Close the connection if no request came in the grace; part of a head keeps the head deadline."""
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        if not self._head_started():
+            self.transport.close()
