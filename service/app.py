@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .admission import Slots, UploadBudget, low_priority_pool
 from .batcher import Batcher
+from .body_limits import BodyLimitMiddleware
 from .codec import Codec
 from .connection import BodyDeadlineMiddleware
 from .core.decode_budget import DECODE_BUDGET
@@ -34,7 +35,6 @@ from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
 from .middleware import (
     ApiKeyMiddleware,
-    BodyLimitMiddleware,
     HeadAsGetMiddleware,
     RequestContextMiddleware,
     error_response,
