@@ -1,10 +1,10 @@
 """Training checkpoints: one `torch.save`d dict that both resumes training and rebuilds the model for export.
 
-Format (`format == "model_export.train/1"`):
+Format (`format == "model_export.train/2"`):
 
 | key | what |
 |---|---|
-| `format` | the string above |
+| `format` | the string above; its version says which network geometry the weights were trained in (below) |
 | `arch`, `num_classes`, `model_kwargs` | `build_model(arch, num_classes, **model_kwargs)` rebuilds the network |
 | `preprocessing` | "imagenet" or "caffe" (how inputs are normalised; belongs to the weights) |
 | `classes`, `palette` | class names and [r, g, b] colours, carried into the ONNX metadata |
@@ -17,7 +17,11 @@ Format (`format == "model_export.train/1"`):
 | `source` | provenance of the initial weights |
 | `single_block_dilation` | True since single-block dilated stages take their rate (model_export.models) |
 
-Files without `single_block_dilation` rebuild with `legacy_dilation=True`, so they compute what they were trained to.
+Older files rebuild the geometry they were trained in, so they compute what they were trained to:
+- without `single_block_dilation`: `legacy_dilation=True`;
+- version 1 of a Caffe-style architecture (`models.CAFFE_STYLE_ARCHS`): `legacy_caffe_stride=True`. Version 2
+  strides every downsampling block of Caffe-style geometry in its 1x1 conv; version 1 did so in layer2 only, so at
+  output stride 16 its layer3 strided the 3x3.
 
 `load_checkpoint_model(path)` returns `(model, info)`; `info` is the dict without `state_dict`/`optimizer`.
 """
@@ -34,10 +38,14 @@ import torch
 
 from .architectures import build_model
 from .errors import ModelExportError
-from .models import SegmentationModel
+from .models import CAFFE_STYLE_ARCHS, SegmentationModel
 from .torch_io import load_torch_file
 
-FORMAT = "model_export.train/1"
+FORMAT_NAME = "model_export.train"
+VERSION = 2  # 2: Caffe-style geometry strides the 1x1 conv in every downsampling stage
+FORMAT = f"{FORMAT_NAME}/{VERSION}"
+# Every version this code rebuilds faithfully (checkpoint_model_kwargs); a newer one is refused.
+READABLE = {f"{FORMAT_NAME}/{v}": v for v in range(1, VERSION + 1)}
 
 
 class CheckpointError(ModelExportError):
@@ -71,7 +79,10 @@ def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename), so an interrupted save never leaves a truncated checkpoint."""
+    """Write atomically (temp file + rename), so an interrupted save never leaves a truncated checkpoint.
+
+    The current format unless `ckpt` carries its own `format` (a dict read back from an older file keeps its
+    version, and with it the geometry its weights belong to)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -90,9 +101,17 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = load_torch_file(path, trusted=True)  # the dict holds numpy/python RNG states
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a model_export.train checkpoint (format {FORMAT!r})")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not isinstance(found, str) or found not in READABLE:
+        if isinstance(found, str) and found.startswith(f"{FORMAT_NAME}/"):
+            raise CheckpointError(f"{path} is a {found} checkpoint, newer than this version reads ({FORMAT})")
+        raise CheckpointError(f"{path} is not a {FORMAT_NAME} checkpoint (format {FORMAT!r})")
     return ckpt
+
+
+def format_version(ckpt: Mapping[str, Any]) -> int:
+    """The format version of a checkpoint dict that `read_training_checkpoint` accepted."""
+    return READABLE[ckpt["format"]]
 
 
 def checkpoint_model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +119,9 @@ def checkpoint_model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(ckpt.get("model_kwargs", {}))
     if not ckpt.get("single_block_dilation"):
         kwargs.setdefault("legacy_dilation", True)
+    if format_version(ckpt) < 2 and ckpt.get("arch") in CAFFE_STYLE_ARCHS:
+        # Recorded in model_kwargs by a resumed run, so its version-2 checkpoints keep this geometry too.
+        kwargs.setdefault("legacy_caffe_stride", True)
     return kwargs
 
 

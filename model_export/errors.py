@@ -23,3 +23,8 @@ class ModelExportError(ValueError):
     def naming_option_as(self, spelling: str) -> str:
         """The message with the parameter at fault spelled `spelling` (its name, or a flag)."""
         return self.template.replace(OPTION, spelling)
+
+
+class WeightsError(ModelExportError):
+    """A weights file cannot be fetched, read or loaded; the message says what to do (the CLI prints it as one
+    clean line)."""

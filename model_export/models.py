@@ -16,6 +16,8 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 DEEPLABV2_RATES = (6, 12, 18, 24)
+# The builders with Caffe-style ResNet geometry (`_caffe_style`); they take `legacy_caffe_stride`.
+CAFFE_STYLE_ARCHS = frozenset({"deeplabv2_resnet101", "deeplabv2_thin"})
 DEEPLABV3_RATES = (12, 24, 36)
 
 
@@ -138,12 +140,20 @@ def _resnet(layers: Sequence[int], output_stride: int, base_width: int = 64,
     return net
 
 
-def _caffe_style(net: resnet.ResNet, output_stride: int, legacy_dilation: bool = False) -> None:
+def _caffe_style(net: resnet.ResNet, output_stride: int, legacy_dilation: bool = False,
+                 legacy_caffe_stride: bool = False) -> None:
     """Match the MSRA/DeepLab-v2 Caffe ResNet: ceil-mode max pool, stride on the 1x1 conv, and the dilation
-    of a dilated stage applied to its first block too. These change activations, not parameter shapes."""
+    of a dilated stage applied to its first block too. These change activations, not parameter shapes.
+
+    `legacy_caffe_stride` rebuilds models saved before every downsampling stage moved its stride: only layer2's
+    moved then, so at output stride 16 layer3 kept torchvision's stride on the 3x3 (model_export.checkpoint)."""
     net.maxpool.ceil_mode = True
-    first = net.layer2[0]
-    first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+    # torchvision strides a downsampling block's 3x3; Caffe its first 1x1. Which stages still downsample
+    # depends on the output stride (layer2 always, layer3 at 16); in a dilated stage both strides are 1 and
+    # the move changes nothing.
+    for stage in (net.layer2,) if legacy_caffe_stride else (net.layer2, net.layer3, net.layer4):
+        first = stage[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
     for stage, rate in zip((net.layer3, net.layer4), stage_rates(output_stride)[1:], strict=True):
         # The rate comes from the output stride, not from the stage's last block: with a single block that
         # block *is* the first one and held the previous stage's rate (legacy_dilation keeps that geometry).
@@ -162,15 +172,15 @@ def _assemble(net: resnet.ResNet, head: nn.Module, aux_in: int | None, num_class
 
 
 def deeplabv2_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                        caffe_style: bool = True, base_width: int = 64,
-                        legacy_dilation: bool = False) -> SegmentationModel:
+                        caffe_style: bool = True, base_width: int = 64, legacy_dilation: bool = False,
+                        legacy_caffe_stride: bool = False) -> SegmentationModel:
     """The seed model: ResNet-101 at output stride 8, summed ASPP at rates 6/12/18/24.
 
     `base_width` < 64 keeps the depth and structure with fewer channels (for fast tests).
     """
     net = _resnet([3, 4, 23, 3], output_stride, base_width, legacy_dilation)
     if caffe_style:
-        _caffe_style(net, output_stride, legacy_dilation)
+        _caffe_style(net, output_stride, legacy_dilation, legacy_caffe_stride)
     head = ASPPSum(base_width * 32, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_resnet101",
                      "imagenet", output_stride)
@@ -201,10 +211,10 @@ def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False, output_st
 
 def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
                    base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
-                   legacy_dilation: bool = False) -> SegmentationModel:
+                   legacy_dilation: bool = False, legacy_caffe_stride: bool = False) -> SegmentationModel:
     """A narrow, shallow DeepLab-v2 (same structure, fewer channels) for tests."""
     net = _resnet(layers, output_stride, base_width, legacy_dilation)
-    _caffe_style(net, output_stride, legacy_dilation)
+    _caffe_style(net, output_stride, legacy_dilation, legacy_caffe_stride)
     head = ASPPSum(base_width * 32, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_thin",
                      "imagenet", output_stride)

@@ -3,13 +3,14 @@ a state_dict fails to fit a model. Every loader of `model_export` goes through t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from service.core.engine import file_sha256
 
 MAX_LISTED = 8  # names shown per kind of problem; the rest are counted
 
@@ -26,13 +27,10 @@ def load_torch_file(path: str | Path, *, trusted: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=not trusted)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# Hex sha256 of a file: the serving half's own (hashlib.file_digest), so the digest in a model's metadata and the
+# one the service reports come from one function. model_export may import the service's core; the reverse may not
+# (the service never imports torch).
+sha256_file = file_sha256
 
 
 def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:

@@ -42,7 +42,7 @@ def test_msc_deeplabv2_quantises_to_int8_and_agrees_with_fp32(msc_fp32: Path, ph
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    with caplog.at_level(logging.WARNING, logger="model_export.quantize"):
+    with caplog.at_level(logging.WARNING, logger="model_export.quantize_int8"):
         out = make_variant(msc_fp32, tmp_path / "v2_msc.int8.onnx", "int8", calibration_dir=photo_dir,
                            calibration_count=5, threads=2)
     # The log says which step was skipped and why; ORT's failure dump stayed out of the working directory.
@@ -76,7 +76,7 @@ def test_msc_deeplabv2_quantises_to_int8_and_agrees_with_fp32(msc_fp32: Path, ph
 def test_single_scale_pre_processing_keeps_symbolic_shape_inference(trained_tiny_deeplabv2_onnx: Path,
                                                                     tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="model_export.quantize"):
+    with caplog.at_level(logging.WARNING, logger="model_export.quantize_int8"):
         pre = pre_process(trained_tiny_deeplabv2_onnx, tmp_path)
     assert SKIPPED not in caplog.text
     # Symbolic inference ran: the labels output has the input's symbolic height and width.

@@ -16,6 +16,7 @@ from model_export.cli import CliError, command_line_message
 from model_export.errors import OPTION, ModelExportError
 from model_export.torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
 from service.core.contract import VOC_CLASSES
+from service.core.engine import file_sha256
 
 
 def leave_mark(path: str) -> str:
@@ -52,6 +53,13 @@ def test_sha256_file_is_hashlibs_digest(tmp_path: Path) -> None:
     data = bytes(range(256)) * 9000  # over one read chunk
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(str(path)) == hashlib.sha256(data).hexdigest()  # a str path, as callers pass
+
+
+def test_both_halves_hash_files_with_one_function() -> None:
+    """The export side's file hash is the serving side's: the model's sha256 in the metadata and the one the
+    service reports come from one implementation."""
+    assert sha256_file is file_sha256
 
 
 def test_state_dict_mismatch_names_every_problem() -> None:
