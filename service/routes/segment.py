@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
@@ -80,8 +81,16 @@ class _MultiPartParser(MultiPartParser):
 async def _read_form(request: Request, settings: Settings) -> FormData:
     """The multipart body parsed as `Request.form()` parses it; 400 `incomplete_multipart` for one that ends before
     its closing boundary, `bad_request` for a malformed one."""
+    received = 0
+
+    async def counted(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        nonlocal received
+        async for chunk in stream:
+            received += len(chunk)
+            yield chunk
+
     async with aclosing(request.stream()) as stream:
-        parser = _MultiPartParser(request.headers, stream, max_files=4, max_fields=32,
+        parser = _MultiPartParser(request.headers, counted(stream), max_files=4, max_fields=32,
                                   max_part_size=settings.max_upload_bytes)
         try:
             form = await parser.parse()
@@ -89,6 +98,8 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             raise ApiError(400, "bad_request", exc.message) from None
     if not parser.complete:
         await form.close()
+        if not received:  # nothing was sent: not a body cut short
+            raise ApiError(400, "empty_body", "the request carried no image bytes")
         raise ApiError(400, "incomplete_multipart", "the multipart body ended before its closing boundary "
                        "(--<boundary>--): the upload was cut short")
     return form

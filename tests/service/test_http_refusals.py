@@ -197,3 +197,10 @@ def test_a_whole_multipart_body_is_served_and_one_without_image_is_still_422(ser
     other = IMAGE_PART.replace(b'name="image"', b'name="photo"') + CLOSING
     status, _, body, _ = exchange(server, multipart(other))
     assert (status, code_of(body)) == (422, "invalid_request")
+
+
+def test_an_empty_multipart_body_is_empty_body_not_a_body_cut_short(server: ServerProcess) -> None:
+    before = rejected(server, "empty_body")
+    status, _, body, _ = exchange(server, multipart(b""))
+    assert (status, code_of(body)) == (400, "empty_body"), body
+    assert rejected(server, "empty_body") == before + 1
