@@ -4,6 +4,8 @@ A follow-up `GET /results/{id}` may reach any worker (the kernel hands each new 
 under `SEGMENT_WORKERS` > 1 results live in files rather than in one worker's memory. The worker that stored a
 result owns its file, in a folder named after its pid: it evicts its own files least recently stored first beyond
 its share of the byte bound, and on expiry; any worker reads any file, and one older than the TTL counts as gone.
+The share is the bound divided by the number of workers the supervisor keeps now (`follow`): SIGTTIN and SIGTTOU
+change that number, and a share fixed at start let more workers hold more than the bound, and fewer less.
 Only the owner knows which of its files are still wanted, so when a worker is gone (killed, restarted, stopped by
 the watchdog) the supervisor removes its folder (`remove_worker_results`): a replacement starts with an empty
 share, and the dead worker's files would otherwise stay, past the TTL and beyond the bound, until the supervisor
@@ -23,6 +25,7 @@ import pickle
 import re
 import shutil
 import struct
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,11 +53,22 @@ class SharedResultsCache(ResultStore):
         super().__init__(ttl_s, max_bytes, clock)
         self.directory = directory
         self._own = directory / (owner or str(os.getpid()))
-        self._owned: TTLCache[str, int] = TTLCache(maxsize=max(1, max_bytes), ttl=max(ttl_s, 1e-9), timer=clock,
+        # No size bound of its own (`put` evicts, and unlinks the files; TTLCache would drop entries silently): the
+        # share may grow with fewer workers.
+        self._owned: TTLCache[str, int] = TTLCache(maxsize=sys.maxsize, ttl=max(ttl_s, 1e-9), timer=clock,
                                                    getsizeof=lambda size: size)
+        self._total: int | None = None
+        self._workers: Callable[[], int | None] = lambda: None
+
+    def follow(self, total_bytes: int, workers: Callable[[], int | None]) -> None:
+        """Take `total_bytes` divided by `workers()` as this worker's share from now on, asked at every store
+        (None: keep the share as it is). Where the number grew, the next store evicts down to the smaller share."""
+        self._total, self._workers = total_bytes, workers
 
     def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
         """Store a result for every worker; False when it is larger than this worker's share (or caching is off)."""
+        if self._total is not None and (count := self._workers()):
+            self.max_bytes = self._total // count
         item = self._to_keep(labels, source)
         if item is None:
             return False
@@ -81,7 +95,7 @@ class SharedResultsCache(ResultStore):
         # drops them without a word, and a file dropped so stays on disk, past its TTL and beyond the bound.
         with self._lock, self._owned.timer as now:
             gone = [key for key, _ in self._owned.expire(now)]
-            while self._owned.currsize + size > self._owned.maxsize and self._owned:
+            while self._owned.currsize + size > self.max_bytes and self._owned:
                 gone.append(self._owned.popitem()[0])  # least recently stored
             self._owned[result_id] = size
         for key in gone:
@@ -121,6 +135,32 @@ def remove_worker_results(directory: Path, pid: int) -> None:
     """Remove the files of the worker `pid`, which is gone (the supervisor calls this). A reader that races it
     reads the file whole or finds nothing (a 404), never part of one."""
     shutil.rmtree(directory / str(pid), ignore_errors=True)
+
+
+def trim_worker_results(directory: Path, share: int) -> int:
+    """Remove each worker's oldest files beyond `share` bytes (the supervisor calls this when the share shrinks,
+    as a worker is added: a worker evicts on its own only when it next stores, and one that stores nothing for a
+    while would hold its larger share meanwhile). Returns the bytes removed. The owner's own bookkeeping still
+    counts a file removed here until it evicts that entry, oldest first as here: it keeps less, never more."""
+    removed = 0
+    for owner in _owners(directory):
+        sizes: list[tuple[float, int, Path]] = []
+        try:
+            with os.scandir(directory / owner) as entries:
+                for entry in entries:
+                    if not entry.name.startswith("."):  # a partial file is its writer's to finish or remove
+                        stat = entry.stat()
+                        sizes.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+        except OSError:  # removed meanwhile (its worker gone), or not a folder
+            continue
+        held = sum(size for _, size, _ in sizes)
+        for _, size, path in sorted(sizes):
+            if held <= share:
+                break
+            path.unlink(missing_ok=True)
+            held -= size
+            removed += size
+    return removed
 
 
 def _owners(directory: Path) -> list[str]:

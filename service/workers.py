@@ -2,9 +2,10 @@
 
 One process runs Python (HTTP parsing, the app, the codec and batching glue) on one interpreter, so however many
 cores and GPUs a host has, the Python part of every request is serialised by one GIL. N workers are N complete
-servers (each with its own model sessions, batcher, queue bounds and result cache) that accept connections from
-one listening socket, supervised by uvicorn's own `Multiprocess`: it restarts a worker that dies, stops them all
-on SIGTERM/SIGINT (each drains like a single server) and gives up if a worker cannot start.
+servers (each with its own model sessions, batcher, queue bounds and share of the result cache) that accept
+connections from one listening socket, supervised by uvicorn's `Multiprocess` (service/worker_supervisor.py): it
+restarts a worker that dies, tries again later a replacement that fails at startup while the others serve, stops
+them all on SIGTERM/SIGINT (each drains like a single server) and gives up if no worker can start.
 
 Metrics are summed over the workers with prometheus-client's multiprocess mode (a private directory of
 memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them. The files
@@ -21,24 +22,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from socket import socket
 from typing import IO, Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
-from uvicorn.supervisors.multiprocess import Process
 
 from .http_protocol import HardenedHttpToolsProtocol
-from .metrics_files import fold_dead_metrics
-from .results_shared import remove_worker_results
+from .results_shared import SharedResultsCache
 from .server import answer_cut_off, quiet_startup_failure, server_options
 from .settings import Settings
+from .worker_census import CensusCollector, kept_workers
 from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
+from .worker_supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,6 @@ class WorkerHttpProtocol(HardenedHttpToolsProtocol):
 
 
 _held_slot: IO[str] | None = None  # this worker's slot lock, held until the process ends
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def worker_app() -> Any:
@@ -67,109 +64,14 @@ def worker_app() -> Any:
         settings = settings.model_copy(update={"worker_slot": slot})
         log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
     app = create_app(settings, warm_before_serving=True)  # siblings serve meanwhile (`_until_warm`)
-    count_rejection = app.state.service.metrics.count_rejection
+    service = app.state.service
+    if slots:  # what the supervisor tells of the whole server (service/worker_census.py)
+        service.metrics.register(CensusCollector(Path(slots)))
+        if isinstance(service.cache, SharedResultsCache):  # its share follows the number of workers
+            service.cache.follow(settings.result_cache_bytes, kept_workers(Path(slots)))
+    count_rejection = service.metrics.count_rejection
     WorkerHttpProtocol.apply_limits(settings, count_rejection)
     return answer_cut_off(quiet_startup_failure(app), count_rejection)  # as `build_config` does for one process
-
-
-class WorkerSupervisor(Multiprocess):
-    """uvicorn's supervisor, plus:
-
-    - what a worker that is gone leaves behind is cleared (`_bury`): its metric files (its counts folded into the
-      archive, `fold_dead_metrics`), and its result files, which only it knew and which would stay, past their TTL
-      and beyond the bound, until the supervisor exits;
-    - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`), and
-      gives way to a SIGTERM or SIGINT that comes meanwhile;
-    - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
-      keeps the parent's copy of the worker's end of the ping pipe open, so that wait saw no end-of-file and ran
-      the whole health-check timeout (measured: a model that fails to load in both workers stopped the server
-      after 2 s, or after 60 s when the ping raced the exit). The worker received its own copy when it was
-      started (multiprocessing duplicates the descriptor as it pickles it), so the parent's is closed after.
-    """
-
-    def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None,
-                 metrics_dir: Path | None = None) -> None:
-        super().__init__(config, sockets)
-        self.results_dir, self.metrics_dir = results_dir, metrics_dir
-
-    def init_processes(self) -> None:
-        super().init_processes()
-        self._release_worker_ends()
-
-    def restart_all(self) -> None:
-        """Replace each worker in turn, stopping it before its replacement starts (the others serve meanwhile).
-
-        uvicorn's own order (the replacement first, ready before the old worker stops) cannot keep the slots: the
-        replacement found its predecessor's slot still locked and took another, so two workers shared a CUDA
-        device and one device had none; and on a GPU the two would need both models' memory on one device. Like
-        uvicorn's, the restart stops at a replacement not ready in time, whose fate is then the keep-alive loop's
-        (replaced if it dies; a startup failure stops the server, as at the first start). It stops too once told
-        to stop (`stopping`), so that a SIGTERM during a restart does not wait for every other worker's restart."""
-        for idx, old in enumerate(self.processes):
-            if self.stopping:
-                return
-            old.terminate()
-            old.join()
-            self._bury([old.pid])
-            new = Process(self.config, self.sockets)
-            new.start()
-            self.processes[idx] = new
-            self._release_worker_ends()
-            stop = _StopAsked(self)  # what it asks is `is_set()`
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, stop):  # type: ignore[arg-type]
-                if not self.stopping:
-                    log.error("worker [%s] was not ready in time; the restart stops there", new.pid)
-                return
-
-    @property
-    def stopping(self) -> bool:
-        """Whether the server is to stop: told so, or a SIGTERM/SIGINT waits in the signal queue. The main loop
-        handles the signals between its rounds, and a restart (SIGHUP) runs inside one: without this, a SIGTERM
-        that came during a restart waited until every worker had been replaced (each loading its model), past
-        an orchestrator's grace period, which then kills every worker, requests in flight and all."""
-        return self.should_exit.is_set() or not STOP_SIGNALS.isdisjoint(self.signal_queue)
-
-    def keep_subprocess_alive(self) -> None:
-        before = self._pids()
-        super().keep_subprocess_alive()
-        self._release_worker_ends()
-        self._bury(before - self._pids())
-
-    def handle_ttou(self) -> None:  # one worker fewer (SIGTTOU): it is gone like a dead one
-        before = self._pids()
-        super().handle_ttou()
-        self._bury(before - self._pids())
-
-    def _pids(self) -> set[int | None]:
-        return {p.pid for p in self.processes}
-
-    def _bury(self, pids: Iterable[int | None]) -> None:
-        """Clear what the workers `pids`, which are gone, left in the shared directories."""
-        for pid in pids:
-            if pid is None:
-                continue
-            if self.metrics_dir is not None:
-                fold_dead_metrics(self.metrics_dir, pid)
-            if self.results_dir is not None:
-                remove_worker_results(self.results_dir, pid)
-
-    def _release_worker_ends(self) -> None:
-        for process in self.processes:
-            process.child_conn.close()  # idempotent; uvicorn closes it again on terminate/kill
-
-    @property
-    def failed_to_start(self) -> bool:
-        return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
-
-
-class _StopAsked:
-    """The stop flag `Process.wait_until_ready` looks at (`is_set()`): the supervisor's `stopping`."""
-
-    def __init__(self, supervisor: WorkerSupervisor) -> None:
-        self._supervisor = supervisor
-
-    def is_set(self) -> bool:
-        return self._supervisor.stopping
 
 
 def _cuda_available(providers: str) -> bool:
@@ -217,7 +119,7 @@ def shared_parent(room: int) -> str | None:
 
 def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
     """Run `settings.workers` workers (a count, not 'auto') on one socket until told to stop; the exit status
-    (3: one could not start).
+    (3: a worker failed at startup before any served, or later every one of them did).
 
     `overrides` (command-line options) reach the workers as the environment variables they stand for."""
     for name, value in {**overrides, "workers": settings.workers}.items():
@@ -233,10 +135,12 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
         os.environ[SLOTS_DIR_VARIABLE] = str(slots_dir)
         config = worker_config(settings)
         sock: socket = config.bind_socket()
-        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir)
+        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir,
+                                      census_dir=slots_dir, result_bytes=settings.result_cache_bytes)
         supervisor.run()
         sock.close()
     if supervisor.failed_to_start:
-        log.error("cannot start: a worker failed at startup (its log says why)")
+        if not supervisor.served:  # else the supervisor said why it stopped
+            log.error("cannot start: a worker failed at startup (its log says why)")
         return STARTUP_FAILURE
     return 0

@@ -15,6 +15,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import Metrics
 from ..metrics_files import metrics_files_lock
 from ..state import ServiceState, loaded_engine, service_state
+from ..worker_census import census_dir, read_census
 
 router = APIRouter()
 
@@ -54,6 +55,8 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
     if state.settings.worker_slot is not None:
         body["worker_slot"] = state.settings.worker_slot
+    if (census := read_census(census_dir())) is not None:  # the whole server's workers, as the supervisor sees them
+        body["workers"] = census.describe()
     body["codec_threads"] = state.pool.workers
     if state.engine is not None:
         eng = state.engine

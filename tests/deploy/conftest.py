@@ -28,8 +28,9 @@ def cpu_image_service(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def scraped_metrics(cpu_image_service: ServerProcess) -> str:
-    """/metrics after real traffic: a segmentation of a real photo, a rejected upload and the probes."""
+def scraped_metrics(cpu_image_service: ServerProcess, tiny_onnx_model: Path) -> str:
+    """/metrics after real traffic: a segmentation of a real photo, a rejected upload and the probes; then those of
+    a server of two workers, which adds the series only several workers have (`segment_workers_*`)."""
     buf = io.BytesIO()
     Image.fromarray(photo("astronaut.png", size=(96, 64))).save(buf, format="PNG")
     base = cpu_image_service.url
@@ -42,4 +43,7 @@ def scraped_metrics(cpu_image_service: ServerProcess) -> str:
         assert client.get("/healthz").status_code == 200
         resp = client.get("/metrics")
     assert resp.status_code == 200
-    return resp.text
+    with ServerProcess(tiny_onnx_model, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1") as workers:
+        several = httpx.get(f"{workers.wait_ready().url}/metrics", timeout=60)
+    assert several.status_code == 200 and "segment_workers_live" in several.text
+    return resp.text + several.text

@@ -143,3 +143,15 @@ def test_a_worker_replaced_again_and_again_fires(tmp_path: Path) -> None:
     check(tmp_path, series, "SegmentWorkerRestarting", "45m",
           [fired("SegmentWorkerRestarting", "3", instance="a", job="segment", worker="1")])
     check(tmp_path, series, "SegmentWorkerRestarting", "30m", [])  # two replacements so far: not yet
+
+
+def test_workers_short_for_minutes_fires_and_a_replacement_starting_does_not(tmp_path: Path) -> None:
+    """Four workers kept: one replacement fails at startup from minute 10 on; a replacement that loads its model
+    for 45 s (live 3 for three samples at minute 2) is not a shortfall to page for."""
+    labels = 'instance="a",job="segment"'
+    series = {f"segment_workers_configured{{{labels}}}": "4x80",
+              f"segment_workers_live{{{labels}}}": "4x7 3x3 4x29 3x40"}
+    check(tmp_path, series, "SegmentWorkersShort", "17m",
+          [fired("SegmentWorkersShort", "3", instance="a", job="segment")])
+    check(tmp_path, series, "SegmentWorkersShort", "12m", [])  # short for 2 minutes so far: not yet
+    check(tmp_path, series, "SegmentWorkersShort", "2m30s", [])  # the replacement loading its model

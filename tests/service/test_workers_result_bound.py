@@ -1,0 +1,145 @@
+"""The results cache's bound (`SEGMENT_RESULT_CACHE_BYTES`) over several workers, as SIGTTIN and SIGTTOU change
+their number: each worker's share follows the count, so the files of all of them together stay within the bound,
+and fewer workers use the room the others left."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.results_shared import SharedResultsCache, trim_worker_results
+from testkit.server import ServerProcess
+from tests.service.svc_helpers import png_bytes
+
+BOUND = 600_000  # about eight results of the upload below
+
+
+def noise_png() -> bytes:
+    """An upload whose PNG does not compress (about 58 KB), so that a few results fill a share."""
+    return png_bytes(np.random.default_rng(7).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def workers_of(server: ServerProcess) -> set[int]:
+    """The live worker processes: the supervisor's children that multiprocessing spawned (not its resource
+    tracker)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    found = set()
+    for pid in map(int, children):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command and alive(pid):
+            found.add(pid)
+    return found
+
+
+def results_dir(pid: int) -> Path:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return Path(dict(pair.split("=", 1) for pair in pairs if "=" in pair)["SEGMENT_RESULTS_DIR"])
+
+
+def held(results: Path) -> dict[int, int]:
+    """Bytes of result files per worker folder (the folders are named after the workers' pids)."""
+    out: dict[int, int] = {}
+    for folder in results.iterdir():
+        out[int(folder.name)] = sum(p.stat().st_size for p in folder.iterdir() if not p.name.startswith("."))
+    return out
+
+
+def fill(server: ServerProcess, results: Path, pids: set[int], size: int, timeout: float = 90) -> dict[int, int]:
+    """Store results on new connections (the kernel hands each to one worker) until each of `pids` holds its
+    share, as the bound divided by their number allows: no further result fits without evicting one."""
+    share = BOUND // len(pids)
+    body = noise_png()
+    deadline = time.monotonic() + timeout
+    while True:
+        now = held(results)
+        if all(now.get(pid, 0) > share - size for pid in pids):
+            return now
+        assert time.monotonic() < deadline, (now, share, server.log)
+        r = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
+                       headers={"content-type": "image/png"}, timeout=30)
+        assert r.status_code == 200 and "X-Result-ID" in r.headers, r.text
+
+
+def wait_for(condition, what: str, server: ServerProcess, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert server.proc.poll() is None and time.monotonic() < deadline, f"{what}:\n{server.log}"
+        time.sleep(0.05)
+
+
+def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_model: Path) -> None:
+    with ServerProcess(rule_model, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_WORKER_THREADS="1",
+                       SEGMENT_RESULT_CACHE_BYTES=str(BOUND), SEGMENT_RESULT_TTL_S="600") as server:
+        server.wait_ready(120)
+        first = workers_of(server)
+        assert len(first) == 2
+        results = results_dir(min(first))
+        httpx.post(f"{server.url}/segment", content=noise_png(), headers={"content-type": "image/png"}, timeout=30)
+        size = max(held(results).values())  # one result's file
+        assert 6 * size < BOUND < 12 * size
+        fill(server, results, first, size)
+        assert sum(held(results).values()) <= BOUND
+
+        server.proc.send_signal(signal.SIGTTIN)  # a third worker
+        wait_for(lambda: len(workers_of(server)) == 3, "no third worker", server)
+        three = workers_of(server)
+        server.worker_pids.clear()
+        server.env["SEGMENT_WORKERS"] = "3"  # what `wait_ready` counts
+        server.wait_ready(120)
+        # At once, not only after each worker's next store: the two that filled their halves hold a third each.
+        assert all(size_held <= BOUND // 3 for size_held in held(results).values()), held(results)
+        now = fill(server, results, three, size)
+        assert sum(now.values()) <= BOUND, now  # three full shares, the bound in all
+        assert all(size_held <= BOUND // 3 for size_held in now.values()), now
+
+        for count in (2, 1):  # SIGTTOU: the last worker goes, the others may take its room
+            server.proc.send_signal(signal.SIGTTOU)
+            wait_for(lambda count=count: len(workers_of(server)) == count, f"not {count} workers", server)
+        (last,) = workers_of(server)
+        now = fill(server, results, {last}, size)
+        assert set(now) == {last}  # the folders of the workers that went are gone
+        assert BOUND // 2 < now[last] <= BOUND, now  # the whole bound, not the half it started with
+        assert server.terminate() == 0
+
+
+def test_a_workers_share_follows_their_number_and_a_trim_keeps_the_newest(tmp_path: Path) -> None:
+    """The store on its own: the share asked at each store, and the supervisor's trim when the number grows."""
+    workers = [2]
+    cache = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=5_000, owner="101")
+    cache.follow(10_000, lambda: workers[0])
+    rng = np.random.default_rng(0)
+
+    def store(count: int) -> list[str]:
+        ids = [f"r{rng.integers(1 << 40)}" for _ in range(count)]
+        for rid in ids:
+            assert cache.put(rid, rng.integers(0, 7, 1000, dtype=np.uint8), rng.bytes(1000))
+        return ids
+
+    def folder() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in (tmp_path / "101").iterdir()}
+
+    store(6)
+    size = max(folder().values())
+    assert 5_000 - size < sum(folder().values()) <= 5_000  # half of 10 000
+    workers[0] = 1
+    newest = store(6)
+    assert 10_000 - size < sum(folder().values()) <= 10_000  # all of it
+    workers[0] = 4
+    assert trim_worker_results(tmp_path, 10_000 // 4) > 0  # at once, before this worker stores again
+    assert sum(folder().values()) <= 2_500 and set(folder()) <= set(newest[-2:])
+    store(3)  # its own bookkeeping still counted what the trim removed: it keeps less, never more
+    assert 2_500 - size < sum(folder().values()) <= 2_500

@@ -1,0 +1,138 @@
+"""A replacement worker that fails at startup (here: the model file became unreadable after the server started)
+while other workers serve: they go on serving, the replacement is tried again with a growing delay, each failure
+is logged and reported (`/readyz` `workers`, `segment_workers_*`), and it comes up once the fault is gone. With no
+worker left running the server stops, exit status 3."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from testkit.metrics import samples
+from testkit.server import ServerProcess
+from tests.service.svc_helpers import png_bytes, scene
+
+OPTIONS = {"SEGMENT_WORKERS": "2", "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_WORKER_THREADS": "1"}
+
+
+def segment_ok(server: ServerProcess, body: bytes, expected: bytes) -> None:
+    r = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
+                   headers={"content-type": "image/png"}, timeout=30)  # a new connection: any worker may take it
+    assert r.status_code == 200 and r.content == expected, (r.status_code, r.text[:300], server.log)
+
+
+def census(server: ServerProcess) -> dict[str, Any]:
+    """The supervisor's account of the workers, from whichever worker answers /readyz (it must be ready)."""
+    r = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["workers"]
+
+
+def serve_until(server: ServerProcess, body: bytes, expected: bytes, done: Callable[[dict[str, Any]], bool],
+                what: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """Send requests, each answered 200, until the census satisfies `done`; every census seen."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not seen or not done(seen[-1]):
+        assert server.proc.poll() is None and time.monotonic() < deadline, f"{what}: {seen[-3:]}\n{server.log}"
+        segment_ok(server, body, expected)
+        seen.append(census(server))
+    return seen
+
+
+def workers(server: ServerProcess) -> set[int]:
+    """The pids of the workers running now (the supervisor's children multiprocessing spawned)."""
+    found = set()
+    for pid in map(int, Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_a_replacement_that_fails_at_startup_is_retried_while_the_others_serve(rule_model: Path,
+                                                                               tmp_path: Path) -> None:
+    model, away = tmp_path / "model.onnx", tmp_path / "away.onnx"
+    shutil.copy(rule_model, model)
+    body = png_bytes(scene(120, 80))
+    with ServerProcess(model, log_level="info", **OPTIONS) as server:
+        first = set(server.wait_ready(120).worker_pids)
+        assert census(server) == {"configured": 2, "live": 2, "retrying": 0, "start_failures": 0}
+        expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
+                              headers={"content-type": "image/png"}, timeout=30).content
+        model.rename(away)  # every start from now on fails: "model not found"
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+
+        # The survivor answers throughout; the replacement fails, is logged and reported, and is tried again.
+        seen = serve_until(server, body, expected, lambda c: c["start_failures"] >= 2, "no second try")
+        assert any(c["live"] == 1 and c["retrying"] == 1 for c in seen), seen  # the shortfall, while it waits
+        assert all(c["configured"] == 2 for c in seen)
+        assert "failed at startup" in seen[-1]["last_start_failure"]
+        assert server.log.count("failed at startup") >= 2 and "not found" in server.log, server.log
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert samples(text, "segment_workers_configured")[()] == 2
+        assert samples(text, "segment_worker_start_failures_total")[()] >= 2
+        assert samples(text, "segment_workers_live")[()] in (1, 2)  # 2 while a try is starting
+
+        away.rename(model)  # the fault is gone: the next try comes up
+        serve_until(server, body, expected, lambda c: "started after" in server.log, "no recovery", timeout=90)
+        after = census(server)
+        assert (after["live"], after["retrying"]) == (2, 0) and after["start_failures"] >= 2, after
+        server.worker_pids.clear()
+        now = set(server.wait_ready(60).worker_pids)
+        assert victim not in now and len(now) == 2 and len(now & first) == 1, (first, now)
+        segment_ok(server, body, expected)
+
+        # With no worker left running, and every replacement failing, the server stops: exit status 3.
+        model.rename(away)
+        for pid in workers(server):
+            os.kill(pid, signal.SIGKILL)
+        assert server.proc.wait(60) == 3, server.log
+        server._reader.join(5)
+    assert "no worker is left running" in server.log, server.log
+
+
+def test_a_server_told_to_stop_while_a_replacement_waits_for_its_next_try_exits_0(rule_model: Path,
+                                                                                  tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    shutil.copy(rule_model, model)
+    body = png_bytes(scene(120, 80))
+    with ServerProcess(model, **OPTIONS) as server:
+        first = set(server.wait_ready(120).worker_pids)
+        expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
+                              headers={"content-type": "image/png"}, timeout=30).content
+        assert expected
+        model.unlink()
+        os.kill(min(first), signal.SIGKILL)
+        serve_until(server, body, expected, lambda c: c["retrying"] == 1, "no failed start")
+        assert server.terminate() == 0, server.log  # a stop asked for, not a failure
+
+
+def test_a_restart_whose_replacement_fails_stops_there_and_the_others_serve(rule_model: Path, tmp_path: Path) -> None:
+    """SIGHUP restarts the workers one at a time: where the first replacement cannot start, the workers not yet
+    restarted go on serving, and the replacement is tried again until it starts."""
+    model, away = tmp_path / "model.onnx", tmp_path / "away.onnx"
+    shutil.copy(rule_model, model)
+    body = png_bytes(scene(120, 80))
+    with ServerProcess(model, log_level="info", **OPTIONS) as server:
+        first = set(server.wait_ready(120).worker_pids)
+        expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
+                              headers={"content-type": "image/png"}, timeout=30).content
+        model.rename(away)
+        server.proc.send_signal(signal.SIGHUP)  # at once: before the supervisor's own round has seen them ready
+        serve_until(server, body, expected, lambda c: c["start_failures"] >= 1, "no failed start")
+        assert "failed at startup; the restart stops there" in server.log, server.log
+        assert len(workers(server) & first) == 1  # the other was not restarted
+        away.rename(model)
+        serve_until(server, body, expected, lambda c: "started after" in server.log, "no recovery", timeout=90)
+        assert server.terminate() == 0, server.log
