@@ -12,28 +12,23 @@ decoder or a GPU decoder plugs in at `service.core.pipeline`.
 
 from __future__ import annotations
 
-import functools
-import io
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from .core.decode import ACCEPTED_FORMATS
+from .core.decode import Upload, open_upload
 from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
 from .core.options import DEFAULT_MAX_PIXELS
 from .core.output_kinds import json_bytes
 from .core.outputs.labelmap import LabelMap
 from .core.pipeline import Pipeline, Prepared, SegmentOptions
-from .core.structure import check_structure
 from .errors import ApiError
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.
 HEAVY_DECODE_PIXELS = 16_000_000
-_JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts; no plugin tried before it does
 
 
 def _ignore(_label_map: LabelMap) -> bool:
@@ -43,18 +38,18 @@ def _ignore(_label_map: LabelMap) -> bool:
 def decoded_pixels(data: bytes, *, full_resolution: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """Pixels a decode of `data` will produce at full size, from its header (0 when the header is unreadable
     or its structure is refused: the decode itself then answers with the error)."""
-    if not full_resolution and data.startswith(_JPEG_MAGIC):
-        return 0  # decoded reduced: no header to read (Image.open cost 65 µs per 1024x768 JPEG upload)
     try:
         # Only the accepted formats' parsers, and only past the structure checks: Pillow's others (EPS, ICNS,
         # PSD...) and floods of markers or strips cost seconds before the decode would refuse them.
-        check_structure(data, max_pixels)
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
-            width, height = img.size
-            reduced = img.format in ("JPEG", "MPO") and not full_resolution
+        with open_upload(data, max_pixels) as upload:
+            return _full_size_pixels(upload, full_resolution)
     except Exception:  # hostile bytes: the real decode gives the documented 4xx
         return 0
-    return 0 if reduced else width * height
+
+
+def _full_size_pixels(upload: Upload, full_resolution: bool) -> int:
+    # A JPEG for the model is decoded reduced (at most ~4x the model's pixels): never heavy.
+    return 0 if upload.is_jpeg and not full_resolution else upload.pixels
 
 
 class Codec:
@@ -68,25 +63,28 @@ class Codec:
 
     async def decode(self, data: bytes, *, full_resolution: bool) -> Prepared:
         """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP)."""
-        decode = functools.partial(self._preprocess, data, full_resolution)
-        # The header is read in the pool, not on the event loop (~0.07 ms for a JPEG); a heavy upload then moves
-        # to the low-priority pool.
-        decoded = await self.threads.run(self._decode_unless_heavy, data, full_resolution, decode,
-                                         self.pipeline.max_pixels)
-        return decoded if decoded is not None else await self.heavy_threads.run(decode)
+        # The structure checks and the header read run once, in the pool, not on the event loop (~0.07 ms for a
+        # JPEG); a heavy upload then moves, opened, to the low-priority pool.
+        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution)
+        if isinstance(done, Prepared):
+            return done
+        return await self.heavy_threads.run(self._preprocess, done, full_resolution)
 
-    def _preprocess(self, data: bytes, full_resolution: bool) -> Prepared:
+    def _preprocess(self, data: bytes | Upload, full_resolution: bool) -> Prepared:
         try:
             return self.pipeline.preprocess(data, full_resolution=full_resolution)
         except DecodeError as exc:
             raise ApiError.from_decode(exc) from None
 
-    @staticmethod
-    def _decode_unless_heavy(data: bytes, full_resolution: bool, decode: Callable[[], Prepared],
-                             max_pixels: int) -> Prepared | None:
-        if decoded_pixels(data, full_resolution=full_resolution, max_pixels=max_pixels) > HEAVY_DECODE_PIXELS:
-            return None
-        return decode()
+    def _decode_unless_heavy(self, data: bytes, full_resolution: bool) -> Prepared | Upload:
+        """The upload decoded here, or opened only (the checks and the header read) when it is heavy."""
+        try:
+            upload = self.pipeline.open(data)
+        except DecodeError as exc:
+            raise ApiError.from_decode(exc) from None
+        if _full_size_pixels(upload, full_resolution) > HEAVY_DECODE_PIXELS:
+            return upload
+        return self._preprocess(upload, full_resolution)
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,

@@ -37,6 +37,11 @@ def estimate_bytes(mode: str, pixels: int, has_alpha: bool = False) -> int:
     return (_MODE_BYTES.get(mode, 4) + 7) * pixels + extra
 
 
+def plane_bytes(mode: str, pixels: int) -> int:
+    """Bytes of one Pillow image of `pixels` pixels in `mode` (a frame Pillow keeps beside the one it decodes)."""
+    return _MODE_BYTES.get(mode, 4) * pixels
+
+
 def readable_bytes(nbytes: int) -> str:
     """`nbytes` in the largest binary unit it reaches, one decimal (`488.3 KiB`), or in bytes below 1 KiB: whole
     MiB would call a budget under 1 MiB `0 MiB`."""

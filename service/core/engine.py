@@ -1,6 +1,7 @@
 """The onnxruntime engine: load a contract-conforming model, check it, warm it up, run batches.
 
-The steps around it (decode, letterbox, unletterbox, render) are `service.core.pipeline`.
+The steps around it (decode, letterbox, unletterbox, render) are `service.core.pipeline`; what to load (providers,
+precision variant) is `service.core.engine_resolve`, the contract check `service.core.contract_check`.
 """
 
 from __future__ import annotations
@@ -18,92 +19,18 @@ import onnxruntime as ort
 
 from .buckets import fill_bucket, normalise_buckets
 from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .contract_check import validate_contract
+from .engine_resolve import EngineError, resolve_model_path, resolve_providers
 from .fixed_shapes import Binding, FixedShapeRunner, OnEachThread
 from .letterbox import pad_canvas
 from .options import EngineOptions
-from .sessions import CPU, CUDA, GPU_PROVIDERS, TENSORRT, bucket_cuda_options, create_session, fixed_dims
+from .sessions import CPU, CUDA, GPU_PROVIDERS, bucket_cuda_options, create_session, fixed_dims
 
 log = logging.getLogger(__name__)
 
-_SHORT_NAMES = {
-    "cuda": CUDA, "cpu": CPU, "tensorrt": TENSORRT, "trt": TENSORRT,
-    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider",
-}
-
-
-class EngineError(RuntimeError):
-    """The engine cannot start: missing model file, unusable provider, or a required GPU absent.
-
-    `setting` names the `EngineOptions` field at fault, so that a front end can name its own knob for it.
-    """
-
-    def __init__(self, message: str, setting: str | None = None) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list[str]:
-    """Provider names in priority order from a settings string ('auto' or a comma list)."""
-    available = list(ort.get_available_providers() if available is None else available)
-    if spec.strip().lower() == "auto":
-        return [p for p in (CUDA, CPU) if p in available] or [CPU]
-    wanted = [_SHORT_NAMES.get(name.strip().lower(), name.strip()) for name in spec.split(",") if name.strip()]
-    if TENSORRT in wanted:
-        # Never run on a GPU here: it would need an engine cache, fp16 and shape profiles per bucket to be usable
-        # (without a cache every start rebuilds its engines), and none of that is built or measured.
-        raise EngineError("the TensorRT execution provider is not supported; use 'cuda' (with fixed-shape "
-                          "buckets and fp16 it needs no TensorRT)", "providers")
-    unknown = [p for p in wanted if p not in available]
-    if unknown:
-        raise EngineError(f"execution providers {unknown} are not available in this onnxruntime build "
-                          f"(available: {available})", "providers")
-    return wanted
-
-
-def resolve_model_path(path: Path, precision: str, cuda_active: bool) -> Path:
-    """Pick the precision variant of a model: `x.onnx` → sibling `x.fp16.onnx` / `x.int8.onnx`.
-
-    'auto' prefers fp16 on CUDA when the sibling exists and stays on the given file otherwise; an explicit
-    precision requires its variant (or the given file itself when it already is that variant).
-    """
-    if precision in ("auto", "fp32") and not (precision == "auto" and cuda_active):
-        return path
-    variant = "fp16" if precision == "auto" else precision
-    if path.name.endswith(f".{variant}.onnx"):
-        return path
-    sibling = path.with_name(f"{path.name.removesuffix('.onnx')}.{variant}.onnx")
-    if sibling.exists():
-        return sibling
-    if precision == "auto":
-        return path
-    raise EngineError(f"precision {precision} needs a sibling file, but {sibling} does not exist "
-                      f"(export it with segment-export, or use precision auto)", "precision")
-
-
-def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
-    """Check the graph's input/output names, types and ranks and parse its metadata; raise ContractError."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    if INPUT_NAME not in inputs:
-        raise ContractError(f"model has no input named {INPUT_NAME!r} (inputs: {sorted(inputs)})")
-    image = inputs[INPUT_NAME]
-    if image.type != "tensor(uint8)" or len(image.shape) != 4 or image.shape[3] != 3:
-        raise ContractError(f"input {INPUT_NAME!r} must be uint8 [batch, height, width, 3] RGB, "
-                            f"got {image.type} {image.shape}")
-    if isinstance(image.shape[0], int):  # symbolic (a name) or unknown (None) is dynamic
-        raise ContractError(f"input {INPUT_NAME!r} has a fixed batch size {image.shape[0]}: the contract needs it "
-                            "dynamic, as the service runs requests in batches (export with segment-export)")
-    if LABELS_OUTPUT not in outputs:
-        raise ContractError(f"model has no output named {LABELS_OUTPUT!r} (outputs: {sorted(outputs)})")
-    labels = outputs[LABELS_OUTPUT]
-    if labels.type != "tensor(uint8)" or len(labels.shape) != 3:
-        raise ContractError(f"output {LABELS_OUTPUT!r} must be uint8 [batch, height, width], "
-                            f"got {labels.type} {labels.shape}")
-    props = session.get_modelmeta().custom_metadata_map
-    if not props:
-        raise ContractError("model has no metadata_props (classes, palette, input_size...); "
-                            "export it with `segment-export export`")
-    return ModelMetadata.from_props(props)
+# Imported from here by callers, beside what is defined here; the resolving and the contract check live apart.
+__all__ = ["CPU", "CUDA", "Engine", "EngineError", "file_sha256", "load_engine", "resolve_model_path",
+           "resolve_providers", "uses_fixed_shapes", "validate_contract"]
 
 
 @dataclass
@@ -223,8 +150,9 @@ def uses_fixed_shapes(mode: str, provider: str) -> bool:
     return mode == "on" or (mode == "auto" and provider in GPU_PROVIDERS)
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in chunks (a model is hundreds of MB; about 0.1 s each)."""
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in chunks (a model is hundreds of MB; about 0.1 s each). model_export hashes
+    its weight files with it too (`model_export.torch_io.sha256_file`)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 

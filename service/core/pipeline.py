@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import crf
-from .decode import decode_image, decode_image_for_model
+from .decode import Upload, decode_image, decode_image_for_model, open_upload
 from .engine import Engine
 from .letterbox import LetterboxInfo, letterbox, unletterbox
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
@@ -78,8 +78,14 @@ class Pipeline:
 
     # -- preprocess --------------------------------------------------------------------------------------------
 
-    def preprocess(self, data: bytes, *, full_resolution: bool = False) -> Prepared:
-        """Upload bytes → `Prepared`. Raises `DecodeError` for bad bytes.
+    def open(self, data: bytes) -> Upload:
+        """Upload bytes past the structure checks, their header read (`open_upload`; raises `DecodeError`): for a
+        caller that must know the image's size before it decodes (`Upload.pixels`), then hands the `Upload` to
+        `preprocess`, which neither checks nor reads the header again."""
+        return open_upload(data, self.max_pixels)
+
+    def preprocess(self, data: bytes | Upload, *, full_resolution: bool = False) -> Prepared:
+        """Upload bytes (or an `Upload` from `open`) → `Prepared`. Raises `DecodeError` for bad bytes.
 
         Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large
         JPEG decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.

@@ -1,0 +1,34 @@
+"""The contract checked on a loaded onnxruntime session: input and output names, types and ranks, and the
+metadata (`service.core.contract` defines them)."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+
+from .contract import INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+
+
+def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
+    """Check the graph's input/output names, types and ranks and parse its metadata; raise ContractError."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs:
+        raise ContractError(f"model has no input named {INPUT_NAME!r} (inputs: {sorted(inputs)})")
+    image = inputs[INPUT_NAME]
+    if image.type != "tensor(uint8)" or len(image.shape) != 4 or image.shape[3] != 3:
+        raise ContractError(f"input {INPUT_NAME!r} must be uint8 [batch, height, width, 3] RGB, "
+                            f"got {image.type} {image.shape}")
+    if isinstance(image.shape[0], int):  # symbolic (a name) or unknown (None) is dynamic
+        raise ContractError(f"input {INPUT_NAME!r} has a fixed batch size {image.shape[0]}: the contract needs it "
+                            "dynamic, as the service runs requests in batches (export with segment-export)")
+    if LABELS_OUTPUT not in outputs:
+        raise ContractError(f"model has no output named {LABELS_OUTPUT!r} (outputs: {sorted(outputs)})")
+    labels = outputs[LABELS_OUTPUT]
+    if labels.type != "tensor(uint8)" or len(labels.shape) != 3:
+        raise ContractError(f"output {LABELS_OUTPUT!r} must be uint8 [batch, height, width], "
+                            f"got {labels.type} {labels.shape}")
+    props = session.get_modelmeta().custom_metadata_map
+    if not props:
+        raise ContractError("model has no metadata_props (classes, palette, input_size...); "
+                            "export it with `segment-export export`")
+    return ModelMetadata.from_props(props)
