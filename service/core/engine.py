@@ -125,7 +125,8 @@ class Engine:
         """Run the model on the inference size so the first request pays no allocation/tuning; seconds.
 
         With fixed shapes every bucket is built and warmed (`batch_sizes` is then ignored), then run once on each
-        of the threads that will run batches, given as `on_each_thread` (`FixedShapeRunner.warm_up`). `each_run`
+        of the threads that will run batches, given as `on_each_thread` (`FixedShapeRunner.warm_up`); without, on
+        a GPU, the one session runs the first of `batch_sizes` once on each of them. `each_run`
         is entered around each model run (each bucket's runs), not around the whole: what tells a hung run from
         a long warm-up.
         """
@@ -139,6 +140,11 @@ class Engine:
             for n in batch_sizes:
                 with each_run():
                     self.run(fill_bucket([pad], n, self.metadata.pad_rgb))
+            if self.on_gpu and on_each_thread is not None:
+                # The CUDA provider makes a thread's cuDNN/cuBLAS handles on its first run of a session: once on
+                # each inference thread now, or each thread's first batch after readiness pays for them.
+                with each_run():
+                    on_each_thread(lambda: self.run(fill_bucket([pad], batch_sizes[0], self.metadata.pad_rgb)))
         elapsed = time.perf_counter() - start
         log.info("warm-up on %s at %dx%d took %.2fs", list(batch_sizes), size, size, elapsed)
         return elapsed

@@ -5,6 +5,7 @@ several batches really run at once."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,18 @@ class SessionSpy:
 
     def run(self, names, feeds):
         self.shapes.append(feeds["image"].shape)
+        return self.session.run(names, feeds)
+
+
+class ThreadSpy:
+    """An onnxruntime session that records the thread of every run."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.threads: list[str] = []
+
+    def run(self, names, feeds):
+        self.threads.append(threading.current_thread().name)
         return self.session.run(names, feeds)
 
 
@@ -150,6 +163,23 @@ def test_warm_up_runs_every_bucket_on_each_thread_that_will_run_batches() -> Non
     with pytest.raises(RuntimeError, match="its own threads"):  # from one of its threads it would wait for itself
         one = WorkerThreads(1, "inference")
         one.submit(one.run_on_each, lambda: None).result(timeout=10)
+
+
+def test_without_fixed_shapes_a_gpu_session_is_run_on_each_inference_thread_before_readiness() -> None:
+    """`SEGMENT_FIXED_SHAPES=off` on a GPU: the one session's per-thread CUDA handles are made during warm-up on
+    every inference thread, not by each thread's first batch. On the CPU (no such state) warm-up stays as it was.
+    The CPU session stands in for a CUDA one: only the provider the engine reports is changed."""
+    for provider, expected in ((CUDA, {"inference_0", "inference_1"}), (CPU, set())):
+        threads = WorkerThreads(2, "inference")
+        try:
+            engine = load_engine(Settings(model_path=DEMO_MODEL, providers="cpu", intra_op_threads=1,
+                                          fixed_shapes="off", concurrent_batches=2).engine_options())
+            engine.provider = provider
+            engine.session = spy = ThreadSpy(engine.session)
+            engine.warm_up((1, 2), on_each_thread=threads.run_on_each)
+            assert {name for name in spy.threads if name.startswith("inference")} == expected, spy.threads
+        finally:
+            threads.shutdown()
 
 
 def test_a_mask_is_the_same_whatever_bucket_ran_it() -> None:
