@@ -31,8 +31,9 @@ class BodyLimitMiddleware:
     @staticmethod
     def _coded(headers: Headers) -> ApiError | None:
         """The refusal of a body's content codings other than identity; None for none, or for no body."""
-        if headers.get("content-length", "0").strip() == "0" and "transfer-encoding" not in headers:
-            return None
+        length = headers.get("content-length", "0")
+        if length.isdigit() and int(length) == 0 and "transfer-encoding" not in headers:
+            return None  # `Content-Length: 00` too: a length is digits, any number of leading zeros (RFC 9110 8.6)
         codings = (c.strip().lower() for value in headers.getlist("content-encoding") for c in value.split(","))
         coded = ", ".join(c for c in codings if c not in ("", "identity"))[:60]
         return ApiError(415, "unsupported_content_encoding", f"Content-Encoding {coded!r} is not supported; send "

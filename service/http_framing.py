@@ -5,11 +5,18 @@ httptools (llhttp) parses a chunked body's framing with no limit, and joins a tr
 as it does a header's: 98 MiB of trailer fields, or one 46 MiB value, cost gigabytes and seconds of the event loop.
 Inside a chunked body the protocol feeds httptools at most `limit` bytes at a time, and `FramingMeter` counts the
 non-body bytes of each feed, so that framing in a row is refused before httptools has parsed much more of it.
+
+And the body of a request whose upgrade the server does not take: httptools skips it, as though another protocol
+followed the head, and parsed what came next as a request (the body smuggled one through); `body_parser` makes a
+parser that starts inside that body instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import httptools
 
 from .http_head import Refusal
 
@@ -46,3 +53,52 @@ class FramingMeter:
             return None
         return (431, "headers_too_large",
                 f"chunked body framing (chunk extensions, trailer fields) longer than {self.limit} bytes")
+
+
+def skipped_body(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """For a request whose upgrade is not taken (httptools skipped its body: another protocol would follow its head),
+    a head that frames a body as `headers` (names in lower case) frame it; None when it has no body."""
+    if any(name == b"transfer-encoding" for name, _ in headers):
+        return b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"  # any other coding was refused
+    length = int(next((value for name, value in headers if name == b"content-length"), b"0"))  # digits: llhttp
+    return b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % length if length else None
+
+
+class BodyFirst:
+    """The callbacks of a parser that takes over inside a request's body (`body_parser`): the head it is primed with
+    goes nowhere, then every callback goes to the connection's protocol, the body's and every later request's."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol, self._priming = protocol, True
+
+    def on_message_begin(self) -> None:
+        if not self._priming:
+            self._protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._priming:
+            self._protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._priming:
+            self._protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._priming:
+            self._priming = False  # the body starts here
+        else:
+            self._protocol.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._protocol.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._protocol.on_message_complete()
+
+
+def body_parser(protocol: Any, head: bytes) -> httptools.HttpRequestParser:
+    """A parser for `protocol` that starts inside a body framed as `head` (`skipped_body`) says."""
+    parser = httptools.HttpRequestParser(BodyFirst(protocol))
+    parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
+    parser.feed_data(head)
+    return parser

@@ -12,7 +12,7 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
 - HTTP/1.0 and HTTP/1.1 only: 505 `unsupported_http_version` for any other version (llhttp took HTTP/0.9 and
   HTTP/2.0 as HTTP/1), and chunked the only transfer coding: 501 `unsupported_transfer_encoding` for another one
   before it (llhttp passed the still-coded bytes on as the body), 400 when chunked is not the last or the request
-  is HTTP/1.0 (llhttp framed it by chunks)
+  is HTTP/1.0 (llhttp framed it by chunks); 400 for an HTTP/1.1 request without a Host header, or any with two
   (service/http_refusals.py);
 - a head deadline: a head must arrive within `header_timeout_s` of the connection opening or of the first byte
   after a keep-alive pause, else 408 `header_timeout`; a connection that sends nothing is closed quietly;
@@ -20,6 +20,8 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
   no limit (and joins a trailer field's pieces on every read, as it does a header's), so more than
   `max_header_bytes` of them in a row is 431 `headers_too_large` (`FramingMeter`, service/http_framing.py); trailer
   fields are discarded, not added to the request's headers, which the app has already read;
+- a request asking for an upgrade the server does not take (any but a websocket one its app accepts) served as any
+  other, its body included (httptools skipped it and parsed what followed as requests: `_not_upgraded`);
 - a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
   read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
 - every request still in the server told of a hang-up, and a graceful shutdown that gives a connection
@@ -39,9 +41,9 @@ from typing import Any
 import httptools
 
 from .connection import SendDeadline
-from .http_framing import FramingMeter
+from .http_framing import FramingMeter, body_parser, skipped_body
 from .http_head import HeadMeter, Refusal
-from .http_refusals import envelope, parser_refusal, unsupported_transfer_coding, unsupported_version
+from .http_refusals import bad_host, envelope, parser_refusal, unsupported_transfer_coding, unsupported_version
 from .http_requests import SHUTDOWN_GRACE_S, TrackedHttpToolsProtocol
 from .settings import Settings
 
@@ -78,6 +80,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: Refusal | None = None  # decided, waiting for earlier answers to go out
         self._framing = FramingMeter(self.max_header_bytes)  # a chunked body's framing in a row (see `_feed`)
+        self._skipped: bytes | None = None  # the body framing of a request whose upgrade is not taken (`_not_upgraded`)
+        self._after_upgrade = b""  # what followed the head of a request asking for an upgrade, in its read
 
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
@@ -102,6 +106,11 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
                                            lambda: self.on_reject("send_timeout"))
 
     def data_received(self, data: bytes) -> None:
+        while data:  # again only for what followed the head of a request whose upgrade is not taken (`_not_upgraded`)
+            self._receive(data)
+            data, self._after_upgrade = self._after_upgrade, b""
+
+    def _receive(self, data: bytes) -> None:
         if self.transport.is_closing() or self._refusal is not None:
             return  # answered (or about to be) and closing: ignore what is still in flight
         if self._in_head and self._head_too_large(data):
@@ -116,9 +125,10 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
                 return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
+                self._after_upgrade = b""  # uvicorn's websocket protocol takes over from the head alone
                 self.handle_websocket_upgrade()
             else:
-                self._unsupported_upgrade_warning()
+                self._not_upgraded()
             return
         except httptools.HttpParserError as exc:  # `_Refused` from a callback arrives wrapped in one too
             if self._refusal is None:
@@ -141,7 +151,11 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         while start < len(data):
             end = start + step if self._in_head or self._framing.chunked else len(data)
             self._framing.start_feed()
-            self.parser.feed_data(data[start:end] if start or end < len(data) else data)
+            try:
+                self.parser.feed_data(data[start:end] if start or end < len(data) else data)
+            except httptools.HttpParserUpgrade as exc:
+                self._after_upgrade = data[start + exc.args[0]:]
+                raise
             refusal = self._framing.count(min(end, len(data)) - start, self._in_head)
             if refusal is not None:
                 self._refusal = refusal
@@ -149,6 +163,15 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
                 return False
             start = end
         return True
+
+    def _not_upgraded(self) -> None:
+        """A request's upgrade not taken (RFC 9110 7.8 lets a server ignore one: this one takes none but a websocket
+        upgrade its app accepts) is served as any other. httptools stopped at the end of its head, skipped its body
+        and would parse what follows as a new request: a parser started inside that body takes over, and the rest of
+        the read is parsed again (`data_received`). Before, the body was parsed as requests (request smuggling), or,
+        in the head's read, dropped with the requests after it."""
+        if self._skipped is not None:
+            self.parser, self._skipped = body_parser(self, self._skipped), None
 
     def _head_too_large(self, data: bytes) -> bool:
         """Count `data` into the current head (`HeadMeter`); refuse when the head passes the limit."""
@@ -188,12 +211,14 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         # uvicorn starts the app on it.
         refusal = (self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
                    or unsupported_version(version := self.parser.get_http_version())
-                   or unsupported_transfer_coding(version, self.headers))
+                   or unsupported_transfer_coding(version, self.headers) or bad_host(version, self.headers))
         if refusal is not None:
             self._refusal = refusal
             raise _Refused  # httptools stops parsing this read
         self._in_head = False
         self._head.reset()
+        declined = self.parser.should_upgrade() and not self._should_upgrade()  # an upgrade asked for, not taken
+        self._skipped = skipped_body(self.headers) if declined else None
         self._framing.chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
         self._framing.head_ended_in_feed = True
         self._cancel_head_timer()
@@ -201,6 +226,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        if self._skipped is not None:
+            return  # httptools skipped the body of an upgrade not taken, which is still to come (`_not_upgraded`)
         self._in_head, self._completed_in_read = True, True
         super().on_message_complete()
 

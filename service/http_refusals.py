@@ -3,7 +3,11 @@ HTTP itself rather than of the service.
 
 - HTTP versions: llhttp parses an `HTTP/0.9` or `HTTP/2.0` request line and hands it on as though it were HTTP/1,
   and refuses other well-formed versions (`HTTP/1.2`, `HTTP/3.0`) as it refuses a malformed head. This server
-  speaks HTTP/1.0 and HTTP/1.1 only: any other version is 505 `unsupported_http_version` (RFC 9110 15.6.6).
+  speaks HTTP/1.0 and HTTP/1.1 only: any other version is 505 `unsupported_http_version` (RFC 9110 15.6.6), HTTP/2's
+  connection preface (`PRI * HTTP/2.0`, which llhttp refuses as a malformed head) included.
+- Host: llhttp passes on an HTTP/1.1 request without one, and one with two (a proxy that routes by the first while
+  the app builds its URLs from another is the gap host-header attacks go through): 400 `bad_request` for either,
+  and for a value that is not a host and port, as RFC 9112 3.2 requires of every server.
 - Transfer codings: llhttp frames `Transfer-Encoding: gzip, chunked` as chunked and hands on the still-coded bytes
   as the body. Chunked is the only transfer coding this server decodes: any other before it is 501
   `unsupported_transfer_encoding` (RFC 9112 6.1); a list that does not end with chunked leaves the body's length
@@ -15,6 +19,7 @@ HTTP itself rather than of the service.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from http import HTTPStatus
 
@@ -24,7 +29,14 @@ SUPPORTED_VERSIONS = ("1.0", "1.1")
 # llhttp's reason for a request line whose version is well-formed but not one it parses (a malformed version has
 # another: "Invalid minor version", "Expected dot", ...). httptools passes on only this text, not llhttp's errno.
 _LLHTTP_UNSUPPORTED_VERSION = "Invalid HTTP version"
+# llhttp's reason for `PRI * HTTP/2.0`, the start of HTTP/2's connection preface (a client with prior knowledge,
+# RFC 9113 3.3): llhttp stops there rather than parse it as a request (another version is the one above).
+_LLHTTP_HTTP2_PREFACE = "Pause on PRI/Upgrade"
 _VERSION_HINT = "send HTTP/1.1 (or HTTP/1.0)"
+# A Host header's value: uri-host [":" port] (RFC 9110 7.2, RFC 3986 3.2.2), by its characters: a bracketed IP
+# literal or a reg-name (an IPv4 address is one), then an optional port; empty is allowed (a target without one).
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
 
 
 def unsupported_version(version: str) -> Refusal | None:
@@ -54,10 +66,27 @@ def unsupported_transfer_coding(version: str, headers: list[tuple[bytes, bytes]]
                                                   "Transfer-Encoding: chunked alone, or with a Content-Length")
 
 
+def bad_host(version: str, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    """400 `bad_request` for an HTTP/1.1 request without a Host header, any request with more than one, or one
+    whose value is not a host and port (RFC 9112 3.2: MUST); else None."""
+    hosts = [value for name, value in headers if name == b"host"]
+    if len(hosts) > 1:
+        return 400, "bad_request", "more than one Host header: send exactly one"
+    if not hosts:
+        return (400, "bad_request", "an HTTP/1.1 request needs a Host header") if version == "1.1" else None
+    if _HOST.fullmatch(hosts[0]) is None:
+        return 400, "bad_request", "the Host header is not a host name (or address) and port"
+    return None
+
+
 def parser_refusal(exc: Exception) -> Refusal:
-    """The refusal of a head llhttp could not parse: 505 for a version it does not parse, else 400."""
-    if str(exc) == _LLHTTP_UNSUPPORTED_VERSION:
+    """The refusal of a head llhttp could not parse: 505 for a version it does not parse and for HTTP/2's
+    connection preface, else 400."""
+    reason = str(exc)
+    if reason == _LLHTTP_UNSUPPORTED_VERSION:
         return 505, "unsupported_http_version", f"this HTTP version is not supported; {_VERSION_HINT}"
+    if reason == _LLHTTP_HTTP2_PREFACE:
+        return 505, "unsupported_http_version", f"HTTP/2 is not supported (prior knowledge, h2c); {_VERSION_HINT}"
     return 400, "bad_request", "malformed HTTP request"
 
 

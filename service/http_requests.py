@@ -5,14 +5,16 @@ uvicorn's httptools protocol keeps only the newest request (`self.cycle`) and te
 request pipelined behind the running one, the running one went on (its image on the device) and wrote its answer to
 the closed transport. Its graceful shutdown closed every connection without a request in progress at once, so a
 request just sent on a connection accepted an instant earlier (or on an idle keep-alive one) was lost unanswered,
-also at each worker of a SIGHUP restart.
+also at each worker of a SIGHUP restart. And a request that asked for `100 Continue` and was answered before it
+was told to continue kept its connection, whose next bytes may be that body or the client's next request
+(`_close_unless_continued`); an HTTP/1.0 client was sent `100 Continue`, which it reads as its answer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from uvicorn._types import ASGI3Application
+from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # How long a connection without a request in progress may still bring one once a graceful shutdown has begun: a
@@ -54,8 +56,17 @@ class TrackedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        if self._shutting_down and self.cycle is not None:
-            self.cycle.keep_alive = False  # answered, then closed (`shutdown`)
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            return  # no new request (an upgrade): uvicorn made no cycle for this head
+        if self._shutting_down:
+            cycle.keep_alive = False  # answered, then closed (`shutdown`)
+        if cycle.waiting_for_100_continue and cycle.scope["http_version"] == "1.0":
+            # HTTP/1.0 has no 1xx: a `100 Continue` would be read as the final answer. RFC 9110 10.1.1 (MUST ignore
+            # the expectation) and 15.2 (MUST NOT send it); uvicorn sent it to any version.
+            cycle.waiting_for_100_continue = False
+        if cycle.waiting_for_100_continue:
+            _close_unless_continued(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # uvicorn marks only `self.cycle`: with a request pipelined behind the running one, that is the queued one,
@@ -79,3 +90,21 @@ class TrackedHttpToolsProtocol(HttpToolsProtocol):
             return
         if not self._head_started():
             self.transport.close()
+
+
+def _close_unless_continued(cycle: RequestResponseCycle) -> None:
+    """Close the connection after the answer of a request that asked for `100 Continue` if it is answered before it
+    was told to continue (a refusal from its head: 401, 413, 415, 503) and before its whole body arrived.
+
+    Such a client may send its body or not (RFC 9110 10.1.1; curl does not), so the next bytes on the connection may
+    be the body or the client's next request: uvicorn kept the connection and took them for the body, so a next
+    request sent without the body was swallowed unanswered. `Connection: close` on the answer says the server will not
+    read on (RFC 9110 10.1.1, RFC 9112 9.6), as Go's net/http does."""
+    send = cycle.send
+
+    async def send_or_close(message: ASGISendEvent) -> None:
+        if cycle.waiting_for_100_continue and cycle.more_body:  # no `100 Continue` went out: the answer starts here
+            cycle.keep_alive = False  # uvicorn adds `Connection: close` to the head and closes after the body
+        await send(message)
+
+    cycle.send = send_or_close  # type: ignore[method-assign]  # `run_asgi` hands the app `self.send`
