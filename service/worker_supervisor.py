@@ -29,7 +29,7 @@ RETRY_MAX_S = 30.0  # ... up to this
 
 @dataclass
 class _Retry:
-    """A slot whose replacement failed at startup: failures in a row, and when its next try is due."""
+    """A slot whose replacement failed at startup (`failures` in a row; 0: killed once before it was ready)."""
 
     failures: int = 0
     due: float = 0.0
@@ -44,7 +44,9 @@ class WorkerSupervisor(Multiprocess):
       30 s), each failure logged, while the other workers serve. uvicorn stopped the whole server instead. Before
       any worker has served (a cold start) a startup failure still stops it (exit 3): the configuration is wrong,
       and an orchestrator's restarts and probes say so. Once no worker runs, every replacement failing, it stops
-      too (exit 3);
+      too (exit 3). A worker killed before it was ready (out of memory, a crash in a device library, no answer to
+      the health check) twice in a row fails at startup too: uvicorn started a replacement every round, for ever,
+      and the census said nothing was wrong (`_startup_failure`);
     - what the workers are told of the server (service/worker_census.py): the number it keeps, which SIGTTIN and
       SIGTTOU change and which each worker's share of the result cache follows, and the shortfall while a
       replacement fails, which `/readyz` and `/metrics` report;
@@ -67,6 +69,7 @@ class WorkerSupervisor(Multiprocess):
         self.result_bytes = result_bytes  # SEGMENT_RESULT_CACHE_BYTES: all workers' shares together
         self.gave_up = False  # stopped for startup failures: the exit status says so
         self._served = False  # whether any worker has finished its startup
+        self._ready: set[int | None] = set()  # the pids of the workers seen ready (not asked again)
         self._retries: dict[int, _Retry] = {}  # by index in `processes`
         self._start_failures = 0
         self._last_failure: str | None = None
@@ -101,16 +104,19 @@ class WorkerSupervisor(Multiprocess):
             if self.stopping:
                 return
             old.terminate()
-            old.join()
+            old.join()  # it drains its requests meanwhile: a stop may come
             self._bury([old.pid])
+            if self.stopping:  # a replacement started now would load its model only to be stopped
+                return
             self._start(idx)
             new = self.processes[idx]
             stop = _StopAsked(self)  # what it asks is `is_set()`
             if new.wait_until_ready(self.config.timeout_worker_healthcheck, stop):  # type: ignore[arg-type]
+                self._ready.add(new.pid)
                 self._served = True
             else:
                 if not self.stopping:
-                    why = "failed at startup" if new.exitcode == STARTUP_FAILURE else "was not ready in time"
+                    why = "failed at startup" if new.exitcode is not None else "was not ready in time"
                     log.error("worker [%s] %s; the restart stops there", new.pid, why)
                 return
 
@@ -125,7 +131,7 @@ class WorkerSupervisor(Multiprocess):
     def keep_subprocess_alive(self) -> None:
         """uvicorn's round (a worker that does not answer is killed, one that is gone replaced), but a worker that
         failed at startup is tried again later rather than stopping the server (see the class)."""
-        if self.should_exit.is_set():
+        if self.stopping:  # not only once handled: a worker replaced now would load its model only to be stopped
             return
         timeout = self.config.timeout_worker_healthcheck
         for idx, process in enumerate(self.processes):
@@ -135,22 +141,29 @@ class WorkerSupervisor(Multiprocess):
                     self._start(idx)
                 continue
             if process.is_alive(timeout=timeout):
-                if (retry is not None or not self._served) and process.is_ready(timeout=timeout):
-                    self._served = True
-                    if retry is not None:
+                if self._seen_ready(process) and retry is not None:  # asked of every worker until it is ready
+                    if retry.failures:
                         log.warning("worker [%s] started after %d failed tries", process.pid, retry.failures)
-                        del self._retries[idx]
+                    del self._retries[idx]
                 continue
+            hung = process.process.is_alive()
             process.kill()  # hung, or gone already
             process.join()
+            failure = _startup_failure(process.exitcode, process.pid in self._ready, hung, timeout)
             self._bury([process.pid])
-            if process.exitcode == STARTUP_FAILURE:
-                if not self._failed_start(idx, process):
+            # Killed before it was ready: replaced at once the first time (an OOM kill as all load; or it became ready
+            # since this loop last asked), a startup failure when its replacement is too.
+            if failure is not None and (failure == "" or retry is not None):
+                if not self._failed_start(idx, process, failure):
                     return
                 continue
             if self.should_exit.is_set():
                 return
-            log.info("Child process [%s] died", process.pid)
+            if failure is None:
+                log.info("Child process [%s] died", process.pid)
+            else:
+                log.info("Child process [%s] died%s before it was seen ready", process.pid, failure)
+                self._retries[idx] = _Retry()  # no failure counted yet: the next one is
             self._start(idx)
         self._release_worker_ends()
         if self._retries and all(idx in self._retries and self._retries[idx].waiting
@@ -160,14 +173,14 @@ class WorkerSupervisor(Multiprocess):
             self.should_exit.set()
         self._publish()
 
-    def _failed_start(self, idx: int, process: Process) -> bool:
-        """Count and log a startup failure; False when the server is to stop for it (nothing has served yet)."""
+    def _failed_start(self, idx: int, process: Process, how: str) -> bool:
+        """Count and log a startup failure (`how`: its cause, if not uvicorn's own startup failure); False when the
+        server is to stop for it (nothing has served yet)."""
         self._start_failures += 1
         # Asked here too: the loop's own look may not have come since the others became ready (a SIGHUP soon after).
-        self._served = self._served or any(
-            other is not process and other.process.is_alive() and other.is_ready(self.config.timeout_worker_healthcheck)
-            for other in self.processes)
-        if not self._served:
+        self._served = self._served or any(other is not process and self._seen_ready(other) for other in self.processes)
+        # One killed at a cold start (out of memory as all load, say) may start on its next try: it is tried again.
+        if not self._served and process.exitcode == STARTUP_FAILURE:
             log.error("worker [%s] failed to start before any worker served; stopping", process.pid)
             self.gave_up = True
             self.should_exit.set()
@@ -176,8 +189,9 @@ class WorkerSupervisor(Multiprocess):
         retry.failures += 1
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (retry.failures - 1))
         retry.due, retry.waiting = time.monotonic() + delay, True
-        self._last_failure = (f"worker [{process.pid}] failed at startup at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} "
-                              f"({retry.failures} in a row); next try in {delay:g} s")
+        at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._last_failure = (f"worker [{process.pid}] failed at startup{how} at {at} ({retry.failures} in a row); "
+                              f"next try in {delay:g} s")
         log.error("%s; %d of %d workers running (the log above says why)", self._last_failure, self._live(),
                   len(self.processes))
         return True
@@ -191,19 +205,46 @@ class WorkerSupervisor(Multiprocess):
         if (retry := self._retries.get(idx)) is not None:
             retry.waiting = False
 
-    def handle_ttin(self) -> None:  # one worker more (SIGTTIN): every share of the result cache shrinks
-        super().handle_ttin()
-        self._publish()  # first: a worker that stores from now on keeps to its new share
-        if self.results_dir is not None and self.result_bytes:
-            trim_worker_results(self.results_dir, self.result_bytes // len(self.processes))
-        self._release_worker_ends()
+    def _seen_ready(self, process: Process) -> bool:
+        """Whether `process` has finished its startup (asked of it until it says so once)."""
+        if process.pid in self._ready:
+            return True
+        if process.process.is_alive() and process.is_ready(timeout=self.config.timeout_worker_healthcheck):
+            self._ready.add(process.pid)
+            self._served = True
+            return True
+        return False
 
-    def handle_ttou(self) -> None:  # one worker fewer (SIGTTOU): it is gone like a dead one
+    def handle_ttin(self) -> None:
+        """One worker more (SIGTTIN), in the census before it starts: its slot follows the count, as every share of
+        the result cache does, which shrinks (what a worker holds beyond its new share goes at once)."""
+        log.info("Received SIGTTIN, increasing the number of processes.")
+        self.processes_num += 1
+        self._publish()
+        if self.results_dir is not None and self.result_bytes:
+            trim_worker_results(self.results_dir, self.result_bytes // self.processes_num)
+        process = Process(self.config, self.sockets)
+        process.start()
+        self.processes.append(process)
+        self._release_worker_ends()
+        self._publish()
+
+    def handle_ttou(self) -> None:
+        """One worker fewer (SIGTTOU), gone like a dead one: a slot whose replacement fails at startup if any, else
+        the last added (uvicorn's choice, a serving one, left none running beside a failing slot: exit 3)."""
+        if self.processes_num > 1 and self._retries:
+            self._move_last(max(self._retries, key=lambda idx: (self._retries[idx].waiting, idx)))
         before = self._pids()
         super().handle_ttou()
         self._retries.pop(len(self.processes), None)  # uvicorn removed the last one
         self._bury(before - self._pids())
         self._publish()  # after its files are gone: the others' shares grow into their room
+
+    def _move_last(self, idx: int) -> None:
+        """Put `processes[idx]` last, its retry with it (the retries are kept by index)."""
+        last = len(self.processes) - 1
+        self.processes.append(self.processes.pop(idx))
+        self._retries = {last if i == idx else i - (i > idx): retry for i, retry in self._retries.items()}
 
     def _live(self) -> int:
         return sum(process.process.is_alive() for process in self.processes)
@@ -225,6 +266,7 @@ class WorkerSupervisor(Multiprocess):
     def _bury(self, pids: Iterable[int | None]) -> None:
         """Clear what the workers `pids`, which are gone, left in the shared directories."""
         for pid in pids:
+            self._ready.discard(pid)  # a later process may have its pid
             if pid is None:
                 continue
             if self.metrics_dir is not None:
@@ -245,3 +287,21 @@ class _StopAsked:
 
     def is_set(self) -> bool:
         return self._supervisor.stopping
+
+
+def _startup_failure(exitcode: int | None, ready: bool, hung: bool, timeout: float) -> str | None:
+    """How a worker that is gone failed at startup ('' for uvicorn's exit status 3); None when it had been ready,
+    or stopped as asked (SIGTERM or SIGINT: its watchdog's own stop, an operator's) or with a status of its own."""
+    if exitcode == STARTUP_FAILURE:
+        return ""
+    if ready or exitcode is None or exitcode >= 0:
+        return None
+    if hung:  # the supervisor killed it
+        return f" (no answer to the health check in {timeout:g} s)"
+    if -exitcode in STOP_SIGNALS:
+        return None
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f" (killed by {name})"

@@ -34,7 +34,7 @@ from .http_protocol import HardenedHttpToolsProtocol
 from .results_shared import SharedResultsCache
 from .server import answer_cut_off, quiet_startup_failure, server_options
 from .settings import Settings
-from .worker_census import CensusCollector, kept_workers
+from .worker_census import CensusCollector, kept_workers, read_census
 from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
 from .worker_supervisor import WorkerSupervisor
 
@@ -60,6 +60,10 @@ def worker_app() -> Any:
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     slots = os.environ.get(SLOTS_DIR_VARIABLE)
     if slots:
+        # The count the supervisor keeps now: SIGTTIN and SIGTTOU change it, the environment has the first one
+        # (a worker added read it and warned that "all 2 worker slots are held"; its codec threads, its share).
+        if (census := read_census(Path(slots))) is not None:
+            settings = settings.model_copy(update={"workers": census.configured})
         slot, _held_slot = claim_slot(Path(slots), settings.worker_total())
         settings = settings.model_copy(update={"worker_slot": slot})
         log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
