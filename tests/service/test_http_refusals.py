@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from testkit import rawhttp
-from testkit.metrics import metric_sum
 from testkit.rawhttp import http_request, read_responses
 from testkit.server import ServerProcess
+from tests.service.http_checks import closed_by_server, code_of, headers_of, rejected
 from tests.service.svc_helpers import png_bytes, scene
 
 TINY = png_bytes(scene(32, 24))
@@ -38,28 +37,8 @@ def exchange(server: ServerProcess, data: bytes) -> tuple[int, dict[str, str], b
         answers = read_responses(sock, 1, 10)
         assert answers, f"no answer to {data[:80]!r}"
         status, head, body = answers[0]
-        closed = _closed(sock)
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.decode("latin-1").partition(":") for line in head.split(b"\r\n")[1:])}
-    return status, headers, body, closed
-
-
-def _closed(sock: socket.socket) -> bool:
-    sock.settimeout(1)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except OSError:  # reset: closed too
-        return True
-
-
-def code_of(body: bytes) -> str:
-    return json.loads(body)["error"]["code"]
-
-
-def rejected(server: ServerProcess, code: str) -> float:
-    return metric_sum(server.metrics(), "segment_rejected_total", reason=code)
+        closed = closed_by_server(sock, 1)
+    return status, headers_of(head), body, closed
 
 
 def segment_head(*headers: str) -> str:

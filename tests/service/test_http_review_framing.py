@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from testkit import rawhttp
-from testkit.metrics import metric_sum
 from testkit.rawhttp import http_request, read_responses
 from testkit.server import ServerProcess
+from tests.service.http_checks import closed_by_server, code_of, headers_of, rejected
 from tests.service.svc_helpers import png_bytes, scene
 
 TINY = png_bytes(scene(32, 24))
@@ -28,30 +27,6 @@ HEALTHZ = http_request("GET /healthz HTTP/1.1\nHost: x")
 def server(rule_model: Path) -> Iterator[ServerProcess]:
     with ServerProcess(rule_model, SEGMENT_INTRA_OP_THREADS="1") as proc:
         yield proc.wait_ready()
-
-
-def headers_of(head: bytes) -> dict[str, str]:
-    return {k.strip().lower(): v.strip() for k, _, v in
-            (line.decode("latin-1").partition(":") for line in head.split(b"\r\n")[1:])}
-
-
-def code_of(body: bytes) -> str:
-    return json.loads(body)["error"]["code"]
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """Whether the server closes the connection within 2 s, with nothing more sent by it."""
-    sock.settimeout(2)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except OSError:  # reset: closed too
-        return True
-
-
-def rejected(server: ServerProcess, code: str) -> float:
-    return metric_sum(server.metrics(), "segment_rejected_total", reason=code)
 
 
 # -- Expect: 100-continue ------------------------------------------------------------------------------------------
