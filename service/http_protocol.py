@@ -40,10 +40,10 @@ from typing import Any
 
 import httptools
 
+from . import http_refusals as refusals
 from .connection import SendDeadline
 from .http_framing import FramingMeter, body_parser, skipped_body
 from .http_head import HeadMeter, Refusal
-from .http_refusals import bad_host, envelope, parser_refusal, unsupported_transfer_coding, unsupported_version
 from .http_requests import SHUTDOWN_GRACE_S, TrackedHttpToolsProtocol
 from .settings import Settings
 
@@ -79,6 +79,7 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         self._completed_in_read = False  # a request ended inside the current read
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: Refusal | None = None  # decided, waiting for earlier answers to go out
+        self._refused_id: str | None = None  # the refused request's own X-Request-ID, when its head was whole
         self._framing = FramingMeter(self.max_header_bytes)  # a chunked body's framing in a row (see `_feed`)
         self._skipped: bytes | None = None  # the body framing of a request whose upgrade is not taken (`_not_upgraded`)
         self._after_upgrade = b""  # what followed the head of a request asking for an upgrade, in its read
@@ -133,7 +134,7 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         except httptools.HttpParserError as exc:  # `_Refused` from a callback arrives wrapped in one too
             if self._refusal is None:
                 self.logger.warning("Invalid HTTP request received.")
-                self._refusal = parser_refusal(exc)
+                self._refusal = refusals.parser_refusal(exc)
             self._refuse()
             return
         if self._in_head and self._completed_in_read and self._head.inexact:
@@ -210,10 +211,13 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         # An inexact head's start was not counted as bytes: check what was parsed. Then what it asks of HTTP, before
         # uvicorn starts the app on it.
         refusal = (self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
-                   or unsupported_version(version := self.parser.get_http_version())
-                   or unsupported_transfer_coding(version, self.headers) or bad_host(version, self.headers))
+                   or refusals.unsupported_version(version := self.parser.get_http_version())
+                   or refusals.unsupported_transfer_coding(version, self.headers)
+                   or refusals.bad_host(version, self.headers))
         if refusal is not None:
-            self._refusal = refusal
+            # A whole head: its own request id is echoed, as the app's answers echo it (a refusal inside a head
+            # has no id yet, and the headers seen may be an earlier request's).
+            self._refusal, self._refused_id = refusal, refusals.incoming_request_id(self.headers)
             raise _Refused  # httptools stops parsing this read
         self._in_head = False
         self._head.reset()
@@ -302,6 +306,6 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
             return
         log.info("refused a connection's request: %s %s", status, code)
         self.on_reject(code)
-        self.transport.write(envelope(status, code, message))
+        self.transport.write(refusals.envelope(status, code, message, self._refused_id))
         self.transport.close()
         self._send_deadline.watch()

@@ -24,6 +24,7 @@ import uuid
 from http import HTTPStatus
 
 from .http_head import Refusal
+from .middleware import SANE_REQUEST_ID
 
 SUPPORTED_VERSIONS = ("1.0", "1.1")
 # llhttp's reason for a request line whose version is well-formed but not one it parses (a malformed version has
@@ -90,10 +91,16 @@ def parser_refusal(exc: Exception) -> Refusal:
     return 400, "bad_request", "malformed HTTP request"
 
 
-def envelope(status: int, code: str, message: str) -> bytes:
+def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """A parsed head's own `X-Request-ID`, where the middleware would echo it (short and harmless), else None."""
+    value = next((value for name, value in headers if name == b"x-request-id"), b"").decode("latin-1")
+    return value if SANE_REQUEST_ID.match(value) else None
+
+
+def envelope(status: int, code: str, message: str, request_id: str | None = None) -> bytes:
     """A whole response in the service's JSON error envelope (service/middleware.py) with `Connection: close`:
-    the answer to a request no app sees."""
-    request_id = uuid.uuid4().hex
+    the answer to a request no app sees; `request_id` is its own (a new one when None)."""
+    request_id = request_id or uuid.uuid4().hex
     body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only if it is short and harmless in logs and headers.
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -110,7 +110,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
-        request_id = incoming if incoming and _SANE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = False

@@ -183,3 +183,15 @@ def test_an_empty_multipart_body_is_empty_body_not_a_body_cut_short(server: Serv
     status, _, body, _ = exchange(server, multipart(b""))
     assert (status, code_of(body)) == (400, "empty_body"), body
     assert rejected(server, "empty_body") == before + 1
+
+
+def test_a_refused_whole_head_echoes_its_own_request_id_as_the_app_does(server: ServerProcess) -> None:
+    """A refusal made below the app (505 here) answers with the request's own well-formed `X-Request-ID`, so a
+    client's or proxy's logs can find it; an id the middleware would not echo gets a fresh one."""
+    for sent, echoed in (("trace-42.a:b", True), ("bad id<script>", False)):
+        head = f"GET /healthz HTTP/2.0\nHost: x\nX-Request-ID: {sent}"
+        status, headers, body, _ = exchange(server, http_request(head))
+        request_id = json.loads(body)["error"]["request_id"]
+        assert (status, headers["x-request-id"]) == (505, request_id)
+        assert (request_id == sent) is echoed, request_id
+        assert len(request_id) == 32 or echoed
