@@ -149,7 +149,10 @@ def trim_worker_results(directory: Path, share: int) -> int:
             with os.scandir(directory / owner) as entries:
                 for entry in entries:
                     if not entry.name.startswith("."):  # a partial file is its writer's to finish or remove
-                        stat = entry.stat()
+                        try:
+                            stat = entry.stat()
+                        except FileNotFoundError:  # evicted by its owner since the listing: the rest still counts
+                            continue
                         sizes.append((stat.st_mtime, stat.st_size, Path(entry.path)))
         except OSError:  # removed meanwhile (its worker gone), or not a folder
             continue

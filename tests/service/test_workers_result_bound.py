@@ -4,12 +4,17 @@ and fewer workers use the room the others left."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from service.results_shared import SharedResultsCache, trim_worker_results
 from testkit.server import ServerProcess
@@ -143,3 +148,26 @@ def test_a_workers_share_follows_their_number_and_a_trim_keeps_the_newest(tmp_pa
     assert sum(folder().values()) <= 2_500 and set(folder()) <= set(newest[-2:])
     store(3)  # its own bookkeeping still counted what the trim removed: it keeps less, never more
     assert 2_500 - size < sum(folder().values()) <= 2_500
+
+
+def test_a_file_evicted_while_the_trim_lists_the_folder_leaves_the_rest_trimmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner may evict a file between the trim's listing and its look at that file: the folder's other files
+    are still trimmed to the share (the whole folder was skipped, keeping its larger share)."""
+    folder = tmp_path / "101"
+    folder.mkdir()
+    for n in range(6):
+        (folder / f"r{n}").write_bytes(bytes(1000))
+        os.utime(folder / f"r{n}", (n, n))  # oldest first
+    real_scandir = os.scandir
+
+    @contextlib.contextmanager
+    def listed_then_evicted(path: Any) -> Iterator[list[os.DirEntry]]:
+        with real_scandir(path) as listing:
+            entries = list(listing)
+        (folder / "r0").unlink()  # listed, then evicted by its owner: its entry is stale
+        yield entries
+
+    monkeypatch.setattr(os, "scandir", listed_then_evicted)
+    trim_worker_results(tmp_path, 2_000)
+    assert sorted(p.name for p in folder.iterdir()) == ["r4", "r5"]
