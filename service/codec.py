@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .core.decode import Upload, open_upload
+from .core.decode import Upload
 from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
-from .core.options import DEFAULT_MAX_PIXELS
 from .core.output_kinds import json_bytes
 from .core.outputs.labelmap import LabelMap
 from .core.pipeline import Pipeline, Prepared, SegmentOptions
@@ -35,20 +34,9 @@ def _ignore(_label_map: LabelMap) -> bool:
     return False
 
 
-def decoded_pixels(data: bytes, *, full_resolution: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """Pixels a decode of `data` will produce at full size, from its header (0 when the header is unreadable
-    or its structure is refused: the decode itself then answers with the error)."""
-    try:
-        # Only the accepted formats' parsers, and only past the structure checks: Pillow's others (EPS, ICNS,
-        # PSD...) and floods of markers or strips cost seconds before the decode would refuse them.
-        with open_upload(data, max_pixels) as upload:
-            return _full_size_pixels(upload, full_resolution)
-    except Exception:  # hostile bytes: the real decode gives the documented 4xx
-        return 0
-
-
-def _full_size_pixels(upload: Upload, full_resolution: bool) -> int:
-    # A JPEG for the model is decoded reduced (at most ~4x the model's pixels): never heavy.
+def full_size_pixels(upload: Upload, full_resolution: bool) -> int:
+    """Pixels the decode of an opened upload produces at full size: what sends it to the low-priority pool
+    beyond `HEAVY_DECODE_PIXELS`. A JPEG for the model is decoded reduced (at most ~4x the model's pixels): 0."""
     return 0 if upload.is_jpeg and not full_resolution else upload.pixels
 
 
@@ -82,7 +70,7 @@ class Codec:
             upload = self.pipeline.open(data)
         except DecodeError as exc:
             raise ApiError.from_decode(exc) from None
-        if _full_size_pixels(upload, full_resolution) > HEAVY_DECODE_PIXELS:
+        if full_size_pixels(upload, full_resolution) > HEAVY_DECODE_PIXELS:
             return upload
         return self._preprocess(upload, full_resolution)
 

@@ -20,8 +20,12 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.app import create_app
+from service.codec import full_size_pixels
 from service.core.contract import ModelMetadata, voc_colormap
+from service.core.decode import open_upload
 from service.core.engine import Engine, load_engine
+from service.core.errors import DecodeError
+from service.core.options import DEFAULT_MAX_PIXELS
 from service.settings import Settings
 
 RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
@@ -75,6 +79,16 @@ def with_input_size(src: Path, dst: Path, input_size: int) -> Path:
             prop.value = str(input_size)
     onnx.save(model, str(dst))
     return dst
+
+
+def decoded_pixels(data: bytes, *, full_resolution: bool) -> int:
+    """What the codec's choice of thread pool reads of `data` (`open_upload`, then `full_size_pixels`): its
+    pixels at full size, 0 when the checks or the header refuse it (the request then gets that 4xx)."""
+    try:
+        with open_upload(data, DEFAULT_MAX_PIXELS) as upload:
+            return full_size_pixels(upload, full_resolution)
+    except DecodeError:
+        return 0
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from service.codec import HEAVY_DECODE_PIXELS, decoded_pixels
+from service.codec import HEAVY_DECODE_PIXELS
 from service.core.pipeline import Pipeline
-from tests.service.svc_helpers import png_bytes, scene
+from tests.service.svc_helpers import decoded_pixels, png_bytes, scene
 
 
 def _encoded(width: int, height: int, fmt: str) -> bytes:

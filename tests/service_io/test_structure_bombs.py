@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.codec import decoded_pixels
 from service.core.decode import decode_image, decode_image_for_model
 from service.core.decode_budget import DECODE_BUDGET
 from service.core.errors import DecodeError
 from service.errors import ApiError
 from testkit.photos import photo
 from testkit.server import ServerProcess
-from tests.service.svc_helpers import make_rule_model
+from tests.service.svc_helpers import decoded_pixels, make_rule_model
 
 MAX_PIXELS = 40_000_000
 QUICK_S = 0.5  # each refusal takes ~2 ms; the old code decoded these bombs (200) in 0.13-1.9 s each
