@@ -19,6 +19,7 @@ import pytest
 from service.results_shared import SharedResultsCache, trim_worker_results
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes
+from tests.service.worker_checks import wait_for, worker_pids
 
 BOUND = 600_000  # about eight results of the upload below
 
@@ -26,28 +27,6 @@ BOUND = 600_000  # about eight results of the upload below
 def noise_png() -> bytes:
     """An upload whose PNG does not compress (about 58 KB), so that a few results fill a share."""
     return png_bytes(np.random.default_rng(7).integers(0, 256, (120, 160, 3), dtype=np.uint8))
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
-def workers_of(server: ServerProcess) -> set[int]:
-    """The live worker processes: the supervisor's children that multiprocessing spawned (not its resource
-    tracker)."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    found = set()
-    for pid in map(int, children):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in command and alive(pid):
-            found.add(pid)
-    return found
 
 
 def results_dir(pid: int) -> Path:
@@ -79,18 +58,11 @@ def fill(server: ServerProcess, results: Path, pids: set[int], size: int, timeou
         assert r.status_code == 200 and "X-Result-ID" in r.headers, r.text
 
 
-def wait_for(condition, what: str, server: ServerProcess, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert server.proc.poll() is None and time.monotonic() < deadline, f"{what}:\n{server.log}"
-        time.sleep(0.05)
-
-
 def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_model: Path) -> None:
     with ServerProcess(rule_model, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_WORKER_THREADS="1",
                        SEGMENT_RESULT_CACHE_BYTES=str(BOUND), SEGMENT_RESULT_TTL_S="600") as server:
         server.wait_ready(120)
-        first = workers_of(server)
+        first = worker_pids(server)
         assert len(first) == 2
         results = results_dir(min(first))
         httpx.post(f"{server.url}/segment", content=noise_png(), headers={"content-type": "image/png"}, timeout=30)
@@ -100,8 +72,8 @@ def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_m
         assert sum(held(results).values()) <= BOUND
 
         server.proc.send_signal(signal.SIGTTIN)  # a third worker
-        wait_for(lambda: len(workers_of(server)) == 3, "no third worker", server)
-        three = workers_of(server)
+        wait_for(lambda: len(worker_pids(server)) == 3, "no third worker", server)
+        three = worker_pids(server)
         server.worker_pids.clear()
         server.env["SEGMENT_WORKERS"] = "3"  # what `wait_ready` counts
         server.wait_ready(120)
@@ -113,8 +85,8 @@ def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_m
 
         for count in (2, 1):  # SIGTTOU: the last worker goes, the others may take its room
             server.proc.send_signal(signal.SIGTTOU)
-            wait_for(lambda count=count: len(workers_of(server)) == count, f"not {count} workers", server)
-        (last,) = workers_of(server)
+            wait_for(lambda count=count: len(worker_pids(server)) == count, f"not {count} workers", server)
+        (last,) = worker_pids(server)
         now = fill(server, results, {last}, size)
         assert set(now) == {last}  # the folders of the workers that went are gone
         assert BOUND // 2 < now[last] <= BOUND, now  # the whole bound, not the half it started with

@@ -19,7 +19,7 @@ import httpx
 
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.test_workers_start_retry import census, serve_until
+from tests.service.worker_checks import census, serve_until
 
 KILLER = """\
 import os, signal

@@ -16,16 +16,7 @@ import httpx
 
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.test_workers_start_retry import census, serve_until, workers
-
-OPTIONS = {"SEGMENT_WORKERS": "2", "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_WORKER_THREADS": "1"}
-
-
-def wait_for(condition, what: str, server: ServerProcess, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert server.proc.poll() is None and time.monotonic() < deadline, f"{what}:\n{server.log}"
-        time.sleep(0.05)
+from tests.service.worker_checks import OPTIONS, census, serve_until, wait_for, worker_pids
 
 
 def test_sigttou_removes_the_slot_that_fails_at_startup_not_a_serving_worker(rule_model: Path,
@@ -45,7 +36,7 @@ def test_sigttou_removes_the_slot_that_fails_at_startup_not_a_serving_worker(rul
         serve_until(server, body, expected, lambda c: c["configured"] == 1, "SIGTTOU not handled", timeout=30)
         time.sleep(1.5)  # past the removed slot's next try (1 s)
         assert census(server) == {**census(server), "configured": 1, "live": 1, "retrying": 0}
-        assert workers(server) == {max(first)}
+        assert worker_pids(server) == {max(first)}
         assert server.terminate() == 0, server.log
 
 

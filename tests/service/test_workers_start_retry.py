@@ -8,55 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from testkit.metrics import samples
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-
-OPTIONS = {"SEGMENT_WORKERS": "2", "SEGMENT_INTRA_OP_THREADS": "1", "SEGMENT_WORKER_THREADS": "1"}
-
-
-def segment_ok(server: ServerProcess, body: bytes, expected: bytes) -> None:
-    r = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
-                   headers={"content-type": "image/png"}, timeout=30)  # a new connection: any worker may take it
-    assert r.status_code == 200 and r.content == expected, (r.status_code, r.text[:300], server.log)
-
-
-def census(server: ServerProcess) -> dict[str, Any]:
-    """The supervisor's account of the workers, from whichever worker answers /readyz (it must be ready)."""
-    r = httpx.get(f"{server.url}/readyz", timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()["workers"]
-
-
-def serve_until(server: ServerProcess, body: bytes, expected: bytes, done: Callable[[dict[str, Any]], bool],
-                what: str, timeout: float = 60) -> list[dict[str, Any]]:
-    """Send requests, each answered 200, until the census satisfies `done`; every census seen."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while not seen or not done(seen[-1]):
-        assert server.proc.poll() is None and time.monotonic() < deadline, f"{what}: {seen[-3:]}\n{server.log}"
-        segment_ok(server, body, expected)
-        seen.append(census(server))
-    return seen
-
-
-def workers(server: ServerProcess) -> set[int]:
-    """The pids of the workers running now (the supervisor's children multiprocessing spawned)."""
-    found = set()
-    for pid in map(int, Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.add(pid)
-        except OSError:
-            continue
-    return found
+from tests.service.worker_checks import OPTIONS, census, segment_ok, serve_until, worker_pids
 
 
 def test_a_replacement_that_fails_at_startup_is_retried_while_the_others_serve(rule_model: Path,
@@ -95,7 +54,7 @@ def test_a_replacement_that_fails_at_startup_is_retried_while_the_others_serve(r
 
         # With no worker left running, and every replacement failing, the server stops: exit status 3.
         model.rename(away)
-        for pid in workers(server):
+        for pid in worker_pids(server):
             os.kill(pid, signal.SIGKILL)
         assert server.proc.wait(60) == 3, server.log
         server._reader.join(5)
@@ -132,7 +91,7 @@ def test_a_restart_whose_replacement_fails_stops_there_and_the_others_serve(rule
         server.proc.send_signal(signal.SIGHUP)  # at once: before the supervisor's own round has seen them ready
         serve_until(server, body, expected, lambda c: c["start_failures"] >= 1, "no failed start")
         assert "failed at startup; the restart stops there" in server.log, server.log
-        assert len(workers(server) & first) == 1  # the other was not restarted
+        assert len(worker_pids(server) & first) == 1  # the other was not restarted
         away.rename(model)
         serve_until(server, body, expected, lambda c: "started after" in server.log, "no recovery", timeout=90)
         assert server.terminate() == 0, server.log
