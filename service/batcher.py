@@ -77,6 +77,7 @@ class Batcher:
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
         # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
         self._busy = BusyEstimate(expected_s) if expected_s is not None else None
+        self._probe_image = probe_image
         # A failed batch: the device's fault or the batch's? (service/inference_guard.py)
         self._guard = InferenceGuard(lambda tensors: self._executor.run(self._timed_run, tensors),
                                      health or InferenceHealth(), probe_image, metrics)
@@ -247,9 +248,6 @@ class Batcher:
         finally:
             self._batch_finished(running, planned_end)
         inference_s = time.perf_counter() - started
-        if self.metrics is not None and any(isinstance(outcome, np.ndarray) for outcome in outcomes):
-            self.metrics.batch_size.observe(len(live))
-            self.metrics.padding_images.inc(self._padded_size(len(live)) - len(live))
         for item, outcome in zip(live, outcomes, strict=True):
             if item.future.done() or outcome is None:  # the client may have gone away while we ran
                 continue
@@ -263,10 +261,21 @@ class Batcher:
         event loop does not count as inference)."""
         start = time.perf_counter()
         try:
-            return self._run_images(tensors)
+            labels = self._run_images(tensors)
         finally:
             if self.metrics is not None:
                 self.metrics.inference_busy.inc(time.perf_counter() - start)
+        self._count_ran(tensors)
+        return labels
+
+    def _count_ran(self, tensors: list[np.ndarray]) -> None:
+        """Count a run that returned labels in the batch size and padding metrics: per run, as a failed batch ran
+        no padding (its images, run again alone after the probe, count as batches of one). The guard's probe runs
+        known-good input for no request: no batch of theirs."""
+        if self.metrics is None or (len(tensors) == 1 and tensors[0] is self._probe_image):
+            return
+        self.metrics.batch_size.observe(len(tensors))
+        self.metrics.padding_images.inc(self._padded_size(len(tensors)) - len(tensors))
 
     def _batch_started(self, live: list[QueuedImage]) -> tuple[float, list[QueuedImage]]:
         running = (time.monotonic(), live)

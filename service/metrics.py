@@ -64,13 +64,16 @@ class Metrics:
                                         "Per-request time in each stage: decode, queue, inference, encode",
                                         ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
         batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
-        self.batch_size = Histogram("segment_batch_size", "Images per inference batch",
+        self.batch_size = Histogram("segment_batch_size", "Images per inference batch that ran (after a failed "
+                                    "batch, each image run again alone is a batch of one)",
                                     buckets=[float(b) for b in batch_buckets], registry=r)
         self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker",
                                  multiprocess_mode="livesum", registry=r)
         self.padding_images = Counter("segment_batch_padding_images",
                                       "Padding rows run to fill fixed-shape batch buckets (compute spent on no "
-                                      "image); divide by segment_batch_size_sum for the waste", registry=r)
+                                      "image), by batches that ran (a failed run counts in "
+                                      "segment_inference_failures_total); divide by segment_batch_size_sum for "
+                                      "the waste", registry=r)
         self.held_images = Counter("segment_batch_held_images",
                                    "Images a batch left for the next one, because a smaller full bucket now and "
                                    "the rest later costs less than padding them all", registry=r)
