@@ -2,8 +2,9 @@
 
 A follow-up `GET /results/{id}` may reach any worker (the kernel hands each new connection to one of them), so
 under `SEGMENT_WORKERS` > 1 results live in files rather than in one worker's memory. The worker that stored a
-result owns its file, in a folder named after its pid: it evicts its own files least recently stored first beyond
-its share of the byte bound, and on expiry; any worker reads any file, and one older than the TTL counts as gone.
+result owns its file, in a folder named after its pid: it evicts its own files least recently stored first to make
+room within its share of the byte bound before it writes one (the folder never holds more, even for a moment), and
+on expiry; any worker reads any file, and one older than the TTL counts as gone.
 The share is the bound divided by the number of workers the supervisor keeps now (`follow`): SIGTTIN and SIGTTOU
 change that number, and a share fixed at start let more workers hold more than the bound, and fewer less.
 Only the owner knows which of its files are still wanted, so when a worker is gone (killed, restarted, stopped by
@@ -26,6 +27,7 @@ import re
 import shutil
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +59,8 @@ class SharedResultsCache(ResultStore):
         # share may grow with fewer workers.
         self._owned: TTLCache[str, int] = TTLCache(maxsize=sys.maxsize, ttl=max(ttl_s, 1e-9), timer=clock,
                                                    getsizeof=lambda size: size)
+        self._writing = 0  # bytes of the files being written now, already counted against the share
+        self._room = threading.Condition(self._lock)  # a store waits on it for room held by files being written
         self._total: int | None = None
         self._workers: Callable[[], int | None] = lambda: None
 
@@ -76,6 +80,48 @@ class SharedResultsCache(ResultStore):
         size = sum(len(part) for part in parts)
         if size > self.max_bytes:  # the file, header and pickle included, is what the bound counts
             return False
+        with self._room:
+            if not self._reserve(size):
+                return False
+        kept = False
+        try:
+            kept = self._write(result_id, parts, size)
+        finally:
+            with self._room:
+                self._writing -= size
+                if kept:
+                    with self._owned.timer as now:
+                        self._unlink([key for key, _ in self._owned.expire(now)])
+                        self._owned[result_id] = size
+                self._room.notify_all()  # its bytes are now evictable (or free): a store waiting for room looks again
+        return kept
+
+    def _reserve(self, size: int) -> bool:
+        """Make room for `size` bytes and count them as being written; the caller holds the lock. False when they
+        cannot fit even with nothing else in the folder (a share another store has just shrunk).
+
+        Room is made before the file is written, and the evicted files removed before the lock is let go: written
+        first and evicted after, each codec thread storing at that moment held one result beyond the share. Files
+        being written are not in `_owned` (nothing evicts them half-written); a store that needs their bytes waits
+        for them to finish."""
+        while True:
+            # One instant for the whole update: each TTLCache call otherwise expires entries afresh at its own time
+            # and drops them without a word, and a file dropped so stays on disk, past its TTL and beyond the bound.
+            with self._owned.timer as now:
+                gone = [key for key, _ in self._owned.expire(now)]
+                while self._owned.currsize + self._writing + size > self.max_bytes and self._owned:
+                    gone.append(self._owned.popitem()[0])  # least recently stored
+                fits = self._owned.currsize + self._writing + size <= self.max_bytes  # (`currsize` expires too)
+            self._unlink(gone)
+            if fits:
+                self._writing += size
+                return True
+            if not self._writing:
+                return False
+            self._room.wait()
+
+    def _write(self, result_id: str, parts: list[bytes | memoryview], size: int) -> bool:
+        """Write the result's file whole (readers see all of it or none); False when the file system refuses."""
         path = self._own / result_id
         partial = path.with_name(f".{result_id}.partial")
         try:
@@ -86,21 +132,16 @@ class SharedResultsCache(ResultStore):
                     raise OSError(f"short write to {partial}")
             finally:
                 os.close(fd)
-            os.replace(partial, path)  # readers see the whole file or none
+            os.replace(partial, path)
         except OSError as exc:  # e.g. /dev/shm full: the answer itself must not fail for it
             log.warning("result %s not kept for /results: %s", result_id, exc)
             partial.unlink(missing_ok=True)
             return False
-        # One instant for the whole update: each TTLCache call otherwise expires entries afresh at its own time and
-        # drops them without a word, and a file dropped so stays on disk, past its TTL and beyond the bound.
-        with self._lock, self._owned.timer as now:
-            gone = [key for key, _ in self._owned.expire(now)]
-            while self._owned.currsize + size > self.max_bytes and self._owned:
-                gone.append(self._owned.popitem()[0])  # least recently stored
-            self._owned[result_id] = size
-        for key in gone:
-            (self._own / key).unlink(missing_ok=True)
         return True
+
+    def _unlink(self, keys: list[str]) -> None:
+        for key in keys:
+            (self._own / key).unlink(missing_ok=True)
 
     def __contains__(self, result_id: object) -> bool:
         """Whether some worker's file holds the result, by its metadata alone (cheap enough for the event loop; a
