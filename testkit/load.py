@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import httpx
 import numpy as np
 
 from testkit.rawhttp import split_url
+from testkit.sampler import BackgroundSampler
 
 
 @dataclass
@@ -160,19 +160,18 @@ def probe(url: str, body: bytes, count: int, path: str = "/segment", pause_s: fl
     return Probe(latencies, statuses)
 
 
-class HealthProbe:
+class HealthProbe(BackgroundSampler):
     """GET `path` every `interval` s on one kept-alive connection of its own, in a thread of this process, while
     the block runs: the time a trivial request waits for the server's event loop (and its GIL) meanwhile. Each
     answer's latency and status is kept; a request that fails counts in `errors` (and reconnects)."""
 
     def __init__(self, url: str, path: str = "/healthz", interval: float = 0.05) -> None:
+        super().__init__("healthz-probe", join_s=15)
         self.host, self.port = split_url(url)
         self.path, self.interval = path, interval
         self.latencies_ms: list[float] = []
         self.statuses: list[int] = []
         self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -189,14 +188,6 @@ class HealthProbe:
                 conn.close()  # reconnects on the next request
             self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
         conn.close()
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
     def summary(self) -> dict[str, float]:
         """Latency p50, p99 and max (ms), the number of answers and of errors."""

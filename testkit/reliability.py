@@ -10,7 +10,6 @@ tests/reliability (short), with the same checks.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from service.core.pipeline import Pipeline
 from testkit.images import decode_labels, encode
 from testkit.load import closed_loop, open_loop
 from testkit.photos import PHOTOS, photo
+from testkit.sampler import BackgroundSampler
 from testkit.server import ServerProcess, proc_memory_kib
 
 
@@ -37,14 +37,14 @@ def direct_labels(model: Path, bodies: Sequence[bytes]) -> list[np.ndarray]:
     return [pipeline.label_maps([pipeline.preprocess(b)])[0] for b in bodies]
 
 
-class MemorySampler:
-    """Samples a process's VmRSS every `period` seconds in a thread; keeps the trace and the maximum."""
+class MemorySampler(BackgroundSampler):
+    """Samples a process's VmRSS every `period` seconds in a thread while the block runs; keeps the trace and the
+    maximum."""
 
     def __init__(self, pid: int, period: float = 0.25) -> None:
+        super().__init__("memory-sampler", join_s=5)
         self.pid, self.period = pid, period
         self.trace: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.perf_counter()
 
     def _run(self) -> None:
@@ -54,14 +54,6 @@ class MemorySampler:
             except (OSError, KeyError):  # the process has gone
                 return
             self._stop.wait(self.period)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     @property
     def max_kib(self) -> int:
