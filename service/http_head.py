@@ -44,9 +44,7 @@ class HeadMeter:
         """Count `data` into the current head: the refusal when the head passes the limit (414 while the request
         line is not done, else 431), or None."""
         limit, seen, tail = self.limit, self.size, self.tail
-        start = 0
-        if not seen and not self.inexact and data[:1] in (b"\r", b"\n"):
-            start = _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
+        start = self._start(data)
         stop = start + limit - seen  # the head may end no later than here
         if tail:  # the blank line split across reads?
             joined = tail + data[:3]
@@ -65,6 +63,16 @@ class HeadMeter:
             self.tail = (tail + data[-3:])[-3:]
             self.line_done = line_done
         return None
+
+    def within(self, data: bytes) -> bytes:
+        """The part of `data`, a read `count` refused, that is within the limit."""
+        return data[:self._start(data) + self.limit - self.size]
+
+    def _start(self, data: bytes) -> int:
+        """Where the current head begins in `data`: past the blank lines before a request line, in its first read."""
+        if not self.size and not self.inexact and data[:1] in (b"\r", b"\n"):
+            return _LEADING_CRLF.match(data).end()  # type: ignore[union-attr]
+        return 0
 
     def check_parsed(self, method: bytes, url: bytes, lower_bound: int) -> Refusal | None:
         """An inexact head, parsed whole: the refusal when what httptools passed on (`lower_bound` bytes of URL

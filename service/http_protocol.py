@@ -2,18 +2,20 @@
 
 httptools (llhttp) is fast but has no request-head size limit: a header value split over many reads is
 concatenated inside httptools on every read, so a 64 MiB header costs quadratic time on the event loop. Here the
-bytes of the current head are counted *before* httptools sees them, so an oversized head is never parsed.
+bytes of the current head are counted *before* httptools sees them, so an oversized head is never parsed past the
+limit (its part within the limit only for its X-Request-ID, service/http_refusing.py).
 
 What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the service's JSON error envelope with
-`Connection: close` (after the answers to any requests before it on the connection, in order):
+`Connection: close` (after the answers to any requests before it on the connection, in order, with the client's own
+X-Request-ID where it arrived, and counted once: service/http_refusing.py):
 - a head-size limit on the request line and headers, blank line included: 431 `headers_too_large`, or 414
   `uri_too_long` when the request line alone is longer; 400 `bad_request` for any other malformed head
   (uvicorn answers these in plain text);
 - HTTP/1.0 and HTTP/1.1 only: 505 `unsupported_http_version` for any other version (llhttp took HTTP/0.9 and
-  HTTP/2.0 as HTTP/1), and chunked the only transfer coding: 501 `unsupported_transfer_encoding` for another one
-  before it (llhttp passed the still-coded bytes on as the body), 400 when chunked is not the last or the request
-  is HTTP/1.0 (llhttp framed it by chunks); 400 for an HTTP/1.1 request without a Host header, or any with two
-  (service/http_refusals.py);
+  HTTP/2.0 as HTTP/1; a request line without a version, HTTP/0.9's, is refused as soon as it ends), and chunked
+  the only transfer coding: 501 `unsupported_transfer_encoding` for another one before it (llhttp passed the
+  still-coded bytes on as the body), 400 when chunked is not the last or the request is HTTP/1.0 (llhttp framed it
+  by chunks); 400 for an HTTP/1.1 request without a Host header, or any with two (service/http_refusals.py);
 - a head deadline: a head must arrive within `header_timeout_s` of the connection opening or of the first byte
   after a keep-alive pause, else 408 `header_timeout`; a connection that sends nothing is closed quietly;
 - a limit on a chunked body's framing: httptools parses chunk-size lines, chunk extensions and trailer fields with
@@ -34,35 +36,23 @@ What `HardenedHttpToolsProtocol` adds, per connection, every refusal in the serv
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable
 from typing import Any
 
 import httptools
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from . import http_refusals as refusals
 from .connection import SendDeadline
 from .http_framing import FramingMeter, body_parser, skipped_body
-from .http_head import HeadMeter, Refusal
-from .http_requests import SHUTDOWN_GRACE_S, TrackedHttpToolsProtocol
+from .http_head import HeadMeter
+from .http_refusing import FIELD_START, Refused, RefusingHttpToolsProtocol, RejectHook, ignore_reject
+from .http_requests import SHUTDOWN_GRACE_S
 from .settings import Settings
 
 __all__ = ["SHUTDOWN_GRACE_S", "HardenedHttpToolsProtocol", "RejectHook"]
 
-log = logging.getLogger(__name__)
 
-RejectHook = Callable[[str], None]
-
-
-def _noop(_code: str) -> None:
-    pass
-
-
-class _Refused(Exception):
-    """Raised from a parser callback to stop httptools; the refusal is in `_refusal`."""
-
-
-class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
+class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
     """uvicorn's httptools protocol with a head-size limit, a head deadline, JSON answers for bad heads and for
     HTTP it does not speak, and a bounded linger."""
 
@@ -70,29 +60,25 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
     max_header_bytes: int = 16 * 1024
     send_timeout_s: float = 30.0
     send_min_rate: float = 32 * 1024
-    on_reject: RejectHook = staticmethod(_noop)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = True  # between requests or inside a head (not yet `on_headers_complete`)
         self._head = HeadMeter(self.max_header_bytes)  # the current head's size so far
         self._completed_in_read = False  # a request ended inside the current read
         self._head_timer: asyncio.TimerHandle | None = None
-        self._refusal: Refusal | None = None  # decided, waiting for earlier answers to go out
-        self._refused_id: str | None = None  # the refused request's own X-Request-ID, when its head was whole
         self._framing = FramingMeter(self.max_header_bytes)  # a chunked body's framing in a row (see `_feed`)
         self._skipped: bytes | None = None  # the body framing of a request whose upgrade is not taken (`_not_upgraded`)
         self._after_upgrade = b""  # what followed the head of a request asking for an upgrade, in its read
 
     @classmethod
-    def configured(cls, settings: Settings, on_reject: RejectHook = _noop) -> type[HardenedHttpToolsProtocol]:
+    def configured(cls, settings: Settings, on_reject: RejectHook = ignore_reject) -> type[HardenedHttpToolsProtocol]:
         """A subclass carrying these limits (uvicorn instantiates the protocol class itself)."""
         subclass = type("SegmentHttpProtocol", (cls,), {})
         subclass.apply_limits(settings, on_reject)
         return subclass
 
     @classmethod
-    def apply_limits(cls, settings: Settings, on_reject: RejectHook = _noop) -> None:
+    def apply_limits(cls, settings: Settings, on_reject: RejectHook = ignore_reject) -> None:
         """Set these settings' limits, and the hook told of each refusal, on this class itself."""
         cls.header_timeout_s = settings.header_timeout_s
         cls.max_header_bytes = int(settings.max_header_bytes)
@@ -131,11 +117,16 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
             else:
                 self._not_upgraded()
             return
-        except httptools.HttpParserError as exc:  # `_Refused` from a callback arrives wrapped in one too
+        except httptools.HttpParserError as exc:  # `Refused` from a callback arrives wrapped in one too
             if self._refusal is None:
                 self.logger.warning("Invalid HTTP request received.")
-                self._refusal = refusals.parser_refusal(exc)
-            self._refuse()
+                self._refuse_with(refusals.parser_refusal(exc))  # the fields httptools passed on before
+            else:
+                self._refuse()
+            return
+        if self._in_head and self._begun and self.url and (refusal := refusals.bare_request_line(
+                self.parser.get_http_version(), self.parser.get_method(), self.url, self.headers, data)) is not None:
+            self._refuse_with(refusal)  # an HTTP/0.9 client waits for its answer: no blank line will come
             return
         if self._in_head and self._completed_in_read and self._head.inexact:
             # The next head began inside this read and is incomplete (its request line is done once a header is).
@@ -159,8 +150,7 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
                 raise
             refusal = self._framing.count(min(end, len(data)) - start, self._in_head)
             if refusal is not None:
-                self._refusal = refusal
-                self._refuse()
+                self._refuse_with(refusal)
                 return False
             start = end
         return True
@@ -179,8 +169,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         refusal = self._head.count(data)
         if refusal is None:
             return False
-        self._refusal = refusal
-        self._refuse()
+        # Header fields (431, not 414) within the limit are parsed for the head's X-Request-ID: never more.
+        self._refuse_with(refusal, self._head.within(data) if refusal[0] == 431 else b"")
         return True
 
     def _head_lower_bound(self) -> int:
@@ -208,6 +198,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        if self._reading_for_id:
+            raise Refused  # a refused head parsed for its X-Request-ID: never ends within its limit, but never runs
         # An inexact head's start was not counted as bytes: check what was parsed. Then what it asks of HTTP, before
         # uvicorn starts the app on it.
         refusal = (self._head.check_parsed(self.parser.get_method(), self.url, self._head_lower_bound())
@@ -215,10 +207,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
                    or refusals.unsupported_transfer_coding(version, self.headers)
                    or refusals.bad_host(version, self.headers))
         if refusal is not None:
-            # A whole head: its own request id is echoed, as the app's answers echo it (a refusal inside a head
-            # has no id yet, and the headers seen may be an earlier request's).
-            self._refusal, self._refused_id = refusal, refusals.incoming_request_id(self.headers)
-            raise _Refused  # httptools stops parsing this read
+            self._refusal, self._refused_id = refusal, self._seen_request_id()  # a whole head: its own id
+            raise Refused  # httptools stops parsing this read
         self._in_head = False
         self._head.reset()
         declined = self.parser.should_upgrade() and not self._should_upgrade()  # an upgrade asked for, not taken
@@ -228,6 +218,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         self._cancel_head_timer()
         self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
         super().on_headers_complete()
+        if self._framing.chunked:
+            self._watch_answer()  # only a chunked body can still prove malformed after its answer
 
     def on_message_complete(self) -> None:
         if self._skipped is not None:
@@ -236,10 +228,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
         self._send_deadline.watch()  # what is still unsent, kept open or closing (close() waits for it), is bounded
-        if self._refusal is not None:
-            self._refuse()  # the answers before it are out (or the next pipelined one started: it waits)
+        super().on_response_complete()  # and a refusal waiting for this answer goes out
 
     # -- head deadline ----------------------------------------------------------------------------------------
     def _arm_head_timer(self) -> None:
@@ -256,8 +246,8 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         if self.transport.is_closing() or not self._in_head or self._refusal is not None:
             return
         if self._head.started:  # part of a head arrived, then nothing: tell the client why
-            self._refusal = (408, "header_timeout", f"request head not received within {self.header_timeout_s:g} s")
-            self._refuse()
+            self._refuse_with((408, "header_timeout", f"request head not received within {self.header_timeout_s:g} s"),
+                              FIELD_START)  # the last whole field of the head is passed on
         else:  # an idle connection: close quietly, as the keep-alive timeout does
             self.transport.close()
 
@@ -273,39 +263,10 @@ class HardenedHttpToolsProtocol(TrackedHttpToolsProtocol):
         self._send_deadline.cancel()
         super().connection_lost(exc)  # every request still in the server is told (service/http_requests.py)
 
-    # -- refusals ---------------------------------------------------------------------------------------------
-    def _refuse(self) -> None:
-        """Send the pending refusal once every request before it on this connection has its answer; until then
-        read nothing more. A request refused inside its body (a bad chunk, too much framing) is `self.cycle`: the
-        refusal is its answer, so it is taken out of the queue when pipelined behind another (its app never runs),
-        or cut off when running (its app sees a disconnect)."""
-        refused = None if self._in_head else self.cycle
-        if refused is not None:
-            for item in [item for item in self.pipeline if item[0] is refused]:
-                self.pipeline.remove(item)
-        # Wait for each earlier request's answer, and for the refused request's own if it has begun (an answer
-        # given before its body was read, 413 or 503): a refusal cannot cut into a response.
-        if any(not cycle.response_complete and (cycle is not refused or cycle.response_started)
-               for cycle in self._cycles()):
-            self.flow.pause_reading()
-            return
-        assert self._refusal is not None
-        self._reject(*self._refusal, answered=refused is not None and refused.response_started)
-
-    def _reject(self, status: int, code: str, message: str, answered: bool = False) -> None:
-        """Answer an error outside any request cycle (no app involved) and close the connection; `answered`: the
-        refused request already has its answer, so the connection is only closed."""
+    def _reject(self, status: int, code: str, message: str, answered: RequestResponseCycle | None = None) -> None:
+        """The base's refusal, with this protocol's timers: no head is awaited any more, and what is left unsent
+        must leave within the send deadline."""
         self._cancel_head_timer()
-        if self.transport.is_closing():
-            return
-        self._disconnect_cycles()  # a refused request whose app runs must not answer too (nor write after close)
-        if answered:
-            log.info("closed a connection after its answer: %s %s", status, code)
-            self.on_reject(code)
-            self.transport.close()
-            return
-        log.info("refused a connection's request: %s %s", status, code)
-        self.on_reject(code)
-        self.transport.write(refusals.envelope(status, code, message, self._refused_id))
-        self.transport.close()
-        self._send_deadline.watch()
+        if not self.transport.is_closing():
+            super()._reject(status, code, message, answered)
+            self._send_deadline.watch()  # the refusal, or an earlier answer, must leave within the send deadline

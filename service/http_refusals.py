@@ -47,6 +47,24 @@ def unsupported_version(version: str) -> Refusal | None:
     return 505, "unsupported_http_version", f"HTTP/{version[:8]} is not supported; {_VERSION_HINT}"
 
 
+def bare_request_line(version: str, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
+                      read: bytes) -> Refusal | None:
+    """505 `unsupported_http_version` for a request line that ended without a version (`GET /path`, an HTTP/0.9
+    simple request), else None. The head so far: llhttp's `version`, `method` and `url`, and its fields passed on
+    (`headers`); `read`: the read just parsed.
+
+    llhttp takes such a line for an HTTP/0.9 request with header fields to come: its client sends nothing more and
+    waits for the answer (which the head deadline gave, 408). llhttp reads the version as 0.0 until a field begins,
+    on a connection's first request; on a later one it still reads the earlier request's, so there the line itself
+    must be in the read (a versioned line is longer; a header field line has a colon)."""
+    if headers or not read.endswith(b"\n"):
+        return None
+    line = read[read.rfind(b"\n", 0, len(read) - 1) + 1:].rstrip(b"\r\n")
+    if version == "0.0" or line == method + b" " + url:
+        return unsupported_version("0.9")
+    return None
+
+
 def unsupported_transfer_coding(version: str, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
     """The refusal of a parsed head's transfer codings (`headers` as uvicorn keeps them, names in lower case): 501
     `unsupported_transfer_encoding` for a coding other than chunked before it, 400 `bad_request` when chunked is

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 
-from testkit.metrics import metric_sum
+from testkit.metrics import metric_sum, samples
 from testkit.server import ServerProcess
 
 
@@ -34,3 +34,15 @@ def closed_by_server(sock: socket.socket, within_s: float = 2.0) -> bool:
 def rejected(server: ServerProcess, code: str) -> float:
     """`segment_rejected_total` for `code` now."""
     return metric_sum(server.metrics(), "segment_rejected_total", reason=code)
+
+
+def rejections(server: ServerProcess) -> dict[str, float]:
+    """`segment_rejected_total` now, by code."""
+    return {dict(labels)["reason"]: value
+            for labels, value in samples(server.metrics(), "segment_rejected_total").items()}
+
+
+def counted_since(before: dict[str, float], server: ServerProcess) -> dict[str, float]:
+    """The codes `segment_rejected_total` counted since `before` (`rejections`), with how many of each."""
+    return {code: value - before.get(code, 0.0) for code, value in rejections(server).items()
+            if value != before.get(code, 0.0)}
