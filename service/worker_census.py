@@ -1,5 +1,5 @@
 """What the supervisor of several workers tells them about the whole server: how many workers it keeps, how many
-run, and the replacements that failed to start.
+run, the replacements that failed to start and the workers that crashed soon after they were ready.
 
 One small JSON file in the supervisor's private slots directory (`SEGMENT_WORKER_SLOTS_DIR`), replaced whole
 (written aside, then renamed) whenever it changes. The workers read it when they store a result (their share of
@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .worker_slots import SLOTS_DIR_VARIABLE
+from .worker_slots import supervisor_dir
 
 CENSUS_NAME = "census.json"
 
@@ -31,9 +31,11 @@ class Census:
 
     configured: int  # the worker processes it keeps: SEGMENT_WORKERS, plus SIGTTIN, minus SIGTTOU
     live: int  # of those, processes running now (starting or serving)
-    retrying: int = 0  # of those, replacements that failed at startup and wait for their next try
+    retrying: int = 0  # of those, slots waiting for their next worker (a startup failure, or a crash soon after ready)
     start_failures: int = 0  # replacements that failed at startup since the server started
     last_start_failure: str | None = None  # the latest of them, in words
+    early_crashes: int = 0  # workers that died soon after they were ready (service/worker_backoff.py), since the start
+    last_early_crash: str | None = None  # the latest of them, in words
 
     def describe(self) -> dict[str, Any]:
         """The `/readyz` form."""
@@ -41,9 +43,8 @@ class Census:
 
 
 def census_dir() -> Path | None:
-    """This worker's supervisor's directory (None: not a worker of several)."""
-    directory = os.environ.get(SLOTS_DIR_VARIABLE)
-    return Path(directory) if directory else None
+    """This worker's supervisor's directory, where the census is (None: not a worker of several)."""
+    return supervisor_dir()
 
 
 def publish(directory: Path, census: Census) -> None:
@@ -93,6 +94,9 @@ class CensusCollector(Collector):
         yield GaugeMetricFamily("segment_workers_configured", "Worker processes the supervisor keeps "
                                 "(SEGMENT_WORKERS, changed by SIGTTIN and SIGTTOU)", value=census.configured)
         yield GaugeMetricFamily("segment_workers_live", "Worker processes running (starting or serving); below "
-                                "segment_workers_configured while a replacement fails to start", value=census.live)
+                                "segment_workers_configured while a replacement fails to start or waits after a "
+                                "crash", value=census.live)
         yield CounterMetricFamily("segment_worker_start_failures", "Replacement workers that failed at startup "
                                   "(each is tried again, with a growing delay)", value=census.start_failures)
+        yield CounterMetricFamily("segment_worker_early_crashes", "Workers that died soon after they were ready "
+                                  "(each replacement waits, with a growing delay)", value=census.early_crashes)

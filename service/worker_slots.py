@@ -1,47 +1,51 @@
 """Which worker of several is which: each holds a slot, and its slot picks its CUDA device; and workers that share
 a device warm up one at a time.
 
-Both are file locks (`flock`) in the supervisor's private directory (`SEGMENT_WORKER_SLOTS_DIR`, set for its
-workers only). The kernel drops a lock when its holder dies, however it dies, so neither outlives a worker.
+The supervisor hands out the slots: each worker it starts gets the lowest slot no other worker of its list holds
+(`SEGMENT_WORKER_SLOT` in the environment it is spawned with), so a replacement takes the slot of the worker it
+replaces, and after SIGTTOU a worker left past the new count moves down (service/worker_supervisor.py): every
+live worker on its own slot below the count, whenever the count allows. Each worker locks its slot's file
+(`flock`) in the supervisor's private directory (`SEGMENT_WORKER_SLOTS_DIR`, set for its workers only), which a
+second live holder would find locked; the warm-up turns are such locks too. The kernel drops a lock when its
+holder dies, however it dies, so neither outlives a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-log = logging.getLogger(__name__)
-
 SLOTS_DIR_VARIABLE = "SEGMENT_WORKER_SLOTS_DIR"  # set by the supervisor, like PROMETHEUS_MULTIPROC_DIR
+SLOT_VARIABLE = "SEGMENT_WORKER_SLOT"  # the `worker_slot` setting: set by the supervisor for each worker it starts
 
 
-def claim_slot(directory: Path, count: int) -> tuple[int, IO[str]]:
-    """The lowest slot that no live process holds, and its lock file: keep it open for as long as the slot is
-    yours. The replacement the supervisor starts after a death finds the dead worker's slot free.
-
-    Slots 0..count-1 are the workers'; one past them (all held: more workers than `count`, e.g. after SIGTTIN) is
-    locked all the same, so two workers never share a slot, and still maps to a device (round robin)."""
-    slot = 0
-    while (handle := _locked(directory / f"slot-{slot}")) is None:
-        slot += 1
-    if slot >= count:
-        log.warning("all %d worker slots are held; taking slot %d", count, slot)
-    return slot, handle
+def supervisor_dir() -> Path | None:
+    """This worker's supervisor's private directory (slots, warm-up turns, census); None: not a worker of
+    several."""
+    directory = os.environ.get(SLOTS_DIR_VARIABLE)
+    return Path(directory) if directory else None
 
 
-def _locked(path: Path) -> IO[str] | None:
-    """`path` opened and locked for this process, or None when another holds it."""
-    handle = open(path, "a")  # noqa: SIM115 - held open on purpose
+def lowest_free(held: Iterable[int]) -> int:
+    """The lowest slot not in `held`."""
+    taken = set(held)
+    return next(slot for slot in range(len(taken) + 1) if slot not in taken)
+
+
+def hold_slot(directory: Path, slot: int) -> IO[str]:
+    """Lock `slot`'s file for this worker: keep the handle open for as long as the slot is yours. Raises (a
+    startup failure, which the supervisor retries) where another live process holds it: two workers never share
+    a slot, so never a device their count gives each its own."""
+    handle = open(directory / f"slot-{slot}", "a")  # noqa: SIM115 - held open on purpose
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        return None
+        raise RuntimeError(f"worker slot {slot} is held by another live worker") from None
     return handle
 
 
@@ -50,11 +54,11 @@ def device_warm_up(device: int) -> Iterator[None]:
     """Hold CUDA device `device`'s warm-up turn (among the workers of one supervisor; alone, a no-op). Workers on one
     GPU then warm up one after the other: each worker's per-bucket memory readings (NVML's, which are device-wide)
     are its own, and two warm-ups' allocations do not peak at once. Blocks: call it off the event loop."""
-    directory = os.environ.get(SLOTS_DIR_VARIABLE)
-    if not directory:
+    directory = supervisor_dir()
+    if directory is None:
         yield
         return
-    with open(Path(directory) / f"device-{device}.warm-up", "a") as handle:
+    with open(directory / f"device-{device}.warm-up", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -11,19 +11,19 @@ Metrics are summed over the workers with prometheus-client's multiprocess mode (
 memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them. The files
 of a worker that is gone are folded into the supervisor's archive (service/metrics_files.py).
 
-On a host with several GPUs the workers spread over them: each worker holds one slot (a lock file) for its life,
-and slot k runs on device k mod the number of devices, so a replacement takes the device of the worker it
-replaces (on SIGHUP too: each worker stops before its replacement starts). `SEGMENT_WORKERS=auto` (the default)
-starts one worker per device when the CUDA provider is there.
+On a host with several GPUs the workers spread over them: each worker holds one slot for its life, which the
+supervisor hands out (service/worker_slots.py), and slot k runs on device k mod the number of devices, so a
+replacement takes the device of the worker it replaces (on SIGHUP too: each worker stops before its replacement
+starts). `SEGMENT_WORKERS=auto` (the default) starts one worker per device when the CUDA provider is there.
+
+The shared files live in a private folder that the supervisor and its workers hold while they run; a server that
+starts sweeps away the folders of servers killed outright (service/worker_shared.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from socket import socket
 from typing import IO, Any
 
@@ -35,7 +35,8 @@ from .results_shared import SharedResultsCache
 from .server import answer_cut_off, quiet_startup_failure, server_options
 from .settings import Settings
 from .worker_census import CensusCollector, kept_workers, read_census
-from .worker_slots import SLOTS_DIR_VARIABLE, claim_slot
+from .worker_shared import METRICS_ROOM, hold, shared_folder
+from .worker_slots import SLOTS_DIR_VARIABLE, hold_slot, supervisor_dir
 from .worker_supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -46,33 +47,33 @@ class WorkerHttpProtocol(HardenedHttpToolsProtocol):
     builds, so each worker's app factory sets these limits from its own settings before it accepts a connection."""
 
 
-_held_slot: IO[str] | None = None  # this worker's slot lock, held until the process ends
+_held: list[IO[Any]] = []  # this worker's slot lock and its hold on the shared folder, kept until the process ends
 
 
 def worker_app() -> Any:
     """uvicorn's app factory in each worker: the settings from the environment the supervisor passed on, and
     this worker's slot (its CUDA device)."""
-    global _held_slot
     from .app import create_app  # the supervisor itself never loads the app
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    slots = os.environ.get(SLOTS_DIR_VARIABLE)
-    if slots:
+    directory = supervisor_dir()
+    if directory is not None:
+        _held.append(hold(directory.parent))  # the shared folder is in use while this worker runs
         # The count the supervisor keeps now: SIGTTIN and SIGTTOU change it, the environment has the first one
-        # (a worker added read it and warned that "all 2 worker slots are held"; its codec threads, its share).
-        if (census := read_census(Path(slots))) is not None:
+        # (its codec threads, its share of the result cache).
+        if (census := read_census(directory)) is not None:
             settings = settings.model_copy(update={"workers": census.configured})
-        slot, _held_slot = claim_slot(Path(slots), settings.worker_total())
-        settings = settings.model_copy(update={"worker_slot": slot})
+        slot = settings.worker_slot or 0  # the supervisor's choice (SEGMENT_WORKER_SLOT)
+        _held.append(hold_slot(directory, slot))
         log.info("worker slot %d: CUDA device %d (if the CUDA provider runs)", slot, settings.cuda_device())
     app = create_app(settings, warm_before_serving=True)  # siblings serve meanwhile (`_until_warm`)
     service = app.state.service
-    if slots:  # what the supervisor tells of the whole server (service/worker_census.py)
-        service.metrics.register(CensusCollector(Path(slots)))
+    if directory is not None:  # what the supervisor tells of the whole server (service/worker_census.py)
+        service.metrics.register(CensusCollector(directory))
         if isinstance(service.cache, SharedResultsCache):  # its share follows the number of workers
-            service.cache.follow(settings.result_cache_bytes, kept_workers(Path(slots)))
+            service.cache.follow(settings.result_cache_bytes, kept_workers(directory))
     count_rejection = service.metrics.count_rejection
     WorkerHttpProtocol.apply_limits(settings, count_rejection)
     return answer_cut_off(quiet_startup_failure(app), count_rejection)  # as `build_config` does for one process
@@ -105,22 +106,6 @@ def worker_config(settings: Settings) -> uvicorn.Config:
                           **server_options(settings))
 
 
-METRICS_ROOM = 64 * 1024 * 1024  # prometheus-client's files: a few MB per worker at most
-
-
-def shared_parent(room: int) -> str | None:
-    """Where the workers' shared files go: /dev/shm (memory; every /segment writes its result there) when it has
-    `room` free, else the temporary directory (None). A container's /dev/shm is often 64 MB, too small for the
-    default result cache."""
-    shm = Path("/dev/shm")
-    try:
-        if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= room:
-            return str(shm)
-    except OSError:
-        pass
-    return None
-
-
 def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
     """Run `settings.workers` workers (a count, not 'auto') on one socket until told to stop; the exit status
     (3: a worker failed at startup before any served, or later every one of them did).
@@ -128,9 +113,8 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
     `overrides` (command-line options) reach the workers as the environment variables they stand for."""
     for name, value in {**overrides, "workers": settings.workers}.items():
         os.environ[f"SEGMENT_{name.upper()}"] = str(value)
-    parent = shared_parent(settings.result_cache_bytes + METRICS_ROOM)
-    with tempfile.TemporaryDirectory(prefix="segment-", dir=parent) as shared:  # private: 0700
-        metrics_dir, results_dir, slots_dir = Path(shared, "metrics"), Path(shared, "results"), Path(shared, "slots")
+    with shared_folder(settings.result_cache_bytes + METRICS_ROOM) as shared:  # private: 0700
+        metrics_dir, results_dir, slots_dir = shared / "metrics", shared / "results", shared / "slots"
         for directory in (metrics_dir, results_dir, slots_dir):
             directory.mkdir()
         # Each worker process imports prometheus-client afresh (spawn), so it sees this before any metric exists.

@@ -24,7 +24,7 @@ from service.core import nvml
 from service.core.engine import load_engine
 from service.core.sessions import CUDA
 from service.settings import Settings
-from service.worker_slots import SLOTS_DIR_VARIABLE, claim_slot
+from service.worker_slots import SLOTS_DIR_VARIABLE, hold_slot, lowest_free
 from service.workers import worker_count
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import LiveServer
@@ -90,33 +90,26 @@ def test_auto_workers_are_one_per_device_where_cuda_runs(monkeypatch: pytest.Mon
 
 
 def test_a_slot_is_held_for_life_and_freed_by_its_holders_death(tmp_path: Path) -> None:
-    held = [claim_slot(tmp_path, 3) for _ in range(3)]
-    assert [slot for slot, _ in held] == [0, 1, 2]
-    # All held: past the end (still a device, round robin), and locked like the others: never one slot twice.
-    held += [claim_slot(tmp_path, 3), claim_slot(tmp_path, 3)]
-    assert [slot for slot, _ in held[3:]] == [3, 4]
-    held[1][1].close()  # its holder went
-    mine, handle = claim_slot(tmp_path, 3)
-    assert mine == 1
-    handle.close()
-    for _, handle in held:
-        handle.close()
+    held = hold_slot(tmp_path, 1)
+    with pytest.raises(RuntimeError, match="slot 1 is held"):  # never one slot twice: a startup failure
+        hold_slot(tmp_path, 1)
+    hold_slot(tmp_path, 0).close()  # another slot is another lock
+    held.close()  # its holder went
+    hold_slot(tmp_path, 1).close()
+    assert [lowest_free(h) for h in ([], [0, 1], [1, 2], [0, 2, 3])] == [0, 2, 0, 1]  # what the supervisor hands out
     # Another process holds slot 0 until it is killed; the kernel then drops its lock.
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from service.worker_slots import claim_slot; "
-        f"slot, handle = claim_slot(Path({str(tmp_path)!r}), 2); print(slot, flush=True); time.sleep(60)")],
+        "import sys, time; from pathlib import Path; from service.worker_slots import hold_slot; "
+        f"handle = hold_slot(Path({str(tmp_path)!r}), 0); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
-        mine, handle = claim_slot(tmp_path, 2)
-        assert mine == 1
-        handle.close()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="slot 0 is held"):
+            hold_slot(tmp_path, 0)
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
-    slot, handle = claim_slot(tmp_path, 2)
-    assert slot == 0
-    handle.close()
+    hold_slot(tmp_path, 0).close()
 
 
 def _slots(server: ServerProcess, want: int, timeout: float = 60) -> dict[int, int]:

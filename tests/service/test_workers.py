@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.workers import shared_parent
+from service.worker_shared import shared_parent
 from testkit.metrics import samples
 from testkit.procstat import cpu_seconds, descendants, tree_cpu_seconds
 from testkit.server import ServerProcess

@@ -34,7 +34,9 @@ def test_sigttou_removes_the_slot_that_fails_at_startup_not_a_serving_worker(rul
         server.proc.send_signal(signal.SIGTTOU)
         # One worker kept, the one that serves; the server goes on (it stopped, exit 3: no worker left running).
         serve_until(server, body, expected, lambda c: c["configured"] == 1, "SIGTTOU not handled", timeout=30)
-        time.sleep(1.5)  # past the removed slot's next try (1 s)
+        # The survivor, on slot 1 past the count, is offered slot 0: its replacement fails like the slot's did.
+        serve_until(server, body, expected, lambda c: "stays on slot 1" in server.log, "no move tried", timeout=30)
+        time.sleep(1.5)  # past the removed slot's next try
         assert census(server) == {**census(server), "configured": 1, "live": 1, "retrying": 0}
         assert worker_pids(server) == {max(first)}
         assert server.terminate() == 0, server.log

@@ -25,7 +25,7 @@ def test_a_replacement_that_fails_at_startup_is_retried_while_the_others_serve(r
     body = png_bytes(scene(120, 80))
     with ServerProcess(model, log_level="info", **OPTIONS) as server:
         first = set(server.wait_ready(120).worker_pids)
-        assert census(server) == {"configured": 2, "live": 2, "retrying": 0, "start_failures": 0}
+        assert census(server) == {"configured": 2, "live": 2, "retrying": 0, "start_failures": 0, "early_crashes": 0}
         expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
                               headers={"content-type": "image/png"}, timeout=30).content
         model.rename(away)  # every start from now on fails: "model not found"

@@ -1,0 +1,146 @@
+"""The worker processes of a supervisor of several (service/worker_supervisor.py builds its policy on this):
+each started on its slot, when each was seen ready, a worker left past the count moved to a free slot, and what
+a worker that is gone leaves behind cleared."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from socket import socket
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
+
+from .metrics_files import fold_dead_metrics
+from .results_shared import remove_worker_results
+from .worker_backoff import STOP_SIGNALS
+from .worker_slots import SLOT_VARIABLE, lowest_free
+
+log = logging.getLogger(__name__)
+
+
+class WorkerProcesses(Multiprocess):
+    """uvicorn's `Multiprocess`, whose workers each hold a slot that the supervisor hands out (see
+    service/worker_slots.py), and whose readiness it remembers (`_ready`, `served`)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None,
+                 metrics_dir: Path | None = None) -> None:
+        super().__init__(config, sockets)
+        self.results_dir, self.metrics_dir = results_dir, metrics_dir
+        self._served = False  # whether any worker has finished its startup
+        self._ready: dict[int | None, float] = {}  # pid -> when the worker was seen ready (not asked again)
+        self._slots: dict[Process, int] = {}  # each worker's slot
+
+    @property
+    def served(self) -> bool:
+        """Whether any worker finished its startup: a startup failure is retried from then on."""
+        return self._served
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the server is to stop: told so, or a SIGTERM/SIGINT waits in the signal queue. The main loop
+        handles the signals between its rounds, and a restart (SIGHUP) runs inside one: without this, a SIGTERM
+        that came during a restart waited until every worker had been replaced (each loading its model), past
+        an orchestrator's grace period, which then kills every worker, requests in flight and all."""
+        return self.should_exit.is_set() or not STOP_SIGNALS.isdisjoint(self.signal_queue)
+
+    def _spawn(self, slot: int) -> Process:
+        """Start a worker on `slot`, which reaches it in the environment it is spawned with (the `worker_slot`
+        setting): the supervisor starts its workers one at a time, and nothing else of it reads that variable."""
+        os.environ[SLOT_VARIABLE] = str(slot)
+        process = Process(self.config, self.sockets)
+        process.start()
+        self._slots[process] = slot
+        return process
+
+    def _free_slot(self, idx: int) -> int:
+        """The slot for a new worker at `processes[idx]`: the lowest that no other worker of the list holds."""
+        return lowest_free(self._slots[other] for i, other in enumerate(self.processes) if i != idx)
+
+    def _start(self, idx: int) -> None:
+        """Start a new worker in place of `processes[idx]` (which is gone)."""
+        slot = self._free_slot(idx)
+        self._slots.pop(self.processes[idx], None)
+        self.processes[idx] = self._spawn(slot)
+        self._release_worker_ends()
+
+    def _seen_ready(self, process: Process) -> bool:
+        """Whether `process` has finished its startup (asked of it until it says so once)."""
+        if process.pid in self._ready:
+            return True
+        if process.process.is_alive() and process.is_ready(timeout=self.config.timeout_worker_healthcheck):
+            self._ready[process.pid] = time.monotonic()
+            self._served = True
+            return True
+        return False
+
+    def _wait_ready(self, process: Process) -> bool:
+        """Wait until the new worker `process` is ready (True), or gone, not ready in time or told to stop."""
+        stop = _StopAsked(self)  # what it asks is `is_set()`
+        if not process.wait_until_ready(self.config.timeout_worker_healthcheck, stop):  # type: ignore[arg-type]
+            return False
+        self._ready[process.pid] = time.monotonic()
+        self._served = True
+        return True
+
+    def _relocate(self) -> None:
+        """Move each live worker on a slot past the count to the lowest free slot: its replacement starts there
+        and, once ready, it stops (the slots differ: no wait for a lock, and it serves meanwhile). Else two
+        workers share a device while another device has none, until both are replaced. Where the replacement
+        is not ready in time, the worker stays where it is."""
+        for idx, old in enumerate(self.processes):
+            if self._slot(idx) < len(self.processes) or not old.process.is_alive() or self.stopping:
+                continue
+            new = self._spawn(self._free_slot(idx))
+            self._release_worker_ends()
+            if not self._wait_ready(new):
+                new.kill()
+                new.join()
+                self._slots.pop(new)
+                self._bury([new.pid])
+                log.error("worker [%s] stays on slot %d: its replacement on a free slot was not ready", old.pid,
+                          self._slot(idx))
+                return
+            log.info("worker [%s] on slot %d replaces worker [%s] on slot %d, past the %d workers kept", new.pid,
+                     self._slots[new], old.pid, self._slot(idx), len(self.processes))
+            old.terminate()
+            old.join()
+            self._slots.pop(old)
+            self._bury([old.pid])
+            self.processes[idx] = new
+
+    def _slot(self, idx: int) -> int:
+        return self._slots[self.processes[idx]]
+
+    def _live(self) -> int:
+        return sum(process.process.is_alive() for process in self.processes)
+
+    def _bury(self, pids: Iterable[int | None]) -> None:
+        """Clear what the workers `pids`, which are gone, left in the shared directories."""
+        for pid in pids:
+            self._ready.pop(pid, None)  # a later process may have its pid
+            if pid is None:
+                continue
+            if self.metrics_dir is not None:
+                fold_dead_metrics(self.metrics_dir, pid)
+            if self.results_dir is not None:
+                remove_worker_results(self.results_dir, pid)
+
+    def _release_worker_ends(self) -> None:
+        """Close the parent's copy of each worker's end of the ping pipe (see WorkerSupervisor)."""
+        for process in self.processes:
+            process.child_conn.close()  # idempotent; uvicorn closes it again on terminate/kill
+
+
+class _StopAsked:
+    """The stop flag `Process.wait_until_ready` looks at (`is_set()`): the supervisor's `stopping`."""
+
+    def __init__(self, supervisor: WorkerProcesses) -> None:
+        self._supervisor = supervisor
+
+    def is_set(self) -> bool:
+        return self._supervisor.stopping
