@@ -8,7 +8,10 @@ bucket, and GPU memory. All figures come from one run on one device.
 
 Results are saved as JSON after every stage (`--json`), with each stage's seconds (`stage_s`), so a run cut short
 still reports what it measured; the stages the targets and the settings still to decide need run first (raw,
-eager, the service, the variants, fp32 through the service), the references and diagnostics after them.
+eager, the service, the variants, fp32 through the service), the references and diagnostics after them. No stage
+starts after `--time-limit` seconds (default 480: a lent GPU's 600 s command, less its setup and one last stage),
+and a service start that is not ready within `--ready-timeout`, or whose warm-up keeps failing, fails its stage:
+the run ends by itself, with the stages left listed as not started, rather than being killed mid-stage.
 
 Every stage plus the settings still to be decided on a GPU (a full run took about 3 minutes on an H200: the
 service is ready 3-9 s after start, the export takes about 12 s; with the variants allow 6-7 minutes):
@@ -71,8 +74,6 @@ import argparse
 import json
 import multiprocessing
 import sys
-import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,8 @@ from bench.gpu_raw import (
     two_threads,
 )
 from bench.gpu_report import render
-from bench.gpu_service import service_config
+from bench.gpu_service import READY_TIMEOUT_S, service_config
+from bench.gpu_stages import Stages
 from bench.markdown import write_section
 from service.core import nvml
 from service.core.sessions import CPU, CUDA, create_session
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, output=KIND, or "
                          "client_pool=shared|per-connection), repeatable")
     ap.add_argument("--variant-concurrency", default="32,64")
+    ap.add_argument("--time-limit", type=float, default=480.0,
+                    help="seconds after which no stage starts (0: none); the run then saves and renders what it has")
+    ap.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                    help="seconds a service start may take to become ready (less when the time limit is near)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu_bench"))
     ap.add_argument("--json", type=Path, default=Path("gpu_bench.json"))
     ap.add_argument("--out", type=Path, default=Path("docs"))
@@ -156,22 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     provider, device = (CUDA, "cuda") if on_gpu else (CPU, "cpu")
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device_info(),
                                "errors": {}}
-
-    def save() -> None:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
-
-    def stage(name: str, fn: Any) -> None:
-        if name in skip:
-            return
-        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-        start = time.perf_counter()
-        try:
-            results[name] = fn()
-        except Exception:
-            results["errors"][name] = traceback.format_exc()[-2000:]
-            print(results["errors"][name], flush=True)
-        results.setdefault("stage_s", {})[name] = round(time.perf_counter() - start, 1)
-        save()
+    stages = Stages(results, args.json, skip, args.time_limit)
+    stage = stages.run
 
     holder: dict[str, Any] = {}
 
@@ -212,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
             pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
-            per_connection=per_connection, **kw)
+            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), **kw)
         stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
                                      keep_answer=answer))
         for spec in args.variant:
@@ -230,18 +222,19 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
             pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
-            per_connection=per_connection, **kw)
+            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), **kw)
         stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
         diag = ints(args.diag_concurrency)
         stage("null", lambda: null_ceiling(pool, bodies, answer.read_bytes() if answer.exists()
                                            else label_like_png(width, height), diag, args.seconds, args.clients,
                                            args.workdir))
         stage("multi", lambda: multi_process(pool, fp32, bodies, ints(args.multi_processes), diag, args.seconds,
-                                             args.clients, base, per_connection))
+                                             args.clients, base, per_connection,
+                                             stages.ready_timeout(args.ready_timeout)))
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",
                                      "SEGMENT_CUDA_OPTIONS": "prefer_nhwc=0", "SEGMENT_MAX_BATCH_SIZE": "8"},
                                     [8, 32]))
-    save()
+    stages.save()
     write_section(args.out / "BENCHMARKS.md", "gpu", render(results))
     print(render(results))
 

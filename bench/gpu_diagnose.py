@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu_load import gpu_memory_of, idle_healthz, load_point, start_service
+from bench.gpu_load import gpu_memory_of, idle_healthz, load_point, start_service, wait_until_ready
 from testkit.images import encode
 from testkit.server import ServerProcess
 
@@ -55,8 +55,9 @@ def null_ceiling(pool: ProcessPoolExecutor, bodies: list[bytes], answer: bytes, 
 
 def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], counts: list[int],
                   concurrencies: list[int], seconds: float, processes: int, env: dict[str, str],
-                  per_connection: bool = False) -> dict[str, Any]:
-    """For each K in `counts`: K service processes (same model, same settings) at each concurrency."""
+                  per_connection: bool = False, ready_timeout: float = 180.0) -> dict[str, Any]:
+    """For each K in `counts`: K service processes (same model, same settings) at each concurrency; each
+    must be ready within `ready_timeout` of the start."""
     out: dict[str, Any] = {"env": env}
     for count in counts:
         start = time.perf_counter()
@@ -66,8 +67,8 @@ def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], c
         env_k = {"SEGMENT_INTRA_OP_THREADS": share, "SEGMENT_WORKER_THREADS": share, **env}
         servers = [start_service(model, **env_k) for _ in range(count)]  # all load and warm up at once
         try:
-            for server in servers:
-                server.wait_ready(timeout=600)
+            for server in servers:  # they warm up together: the deadline is shared
+                wait_until_ready(server, max(1.0, ready_timeout - (time.perf_counter() - start)))
             result: dict[str, Any] = {"ready_s": time.perf_counter() - start, "points": [],
                                       "healthz_idle": idle_healthz(servers[0].url)}
             for concurrency in concurrencies:

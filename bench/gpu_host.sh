@@ -49,6 +49,18 @@ bundle() {
   mkdir -p .gpu/whl
   # A rerun adds to what an earlier one packed (the kit's wheels are only in the archive by then).
   [ ! -s .gpu/wheels.tar.xz ] || tar -xJf .gpu/wheels.tar.xz -C .gpu/whl
+  # The pinned wheels are fetched afresh: a pin changed since the last run would otherwise leave both versions in
+  # the archive, and pip refuses to install two versions of one project, so the host's setup would fail.
+  python3 - .gpu/whl $EXTRA_WHEELS <<'EOF'
+import re, sys
+from pathlib import Path
+def project(name: str) -> str:  # the normalised project name (PEP 503), of a requirement or a wheel file
+    return re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[; ]", name, maxsplit=1)[0]).lower()
+pinned = {project(spec) for spec in sys.argv[2:]}
+for wheel in Path(sys.argv[1]).glob("*.whl"):
+    if project(wheel.name.split("-")[0]) in pinned:
+        wheel.unlink()
+EOF
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform any -d .gpu/whl $EXTRA_WHEELS

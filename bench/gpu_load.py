@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.gil_probe import GilSampler
@@ -152,6 +153,39 @@ def idle_healthz(url: str, seconds: float = 1.0) -> dict[str, float]:
     with HealthProbe(url) as probe:
         time.sleep(seconds)
     return probe.summary()
+
+
+def warm_up_error(url: str) -> str | None:
+    """The warm-up error `/readyz` reports (a service retries a failed warm-up while it answers 503), or None."""
+    try:
+        body = httpx.get(f"{url}/readyz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body.get("error") if isinstance(body, dict) else None
+
+
+def wait_until_ready(server: ServerProcess, timeout: float, retries_s: float = 10.0, poll_s: float = 1.0) -> None:
+    """`server.wait_ready`, given up once `/readyz` has reported a failed warm-up for `retries_s`: the service
+    retries it every few seconds for a minute before it stops itself (under a supervisor a failing worker is
+    replaced for ever), which a run with ten minutes for every stage cannot wait for; a few retries still let a
+    passing failure (memory another process was freeing) recover."""
+    deadline = time.monotonic() + timeout
+    failing_since: float | None = None
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            server.wait_ready(timeout=max(0.0, min(poll_s, left)))
+            return
+        except RuntimeError as exc:
+            if server.proc.poll() is not None:  # it exited: its own message has the log
+                raise
+            if left <= poll_s:
+                raise RuntimeError(f"not ready after {timeout:.0f} s:\n{server.log[-4000:]}") from exc
+        error = warm_up_error(server.url)
+        failing_since = None if error is None else failing_since or time.monotonic()
+        if failing_since is not None and time.monotonic() - failing_since >= retries_s:
+            raise RuntimeError(f"warm-up failed for {retries_s:.0f} s ({error}); not waiting for more retries:\n"
+                               f"{server.log[-4000:]}")
 
 
 def start_service(model: Path, **env: str) -> ServerProcess:

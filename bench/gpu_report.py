@@ -163,4 +163,7 @@ def render(r: dict[str, Any]) -> str:
     lines += diagnostics(r)
     if r.get("errors"):
         lines += ["", "Stages that failed: " + ", ".join(sorted(r["errors"])) + " (tracebacks in the JSON)."]
+    if r.get("skipped_for_time"):
+        lines += ["", "Stages not started, the run's time limit having passed: " + ", ".join(r["skipped_for_time"])
+                  + "."]
     return "\n".join(lines)

@@ -12,7 +12,11 @@ from typing import Any
 
 import httpx
 
-from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service
+from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service, wait_until_ready
+
+# How long a service start may take to become ready (a healthy one: 3-30 s on a GPU, the workers' warm-ups in
+# turn included); a run has ten minutes for every stage.
+READY_TIMEOUT_S = 180.0
 
 
 async def _first_batches(url: str, body: bytes, buckets: list[int]) -> list[dict[str, Any]]:
@@ -47,12 +51,13 @@ def gpu_metric_lines(url: str) -> list[str]:
 
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
                    seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None,
-                   gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False
-                   ) -> dict[str, Any]:
+                   gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False,
+                   ready_timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
     """Start the service with `env`, optionally time the first batch of every bucket, then each load point
     (with py-spy's GIL sampling from concurrency `gil_from` on). An `output` key in `env` picks the output kind
     the clients ask for (labels by default), a `client_pool` key how they hold connections; `keep_answer`
-    saves one real answer (the null server's reply)."""
+    saves one real answer (the null server's reply). A service not ready within `ready_timeout`, or whose
+    warm-up keeps failing (`wait_until_ready`), fails the configuration."""
     env = dict(env)
     output = env.pop("output", "labels")
     per_connection = env.pop("client_pool", POOLS[per_connection]) == POOLS[True]
@@ -61,7 +66,7 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
     with start_service(model, **env) as server:
         # With several workers, all of them (the server's CPU and GPU memory then count every worker; the split
         # into thread groups reads the supervisor only).
-        server.wait_ready(timeout=600)
+        wait_until_ready(server, ready_timeout)
         out["ready_s"] = time.perf_counter() - start
         out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
         out["gpu_metrics"] = gpu_metric_lines(server.url)

@@ -1,0 +1,65 @@
+"""`bash bench/gpu_host.sh bundle`, rerun after a pinned wheel's version changed, must carry that project once: the
+GPU host's setup installs every carried wheel with pip, which refuses two versions of one project. Run in a
+scratch git repository with a local wheelhouse (pip's own `--no-index` and `--find-links`, from its environment)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+from testkit import REPO
+
+
+def wheel(folder: Path, project: str, version: str) -> Path:
+    """A minimal pure-Python wheel of `project` at `version`."""
+    path = folder / f"{project}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{project}/__init__.py", f"VERSION = {version!r}\n")
+        z.writestr(f"{project}-{version}.dist-info/METADATA",
+                   f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n")
+        z.writestr(f"{project}-{version}.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{project}-{version}.dist-info/RECORD", "")
+    return path
+
+
+def test_a_rebuilt_bundle_carries_each_pinned_project_once(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "gpu_host.sh", repo / "bench")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    gpu = repo / ".gpu"
+    gpu.mkdir()
+    for name in ("cuda90.so.xz", "pybind.so.xz", "ort-py.tar.xz"):  # the kit, already built
+        (gpu / name).write_bytes(b"kit")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    wheel(earlier, "kit_only", "1.0")  # one of the kit's wheels: packed by an earlier run, kept
+    wheel(earlier, "pinned_pkg", "1.0")  # the extra wheel at its old pin
+    with tarfile.open(gpu / "wheels.tar.xz", "w:xz") as archive:
+        archive.add(earlier, arcname=".")
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    wheel(wheelhouse, "pinned_pkg", "2.0")
+    env = {**os.environ, "GPU_EXTRA_WHEELS": "pinned-pkg==2.0", "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": str(wheelhouse), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "bench/gpu_host.sh", "bundle"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with tarfile.open(gpu / "wheels.tar.xz") as archive:
+        carried = sorted(Path(name).name for name in archive.getnames() if name.endswith(".whl"))
+    assert carried == ["kit_only-1.0-py3-none-any.whl", "pinned_pkg-2.0-py3-none-any.whl"], carried
+    # What the host's setup then does with them: one pip install of every carried wheel.
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(gpu / "wheels.tar.xz") as archive:
+        archive.extractall(unpacked, filter="data")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                              "--no-cache-dir", "--target", str(tmp_path / "site"), *map(str, unpacked.glob("*.whl"))],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    assert "2.0" in (tmp_path / "site" / "pinned_pkg" / "__init__.py").read_text()
