@@ -51,8 +51,13 @@ def device_handle(device_id: int = 0) -> tuple[Any, Any] | None:
     nvml = _nvml()
     if nvml is None:
         return None
-    visible = _visible_devices() or []
-    physical = visible[device_id] if device_id < len(visible) else str(device_id)
+    visible = _visible_devices()
+    if visible is None:
+        physical = str(device_id)
+    elif device_id < len(visible):
+        physical = visible[device_id]
+    else:  # hidden (`""`, `-1`) or past the visible list: no such device for this process, not physical device N
+        return None
     try:
         if physical.isdigit():
             return nvml, nvml.nvmlDeviceGetHandleByIndex(int(physical))

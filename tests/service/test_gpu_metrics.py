@@ -103,3 +103,17 @@ def test_no_nvml_means_no_gpu_gauges(monkeypatch: pytest.MonkeyPatch, serve) -> 
     server = serve(default_model_path(), providers="cpu", intra_op_threads=1)
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert "segment_requests" in text and "segment_gpu_" not in text
+
+
+@pytest.mark.parametrize("visible", ["", "-1", "3", "3,-1,0"])
+def test_a_device_the_process_cannot_see_is_not_read(monkeypatch: pytest.MonkeyPatch, visible: str) -> None:
+    """CUDA_VISIBLE_DEVICES hides every device (empty, `-1`) or lists fewer than the device asked for: NVML, which
+    numbers physical devices, must not be read for it (device 0 or 1 of the host is another process's GPU)."""
+    module = fake_pynvml()
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    asked = 1 if visible.startswith("3") else 0  # one past what this process sees
+    assert nvml.device_handle(asked) is None
+    assert register_gpu_metrics(CollectorRegistry(), [asked]) is False
+    assert module.lookups == []
+    assert nvml.visible_device_count() == asked
