@@ -30,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from . import http_refusals as refusals
 from .http_head import Refusal
 from .http_requests import TrackedHttpToolsProtocol
+from .middleware import REFUSED_BELOW_APP
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class RefusingHttpToolsProtocol(TrackedHttpToolsProtocol):
         refused request, which already has its answer, so the connection is only closed."""
         if self.transport.is_closing():
             return
+        for cycle in self._cycles():  # the app of a refused request sees a disconnect: this refusal, counted here
+            if not cycle.response_complete:
+                cycle.scope.setdefault("state", {})[REFUSED_BELOW_APP] = status
         self._disconnect_cycles()  # a refused request whose app runs must not answer too (nor write after close)
         if answered is not None:
             log.info("closed a connection after its answer: %s %s", status, code)

@@ -43,6 +43,10 @@ def error_response(error: ApiError, scope: Scope) -> JSONResponse:
 
 
 _REFUSED = "refused"  # the key, in the request's state, of a refusal made by a middleware
+# Set in a request's state, to the status answered, by the HTTP protocol when it refuses the request below the app
+# (a malformed chunk): the disconnect the app then sees is that refusal, which the protocol counts, not a client
+# that went away.
+REFUSED_BELOW_APP = "refused_below_app"
 
 
 async def refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,9 +150,11 @@ class RequestContextMiddleware:
         except ClientDisconnect:
             # The client went away mid-upload: its fault, not ours, so no 5xx (the 5xx alert must not fire on
             # flaky networks) and no traceback. 499 is nginx's "client closed request"; nothing is sent.
-            status = 499
-            self.metrics.count_rejection("client_closed")
-            log.info("request %s: client closed the connection before its body arrived", request_id)
+            refused_below = scope["state"].get(REFUSED_BELOW_APP)  # the status the protocol answered, if it did
+            status = refused_below or 499
+            if refused_below is None:
+                self.metrics.count_rejection("client_closed")
+                log.info("request %s: client closed the connection before its body arrived", request_id)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             if started:

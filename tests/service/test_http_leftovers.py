@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from testkit import rawhttp
+from testkit.metrics import metric_sum
 from testkit.rawhttp import http_request, read_responses
 from testkit.server import ServerProcess
 from tests.service.http_checks import closed_by_server, code_of, counted_since, headers_of, rejections
@@ -130,6 +132,46 @@ def test_a_malformed_chunk_after_a_success_is_counted_as_the_refusal_it_is(serve
         sock.sendall(b"zz\r\n")
         assert closed_by_server(sock)
     assert counted_since(before, server) == {"bad_request": 1}
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["in the head's read", "while the app reads the body"])
+def test_a_malformed_chunk_refused_below_the_app_is_counted_once(server: ServerProcess, pause: bool) -> None:
+    """The protocol answers 400 for the bad chunk and tells the app its client is gone: the app must not count the
+    same request again as `client_closed` (the client did not close; it was refused)."""
+    head = "POST /segment HTTP/1.1\nHost: x\nContent-Type: image/png\nTransfer-Encoding: chunked"
+    before = rejections(server)
+    answered_400 = segment_requests(server, "400")
+    with rawhttp.connect(server.url, nodelay=True) as sock:
+        if pause:
+            sock.sendall(http_request(head, chunk(b"\x89PNG")))
+            time.sleep(0.3)  # the app has begun reading the body
+            sock.sendall(b"zz\r\n")
+        else:
+            sock.sendall(http_request(head, b"zz\r\n"))
+        status, _, body = one_answer(sock)
+        assert (status, code_of(body)) == (400, "bad_request")
+        assert closed_by_server(sock)
+    assert counted_since(before, server) == {"bad_request": 1}
+    if pause:  # the app ran: its request is counted under the status the client got, not 499
+        assert segment_requests(server, "400") == answered_400 + 1
+        assert segment_requests(server, "499") == 0
+
+
+def segment_requests(server: ServerProcess, status: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return metric_sum(text, "segment_requests_total", route="/segment", status=status)
+
+
+def test_a_client_gone_mid_upload_is_still_client_closed(server: ServerProcess) -> None:
+    before = rejections(server)
+    with rawhttp.connect(server.url, nodelay=True) as sock:
+        sock.sendall(http_request("POST /segment HTTP/1.1\nHost: x\nContent-Type: image/png\nContent-Length: 4000",
+                                  b"\x89PNG"))
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while (counted := counted_since(before, server)) == {} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted == {"client_closed": 1}
 
 
 # -- the client's X-Request-ID in a head refused part-way ----------------------------------------------------------
