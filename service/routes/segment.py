@@ -22,6 +22,7 @@ from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..errors import ApiError
+from ..multipart_preamble import without_preamble
 from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
@@ -89,8 +90,12 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             received += len(chunk)
             yield chunk
 
+    # The boundary as Starlette reads it (without one, its parser answers `bad_request`): a preamble before the
+    # first delimiter line is skipped, which python-multipart cannot do (service/multipart_preamble.py).
+    boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")
     async with aclosing(request.stream()) as stream:
-        parser = _MultiPartParser(request.headers, counted(stream), max_files=4, max_fields=32,
+        body = counted(stream) if boundary is None else without_preamble(counted(stream), boundary)
+        parser = _MultiPartParser(request.headers, body, max_files=4, max_fields=32,
                                   max_part_size=settings.max_upload_bytes)
         try:
             form = await parser.parse()
