@@ -23,6 +23,9 @@ Older files rebuild the geometry they were trained in, so they compute what they
   strides every downsampling block of Caffe-style geometry in its 1x1 conv; version 1 did so in layer2 only, so at
   output stride 16 its layer3 strided the 3x3.
 
+A run that `train --init` starts from a checkpoint keeps the older geometry its weights were trained in
+(`trained_geometry`) and records it in `model_kwargs`, as a resumed run does.
+
 `load_checkpoint_model(path)` returns `(model, info)`; `info` is the dict without `state_dict`/`optimizer`.
 """
 
@@ -44,6 +47,8 @@ from .torch_io import load_torch_file
 FORMAT_NAME = "model_export.train"
 VERSION = 2  # 2: Caffe-style geometry strides the 1x1 conv in every downsampling stage
 FORMAT = f"{FORMAT_NAME}/{VERSION}"
+# build_model settings that rebuild an earlier geometry: they change what weights compute, not their shapes.
+GEOMETRY_FLAGS = ("legacy_dilation", "legacy_caffe_stride")
 # Every version this code rebuilds faithfully (checkpoint_model_kwargs); a newer one is refused.
 READABLE = {f"{FORMAT_NAME}/{v}": v for v in range(1, VERSION + 1)}
 
@@ -101,12 +106,18 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = load_torch_file(path, trusted=True)  # the dict holds numpy/python RNG states
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    found = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if not isinstance(found, str) or found not in READABLE:
-        if isinstance(found, str) and found.startswith(f"{FORMAT_NAME}/"):
-            raise CheckpointError(f"{path} is a {found} checkpoint, newer than this version reads ({FORMAT})")
+    if not is_training_checkpoint(ckpt, path):
         raise CheckpointError(f"{path} is not a {FORMAT_NAME} checkpoint (format {FORMAT!r})")
     return ckpt
+
+
+def is_training_checkpoint(blob: Any, path: str | Path) -> bool:
+    """Whether a loaded file's contents are a training checkpoint this version reads; CheckpointError for one of
+    a newer format version (its geometry may be one this version cannot build)."""
+    found = blob.get("format") if isinstance(blob, dict) else None
+    if isinstance(found, str) and found.startswith(f"{FORMAT_NAME}/") and found not in READABLE:
+        raise CheckpointError(f"{path} is a {found} checkpoint, newer than this version reads ({FORMAT})")
+    return isinstance(found, str) and found in READABLE
 
 
 def format_version(ckpt: Mapping[str, Any]) -> int:
@@ -123,6 +134,25 @@ def checkpoint_model_kwargs(ckpt: dict[str, Any]) -> dict[str, Any]:
         # Recorded in model_kwargs by a resumed run, so its version-2 checkpoints keep this geometry too.
         kwargs.setdefault("legacy_caffe_stride", True)
     return kwargs
+
+
+def trained_geometry(ckpt: dict[str, Any]) -> dict[str, bool]:
+    """The legacy geometry settings (`GEOMETRY_FLAGS`) of the network the checkpoint's weights were trained in,
+    where they make it compute otherwise than the current geometry: a run initialised from the weights keeps
+    them. A setting that builds the same network (`legacy_caffe_stride` at output stride 8) is left out, so the
+    run's own output stride decides, in the current geometry."""
+    kwargs = checkpoint_model_kwargs(ckpt)
+    trained = _geometry(ckpt["arch"], kwargs)
+    return {flag: True for flag in GEOMETRY_FLAGS
+            if kwargs.get(flag) and _geometry(ckpt["arch"], {**kwargs, flag: False}) != trained}
+
+
+def _geometry(arch: str, kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every module's strides, dilations, padding and pooling mode: what the settings change, not the weights."""
+    with torch.device("meta"):  # no memory and no initialisation: only the layout is read
+        model = build_model(arch, 1, **kwargs)
+    attrs = ("stride", "dilation", "padding", "ceil_mode")
+    return [(name, *(getattr(module, a, None) for a in attrs)) for name, module in model.named_modules()]
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:

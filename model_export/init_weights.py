@@ -6,32 +6,52 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .checkpoint import read_training_checkpoint
+from .checkpoint import is_training_checkpoint, read_training_checkpoint, trained_geometry
 from .models import SegmentationModel
 from .torch_io import compare_state_dicts, load_torch_file
 from .wrapper import preprocessing_constants
 
 log = logging.getLogger(__name__)
 
-def init_from_file(model: SegmentationModel, path: str | Path) -> int:
+
+def read_init_file(path: str | Path) -> Any:
+    """The contents of a weights file for `init_from_file`: tensors only, or one of our training checkpoints
+    (the only files holding more that are unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init weights not found: {path}")
+    try:  # a state_dict from outside: tensors only, no code runs
+        return load_torch_file(path, trusted=False)
+    except pickle.UnpicklingError as exc:
+        if "can still be loaded" not in str(exc):
+            raise ValueError(f"{path} is not a readable PyTorch file: {str(exc).splitlines()[0]}") from None
+    return read_training_checkpoint(path)  # more than tensors: only one of our checkpoints is accepted
+
+
+def init_geometry(blob: Any, path: str | Path, arch: str) -> dict[str, bool]:
+    """The `build_model` geometry settings a run of `arch` initialised from `blob` (`read_init_file`) must keep:
+    a checkpoint of that arch whose weights were trained in an older geometry computes what it was trained to
+    only in that one (model_export.checkpoint.trained_geometry). Other files record no geometry: none."""
+    if not is_training_checkpoint(blob, path) or blob.get("arch") != arch:
+        return {}
+    return trained_geometry(blob)
+
+
+def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None) -> int:
     """Initialise from a weights file: a torchvision ImageNet ResNet state dict (loaded into the backbone,
     `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
     (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
     preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
     The backbone must be there whole (ValueError otherwise); of the heads, tensors whose names and shapes match
-    are copied and the rest keep their initialisation (a new class count). Returns how many tensors were copied."""
+    are copied and the rest keep their initialisation (a new class count). `blob`: the file's contents when
+    already read (`read_init_file`). Returns how many tensors were copied."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init weights not found: {path}")
-    try:  # a state_dict from outside: tensors only, no code runs
-        blob = load_torch_file(path, trusted=False)
-    except pickle.UnpicklingError as exc:
-        if "can still be loaded" not in str(exc):
-            raise ValueError(f"{path} is not a readable PyTorch file: {str(exc).splitlines()[0]}") from None
-        blob = read_training_checkpoint(path)  # more than tensors: only one of our checkpoints is accepted
+    if blob is None:
+        blob = read_init_file(path)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict")

@@ -42,7 +42,7 @@ from .checkpoint import (
 from .data import Augment, TrainStream, VOCSegmentation
 from .device import pick_device
 from .errors import OPTION, ModelExportError
-from .init_weights import init_from_file, init_from_imagenet
+from .init_weights import init_from_file, init_from_imagenet, init_geometry, read_init_file
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
@@ -104,11 +104,20 @@ class ScalarLog:
 
 
 def _build(cfg: TrainConfig) -> SegmentationModel:
+    """The network, initialised as `cfg.init` says. Weights from a checkpoint trained in an older geometry are
+    trained on in it, which `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one,
+    the same weights would compute something else, silently."""
+    blob = read_init_file(cfg.init) if cfg.init and cfg.init != "imagenet" else None
+    if blob is not None:
+        for flag, value in init_geometry(blob, cfg.init, cfg.arch).items():
+            if flag not in cfg.model_kwargs:  # a setting given explicitly stands
+                log.info("%s was trained with %s=%s: the run keeps that geometry", cfg.init, flag, value)
+                cfg.model_kwargs = {**cfg.model_kwargs, flag: value}
     model = build_model(cfg.arch, len(cfg.classes), **cfg.model_kwargs)
     if cfg.init == "imagenet":
         init_from_imagenet(model)
     elif cfg.init:
-        init_from_file(model, cfg.init)
+        init_from_file(model, cfg.init, blob)
     return model
 
 
