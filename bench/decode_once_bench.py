@@ -11,27 +11,16 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from bench.harness import machine_note
+from bench.harness import machine_note, thread_cpu_ms
 from bench.markdown import write_section
 from service.core.decode import decode_image, open_upload
 from testkit.photos import photo
 
 MAX_PIXELS = 40_000_000
-
-
-def cpu_ms(fn: Callable[[], object], reps: int) -> float:
-    """Thread CPU-ms per call of `fn` over `reps` calls, after one."""
-    fn()
-    start = time.thread_time()
-    for _ in range(reps):
-        fn()
-    return (time.thread_time() - start) / reps * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
 
         before, after = [], []
         for _ in range(args.rounds):
-            before.append(cpu_ms(twice, args.reps))
-            after.append(cpu_ms(once, args.reps))
+            before.append(thread_cpu_ms(twice, args.reps))
+            after.append(thread_cpu_ms(once, args.reps))
         ratio = statistics.median(a / b for a, b in zip(after, before, strict=True))
         saved_us = statistics.median(b - a for a, b in zip(after, before, strict=True)) * 1000
         rows.append(f"| {fmt.lower()} ({len(data) // 1024} KB) | {statistics.median(before):.2f} | "

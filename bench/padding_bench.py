@@ -13,26 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 
-from bench.harness import machine_note
+from bench.harness import machine_note, thread_cpu_ms
 from service.core.buckets import fill_bucket
 from service.core.letterbox import pad_canvas
 
 PAD = (124, 116, 104)  # the ImageNet mean, DeepLab's pad colour
 SIZE, CONTENT_ROWS, IMAGES, BUCKET = 513, 385, 11, 16
-
-
-def cpu_ms(fn: Callable[[], object], reps: int) -> float:
-    """Thread CPU-ms per call of `fn` over `reps` calls, after one."""
-    fn()
-    start = time.thread_time()
-    for _ in range(reps):
-        fn()
-    return (time.thread_time() - start) / reps * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         assert np.array_equal(before().copy(), after())
         times: dict[str, list[float]] = {"broadcast": [], "canvas": []}
         for _ in range(args.rounds):
-            times["broadcast"].append(cpu_ms(before, reps))
-            times["canvas"].append(cpu_ms(after, reps))
+            times["broadcast"].append(thread_cpu_ms(before, reps))
+            times["canvas"].append(thread_cpu_ms(after, reps))
         ratio = statistics.median(b / a for b, a in zip(times["broadcast"], times["canvas"], strict=True))
         print(f"{name}: broadcast {statistics.median(times['broadcast']):.3f}, canvas "
               f"{statistics.median(times['canvas']):.3f} (paired {ratio:.0f}x)")
