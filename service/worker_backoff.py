@@ -38,8 +38,13 @@ class SlotRetry:
     waiting: bool = False  # its last process is gone, and no new one started yet
     after_crash: bool = False  # what it waits after: a crash soon after readiness, else a startup failure
 
-    def wait(self, after_crash: bool) -> float:
-        """Wait before the slot's next worker; the delay, in seconds."""
+    def failed(self, after_crash: bool) -> float:
+        """Count one more failure in a row (a crash soon after readiness, else a startup failure) and wait before
+        the slot's next worker; the delay, in seconds, which doubles with every failure of either kind."""
+        if after_crash:
+            self.crashes += 1
+        else:
+            self.failures += 1
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failures + self.crashes - 1))
         self.due, self.waiting, self.after_crash = time.monotonic() + delay, True, after_crash
         return delay
@@ -66,8 +71,7 @@ class Retries:
         """Count a startup failure of slot `idx` (`how`: its cause, if not uvicorn's exit status 3); the message."""
         self.start_failures += 1
         retry = self.slots.setdefault(idx, SlotRetry())
-        retry.failures += 1
-        delay = retry.wait(after_crash=False)
+        delay = retry.failed(after_crash=False)
         self.last_start_failure = (f"worker [{pid}] failed at startup{how} at {_now()} ({retry.failures} in a row); "
                                    f"next try in {delay:g} s")
         return self.last_start_failure
@@ -76,8 +80,7 @@ class Retries:
         """Count a crash of slot `idx`'s worker `served_s` after it was ready (less than `SERVED_S`); the message."""
         self.early_crashes += 1
         retry = self.slots.setdefault(idx, SlotRetry())
-        retry.crashes += 1
-        delay = retry.wait(after_crash=True)
+        delay = retry.failed(after_crash=True)
         self.last_early_crash = (f"worker [{pid}] died at {_now()}, {served_s:.1f} s after it was ready "
                                  f"({retry.crashes} in a row); its replacement starts in {delay:g} s")
         return self.last_early_crash
