@@ -20,8 +20,6 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .worker_slots import supervisor_dir
-
 CENSUS_NAME = "census.json"
 
 
@@ -40,11 +38,6 @@ class Census:
     def describe(self) -> dict[str, Any]:
         """The `/readyz` form."""
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
-
-
-def census_dir() -> Path | None:
-    """This worker's supervisor's directory, where the census is (None: not a worker of several)."""
-    return supervisor_dir()
 
 
 def publish(directory: Path, census: Census) -> None:

@@ -15,7 +15,8 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import Metrics
 from ..metrics_files import metrics_files_lock
 from ..state import ServiceState, loaded_engine, service_state
-from ..worker_census import census_dir, read_census
+from ..worker_census import read_census
+from ..worker_slots import supervisor_dir
 
 router = APIRouter()
 
@@ -55,7 +56,7 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
     if state.settings.worker_slot is not None:
         body["worker_slot"] = state.settings.worker_slot
-    if (census := read_census(census_dir())) is not None:  # the whole server's workers, as the supervisor sees them
+    if (census := read_census(supervisor_dir())) is not None:  # the whole server's workers, as the supervisor sees them
         body["workers"] = census.describe()
     body["codec_threads"] = state.pool.workers
     if state.engine is not None:
