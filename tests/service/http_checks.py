@@ -1,5 +1,5 @@
 """What the raw-socket HTTP tests read off an answer: its headers, its error code, whether the server closed the
-connection after it, and the rejection counter."""
+connection after it, and the rejection counter; and the one answer on a socket, and a chunk of a body."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import socket
 
 from testkit.metrics import metric_sum, samples
+from testkit.rawhttp import read_responses
 from testkit.server import ServerProcess
 
 
@@ -46,3 +47,16 @@ def counted_since(before: dict[str, float], server: ServerProcess) -> dict[str, 
     """The codes `segment_rejected_total` counted since `before` (`rejections`), with how many of each."""
     return {code: value - before.get(code, 0.0) for code, value in rejections(server).items()
             if value != before.get(code, 0.0)}
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def one_answer(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """The one answer the server sends on `sock`: status, headers (lower-case names), body."""
+    answers = read_responses(sock, 1, timeout)
+    assert len(answers) == 1, answers
+    status, head, body = answers[0]
+    return status, headers_of(head), body

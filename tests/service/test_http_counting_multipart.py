@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,9 +17,16 @@ import pytest
 from service.multipart_preamble import MAX_PREAMBLE_BYTES, without_preamble
 from testkit import rawhttp
 from testkit.images import decode_labels
-from testkit.rawhttp import http_request, read_responses
+from testkit.rawhttp import http_request
 from testkit.server import ServerProcess
-from tests.service.http_checks import closed_by_server, code_of, counted_since, headers_of, rejections
+from tests.service.http_checks import (
+    chunk,
+    closed_by_server,
+    code_of,
+    counted_since,
+    one_answer,
+    rejections,
+)
 from tests.service.svc_helpers import png_bytes, scene
 
 BOUNDARY = "b0uNdArY"
@@ -41,15 +47,6 @@ def head(*fields: str) -> str:
     return "\n".join(("POST /segment?output=labels HTTP/1.1", "Host: x", MULTIPART, *fields))
 
 
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def one_answer(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    answers = read_responses(sock, 1, timeout)
-    assert len(answers) == 1, answers
-    status, raw_head, body = answers[0]
-    return status, headers_of(raw_head), body
 
 
 def upload(server: ServerProcess, body: bytes, reads: int = 1) -> tuple[int, bytes]:

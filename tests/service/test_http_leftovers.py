@@ -15,9 +15,16 @@ import pytest
 
 from testkit import rawhttp
 from testkit.metrics import metric_sum
-from testkit.rawhttp import http_request, read_responses
+from testkit.rawhttp import http_request
 from testkit.server import ServerProcess
-from tests.service.http_checks import closed_by_server, code_of, counted_since, headers_of, rejections
+from tests.service.http_checks import (
+    chunk,
+    closed_by_server,
+    code_of,
+    counted_since,
+    one_answer,
+    rejections,
+)
 
 HEAD_TIMEOUT_S = 2.0
 MAX_UPLOAD = 4096
@@ -40,12 +47,6 @@ def send_in_reads(server: ServerProcess, pieces: list[bytes]) -> socket.socket:
         sock.sendall(piece)
     return sock
 
-
-def one_answer(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    answers = read_responses(sock, 1, timeout)
-    assert len(answers) == 1, answers
-    status, head, body = answers[0]
-    return status, headers_of(head), body
 
 
 # -- a request line without a version ------------------------------------------------------------------------------
@@ -95,9 +96,6 @@ def test_a_request_line_with_a_version_waits_for_its_header_fields(server: Serve
 
 
 # -- an answer given before the body, then a malformed chunk -------------------------------------------------------
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
 
 EARLY_ANSWERS = {
     "415 content coding": ("Content-Encoding: gzip", b"", 415, "unsupported_content_encoding"),
