@@ -15,7 +15,7 @@ from service.core.engine import load_engine
 from service.settings import Settings
 from testkit.metrics import metric_sum
 from testkit.metrics import samples as metric_samples
-from tests.service.svc_helpers import LiveServer, png_bytes, scene
+from tests.service.svc_helpers import LiveServer, held_server, png_bytes, scene
 
 
 async def _burst(url: str, bodies: list[bytes], params: dict, timeout: float = 60) -> list[httpx.Response]:
@@ -177,17 +177,23 @@ def test_a_model_failing_every_run_is_a_503_json_and_the_worker_keeps_running(se
         assert client.get("/readyz").status_code == 503
 
 
-def test_readiness_waits_for_warm_up(serve, very_slow_model: Path) -> None:
-    """/healthz answers at once; /readyz is 503 `warming_up` until the first model run has finished."""
-    server = serve(very_slow_model, wait_ready=False, max_batch_size=1)
-    with server.client() as client:
-        assert client.get("/healthz").status_code == 200
-        first = client.get("/readyz")
-        deadline = time.monotonic() + 20
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    assert first.status_code == 503 and first.json()["status"] == "warming_up"
+def test_readiness_waits_for_warm_up(rule_model: Path) -> None:
+    """/healthz answers at once; /readyz is 503 `warming_up` until the first model run has finished. The model's
+    runs wait for an event, so the warm-up cannot win a race against the first look however loaded the machine."""
+    server, release = held_server(Settings(model_path=rule_model, host="127.0.0.1", port=0, max_batch_size=1))
+    try:
+        with server.client() as client:
+            assert client.get("/healthz").status_code == 200
+            first = client.get("/readyz")
+            release.set()
+            deadline = time.monotonic() + 20
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        release.set()
+        server.stop()
+    assert first.status_code == 503 and first.json()["status"] == "warming_up", first.text
     assert np.isfinite(first.json()["input_size"])
 
 
