@@ -11,7 +11,7 @@ from pathlib import Path
 
 from service.settings import default_model_path
 from testkit import REPO
-from tests.bench.test_gpu_host import run_python
+from tests.bench.bench_helpers import run_python
 
 FAILING_WARM_UP = Path(__file__).resolve().parent / "failing_warm_up"
 SLOW_WARM_UP = REPO / "testkit" / "slow_warm_up"

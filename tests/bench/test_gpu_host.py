@@ -3,20 +3,12 @@ benchmarks): what it checks before a run spends device time, and what the bundle
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from service.settings import default_model_path
 from testkit import REPO
-
-
-def run_python(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
-    path = os.pathsep.join(str(p) for p in (pythonpath, REPO) if p is not None)
-    return subprocess.run([sys.executable, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": path},
-                          capture_output=True, text=True, timeout=300)
+from tests.bench.bench_helpers import run_python
 
 
 def test_check_imports_names_a_package_the_first_stage_needs(tmp_path: Path) -> None:

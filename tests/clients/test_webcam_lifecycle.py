@@ -19,7 +19,7 @@ from clients.webcam import bgr_palette, main
 from service.client import SegmentClient
 from service.core.outputs.masks import blend_overlay
 from tests.clients.conftest import warming_server
-from tests.clients.test_webcam import FRAMES, _read_all, _write_video
+from tests.clients.webcam_helpers import FRAMES, _read_all, _write_video
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from testkit.server import ServerProcess
+from tests.docs.error_code_helpers import codes_in_readme
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = re.compile(r"^[a-z][a-z_]*[a-z]$")
@@ -46,19 +47,6 @@ def codes_in_source() -> dict[str, set[int]]:
                 if (pair := _status_code_pair(first, second)) is not None:
                     found.setdefault(pair[1], set()).add(pair[0])
     return found
-
-
-def codes_in_readme() -> dict[str, int]:
-    """code -> status, from the README's paragraph: each code's status is the first one written after it."""
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("with a stable `code`:", readme.index("Errors are JSON"))
-    text = readme[start + len("with a stable `code`:"):readme.index("Every response carries `X-Request-ID`")]
-    listed = {}
-    for match in re.finditer(r"`([a-z][a-z_]*[a-z])`", text):
-        status = re.search(r"\b([45]\d\d)\b", text[match.end():])
-        assert status, f"no status after {match.group(1)}"
-        listed.setdefault(match.group(1), int(status.group(1)))
-    return listed
 
 
 def test_every_code_the_service_answers_is_in_the_readme() -> None:

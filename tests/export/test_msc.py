@@ -13,7 +13,7 @@ from model_export.cli import main
 from model_export.evaluate import predict_probs
 from model_export.export import read_metadata
 from model_export.msc import MscError, bake_msc
-from tests.export.test_parity import _batch, _export
+from tests.export.parity_helpers import _batch, _export
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from model_export.export import read_metadata
 from model_export.msc import bake_msc
 from model_export.quantize import make_variant, pre_process
 from service.core.engine import validate_contract
-from tests.quantize.test_variants import (
+from tests.quantize.variant_helpers import (
     INT8_MIN_AGREEMENT,
     _agreement,
     _assert_contract_io,

@@ -21,7 +21,7 @@ from service.core.engine import load_engine
 from service.settings import Settings
 from testkit.images import decode_labels
 from testkit.metrics import metric_sum
-from tests.reliability.test_badimages_http import rule_labels
+from tests.reliability.rule_helpers import rule_labels
 from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes, scene
 
 

@@ -10,15 +10,10 @@ import pytest
 from testkit.images import decode_labels
 from testkit.server import ServerProcess
 from tests.badimages import Case, bad_image_corpus
+from tests.reliability.rule_helpers import rule_labels
 from tests.service.svc_helpers import png_bytes, scene
 
 CORPUS = bad_image_corpus()
-
-
-def rule_labels(image: np.ndarray) -> np.ndarray:
-    """What the rule model answers: dominant channel + 1, background where the brightest channel is < 64."""
-    cls = image.argmax(axis=2).astype(np.uint8) + 1
-    return np.where(image.max(axis=2) < 64, 0, cls).astype(np.uint8)
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])

@@ -22,7 +22,6 @@ import contextlib
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,27 +30,11 @@ import numpy as np
 from testkit.images import decode_labels
 from testkit.metrics import metric_sum, samples
 from testkit.server import ServerProcess
-from tests.reliability.test_badimages_http import rule_labels
+from tests.reliability.device_helpers import mended, wait_for
+from tests.reliability.rule_helpers import rule_labels
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 UNHEALTHY_AFTER_S = 1.5
-
-
-@contextlib.contextmanager
-def mended(flag: Path) -> Iterator[None]:
-    """Whatever happens in the block, the device works again after it (a hung run would hold up the shutdown)."""
-    try:
-        yield
-    finally:
-        flag.unlink(missing_ok=True)
-
-
-def wait_for(client: httpx.Client, path: str, status: int, within_s: float) -> httpx.Response:
-    deadline = time.monotonic() + within_s
-    while (r := client.get(path)).status_code != status:
-        assert time.monotonic() < deadline, (path, r.status_code, r.text)
-        time.sleep(0.05)
-    return r
 
 
 def test_a_failing_device_turns_the_server_unready_then_unhealthy_and_it_recovers(tmp_path: Path) -> None:

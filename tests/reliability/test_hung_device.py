@@ -19,8 +19,8 @@ import numpy as np
 from testkit.images import decode_labels
 from testkit.rawhttp import connect, http_request, read_responses
 from testkit.server import ServerProcess
-from tests.reliability.test_badimages_http import rule_labels
-from tests.reliability.test_device_failure import mended, wait_for
+from tests.reliability.device_helpers import mended, wait_for
+from tests.reliability.rule_helpers import rule_labels
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 

@@ -21,7 +21,7 @@ from testkit.images import decode_labels, deep_grey_tiff, encode, scan_bomb
 from testkit.photos import PHOTOS, photo
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service_io.test_decode_guards import ztxt_flood
+from tests.service_io.decode_helpers import ztxt_flood
 
 MB = 1 << 20
 

@@ -25,7 +25,7 @@ from service.middleware import RequestContextMiddleware
 from service.server import answer_cut_off
 from testkit.metrics import metric_sum, samples
 from testkit.server import ServerProcess
-from tests.reliability.test_device_failure import mended
+from tests.reliability.device_helpers import mended
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from testkit.server import ServerProcess
-from tests.reliability.test_device_failure import mended
+from tests.reliability.device_helpers import mended
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 UNHEALTHY_AFTER_S = 1.0

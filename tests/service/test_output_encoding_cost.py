@@ -33,7 +33,7 @@ from service.settings import Settings, default_model_path
 from testkit.images import encode
 from testkit.photos import PHOTOS, photo
 from tests.service.svc_helpers import LiveServer
-from tests.service_io.test_labelmap import model_output
+from tests.service_io.labelmap_helpers import model_output
 
 REPO = Path(__file__).resolve().parents[2]
 

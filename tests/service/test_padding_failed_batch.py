@@ -19,7 +19,7 @@ from service.inference_guard import InferenceHealth
 from service.metrics import Metrics
 from service.settings import Settings
 from testkit.metrics import samples as metric_samples
-from tests.reliability.test_faults import make_poisonable_model, poisoned
+from tests.reliability.faults_helpers import make_poisonable_model, poisoned
 from tests.service.svc_helpers import png_bytes, scene
 
 

@@ -15,7 +15,7 @@ from service.metrics import INFERENCE_RUNS, REJECTION_REASONS
 from service.settings import Settings
 from testkit.metrics import samples
 from testkit.server import ServerProcess
-from tests.docs.test_error_codes import codes_in_readme
+from tests.docs.error_code_helpers import codes_in_readme
 from tests.service.svc_helpers import LiveServer
 
 WORKERS = 2

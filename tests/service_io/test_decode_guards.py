@@ -8,7 +8,6 @@ import struct
 import threading
 import time
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -22,21 +21,9 @@ from service.core.letterbox import letterbox
 from service.errors import ApiError
 from testkit.images import scan_bomb
 from testkit.photos import photo
+from tests.service_io.decode_helpers import ztxt_flood
 
 MAX_PIXELS = 40_000_000
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def ztxt_flood(chunks: int = 80) -> bytes:
-    """A valid 8x8 PNG carrying `chunks` zTXt chunks of 1 MB text each (~1 KB compressed)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
-    png = buf.getvalue()
-    text = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * 1_000_000, 9))
-    return png[:33] + text * chunks + png[33:]  # after IHDR
 
 
 def jpeg_bytes(array: np.ndarray, **kw: object) -> bytes:

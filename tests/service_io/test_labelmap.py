@@ -18,6 +18,7 @@ from service.core.outputs.labelmap import LabelMap, nearest_index
 from service.core.outputs.masks import colorize, colour_map, encode_color_png, encode_overlay
 from service.core.outputs.png import bit_depth, pack_rows
 from service.core.outputs.polygons import polygons_geojson
+from tests.service_io.labelmap_helpers import model_output
 
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128)]
 CLASSES = [f"c{i}" for i in range(len(VOC))]
@@ -25,18 +26,6 @@ CLASSES = [f"c{i}" for i in range(len(VOC))]
 # (original h, w, letterbox size): enlarging, shrinking (small uploads), exact, odd ratios, one-pixel sides.
 GEOMETRIES = [(768, 1024, 320), (1024, 768, 320), (480, 640, 320), (37, 100, 320), (320, 320, 320),
               (333, 517, 96), (5, 700, 64), (700, 1, 64), (1, 1, 32), (2000, 3, 257)]
-
-
-def model_output(size: int, seed: int, n_classes: int = 5) -> np.ndarray:
-    """A size×size map of blobs and speckles, like a segmentation with noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.uint8)
-    for _ in range(12):
-        cx, cy, r = rng.integers(0, size, 3)
-        cv2.circle(labels, (int(cx), int(cy)), int(r) // 3 + 1, int(rng.integers(1, n_classes)), -1)
-    speckle = rng.random((size, size)) < 0.01
-    labels[speckle] = rng.integers(0, n_classes, int(speckle.sum()))
-    return labels
 
 
 @pytest.mark.parametrize(("h", "w", "size"), GEOMETRIES)
