@@ -27,6 +27,7 @@ import numpy as np
 
 from .batch_forming import BatchForming
 from .batch_line import QueuedImage, WaitingLine
+from .batch_runs import RunCounter
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
 from .errors import ApiError
@@ -39,7 +40,9 @@ T = TypeVar("T")
 
 @dataclass
 class InferenceResult:
-    """Labels at the inference size, with the time spent queued and in the model."""
+    """Labels at the inference size, with the facts of the model run that produced them (`X-Batch-Size` and
+    Server-Timing): its image count, its seconds, and the seconds from being queued until it started. After a failed
+    batch, an image run again alone reports that run, a batch of 1 (service/batch_runs.py)."""
 
     labels: np.ndarray
     queue_s: float
@@ -57,7 +60,6 @@ class Batcher:
                  expected_s: Callable[[int], float] | None = None, health: InferenceHealth | None = None,
                  probe_image: np.ndarray | None = None) -> None:
         self._run_images = run_images
-        self._padded_size = padded_size or (lambda count: count)
         self._take = take or (lambda count: count)
         self.concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
@@ -77,10 +79,11 @@ class Batcher:
         self._incoming = 0  # requests decoding now, which will reach the queue shortly
         # Given the seconds a batch takes, a batch forming while others run fills until they are nearly done.
         self._busy = BusyEstimate(expected_s) if expected_s is not None else None
-        self._probe_image = probe_image
-        # A failed batch: the device's fault or the batch's? (service/inference_guard.py)
+        # A failed batch: the device's fault or the batch's? (service/inference_guard.py) It tells the counter of
+        # the requests' runs only, never of its probes (service/batch_runs.py).
+        self._runs = RunCounter(metrics, padded_size or (lambda count: count))
         self._guard = InferenceGuard(lambda tensors: self._executor.run(self._timed_run, tensors),
-                                     health or InferenceHealth(), probe_image, metrics)
+                                     health or InferenceHealth(), probe_image, metrics, ran=self._runs.ran)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +159,11 @@ class Batcher:
     def guard(self) -> InferenceGuard:
         """What tells a failing device from a failing batch; warm-up reports to it too."""
         return self._guard
+
+    @property
+    def padding_fraction(self) -> float:
+        """The share of the rows run for requests that padded buckets (/readyz): the guard's probes not counted."""
+        return self._runs.padding_fraction
 
     @property
     def fills_while_busy(self) -> bool:
@@ -238,8 +246,7 @@ class Batcher:
     async def _run_batch(self, live: list[QueuedImage]) -> None:
         """Run one batch and answer each of its requests."""
         running = self._batch_started(live)
-        started = time.perf_counter()
-        planned_end = self._busy.started(len(live), started) if self._busy is not None else 0.0
+        planned_end = self._busy.started(len(live), time.perf_counter()) if self._busy is not None else 0.0
         try:
             # Copying N letterboxed images (MBs) into one batch happens in the inference thread, not on the loop.
             # A failed run fails only the requests that fail on their own; the worker carries on.
@@ -247,14 +254,15 @@ class Batcher:
                                              wanted=lambda index: not live[index].future.done())
         finally:
             self._batch_finished(running, planned_end)
-        inference_s = time.perf_counter() - started
         for item, outcome in zip(live, outcomes, strict=True):
             if item.future.done() or outcome is None:  # the client may have gone away while we ran
                 continue
             if isinstance(outcome, ApiError):
                 item.future.set_exception(outcome)
-            else:
-                item.future.set_result(InferenceResult(outcome, started - item.enqueued, inference_s, len(live)))
+            else:  # the run that produced its labels: the batch, or after a failed batch its run alone
+                run = outcome.run
+                item.future.set_result(InferenceResult(outcome.labels, run.started - item.enqueued, run.seconds,
+                                                       run.images))
 
     def _timed_run(self, tensors: list[np.ndarray]) -> np.ndarray:
         """`run_images` in the inference thread, its time added to the busy counter (timed there, so a busy
@@ -265,17 +273,7 @@ class Batcher:
         finally:
             if self.metrics is not None:
                 self.metrics.inference_busy.inc(time.perf_counter() - start)
-        self._count_ran(tensors)
         return labels
-
-    def _count_ran(self, tensors: list[np.ndarray]) -> None:
-        """Count a run that returned labels in the batch size and padding metrics: per run, as a failed batch ran
-        no padding (its images, run again alone after the probe, count as batches of one). The guard's probe runs
-        known-good input for no request: no batch of theirs."""
-        if self.metrics is None or (len(tensors) == 1 and tensors[0] is self._probe_image):
-            return
-        self.metrics.batch_size.observe(len(tensors))
-        self.metrics.padding_images.inc(self._padded_size(len(tensors)) - len(tensors))
 
     def _batch_started(self, live: list[QueuedImage]) -> tuple[float, list[QueuedImage]]:
         running = (time.monotonic(), live)

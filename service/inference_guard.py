@@ -4,8 +4,9 @@ A failed batch is followed by one run of a known-good image (the padding canvas 
 
 - the probe succeeds: the device works, so the batch's own content failed it (a model with data-dependent ops) or
   the failure passed. Each of the batch's images then runs on its own, so only an image that fails alone gets
-  500 `inference_failed` and the others sharing its batch get their answers. Since such failures prove nothing
-  about the device, no client can make the service unready by sending inputs that fail.
+  500 `inference_failed` and the others sharing its batch get their answers, from (and reported as) their runs
+  alone (service/batch_runs.py). Since such failures prove nothing about the device, no client can make the service
+  unready by sending inputs that fail.
 - the probe fails too: the device (or the runtime on it) is failing, e.g. a CUDA context after an illegal memory
   access, which no later run recovers in-process. The batch's requests get 503 `inference_unavailable` with
   Retry-After: the fault is not theirs, and a retry elsewhere can succeed. After `failures_to_unready` such probes
@@ -33,14 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from .batch_runs import ModelRun, RunLabels, timed_run
 from .errors import ApiError
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# One image's labels, the error its request is answered with, or None: not run again after a failed batch because
-# its request no longer waited (nothing to answer).
-Outcome = np.ndarray | ApiError | None
+# One image's labels with the run that produced them, the error its request is answered with, or None: not run again
+# after a failed batch because its request no longer waited (nothing to answer).
+Outcome = RunLabels | ApiError | None
 
 
 class InferenceHealth:
@@ -131,29 +133,32 @@ def inference_failed(exc: BaseException) -> ApiError:
 
 class InferenceGuard:
     """Runs batches through `run` (awaitable, in the inference threads); on a failure, probes with `probe_image`
-    to tell a broken device from a bad batch. Without a probe image a failed batch simply fails as a whole."""
+    to tell a broken device from a bad batch. Without a probe image a failed batch simply fails as a whole.
+    `ran(run)` hears of each run of requests' images that returned labels (never of a probe's)."""
 
     def __init__(self, run: Callable[[list[np.ndarray]], Awaitable[np.ndarray]], health: InferenceHealth,
-                 probe_image: np.ndarray | None, metrics: Metrics | None = None) -> None:
+                 probe_image: np.ndarray | None, metrics: Metrics | None = None,
+                 ran: Callable[[ModelRun], None] = lambda run: None) -> None:
         self._run = run
         self.health = health
         self._probe_image = probe_image
         self._metrics = metrics
+        self._ran = ran
         self._recovery: asyncio.Task[None] | None = None
 
     async def run(self, tensors: list[np.ndarray], wanted: Callable[[int], bool] = lambda index: True,
                   ) -> Sequence[Outcome]:
-        """One outcome per image: its labels, the ApiError its request gets, or None. `wanted(i)` says whether
-        image i's request still waits: after a failed batch, only those run again on their own (None for the
-        others)."""
+        """One outcome per image: its labels with the run that produced them, the ApiError its request gets, or
+        None. `wanted(i)` says whether image i's request still waits: after a failed batch, only those run again on
+        their own (None for the others)."""
         if self.health.failing:
             return [self.health.unavailable()] * len(tensors)
         try:
-            labels = await self._run_tracked(tensors)
+            answers = await self._run_requests(tensors)
         except Exception as exc:
             return await self._after_failure(tensors, exc, wanted)
         self._succeeded()
-        return list(labels)
+        return answers
 
     async def close(self) -> None:
         """Stop probing (shutdown)."""
@@ -178,7 +183,7 @@ class InferenceGuard:
                 outcomes.append(None)
                 continue
             try:
-                outcomes.append((await self._run_tracked([tensor]))[0])
+                outcomes.append((await self._run_requests([tensor]))[0])
             except Exception as alone:
                 self._count_failure("image")
                 outcomes.append(inference_failed(alone))
@@ -209,6 +214,12 @@ class InferenceGuard:
             return False
         self._succeeded()
         return True
+
+    async def _run_requests(self, tensors: list[np.ndarray]) -> list[RunLabels]:
+        """Requests' images through `run`: each one's labels, with the run that produced them (which is counted)."""
+        labels, run = await timed_run(self._run_tracked, tensors)
+        self._ran(run)
+        return [RunLabels(image_labels, run) for image_labels in labels]
 
     async def _run_tracked(self, tensors: list[np.ndarray]) -> np.ndarray:
         """`run`, counted as in flight while it runs (what tells a hung device)."""

@@ -69,6 +69,8 @@ async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
             body["cuda_device"] = eng.device_id
         if eng.runner is not None:
             body.update(eng.runner.describe())
+            if state.batcher is not None:  # the requests' runs: the engine's own count has the guard's probes too
+                body["padding_fraction"] = state.batcher.padding_fraction
     if state.outputs_warmup_s is not None:
         body["outputs_warmup_ms"] = round(state.outputs_warmup_s * 1000, 1)
     if state.warmup_error:

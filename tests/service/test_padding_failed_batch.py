@@ -33,13 +33,21 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return engine
 
 
-def run_batch(engine: Engine, metrics: Metrics, images: list[np.ndarray]) -> list[object]:
-    """Queue the letterboxed uploads together (one batch, never split: no plan) and answer them."""
+def run_batch(engine: Engine, metrics: Metrics, images: list[np.ndarray], runs: list[int] | None = None,
+              ) -> list[object]:
+    """Queue the letterboxed uploads together (one batch, never split: no plan) and answer them; the size of each
+    model run, in order, goes to `runs`."""
     pipeline = Pipeline(engine)
+    sizes = runs if runs is not None else []
+
+    def run_images(batch: list[np.ndarray]) -> np.ndarray:
+        sizes.append(len(batch))
+        return engine.run_images(batch)
+
     tensors = [pipeline.preprocess(png_bytes(image)).tensor for image in images]
 
     async def scenario() -> list[object]:
-        batcher = Batcher(engine.run_images, max_batch_size=4, max_wait_ms=1000, max_queue=16, metrics=metrics,
+        batcher = Batcher(run_images, max_batch_size=4, max_wait_ms=1000, max_queue=16, metrics=metrics,
                           padded_size=engine.padded_size, health=InferenceHealth(failures_to_unready=3),
                           probe_image=pad_canvas(engine.input_size, engine.input_size, engine.metadata.pad_rgb))
         batcher.start()
@@ -67,10 +75,12 @@ def test_a_failed_batch_counts_no_padding_and_only_the_runs_that_worked(engine: 
     padded_before = runner.padded_rows
     metrics = Metrics(max_batch_size=4)
 
-    outcomes = run_batch(engine, metrics, [scene(96, 70), poisoned(96, 71), scene(96, 72)])
+    runs: list[int] = []
+    outcomes = run_batch(engine, metrics, [scene(96, 70), poisoned(96, 71), scene(96, 72)], runs)
     error = outcomes[1]
     assert isinstance(error, ApiError) and error.code == "inference_failed" and "out of" in str(error), error
-    assert all(result.batch_size == 3 for result in (outcomes[0], outcomes[2])), outcomes  # formed as one batch
+    assert runs == [3, 1, 1, 1, 1], runs  # formed as one batch; it failed, the probe, then each image alone
+    assert all(result.batch_size == 1 for result in (outcomes[0], outcomes[2])), outcomes  # answered by its own run
     after_failure = scraped(metrics)
     assert after_failure["failed_batches"] == 1 and after_failure["failed_alone"] == 1
     # The batch of three (bucket 4) failed: no padding ran. Its two clean images ran alone (bucket 1, no padding).

@@ -1,0 +1,76 @@
+"""The model runs behind the answers: which run produced an image's labels, and which runs count in the batch-size
+and padding metrics.
+
+A request is answered with the facts of the model run that produced its labels: `X-Batch-Size` is that run's
+image count, and Server-Timing's (and `timing_ms`'s) `inference` is that run's time, `queue` everything from being
+queued until it started. Usually that run is the batch the image was formed into. After a failed batch the guard
+(service/inference_guard.py) runs each image again alone, so an image answered then ran in a batch of one: its
+labels owe nothing to the batch that failed, whose run (and the probe after it) is time it waited, so counts in
+its `queue`, not its `inference`.
+
+Only runs of requests' images that returned labels count in `segment_batch_size`, `segment_batch_padding_images`
+and /readyz's `padding_fraction`: a failed run computed no answer, and the guard's probe runs known-good input for
+no request, so neither is a batch a user sent (the probe's failures count in `segment_inference_failures_total`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import Metrics
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRun:
+    """One model run that returned labels: how many images it ran, when it started (perf_counter), for how long."""
+
+    images: int
+    started: float
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class RunLabels:
+    """One image's labels and the run that produced them."""
+
+    labels: np.ndarray
+    run: ModelRun
+
+
+async def timed_run(run: Callable[[list[np.ndarray]], Awaitable[np.ndarray]],
+                    tensors: list[np.ndarray]) -> tuple[np.ndarray, ModelRun]:
+    """`run(tensors)`, timed on the event loop as the request sees it (the hand-off to the inference thread
+    included); an exception passes through."""
+    started = time.perf_counter()
+    labels = await run(tensors)
+    return labels, ModelRun(len(tensors), started, time.perf_counter() - started)
+
+
+class RunCounter:
+    """Counts requests' runs that returned labels in the batch size and padding metrics and in the padding
+    fraction; `padded_size(n)` is the rows a run of n images computes (its bucket)."""
+
+    def __init__(self, metrics: Metrics | None, padded_size: Callable[[int], int]) -> None:
+        self._metrics = metrics
+        self._padded_size = padded_size
+        self.real_rows = 0  # requests' images run (called on the event loop only: no lock)
+        self.padded_rows = 0  # rows run to fill their buckets
+
+    @property
+    def padding_fraction(self) -> float:
+        """The share of the rows run for requests that was padding (0 before any)."""
+        total = self.real_rows + self.padded_rows
+        return round(self.padded_rows / total, 4) if total else 0.0
+
+    def ran(self, run: ModelRun) -> None:
+        """Count one run of requests' images that returned labels."""
+        padding = self._padded_size(run.images) - run.images
+        self.real_rows += run.images
+        self.padded_rows += padding
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(run.images)
+            self._metrics.padding_images.inc(padding)
