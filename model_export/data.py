@@ -24,6 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from service.core.colour import cmyk_to_rgb
+from service.core.icc import to_srgb
+
 IGNORE_INDEX = 255
 
 
@@ -53,10 +56,17 @@ def read_split(voc_dir: Path, split: str) -> list[str]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3; a missing or corrupt file raises DatasetError naming it."""
+    """RGB uint8 HxWx3 in sRGB; a missing or corrupt file raises DatasetError naming it.
+
+    An embedded ICC profile (RGB, grey or CMYK) is converted to sRGB as the service's decoder converts it, so a model
+    is trained and evaluated on the colours it is served. EXIF orientation is not applied: the labels are aligned
+    with the stored pixels.
+    """
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            if im.mode == "CMYK":
+                return np.asarray(cmyk_to_rgb(im))
+            return to_srgb(np.asarray(im.convert("RGB")), im.info.get("icc_profile"), im.mode)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:

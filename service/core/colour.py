@@ -39,7 +39,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith(("I", "F")):
         return Image.fromarray(deep_grey_to_uint8(img)).convert("RGB")
     if mode == "CMYK":
-        return _cmyk_to_rgb(img)
+        return cmyk_to_rgb(img)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:  # also 1, L and RGB with a tRNS colour key: Pillow turns the key into alpha 0
         rgba = img.convert("RGBA")
@@ -103,7 +103,9 @@ def _stretch(values: np.ndarray, lo: float, hi: float, out: np.ndarray) -> None:
     out[...] = np.rint((values - lo) * (255.0 / (hi - lo)))
 
 
-def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+def cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    """A CMYK image in sRGB through its embedded ICC profile (LittleCMS), else Pillow's plain conversion. RGB and
+    grey profiles are `service.core.icc`'s."""
     icc = img.info.get("icc_profile")
     if icc:
         try:
