@@ -36,20 +36,33 @@ def ms_per_request(share: float, throughput: float) -> float:
 
 
 class GilSampler:
-    """`py-spy record --gil` on one process for `seconds`, started now; `result()` waits and parses."""
+    """`py-spy record --gil` on one process for `seconds`, started now; `result()` waits and parses. Its output
+    file is removed by `result()`, or by `close()` when the result is not wanted (the measurement failed)."""
 
     def __init__(self, pid: int, seconds: float) -> None:
         self.pid = pid
         self.duration = max(1, int(seconds))
-        self.out = Path(tempfile.mkstemp(prefix="gil_", suffix=".txt")[1])
+        # The file only where py-spy runs: a run without py-spy would otherwise leave one per sampled point.
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
         exe = py_spy()
         self.proc: subprocess.Popen[str] | None = None
         self.reason = "py-spy is not installed"
         if exe:
+            self._folder = tempfile.TemporaryDirectory(prefix="gil_")
+            self.out = Path(self._folder.name) / "gil.txt"
             self.proc = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration", str(self.duration), "--rate", str(RATE), "--gil",
                  "--nonblocking", "--threads", "--format", "raw", "--output", str(self.out)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def close(self) -> None:
+        """Stop py-spy if it still runs and remove its output (idempotent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
     def result(self, group_of: Any) -> dict[str, Any]:
         """{held, by_group, top_functions, samples} or {unavailable: why}. `group_of(tid, name)` names a thread's
@@ -59,10 +72,10 @@ class GilSampler:
         try:
             log, _ = self.proc.communicate(timeout=self.duration + 30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.close()
             return {"unavailable": "py-spy did not finish"}
         text = self.out.read_text() if self.out.exists() else ""
-        self.out.unlink(missing_ok=True)
+        self.close()
         if self.proc.returncode != 0 or not text.strip():
             # e.g. "Permission denied": no CAP_SYS_PTRACE, or kernel.yama.ptrace_scope forbids attaching
             return {"unavailable": f"py-spy exit {self.proc.returncode}: {log.strip()[-300:]}"}

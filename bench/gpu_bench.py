@@ -93,7 +93,7 @@ from bench.gpu_raw import (
     two_threads,
 )
 from bench.gpu_report import render
-from bench.gpu_service import READY_TIMEOUT_S, service_config
+from bench.gpu_service import READY_TIMEOUT_S, parse_variant, service_config
 from bench.gpu_stages import Stages
 from bench.markdown import write_section
 from service.core import nvml
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--multi-processes", default="2,3", help="service processes per GPU in the multi stage")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra service run NAME:KEY=VALUE,... (SEGMENT_* variables, output=KIND, or "
-                         "client_pool=shared|per-connection), repeatable")
+                         "client_pool=shared|per-connection; a value may hold commas), repeatable")
     ap.add_argument("--variant-concurrency", default="32,64")
     ap.add_argument("--time-limit", type=float, default=480.0,
                     help="seconds after which no stage starts (0: none); the run then saves and renders what it has")
@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--check-imports", action="store_true",
                     help="only check that every service module imports here (exit 2 naming what is missing)")
     args = ap.parse_args(argv)
+    try:  # checked before any stage runs: a variant that cannot parse must not end the run midway
+        variants = dict(parse_variant(spec) for spec in args.variant)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if len(variants) < len(args.variant):  # each variant's results are saved under its name
+        ap.error("--variant names must differ")
     if args.render:
         write_section(args.out / "BENCHMARKS.md", "gpu", render(json.loads(args.render.read_text())))
         return
@@ -160,8 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     ints = lambda spec: [int(v) for v in spec.split(",") if v]  # noqa: E731
     on_gpu = CUDA in ort.get_available_providers()
     provider, device = (CUDA, "cuda") if on_gpu else (CPU, "cpu")
+    # Every service the run starts gets these settings, a variant's over them (rows show only what a variant changes).
+    base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning",
+            # A service quietly on the CPU would spend each load point measuring the wrong thing: refuse to start.
+            "SEGMENT_REQUIRE_GPU": str(on_gpu).lower()}
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device_info(),
-                               "errors": {}}
+                               "base_env": base, "variants": variants, "errors": {}}
     stages = Stages(results, args.json, skip, args.time_limit)
     stage = stages.run
 
@@ -194,9 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     bodies = [encode(synthetic_photo(width, height, seed)) for seed in range(8)]
     concurrencies = ints(args.concurrency)
     per_connection = args.client_pool == "per-connection"
-    base = {"SEGMENT_MAX_BATCH_SIZE": str(args.max_batch), "SEGMENT_LOG_LEVEL": "warning",
-            # A service quietly on the CPU would spend each load point measuring the wrong thing: refuse to start.
-            "SEGMENT_REQUIRE_GPU": str(on_gpu).lower()}
     buckets = sorted({*[2**i for i in range(8) if 2**i < args.max_batch], args.max_batch})
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
     answer = args.workdir / "answer.png"
@@ -207,9 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), **kw)
         stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
                                      keep_answer=answer))
-        for spec in args.variant:
-            name, _, pairs = spec.partition(":")
-            env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        for name, env in variants.items():
             stage(f"variant_{name}", lambda env=env: run(env, ints(args.variant_concurrency)))
         stage("fp32", lambda: run({"SEGMENT_PRECISION": "fp32"}, [32]))
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_load import gpu_memory_of, idle_healthz, load_point, start_service, wait_until_ready
+from bench.gpu_stages import PARTIAL, keep_partial
 from testkit.images import encode
 from testkit.server import ServerProcess
 
@@ -57,31 +58,54 @@ def multi_process(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], c
                   concurrencies: list[int], seconds: float, processes: int, env: dict[str, str],
                   per_connection: bool = False, ready_timeout: float = 180.0) -> dict[str, Any]:
     """For each K in `counts`: K service processes (same model, same settings) at each concurrency; each
-    must be ready within `ready_timeout` of the start."""
+    must be ready within `ready_timeout` of the start. A failure keeps what was measured before it
+    (`keep_partial`)."""
     out: dict[str, Any] = {"env": env}
-    for count in counts:
-        start = time.perf_counter()
-        # Each process's thread pools default to every CPU: K of them would oversubscribe the host, so each
-        # gets its share (unless the run's settings name the counts).
-        share = str(max(1, (os.cpu_count() or 1) // count))
-        env_k = {"SEGMENT_INTRA_OP_THREADS": share, "SEGMENT_WORKER_THREADS": share, **env}
-        servers = [start_service(model, **env_k) for _ in range(count)]  # all load and warm up at once
-        try:
-            for server in servers:  # they warm up together: the deadline is shared
-                wait_until_ready(server, max(1.0, ready_timeout - (time.perf_counter() - start)))
-            result: dict[str, Any] = {"ready_s": time.perf_counter() - start, "points": [],
-                                      "healthz_idle": idle_healthz(servers[0].url)}
-            for concurrency in concurrencies:
-                point = load_point(pool, servers, bodies, concurrency, seconds, processes,
-                                   per_connection=per_connection)
-                result["points"].append(point)
-                split = ", ".join(f"{p['throughput']:.0f}" for p in point["servers"])
-                print(f"  K={count} c={concurrency}: {point['throughput']:.1f} img/s ({split}), p50 "
-                      f"{point['p50']:.1f} ms, p99 {point['p99']:.1f} ms; servers {point['server_cores']:.1f} cores, "
-                      f"clients {point['client_cores']:.1f}", flush=True)
-            result["gpu_memory_mib"] = [gpu_memory_of(server.pid) for server in servers]
-        finally:
-            for server in servers:
-                server.terminate()
-        out[str(count)] = result
+    count = 0
+    try:
+        for count in counts:
+            out[str(count)] = _k_processes(pool, model, bodies, count, concurrencies, seconds, processes, env,
+                                           per_connection, ready_timeout)
+    except Exception as exc:
+        if getattr(exc, PARTIAL, None) is not None:  # the points of the K that failed
+            out[str(count)] = getattr(exc, PARTIAL)
+        if any(isinstance(v, dict) and v.get("points") for v in out.values()):
+            keep_partial(exc, out)
+        raise
     return out
+
+
+def _k_processes(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], count: int, concurrencies: list[int],
+                 seconds: float, processes: int, env: dict[str, str], per_connection: bool,
+                 ready_timeout: float) -> dict[str, Any]:
+    """`count` service processes at each concurrency (see `multi_process`)."""
+    start = time.perf_counter()
+    # Each process's thread pools default to every CPU: K of them would oversubscribe the host, so each
+    # gets its share (unless the run's settings name the counts).
+    share = str(max(1, (os.cpu_count() or 1) // count))
+    env_k = {"SEGMENT_INTRA_OP_THREADS": share, "SEGMENT_WORKER_THREADS": share, **env}
+    servers: list[ServerProcess] = []
+    result: dict[str, Any] = {"points": []}
+    try:
+        for _ in range(count):  # all load and warm up at once; one by one, so a failed start stops the others
+            servers.append(start_service(model, **env_k))
+        for server in servers:  # they warm up together: the deadline is shared
+            wait_until_ready(server, max(1.0, ready_timeout - (time.perf_counter() - start)))
+        result.update(ready_s=time.perf_counter() - start, healthz_idle=idle_healthz(servers[0].url))
+        for concurrency in concurrencies:
+            point = load_point(pool, servers, bodies, concurrency, seconds, processes,
+                               per_connection=per_connection)
+            result["points"].append(point)
+            split = ", ".join(f"{p['throughput']:.0f}" for p in point["servers"])
+            print(f"  K={count} c={concurrency}: {point['throughput']:.1f} img/s ({split}), p50 "
+                  f"{point['p50']:.1f} ms, p99 {point['p99']:.1f} ms; servers {point['server_cores']:.1f} cores, "
+                  f"clients {point['client_cores']:.1f}", flush=True)
+        result["gpu_memory_mib"] = [gpu_memory_of(server.pid) for server in servers]
+    except Exception as exc:
+        if result["points"]:
+            keep_partial(exc, result)
+        raise
+    finally:
+        for server in servers:
+            server.terminate()
+    return result

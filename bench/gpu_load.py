@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -110,11 +109,16 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
     cpu0 = [tree_cpu_seconds(s.pid) for s in servers]  # with its worker processes, if any
     sampler = GilSampler(servers[0].pid, seconds - 0.5) if gil else None
     plan = connection_plan(concurrency, processes, [s.url for s in servers])
-    with probe:
-        results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
-    cpu1 = [tree_cpu_seconds(s.pid) for s in servers]
-    threads1 = [thread_times(s.pid) for s in servers]
-    after = [s.metrics() for s in servers] if service else []
+    try:
+        with probe:
+            results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
+        cpu1 = [tree_cpu_seconds(s.pid) for s in servers]
+        threads1 = [thread_times(s.pid) for s in servers]
+        after = [s.metrics() for s in servers] if service else []
+    except BaseException:
+        if sampler is not None:  # its result will not be read: stop py-spy and remove its file
+            sampler.close()
+        raise
     samples = [s for part, _, _ in results for s in part]
     wall = max(w for _, w, _ in results)
     ok = [lat for _, status, lat, _ in samples if status == 200]
@@ -188,11 +192,31 @@ def wait_until_ready(server: ServerProcess, timeout: float, retries_s: float = 1
                                f"{server.log[-4000:]}")
 
 
+class MappedServer(ServerProcess):
+    """A service under `bench.thread_map`, its map in a folder of its own that goes when the server stops (the
+    map's writer also leaves a half-written sibling there when the server is stopped mid-write)."""
+
+    def __init__(self, model: Path, folder: tempfile.TemporaryDirectory[str], **env: str) -> None:
+        self._folder = folder
+        super().__init__(model, command=[sys.executable, "-m", "bench.thread_map"],
+                         BENCH_THREAD_MAP=str(Path(folder.name) / "threads.json"), **env)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """Stop the server (`ServerProcess.terminate`), then remove its thread map."""
+        try:
+            return super().terminate(timeout)
+        finally:
+            self._folder.cleanup()
+
+
 def start_service(model: Path, **env: str) -> ServerProcess:
     """`segment-serve` under `bench.thread_map`, so the CPU split can name its Python threads."""
-    handle, path = tempfile.mkstemp(prefix="threads_", suffix=".json")
-    os.close(handle)
-    return ServerProcess(model, command=[sys.executable, "-m", "bench.thread_map"], BENCH_THREAD_MAP=path, **env)
+    folder = tempfile.TemporaryDirectory(prefix="threads_")
+    try:
+        return MappedServer(model, folder, **env)
+    except BaseException:  # not started: nobody will stop it, so nobody else removes the folder
+        folder.cleanup()
+        raise
 
 
 def gpu_memory_of(pid: int) -> int | None:

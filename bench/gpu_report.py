@@ -35,6 +35,12 @@ def _reference(raw: dict[str, dict[Any, float]]) -> dict[int, float]:
     return out
 
 
+def _ratio(measured: float, reference: float) -> float:
+    """measured / reference; NaN (a target not met) where the reference measured nothing, e.g. a configuration
+    whose every answer was an error: the section must still be written."""
+    return measured / reference if reference else float("nan")
+
+
 def targets(r: dict[str, Any]) -> list[tuple[str, str, float, float]]:
     """(target, how, measured ratio, goal) for each target the run can judge."""
     out = []
@@ -46,26 +52,36 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float, float]]:
         best_point = max(high, key=lambda p: p["throughput"])
         out.append(("service at c>=32 / raw ORT at its best batch",
                     f"{best_point['throughput']:.0f} (c={best_point['concurrency']}) / {raw_best:.0f} (batch "
-                    f"{raw_size})", best_point["throughput"] / raw_best, 0.9))
+                    f"{raw_size})", _ratio(best_point["throughput"], raw_best), 0.9))
     c8 = _point(service, 8)
     raw8 = raw.get(8)
     if c8 and raw8:
         out.append(("service at c=8 / raw ORT batch 8", f"{c8['throughput']:.0f} / {raw8:.0f}",
-                    c8["throughput"] / raw8, 0.8))
+                    _ratio(c8["throughput"], raw8), 0.8))
     c32 = _point(service, 32)
     if c32:
         out.append(("p99 / p50 at c=32 (at most)", f"{c32['p99']:.1f} / {c32['p50']:.1f} ms",
-                    c32["p99"] / c32["p50"], 2.0))
+                    _ratio(c32["p99"], c32["p50"]), 2.0))
     eager_size, eager_best = _best(r.get("eager"))
     if high and r.get("eager"):
         best = max(p["throughput"] for p in high)
         out.append(("service / PyTorch eager fp16 channels_last at its best batch",
-                    f"{best:.0f} / {eager_best:.0f} (batch {eager_size})", best / eager_best, 1.0))
+                    f"{best:.0f} / {eager_best:.0f} (batch {eager_size})", _ratio(best, eager_best), 1.0))
     fp32 = _point(r.get("fp32"), 32)
     if c32 and fp32:
         out.append(("service fp16 / fp32 at c=32", f"{c32['throughput']:.0f} / {fp32['throughput']:.0f}",
-                    c32["throughput"] / fp32["throughput"], 1.8))
+                    _ratio(c32["throughput"], fp32["throughput"]), 1.8))
     return out
+
+
+def _base_env(r: dict[str, Any]) -> dict[str, str]:
+    """The settings the run gave every service it started (a variant's row shows only what it changes): as saved,
+    or, for runs saved before, what those runs set."""
+    if "base_env" in r:
+        return r["base_env"]
+    on_gpu = "CUDAExecutionProvider" in (r.get("device") or {}).get("providers", [])
+    return {"SEGMENT_MAX_BATCH_SIZE": r.get("args", {}).get("max_batch"), "SEGMENT_LOG_LEVEL": "warning",
+            "SEGMENT_REQUIRE_GPU": str(on_gpu).lower()}
 
 
 def _service_rows(name: str, config: dict[str, Any] | None) -> list[str]:
@@ -127,11 +143,10 @@ def render(r: dict[str, Any]) -> str:
                        ("off", "batching off"), ("fp32", "fp32"),
                        ("before", "old: dynamic shapes, NCHW, 1 in flight, max 8")):
         lines += _service_rows(label, r.get(key))
+    base = _base_env(r)
     for key, config in r.items():
         if key.startswith("variant_") and isinstance(config, dict):
-            settings = ", ".join(f"{k}={v}" for k, v in config.get("env", {}).items()
-                                 if k not in ("SEGMENT_LOG_LEVEL",) and not (k == "SEGMENT_MAX_BATCH_SIZE"
-                                                                             and v == args.get("max_batch")))
+            settings = ", ".join(f"{k}={v}" for k, v in config.get("env", {}).items() if base.get(k) != v)
             if config.get("output", "labels") != "labels":
                 settings = ", ".join(filter(None, [settings, f"output={config['output']}"]))
             if config.get("client_pool") == "shared":

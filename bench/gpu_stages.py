@@ -19,11 +19,19 @@ from typing import Any
 
 # A service start is never given less than this to become ready (a healthy one takes 3-30 s on a GPU).
 MIN_READY_S = 30.0
+PARTIAL = "bench_partial_result"  # the attribute of a stage's exception that carries what it measured first
+
+
+def keep_partial(exc: BaseException, measured: Any) -> None:
+    """Attach to `exc` what its stage measured before it was raised, for `Stages.run` to save beside the error:
+    a service that dies at the last load point must not take the points before it with it."""
+    setattr(exc, PARTIAL, measured)
 
 
 class Stages:
     """Runs named stages into `results` (under their names; tracebacks under `errors`, seconds under `stage_s`,
-    stages not started for the time limit under `skipped_for_time`) and saves `results` to `path` after each."""
+    stages not started for the time limit under `skipped_for_time`) and saves `results` to `path` after each. A
+    stage that fails keeps, under its name, what its exception carries (`keep_partial`)."""
 
     def __init__(self, results: dict[str, Any], path: Path, skip: set[str], time_limit_s: float = 0.0) -> None:
         self.results = results
@@ -58,9 +66,11 @@ class Stages:
         start = time.perf_counter()
         try:
             self.results[name] = fn()
-        except Exception:
+        except Exception as exc:
             self.results["errors"][name] = traceback.format_exc()[-2000:]
             print(self.results["errors"][name], flush=True)
+            if getattr(exc, PARTIAL, None) is not None:
+                self.results[name] = getattr(exc, PARTIAL)
         self.results.setdefault("stage_s", {})[name] = round(time.perf_counter() - start, 1)
         self.save()
 
