@@ -95,8 +95,9 @@ class Settings(BaseSettings):
                             "as this process sees them, or 'auto' for every visible one; a 'device_id' in "
                             "cuda_options names the one device instead")
     worker_slot: int | None = Field(
-        None, ge=0, description="set by the supervisor in each worker: its slot, 0..workers-1, which picks its "
-                                "CUDA device; a replacement takes the slot of the worker it replaces")
+        None, ge=0, description="set by the supervisor in each worker: its slot, which picks its CUDA device "
+                                "(0..workers-1 where slots pick devices); a replacement takes the slot of the "
+                                "worker it replaces")
     # uvicorn's default of 5 s is known to kill healthy workers whose interpreter is busy (uvicorn issue #2506).
     worker_healthcheck_s: int = Field(60, ge=1, description="a worker that does not answer the supervisor's "
                                         "ping this long is killed and replaced")

@@ -1,6 +1,6 @@
 """The worker processes of a supervisor of several (service/worker_supervisor.py builds its policy on this):
-each started on its slot, when each was seen ready, a worker left past the count moved to a free slot, and what
-a worker that is gone leaves behind cleared."""
+each started on its slot, when each was seen ready, a worker left past the count moved to a free slot where slots
+pick devices, and what a worker that is gone leaves behind cleared."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ log = logging.getLogger(__name__)
 
 class WorkerProcesses(Multiprocess):
     """uvicorn's `Multiprocess`, whose workers each hold a slot that the supervisor hands out (see
-    service/worker_slots.py), and whose readiness it remembers (`_ready`, `served`)."""
+    service/worker_slots.py), and whose readiness it remembers (`_ready`, `served`). `slots_pick_devices`: whether
+    a worker's slot picks its CUDA device (several devices, the CUDA provider there; `workers.slots_pick_devices`)."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None,
-                 metrics_dir: Path | None = None) -> None:
+                 metrics_dir: Path | None = None, slots_pick_devices: bool = True) -> None:
         super().__init__(config, sockets)
         self.results_dir, self.metrics_dir = results_dir, metrics_dir
+        self.slots_pick_devices = slots_pick_devices
         self._served = False  # whether any worker has finished its startup
         self._ready: dict[int | None, float] = {}  # pid -> when the worker was seen ready (not asked again)
         self._slots: dict[Process, int] = {}  # each worker's slot
@@ -91,7 +93,17 @@ class WorkerProcesses(Multiprocess):
         """Move each live worker on a slot past the count to the lowest free slot: its replacement starts there
         and, once ready, it stops (the slots differ: no wait for a lock, and it serves meanwhile). Else two
         workers share a device while another device has none, until both are replaced. Where the replacement
-        is not ready in time, the worker stays where it is."""
+        is not ready in time, the worker stays where it is.
+
+        Only where slots pick devices: elsewhere (CPU, one GPU) every slot is alike, and a move would load the
+        model once more for nothing. The worker serves on under its slot, which no other worker holds (its
+        lock): a new worker takes the lowest free slot as ever, and a replacement of this one a slot below."""
+        if not self.slots_pick_devices:
+            for idx, process in enumerate(self.processes):
+                if self._slot(idx) >= len(self.processes) and process.process.is_alive():
+                    log.info("worker [%s] serves on under slot %d, past the %d workers kept: slots pick no device",
+                             process.pid, self._slot(idx), len(self.processes))
+            return
         for idx, old in enumerate(self.processes):
             if self._slot(idx) < len(self.processes) or not old.process.is_alive() or self.stopping:
                 continue

@@ -3,11 +3,12 @@ a device warm up one at a time.
 
 The supervisor hands out the slots: each worker it starts gets the lowest slot no other worker of its list holds
 (`SEGMENT_WORKER_SLOT` in the environment it is spawned with), so a replacement takes the slot of the worker it
-replaces, and after SIGTTOU a worker left past the new count moves down (service/worker_supervisor.py): every
-live worker on its own slot below the count, whenever the count allows. Each worker locks its slot's file
-(`flock`) in the supervisor's private directory (`SEGMENT_WORKER_SLOTS_DIR`, set for its workers only), which a
-second live holder would find locked; the warm-up turns are such locks too. The kernel drops a lock when its
-holder dies, however it dies, so neither outlives a worker.
+replaces, and after SIGTTOU a worker left past the new count moves down where slots pick devices
+(service/worker_supervisor.py): every live worker on its own slot below the count, whenever the count allows. Where they
+pick none (the CPU, one GPU) it serves on under its slot: a move would load the model again for nothing. Each worker
+locks its slot's file (`flock`) in the supervisor's private directory (`SEGMENT_WORKER_SLOTS_DIR`, set for its workers
+only), which a second live holder would find locked; the warm-up turns are such locks too. The kernel drops a lock when
+its holder dies, however it dies, so neither outlives a worker.
 """
 
 from __future__ import annotations

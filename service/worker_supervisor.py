@@ -37,7 +37,8 @@ class WorkerSupervisor(WorkerProcesses):
       replacement loading the model) is replaced after the same growing delay, until one has served a while
       (service/worker_backoff.py); one that dies after serving longer is replaced at once;
     - each worker gets its slot (its CUDA device) from the supervisor: the lowest one no other worker holds, so
-      a replacement takes its predecessor's, and a worker left past the count by SIGTTOU moves down (`_relocate`);
+      a replacement takes its predecessor's, and a worker left past the count by SIGTTOU moves down where slots
+      pick devices (`_relocate`; on CPU or one GPU it serves on where it is: a move would only load the model);
     - what the workers are told of the server (service/worker_census.py): the number it keeps, which SIGTTIN and
       SIGTTOU change and which each worker's share of the result cache follows, and the shortfall while a
       replacement fails or waits, which `/readyz` and `/metrics` report;
@@ -54,8 +55,9 @@ class WorkerSupervisor(WorkerProcesses):
     """
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket], results_dir: Path | None = None,
-                 metrics_dir: Path | None = None, census_dir: Path | None = None, result_bytes: int = 0) -> None:
-        super().__init__(config, sockets, results_dir, metrics_dir)
+                 metrics_dir: Path | None = None, census_dir: Path | None = None, result_bytes: int = 0,
+                 slots_pick_devices: bool = True) -> None:
+        super().__init__(config, sockets, results_dir, metrics_dir, slots_pick_devices)
         self.census_dir = census_dir
         self.result_bytes = result_bytes  # SEGMENT_RESULT_CACHE_BYTES: all workers' shares together
         self.gave_up = False  # stopped for startup failures: the exit status says so
@@ -187,7 +189,7 @@ class WorkerSupervisor(WorkerProcesses):
         """One worker fewer (SIGTTOU), gone like a dead one: a failing slot if any (one waiting for its next worker
         first), else the worker on the highest slot (uvicorn takes the last in its list: a serving one, beside a
         failing slot, left none running: exit 3). A worker then left on a slot past the count moves to the slot
-        freed (`_relocate`)."""
+        freed where slots pick devices (`_relocate`)."""
         if self.processes_num > 1:
             self._move_last(max(range(len(self.processes)), key=self._removal_rank))
         before = set(self.processes)

@@ -11,10 +11,12 @@ Metrics are summed over the workers with prometheus-client's multiprocess mode (
 memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them. The files
 of a worker that is gone are folded into the supervisor's archive (service/metrics_files.py).
 
-On a host with several GPUs the workers spread over them: each worker holds one slot for its life, which the
-supervisor hands out (service/worker_slots.py), and slot k runs on device k mod the number of devices, so a
-replacement takes the device of the worker it replaces (on SIGHUP too: each worker stops before its replacement
-starts). `SEGMENT_WORKERS=auto` (the default) starts one worker per device when the CUDA provider is there.
+On a host with several GPUs the workers spread over them: each worker holds one slot for its life, which the supervisor
+hands out (service/worker_slots.py), and slot k runs on device k mod the number of devices, so a replacement takes the
+device of the worker it replaces (on SIGHUP too: each worker stops before its replacement starts), and after SIGTTOU a
+worker left past the count moves to a lower slot. Where slots pick no device (the CPU, one GPU) a worker past the count
+serves on where it is. `SEGMENT_WORKERS=auto` (the default) starts one worker per device when the CUDA provider is
+there.
 
 The shared files live in a private folder that the supervisor and its workers hold while they run; a server that
 starts sweeps away the folders of servers killed outright (service/worker_shared.py).
@@ -106,6 +108,12 @@ def worker_config(settings: Settings) -> uvicorn.Config:
                           **server_options(settings))
 
 
+def slots_pick_devices(settings: Settings) -> bool:
+    """Whether a worker's slot picks its CUDA device: several devices, and onnxruntime's CUDA provider there (asked
+    only then, as `worker_count` does). Elsewhere every slot runs the same (the CPU, or the one GPU)."""
+    return len(settings.cuda_device_list()) > 1 and _cuda_available(settings.providers)
+
+
 def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
     """Run `settings.workers` workers (a count, not 'auto') on one socket until told to stop; the exit status
     (3: a worker failed at startup before any served, or later every one of them did).
@@ -124,7 +132,8 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
         config = worker_config(settings)
         sock: socket = config.bind_socket()
         supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir,
-                                      census_dir=slots_dir, result_bytes=settings.result_cache_bytes)
+                                      census_dir=slots_dir, result_bytes=settings.result_cache_bytes,
+                                      slots_pick_devices=slots_pick_devices(settings))
         supervisor.run()
         sock.close()
     if supervisor.failed_to_start:

@@ -6,8 +6,6 @@ records the real samples (`bench/gpu_bench.py`, `gpu_metrics`)."""
 from __future__ import annotations
 
 import sys
-import types
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,41 +16,7 @@ from service.core.options import EngineOptions
 from service.core.sessions import memory_in_use
 from service.gpu_metrics import register_gpu_metrics
 from service.settings import default_model_path
-
-
-def fake_pynvml(power: bool = True) -> types.ModuleType:
-    """NVML's Python interface over two devices (index 0 and 3, UUIDs GPU-a and GPU-b); records lookups."""
-    module = types.ModuleType("pynvml")
-    devices = {"0": ("dev0", 1_000, 8_000, 25, 70_500), "3": ("dev3", 3_000, 80_000, 90, 650_000)}
-    by_uuid = {"GPU-a": "0", "GPU-b": "3"}
-    module.lookups = []
-    module.broken = False
-
-    def handle(index: int) -> str:
-        module.lookups.append(("index", index))
-        return devices[str(index)][0]
-
-    def handle_by_uuid(uuid: str) -> str:
-        module.lookups.append(("uuid", uuid))
-        return devices[by_uuid[uuid]][0]
-
-    def row(h: str) -> tuple:
-        if module.broken:
-            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
-        return next(v for v in devices.values() if v[0] == h)
-
-    def power_usage(h: str) -> int:
-        if not power:
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-        return row(h)[4]
-
-    module.nvmlInit = lambda: None
-    module.nvmlDeviceGetHandleByIndex = handle
-    module.nvmlDeviceGetHandleByUUID = handle_by_uuid
-    module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=row(h)[1], total=row(h)[2])
-    module.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=row(h)[3], memory=0)
-    module.nvmlDeviceGetPowerUsage = power_usage
-    return module
+from tests.service.nvml_helpers import fake_pynvml
 
 
 def samples(registry: CollectorRegistry) -> dict[str, float]:

@@ -27,9 +27,9 @@ from service.settings import Settings
 from service.worker_slots import SLOTS_DIR_VARIABLE, hold_slot, lowest_free
 from service.workers import worker_count
 from testkit.server import ServerProcess
+from tests.service.nvml_helpers import fake_pynvml
 from tests.service.svc_helpers import LiveServer
-from tests.service.test_gpu_metrics import fake_pynvml
-from tests.service.test_workers import worker_environ
+from tests.service.worker_helpers import worker_environ
 
 
 def test_the_visible_devices_are_counted_as_cuda_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:

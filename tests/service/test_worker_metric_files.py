@@ -16,7 +16,7 @@ from service.metrics_files import fold_dead_metrics, metrics_files_lock
 from testkit.metrics import metric_sum, samples
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.test_workers import WORKERS, ready_pids, replacements, segment, worker_environ
+from tests.service.worker_helpers import WORKERS, ready_pids, replacements, segment, worker_environ
 
 
 def file_ids(directory: Path) -> list[str]:

@@ -18,34 +18,7 @@ from testkit.metrics import samples
 from testkit.procstat import cpu_seconds, descendants, tree_cpu_seconds
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-
-WORKERS = 2
-
-
-def ready_pids(server: ServerProcess) -> set[int]:
-    """The pids of the workers that answered /readyz 200, asked afresh."""
-    server.worker_pids.clear()
-    return set(server.wait_ready(90).worker_pids)
-
-
-def worker_environ(pid: int) -> dict[str, str]:
-    """The environment the worker `pid` started with: where the supervisor put the shared directories."""
-    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
-    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-
-
-def replacements(server: ServerProcess, gone: set[int], timeout: float = 60) -> set[int]:
-    """The pids of `WORKERS` ready workers none of which is in `gone`, asked until they are the only ones."""
-    deadline = time.monotonic() + timeout
-    while (now := ready_pids(server)) & gone:
-        assert time.monotonic() < deadline, (now, server.log)
-        time.sleep(0.2)
-    return now
-
-
-def segment(url: str, body: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/segment", params={"output": "labels"}, content=body,
-                      headers={"content-type": "image/png"}, timeout=30)
+from tests.service.worker_helpers import WORKERS, ready_pids, replacements, segment, worker_environ
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 SIGTTOU removes a slot that is not the highest: the worker left past the count moves to the freed slot. It stayed
 there, so that with two GPUs two workers shared one device while the other had none, until the next SIGHUP.
 
-This host has no GPU: the slot each worker holds is read from its `/readyz` (`worker_slot`)."""
+This host has no GPU: the supervisor is told the CUDA provider is there (`CUDA_SLOTS`), so that two devices make its
+slots pick devices, and the slot each worker holds is read from its `/readyz` (`worker_slot`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import httpx
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service.worker_checks import OPTIONS, census, serve_until, wait_for, worker_pids
+from tests.service.worker_helpers import CUDA_SLOTS
 
 
 def slots(server: ServerProcess) -> dict[int, int]:
@@ -35,7 +37,7 @@ def test_after_sigttou_removes_a_lower_slot_the_live_workers_hold_the_slots_belo
     model, away = tmp_path / "model.onnx", tmp_path / "away.onnx"
     shutil.copy(rule_model, model)
     body = png_bytes(scene(120, 80))
-    with ServerProcess(model, log_level="info", SEGMENT_CUDA_DEVICES="0,1", **OPTIONS) as server:
+    with ServerProcess(model, command=CUDA_SLOTS, log_level="info", SEGMENT_CUDA_DEVICES="0,1", **OPTIONS) as server:
         server.wait_ready(120)
         expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
                               headers={"content-type": "image/png"}, timeout=30).content

@@ -17,6 +17,7 @@ import httpx
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service.worker_checks import OPTIONS, census, serve_until, wait_for, worker_pids
+from tests.service.worker_helpers import CUDA_SLOTS
 
 
 def test_sigttou_removes_the_slot_that_fails_at_startup_not_a_serving_worker(rule_model: Path,
@@ -24,7 +25,8 @@ def test_sigttou_removes_the_slot_that_fails_at_startup_not_a_serving_worker(rul
     model, away = tmp_path / "model.onnx", tmp_path / "away.onnx"
     shutil.copy(rule_model, model)
     body = png_bytes(scene(120, 80))
-    with ServerProcess(model, **OPTIONS) as server:
+    # Slots that pick devices (two of them; `CUDA_SLOTS`): the survivor left past the count is offered a lower slot.
+    with ServerProcess(model, command=CUDA_SLOTS, SEGMENT_CUDA_DEVICES="0,1", **OPTIONS) as server:
         first = server.wait_ready(120).worker_pids
         expected = httpx.post(f"{server.url}/segment", params={"output": "labels"}, content=body,
                               headers={"content-type": "image/png"}, timeout=30).content
