@@ -20,38 +20,9 @@ import pytest
 from service.core.engine import load_engine
 from service.settings import Settings
 from testkit.images import decode_labels
-from testkit.metrics import metric_sum
 from tests.reliability.rule_helpers import rule_labels
-from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes, scene
-
-
-class GatedServer:
-    """A LiveServer on the rule model whose model runs wait while `gate` is closed; `runs` holds each batch's size."""
-
-    def __init__(self, model: Path, **settings: object) -> None:
-        config = Settings(model_path=model, host="127.0.0.1", port=0, intra_op_threads=1, **settings)
-        engine = load_engine(config.engine_options())
-        run_images = engine.run_images
-        self.gate = threading.Event()
-        self.gate.set()
-        self.runs: list[int] = []
-
-        def gated(images: Sequence[np.ndarray]) -> np.ndarray:
-            self.gate.wait(60)
-            self.runs.append(len(images))
-            return run_images(images)
-
-        engine.run_images = gated  # type: ignore[method-assign]
-        self.live = LiveServer(config, engine=engine)
-
-    def metric(self, name: str) -> float:
-        return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name)
-
-    def wait_metric(self, name: str, value: float, within_s: float = 15) -> None:
-        deadline = time.monotonic() + within_s
-        while (now := self.metric(name)) != value:
-            assert time.monotonic() < deadline, f"{name} is {now}, not {value}"
-            time.sleep(0.02)
+from tests.service.gated_server import GatedServer
+from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ onnxruntime on a poisoned image, real PNG uploads.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,46 +19,17 @@ import httpx
 import numpy as np
 import pytest
 
-from service.core.engine import load_engine
-from service.settings import Settings
-from testkit.metrics import metric_sum
 from tests.reliability.faults_helpers import make_poisonable_model, poisoned
-from tests.service.svc_helpers import LiveServer, png_bytes, scene
+from tests.service.gated_server import GatedServer
+from tests.service.svc_helpers import png_bytes, scene
 
 HOLD_S = 0.5  # how long the device takes over the batch that fails
 
 
-class HeldServer:
-    """A LiveServer whose model runs wait while `gate` is closed, and whose runs of four images (the batch that
-    fails) take HOLD_S more; `runs` holds each run's image count, the probe's included."""
-
-    def __init__(self, model: Path, **settings: object) -> None:
-        config = Settings(model_path=model, host="127.0.0.1", port=0, providers="cpu", intra_op_threads=1,
-                          fixed_shapes="on", max_batch_size=4, concurrent_batches=1, max_wait_ms=20, **settings)
-        engine = load_engine(config.engine_options())
-        run_images = engine.run_images
-        self.gate = threading.Event()
-        self.gate.set()
-        self.runs: list[int] = []
-
-        def held(images: Sequence[np.ndarray]) -> np.ndarray:
-            self.gate.wait(60)
-            self.runs.append(len(images))
-            if len(images) == 4:
-                time.sleep(HOLD_S)
-            return run_images(images)
-
-        engine.run_images = held  # type: ignore[method-assign]
-        self.live = LiveServer(config, engine=engine)
-
-    def metric(self, name: str) -> float:
-        return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name)
-
-    def wait_metric(self, name: str, value: float, within_s: float = 15) -> None:
-        deadline = time.monotonic() + within_s
-        while (now := self.metric(name)) != value:
-            assert time.monotonic() < deadline, f"{name} is {now}, not {value}"
-            time.sleep(0.02)
+def slow_batches_of_four(images: Sequence[np.ndarray]) -> None:
+    """Runs of four images (the batch that fails) take HOLD_S more."""
+    if len(images) == 4:
+        time.sleep(HOLD_S)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +38,9 @@ def poison_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def held(request: pytest.FixtureRequest, poison_model: Path) -> Iterator[HeldServer]:
-    server = HeldServer(poison_model, batch_buckets=request.param)
+def held(request: pytest.FixtureRequest, poison_model: Path) -> Iterator[GatedServer]:
+    server = GatedServer(poison_model, slow_batches_of_four, batch_buckets=request.param, providers="cpu",
+                          fixed_shapes="on", max_batch_size=4, concurrent_batches=1, max_wait_ms=20)
     server.live.start()
     server.runs.clear()  # warm-up's
     server.live.state.engine.runner.plan = {}  # run every count whole: no timing-dependent split of the four
@@ -88,7 +59,7 @@ def server_timing(response: httpx.Response) -> dict[str, float]:
 
 # Buckets 1, 2, 4 (the default), and 2, 4: there a run of one image, the probe's too, pads to two.
 @pytest.mark.parametrize("held", [[], [2, 4]], indirect=True, ids=["default-buckets", "no-bucket-of-1"])
-def test_an_image_run_again_alone_reports_its_own_run_and_the_probe_counts_nowhere(held: HeldServer) -> None:
+def test_an_image_run_again_alone_reports_its_own_run_and_the_probe_counts_nowhere(held: GatedServer) -> None:
     clean = [scene(96, 70 + i) for i in range(3)]
     uploads = [png_bytes(clean[0]), png_bytes(poisoned(96, 71)), png_bytes(clean[1]), png_bytes(clean[2])]
 
@@ -125,7 +96,7 @@ def test_an_image_run_again_alone_reports_its_own_run_and_the_probe_counts_nowhe
 
 
 @pytest.mark.parametrize("held", [[], [2, 4]], indirect=True, ids=["default-buckets", "no-bucket-of-1"])
-def test_the_probe_counts_in_no_padding_figure(held: HeldServer) -> None:
+def test_the_probe_counts_in_no_padding_figure(held: GatedServer) -> None:
     """A run of one clean image, a batch of three, then a poisoned image alone: its run fails and the probe runs
     (one image: no padding with a bucket of one, bucket 2's padding without). /readyz's `padding_fraction` and the
     metrics are the two requests' runs', whatever the probe added."""

@@ -1,0 +1,51 @@
+"""A live server whose model runs wait on a gate: the device busy for exactly as long as a test needs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.core.engine import load_engine
+from service.settings import Settings
+from testkit.metrics import metric_sum
+from tests.service.svc_helpers import LiveServer
+
+
+class GatedServer:
+    """A LiveServer (not started) whose model runs wait while `gate` is closed; `runs` holds each run's image count
+    (the guard's probes included). `on_run(images)` is called in each run, before the model (a slow device)."""
+
+    def __init__(self, model: Path, on_run: Callable[[Sequence[np.ndarray]], None] | None = None,
+                 **settings: object) -> None:
+        config = Settings(**{"model_path": model, "host": "127.0.0.1", "port": 0, "intra_op_threads": 1, **settings})
+        engine = load_engine(config.engine_options())
+        run_images = engine.run_images
+        self.gate = threading.Event()
+        self.gate.set()
+        self.runs: list[int] = []
+
+        def gated(images: Sequence[np.ndarray]) -> np.ndarray:
+            self.gate.wait(60)
+            self.runs.append(len(images))
+            if on_run is not None:
+                on_run(images)
+            return run_images(images)
+
+        engine.run_images = gated  # type: ignore[method-assign]
+        self.live = LiveServer(config, engine=engine)
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples, scraped from `/metrics`."""
+        return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name)
+
+    def wait_metric(self, name: str, value: float, within_s: float = 15) -> None:
+        """Wait until metric `name` reads `value`."""
+        deadline = time.monotonic() + within_s
+        while (now := self.metric(name)) != value:
+            assert time.monotonic() < deadline, f"{name} is {now}, not {value}"
+            time.sleep(0.02)
