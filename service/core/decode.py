@@ -36,7 +36,11 @@ Conversions to RGB (`service.core.colour`), all applied after EXIF orientation:
 - RGB (palette included) and greyscale pixels with an embedded ICC profile that is not sRGB (Display P3, Adobe RGB,
   ProPhoto, a grey gamma other than sRGB's) go through LittleCMS to sRGB too, as a colour-managed viewer shows
   them (`service.core.icc`), on both the Pillow and the libjpeg-turbo path, for the model at the letterbox content
-  size (resized first), for an overlay at full size. An
+  size (resized first). An overlay's full-size decode (`decode_image_keeping_profile`) keeps an RGB profile's
+  numbers instead (palette and transparent images too: they become RGB, composited over white, which is white in
+  any such profile), and returns the profile: the model's input is converted after the letterbox resize and the
+  overlay is drawn in, and carries, the upload's profile (`service.core.pipeline`); a grey profile is converted
+  at full size there too (a table lookup; an RGB overlay cannot carry a grey profile). An
   sRGB profile, whichever variant, leaves the pixels bit-identical; a broken profile, or one for another colour
   space than the pixels', leaves their numbers as they are (never a refusal);
 - animated GIF/PNG/WebP and multi-page TIFF give the first frame a browser shows (`service.core.frames`): for an
@@ -62,7 +66,7 @@ from .colour import to_rgb_array
 from .decode_budget import DECODE_BUDGET, estimate_bytes, plane_bytes
 from .errors import DecodeError
 from .frames import hides_default_image, load_first_frame, may_leave_canvas, white_outside
-from .icc import conversion_for, to_srgb
+from .icc import conversion_for, keeps_profile, to_srgb
 from .letterbox import LetterboxInfo, compute_letterbox, fit_content
 from .orientation import exif_orientation, oriented
 from .reduced_jpeg import DCT_SLACK, dct_reduction, decode_jpeg_fast, fit_before_turning
@@ -71,7 +75,7 @@ from .upload import ACCEPTED_FORMATS, Upload, decode_failure, open_upload
 
 # What callers import from here; the parts live in the modules named above.
 __all__ = ["ACCEPTED_FORMATS", "DCT_SLACK", "DECODE_BUDGET", "Upload", "dct_reduction", "decode_image",
-           "decode_image_for_model", "open_upload"]
+           "decode_image_for_model", "decode_image_keeping_profile", "open_upload"]
 
 
 def decode_image(data: bytes | Upload, max_pixels: int) -> np.ndarray:
@@ -84,6 +88,17 @@ def decode_image(data: bytes | Upload, max_pixels: int) -> np.ndarray:
     return _decode(data, max_pixels, None)[0]
 
 
+def decode_image_keeping_profile(data: bytes | Upload, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
+    """`decode_image` for an overlay: the pixels of an upload with a non-sRGB RGB ICC profile keep their numbers,
+    and that profile comes with them (else None, and the array is `decode_image`'s, byte for byte).
+
+    Converting every pixel of a 12 MP Display P3 photo to sRGB cost ~175 CPU-ms; the caller converts only what
+    the model sees, after the letterbox resize, and draws the overlay in the upload's profile
+    (`service.core.pipeline`). Grey profiles are converted as `decode_image` does. Errors as `decode_image`."""
+    rgb, _, profile = _decode(data, max_pixels, None, keep_profile=True)
+    return rgb, profile
+
+
 def decode_image_for_model(data: bytes | Upload, max_pixels: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode for inference at `size`: returns the RGB array, possibly reduced (or already resized to the letterbox
     content, when its EXIF orientation turns a partial DCT block to the top or left, or when it has an ICC profile
@@ -94,10 +109,11 @@ def decode_image_for_model(data: bytes | Upload, max_pixels: int, size: int) -> 
     For a 1024x768 upload to a 512 model that halves decode + letterbox time, to a 513 model it cuts it
     2.8x, and a 12 MP phone photo decodes ~8x faster. Other formats decode in full. Errors as `decode_image`.
     """
-    return _decode(data, max_pixels, size)
+    return _decode(data, max_pixels, size)[:2]
 
 
-def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
+            keep_profile: bool = False) -> tuple[np.ndarray, tuple[int, int], bytes | None]:
     # The structure checks and the header read happen once per upload: here, or before, by whoever opened it.
     upload = data if isinstance(data, Upload) else open_upload(data, max_pixels)
     with upload:
@@ -118,8 +134,9 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None) -> tup
                 fast = decode_jpeg_fast(data, img, denom, orientation, fit)
                 if fast is not None:
                     # libjpeg-turbo ignores the APP2 profile Pillow read from the header; converted at the reduced
-                    # size, in place (its extra memory is one block).
-                    return _in_srgb(fast[0], img), fast[1]
+                    # size, in place (its extra memory is one block), unless kept.
+                    kept = _kept(img, keep_profile)
+                    return (fast[0] if kept else _in_srgb(fast[0], img)), fast[1], kept
         if denom > 1:
             img.draft("RGB", (width // denom, height // denom))  # Pillow then picks exactly 1/denom
         has_alpha = "transparency" in img.info or may_leave_canvas(img)
@@ -150,12 +167,20 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None) -> tup
             # At the smallest size on the way (the letterbox content for the model, `_fit_to_convert`), after any
             # compositing over white: white stays white, a partly transparent edge differs by a level or so from
             # a browser's, which converts first.
-            rgb = _in_srgb(rgb, img)
+            kept = _kept(img, keep_profile)
+            if kept is None:
+                rgb = _in_srgb(rgb, img)
             if turn_later:
                 rgb = jpeg.orient(rgb, orientation)
             # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it. Known
             # from the orientation, not the shapes: a reduced decode can be square when the original is not.
-            return rgb, ((width, height) if turned else (height, width))
+            return rgb, ((width, height) if turned else (height, width)), kept
+
+
+def _kept(img: Image.Image, keep_profile: bool) -> bytes | None:
+    """The profile whose numbers the pixels of `img` keep (`decode_image_keeping_profile`), else None."""
+    profile = img.info.get("icc_profile")
+    return profile if keep_profile and keeps_profile(profile, img.mode) else None
 
 
 def _fit_to_convert(img: Image.Image, reduce_to: int | None) -> LetterboxInfo | None:
@@ -175,7 +200,8 @@ def _in_srgb(rgb: np.ndarray, img: Image.Image) -> np.ndarray:
 
     Measured, Display P3 JPEGs, the transform alone (LittleCMS's 8-bit matrix/TRC path, ~14 ns a pixel; before:
     none): a 1024x768 upload for a 513 model (decoded at 512x384) 2.8 CPU-ms (the whole decode 1.1 -> 4.0), a
-    4032x3024 one (decoded at 1008x756) 11.1 (13.8 -> 25.2); at full size, for an overlay, 11.2 and 176. A
+    4032x3024 one (decoded at 1008x756) 11.1 (13.8 -> 25.2); at full size 11.2 and 176 (what an overlay cost
+    before it kept the profile, `decode_image_keeping_profile`). A
     profile's first sight (parse, build, sRGB probe) ~3 CPU-ms, once; an sRGB-tagged upload ~5 us (hash, cache).
     """
     return to_srgb(rgb, img.info.get("icc_profile"), img.mode)

@@ -3,6 +3,8 @@
 A Display P3 (every iPhone photo), Adobe RGB or ProPhoto picture, or a greyscale one whose grey profile has a
 gamma other than sRGB's, read as if its numbers were sRGB looks duller than in any colour-managed viewer. Such
 pixels go through LittleCMS (Pillow's `ImageCms`) to sRGB; CMYK has its own conversion (`service.core.colour`).
+An overlay keeps an RGB upload's numbers instead (`keeps_profile`): only its class colours go the other way, sRGB
+to the profile (`colours_from_srgb`), through an inverse transform built and cached beside the forward one.
 
 - sRGB costs ~nothing: a profile's verdict is cached under the SHA-256 of its bytes (~5 us a lookup for the 7 KB
   IEC61966-2.1 profile; the first sight of a profile, ~3 CPU-ms, parses, builds and probes it), and a profile
@@ -13,8 +15,8 @@ pixels go through LittleCMS (Pillow's `ImageCms`) to sRGB; CMYK has its own conv
 - Bounds: a profile is at most the upload (20 MB by default; a JPEG's is at most 255 APP2 segments, a PNG's
   iCCP inflates to at most Pillow's 1 MB text-chunk limit); over `MAX_PROFILE_BYTES` it is ignored before being
   hashed or parsed. The cache holds `CACHE_SIZE` verdicts keyed by 32-byte digests, each a built 8-bit transform
-  (at most a 33^3 table, ~0.2 MB) or a 768-byte grey table, never the profile: distinct hostile profiles only
-  evict each other.
+  (two for an RGB profile: to and from sRGB; each at most a 33^3 table, ~0.2 MB) or a 768-byte grey table,
+  never the profile: distinct hostile profiles only evict each other.
 - Threads: a transform is built once (under a lock: LittleCMS's profile parsing has had data races) and then
   shared. `cmsDoTransform` on one transform from several threads is safe since LittleCMS 2.3 (each call copies
   the 1-pixel cache); it is built with `Flags.NOCACHE` anyway, which costs nothing measurable here (10.4 ms either
@@ -60,6 +62,9 @@ class SrgbConversion:
     space: str  # "RGB" or "L": the pixels' colour space the profile describes
     transform: ImageCms.ImageCmsTransform | None = None
     grey_table: np.ndarray | None = None  # 256x1x3 uint8: the sRGB colour of each grey level
+    # RGB only: sRGB -> the profile, for the few class colours an overlay drawn over pixels kept in the profile
+    # blends in (`colours_from_srgb`); None when LittleCMS cannot build it (an input-only profile without B2A).
+    inverse: ImageCms.ImageCmsTransform | None = None
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """`rgb` (H×W×3 uint8, for grey its R = G = B) in sRGB: in place when writable, else a new array."""
@@ -137,6 +142,24 @@ def to_srgb(rgb: np.ndarray, profile: bytes | None, mode: str) -> np.ndarray:
     return rgb if conversion is None else conversion.apply(rgb)
 
 
+def keeps_profile(profile: bytes | None, mode: str) -> bool:
+    """Whether pixels of Pillow `mode` carrying `profile` may keep their numbers for an overlay (which then
+    carries the profile): an RGB profile that is not sRGB and whose way back from sRGB LittleCMS can build. Grey
+    profiles never (an RGB overlay cannot carry one; converting is a table lookup)."""
+    conversion = conversion_for(profile, mode)
+    return conversion is not None and conversion.space == "RGB" and conversion.inverse is not None
+
+
+def colours_from_srgb(colours: np.ndarray, profile: bytes) -> np.ndarray:
+    """sRGB `colours` (N×3 uint8) as the numbers RGB `profile` stores for them (its inverse transform, built
+    beside the forward one); unchanged when the profile is sRGB or unusable (`keeps_profile` is False)."""
+    colours = np.ascontiguousarray(colours, dtype=np.uint8).reshape(1, -1, 3)
+    conversion = conversion_for(profile, "RGB")
+    if conversion is None or conversion.inverse is None or not colours.size:
+        return colours.reshape(-1, 3)
+    return np.asarray(conversion.inverse.apply(Image.fromarray(colours))).reshape(-1, 3)
+
+
 def _build(profile: bytes) -> SrgbConversion | None:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
@@ -148,10 +171,20 @@ def _build(profile: bytes) -> SrgbConversion | None:
         srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
         if space == "GRAY":
             return _grey(ImageCms.buildTransform(source, srgb, "L", "RGB", INTENT, ImageCms.Flags.NOCACHE))
-        return _rgb(ImageCms.buildTransform(source, srgb, "RGB", "RGB", INTENT, ImageCms.Flags.NOCACHE))
+        conversion = _rgb(ImageCms.buildTransform(source, srgb, "RGB", "RGB", INTENT, ImageCms.Flags.NOCACHE))
     except Exception as exc:  # a broken profile is no reason to refuse the pixels
         log.debug("ICC profile unusable, keeping the pixels' numbers: %s", exc)
         return None
+    if conversion is None:
+        return None
+    # Built now, under the build lock, for non-sRGB RGB profiles only (~2 CPU-ms more on a profile's first sight,
+    # measured: Display P3 3 -> 5); converting a 21-colour palette through it then takes ~20 us.
+    try:
+        inverse = ImageCms.buildTransform(srgb, source, "RGB", "RGB", INTENT, ImageCms.Flags.NOCACHE)
+    except Exception as exc:  # an overlay of such an image is then drawn in sRGB, converted at full size
+        log.debug("ICC profile has no way back from sRGB: %s", exc)
+        return conversion
+    return SrgbConversion("RGB", transform=conversion.transform, inverse=inverse)
 
 
 def _grey(transform: ImageCms.ImageCmsTransform) -> SrgbConversion | None:

@@ -33,6 +33,9 @@ class RenderOptions:
     format: str | None = None  # overlay encoding: 'jpeg' (default) or 'png'
     tolerance: float = 1.0  # polygon simplification, pixels
     min_area: float | None = None  # polygons smaller than this (pixels²) are dropped; None: 0.01% of the image
+    # Not a query parameter: the RGB ICC profile whose numbers the decoded upload kept (`Pipeline.preprocess`,
+    # `decode_image_keeping_profile`); an overlay is then drawn in it and carries it. None: the image is sRGB.
+    icc_profile: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ def _overlay(job: RenderInput) -> tuple[Body, Encoding]:
     encoding = OUTPUT_KINDS["overlay"].encoding(job.options.format)
     if encoding is JPEG and max(job.image.shape[:2]) > JPEG_MAX_SIDE:
         encoding = PNG  # JPEG cannot store a side beyond 65,500 px; PNG can, and says so in Content-Type
-    body = encode_overlay(job.image, job.label_map, job.meta.palette, job.options.alpha, encoding.format)
+    body = encode_overlay(job.image, job.label_map, job.meta.palette, job.options.alpha, encoding.format,
+                          icc_profile=job.options.icc_profile)
     return body, encoding
 
 

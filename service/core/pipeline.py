@@ -11,15 +11,16 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import crf
-from .decode import Upload, decode_image, decode_image_for_model, open_upload
+from .decode import Upload, decode_image_for_model, decode_image_keeping_profile, open_upload
 from .engine import Engine
+from .icc import to_srgb
 from .letterbox import LetterboxInfo, letterbox, unletterbox
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 from .output_kinds import OUTPUT_KINDS, Body, RenderOptions
@@ -35,6 +36,8 @@ class Prepared:
     image: np.ndarray
     tensor: np.ndarray
     info: LetterboxInfo
+    # The RGB ICC profile whose numbers `image` kept (a full-size decode; `tensor` is sRGB all the same), or None.
+    icc_profile: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,18 @@ class Pipeline:
         JPEG decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.
         """
         if full_resolution:
-            return self.prepare_image(decode_image(data, self.max_pixels))
+            image, profile = decode_image_keeping_profile(data, self.max_pixels)
+            prepared = self.prepare_image(image)
+            if profile is None:
+                return prepared
+            # The upload keeps its profile's numbers (the overlay is drawn in it); the model sees sRGB: only the
+            # letterbox content is converted, in place, and the padding keeps the model's pad colour exactly.
+            # Measured, a 4032x3024 Display P3 JPEG overlay with the embedded 320 model: 351 -> 178 CPU-ms, as
+            # without a profile (177): converting all 12 MP cost ~175, the 320x240 content costs ~1.1.
+            info = prepared.info
+            to_srgb(prepared.tensor[info.top : info.top + info.new_h, info.left : info.left + info.new_w], profile,
+                    "RGB")
+            return replace(prepared, icc_profile=profile)
         image, orig_hw = decode_image_for_model(data, self.max_pixels, self.engine.input_size)
         return self.prepare_image(image, orig_hw)
 
@@ -126,6 +140,8 @@ class Pipeline:
                header: dict[str, Any] | None = None) -> tuple[Body, str]:
         """Body and media type of `output` (see `service.core.output_kinds`)."""
         image = prepared.image if OUTPUT_KINDS[output].shows_image else None
+        if image is not None and prepared.icc_profile is not None:
+            options = replace(options, icc_profile=prepared.icc_profile)
         return render(output, image, label_map, self.engine.metadata, options, header)
 
     def warm_outputs(self) -> float:

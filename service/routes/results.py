@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from ..core.decode import decode_image
+from ..core.decode import decode_image_keeping_profile
 from ..core.engine import Engine
 from ..core.errors import DecodeError
 from ..core.output_kinds import OUTPUT_KINDS, PNG, RenderOptions
@@ -41,12 +41,16 @@ async def result(result_id: str, name: ResultFile,
         stored = state.cache.get(result_id)
         if stored is None:  # expired or evicted since
             raise _not_found(result_id)
-        # The upload was accepted once, so it decodes again; only an overlay needs its pixels.
+        # The upload was accepted once, so it decodes again; only an overlay needs its pixels. As for
+        # `POST /segment`, they keep an RGB ICC profile's numbers and the overlay is drawn in, and carries, it.
+        image, profile = None, None
         try:
-            image = decode_image(stored.source, state.settings.max_pixels) if kind == "overlay" else None
+            if kind == "overlay":
+                image, profile = decode_image_keeping_profile(stored.source, state.settings.max_pixels)
         except DecodeError as exc:  # e.g. the decode memory budget is full right now: 503
             raise ApiError.from_decode(exc) from None
-        body, _ = render(kind, image, stored.labels, engine.metadata, RenderOptions(alpha=alpha, format="png"))
+        options = RenderOptions(alpha=alpha, format="png", icc_profile=profile)
+        body, _ = render(kind, image, stored.labels, engine.metadata, options)
         return body  # type: ignore[return-value]  # image kinds are always bytes
 
     with state.renders:  # bounded and in its own pool: refetches cannot starve /segment

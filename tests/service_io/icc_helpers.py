@@ -198,3 +198,14 @@ def encoded(pixels: np.ndarray, fmt: str, profile: bytes | None, mode: str = "RG
 
 def assert_shows(decoded: np.ndarray, expected: np.ndarray, tolerance: float) -> None:
     assert np.abs(centres(decoded) - centres(expected)).max() <= tolerance, (centres(decoded), centres(expected))
+
+
+def shown(data: bytes) -> np.ndarray:
+    """The sRGB colours a colour-managed viewer shows for image file `data`: its pixels through its embedded RGB
+    profile (LittleCMS), as they are without one."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    profile = Image.open(io.BytesIO(data)).info.get("icc_profile")
+    if not profile:
+        return np.asarray(img)
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    return np.asarray(ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB"))

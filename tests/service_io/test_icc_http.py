@@ -1,5 +1,6 @@
 """`POST /segment` on a live server with Display P3 uploads: the overlay shows the sRGB colours a browser shows
-(not the duller numbers read as sRGB), the model sees them too, and a broken profile is no reason to refuse."""
+(not the duller numbers read as sRGB; more in `test_icc_overlay`), the model sees them too, and a broken profile
+is no reason to refuse."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from service.settings import Settings
 from tests.service.svc_helpers import LiveServer, make_rule_model
-from tests.service_io.icc_helpers import DISPLAY_P3, assert_shows, encoded, from_srgb, patches
+from tests.service_io.icc_helpers import DISPLAY_P3, assert_shows, encoded, from_srgb, patches, shown
 
 SIZE = 96
 # A dark red the rule model calls red (brightest channel >= 64); stored as Display P3 its red number is 62, which
@@ -40,8 +41,9 @@ def segment(server: LiveServer, data: bytes, fmt: str, **params: object) -> byte
 def test_overlay_shows_the_colours_of_a_display_p3_upload(server: LiveServer, fmt: str) -> None:
     srgb = patches(300, 400)
     data = encoded(from_srgb(srgb, DISPLAY_P3), fmt, DISPLAY_P3)
-    # Opacity 0 and PNG: the overlay is the decoded upload itself, losslessly.
-    overlay = np.asarray(Image.open(io.BytesIO(segment(server, data, fmt, output="overlay", alpha=0, format="png"))))
+    # Opacity 0 and PNG: the overlay is the decoded upload itself, losslessly, in the upload's profile, which it
+    # carries: shown through it, as a colour-managed viewer does.
+    overlay = shown(segment(server, data, fmt, output="overlay", alpha=0, format="png"))
     assert overlay.shape == srgb.shape
     assert_shows(overlay, srgb, 3)
 

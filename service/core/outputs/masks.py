@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from service.core.icc import colours_from_srgb
 from service.core.letterbox import resize_nearest
 from service.core.outputs.labelmap import LabelMap, as_label_map
-from service.core.outputs.png import encode_palette_png, encode_rgb_png
+from service.core.outputs.png import encode_palette_png, encode_rgb_png, with_icc_profile
 
 # With Z_RLE the zlib level changes size and time by a few percent only; 1 keeps the worst case (noisy maps)
 # cheap.
@@ -126,15 +127,21 @@ def encode_overlay(
     blend_background: bool = False,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+    icc_profile: bytes | None = None,
 ) -> bytes:
     """The class colours blended over the input image, as JPEG (default) or PNG.
 
     Background (class 0) is left unblended by default so the photo stays readable; `blend_background=True`
-    tints it too. `fmt` is "jpeg" (or "jpg") or "png".
+    tints it too. `fmt` is "jpeg" (or "jpg") or "png". `icc_profile`: the RGB profile `image`'s numbers are in
+    (an upload's, kept by `decode_image_keeping_profile`): the palette's sRGB colours are converted into it, and
+    the file carries it, so a colour-managed viewer shows the photo as the upload and the classes in their sRGB
+    colours. None: `image` is sRGB and the file carries no profile.
     """
     fmt = fmt.lower()
     if fmt not in ("jpeg", "jpg", "png"):
         raise ValueError(f"overlay format must be 'jpeg' or 'png', got {fmt!r}")
+    if icc_profile is not None:  # only the palette's few colours go through LittleCMS
+        palette = colours_from_srgb(palette_lut(palette)[: min(256, len(palette))], icc_profile)
     blended = blend_overlay(image, labels, palette, alpha, blend_background=blend_background)
     if fmt == "png":
         # a photo: zlib's default strategy with libpng's adaptive filters suits it better than RLE
@@ -142,7 +149,8 @@ def encode_overlay(
                                [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
         if not ok:
             raise RuntimeError("OpenCV failed to encode the overlay PNG")
-        return buf.tobytes()
+        return buf.tobytes() if icc_profile is None else with_icc_profile(buf.tobytes(), icc_profile)
     out = io.BytesIO()
-    Image.fromarray(blended).save(out, format="JPEG", quality=jpeg_quality)
+    extra = {} if icc_profile is None else {"icc_profile": icc_profile}
+    Image.fromarray(blended).save(out, format="JPEG", quality=jpeg_quality, **extra)
     return out.getvalue()

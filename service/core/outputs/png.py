@@ -35,6 +35,19 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
+def with_icc_profile(png: bytes, profile: bytes) -> bytes:
+    """`png` (a whole PNG file, IHDR first as the format requires) with an iCCP chunk carrying ICC `profile`
+    inserted right after IHDR, where the format wants it (before PLTE and IDAT). OpenCV's encoder cannot write one;
+    the rest of the file is kept byte for byte."""
+    start = len(_SIGNATURE)
+    if png[:start] != _SIGNATURE or png[start + 4 : start + 8] != b"IHDR":
+        raise ValueError("not a PNG starting with its IHDR chunk")
+    ihdr_end = start + 12 + struct.unpack(">I", png[start : start + 4])[0]  # length, type, data, CRC
+    # Profile name, NUL, compression method 0 (zlib), the deflated profile: what Pillow writes and reads.
+    iccp = _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(profile))
+    return png[:ihdr_end] + iccp + png[ihdr_end:]
+
+
 def bit_depth(n_colours: int) -> int:
     """The smallest PNG palette bit depth holding `n_colours` entries (Pillow's choice too)."""
     for bits in (1, 2, 4, 8):
