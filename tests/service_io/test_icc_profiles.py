@@ -70,15 +70,22 @@ def test_grey_profile_converts_every_level() -> None:
     (DISPLAY_P3, "L"),  # an RGB profile on grey pixels
     (GREY_18, "RGB"),  # a grey profile on RGB pixels
     (DISPLAY_P3, "CMYK"),
-    (NAIVE_CMYK, "CMYK"),  # CMYK is `service.core.colour`'s
     (ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes(), "RGB"),
     (ImageCms.ImageCmsProfile(ImageCms.createProfile("XYZ")).tobytes(), "RGB"),
     (b"\0" * 2000, "RGB"),
     (DISPLAY_P3[:300], "RGB"),  # cut short
     (b"", "RGB"),
-], ids=["rgb-on-grey", "grey-on-rgb", "rgb-on-cmyk", "cmyk", "lab", "xyz", "zeros", "truncated", "empty"])
+], ids=["rgb-on-grey", "grey-on-rgb", "rgb-on-cmyk", "lab", "xyz", "zeros", "truncated", "empty"])
 def test_profiles_that_do_not_fit_the_pixels_are_ignored(profile: bytes, mode: str) -> None:
     assert icc.conversion_for(profile, mode) is None
+
+
+def test_a_cmyk_profile_on_rgb_pixels_is_ignored_and_on_cmyk_ones_converts() -> None:
+    assert icc.conversion_for(NAIVE_CMYK, "RGB") is None
+    conversion = icc.conversion_for(NAIVE_CMYK, "CMYK")
+    assert conversion is not None and conversion.space == "CMYK"
+    rgb = np.full((2, 2, 3), 77, np.uint8)
+    assert icc.to_srgb(rgb, NAIVE_CMYK, "CMYK") is rgb  # a CMYK image's pixels were converted when made RGB
 
 
 def test_a_profile_over_the_size_bound_is_ignored() -> None:
