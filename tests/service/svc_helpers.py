@@ -166,6 +166,19 @@ def running_server(model_path: Path, **settings: object) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def rule_model_server(folder: Path, input_size: int = 96) -> Iterator[LiveServer]:
+    """A started LiveServer on the rule model at `input_size` (one intra-op and two worker threads), in `folder`,
+    until the block ends."""
+    model = make_rule_model(folder / "rule.onnx", input_size=input_size)
+    live = LiveServer(Settings(model_path=model, host="127.0.0.1", port=0, max_wait_ms=2, intra_op_threads=1,
+                               worker_threads=2)).start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
 def held_server(options: Settings) -> tuple[LiveServer, threading.Event]:
     """A started live server whose model runs wait for the returned event (a model still loading onto a device, or
     a slow or hung one): warm-up's first run waits, so until it is set `/readyz` is 503."""

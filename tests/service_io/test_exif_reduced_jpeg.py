@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.settings import Settings
-from tests.service.svc_helpers import LiveServer, make_rule_model
+from tests.service.svc_helpers import LiveServer, make_rule_model, rule_model_server
 
 SIZE = 96  # the rule model's input: a 2001 px side decodes at 1/8
 # Each EXIF orientation as a Pillow transpose: the stored pixels to the displayed picture.
@@ -31,11 +30,8 @@ _STORED = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTAT
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    model = make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx", input_size=SIZE)
-    live = LiveServer(Settings(model_path=model, host="127.0.0.1", port=0, max_wait_ms=2, intra_op_threads=1,
-                               worker_threads=2)).start()
-    yield live
-    live.stop()
+    with rule_model_server(tmp_path_factory.mktemp("rule"), SIZE) as live:
+        yield live
 
 
 def rule(rgb: np.ndarray) -> np.ndarray:

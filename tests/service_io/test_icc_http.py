@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.settings import Settings
-from tests.service.svc_helpers import LiveServer, make_rule_model
+from tests.service.svc_helpers import LiveServer, rule_model_server
 from tests.service_io.icc_helpers import DISPLAY_P3, assert_shows, encoded, from_srgb, patches, shown
 
 SIZE = 96
@@ -23,11 +22,8 @@ DARK_RED = (68, 5, 5)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    model = make_rule_model(tmp_path_factory.mktemp("rule") / "rule.onnx", input_size=SIZE)
-    live = LiveServer(Settings(model_path=model, host="127.0.0.1", port=0, max_wait_ms=2, intra_op_threads=1,
-                               worker_threads=2)).start()
-    yield live
-    live.stop()
+    with rule_model_server(tmp_path_factory.mktemp("rule"), SIZE) as live:
+        yield live
 
 
 def segment(server: LiveServer, data: bytes, fmt: str, **params: object) -> bytes:
