@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     # the service with its defaults, the variants, fp32 through the service), so a run cut short by a time limit
     # keeps those; the references and diagnostics follow.
     stage("model", export)
+    if "model" in results["errors"]:  # every later stage runs the exported models: each would fail in turn
+        sys.exit("the model export failed (errors.model in the JSON): stopped before any stage ran without a model")
     model_info = results.get("model") or {}
     fp32, fp16 = Path(model_info.get("fp32", "")), Path(model_info.get("fp16", ""))
     if on_gpu:  # onnxruntime lists CUDA whether or not its libraries load: every stage would then run on the CPU
