@@ -59,7 +59,7 @@ _DEVICE_CLASSES = frozenset({"mntr", "scnr", "prtr", "spac"})  # not device link
 
 @dataclass(frozen=True, eq=False)
 class SrgbConversion:
-    """A non-sRGB profile's way to sRGB: a LittleCMS transform (RGB) or a table of the 256 grey levels (grey)."""
+    """A non-sRGB profile's way to sRGB: a LittleCMS transform (RGB, CMYK) or a table of the 256 grey levels (grey)."""
 
     space: str  # "RGB", "L" or "CMYK": the pixels' colour space the profile describes
     transform: ImageCms.ImageCmsTransform | None = None
