@@ -135,8 +135,8 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
                 if fast is not None:
                     # libjpeg-turbo ignores the APP2 profile Pillow read from the header; converted at the reduced
                     # size, in place (its extra memory is one block), unless kept.
-                    kept = _kept(img, keep_profile)
-                    return (fast[0] if kept else _in_srgb(fast[0], img)), fast[1], kept
+                    rgb, kept = _colour_managed(fast[0], img, keep_profile)
+                    return rgb, fast[1], kept
         if denom > 1:
             img.draft("RGB", (width // denom, height // denom))  # Pillow then picks exactly 1/denom
         has_alpha = "transparency" in img.info or may_leave_canvas(img)
@@ -167,9 +167,7 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
             # At the smallest size on the way (the letterbox content for the model, `_fit_to_convert`), after any
             # compositing over white: white stays white, a partly transparent edge differs by a level or so from
             # a browser's, which converts first.
-            kept = _kept(img, keep_profile)
-            if kept is None:
-                rgb = _in_srgb(rgb, img)
+            rgb, kept = _colour_managed(rgb, img, keep_profile)
             if turn_later:
                 rgb = jpeg.orient(rgb, orientation)
             # EXIF orientation may have turned the picture by 90 degrees: the original size turns with it. Known
@@ -177,16 +175,11 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
             return rgb, ((width, height) if turned else (height, width)), kept
 
 
-def _kept(img: Image.Image, keep_profile: bool) -> bytes | None:
-    """The profile whose numbers the pixels of `img` keep (`decode_image_keeping_profile`), else None."""
-    profile = img.info.get("icc_profile")
-    return profile if keep_profile and keeps_profile(profile, img.mode) else None
-
-
 def _fit_to_convert(img: Image.Image, reduce_to: int | None) -> LetterboxInfo | None:
-    """For the model, the letterbox content to resize an image with an ICC profile to convert (`_in_srgb`) to
-    first, when that is smaller than the image: the conversion then costs the same for any upload (a 4032x3024
-    Display P3 JPEG, decoded at 1008x756, 11.1 -> 2.8 CPU-ms at 513x385). Resizing before converting rather than
+    """For the model, the letterbox content to resize an image with an ICC profile to convert to first
+    (`_colour_managed`), when that is smaller than the image: the conversion then costs the same for any upload (a
+    4032x3024 Display P3 JPEG: 11.1 CPU-ms converted at 1008x756; converted at 513x385, its decode + letterbox takes
+    3.0 more than untagged, measured). Resizing before converting rather than
     after changes a pixel by at most a level or so at edges (the transfer curve is not linear); flat colour not at
     all."""
     if reduce_to is None or conversion_for(img.info.get("icc_profile"), img.mode) is None:
@@ -195,13 +188,18 @@ def _fit_to_convert(img: Image.Image, reduce_to: int | None) -> LetterboxInfo | 
     return fit if fit.new_h * fit.new_w < img.height * img.width else None
 
 
-def _in_srgb(rgb: np.ndarray, img: Image.Image) -> np.ndarray:
-    """`rgb`, decoded from `img`, converted to sRGB by the image's embedded RGB or grey ICC profile, if any.
+def _colour_managed(rgb: np.ndarray, img: Image.Image, keep_profile: bool) -> tuple[np.ndarray, bytes | None]:
+    """`rgb`, decoded from `img`, converted to sRGB by the image's embedded RGB or grey ICC profile, if any, and
+    None; or, with `keep_profile` and an RGB profile an overlay can carry (`decode_image_keeping_profile`), `rgb`
+    as it is and that profile.
 
-    Measured, Display P3 JPEGs, the transform alone (LittleCMS's 8-bit matrix/TRC path, ~14 ns a pixel; before:
-    none): a 1024x768 upload for a 513 model (decoded at 512x384) 2.8 CPU-ms (the whole decode 1.1 -> 4.0), a
-    4032x3024 one (decoded at 1008x756) 11.1 (13.8 -> 25.2); at full size 11.2 and 176 (what an overlay cost
-    before it kept the profile, `decode_image_keeping_profile`). A
-    profile's first sight (parse, build, sRGB probe) ~3 CPU-ms, once; an sRGB-tagged upload ~5 us (hash, cache).
+    Measured, Display P3 JPEGs, decode + letterbox for a 513 model (LittleCMS's 8-bit matrix/TRC path, ~14 ns a
+    pixel, at the letterbox content size, `_fit_to_convert`): 1024x768 2.6 CPU-ms untagged -> 6.0, 4032x3024
+    18.4 -> 21.4; at full size the transform alone took 11.2 and 176 (what an overlay cost before it kept the
+    profile). A profile's first sight (parse, build, sRGB probe, inverse) ~5 CPU-ms, once; an sRGB-tagged upload
+    ~5 us (hash, cache).
     """
-    return to_srgb(rgb, img.info.get("icc_profile"), img.mode)
+    profile = img.info.get("icc_profile")
+    if keep_profile and keeps_profile(profile, img.mode):
+        return rgb, profile
+    return to_srgb(rgb, profile, img.mode), None
