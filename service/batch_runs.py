@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .core.buckets import padding_fraction
 from .metrics import Metrics
 
 
@@ -63,8 +64,7 @@ class RunCounter:
     @property
     def padding_fraction(self) -> float:
         """The share of the rows run for requests that was padding (0 before any)."""
-        total = self.real_rows + self.padded_rows
-        return round(self.padded_rows / total, 4) if total else 0.0
+        return padding_fraction(self.real_rows, self.padded_rows)
 
     def ran(self, run: ModelRun) -> None:
         """Count one run of requests' images that returned labels."""

@@ -69,6 +69,12 @@ def fill_bucket(images: Sequence[np.ndarray], bucket: int, pad_rgb: Sequence[int
 SPLIT_MARGIN = 0.95
 
 
+def padding_fraction(real_rows: int, padded_rows: int) -> float:
+    """The share of the rows run that was padding, rounded for `/readyz` (0 before any run)."""
+    total = real_rows + padded_rows
+    return round(padded_rows / total, 4) if total else 0.0
+
+
 def batch_plan(costs: Mapping[int, float]) -> dict[int, int]:
     """For every count of waiting images (1 up to the largest bucket), how many to run now.
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bound import BoundRun, InstancePool, IoBinding
-from .buckets import batch_plan, bucket_for, fill_bucket
+from .buckets import batch_plan, bucket_for, fill_bucket, padding_fraction
 from .contract import INPUT_NAME, LABELS_OUTPUT
 from .handoff import WorkerThreads
 from .letterbox import pad_canvas
@@ -258,8 +258,7 @@ class FixedShapeRunner:
 
     def describe(self) -> dict[str, object]:
         """Buckets, padding waste and the execution mode, for `/readyz`."""
-        total = self.real_rows + self.padded_rows
         return {"buckets": [b.describe() for b in self.buckets],
                 "batch_plan": {str(n): k for n, k in self.plan.items() if k != n},
                 "io_binding": self.binding.mode if self.binding is not None else "off",
-                "padding_fraction": round(self.padded_rows / total, 4) if total else 0.0}
+                "padding_fraction": padding_fraction(self.real_rows, self.padded_rows)}
