@@ -87,9 +87,7 @@ def sweep(parent: Path) -> list[Path]:
         if folder.name.startswith(PREFIX):
             gone = _sweep_held(folder)
         elif LEGACY.fullmatch(folder.name):
-            gone = _untouched(folder, LEGACY_ENTRIES, needed={"metrics", "results"}) and _written_by_nobody(folder)
-            if gone:
-                shutil.rmtree(folder, ignore_errors=True)
+            gone = _sweep_legacy(folder)
         else:
             continue
         if gone:
@@ -115,6 +113,15 @@ def _sweep_held(folder: Path) -> bool:
         except BlockingIOError:  # in use
             return False
         shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _sweep_legacy(folder: Path) -> bool:
+    """Remove an earlier release's `folder` (no lock file) once nothing in it has changed for `GRACE_S` and no
+    process has a file of it open for writing."""
+    if not (_untouched(folder, LEGACY_ENTRIES, needed={"metrics", "results"}) and _written_by_nobody(folder)):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
     return True
 
 
