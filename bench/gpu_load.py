@@ -121,7 +121,8 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
         raise
     samples = [s for part, _, _ in results for s in part]
     wall = max(w for _, w, _ in results)
-    ok = [lat for _, status, lat, _ in samples if status == 200]
+    answered = [s for s in samples if s[1] == 200]
+    ok = [lat for _, _, lat, _ in answered]
     summary: dict[str, Any] = latency_summary(ok, wall)
     per_server = []
     for k, server in enumerate(servers):
@@ -137,11 +138,14 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
     summary.update(concurrency=concurrency, client_pool=POOLS[per_connection],
                    errors=len([s for s in samples if s[1] != 200]),
                    statuses=sorted({s[1] for s in samples if s[1] != 200}),
-                   mean_batch=float(np.mean([s[3] for s in samples])) if samples else 0.0,
+                   # Over answered images only: an error answer ran in no batch (its batch reads 0).
+                   mean_batch=float(np.mean([s[3] for s in answered])) if answered else 0.0,
                    stages_ms=per_server[0]["stages_ms"], server_cores=sum(p["cores"] for p in per_server),
                    loop_cores=max(p["loop_cores"] for p in per_server), threads=per_server[0]["threads"],
+                   # What each served image cost the servers, refusals included: quick 503s would otherwise
+                   # dilute it and make an overloaded point look cheap.
                    server_cpu_ms_per_request=sum(cpu1[k] - cpu0[k] for k in range(len(servers))) * 1000
-                   / max(1, len(samples)),
+                   / max(1, len(answered)),
                    client_processes=len(plan), client_cores=sum(client_cpu) / wall,
                    client_core_max=max(client_cpu) / wall, healthz=probe.summary(),
                    loop_lag_ms=loop_lag_ms(before[0], after[0]) if service else {})

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from service.settings import default_model_path
 from testkit import REPO
 
 
@@ -15,3 +16,20 @@ def run_python(*args: str, pythonpath: Path | None = None) -> subprocess.Complet
     path = os.pathsep.join(str(p) for p in (pythonpath, REPO) if p is not None)
     return subprocess.run([sys.executable, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": path},
                           capture_output=True, text=True, timeout=300)
+
+
+# The child's preamble: its temporary files go to `scratch`, its requests carry a real JPEG photograph.
+PREAMBLE = """
+import json, tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from testkit.images import encode
+from testkit.photos import PHOTOS, photo
+tempfile.tempdir = {scratch!r}
+MODEL = Path({model!r})
+BODY = encode(photo(PHOTOS[0], size=(320, 240)))
+"""
+
+
+def preamble(scratch: Path) -> str:
+    return PREAMBLE.format(scratch=str(scratch), model=str(default_model_path()))

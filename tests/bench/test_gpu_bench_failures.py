@@ -10,26 +10,9 @@ import os
 import re
 from pathlib import Path
 
-from service.settings import default_model_path
-from tests.bench.bench_helpers import run_python
+from tests.bench.bench_helpers import preamble, run_python
 
 DYING_SERVICE = Path(__file__).resolve().parent / "dying_service"
-
-# The child's preamble: its temporary files go to `scratch`, its requests carry a real JPEG photograph.
-PREAMBLE = """
-import json, tempfile
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from testkit.images import encode
-from testkit.photos import PHOTOS, photo
-tempfile.tempdir = {scratch!r}
-MODEL = Path({model!r})
-BODY = encode(photo(PHOTOS[0], size=(320, 240)))
-"""
-
-
-def preamble(scratch: Path) -> str:
-    return PREAMBLE.format(scratch=str(scratch), model=str(default_model_path()))
 
 
 def test_a_service_configuration_leaves_no_temporary_file(tmp_path: Path) -> None:
