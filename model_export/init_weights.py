@@ -35,10 +35,19 @@ def read_init_file(path: str | Path) -> Any:
 def init_geometry(blob: Any, path: str | Path, arch: str) -> dict[str, bool]:
     """The `build_model` geometry settings a run of `arch` initialised from `blob` (`read_init_file`) must keep:
     a checkpoint of that arch whose weights were trained in an older geometry computes what it was trained to
-    only in that one (model_export.checkpoint.trained_geometry). Other files record no geometry: none."""
-    if not is_training_checkpoint(blob, path) or blob.get("arch") != arch:
+    only in that one (model_export.checkpoint.trained_geometry). Other files record no geometry: none. A
+    checkpoint of another arch (`--arch` chosen over the file's) gives none either: its geometry settings belong to
+    its own network, so the run builds `arch`'s current one, and says so when the weights were trained otherwise."""
+    if not is_training_checkpoint(blob, path):
         return {}
-    return trained_geometry(blob)
+    trained = trained_geometry(blob)
+    if blob.get("arch") == arch:
+        return trained
+    if trained:
+        log.warning("%s was trained as %s in an older geometry (%s); this %s run builds the current geometry, so "
+                    "its backbone starts from weights trained in another network", path, blob.get("arch"),
+                    ", ".join(sorted(trained)), arch)
+    return {}
 
 
 def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None) -> int:

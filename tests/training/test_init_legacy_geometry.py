@@ -6,6 +6,7 @@ network is the current one (output stride 8) and torchvision backbone files star
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from model_export.checkpoint import FORMAT, load_checkpoint_model, read_training
 from model_export.cli import main
 from model_export.data import Augment, TrainStream, VOCSegmentation
 from model_export.evaluate import evaluate_model
+from model_export.init_weights import init_geometry, read_init_file
 from model_export.loss import multiscale_logits, multiscale_loss
 from model_export.models import SegmentationModel
 from model_export.synthetic import CLASSES
@@ -223,3 +225,17 @@ def test_init_from_a_newer_format_is_refused(tiny_voc: Path, tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert "model_export.train/99 checkpoint, newer than" in err and "\n" not in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_weights_of_another_arch_in_an_older_geometry_are_named(v1_checkpoint: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """`--arch` chosen over the checkpoint's: the run builds its own arch's current geometry (the file's settings
+    belong to its network), and a warning says the weights were trained in another one."""
+    blob = read_init_file(v1_checkpoint)
+    with caplog.at_level(logging.WARNING, logger="model_export.init_weights"):
+        assert init_geometry(blob, v1_checkpoint, "deeplabv2_thin") == {"legacy_caffe_stride": True}
+        assert not caplog.records  # its own arch keeps the geometry, as the tests above show: nothing to say
+        assert init_geometry(blob, v1_checkpoint, "deeplabv3_thin") == {}
+    (record,) = caplog.records
+    assert "deeplabv2_thin" in record.message and "legacy_caffe_stride" in record.message, record.message
+    assert "deeplabv3_thin run builds the current geometry" in record.message, record.message
