@@ -15,8 +15,10 @@ loader workers need no shared state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -28,6 +30,7 @@ from service.core.colour import cmyk_to_rgb
 from service.core.icc import to_srgb
 
 IGNORE_INDEX = 255
+T = TypeVar("T")
 
 
 class DatasetError(ValueError):
@@ -161,17 +164,30 @@ class Augment:
         return img[y:y + c, x:x + c], label[y:y + c, x:x + c]
 
 
+def check_label_ids(label: np.ndarray, num_classes: int, path: Path) -> None:
+    """DatasetError naming `path` when `label` holds an id that is neither a class (< `num_classes`) nor
+    IGNORE_INDEX: cross entropy would index past the logits (an IndexError on the CPU, a device-side assert on
+    CUDA), in the middle of a run. One masked max per label map."""
+    largest = int(np.max(label, initial=0, where=label != IGNORE_INDEX))
+    if largest >= num_classes:
+        raise DatasetError(f"label file {path} holds class id {largest}, but the model has {num_classes} classes "
+                           f"(ids 0..{num_classes - 1}, {IGNORE_INDEX} ignored): train with the dataset's classes")
+
+
 class TrainStream(Dataset):
     """An endless, deterministic stream of augmented samples: item `k` is the k-th sample of the run.
 
     Epoch `e` visits the images in the order `default_rng([seed, e]).permutation(n)`; sample `k`'s
-    augmentation draws from `default_rng([seed, 1, k])`.
+    augmentation draws from `default_rng([seed, 1, k])`. With `num_classes`, every label map read is checked to
+    hold only class ids below it or the ignore label (`check_label_ids`).
     """
 
-    def __init__(self, dataset: VOCSegmentation, augment: Augment, seed: int = 0) -> None:
+    def __init__(self, dataset: VOCSegmentation, augment: Augment, seed: int = 0,
+                 num_classes: int | None = None) -> None:
         self.dataset = dataset
         self.augment = augment
         self.seed = seed
+        self.num_classes = num_classes
         self._perm_epoch = -1
         self._perm = np.arange(0)
 
@@ -188,6 +204,21 @@ class TrainStream(Dataset):
         return int(self._perm[k % n])
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, label = self.dataset.read(self.index_of(k))
+        index = self.index_of(k)
+        img, label = self.dataset.read(index)
+        if self.num_classes is not None:  # the augmentation adds no id but the ignore label: check the file's
+            check_label_ids(label, self.num_classes, self.dataset.label_path(index))
         img, label = self.augment(img, label, np.random.default_rng([self.seed, 1, k]))
         return to_tensors(img, label)
+
+
+def next_batch(batches: Iterator[T]) -> T:
+    """A data loader's next batch. A DatasetError raised in a loader worker comes back with the worker's traceback
+    in its message: keep the line a user reads, the original message (the traceback's last line)."""
+    try:
+        return next(batches)
+    except DatasetError as exc:
+        text = str(exc)
+        if not text.startswith("Caught DatasetError"):
+            raise
+        raise DatasetError(text.rstrip().splitlines()[-1].split(": ", 1)[-1]) from None

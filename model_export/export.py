@@ -22,11 +22,16 @@ from service.core.contract import (
 
 from .catalog import DEFAULT_OPSET, default_input_size
 from .checkpoint import nonfinite_tensors
-from .errors import ModelExportError
+from .errors import OPTION, ModelExportError
 from .models import SegmentationModel, output_classes
 from .wrapper import ExportWrapper, preprocessing_constants
 
 log = logging.getLogger(__name__)
+
+MIN_OPSET = 17  # the contract's operators (Resize, ArgMax... as it uses them)
+# The highest opset torch's TorchScript exporter (`dynamo=False`, which export_onnx uses) supports: above it torch
+# warns that the opset is unsupported, and above its own highest it fails with a traceback.
+MAX_OPSET: int = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 class NonFiniteWeightsError(ModelExportError):
@@ -40,6 +45,24 @@ def check_finite(model: torch.nn.Module, what: str) -> None:
         raise NonFiniteWeightsError(
             f"{what} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. {bad[0]}): the exported "
             "model would answer garbage. Export a checkpoint saved before training diverged, or train again")
+
+
+def check_opset(opset: int) -> None:
+    """ModelExportError (option `opset`) for an opset outside what the contract needs and torch's exporter writes."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelExportError(f"{OPTION} {opset} is not supported: the contract needs opset >= {MIN_OPSET} and "
+                               f"torch {torch.__version__.split('+')[0]}'s exporter writes at most {MAX_OPSET} "
+                               f"(choose {MIN_OPSET} to {MAX_OPSET})", option="opset")
+
+
+def check_outputs(num_classes: int, what: str) -> None:
+    """ModelExportError for a head of fewer than 2 outputs: the graph labels each pixel with the ArgMax over the
+    class outputs, so one output (a sigmoid head) would label every pixel 0 whatever its logit."""
+    if num_classes < 2:
+        raise ModelExportError(
+            f"{what} has {num_classes} output{'s' if num_classes != 1 else ''}: the exported model labels each pixel "
+            "with the highest-scoring class, so a one-output (sigmoid) head would label every pixel 0. A binary "
+            "model needs 2 classes, background and foreground: train it with 2")
 
 
 def default_classes(num_classes: int) -> list[str]:
@@ -61,6 +84,7 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
         predicted = num_classes
     if num_classes != predicted:
         raise ValueError(f"num_classes {num_classes} for a model that predicts {predicted} classes")
+    check_outputs(predicted, f"the {model.arch} model's head")
     names = list(classes) if classes is not None else default_classes(num_classes)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model with {num_classes} outputs")
@@ -81,8 +105,11 @@ def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelM
 
     The example input is batch 2 and an odd, non-square size so that no dimension gets specialised.
     """
-    if opset < 17:
-        raise ValueError("the contract needs opset >= 17")
+    check_opset(opset)
+    try:
+        check_outputs(output_classes(model), f"the {metadata.arch} model's head")
+    except IndexError:  # a head with no convolution (a stand-in in tests): build_metadata's count stands
+        check_outputs(len(metadata.classes), f"the {metadata.arch} model")
     check_finite(model, f"the {metadata.arch} model ({metadata.source})")  # whichever command exports it
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

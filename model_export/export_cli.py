@@ -52,8 +52,9 @@ def _load(args: argparse.Namespace) -> tuple[SegmentationModel, dict[str, Any], 
         from .architectures import build_model  # torch: only when exporting, not for --help
 
         count = RANDOM_INIT_CLASSES if args.num_classes is None else args.num_classes
-        if not 1 <= count <= 255:  # labels are uint8
-            raise CliError(f"--num-classes must be between 1 and 255, got {count}")
+        if not 2 <= count <= 255:  # labels are uint8, and the ArgMax of one output is always 0
+            why = ": a sigmoid head needs 2 classes, background and foreground" if count == 1 else ""
+            raise CliError(f"--num-classes must be between 2 and 255, got {count}{why}")
         return build_model(args.arch, count), {}, "random-init", ""
     if not args.weights.is_file():
         raise CliError(f"weights file {args.weights} does not exist")
@@ -80,9 +81,16 @@ def _msc_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
 @one_line_errors(ValueError, OSError)  # a bad --opset or --input-size, an unwritable --output...
 def run(args: argparse.Namespace) -> int:
     """Export as the parsed arguments say; print a one-line JSON summary."""
-    from .export import build_metadata, check_finite, export_onnx  # onnx: only when exporting, not for --help
+    from .export import (  # onnx: only when exporting, not for --help
+        build_metadata,
+        check_finite,
+        check_opset,
+        check_outputs,
+        export_onnx,
+    )
 
     start = time.perf_counter()
+    check_opset(args.opset)  # before loading the weights
     model, info, source, sha = _load(args)
     # Before the class checks, metadata, MSC or quantisation: diverged training is what went wrong.
     check_finite(model, str(args.weights) if args.weights else f"random-init {args.arch}")
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     classes = read_class_names(args.classes) if args.classes else info.get("classes")
     num_classes = output_classes(model)  # what the head predicts: the names must match it, not a default of 21
+    check_outputs(num_classes, f"{args.weights}'s {model.arch} head")
     if args.weights and args.num_classes is not None and args.num_classes != num_classes:
         raise CliError(f"--num-classes {args.num_classes}, but {args.weights} predicts {num_classes} classes")
     if classes and len(classes) != num_classes:

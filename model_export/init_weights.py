@@ -4,7 +4,6 @@ our checkpoints) or torchvision's ImageNet backbone."""
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,9 @@ import torch
 
 from .checkpoint import is_training_checkpoint, read_training_checkpoint, trained_geometry
 from .models import SegmentationModel
-from .torch_io import compare_state_dicts, load_torch_file
+from .torch_io import UnsafeFileError, compare_state_dicts, error_line, load_torch_file
+from .weights_download import fetch
+from .weights_files import read_torchvision_file
 from .wrapper import preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -20,16 +21,18 @@ log = logging.getLogger(__name__)
 
 def read_init_file(path: str | Path) -> Any:
     """The contents of a weights file for `init_from_file`: tensors only, or one of our training checkpoints
-    (the only files holding more that are unpickled)."""
+    (tensors and their RNG states). Neither load calls anything else a file names: a file naming more is refused
+    (CheckpointError), as is an unreadable one (ValueError), each in one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init weights not found: {path}")
-    try:  # a state_dict from outside: tensors only, no code runs
-        return load_torch_file(path, trusted=False)
-    except pickle.UnpicklingError as exc:
-        if "can still be loaded" not in str(exc):
-            raise ValueError(f"{path} is not a readable PyTorch file: {str(exc).splitlines()[0]}") from None
-    return read_training_checkpoint(path)  # more than tensors: only one of our checkpoints is accepted
+    try:  # a state_dict from outside: tensors only
+        return load_torch_file(path)
+    except UnsafeFileError:
+        pass  # more than tensors: only one of our checkpoints is accepted
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for truncated or corrupt files
+        raise ValueError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {error_line(exc)}") from None
+    return read_training_checkpoint(path)
 
 
 def init_geometry(blob: Any, path: str | Path, arch: str) -> dict[str, bool]:
@@ -94,7 +97,7 @@ def _check_backbone(model: SegmentationModel, own: dict[str, torch.Tensor], stat
 
 
 def init_from_imagenet(model: SegmentationModel) -> int:
-    """torchvision's ImageNet ResNet weights for the backbone (downloads; needs the network)."""
+    """torchvision's ImageNet ResNet weights for the backbone (downloads into the weights cache unless there)."""
     import torchvision
 
     names = {"deeplabv3_resnet50": "ResNet50_Weights.IMAGENET1K_V1",
@@ -102,7 +105,11 @@ def init_from_imagenet(model: SegmentationModel) -> int:
              "deeplabv2_resnet101": "ResNet101_Weights.IMAGENET1K_V1"}
     if model.arch not in names:
         raise ValueError(f"no ImageNet backbone weights for {model.arch}")
-    state = torchvision.models.get_weight(names[model.arch]).get_state_dict(progress=True)
+    # Our downloader and loader, not torchvision's `get_state_dict`: that fully unpickles whatever file of the name
+    # sits in torch's hub cache. `fetch` checks a cached file's sha256 against the prefix in its name, and
+    # `read_torchvision_file` reads tensors only; each failure is one WeightsError line.
+    path, _ = fetch(torchvision.models.get_weight(names[model.arch]).url)
+    state = read_torchvision_file(path)
     state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     missing, _ = model.load_state_dict(state, strict=False)
     return len(state) - len([k for k in missing if k.startswith("backbone.")])

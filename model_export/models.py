@@ -18,7 +18,11 @@ from torchvision.models.segmentation.fcn import FCNHead
 DEEPLABV2_RATES = (6, 12, 18, 24)
 # The builders with Caffe-style ResNet geometry (`_caffe_style`); they take `legacy_caffe_stride`.
 CAFFE_STYLE_ARCHS = frozenset({"deeplabv2_resnet101", "deeplabv2_thin"})
-DEEPLABV3_RATES = (12, 24, 36)
+# DeepLab-v3's ASPP rates at output stride 16; at 8 the features are twice as large and the rates double (12, 24,
+# 36: torchvision's fixed rates, as it builds its ResNet models at 8 only). `aspp_rates` picks them.
+DEEPLABV3_RATES_OS16 = (6, 12, 18)
+# The builders with a DeepLab-v3 ASPP on our ResNets (`aspp_rates`); they take `legacy_aspp_rates`.
+DEEPLABV3_ASPP_ARCHS = frozenset({"deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_thin"})
 
 
 class ASPPSum(nn.Module):
@@ -45,7 +49,7 @@ class ThinDeepLabHead(nn.Sequential):
     """torchvision's DeepLabHead layout with a narrower ASPP, for the demo and test models."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 64,
-                 rates: Sequence[int] = DEEPLABV3_RATES) -> None:
+                 rates: Sequence[int] = DEEPLABV3_RATES_OS16) -> None:
         super().__init__(
             ASPP(in_channels, rates, out_channels=channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
@@ -101,6 +105,17 @@ def stage_rates(output_stride: int) -> tuple[int, int, int]:
         rate *= 2 if dilate else 1
         rates.append(rate)
     return rates[0], rates[1], rates[2]
+
+
+def aspp_rates(output_stride: int, legacy_aspp_rates: bool = False) -> tuple[int, ...]:
+    """DeepLab-v3's ASPP rates at this output stride: (6, 12, 18) at 16, doubled to (12, 24, 36) at 8 (the paper's
+    choice; at 16 the rate-36 branch would see 1 of its 9 taps on the 33x33 features of a 513 input).
+
+    `legacy_aspp_rates` rebuilds models trained when every output stride took (12, 24, 36): checkpoints of an older
+    format load with it (model_export.checkpoint); at output stride 8 it changes nothing."""
+    _dilation_flags(output_stride)  # the same error for an unsupported stride
+    scale = 2 if output_stride == 8 or legacy_aspp_rates else 1
+    return tuple(rate * scale for rate in DEEPLABV3_RATES_OS16)
 
 
 def _set_rate(conv: nn.Conv2d, rate: int) -> None:
@@ -186,27 +201,31 @@ def deeplabv2_resnet101(num_classes: int = 21, aux_loss: bool = False, output_st
                      "imagenet", output_stride)
 
 
-def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: bool,
-               output_stride: int, base_width: int, legacy_dilation: bool = False) -> SegmentationModel:
+def _deeplabv3(layers: Sequence[int], arch: str, num_classes: int, aux_loss: bool, output_stride: int,
+               base_width: int, legacy_dilation: bool = False, legacy_aspp_rates: bool = False) -> SegmentationModel:
     net = _resnet(layers, output_stride, base_width, legacy_dilation)
-    in_ch = base_width * 32
-    head = DeepLabHead(in_ch, num_classes) if base_width == 64 else ThinDeepLabHead(in_ch, num_classes)
+    in_ch, rates = base_width * 32, aspp_rates(output_stride, legacy_aspp_rates)
+    head = (DeepLabHead(in_ch, num_classes, rates) if base_width == 64
+            else ThinDeepLabHead(in_ch, num_classes, rates=rates))
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, arch, "imagenet",
                      output_stride)
 
 
 def deeplabv3_resnet50(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                       base_width: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
-    """torchvision's deeplabv3_resnet50 layout (ASPP with image pooling, rates 12/24/36)."""
+                       base_width: int = 64, legacy_dilation: bool = False,
+                       legacy_aspp_rates: bool = False) -> SegmentationModel:
+    """torchvision's deeplabv3_resnet50 layout (ASPP with image pooling, rates 12/24/36 at output stride 8 as
+    torchvision's, 6/12/18 at 16: `aspp_rates`)."""
     return _deeplabv3([3, 4, 6, 3], "deeplabv3_resnet50", num_classes, aux_loss, output_stride, base_width,
-                      legacy_dilation)
+                      legacy_dilation, legacy_aspp_rates)
 
 
 def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                       base_width: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
-    """torchvision's deeplabv3_resnet101 layout."""
+                        base_width: int = 64, legacy_dilation: bool = False,
+                        legacy_aspp_rates: bool = False) -> SegmentationModel:
+    """torchvision's deeplabv3_resnet101 layout (ASPP rates as deeplabv3_resnet50's)."""
     return _deeplabv3([3, 4, 23, 3], "deeplabv3_resnet101", num_classes, aux_loss, output_stride, base_width,
-                      legacy_dilation)
+                      legacy_dilation, legacy_aspp_rates)
 
 
 def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
@@ -222,10 +241,11 @@ def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride:
 
 def deeplabv3_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 16,
                    base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
-                   head_channels: int = 64, legacy_dilation: bool = False) -> SegmentationModel:
-    """A narrow DeepLab-v3 for the embedded demo model and tests."""
+                   head_channels: int = 64, legacy_dilation: bool = False,
+                   legacy_aspp_rates: bool = False) -> SegmentationModel:
+    """A narrow DeepLab-v3 for the embedded demo model and tests (ASPP rates as deeplabv3_resnet50's)."""
     net = _resnet(layers, output_stride, base_width, legacy_dilation)
-    head = ThinDeepLabHead(base_width * 32, num_classes, head_channels)
+    head = ThinDeepLabHead(base_width * 32, num_classes, head_channels, aspp_rates(output_stride, legacy_aspp_rates))
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv3_thin",
                      "imagenet", output_stride)
 

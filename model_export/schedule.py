@@ -3,6 +3,7 @@ the backbone's rate; plus frozen BatchNorm, which the seed trains with."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -57,13 +58,31 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, max
     return lr
 
 
-def freeze_bn(model: nn.Module, statistics: bool = True) -> None:
+def freeze_bn(model: nn.Module, statistics: bool = True, trainable: Collection[str] = (),
+              trainable_statistics: bool = True) -> None:
     """BN affine parameters (gamma/beta) untrainable, like the seed; with `statistics`, BN also in eval mode
     (running statistics stay). `statistics=False` is the seed's `--is-training`: statistics update, while
-    gamma and beta stay as loaded (DrSleep's trainer excludes them from the trainable variables)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if statistics:
+    gamma and beta stay as loaded (DrSleep's trainer excludes them from the trainable variables).
+
+    `trainable`: names (as `named_modules` gives them) of BN layers whose gamma/beta train all the same, and with
+    `trainable_statistics` their statistics too: the freshly initialised BNs of a new head (model_export.train).
+    Without it they keep their statistics (eval mode): a batch of one image gives the image-pooling branch's BN
+    one value per channel, nothing to take statistics of."""
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if name in trainable:
+            if not trainable_statistics:
                 m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+            continue
+        if statistics:
+            m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def head_norms(model: SegmentationModel) -> dict[str, nn.Module]:
+    """The BN layers under `model.head_modules()`, by their name in `model.named_modules()`."""
+    heads = {id(m) for head in model.head_modules() for m in head.modules()}
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) in heads}

@@ -1,9 +1,11 @@
-"""Reading weight files: one `torch.load` with an explicit trust decision, one file hash, and one report of how
+"""Reading weight files: one `torch.load` that never runs a file's code, one file hash, and one report of how
 a state_dict fails to fit a model. Every loader of `model_export` goes through these."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import pickle
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,60 @@ from service.core.engine import file_sha256
 MAX_LISTED = 8  # names shown per kind of problem; the rest are counted
 
 
-def load_torch_file(path: str | Path, *, trusted: bool) -> Any:
-    """`torch.load` a file onto the CPU.
+# An object a file may name beside tensors and plain containers, or (object, the dotted name a file spells it by).
+SafeGlobal = Callable[..., Any] | tuple[Callable[..., Any], str]
 
-    `trusted=False` (`weights_only`): tensors and plain containers only; anything else raises
-    `pickle.UnpicklingError` without running the file's code. Use it for every file from outside (torchvision
-    `.pth` downloads, state_dicts users point at). `trusted=True` unpickles everything, which runs code the
-    file names: only for the training checkpoints this project writes (they carry numpy and Python RNG states
-    that `weights_only` refuses).
-    """
-    return torch.load(path, map_location="cpu", weights_only=not trusted)
+
+class UnsafeFileError(pickle.UnpicklingError):
+    """A complete pickle that names globals beyond tensors, plain containers and those allowed: loading it would
+    call them (any code), so it was refused before any was called. `names` lists them."""
+
+    def __init__(self, path: str | Path, names: Sequence[str]) -> None:
+        self.path, self.names = Path(path), list(names)
+        self.reason = (f"loading it would call {listing(self.names)}, code beyond tensors and plain values; refused "
+                       "without running it")
+        super().__init__(f"{path}: {self.reason}")
+
+
+def load_torch_file(path: str | Path, *, allowed: Sequence[SafeGlobal] = ()) -> Any:
+    """`torch.load` a file onto the CPU with torch's `weights_only` unpickler: tensors, plain containers and the
+    `allowed` globals (a training checkpoint's numpy RNG state) are rebuilt; nothing else a file names is ever
+    called. A file naming anything else raises `UnsafeFileError` listing it; corrupt files raise what torch
+    raises (RuntimeError, EOFError, UnpicklingError...)."""
+    with torch.serialization.safe_globals(list(allowed)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            names = _refused_names(path, exc)
+            if names:
+                raise UnsafeFileError(path, names) from None
+            raise
+
+
+def _refused_names(path: str | Path, exc: pickle.UnpicklingError) -> list[str]:
+    """What the `weights_only` loader refused to call: every global the file names that is not allowed (in the
+    `safe_globals` context of the load), read from the pickle's opcodes without running them, else the one
+    torch's error names (a file in torch's pre-zip format; a type built from an allowed global, such as a numpy
+    dtype's class, whose `__setstate__` would run). Empty when the error is of another kind (a corrupt file)."""
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint (ValueError), or one too corrupt to list
+        names = []
+    if names:
+        return names
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)|but got <class '([^']+)'>", str(exc))
+    return [next(name for name in found.groups() if name)] if found else []
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when empty), for a one-line error; a line over
+    `limit` characters ends at its last full sentence within them (torch's explain at length)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    end = line.rfind(". ", 0, limit)
+    return line[:end + 1] if end > 0 else line[:limit]
 
 
 # Hex sha256 of a file: the serving half's own (hashlib.file_digest), so the digest in a model's metadata and the

@@ -2,12 +2,14 @@
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
 10× LR on weights and 20× on biases (model_export.schedule); BN is frozen when training starts from given weights
-(the seed fine-tunes an ImageNet model) and trained when it starts from random ones, unless `train_bn` says
-otherwise (`--train-bn all|stats|off`); labels are nearest-downsampled to the logits; cross entropy ignores
-255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss (model_export.loss): the sum of per-scale CE terms plus
-the CE of the element-wise max over scales. `--accumulate N` averages gradients over N batches (the seed's
-batch-1 + iter_size). Where training starts is model_export.init_weights; the settings, model_export.train_config;
-the command line, model_export.train_cli. Checkpoints (see model_export.checkpoint) resume bit-identically.
+(the seed fine-tunes an ImageNet model), except the BN layers of a head the weights do not supply (`_initialise`),
+and trained when it starts from random ones, unless `train_bn` says otherwise (`--train-bn all|stats|off`); labels
+are nearest-downsampled to the logits, and an id that is no class nor 255 stops the run with a DatasetError naming
+the label file; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss
+(model_export.loss): the sum of per-scale CE terms plus the CE of the element-wise max over scales. `--accumulate N`
+averages gradients over N batches (the seed's batch-1 + iter_size). Where training starts is
+model_export.init_weights; the settings, model_export.train_config; the command line, model_export.train_cli.
+Checkpoints (see model_export.checkpoint) resume bit-identically.
 
 A non-finite loss, or non-finite weights about to be saved, stops the run with `TrainingDiverged`: the checkpoint
 on disk stays the last finite one.
@@ -39,13 +41,13 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import Augment, TrainStream, VOCSegmentation
+from .data import Augment, TrainStream, VOCSegmentation, next_batch
 from .device import pick_device
 from .errors import OPTION, ModelExportError
 from .init_weights import init_from_file, init_from_imagenet, init_geometry, read_init_file
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
-from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
+from .schedule import MOMENTUM, freeze_bn, head_norms, param_groups, set_lr
 from .train_config import NETWORK, TrainConfig, check_config, resume_conflicts
 from .wrapper import normalize_nchw, preprocessing_constants
 
@@ -103,10 +105,11 @@ class ScalarLog:
             self._tb.close()
 
 
-def _build(cfg: TrainConfig) -> SegmentationModel:
-    """The network, initialised as `cfg.init` says. Weights from a checkpoint trained in an older geometry are
-    trained on in it, which `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one,
-    the same weights would compute something else, silently."""
+def _build(cfg: TrainConfig) -> tuple[SegmentationModel, list[str]]:
+    """The network, initialised as `cfg.init` says, and the names of its head BN layers the initial weights do not
+    supply (`_initialise`). Weights from a checkpoint trained in an older geometry are trained on in it, which
+    `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one, the same weights would
+    compute something else, silently."""
     blob = read_init_file(cfg.init) if cfg.init and cfg.init != "imagenet" else None
     if blob is not None:
         for flag, value in init_geometry(blob, cfg.init, cfg.arch).items():
@@ -114,11 +117,36 @@ def _build(cfg: TrainConfig) -> SegmentationModel:
                 log.info("%s was trained with %s=%s: the run keeps that geometry", cfg.init, flag, value)
                 cfg.model_kwargs = {**cfg.model_kwargs, flag: value}
     model = build_model(cfg.arch, len(cfg.classes), **cfg.model_kwargs)
+    return model, _initialise(model, cfg, blob)
+
+
+def _initialise(model: SegmentationModel, cfg: TrainConfig, blob: Any) -> list[str]:
+    """Load the initial weights; return the names of the head BN layers they do not supply, which a run with
+    frozen BN trains all the same (statistics and gamma/beta).
+
+    Frozen BN keeps statistics that mean something: DeepLab fine-tunes ImageNet (or COCO) statistics it cannot
+    re-estimate from small batches, and DeepLab-v3 freezes BN for its final fine-tuning once it has trained them
+    all, its ASPP's included. A new head's BN has none: frozen at its initialisation (mean 0, var 1, gamma 1,
+    beta 0) it is an identity, and the ASPP branches, whose convs have no bias, train unnormalised and without
+    one. So a head BN trains unless the weights supply it: ImageNet and ResNet files supply none; a full
+    segmentation checkpoint supplies the ones whose names and shapes match (a new class count changes only the
+    last conv), and those stay frozen as the rest of the network. Random weights supply nothing and BN trains
+    on them unless frozen on request (warned about): then all of it stays frozen, as asked."""
+    if not cfg.init:
+        return []
+    new = head_norms(model)
     if cfg.init == "imagenet":
-        init_from_imagenet(model)
-    elif cfg.init:
+        init_from_imagenet(model)  # the backbone only
+    else:
+        # Which tensors a file fills (prefixes, names, shapes) is init_from_file's to decide: mark each head BN's
+        # running mean with NaN, which no usable statistics hold, and see which ones the file replaced.
+        for norm in new.values():
+            norm.running_mean.fill_(math.nan)
         init_from_file(model, cfg.init, blob)
-    return model
+        new = {name: norm for name, norm in new.items() if bool(torch.isnan(norm.running_mean).all())}
+        for norm in new.values():
+            norm.running_mean.zero_()  # its initial value again
+    return sorted(new)
 
 
 def _resolve_bn_mode(cfg: TrainConfig, resume: dict[str, Any] | None) -> None:
@@ -175,6 +203,9 @@ def _check_resumable(path: str, resume: dict[str, Any]) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns a summary with the final checkpoint path and last loss."""
     check_config(cfg)
+    if len(cfg.classes) < 2:  # one output: its cross entropy is 0 whatever it says, and its export labels all 0
+        raise ModelExportError(f"{OPTION} names {len(cfg.classes)} class(es): a model needs at least 2 (a binary "
+                               "one: background and foreground)", option="classes")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -189,13 +220,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.init = None
         _check_resume_settings(cfg, resume)
     torch.manual_seed(cfg.seed)
-    model = _build(cfg)
+    model, new_norms = _build(cfg)
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         model.preprocessing = resume.get("preprocessing", model.preprocessing)
+        # The head BNs the run trained; older runs froze them all.
+        new_norms = list(resume.get("head_norms_trained", []))
     model.to(device).train()
+    trained_norms: list[str] = []
     if not cfg.train_bn:
-        freeze_bn(model)
+        trained_norms = new_norms
+        # One image per batch: the new head's BNs keep their initial statistics, and gamma/beta train.
+        freeze_bn(model, trainable=trained_norms, trainable_statistics=cfg.batch_size > 1)
+        if trained_norms:
+            log.info("BN frozen, except the %d BN layers of the new head%s: %s", len(trained_norms),
+                     "" if cfg.batch_size > 1 else " (gamma/beta only, at batch size 1)", ", ".join(trained_norms))
     elif not cfg.bn_affine:
         freeze_bn(model, statistics=False)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, momentum=MOMENTUM)
@@ -215,7 +254,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     augment = Augment(cfg.crop_size, cfg.min_scale, cfg.max_scale, cfg.mirror, tuple(pad))  # type: ignore[arg-type]
     per_iter = cfg.batch_size * cfg.accumulate
     # Sample k of the run is fixed by (seed, k); resuming just starts the counter further on.
-    loader = DataLoader(TrainStream(dataset, augment, cfg.seed), batch_size=cfg.batch_size,
+    loader = DataLoader(TrainStream(dataset, augment, cfg.seed, len(cfg.classes)), batch_size=cfg.batch_size,
                         sampler=range(start * per_iter, cfg.max_iter * per_iter), num_workers=cfg.workers,
                         pin_memory=device.type == "cuda",
                         # Its own generator: creating the iterator must not draw from the global torch RNG,
@@ -227,7 +266,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     meta = {"arch": cfg.arch, "num_classes": len(cfg.classes), "model_kwargs": cfg.model_kwargs,
             "preprocessing": model.preprocessing, "classes": list(cfg.classes),
             "palette": voc_colormap(len(cfg.classes)), "input_size": cfg.input_size or cfg.crop_size,
-            "source": f"init={cfg.init or 'random'}"}
+            "source": f"init={cfg.init or 'random'}", "head_norms_trained": trained_norms}
     if resume is not None:
         meta["source"] = resume.get("source", meta["source"])
 
@@ -258,7 +297,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             for _ in range(cfg.accumulate):
-                images, labels = next(batches)
+                images, labels = next_batch(batches)
                 x = normalize_nchw(images.to(device, non_blocking=True), model.preprocessing)
                 loss = multiscale_loss(multiscale_logits(model, x, cfg.scales), labels.to(device))
                 value = loss.item()

@@ -97,8 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train BN: 'all' (the default when given) updates statistics and gamma/beta; 'stats' "
                         "updates statistics only, as DrSleep's --is-training does; 'off' freezes BN. Without it "
                         "BN is frozen when starting from --init weights (as the seed fine-tunes) and trained "
-                        "('all') from random weights, whose BN statistics mean nothing; --resume keeps the "
-                        "recorded mode")
+                        "('all') from random weights, whose BN statistics mean nothing; frozen, the BN layers of a "
+                        "head the weights do not supply still train; --resume keeps the recorded mode")
     _setting(p, "--seed", "seed")
     _setting(p, "--save-every", "save_every")
     _setting(p, "--log-every", "log_every")

@@ -13,7 +13,6 @@ their public names are importable from here too: `weights_download` (fetch into 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,26 @@ from .architectures import build_model
 
 # PUBLISHED (name -> file) is the downloader's view of the table that its callers and tests read from here.
 from .catalog import BASE_URL_ENV, CACHE_ENV, DEFAULT_BASE_URL, PUBLISHED, WEIGHT_SOURCES
-from .checkpoint import CheckpointError, checkpoint_model_kwargs, load_checkpoint_model, read_training_checkpoint
-from .errors import WeightsError
+from .checkpoint import CheckpointError, checkpoint_model, checkpoint_model_kwargs, read_training_checkpoint
+from .errors import OPTION, WeightsError
 from .models import SegmentationModel, output_classes
-from .torch_io import sha256_file
+from .torch_io import UnsafeFileError, sha256_file
 from .weights_download import CONNECT_TIMEOUT_S, cache_dir, fetch, hash_prefix, verify_hash
-from .weights_files import extract_state_dict, is_project_checkpoint, load_state_dict_checked, read_weights_file
+from .weights_files import (
+    extract_state_dict,
+    is_project_checkpoint,
+    load_state_dict_checked,
+    read_torchvision_file,
+    read_weights_file,
+)
 from .weights_torchvision import infer_torchvision_arch, load_torchvision_state_dict
 
 # Importable from here as before the split (the CLI, tests and bench/ import them from this module).
 __all__ = [
     "BASE_URL_ENV", "CACHE_ENV", "CONNECT_TIMEOUT_S", "DEFAULT_BASE_URL", "PUBLISHED", "WEIGHT_SOURCES", "WeightsError",
     "cache_dir", "extract_state_dict", "fetch", "hash_prefix", "infer_torchvision_arch", "is_project_checkpoint",
-    "load_state_dict_checked", "load_torchvision_state_dict", "load_weights", "published_url", "read_weights_file",
-    "verify_hash",
+    "load_state_dict_checked", "load_torchvision_state_dict", "load_weights", "published_url", "read_torchvision_file",
+    "read_weights_file", "verify_hash",
 ]
 
 
@@ -45,15 +50,20 @@ def published_url(name: str, base_url: str | None = None) -> str:
     return WEIGHT_SOURCES[name].url(base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
 
 
-def _load_project(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
-    """A training checkpoint, through model_export.checkpoint (the training side owns that format)."""
+def _load_project(path: Path, arch: str | None = None) -> tuple[SegmentationModel, dict[str, Any]]:
+    """A training checkpoint, through model_export.checkpoint (the training side owns that format). The
+    checkpoint names its network: an `arch` given besides must be that one."""
     try:
-        model, meta = load_checkpoint_model(path)
+        ckpt = read_training_checkpoint(path)
     except CheckpointError as exc:
         raise WeightsError(str(exc).strip().splitlines()[0]) from None
+    if arch and arch != ckpt["arch"]:
+        raise WeightsError(f"{path} is a {ckpt['arch']} checkpoint, not {arch}: a checkpoint names its own network, "
+                           f"so leave {OPTION} out or give {ckpt['arch']}", option="arch")
+    try:
+        model, meta = checkpoint_model(ckpt)
     except RuntimeError:
         # A strict load_state_dict mismatch: explain it key by key instead of torch's wall of text.
-        ckpt = read_training_checkpoint(path)
         model = build_model(ckpt["arch"], ckpt["num_classes"], **checkpoint_model_kwargs(ckpt))
         load_state_dict_checked(model, ckpt["state_dict"], f"checkpoint {path.name}")
         raise
@@ -83,10 +93,10 @@ def load_weights(path_or_name: str | Path, arch: str | None = None, *, keep_aux:
         path, digest = Path(path_or_name), ""
     try:
         obj = read_weights_file(path)
-    except pickle.UnpicklingError:
-        return _load_project(path)  # says clearly if it is not one of ours either
+    except UnsafeFileError:  # more than tensors: refused unloaded unless one of our checkpoints (its RNG state)
+        return _load_project(path, arch)  # says clearly if it is not one of ours either
     if obj.get("format") is not None or is_project_checkpoint(obj):
-        return _load_project(path)
+        return _load_project(path, arch)
     model = load_torchvision_state_dict(extract_state_dict(obj), arch, keep_aux=keep_aux,
                                         what=f"weights file {path.name}")
     info = {

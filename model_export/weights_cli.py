@@ -42,18 +42,17 @@ def run(args: argparse.Namespace) -> int:
     from .models import output_classes
     from .weights import (
         cache_dir,
-        extract_state_dict,
         fetch,
         load_torchvision_state_dict,
         published_url,
-        read_weights_file,
+        read_torchvision_file,
     )
 
     # A WeightsError (no network, a bad hash, a bad file) ends as one clear line (model_export.cli).
     url = args.url or published_url(args.name, args.base_url)
     path, digest = fetch(url, cache=args.cache_dir)
     source = WEIGHT_SOURCES[args.name]
-    state = extract_state_dict(read_weights_file(path))
+    state = read_torchvision_file(path)  # our training checkpoints are refused: `export --weights` reads them
     model = load_torchvision_state_dict(state, source.arch, keep_aux=args.keep_aux,
                                         what=f"weights file {path.name}")
     num_classes = output_classes(model)

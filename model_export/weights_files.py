@@ -3,7 +3,6 @@ readable `WeightsError` per failure."""
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -11,35 +10,47 @@ from typing import Any, NoReturn
 import torch
 
 from .errors import WeightsError
-from .torch_io import compare_state_dicts, load_torch_file
+from .torch_io import UnsafeFileError, compare_state_dicts, error_line, listing, load_torch_file
 
 
 def _raise_unreadable(path: Path, exc: Exception) -> NoReturn:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     raise WeightsError(
-        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line[:300]}"
+        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {error_line(exc)}"
     ) from None
 
 
 def read_weights_file(path: str | Path) -> Mapping[str, Any]:
-    """An untrusted weights file's dict (tensors and plain containers only), turning failures into WeightsError.
+    """A weights file's dict (tensors and plain containers only: nothing the file names is called), turning
+    failures into WeightsError.
 
-    Raises `pickle.UnpicklingError` (with "can still be loaded") for a complete pickle that holds more than
-    tensors: the caller decides whether it may be one of our training checkpoints."""
+    Raises `torch_io.UnsafeFileError` for a complete pickle that names more than tensors, unloaded: the caller
+    decides whether it may be one of our training checkpoints (`checkpoint.read_training_checkpoint`)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     try:
-        obj = load_torch_file(path, trusted=False)
-    except pickle.UnpicklingError as exc:
-        if "can still be loaded" in str(exc):
-            raise  # a complete pickle holding more than tensors (e.g. a training checkpoint's RNG state)
-        _raise_unreadable(path, exc)
+        obj = load_torch_file(path)
+    except UnsafeFileError:
+        raise  # e.g. a training checkpoint's numpy RNG state
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
         _raise_unreadable(path, exc)
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
     return obj
+
+
+def read_torchvision_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a torchvision-layout weights file (`extract_state_dict`); WeightsError for one of our
+    training checkpoints, which name their own network: one holding an RNG state is refused unloaded."""
+    try:
+        obj = read_weights_file(path)
+    except UnsafeFileError as exc:
+        raise WeightsError(f"{path} is not a torchvision state_dict: it names {listing(exc.names)} besides "
+                           "tensors (a training checkpoint names numpy's RNG state); refused unloaded") from None
+    if obj.get("format") is not None or is_project_checkpoint(obj):
+        raise WeightsError(f"{path} is not a torchvision state_dict: it is a training checkpoint "
+                           f"({obj.get('format') or 'arch and state_dict'})")
+    return extract_state_dict(obj)
 
 
 def is_project_checkpoint(obj: Mapping[str, Any]) -> bool:

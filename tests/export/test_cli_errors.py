@@ -33,8 +33,8 @@ def files(tmp_path: Path) -> Path:
     (["--opset", "16"], ("opset >= 17",)),
     (["--input-size", "0"], ("input_size", "positive", "got 0")),
     (["--input-size", "-5"], ("input_size", "positive", "got -5")),
-    (["--num-classes", "0"], ("--num-classes must be between 1 and 255, got 0",)),
-    (["--num-classes", "300"], ("--num-classes must be between 1 and 255, got 300",)),
+    (["--num-classes", "0"], ("--num-classes must be between 2 and 255, got 0",)),
+    (["--num-classes", "300"], ("--num-classes must be between 2 and 255, got 300",)),
 ], ids=["classes-missing", "classes-not-json", "classes-not-a-list", "opset", "input-size-0", "input-size-negative",
         "num-classes-0", "num-classes-300"])
 def test_export_refuses_bad_options_in_one_line(args: list[str], expected: tuple[str, ...], files: Path,

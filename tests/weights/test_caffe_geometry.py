@@ -152,11 +152,13 @@ def test_a_resumed_old_run_records_its_geometry_in_the_new_format(tmp_path: Path
 
 
 def test_old_torchvision_layouts_take_no_caffe_setting(tmp_path: Path) -> None:
-    """Version 1 of an architecture without Caffe geometry rebuilds as it always did."""
+    """Version 1 of an architecture without Caffe geometry rebuilds as it always did (with the ASPP rates it had at
+    output stride 16, a geometry of its own)."""
     kwargs = {"base_width": 4, "output_stride": 16}
-    model = build_model("deeplabv3_thin", 3, **kwargs)
+    model = build_model("deeplabv3_thin", 3, **kwargs, legacy_aspp_rates=True)
     torch.save({**OLD_FIELDS, **record(model, "deeplabv3_thin", kwargs)}, tmp_path / "old.pt")
-    assert checkpoint_model_kwargs(read_training_checkpoint(tmp_path / "old.pt")) == kwargs
+    assert checkpoint_model_kwargs(read_training_checkpoint(tmp_path / "old.pt")) == {**kwargs,
+                                                                                      "legacy_aspp_rates": True}
     assert strided(load_checkpoint_model(tmp_path / "old.pt")[0])["layer3"] == "3x3"
 
 

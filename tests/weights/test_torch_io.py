@@ -1,10 +1,9 @@
-"""The one torch.load (trust is explicit), the file hash, the state_dict mismatch report, and the weight-source
-table they serve."""
+"""The one torch.load (it never runs a file's code), the file hash, the state_dict mismatch report, and the
+weight-source table they serve."""
 
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from model_export.architectures import ARCHITECTURES
 from model_export.catalog import ARCH_INPUT_SIZES, ARCH_NAMES, PUBLISHED, WEIGHT_SOURCES, default_input_size
 from model_export.cli import CliError, command_line_message
 from model_export.errors import OPTION, ModelExportError
-from model_export.torch_io import compare_state_dicts, listing, load_torch_file, sha256_file
+from model_export.torch_io import UnsafeFileError, compare_state_dicts, listing, load_torch_file, sha256_file
 from service.core.contract import VOC_CLASSES
 from service.core.engine import file_sha256
 
@@ -35,17 +34,20 @@ class _Sneaky:
         return (leave_mark, (str(self.mark),))
 
 
-def test_untrusted_loads_refuse_code_and_trusted_loads_run_it(tmp_path: Path) -> None:
+def test_no_load_runs_a_files_code(tmp_path: Path) -> None:
     path, mark = tmp_path / "evil.pt", tmp_path / "mark"
     torch.save({"weight": torch.ones(2), "payload": _Sneaky(mark)}, path)
-    with pytest.raises(pickle.UnpicklingError):
-        load_torch_file(path, trusted=False)
+    with pytest.raises(UnsafeFileError) as refused:
+        load_torch_file(path)
     assert not mark.exists()
-    load_torch_file(path, trusted=True)
-    assert mark.read_text() == "code ran"
+    assert any("leave_mark" in name for name in refused.value.names), refused.value.names
+    # Not even when other globals are allowed: only those are.
+    with pytest.raises(UnsafeFileError):
+        load_torch_file(path, allowed=[torch.Size])
+    assert not mark.exists()
     plain = tmp_path / "plain.pt"
     torch.save({"weight": torch.arange(3.0)}, plain)
-    assert torch.equal(load_torch_file(plain, trusted=False)["weight"], torch.arange(3.0))
+    assert torch.equal(load_torch_file(plain)["weight"], torch.arange(3.0))
 
 
 def test_sha256_file_is_hashlibs_digest(tmp_path: Path) -> None:
