@@ -49,7 +49,8 @@ Conversions to RGB (`service.core.colour`), all applied after EXIF orientation:
 
 Parts: `service.core.upload` (structure checks and header read, once per upload: `open_upload`),
 `service.core.reduced_jpeg` (DCT-reduced and libjpeg-turbo JPEG decodes), `service.core.frames` (first frames),
-`service.core.orientation` (EXIF orientation), `service.core.icc` (RGB and grey ICC profiles to sRGB).
+`service.core.orientation` (EXIF orientation, read where browsers read it), `service.core.icc` (RGB and grey ICC
+profiles to sRGB).
 
 Thread safety: nothing here mutates module or Pillow globals. The pixel limit is checked on the header size before
 any pixel is decoded, instead of setting `Image.MAX_IMAGE_PIXELS` per call; Pillow's own bomb check stays on as a
@@ -120,9 +121,9 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
         img, data = upload.image, upload.data
         width, height = img.size
         is_jpeg = upload.is_jpeg
-        # A JPEG's EXIF is in its header; other formats may keep it after the pixels (PNG's eXIf chunk), and
-        # Pillow would decode them to find it: theirs is read once they are loaded, below.
-        orientation = exif_orientation(img) if is_jpeg else None
+        # From the header, where a browser reads it (a PNG's eXIf after the pixels is not honoured): a JPEG's
+        # reduced decode plans with it before a pixel is decoded.
+        orientation = exif_orientation(img, data)
         # The DCT scale denominator of a reduced JPEG decode; 1: decoded at full size.
         denom = dct_reduction(width, height, reduce_to) if reduce_to is not None and is_jpeg else 1
         fit = fit_before_turning(width, height, reduce_to, denom, orientation) or _fit_to_convert(img, reduce_to)
@@ -150,8 +151,6 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
                 img, box = load_first_frame(img, data)  # raises on truncated or corrupt data
             except Exception as exc:
                 raise decode_failure(exc, "the image data is corrupt or truncated") from exc
-            if not is_jpeg:
-                orientation = exif_orientation(img)
             # Turned in numpy, after the resize to `fit` or the white around a partial frame (in stored coordinates).
             turn_later = fit is not None or box is not None
             upright, turned = (img, orientation in (5, 6, 7, 8)) if turn_later else oriented(img, orientation)

@@ -11,6 +11,7 @@
   A file whose animation cannot be read past the default image gives the default image, which any PNG decoder
   shows.
 - Animated WebP and multi-page TIFF: Pillow's frame 0 is the first frame (or page) as shown.
+- JPEG (MPO's first picture too) is handed to libjpeg in one piece, so arithmetic-coded files decode at any size.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def load_first_frame(img: Image.Image, data: bytes) -> tuple[Image.Image, Box | 
         return img, _partial(frame, img.size)
     if hides_default_image(img):
         return _apng_first_frame(img, data)
+    if img.format in ("JPEG", "MPO"):
+        # Pillow feeds libjpeg in `decodermaxblock` (64 KiB) reads, and libjpeg's arithmetic decoder cannot wait
+        # for more input mid-scan: an arithmetic-coded scan crossing a read's end failed as corrupt. The upload is
+        # in memory already; read whole, from the start, the BytesIO hands over that very bytes object (no copy).
+        img.decodermaxblock = max(len(data), img.decodermaxblock)
     img.load()
     return img, None
 

@@ -1,6 +1,7 @@
-"""An EXIF block is read for its orientation alone: one whose first directory has more entries than any camera
-writes (up to 65,535 distinct tags in a PNG or WebP EXIF chunk, 180 CPU-ms of Pillow's parsing a decode) is
-ignored, as a broken one is, without being parsed; one within the bound still turns the picture."""
+"""An EXIF block is read for its orientation alone, never handed to Pillow's EXIF parser (65,535 distinct tags in a
+PNG eXIf chunk cost 180 CPU-ms of its parsing a decode): a directory with more entries than any camera writes is
+ignored, as a broken one is; one within the bound still turns the picture. A WebP's EXIF chunk turns nothing,
+whatever it holds: browsers ignore it."""
 
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ def upload(fmt: str, entries: int) -> bytes:
     pixels = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     pixels[:, : WIDTH // 2] = 255  # left half white: tells a turned picture from one that is not
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=fmt, exif=exif_block(entries), **({"lossless": True} if fmt == "WEBP"
-                                                                             else {}))
+    # Pillow writes the block as given into a JPEG's APP1 segment and a WebP's EXIF chunk (signature included), and
+    # drops the signature from a PNG's eXIf chunk.
+    Image.fromarray(pixels).save(buf, format=fmt, exif=b"Exif\x00\x00" + exif_block(entries),
+                                 **({"lossless": True} if fmt == "WEBP" else {}))
     return buf.getvalue()
 
 
 @pytest.fixture
 def exif_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many EXIF blocks Pillow parses (`Image.Exif.load`, called by `getexif`)."""
+    """How many EXIF blocks Pillow parses (`Image.Exif.load`, called by `getexif`; Pillow's own JPEG header read
+    parses a JPEG's for its resolution, so only PNG counts are asserted)."""
     calls: list[int] = []
     load = Image.Exif.load
 
@@ -49,19 +53,39 @@ def exif_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
-def test_an_exif_block_beyond_the_bound_is_ignored_unparsed(fmt: str, exif_parses: list[int]) -> None:
-    data = upload(fmt, 60_000)
+# Entries beyond the bound each carrier can hold: a JPEG's EXIF segment (64 KiB) has room for at most 5,459.
+BEYOND = {"PNG": 60_000, "JPEG": 5_000}
+
+
+def shape_of(decoded: object) -> tuple[int, int]:
+    return np.asarray(decoded[0] if isinstance(decoded, tuple) else decoded).shape[:2]
+
+
+@pytest.mark.parametrize("fmt", sorted(BEYOND))
+def test_an_exif_block_beyond_the_bound_is_ignored(fmt: str, exif_parses: list[int]) -> None:
+    data = upload(fmt, BEYOND[fmt])
+    assert len(data) > BEYOND[fmt] * 12  # the entries are all there
     for decoded in (decode_image(data, MAX_PIXELS), decode_image_for_model(data, MAX_PIXELS, 64)):
-        pixels = np.asarray(decoded[0] if isinstance(decoded, tuple) else decoded)
-        assert pixels.shape[:2] == (HEIGHT, WIDTH)  # not turned
-    assert exif_parses == []
+        assert shape_of(decoded) == (HEIGHT, WIDTH)  # not turned
+    if fmt == "PNG":
+        assert exif_parses == []
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("fmt", sorted(BEYOND))
 def test_an_exif_block_at_the_bound_still_turns_the_picture(fmt: str, exif_parses: list[int]) -> None:
     data = upload(fmt, orientation.MAX_EXIF_ENTRIES)
-    decoded = decode_image(data, MAX_PIXELS)
-    pixels = np.asarray(decoded[0] if isinstance(decoded, tuple) else decoded)
-    assert pixels.shape[:2] == (WIDTH, HEIGHT)  # turned by 90 degrees
-    assert exif_parses
+    for decoded in (decode_image(data, MAX_PIXELS), decode_image_for_model(data, MAX_PIXELS, 64)):
+        assert shape_of(decoded) == (WIDTH, HEIGHT)  # turned by 90 degrees
+    if fmt == "PNG":
+        assert exif_parses == []
+
+
+@pytest.mark.parametrize("entries", [1, orientation.MAX_EXIF_ENTRIES, 60_000])
+def test_a_webp_exif_chunk_never_turns_the_picture(entries: int) -> None:
+    """Browsers do not apply a WebP's EXIF orientation (tests/web/test_orientation_chromium.py); neither does the
+    service, however few or many entries the block holds."""
+    data = upload("WEBP", entries)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.getexif().get(0x0112) == 6  # the chunk is there, orientation 6 in it
+    for decoded in (decode_image(data, MAX_PIXELS), decode_image_for_model(data, MAX_PIXELS, 64)):
+        assert shape_of(decoded) == (HEIGHT, WIDTH)
