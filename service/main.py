@@ -1,8 +1,14 @@
 """`segment-serve`: run the service under uvicorn with settings from the environment (SEGMENT_*).
 
-SIGTERM/SIGINT: uvicorn stops accepting connections and lets in-flight requests finish, then the lifespan
-shutdown drains the batcher's queue; only then does the process exit. With `SEGMENT_WORKERS` > 1 a supervisor
-runs that many such servers on one socket (service/workers.py) and passes the signal on to each.
+SIGTERM/SIGINT: the server stops listening (new connections are refused) and lets in-flight requests finish,
+then the lifespan shutdown drains the batcher's queue; only then does the process exit. With `SEGMENT_WORKERS` > 1
+a supervisor runs that many such servers on one socket (service/workers.py), closes its own copy of that socket
+and passes the signal on to each.
+
+Exit status after a stop: 0 once a Ctrl-C (SIGINT) has drained, in both modes: the server did what it was asked,
+and 130 would tell a wrapper script or a process manager that it failed. A second Ctrl-C, which cuts the drain
+short, and a Ctrl-C before the server is up exit 130 (interrupted). SIGTERM ends a single process by that signal
+once drained (uvicorn's way; process managers count it as a clean stop); the supervisor of several workers exits 0.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
@@ -21,6 +28,7 @@ from .settings import Settings, unknown_variables
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger(__name__)
+INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a program interrupted by Ctrl-C
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +55,14 @@ def settings_error(exc: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `segment-serve`."""
+    try:
+        serve(argv)
+    except KeyboardInterrupt:  # Ctrl-C while loading, before the server handles it, or a second one (no drain)
+        sys.exit(INTERRUPTED)
+
+
+def serve(argv: list[str] | None) -> None:
+    """Read the settings and serve until told to stop (several workers, or one server in this process)."""
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -68,7 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     config = build_config(quiet_startup_failure(app), settings,
                           on_reject=metrics.count_rejection)
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn raises the SIGINT it stopped for again once it has drained, as though it had not handled it; the
+        # supervisor of several workers exits 0 then. A second Ctrl-C forced the stop: interrupted.
+        if server.force_exit:
+            raise
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

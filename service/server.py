@@ -1,7 +1,8 @@
 """The HTTP server as configured for hostile clients: uvicorn on httptools, with the protocol of
 service/http_protocol.py (head-size limit, head deadline, JSON answers for bad heads, bounded linger), and an
 app whose failed startup logs one line, not a traceback, and whose requests cut off by the graceful-shutdown
-timeout are answered 503 `shutting_down` (`answer_cut_off`).
+timeout are answered 503 `shutting_down` (`answer_cut_off`); a worker told to stop while it starts lets go of
+the listening socket at once (`DrainingServer`).
 
 The body deadline itself is ASGI middleware (service/connection.py): it needs to answer through the app.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -21,8 +24,8 @@ from .http_protocol import HardenedHttpToolsProtocol, RejectHook
 from .middleware import REQUEST_ID_HEADER, error_response, request_id_of
 from .settings import Settings
 
-__all__ = ["HardenedHttpToolsProtocol", "RejectHook", "answer_cut_off", "build_config", "quiet_startup_failure",
-           "server_options"]
+__all__ = ["DrainingServer", "HardenedHttpToolsProtocol", "RejectHook", "answer_cut_off", "build_config",
+           "quiet_startup_failure", "server_options"]
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +47,49 @@ def build_config(app: Any, settings: Settings, on_reject: RejectHook = _noop) ->
     outside the app (a head too large, too slow, malformed; a request cut off by the shutdown)."""
     protocol = HardenedHttpToolsProtocol.configured(settings, on_reject)
     return uvicorn.Config(answer_cut_off(app, on_reject), http=protocol, **server_options(settings))
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which lets go of the listening sockets it was given the moment SIGTERM or SIGINT arrives
+    while its app is still starting; the drain itself is uvicorn's.
+
+    The workers of a supervisor share one listening socket, which the kernel keeps listening (completing new
+    connections into its backlog) while any process holds a descriptor for it. uvicorn closes a worker's copy as
+    its shutdown begins, within a tick of the signal (0.1 s, accepting and answering meanwhile), but only once its
+    app has started: a worker told to stop while it loaded its model held its copy for as long as that took, and
+    the connections made meanwhile waited with no one to accept them, to be reset when the last copy closed. A
+    server still starting closes the sockets it was given at once (its event loop does not listen on them yet)
+    and then listens on none."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._given: list[socket.socket] = []  # the sockets handed to a worker, until its event loop takes them
+        self._taken = False  # the app has started: the event loop listens on them (or is about to)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is not None:
+            # uvicorn's startup walks this very list once the app has started: emptied by then, it listens on none.
+            self._given = sockets = list(sockets)
+        await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        start_app = self.lifespan.startup
+
+        async def start_app_then_take() -> None:
+            await start_app()
+            # One store, which the signal handler (run between two bytecodes of this thread) sees before or after:
+            # before, it closed the sockets and emptied the list; after, it leaves them to uvicorn's shutdown.
+            self._taken = True
+
+        self.lifespan.startup = start_app_then_take  # type: ignore[method-assign]
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if not self._taken:
+            for sock in self._given:
+                sock.close()
+            self._given.clear()
 
 
 def answer_cut_off(app: ASGIApp, on_reject: RejectHook = _noop) -> ASGIApp:

@@ -1,6 +1,7 @@
 """The worker processes of a supervisor of several (service/worker_supervisor.py builds its policy on this):
 each started on its slot, when each was seen ready, a worker left past the count moved to a free slot where slots
-pick devices, and what a worker that is gone leaves behind cleared."""
+pick devices, what a worker that is gone leaves behind cleared, and the listening socket let go of by every
+process as soon as the server stops."""
 
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ from uvicorn.supervisors.multiprocess import Process
 
 from .metrics_files import fold_dead_metrics
 from .results_shared import remove_worker_results
+from .server import DrainingServer
 from .worker_backoff import STOP_SIGNALS
 from .worker_slots import SLOT_VARIABLE, lowest_free
 
 log = logging.getLogger(__name__)
+
+
+class WorkerProcess(Process):
+    """uvicorn's worker process, whose server lets go of the shared listening socket as its stop begins, at once
+    if its app is still starting (`DrainingServer`). Spawned by reference: importable by name."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
 
 
 class WorkerProcesses(Multiprocess):
@@ -54,10 +67,23 @@ class WorkerProcesses(Multiprocess):
         """Start a worker on `slot`, which reaches it in the environment it is spawned with (the `worker_slot`
         setting): the supervisor starts its workers one at a time, and nothing else of it reads that variable."""
         os.environ[SLOT_VARIABLE] = str(slot)
-        process = Process(self.config, self.sockets)
+        process = WorkerProcess(self.config, self.sockets)
         process.start()
         self._slots[process] = slot
         return process
+
+    def terminate_all(self) -> None:
+        """Stop every worker (the server stops), having first closed the supervisor's copy of the listening socket.
+
+        The kernel keeps a socket listening while any process holds it, completing new connections into its
+        backlog: the supervisor's copy, closed only after the last worker had drained, kept the port taking
+        connections that no one would accept (each reset when the supervisor exited, a POST's client unable to
+        tell whether it had run). Each worker closes its own copy as its stop begins (`WorkerProcess`), so that new
+        connections are refused from then on, as a single server's are, while those accepted are answered. Until
+        then the socket stays open: a SIGHUP restart and a dead worker's replacement take it from here."""
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
     def _free_slot(self, idx: int) -> int:
         """The slot for a new worker at `processes[idx]`: the lowest that no other worker of the list holds."""

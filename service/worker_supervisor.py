@@ -4,7 +4,6 @@ several processes needs besides (see `WorkerSupervisor`)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from socket import socket
@@ -17,7 +16,6 @@ from .results_shared import trim_worker_results
 from .worker_backoff import Retries, crashed_soon, startup_failure
 from .worker_census import Census, publish
 from .worker_processes import WorkerProcesses
-from .worker_slots import SLOT_VARIABLE
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +171,14 @@ class WorkerSupervisor(WorkerProcesses):
 
     def handle_ttin(self) -> None:
         """One worker more (SIGTTIN), in the census before it starts: the count is the worker's, as every share of
-        the result cache, which shrinks (what a worker holds beyond its new share goes at once). uvicorn's own
-        handler counts, starts and appends it."""
+        the result cache, which shrinks (what a worker holds beyond its new share goes at once). Started as every
+        worker is (`_spawn`: its slot, and its server's prompt stop), not by uvicorn's handler."""
+        log.info("Received SIGTTIN, increasing the number of processes.")
         self._publish(configured=self.processes_num + 1)
         if self.results_dir is not None and self.result_bytes:
             trim_worker_results(self.results_dir, self.result_bytes // (self.processes_num + 1))
-        slot = self._free_slot(len(self.processes))
-        os.environ[SLOT_VARIABLE] = str(slot)  # as `_spawn` passes it on: uvicorn's handler spawns it
-        super().handle_ttin()
-        self._slots[self.processes[-1]] = slot
+        self.processes_num += 1
+        self.processes.append(self._spawn(self._free_slot(len(self.processes))))
         self._release_worker_ends()
         self._publish()
 

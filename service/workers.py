@@ -5,7 +5,8 @@ cores and GPUs a host has, the Python part of every request is serialised by one
 servers (each with its own model sessions, batcher, queue bounds and share of the result cache) that accept
 connections from one listening socket, supervised by uvicorn's `Multiprocess` (service/worker_supervisor.py): it
 restarts a worker that dies, tries again later a replacement that fails at startup while the others serve, stops
-them all on SIGTERM/SIGINT (each drains like a single server) and gives up if no worker can start.
+them all on SIGTERM/SIGINT (the port refuses new connections from then on, and each worker drains like a single
+server) and gives up if no worker can start.
 
 Metrics are summed over the workers with prometheus-client's multiprocess mode (a private directory of
 memory-mapped files, `PROMETHEUS_MULTIPROC_DIR`), so any worker's `/metrics` answers for all of them. The files
@@ -131,11 +132,11 @@ def serve_workers(settings: Settings, overrides: dict[str, Any]) -> int:
         os.environ[SLOTS_DIR_VARIABLE] = str(slots_dir)
         config = worker_config(settings)
         sock: socket = config.bind_socket()
-        supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir,
-                                      census_dir=slots_dir, result_bytes=settings.result_cache_bytes,
-                                      slots_pick_devices=slots_pick_devices(settings))
-        supervisor.run()
-        sock.close()
+        with sock:  # closed already once the supervisor stops (`terminate_all`): a stop refuses new connections
+            supervisor = WorkerSupervisor(config, sockets=[sock], results_dir=results_dir, metrics_dir=metrics_dir,
+                                          census_dir=slots_dir, result_bytes=settings.result_cache_bytes,
+                                          slots_pick_devices=slots_pick_devices(settings))
+            supervisor.run()
     if supervisor.failed_to_start:
         if not supervisor.served:  # else the supervisor said why it stopped
             log.error("cannot start: a worker failed at startup (its log says why)")
