@@ -4,11 +4,13 @@ A /segment request passes two gates, in order:
 1. an upload budget, while its body arrives: the declared bytes of bodies still arriving are bounded
    (`upload_buffer_bytes`), so slow or stalled uploads cost a bounded amount of memory and never hold a place in
    the second gate, nor make the server unready;
-2. the admission bound, once its body has arrived: at most `max_admitted` requests decoding, queued, running or
-   encoding (the bound `/readyz` reports).
-A request refused at either gate gets 503 with Retry-After; an upload larger than the whole upload budget, which
-no retry would fit, is refused 413 by the body limit instead. The body deadline (service/connection.py) is what
-limits how long a body may take to arrive.
+2. admission, once its body has arrived: at most `max_admitted` requests decoding, queued, running or encoding;
+   no more on their way to the inference queue (waiting for or in their decode) than it has places left, so that
+   none is refused by a full queue after paying for its decode; and room in the request memory budget for its
+   upload (service/request_memory.py), in which its decode then reserves the image it keeps, before decoding.
+A request refused at either gate gets 503 with Retry-After (`/readyz` says `overloaded` while the second refuses);
+an upload larger than the whole upload budget, which no retry would fit, is refused 413 by the body limit instead.
+The body deadline (service/connection.py) is what limits how long a body may take to arrive.
 
 `Slots` bounds other expensive work the same way (re-rendering `/results`), and `low_priority_pool` runs it.
 """
@@ -18,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import os
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.datastructures import Headers
 
 from .core.handoff import WorkerThreads
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .request_memory import Hold, RequestMemory
 
 RETRY = {"Retry-After": "1"}
 
@@ -66,30 +71,63 @@ def declared_length(headers: Headers, max_upload_bytes: int) -> int:
 class Admissible(Protocol):
     """The service state as admission sees it."""
 
-    admitted: int
+    admitted: int  # requests between admission and answer
+    on_the_way: int  # admitted requests not yet in the inference queue (waiting for or in their decode)
+    memory: RequestMemory
 
     @property
     def max_admitted(self) -> int: ...
 
+    def queue_places(self) -> int:
+        """Places for requests on their way to the inference queue (service/state.py)."""
+        ...
+
 
 class Admission:
-    """One /segment request's passage: an upload reservation until `admit()`, then a place among the admitted.
+    """One /segment request's passage: an upload reservation until `admit()`, then a place among the admitted, a
+    place on the way to the inference queue until `queued()`, and a share of the request memory (`hold`).
 
-    A context manager: leaving it releases whichever it holds."""
+    A context manager: leaving it releases whichever it holds (the memory share unless `hand_over()` took it)."""
 
     def __init__(self, state: Admissible, uploads: UploadBudget, declared: int) -> None:
         self.state, self.uploads = state, uploads
         self.reserved = uploads.reserve(declared)
-        self.admitted = False
+        self.admitted = self.on_the_way = False
+        self.hold: Hold | None = None
 
-    def admit(self) -> None:
-        """The body has arrived: give back its upload reservation and take a place, or raise 503."""
+    def admit(self, upload_bytes: int) -> None:
+        """The body (`upload_bytes`) has arrived: give back its upload reservation, take a place and hold the
+        upload in the request memory, or raise 503 (413 for an upload larger than all of that memory)."""
         self.uploads.release(self.reserved)
         self.reserved = 0
-        if self.state.admitted >= self.state.max_admitted:
-            raise overloaded(f"too many requests in progress ({self.state.max_admitted})")
-        self.state.admitted += 1
-        self.admitted = True
+        state = self.state
+        if state.admitted >= state.max_admitted:
+            raise overloaded(f"too many requests in progress ({state.max_admitted})")
+        # Decoded only when the queue will have a place for it: refused by a full queue after its decode, it would
+        # have paid for that decode for nothing (with a queue of 4, 157 of 210 refusals were after the decode).
+        # A place taken by a decode in progress is free again as soon as a batch takes images from the queue.
+        places = state.queue_places()
+        if state.on_the_way >= places:
+            raise overloaded(f"no place left in the inference queue ({state.on_the_way} requests being decoded "
+                             f"for the {max(places, 0)} free)")
+        hold = state.memory.hold()
+        hold.reserve(upload_bytes)  # kept until encoded (for `/results`)
+        self.hold = hold
+        state.admitted += 1
+        state.on_the_way += 1
+        self.admitted = self.on_the_way = True
+
+    def queued(self) -> None:
+        """It has reached the inference queue, or never will: its place on the way is free (idempotent)."""
+        if self.on_the_way:
+            self.state.on_the_way -= 1
+            self.on_the_way = False
+
+    def hand_over(self) -> Hold:
+        """The memory share, which the caller now gives back (once the answer has been sent)."""
+        assert self.hold is not None, "admit() first"
+        hold, self.hold = self.hold, None
+        return hold
 
     def __enter__(self) -> Admission:
         return self
@@ -98,6 +136,10 @@ class Admission:
                  tb: TracebackType | None) -> None:
         self.uploads.release(self.reserved)
         self.reserved = 0
+        self.queued()
+        if self.hold is not None:
+            self.hold.release()
+            self.hold = None
         if self.admitted:
             self.state.admitted -= 1
             self.admitted = False

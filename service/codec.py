@@ -12,7 +12,8 @@ decoder or a GPU decoder plugs in at `service.core.pipeline`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,16 @@ def _ignore(_label_map: LabelMap) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _closed_if_raising(upload: Upload) -> Iterator[None]:
+    """Close the opened upload if the block raises (else whoever decodes it closes it)."""
+    try:
+        yield
+    except BaseException:
+        upload.close()
+        raise
+
+
 def full_size_pixels(upload: Upload, full_resolution: bool) -> int:
     """Pixels the decode of an opened upload produces at full size: what sends it to the low-priority pool
     beyond `HEAVY_DECODE_PIXELS`. A JPEG for the model is decoded reduced (at most ~4x the model's pixels): 0."""
@@ -49,11 +60,16 @@ class Codec:
         self.threads = threads
         self.heavy_threads = heavy_threads or threads
 
-    async def decode(self, data: bytes, *, full_resolution: bool) -> Prepared:
-        """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP)."""
+    async def decode(self, data: bytes, *, full_resolution: bool,
+                     before_decode: Callable[[Upload], object] | None = None) -> Prepared:
+        """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP).
+
+        `before_decode(upload)` is called in the codec thread once the header has been read, before a pixel is
+        decoded: the route reserves there what the decode will hold, and its refusal (an exception) is raised
+        here with nothing decoded."""
         # The structure checks and the header read run once, in the pool, not on the event loop (~0.07 ms for a
         # JPEG); a heavy upload then moves, opened, to the low-priority pool.
-        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution)
+        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution, before_decode)
         if isinstance(done, Prepared):
             return done
         return await self.heavy_threads.run(self._preprocess, done, full_resolution)
@@ -64,12 +80,16 @@ class Codec:
         except DecodeError as exc:
             raise ApiError.from_decode(exc) from None
 
-    def _decode_unless_heavy(self, data: bytes, full_resolution: bool) -> Prepared | Upload:
+    def _decode_unless_heavy(self, data: bytes, full_resolution: bool,
+                             before_decode: Callable[[Upload], object] | None) -> Prepared | Upload:
         """The upload decoded here, or opened only (the checks and the header read) when it is heavy."""
         try:
             upload = self.pipeline.open(data)
         except DecodeError as exc:
             raise ApiError.from_decode(exc) from None
+        if before_decode is not None:
+            with _closed_if_raising(upload):
+                before_decode(upload)
         if full_size_pixels(upload, full_resolution) > HEAVY_DECODE_PIXELS:
             return upload
         return self._preprocess(upload, full_resolution)

@@ -87,6 +87,10 @@ class Metrics:
                                    "Memory taken by each fixed-shape bucket's session when built and warmed "
                                    "(GPU memory on CUDA, resident memory on CPU)", ["bucket"],
                                    multiprocess_mode="livesum", registry=r)
+        self.request_memory = Gauge("segment_request_memory_bytes",
+                                    "Memory held by /segment requests from their decode until their answer is sent "
+                                    "(SEGMENT_REQUEST_MEMORY_BYTES bounds it in each worker process)",
+                                    multiprocess_mode="livesum", registry=r)
         self.inflight = Gauge("segment_inflight_requests", "Segmentation requests being handled",
                              multiprocess_mode="livesum", registry=r)
         self.inference_failures = Counter("segment_inference_failures",

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     # which must decode for the server to become ready, would not fit.
     decode_memory_bytes: ByteSize = Field(ByteSize(1024 * MB), ge=64 * 1024,
                                           description="memory that image decodes in flight may hold together")
+    # What a request keeps from its decode until its answer is sent (an overlay's full-size image: 36 MB for 12 MP);
+    # at least 64 KiB for the same reason as the decode budget.
+    request_memory_bytes: ByteSize = Field(
+        ByteSize(1024 * MB), ge=64 * 1024,
+        description="memory that the requests in progress of one server process may hold from their decode until "
+                    "their answer is sent (uploads, decoded images kept for overlays, model inputs, answers); "
+                    "503 overloaded beyond, before decoding; 413 for one request that needs more than all of it")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")

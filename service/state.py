@@ -15,6 +15,7 @@ from .core.handoff import WorkerThreads
 from .errors import ApiError
 from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
+from .request_memory import RequestMemory
 from .results_cache import ResultStore
 from .settings import Settings
 
@@ -40,13 +41,30 @@ class ServiceState:
     outputs_warmup_s: float | None = None  # rendering every output kind once before readiness
     warmup_task: asyncio.Task[None] | None = field(default=None, repr=False)
     admitted: int = 0  # /segment requests between admission and answer (decoding, queued, running, encoding)
+    on_the_way: int = 0  # admitted, not yet in the inference queue: waiting for or in their decode
+    # What admitted requests hold from their decode to their answer (service/request_memory.py).
+    memory: RequestMemory = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.memory = RequestMemory(self.settings.request_memory_bytes, self.metrics.request_memory)
 
     @property
     def max_admitted(self) -> int:
-        """Admission bound: the inference queue, as much again waiting to be decoded, and one running batch.
-        Without it the excess of an overload piles up in front of the decoder, unbounded, and is only refused
-        after paying for its decode (measured: accepted p50 12 s, p99 58 s at 4x capacity)."""
+        """Admission bound: the inference queue, as much again past it (running, waiting for an encode thread,
+        encoding), and one running batch. Without it the excess of an overload piles up in front of the decoder,
+        unbounded (measured: accepted p50 12 s, p99 58 s at 4x capacity). Those on their way to the queue are
+        bounded by its places besides (`queue_places`)."""
         return 2 * self.settings.max_queue + self.settings.max_batch_size
+
+    def queue_places(self) -> int:
+        """Places for requests on their way to the inference queue: its free places (every image waiting for a
+        batch takes one, a forming batch's too), and one for each inference slot running no batch, whose worker
+        takes an image off the queue as soon as it comes. Admission keeps those on their way within them
+        (service/admission.py), so that none finds the queue full after its decode."""
+        if self.batcher is None:
+            return self.settings.max_queue
+        batcher = self.batcher
+        return batcher.max_queue - batcher.depth + batcher.concurrency - batcher.in_flight
 
     def serving(self) -> tuple[Engine, Batcher, Codec]:
         """The engine, batcher and codec a /segment request needs, or 503 (with Retry-After) before its body is
@@ -79,7 +97,8 @@ class ServiceState:
             return False, "shutting_down"
         if self.batcher.health.failing:
             return False, "inference_failing"
-        if self.batcher.full or self.admitted >= self.max_admitted:
+        if (self.batcher.full or self.admitted >= self.max_admitted or self.on_the_way >= self.queue_places()
+                or self.memory.spent):
             return False, "overloaded"
         return True, "ok"
 

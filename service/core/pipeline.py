@@ -30,14 +30,20 @@ from .outputs.render import render
 
 @dataclass(frozen=True)
 class Prepared:
-    """One upload ready for the model: the decoded RGB image (reduced unless asked for at full resolution), the
-    letterboxed model input, and where the image sits in it."""
+    """One upload ready for the model: the decoded RGB image (reduced unless asked for at full resolution; None
+    once let go of, `without_image`), the letterboxed model input, and where the image sits in it."""
 
-    image: np.ndarray
+    image: np.ndarray | None
     tensor: np.ndarray
     info: LetterboxInfo
     # The RGB ICC profile whose numbers `image` kept (a full-size decode; `tensor` is sRGB all the same), or None.
     icc_profile: bytes | None = None
+
+    def without_image(self) -> Prepared:
+        """The same without the decoded image, for an answer that does not show it: a format that cannot decode
+        reduced (PNG, TIFF) decodes at full size, and a 12 MP one kept 36 MB through the queue and the encode
+        for nothing."""
+        return replace(self, image=None)
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,21 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
+from ..admission import Admission
 from ..batcher import Batcher
 from ..codec import Codec
 from ..connection import while_connected
 from ..core.crf import available as crf_available
+from ..core.decode import Upload
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..errors import ApiError
+from ..metrics import Metrics
 from ..multipart_preamble import without_preamble
+from ..request_memory import HeldResponse, decoded_bytes
 from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
@@ -197,27 +202,51 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         data = await _read_upload(request, state.settings)  # under the body deadline (service/connection.py)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
-        ticket.admit()
+        ticket.admit(len(data))
         options = SegmentOptions(query.output or negotiate(request.headers.get("accept")),
                                  RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
                                                min_area=query.min_area), crf=query.crf)
-        return await _segment(request, state, engine.name, batcher, codec, data, options)
+        return await _segment(request, state, engine.name, batcher, codec, data, options, ticket)
 
 
 async def _segment(request: Request, state: ServiceState, model: str, batcher: Batcher, codec: Codec, data: bytes,
-                   options: SegmentOptions) -> Response:
-    """Decode, infer, encode one admitted upload; the response with its timing."""
+                   options: SegmentOptions, ticket: Admission) -> Response:
+    """Decode, infer, encode one admitted upload; the response with its timing. Each stage's time is observed as
+    the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing."""
     settings, metrics = state.settings, state.metrics
     request_id = request.state.request_id
     timing: dict[str, float] = {}
-    t0 = time.perf_counter()
-    with batcher.expecting():  # a batch being formed now waits for this image
-        prepared = await codec.decode(data, full_resolution=options.full_resolution)
-    timing["decode"] = time.perf_counter() - t0
+    hold = ticket.hold
+    assert hold is not None
+    input_size = codec.pipeline.engine.input_size
 
-    result = await while_connected(request.receive,
-                                   batcher.infer(prepared.tensor, settings.request_timeout_s, request_id))
+    def reserve(upload: Upload) -> None:  # in the codec thread, from the header, before a pixel is decoded
+        hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
+
+    t0 = time.perf_counter()
+    try:
+        with batcher.expecting():  # a batch being formed now waits for this image
+            prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve)
+    finally:
+        ticket.queued()  # decoded or not, no longer on its way: infer() queues it before its first await
+    timing["decode"] = _observed(metrics, "decode", t0)
+    if not options.full_resolution:
+        prepared = prepared.without_image()  # the answer does not show it: not kept through the queue
+
+    t0 = time.perf_counter()
+    try:
+        result = await while_connected(request.receive,
+                                       batcher.infer(prepared.tensor, settings.request_timeout_s, request_id))
+    except ApiError as exc:
+        if exc.code == "timeout":  # it waited its whole timeout, all of it or nearly so in the queue
+            _observed(metrics, "queue", t0)
+        raise
+    except ClientDisconnect:  # its client gave up waiting: queueing, as far as anything here can tell
+        _observed(metrics, "queue", t0)
+        raise
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
+    metrics.stage("queue").observe(result.queue_s)
+    metrics.stage("inference").observe(result.inference_s)
 
     t0 = time.perf_counter()
     result_id = new_result_id()
@@ -226,9 +255,8 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
                                                keep=lambda label_map: state.cache.put(result_id, label_map, data))
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
-    timing["encode"] = time.perf_counter() - t0
-    for stage, seconds in timing.items():
-        metrics.stage(stage).observe(seconds)
+    finally:
+        timing["encode"] = _observed(metrics, "encode", t0)
 
     headers = {"X-Batch-Size": str(result.batch_size),
                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
@@ -239,4 +267,13 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
         # `timing_ms`, known only now, goes in as the last member: the bytes `{**body, "timing_ms": ...}` gives.
         timing_ms = json_bytes({k: round(v * 1000, 3) for k, v in timing.items()})
         body = b"".join((memoryview(body)[:-1], b',"timing_ms":', timing_ms, b"}"))
-    return Response(body, media_type=media, headers=headers)
+    # From here on the request holds its answer alone, until it has been sent.
+    hold.resize(len(body))
+    return HeldResponse(ticket.hand_over(), body, media_type=media, headers=headers)
+
+
+def _observed(metrics: Metrics, stage: str, started: float) -> float:
+    """Observe the seconds since `started` in `stage`'s histogram; returns them."""
+    seconds = time.perf_counter() - started
+    metrics.stage(stage).observe(seconds)
+    return seconds
