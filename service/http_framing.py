@@ -36,6 +36,18 @@ class FramingMeter:
     framing: int = 0  # non-body bytes since the last feed that carried body bytes
     body_in_feed: int = 0  # body bytes httptools passed on from the current feed
     head_ended_in_feed: bool = False  # a head ended inside the current feed (its body's framing is not counted)
+    length_left: int = 0  # bytes still to come of the current request's body framed by a Content-Length
+
+    def head_ended(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """A head ended inside the current feed; `headers` (names in lower case) frame its body."""
+        self.chunked = any(name == b"transfer-encoding" for name, _ in headers)
+        self.length_left = 0 if self.chunked else content_length(headers)
+        self.head_ended_in_feed = True
+
+    def body(self, size: int) -> None:
+        """The parser passed on `size` bytes of a body."""
+        self.body_in_feed += size
+        self.length_left = max(0, self.length_left - size)
 
     def start_feed(self) -> None:
         """A feed is about to be parsed."""
@@ -55,12 +67,27 @@ class FramingMeter:
                 f"chunked body framing (chunk extensions, trailer fields) longer than {self.limit} bytes")
 
 
+def feed_end(data: bytes, start: int, limit: int | None) -> int:
+    """Where the parser's next feed of `data` from `start` ends: just past the next blank line (CRLF CRLF), which
+    every request head ends with (llhttp takes no bare LF), so that a feed holds at most one head's end (and one
+    more whose blank line began in the feed before); and at most `limit` bytes on (None: no limit). A body framed
+    by a Content-Length is not searched: it is fed by its length (`FramingMeter.length_left`)."""
+    stop = len(data) if limit is None else min(len(data), start + limit)
+    blank = data.find(b"\r\n\r\n", start, stop)
+    return stop if blank < 0 else blank + 4
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """A parsed head's Content-Length (names in lower case; llhttp let only digits, and one value, through), or 0."""
+    return int(next((value for name, value in headers if name == b"content-length"), b"0"))
+
+
 def skipped_body(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """For a request whose upgrade is not taken (httptools skipped its body: another protocol would follow its head),
     a head that frames a body as `headers` (names in lower case) frame it; None when it has no body."""
     if any(name == b"transfer-encoding" for name, _ in headers):
         return b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"  # any other coding was refused
-    length = int(next((value for name, value in headers if name == b"content-length"), b"0"))  # digits: llhttp
+    length = content_length(headers)
     return b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % length if length else None
 
 

@@ -26,6 +26,8 @@ X-Request-ID where it arrived, and counted once: service/http_refusing.py):
   other, its body included (httptools skipped it and parsed what followed as requests: `_not_upgraded`);
 - a bounded linger: once a response is sent while its request body is still arriving (503, 413, ...), the rest is
   read and discarded only until the keep-alive timer fires, instead of every byte re-arming that timer;
+- pipelined requests taken one at a time: once one waits behind the running one, the rest of its read is held
+  unparsed (at most `HELD_LIMIT` bytes and a read) until it starts (`_feed`; service/http_requests.py);
 - every request still in the server told of a hang-up, and a graceful shutdown that gives a connection
   `SHUTDOWN_GRACE_S` to bring a request, answered with `Connection: close` (its base, service/http_requests.py);
 - a send deadline (`SendDeadline`, service/connection.py): bytes left unread in the transport's buffer must leave
@@ -43,7 +45,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from . import http_refusals as refusals
 from .connection import SendDeadline
-from .http_framing import FramingMeter, body_parser, skipped_body
+from .http_framing import FramingMeter, body_parser, feed_end, skipped_body
 from .http_head import HeadMeter
 from .http_refusing import FIELD_START, Refused, RefusingHttpToolsProtocol, RejectHook, ignore_reject
 from .http_requests import SHUTDOWN_GRACE_S
@@ -68,7 +70,7 @@ class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._framing = FramingMeter(self.max_header_bytes)  # a chunked body's framing in a row (see `_feed`)
         self._skipped: bytes | None = None  # the body framing of a request whose upgrade is not taken (`_not_upgraded`)
-        self._after_upgrade = b""  # what followed the head of a request asking for an upgrade, in its read
+        self._upgrade_end = 0  # where in its read the head of a request asking for an upgrade ended
 
     @classmethod
     def configured(cls, settings: Settings, on_reject: RejectHook = ignore_reject) -> type[HardenedHttpToolsProtocol]:
@@ -92,74 +94,89 @@ class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
         self._send_deadline = SendDeadline(self.loop, transport, self.send_timeout_s, self.send_min_rate,
                                            lambda: self.on_reject("send_timeout"))
 
-    def data_received(self, data: bytes) -> None:
-        while data:  # again only for what followed the head of a request whose upgrade is not taken (`_not_upgraded`)
-            self._receive(data)
-            data, self._after_upgrade = self._after_upgrade, b""
+    def _parse(self, data: bytes) -> int:
+        start = 0
+        while start < len(data):  # again only after the head of a request whose upgrade is not taken (`_not_upgraded`)
+            start += self._receive(data[start:] if start else data)
+            if self.pipeline:  # a request waits behind the running one: the rest waits too (`_hold`)
+                break
+        return start
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes) -> int:
+        """Take a read: how many of its bytes were taken (parsed or discarded), all but what follows a request queued
+        behind the running one (`_feed`) or the head of a request whose upgrade is not taken."""
         if self.transport.is_closing() or self._refusal is not None:
-            return  # answered (or about to be) and closing: ignore what is still in flight
+            return len(data)  # answered (or about to be) and closing: ignore what is still in flight
         if self._in_head and self._head_too_large(data):
-            return
+            return len(data)
         if not self._lingering():
             self._unset_keepalive_if_required()
         # else: discard the rest of an answered request's body without cancelling the keep-alive timer, so a
         # client trickling bytes cannot keep the connection open after its answer.
         self._completed_in_read = False
         try:
-            if not self._feed(data):
-                return
+            fed = self._feed(data)
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
-                self._after_upgrade = b""  # uvicorn's websocket protocol takes over from the head alone
-                self.handle_websocket_upgrade()
-            else:
-                self._not_upgraded()
-            return
+                self.handle_websocket_upgrade()  # uvicorn's websocket protocol takes over from the head alone
+                return len(data)
+            self._not_upgraded()
+            return self._upgrade_end  # what follows is parsed again (`_parse`)
         except httptools.HttpParserError as exc:  # `Refused` from a callback arrives wrapped in one too
             if self._refusal is None:
                 self.logger.warning("Invalid HTTP request received.")
                 self._refuse_with(refusals.parser_refusal(exc))  # the fields httptools passed on before
             else:
                 self._refuse()
-            return
+            return len(data)
+        if fed is None:
+            return len(data)
+        if fed < len(data):
+            data = data[:fed]  # the rest follows a request queued behind the running one: not this read's
         if self._in_head and self._begun and self.url and (refusal := refusals.bare_request_line(
                 self.parser.get_http_version(), self.parser.get_method(), self.url, self.headers, data)) is not None:
             self._refuse_with(refusal)  # an HTTP/0.9 client waits for its answer: no blank line will come
-            return
+            return fed
         if self._in_head and self._completed_in_read and self._head.inexact:
             # The next head began inside this read and is incomplete (its request line is done once a header is).
             self._head.resync(self._head_lower_bound(), data, bool(self.headers))
         if self._in_head and (self._head.inexact or not self._completed_in_read):
             self._arm_head_timer()  # part of a head is here (or blank lines): from now on it has `header_timeout_s`
+        return fed
 
-    def _feed(self, data: bytes) -> bool:
-        """Parse a read; False when it was refused for its chunked-body framing. Inside a chunked body (or a head:
-        such a body may begin in the same read) httptools is fed at most `max_header_bytes` at a time, so that the
-        framing is counted between feeds, before httptools has parsed much more of it. A body with a Content-Length
-        has no framing: the rest of its read goes in whole."""
-        step, start = self.max_header_bytes, 0
+    def _feed(self, data: bytes) -> int | None:
+        """Parse a read, a piece at a time: how many of its bytes were parsed, or None when it was refused for its
+        chunked-body framing. Each piece ends at the read's next blank line (`feed_end`), so that it holds at most one
+        request's head end: once a request waits behind the running one, the rest is left (to `_hold`), not parsed
+        into more. Inside a chunked body (or a head: such a body may begin in the same read) httptools is fed at most
+        `max_header_bytes` at a time, so that the framing is counted between feeds, before httptools has parsed
+        much more of it. A body with a Content-Length has no framing: it goes in whole, up to its length."""
+        start, framing = 0, self._framing
         while start < len(data):
-            end = start + step if self._in_head or self._framing.chunked else len(data)
-            self._framing.start_feed()
+            if self._in_head or framing.chunked or not framing.length_left:
+                end = feed_end(data, start, self.max_header_bytes if self._in_head or framing.chunked else None)
+            else:  # the rest of a body of known length (a blank line in an upload is no request's end)
+                end = min(len(data), start + framing.length_left)
+            framing.start_feed()
             try:
                 self.parser.feed_data(data[start:end] if start or end < len(data) else data)
             except httptools.HttpParserUpgrade as exc:
-                self._after_upgrade = data[start + exc.args[0]:]
+                self._upgrade_end = start + exc.args[0]
                 raise
-            refusal = self._framing.count(min(end, len(data)) - start, self._in_head)
+            refusal = framing.count(end - start, self._in_head)
             if refusal is not None:
                 self._refuse_with(refusal)
-                return False
+                return None
             start = end
-        return True
+            if self.pipeline and not (self._in_head and self._begun):  # a head part-parsed is finished first
+                break
+        return start
 
     def _not_upgraded(self) -> None:
         """A request's upgrade not taken (RFC 9110 7.8 lets a server ignore one: this one takes none but a websocket
         upgrade its app accepts) is served as any other. httptools stopped at the end of its head, skipped its body
         and would parse what follows as a new request: a parser started inside that body takes over, and the rest of
-        the read is parsed again (`data_received`). Before, the body was parsed as requests (request smuggling), or,
+        the read is parsed again (`_parse`). Before, the body was parsed as requests (request smuggling), or,
         in the head's read, dropped with the requests after it."""
         if self._skipped is not None:
             self.parser, self._skipped = body_parser(self, self._skipped), None
@@ -183,7 +200,7 @@ class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
     # -- parser callbacks -------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._framing.chunked = False
+        self._framing.chunked, self._framing.length_left = False, 0
         if self._completed_in_read:
             self._head.inexact = True
 
@@ -194,7 +211,7 @@ class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
         # to the request's headers, which the app has already read, one list entry per field.
 
     def on_body(self, body: bytes) -> None:
-        self._framing.body_in_feed += len(body)
+        self._framing.body(len(body))
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
@@ -213,8 +230,7 @@ class HardenedHttpToolsProtocol(RefusingHttpToolsProtocol):
         self._head.reset()
         declined = self.parser.should_upgrade() and not self._should_upgrade()  # an upgrade asked for, not taken
         self._skipped = skipped_body(self.headers) if declined else None
-        self._framing.chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
-        self._framing.head_ended_in_feed = True
+        self._framing.head_ended(self.headers)
         self._cancel_head_timer()
         self._unset_keepalive_if_required()  # a request after a lingering body: not idle any more
         super().on_headers_complete()
