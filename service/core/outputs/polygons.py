@@ -1,4 +1,4 @@
-"""Label map → GeoJSON polygons in pixel coordinates: valid OGC geometry whose area is the region's pixel count.
+"""Label map → GeoJSON polygons in pixel coordinates: valid OGC geometry whose area is the pixels it covers.
 
 Rings run along pixel *edges* (a pixel (row r, column c) is the square [c, c+1] x [r, r+1]), so
 - a region of n pixels is a polygon of area exactly n (a single pixel is the unit square, a one-pixel-wide line a
@@ -12,8 +12,9 @@ border sub-pixel at doubled coordinate p sits next to original pixel edge (p + 1
 mapped that way visits exactly the pixel-edge corners of the region. Regions are 8-connected (OpenCV's rule);
 where two parts of one region touch only at a corner (a ring touches itself, or holes touch the outer ring or
 each other there) OGC forbids it: shapely's `make_valid` splits it there into polygons that touch at that
-point (each its own feature). Simplification is Douglas-Peucker, checked: where it would make a ring cross
-itself or its holes, shapely's topology-preserving variant is used instead.
+point (each its own feature; `min_area` still judges the region as a whole). Simplification is Douglas-Peucker,
+checked: where it would make a ring cross itself or its holes, shapely's topology-preserving variant is used
+instead.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def polygons_geojson(
     - Every geometry is valid by OGC rules (`shapely.is_valid`); vertices are integers.
     - `tolerance` > 0 simplifies rings (pixels; Douglas-Peucker, topology-preserving where plain DP would make
       a ring invalid). Larger than the image's diagonal means the same as the diagonal.
-    - `min_area` drops regions with fewer pixels than that, and fills holes smaller than that.
-    - properties: `class_id`, `class_name`, `area` (of the geometry, holes excluded: the region's pixel count
-      when not simplified), `bbox` [x0, y0, x1, y1) of the geometry.
+    - `min_area` fills holes smaller than that and drops regions whose area is then smaller than that: the area
+      before simplification, all parts of a region split at corners together (its pixels plus its filled holes).
+    - properties: `class_id`, `class_name`, `area` (of the feature's published geometry, holes excluded: its
+      pixel count when not simplified; a part of a split region, or a simplified outline, may be below
+      `min_area`), `bbox` [x0, y0, x1, y1) of the geometry.
     - class 0 (background) is skipped unless `include_background`.
     """
     if isinstance(labels, np.ndarray) and (labels.ndim != 2 or labels.dtype != np.uint8):
@@ -170,12 +173,16 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     following[first + kept - 1] = first
     cross = coords[:, 0] * coords[following, 1] - coords[:, 1] * coords[following, 0]
     ring_area = 0.5 * np.abs(np.add.reduceat(cross, first))
-    # A polygon whose outer ring encloses less than min_area has no part that big: dropped before it is built
-    # (the answer is the same) and not counted against the bounds.
+    # min_area applies to a region as a whole: the area of its polygon before simplification (outer ring less
+    # the holes kept), which is also the sum of the parts a corner-pinched region is split into below. Deciding
+    # per part would drop a large region that only touches itself at corners (a diagonal line: parts of one
+    # pixel). Regions too small are dropped before they are built and not counted against the bounds.
     owner_arr = np.array(owners)
-    big = np.zeros(len(polygon_class), dtype=bool)
-    big[owner_arr[~is_hole]] = ring_area[~is_hole] >= min_area
-    ring_ok = (~is_hole | (ring_area >= min_area)) & big[owner_arr]
+    kept_hole = is_hole & (ring_area >= min_area)
+    region_area = np.bincount(owner_arr, weights=np.where(is_hole, -ring_area * kept_hole, ring_area),
+                              minlength=len(polygon_class))
+    big = region_area >= min_area
+    ring_ok = (~is_hole | kept_hole) & big[owner_arr]
     dense_polygon = np.cumsum(big) - 1
     owner_arr = dense_polygon[owner_arr]
     polygon_class = [c for c, keep in zip(polygon_class, big.tolist(), strict=True) if keep]
@@ -201,9 +208,9 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
         # not hang on where a method happened to start each ring.
         geoms[pinched] = shapely.normalize(shapely.make_valid(geoms[pinched], method="structure",
                                                               keep_collapsed=False))
-    # A split region gives a MultiPolygon (or a collection): one feature per polygon part.
+    # A split region gives a MultiPolygon (or a collection): one feature per polygon part, whatever its own area.
     parts, source = shapely.get_parts(geoms, return_index=True)
-    chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) >= max(min_area, 1e-9))
+    chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) > 0)
     return parts[chosen], np.array(polygon_class)[source[chosen]]
 
 
