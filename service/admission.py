@@ -1,16 +1,23 @@
 """Admission: who may hold what while a request is served, and the 503 `overloaded` when it is taken.
 
 A /segment request passes two gates, in order:
-1. an upload budget, while its body arrives: the declared bytes of bodies still arriving are bounded
-   (`upload_buffer_bytes`), so slow or stalled uploads cost a bounded amount of memory and never hold a place in
-   the second gate, nor make the server unready;
+1. an upload budget, while its body arrives: the bytes received of bodies still arriving are bounded
+   (`upload_buffer_bytes`), reserved as they arrive, so slow or stalled uploads cost the memory they really hold and
+   no more, and never hold a place in the second gate, nor make the server unready. A declared size is not
+   reserved (a connection that declares 20 MiB and sends nothing holds nothing: 26 such connections took the whole
+   512 MiB and every other upload was refused 503); it is refused 503 before reading only when the bytes already
+   held leave no room for it, and a body that grows past the room left is refused 503 as it arrives, with
+   `Connection: close` (the rest of it is not read);
 2. admission, once its body has arrived: at most `max_admitted` requests decoding, queued, running or encoding;
    no more on their way to the inference queue (waiting for or in their decode) than it has places left, so that
    none is refused by a full queue after paying for its decode; and room in the request memory budget for its
    upload (service/request_memory.py), in which its decode then reserves the image it keeps, before decoding.
 A request refused at either gate gets 503 with Retry-After (`/readyz` says `overloaded` while the second refuses);
-an upload larger than the whole upload budget, which no retry would fit, is refused 413 by the body limit instead.
-The body deadline (service/connection.py) is what limits how long a body may take to arrive.
+an upload larger than the whole upload budget, which no retry would fit, is refused 413 by the body limit instead
+(from its Content-Length up front, or as a chunked body grows past it).
+The body deadline (service/connection.py) is what limits how long a body may take to arrive, and so what a client
+must spend to hold the budget: to keep S bytes held it must send them, and it keeps them `body_timeout_s +
+S / body_min_rate` seconds at most (docs/RELIABILITY.md has the figures).
 
 `Slots` bounds other expensive work the same way (re-rendering `/results`), and `low_priority_pool` runs it.
 """
@@ -39,33 +46,41 @@ def overloaded(what: str) -> ApiError:
 
 
 class UploadBudget:
-    """Bytes reserved by request bodies that are still arriving."""
+    """Bytes of request bodies still arriving, reserved as they arrive (never on a declared size alone)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.reserved = 0
 
-    def reserve(self, nbytes: int) -> int:
-        """Reserve `nbytes`, at most the whole budget, or raise 503; returns what it reserved.
+    def room_for(self, declared: int) -> None:
+        """503 before reading when the bytes already held leave no room for a body of `declared` bytes: it would be
+        refused as it arrives, after spending its bandwidth. Nothing is reserved (a declared size costs nothing
+        until its bytes come). One larger than the whole budget never gets here: the body limit answers 413."""
+        if self.reserved + declared > self.capacity:
+            raise self._full(declared)
 
-        A body declared larger than the whole budget could never fit, and must not be told to retry: the body
-        limit, which app.py sets no higher than this budget, refuses it with 413 before it gets here. What comes
-        larger is a chunked body's "up to the upload limit": it holds the whole budget, and the body limit
-        answers 413 should it grow past that."""
+    def reserve(self, nbytes: int) -> int:
+        """Reserve `nbytes` (bytes that have arrived), at most the whole budget, or raise 503; returns what it
+        reserved. A body never grows past the whole budget here: the body limit, which app.py sets no higher than
+        it, answers 413 first."""
         nbytes = min(nbytes, self.capacity)
         if self.reserved + nbytes > self.capacity:
-            raise overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes reserved)")
+            raise self._full(nbytes)
         self.reserved += nbytes
         return nbytes
 
     def release(self, nbytes: int) -> None:
         self.reserved -= nbytes
 
+    def _full(self, nbytes: int) -> ApiError:
+        return overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes held, "
+                          f"{nbytes} more needed)")
 
-def declared_length(headers: Headers, max_upload_bytes: int) -> int:
-    """What a body may grow to: its Content-Length, or the upload limit when it is chunked."""
+
+def declared_length(headers: Headers) -> int | None:
+    """The body's Content-Length, or None when it has none (chunked: it says nothing of its size)."""
     value = headers.get("content-length", "")
-    return min(int(value), max_upload_bytes) if value.isdigit() else max_upload_bytes
+    return int(value) if value.isdigit() else None
 
 
 class Admissible(Protocol):
@@ -84,16 +99,28 @@ class Admissible(Protocol):
 
 
 class Admission:
-    """One /segment request's passage: an upload reservation until `admit()`, then a place among the admitted, a
-    place on the way to the inference queue until `queued()`, and a share of the request memory (`hold`).
+    """One /segment request's passage: an upload reservation, grown as its body arrives (`arrived`), until
+    `admit()`; then a place among the admitted, a place on the way to the inference queue until `queued()`, and a
+    share of the request memory (`hold`).
 
     A context manager: leaving it releases whichever it holds (the memory share unless `hand_over()` took it)."""
 
-    def __init__(self, state: Admissible, uploads: UploadBudget, declared: int) -> None:
+    def __init__(self, state: Admissible, uploads: UploadBudget, declared: int | None) -> None:
         self.state, self.uploads = state, uploads
-        self.reserved = uploads.reserve(declared)
+        if declared:
+            uploads.room_for(declared)
+        self.reserved = 0
         self.admitted = self.on_the_way = False
         self.hold: Hold | None = None
+
+    def arrived(self, nbytes: int) -> None:
+        """`nbytes` more of the body have been received: reserve them, or raise 503 with `Connection: close`, since
+        the rest of the body will not be read (RFC 9112 9.6)."""
+        try:
+            self.reserved += self.uploads.reserve(nbytes)
+        except ApiError as exc:
+            exc.headers = {**exc.headers, "Connection": "close"}
+            raise
 
     def admit(self, upload_bytes: int) -> None:
         """The body (`upload_bytes`) has arrived: give back its upload reservation, take a place and hold the

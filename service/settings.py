@@ -165,8 +165,8 @@ class Settings(BaseSettings):
     send_min_rate: ByteSize = Field(ByteSize(32 * 1024), ge=1,
                                     description="bytes/s a reader earns beyond send_timeout_s")
     upload_buffer_bytes: ByteSize = Field(ByteSize(512 * MB), ge=1,
-                                          description="declared bytes of bodies still arriving; 503 beyond (413 for "
-                                                      "one upload larger than all of it)")
+                                          description="bytes received of bodies still arriving; 503 beyond (413 for "
+                                                      "one upload declared larger than all of it)")
     max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
     shutdown_timeout_s: float = Field(25.0, ge=1, le=3600,
                                       description="graceful-shutdown bound (below compose's 30 s); whole seconds "

@@ -28,7 +28,7 @@ class ServiceState:
     metrics: Metrics
     cache: ResultStore
     pool: WorkerThreads  # decode and encode (service/core/handoff.py)
-    uploads: UploadBudget  # bodies still arriving, before admission
+    uploads: UploadBudget  # bytes received of bodies still arriving, before admission
     renders: Slots  # /results re-renders, in their own pool so they never queue ahead of /segment's work
     render_pool: WorkerThreads  # at lower CPU priority (service/admission.py)
     heavy_pool: WorkerThreads  # decodes of very large images, at lower CPU priority (service/codec.py)
@@ -82,9 +82,10 @@ class ServiceState:
         return self.engine, self.batcher, self.codec
 
     def admission(self, request: Request) -> Admission:
-        """A /segment request's admission (service/admission.py): an upload reservation while its body arrives,
-        then `admit()` counts it among those in progress, or refuses it with 503 + Retry-After before decoding."""
-        return Admission(self, self.uploads, declared_length(request.headers, self.settings.max_upload_bytes))
+        """A /segment request's admission (service/admission.py): an upload reservation that grows as its body
+        arrives, then `admit()` counts it among those in progress, or refuses it with 503 + Retry-After before
+        decoding."""
+        return Admission(self, self.uploads, declared_length(request.headers))
 
     def readiness(self) -> tuple[bool, str]:
         if self.engine is None:

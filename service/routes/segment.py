@@ -84,7 +84,16 @@ class _MultiPartParser(MultiPartParser):
         super().on_end()
 
 
-async def _read_form(request: Request, settings: Settings) -> FormData:
+async def _arriving(request: Request, ticket: Admission) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, each reserved in the upload budget first (503 when it is full): an upload
+    costs the budget what it has sent, never what it declares (service/admission.py)."""
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            ticket.arrived(len(chunk))
+            yield chunk
+
+
+async def _read_form(request: Request, settings: Settings, ticket: Admission) -> FormData:
     """The multipart body parsed as `Request.form()` parses it; 400 `incomplete_multipart` for one that ends before
     its closing boundary, `bad_request` for a malformed one."""
     received = 0
@@ -98,7 +107,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
     # The boundary as Starlette reads it (without one, its parser answers `bad_request`): a preamble before the
     # first delimiter line is skipped, which python-multipart cannot do (service/multipart_preamble.py).
     boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")
-    async with aclosing(request.stream()) as stream:
+    async with aclosing(_arriving(request, ticket)) as stream:
         body = counted(stream) if boundary is None else without_preamble(counted(stream), boundary)
         parser = _MultiPartParser(request.headers, body, max_files=4, max_fields=32,
                                   max_part_size=settings.max_upload_bytes)
@@ -115,12 +124,13 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
     return form
 
 
-async def _read_upload(request: Request, settings: Settings) -> bytes:
-    """The image bytes: multipart field `image`, or the raw body for any other content type."""
+async def _read_upload(request: Request, settings: Settings, ticket: Admission) -> bytes:
+    """The image bytes: multipart field `image`, or the raw body for any other content type; the body's bytes are
+    reserved in the upload budget as they arrive (`ticket.arrived`)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         _check_multipart_charset(content_type)
-        form = await _read_form(request, settings)
+        form = await _read_form(request, settings, ticket)
         try:
             images = form.getlist("image")
             if not images:
@@ -136,14 +146,14 @@ async def _read_upload(request: Request, settings: Settings) -> bytes:
             await form.close()
     # Any other type (image/*, application/octet-stream, curl --data-binary's form-urlencoded default) is the
     # image itself; decode_image sniffs the real format from the bytes.
-    return await _read_body(request)
+    return await _read_body(request, ticket)
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, ticket: Admission) -> bytes:
     """The raw body. Not `Request.body()`: that joins the chunks even when there is one, as there is when the
     body has arrived by the time it is read (uvicorn hands it over in one message), a copy of the whole upload
     (35 µs for a 133 KB JPEG)."""
-    chunks = [chunk async for chunk in request.stream() if chunk]
+    chunks = [chunk async for chunk in _arriving(request, ticket) if chunk]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -199,7 +209,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         if query.crf and not crf_available():
             raise ApiError(501, "crf_unavailable", "CRF refinement is not installed on this server "
                                                    "(pip install 'segment-service[crf]')")
-        data = await _read_upload(request, state.settings)  # under the body deadline (service/connection.py)
+        # Under the body deadline (service/connection.py), each chunk reserved in the upload budget as it arrives.
+        data = await _read_upload(request, state.settings, ticket)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit(len(data))

@@ -91,11 +91,11 @@ def test_stalled_uploads_neither_lock_out_nor_unready(server: ServerProcess) -> 
 
 
 def test_upload_budget_bounds_bodies_in_flight(rel_rule_model: Path) -> None:
-    """Bodies still arriving share a byte budget: beyond it 503 `overloaded` (Retry-After) before reading, and
-    readiness is unaffected; once the deadline frees it, uploads are served again."""
+    """Bodies still arriving share a budget of the bytes they have sent: beyond it 503 `overloaded` (Retry-After)
+    before reading, and readiness is unaffected; once the deadline frees it, uploads are served again."""
     with ServerProcess(rel_rule_model, **ENV, SEGMENT_UPLOAD_BUFFER_BYTES="2000") as proc:
         proc.wait_ready()
-        stalled = [stalled_upload(proc) for _ in range(3)]  # 3 × 624 declared = 1872 of 2000
+        stalled = [stalled_upload(proc, sent=600) for _ in range(3)]  # 3 × 600 sent = 1800 of 2000
         try:
             time.sleep(0.3)
             r = httpx.post(f"{proc.url}/segment", content=b"\0" * 624, headers={"Content-Type": "image/png"})
