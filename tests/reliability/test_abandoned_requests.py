@@ -29,13 +29,9 @@ from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 def gated(tmp_path: Path) -> Iterator[GatedServer]:
     server = GatedServer(make_rule_model(tmp_path / "rule.onnx"), max_batch_size=4, max_queue=8,
                          concurrent_batches=1, max_wait_ms=20)
-    server.live.start()
-    server.runs.clear()  # warm-up's
-    try:
+    with server.running():
+        server.runs.clear()  # warm-up's
         yield server
-    finally:
-        server.gate.set()
-        server.live.stop()
 
 
 def test_abandoned_images_leave_the_queue_at_once(gated: GatedServer) -> None:

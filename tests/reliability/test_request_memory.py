@@ -32,12 +32,8 @@ BUDGET = 1024 * 1024  # room for two such overlays (and their model inputs and u
 def gated(tmp_path: Path) -> Iterator[GatedServer]:
     server = GatedServer(make_rule_model(tmp_path / "rule.onnx"), max_batch_size=1, max_queue=8,
                          concurrent_batches=1, max_wait_ms=1, worker_threads=2, request_memory_bytes=BUDGET)
-    server.live.start()
-    try:
+    with server.running():
         yield server
-    finally:
-        server.gate.set()
-        server.live.stop()
 
 
 def _wait(check: object, what: str, within_s: float = 15) -> None:

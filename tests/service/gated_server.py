@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,16 @@ class GatedServer:
 
         engine.run_images = gated  # type: ignore[method-assign]
         self.live = LiveServer(config, engine=engine)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[GatedServer]:
+        """The server started; on leaving, the gate opened (no run left waiting) and the server stopped."""
+        self.live.start()
+        try:
+            yield self
+        finally:
+            self.gate.set()
+            self.live.stop()
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples, scraped from `/metrics`."""
