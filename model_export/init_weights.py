@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import is_training_checkpoint, read_training_checkpoint, trained_geometry
 from .models import SegmentationModel
+from .schedule import head_norms
 from .torch_io import UnsafeFileError, compare_state_dicts, error_line, load_torch_file
 from .weights_download import fetch
 from .weights_files import read_torchvision_file
@@ -53,14 +54,14 @@ def init_geometry(blob: Any, path: str | Path, arch: str) -> dict[str, bool]:
     return {}
 
 
-def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None) -> int:
+def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None) -> set[str]:
     """Initialise from a weights file: a torchvision ImageNet ResNet state dict (loaded into the backbone,
     `fc.*` dropped), a full segmentation state dict (`backbone.*`/`classifier.*`) or one of our checkpoints
     (`convert-caffe --checkpoint` writes one from DeepLab-v2's init.caffemodel); a checkpoint's
     preprocessing (Caffe's BGR mean for converted weights) comes along, since it belongs to the weights.
     The backbone must be there whole (ValueError otherwise); of the heads, tensors whose names and shapes match
     are copied and the rest keep their initialisation (a new class count). `blob`: the file's contents when
-    already read (`read_init_file`). Returns how many tensors were copied."""
+    already read (`read_init_file`). Returns the names of the tensors copied."""
     path = Path(path)
     if blob is None:
         blob = read_init_file(path)
@@ -80,7 +81,7 @@ def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None)
     _check_backbone(model, own, state, path)
     model.load_state_dict(matched, strict=False)
     log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
-    return len(matched)
+    return set(matched)
 
 
 def _check_backbone(model: SegmentationModel, own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
@@ -113,3 +114,26 @@ def init_from_imagenet(model: SegmentationModel) -> int:
     state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     missing, _ = model.load_state_dict(state, strict=False)
     return len(state) - len([k for k in missing if k.startswith("backbone.")])
+
+
+def initialise(model: SegmentationModel, init: str | None, blob: Any = None) -> list[str]:
+    """Load the initial weights `init` (a file, `blob` its contents when read, or "imagenet"); return the names of
+    the head BN layers they do not supply, which a run with frozen BN trains all the same (statistics and
+    gamma/beta).
+
+    Frozen BN keeps statistics that mean something: DeepLab fine-tunes ImageNet (or COCO) statistics it cannot
+    re-estimate from small batches, and DeepLab-v3 freezes BN for its final fine-tuning once it has trained them
+    all, its ASPP's included. A new head's BN has none: frozen at its initialisation (mean 0, var 1, gamma 1,
+    beta 0) it is an identity, and the ASPP branches, whose convs have no bias, train unnormalised and without
+    one. So a head BN trains unless the weights supply it: ImageNet and ResNet files supply none; a full
+    segmentation checkpoint supplies the ones whose names and shapes match (a new class count changes only the
+    last conv), and those stay frozen as the rest of the network. Random weights supply nothing and BN trains
+    on them unless frozen on request (warned about): then all of it stays frozen, as asked."""
+    if not init:
+        return []
+    new = head_norms(model)
+    if init == "imagenet":
+        init_from_imagenet(model)  # the backbone only
+        return sorted(new)
+    loaded = init_from_file(model, init, blob)
+    return sorted(name for name in new if f"{name}.running_mean" not in loaded)

@@ -2,7 +2,7 @@
 
 SGD (momentum 0.9, weight decay 5e-4 on weights) with poly LR `base·(1 − it/max)^0.9`; the head trains at
 10× LR on weights and 20× on biases (model_export.schedule); BN is frozen when training starts from given weights
-(the seed fine-tunes an ImageNet model), except the BN layers of a head the weights do not supply (`_initialise`),
+(the seed fine-tunes an ImageNet model), except the BN layers of a head the weights do not supply (`initialise`),
 and trained when it starts from random ones, unless `train_bn` says otherwise (`--train-bn all|stats|off`); labels
 are nearest-downsampled to the logits, and an id that is no class nor 255 stops the run with a DatasetError naming
 the label file; cross entropy ignores 255. `--scales 1,0.75,0.5` adds the seed's multi-scale loss
@@ -44,10 +44,10 @@ from .checkpoint import (
 from .data import Augment, TrainStream, VOCSegmentation, next_batch
 from .device import pick_device
 from .errors import OPTION, ModelExportError
-from .init_weights import init_from_file, init_from_imagenet, init_geometry, read_init_file
+from .init_weights import init_geometry, initialise, read_init_file
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
-from .schedule import MOMENTUM, freeze_bn, head_norms, param_groups, set_lr
+from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
 from .train_config import NETWORK, TrainConfig, check_config, resume_conflicts
 from .wrapper import normalize_nchw, preprocessing_constants
 
@@ -107,9 +107,9 @@ class ScalarLog:
 
 def _build(cfg: TrainConfig) -> tuple[SegmentationModel, list[str]]:
     """The network, initialised as `cfg.init` says, and the names of its head BN layers the initial weights do not
-    supply (`_initialise`). Weights from a checkpoint trained in an older geometry are trained on in it, which
-    `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one, the same weights would
-    compute something else, silently."""
+    supply (`init_weights.initialise`). Weights from a checkpoint trained in an older geometry are trained on in
+    it, which `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one, the same weights
+    would compute something else, silently."""
     blob = read_init_file(cfg.init) if cfg.init and cfg.init != "imagenet" else None
     if blob is not None:
         for flag, value in init_geometry(blob, cfg.init, cfg.arch).items():
@@ -117,36 +117,7 @@ def _build(cfg: TrainConfig) -> tuple[SegmentationModel, list[str]]:
                 log.info("%s was trained with %s=%s: the run keeps that geometry", cfg.init, flag, value)
                 cfg.model_kwargs = {**cfg.model_kwargs, flag: value}
     model = build_model(cfg.arch, len(cfg.classes), **cfg.model_kwargs)
-    return model, _initialise(model, cfg, blob)
-
-
-def _initialise(model: SegmentationModel, cfg: TrainConfig, blob: Any) -> list[str]:
-    """Load the initial weights; return the names of the head BN layers they do not supply, which a run with
-    frozen BN trains all the same (statistics and gamma/beta).
-
-    Frozen BN keeps statistics that mean something: DeepLab fine-tunes ImageNet (or COCO) statistics it cannot
-    re-estimate from small batches, and DeepLab-v3 freezes BN for its final fine-tuning once it has trained them
-    all, its ASPP's included. A new head's BN has none: frozen at its initialisation (mean 0, var 1, gamma 1,
-    beta 0) it is an identity, and the ASPP branches, whose convs have no bias, train unnormalised and without
-    one. So a head BN trains unless the weights supply it: ImageNet and ResNet files supply none; a full
-    segmentation checkpoint supplies the ones whose names and shapes match (a new class count changes only the
-    last conv), and those stay frozen as the rest of the network. Random weights supply nothing and BN trains
-    on them unless frozen on request (warned about): then all of it stays frozen, as asked."""
-    if not cfg.init:
-        return []
-    new = head_norms(model)
-    if cfg.init == "imagenet":
-        init_from_imagenet(model)  # the backbone only
-    else:
-        # Which tensors a file fills (prefixes, names, shapes) is init_from_file's to decide: mark each head BN's
-        # running mean with NaN, which no usable statistics hold, and see which ones the file replaced.
-        for norm in new.values():
-            norm.running_mean.fill_(math.nan)
-        init_from_file(model, cfg.init, blob)
-        new = {name: norm for name, norm in new.items() if bool(torch.isnan(norm.running_mean).all())}
-        for norm in new.values():
-            norm.running_mean.zero_()  # its initial value again
-    return sorted(new)
+    return model, initialise(model, cfg.init, blob)
 
 
 def _resolve_bn_mode(cfg: TrainConfig, resume: dict[str, Any] | None) -> None:
