@@ -148,13 +148,14 @@ class RequestContextMiddleware:
                 status = 503
             raise
         except ClientDisconnect:
-            # The client went away mid-upload: its fault, not ours, so no 5xx (the 5xx alert must not fire on
+            # The client went away (mid-upload, or while waiting for its answer; a half-close counts: nginx and Go treat
+            # an end of input as an abort too): its fault, not ours, so no 5xx (the 5xx alert must not fire on
             # flaky networks) and no traceback. 499 is nginx's "client closed request"; nothing is sent.
             refused_below = scope["state"].get(REFUSED_BELOW_APP)  # the status the protocol answered, if it did
             status = refused_below or 499
             if refused_below is None:
                 self.metrics.count_rejection("client_closed")
-                log.info("request %s: client closed the connection before its body arrived", request_id)
+                log.info("request %s: client closed the connection before it was answered", request_id)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             if started:
