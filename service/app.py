@@ -67,6 +67,16 @@ def results_cache(settings: Settings) -> ResultStore:
                               settings.result_cache_bytes // settings.worker_total())
 
 
+def check_request_memory(settings: Settings, input_size: int) -> None:
+    """ValueError when the request memory budget cannot hold one request's model input (`input_size`² × 3
+    bytes), the least any request keeps from its decode to its answer: every request would be refused 413."""
+    least = 3 * input_size * input_size
+    if settings.request_memory_bytes < least:
+        raise ValueError(f"SEGMENT_REQUEST_MEMORY_BYTES ({settings.request_memory_bytes} bytes) cannot hold one "
+                         f"request's model input ({least} bytes at the model's {input_size}x{input_size}): every "
+                         "request would be refused; give it at least a few times that")
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
                warm_before_serving: bool = False) -> FastAPI:
     """Build the service. The model loads in the lifespan (or `engine` is used as given). `warm_before_serving`:
@@ -92,6 +102,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         loop = asyncio.get_running_loop()
         try:
             state.engine = engine or await loop.run_in_executor(None, open_engine, settings)
+            check_request_memory(settings, state.engine.input_size)
         except Exception as exc:
             log.error("cannot start: %s", exc)
             raise

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from service.admission import UploadBudget
 from service.core.decode_budget import DecodeBudget
 from service.core.errors import DecodeError
-from service.settings import OTHER_VARIABLES, Settings, unknown_variables
+from service.settings import OTHER_VARIABLES, Settings, default_model_path, unknown_variables
 from testkit import REPO
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -116,6 +116,19 @@ def test_a_decode_budget_too_small_for_any_image_is_a_settings_error(rule_model:
                                           "PATH": "/usr/bin:/bin"})
     assert run.returncode == 3, run.stderr
     assert "cannot start: SEGMENT_DECODE_MEMORY_BYTES" in run.stderr
+
+
+def test_a_request_memory_budget_too_small_for_one_model_input_stops_the_start() -> None:
+    """Every request keeps its model input from its decode to its answer: a budget that cannot hold one would
+    answer every request 413, so the server does not start (the model's input size is known once it is loaded:
+    the embedded model's 320x320, 300 KiB, against the smallest budget allowed)."""
+    run = subprocess.run([sys.executable, "-m", "service.main"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={"SEGMENT_MODEL_PATH": str(default_model_path()),
+                                          "SEGMENT_REQUEST_MEMORY_BYTES": "64KiB", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 3, run.stderr
+    assert "cannot start: SEGMENT_REQUEST_MEMORY_BYTES (65536 bytes) cannot hold one request's model input" \
+        in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_upload_budget_reserves_at_most_itself() -> None:
