@@ -13,7 +13,7 @@ from model_export.synthetic import SceneConfig, render_scene
 from testkit import REPO
 from tests.service.svc_helpers import make_rule_model, running_server
 from tests.service.svc_helpers import scene as scene_image
-from tests.web.page_helpers import CHROMIUM, CHROMIUM_ARGS, DEMO_MODEL, KEY
+from tests.web.page_helpers import DEMO_MODEL, KEY, chromium
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +48,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def browser_context() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (apt-get install -y chromium); "
-                    "the web page must be tested in a real browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
-        finally:
-            browser.close()
+    with chromium("the web page must be tested in a real browser") as browser:
+        yield browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
 
 
 @pytest.fixture

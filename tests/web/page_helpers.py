@@ -4,7 +4,11 @@ slider, drag and drop, downloads)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from testkit import REPO
 
@@ -13,6 +17,21 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 KEY = "web-test-key"
 DEMO_MODEL = REPO / "service" / "models" / "default.onnx"
+
+
+@contextlib.contextmanager
+def chromium(why: str) -> Iterator[object]:
+    """The installed Chromium, headless, closed on leaving; a failure (not a skip) naming `why` when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (apt-get install -y chromium); {why}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.client import SegmentClient
 from tests.service_io.orientation_cases import SHOWN, Case, cases, expected, mean_difference, picture
-from tests.web.page_helpers import CHROMIUM, CHROMIUM_ARGS, KEY
+from tests.web.page_helpers import KEY, chromium
 
 CASES = cases()
 
@@ -40,25 +40,16 @@ _DECODE = """async ([b64, type]) => {
 @pytest.fixture(scope="module")
 def chromium_shows() -> Iterator[dict[str, tuple[np.ndarray, tuple[int, int]]]]:
     """Each case's picture as Chromium shows it (H×W×3), and the size an <img> of it takes."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's `chromium` package (apt-get install -y chromium); "
-                    "the orientation browsers apply must be checked in a real browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_content("<!doctype html><title>decode</title>")
-            shown = {}
-            for case in CASES:
-                width, height, rgba, img_size = page.evaluate(
-                    _DECODE, [base64.b64encode(case.data).decode(), case.media_type])
-                pixels = np.frombuffer(base64.b64decode(rgba), np.uint8).reshape(height, width, 4)[..., :3]
-                shown[case.name] = (pixels, tuple(img_size))
-            yield shown
-        finally:
-            browser.close()
+    with chromium("the orientation browsers apply must be checked in a real browser") as browser:
+        page = browser.new_page()
+        page.set_content("<!doctype html><title>decode</title>")
+        shown = {}
+        for case in CASES:
+            width, height, rgba, img_size = page.evaluate(
+                _DECODE, [base64.b64encode(case.data).decode(), case.media_type])
+            pixels = np.frombuffer(base64.b64decode(rgba), np.uint8).reshape(height, width, 4)[..., :3]
+            shown[case.name] = (pixels, tuple(img_size))
+        yield shown
 
 
 @pytest.fixture(scope="module")
