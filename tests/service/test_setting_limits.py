@@ -133,7 +133,7 @@ def test_a_request_memory_budget_too_small_for_one_model_input_stops_the_start()
 
 def test_upload_budget_reserves_at_most_itself() -> None:
     budget = UploadBudget(4000)
-    assert budget.reserve(20 << 20) == 4000  # a chunked body's "up to the upload limit"
+    assert budget.reserve(20 << 20) == 4000  # never more than itself (the body limit answers 413 first)
     budget.release(4000)
     assert budget.reserved == 0
 
