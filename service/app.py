@@ -44,7 +44,7 @@ from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
 from .routes.web import install_web_page
 from .settings import Settings
-from .startup import open_engine
+from .startup import open_engine, warn_if_batch_outlasts_timeout
 from .state import ServiceState
 from .watchdog import stop_when_unhealthy
 from .worker_slots import device_warm_up
@@ -239,6 +239,7 @@ async def _warm_up_once(state: ServiceState) -> None:
             # Each of its runs is in flight as a batch's is: a device that hangs in warm-up makes the process
             # unhealthy, to be replaced, instead of unready for ever; a warm-up long in all (many buckets) does not.
             engine.warm_up(sizes, each_run=health.running, on_each_thread=batcher.on_each_thread)
+            warn_if_batch_outlasts_timeout(engine, state.settings, each_run=health.running)
 
     await asyncio.to_thread(warm_engine)
     if state.codec is not None:

@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .batcher import InferenceResult
+    from .batch_runs import InferenceResult
 
 
 @dataclass(eq=False)  # identity: an image is found in line by `is`, never by comparing its tensor
 class QueuedImage:
-    """One request's letterboxed image, and where its answer goes."""
+    """One request's letterboxed image, and where its answer goes. `enqueued` and `left_line` (perf_counter): when
+    it was queued, and when it left the line, taken into a batch that runs (None until then)."""
 
     tensor: np.ndarray
     future: asyncio.Future[InferenceResult]
     request_id: str | None
     enqueued: float = field(default_factory=time.perf_counter)
+    left_line: float | None = None
 
 
 class _Queue(asyncio.Queue[QueuedImage]):

@@ -8,6 +8,10 @@ queued until it started. Usually that run is the batch the image was formed into
 labels owe nothing to the batch that failed, whose run (and the probe after it) is time it waited, so counts in
 its `queue`, not its `inference`.
 
+A request that times out (504) is told its wait the same way (`InferenceTimeout`): `queue` until its image left the
+line, taken into a batch, and the rest, spent while that batch ran, `inference`. Counting it all as queueing made a
+slow or hung model look like a long queue.
+
 Only runs of requests' images that returned labels count in `segment_batch_size`, `segment_batch_padding_images`
 and /readyz's `padding_fraction`: a failed run computed no answer, and the guard's probe runs known-good input for
 no request, so neither is a batch a user sent (the probe's failures count in `segment_inference_failures_total`).
@@ -22,7 +26,41 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core.buckets import padding_fraction
+from .errors import ApiError
 from .metrics import Metrics
+
+
+@dataclass
+class InferenceResult:
+    """Labels at the inference size, with the facts of the model run that produced them (`X-Batch-Size` and
+    Server-Timing): its image count, its seconds, and the seconds from being queued until it started. After a failed
+    batch, an image run again alone reports that run, a batch of 1."""
+
+    labels: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+TIMEOUT = (504, "timeout")  # the status and code of a request whose inference did not finish in time
+
+
+class InferenceTimeout(ApiError):
+    """504 `timeout`, with where the request's wait went: `queue_s` until its image left the line (all of it when
+    it never did), `inference_s` the rest, while its batch ran (None when it never ran)."""
+
+    def __init__(self, timeout_s: float, queue_s: float, inference_s: float | None) -> None:
+        super().__init__(*TIMEOUT, f"inference did not finish within {timeout_s:g}s")
+        self.queue_s = queue_s
+        self.inference_s = inference_s
+
+    @classmethod
+    def after(cls, timeout_s: float, enqueued: float, left_line: float | None, now: float) -> InferenceTimeout:
+        """The timeout of an image queued at `enqueued` that left the line at `left_line` (perf_counter, None if
+        it never did), `now`."""
+        if left_line is None:
+            return cls(timeout_s, now - enqueued, None)
+        return cls(timeout_s, left_line - enqueued, now - left_line)
 
 
 @dataclass(frozen=True, eq=False)

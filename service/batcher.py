@@ -20,14 +20,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
 from .batch_forming import BatchForming
 from .batch_line import QueuedImage, WaitingLine
-from .batch_runs import RunCounter
+from .batch_runs import InferenceResult, InferenceTimeout, RunCounter
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
 from .errors import ApiError
@@ -36,18 +35,6 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class InferenceResult:
-    """Labels at the inference size, with the facts of the model run that produced them (`X-Batch-Size` and
-    Server-Timing): its image count, its seconds, and the seconds from being queued until it started. After a failed
-    batch, an image run again alone reports that run, a batch of 1 (service/batch_runs.py)."""
-
-    labels: np.ndarray
-    queue_s: float
-    inference_s: float
-    batch_size: int
 
 
 class Batcher:
@@ -192,7 +179,8 @@ class Batcher:
         """Queue one letterboxed image and wait for its labels.
 
         Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing, or
-        `stalled`), 504 `timeout`, 500 `inference_failed`.
+        `stalled`), 504 `timeout` (an `InferenceTimeout`, which splits the wait into queue and run), 500
+        `inference_failed`.
         """
         if not self.running or self._line is None:
             raise ApiError(503, "shutting_down", "the server is not accepting work", self._retry_after())
@@ -209,8 +197,8 @@ class Batcher:
         try:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"inference did not finish within {timeout_s:g}s") from None
+        except TimeoutError:  # its wait until it left the line is queueing; after that, its batch ran
+            raise InferenceTimeout.after(timeout_s, item.enqueued, item.left_line, time.perf_counter()) from None
         finally:
             if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
                 self._observe_depth()
@@ -276,6 +264,10 @@ class Batcher:
         return labels
 
     def _batch_started(self, live: list[QueuedImage]) -> tuple[float, list[QueuedImage]]:
+        # The images leave the line here, in the loop step that cut their batch: from now on they wait for its run.
+        left_line = time.perf_counter()
+        for item in live:
+            item.left_line = left_line
         running = (time.monotonic(), live)
         self._running.append(running)
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)

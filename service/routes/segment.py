@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from ..admission import Admission
+from ..batch_runs import InferenceTimeout
 from ..batcher import Batcher
 from ..codec import Codec
 from ..connection import while_connected
@@ -248,9 +249,10 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     try:
         result = await while_connected(request.receive,
                                        batcher.infer(prepared.tensor, settings.request_timeout_s, request_id))
-    except ApiError as exc:
-        if exc.code == "timeout":  # it waited its whole timeout, all of it or nearly so in the queue
-            _observed(metrics, "queue", t0)
+    except InferenceTimeout as exc:  # queueing until its image left the line; then its batch's run
+        metrics.stage("queue").observe(exc.queue_s)
+        if exc.inference_s is not None:
+            metrics.stage("inference").observe(exc.inference_s)
         raise
     except ClientDisconnect:  # its client gave up waiting: queueing, as far as anything here can tell
         _observed(metrics, "queue", t0)
