@@ -40,6 +40,10 @@ DEFAULT_MIN_AREA_FRACTION = 1e-4
 # JSON and ~50 s of CPU. Repairing pinched polygons grows faster than their vertices, so the vertices needing it
 # have a bound of their own: just under it (38,686 vertices, random specks on a 225 px map) GEOS's default repair
 # took 2.9-3.7 CPU-s, its "structure" method, used here, 0.70-0.78 (`python -m bench.polygons_bench`, two runs).
+# MAX_POLYGONS bounds the answer's features. Every region gives at least one, so more regions are refused with the
+# rest; a region split at its corners gives one per part, known once the repair split it (work MAX_REPAIR_VERTICES
+# bounds), so the parts are counted then, before simplification and the JSON. That bound alone let ~10,000 parts
+# through beside 10,000 plain regions: a 134x134 checkerboard is one region of 8,978 one-pixel parts.
 MAX_POLYGONS = 10_000
 MAX_VERTICES = 500_000
 MAX_REPAIR_VERTICES = 40_000
@@ -198,7 +202,8 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     key = np.sort(polygon_of << 40 | corners[on, 0].astype(np.int64) << 20 | corners[on, 1])
     pinched = np.zeros(len(polygon_class), dtype=bool)
     pinched[key[1:][key[1:] == key[:-1]] >> 40] = True
-    _check_bounds(len(polygon_class), len(polygon_of), int(pinched[polygon_of].sum()))
+    # Every region kept gives at least one feature: more regions than MAX_POLYGONS are refused before any geometry.
+    _check_bounds(len(polygon_class), len(polygon_of), int(pinched[polygon_of].sum()), regions=True)
     dense_ring = np.cumsum(ring_ok) - 1
     rings = shapely.linearrings(coords[on], indices=dense_ring[ring_of[on]])
     geoms = shapely.polygons(rings, indices=owner_arr[ring_ok])
@@ -211,15 +216,22 @@ def _polygons(small: np.ndarray, class_ids: list[int], edges_x: np.ndarray, edge
     # A split region gives a MultiPolygon (or a collection): one feature per polygon part, whatever its own area.
     parts, source = shapely.get_parts(geoms, return_index=True)
     chosen = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) > 0)
+    # The answer's features are these parts: counted here, before simplification and the JSON are built.
+    _check_bounds(int(np.count_nonzero(chosen)), 0, 0)
     return parts[chosen], np.array(polygon_class)[source[chosen]]
 
 
-def _check_bounds(polygons: int, vertices: int, repair_vertices: int) -> None:
-    """Raise `PolygonsTooComplex` when an answer would exceed what one may hold."""
-    for count, bound, what in ((polygons, MAX_POLYGONS, "regions"), (vertices, MAX_VERTICES, "vertices"),
-                               (repair_vertices, MAX_REPAIR_VERTICES, "vertices in regions that touch themselves")):
+def _check_bounds(polygons: int, vertices: int, repair_vertices: int, *, regions: bool = False) -> None:
+    """Raise `PolygonsTooComplex` when an answer would exceed what one may hold: `polygons` is its features, or
+    with `regions` its regions (as many features at least)."""
+    counted = "regions (a polygon each at least)" if regions else "polygons"
+    for count, bound, what, unit in (
+        (polygons, MAX_POLYGONS, counted, " polygons"),
+        (vertices, MAX_VERTICES, "vertices", ""),
+        (repair_vertices, MAX_REPAIR_VERTICES, "vertices in regions that touch themselves", ""),
+    ):
         if count > bound:
-            raise PolygonsTooComplex(f"the polygons would have {count:,} {what} (at most {bound:,}); a larger "
+            raise PolygonsTooComplex(f"the answer would have {count:,} {what} (at most {bound:,}{unit}); a larger "
                                      "min_area drops small regions and fills small holes")
 
 
