@@ -3,6 +3,7 @@
 - Scan guard: a progressive JPEG may repeat scans without limit, and every scan makes libjpeg walk all the
   coefficients of the image again (a 80 KB 2048x2048 file whose last scan is repeated 4,000 times takes ~10 s).
   `count_scans` finds the start-of-scan markers before a single pixel is decoded; more than `MAX_SCANS` is refused.
+- Header guard: `header_segments` walks the segments Pillow's header parser walks, in Python, and bounds them.
 - Fast path: `decode_rgb` hands clean RGB/greyscale JPEGs to libjpeg-turbo through simplejpeg, which decodes
   at a DCT scale straight into a numpy array, without Pillow's per-row plumbing and copies. The caller asks
   for the scale Pillow's `draft` would pick, so the pixels are identical to the Pillow path's. Anything libjpeg
@@ -12,8 +13,11 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import simplejpeg
+from PIL import JpegImagePlugin
 
 from .errors import DecodeError
 
@@ -35,6 +39,10 @@ _SOS, _EOI = 0xDA, 0xD9
 # Markers without a length field: TEM, RSTn, and SOI and EOI.
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}
 _STANDALONE = {0xD8, _EOI, *_NO_LENGTH}
+# Markers as Pillow's header parser takes them: those it knows, and those it reads as two bytes alone.
+_PILLOW_MARKERS = frozenset(code & 0xFF for code in JpegImagePlugin.MARKER)
+_PILLOW_STANDALONE = frozenset(code & 0xFF for code, (*_, handler) in JpegImagePlugin.MARKER.items() if handler is None)
+_FILL = re.compile(rb"\xff+")
 
 
 def scan_limit(pixels: int) -> int:
@@ -94,33 +102,47 @@ def _next_marker(data: bytes, pos: int) -> int:
         pos += 1 if follower == 0xFF else 2
 
 
-def check_segments(data: bytes) -> None:
-    """Raise `DecodeError` (413 `image_too_large`) when a JPEG has more than `MAX_SEGMENTS` marker segments or
-    `MAX_JUNK_BYTES` of fill and junk before its first scan, all of which Pillow's header parser walks in Python
-    (a flood of 4.5 M empty APP markers took 11 s); anything malformed is left for the decoder to judge."""
-    pos, end, segments, junk = 2, len(data), 0, 0
-    while pos + 1 < end:
-        if data[pos] != 0xFF:  # junk between segments: Pillow skips it one byte at a time
+def header_segments(data: bytes) -> tuple[list[memoryview], memoryview | None]:
+    """Walk a JPEG's markers before its first scan as Pillow's header parser does, in Python: on past an
+    end-of-image marker, fill bytes and junk, two bytes alone for the markers it reads without a length. Raise
+    `DecodeError` (413 `image_too_large`) for more than `MAX_SEGMENTS` segments or `MAX_JUNK_BYTES` of fill and
+    junk (a flood of 4.5 M empty APP markers took 11 s). Returns the EXIF segments' payloads (the first with its
+    "Exif\\0\\0" signature, the others without: Pillow joins them) and the last MPF index, whose first directories
+    Pillow's header read parses too. Anything malformed is left for the decoder to judge."""
+    view, pos, end = memoryview(data), 2, len(data)
+    exif: list[memoryview] = []
+    mpf, segments, junk = None, 0, 0
+    while pos + 1 < end and segments <= MAX_SEGMENTS and junk <= MAX_JUNK_BYTES:
+        if data[pos] != 0xFF:  # junk, skipped a byte at a time
             nxt = data.find(b"\xff", pos)
             nxt = end if nxt < 0 else nxt
-            junk += nxt - pos
-            pos = nxt
-        else:
-            marker = data[pos + 1]
-            if marker in (0xFF, 0x00):  # fill byte (or stuffed zero): one Pillow loop turn each
-                junk += 1
-                pos += 1
-            elif marker in (_SOS, _EOI):  # first scan (Pillow stops here) or end of image
-                return
-            elif marker in _NO_LENGTH:
-                segments += 1
-                pos += 2
-            else:
-                segments += 1
-                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if segments > MAX_SEGMENTS or junk > MAX_JUNK_BYTES:
-            raise DecodeError("image_too_large", f"the JPEG has more than {MAX_SEGMENTS} marker segments or "
-                              f"{MAX_JUNK_BYTES} bytes of padding before its first scan")
+            junk, pos = junk + nxt - pos, nxt
+            continue
+        fill = _FILL.match(data, pos).end() - pos - 1  # fill bytes, a loop turn each
+        junk, pos = junk + fill, pos + fill
+        marker = data[pos + 1] if pos + 1 < end else _EOI
+        if marker == 0x00:  # a stuffed zero
+            junk, pos = junk + 2, pos + 2
+            continue
+        if marker not in _PILLOW_MARKERS or marker == _SOS:  # Pillow fails here, or starts the scan
+            return exif, mpf
+        segments += 1
+        if marker in _PILLOW_STANDALONE:
+            pos += 2
+            continue
+        length = max(2, int.from_bytes(data[pos + 2 : pos + 4], "big"))  # Pillow reads a shorter one as empty
+        if pos + 2 + length > end:
+            return exif, mpf  # cut short: Pillow fails on it
+        payload = view[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and payload[:6] == b"Exif\0\0":
+            exif.append(payload[6:] if exif else payload)
+        elif marker == 0xE2 and payload[:4] == b"MPF\0":
+            mpf = payload[4:]
+        pos += 2 + length
+    if segments > MAX_SEGMENTS or junk > MAX_JUNK_BYTES:
+        raise DecodeError("image_too_large", f"the JPEG has more than {MAX_SEGMENTS} marker segments or "
+                          f"{MAX_JUNK_BYTES} bytes of padding before its first scan")
+    return exif, mpf
 
 
 def decode_rgb(data: bytes, min_width: int = 0, min_height: int = 0) -> np.ndarray:

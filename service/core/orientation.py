@@ -17,7 +17,9 @@ tests/web/test_orientation_chromium.py):
   (and its header already gives the turned size).
 
 A directory of more than `MAX_EXIF_ENTRIES` entries is ignored, as a broken block, an unknown value or a transpose
-Pillow cannot make are: none of them fails a decodable image, the image is left as it is.
+Pillow cannot make are: none of them fails a decodable image, the image is left as it is. (A JPEG whose EXIF block,
+signed "Exif\\0\\0", has more in its first directory does not get here: Pillow's header read would parse them all,
+so the structure checks refuse it first, 413 `image_too_large`; `service.core.structure`.)
 """
 
 from __future__ import annotations
