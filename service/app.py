@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .admission import Slots, UploadBudget, low_priority_pool
+from .api_docs import document_api_keys
 from .batcher import Batcher
 from .body_limits import BodyLimitMiddleware
 from .codec import Codec
@@ -39,6 +40,7 @@ from .middleware import (
     RequestContextMiddleware,
     error_response,
 )
+from .refusal_log import RefusalLog
 from .results_cache import ResultsCache, ResultStore
 from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
@@ -184,6 +186,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     for router in (segment.router, results.router, ops.router):
         app.include_router(router)
     install_web_page(app)
+    if settings.api_keys:
+        document_api_keys(app, PUBLIC_PATHS, PUBLIC_PREFIXES)
     metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API
     return app
 
@@ -256,10 +260,11 @@ async def _warm_up_once(state: ServiceState) -> None:
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    refusals = RefusalLog(log)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("request %s: %s %s", request.state.request_id, exc.code, exc.message)
+        refusals.answered(request.state.request_id, exc)
         metrics.count_rejection(exc.code)
         return error_response(exc, request.scope)
 
