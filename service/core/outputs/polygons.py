@@ -246,13 +246,19 @@ def _simplified(original: np.ndarray, tolerance: float) -> np.ndarray:
     coords, index = shapely.get_coordinates(simple, return_index=True)
     bad = np.zeros(len(simple), dtype=bool)
     bad[index[np.any(coords != np.rint(coords), axis=1)]] = True
-    bad |= (shapely.get_type_id(simple) != shapely.GeometryType.POLYGON) | ~shapely.is_valid(simple)
+    bad |= (shapely.get_type_id(simple) != shapely.GeometryType.POLYGON) | _unusable(simple)
     if bad.any():
+        # DP collapses a ring to nothing once the tolerance nears its size (a disc of radius 60 at 100); the
+        # topology-preserving variant keeps a minimal ring, so a larger tolerance never gives more vertices.
         simple[bad] = shapely.simplify(original[bad], tolerance, preserve_topology=True)
-        bad[bad] = ~shapely.is_valid(simple[bad])
-    bad |= shapely.is_empty(simple) | (shapely.area(simple) <= 0)
+        bad[bad] = _unusable(simple[bad])
     simple[bad] = original[bad]
     return simple
+
+
+def _unusable(simple: np.ndarray) -> np.ndarray:
+    """Simplified parts that cannot stand for their original: invalid, empty, or of no area."""
+    return ~shapely.is_valid(simple) | shapely.is_empty(simple) | (shapely.area(simple) <= 0)
 
 
 def _features(geoms: np.ndarray, class_ids: list[int], names: dict[int, str]) -> list[dict[str, Any]]:
