@@ -30,6 +30,12 @@ from .errors import ApiError
 # decoded reduced (at most ~4x the model's pixels), so only other formats and full-resolution overlays count.
 HEAVY_DECODE_PIXELS = 16_000_000
 
+# An encode is taken from the codec queue before any decode waiting there (priority 0): its request's model run is
+# done, so finishing it first cuts the latency of requests that are nearly done and frees what they hold (tensors,
+# decoded image, labels: service/request_memory.py) sooner, rather than holding it behind newer requests' decodes.
+# Decodes cannot starve: every encode follows a decode that has finished.
+ENCODE_PRIORITY = 1
+
 
 def _ignore(_label_map: LabelMap) -> bool:
     return False
@@ -102,7 +108,7 @@ class Codec:
         kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
         to a 404. A JSON body comes serialised here too: a large one (polygons: megabytes) would otherwise stall
         the event loop."""
-        return await self.threads.run(self._encode, prepared, labels, options, header, keep)
+        return await self.threads.run(self._encode, prepared, labels, options, header, keep, priority=ENCODE_PRIORITY)
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                 header: dict[str, Any], keep: Callable[[LabelMap], bool]) -> tuple[bytes, str, bool]:
