@@ -25,7 +25,8 @@ from service.core.contract import ModelMetadata, voc_colormap
 from service.core.decode import open_upload
 from service.core.engine import Engine, load_engine
 from service.core.errors import DecodeError
-from service.core.options import DEFAULT_MAX_PIXELS
+from service.core.options import DEFAULT_MAX_PIXELS, EngineOptions
+from service.core.pipeline import Pipeline
 from service.settings import Settings
 
 RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
@@ -197,3 +198,9 @@ def held_server(options: Settings) -> tuple[LiveServer, threading.Event]:
 def copy_model(src: Path, dst: Path) -> Path:
     shutil.copyfile(src, dst)
     return dst
+
+
+def rule_pipeline(folder: Path, input_size: int = 32) -> Pipeline:
+    """A `Pipeline` (decode, letterbox, render) over the rule model at `input_size`, on CPU with one thread."""
+    model = make_rule_model(folder / "rule.onnx", input_size=input_size)
+    return Pipeline(load_engine(EngineOptions(model_path=model, providers="cpu", intra_op_threads=1)))

@@ -16,11 +16,9 @@ from PIL import Image
 
 from service.codec import ENCODE_PRIORITY, Codec
 from service.core.decode import Upload
-from service.core.engine import load_engine
 from service.core.handoff import WorkerThreads
-from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline, SegmentOptions
-from tests.service.svc_helpers import make_rule_model
+from tests.service.svc_helpers import rule_pipeline
 
 
 def png(width: int, height: int) -> bytes:
@@ -43,8 +41,7 @@ async def until(event: threading.Event) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    model = make_rule_model(tmp_path_factory.mktemp("priority") / "rule.onnx", input_size=32)
-    return Pipeline(load_engine(EngineOptions(model_path=model, providers="cpu", intra_op_threads=1)))
+    return rule_pipeline(tmp_path_factory.mktemp("priority"))
 
 
 @pytest.fixture()

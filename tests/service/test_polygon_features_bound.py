@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from service.core.outputs.polygons import MAX_POLYGONS
-from service.settings import Settings
-from tests.service.svc_helpers import LiveServer, make_rule_model, png_bytes
+from tests.service.svc_helpers import LiveServer, png_bytes, rule_model_server
 
 SIDE = 512  # the model's input size: one model pixel per upload pixel
 RED, GREEN = (220, 30, 30), (30, 200, 40)  # the rule model's classes 1 and 2
@@ -21,12 +20,8 @@ BOARD = 134  # a BOARD x BOARD checkerboard of red squares: one region, 8,978 on
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    model = make_rule_model(tmp_path_factory.mktemp("features") / "rule512.onnx", input_size=SIDE)
-    live = LiveServer(Settings(model_path=model, intra_op_threads=2, worker_threads=2)).start()
-    try:
+    with rule_model_server(tmp_path_factory.mktemp("features"), input_size=SIDE) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def board_and_dots(dots: int) -> np.ndarray:

@@ -15,20 +15,15 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from service.core.outputs.polygons import polygons_geojson
-from service.settings import Settings
-from tests.service.svc_helpers import RULE_CLASSES, LiveServer, make_rule_model, png_bytes, scene
+from tests.service.svc_helpers import RULE_CLASSES, LiveServer, png_bytes, rule_model_server, scene
 
 SIDE = 512  # the model's input size: one model pixel per upload pixel
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    model = make_rule_model(tmp_path_factory.mktemp("bounds") / "rule512.onnx", input_size=SIDE)
-    live = LiveServer(Settings(model_path=model, intra_op_threads=2, worker_threads=2)).start()
-    try:
+    with rule_model_server(tmp_path_factory.mktemp("bounds"), input_size=SIDE) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def _noise() -> bytes:

@@ -16,11 +16,9 @@ from PIL import Image
 from service.codec import HEAVY_DECODE_PIXELS, Codec
 from service.core import structure
 from service.core.decode import dct_reduction, decode_image, decode_image_for_model
-from service.core.engine import load_engine
 from service.core.handoff import WorkerThreads
-from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
-from tests.service.svc_helpers import make_rule_model
+from tests.service.svc_helpers import rule_pipeline
 
 
 class Calls:
@@ -62,8 +60,7 @@ def encoded(width: int, height: int, fmt: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    model = make_rule_model(tmp_path_factory.mktemp("once") / "rule.onnx", input_size=32)
-    return Pipeline(load_engine(EngineOptions(model_path=model, providers="cpu", intra_op_threads=1)))
+    return rule_pipeline(tmp_path_factory.mktemp("once"))
 
 
 @pytest.fixture()
