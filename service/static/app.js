@@ -6,7 +6,9 @@
 import { $, state } from "./page_state.js";
 import { POLYGON_QUERY, segment, segmentResponse, setStatus, showError, api } from "./api.js";
 import { download, enableDownloads, loadOutputs } from "./downloads.js";
-import { fitToViewer, loadMask, render, renderClassList, renderLegend, renderPolygons, showModelNote } from "./view.js";
+import {
+  clearResult, fitToViewer, loadMask, render, renderClassList, renderLegend, renderPolygons, showModelNote,
+} from "./view.js";
 
 const KEY_STORAGE = "segment.apiKey";
 
@@ -70,7 +72,9 @@ async function handleFile(file) {
   state.controller?.abort();
   const controller = new AbortController();
   const { signal } = controller;
-  Object.assign(state, { file, stats: null, mask: null, polygons: null, controller });
+  // The previous upload's picture and result go at once: neither is this file's, whatever the service answers.
+  Object.assign(state, { file, image: null, controller });
+  clearResult();
   enableDownloads(false);
   $("stage").dataset.state = "busy";
   setStatus(`Segmenting ${file.name}…`);
@@ -99,6 +103,8 @@ async function handleFile(file) {
     await togglePolygons();
   } catch (err) {
     if (run !== state.run) return;
+    clearResult();
+    enableDownloads(false);
     $("stage").dataset.state = state.image ? "error" : "empty";
     showError(err);
   }

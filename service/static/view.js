@@ -57,7 +57,11 @@ export function fitToViewer(canvas) {
 
 export function render() {
   const canvas = $("canvas");
-  if (!state.image) return;
+  if (!state.image) {
+    // No picture (an upload the browser cannot decode, still on its way or refused): nothing of an older one.
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    return;
+  }
   canvas.width = state.image.width;
   canvas.height = state.image.height;
   fitToViewer(canvas);
@@ -107,12 +111,28 @@ export function renderLegend(stats) {
     Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ") : "";
 }
 
+// Nothing of a result that is not the current upload's stays on screen: called when an upload starts and when it
+// fails. The legend goes back to the plain class list (no percentages, no timing line), the polygons and the mask
+// go, and the picture (if any) is drawn again bare.
+export function clearResult() {
+  Object.assign(state, { stats: null, mask: null, polygons: null });
+  renderClassList();
+  renderPolygons();
+  const stage = $("stage");
+  stage.dataset.polygons = "";
+  stage.dataset.resultId = "";
+  render();
+}
+
 export function renderPolygons() {
   const svg = $("polygon-layer");
   const on = $("polygons").checked && state.polygons;
   svg.hidden = !on;
   svg.replaceChildren();
-  if (!on) return;
+  if (!on) {
+    svg.removeAttribute("viewBox");  // the size of a result that may no longer be shown
+    return;
+  }
   const { width, height } = state.stats;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "none");
