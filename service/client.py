@@ -9,8 +9,10 @@
 One `httpx.Client` per `SegmentClient`: connections are kept alive and reused, and the client is thread-safe,
 so several threads may call `segment` at once (the pool holds up to `max_connections` connections).
 Errors the service answers (`{"error": {"code", "message"}}`) raise `SegmentApiError` with that code;
-network failures raise `SegmentConnectionError`. Neither imports the server side: the client needs only httpx,
-numpy and Pillow, and reads the output kinds (`OUTPUTS`) from the service's standard-library table.
+network failures raise `SegmentConnectionError` (code `connection_error`). A 503 and a connection that could not
+be made are retried, with growing waits stretched at random so that clients refused together do not come back
+together. Neither imports the server side: the client needs only httpx, numpy and Pillow, and reads the output
+kinds (`OUTPUTS`) from the service's standard-library table.
 
 This module is the client's public entry point: the result and error types live in `service.client_types`,
 request building in `service.client_wire` and `AsyncSegmentClient` in `service.client_async`.
@@ -39,12 +41,17 @@ from .client_types import (
 )
 from .client_wire import (
     RETRYABLE,
+    Retries,
+    api_error,
     auth_headers,
+    connection_error,
+    nothing_sent,
     raise_for_error,
     request_body,
-    retry_sleep,
+    result_path,
     segment_params,
     segment_result,
+    server_url,
 )
 from .core.output_kinds import DEFAULT_OUTPUT
 
@@ -70,11 +77,16 @@ class SegmentClient:
     """Synchronous client. Thread-safe; reuse one instance (it keeps the connections alive)."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
-                 max_connections: int = 8, transport: httpx.BaseTransport | None = None) -> None:
-        """`retries`: extra attempts on 503 (overloaded / not ready), sleeping for the server's Retry-After (one
-        longer than 5 s is not waited for: the error is raised, with its `retry_after`)."""
-        self.url = url.rstrip("/")
+                 max_connections: int = 8, transport: httpx.BaseTransport | None = None,
+                 retry_budget: float | None = None) -> None:
+        """`url`: http:// or https://. `retries`: extra attempts after a 503 (overloaded, not ready) or a
+        connection that could not be made (refused: nothing was sent). Each waits the server's Retry-After (else
+        0.2 s) doubled per retry, at most 5 s, times a random 1-1.5; a Retry-After over 5 s is not waited for (the
+        error is raised, with its `retry_after`). `retry_budget`: at most this many seconds of waiting per call
+        (None: only `retries` bounds it). A bad URL or API key raises `SegmentClientError` here."""
+        self.url = server_url(url)
         self.retries = max(0, retries)
+        self.retry_budget = retry_budget
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(base_url=self.url, headers=auth_headers(api_key), timeout=timeout, limits=limits,
                                   transport=transport)
@@ -89,27 +101,29 @@ class SegmentClient:
         self._http.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
+        """The answer, after the retries `Retries` allows; a 503 left is returned, a transport failure raised."""
+        retries = Retries(self.retries, self.retry_budget)
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                raise SegmentConnectionError(f"{method} {self.url}{path}: {exc}") from exc
-            if response.status_code not in RETRYABLE or attempt >= self.retries:
-                return response
-            try:
-                raise_for_error(response)
-            except SegmentApiError as error:
-                wait = retry_sleep(error, attempt)
-                if wait is None:  # the server asks for a longer wait than a retry here would give it
+                error = connection_error(method, f"{self.url}{path}", exc, retries.made + 1)
+                wait = retries.next_wait(error) if nothing_sent(exc) else None
+                if wait is None:
+                    raise error from exc
+            else:
+                if response.status_code not in RETRYABLE:
                     return response
-                time.sleep(wait)
-            attempt += 1
+                wait = retries.next_wait(api_error(response))
+                if wait is None:
+                    return response
+            time.sleep(wait)
 
     def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None, crf: bool | None = None) -> SegmentResult:
-        """Segment one image (a file path, encoded bytes, or an RGB uint8 array sent as lossless PNG).
+        """Segment one image: a file path, encoded bytes, an RGB (or grey, RGBA) uint8 array sent as lossless PNG,
+        or a 1-D uint8 array holding an encoded file (what `cv2.imencode` returns); another array is a ValueError.
         `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
         the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`). None: the service's
         default."""
@@ -132,10 +146,11 @@ class SegmentClient:
         return self.segment(image, "polygons", tolerance=tolerance, min_area=min_area).json()
 
     def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:
-        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds); `alpha` sets
-        the overlay's opacity (the service's default where None)."""
+        """A recent result again as PNG: `GET /results/{id}/{name}.png` (the image output kinds; the id is escaped,
+        so it names a result and nothing else); `alpha` sets the overlay's opacity (the service's default where
+        None)."""
         params = {} if alpha is None else {"alpha": alpha}
-        response = self._send("GET", f"/results/{result_id}/{name}.png", params=params)
+        response = self._send("GET", result_path(result_id, name), params=params)
         raise_for_error(response)
         return response.content
 

@@ -13,18 +13,21 @@ from .client_types import (
     Output,
     OverlayFormat,
     ResultName,
-    SegmentApiError,
-    SegmentConnectionError,
     SegmentResult,
 )
 from .client_wire import (
     RETRYABLE,
+    Retries,
+    api_error,
     auth_headers,
+    connection_error,
+    nothing_sent,
     raise_for_error,
     request_body,
-    retry_sleep,
+    result_path,
     segment_params,
     segment_result,
+    server_url,
 )
 from .core.output_kinds import DEFAULT_OUTPUT
 
@@ -33,9 +36,12 @@ class AsyncSegmentClient:
     """The asyncio twin of `SegmentClient`, for callers already in an event loop."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
-                 max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
+                 max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None,
+                 retry_budget: float | None = None) -> None:
+        """The arguments, retries and errors of `SegmentClient`."""
+        self.url = server_url(url)
         self.retries = max(0, retries)
+        self.retry_budget = retry_budget
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(api_key), timeout=timeout,
                                        limits=limits, transport=transport)
@@ -50,22 +56,23 @@ class AsyncSegmentClient:
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
+        """The answer, after the retries `Retries` allows; a 503 left is returned, a transport failure raised."""
+        retries = Retries(self.retries, self.retry_budget)
         while True:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                raise SegmentConnectionError(f"{method} {self.url}{path}: {exc}") from exc
-            if response.status_code not in RETRYABLE or attempt >= self.retries:
-                return response
-            try:
-                raise_for_error(response)
-            except SegmentApiError as error:
-                wait = retry_sleep(error, attempt)
-                if wait is None:  # the server asks for a longer wait than a retry here would give it
+                error = connection_error(method, f"{self.url}{path}", exc, retries.made + 1)
+                wait = retries.next_wait(error) if nothing_sent(exc) else None
+                if wait is None:
+                    raise error from exc
+            else:
+                if response.status_code not in RETRYABLE:
                     return response
-                await asyncio.sleep(wait)
-            attempt += 1
+                wait = retries.next_wait(api_error(response))
+                if wait is None:
+                    return response
+            await asyncio.sleep(wait)
 
     async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
@@ -80,7 +87,7 @@ class AsyncSegmentClient:
     async def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:
         """A recent result again as PNG; see `SegmentClient.result`."""
         params = {} if alpha is None else {"alpha": alpha}
-        response = await self._send("GET", f"/results/{result_id}/{name}.png", params=params)
+        response = await self._send("GET", result_path(result_id, name), params=params)
         raise_for_error(response)
         return response.content
 

@@ -32,7 +32,10 @@ class SegmentClientError(Exception):
 
 
 class SegmentConnectionError(SegmentClientError):
-    """The service could not be reached, or the connection broke (wraps the httpx error)."""
+    """The service could not be reached, or the connection broke (wraps the httpx error). A connection that could
+    not be made was retried first (the client's `retries`); one broken after the request was sent was not."""
+
+    code = "connection_error"  # a stable code, as `SegmentApiError.code` is for the service's errors
 
 
 class SegmentApiError(SegmentClientError):

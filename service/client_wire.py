@@ -5,20 +5,38 @@ from __future__ import annotations
 import io
 import math
 import mimetypes
+import random
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from .client_types import OUTPUTS, ImageInput, SegmentApiError, SegmentResult
+from .client_types import (
+    OUTPUTS,
+    ImageInput,
+    SegmentApiError,
+    SegmentClientError,
+    SegmentConnectionError,
+    SegmentResult,
+)
 
 # Statuses worth retrying: the queue was full, the model was still loading or its runs were failing; all carry
 # Retry-After.
 RETRYABLE = frozenset({503})
-_MAX_RETRY_SLEEP_S = 5.0
+_MAX_RETRY_SLEEP_S = 5.0  # the longest Retry-After honoured, and the longest wait before jitter
+_FIRST_BACKOFF_S = 0.2  # the first wait when the server named none (a connection refused)
+_MAX_DOUBLINGS = 30  # 0.2 s x 2**30 is far past the cap; more would overflow a float for huge `retries`
+# Each wait is stretched by a random factor in this range, never shortened: clients refused at the same moment (a
+# fleet, or the threads of one batch) would otherwise all come back at the same moment and be refused together.
+JITTER = (1.0, 1.5)
+# Leading bytes of encoded image files (the formats the service decodes), to tell OpenCV's N x 1 buffer from pixels.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+_BMP_HEADER_SIZES = (12, 40, 52, 56, 108, 124)
 
 
 def encode_array(image: np.ndarray) -> bytes:
@@ -28,10 +46,47 @@ def encode_array(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def request_body(image: ImageInput) -> tuple[bytes, str]:
-    """Request bytes and a content type for a path, raw bytes or an RGB array."""
-    if isinstance(image, np.ndarray):
+def _starts_as_image_file(head: bytes) -> bool:
+    if head.startswith(_SIGNATURES):
+        return True
+    if head[:4] == b"RIFF":
+        return head[8:12] == b"WEBP"
+    return head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
+
+
+def _is_encoded_file(image: np.ndarray) -> bool:
+    """Whether an array holds an encoded image file, as `cv2.imencode` returns it: 1-D uint8 (OpenCV 4.x), or
+    N x 1 uint8 (older OpenCV) that starts as an image file does (else it is a picture one pixel wide)."""
+    if image.dtype != np.uint8:
+        return False
+    if image.ndim == 1:
+        return True
+    return image.ndim == 2 and image.shape[1] == 1 and _starts_as_image_file(image[:18, 0].tobytes())
+
+
+def array_body(image: np.ndarray) -> tuple[bytes, str]:
+    """Request bytes for an array: an encoded file as it is, pixels as lossless PNG; a ValueError for an array
+    that is neither (checked here, before anything is sent)."""
+    if _is_encoded_file(image):
+        return image.tobytes(), "application/octet-stream"  # the service sniffs the real format from the bytes
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]  # one channel: a greyscale picture
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"an image array is H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) pixels, or 1-D uint8 "
+                         f"(an encoded file, as cv2.imencode returns it); got shape {image.shape} {image.dtype}")
+    if image.size == 0:
+        raise ValueError(f"the image array is empty: shape {image.shape}")
+    try:
         return encode_array(image), "image/png"
+    except (TypeError, OSError) as exc:  # a dtype PNG cannot hold (float, 16-bit colour)
+        raise ValueError(f"a {image.dtype} array of shape {image.shape} cannot be sent as an image ({exc}); "
+                         f"send uint8 pixels") from exc
+
+
+def request_body(image: ImageInput) -> tuple[bytes, str]:
+    """Request bytes and a content type for a path, raw bytes or an array (see `array_body`)."""
+    if isinstance(image, np.ndarray):
+        return array_body(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image), "application/octet-stream"  # the service sniffs the real format from the bytes
     path = Path(image)
@@ -53,8 +108,42 @@ def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance:
     return params
 
 
+def server_url(url: str) -> str:
+    """`url` without its trailing slash; `SegmentClientError` unless it is an http:// or https:// URL naming a host
+    (without a scheme httpx would fail every request, and a readiness wait would only time out)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise SegmentClientError(f"server URL {url!r} is not a URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        hint = f" (http://{url}?)" if "://" not in url else ""
+        raise SegmentClientError(f"server URL {url!r} must start with http:// or https:// and name a host{hint}")
+    return url.rstrip("/")
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
+    """The API key's header; `SegmentClientError` for a key no HTTP header can carry (the key is not repeated in
+    the message: it is a secret)."""
+    if not api_key:
+        return {}
+    if not (api_key.isascii() and api_key.isprintable()) or api_key != api_key.strip():
+        raise SegmentClientError("the API key must be printable ASCII without leading or trailing spaces "
+                                 "(it is sent in the X-API-Key header)")
+    return {"X-API-Key": api_key}
+
+
+def _path_segment(value: str) -> str:
+    """`value` as one path segment: "/", "?", "#" and "%" percent-encoded, and so are the dots of "." and "..",
+    which URL resolution would otherwise remove together with the segment before them."""
+    if not value:
+        raise ValueError("the result id is empty")
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def result_path(result_id: str, name: str) -> str:
+    """The path of `GET /results/{id}/{name}.png`, the id and name escaped: an id reaches no other route."""
+    return f"/results/{_path_segment(result_id)}/{_path_segment(name)}.png"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -82,8 +171,12 @@ def _seconds_until(http_date: str) -> float | None:
 
 def raise_for_error(response: httpx.Response) -> None:
     """Map a non-2xx answer to `SegmentApiError`, reading the service's error envelope when there is one."""
-    if response.is_success:
-        return
+    if not response.is_success:
+        raise api_error(response)
+
+
+def api_error(response: httpx.Response) -> SegmentApiError:
+    """The `SegmentApiError` of an error answer."""
     code, message = f"http_{response.status_code}", response.reason_phrase or "error"
     request_id = response.headers.get("x-request-id")
     try:
@@ -93,7 +186,7 @@ def raise_for_error(response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         text = response.text.strip()
         message = text[:500] if text else message  # e.g. a proxy's HTML page
-    raise SegmentApiError(response.status_code, code, message, request_id, _retry_after(response))
+    return SegmentApiError(response.status_code, code, message, request_id, _retry_after(response))
 
 
 def segment_result(response: httpx.Response, output: str) -> SegmentResult:
@@ -106,10 +199,53 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
     )
 
 
-def retry_sleep(error: SegmentApiError, attempt: int) -> float | None:
-    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff, at most the cap. None
-    (do not retry) when the server asks for a longer wait than the cap: retrying sooner than it asked would only
-    be refused again, and blocking the caller that long is its own decision (`SegmentApiError.retry_after`)."""
-    if error.retry_after is not None:
-        return max(0.0, error.retry_after) if error.retry_after <= _MAX_RETRY_SLEEP_S else None
-    return min(_MAX_RETRY_SLEEP_S, 0.2 * 2**attempt)
+def retry_sleep(error: SegmentClientError, attempt: int) -> float | None:
+    """Seconds to wait before retry `attempt + 1`, before jitter: the server's Retry-After (else 0.2 s), doubled at
+    each attempt, at most the cap and never less than the Retry-After. None (do not retry) when the server asks for
+    a longer wait than the cap: retrying sooner than it asked would only be refused again, and blocking the caller
+    that long is its own decision (`SegmentApiError.retry_after`)."""
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None and retry_after > _MAX_RETRY_SLEEP_S:
+        return None
+    first = _FIRST_BACKOFF_S if retry_after is None else max(0.0, retry_after)
+    return min(_MAX_RETRY_SLEEP_S, first * 2 ** min(attempt, _MAX_DOUBLINGS))
+
+
+@dataclass
+class Retries:
+    """One call's retries: how many were made and how long they waited. `retries` bounds their number, `budget`
+    (None: no bound) the seconds waited in all."""
+
+    retries: int
+    budget: float | None = None
+    made: int = 0
+    waited: float = 0.0
+
+    def next_wait(self, error: SegmentClientError) -> float | None:
+        """Seconds to sleep before the next attempt (`retry_sleep` stretched by `JITTER`), or None to give up: no
+        retry left, the server asked for too long a wait, or the wait would pass the budget."""
+        if self.made >= self.retries:
+            return None
+        wait = retry_sleep(error, self.made)
+        if wait is None:
+            return None
+        wait *= random.uniform(*JITTER)
+        if self.budget is not None and self.waited + wait > self.budget:
+            return None
+        self.made += 1
+        self.waited += wait
+        return wait
+
+
+def nothing_sent(exc: httpx.TransportError) -> bool:
+    """Whether the request surely never reached the server: the connection was not made (refused, unknown host,
+    reset or TLS failure while connecting). Only these are retried: after a read timeout or a connection broken
+    mid-answer the server may be running the request, and sending it again would double its work under the
+    very load that made it slow. A connect timeout is not retried either: it has already cost a whole timeout."""
+    return isinstance(exc, httpx.ConnectError)
+
+
+def connection_error(method: str, url: str, exc: httpx.TransportError, attempts: int) -> SegmentConnectionError:
+    """The error raised for a transport failure, saying how many attempts were made."""
+    tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    return SegmentConnectionError(f"{method} {url}: {exc}{tries}")
