@@ -14,10 +14,16 @@
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
   a rerun skips it (resume). `--out` records the output kind, options and model of the run
   (`.segment-run.json`, see `clients.batch_record`); a rerun asking for others, or with another model, stops
-  (exit 2) rather than skip files that hold something else. `--overwrite` redoes everything.
-- Ctrl-C drops the files not yet started, lets the running ones finish, prints the summary and exits 130.
+  (exit 2) rather than skip files that hold something else. `--overwrite` redoes everything: it deletes the old
+  outputs before it records the new run, so that whatever stops it, each file is new or absent.
+- Ctrl-C (also while the inputs are listed) starts no more files, lets the running ones finish, prints the
+  summary and exits 130; a second Ctrl-C does not wait for them.
 - A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
-  summary at the end lists every failure, and the exit status is 1 when anything failed.
+  summary at the end lists every failure, and the exit status is 1 when anything failed. After
+  `--max-connection-failures` files in a row could not reach the server, the run stops (exit 2): the server is
+  gone, and every other file would fail alike. A 503 is retried `--retries` times (the client's backoff).
+- At most `--jobs` files are in progress at a time, and the run keeps counts and failures rather than an object
+  per file: beyond the list of inputs, its memory does not grow with the number of files.
 - `--local` runs onnxruntime in this process through `service.local`, i.e. the service's own decode, letterbox,
   inference, unletterbox and encoders: the files are the same as the server's.
 """
@@ -25,72 +31,54 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from clients.batch_cli import parse_args, run_options
-from clients.batch_outputs import Job, PlanError, answer_target, is_done, output_suffix, plan, write_atomic
-from clients.batch_record import local_model, model_conflict, options_conflict, read_record, record_run, server_model
-from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentResult
-from service.core.errors import DecodeError
+from clients.batch_outputs import (
+    CONNECTION_ERROR,
+    Backend,
+    Failure,
+    Job,
+    PlanError,
+    is_done,
+    output_suffix,
+    plan,
+    remove_outputs,
+    run_job,
+)
+from clients.batch_record import model_conflict, options_conflict, read_record, record_run, server_reachable
+from clients.batch_record import run_model as _model  # by this name, so that tests can stand in for it
+from service.client import SegmentClient
 from service.core.output_kinds import OUTPUT_KINDS
 
-# JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
-# comparable with fresh ones).
-_VOLATILE_FIELDS = ("id", "timing_ms")
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 SIGNAL_CHECK_S = 0.2  # how soon a Ctrl-C taken by a worker thread stops the run
 
 
-class Backend(Protocol):
-    def segment(self, data: bytes, output: str, *, alpha: float | None = None, format: str | None = None,
-                tolerance: float | None = None, min_area: float | None = None, crf: bool = False) -> SegmentResult: ...
+@dataclass
+class Tally:
+    """What a run did: counts and the failures only (never one object per file), and why it stopped early."""
 
+    total: int
+    skipped: int
+    written: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    in_progress: int = 0
+    connection_streak: int = 0  # files in a row that could not reach the server
+    interrupted: bool = False  # Ctrl-C
+    abandoned: int = 0  # files still in progress when a second Ctrl-C ended the run
+    unreachable: bool = False  # --max-connection-failures reached
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-@dataclass(frozen=True)
-class Failure:
-    source: Path
-    code: str
-    message: str
-
-
-def payload(result: SegmentResult) -> bytes:
-    """The bytes to store: images as returned, JSON without the per-request fields, pretty-printed."""
-    if not result.is_json:
-        return result.content
-    body = {k: v for k, v in result.json().items() if k not in _VOLATILE_FIELDS}
-    return (json.dumps(body, indent=1) + "\n").encode()
-
-
-def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | None:
-    """Segment one file and store the output; a failure is returned, never raised."""
-    try:
-        data = job.source.read_bytes()
-    except OSError as exc:
-        return Failure(job.source, "read_error", str(exc))
-    try:
-        result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
-                                 tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
-    except SegmentApiError as exc:
-        return Failure(job.source, exc.code, exc.message)
-    except SegmentClientError as exc:
-        return Failure(job.source, "connection_error", str(exc))
-    except DecodeError as exc:  # local mode: the code the service would answer with
-        return Failure(job.source, exc.code, exc.message)
-    except Exception as exc:  # a bug, still reported per file rather than killing the run
-        return Failure(job.source, "error", repr(exc))
-    try:
-        write_atomic(answer_target(job.target, result), payload(result))
-    except OSError as exc:
-        return Failure(job.source, "write_error", str(exc))
-    return None
+    def not_done(self) -> int:
+        return self.total - self.skipped - self.written - len(self.failures)
 
 
 def serve_extra_missing(prog: str, what: str, exc: ModuleNotFoundError) -> str:
@@ -107,80 +95,142 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
         if args.crf and not crf.available():
             raise RuntimeError("--crf --local needs the crf extra here: pip install '.[crf]'")
         return LocalSegmenter(args.local, providers=args.providers, threads=args.threads), None
-    client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs)
+    client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs, retries=args.retries)
     return client, client
 
 
-def _summary(total: int, skipped: int, outcomes: list[Failure | None], interrupted: bool) -> str:
-    failures = [outcome for outcome in outcomes if outcome is not None]
-    written = len(outcomes) - len(failures)
-    lines = [f"segment: {written} written, {skipped} skipped (already done), {len(failures)} failed, {total} total"]
-    if interrupted:
-        lines[0] += f"; interrupted, {total - skipped - len(outcomes)} not done"
-    lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in sorted(failures, key=lambda f: str(f.source))]
+def _summary(tally: Tally) -> str:
+    lines = [f"segment: {tally.written} written, {tally.skipped} skipped (already done), {len(tally.failures)} "
+             f"failed, {tally.total} total"]
+    if tally.interrupted or tally.unreachable:
+        lines[0] += f"; {'interrupted' if tally.interrupted else 'stopped'}, {tally.not_done()} not done"
+    if tally.abandoned:
+        lines[0] += f" ({tally.abandoned} of them left in progress)"
+    failures = sorted(tally.failures, key=lambda failure: str(failure.source))
+    lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in failures]
     return "\n".join(lines)
 
 
-def run_jobs(backend: Backend, todo: list[Job], args: argparse.Namespace) -> tuple[list[Failure | None], bool]:
-    """Run `todo` on `args.jobs` threads: the outcome of every job that ran, and whether Ctrl-C stopped the run."""
-    pool = ThreadPoolExecutor(args.jobs, thread_name_prefix="segment")
-    futures: list[Future[Failure | None]] = []
-    interrupted = False
+def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar: tqdm, stop: threading.Event) -> None:
+    """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable."""
+    tally.in_progress -= 1
+    if failure is None:
+        tally.written += 1
+    else:
+        tally.failures.append(failure)
+        if not tally.abandoned:  # else the summary is out: nothing after it
+            bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
+            bar.set_postfix(failed=len(tally.failures))
+    # Only files that could not reach the server count: a corrupt image says nothing about the server.
+    tally.connection_streak = tally.connection_streak + 1 if failure and failure.code == CONNECTION_ERROR else 0
+    if tally.connection_streak >= args.max_connection_failures and not stop.is_set():
+        tally.unreachable = True
+        stop.set()
+    bar.update()
+
+
+def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, tally: Tally) -> None:
+    """Run `todo` on `args.jobs` threads, counting outcomes in `tally`. Each thread takes the next job only when it
+    is free, so at most `args.jobs` jobs are taken and unfinished at any time, however long `todo` is. A first
+    Ctrl-C takes no more jobs and waits for those in progress; a second returns at once, leaving them behind (the
+    threads are daemons: they do not hold up the interpreter's exit, as a ThreadPoolExecutor's would)."""
+    jobs, stop, finished = iter(todo), threading.Event(), threading.Event()
+    running = args.jobs
+
+    def work(bar: tqdm) -> None:
+        nonlocal running
+        try:
+            while not stop.is_set():
+                with tally.lock:
+                    job = next(jobs, None)
+                    if job is None:
+                        return
+                    tally.in_progress += 1
+                failure = run_job(backend, job, args)
+                with tally.lock:
+                    _count(tally, failure, args, bar, stop)
+        finally:
+            with tally.lock:
+                running -= 1
+                if not running:
+                    finished.set()
+
+    presses = taken = 0
+    with tqdm(total=tally.total - tally.skipped, unit="img", disable=args.no_progress or None,
+              file=sys.stderr) as bar:
+        # Started with Ctrl-C blocked: no thread is left half started, and the threads inherit the mask, so that
+        # the kernel hands a Ctrl-C to the main thread, which it then wakes at once.
+        with _sigint_blocked():
+            for index in range(args.jobs):
+                threading.Thread(target=work, args=(bar,), name=f"segment-{index}", daemon=True).start()
+        while not finished.is_set():
+            # A KeyboardInterrupt may come at any line here; counting presses and acting on them at the top of
+            # the loop keeps the state whole whatever line it interrupted. (Not Thread.join: a join interrupted
+            # by Ctrl-C marks a running thread as stopped, bpo-45274.)
+            try:
+                if presses > taken:
+                    taken = presses
+                    stop.set()
+                    with tally.lock:
+                        tally.interrupted, in_progress = True, tally.in_progress
+                        tally.abandoned = in_progress if presses > 1 else 0
+                    if presses > 1:
+                        bar.write(f"segment: interrupted again: not waiting for the {in_progress} files in progress",
+                                  file=sys.stderr)
+                        return
+                    bar.write(f"segment: interrupted: finishing the {in_progress} files in progress (Ctrl-C again "
+                              "to stop at once)", file=sys.stderr)
+                # Python runs signal handlers on the main thread only, once it wakes: the timeout bounds the wait
+                # should a Ctrl-C still reach another thread.
+                finished.wait(SIGNAL_CHECK_S)
+            except KeyboardInterrupt:
+                presses += 1
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held pending in this thread (and in the threads it starts) meanwhile, where the platform can."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with tqdm(total=len(todo), unit="img", disable=args.no_progress or None, file=sys.stderr) as bar:
-            for job in todo:
-                futures.append(pool.submit(run_job, backend, job, args))
-            failed, pending = 0, set(futures)
-            while pending:
-                # Python runs signal handlers on the main thread only, and only once it wakes: a Ctrl-C the
-                # kernel hands to a worker thread would wait for the next file to finish (minutes for a slow
-                # server) if this wait had no timeout.
-                done, pending = wait(pending, timeout=SIGNAL_CHECK_S, return_when=FIRST_COMPLETED)
-                for future in done:
-                    failure = future.result()
-                    if failure is not None:
-                        failed += 1
-                        bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
-                        bar.set_postfix(failed=failed)
-                    bar.update()
-    except KeyboardInterrupt:
-        interrupted = True
+        yield
     finally:
-        # Leaving a pool waits for every queued job: on Ctrl-C drop those and wait only for the running ones
-        # (an output is whole or absent, see write_atomic).
-        pool.shutdown(cancel_futures=True)
-    return [future.result() for future in futures if not future.cancelled()], interrupted
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start, 130 Ctrl-C)."""
+    """Entry point of `segment`; returns the exit status (0 ok, 1 some files failed, 2 cannot start or the server
+    cannot be reached, 130 Ctrl-C)."""
     args = parse_args(argv)
     suffixes = [encoding.suffix for encoding in OUTPUT_KINDS[args.output].encodings]
+    stage: str | None = "while listing the inputs"  # what a Ctrl-C interrupts before the first file starts
+    client: SegmentClient | None = None
+    tally: Tally | None = None
     try:
-        jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format), suffixes)
-    except PlanError as exc:  # nothing written yet
-        print(f"segment: {exc}", file=sys.stderr)
-        return 2
-    if not jobs:
-        print(f"segment: no image files under {', '.join(map(str, args.inputs))}", file=sys.stderr)
-        return 2
-    options = run_options(args)
-    recorded = None if args.overwrite else read_record(args.out)
-    if _refused(options_conflict(args.out, recorded, options)):
-        return 2
-    todo = jobs if args.overwrite else [job for job in jobs if not is_done(job, suffixes)]
-    skipped = len(jobs) - len(todo)
-    try:
-        backend, client = _backend(args)
-    except ModuleNotFoundError as exc:  # --local on a client-only install: no onnxruntime or OpenCV here
-        print(serve_extra_missing("segment", "--local", exc), file=sys.stderr)
-        return 2
-    except Exception as exc:  # model missing/invalid: nothing can succeed
-        print(f"segment: cannot start: {exc}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            jobs = plan(args.inputs, args.out, output_suffix(args.output, args.format), suffixes)
+        except PlanError as exc:  # nothing written yet
+            print(f"segment: {exc}", file=sys.stderr)
+            return 2
+        if not jobs:
+            print(f"segment: no image files under {', '.join(map(str, args.inputs))}", file=sys.stderr)
+            return 2
+        options = run_options(args)
+        recorded = None if args.overwrite else read_record(args.out)
+        if _refused(options_conflict(args.out, recorded, options)):
+            return 2
+        todo = jobs if args.overwrite else [job for job in jobs if not is_done(job, suffixes)]
+        tally = Tally(len(jobs), len(jobs) - len(todo))
+        stage = "while starting"
+        started = _start(args)
+        if isinstance(started, int):
+            return started
+        backend, client = started
+        stage = f"while waiting for {args.server}" if client is not None else stage
         # Asked even when every file is done: "skipped (already done)" must mean done by this model.
-        if client is not None and not _server_reachable(client, args.wait):
+        if client is not None and not server_reachable(client, args.wait):
             print(f"segment: {args.server} is not reachable or not ready", file=sys.stderr)
             return 2
         model = _model(backend, client)
@@ -189,19 +239,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if _refused(model_conflict(args.out, recorded, model)):
             return 2
+        if args.overwrite:
+            stage = "while deleting the old outputs (--overwrite)"
+            if not _removed(todo, suffixes):
+                return 2
         if not record_run(args.out, options, model):
             return 2
-        outcomes, interrupted = run_jobs(backend, todo, args)
-    except KeyboardInterrupt:  # while waiting for the server: nothing ran yet
-        print("segment: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        stage = None
+        run_jobs(backend, todo, args, tally)
+    except KeyboardInterrupt:
+        if stage is not None or tally is None:
+            print(f"segment: interrupted {stage}; no file was segmented", file=sys.stderr)
+            return INTERRUPTED
+        tally.interrupted = True  # a Ctrl-C run_jobs could not count (between its lines): a summary all the same
     finally:
         if client is not None:
             client.close()
-    print(_summary(len(jobs), skipped, outcomes, interrupted), file=sys.stderr)
-    if interrupted:
+    with tally.lock:  # files left in progress by a second Ctrl-C may still finish meanwhile
+        if tally.unreachable and not tally.interrupted:
+            print(f"segment: stopped after {tally.connection_streak} files in a row could not reach {args.server}; "
+                  "rerun to resume once it is back", file=sys.stderr)
+        print(_summary(tally), file=sys.stderr)
+    if tally.interrupted:
         return INTERRUPTED
-    return 1 if any(outcomes) else 0
+    return 2 if tally.unreachable else 1 if tally.failures else 0
+
+
+def _start(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None] | int:
+    """The backend (and the client when it is a server), or the exit status when there is none."""
+    try:
+        return _backend(args)
+    except ModuleNotFoundError as exc:  # --local on a client-only install: no onnxruntime or OpenCV here
+        print(serve_extra_missing("segment", "--local", exc), file=sys.stderr)
+    except Exception as exc:  # model missing/invalid, bad URL: nothing can succeed
+        print(f"segment: cannot start: {exc}", file=sys.stderr)
+    return 2
+
+
+def _removed(todo: list[Job], suffixes: list[str]) -> bool:
+    """Delete the old outputs of `todo` (see `remove_outputs`); False, said why, when one cannot be."""
+    try:
+        remove_outputs(todo, suffixes)
+    except OSError as exc:
+        print(f"segment: cannot delete an old output: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _refused(conflict: str | None) -> bool:
@@ -209,30 +291,6 @@ def _refused(conflict: str | None) -> bool:
     if conflict is None:
         return False
     print(f"segment: {conflict}; rerun with --overwrite to redo every file, or use another --out", file=sys.stderr)
-    return True
-
-
-def _model(backend: Backend, client: SegmentClient | None) -> dict[str, object] | str:
-    """Which model makes this run's files (see `clients.batch_record`), or why it cannot be told. A server is asked
-    once, with `GET /classes`, which also tells a refused API key at once: otherwise every file would fail on its
-    own with the same 401."""
-    if client is None:
-        return local_model(backend.engine)  # type: ignore[attr-defined]  # a LocalSegmenter
-    try:
-        return server_model(client.classes())
-    except SegmentApiError as exc:
-        if exc.code == "unauthorized":
-            return f"{client.url} refused the API key (--api-key or $SEGMENT_API_KEY): {exc.message}"
-        return f"{client.url} does not say which model it serves: {exc.code}: {exc.message}"
-    except SegmentClientError as exc:
-        return f"{client.url} does not say which model it serves: {exc}"
-
-
-def _server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:
-    try:
-        client.wait_ready(timeout=timeout)
-    except SegmentClientError:
-        return False
     return True
 
 

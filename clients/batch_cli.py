@@ -45,6 +45,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
+    parser.add_argument("--retries", type=_non_negative_int, default=2,
+                        help="--server: the Python client's retries for each file: extra attempts after a 503 "
+                             "(overloaded, not ready), with its backoff (default 2)")
+    parser.add_argument("--max-connection-failures", type=_positive_int, default=10, metavar="K",
+                        help="--server: stop the run (exit 2) after K files in a row fail to reach the server "
+                             "(default 10)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo files whose output already exists, also when made with other options or model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,8 +68,11 @@ outputs:
   --out folders. So does an --out that is an input folder, or an output file that would be an input image.
   A rerun skips the files already written, unless it asks for another --output, other options or another model
   than the run recorded in --out: then it stops, and --overwrite redoes everything. An overlay too large for
-  JPEG is stored as .png. Ctrl-C stops after the files in progress and exits 130.
-exit status: 0 all written, 1 some files failed, 2 cannot start, 130 interrupted"""
+  JPEG is stored as .png. --overwrite first deletes the outputs of the files it will redo, so an interrupted
+  run resumes without --overwrite. Ctrl-C stops after the files in progress, a second Ctrl-C at once; both print
+  the summary and exit 130.
+exit status: 0 all written, 1 some files failed, 2 cannot start or the server could not be reached
+  (--max-connection-failures), 130 interrupted"""
 
 
 def _kinds_help() -> str:
@@ -79,6 +88,20 @@ def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 

@@ -1,28 +1,51 @@
 """Where the outputs of a `segment` run go: the images found under the inputs, one output file each (names that
-would collide keep their extension), whether an output is already done (resume), and atomic writes. The record of
-what a folder's files were made with is `clients.batch_record`."""
+would collide keep their extension), whether an output is already done (resume), atomic writes, and one job (a file
+segmented and its output stored). The record of what a folder's files were made with is `clients.batch_record`."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import secrets
+import stat
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from service.client import SegmentResult
+from service.client import SegmentApiError, SegmentClientError, SegmentConnectionError, SegmentResult
+from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS, Encoding
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"})
 
-_PART_SUFFIX = ".part"
+# JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
+# comparable with fresh ones).
+_VOLATILE_FIELDS = ("id", "timing_ms")
+CONNECTION_ERROR = "connection_error"  # the failure code of a file that could not reach the server
+# Temporary files: short, hidden (never listed as inputs, see `discover`), and never a finished output's name.
+_TEMP_PREFIX, _TEMP_SUFFIX = ".segment-", ".part"
 
 
 @dataclass(frozen=True)
 class Job:
     source: Path
     target: Path
+
+
+class Backend(Protocol):
+    def segment(self, data: bytes, output: str, *, alpha: float | None = None, format: str | None = None,
+                tolerance: float | None = None, min_area: float | None = None, crf: bool = False) -> SegmentResult: ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    source: Path
+    code: str
+    message: str
 
 
 class PlanError(Exception):
@@ -145,9 +168,25 @@ def is_done(job: Job, suffixes: Iterable[str] = ()) -> bool:
 
 def _complete(path: Path) -> bool:
     try:
-        return path.stat().st_size > 0
+        info = path.stat()
     except OSError:
         return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0  # a folder of that name is no output
+
+
+def output_paths(job: Job, suffixes: Iterable[str] = ()) -> list[Path]:
+    """Every path the output of `job` may be stored under (see `is_done`, `answer_target`)."""
+    return list(dict.fromkeys(job.target.with_suffix(s) for s in (job.target.suffix, *suffixes)))
+
+
+def remove_outputs(jobs: Iterable[Job], suffixes: Iterable[str] = ()) -> None:
+    """Delete the outputs of `jobs` that exist (`--overwrite`), before the new run is recorded: an interrupted or
+    failing run then leaves each file new or absent, and a resumed run redoes the absent ones, never skipping a file
+    that still holds the previous run's output. An OSError when one cannot be removed."""
+    suffixes = tuple(suffixes)
+    for job in jobs:
+        for path in output_paths(job, suffixes):
+            path.unlink(missing_ok=True)
 
 
 def answer_target(target: Path, result: SegmentResult) -> Path:
@@ -160,12 +199,58 @@ def answer_target(target: Path, result: SegmentResult) -> Path:
 
 
 def write_atomic(target: Path, data: bytes) -> None:
-    """Write to `<target>.part`, flush to disk, then rename over `target` (atomic on POSIX)."""
+    """Write to a temporary file in `target`'s folder, flush to disk, then rename it over `target` (atomic on
+    POSIX). The temporary file is removed when anything fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + _PART_SUFFIX)
-    with open(part, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(part, target)
+    # A short name of its own rather than `target`'s plus a suffix, which a legal 251-255-byte name would push
+    # past the filesystem's limit. Not tempfile's: its files are mode 0600; outputs get the umask's, as open() does.
+    while True:
+        temp = target.parent / f"{_TEMP_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # another file drew the same 64 random bits: draw again
+            continue
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:  # also a Ctrl-C: no temporary file left behind
+        temp.unlink(missing_ok=True)
+        raise
 
+
+def payload(result: SegmentResult) -> bytes:
+    """The bytes to store: images as returned, JSON without the per-request fields, pretty-printed."""
+    if not result.is_json:
+        return result.content
+    body = {k: v for k, v in result.json().items() if k not in _VOLATILE_FIELDS}
+    return (json.dumps(body, indent=1) + "\n").encode()
+
+
+def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | None:
+    """Segment one file and store the output; a failure is returned, never raised."""
+    try:
+        data = job.source.read_bytes()
+    except OSError as exc:
+        return Failure(job.source, "read_error", str(exc))
+    try:
+        result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
+                                 tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
+    except SegmentApiError as exc:
+        return Failure(job.source, exc.code, exc.message)
+    except SegmentConnectionError as exc:  # counts towards --max-connection-failures
+        return Failure(job.source, CONNECTION_ERROR, str(exc))
+    except SegmentClientError as exc:
+        return Failure(job.source, "client_error", str(exc))
+    except DecodeError as exc:  # local mode: the code the service would answer with
+        return Failure(job.source, exc.code, exc.message)
+    except Exception as exc:  # a bug, still reported per file rather than killing the run
+        return Failure(job.source, "error", repr(exc))
+    try:
+        write_atomic(answer_target(job.target, result), payload(result))
+    except OSError as exc:
+        return Failure(job.source, "write_error", str(exc))
+    return None

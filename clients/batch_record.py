@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.batch_outputs import output_encoding, write_atomic
+from service.client import SegmentApiError, SegmentClient, SegmentClientError
 from service.core.output_kinds import OUTPUT_KINDS, RenderOptions
 
 RUN_FILE = ".segment-run.json"
@@ -52,6 +53,31 @@ def server_model(classes: dict[str, Any]) -> dict[str, Any]:
 def local_model(engine: Any) -> dict[str, Any]:
     """The model of a `service.core.engine.Engine` loaded here, as a server serving it tells of it."""
     return server_model(engine.description())
+
+
+def run_model(backend: Any, client: SegmentClient | None) -> dict[str, Any] | str:
+    """Which model makes a run's files, or why it cannot be told: the server's (`client`), else the model of the
+    `LocalSegmenter` `backend`. A server is asked once, with `GET /classes`, which also tells a refused API key at
+    once: otherwise every file would fail on its own with the same 401."""
+    if client is None:
+        return local_model(backend.engine)
+    try:
+        return server_model(client.classes())
+    except SegmentApiError as exc:
+        if exc.code == "unauthorized":
+            return f"{client.url} refused the API key (--api-key or $SEGMENT_API_KEY): {exc.message}"
+        return f"{client.url} does not say which model it serves: {exc.code}: {exc.message}"
+    except SegmentClientError as exc:
+        return f"{client.url} does not say which model it serves: {exc}"
+
+
+def server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:
+    """Whether the server is ready within `timeout` seconds."""
+    try:
+        client.wait_ready(timeout=timeout)
+    except SegmentClientError:
+        return False
+    return True
 
 
 def read_record(out: Path) -> dict[str, Any] | str | None:

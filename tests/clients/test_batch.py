@@ -86,9 +86,9 @@ def test_resume_skips_finished_files(server_url: str, tmp_path: Path, capsys: py
     assert main(args) == 0
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert len(first) == 3
-    # An interrupted run leaves at most a .part file behind; it never counts as done.
+    # An interrupted run leaves at most a hidden temporary file behind; it never counts as done.
     (out / "coffee.png").unlink()
-    (out / "coffee.png.part").write_bytes(b"\x89PNG half")
+    (out / ".segment-0123456789abcdef.part").write_bytes(b"\x89PNG half")
     capsys.readouterr()
     assert main(args) == 0
     assert "1 written, 2 skipped (already done), 0 failed, 3 total" in capsys.readouterr().err
@@ -96,7 +96,7 @@ def test_resume_skips_finished_files(server_url: str, tmp_path: Path, capsys: py
         if path.name != "coffee.png":
             assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
     assert Image.open(out / "coffee.png").size == (120, 72)
-    assert not (out / "coffee.png.part").exists()
+    assert sorted(p.name for p in out.glob("*.part")) == [".segment-0123456789abcdef.part"]  # no new one
     assert main([*args, "--overwrite"]) == 0
     assert "3 written, 0 skipped" in capsys.readouterr().err
 
