@@ -24,6 +24,7 @@ from .batcher import Batcher
 from .body_limits import BodyLimitMiddleware
 from .codec import Codec
 from .connection import BodyDeadlineMiddleware
+from .core.crf import CrfPool
 from .core.decode_budget import DECODE_BUDGET
 from .core.engine import Engine
 from .core.handoff import WorkerThreads
@@ -136,7 +137,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                                 probe_image=pad_canvas(eng.input_size, eng.input_size, eng.metadata.pad_rgb))
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
-        state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool)
+        crf_pool = CrfPool(settings.crf_pool_processes())  # no process until the first crf=true request
+        state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool, crf=crf_pool)
         state.warmup_task = loop.create_task(_warm_up(state))
         watchdog = None
         if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain
@@ -156,6 +158,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
             state.pool.shutdown(wait=False, cancel_futures=True)
             state.render_pool.shutdown(wait=False, cancel_futures=True)
             state.heavy_pool.shutdown(wait=False, cancel_futures=True)
+            crf_pool.close()  # its processes end now: every request has been answered or cut off by here
             log.info("drained and stopped")
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN, so

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .admission import overloaded
+from .core.crf import CrfBusy, CrfFailed, CrfPool
 from .core.decode import Upload
 from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
@@ -60,11 +63,12 @@ def full_size_pixels(upload: Upload, full_resolution: bool) -> int:
 class Codec:
     """Where `POST /segment` runs the pipeline's CPU steps (preprocess; postprocess + render), off the loop."""
 
-    def __init__(self, pipeline: Pipeline, threads: WorkerThreads, *, heavy_threads: WorkerThreads | None = None
-                 ) -> None:
+    def __init__(self, pipeline: Pipeline, threads: WorkerThreads, *, heavy_threads: WorkerThreads | None = None,
+                 crf: CrfPool | None = None) -> None:
         self.pipeline = pipeline
         self.threads = threads
         self.heavy_threads = heavy_threads or threads
+        self.crf = crf  # None: `crf=true` refines in the codec thread, holding the interpreter lock throughout
 
     async def decode(self, data: bytes, *, full_resolution: bool,
                      before_decode: Callable[[Upload], object] | None = None) -> Prepared:
@@ -108,7 +112,22 @@ class Codec:
         kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
         to a 404. A JSON body comes serialised here too: a large one (polygons: megabytes) would otherwise stall
         the event loop."""
+        if options.crf and self.crf is not None:
+            labels = await self._refined(prepared, labels)
+            options = replace(options, crf=False)  # refined: the codec thread has only the rest to do
         return await self.threads.run(self._encode, prepared, labels, options, header, keep, priority=ENCODE_PRIORITY)
+
+    async def _refined(self, prepared: Prepared, labels: np.ndarray) -> np.ndarray:
+        """The dense CRF's labels, from a worker process (`CrfPool`): 503 `overloaded` when its places are taken,
+        500 when its worker died."""
+        assert self.crf is not None
+        try:
+            return await self.crf.refine(prepared.tensor, labels, prepared.info,
+                                         self.pipeline.engine.metadata.num_classes)
+        except CrfBusy as exc:
+            raise overloaded(f"dense CRF: {exc}") from None
+        except CrfFailed as exc:
+            raise ApiError(500, "internal_error", str(exc)) from None
 
     def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                 header: dict[str, Any], keep: Callable[[LabelMap], bool]) -> tuple[bytes, str, bool]:

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
                                           description="bytes received of bodies still arriving; 503 beyond (413 for "
                                                       "one upload declared larger than all of it)")
     max_result_renders: int = Field(1, ge=1, description="concurrent /results renders; 503 beyond")
+    # The dense CRF holds the interpreter lock for its whole run (seconds at 513x513), so it runs in processes of its
+    # own; each is a single-threaded CPU job, beside onnxruntime's threads on the same CPUs.
+    crf_processes: int | None = Field(
+        None, ge=1, description="processes that run the dense CRF of `crf=true` requests (at nice +10), started on "
+                                "the first such request; as many more requests may wait for one, 503 overloaded "
+                                "beyond; unset: half this process's share of the CPUs, at least 1")
     shutdown_timeout_s: float = Field(25.0, ge=1, le=3600,
                                       description="graceful-shutdown bound (below compose's 30 s); whole seconds "
                                                   "for uvicorn, rounded up")
@@ -238,6 +244,10 @@ class Settings(BaseSettings):
         """The codec thread pool's size: `worker_threads`, or this worker's share of the CPUs (at least 2, so one
         slow decode never holds up every other request)."""
         return self.worker_threads or max(2, available_cpus() // self.worker_total())
+
+    def crf_pool_processes(self) -> int:
+        """The CRF pool's processes: `crf_processes`, or half this worker's share of the CPUs (at least 1)."""
+        return self.crf_processes or max(1, available_cpus() // self.worker_total() // 2)
 
     def cuda_device_list(self) -> list[int]:
         """The CUDA devices the workers spread over: the `device_id` of `cuda_options`, the `cuda_devices` list,

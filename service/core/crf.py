@@ -6,19 +6,44 @@ Uses `pydensecrf2` (the maintained fork of pydensecrf, MIT), an optional depende
 Default parameters are DeepLab-v2's for ResNet-101 on VOC, as kazuto1011/deeplab-pytorch's `voc12.yaml`
 records them: 10 mean-field iterations, appearance kernel weight 4 with σ_xy 67 and σ_rgb 3, smoothness
 kernel weight 3 with σ_xy 1.
+
+The service runs it in worker processes (`CrfPool`), not in its own: pydensecrf's `inference()` holds the
+interpreter lock throughout (0.3 s for a 640x480 photo on the demo model, 6.8 s for a 513x513 noise image), and in a
+codec thread it froze the event loop, `/healthz` included, for as long.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 
 from .letterbox import LetterboxInfo
 
+# The CRF workers' nice value: as the service's other bulk CPU work (huge decodes, /results renders), they take the
+# CPUs only when the server process, its event loop and model runs, leave them.
+WORKER_NICENESS = 10
+
 
 class CrfUnavailable(RuntimeError):
     """pydensecrf2 is not installed."""
+
+
+class CrfBusy(RuntimeError):
+    """Every place in the CRF pool (its processes and the queue before them) is taken, or the pool is shut down:
+    retry shortly."""
+
+
+class CrfFailed(RuntimeError):
+    """A CRF worker process died (killed, out of memory) during a refinement; the next one starts a fresh pool."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +103,138 @@ def probs_from_labels(labels: np.ndarray, num_classes: int, confidence: np.ndarr
     return probs
 
 
+def _region(info: LetterboxInfo) -> tuple[slice, slice]:
+    """Where the image sits in its letterboxed canvas."""
+    return slice(info.top, info.top + info.new_h), slice(info.left, info.left + info.new_w)
+
+
 def crf_on_canvas(canvas: np.ndarray, probs: np.ndarray, info: LetterboxInfo, params: CrfParams) -> np.ndarray:
     """Dense CRF over the image region of a canvas (padding excluded); labels [canvas H, W], 0 elsewhere."""
-    region = (slice(info.top, info.top + info.new_h), slice(info.left, info.left + info.new_w))
+    region = _region(info)
     labels = np.zeros(canvas.shape[:2], np.uint8)
     labels[region] = dense_crf(np.ascontiguousarray(canvas[region]),
                                np.ascontiguousarray(probs[:, region[0], region[1]]), params)
     return labels
+
+
+def refine_region(image: np.ndarray, labels: np.ndarray, num_classes: int, params: CrfParams) -> np.ndarray:
+    """Refined uint8 labels [H, W] from a model's uint8 labels [H, W] and the RGB uint8 image [H, W, 3] they are for
+    (`probs_from_labels`, then `dense_crf`). What a CRF worker process runs: its arguments are the image region of
+    the canvas and its labels, all uint8, so that little crosses the process boundary (the scores, C float32 values
+    a pixel, are made on the far side)."""
+    return dense_crf(np.ascontiguousarray(image), probs_from_labels(labels, num_classes), params)
+
+
+def refine_labels(canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, num_classes: int,
+                  params: CrfParams = CrfParams()) -> np.ndarray:
+    """The model's labels [canvas H, W] refined by the dense CRF over the image region of its canvas, in this
+    process: labels [canvas H, W], 0 in the padding. `CrfPool.refine` gives the same in a worker process."""
+    region = _region(info)
+    refined = np.zeros(canvas.shape[:2], np.uint8)
+    refined[region] = refine_region(canvas[region], labels[region], num_classes, params)
+    return refined
+
+
+def _worker_started() -> None:
+    """In each CRF worker process, first: lower its CPU priority (`WORKER_NICENESS`), ignore SIGINT (Ctrl-C in a
+    terminal reaches the whole process group, and the server drains on it: the refinement its request waits for
+    must finish), and exit once the server process is gone (killed: nothing else would end a worker waiting for
+    work)."""
+    os.nice(WORKER_NICENESS)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="crf-parent", daemon=True).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended
+    os._exit(0)
+
+
+class CrfPool:
+    """Dense CRFs in up to `processes` worker processes, at most `queued` more waiting for one (`CrfBusy`
+    beyond: never an endless queue). The processes are started on the first refinement, not before: a server
+    whose clients never ask for the CRF pays nothing for it.
+
+    Spawned, not forked: the server process runs onnxruntime's threads, and a fork copies their locks in whatever
+    state they are. A worker that dies fails the refinements in flight (`CrfFailed`) and the next one gets a fresh
+    pool."""
+
+    def __init__(self, processes: int, queued: int | None = None) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        self.processes = processes
+        self.capacity = processes + (processes if queued is None else queued)
+        # Taken on the event loop, given back when the worker is done (the executor's thread): a refinement
+        # whose request was cancelled keeps its place while it still runs.
+        self._places = threading.BoundedSemaphore(self.capacity)
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    async def refine(self, canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, num_classes: int,
+                     params: CrfParams = CrfParams()) -> np.ndarray:
+        """`refine_labels`, in a worker process. Raises `CrfBusy` when the pool is full (or shut down),
+        `CrfFailed` when the worker died."""
+        if not self._places.acquire(blocking=False):
+            raise CrfBusy(f"every CRF process is busy and {self.capacity - self.processes} more refinements wait")
+        region = _region(info)
+        # Views: the executor's feeder thread pickles them (a copy of the region alone), not the event loop.
+        args = (canvas[region], labels[region], num_classes, params)
+        try:
+            executor, future = self._submit(args)
+        except BaseException:
+            self._places.release()
+            raise
+        future.add_done_callback(lambda _: self._places.release())
+        try:
+            refined_region = await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            self._discard(executor)
+            raise CrfFailed("the dense CRF's worker process died; a retry starts a fresh one") from None
+        refined = np.zeros(canvas.shape[:2], np.uint8)
+        refined[region] = refined_region
+        return refined
+
+    def _submit(self, args: tuple[object, ...]) -> tuple[ProcessPoolExecutor, Future[np.ndarray]]:
+        executor = self._current()
+        try:
+            return executor, executor.submit(refine_region, *args)
+        except BrokenProcessPool:  # a worker died since the last refinement: once more, on a fresh pool
+            self._discard(executor)
+            executor = self._current()
+            return executor, executor.submit(refine_region, *args)
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise CrfBusy("the server is stopping")
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self.processes, multiprocessing.get_context("spawn"),
+                                                     initializer=_worker_started)
+            return self._executor
+
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the worker processes now, without waiting for refinements still running: by the time the server
+        closes it, every request has been answered or cut off, so none is waiting for them (and a stop must not
+        wait seconds for a refinement nobody will read). Refinements asked for afterwards get `CrfBusy`."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # The executor's own table is the only handle on its processes (`terminate_workers` came in Python 3.14),
+        # and `shutdown` empties it.
+        for process in list((executor._processes or {}).values()):
+            process.terminate()
+        # Waiting costs milliseconds once they are ended, and frees the executor's queues, named semaphores: a server
+        # that then ends by SIGTERM runs no exit handler, and multiprocessing's resource tracker, left to clean
+        # them up, warned of "leaked semaphore objects" on every stop.
+        executor.shutdown(wait=True, cancel_futures=True)

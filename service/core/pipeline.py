@@ -135,9 +135,8 @@ class Pipeline:
 
         `refine` runs DeepLab-v2's dense CRF on the image the model saw first; the contract gives labels, not
         scores, so the predicted class gets 0.7, as `segment-export evaluate --crf` does."""
-        if refine:
-            probs = crf.probs_from_labels(labels, self.engine.metadata.num_classes)
-            labels = crf.crf_on_canvas(prepared.tensor, probs, prepared.info, crf.CrfParams())
+        if refine:  # in this thread; the service refines in its CRF processes instead (service.codec)
+            labels = crf.refine_labels(prepared.tensor, labels, prepared.info, self.engine.metadata.num_classes)
         return LabelMap.from_model(labels, prepared.info)
 
     # -- render ------------------------------------------------------------------------------------------------
