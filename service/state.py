@@ -87,7 +87,15 @@ class ServiceState:
         decoding."""
         return Admission(self, self.uploads, declared_length(request.headers))
 
-    def readiness(self) -> tuple[bool, str]:
+    def readiness(self, overload_ready: bool = False) -> tuple[bool, str]:
+        """Whether to send this server new requests, and its state: `ok`, or why not (`loading`, `warmup_failed`,
+        `warming_up`, `shutting_down`, `inference_failing`, `overloaded`).
+
+        `overload_ready`: a momentary overload (queue or budgets full) counts as ready, still said `overloaded`.
+        An orchestrator that takes unready replicas out of its load balancer (a Kubernetes Service) would
+        otherwise have none left when every one is saturated at once, and clients would get connection errors
+        instead of the 503 + Retry-After that overload answers. A hung device (every inference slot holds a run
+        older than the request timeout) is no overload, and is then told apart: `inference_stalled`, not ready."""
         if self.engine is None:
             return False, "loading"
         if self.warmup_error:
@@ -98,9 +106,11 @@ class ServiceState:
             return False, "shutting_down"
         if self.batcher.health.failing:
             return False, "inference_failing"
+        if overload_ready and self.batcher.stalled:
+            return False, "inference_stalled"
         if (self.batcher.full or self.admitted >= self.max_admitted or self.on_the_way >= self.queue_places()
                 or self.memory.spent):
-            return False, "overloaded"
+            return overload_ready, "overloaded"
         return True, "ok"
 
 

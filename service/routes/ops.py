@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..core.engine import Engine
@@ -49,10 +49,16 @@ async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
 
 
 @router.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",
-            responses={503: {"description": "not ready: loading, warming up, overloaded, model runs failing or "
-                                             "shutting down"}})
-async def readyz(state: ServiceState = Depends(service_state)) -> JSONResponse:
-    ready, status = state.readiness()
+            responses={503: {"description": "not ready: loading, warming up, overloaded (not with "
+                                             "`overload=ready`), model runs failing or hung, or shutting down"}})
+async def readyz(state: ServiceState = Depends(service_state),
+                 overload: Literal["unready", "ready"] = Query(
+                     "unready", description="`ready`: a momentary overload (queue or memory budgets full) answers "
+                                            "200 with `ready: true`, `status: overloaded`, for an orchestrator's "
+                                            "readiness probe (a Kubernetes Service with every replica saturated "
+                                            "would have no endpoints left, and clients no 503 + Retry-After); "
+                                            "every other reason stays 503")) -> JSONResponse:
+    ready, status = state.readiness(overload_ready=overload == "ready")
     body: dict[str, Any] = {"ready": ready, "status": status, "pid": os.getpid()}
     if state.settings.worker_slot is not None:
         body["worker_slot"] = state.settings.worker_slot

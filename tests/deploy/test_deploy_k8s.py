@@ -83,7 +83,7 @@ def test_deployment_gpu_probes_and_security(objects: dict[str, dict]) -> None:
     res = ctr["resources"]
     assert res["limits"]["nvidia.com/gpu"] == 1 and res["requests"]["nvidia.com/gpu"] == 1
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz?overload=ready"  # overload keeps it in
     assert ctr["startupProbe"]["httpGet"]["path"] == "/healthz"
     startup = ctr["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load + warm-up need time"
