@@ -40,9 +40,9 @@ class Stats:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-def draw_hud(frame: np.ndarray, stats: Stats, inflight: int) -> None:
-    """FPS, latency and requests in flight, on a dark strip at the top-left."""
-    text = f"{stats.fps:5.1f} FPS  {stats.latency_ms:6.0f} ms  {inflight} in flight"
+def draw_hud(frame: np.ndarray, stats: Stats, inflight: int, note: str = "") -> None:
+    """FPS, latency, requests in flight and `note` (e.g. the server away), on a dark strip at the top-left."""
+    text = f"{stats.fps:5.1f} FPS  {stats.latency_ms:6.0f} ms  {inflight} in flight" + (f"  {note}" if note else "")
     (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
     cv2.rectangle(frame, (0, 0), (min(frame.shape[1], width + 10), _HUD_HEIGHT), (0, 0, 0), cv2.FILLED)
     cv2.putText(frame, text, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

@@ -21,6 +21,12 @@ def open_capture(source: str) -> cv2.VideoCapture:
     return capture
 
 
+def is_recording(capture: cv2.VideoCapture, source: str) -> bool:
+    """Whether the source is a recording (a video file, whose length is known), which can wait for the server,
+    rather than a camera or a stream (unknown length), whose frames come whether they are read or not."""
+    return not source.isdigit() and capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+
+
 def has_gui() -> bool:
     """Whether this OpenCV build can open windows (opencv-python-headless cannot)."""
     for line in cv2.getBuildInformation().splitlines():
