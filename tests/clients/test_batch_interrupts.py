@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,9 +20,9 @@ from clients.batch import main
 from service.core.engine import load_engine
 from service.settings import Settings
 from testkit.photos import photo
+from tests.clients.cli_process import CliProcess
 from tests.service.svc_helpers import LiveServer
 
-REPO = Path(__file__).resolve().parents[2]
 RUN_FILE = ".segment-run.json"
 SHM = Path("/dev/shm")
 
@@ -86,47 +83,11 @@ def gated_server(model: Path, **settings: object) -> Iterator[tuple[LiveServer, 
         server.stop()
 
 
-class Segment:
+class Segment(CliProcess):
     """`segment` in its own process (the installed module of this checkout), stderr read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "clients.batch", *args, "--no-progress"], cwd=REPO,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def err(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_line(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [line for line in self.lines if text in line]
-            if found:
-                return found[0]
-            assert self.proc.poll() is None or time.monotonic() < deadline, self.err
-            time.sleep(0.02)
-        raise AssertionError(f"no line with {text!r} in {timeout} s:\n{self.err}")
-
-    def ctrl_c(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__("clients.batch", *args, "--no-progress")
 
 
 def photos(folder: Path, count: int) -> list[Path]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +27,9 @@ from service.client import SegmentClient
 from service.core.outputs.masks import blend_overlay
 from testkit.metrics import metric_sum
 from testkit.server import ServerProcess
+from tests.clients.cli_process import CliProcess
 from tests.clients.webcam_helpers import _read_all
 
-REPO = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT = 96, 72
 
 
@@ -53,34 +51,11 @@ def write_clip(path: Path, frames: int) -> Path:
     return path
 
 
-class Webcam:
+class Webcam(CliProcess):
     """`segment-webcam` in its own process (this checkout's module), its stderr read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "clients.webcam", *args], cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def err(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__("clients.webcam", *args)
 
     def summary(self) -> tuple[int, int]:
         """(frames, errors) of the summary line."""
