@@ -24,6 +24,7 @@ from .client_types import (
     SegmentConnectionError,
     SegmentResult,
 )
+from .core.signatures import HEAD_BYTES, has_image_signature
 
 # Statuses worth retrying: the queue was full, the model was still loading or its runs were failing; all carry
 # Retry-After.
@@ -34,9 +35,6 @@ _MAX_DOUBLINGS = 30  # 0.2 s x 2**30 is far past the cap; more would overflow a 
 # Each wait is stretched by a random factor in this range, never shortened: clients refused at the same moment (a
 # fleet, or the threads of one batch) would otherwise all come back at the same moment and be refused together.
 JITTER = (1.0, 1.5)
-# Leading bytes of encoded image files (the formats the service decodes), to tell OpenCV's N x 1 buffer from pixels.
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
-_BMP_HEADER_SIZES = (12, 40, 52, 56, 108, 124)
 
 
 def encode_array(image: np.ndarray) -> bytes:
@@ -46,14 +44,6 @@ def encode_array(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _starts_as_image_file(head: bytes) -> bool:
-    if head.startswith(_SIGNATURES):
-        return True
-    if head[:4] == b"RIFF":
-        return head[8:12] == b"WEBP"
-    return head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
-
-
 def _is_encoded_file(image: np.ndarray) -> bool:
     """Whether an array holds an encoded image file, as `cv2.imencode` returns it: 1-D uint8 (OpenCV 4.x), or
     N x 1 uint8 (older OpenCV) that starts as an image file does (else it is a picture one pixel wide)."""
@@ -61,7 +51,7 @@ def _is_encoded_file(image: np.ndarray) -> bool:
         return False
     if image.ndim == 1:
         return True
-    return image.ndim == 2 and image.shape[1] == 1 and _starts_as_image_file(image[:18, 0].tobytes())
+    return image.ndim == 2 and image.shape[1] == 1 and has_image_signature(image[:HEAD_BYTES, 0].tobytes())
 
 
 def array_body(image: np.ndarray) -> tuple[bytes, str]:

@@ -16,35 +16,14 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from . import jpeg
 from .errors import DecodeError
+from .signatures import has_image_signature
 from .structure import check_structure
 
 # Pillow format names we decode. Multi-picture JPEGs (MPO, as many phones write) open through the JPEG plugin.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
-# Leading bytes of the accepted formats. Used only to tell "corrupt image" (400) from "not an image" (415)
-# when Pillow refuses to open the bytes.
-_SIGNATURES = (
-    b"\xff\xd8\xff",  # JPEG / MPO
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"II*\x00",  # TIFF little-endian
-    b"MM\x00*",  # TIFF big-endian
-    b"II+\x00",  # BigTIFF
-    b"MM\x00+",
-)
-
 # Register every Pillow plugin now, at import, rather than lazily inside the first worker threads.
 Image.init()
-
-
-def has_supported_signature(data: bytes) -> bool:
-    """Whether `data` starts as one of the accepted formats does."""
-    if data.startswith(_SIGNATURES):
-        return True
-    if data[:2] == b"BM":  # two letters alone would match plain text; also require a known DIB header size
-        return int.from_bytes(data[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
-    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 def decode_failure(exc: Exception, what: str) -> DecodeError:
@@ -114,7 +93,7 @@ def open_upload(data: bytes, max_pixels: int) -> Upload:
         raise DecodeError("image_too_large", f"image refused as a decompression bomb: {exc}") from exc
     except Exception as exc:  # any parser failure on hostile bytes is the client's problem, not a 500
         error = decode_failure(exc, "the image header is corrupt or truncated")
-        if error.code == "corrupt_image" and not has_supported_signature(data):
+        if error.code == "corrupt_image" and not has_image_signature(data):
             # Pillow tried a plugin on a loose match (e.g. text starting with "BM") or found nothing at all.
             error = DecodeError("unsupported_media_type",
                 f"not a supported image; send one of: {', '.join(f.lower() for f in ACCEPTED_FORMATS)}",
