@@ -40,12 +40,8 @@ from .client_types import (
     SegmentResult,
 )
 from .client_wire import (
-    RETRYABLE,
     Retries,
-    api_error,
     auth_headers,
-    connection_error,
-    nothing_sent,
     raise_for_error,
     request_body,
     result_path,
@@ -107,15 +103,9 @@ class SegmentClient:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                error = connection_error(method, f"{self.url}{path}", exc, retries.made + 1)
-                wait = retries.next_wait(error) if nothing_sent(exc) else None
-                if wait is None:
-                    raise error from exc
+                wait = retries.after_failure(method, f"{self.url}{path}", exc)
             else:
-                if response.status_code not in RETRYABLE:
-                    return response
-                wait = retries.next_wait(api_error(response))
-                if wait is None:
+                if (wait := retries.after_answer(response)) is None:
                     return response
             time.sleep(wait)
 

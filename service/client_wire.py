@@ -226,6 +226,22 @@ class Retries:
         self.waited += wait
         return wait
 
+    def after_answer(self, response: httpx.Response) -> float | None:
+        """Seconds to sleep before sending again after `response`, or None: it is the answer (not a 503, or one
+        no retry is left for)."""
+        if response.status_code not in RETRYABLE:
+            return None
+        return self.next_wait(api_error(response))
+
+    def after_failure(self, method: str, url: str, exc: httpx.TransportError) -> float:
+        """Seconds to sleep before sending again after a transport failure; raises its `SegmentConnectionError`
+        when it is not retried (the request may have reached the server, or no retry is left)."""
+        error = connection_error(method, url, exc, self.made + 1)
+        wait = self.next_wait(error) if nothing_sent(exc) else None
+        if wait is None:
+            raise error from exc
+        return wait
+
 
 def nothing_sent(exc: httpx.TransportError) -> bool:
     """Whether the request surely never reached the server: the connection was not made (refused, unknown host,
