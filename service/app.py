@@ -245,8 +245,8 @@ async def _warm_up_once(state: ServiceState) -> None:
         with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
             # Each of its runs is in flight as a batch's is: a device that hangs in warm-up makes the process
             # unhealthy, to be replaced, instead of unready for ever; a warm-up long in all (many buckets) does not.
-            engine.warm_up(sizes, each_run=health.running, on_each_thread=batcher.on_each_thread)
-            warn_if_batch_outlasts_timeout(engine, state.settings, each_run=health.running)
+            warm_up_s = engine.warm_up(sizes, each_run=health.running, on_each_thread=batcher.on_each_thread)
+            warn_if_batch_outlasts_timeout(engine, state.settings, each_run=health.running, warm_up_s=warm_up_s)
 
     await asyncio.to_thread(warm_engine)
     if state.codec is not None:

@@ -50,14 +50,21 @@ def largest_batch_s(engine: Engine, max_batch_size: int,
 
 def warn_if_batch_outlasts_timeout(engine: Engine, settings: Settings,
                                    each_run: Callable[[], contextlib.AbstractContextManager[object]]
-                                   = contextlib.nullcontext) -> str | None:
+                                   = contextlib.nullcontext, warm_up_s: float | None = None) -> str | None:
     """After warm-up: log one WARNING (and return it) when the largest batch takes at least the request timeout,
     else None. Such a batch times its requests out (504) on a healthy device, and once runs that old hold every
     inference slot the server reports itself `stalled` (503 `inference_unavailable`, /readyz `overloaded`) as it
-    does for a hung device: the settings are wrong, not the device, and only the log can say so."""
+    does for a hung device: the settings are wrong, not the device, and only the log can say so.
+
+    `warm_up_s`: what `Engine.warm_up` took. Without buckets its runs were cold (allocation, planning), so slower
+    than steady ones: when even they fit (on CPU one image, times the batch; on a GPU the whole batch was among
+    them), a steady batch does too, and no run is added to every start to time one."""
     batch = settings.max_batch_size
-    seconds, how = largest_batch_s(engine, batch, each_run)
     timeout_s = settings.request_timeout_s
+    cold_bound = None if warm_up_s is None else warm_up_s if engine.on_gpu else warm_up_s * batch
+    if engine.runner is None and cold_bound is not None and cold_bound < timeout_s:
+        return None
+    seconds, how = largest_batch_s(engine, batch, each_run)
     if seconds < timeout_s:
         return None
     message = (f"a batch of {batch} images takes {seconds:.3g}s ({how}), at or above the request timeout of "

@@ -62,3 +62,29 @@ def test_without_buckets_the_batch_is_timed_after_warm_up(model: Path, caplog: p
     message = warn_if_batch_outlasts_timeout(engine, settings.model_copy(update={"request_timeout_s": 1e-6}))
     assert message is not None and warnings(caplog) == [message]
     assert "batch of 8" in message and "8 x one image's" in message and "1e-06s" in message
+
+
+def test_a_warm_up_within_the_timeout_adds_no_run_to_the_start(model: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Warm-up's cold runs are slower than steady ones: when even they fit within the timeout, no run is timed at
+    every start; when they do not, one is, and warns only if the steady batch does not fit either."""
+    settings = Settings(model_path=model, intra_op_threads=1, max_batch_size=8)
+    engine = load_engine(settings.engine_options())
+    warm_up_s = engine.warm_up()
+    runs: list[int] = []
+    run = engine.run
+
+    def counted(batch):
+        runs.append(len(batch))
+        return run(batch)
+
+    engine.run = counted  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="service.startup")
+    roomy = settings.model_copy(update={"request_timeout_s": warm_up_s * 8 * 2})
+    assert warn_if_batch_outlasts_timeout(engine, roomy, warm_up_s=warm_up_s) is None
+    assert runs == []  # nothing run: the warm-up bounds it
+    # A warm-up slower than the timeout: one steady image timed, and (a far lower timeout) the warning.
+    assert warn_if_batch_outlasts_timeout(engine, roomy, warm_up_s=roomy.request_timeout_s) is None
+    assert runs == [1]
+    tight = settings.model_copy(update={"request_timeout_s": 1e-6})
+    message = warn_if_batch_outlasts_timeout(engine, tight, warm_up_s=warm_up_s)
+    assert message is not None and warnings(caplog) == [message] and runs == [1, 1]
