@@ -8,9 +8,9 @@ queued until it started. Usually that run is the batch the image was formed into
 labels owe nothing to the batch that failed, whose run (and the probe after it) is time it waited, so counts in
 its `queue`, not its `inference`.
 
-A request that times out (504) is told its wait the same way (`InferenceTimeout`): `queue` until its image left the
-line, taken into a batch, and the rest, spent while that batch ran, `inference`. Counting it all as queueing made a
-slow or hung model look like a long queue.
+A request that times out (504, `InferenceTimeout`) or whose client hangs up while it waits is told its wait the same
+way (`WaitSplit`): `queue` until its image left the line, taken into a batch, and the rest, spent while that batch
+ran, `inference`. Counting it all as queueing made a slow or hung model look like a long queue.
 
 Only runs of requests' images that returned labels count in `segment_batch_size`, `segment_batch_padding_images`
 and /readyz's `padding_fraction`: a failed run computed no answer, and the guard's probe runs known-good input for
@@ -55,12 +55,27 @@ class InferenceTimeout(ApiError):
         self.inference_s = inference_s
 
     @classmethod
-    def after(cls, timeout_s: float, enqueued: float, left_line: float | None, now: float) -> InferenceTimeout:
-        """The timeout of an image queued at `enqueued` that left the line at `left_line` (perf_counter, None if
-        it never did), `now`."""
+    def after(cls, timeout_s: float, wait: WaitSplit) -> InferenceTimeout:
+        """The timeout of an image whose wait was `wait`."""
+        return cls(timeout_s, wait.queue_s, wait.inference_s)
+
+
+@dataclass(frozen=True)
+class WaitSplit:
+    """Where the wait of an image that got no labels went (it timed out, or its client hung up): `queue_s` until
+    it left the line (all of it when it never did), `inference_s` the rest, while its batch ran (None when it
+    never ran)."""
+
+    queue_s: float
+    inference_s: float | None
+
+    @classmethod
+    def of(cls, enqueued: float, left_line: float | None, now: float) -> WaitSplit:
+        """The wait of an image queued at `enqueued` that left the line at `left_line` (perf_counter, None if it
+        never did), until `now`."""
         if left_line is None:
-            return cls(timeout_s, now - enqueued, None)
-        return cls(timeout_s, left_line - enqueued, now - left_line)
+            return cls(now - enqueued, None)
+        return cls(left_line - enqueued, now - left_line)
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .batch_forming import BatchForming
 from .batch_line import QueuedImage, WaitingLine
-from .batch_runs import InferenceResult, InferenceTimeout, RunCounter
+from .batch_runs import InferenceResult, InferenceTimeout, RunCounter, WaitSplit
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
 from .errors import ApiError
@@ -175,8 +175,10 @@ class Batcher:
         finally:
             self._incoming -= 1
 
-    async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None) -> InferenceResult:
-        """Queue one letterboxed image and wait for its labels.
+    async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None,
+                    on_abandoned: Callable[[WaitSplit], None] | None = None) -> InferenceResult:
+        """Queue one letterboxed image and wait for its labels. If the wait is cancelled (its client hung up),
+        `on_abandoned` is told where the wait went before the cancellation goes on.
 
         Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing, or
         `stalled`), 504 `timeout` (an `InferenceTimeout`, which splits the wait into queue and run), 500
@@ -198,10 +200,18 @@ class Batcher:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:  # its wait until it left the line is queueing; after that, its batch ran
-            raise InferenceTimeout.after(timeout_s, item.enqueued, item.left_line, time.perf_counter()) from None
+            raise InferenceTimeout.after(timeout_s, self._wait_of(item)) from None
+        except asyncio.CancelledError:
+            if on_abandoned is not None:
+                on_abandoned(self._wait_of(item))
+            raise
         finally:
             if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
                 self._observe_depth()
+
+    @staticmethod
+    def _wait_of(item: QueuedImage) -> WaitSplit:
+        return WaitSplit.of(item.enqueued, item.left_line, time.perf_counter())
 
     def refuse_if_stalled(self) -> None:
         """503 `inference_unavailable` (with Retry-After) while the device is `stalled`."""

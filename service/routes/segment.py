@@ -13,10 +13,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from ..admission import Admission
-from ..batch_runs import InferenceTimeout
+from ..batch_runs import InferenceTimeout, WaitSplit
 from ..batcher import Batcher
 from ..codec import Codec
 from ..connection import while_connected
@@ -245,17 +244,16 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     if not options.full_resolution:
         prepared = prepared.without_image()  # the answer does not show it: not kept through the queue
 
-    t0 = time.perf_counter()
-    try:
-        result = await while_connected(request.receive,
-                                       batcher.infer(prepared.tensor, settings.request_timeout_s, request_id))
-    except InferenceTimeout as exc:  # queueing until its image left the line; then its batch's run
-        metrics.stage("queue").observe(exc.queue_s)
-        if exc.inference_s is not None:
-            metrics.stage("inference").observe(exc.inference_s)
-        raise
-    except ClientDisconnect:  # its client gave up waiting: queueing, as far as anything here can tell
-        _observed(metrics, "queue", t0)
+    def observe_wait(wait: WaitSplit | InferenceTimeout) -> None:  # queueing until it left the line; then its run
+        metrics.stage("queue").observe(wait.queue_s)
+        if wait.inference_s is not None:
+            metrics.stage("inference").observe(wait.inference_s)
+
+    try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
+        result = await while_connected(request.receive, batcher.infer(
+            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait))
+    except InferenceTimeout as exc:
+        observe_wait(exc)
         raise
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
     metrics.stage("queue").observe(result.queue_s)
