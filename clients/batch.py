@@ -12,16 +12,18 @@
   be an input image (`segment x.png --out .`), stops the run before anything is written (exit 2).
 - An overlay asked for as JPEG comes back as PNG when a side exceeds JPEG's 65,500 px; it is stored as `.png`.
 - Every output is written to a temporary name and renamed into place, so an existing output is always complete:
-  a rerun skips it (resume). `--out` records the output kind, options and model of the run
-  (`.segment-run.json`, see `clients.batch_record`); a rerun asking for others, or with another model, stops
-  (exit 2) rather than skip files that hold something else. `--overwrite` redoes everything: it deletes the old
+  a rerun skips it (resume), and removes the temporary files of runs killed mid-write (`clients.batch_writes`).
+  `--out` records the output kind, options and model of the run (`.segment-run.json`, see
+  `clients.batch_record`); a rerun asking for others, or with another model, stops (exit 2) rather than skip
+  files that hold something else. `--overwrite` redoes everything: it deletes the old
   outputs before it records the new run, so that whatever stops it, each file is new or absent.
 - Ctrl-C (also while the inputs are listed) starts no more files, lets the running ones finish, prints the
   summary and exits 130; a second Ctrl-C does not wait for them.
 - A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
   summary at the end lists every failure, and the exit status is 1 when anything failed. After
   `--max-connection-failures` files in a row could not reach the server, the run stops (exit 2): the server is
-  gone, and every other file would fail alike. A 503 is retried `--retries` times (the client's backoff).
+  gone, and every other file would fail alike; so it does at once when the server's TLS certificate is not
+  accepted. A 503 is retried `--retries` times (the client's backoff).
 - At most `--jobs` files are in progress at a time, and the run keeps counts and failures rather than an object
   per file: beyond the list of inputs, its memory does not grow with the number of files.
 - `--local` runs onnxruntime in this process through `service.local`, i.e. the service's own decode, letterbox,
@@ -42,6 +44,7 @@ from tqdm import tqdm
 
 from clients.batch_cli import parse_args, run_options
 from clients.batch_outputs import (
+    CERTIFICATE_ERROR,
     CONNECTION_ERROR,
     Backend,
     Failure,
@@ -53,8 +56,9 @@ from clients.batch_outputs import (
     remove_outputs,
     run_job,
 )
-from clients.batch_record import model_conflict, options_conflict, read_record, record_run, server_reachable
+from clients.batch_record import model_conflict, options_conflict, read_record, record_run, server_not_ready
 from clients.batch_record import run_model as _model  # by this name, so that tests can stand in for it
+from clients.batch_writes import remove_stale_temps
 from service.client import SegmentClient
 from service.core.output_kinds import OUTPUT_KINDS
 
@@ -75,6 +79,7 @@ class Tally:
     interrupted: bool = False  # Ctrl-C
     abandoned: int = 0  # files still in progress when a second Ctrl-C ended the run
     unreachable: bool = False  # --max-connection-failures reached
+    fatal: Failure | None = None  # a failure every file would meet (a certificate not accepted): stopped at once
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def not_done(self) -> int:
@@ -102,7 +107,7 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
 def _summary(tally: Tally) -> str:
     lines = [f"segment: {tally.written} written, {tally.skipped} skipped (already done), {len(tally.failures)} "
              f"failed, {tally.total} total"]
-    if tally.interrupted or tally.unreachable:
+    if tally.interrupted or tally.unreachable or tally.fatal:
         lines[0] += f"; {'interrupted' if tally.interrupted else 'stopped'}, {tally.not_done()} not done"
     if tally.abandoned:
         lines[0] += f" ({tally.abandoned} of them left in progress)"
@@ -112,7 +117,8 @@ def _summary(tally: Tally) -> str:
 
 
 def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar: tqdm, stop: threading.Event) -> None:
-    """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable."""
+    """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable, or at once
+    when its certificate is not accepted: every other file would fail alike, each after a handshake."""
     tally.in_progress -= 1
     if failure is None:
         tally.written += 1
@@ -123,6 +129,9 @@ def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar:
             bar.set_postfix(failed=len(tally.failures))
     # Only files that could not reach the server count: a corrupt image says nothing about the server.
     tally.connection_streak = tally.connection_streak + 1 if failure and failure.code == CONNECTION_ERROR else 0
+    if failure and failure.code == CERTIFICATE_ERROR and not stop.is_set():
+        tally.fatal = failure
+        stop.set()
     if tally.connection_streak >= args.max_connection_failures and not stop.is_set():
         tally.unreachable = True
         stop.set()
@@ -230,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend, client = started
         stage = f"while waiting for {args.server}" if client is not None else stage
         # Asked even when every file is done: "skipped (already done)" must mean done by this model.
-        if client is not None and not server_reachable(client, args.wait):
-            print(f"segment: {args.server} is not reachable or not ready", file=sys.stderr)
+        if client is not None and (why := server_not_ready(client, args.wait)) is not None:
+            print(f"segment: {why}", file=sys.stderr)
             return 2
         model = _model(backend, client)
         if isinstance(model, str):
@@ -245,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         if not record_run(args.out, options, model):
             return 2
+        stage = "while removing the temporary files of earlier runs"
+        remove_stale_temps({job.target.parent for job in jobs} | {args.out})
         stage = None
         run_jobs(backend, todo, args, tally)
     except KeyboardInterrupt:
@@ -256,13 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if client is not None:
             client.close()
     with tally.lock:  # files left in progress by a second Ctrl-C may still finish meanwhile
+        if tally.fatal and not tally.interrupted:
+            print(f"segment: stopped at once, as every file would fail alike: {tally.fatal.message}", file=sys.stderr)
         if tally.unreachable and not tally.interrupted:
             print(f"segment: stopped after {tally.connection_streak} files in a row could not reach {args.server}; "
                   "rerun to resume once it is back", file=sys.stderr)
         print(_summary(tally), file=sys.stderr)
     if tally.interrupted:
         return INTERRUPTED
-    return 2 if tally.unreachable else 1 if tally.failures else 0
+    return 2 if tally.unreachable or tally.fatal else 1 if tally.failures else 0
 
 
 def _start(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None] | int:

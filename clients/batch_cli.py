@@ -71,8 +71,8 @@ outputs:
   JPEG is stored as .png. --overwrite first deletes the outputs of the files it will redo, so an interrupted
   run resumes without --overwrite. Ctrl-C stops after the files in progress, a second Ctrl-C at once; both print
   the summary and exit 130.
-exit status: 0 all written, 1 some files failed, 2 cannot start or the server could not be reached
-  (--max-connection-failures), 130 interrupted"""
+exit status: 0 all written, 1 some files failed, 2 cannot start, the server could not be reached
+  (--max-connection-failures) or its TLS certificate is not accepted, 130 interrupted"""
 
 
 def _kinds_help() -> str:

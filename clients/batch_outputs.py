@@ -1,13 +1,12 @@
 """Where the outputs of a `segment` run go: the images found under the inputs, one output file each (names that
 would collide keep their extension), whether an output is already done (resume), atomic writes, and one job (a file
-segmented and its output stored). The record of what a folder's files were made with is `clients.batch_record`."""
+segmented and its output stored). The record of what a folder's files were made with is `clients.batch_record`;
+the atomic writes, `clients.batch_writes`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import stat
 import unicodedata
 from collections import defaultdict
@@ -16,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from service.client import SegmentApiError, SegmentClientError, SegmentConnectionError, SegmentResult
+from clients.batch_writes import write_atomic
+from service.client import (
+    SegmentApiError,
+    SegmentCertificateError,
+    SegmentClientError,
+    SegmentConnectionError,
+    SegmentResult,
+)
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS, Encoding
 
@@ -25,9 +31,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 # JSON fields that differ on every request; leaving them out makes the files reproducible (and resumable runs
 # comparable with fresh ones).
 _VOLATILE_FIELDS = ("id", "timing_ms")
-CONNECTION_ERROR = "connection_error"  # the failure code of a file that could not reach the server
-# Temporary files: short, hidden (never listed as inputs, see `discover`), and never a finished output's name.
-_TEMP_PREFIX, _TEMP_SUFFIX = ".segment-", ".part"
+CONNECTION_ERROR = SegmentConnectionError.code  # the failure code of a file that could not reach the server
+CERTIFICATE_ERROR = SegmentCertificateError.code  # ... as its certificate is not accepted: no other file can
 
 
 @dataclass(frozen=True)
@@ -198,30 +203,6 @@ def answer_target(target: Path, result: SegmentResult) -> Path:
     return target
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write to a temporary file in `target`'s folder, flush to disk, then rename it over `target` (atomic on
-    POSIX). The temporary file is removed when anything fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A short name of its own rather than `target`'s plus a suffix, which a legal 251-255-byte name would push
-    # past the filesystem's limit. Not tempfile's: its files are mode 0600; outputs get the umask's, as open() does.
-    while True:
-        temp = target.parent / f"{_TEMP_PREFIX}{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:  # another file drew the same 64 random bits: draw again
-            continue
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:  # also a Ctrl-C: no temporary file left behind
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def payload(result: SegmentResult) -> bytes:
     """The bytes to store: images as returned, JSON without the per-request fields, pretty-printed."""
     if not result.is_json:
@@ -241,8 +222,8 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
                                  tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
     except SegmentApiError as exc:
         return Failure(job.source, exc.code, exc.message)
-    except SegmentConnectionError as exc:  # counts towards --max-connection-failures
-        return Failure(job.source, CONNECTION_ERROR, str(exc))
+    except SegmentConnectionError as exc:  # see `clients.batch._count`: both codes stop the run
+        return Failure(job.source, exc.code, str(exc))
     except SegmentClientError as exc:
         return Failure(job.source, "client_error", str(exc))
     except DecodeError as exc:  # local mode: the code the service would answer with

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clients.batch_outputs import output_encoding, write_atomic
-from service.client import SegmentApiError, SegmentClient, SegmentClientError
+from clients.batch_outputs import output_encoding
+from clients.batch_writes import write_atomic
+from service.client import SegmentApiError, SegmentCertificateError, SegmentClient, SegmentClientError
 from service.core.output_kinds import OUTPUT_KINDS, RenderOptions
 
 RUN_FILE = ".segment-run.json"
@@ -71,13 +72,16 @@ def run_model(backend: Any, client: SegmentClient | None) -> dict[str, Any] | st
         return f"{client.url} does not say which model it serves: {exc}"
 
 
-def server_reachable(client: SegmentClient, timeout: float = 30.0) -> bool:
-    """Whether the server is ready within `timeout` seconds."""
+def server_not_ready(client: SegmentClient, timeout: float = 30.0) -> str | None:
+    """Why the server is not ready within `timeout` seconds, or None when it is. A certificate that is not accepted
+    is told at once, by name: waiting would not mend it, and "not reachable" would not say what to fix."""
     try:
         client.wait_ready(timeout=timeout)
+    except SegmentCertificateError as exc:
+        return str(exc)
     except SegmentClientError:
-        return False
-    return True
+        return f"{client.url} is not reachable or not ready"
+    return None
 
 
 def read_record(out: Path) -> dict[str, Any] | str | None:

@@ -41,8 +41,9 @@ from typing import Protocol
 import numpy as np
 
 from clients.batch import INTERRUPTED, serve_extra_missing
+from clients.ctrl_c import first_ctrl_c_only
 from clients.webcam_outage import Outage, in_thread, server_away
-from service.client import SegmentClient, SegmentClientError, SegmentResult
+from service.client import SegmentCertificateError, SegmentClient, SegmentClientError, SegmentResult
 from service.core.errors import DecodeError
 
 try:  # OpenCV and the service's renderers come with the serve extra; main() says so on a client-only install
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> Stats:
                     draw_hud(shown, stats, len(pending),
                              f"server away {time.monotonic() - outage.since:.0f}s" if away else "")  # type: ignore[union-attr]
                 sink.put(shown)
+                if stats.stopped:  # a certificate not accepted: see `_failed`
+                    break
                 if args.max_failures and stats.failing >= args.max_failures:  # every frame refused, not one
                     stats.stopped = f"stopped after {stats.failing} frames failed in a row"
                     break
@@ -195,8 +198,10 @@ def run(args: argparse.Namespace) -> Stats:
 
 def _failed(exc: Exception, stats: Stats, outage: Outage | None, recording: bool) -> None:
     """Count and tell a frame's failure: the first of an outage starts it, any other counts towards
-    --max-failures."""
-    if outage is None or not server_away(exc):
+    --max-failures; a server certificate that is not accepted stops the run (no wait would mend it)."""
+    if isinstance(exc, SegmentCertificateError):
+        stats.stopped = str(exc)
+    elif outage is None or not server_away(exc):
         stats.failing += 1
         print(f"segment-webcam: frame {stats.frames}: {exc}", file=sys.stderr)
     elif not outage.active:  # the frames already in flight fail with it, untold
@@ -248,11 +253,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segment-webcam`; 0 when every frame was segmented, 1 if some were not, 2 if it could not
-    start or gave up (the server away longer than `--wait`, or `--max-failures`), 130 on Ctrl-C."""
+    start or gave up (the server away longer than `--wait`, or `--max-failures`), 130 on Ctrl-C. `argv` None: this
+    process's command line, which ends with it (a Ctrl-C after the first stays ignored until the process is gone)."""
     args = parse_args(argv)
     if _MISSING is not None:
         print(serve_extra_missing("segment-webcam", "the webcam client", _MISSING), file=sys.stderr)
         return 2
+    with first_ctrl_c_only(keep=argv is None):  # the first ends the run at once: later ones must not cut it short
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """`run`, its summary printed; the exit status (see `main`)."""
     try:
         stats = run(args)
     except SegmentClientError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from service.client import SegmentApiError, SegmentClientError, SegmentConnectionError
+from service.client import SegmentApiError, SegmentCertificateError, SegmentClientError, SegmentConnectionError
 
 T = TypeVar("T")
 
@@ -65,6 +65,8 @@ class Outage:
                                      "it was ready")
         try:
             self._wait_ready(left)
+        except SegmentCertificateError:  # raised at once, and told as it is: no wait would mend it
+            raise
         except SegmentClientError:
             raise SegmentClientError(f"the server was not ready again within {self.wait:g}s (--wait)") from None
 

@@ -38,6 +38,13 @@ class SegmentConnectionError(SegmentClientError):
     code = "connection_error"  # a stable code, as `SegmentApiError.code` is for the service's errors
 
 
+class SegmentCertificateError(SegmentConnectionError):
+    """The server's TLS certificate was not accepted (self-signed, expired, issued for another host name): raised at
+    once, not retried, as no retry can succeed until the certificate, the URL or the trusted issuers change."""
+
+    code = "certificate_error"
+
+
 class SegmentApiError(SegmentClientError):
     """The service answered an error: HTTP `status`, stable `code`, human `message`."""
 

@@ -6,6 +6,7 @@ import io
 import math
 import mimetypes
 import random
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,6 +21,7 @@ from .client_types import (
     OUTPUTS,
     ImageInput,
     SegmentApiError,
+    SegmentCertificateError,
     SegmentClientError,
     SegmentConnectionError,
     SegmentResult,
@@ -236,6 +238,8 @@ class Retries:
     def after_failure(self, method: str, url: str, exc: httpx.TransportError) -> float:
         """Seconds to sleep before sending again after a transport failure; raises its `SegmentConnectionError`
         when it is not retried (the request may have reached the server, or no retry is left)."""
+        if (failure := certificate_failure(exc)) is not None:  # a ConnectError too, but one no retry can mend
+            raise certificate_error(method, url, failure) from exc
         error = connection_error(method, url, exc, self.made + 1)
         wait = self.next_wait(error) if nothing_sent(exc) else None
         if wait is None:
@@ -245,7 +249,8 @@ class Retries:
 
 def nothing_sent(exc: httpx.TransportError) -> bool:
     """Whether the request surely never reached the server: the connection was not made (refused, unknown host,
-    reset or TLS failure while connecting). Only these are retried: after a read timeout or a connection broken
+    reset or TLS handshake failure while connecting). Only these are retried (but a certificate that is not
+    accepted is raised at once, see `certificate_failure`): after a read timeout or a connection broken
     mid-answer the server may be running the request, and sending it again would double its work under the
     very load that made it slow. A connect timeout is not retried either: it has already cost a whole timeout."""
     return isinstance(exc, httpx.ConnectError)
@@ -255,3 +260,24 @@ def connection_error(method: str, url: str, exc: httpx.TransportError, attempts:
     """The error raised for a transport failure, saying how many attempts were made."""
     tries = f" (after {attempts} attempts)" if attempts > 1 else ""
     return SegmentConnectionError(f"{method} {url}: {exc}{tries}")
+
+
+def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a transport error, or None. httpx raises it as a `ConnectError`,
+    as it does a refused connection, with the `ssl` module's error among its causes."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # a chain of causes may loop back on itself
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def certificate_error(method: str, url: str, failure: ssl.SSLCertVerificationError) -> SegmentCertificateError:
+    """The error raised for a server certificate that is not accepted: what is wrong with it, and what would help."""
+    reason = failure.verify_message or failure.reason or str(failure)
+    return SegmentCertificateError(
+        f"{method} {url}: the server's TLS certificate is not accepted: {reason} (not retried: the URL must name a "
+        f"host the certificate is valid for, and its issuer must be trusted, e.g. SSL_CERT_FILE=/path/to/ca.pem)")

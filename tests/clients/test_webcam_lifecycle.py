@@ -89,11 +89,13 @@ def test_ctrl_c_closes_the_video_prints_the_summary_and_exits_130(server_url: st
 
     monkeypatch.setattr(webcam, "_request", request)
     out = tmp_path / "seg.mkv"
+    handler = signal.getsignal(signal.SIGINT)
     try:
         status = main([str(video), "--server", server_url, "--out", str(out), "--no-hud", "--inflight", "1"])
     except KeyboardInterrupt:
         status = None
     assert status == 130
+    assert signal.getsignal(signal.SIGINT) is handler  # called with arguments: Ctrl-C is the caller's again
     err = capsys.readouterr().err
     outputs = _read_all(out)
     assert 1 <= len(outputs) < FRAMES, "the run went on after Ctrl-C"
