@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .admission import overloaded
-from .core.crf import CrfBusy, CrfFailed, CrfPool
+from .core.crf import CrfBusy, CrfFailed, CrfPlace, CrfPool
 from .core.decode import Upload
 from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
@@ -104,26 +104,38 @@ class Codec:
             return upload
         return self._preprocess(upload, full_resolution)
 
+    def reserve_crf(self, options: SegmentOptions) -> CrfPlace | None:
+        """The CRF place of a `crf=true` request, taken at its admission, before its decode and model run (None
+        without one, or without a pool): 503 `overloaded` when every place is taken. The caller releases it
+        (`CrfPlace.release`) when the request ends; the refinement, once handed it, keeps it until its worker is
+        done."""
+        if not options.crf or self.crf is None:
+            return None
+        try:
+            return self.crf.reserve()
+        except CrfBusy as exc:
+            raise overloaded(f"dense CRF: {exc}") from None
+
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,
-                     ) -> tuple[bytes, str, bool]:
+                     crf_place: CrfPlace | None = None) -> tuple[bytes, str, bool]:
         """The answer's body and media type, and whether `keep(label map at the upload's size)` stored it for
         `/results` (in the same job: off the event loop, where under several workers it is a file write). A JSON
         kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
         to a 404. A JSON body comes serialised here too: a large one (polygons: megabytes) would otherwise stall
         the event loop."""
         if options.crf and self.crf is not None:
-            labels = await self._refined(prepared, labels)
+            labels = await self._refined(prepared, labels, crf_place)
             options = replace(options, crf=False)  # refined: the codec thread has only the rest to do
         return await self.threads.run(self._encode, prepared, labels, options, header, keep, priority=ENCODE_PRIORITY)
 
-    async def _refined(self, prepared: Prepared, labels: np.ndarray) -> np.ndarray:
-        """The dense CRF's labels, from a worker process (`CrfPool`): 503 `overloaded` when its places are taken,
-        500 when its worker died."""
+    async def _refined(self, prepared: Prepared, labels: np.ndarray, place: CrfPlace | None) -> np.ndarray:
+        """The dense CRF's labels, from a worker process (`CrfPool`), in `place` (None: one taken now): 503
+        `overloaded` when its places are taken, 500 when its worker died."""
         assert self.crf is not None
         try:
             return await self.crf.refine(prepared.tensor, labels, prepared.info,
-                                         self.pipeline.engine.metadata.num_classes)
+                                         self.pipeline.engine.metadata.num_classes, place=place)
         except CrfBusy as exc:
             raise overloaded(f"dense CRF: {exc}") from None
         except CrfFailed as exc:

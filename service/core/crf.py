@@ -20,6 +20,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -108,13 +109,18 @@ def _region(info: LetterboxInfo) -> tuple[slice, slice]:
     return slice(info.top, info.top + info.new_h), slice(info.left, info.left + info.new_w)
 
 
+def _on_canvas(canvas: np.ndarray, info: LetterboxInfo, region_labels: np.ndarray) -> np.ndarray:
+    """Labels [canvas H, W]: `region_labels` where the image sits, 0 in the padding."""
+    labels = np.zeros(canvas.shape[:2], np.uint8)
+    labels[_region(info)] = region_labels
+    return labels
+
+
 def crf_on_canvas(canvas: np.ndarray, probs: np.ndarray, info: LetterboxInfo, params: CrfParams) -> np.ndarray:
     """Dense CRF over the image region of a canvas (padding excluded); labels [canvas H, W], 0 elsewhere."""
-    region = _region(info)
-    labels = np.zeros(canvas.shape[:2], np.uint8)
-    labels[region] = dense_crf(np.ascontiguousarray(canvas[region]),
-                               np.ascontiguousarray(probs[:, region[0], region[1]]), params)
-    return labels
+    rows, cols = _region(info)
+    return _on_canvas(canvas, info, dense_crf(np.ascontiguousarray(canvas[rows, cols]),
+                                              np.ascontiguousarray(probs[:, rows, cols]), params))
 
 
 def refine_region(image: np.ndarray, labels: np.ndarray, num_classes: int, params: CrfParams) -> np.ndarray:
@@ -130,9 +136,7 @@ def refine_labels(canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, n
     """The model's labels [canvas H, W] refined by the dense CRF over the image region of its canvas, in this
     process: labels [canvas H, W], 0 in the padding. `CrfPool.refine` gives the same in a worker process."""
     region = _region(info)
-    refined = np.zeros(canvas.shape[:2], np.uint8)
-    refined[region] = refine_region(canvas[region], labels[region], num_classes, params)
-    return refined
+    return _on_canvas(canvas, info, refine_region(canvas[region], labels[region], num_classes, params))
 
 
 def _worker_started() -> None:
@@ -150,6 +154,29 @@ def _worker_started() -> None:
 def _exit_with_parent(sentinel: int) -> None:
     multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended
     os._exit(0)
+
+
+class CrfPlace:
+    """One place in a `CrfPool`, taken when a `crf=true` request is admitted (`CrfPool.reserve`), before its decode
+    and model run: a request the pool has no room for is refused before it costs them. `release` gives it back
+    (again: nothing); a refinement it is handed to gives it back when its worker is done instead. Used on the
+    event loop only: no lock."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        """Give the place back, unless a refinement took it (or it was given back already)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def hand_over(self) -> Callable[[], None]:
+        """What gives the place back, for the refinement that now holds it; `release` does nothing afterwards."""
+        release, self._release = self._release, None
+        if release is None:
+            raise RuntimeError("a CRF place serves one refinement")
+        return release
 
 
 class CrfPool:
@@ -173,29 +200,32 @@ class CrfPool:
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
 
-    async def refine(self, canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, num_classes: int,
-                     params: CrfParams = CrfParams()) -> np.ndarray:
-        """`refine_labels`, in a worker process. Raises `CrfBusy` when the pool is full (or shut down),
-        `CrfFailed` when the worker died."""
+    def reserve(self) -> CrfPlace:
+        """A place for one refinement; `CrfBusy` when every place is taken."""
         if not self._places.acquire(blocking=False):
             raise CrfBusy(f"every CRF process is busy and {self.capacity - self.processes} more refinements wait")
+        return CrfPlace(self._places.release)
+
+    async def refine(self, canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, num_classes: int,
+                     params: CrfParams = CrfParams(), place: CrfPlace | None = None) -> np.ndarray:
+        """`refine_labels`, in a worker process, in `place` (None: one taken now). Raises `CrfBusy` when the pool
+        is full (or shut down), `CrfFailed` when the worker died."""
+        release = (place or self.reserve()).hand_over()
         region = _region(info)
         # Views: the executor's feeder thread pickles them (a copy of the region alone), not the event loop.
         args = (canvas[region], labels[region], num_classes, params)
         try:
             executor, future = self._submit(args)
         except BaseException:
-            self._places.release()
+            release()
             raise
-        future.add_done_callback(lambda _: self._places.release())
+        future.add_done_callback(lambda _: release())
         try:
             refined_region = await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self._discard(executor)
             raise CrfFailed("the dense CRF's worker process died; a retry starts a fresh one") from None
-        refined = np.zeros(canvas.shape[:2], np.uint8)
-        refined[region] = refined_region
-        return refined
+        return _on_canvas(canvas, info, refined_region)
 
     def _submit(self, args: tuple[object, ...]) -> tuple[ProcessPoolExecutor, Future[np.ndarray]]:
         executor = self._current()

@@ -19,6 +19,7 @@ from ..batch_runs import InferenceTimeout, WaitSplit
 from ..batcher import Batcher
 from ..codec import Codec
 from ..connection import while_connected
+from ..core.crf import CrfPlace
 from ..core.crf import available as crf_available
 from ..core.decode import Upload
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes, negotiate
@@ -217,11 +218,17 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         options = SegmentOptions(query.output or negotiate(request.headers.get("accept")),
                                  RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
                                                min_area=query.min_area), crf=query.crf)
-        return await _segment(request, state, engine.name, batcher, codec, data, options, ticket)
+        # Before its decode and model run: a request the CRF has no room for must not pay for them first.
+        crf_place = codec.reserve_crf(options)
+        try:
+            return await _segment(request, state, engine.name, batcher, codec, data, options, ticket, crf_place)
+        finally:
+            if crf_place is not None:
+                crf_place.release()  # unless its refinement holds it: then when the worker is done
 
 
 async def _segment(request: Request, state: ServiceState, model: str, batcher: Batcher, codec: Codec, data: bytes,
-                   options: SegmentOptions, ticket: Admission) -> Response:
+                   options: SegmentOptions, ticket: Admission, crf_place: CrfPlace | None = None) -> Response:
     """Decode, infer, encode one admitted upload; the response with its timing. Each stage's time is observed as
     the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing."""
     settings, metrics = state.settings, state.metrics
@@ -263,7 +270,8 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     result_id = new_result_id()
     try:
         body, media, kept = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
-                                               keep=lambda label_map: state.cache.put(result_id, label_map, data))
+                                               keep=lambda label_map: state.cache.put(result_id, label_map, data),
+                                               crf_place=crf_place)
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
     finally:
