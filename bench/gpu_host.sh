@@ -29,6 +29,7 @@ EXTRA_WHEELS=${GPU_EXTRA_WHEELS:-"simplejpeg==1.9.0 zlib-ng==1.1.0 shapely==2.2.
 # What a benchmark run never reads (tests, user docs, clients, container files, the embedded model).
 SLIM_DROP=(tests docs clients docker models service/models/default.onnx)
 RETURN=.git/gpu-host-return
+UNPACK_MARK="# unpacks the carried wheels (bench/gpu_host.sh)"
 
 travel_size() {  # what a call would send: tracked and untracked-not-ignored files, plus .gpu
   { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null
@@ -88,6 +89,12 @@ mkdir -p .gpu/whl && tar -xJf .gpu/wheels.tar.xz -C .gpu/whl || return 1
 source .gpu/device-setup.sh || return 1
 python3 -m bench.gpu_bench --check-imports || return 1
 EOF
+  # The kit's own instructions begin a device command with `source .gpu/device-setup.sh`, which installs
+  # .gpu/whl/*.whl: the wheels are only in the archive now, so it unpacks them first when they are not there.
+  if [ -f .gpu/device-setup.sh ] && ! grep -q "$UNPACK_MARK" .gpu/device-setup.sh; then
+    { echo "[ -d .gpu/whl ] || { mkdir -p .gpu/whl && tar -xJf .gpu/wheels.tar.xz -C .gpu/whl; } || return 1  $UNPACK_MARK"
+      cat .gpu/device-setup.sh; } > .gpu/device-setup.sh.new && mv .gpu/device-setup.sh.new .gpu/device-setup.sh
+  fi
   echo ".gpu: $(du -sb .gpu | cut -f1) bytes"
   report_size || true
 }

@@ -36,7 +36,7 @@ class GpuCollector(Collector):
                                 ("segment_gpu_memory_total_bytes", reading.memory_total),
                                 ("segment_gpu_utilization_ratio", reading.utilization),
                                 ("segment_gpu_power_watts", reading.power_watts)):
-                if value is not None:  # not every board reports power
+                if value is not None:  # not every device reports utilisation or power
                     families[name].add_metric([gpu], value)
         yield from (family for family in families.values() if family.samples)
 

@@ -12,12 +12,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One sample of the device: memory in bytes, utilisation as a 0..1 fraction of the last sample period,
-    power in watts (None where the board does not report it)."""
+    """One sample of the device: memory in bytes, utilisation as a 0..1 fraction of the last sample period and
+    power in watts (each None where the device does not report it: MIG instances and some virtual GPUs report
+    memory but no utilisation)."""
 
     memory_used: int
     memory_total: int
-    utilization: float
+    utilization: float | None
     power_watts: float | None
 
 
@@ -82,13 +83,17 @@ def visible_device_count() -> int | None:
 
 
 def read(device: tuple[Any, Any]) -> GpuReading | None:
-    """A reading of the device from `device_handle`; None if NVML refuses."""
+    """A reading of the device from `device_handle`; None if NVML refuses its memory."""
     nvml, handle = device
     try:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
     except Exception:
         return None
+    # Each on its own: a device that refuses one (NVML_ERROR_NOT_SUPPORTED) must not hide the others.
+    try:
+        utilization: float | None = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+    except Exception:  # MIG instances, some virtual GPUs
+        utilization = None
     try:
         power: float | None = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # milliwatts
     except Exception:  # not every board reports power

@@ -63,3 +63,36 @@ def test_a_rebuilt_bundle_carries_each_pinned_project_once(tmp_path: Path) -> No
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     assert "2.0" in (tmp_path / "site" / "pinned_pkg" / "__init__.py").read_text()
+
+
+def test_the_kits_own_setup_line_finds_the_wheels_the_bundle_packed(tmp_path: Path) -> None:
+    """The kit's instructions begin a device command with `source .gpu/device-setup.sh`, which installs
+    `.gpu/whl/*.whl`; the bundle packs the wheels into one archive and removes that folder, so the kit's line failed
+    ("*.whl is not a valid wheel filename") unless `.gpu/setup.sh` ran first. Bundled twice: patched once."""
+    repo = tmp_path / "repo"
+    (repo / "bench").mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "gpu_host.sh", repo / "bench")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    gpu = repo / ".gpu"
+    gpu.mkdir()
+    for name in ("cuda90.so.xz", "pybind.so.xz", "ort-py.tar.xz"):  # the kit, already built
+        (gpu / name).write_bytes(b"kit")
+    # The kit's setup as it installs the wheels (its first step), into a scratch folder.
+    (gpu / "device-setup.sh").write_text(
+        f"{sys.executable} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+        f"--target {tmp_path / 'site'} .gpu/whl/*.whl || return 1\n")
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    wheel(wheelhouse, "pinned_pkg", "2.0")
+    env = {**os.environ, "GPU_EXTRA_WHEELS": "pinned-pkg==2.0", "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": str(wheelhouse), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):
+        result = subprocess.run(["bash", "bench/gpu_host.sh", "bundle"], cwd=repo, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert not (gpu / "whl").exists()
+    assert (gpu / "device-setup.sh").read_text().count("unpacks the carried wheels") == 1
+    setup = subprocess.run(["bash", "-c", "source .gpu/device-setup.sh"], cwd=repo, capture_output=True, text=True,
+                           timeout=300)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "2.0" in (tmp_path / "site" / "pinned_pkg" / "__init__.py").read_text()

@@ -6,8 +6,9 @@ import types
 from types import SimpleNamespace
 
 
-def fake_pynvml(power: bool = True) -> types.ModuleType:
-    """NVML's Python interface over two devices (index 0 and 3, UUIDs GPU-a and GPU-b); records lookups."""
+def fake_pynvml(power: bool = True, utilization: bool = True) -> types.ModuleType:
+    """NVML's Python interface over two devices (index 0 and 3, UUIDs GPU-a and GPU-b); records lookups. `power`,
+    `utilization`: whether the devices report them (else NVML_ERROR_NOT_SUPPORTED, as MIG instances do)."""
     module = types.ModuleType("pynvml")
     devices = {"0": ("dev0", 1_000, 8_000, 25, 70_500), "3": ("dev3", 3_000, 80_000, 90, 650_000)}
     by_uuid = {"GPU-a": "0", "GPU-b": "3"}
@@ -36,6 +37,11 @@ def fake_pynvml(power: bool = True) -> types.ModuleType:
     module.nvmlDeviceGetHandleByIndex = handle
     module.nvmlDeviceGetHandleByUUID = handle_by_uuid
     module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=row(h)[1], total=row(h)[2])
-    module.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=row(h)[3], memory=0)
+    def utilization_rates(h: str) -> SimpleNamespace:
+        if not utilization:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return SimpleNamespace(gpu=row(h)[3], memory=0)
+
+    module.nvmlDeviceGetUtilizationRates = utilization_rates
     module.nvmlDeviceGetPowerUsage = power_usage
     return module

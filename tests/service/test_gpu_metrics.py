@@ -60,6 +60,18 @@ def test_devices_named_by_uuid_and_boards_without_power(monkeypatch: pytest.Monk
     assert register_gpu_metrics(CollectorRegistry(), [7]) is False  # no such device: no gauges
 
 
+def test_a_device_without_utilisation_still_reports_its_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MIG instance (and some virtual GPUs) report memory but refuse utilisation: its memory gauges, and the
+    per-bucket memory in /readyz, must not be lost with it."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(utilization=False))
+    registry = CollectorRegistry()
+    assert register_gpu_metrics(registry, [0])
+    assert samples(registry) == {'segment_gpu_memory_used_bytes{gpu="0"}': 1_000.0,
+                                 'segment_gpu_memory_total_bytes{gpu="0"}': 8_000.0,
+                                 'segment_gpu_power_watts{gpu="0"}': 70.5}
+    assert memory_in_use(on_gpu=True) == 1_000
+
+
 def test_no_nvml_means_no_gpu_gauges(monkeypatch: pytest.MonkeyPatch, serve) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a host without nvidia-ml-py
     assert nvml.device_handle() is None and memory_in_use(on_gpu=True) is None
