@@ -82,6 +82,7 @@ import onnxruntime as ort
 
 from bench.gpu_diagnose import label_like_png, multi_process, null_ceiling
 from bench.gpu_env import device_info, missing_imports
+from bench.gpu_masks import MaskReference, mask_failures
 from bench.gpu_raw import (
     bound_variants,
     eager,
@@ -210,10 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     context = multiprocessing.get_context("spawn")  # the parent holds CUDA and threads: no fork
     answer = args.workdir / "answer.png"
     answer.unlink(missing_ok=True)
+    masks = MaskReference()  # the first service configuration's labels: every later one is compared with them
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
             pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
-            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), **kw)
+            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), masks=masks,
+            **kw)
         stage("service", lambda: run({}, concurrencies, buckets, gil_from=None if "gil" in skip else 32,
                                      keep_answer=answer))
         for name, env in variants.items():
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(args.clients, mp_context=context) as pool:
         run = lambda env, conc, first=None, **kw: service_config(  # noqa: E731
             pool, fp32, bodies, conc, args.seconds, args.clients, {**base, **env}, first,
-            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), **kw)
+            per_connection=per_connection, ready_timeout=stages.ready_timeout(args.ready_timeout), masks=masks,
+            **kw)
         stage("off", lambda: run({"SEGMENT_MAX_BATCH_SIZE": "1"}, concurrencies))
         diag = ints(args.diag_concurrency)
         stage("null", lambda: null_ceiling(pool, bodies, answer.read_bytes() if answer.exists()
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         stage("before", lambda: run({"SEGMENT_FIXED_SHAPES": "off", "SEGMENT_CONCURRENT_BATCHES": "1",
                                      "SEGMENT_CUDA_OPTIONS": "prefer_nhwc=0", "SEGMENT_MAX_BATCH_SIZE": "8"},
                                     [8, 32]))
+    failures = mask_failures(results)
+    if failures:
+        results["errors"]["masks"] = failures
     stages.save()
     write_section(args.out / "BENCHMARKS.md", "gpu", render(results))
     print(render(results))

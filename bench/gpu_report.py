@@ -86,11 +86,15 @@ def _base_env(r: dict[str, Any]) -> dict[str, str]:
 
 def _service_rows(name: str, config: dict[str, Any] | None) -> list[str]:
     rows = []
+    masks = (config or {}).get("masks") or {}
+    agree = f"{masks['agreement'] * 100:.2f}" if "agreement" in masks else ("error" if "error" in masks else "")
+    if masks.get("consistent") is False:
+        agree += " (inconsistent)"
     for p in (config or {}).get("points", []):
         stages = p.get("stages_ms") or {}
         split = ", ".join(f"{k} {v:.1f}" for k, v in sorted(stages.items()))
         rows.append(f"| {name} | {p['concurrency']} | {p['throughput']:.1f} | {p['p50']:.1f} | {p['p99']:.1f} | "
-                    f"{p['mean_batch']:.1f} | {p['errors']} | {split} |")
+                    f"{p['mean_batch']:.1f} | {p['errors']} | {split} | {agree} |")
     return rows
 
 
@@ -136,9 +140,10 @@ def render(r: dict[str, Any]) -> str:
             extras.append(f"| {variant} (device buffers) | {size} | {_num(ips, 1)} |")
     if extras:
         lines += ["", "| reference | batch | img/s |", "|---|---|---|", *extras]
-    lines += ["", "The service (closed loop; stages are the service's own mean ms per request):", "",
-              "| configuration | concurrency | img/s | p50 ms | p99 ms | mean batch | errors | stages ms |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "The service (closed loop; stages are the service's own mean ms per request; masks: the least "
+              "share of pixels of an answer equal to the first configuration's labels for the same image):", "",
+              "| configuration | concurrency | img/s | p50 ms | p99 ms | mean batch | errors | stages ms | masks % |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, label in (("service", f"batching, max {args.get('max_batch')}, buckets, 2 in flight"),
                        ("off", "batching off"), ("fp32", "fp32"),
                        ("before", "old: dynamic shapes, NCHW, 1 in flight, max 8")):
@@ -176,8 +181,11 @@ def render(r: dict[str, Any]) -> str:
     if others:
         lines += ["", f"GPU memory of the other configurations' service process: {', '.join(others)}."]
     lines += diagnostics(r)
-    if r.get("errors"):
-        lines += ["", "Stages that failed: " + ", ".join(sorted(r["errors"])) + " (tracebacks in the JSON)."]
+    failed = sorted(name for name in r.get("errors") or {} if name != "masks")  # masks: a finding, not a stage
+    if failed:
+        lines += ["", "Stages that failed: " + ", ".join(failed) + " (tracebacks in the JSON)."]
+    if (r.get("errors") or {}).get("masks"):
+        lines += ["", f"Mask check: {r['errors']['masks']}."]
     if r.get("skipped_for_time"):
         lines += ["", "Stages not started, the run's time limit having passed: " + ", ".join(r["skipped_for_time"])
                   + "."]

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from bench.gpu_load import POOLS, gpu_memory_of, idle_healthz, load_point, start_service, wait_until_ready
+from bench.gpu_masks import MaskReference, check_masks
 from bench.gpu_stages import keep_partial
 
 # A variant's KEY=VALUE pairs are split only at a comma that starts the next key, an environment name or one of the
@@ -79,13 +80,14 @@ def gpu_metric_lines(url: str) -> list[str]:
 def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], concurrencies: list[int],
                    seconds: float, processes: int, env: dict[str, str], first_batches: list[int] | None = None,
                    gil_from: int | None = None, keep_answer: Path | None = None, per_connection: bool = False,
-                   ready_timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+                   ready_timeout: float = READY_TIMEOUT_S, masks: MaskReference | None = None) -> dict[str, Any]:
     """Start the service with `env`, optionally time the first batch of every bucket, then each load point
     (with py-spy's GIL sampling from concurrency `gil_from` on). An `output` key in `env` picks the output kind
     the clients ask for (labels by default), a `client_pool` key how they hold connections; `keep_answer`
     saves one real answer (the null server's reply). A service not ready within `ready_timeout`, or whose
     warm-up keeps failing (`wait_until_ready`), fails the configuration; one that fails later keeps the load
-    points measured before (`keep_partial`)."""
+    points measured before (`keep_partial`). With `masks`, the labels it answers are checked against the run's
+    reference first (`check_masks`), under `masks` in the result."""
     env = dict(env)
     output = env.pop("output", "labels")
     per_connection = env.pop("client_pool", POOLS[per_connection]) == POOLS[True]
@@ -97,6 +99,8 @@ def service_config(pool: ProcessPoolExecutor, model: Path, bodies: list[bytes], 
             # into thread groups reads the supervisor only).
             wait_until_ready(server, ready_timeout)
             out["ready_s"] = time.perf_counter() - start
+            if masks is not None:  # before any load: a wrong answer is a wrong configuration, however fast
+                out["masks"] = check_masks(server.url, bodies, masks)
             out["readyz"] = httpx.get(f"{server.url}/readyz", timeout=30).json()
             out["gpu_metrics"] = gpu_metric_lines(server.url)
             if keep_answer:
