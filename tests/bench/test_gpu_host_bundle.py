@@ -28,29 +28,42 @@ def wheel(folder: Path, project: str, version: str) -> Path:
     return path
 
 
-def test_a_rebuilt_bundle_carries_each_pinned_project_once(tmp_path: Path) -> None:
+def kit_repo(tmp_path: Path) -> Path:
+    """A scratch git repository holding `bench/gpu_host.sh` and the shared kit's files, as if already built."""
     repo = tmp_path / "repo"
     (repo / "bench").mkdir(parents=True)
     shutil.copy(REPO / "bench" / "gpu_host.sh", repo / "bench")
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gpu").mkdir()
+    for name in ("cuda90.so.xz", "pybind.so.xz", "ort-py.tar.xz"):
+        (repo / ".gpu" / name).write_bytes(b"kit")
+    return repo
+
+
+def bundle(repo: Path, tmp_path: Path) -> None:
+    """`bash bench/gpu_host.sh bundle` in `repo`, its one pinned extra wheel (pinned_pkg 2.0) from a local
+    wheelhouse under `tmp_path`; it must succeed."""
+    wheelhouse = tmp_path / "wheelhouse"
+    if not wheelhouse.exists():
+        wheelhouse.mkdir()
+        wheel(wheelhouse, "pinned_pkg", "2.0")
+    env = {**os.environ, "GPU_EXTRA_WHEELS": "pinned-pkg==2.0", "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": str(wheelhouse), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "bench/gpu_host.sh", "bundle"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_rebuilt_bundle_carries_each_pinned_project_once(tmp_path: Path) -> None:
+    repo = kit_repo(tmp_path)
     gpu = repo / ".gpu"
-    gpu.mkdir()
-    for name in ("cuda90.so.xz", "pybind.so.xz", "ort-py.tar.xz"):  # the kit, already built
-        (gpu / name).write_bytes(b"kit")
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     wheel(earlier, "kit_only", "1.0")  # one of the kit's wheels: packed by an earlier run, kept
     wheel(earlier, "pinned_pkg", "1.0")  # the extra wheel at its old pin
     with tarfile.open(gpu / "wheels.tar.xz", "w:xz") as archive:
         archive.add(earlier, arcname=".")
-    wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    wheel(wheelhouse, "pinned_pkg", "2.0")
-    env = {**os.environ, "GPU_EXTRA_WHEELS": "pinned-pkg==2.0", "PIP_NO_INDEX": "1",
-           "PIP_FIND_LINKS": str(wheelhouse), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "bench/gpu_host.sh", "bundle"], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    bundle(repo, tmp_path)
     with tarfile.open(gpu / "wheels.tar.xz") as archive:
         carried = sorted(Path(name).name for name in archive.getnames() if name.endswith(".whl"))
     assert carried == ["kit_only-1.0-py3-none-any.whl", "pinned_pkg-2.0-py3-none-any.whl"], carried
@@ -69,27 +82,14 @@ def test_the_kits_own_setup_line_finds_the_wheels_the_bundle_packed(tmp_path: Pa
     """The kit's instructions begin a device command with `source .gpu/device-setup.sh`, which installs
     `.gpu/whl/*.whl`; the bundle packs the wheels into one archive and removes that folder, so the kit's line failed
     ("*.whl is not a valid wheel filename") unless `.gpu/setup.sh` ran first. Bundled twice: patched once."""
-    repo = tmp_path / "repo"
-    (repo / "bench").mkdir(parents=True)
-    shutil.copy(REPO / "bench" / "gpu_host.sh", repo / "bench")
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    repo = kit_repo(tmp_path)
     gpu = repo / ".gpu"
-    gpu.mkdir()
-    for name in ("cuda90.so.xz", "pybind.so.xz", "ort-py.tar.xz"):  # the kit, already built
-        (gpu / name).write_bytes(b"kit")
     # The kit's setup as it installs the wheels (its first step), into a scratch folder.
     (gpu / "device-setup.sh").write_text(
         f"{sys.executable} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
         f"--target {tmp_path / 'site'} .gpu/whl/*.whl || return 1\n")
-    wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    wheel(wheelhouse, "pinned_pkg", "2.0")
-    env = {**os.environ, "GPU_EXTRA_WHEELS": "pinned-pkg==2.0", "PIP_NO_INDEX": "1",
-           "PIP_FIND_LINKS": str(wheelhouse), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for _ in range(2):
-        result = subprocess.run(["bash", "bench/gpu_host.sh", "bundle"], cwd=repo, env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
+        bundle(repo, tmp_path)
     assert not (gpu / "whl").exists()
     assert (gpu / "device-setup.sh").read_text().count("unpacks the carried wheels") == 1
     setup = subprocess.run(["bash", "-c", "source .gpu/device-setup.sh"], cwd=repo, capture_output=True, text=True,

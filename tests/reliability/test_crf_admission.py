@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.metrics import metric_sum
 from tests.service.gated_server import GatedServer
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
@@ -31,14 +30,8 @@ def gated(tmp_path: Path) -> GatedServer:
                        concurrent_batches=1, max_wait_ms=1, request_timeout_s=30)
 
 
-def client_closed(server: GatedServer) -> float:
-    return metric_sum(httpx.get(f"{server.live.url}/metrics", timeout=10).text, "segment_rejected_total",
-                      reason="client_closed")
-
-
 def decodes(server: GatedServer) -> float:
-    return metric_sum(httpx.get(f"{server.live.url}/metrics", timeout=10).text, "segment_stage_duration_seconds_count",
-                      stage="decode")
+    return server.metric("segment_stage_duration_seconds_count", stage="decode")
 
 
 async def until(check: Callable[[], bool], what: str, within_s: float = 15) -> None:
@@ -92,7 +85,8 @@ def test_places_come_back_after_a_refused_image_and_a_client_that_hangs_up(gated
             # One after another, more than the places: each gives its place back when refused.
             corrupt = [(await _post(client, CRF, b"\x89PNG\r\n\x1a\n not a png")).status_code for _ in range(3)]
             gone = list(await asyncio.gather(*(hang_up(client) for _ in range(2))))  # the gate is closed
-            await until(lambda: client_closed(gated) >= 2, "both hang-ups noticed")
+            await until(lambda: gated.metric("segment_rejected_total", reason="client_closed") >= 2,
+                        "both hang-ups noticed")
             # Had any of them kept its place, the second of these would be refused 503.
             holding = [asyncio.ensure_future(_post(client, CRF, body)) for _ in range(2)]
             await until(lambda: decodes(gated) >= 4, "both admitted, decoded, waiting for the device")

@@ -50,9 +50,9 @@ class GatedServer:
             self.gate.set()
             self.live.stop()
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples, scraped from `/metrics`."""
-        return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name)
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (those whose labels include `labels`), scraped from `/metrics`."""
+        return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name, **labels)
 
     def wait_metric(self, name: str, value: float, within_s: float = 15) -> None:
         """Wait until metric `name` reads `value`."""
