@@ -200,6 +200,11 @@ def bound_variants(model: Path, size: int, input_size: int, seconds: float) -> d
     return out
 
 
+def bound_stage(model: Path, input_size: int, seconds: float) -> dict[int, dict[str, float | str]]:
+    """`bound_variants` at batch 8 and 16: the `bound` stage of `bench.gpu_bench`, run in a process of its own."""
+    return {n: bound_variants(model, n, input_size, seconds) for n in (8, 16)}
+
+
 def eager(model: Any, sizes: list[int], input_size: int, seconds: float, device: str) -> dict[int, float]:
     """img/s of PyTorch eager on the same weights and the same contract (uint8 in, labels out, copies
     included): fp16 autocast and channels_last on CUDA, fp32 on CPU."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,15 @@ class Stages:
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps(self.results, indent=1, default=str))
         os.replace(partial, self.path)
+
+
+def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a fresh (spawned) process, its result returned: for a stage whose failure may take its
+    process down with it (a CUDA graph capture that crashes the driver), so that only that stage is lost, with an
+    error saying so, and the stages after it still run. `fn` must be importable by name (a module-level function)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        try:
+            return child.submit(fn, *args).result()
+        except BrokenProcessPool as exc:
+            raise RuntimeError(f"the process running {fn.__name__} died (a crash or a signal) before it "
+                               "answered") from exc

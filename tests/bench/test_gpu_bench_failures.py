@@ -88,3 +88,25 @@ print("RESULT", json.dumps(sampler.result(lambda tid, name: name)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout.split("RESULT ", 1)[1]) == {"unavailable": "py-spy is not installed"}
     assert sorted(os.listdir(scratch)) == [], "left behind"
+
+
+def test_a_stage_whose_process_crashes_takes_only_itself(tmp_path: Path) -> None:
+    """The CUDA graph stage runs in a process of its own (`in_child`): a capture that crashes the driver, here a
+    child that aborts, is that stage's error; the benchmark's own process lives on, the stage after it runs, and a
+    stage whose child answers keeps its result."""
+    saved = tmp_path / "run.json"
+    code = f"""
+import os
+from pathlib import Path
+from bench.gpu_stages import Stages, in_child
+stages = Stages({{}}, Path({str(saved)!r}), set())
+stages.run("bound", lambda: in_child(os.abort))
+stages.run("answered", lambda: in_child(os.getpid) != os.getpid())
+stages.run("after", lambda: "ran")
+"""
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = json.loads(saved.read_text())
+    assert set(run["errors"]) == {"bound"}, run["errors"]
+    assert "the process running abort died (a crash or a signal)" in run["errors"]["bound"]
+    assert run["answered"] is True and run["after"] == "ran", run
