@@ -149,7 +149,9 @@ class Augment:
         h, w = label.shape
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         img = cv2.resize(img.astype(np.float32), (nw, nh), interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        # INTER_NEAREST_EXACT samples each pixel's centre, as INTER_LINEAR does the image's; INTER_NEAREST takes
+        # the top-left source pixel, which moves the labels against the image by up to half a source pixel.
+        label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
         if self.mirror and rng.random() < 0.5:
             img, label = img[:, ::-1], label[:, ::-1]
         c = self.crop_size

@@ -13,10 +13,17 @@ from .data import IGNORE_INDEX
 
 
 def downsample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of int label maps [N,H,W] to `size` (the logits' H, W)."""
+    """Nearest-neighbour resize of int label maps [N,H,W] to `size` (the logits' H, W): each logit cell gets the
+    label at the centre of the input block it covers.
+
+    Why the centre: the exported graph upsamples the logits bilinearly with `align_corners=False`, which places
+    cell i at the centre of its block (pixel (i + 0.5)·s − 0.5 at stride s), so the cell must be trained on the
+    label found there. Torch's plain "nearest" takes the block's top-left pixel (i·s); a model trained on those
+    labels learns them, and served through the export its masks came out shifted right and down by (s − 1)/2
+    input pixels (3.5 at stride 8, measured on the earlier demo model: 4 px at its 320-px input)."""
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
-    out = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
+    out = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")
     return out[:, 0].long()
 
 

@@ -140,10 +140,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _ce_by_hand(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean CE over non-255 pixels, labels nearest-downsampled (floor(i * in / out)) to the logits."""
+    """Mean CE over non-255 pixels, labels nearest-downsampled to the logits at each cell's block centre
+    (floor((i + 0.5) * in / out)), where the export's align_corners=False upsampling puts the cell."""
     _, h, w = logits.shape
-    rows = (np.arange(h) * labels.shape[0] / h).astype(int)
-    cols = (np.arange(w) * labels.shape[1] / w).astype(int)
+    rows = ((np.arange(h) + 0.5) * labels.shape[0] / h).astype(int)
+    cols = ((np.arange(w) + 0.5) * labels.shape[1] / w).astype(int)
     small = labels[np.ix_(rows, cols)]
     logp = _log_softmax(logits)
     terms = [-logp[small[y, x], y, x] for y in range(h) for x in range(w) if small[y, x] != 255]
