@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+# Every file of the page is revalidated on every load (a 304 for an unchanged one, by its ETag): a browser that
+# kept them by heuristic freshness would, after a deploy, run a new module with an old one it imports.
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 router = APIRouter()
 
 
+class RevalidatedFiles(StaticFiles):
+    """The page's files, each answered (200 or 304) with `Cache-Control: no-cache`."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(NO_CACHE)
+        return response
+
+
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 
 
 def install_web_page(app: FastAPI) -> None:
     """Mount the static files and serve the page at `/`."""
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", RevalidatedFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)

@@ -21,6 +21,14 @@ export class ApiError extends Error {
   }
 }
 
+// No answer came: the connection could not be made or broke before the answer (the service stopped or is
+// restarting, the network is down). Not the service's refusal, so trying again later may work.
+export class NetworkError extends Error {}
+
+// The messages browsers give a fetch, or the read of its body, that failed on the network (Chromium, Firefox,
+// Safari): a body cut off mid-way fails outside `api`.
+const NETWORK_FAILURE = /failed to fetch|network ?error|load failed/i;
+
 export function authHeaders() {
   const key = $("api-key").value.trim();
   return key ? { "X-API-Key": key } : {};
@@ -44,7 +52,13 @@ function sleep(seconds, signal) {
 export async function api(path, options = {}) {
   let waited = 0;
   for (;;) {
-    const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    let response;
+    try {
+      response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    } catch (err) {
+      if (options.signal?.aborted) throw err;  // cancelled by a newer upload: not a failure
+      throw new NetworkError(err.message);
+    }
     const wait = response.status === 503 ? retryAfter(response) : null;
     if (wait !== null && waited + wait <= RETRY_BUDGET_S) {
       waited += wait;
@@ -70,8 +84,16 @@ export function setStatus(text, isError = false) {
   el.classList.toggle("error", isError);
 }
 
+function errorText(err) {
+  if (err instanceof ApiError) return `Error ${err.status} ${err.message}`;
+  if (err instanceof NetworkError || (err instanceof TypeError && NETWORK_FAILURE.test(err.message))) {
+    return `Error: the service could not be reached (${err.message}). It may be restarting: try again.`;
+  }
+  return `Error: ${err.message}`;
+}
+
 export function showError(err) {
-  setStatus(err instanceof ApiError ? `Error ${err.status} ${err.message}` : `Error: ${err.message}`, true);
+  setStatus(errorText(err), true);
   if (err instanceof ApiError && err.code === "unauthorized") $("api-key").focus();
 }
 

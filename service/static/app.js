@@ -12,17 +12,30 @@ import {
 
 const KEY_STORAGE = "segment.apiKey";
 
+// The model's classes and colours, its header line and demo note, from `GET /classes`; throws where it fails.
+async function readClasses() {
+  const info = await (await api("/classes")).json();
+  Object.assign(state, { classes: info.classes, model: info.model });
+  $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
+  showModelNote(info);
+  if (!state.stats) renderClassList();
+}
+
 async function loadClasses() {
   try {
-    const info = await (await api("/classes")).json();
-    state.classes = info.classes;
-    $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
-    showModelNote(info);
-    if (!state.stats) renderClassList();
+    await readClasses();
   } catch (err) {
     $("model").textContent = "model info unavailable";
     showError(err);
   }
+}
+
+// Whether a JSON answer of `/segment` came from another model than the one /classes described (the server was
+// restarted with another model, or another replica answered): by its model name, or a class the page names
+// otherwise.
+function fromAnotherModel(answer) {
+  const named = (entry) => state.classes.find((c) => c.id === entry.class_id)?.name === entry.class_name;
+  return answer.model !== state.model || !answer.classes.every(named);
 }
 
 async function togglePolygons() {
@@ -89,6 +102,8 @@ async function handleFile(file) {
       render();
     }
     const stats = await segment(file, "stats", "", signal);
+    // The legend's colours, the mask's transparent background and the header must be this answer's model's.
+    if (fromAnotherModel(stats)) await readClasses();
     const mask = await loadMask(file, stats.id, signal);
     if (!decodedHere) image = await decodeOnServer(file, signal);
     if (run !== state.run) return;

@@ -3,6 +3,7 @@
 export const $ = (id) => document.getElementById(id);
 export const state = {
   classes: [],        // [{id, name, color}] from /classes
+  model: null,        // the model name /classes gave (answers name the model that made them)
   outputs: null,      // [{name, description, json, encodings: [{format, media_type, suffix}]}] from /outputs
   outputsRead: null,  // the pending or finished read of /outputs
   file: null,         // the File being shown
