@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
 from collections.abc import AsyncIterator
 
 import cv2
@@ -24,9 +22,10 @@ from .batcher import Batcher
 from .body_limits import BodyLimitMiddleware
 from .codec import Codec
 from .connection import BodyDeadlineMiddleware
+from .core.contract import ContractError
 from .core.crf import CrfPool
 from .core.decode_budget import DECODE_BUDGET
-from .core.engine import Engine
+from .core.engine import Engine, EngineError, LabelsShapeError
 from .core.handoff import WorkerThreads
 from .core.letterbox import pad_canvas
 from .core.pipeline import Pipeline
@@ -47,10 +46,10 @@ from .results_shared import SharedResultsCache
 from .routes import ops, results, segment
 from .routes.web import install_web_page
 from .settings import Settings
-from .startup import open_engine, warn_if_batch_outlasts_timeout
+from .startup import open_engine
 from .state import ServiceState
+from .warm_up import until_warm, warm_up
 from .watchdog import stop_when_unhealthy
-from .worker_slots import device_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +70,19 @@ def results_cache(settings: Settings) -> ResultStore:
 
 
 def check_request_memory(settings: Settings, input_size: int) -> None:
-    """ValueError when the request memory budget cannot hold one request's model input (`input_size`² × 3
+    """EngineError when the request memory budget cannot hold one request's model input (`input_size`² × 3
     bytes), the least any request keeps from its decode to its answer: every request would be refused 413."""
     least = 3 * input_size * input_size
     if settings.request_memory_bytes < least:
-        raise ValueError(f"SEGMENT_REQUEST_MEMORY_BYTES ({settings.request_memory_bytes} bytes) cannot hold one "
+        raise EngineError(f"SEGMENT_REQUEST_MEMORY_BYTES ({settings.request_memory_bytes} bytes) cannot hold one "
                          f"request's model input ({least} bytes at the model's {input_size}x{input_size}): every "
-                         "request would be refused; give it at least a few times that")
+                         "request would be refused; give it at least a few times that", "request_memory_bytes")
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
                warm_before_serving: bool = False) -> FastAPI:
     """Build the service. The model loads in the lifespan (or `engine` is used as given). `warm_before_serving`:
-    the lifespan's startup waits for warm-up, so the server takes no connection before (`_until_warm`)."""
+    the lifespan's startup waits for warm-up, so the server takes no connection before (`until_warm`)."""
     settings = settings or Settings()
     DECODE_BUDGET.set_capacity(settings.decode_memory_bytes)  # process-wide: decodes share the pod's memory
     cv2.setNumThreads(settings.opencv_threads)  # process-wide too (service/settings.py says why 1)
@@ -102,13 +101,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as started:
+            try:
+                await start(started)
+            except Exception as exc:  # one line, whatever failed (quiet_startup_failure drops the traceback)
+                worded = isinstance(exc, (ContractError, EngineError))  # refusals worded for the user; else its type
+                log.error("cannot start: %s", exc if worded else f"{type(exc).__name__}: {exc}")
+                raise
+            yield
+
+    async def start(started: contextlib.AsyncExitStack) -> None:
+        """Load, check and start everything; what `started` is given stops it all, at shutdown or on a failure."""
         loop = asyncio.get_running_loop()
-        try:
-            state.engine = engine or await loop.run_in_executor(None, open_engine, settings)
-            check_request_memory(settings, state.engine.input_size)
-        except Exception as exc:
-            log.error("cannot start: %s", exc)
-            raise
+        state.engine = engine or await loop.run_in_executor(None, open_engine, settings)
+        check_request_memory(settings, state.engine.input_size)
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
                           model=eng.name)
@@ -139,27 +145,32 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
         crf_pool = CrfPool(settings.crf_pool_processes())  # no process until the first crf=true request
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool, crf=crf_pool)
-        state.warmup_task = loop.create_task(_warm_up(state))
         watchdog = None
         if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain
             watchdog = loop.create_task(stop_when_unhealthy(state.batcher.health,
                                                             settings.shutdown_timeout_s + settings.request_timeout_s))
+        started.push_async_callback(stop, watchdog, crf_pool)
+        try:  # labels of the wrong shape refuse the model now; a device failing is left to warm-up's retries
+            await loop.run_in_executor(None, eng.check_labels, state.batcher.guard.health.running)
+        except Exception as exc:
+            if isinstance(exc, LabelsShapeError):
+                raise
+        state.warmup_task = loop.create_task(warm_up(state, serving=not warm_before_serving))
         if warm_before_serving:
-            await _until_warm(state)
-        try:
-            yield
-        finally:
-            # uvicorn has stopped accepting and finished open requests; now drain anything left queued.
-            for task in (state.warmup_task, watchdog):
-                if task is not None:
-                    task.cancel()
-            state.loop_lag.stop()
-            await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
-            state.pool.shutdown(wait=False, cancel_futures=True)
-            state.render_pool.shutdown(wait=False, cancel_futures=True)
-            state.heavy_pool.shutdown(wait=False, cancel_futures=True)
-            crf_pool.close()  # its processes end now: every request has been answered or cut off by here
-            log.info("drained and stopped")
+            await until_warm(state)
+
+    async def stop(watchdog: asyncio.Task[None] | None, crf_pool: CrfPool) -> None:
+        # uvicorn has stopped accepting and finished open requests; now drain anything left queued.
+        for task in (state.warmup_task, watchdog):
+            if task is not None:
+                task.cancel()
+        state.loop_lag.stop()
+        assert state.batcher is not None
+        await state.batcher.stop(drain_timeout_s=settings.request_timeout_s)
+        for pool in (state.pool, state.render_pool, state.heavy_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+        crf_pool.close()  # its processes end now: every request has been answered or cut off by here
+        log.info("drained and stopped")
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN, so
     # they work offline. Their files live under the public /static/ prefix (mounted before /static itself).
@@ -193,73 +204,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         document_api_keys(app, PUBLIC_PATHS, PUBLIC_PREFIXES)
     metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API
     return app
-
-
-async def _until_warm(state: ServiceState) -> None:
-    """Wait for warm-up before uvicorn starts accepting (it does once the lifespan has started), or until uvicorn is
-    told to stop. Under the supervisor the workers share the listening socket and the kernel hands each new
-    connection to any worker accepting: a worker warming up took its share and answered each 503 `not_ready`
-    (seconds to a minute on a GPU with many buckets) while its siblings had room. A single process keeps accepting
-    during warm-up instead, so that its probes see `/healthz` alive and `/readyz` say why it is not ready yet.
-    uvicorn's SIGTERM/SIGINT handler is its server's bound `handle_exit`, installed before the lifespan starts."""
-    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-    while not state.warm and not getattr(server, "should_exit", False):
-        await asyncio.sleep(0.05)
-
-
-async def _warm_up(state: ServiceState) -> None:
-    """Warm up; a failure is retried every SEGMENT_INFERENCE_PROBE_S (a device can fail for a while at startup,
-    e.g. out of memory while another process frees its share) and counts as a failed probe, so a warm-up that keeps
-    failing makes the process unhealthy, to be replaced, rather than unready for ever."""
-    assert state.engine is not None and state.batcher is not None
-    guard = state.batcher.guard
-    while True:
-        try:
-            await _warm_up_once(state)
-        except Exception as exc:
-            if state.warmup_error is None:
-                log.exception("warm-up failed; /readyz stays 503 while it is retried every %gs",
-                              guard.health.probe_interval_s)
-            state.warmup_error = f"{type(exc).__name__}: {exc}"
-            guard.known_good_failed(state.warmup_error, recover=False)  # retrying warm-up is the probe here
-            await asyncio.sleep(guard.health.probe_interval_s)
-            continue
-        if state.warmup_error:
-            log.warning("warm-up succeeded after failing (%s): ready", state.warmup_error)
-        state.warmup_error = None
-        guard.known_good_worked()
-        state.warm = True
-        state.loop_lag.start()  # from readiness on: start-up's model loading is not the serving loop's lag
-        return
-
-
-async def _warm_up_once(state: ServiceState) -> None:
-    assert state.engine is not None and state.batcher is not None
-    batch = state.settings.max_batch_size
-    engine = state.engine
-    sizes = (1, batch) if engine.on_gpu and batch > 1 else (1,)
-    batcher = state.batcher
-    health = batcher.guard.health
-
-    def warm_engine() -> None:
-        with device_warm_up(engine.device_id) if engine.on_gpu else contextlib.nullcontext():
-            # Each of its runs is in flight as a batch's is: a device that hangs in warm-up makes the process
-            # unhealthy, to be replaced, instead of unready for ever; a warm-up long in all (many buckets) does not.
-            warm_up_s = engine.warm_up(sizes, each_run=health.running, on_each_thread=batcher.on_each_thread)
-            warn_if_batch_outlasts_timeout(engine, state.settings, each_run=health.running, warm_up_s=warm_up_s)
-
-    await asyncio.to_thread(warm_engine)
-    if state.codec is not None:
-        state.outputs_warmup_s = await asyncio.to_thread(state.codec.pipeline.warm_outputs)
-    if state.engine.runner is not None:
-        for bucket in state.engine.runner.buckets:
-            if bucket.memory_bytes is not None:
-                state.metrics.bucket_memory.labels(bucket=str(bucket.size)).set(bucket.memory_bytes)
-    # Everything loaded so far (modules, sessions, settings) lives as long as the process: move it out of the
-    # collector's reach, so a full collection no longer walks it while requests wait for the interpreter
-    # lock (measured in the server process: a full collection 19 ms before, under 0.1 ms after).
-    gc.collect()
-    gc.freeze()
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

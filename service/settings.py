@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -52,9 +53,10 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of `segment-serve`. Environment: `SEGMENT_<NAME>`, e.g. `SEGMENT_MAX_BATCH_SIZE=16`."""
 
-    # env_ignore_empty: `SEGMENT_X=` (as compose writes `${SEGMENT_X:-}`) means "use the default".
+    # env_ignore_empty: `SEGMENT_X=` (as compose writes `${SEGMENT_X:-}`) means "use the default". allow_inf_nan:
+    # no float setting means anything at inf or nan (an infinite probe interval failed every /segment with a 500).
     model_config = SettingsConfigDict(env_prefix="SEGMENT_", protected_namespaces=(), extra="ignore",
-                                      env_ignore_empty=True)
+                                      env_ignore_empty=True, allow_inf_nan=False)
 
     model_path: Path = Field(default_factory=default_model_path, description="ONNX file meeting the contract")
     host: str = "0.0.0.0"
@@ -226,6 +228,17 @@ class Settings(BaseSettings):
     @classmethod
     def _pixels(cls, value: object) -> object:
         return _count(value)
+
+    @field_validator("host")
+    @classmethod
+    def _resolvable(cls, value: str) -> str:
+        # Here, before the model loads: uvicorn resolves it only once the app has started, with a traceback.
+        if value:  # empty: every interface, as asyncio reads it
+            try:
+                socket.getaddrinfo(value, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:  # UnicodeError: no valid host name (`a..b`, a label too long)
+                raise ValueError(f"not an address or host name this machine can resolve: {exc}") from None
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -7,6 +7,7 @@ through onnxruntime's model metadata.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,17 @@ VOC_CLASSES = (
 
 class ContractError(ValueError):
     """A model file does not meet the ONNX contract."""
+
+
+class LabelsShapeError(ContractError):
+    """The model's labels do not have its input's batch, height and width: the model, not the device, is wrong."""
+
+    @staticmethod
+    def check(labels_shape: tuple[int, ...], input_shape: tuple[int, ...]) -> None:
+        """Raise unless `labels_shape` is the input's batch, height and width."""
+        if tuple(labels_shape) != tuple(input_shape[:3]):
+            raise LabelsShapeError(f"model returned labels {tuple(labels_shape)} for input {tuple(input_shape)}: "
+                                   f"the contract's {LABELS_OUTPUT!r} output has the input's batch, height and width")
 
 
 def voc_colormap(n: int = 256) -> list[list[int]]:
@@ -81,8 +93,11 @@ class ModelMetadata:
                 raise ContractError(f"metadata 'palette' entry {colour!r} is not an [r, g, b] triple")
         if self.input_size <= 0:
             raise ContractError(f"metadata 'input_size' must be positive, got {self.input_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise ContractError("metadata 'mean' and 'std' must be three numbers, std > 0")
+        # The mean pads every letterboxed image (`pad_rgb`): a value outside 0..255 cannot be a uint8 pixel.
+        if len(self.mean) != 3 or not all(math.isfinite(v) and 0 <= v <= 255 for v in self.mean):
+            raise ContractError(f"metadata 'mean' must be three finite numbers in 0..255, got {list(self.mean)}")
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ContractError(f"metadata 'std' must be three finite numbers above 0, got {list(self.std)}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ContractError(f"metadata 'channel_order' must be RGB or BGR, got {self.channel_order!r}")
 
@@ -129,14 +144,14 @@ class ModelMetadata:
         }
         try:
             return cls(
-                classes=[str(c) for c in _json(props, "classes")],
-                palette=[[int(v) for v in c] for c in _json(props, "palette")],
+                classes=_names(props, "classes"),
+                palette=_colours(props, "palette"),
                 input_size=int(props["input_size"]),
                 arch=props["arch"],
                 source=props["source"],
                 source_sha256=props.get("source_sha256", ""),
-                mean=[float(v) for v in _json(props, "mean")],
-                std=[float(v) for v in _json(props, "std")],
+                mean=_numbers(props, "mean"),
+                std=_numbers(props, "std"),
                 channel_order=props.get("channel_order", "RGB"),
                 ignore_index=int(props.get("ignore_index", "255")),
                 precision=props.get("precision", "fp32"),
@@ -154,3 +169,33 @@ def _json(props: dict[str, str], key: str) -> Any:
         return json.loads(props[key])
     except json.JSONDecodeError as exc:
         raise ContractError(f"model metadata {key!r} is not valid JSON: {exc}") from exc
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # JSON true is no number here
+
+
+def _names(props: dict[str, str], key: str) -> list[str]:
+    """A JSON list of strings: a JSON string would otherwise be read letter by letter ("abc": 3 classes)."""
+    value = _json(props, key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ContractError(f"metadata {key!r} must be a JSON list of names, got {props[key][:80]!r}")
+    return value
+
+
+def _colours(props: dict[str, str], key: str) -> list[list[int]]:
+    """A JSON list of [r, g, b] lists of whole numbers (their range is checked with the classes)."""
+    value = _json(props, key)
+    if not isinstance(value, list) or not all(
+            isinstance(c, list) and len(c) == 3 and all(_is_number(v) and float(v).is_integer() for v in c)
+            for c in value):
+        raise ContractError(f"metadata {key!r} must be a JSON list of [r, g, b] lists, got {props[key][:80]!r}")
+    return [[int(v) for v in c] for c in value]
+
+
+def _numbers(props: dict[str, str], key: str) -> list[float]:
+    """A JSON list of three numbers (mean, std); their range is checked on the metadata."""
+    value = _json(props, key)
+    if not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value):
+        raise ContractError(f"metadata {key!r} must be a JSON list of 3 numbers, got {props[key][:80]!r}")
+    return [float(v) for v in value]

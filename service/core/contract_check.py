@@ -31,4 +31,13 @@ def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
     if not props:
         raise ContractError("model has no metadata_props (classes, palette, input_size...); "
                             "export it with `segment-export export`")
-    return ModelMetadata.from_props(props)
+    metadata = ModelMetadata.from_props(props)
+    # Every image is letterboxed to input_size x input_size: a graph fixed to another height or width would fail
+    # every run, warm-up's first, and the labels must come back at the input's height and width.
+    size = metadata.input_size
+    for name, shape in ((INPUT_NAME, image.shape), (LABELS_OUTPUT, labels.shape)):
+        fixed = [d for d in shape[1:3] if isinstance(d, int)]
+        if any(d != size for d in fixed):
+            raise ContractError(f"{name!r} has a fixed height and width {shape[1:3]} but the metadata 'input_size' "
+                                f"is {size}: the service runs every image at {size}x{size}")
+    return metadata

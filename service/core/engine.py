@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .buckets import fill_bucket, normalise_buckets
-from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, LabelsShapeError, ModelMetadata
 from .contract_check import validate_contract
 from .engine_resolve import EngineError, resolve_model_path, resolve_providers
 from .fixed_shapes import Binding, FixedShapeRunner, OnEachThread
@@ -29,8 +29,8 @@ from .sessions import CPU, CUDA, GPU_PROVIDERS, bucket_cuda_options, create_sess
 log = logging.getLogger(__name__)
 
 # Imported from here by callers, beside what is defined here; the resolving and the contract check live apart.
-__all__ = ["CPU", "CUDA", "Engine", "EngineError", "file_sha256", "load_engine", "resolve_model_path",
-           "resolve_providers", "uses_fixed_shapes", "validate_contract"]
+__all__ = ["CPU", "CUDA", "Engine", "EngineError", "LabelsShapeError", "file_sha256", "load_engine",
+           "resolve_model_path", "resolve_providers", "uses_fixed_shapes", "validate_contract"]
 
 
 @dataclass
@@ -115,9 +115,17 @@ class Engine:
 
     @staticmethod
     def _checked(labels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-        if labels.shape != tuple(input_shape[:3]):
-            raise RuntimeError(f"model returned labels {labels.shape} for input {tuple(input_shape)}")
+        LabelsShapeError.check(labels.shape, input_shape)
         return labels
+
+    def check_labels(self, each_run: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
+        """Run one padded image, as warm-up's first run does, so that labels of the wrong shape refuse the model
+        (LabelsShapeError) before the server starts. Only without fixed shapes: their bucket sessions are built
+        by warm-up, whose runs check them (`BucketSession.warm`)."""
+        if self.runner is None:
+            size = self.input_size
+            with each_run():
+                self.run(pad_canvas(size, size, self.metadata.pad_rgb)[None])
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,),
                 each_run: Callable[[], AbstractContextManager[object]] = nullcontext,
@@ -169,6 +177,8 @@ def load_engine(options: EngineOptions) -> Engine:
     requested = resolve_providers(options.providers)
     # The first provider listed is the one that runs the model ('cpu,cuda' runs on the CPU).
     path = resolve_model_path(given, options.precision, cuda_active=requested[:1] == [CUDA])
+    if path.is_dir():
+        raise EngineError(f"model path {path} is a directory; give the .onnx file in it", "model_path")
     if not path.is_file():
         raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
                           "model_path")

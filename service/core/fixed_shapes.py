@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from .bound import BoundRun, InstancePool, IoBinding
 from .buckets import batch_plan, bucket_for, fill_bucket, padding_fraction
-from .contract import INPUT_NAME, LABELS_OUTPUT
+from .contract import INPUT_NAME, LABELS_OUTPUT, ContractError, LabelsShapeError
 from .handoff import WorkerThreads
 from .letterbox import pad_canvas
 from .sessions import memory_in_use
@@ -109,7 +109,8 @@ class BucketSession:
 
     def warm(self, batch: np.ndarray, repeats: int) -> float:
         """Run every session of the bucket `repeats` times (planning, allocation, graph capture); seconds of
-        the last run."""
+        the last run. Labels of another shape than the batch's raise LabelsShapeError: the model is off the
+        contract, and every request would fail the same way."""
         with self.pool.each_alone() if self.pool is not None else contextlib.nullcontext() as instances:
             runners = [run.run for run in instances] if instances is not None else [self._run_plain]
             elapsed = 0.0
@@ -118,8 +119,9 @@ class BucketSession:
                     with self._lock:
                         self._record(batch)
                     start = time.perf_counter()
-                    run(batch)
+                    labels = run(batch)
                     elapsed = time.perf_counter() - start
+                    LabelsShapeError.check(labels.shape, batch.shape)
         return elapsed
 
     def describe(self) -> dict[str, object]:
@@ -197,7 +199,7 @@ class FixedShapeRunner:
                     with each_run():
                         bucket.warm_together(batch, on_each_thread)
             except Exception as exc:
-                if self.binding is None:
+                if self.binding is None or isinstance(exc, ContractError):
                     raise
                 # Name the mode: onnxruntime's own message (e.g. a graph it cannot capture) does not.
                 raise RuntimeError(f"bucket {bucket.size} with io_binding '{self.binding.mode}': {exc}") from exc
