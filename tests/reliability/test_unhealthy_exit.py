@@ -101,7 +101,7 @@ def test_a_worker_whose_model_runs_fail_is_replaced_by_the_supervisor(tmp_path: 
     """With SEGMENT_WORKERS, a worker that stops itself is one that dies: the supervisor starts a fresh one. A model
     whose every run fails (its graph only takes 32x32) fails each worker's warm-up, so each worker stops itself
     once unhealthy, and is replaced, again and again, without a single request."""
-    broken = make_rule_model(tmp_path / "broken.onnx", input_size=64, fixed_hw=32)
+    broken = make_rule_model(tmp_path / "broken.onnx", input_size=64, fails_every_run=True)
     with ServerProcess(broken, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_PROBE_S="0.2",
                        SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=str(UNHEALTHY_AFTER_S), log_level="info") as server:
         deadline = time.monotonic() + 60

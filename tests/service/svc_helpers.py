@@ -34,12 +34,16 @@ RULE_CLASSES = ["background", "red", "green", "blue", "stripes"]
 
 def make_rule_model(path: Path, *, input_size: int = 96, metadata: bool = True, input_dtype: int = TensorProto.UINT8,
                     labels_dtype: int = TensorProto.UINT8, fixed_hw: int | None = None,
-                    batch: int | str = "batch") -> Path:
+                    batch: int | str = "batch", fails_every_run: bool = False) -> Path:
     """A small real ONNX graph with a predictable answer: the dominant channel of each pixel is its class
     (R→1, G→2, B→3), pixels whose brightest channel is below 64 are background (0).
 
     The tiny random DeepLab answers one class everywhere, which would let label-mapping bugs through; this
     model gives rich, known label maps and still goes through onnxruntime and the ONNX contract.
+
+    `fails_every_run`: a model that passes every check at load and fails every run inside onnxruntime. Its labels
+    pass through a reshape into rows of 65537 values (a prime: no batch's pixel count is a multiple of it) and
+    back to their own shape, which leaves the output's dimensions free, as the contract asks.
     """
     h = fixed_hw or "height"
     w = fixed_hw or "width"
@@ -54,11 +58,17 @@ def make_rule_model(path: Path, *, input_size: int = 96, metadata: bool = True, 
         helper.make_node("Where", ["dark", "zero", "cls"], ["chosen"]),
         helper.make_node("Cast", ["chosen"], ["labels"], to=labels_dtype),
     ]
+    if fails_every_run:
+        nodes[-1:] = [helper.make_node("Reshape", ["chosen", "rows"], ["in_rows"]),
+                      helper.make_node("Shape", ["chosen"], ["chosen_shape"]),
+                      helper.make_node("Reshape", ["in_rows", "chosen_shape"], ["back"]),
+                      helper.make_node("Cast", ["back"], ["labels"], to=labels_dtype)]
     inits = [
         helper.make_tensor("axis", TensorProto.INT64, [1], [3]),
         helper.make_tensor("threshold", TensorProto.FLOAT, [], [64.0]),
         helper.make_tensor("one", TensorProto.INT64, [], [1]),
         helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+        helper.make_tensor("rows", TensorProto.INT64, [2], [-1, 65537]),
     ]
     graph = helper.make_graph(nodes, "rule", [image], [labels], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
