@@ -9,26 +9,33 @@ Exit status after a stop: 0 once a Ctrl-C (SIGINT) has drained, in both modes: t
 and 130 would tell a wrapper script or a process manager that it failed. A second Ctrl-C, which cuts the drain
 short, and a Ctrl-C before the server is up exit 130 (interrupted). SIGTERM ends a single process by that signal
 once drained (uvicorn's way; process managers count it as a clean stop); the supervisor of several workers exits 0.
+A model that warm-up refuses after the port opened exits 3, as every other startup refusal.
+
+SIGHUP: the supervisor of several workers restarts them one at a time. A single process restarts in place: it
+drains as on SIGTERM, then executes itself again (`restart_in_place`: same interpreter, command line and
+environment, so the same PID, which matters as a container's PID 1) and loads the model file anew; a model that
+cannot be served then stops it (exit 3), as at a cold start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
-from .server import build_config, quiet_startup_failure
+from .server import SingleServer, build_config, quiet_startup_failure
 from .settings import Settings, unknown_variables
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger(__name__)
 INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a program interrupted by Ctrl-C
+STARTED_ENV = dict(os.environ)  # what a restart in place executes itself with, whatever changed since
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,13 +84,16 @@ def serve(argv: list[str] | None) -> None:
     workers = worker_count(settings)
     if workers > 1:
         sys.exit(serve_workers(settings.model_copy(update={"workers": workers}), overrides))
+    # A SIGHUP before the server handles it: the model is not loaded yet, so there is nothing to reload; ignored,
+    # rather than the default, which kills.
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: log.info("SIGHUP while starting: ignored, no model loaded yet"))
     from .app import create_app  # here: a supervisor of several workers never loads the app (resident 110 -> 54 MB)
 
     app = create_app(settings)
     metrics = app.state.service.metrics
     config = build_config(quiet_startup_failure(app), settings,
                           on_reject=metrics.count_rejection)
-    server = uvicorn.Server(config)
+    server = SingleServer(config)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -91,8 +101,36 @@ def serve(argv: list[str] | None) -> None:
         # supervisor of several workers exits 0 then. A second Ctrl-C forced the stop: interrupted.
         if server.force_exit:
             raise
-    if not server.started:
+    if not server.started or server.refused:
         sys.exit(STARTUP_FAILURE)
+    if server.restart:
+        restart_in_place()
+
+
+def restart_in_place() -> None:
+    """Execute this process's command line again, drained (SIGHUP): same interpreter, arguments (`sys.orig_argv`,
+    `-m service.main` included) and environment (as this process was started with), so the same PID."""
+    # Ignored across the exec (a handled signal is reset to the default, which kills) until the new process's
+    # `serve` handles it: a second SIGHUP while it starts must not kill a container's PID 1.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for fd in _open_fds():  # a descriptor left inheritable by a library (a device's) would outlive the exec
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+    logging.shutdown()  # flushes every handler: the lines before the exec are not lost in a buffer
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], STARTED_ENV)
+    except OSError as exc:  # the interpreter gone (an upgrade under a running server): stop, to be restarted
+        print(f"cannot restart in place: {exc}; exiting", file=sys.stderr)
+        sys.exit(1)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]
+    except OSError:  # no /proc
+        return list(range(3, 1024))
 
 
 if __name__ == "__main__":

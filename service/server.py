@@ -2,7 +2,8 @@
 service/http_protocol.py (head-size limit, head deadline, JSON answers for bad heads, bounded linger), and an
 app whose failed startup logs one line, not a traceback, and whose requests cut off by the graceful-shutdown
 timeout are answered 503 `shutting_down` (`answer_cut_off`); a worker told to stop while it starts lets go of
-the listening socket at once (`DrainingServer`).
+the listening socket at once (`DrainingServer`); one process serving alone restarts in place on SIGHUP and stops
+with the startup failure's status when warm-up refuses its model (`SingleServer`).
 
 The body deadline itself is ASGI middleware (service/connection.py): it needs to answer through the app.
 """
@@ -10,9 +11,12 @@ The body deadline itself is ASGI middleware (service/connection.py): it needs to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import signal
 import socket
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -24,8 +28,8 @@ from .http_protocol import HardenedHttpToolsProtocol, RejectHook
 from .middleware import REQUEST_ID_HEADER, error_response, request_id_of
 from .settings import Settings
 
-__all__ = ["DrainingServer", "HardenedHttpToolsProtocol", "RejectHook", "answer_cut_off", "build_config",
-           "quiet_startup_failure", "server_options"]
+__all__ = ["DrainingServer", "HardenedHttpToolsProtocol", "RejectHook", "SingleServer", "answer_cut_off",
+           "build_config", "quiet_startup_failure", "server_options"]
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +94,52 @@ class DrainingServer(uvicorn.Server):
             for sock in self._given:
                 sock.close()
             self._given.clear()
+
+
+class SingleServer(DrainingServer):
+    """The server of a process serving alone (no supervisor). SIGHUP asks for a restart in place: the drain is
+    SIGTERM's (no new connections, the requests in flight answered, the queue drained), but the signal is not
+    raised again once drained (uvicorn's way for SIGTERM, which ends the process), so that `segment-serve` can
+    execute itself again (`restart`). A SIGTERM or SIGINT meanwhile turns the restart into a stop.
+
+    `refuse_model()`: warm-up found the model off the contract after the port opened; the drain is the same, and
+    `refused` tells `segment-serve` to exit with the startup failure's status rather than as stopped by a signal."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.restart = False
+        self.refused = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            previous = signal.signal(signal.SIGHUP, self.handle_restart)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+    def handle_restart(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:  # already stopping (a SIGTERM's drain, or a restart under way): a stop stays a stop
+            return
+        self.restart = True
+        self.should_exit = True
+        log.warning("SIGHUP: restarting in place: no new connections, finishing the requests in flight, then "
+                    "executing segment-serve again (same PID) to load the model file anew")
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.restart:  # told to stop during a restart's drain: the drain is now this stop's
+            self.restart = False
+            # uvicorn takes a SIGINT that comes while stopping for a second Ctrl-C, and cuts the drain short;
+            # this is the first. (The handler runs on the event loop's thread: nothing reads the flag meanwhile.)
+            self.should_exit = False
+        super().handle_exit(sig, frame)
+
+    def refuse_model(self) -> None:
+        """Stop (drained as on SIGTERM) because the model cannot be served; no signal to raise at the end."""
+        self.refused = True
+        self.restart = False
+        self.should_exit = True
 
 
 def answer_cut_off(app: ASGIApp, on_reject: RejectHook = _noop) -> ASGIApp:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from .core.buckets import fill_bucket
-from .core.engine import Engine, EngineError, load_engine
+from .core.engine import CUDA, Engine, EngineError, load_engine
 from .core.letterbox import pad_canvas
 from .settings import Settings
 
@@ -17,13 +17,39 @@ log = logging.getLogger(__name__)
 
 
 def open_engine(settings: Settings) -> Engine:
-    """`load_engine` with these settings; an `EngineError` names the `SEGMENT_*` variable at fault."""
+    """`load_engine` with these settings; an `EngineError` names the `SEGMENT_*` variable at fault. A model file
+    whose metadata `precision` is not the one SEGMENT_PRECISION names is refused (`check_precision`)."""
     try:
-        return load_engine(settings.engine_options())
+        engine = load_engine(settings.engine_options())
+        check_precision(engine, settings.precision)
+        return engine
     except EngineError as exc:
         if exc.setting is None:
             raise
         raise EngineError(f"SEGMENT_{exc.setting.upper()}: {exc}", exc.setting) from None
+
+
+def check_precision(engine: Engine, precision: str) -> None:
+    """The loaded file's precision (its metadata's, what the exporter wrote) against the setting's.
+
+    An explicit precision picks a variant by its file name (`x.fp16.onnx`), but a file given as that variant is
+    taken as it is: fp32 with an fp16 file would serve fp16 without a word. Refused, naming both, rather than
+    loading an fp32 sibling instead: the path and the precision were both set on purpose and contradict each
+    other, and which one was meant only the operator knows. Checked here, not in the core, where fp32 also means
+    "the file as given" (`segment-export evaluate` scores any file that way). With 'auto', an fp16 file given
+    directly off CUDA is served, with a warning: fp16 runs far slower than fp32 there (service/core/engine.py)."""
+    actual = engine.precision
+    path = engine.model_path
+    fp32_sibling = path.with_name(path.name.removesuffix(f".{actual}.onnx") + ".onnx")
+    hint = (f"; {fp32_sibling} beside it is the fp32 variant"
+            if actual != "fp32" and path.name.endswith(f".{actual}.onnx") and fp32_sibling.is_file() else "")
+    if precision != "auto" and actual != precision:
+        raise EngineError(f"{precision} was asked for, but the model loaded for SEGMENT_MODEL_PATH, {path}, is "
+                          f"{actual} (its metadata 'precision'){hint}: point SEGMENT_MODEL_PATH at the {precision} "
+                          f"file, or set SEGMENT_PRECISION to {actual} or auto", "precision")
+    if precision == "auto" and actual == "fp16" and engine.provider != CUDA:
+        log.warning("model %s is fp16 (its metadata 'precision') and runs on %s, where fp16 is far slower than fp32"
+                    "%s; give SEGMENT_MODEL_PATH the fp32 file", path, engine.provider, hint)
 
 
 def largest_batch_s(engine: Engine, max_batch_size: int,

@@ -36,7 +36,7 @@ async def warm_up(state: ServiceState, serving: bool) -> None:
     e.g. out of memory while another process frees its share) and counts as a failed probe, so a warm-up that keeps
     failing makes the process unhealthy, to be replaced, rather than unready for ever. A model off the contract
     (its labels' shape) is not retried: raised to the lifespan waiting (`until_warm`), else logged, and the
-    server `serving` stopped as by SIGTERM."""
+    server `serving` stopped (`stop_refused`)."""
     assert state.engine is not None and state.batcher is not None
     guard = state.batcher.guard
     while True:
@@ -46,8 +46,7 @@ async def warm_up(state: ServiceState, serving: bool) -> None:
             if not serving:
                 raise
             log.error("cannot start: %s", exc)
-            if (server := getattr(signal.getsignal(signal.SIGTERM), "__self__", None)) is not None:
-                server.handle_exit(signal.SIGTERM, None)  # uvicorn's handler: not a real signal to a test's process
+            stop_refused(getattr(signal.getsignal(signal.SIGTERM), "__self__", None))
             return
         except Exception as exc:
             if state.warmup_error is None:
@@ -64,6 +63,19 @@ async def warm_up(state: ServiceState, serving: bool) -> None:
         state.warm = True
         state.loop_lag.start()  # from readiness on: start-up's model loading is not the serving loop's lag
         return
+
+
+def stop_refused(server: object) -> None:
+    """Stop `server` (uvicorn's, found through its SIGTERM handler) drained as on SIGTERM, for a model refused after
+    the port opened. `segment-serve`'s own server is told it was a refusal, so that the process exits 3 as every
+    other startup refusal does: uvicorn's handler would raise SIGTERM once drained (exit 143, which process
+    managers count as a clean stop, so a broken model would pass for one stopped on purpose)."""
+    if server is None:  # not uvicorn's handler: a server in a test's thread
+        return
+    if callable(refuse := getattr(server, "refuse_model", None)):
+        refuse()
+    else:  # a plain uvicorn server (embedding, tests): its own handler; not a real signal to the process
+        server.handle_exit(signal.SIGTERM, None)  # type: ignore[attr-defined]
 
 
 async def warm_up_once(state: ServiceState) -> None:

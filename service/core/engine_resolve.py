@@ -33,6 +33,9 @@ def resolve_providers(spec: str, available: Sequence[str] | None = None) -> list
     if spec.strip().lower() == "auto":
         return [p for p in (CUDA, CPU) if p in available] or [CPU]
     wanted = [_SHORT_NAMES.get(name.strip().lower(), name.strip()) for name in spec.split(",") if name.strip()]
+    if not wanted:  # ',' or blanks: the first provider listed runs the model, and there is none
+        raise EngineError(f"no execution provider is listed (got {spec!r}); give 'auto' or a comma list such as "
+                          "'cuda,cpu'", "providers")
     if TENSORRT in wanted:
         # Never run on a GPU here: it would need an engine cache, fp16 and shape profiles per bucket to be usable
         # (without a cache every start rebuilds its engines), and none of that is built or measured.
