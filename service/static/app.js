@@ -4,10 +4,13 @@
 // decodes it (one more request). Polygons are asked for only when their toggle is switched on.
 // The download list and its file names come from the service's table of output kinds (`GET /outputs`).
 import { $, state } from "./page_state.js";
-import { POLYGON_QUERY, segment, segmentResponse, setStatus, showError, api } from "./api.js";
+import { api, authHeaders, segment, segmentResponse, setStatus, showError } from "./api.js";
 import { download, enableDownloads, loadOutputs } from "./downloads.js";
+import { acceptDroppedFiles } from "./drop.js";
+import { readPolygons } from "./polygons.js";
 import {
-  clearResult, fitToViewer, loadMask, render, renderClassList, renderLegend, renderPolygons, showModelNote,
+  clearResult, describeCanvas, fitToViewer, loadMask, render, renderClassList, renderLegend, renderPolygons,
+  resultDescription, showModelNote,
 } from "./view.js";
 
 const KEY_STORAGE = "segment.apiKey";
@@ -22,12 +25,21 @@ async function readClasses() {
 }
 
 async function loadClasses() {
+  const keyless = !Object.keys(authHeaders()).length;
   try {
     await readClasses();
+    showClassesLink(keyless);
   } catch (err) {
+    if (err.status === 401) showClassesLink(false);
     $("model").textContent = "model info unavailable";
     showError(err);
   }
+}
+
+// The footer's link to `/classes` is a plain link, which cannot send the API key: it is shown only while the
+// page reads /classes without a key, and hidden once the service asked for one (it would show a raw 401).
+function showClassesLink(on) {
+  $("classes-link").hidden = !on;
 }
 
 // Whether a JSON answer of `/segment` came from another model than the one /classes described (the server was
@@ -47,7 +59,7 @@ async function togglePolygons() {
     const run = state.run;
     setStatus("Tracing polygons…");
     try {
-      const polygons = await segment(state.file, "polygons", POLYGON_QUERY, state.controller.signal);
+      const polygons = await readPolygons();
       if (run !== state.run) return;
       state.polygons = polygons;
       setStatus(`${polygons.features.length} polygons.`);
@@ -91,6 +103,7 @@ async function handleFile(file) {
   enableDownloads(false);
   $("stage").dataset.state = "busy";
   setStatus(`Segmenting ${file.name}…`);
+  describeCanvas(`${file.name}, being segmented`);
   try {
     if (!state.classes.length) await loadClasses();
     await loadOutputs();
@@ -110,6 +123,7 @@ async function handleFile(file) {
     Object.assign(state, { image, stats, mask });
     render();
     renderLegend(stats);
+    describeCanvas(resultDescription(file.name, stats));
     enableDownloads(true);
     $("stage").dataset.state = "ready";
     $("stage").dataset.resultId = stats.id ?? "";  // null: not kept (see resultImage)
@@ -121,6 +135,7 @@ async function handleFile(file) {
     clearResult();
     enableDownloads(false);
     $("stage").dataset.state = state.image ? "error" : "empty";
+    describeCanvas(`${file.name}, not segmented`);
     showError(err);
   }
 }
@@ -128,6 +143,8 @@ async function handleFile(file) {
 function setUp() {
   const key = $("api-key");
   key.value = localStorage.getItem(KEY_STORAGE) || "";
+  // A key kept from an earlier visit: the service asked for one.
+  if (key.value.trim()) showClassesLink(false);
   key.addEventListener("change", () => {
     localStorage.setItem(KEY_STORAGE, key.value.trim());
     loadOutputs();
@@ -145,13 +162,7 @@ function setUp() {
     e.preventDefault();  // Space would also scroll the page
     $("file").click();
   });
-  for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
-  }
-  drop.addEventListener("drop", (e) => handleFile(e.dataTransfer.files[0]));
+  acceptDroppedFiles(drop, handleFile);
   $("alpha").addEventListener("input", () => {
     $("alpha-value").textContent = `${$("alpha").value}%`;
     render();

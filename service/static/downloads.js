@@ -1,6 +1,7 @@
 // The download list, built from the service's table of output kinds (`GET /outputs`), and the downloads.
 import { $, state } from "./page_state.js";
-import { api, POLYGON_QUERY, resultImage, segment, showError } from "./api.js";
+import { api, resultImage, segment, showError } from "./api.js";
+import { readPolygons } from "./polygons.js";
 
 // Short notes beside a download link; kinds without one get none (the table's description is the tooltip).
 const DOWNLOAD_NOTES = { labels: "class ids" };
@@ -65,17 +66,17 @@ export function enableDownloads(on) {
   document.querySelectorAll("#downloads a").forEach((a) => setEnabled(a, on));
 }
 
-// The JSON answer of an output kind for the current upload: stats and polygons as the page already holds them,
-// any other JSON kind asked for now. Polygons asked for here are kept only while their upload is still the one
-// shown: a late answer must not land on a newer upload.
+// The JSON answer of an output kind for the current upload: stats as the page holds it, polygons as the page holds
+// them or is reading them (one request, shared with the polygons toggle), any other JSON kind asked for now.
 async function jsonAnswer(name) {
   if (name === "stats") return state.stats;
-  if (name === "polygons" && state.polygons) return state.polygons;
-  const run = state.run;
-  const answer = await segment(state.file, name, name === "polygons" ? POLYGON_QUERY : "");
-  if (name === "polygons" && run === state.run) state.polygons = answer;
-  return answer;
+  if (name === "polygons") return readPolygons(true);
+  return segment(state.file, name);
 }
+
+// The download links whose download is under way: a second click (a double click) on one is ignored, instead of
+// asking the service and saving the file twice.
+const downloading = new Set();
 
 export async function download(event) {
   const a = event.target.closest("a[data-output]");
@@ -88,6 +89,8 @@ export async function download(event) {
   const base = (file.name || "image").replace(/\.[^.]+$/, "");
   // The overlay is drawn at the opacity the slider shows now (0..100 % -> alpha 0..1), as on the canvas.
   const alpha = Number($("alpha").value) / 100;
+  if (downloading.has(a)) return;
+  downloading.add(a);
   try {
     const blob = kind.json
       ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
@@ -101,5 +104,7 @@ export async function download(event) {
     setTimeout(() => URL.revokeObjectURL(link.href), 10000);
   } catch (err) {
     showError(err);
+  } finally {
+    downloading.delete(a);
   }
 }

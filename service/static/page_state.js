@@ -11,6 +11,7 @@ export const state = {
   mask: null,         // canvas: class colours, background transparent
   stats: null,        // the stats answer (has `id`, `classes`, `width`, `height`)
   polygons: null,     // the polygons answer, once asked for
+  polygonsRead: null, // the pending request for them: the toggle and the download share it
   run: 0,             // increments per upload, so a slow older answer never overwrites a newer one
   controller: null,   // AbortController of the newest upload's requests (a newer upload aborts them)
 };

@@ -83,6 +83,22 @@ export function render() {
   }
 }
 
+// A class's share of the picture, to 0.1 %: a class that is there but rounds to 0.0 % reads "<0.1%", not absent.
+export function percent(entry) {
+  return entry.pixels > 0 && entry.fraction < 0.0005 ? "<0.1%" : `${(entry.fraction * 100).toFixed(1)}%`;
+}
+
+// The canvas's text alternative (it is an image to assistive technology): what it shows, and of which file.
+export function describeCanvas(text) {
+  $("canvas").setAttribute("aria-label", text);
+}
+
+// The text alternative of a result: the file and each class found with its share.
+export function resultDescription(name, stats) {
+  const found = stats.classes.map((entry) => `${entry.class_name} ${percent(entry)}`).join(", ");
+  return `${name}, segmented: ${found || "no class found"}`;
+}
+
 export function renderLegend(stats) {
   const legend = $("legend");
   legend.replaceChildren();
@@ -99,7 +115,7 @@ export function renderLegend(stats) {
     const pct = document.createElement("span");
     pct.className = "pct";
     if (entry.fraction !== undefined) {
-      pct.textContent = `${(entry.fraction * 100).toFixed(1)}%`;
+      pct.textContent = percent(entry);
       pct.title = `${entry.pixels} pixels`;
     }
     li.append(swatch, name, pct);
@@ -115,7 +131,7 @@ export function renderLegend(stats) {
 // fails. The legend goes back to the plain class list (no percentages, no timing line), the polygons and the mask
 // go, and the picture (if any) is drawn again bare.
 export function clearResult() {
-  Object.assign(state, { stats: null, mask: null, polygons: null });
+  Object.assign(state, { stats: null, mask: null, polygons: null, polygonsRead: null });
   renderClassList();
   renderPolygons();
   const stage = $("stage");
