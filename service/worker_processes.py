@@ -6,7 +6,11 @@ process as soon as the server stops."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,13 +31,32 @@ log = logging.getLogger(__name__)
 
 class WorkerProcess(Process):
     """uvicorn's worker process, whose server lets go of the shared listening socket as its stop begins, at once
-    if its app is still starting (`DrainingServer`). Spawned by reference: importable by name."""
+    if its app is still starting (`DrainingServer`), and which stops as on SIGTERM when its supervisor is gone.
+    Spawned by reference: importable by name."""
 
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
             self._server = DrainingServer(config=self.config)
         return self._server
+
+    def target(self, sockets: list[socket] | None = None) -> None:  # runs in the worker
+        parent = multiprocessing.parent_process()
+        if parent is not None:
+            threading.Thread(target=_stop_without_supervisor, args=(parent.sentinel,), name="supervisor-watch",
+                             daemon=True).start()
+        super().target(sockets)
+
+
+def _stop_without_supervisor(sentinel: int) -> None:
+    """Once the supervisor has ended (SIGKILL, or the OOM killer: it had no time to stop its workers), stop this
+    worker as the supervisor would have, by SIGTERM: drained, then gone. Left alone, the workers of a killed
+    supervisor served on for ever, nothing replacing one that died, and held the port, so the next `segment-serve`
+    failed with "address already in use". The parent's sentinel rather than PR_SET_PDEATHSIG: that fires when the
+    *thread* that started the worker ends, and rather than polling getppid: it wakes only when the parent is gone."""
+    multiprocessing.connection.wait([sentinel])
+    log.warning("the supervisor is gone: stopping this worker as on SIGTERM (drained, then exit)")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerProcesses(Multiprocess):

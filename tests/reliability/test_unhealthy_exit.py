@@ -99,7 +99,7 @@ def test_a_graceful_stop_that_cannot_finish_ends_in_exit_status_4() -> None:
 
 def test_a_worker_whose_model_runs_fail_is_replaced_by_the_supervisor(tmp_path: Path) -> None:
     """With SEGMENT_WORKERS, a worker that stops itself is one that dies: the supervisor starts a fresh one. A model
-    whose every run fails (its graph only takes 32x32) fails each worker's warm-up, so each worker stops itself
+    whose every run fails fails each worker's warm-up, so each worker stops itself
     once unhealthy, and is replaced, again and again, without a single request."""
     broken = make_rule_model(tmp_path / "broken.onnx", input_size=64, fails_every_run=True)
     with ServerProcess(broken, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_INFERENCE_PROBE_S="0.2",
