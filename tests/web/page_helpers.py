@@ -89,3 +89,11 @@ def download_output(page: object, output: str) -> tuple[str, bytes]:
     with page.expect_download() as download:  # type: ignore[attr-defined]
         page.click(f"#downloads a[data-output={output}]")  # type: ignore[attr-defined]
     return download.value.suggested_filename, Path(download.value.path()).read_bytes()
+
+
+def upload_and_wait(page: object, path: Path) -> None:
+    """Choose `path` in the file input and wait until the page shows its result."""
+    page.set_input_files("#file", str(path))  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "(name) => document.getElementById('stage').dataset.state === 'ready'"
+        " && document.getElementById('status').textContent.startsWith(name + ':')", arg=path.name, timeout=20_000)

@@ -14,7 +14,7 @@ from PIL import Image
 from service.client import SegmentClient
 from service.core.decode import ACCEPTED_FORMATS
 from tests.service.svc_helpers import make_rule_model, running_server
-from tests.web.page_helpers import KEY, page_problems
+from tests.web.page_helpers import KEY, page_problems, upload_and_wait
 
 DROP_NAME = "Drop an image here or click to choose one"
 
@@ -34,13 +34,6 @@ def _open(page: object, url: str, key: str | None = KEY) -> list[str]:
         page.press("#api-key", "Tab")  # type: ignore[attr-defined]
     page.wait_for_selector("#downloads[data-state=ready] a")  # type: ignore[attr-defined]
     return problems
-
-
-def _upload(page: object, path: Path) -> None:
-    page.set_input_files("#file", str(path))  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "(name) => document.getElementById('stage').dataset.state === 'ready'"
-        " && document.getElementById('status').textContent.startsWith(name + ':')", arg=path.name, timeout=20_000)
 
 
 def test_the_controls_have_roles_and_names(browser_page: object, rule_url: str, picture: Path) -> None:
@@ -72,7 +65,7 @@ def test_the_result_picture_has_a_text_alternative(browser_page: object, rule_ur
     with SegmentClient(rule_url, api_key=KEY) as client:
         stats = client.stats(picture)
     problems = _open(page, rule_url)
-    _upload(page, picture)
+    upload_and_wait(page, picture)
     found = ", ".join(f"{c['class_name']} {c['fraction'] * 100:.1f}%" for c in stats["classes"])
     assert len(stats["classes"]) > 1
     image = page.get_by_role("img", name=f"picture.png, segmented: {found}", exact=True)
@@ -141,7 +134,7 @@ def test_a_class_present_but_tiny_is_not_shown_as_zero(browser_page: object, rul
     assert 0 < red["fraction"] < 0.0005, red
     page = browser_page
     problems = _open(page, rule_url)
-    _upload(page, path)
+    upload_and_wait(page, path)
     pct = page.text_content("#legend li[data-class-id='1'] .pct")
     assert pct == "<0.1%"
     assert f"{red['class_name']} <0.1%" in page.get_attribute("#canvas", "aria-label")

@@ -20,6 +20,7 @@ from tests.web.page_helpers import (
     download_output,
     page_problems,
     set_alpha,
+    upload_and_wait,
 )
 
 
@@ -43,14 +44,6 @@ def _open_with_key(page: object, url: str) -> list[str]:
     page.wait_for_selector("#legend[data-kind=classes] li")  # type: ignore[attr-defined]
     page.wait_for_selector("#downloads[data-state=ready] a")  # type: ignore[attr-defined]
     return problems
-
-
-def _upload_and_wait(page: object, path: Path) -> None:
-    """Choose `path` in the file input and wait until the page shows its result."""
-    page.set_input_files("#file", str(path))  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "(name) => document.getElementById('stage').dataset.state === 'ready'"
-        " && document.getElementById('status').textContent.startsWith(name + ':')", arg=path.name, timeout=20_000)
 
 
 def _canvas_size(page: object) -> list[int]:
@@ -85,7 +78,7 @@ def test_a_slow_decode_of_an_older_upload_never_shows_over_a_newer_one(
 
     page.set_input_files("#file", str(first))
     page.wait_for_function("() => window.firstDecodeStarted === true")
-    _upload_and_wait(page, second)
+    upload_and_wait(page, second)
     result_id = page.get_attribute("#stage", "data-result-id")
     assert len(stats_requests) == 1
 
@@ -132,12 +125,12 @@ def test_a_late_polygons_download_never_lands_on_a_newer_upload(
       };""")
     problems = _open_with_key(page, url)
 
-    _upload_and_wait(page, first)
+    upload_and_wait(page, first)
     page.evaluate("() => { window.holdPolygons = true; }")
     page.click("#downloads a[data-output=polygons]")
     page.wait_for_function("() => window.polygonsHeld === true")
     page.evaluate("() => { window.holdPolygons = false; }")
-    _upload_and_wait(page, second)
+    upload_and_wait(page, second)
 
     with page.expect_download() as download:
         page.evaluate("() => window.releasePolygons()")
@@ -170,7 +163,7 @@ def test_a_tiff_upload_is_segmented_and_shown(browser_page: object, url: str, sc
         catch (_) { return false; } }""", base64.b64encode(tiff.read_bytes()).decode()) is False, \
         "this browser decodes TIFF: the test no longer covers the fallback"
 
-    _upload_and_wait(page, tiff)
+    upload_and_wait(page, tiff)
     assert "cannot show" in page.text_content("#status")
     legend = page.eval_on_selector_all(
         "#legend li", "items => items.map(li => [li.dataset.className, li.querySelector('.pct').textContent])")
