@@ -1,7 +1,7 @@
 """The folder a server of several workers shares (metric files, results, slots; under /dev/shm where it has room)
 goes with it however it stops: a supervisor killed with SIGKILL ran no cleanup and left its folder for ever, so
 the next server that starts sweeps the folders nobody holds. Never one in use: a server running beside it keeps
-its own, and workers whose supervisor was killed and which still serve keep theirs."""
+its own, and the workers of a killed supervisor keep theirs while they are still there (they stop by themselves)."""
 
 from __future__ import annotations
 
@@ -48,10 +48,14 @@ def test_the_folder_of_a_killed_server_is_swept_at_the_next_start_and_never_one_
         killed, folder = started(rule_model)
         orphans = worker_pids(killed)
         assert folder != beside_folder and (folder / "results").is_dir()
+        # Its workers would stop by themselves once it is gone (drained, then exit): paused first, they still hold
+        # the folder while the next server starts, as workers still draining do.
+        for pid in orphans:
+            os.kill(pid, signal.SIGSTOP)
         os.kill(killed.pid, signal.SIGKILL)  # no cleanup runs
         killed.proc.wait(10)
         try:
-            # Its workers still serve (the socket is theirs too): the folder is in use.
+            # Its workers are still there: the folder is in use.
             assert all(not gone(pid) for pid in orphans)
             third, third_folder = started(rule_model)
             with third:
