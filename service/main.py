@@ -30,7 +30,8 @@ from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
 from .server import SingleServer, build_config, quiet_startup_failure
-from .settings import Settings, unknown_variables
+from .settings import Settings
+from .settings_environment import unknown_variables
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from service.admission import UploadBudget
 from service.core.decode_budget import DecodeBudget
 from service.core.errors import DecodeError
-from service.settings import OTHER_VARIABLES, Settings, default_model_path, unknown_variables
+from service.settings import Settings, default_model_path
+from service.settings_environment import OTHER_VARIABLES, unknown_variables
 from testkit import REPO
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene

@@ -1,0 +1,32 @@
+"""SEGMENT_* environment variables that no setting reads: named in a warning at startup, with the closest setting."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+
+from .settings import Settings
+
+# SEGMENT_* names read by other parts than the server's settings: the supervisor's hand-over to its workers, the
+# model tools' weight cache and mirror, the webcam client, and docker-compose's own variables. Not the clients'
+# SEGMENT_API_KEY: set for a server, it is a misspelt SEGMENT_API_KEYS, and the server would run without keys.
+OTHER_VARIABLES = frozenset({"SEGMENT_WORKER_SLOTS_DIR", "SEGMENT_CACHE_DIR", "SEGMENT_WEIGHTS_BASE_URL", "SEGMENT_URL",
+                             "SEGMENT_GPUS", "SEGMENT_MODEL_FILE", "SEGMENT_PUBLISH"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each SEGMENT_* variable in `environ` that nothing reads, naming the closest setting: pydantic
+    ignores unknown names, so a misspelt one (SEGMENT_MAX_BATCHSIZE) would leave its setting at the default
+    without a word. Names are matched regardless of case, as the settings read them."""
+    prefix = Settings.model_config["env_prefix"].upper()
+    fields = [field.upper() for field in Settings.model_fields]
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper.removeprefix(prefix) in fields or upper in OTHER_VARIABLES:
+            continue
+        # Compared without the prefix every name shares, which would make any two names look alike.
+        close = difflib.get_close_matches(upper.removeprefix(prefix), fields, n=1)
+        hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+        warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
+    return warnings
