@@ -148,7 +148,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         watchdog = None
         if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain
             watchdog = loop.create_task(stop_when_unhealthy(state.batcher.health,
-                                                            settings.shutdown_timeout_s + settings.request_timeout_s))
+                                                            settings.shutdown_timeout_s + settings.request_timeout_s,
+                                                            warming=lambda: not state.warm))
         started.push_async_callback(stop, watchdog, crf_pool)
         try:  # labels of the wrong shape refuse the model now; a device failing is left to warm-up's retries
             await loop.run_in_executor(None, eng.check_labels, state.batcher.guard.health.running)

@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     inference_unhealthy_after_s: float = Field(
         60.0, gt=0, description="runs failing this long, or one run in flight this long (a hung device), make "
                                 "/healthz 503 too, so a liveness probe restarts the process (a device context that "
-                                "failed may not recover in it)")
+                                "failed may not recover in it); keep it above the longest model run, startup's "
+                                "warm-up runs included")
     exit_when_unhealthy: bool = Field(
         True, description="once unhealthy (see inference_unhealthy_after_s), stop: SIGTERM to itself, exit status 4 "
                           "if that does not finish in time; restart policies and the worker supervisor then start "

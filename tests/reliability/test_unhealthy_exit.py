@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from service.settings import default_model_path
 from testkit.server import ServerProcess
 from tests.reliability.device_helpers import mended
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
@@ -116,3 +117,16 @@ def test_a_worker_whose_model_runs_fail_is_replaced_by_the_supervisor(tmp_path: 
             assert time.monotonic() < deadline and server.proc.poll() is None, server.log
             time.sleep(0.2)
         assert server.terminate() == 0, server.log  # the supervisor itself was never the one to go
+
+
+def test_a_run_at_startup_longer_than_the_setting_names_the_setting() -> None:
+    """A run in flight for SEGMENT_INFERENCE_UNHEALTHY_AFTER_S before the process was ever warm: a hung device, or a
+    setting below this model's run time (here: 1 ms, below any run of the demo model). The process stops either
+    way, and the log names the setting to raise."""
+    with ServerProcess(default_model_path(), SEGMENT_INFERENCE_UNHEALTHY_AFTER_S="0.001",
+                       SEGMENT_SHUTDOWN_TIMEOUT_S="2") as server:
+        status = server.proc.wait(timeout=60)
+    assert status in (-signal.SIGTERM, 4), server.log
+    assert ("inference_stuck: a startup model run has been in flight for" in server.log
+            and "longer than SEGMENT_INFERENCE_UNHEALTHY_AFTER_S=0.001s" in server.log
+            and "then raise it" in server.log), server.log
