@@ -17,6 +17,11 @@ Format (`format == "model_export.train/3"`):
 | `source` | provenance of the initial weights |
 | `single_block_dilation` | True since single-block dilated stages take their rate (model_export.models) |
 | `head_norms_trained` | names of the head BN layers a run with frozen BN trains (model_export.train); absent: none |
+| `upsample_align_corners` | True: the logits upsample corner-aligned (model_export.models); absent: False |
+
+`upsample_align_corners` is True only in `convert-caffe --checkpoint`'s file of a trained Caffe model (its weights
+are Caffe's, trained and tested with corner-aligned upsampling). `train` never writes it, `--init` included: the
+trainer teaches half-pixel centres (model_export.loss), so a model it trains exports with False.
 
 Older files rebuild the geometry they were trained in, so they compute what they were trained to:
 - without `single_block_dilation`: `legacy_dilation=True`;
@@ -190,6 +195,7 @@ def checkpoint_model(ckpt: dict[str, Any]) -> tuple[SegmentationModel, dict[str,
     does not fit the network it names)."""
     model = build_model(ckpt["arch"], ckpt["num_classes"], **checkpoint_model_kwargs(ckpt))
     model.preprocessing = ckpt.get("preprocessing", model.preprocessing)
+    model.upsample_align_corners = bool(ckpt.get("upsample_align_corners", False))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     info = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer")}
     return model.eval(), info

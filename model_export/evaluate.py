@@ -40,7 +40,7 @@ from .errors import OPTION, ModelExportError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
 from .protocol import onnx_protocol_predictor, pad_native, resolve_protocol
-from .wrapper import normalize_nchw, preprocessing_constants
+from .wrapper import normalize_nchw, preprocessing_constants, upsample_logits
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def predict_probs(model: SegmentationModel, image: np.ndarray, scales: Sequence[
 
     `fusion="mean"` averages the per-scale probabilities; `"max"` is DeepLab's MSC: the softmax of the
     element-wise max of the upsampled logits, with floor(H·s) scaled sizes, as `model_export.msc` bakes it
-    into an ONNX graph."""
+    into an ONNX graph. The images are resized with half-pixel centres; the logits are upsampled as the model's
+    export does (`wrapper.upsample_logits`: corner-aligned for a converted Caffe model)."""
     if fusion not in ("mean", "max"):
         raise ValueError(f"fusion must be 'mean' or 'max', got {fusion!r}")
     device = device or torch.device("cpu")
@@ -129,7 +130,7 @@ def predict_probs(model: SegmentationModel, image: np.ndarray, scales: Sequence[
         xs = normalize_nchw(xs, model.preprocessing)
         for mirrored in (False, True) if flip else (False,):
             inp = xs.flip(-1) if mirrored else xs
-            logits = F.interpolate(model(inp), size=(h, w), mode="bilinear", align_corners=False)
+            logits = upsample_logits(model, model(inp), (h, w))  # as the exported graph: the model's mapping
             logits = logits.flip(-1) if mirrored else logits
             if fusion == "max":
                 total = logits if total is None else torch.maximum(total, logits)

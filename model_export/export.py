@@ -24,7 +24,7 @@ from .catalog import DEFAULT_OPSET, default_input_size
 from .checkpoint import nonfinite_tensors
 from .errors import OPTION, ModelExportError
 from .models import SegmentationModel, output_classes
-from .wrapper import ExportWrapper, preprocessing_constants
+from .wrapper import ExportWrapper, preprocessing_constants, upsampling_name
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
                    palette: Sequence[Sequence[int]] | None = None, input_size: int | None = None,
                    source: str = "random-init", source_sha256: str = "",
                    extra: dict[str, str] | None = None) -> ModelMetadata:
-    """Metadata for a model: its normalisation comes from the model's own preprocessing convention."""
+    """Metadata for a model: its normalisation and logit upsampling come from the model's own conventions."""
     mean, std, order = preprocessing_constants(model.preprocessing)
     try:
         predicted = output_classes(model)
@@ -94,7 +94,7 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
     return ModelMetadata(
         classes=names, palette=colours, input_size=size, arch=model.arch, source=source,
         source_sha256=source_sha256, mean=list(mean), std=list(std), channel_order=order,
-        project_version=__version__, extra=dict(extra or {}),
+        project_version=__version__, extra={**(extra or {}), "upsampling": upsampling_name(model)},
     )
 
 
@@ -127,6 +127,9 @@ def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelM
     proto = onnx.load(str(out_path))
     meta = metadata.to_props()
     meta["confidence"] = "true" if confidence else "false"
+    # How the graph maps logit cells to pixels (as build_metadata records it, from the model that was traced), for
+    # the record: the Resize node does it, the service reads nothing.
+    meta["upsampling"] = upsampling_name(model)
     onnx.helper.set_model_props(proto, meta)
     proto.doc_string = f"{metadata.arch} segmentation model, ONNX contract v1 (uint8 NHWC RGB -> uint8 labels)"
     onnx.checker.check_model(proto, full_check=True)

@@ -75,6 +75,13 @@ class SegmentationModel(nn.Module):
         # "imagenet": RGB, (x/255 - mean)/std. "caffe": BGR, x - mean. It belongs to the weights.
         self.preprocessing = preprocessing
         self.output_stride = output_stride
+        # How logit cell i of n maps to the H input pixels when upsampled for serving or evaluation. False
+        # (half-pixel centres): pixel (i + 0.5)·H/n - 0.5, the centre of the block the cell covers (8i + 3.5 at
+        # stride 8 when H = 8n), what our trainer teaches (model_export.loss). True (corner-aligned, Caffe's
+        # Interp): pixel i·(H - 1)/(n - 1), so 8i at the 8k+1 sizes DeepLab-v2's Caffe models were trained and
+        # tested at. It belongs to the weights, as `preprocessing` does; only a converted trained Caffe model
+        # sets it (model_export.caffe).
+        self.upsample_align_corners = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(x)["out"])

@@ -10,7 +10,9 @@ the shipped demo model included, with no checkpoint and no torch:
                                 └─ …  (and each mirrored, then mirrored back) ┘
 
 The copies share the weights (initializers are not duplicated). Each copy's last Resize already takes its
-target size from the `image` input, so the logits of every scale come back at the input's H×W. The input,
+target size from the `image` input, so the logits of every scale come back at the input's H×W; being the
+exported Resize, it keeps the model's pixel mapping (corner-aligned for a converted Caffe model: the metadata's
+`upsampling`). The scale pyramid resizes the image with half-pixel centres, as `F.interpolate` does. The input,
 outputs, opset and metadata stay as they were (uint8 in, labels out): the service runs it unchanged.
 Scaled sizes are floor(H·s), as `F.interpolate(scale_factor=s)` computes them.
 """

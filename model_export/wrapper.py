@@ -3,6 +3,8 @@ uint8 NHWC RGB in, uint8 [N, H, W] labels (and optional uint8 confidence) out.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,8 +49,27 @@ def normalize_nchw(x: torch.Tensor, preprocessing: str) -> torch.Tensor:
     return Normalize(preprocessing).to(x.device)(x)
 
 
+def upsample_logits(model: SegmentationModel, logits: torch.Tensor, size: Sequence[int] | torch.Size,
+                    ) -> torch.Tensor:
+    """Bilinear upsampling of `model`'s logits to `size`, with the pixel mapping its weights were trained for
+    (`SegmentationModel.upsample_align_corners`): export and evaluation share it, so they score what is served."""
+    return F.interpolate(logits, size=size, mode="bilinear",
+                         align_corners=upsampling_align_corners(model))
+
+
+def upsampling_align_corners(model: SegmentationModel) -> bool:
+    """The model's `upsample_align_corners` (False for an object built before it existed)."""
+    return bool(getattr(model, "upsample_align_corners", False))
+
+
+def upsampling_name(model: SegmentationModel) -> str:
+    """The ONNX Resize coordinate mode the exported graph upsamples the logits with, for the metadata."""
+    return "align_corners" if upsampling_align_corners(model) else "half_pixel"
+
+
 class ExportWrapper(nn.Module):
-    """uint8 NHWC RGB -> normalise -> model -> bilinear upsample to input HxW -> argmax -> uint8."""
+    """uint8 NHWC RGB -> normalise -> model -> bilinear upsample to input HxW (`upsample_logits`) -> argmax ->
+    uint8."""
 
     def __init__(self, model: SegmentationModel, confidence: bool = False) -> None:
         super().__init__()
@@ -61,7 +82,7 @@ class ExportWrapper(nn.Module):
         x = self.normalize(x)
         logits = self.model(x)
         # size from the input's runtime shape (not a Python int) keeps H and W dynamic in the traced graph.
-        logits = F.interpolate(logits, size=image.shape[1:3], mode="bilinear", align_corners=False)
+        logits = upsample_logits(self.model, logits, image.shape[1:3])
         # ArgMax yields int64; the contract is uint8 (<= 255 classes, checked by the metadata).
         labels = logits.argmax(dim=1).to(torch.uint8)
         if not self.confidence:

@@ -89,4 +89,7 @@ def _write_checkpoint(args: argparse.Namespace, model, info: dict, classes: list
         "palette": voc_colormap(info["num_classes"]), "input_size": args.input_size,
         "state_dict": model.state_dict(), "iteration": 0, "source": f"caffe:{args.caffemodel.name}",
         "source_sha256": sha, "caffe_head": info["head"], "pretraining_head": info["pretraining_head"],
+        # True for a trained file: exported or evaluated as it is, it is the Caffe model. `train --init` does not
+        # carry it on (model_export.checkpoint): what our trainer trains exports with half-pixel centres.
+        "upsample_align_corners": model.upsample_align_corners,
     })

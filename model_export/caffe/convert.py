@@ -18,7 +18,8 @@ Caffe's BatchNorm keeps (mean * f, variance * f, f); like Caffe we divide by f, 
 statistics (Caffe multiplies by 0 then). The Scale layer holds gamma and beta. The MSC model's
 `*_res075` / `*_res05` branches share the main branch's weights and are skipped.
 The weights expect BGR input minus the mean (104.008, 116.669, 122.675), no std: the model is built with
-preprocessing "caffe" and the export wrapper bakes exactly that into the graph.
+preprocessing "caffe" and the export wrapper bakes exactly that into the graph. A trained file's model upsamples
+its logits corner-aligned (`upsample_align_corners`), as Caffe's Interp layer did in training and testing.
 """
 
 from __future__ import annotations
@@ -262,6 +263,9 @@ def convert_caffemodel(path: str | Path, num_classes: int | None = None,
     num_classes = found or num_classes or 21
     model = build_target(stages, width, num_classes)
     model.load_state_dict(caffe_state_dict(layers, model, head), strict=True)
+    # Caffe's Interp upsamples corner-aligned: at DeepLab's 8k+1 sizes logit cell i stands for pixel 8i, and the
+    # weights were trained and tested so. A fresh ASPP (initialisation file) learns our trainer's centres instead.
+    model.upsample_align_corners = head is not None
     if skipped:
         log.info("skipped %d MSC branch layers that share the main branch's weights", len(skipped))
     info = {"arch": model.arch, "num_classes": num_classes, "layers": stages, "base_width": width,
