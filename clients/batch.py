@@ -23,7 +23,7 @@
   summary at the end lists every failure, and the exit status is 1 when anything failed. After
   `--max-connection-failures` files in a row could not reach the server, the run stops (exit 2): the server is
   gone, and every other file would fail alike; so it does at once when the server's TLS certificate is not
-  accepted. A 503 is retried `--retries` times (the client's backoff).
+  accepted, or the server does not speak TLS. A 503 is retried `--retries` times (the client's backoff).
 - At most `--jobs` files are in progress at a time, and the run keeps counts and failures rather than an object
   per file: beyond the list of inputs, its memory does not grow with the number of files.
 - `--local` runs onnxruntime in this process through `service.local`, i.e. the service's own decode, letterbox,
@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from clients.batch_cli import parse_args, run_options
 from clients.batch_outputs import (
-    CERTIFICATE_ERROR,
     CONNECTION_ERROR,
+    TLS_ERRORS,
     Backend,
     Failure,
     Job,
@@ -79,7 +79,7 @@ class Tally:
     interrupted: bool = False  # Ctrl-C
     abandoned: int = 0  # files still in progress when a second Ctrl-C ended the run
     unreachable: bool = False  # --max-connection-failures reached
-    fatal: Failure | None = None  # a failure every file would meet (a certificate not accepted): stopped at once
+    fatal: Failure | None = None  # a failure every file would meet (no TLS connection can be made): stopped at once
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def not_done(self) -> int:
@@ -118,7 +118,7 @@ def _summary(tally: Tally) -> str:
 
 def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar: tqdm, stop: threading.Event) -> None:
     """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable, or at once
-    when its certificate is not accepted: every other file would fail alike, each after a handshake."""
+    when no TLS connection can be made to it: every other file would fail alike, each after a handshake."""
     tally.in_progress -= 1
     if failure is None:
         tally.written += 1
@@ -129,7 +129,7 @@ def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar:
             bar.set_postfix(failed=len(tally.failures))
     # Only files that could not reach the server count: a corrupt image says nothing about the server.
     tally.connection_streak = tally.connection_streak + 1 if failure and failure.code == CONNECTION_ERROR else 0
-    if failure and failure.code == CERTIFICATE_ERROR and not stop.is_set():
+    if failure and failure.code in TLS_ERRORS and not stop.is_set():
         tally.fatal = failure
         stop.set()
     if tally.connection_streak >= args.max_connection_failures and not stop.is_set():

@@ -72,7 +72,7 @@ outputs:
   run resumes without --overwrite. Ctrl-C stops after the files in progress, a second Ctrl-C at once; both print
   the summary and exit 130.
 exit status: 0 all written, 1 some files failed, 2 cannot start, the server could not be reached
-  (--max-connection-failures) or its TLS certificate is not accepted, 130 interrupted"""
+  (--max-connection-failures), its TLS certificate is not accepted or it does not speak TLS, 130 interrupted"""
 
 
 def _kinds_help() -> str:

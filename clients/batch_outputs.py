@@ -22,6 +22,7 @@ from service.client import (
     SegmentClientError,
     SegmentConnectionError,
     SegmentResult,
+    SegmentTlsError,
 )
 from service.core.errors import DecodeError
 from service.core.output_kinds import OUTPUT_KINDS, Encoding
@@ -32,7 +33,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 # comparable with fresh ones).
 _VOLATILE_FIELDS = ("id", "timing_ms")
 CONNECTION_ERROR = SegmentConnectionError.code  # the failure code of a file that could not reach the server
-CERTIFICATE_ERROR = SegmentCertificateError.code  # ... as its certificate is not accepted: no other file can
+# ... as no TLS connection can be made (its certificate is not accepted, or it does not speak TLS): no other file can
+TLS_ERRORS = frozenset({SegmentCertificateError.code, SegmentTlsError.code})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from clients.batch_outputs import output_encoding
 from clients.batch_writes import write_atomic
-from service.client import SegmentApiError, SegmentCertificateError, SegmentClient, SegmentClientError
+from service.client import SegmentApiError, SegmentClient, SegmentClientError, SegmentTlsError
 from service.core.output_kinds import OUTPUT_KINDS, RenderOptions
 
 RUN_FILE = ".segment-run.json"
@@ -73,11 +73,12 @@ def run_model(backend: Any, client: SegmentClient | None) -> dict[str, Any] | st
 
 
 def server_not_ready(client: SegmentClient, timeout: float = 30.0) -> str | None:
-    """Why the server is not ready within `timeout` seconds, or None when it is. A certificate that is not accepted
-    is told at once, by name: waiting would not mend it, and "not reachable" would not say what to fix."""
+    """Why the server is not ready within `timeout` seconds, or None when it is. A certificate that is not accepted,
+    or a server that does not speak TLS, is told at once, by name: waiting would not mend it, and "not reachable"
+    would not say what to fix."""
     try:
         client.wait_ready(timeout=timeout)
-    except SegmentCertificateError as exc:
+    except SegmentTlsError as exc:
         return str(exc)
     except SegmentClientError:
         return f"{client.url} is not reachable or not ready"

@@ -43,7 +43,7 @@ import numpy as np
 from clients.batch import INTERRUPTED, serve_extra_missing
 from clients.ctrl_c import first_ctrl_c_only
 from clients.webcam_outage import Outage, in_thread, server_away
-from service.client import SegmentCertificateError, SegmentClient, SegmentClientError, SegmentResult
+from service.client import SegmentClient, SegmentClientError, SegmentResult, SegmentTlsError
 from service.core.errors import DecodeError
 
 try:  # OpenCV and the service's renderers come with the serve extra; main() says so on a client-only install
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> Stats:
                     draw_hud(shown, stats, len(pending),
                              f"server away {time.monotonic() - outage.since:.0f}s" if away else "")  # type: ignore[union-attr]
                 sink.put(shown)
-                if stats.stopped:  # a certificate not accepted: see `_failed`
+                if stats.stopped:  # no TLS connection can be made: see `_failed`
                     break
                 if args.max_failures and stats.failing >= args.max_failures:  # every frame refused, not one
                     stats.stopped = f"stopped after {stats.failing} frames failed in a row"
@@ -198,8 +198,9 @@ def run(args: argparse.Namespace) -> Stats:
 
 def _failed(exc: Exception, stats: Stats, outage: Outage | None, recording: bool) -> None:
     """Count and tell a frame's failure: the first of an outage starts it, any other counts towards
-    --max-failures; a server certificate that is not accepted stops the run (no wait would mend it)."""
-    if isinstance(exc, SegmentCertificateError):
+    --max-failures; a server certificate that is not accepted, or a server that does not speak TLS, stops the run
+    (no wait would mend it)."""
+    if isinstance(exc, SegmentTlsError):
         stats.stopped = str(exc)
     elif outage is None or not server_away(exc):
         stats.failing += 1

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from service.client import SegmentApiError, SegmentCertificateError, SegmentClientError, SegmentConnectionError
+from service.client import SegmentApiError, SegmentClientError, SegmentConnectionError, SegmentTlsError
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class Outage:
                                      "it was ready")
         try:
             self._wait_ready(left)
-        except SegmentCertificateError:  # raised at once, and told as it is: no wait would mend it
+        except SegmentTlsError:  # raised at once (a certificate not accepted, no TLS), told as it is: no wait mends it
             raise
         except SegmentClientError:
             raise SegmentClientError(f"the server was not ready again within {self.wait:g}s (--wait)") from None

@@ -11,9 +11,10 @@ so several threads may call `segment` at once (the pool holds up to `max_connect
 Errors the service answers (`{"error": {"code", "message"}}`) raise `SegmentApiError` with that code;
 network failures raise `SegmentConnectionError` (code `connection_error`). A 503 and a connection that could not
 be made are retried, with growing waits stretched at random so that clients refused together do not come back
-together; a server certificate that is not accepted is not (`SegmentCertificateError`, code `certificate_error`,
-raised at once: no retry can mend it). Neither imports the server side: the client needs only httpx, numpy and
-Pillow, and reads the output kinds (`OUTPUTS`) from the service's standard-library table.
+together; a TLS connection no retry can mend is not, and is raised at once: a server certificate that is not
+accepted (`SegmentCertificateError`, code `certificate_error`) or a server that does not speak TLS, as an https://
+URL for a plain-HTTP server (`SegmentTlsError`, code `tls_error`). Neither imports the server side: the client
+needs only httpx, numpy and Pillow, and reads the output kinds (`OUTPUTS`) from the service's standard-library table.
 
 This module is the client's public entry point: the result and error types live in `service.client_types`,
 request building in `service.client_wire` and `AsyncSegmentClient` in `service.client_async`.
@@ -40,18 +41,18 @@ from .client_types import (
     SegmentClientError,
     SegmentConnectionError,
     SegmentResult,
+    SegmentTlsError,
 )
 from .client_wire import (
     Retries,
     auth_headers,
-    certificate_error,
-    certificate_failure,
     raise_for_error,
     request_body,
     result_path,
     segment_params,
     segment_result,
     server_url,
+    tls_error,
 )
 from .core.output_kinds import DEFAULT_OUTPUT
 
@@ -71,6 +72,7 @@ __all__ = [
     "SegmentClientError",
     "SegmentConnectionError",
     "SegmentResult",
+    "SegmentTlsError",
 ]
 
 
@@ -82,10 +84,11 @@ class SegmentClient:
                  retry_budget: float | None = None) -> None:
         """`url`: http:// or https://. `retries`: extra attempts after a 503 (overloaded, not ready) or a
         connection that could not be made (refused: nothing was sent), but not after a server certificate that is not
-        accepted (`SegmentCertificateError`: no retry could succeed). Each waits the server's Retry-After (else
-        0.2 s) doubled per retry, at most 5 s, times a random 1-1.5; a Retry-After over 5 s is not waited for (the
-        error is raised, with its `retry_after`). `retry_budget`: at most this many seconds of waiting per call
-        (None: only `retries` bounds it). A bad URL or API key raises `SegmentClientError` here."""
+        accepted or a server that does not speak TLS (`SegmentTlsError`: no retry could succeed). Each waits the
+        server's Retry-After (else 0.2 s) doubled per retry, at most 5 s, times a random 1-1.5; a Retry-After over
+        5 s is not waited for (the error is raised, with its `retry_after`). `retry_budget`: at most this many
+        seconds of waiting per call (None: only `retries` bounds it). A bad URL or API key raises
+        `SegmentClientError` here."""
         self.url = server_url(url)
         self.retries = max(0, retries)
         self.retry_budget = retry_budget
@@ -162,19 +165,20 @@ class SegmentClient:
 
     def ready(self, timeout: float | None = None) -> bool:
         """True when `/readyz` answers 200 within `timeout` seconds (None: the client's timeout). A server certificate
-        that is not accepted raises `SegmentCertificateError`: that server will not be ready for this client."""
+        that is not accepted, or a server that does not speak TLS, raises `SegmentTlsError` (`SegmentCertificateError`
+        for the certificate): that server will not be ready for this client."""
         try:
             if timeout is None:
                 return self._http.get("/readyz").status_code == 200
             return self._http.get("/readyz", timeout=timeout).status_code == 200
         except httpx.TransportError as exc:
-            if (failure := certificate_failure(exc)) is not None:
-                raise certificate_error("GET", f"{self.url}/readyz", failure) from exc
+            if (unmendable := tls_error("GET", f"{self.url}/readyz", exc)) is not None:
+                raise unmendable from exc
             return False
 
     def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> None:
         """Block until the service is ready; raise `SegmentConnectionError` after `timeout` seconds, and
-        `SegmentCertificateError` at once for a server certificate that is not accepted."""
+        `SegmentTlsError` at once for a server certificate that is not accepted or a server that does not speak TLS."""
         deadline = time.monotonic() + timeout
         # Each probe gets the time left, not the client's whole timeout: a server that accepts connections but
         # does not answer (hung, or stopped in a debugger) must not hold this past its deadline.

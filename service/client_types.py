@@ -38,7 +38,15 @@ class SegmentConnectionError(SegmentClientError):
     code = "connection_error"  # a stable code, as `SegmentApiError.code` is for the service's errors
 
 
-class SegmentCertificateError(SegmentConnectionError):
+class SegmentTlsError(SegmentConnectionError):
+    """No TLS connection can be made to the server: raised at once, not retried, as no retry can succeed until the
+    server or the URL changes. Raised as it is when the server does not speak TLS (an https:// URL for a plain-HTTP
+    server); its subclass `SegmentCertificateError` when the server's certificate is not accepted."""
+
+    code = "tls_error"
+
+
+class SegmentCertificateError(SegmentTlsError):
     """The server's TLS certificate was not accepted (self-signed, expired, issued for another host name): raised at
     once, not retried, as no retry can succeed until the certificate, the URL or the trusted issuers change."""
 

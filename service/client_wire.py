@@ -25,6 +25,7 @@ from .client_types import (
     SegmentClientError,
     SegmentConnectionError,
     SegmentResult,
+    SegmentTlsError,
 )
 from .core.signatures import HEAD_BYTES, has_image_signature
 
@@ -238,8 +239,8 @@ class Retries:
     def after_failure(self, method: str, url: str, exc: httpx.TransportError) -> float:
         """Seconds to sleep before sending again after a transport failure; raises its `SegmentConnectionError`
         when it is not retried (the request may have reached the server, or no retry is left)."""
-        if (failure := certificate_failure(exc)) is not None:  # a ConnectError too, but one no retry can mend
-            raise certificate_error(method, url, failure) from exc
+        if (unmendable := tls_error(method, url, exc)) is not None:  # a ConnectError too, but no retry can mend it
+            raise unmendable from exc
         error = connection_error(method, url, exc, self.made + 1)
         wait = self.next_wait(error) if nothing_sent(exc) else None
         if wait is None:
@@ -249,10 +250,10 @@ class Retries:
 
 def nothing_sent(exc: httpx.TransportError) -> bool:
     """Whether the request surely never reached the server: the connection was not made (refused, unknown host,
-    reset or TLS handshake failure while connecting). Only these are retried (but a certificate that is not
-    accepted is raised at once, see `certificate_failure`): after a read timeout or a connection broken
-    mid-answer the server may be running the request, and sending it again would double its work under the
-    very load that made it slow. A connect timeout is not retried either: it has already cost a whole timeout."""
+    reset or TLS handshake failure while connecting). Only these are retried (but not a TLS failure no retry can
+    mend, see `tls_error`): after a read timeout or a connection broken mid-answer the server may be running the
+    request, and sending it again would double its work under the very load that made it slow. A connect
+    timeout is not retried either: it has already cost a whole timeout."""
     return isinstance(exc, httpx.ConnectError)
 
 
@@ -262,22 +263,37 @@ def connection_error(method: str, url: str, exc: httpx.TransportError, attempts:
     return SegmentConnectionError(f"{method} {url}: {exc}{tries}")
 
 
-def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind a transport error, or None. httpx raises it as a `ConnectError`,
-    as it does a refused connection, with the `ssl` module's error among its causes."""
+# What OpenSSL says when the first bytes back are not a TLS record, as a plain-HTTP server's "HTTP/1.1 400" is not
+# (OpenSSL 3.0 on Python 3.11: WRONG_VERSION_NUMBER; 3.2 and later: RECORD_LAYER_FAILURE; 1.1: UNKNOWN_PROTOCOL).
+_NO_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL"})
+
+
+def ssl_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The `ssl` module's error behind a transport error, or None. httpx raises a failed handshake as a
+    `ConnectError`, as it does a refused connection, with the `ssl` error among its causes."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:  # a chain of causes may loop back on itself
-        if isinstance(cause, ssl.SSLCertVerificationError):
+        if isinstance(cause, ssl.SSLError):
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return None
 
 
-def certificate_error(method: str, url: str, failure: ssl.SSLCertVerificationError) -> SegmentCertificateError:
-    """The error raised for a server certificate that is not accepted: what is wrong with it, and what would help."""
-    reason = failure.verify_message or failure.reason or str(failure)
-    return SegmentCertificateError(
-        f"{method} {url}: the server's TLS certificate is not accepted: {reason} (not retried: the URL must name a "
-        f"host the certificate is valid for, and its issuer must be trusted, e.g. SSL_CERT_FILE=/path/to/ca.pem)")
+def tls_error(method: str, url: str, exc: BaseException) -> SegmentTlsError | None:
+    """The error raised at once for a TLS failure no retry can mend, or None (any other failure): a server
+    certificate that is not accepted (`SegmentCertificateError`), or a server that does not speak TLS at all."""
+    failure = ssl_failure(exc)
+    if isinstance(failure, ssl.SSLCertVerificationError):
+        reason = failure.verify_message or failure.reason or str(failure)
+        return SegmentCertificateError(
+            f"{method} {url}: the server's TLS certificate is not accepted: {reason} (not retried: the URL must name "
+            f"a host the certificate is valid for, and its issuer must be trusted, e.g. SSL_CERT_FILE=/path/to/ca.pem)")
+    if failure is None or failure.reason not in _NO_TLS_REASONS:
+        return None  # a reset or a timeout mid-handshake may pass: retried as any connection not made
+    target = httpx.URL(url)
+    address = f"{f'[{target.host}]' if ':' in target.host else target.host}:{target.port or 443}"
+    return SegmentTlsError(
+        f"{method} {url}: the server at {address} does not speak TLS: use http://{address} if it serves plain HTTP "
+        f"(not retried: its answer to the TLS handshake was not TLS: {failure.reason.lower().replace('_', ' ')})")

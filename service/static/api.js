@@ -8,16 +8,18 @@ export const POLYGON_QUERY = "&tolerance=1";
 // the wait the service asks for is over, as the Python client does: each wait at least MIN_RETRY_WAIT_S (a
 // Retry-After of 0 or in the past must not become a busy loop), all of them together at most RETRY_BUDGET_S (a
 // model warming up on a GPU can take tens of seconds). A wait longer than MAX_RETRY_WAIT_S is not retried sooner
-// than asked: the error is shown.
+// than asked: the error is shown, with the wait the service asked for, so the user knows when to try again.
 const MIN_RETRY_WAIT_S = 0.5;
 const MAX_RETRY_WAIT_S = 5;
 const RETRY_BUDGET_S = 30;
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  // `retryAfter`: the seconds the service asked to wait before trying again (its Retry-After), or null.
+  constructor(status, code, message, retryAfter = null) {
     super(`${code}: ${message}`);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -34,12 +36,17 @@ export function authHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
-// Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), or null: none, or too long a wait.
+// Seconds the service asks to wait from a Retry-After header (delay-seconds or an HTTP date), or null: none.
 function retryAfter(response) {
   const value = (response.headers.get("retry-after") || "").trim();
   if (!value) return null;
   const seconds = /^\d+(\.\d+)?$/.test(value) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
-  return Number.isFinite(seconds) && seconds <= MAX_RETRY_WAIT_S ? Math.max(MIN_RETRY_WAIT_S, seconds) : null;
+  return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
+}
+
+// "30 s", "2 min": a wait as a person reads it, rounded up (sooner than asked would be refused again).
+function duration(seconds) {
+  return seconds < 90 ? `${Math.max(1, Math.ceil(seconds))} s` : `${Math.ceil(seconds / 60)} min`;
 }
 
 function sleep(seconds, signal) {
@@ -59,7 +66,8 @@ export async function api(path, options = {}) {
       if (options.signal?.aborted) throw err;  // cancelled by a newer upload: not a failure
       throw new NetworkError(err.message);
     }
-    const wait = response.status === 503 ? retryAfter(response) : null;
+    const asked = response.status === 503 ? retryAfter(response) : null;
+    const wait = asked !== null && asked <= MAX_RETRY_WAIT_S ? Math.max(MIN_RETRY_WAIT_S, asked) : null;
     if (wait !== null && waited + wait <= RETRY_BUDGET_S) {
       waited += wait;
       response.body?.cancel();  // the error body is not needed: let the connection go back to the pool
@@ -72,7 +80,7 @@ export async function api(path, options = {}) {
         const body = await response.json();
         if (body && body.error) ({ code, message } = body.error);
       } catch (_) { /* not JSON: keep the status line */ }
-      throw new ApiError(response.status, code, message);
+      throw new ApiError(response.status, code, message, asked);
     }
     return response;
   }
@@ -85,6 +93,9 @@ export function setStatus(text, isError = false) {
 }
 
 function errorText(err) {
+  if (err instanceof ApiError && err.retryAfter !== null) {
+    return `Error ${err.status} ${err.message}. The service asks to try again in about ${duration(err.retryAfter)}.`;
+  }
   if (err instanceof ApiError) return `Error ${err.status} ${err.message}`;
   if (err instanceof NetworkError || (err instanceof TypeError && NETWORK_FAILURE.test(err.message))) {
     return `Error: the service could not be reached (${err.message}). It may be restarting: try again.`;

@@ -64,8 +64,12 @@ async function togglePolygons() {
       state.polygons = polygons;
       setStatus(`${polygons.features.length} polygons.`);
     } catch (err) {
-      if (run === state.run) showError(err);
-      return;
+      if (run !== state.run) return;
+      // Nothing is drawn: the box unticked says so, and ticking it again asks again (a failed read is forgotten).
+      $("polygons").checked = false;
+      fill.checked = false;
+      fill.disabled = true;
+      showError(err);
     }
   }
   renderPolygons();
