@@ -38,16 +38,12 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from clients.batch_cli import parse_args, run_options
 from clients.batch_outputs import (
-    CONNECTION_ERROR,
-    TLS_ERRORS,
     Backend,
-    Failure,
     Job,
     PlanError,
     is_done,
@@ -58,32 +54,13 @@ from clients.batch_outputs import (
 )
 from clients.batch_record import model_conflict, options_conflict, read_record, record_run, server_not_ready
 from clients.batch_record import run_model as _model  # by this name, so that tests can stand in for it
+from clients.batch_tally import Tally, count_outcome, summary
 from clients.batch_writes import remove_stale_temps
 from service.client import SegmentClient
 from service.core.output_kinds import OUTPUT_KINDS
 
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 SIGNAL_CHECK_S = 0.2  # how soon a Ctrl-C taken by a worker thread stops the run
-
-
-@dataclass
-class Tally:
-    """What a run did: counts and the failures only (never one object per file), and why it stopped early."""
-
-    total: int
-    skipped: int
-    written: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    in_progress: int = 0
-    connection_streak: int = 0  # files in a row that could not reach the server
-    interrupted: bool = False  # Ctrl-C
-    abandoned: int = 0  # files still in progress when a second Ctrl-C ended the run
-    unreachable: bool = False  # --max-connection-failures reached
-    fatal: Failure | None = None  # a failure every file would meet (no TLS connection can be made): stopped at once
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def not_done(self) -> int:
-        return self.total - self.skipped - self.written - len(self.failures)
 
 
 def serve_extra_missing(prog: str, what: str, exc: ModuleNotFoundError) -> str:
@@ -102,40 +79,6 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
         return LocalSegmenter(args.local, providers=args.providers, threads=args.threads), None
     client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs, retries=args.retries)
     return client, client
-
-
-def _summary(tally: Tally) -> str:
-    lines = [f"segment: {tally.written} written, {tally.skipped} skipped (already done), {len(tally.failures)} "
-             f"failed, {tally.total} total"]
-    if tally.interrupted or tally.unreachable or tally.fatal:
-        lines[0] += f"; {'interrupted' if tally.interrupted else 'stopped'}, {tally.not_done()} not done"
-    if tally.abandoned:
-        lines[0] += f" ({tally.abandoned} of them left in progress)"
-    failures = sorted(tally.failures, key=lambda failure: str(failure.source))
-    lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in failures]
-    return "\n".join(lines)
-
-
-def _count(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar: tqdm, stop: threading.Event) -> None:
-    """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable, or at once
-    when no TLS connection can be made to it: every other file would fail alike, each after a handshake."""
-    tally.in_progress -= 1
-    if failure is None:
-        tally.written += 1
-    else:
-        tally.failures.append(failure)
-        if not tally.abandoned:  # else the summary is out: nothing after it
-            bar.write(f"failed: {failure.source}: {failure.code}: {failure.message}", file=sys.stderr)
-            bar.set_postfix(failed=len(tally.failures))
-    # Only files that could not reach the server count: a corrupt image says nothing about the server.
-    tally.connection_streak = tally.connection_streak + 1 if failure and failure.code == CONNECTION_ERROR else 0
-    if failure and failure.code in TLS_ERRORS and not stop.is_set():
-        tally.fatal = failure
-        stop.set()
-    if tally.connection_streak >= args.max_connection_failures and not stop.is_set():
-        tally.unreachable = True
-        stop.set()
-    bar.update()
 
 
 def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, tally: Tally) -> None:
@@ -157,7 +100,7 @@ def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, ta
                     tally.in_progress += 1
                 failure = run_job(backend, job, args)
                 with tally.lock:
-                    _count(tally, failure, args, bar, stop)
+                    count_outcome(tally, failure, args, bar, stop)
         finally:
             with tally.lock:
                 running -= 1
@@ -272,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tally.unreachable and not tally.interrupted:
             print(f"segment: stopped after {tally.connection_streak} files in a row could not reach {args.server}; "
                   "rerun to resume once it is back", file=sys.stderr)
-        print(_summary(tally), file=sys.stderr)
+        print(summary(tally), file=sys.stderr)
     if tally.interrupted:
         return INTERRUPTED
     return 2 if tally.unreachable or tally.fatal else 1 if tally.failures else 0
