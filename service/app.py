@@ -42,7 +42,7 @@ from .middleware import (
 )
 from .refusal_log import RefusalLog
 from .results_cache import ResultsCache, ResultStore
-from .results_shared import SharedResultsCache
+from .results_shared import SharedResultsCache, slot_folder
 from .routes import ops, results, segment
 from .routes.web import install_web_page
 from .settings import Settings
@@ -65,8 +65,10 @@ def results_cache(settings: Settings) -> ResultStore:
     """In this process's memory, or (several workers) in files every worker reads, each worker its share."""
     if settings.results_dir is None:
         return ResultsCache(settings.result_ttl_s, settings.result_cache_bytes)
+    # A worker's folder is its slot's: its replacement takes the slot, and adopts the results stored there.
+    owner = None if settings.worker_slot is None else slot_folder(settings.worker_slot)
     return SharedResultsCache(settings.results_dir, settings.result_ttl_s,
-                              settings.result_cache_bytes // settings.worker_total())
+                              settings.result_cache_bytes // settings.worker_total(), owner=owner)
 
 
 def check_request_memory(settings: Settings, input_size: int) -> None:

@@ -2,15 +2,16 @@
 
 A follow-up `GET /results/{id}` may reach any worker (the kernel hands each new connection to one of them), so
 under `SEGMENT_WORKERS` > 1 results live in files rather than in one worker's memory. The worker that stored a
-result owns its file, in a folder named after its pid: it evicts its own files least recently stored first to make
-room within its share of the byte bound before it writes one (the folder never holds more, even for a moment), and
-on expiry; any worker reads any file, and one older than the TTL counts as gone.
+result owns its file, in the folder of its slot (`slot-N`, service/worker_slots.py): it evicts its own files least
+recently stored first to make room within its share of the byte bound before it writes one (the folder never holds
+more, even for a moment), and on expiry; any worker reads any file, and one older than the TTL counts as gone.
 The share is the bound divided by the number of workers the supervisor keeps now (`follow`): SIGTTIN and SIGTTOU
 change that number, and a share fixed at start let more workers hold more than the bound, and fewer less.
-Only the owner knows which of its files are still wanted, so when a worker is gone (killed, restarted, stopped by
-the watchdog) the supervisor removes its folder (`remove_worker_results`): a replacement starts with an empty
-share, and the dead worker's files would otherwise stay, past the TTL and beyond the bound, until the supervisor
-exits.
+A worker that is gone (killed, restarted, stopped by the watchdog) leaves its files where they are, readable by
+the others, and its replacement, which takes its slot, adopts them as it starts (`_adopt`): the clients hold
+their ids, and the TTL has not passed. Named by pid, a folder went with its worker and every result in it was a
+404 from then on. The supervisor removes a slot's folder once no worker holds that slot any more (SIGTTOU, a
+worker moved down a slot, `remove_unkept_results`), and the whole directory as it stops.
 
 Every `/segment` stores one, in its encode job (off the event loop). Files, not a database, and written with
 the arrays' and the upload's own bytes rather than a pickled copy of them (pickle protocol 5's out-of-band
@@ -29,7 +30,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,20 @@ from .results_cache import ResultStore, StoredResult
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
+_SLOT = re.compile(r"slot-[0-9]+")  # a slot's folder (`slot_folder`)
+
+
+def slot_folder(slot: int) -> str:
+    """The name of the folder of the results stored by the worker on `slot` (and by its replacements)."""
+    return f"slot-{slot}"
 
 
 class SharedResultsCache(ResultStore):
     """The `ResultsCache` interface (`put`, `get`, `enabled`) over files in `directory`.
 
     `max_bytes` is this worker's share of the bound; the file contents are this service's own pickles, in a
-    directory private to the service (made 0700 by the supervisor). `owner`: the folder of this worker's files
-    (default: its pid, which is what the supervisor knows it by)."""
+    directory private to the service (made 0700 by the supervisor). `owner`: the folder of this worker's files,
+    its slot's (`slot_folder`; default: its pid). The files already there are adopted (`_adopt`)."""
 
     def __init__(self, directory: Path, ttl_s: float, max_bytes: int,
                  clock: Callable[[], float] = time.time,  # wall time: the workers are separate processes
@@ -57,12 +64,58 @@ class SharedResultsCache(ResultStore):
         self._own = directory / (owner or str(os.getpid()))
         # No size bound of its own (`put` evicts, and unlinks the files; TTLCache would drop entries silently): the
         # share may grow with fewer workers.
-        self._owned: TTLCache[str, int] = TTLCache(maxsize=sys.maxsize, ttl=max(ttl_s, 1e-9), timer=clock,
+        self._stored_at: float | None = None  # the time of an adopted file, as it is indexed (`_now`)
+        self._owned: TTLCache[str, int] = TTLCache(maxsize=sys.maxsize, ttl=max(ttl_s, 1e-9), timer=self._now,
                                                    getsizeof=lambda size: size)
         self._writing = 0  # bytes of the files being written now, already counted against the share
         self._room = threading.Condition(self._lock)  # a store waits on it for room held by files being written
         self._total: int | None = None
         self._workers: Callable[[], int | None] = lambda: None
+        self._adopt()
+
+    def _now(self) -> float:
+        """The TTL index's clock: an entry expires a TTL after it is inserted, and an adopted file's is its own
+        time of storing, not the adoption's (it would otherwise live up to twice the TTL)."""
+        return self._clock() if self._stored_at is None else self._stored_at
+
+    def _adopt(self) -> None:
+        """Index the files already in this worker's folder, its slot predecessor's (killed, restarted), least
+        recently stored first, by their times and sizes; remove those past the TTL and the partial files of writes
+        cut off; then evict down to the share, so the folder holds no more than it from the start. No other live
+        process writes this folder meanwhile: a worker holds its slot's lock (`worker_slots.hold_slot`) before it
+        builds its cache, and the kernel grants it to one live process at a time."""
+        now, found = self._clock(), list[tuple[float, int, str]]()
+        try:
+            with os.scandir(self._own) as listing:
+                entries = list(listing)
+        except OSError:  # no folder: nothing was stored on this slot (or it was removed)
+            return
+        for entry in entries:
+            if entry.name.startswith("."):  # a `.partial` file: its writer died before renaming it into place
+                Path(entry.path).unlink(missing_ok=True)
+                continue
+            try:
+                info = entry.stat()
+            except OSError:  # trimmed by the supervisor meanwhile
+                continue
+            if not _ID.match(entry.name):
+                continue
+            if now - info.st_mtime >= self.ttl_s:  # written after its result's `created`: expired by then too
+                Path(entry.path).unlink(missing_ok=True)
+            else:
+                found.append((info.st_mtime, info.st_size, entry.name))
+        with self._lock:
+            try:
+                for stored, size, key in sorted(found):
+                    self._stored_at = stored
+                    self._owned[key] = size
+            finally:
+                self._stored_at = None
+            with self._owned.timer as now:
+                gone = [key for key, _ in self._owned.expire(now)]
+                while self._owned.currsize > self.max_bytes and self._owned:
+                    gone.append(self._owned.popitem()[0])  # least recently stored
+        self._unlink(gone)
 
     def follow(self, total_bytes: int, workers: Callable[[], int | None]) -> None:
         """Take `total_bytes` divided by `workers()` as this worker's share from now on, asked at every store
@@ -172,10 +225,15 @@ class SharedResultsCache(ResultStore):
         return None
 
 
-def remove_worker_results(directory: Path, pid: int) -> None:
-    """Remove the files of the worker `pid`, which is gone (the supervisor calls this). A reader that races it
-    reads the file whole or finds nothing (a 404), never part of one."""
-    shutil.rmtree(directory / str(pid), ignore_errors=True)
+def remove_unkept_results(directory: Path, slots: Iterable[int]) -> list[str]:
+    """Remove the folders of the slots not in `slots`, those the supervisor keeps (the supervisor calls this):
+    no worker will adopt them, and they would stay, past their TTL and beyond the bound, until it exits. A reader
+    that races it reads a file whole or finds nothing (a 404), never part of one. Returns the folders removed."""
+    kept = {slot_folder(slot) for slot in slots}
+    removed = [owner for owner in _owners(directory) if _SLOT.fullmatch(owner) and owner not in kept]
+    for owner in removed:
+        shutil.rmtree(directory / owner, ignore_errors=True)
+    return removed
 
 
 def trim_worker_results(directory: Path, share: int) -> int:

@@ -1,7 +1,7 @@
 """The worker processes of a supervisor of several (service/worker_supervisor.py builds its policy on this):
 each started on its slot, when each was seen ready, a worker left past the count moved to a free slot where slots
-pick devices, what a worker that is gone leaves behind cleared, and the listening socket let go of by every
-process as soon as the server stops."""
+pick devices, what a worker that is gone leaves behind cleared (its results kept for its slot's next worker), and
+the listening socket let go of by every process as soon as the server stops."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from .metrics_files import fold_dead_metrics
-from .results_shared import remove_worker_results
+from .results_shared import remove_unkept_results
 from .server import DrainingServer
 from .worker_backoff import STOP_SIGNALS
 from .worker_slots import SLOT_VARIABLE, lowest_free
@@ -118,6 +118,7 @@ class WorkerProcesses(Multiprocess):
         self._slots.pop(self.processes[idx], None)
         self.processes[idx] = self._spawn(slot)
         self._release_worker_ends()
+        self._drop_unkept_results()  # the gone worker's slot, where its replacement took another
 
     def _seen_ready(self, process: Process) -> bool:
         """Whether `process` has finished its startup (asked of it until it says so once)."""
@@ -163,6 +164,7 @@ class WorkerProcesses(Multiprocess):
                 new.join()
                 self._slots.pop(new)
                 self._bury([new.pid])
+                self._drop_unkept_results()
                 log.error("worker [%s] stays on slot %d: its replacement on a free slot was not ready", old.pid,
                           self._slot(idx))
                 return
@@ -173,6 +175,7 @@ class WorkerProcesses(Multiprocess):
             self._slots.pop(old)
             self._bury([old.pid])
             self.processes[idx] = new
+            self._drop_unkept_results()  # its old slot's results: none of them are moved along
 
     def _slot(self, idx: int) -> int:
         return self._slots[self.processes[idx]]
@@ -181,15 +184,21 @@ class WorkerProcesses(Multiprocess):
         return sum(process.process.is_alive() for process in self.processes)
 
     def _bury(self, pids: Iterable[int | None]) -> None:
-        """Clear what the workers `pids`, which are gone, left in the shared directories."""
+        """Clear what the workers `pids`, which are gone, left in the shared directories: their metric files. Their
+        result files stay, in their slots' folders, for the replacements to adopt (`_drop_unkept_results`)."""
         for pid in pids:
             self._ready.pop(pid, None)  # a later process may have its pid
             if pid is None:
                 continue
             if self.metrics_dir is not None:
                 fold_dead_metrics(self.metrics_dir, pid)
-            if self.results_dir is not None:
-                remove_worker_results(self.results_dir, pid)
+
+    def _drop_unkept_results(self) -> None:
+        """Remove the result folders of the slots that no worker of the list holds, live or awaiting its next start
+        (SIGTTOU, a worker moved down a slot, a replacement given another slot): no worker will adopt them. Those of
+        a worker that died stay while its slot waits for its replacement, readable by the others meanwhile."""
+        if self.results_dir is not None:
+            remove_unkept_results(self.results_dir, self._slots.values())
 
     def _release_worker_ends(self) -> None:
         """Close the parent's copy of each worker's end of the ping pipe (see WorkerSupervisor)."""

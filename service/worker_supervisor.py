@@ -41,8 +41,9 @@ class WorkerSupervisor(WorkerProcesses):
       SIGTTOU change and which each worker's share of the result cache follows, and the shortfall while a
       replacement fails or waits, which `/readyz` and `/metrics` report;
     - what a worker that is gone leaves behind is cleared (`_bury`): its metric files (its counts folded into the
-      archive, `fold_dead_metrics`), and its result files, which only it knew and which would stay, past their TTL
-      and beyond the bound, until the supervisor exits;
+      archive, `fold_dead_metrics`); its result files stay for the replacement on its slot, which adopts them, and
+      a slot's folder goes once no worker holds the slot (`_drop_unkept_results`), or they would stay, past their
+      TTL and beyond the bound, until the supervisor exits;
     - a restart of all workers (SIGHUP) stops each worker before starting its replacement (`restart_all`), and
       gives way to a SIGTERM or SIGINT that comes meanwhile;
     - a worker that dies while the supervisor awaits its answer to a health ping reads as dead at once. uvicorn
@@ -195,6 +196,7 @@ class WorkerSupervisor(WorkerProcesses):
         for gone in before - set(self.processes):
             self._slots.pop(gone, None)
             self._bury([gone.pid])
+        self._drop_unkept_results()  # the slot dropped: no worker will adopt its results
         self._publish()  # after its files are gone: the others' shares grow into their room
         self._relocate()
         self._publish()

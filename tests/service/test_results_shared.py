@@ -10,7 +10,7 @@ import pytest
 from service import results_shared
 from service.core.outputs.labelmap import LabelMap
 from service.results_cache import new_result_id
-from service.results_shared import SharedResultsCache, remove_worker_results
+from service.results_shared import SharedResultsCache, remove_unkept_results
 
 
 def result(n: int, seed: int = 0) -> tuple[np.ndarray, bytes]:
@@ -86,19 +86,18 @@ def test_a_label_map_and_its_way_back_to_the_upload_size_are_kept_exactly(tmp_pa
     assert stored.source == b"upload bytes"
 
 
-def test_the_results_of_a_worker_that_is_gone_are_removed_and_read_as_unknown(tmp_path: Path,
+def test_the_results_of_a_slot_no_longer_kept_are_removed_and_read_as_unknown(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only a result's owner knows its files; when it is gone the supervisor removes them (by its pid), and a
+    """A slot the supervisor no longer keeps (SIGTTOU) has no worker to adopt its files: it removes them, and a
     reader that races the removal finds nothing (a 404) rather than failing."""
-    gone = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="101")
-    live = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="102")
+    gone = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="slot-1")
+    live = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="slot-0")
     assert gone.put("lost", *result(100)) and live.put("kept", *result(100))
     owners = results_shared._owners(tmp_path)
-    remove_worker_results(tmp_path, 101)
-    remove_worker_results(tmp_path, 103)  # one that never stored anything
+    assert remove_unkept_results(tmp_path, [0, 2]) == ["slot-1"]  # slot 2 never stored anything
     assert files(tmp_path) == ["kept"]
     monkeypatch.setattr(results_shared, "_owners", lambda directory: owners)  # listed before the removal
     assert live.get("lost") is None and live.get("kept") is not None
-    remove_worker_results(tmp_path, 102)
+    remove_unkept_results(tmp_path, [])
     assert live.get("kept") is None and files(tmp_path) == []
     assert live.put("again", *result(100)) and live.get("again") is not None  # a live owner's folder comes back

@@ -88,10 +88,9 @@ def test_a_worker_that_dies_is_replaced_while_the_other_keeps_serving(rule_model
         assert server.terminate() == 0
 
 
-def test_the_results_of_workers_that_die_go_with_them(rule_model: Path, upload) -> None:
-    """Only the worker that stored a result knows its file (its replacement starts with an empty share): the
-    supervisor removes a dead worker's files, or they would stay, past the TTL and beyond the bound, as long as it
-    runs."""
+def test_the_results_of_workers_that_die_are_adopted_by_their_replacements(rule_model: Path, upload) -> None:
+    """A worker's files are its slot's: when both workers die, each replacement takes a slot and adopts its
+    files, which stay readable (and within the bound, each replacement now evicting them)."""
     body, _ = upload
     with ServerProcess(rule_model, SEGMENT_WORKERS=str(WORKERS), SEGMENT_INTRA_OP_THREADS="1",
                        SEGMENT_WORKER_THREADS="2") as server:
@@ -102,9 +101,10 @@ def test_the_results_of_workers_that_die_go_with_them(rule_model: Path, upload) 
         for pid in first:  # both: whichever stored which, every one of these results has lost its owner
             os.kill(pid, signal.SIGKILL)
         replacements(server, first)
-        assert [p for p in results.rglob("*") if p.is_file()] == []
+        assert len([p for p in results.rglob("*") if p.is_file()]) == 6
+        assert {p.name for p in results.iterdir()} <= {"slot-0", "slot-1"}
         for rid in ids:
-            assert httpx.get(f"{server.url}/results/{rid}/labels.png", timeout=10).status_code == 404
+            assert httpx.get(f"{server.url}/results/{rid}/labels.png", timeout=10).status_code == 200
         again = segment(server.url, body).headers["X-Result-ID"]  # the replacements store and read as before
         assert httpx.get(f"{server.url}/results/{again}/labels.png", timeout=10).status_code == 200
         assert server.terminate() == 0

@@ -17,7 +17,7 @@ import httpx
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 from tests.service.worker_checks import OPTIONS, census, serve_until, wait_for, worker_pids
-from tests.service.worker_helpers import CUDA_SLOTS
+from tests.service.worker_helpers import CUDA_SLOTS, segment, worker_environ
 
 
 def slots(server: ServerProcess) -> dict[int, int]:
@@ -49,6 +49,12 @@ def test_after_sigttou_removes_a_lower_slot_the_live_workers_hold_the_slots_belo
         model.rename(away)
         os.kill(middle, signal.SIGKILL)
         serve_until(server, body, expected, lambda c: c["start_failures"] >= 1, "no failed start", timeout=60)
+        results = Path(worker_environ(min(worker_pids(server)))["SEGMENT_RESULTS_DIR"])
+        for _ in range(200):  # new connections until the worker on slot 2, which will move, stored a result
+            if (results / "slot-2").is_dir():
+                break
+            segment(server.url, body)
+        assert (results / "slot-2").is_dir(), server.log
         away.rename(model)  # the next start would succeed, but SIGTTOU comes first: slot 1 goes
         server.proc.send_signal(signal.SIGTTOU)
 
@@ -61,6 +67,8 @@ def test_after_sigttou_removes_a_lower_slot_the_live_workers_hold_the_slots_belo
                  timeout=30)
         assert "worker slot 1: CUDA device 1" in server.log.split("SIGTTOU")[-1], server.log  # the one moved
         assert census(server)["live"] == 2
+        # The slots no worker holds any more leave no results behind (the moved worker's did not come along).
+        assert {folder.name for folder in results.iterdir()} <= {"slot-0", "slot-1"}
         serve_until(server, body, expected, lambda c: True, "not serving")
         # A replacement takes the slot of the worker it replaces, below the count.
         victim = max(slots(server).items(), key=lambda item: item[1])[0]

@@ -20,6 +20,7 @@ from service.results_shared import SharedResultsCache, trim_worker_results
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes
 from tests.service.worker_checks import wait_for, worker_pids
+from tests.service.worker_helpers import worker_environ
 
 BOUND = 600_000  # about eight results of the upload below
 
@@ -30,15 +31,16 @@ def noise_png() -> bytes:
 
 
 def results_dir(pid: int) -> Path:
-    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
-    return Path(dict(pair.split("=", 1) for pair in pairs if "=" in pair)["SEGMENT_RESULTS_DIR"])
+    return Path(worker_environ(pid)["SEGMENT_RESULTS_DIR"])
 
 
-def held(results: Path) -> dict[int, int]:
-    """Bytes of result files per worker folder (the folders are named after the workers' pids)."""
+def held(server: ServerProcess, results: Path) -> dict[int, int]:
+    """Bytes of result files per worker folder, by the worker's pid (the folders are named after the slots)."""
+    slots = {f"slot-{worker_environ(pid)['SEGMENT_WORKER_SLOT']}": pid for pid in worker_pids(server)}
     out: dict[int, int] = {}
-    for folder in results.iterdir():
-        out[int(folder.name)] = sum(p.stat().st_size for p in folder.iterdir() if not p.name.startswith("."))
+    for folder in results.iterdir():  # a folder of no live worker's slot counts as -1 (a leak, for the asserts)
+        size = sum(p.stat().st_size for p in folder.iterdir() if not p.name.startswith("."))
+        out[slots.get(folder.name, -1)] = out.get(slots.get(folder.name, -1), 0) + size
     return out
 
 
@@ -49,7 +51,7 @@ def fill(server: ServerProcess, results: Path, pids: set[int], size: int, timeou
     body = noise_png()
     deadline = time.monotonic() + timeout
     while True:
-        now = held(results)
+        now = held(server, results)
         if all(now.get(pid, 0) > share - size for pid in pids):
             return now
         assert time.monotonic() < deadline, (now, share, server.log)
@@ -66,10 +68,10 @@ def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_m
         assert len(first) == 2
         results = results_dir(min(first))
         httpx.post(f"{server.url}/segment", content=noise_png(), headers={"content-type": "image/png"}, timeout=30)
-        size = max(held(results).values())  # one result's file
+        size = max(held(server, results).values())  # one result's file
         assert 6 * size < BOUND < 12 * size
         fill(server, results, first, size)
-        assert sum(held(results).values()) <= BOUND
+        assert sum(held(server, results).values()) <= BOUND
 
         server.proc.send_signal(signal.SIGTTIN)  # a third worker
         wait_for(lambda: len(worker_pids(server)) == 3, "no third worker", server)
@@ -78,7 +80,7 @@ def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_m
         server.env["SEGMENT_WORKERS"] = "3"  # what `wait_ready` counts
         server.wait_ready(120)
         # At once, not only after each worker's next store: the two that filled their halves hold a third each.
-        assert all(size_held <= BOUND // 3 for size_held in held(results).values()), held(results)
+        assert all(size_held <= BOUND // 3 for size_held in held(server, results).values()), held(server, results)
         now = fill(server, results, three, size)
         assert sum(now.values()) <= BOUND, now  # three full shares, the bound in all
         assert all(size_held <= BOUND // 3 for size_held in now.values()), now
@@ -88,7 +90,7 @@ def test_the_bound_holds_for_all_workers_together_as_their_number_changes(rule_m
             wait_for(lambda count=count: len(worker_pids(server)) == count, f"not {count} workers", server)
         (last,) = worker_pids(server)
         now = fill(server, results, {last}, size)
-        assert set(now) == {last}  # the folders of the workers that went are gone
+        assert set(now) == {last}  # the folders of the slots dropped are gone (none counts as -1)
         assert BOUND // 2 < now[last] <= BOUND, now  # the whole bound, not the half it started with
         assert server.terminate() == 0
 
