@@ -62,6 +62,8 @@ class WorkerSupervisor(WorkerProcesses):
         self.gave_up = False  # stopped for startup failures: the exit status says so
         self.retries = Retries()  # by index in `processes`
         self._published: Census | None = None
+        # The workers a SIGHUP restart has yet to replace: they still serve the model as it was before it.
+        self._unrestarted: list[Process] = []
 
     @property
     def failed_to_start(self) -> bool:
@@ -80,14 +82,25 @@ class WorkerSupervisor(WorkerProcesses):
         uvicorn's own order (the replacement first, ready before the old worker stops) cannot keep the slots: the
         replacement's slot would be the old worker's, still held, so it took another, and two workers shared a
         CUDA device; and on a GPU the two would need both models' memory on one device. Like uvicorn's, the
-        restart stops at a replacement not ready in time, whose fate is then the keep-alive loop's (replaced if it
-        dies; tried again later if it failed at startup). It stops too once told to stop (`stopping`), so that a
-        SIGTERM during a restart does not wait for every other worker's restart."""
+        restart pauses at a replacement not ready in time, whose fate is then the keep-alive loop's (replaced if it
+        dies; tried again later if it failed at startup), so that a model file that cannot be served leaves the
+        workers not yet restarted serving the one before. Unlike uvicorn's, it goes on once that slot's worker is
+        ready (`_resume_restart`): stopped there for good, the workers restarted and those not yet served two
+        models until the next SIGHUP. It stops too once told to stop (`stopping`), so that a SIGTERM during a
+        restart does not wait for every other worker's restart."""
+        self._unrestarted = list(self.processes)
+        self._restart_unrestarted()
+
+    def _restart_unrestarted(self) -> None:
+        """Replace the workers of `_unrestarted`, one at a time, until one's replacement is not ready in time."""
         for idx, old in enumerate(self.processes):
+            if old not in self._unrestarted:
+                continue
             if self.stopping:
                 return
             old.terminate()
             old.join()  # it drains its requests meanwhile: a stop may come
+            self._unrestarted.remove(old)
             self._bury([old.pid])
             if self.stopping:  # a replacement started now would load its model only to be stopped
                 return
@@ -97,8 +110,20 @@ class WorkerSupervisor(WorkerProcesses):
                 continue
             if not self.stopping:
                 why = "failed at startup" if new.exitcode is not None else "was not ready in time"
-                log.error("worker [%s] %s; the restart stops there", new.pid, why)
+                log.error("worker [%s] %s; the restart waits there (%d workers not yet restarted serve on, as they "
+                          "were) and goes on once a worker on that slot is ready", new.pid, why,
+                          len(self._unrestarted))
             return
+
+    def _resume_restart(self) -> None:
+        """Go on with a restart that waited at a replacement (`restart_all`) once every worker it has started is
+        ready: none waits for its next try, none is still starting."""
+        self._unrestarted = [p for p in self._unrestarted if p in self.processes and p.process.is_alive()]
+        if not self._unrestarted or self.stopping:
+            return  # a worker not yet restarted that died was replaced as any other: with the file as it is now
+        if all(p in self._unrestarted or self._seen_ready(p) for p in self.processes):
+            log.info("the restart goes on: %d workers not yet restarted", len(self._unrestarted))
+            self._restart_unrestarted()
 
     def keep_subprocess_alive(self) -> None:
         """uvicorn's round (a worker that does not answer is killed, one that is gone replaced), but a slot whose
@@ -147,6 +172,8 @@ class WorkerSupervisor(WorkerProcesses):
             log.error("stopping: no worker is left running, and every replacement fails at startup")
             self.gave_up = True
             self.should_exit.set()
+        self._publish()
+        self._resume_restart()
         self._publish()
 
     def _failed_start(self, idx: int, process: Process, how: str) -> bool:

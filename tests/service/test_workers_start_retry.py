@@ -15,7 +15,7 @@ import httpx
 from testkit.metrics import samples
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
-from tests.service.worker_checks import OPTIONS, census, segment_ok, serve_until, worker_pids
+from tests.service.worker_checks import OPTIONS, census, segment_ok, serve_until, wait_for, worker_pids
 
 
 def test_a_replacement_that_fails_at_startup_is_retried_while_the_others_serve(rule_model: Path,
@@ -77,9 +77,11 @@ def test_a_server_told_to_stop_while_a_replacement_waits_for_its_next_try_exits_
         assert server.terminate() == 0, server.log  # a stop asked for, not a failure
 
 
-def test_a_restart_whose_replacement_fails_stops_there_and_the_others_serve(rule_model: Path, tmp_path: Path) -> None:
+def test_a_restart_whose_replacement_fails_waits_there_and_goes_on_once_it_starts(rule_model: Path,
+                                                                                   tmp_path: Path) -> None:
     """SIGHUP restarts the workers one at a time: where the first replacement cannot start, the workers not yet
-    restarted go on serving, and the replacement is tried again until it starts."""
+    restarted go on serving, and the replacement is tried again until it starts; then the restart goes on, so that
+    no worker is left serving the model as it was before the SIGHUP."""
     model, away = tmp_path / "model.onnx", tmp_path / "away.onnx"
     shutil.copy(rule_model, model)
     body = png_bytes(scene(120, 80))
@@ -90,8 +92,14 @@ def test_a_restart_whose_replacement_fails_stops_there_and_the_others_serve(rule
         model.rename(away)
         server.proc.send_signal(signal.SIGHUP)  # at once: before the supervisor's own round has seen them ready
         serve_until(server, body, expected, lambda c: c["start_failures"] >= 1, "no failed start")
-        assert "failed at startup; the restart stops there" in server.log, server.log
+        assert "failed at startup; the restart waits there (1 workers not yet restarted" in server.log, server.log
         assert len(worker_pids(server) & first) == 1  # the other was not restarted
         away.rename(model)
         serve_until(server, body, expected, lambda c: "started after" in server.log, "no recovery", timeout=90)
+        wait_for(lambda: "the restart goes on: 1 workers not yet restarted" in server.log
+                 and not worker_pids(server) & first and len(worker_pids(server)) == 2, "the restart did not go on",
+                 server, timeout=90)
+        server.worker_pids.clear()
+        assert not set(server.wait_ready(60).worker_pids) & first
+        segment_ok(server, body, expected)
         assert server.terminate() == 0, server.log
