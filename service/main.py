@@ -27,11 +27,14 @@ import signal
 import sys
 
 from pydantic import ValidationError
-from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
+from uvicorn.config import (
+    LOG_LEVELS,
+    STARTUP_FAILURE,  # uvicorn's own exit code when the application cannot start
+)
 
 from .server import SingleServer, build_config, quiet_startup_failure
-from .settings import Settings
-from .settings_environment import unknown_variables
+from .settings import SECRET_SETTINGS, Settings
+from .settings_environment import log_authentication, unknown_variables
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ def settings_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         name = str(err["loc"][0]) if err.get("loc") else "?"
-        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        shown = "input" in err and not isinstance(err["input"], dict) and name not in SECRET_SETTINGS
+        given = f" (got {err['input']!r})" if shown else ""  # never a secret: this line goes to the logs
         lines.append(f"cannot start: SEGMENT_{name.upper()}: {err['msg']}{given}")
     return "\n".join(lines)
 
@@ -78,10 +82,11 @@ def serve(argv: list[str] | None) -> None:
     except ValidationError as exc:
         print(settings_error(exc), file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=LOG_LEVELS[settings.log_level],  # a number: 'trace' is uvicorn's own
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in unknown_variables(os.environ):  # here, once: the workers of a supervisor do not run main()
         log.warning(warning)
+    log_authentication(settings)
     workers = worker_count(settings)
     if workers > 1:
         sys.exit(serve_workers(settings.model_copy(update={"workers": workers}), overrides))

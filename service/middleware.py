@@ -236,14 +236,13 @@ class ApiKeyMiddleware:
         self.public_prefixes = tuple(public_prefixes)
 
     def _allowed(self, headers: Headers) -> bool:
-        candidate = headers.get("x-api-key")
-        if candidate is None:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            candidate = token.strip() if scheme.lower() == "bearer" else None
-        if not candidate:
-            return False
+        # Either header may carry the key: an empty or stale X-API-Key beside a valid bearer token (a proxy or a
+        # client library adding its own) must not hide it.
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        candidates = [headers.get("x-api-key", ""), token.strip() if scheme.lower() == "bearer" else ""]
         # compare_digest against every key: timing reveals nothing about which prefix matched.
-        return any(secrets.compare_digest(candidate.encode(), key) for key in self.keys)
+        return any(secrets.compare_digest(candidate.encode(), key)
+                   for candidate in candidates if candidate for key in self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS"

@@ -22,30 +22,15 @@ from .core.options import (
     Precision,
     available_cpus,
 )
+from .settings_values import api_key_list, count, header_safe_keys, split_csv
 
 MB = 1024 * 1024
+SECRET_SETTINGS = frozenset({"api_keys"})  # never repeated in an error message: it goes to the logs
 
 
 def default_model_path() -> Path:
     """The embedded demo model, wherever the package is installed."""
     return EMBEDDED_MODEL
-
-
-def _count(value: object) -> object:
-    """Accept `40e6` for a count (a float spelling of an integer), not only `40000000`."""
-    if isinstance(value, str):
-        try:
-            return float(value.strip().replace("_", ""))
-        except ValueError:
-            return value  # let pydantic report it
-    return value
-
-
-def _split_csv(value: object) -> object:
-    """Accept `a,b,c` (the deployment files' form) as well as a list."""
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
 
 
 class Settings(BaseSettings):
@@ -179,22 +164,32 @@ class Settings(BaseSettings):
                                       description="graceful-shutdown bound (below compose's 30 s); whole seconds "
                                                   "for uvicorn, rounded up")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        return api_key_list(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _header_safe(cls, value: list[str]) -> list[str]:
+        return header_safe_keys(value)
 
     @field_validator("batch_buckets", mode="before")
     @classmethod
     def _bucket_list(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("cuda_options", mode="before")
     @classmethod
     def _key_values(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        pairs = [item.partition("=") for item in _split_csv(value)]  # type: ignore[union-attr]
+        pairs = [item.partition("=") for item in split_csv(value)]  # type: ignore[union-attr]
         bad = [key for key, sep, _ in pairs if not sep or not key.strip()]
         if bad:
             raise ValueError(f"expected key=value pairs, got {bad}")
@@ -226,7 +221,7 @@ class Settings(BaseSettings):
     @field_validator("max_pixels", mode="before")
     @classmethod
     def _pixels(cls, value: object) -> object:
-        return _count(value)
+        return count(value)
 
     @field_validator("host")
     @classmethod

@@ -1,11 +1,16 @@
-"""SEGMENT_* environment variables that no setting reads: named in a warning at startup, with the closest setting."""
+"""What the server says of its environment at startup: SEGMENT_* variables that no setting reads (named in a
+warning, with the closest setting), and whether requests need an API key."""
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import logging
 from collections.abc import Mapping
 
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 # SEGMENT_* names read by other parts than the server's settings: the supervisor's hand-over to its workers, the
 # model tools' weight cache and mirror, the webcam client, and docker-compose's own variables. Not the clients'
@@ -30,3 +35,25 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         hint = f"; did you mean {prefix}{close[0]}?" if close else ""
         warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
     return warnings
+
+
+def log_authentication(settings: Settings) -> None:
+    """One line on whether requests need an API key: a warning when none does and the server listens beyond this
+    machine, so that a deployment that lost its keys (a Secret not mounted) says so in its first lines."""
+    if settings.api_keys:
+        log.info("authentication on: %d API key(s); every route but the probes, /metrics and the docs needs one",
+                 len(settings.api_keys))
+    elif _loopback(settings.host):
+        log.info("authentication off (SEGMENT_API_KEYS is empty); listening on this machine only (%s)", settings.host)
+    else:
+        log.warning("authentication off (SEGMENT_API_KEYS is empty): every route is open to whoever reaches %s:%d",
+                    settings.host or "0.0.0.0", settings.port)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or empty (every interface)
+        return False

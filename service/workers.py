@@ -31,7 +31,7 @@ from socket import socket
 from typing import IO, Any
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
+from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
 
 from .http_protocol import HardenedHttpToolsProtocol
 from .results_shared import SharedResultsCache
@@ -59,7 +59,7 @@ def worker_app() -> Any:
     from .app import create_app  # the supervisor itself never loads the app
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=LOG_LEVELS[settings.log_level],  # a number: 'trace' is uvicorn's own
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     directory = supervisor_dir()
     if directory is not None:
