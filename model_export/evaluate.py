@@ -2,9 +2,11 @@
 
 Two kinds of model:
 - an exported `.onnx` file goes through the service's own pipeline (`service.core.pipeline.Pipeline`: contract
-  checks, decode and letterbox to the metadata's input size, run, back to the image's size), with engine
+  checks, letterbox to the metadata's input size, run, back to the image's size), with engine
   options from the command line only (no `SEGMENT_*` variable changes what is scored). What is measured is
-  what is served.
+  what is served, with one difference: a dataset image is read as training reads it (`model_export.data.
+  load_image`), its stored pixels, because its label is drawn on them; the service turns an upload by its EXIF
+  orientation, which would turn the picture against its label.
   Multi-scale testing for ONNX is baked into the graph (`segment-export msc`).
 - a training checkpoint (`.pt`, see model_export.checkpoint) runs in PyTorch at the checkpoint's input size
   (`--input-size 0`: native resolution, unpadded), with optional multi-scale + flip testing: softmax
@@ -28,14 +30,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from service.core.crf import CrfParams, crf_on_canvas
-from service.core.decode import decode_image
 from service.core.engine import EngineError, load_engine
-from service.core.errors import DecodeError
 from service.core.options import DEFAULT_BATCH_SIZE, EngineOptions
-from service.core.pipeline import Pipeline, Prepared
+from service.core.pipeline import Pipeline
 
 from .checkpoint import load_checkpoint_model
-from .data import DatasetError, VOCSegmentation
+from .data import DatasetError, VOCSegmentation, load_image
+from .dataset_census import LabelCensus, warn_exif_oriented
 from .errors import OPTION, ModelExportError
 from .metrics import ConfusionMatrix, SegmentationScores
 from .models import SegmentationModel
@@ -51,19 +52,10 @@ MAX_PIXELS = 1 << 31
 Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
-
-
 def decode(path: Path) -> np.ndarray:
-    """The service's decoder (EXIF orientation, mode conversion) on a dataset image file."""
-    try:
-        return decode_image(_read_bytes(path), max_pixels=MAX_PIXELS)
-    except DecodeError as exc:
-        raise DatasetError(f"cannot decode image file {path}: {exc}") from None
+    """A dataset image as training reads it (`model_export.data.load_image`): stored pixels, EXIF orientation not
+    applied (the labels are drawn on the stored grid), colours converted to sRGB as the service converts them."""
+    return load_image(path)
 
 
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto", protocol: str = "letterbox",
@@ -81,25 +73,12 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
     pipeline = Pipeline(engine, max_pixels=MAX_PIXELS)
     classes = list(engine.metadata.classes)
     if resolve_protocol(protocol, classes) != "letterbox" or crf is not None:
-        inner = onnx_protocol_predictor(pipeline, model_path, resolve_protocol(protocol, classes), crf,
-                                        _read_bytes)
-
-        def guarded(paths: Sequence[Path]) -> list[np.ndarray]:
-            try:
-                return inner(paths)
-            except DecodeError as exc:
-                raise DatasetError(f"cannot decode an image of {[str(p) for p in paths]}: {exc}") from None
-
-        return guarded, classes
-
-    def prepared(path: Path) -> Prepared:
-        try:
-            return pipeline.preprocess(_read_bytes(path))
-        except DecodeError as exc:
-            raise DatasetError(f"cannot decode image file {path}: {exc}") from None
+        return onnx_protocol_predictor(pipeline, model_path, resolve_protocol(protocol, classes), crf,
+                                       decode), classes
 
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
-        return pipeline.label_maps([prepared(p) for p in paths])
+        # The service's letterbox (pad colour, geometry) on the stored pixels.
+        return pipeline.label_maps([pipeline.prepare_image(decode(p)) for p in paths])
 
     return predict, classes
 
@@ -177,11 +156,16 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
 def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *,
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    limit: int | None = None, progress: bool = True,
-                   on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None
-                   ) -> SegmentationScores:
-    """Run `predict` over the split and score it; `on_prediction(id, target, pred)` sees every pair."""
+                   on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+                   classes: Sequence[str] | None = None) -> SegmentationScores:
+    """Run `predict` over the split and score it; `on_prediction(id, target, pred)` sees every pair.
+
+    DatasetError when the labels scored hold no labelled pixel (the mIoU would be NaN); a warning for a class
+    (`classes` names them) that never appears in them, and for labels that are mostly the ignore label."""
     cm = ConfusionMatrix(num_classes)
+    census = LabelCensus()
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    warn_exif_oriented([dataset.image_path(i) for i in range(n)])
     with tqdm(total=n, desc="evaluate", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
@@ -192,6 +176,7 @@ def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: in
                     raise DatasetError(f"prediction {pred.shape} and label {dataset.label_path(i)} "
                                        f"{target.shape} differ in size")
                 cm.update(target, pred)
+                census.add(target)
                 if on_prediction is not None:
                     on_prediction(dataset.ids[i], target, pred)
             bar.update(len(idx))
@@ -200,6 +185,10 @@ def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: in
         log.warning("%d ground-truth pixels hold class ids the model does not have (it has %d classes; %d is the "
                     "ignore label): left out of the scores. Is this the dataset the model was trained for?",
                     cm.out_of_range, num_classes, cm.ignore_index)
+    what = f"split {dataset.split!r}" + (f" (first {n} images)" if n < len(dataset) else "")
+    if not cm.matrix.any():
+        raise census.no_labels(what)
+    census.warn(classes if classes is not None else [str(i) for i in range(num_classes)], what)
     return cm.compute()
 
 
@@ -229,7 +218,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
         predict, classes = checkpoint_predictor(path, input_size, scales, flip, device, fusion, protocol, crf)
     dataset = VOCSegmentation(data, split, labels_dir)
     scores = evaluate_split(predict, dataset, len(classes), batch_size=batch_size, limit=limit,
-                            progress=progress, on_prediction=on_prediction)
+                            progress=progress, on_prediction=on_prediction, classes=classes)
     return scores, classes
 
 

@@ -70,20 +70,18 @@ def logits_session(model_path: str | Path, engine: Any) -> tuple[Any, str]:
 
 
 def onnx_protocol_predictor(pipeline: Pipeline, model_path: str | Path, protocol: str, crf: CrfParams | None,
-                            read: Callable[[Path], bytes]) -> Callable[[Sequence[Path]], list[np.ndarray]]:
-    """Predict image by image with the given geometry (and CRF); labels at original size."""
-    from service.core.decode import decode_image
-
+                            load: Callable[[Path], np.ndarray]) -> Callable[[Sequence[Path]], list[np.ndarray]]:
+    """Predict image by image with the given geometry (and CRF); labels at original size. `load` reads a dataset
+    image's RGB pixels (stored, as its label is drawn on them: model_export.evaluate.decode)."""
     engine = pipeline.engine
     session, logits_name = logits_session(model_path, engine) if crf is not None else (None, "")
 
     def one(path: Path) -> np.ndarray:
-        data = read(path)
+        image = load(path)
         if protocol == "native":
-            canvas, info = pad_native(decode_image(data, pipeline.max_pixels), engine.input_size,
-                                      engine.metadata.pad_rgb)
+            canvas, info = pad_native(image, engine.input_size, engine.metadata.pad_rgb)
         else:
-            prepared = pipeline.preprocess(data)
+            prepared = pipeline.prepare_image(image)  # the service's letterbox
             canvas, info = prepared.tensor, prepared.info
         if session is None:
             labels = pipeline.infer([canvas])[0]

@@ -12,12 +12,14 @@ model_export.init_weights; the settings, model_export.train_config; the command 
 Checkpoints (see model_export.checkpoint) resume bit-identically.
 
 A non-finite loss, or non-finite weights about to be saved, stops the run with `TrainingDiverged`: the checkpoint
-on disk stays the last finite one.
+on disk stays the last finite one. Ctrl-C stops at the end of the iteration in progress, saves a checkpoint there and
+exits 130 (model_export.train_interrupt). Before the first iteration every label map of the split is counted
+(model_export.dataset_census): a split without a labelled pixel is refused, a class that never appears or labels
+that are mostly the ignore label are warned about, as are images with an EXIF orientation (read as stored).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -42,6 +44,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import Augment, TrainStream, VOCSegmentation, next_batch
+from .dataset_census import split_census, warn_exif_oriented
 from .device import pick_device
 from .errors import OPTION, ModelExportError
 from .init_weights import init_geometry, initialise, read_init_file
@@ -49,6 +52,8 @@ from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
 from .train_config import NETWORK, TrainConfig, check_config, resume_conflicts
+from .train_interrupt import StopOnSigint, ignore_sigint, interrupted
+from .train_log import ScalarLog
 from .wrapper import normalize_nchw, preprocessing_constants
 
 log = logging.getLogger(__name__)
@@ -73,36 +78,6 @@ class TrainingDiverged(ModelExportError):
         for name in _HINTED:
             text = text.replace("{" + name + "}", spellings.get(name, name))
         return text
-
-
-class ScalarLog:
-    """Scalars to `<out>/metrics.csv`, and to TensorBoard under `<out>/tb` when tensorboard is installed."""
-
-    def __init__(self, out: Path, append: bool) -> None:
-        self.path = out / "metrics.csv"
-        new = not (append and self.path.exists())
-        self._fh = open(self.path, "w" if new else "a", newline="")  # noqa: SIM115 (closed in close())
-        self._csv = csv.writer(self._fh)
-        if new:
-            self._csv.writerow(["iteration", "loss", "lr", "seconds"])
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb: Any = SummaryWriter(str(out / "tb"))
-        except ImportError:  # tensorboard is optional
-            self._tb = None
-
-    def write(self, iteration: int, loss: float, lr: float, seconds: float) -> None:
-        self._csv.writerow([iteration, f"{loss:.6f}", f"{lr:.6g}", f"{seconds:.2f}"])
-        self._fh.flush()
-        if self._tb is not None:
-            self._tb.add_scalar("train/loss", loss, iteration)
-            self._tb.add_scalar("train/lr", lr, iteration)
-
-    def close(self) -> None:
-        self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def _build(cfg: TrainConfig) -> tuple[SegmentationModel, list[str]]:
@@ -221,13 +196,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                "to do", option="stop_at")
 
     dataset = VOCSegmentation(cfg.data, cfg.split, cfg.labels_dir)
+    # Before the first iteration: labels all ignored would train to a loss of 0 and "succeed".
+    census = split_census(dataset, len(cfg.classes))
+    what = f"split {cfg.split!r}"
+    if census.labelled(len(cfg.classes)) == 0:
+        raise census.no_labels(what)
+    census.warn(cfg.classes, what)
+    warn_exif_oriented([dataset.image_path(i) for i in range(len(dataset))])
     pad = preprocessing_constants(model.preprocessing)[0]
     augment = Augment(cfg.crop_size, cfg.min_scale, cfg.max_scale, cfg.mirror, tuple(pad))  # type: ignore[arg-type]
     per_iter = cfg.batch_size * cfg.accumulate
     # Sample k of the run is fixed by (seed, k); resuming just starts the counter further on.
     loader = DataLoader(TrainStream(dataset, augment, cfg.seed, len(cfg.classes)), batch_size=cfg.batch_size,
                         sampler=range(start * per_iter, cfg.max_iter * per_iter), num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda",
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_sigint,
                         # Its own generator: creating the iterator must not draw from the global torch RNG,
                         # which dropout uses and which a resume restores.
                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -242,10 +224,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         meta["source"] = resume.get("source", meta["source"])
 
     saved: int | None = None  # the iteration this run last saved
+    saving: int | None = None  # the iteration being saved, while it is
     from_random = meta["source"] == "init=random"  # where the run (or the run it resumes) started
 
     def save(iteration: int) -> None:
-        nonlocal saved
+        nonlocal saved, saving
+        saving = iteration
         # A finite loss does not vouch for the weights the step after it produced: check them before they
         # replace the last good checkpoint.
         bad = nonfinite_tensors(model.state_dict())
@@ -255,34 +239,42 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save_checkpoint(ckpt_path, {**meta, "state_dict": model.state_dict(),
                                     "optimizer": optimizer.state_dict(), "iteration": iteration,
                                     "max_iter": cfg.max_iter, "rng": rng_state(), "args": asdict(cfg)})
-        saved = iteration
+        saved, saving = iteration, None
 
     end = min(cfg.max_iter, cfg.stop_at) if cfg.stop_at else cfg.max_iter
     bar = tqdm(range(start, end), initial=start, total=cfg.max_iter, disable=not cfg.progress,
                desc="train", dynamic_ncols=True)
     t0 = time.perf_counter()
     loss_value = float("nan")
+    done = start
+    stop = StopOnSigint()  # Ctrl-C: stop at the end of the iteration and save there (model_export.train_interrupt)
     try:
-        for it in bar:
-            lr = set_lr(optimizer, cfg.base_lr, it, cfg.max_iter)
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = 0.0
-            for _ in range(cfg.accumulate):
-                images, labels = next_batch(batches)
-                x = normalize_nchw(images.to(device, non_blocking=True), model.preprocessing)
-                loss = multiscale_loss(multiscale_logits(model, x, cfg.scales), labels.to(device))
-                value = loss.item()
-                if not math.isfinite(value):  # before the step: the weights stay as they were
-                    raise _divergence(f"loss is {value}", it + 1, cfg, from_random, saved, ckpt_path)
-                (loss / cfg.accumulate).backward()
-                loss_value += value / cfg.accumulate
-            optimizer.step()
-            done = it + 1
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if done % cfg.log_every == 0 or done == end:
-                scalars.write(done, loss_value, lr, time.perf_counter() - t0)
-            if done % cfg.save_every == 0 or done == end:
-                save(done)
+        with stop:
+            for it in bar:
+                lr = set_lr(optimizer, cfg.base_lr, it, cfg.max_iter)
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = 0.0
+                for _ in range(cfg.accumulate):
+                    images, labels = next_batch(batches)
+                    x = normalize_nchw(images.to(device, non_blocking=True), model.preprocessing)
+                    loss = multiscale_loss(multiscale_logits(model, x, cfg.scales), labels.to(device))
+                    value = loss.item()
+                    if not math.isfinite(value):  # before the step: the weights stay as they were
+                        raise _divergence(f"loss is {value}", it + 1, cfg, from_random, saved, ckpt_path)
+                    (loss / cfg.accumulate).backward()
+                    loss_value += value / cfg.accumulate
+                optimizer.step()
+                done = it + 1
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if done % cfg.log_every == 0 or done == end or stop.requested:
+                    scalars.write(done, loss_value, lr, time.perf_counter() - t0)
+                if done % cfg.save_every == 0 or done == end or stop.requested:
+                    save(done)
+                if stop.requested and done < end:
+                    raise interrupted(f"interrupted at iteration {done}", ckpt_path, saved)
+    except KeyboardInterrupt:  # a second Ctrl-C: no wait for the iteration, nor for the save, to end
+        what = f"while saving iteration {saving}" if saving is not None else f"during iteration {done + 1}"
+        raise interrupted(f"interrupted again {what}", ckpt_path, saved) from None
     finally:
         scalars.close()
         bar.close()
