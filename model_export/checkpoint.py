@@ -49,9 +49,10 @@ import numpy as np
 import torch
 
 from .architectures import build_model
+from .atomic import atomic_path
 from .errors import ModelExportError
 from .models import CAFFE_STYLE_ARCHS, DEEPLABV3_ASPP_ARCHS, SegmentationModel
-from .torch_io import SafeGlobal, UnsafeFileError, error_line, load_torch_file
+from .torch_io import NotTorchFileError, SafeGlobal, UnsafeFileError, error_line, load_torch_file
 
 FORMAT_NAME = "model_export.train"
 # 2: Caffe-style geometry strides the 1x1 conv in every downsampling stage; 3: DeepLab-v3 ASPP rates 6/12/18 at
@@ -100,10 +101,8 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     The current format unless `ckpt` carries its own `format` (a dict read back from an older file keeps its
     version, and with it the geometry its weights belong to)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, "single_block_dilation": True, **ckpt}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as partial:
+        torch.save({"format": FORMAT, "single_block_dilation": True, **ckpt}, partial)
     return path
 
 
@@ -132,6 +131,8 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = load_torch_file(path, allowed=CHECKPOINT_GLOBALS)
     except UnsafeFileError as exc:
         raise CheckpointError(f"{path} is not a {FORMAT_NAME} checkpoint: {exc.reason}") from None
+    except NotTorchFileError as exc:  # its own line: torch's would advise an unsafe retry
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {error_line(exc)}") from None
     if not is_training_checkpoint(ckpt, path):

@@ -20,6 +20,7 @@ from service.core.contract import (
     voc_colormap,
 )
 
+from .atomic import atomic_path
 from .catalog import DEFAULT_OPSET, default_input_size
 from .checkpoint import nonfinite_tensors
 from .errors import OPTION, ModelExportError
@@ -112,28 +113,29 @@ def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelM
         check_outputs(len(metadata.classes), f"the {metadata.arch} model")
     check_finite(model, f"the {metadata.arch} model ({metadata.source})")  # whichever command exports it
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(model.eval(), confidence=confidence).eval()
     example = torch.randint(0, 256, (2, *example_hw, 3), dtype=torch.uint8)
     outputs = [LABELS_OUTPUT, CONFIDENCE_OUTPUT] if confidence else [LABELS_OUTPUT]
     dynamic = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
     dynamic.update({name: {0: "batch", 1: "height", 2: "width"} for name in outputs})
     start = time.perf_counter()
-    with torch.no_grad():
+    # torch writes a bare graph, which gets its metadata and checks only afterwards: a file the user names (often
+    # the served model) is replaced only by the finished one, never by torch's draft.
+    with atomic_path(out_path) as draft, torch.no_grad():
         torch.onnx.export(
-            wrapper, (example,), str(out_path), input_names=[INPUT_NAME], output_names=outputs,
+            wrapper, (example,), str(draft), input_names=[INPUT_NAME], output_names=outputs,
             dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True,
         )
-    proto = onnx.load(str(out_path))
-    meta = metadata.to_props()
-    meta["confidence"] = "true" if confidence else "false"
-    # How the graph maps logit cells to pixels (as build_metadata records it, from the model that was traced), for
-    # the record: the Resize node does it, the service reads nothing.
-    meta["upsampling"] = upsampling_name(model)
-    onnx.helper.set_model_props(proto, meta)
-    proto.doc_string = f"{metadata.arch} segmentation model, ONNX contract v1 (uint8 NHWC RGB -> uint8 labels)"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(out_path))
+        proto = onnx.load(str(draft))
+        meta = metadata.to_props()
+        meta["confidence"] = "true" if confidence else "false"
+        # How the graph maps logit cells to pixels (as build_metadata records it, from the model that was traced),
+        # for the record: the Resize node does it, the service reads nothing.
+        meta["upsampling"] = upsampling_name(model)
+        onnx.helper.set_model_props(proto, meta)
+        proto.doc_string = f"{metadata.arch} segmentation model, ONNX contract v1 (uint8 NHWC RGB -> uint8 labels)"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(draft))
     log.info("exported %s in %.1fs (%.1f MB)", out_path, time.perf_counter() - start,
              out_path.stat().st_size / 1e6)
     return out_path

@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from service.core.contract import INPUT_NAME, LABELS_OUTPUT
 
+from .atomic import atomic_path
 from .catalog import DEEPLAB_SCALES
 
 
@@ -183,7 +184,7 @@ def bake_msc(src: str | Path, dst: str | Path, scales: Sequence[float] = DEEPLAB
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
+    with atomic_path(dst) as partial:  # `dst` may be the served model: replaced only by a complete file
+        onnx.save(model, str(partial))
     return dst
 

@@ -23,6 +23,7 @@ import onnx
 
 from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 
+from .atomic import atomic_path
 from .calibration import calibration_set, is_synthetic_demo, synthetic_set
 from .catalog import DEFAULT_CALIBRATION_COUNT, PRECISIONS
 from .errors import ModelExportError
@@ -53,13 +54,25 @@ def make_variant(fp32_path: Path, out_path: Path, precision: str, calibration_di
     of label pixels equal to the fp32 model's on the calibration images (or demo scenes).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    start = time.perf_counter()
+    # The variant is built, annotated and checked in a draft beside `out_path`, which it replaces only when
+    # complete: an interrupt or a failed check leaves the file there before (often a served model) untouched.
+    with atomic_path(out_path) as draft:
+        props = _convert(fp32_path, draft, precision, calibration_dir, calibration_count, keep_float, threads)
+        _write_props(draft, props)
+        check_contract(draft, shown=out_path)
+    log.info("wrote %s variant %s in %.1fs", precision, out_path, time.perf_counter() - start)
+    return out_path
+
+
+def _convert(fp32_path: Path, draft: Path, precision: str, calibration_dir: Path | None, calibration_count: int,
+             keep_float: Sequence[str], threads: int) -> dict[str, str]:
+    """Write the `precision` variant's graph to `draft`; the metadata it is to carry."""
     props = _props(fp32_path)
     meta = ModelMetadata.from_props(props)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     if precision == "int8":
         calib = calibration_set(meta, calibration_dir, calibration_count)
-        float_nodes = quantize_int8(fp32_path, out_path, calib, keep_float=keep_float)
+        float_nodes = quantize_int8(fp32_path, draft, calib, keep_float=keep_float)
         props.update({
             "calibration_count": str(calib.count), "calibration_sha256": calib.sha256,
             "calibration_source": calib.origin, "quantization": "QDQ static, per-channel s8 weights, u8 activations",
@@ -68,22 +81,19 @@ def make_variant(fp32_path: Path, out_path: Path, precision: str, calibration_di
         agreement_images = calib.images[:AGREEMENT_IMAGES]
         agreement_origin = calib.origin
     elif precision == "fp16":
-        convert_fp16(fp32_path, out_path)
+        convert_fp16(fp32_path, draft)
         agreement_images, agreement_origin = _fp16_agreement_images(meta, calibration_dir, calibration_count)
     else:
         raise ModelExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS[1:])}",
                                option="precision")
     props["precision"] = precision
     if agreement_images:
-        agreement = label_agreement(fp32_path, out_path, agreement_images, threads=threads)
+        agreement = label_agreement(fp32_path, draft, agreement_images, threads=threads)
         props["agreement_fp32"] = f"{agreement:.6f}"
         props["agreement_images"] = f"{len(agreement_images)} from {agreement_origin}"
         log.info("%s variant agrees with fp32 on %.4f%% of label pixels (%d images)", precision,
                  100 * agreement, len(agreement_images))
-    _write_props(out_path, props)
-    check_contract(out_path)
-    log.info("wrote %s variant %s in %.1fs", precision, out_path, time.perf_counter() - start)
-    return out_path
+    return props
 
 
 def _props(path: Path) -> dict[str, str]:
@@ -112,9 +122,11 @@ def _fp16_agreement_images(meta: ModelMetadata, calibration_dir: Path | None,
     return [], ""
 
 
-def check_contract(path: Path) -> None:
-    """The variant keeps the contract's I/O: uint8 `image` [N,H,W,3], uint8 `labels` (+ `confidence`)."""
+def check_contract(path: Path, shown: Path | None = None) -> None:
+    """The variant keeps the contract's I/O: uint8 `image` [N,H,W,3], uint8 `labels` (+ `confidence`). Errors
+    name `shown` (the file being written, for a draft of it) or `path`."""
     model = onnx.load(str(path), load_external_data=False)
+    path = shown or path
     onnx.checker.check_model(model)
     uint8 = onnx.TensorProto.UINT8
     inputs = {i.name: i.type.tensor_type for i in model.graph.input}

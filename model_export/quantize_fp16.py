@@ -8,6 +8,8 @@ import onnx
 
 from service.core.contract import ContractError
 
+from .atomic import atomic_path
+
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     """fp16 weights and compute with uint8 I/O unchanged (for the CUDA provider).
@@ -27,4 +29,5 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> None:
         raise ContractError("fp16 conversion needs named Cast and ArgMax nodes")
     half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     onnx.checker.check_model(half)
-    onnx.save(half, str(out_path))
+    with atomic_path(out_path) as partial:  # an interrupted save leaves no truncated file at `out_path`
+        onnx.save(half, str(partial))

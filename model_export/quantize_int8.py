@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from .atomic import atomic_path
 from .calibration import CalibrationSet, ImageReader
 from .quantize_nodes import DEFAULT_KEEP_FLOAT, graph_nodes_to_keep_float
 
@@ -28,9 +29,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
         float_nodes = graph_nodes_to_keep_float(model, keep_float)
         log.info("calibrating on %d images (%s); keeping %d nodes in float", calib.count, calib.origin,
                  len(float_nodes))
-        with _quiet_root_logger():
+        # quantize_static writes `out_path` as it goes: a file the user names is replaced only by a whole one.
+        with _quiet_root_logger(), atomic_path(out_path) as partial:
             quantize_static(
-                str(pre), str(out_path), ImageReader(calib.images),
+                str(pre), str(partial), ImageReader(calib.images),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 # MinMax keeps only per-tensor ReduceMin/ReduceMax scalars per image, so memory stays small.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import synthetic
+from .cli import one_line_errors
 from .synthetic import CLASSES, SceneConfig, write_dataset
 
 
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+@one_line_errors(OSError)  # an --out that is a file or lies below one, a folder it may not write...
 def _run(args: argparse.Namespace) -> int:
     config = SceneConfig(min_side=args.min_side, max_side=args.max_side, ignore_border=args.ignore_border)
     voc = write_dataset(args.out, train=args.train, val=args.val, seed=args.seed, config=config)

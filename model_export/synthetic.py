@@ -222,7 +222,11 @@ def save_label_png(label: np.ndarray, path: str | Path, palette: list[list[int]]
 
 def write_dataset(root: str | Path, *, train: int, val: int, seed: int = 0,
                   config: SceneConfig = SceneConfig(), quality: int = 95) -> Path:
-    """Render `train` + `val` scenes into the VOC layout under `root`; returns the VOC2012 directory."""
+    """Render `train` + `val` scenes into the VOC layout under `root` (a directory, made if missing); returns the
+    VOC2012 directory. NotADirectoryError, naming `root`, when it is a file."""
+    if Path(root).exists() and not Path(root).is_dir():  # else mkdir's message names VOCdevkit/..., not `root`
+        raise NotADirectoryError(f"{root} is a file, not a directory: the dataset is written into a directory "
+                                 "(an existing one is fine)")
     voc = voc_paths(root)
     (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)

@@ -32,19 +32,42 @@ class UnsafeFileError(pickle.UnpicklingError):
         super().__init__(f"{path}: {self.reason}")
 
 
+class NotTorchFileError(pickle.UnpicklingError):
+    """A file torch cannot read as a checkpoint at all: neither the zip archive `torch.save` writes nor a legacy
+    pickle (a JSON or text file, random bytes, an empty file). `reason` says so without torch's advice to retry
+    with `weights_only=False`, which would run a pickle's code and cannot help a file that is no pickle."""
+
+    def __init__(self, path: str | Path, detail: str) -> None:
+        self.path = Path(path)
+        self.reason = f"not a readable PyTorch checkpoint (zip or legacy pickle): {detail}"
+        super().__init__(f"{path} is {self.reason}")
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """What torch's `weights_only` unpickler found wrong (`Unsupported operand 91`), without its advice."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.DOTALL)
+    detail = found.group(1).strip() if found else error_line(exc)
+    if detail.startswith("Unsupported operand"):  # a byte no pickle starts with: JSON, text, another format
+        return f"its bytes are no pickle (torch: {detail})"
+    return detail
+
+
 def load_torch_file(path: str | Path, *, allowed: Sequence[SafeGlobal] = ()) -> Any:
     """`torch.load` a file onto the CPU with torch's `weights_only` unpickler: tensors, plain containers and the
     `allowed` globals (a training checkpoint's numpy RNG state) are rebuilt; nothing else a file names is ever
-    called. A file naming anything else raises `UnsafeFileError` listing it; corrupt files raise what torch
-    raises (RuntimeError, EOFError, UnpicklingError...)."""
+    called. A file naming anything else raises `UnsafeFileError` listing it; one that is no checkpoint at all
+    (not a pickle, or empty) `NotTorchFileError`; other corrupt files raise what torch raises (RuntimeError,
+    UnpicklingError...)."""
     with torch.serialization.safe_globals(list(allowed)):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except EOFError:  # torch's message is empty
+            raise NotTorchFileError(path, "it ends before the first record (empty or cut short)") from None
         except pickle.UnpicklingError as exc:
             names = _refused_names(path, exc)
             if names:
                 raise UnsafeFileError(path, names) from None
-            raise
+            raise NotTorchFileError(path, _unpickler_detail(exc)) from None
 
 
 def _refused_names(path: str | Path, exc: pickle.UnpicklingError) -> list[str]:

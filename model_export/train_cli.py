@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .catalog import ARCH_NAMES
@@ -201,6 +202,13 @@ def resumed_config(args: argparse.Namespace, cfg: TrainConfig, recorded: dict[st
     return replace(cfg, **{k: v for k, v in recorded.items() if k in _FIELDS and k not in keep})
 
 
+def _check_out(out: Path) -> None:
+    """CliError for an --out that names a file: the run makes it a folder of checkpoint.pt and metrics.csv."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a directory: training writes checkpoint.pt and metrics.csv "
+                       "into a directory (an existing one is fine)")
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -208,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     from .data import DatasetError
     from .train import TrainingDiverged, train
 
+    _check_out(Path(args.out))
     try:
         cfg = config_from_args(args)
         if cfg.resume:
@@ -220,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
     except ModelExportError as exc:  # a setting out of range, a checkpoint that cannot resume
         option = exc.option
         raise CliError(exc.naming_option_as(_FLAGS.get(option, flag_of(option))) if option else str(exc)) from None
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+    # OSError: an --out below a file, a folder it may not write...
+    except (DatasetError, CheckpointError, OSError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
     print(f"trained {summary['iterations']} iterations in {summary['seconds']:.0f}s, last loss "
           f"{summary['loss']:.4f}; checkpoint: {summary['checkpoint']}")

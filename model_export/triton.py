@@ -11,6 +11,8 @@ import onnx
 from service.core.contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ModelMetadata
 from service.core.options import DEFAULT_BATCH_SIZE
 
+from .atomic import atomic_path
+
 CONFIG_TEMPLATE = """\
 name: "{name}"
 backend: "onnxruntime"
@@ -43,10 +45,12 @@ def write_triton_repository(onnx_path: str | Path, repo: str | Path, name: str =
         for n in (LABELS_OUTPUT, CONFIDENCE_OUTPUT) if n in names
     )
     model_dir = Path(repo) / name
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, model_dir / "1" / "model.onnx")
-    (model_dir / "config.pbtxt").write_text(CONFIG_TEMPLATE.format(
-        name=name, max_batch_size=max_batch_size, input=INPUT_NAME, outputs=outputs,
-        max_queue_delay_us=max_queue_delay_us, classes=json.dumps(json.dumps(meta.classes)),
-    ))
+    # A running Triton may poll the repository: it sees the previous model or the new one, never half a copy.
+    with atomic_path(model_dir / "1" / "model.onnx") as partial:
+        shutil.copyfile(onnx_path, partial)
+    with atomic_path(model_dir / "config.pbtxt") as partial:
+        partial.write_text(CONFIG_TEMPLATE.format(
+            name=name, max_batch_size=max_batch_size, input=INPUT_NAME, outputs=outputs,
+            max_queue_delay_us=max_queue_delay_us, classes=json.dumps(json.dumps(meta.classes)),
+        ))
     return model_dir

@@ -10,7 +10,14 @@ from typing import Any, NoReturn
 import torch
 
 from .errors import WeightsError
-from .torch_io import UnsafeFileError, compare_state_dicts, error_line, listing, load_torch_file
+from .torch_io import (
+    NotTorchFileError,
+    UnsafeFileError,
+    compare_state_dicts,
+    error_line,
+    listing,
+    load_torch_file,
+)
 
 
 def _raise_unreadable(path: Path, exc: Exception) -> NoReturn:
@@ -32,6 +39,8 @@ def read_weights_file(path: str | Path) -> Mapping[str, Any]:
         obj = load_torch_file(path)
     except UnsafeFileError:
         raise  # e.g. a training checkpoint's numpy RNG state
+    except NotTorchFileError as exc:  # its own line: torch's would advise an unsafe retry
+        raise WeightsError(str(exc)) from None
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
         _raise_unreadable(path, exc)
     if not isinstance(obj, Mapping):
