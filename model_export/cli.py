@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segment-export {command or ''}: error: {command_line_message(exc)}".replace(" :", ":"),
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every file a command writes replaces its target only once complete
+        print(f"segment-export {command or ''}: interrupted; files it was writing were left as they were"
+              .replace(" :", ":"), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

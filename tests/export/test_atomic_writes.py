@@ -28,15 +28,15 @@ def _complete(path: Path) -> bool:
     return {"classes", "arch", "confidence"} <= {p.key for p in proto.metadata_props}
 
 
-def _interrupt_export(out: Path, delay: float) -> int:
+def _interrupt_export(out: Path, delay: float) -> tuple[int, str]:
     """Run a real `segment-export export -o out`; SIGINT it `delay` seconds after its first write shows (a
-    temporary file beside `out`, or `out` itself changing). Its exit status."""
+    temporary file beside `out`, or `out` itself changing). Its exit status and standard error."""
     before = out.stat()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "model_export.cli", "export", "--random-init", "--arch", "deeplabv3_thin",
          "--num-classes", "5", "-o", str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        stderr=subprocess.PIPE, text=True)
     try:
         while proc.poll() is None:
             now = out.stat()
@@ -45,7 +45,8 @@ def _interrupt_export(out: Path, delay: float) -> int:
                 proc.send_signal(signal.SIGINT)
                 break
             time.sleep(0.002)
-        return proc.wait(timeout=120)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -56,9 +57,11 @@ def test_ctrl_c_during_export_keeps_the_served_model(delay: float, tiny_onnx_mod
     served = tmp_path / "served.onnx"
     shutil.copyfile(tiny_onnx_model, served)
     original = served.read_bytes()
-    _interrupt_export(served, delay)
+    status, err = _interrupt_export(served, delay)
     # Either the interrupt came first (the old file, byte for byte) or the export did (a finished new file).
     assert served.read_bytes() == original or _complete(served)
+    if status != 0:  # interrupted: one line, the shell's status for SIGINT, no traceback
+        assert status == 130 and "segment-export export: interrupted" in err and "Traceback" not in err, err
     assert leftover_partials(tmp_path) == []
 
 
