@@ -12,7 +12,7 @@ import torch
 from .checkpoint import is_training_checkpoint, read_training_checkpoint, trained_geometry
 from .models import SegmentationModel
 from .schedule import head_norms
-from .torch_io import UnsafeFileError, compare_state_dicts, error_line, load_torch_file
+from .torch_io import NotTorchFileError, UnsafeFileError, compare_state_dicts, error_line, load_torch_file
 from .weights_download import fetch
 from .weights_files import read_torchvision_file
 from .wrapper import preprocessing_constants
@@ -31,6 +31,8 @@ def read_init_file(path: str | Path) -> Any:
         return load_torch_file(path)
     except UnsafeFileError:
         pass  # more than tensors: only one of our checkpoints is accepted
+    except NotTorchFileError as exc:  # its message names the file already
+        raise ValueError(str(exc)) from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for truncated or corrupt files
         raise ValueError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {error_line(exc)}") from None
     return read_training_checkpoint(path)

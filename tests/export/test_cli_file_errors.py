@@ -51,7 +51,7 @@ def test_synth_below_a_file_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["json", "random-bytes"])
-@pytest.mark.parametrize("command", ["evaluate", "export"])
+@pytest.mark.parametrize("command", ["evaluate", "export", "train"])
 def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(kind: str, command: str, dataset: Path,
                                                                      tmp_path: Path) -> None:
     path = tmp_path / ("names.json" if kind == "json" else "weights.pth")
@@ -59,9 +59,12 @@ def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(kind: str, 
         path.write_text('["background", "cat", "dog"]')
     else:
         path.write_bytes(bytes(range(256)[::-1]) * 8)  # fixed "random" bytes: no zip, no pickle
-    args = (["evaluate", "--model", str(path), "--data", str(dataset)] if command == "evaluate"
-            else ["export", "--weights", str(path), "-o", str(tmp_path / "m.onnx")])
+    args = {"evaluate": ["evaluate", "--model", str(path), "--data", str(dataset)],
+            "export": ["export", "--weights", str(path), "-o", str(tmp_path / "m.onnx")],
+            "train": ["train", "--init", str(path), "--data", str(dataset), "--arch", "deeplabv3_thin", "--iters", "1",
+                      "--out", str(tmp_path / "run")]}[command]
     err = _segment_export(*args)
     assert f"{path} is not a readable PyTorch checkpoint (zip or legacy pickle)" in err
+    assert err.count(str(path)) == 1, err  # named once
     assert "weights_only" not in err and "arbitrary code" not in err
     assert not (tmp_path / "m.onnx").exists()
