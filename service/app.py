@@ -45,6 +45,7 @@ from .results_cache import ResultsCache, ResultStore
 from .results_shared import SharedResultsCache, slot_folder
 from .routes import ops, results, segment
 from .routes.web import install_web_page
+from .security_headers import SecurityHeadersMiddleware
 from .settings import Settings
 from .startup import open_engine
 from .state import ServiceState
@@ -198,6 +199,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                            max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGetMiddleware)  # outside the rest, so that they all see the GET it is routed as
+    # Outermost: nosniff, and the page's and the docs' framing and content policies, on every answer the app sends,
+    # the refusals of the middlewares above (401, 413, the crash envelope) included.
+    app.add_middleware(SecurityHeadersMiddleware)
 
     _install_error_handlers(app, metrics)
     for router in (segment.router, results.router, ops.router):

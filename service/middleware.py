@@ -8,6 +8,7 @@ they arrive.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import secrets
@@ -225,29 +226,60 @@ async def _no_receive() -> Message:  # a response sent from within `send` never 
     return {"type": "http.disconnect"}
 
 
+# The request's state key of the fingerprint of the API key it presented (`key_fingerprint`); absent when the service
+# has no keys (or the path is public).
+KEY_FINGERPRINT = "api_key_fingerprint"
+
+
+def key_fingerprint(key: bytes) -> bytes:
+    """Who a stored result belongs to: the first 16 bytes of the key's SHA-256.
+
+    A plain hash rather than an HMAC under a per-process secret: every worker must compute the same fingerprint
+    for a result another stored (a secret shared through the settings would do, but adds a setting for nothing).
+    The keys are random secrets, which a hash does not reveal; and the fingerprints sit only beside the uploads
+    themselves, in memory or in the service's private folder, so whoever reads them holds the images already."""
+    return hashlib.sha256(key).digest()[:16]
+
+
+def key_fingerprint_of(scope: Scope) -> bytes | None:
+    """The fingerprint of the API key this request was let in with; None when the service has no keys."""
+    return scope.get("state", {}).get(KEY_FINGERPRINT)
+
+
 class ApiKeyMiddleware:
-    """401 `unauthorized` unless `X-API-Key: <key>` or `Authorization: Bearer <key>` matches a configured key."""
+    """401 `unauthorized` unless `X-API-Key: <key>` or `Authorization: Bearer <key>` matches a configured key;
+    the matched key's fingerprint goes in the request's state (`key_fingerprint_of`), to whom results belong."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str],
                  public_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.fingerprints = {key: key_fingerprint(key) for key in self.keys}  # once, not per request
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
 
-    def _allowed(self, headers: Headers) -> bool:
+    def _matched(self, headers: Headers) -> bytes | None:
+        """The configured key the request presents, or None."""
         # Either header may carry the key: an empty or stale X-API-Key beside a valid bearer token (a proxy or a
         # client library adding its own) must not hide it.
         scheme, _, token = headers.get("authorization", "").partition(" ")
         candidates = [headers.get("x-api-key", ""), token.strip() if scheme.lower() == "bearer" else ""]
         # compare_digest against every key: timing reveals nothing about which prefix matched.
-        return any(secrets.compare_digest(candidate.encode(), key)
-                   for candidate in candidates if candidate for key in self.keys)
+        return next((key for candidate in candidates if candidate for key in self.keys
+                     if secrets.compare_digest(candidate.encode(), key)), None)
+
+    def _allowed(self, scope: Scope) -> bool:
+        """Whether the request presents a key; if so, its fingerprint is recorded in the request's state."""
+        key = self._matched(Headers(scope=scope))
+        if key is None:
+            return False
+        scope.setdefault("state", {})[KEY_FINGERPRINT] = self.fingerprints[key]
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS"
                 or scope["path"] in self.public_paths or scope["path"].startswith(self.public_prefixes)
-                or self._allowed(Headers(scope=scope))):
+                or self._allowed(scope)):
             await self.app(scope, receive, send)
             return
         error = ApiError(401, "unauthorized", "missing or invalid API key (send X-API-Key or "

@@ -30,6 +30,9 @@ class StoredResult:
     labels: np.ndarray | LabelMap
     source: bytes
     created: float
+    # The fingerprint of the API key that stored it (service/middleware.py `key_fingerprint`): only that key reads
+    # it back. None where the service has no keys: anyone holding the id reads it.
+    owner: bytes | None = None
 
     @property
     def nbytes(self) -> int:
@@ -63,14 +66,15 @@ class ResultStore(ABC):
     def enabled(self) -> bool:
         return self.ttl_s > 0 and self.max_bytes > 0
 
-    def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes) -> StoredResult | None:
+    def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None) -> StoredResult | None:
         """The result in the form kept, or None when it cannot be (larger than the bound, or the store is off)."""
-        item = StoredResult(bare(labels.compact() if isinstance(labels, LabelMap) else labels), source, self._clock())
+        item = StoredResult(bare(labels.compact() if isinstance(labels, LabelMap) else labels), source, self._clock(),
+                            owner)
         return item if self.enabled and item.nbytes <= self.max_bytes else None
 
     @abstractmethod
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
-        """Store a result; False when it is not kept."""
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
+        """Store a result for `owner` (a key's fingerprint, or None); False when it is not kept."""
 
     @abstractmethod
     def get(self, result_id: str) -> StoredResult | None:
@@ -80,6 +84,10 @@ class ResultStore(ABC):
     def __contains__(self, result_id: object) -> bool:
         """Whether a result is kept, asked cheaply (no read of it): False is certain, True may be gone by the time
         it is read (`get`)."""
+
+    @abstractmethod
+    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
+        """`result_id in self`, for `owner` alone: False for a result another key stored (as cheap)."""
 
 
 class ResultsCache(ResultStore):
@@ -106,9 +114,9 @@ class ResultsCache(ResultStore):
             self._items.expire()
             return len(self._items)
 
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
-        item = self._to_keep(labels, source)
+        item = self._to_keep(labels, source, owner)
         if item is None:
             return False  # TTLCache would raise ValueError("value too large")
         with self._lock:
@@ -118,6 +126,11 @@ class ResultsCache(ResultStore):
     def __contains__(self, result_id: object) -> bool:
         with self._lock:
             return result_id in self._items  # an expired one is not (TTLCache checks its time)
+
+    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
+        with self._lock:
+            item = self._items.get(result_id)  # None for an expired one
+        return item is not None and item.owner == owner
 
     def get(self, result_id: str) -> StoredResult | None:
         """The result, or None when unknown or expired."""

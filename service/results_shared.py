@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import shutil
-import struct
 import sys
 import threading
 import time
@@ -38,6 +36,8 @@ from cachetools import TTLCache
 
 from .core.outputs.labelmap import LabelMap
 from .results_cache import ResultStore, StoredResult
+from .results_files import PREFIX_BYTES, deserialised, owner_of, serialised
+from .results_files import serialised as _serialised  # noqa: F401  (its name here before the layout moved)
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
@@ -122,14 +122,14 @@ class SharedResultsCache(ResultStore):
         (None: keep the share as it is). Where the number grew, the next store evicts down to the smaller share."""
         self._total, self._workers = total_bytes, workers
 
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes) -> bool:
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
         """Store a result for every worker; False when it is larger than this worker's share (or caching is off)."""
         if self._total is not None and (count := self._workers()):
             self.max_bytes = self._total // count
-        item = self._to_keep(labels, source)
+        item = self._to_keep(labels, source, owner)
         if item is None:
             return False
-        parts = _serialised(item)
+        parts = serialised(item)
         size = sum(len(part) for part in parts)
         if size > self.max_bytes:  # the file, header and pickle included, is what the bound counts
             return False
@@ -211,6 +211,19 @@ class SharedResultsCache(ResultStore):
             return self._clock() - modified < self.ttl_s + 1.0
         return False
 
+    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
+        """`result_id in self`, and the file's owner, read from its first bytes alone (`owner_of`), is `owner`."""
+        if not _ID.match(result_id):
+            return False
+        for folder in _owners(self.directory):
+            try:
+                with open(self.directory / folder / result_id, "rb") as file:
+                    modified, head = os.fstat(file.fileno()).st_mtime, file.read(PREFIX_BYTES)
+            except OSError:
+                continue
+            return self._clock() - modified < self.ttl_s + 1.0 and owner_of(head) == owner
+        return False
+
     def get(self, result_id: str) -> StoredResult | None:
         """The result, whichever worker stored it; None when unknown or expired."""
         if not _ID.match(result_id):
@@ -220,7 +233,7 @@ class SharedResultsCache(ResultStore):
                 data = (self.directory / owner / result_id).read_bytes()
             except OSError:  # not this worker's; or removed meanwhile (evicted, or its worker gone): unknown
                 continue
-            item = _deserialised(data)  # whole: a file is renamed into place complete, and unlinking keeps it whole
+            item = deserialised(data)  # whole: a file is renamed into place complete, and unlinking keeps it whole
             return item if self._clock() - item.created < self.ttl_s else None  # gone at the TTL, as in memory
         return None
 
@@ -271,27 +284,3 @@ def _owners(directory: Path) -> list[str]:
         return os.listdir(directory)
     except OSError:
         return []
-
-
-def _serialised(item: StoredResult) -> list[bytes | memoryview]:
-    """A header of part sizes, the pickle of (labels, created) without the arrays' bytes, those bytes, the upload."""
-    buffers: list[pickle.PickleBuffer] = []
-    meta = pickle.dumps((item.labels, item.created), protocol=5, buffer_callback=buffers.append)
-    parts: list[bytes | memoryview] = [meta, *(buffer.raw() for buffer in buffers), item.source]
-    header = struct.pack(f"<I{len(parts)}Q", len(parts), *(len(part) for part in parts))
-    return [header, *parts]
-
-
-def _deserialised(data: bytes) -> StoredResult:
-    """The inverse of `_serialised`; the arrays are read-only views of `data`."""
-    view = memoryview(data)
-    (count,) = struct.unpack_from("<I", view)
-    offset = 4 + 8 * count
-    parts = []
-    for size in struct.unpack_from(f"<{count}Q", view, 4):
-        parts.append(view[offset:offset + size])
-        offset += size
-    meta, *buffers, source = parts
-    # Unpickling files this service wrote itself, in its private (0700) directory.
-    labels, created = pickle.loads(meta, buffers=buffers)
-    return StoredResult(labels, bytes(source), created)

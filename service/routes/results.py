@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from ..core.decode import decode_image_keeping_profile
@@ -13,6 +13,7 @@ from ..core.errors import DecodeError
 from ..core.output_kinds import OUTPUT_KINDS, PNG, RenderOptions
 from ..core.outputs.render import render
 from ..errors import ApiError
+from ..middleware import key_fingerprint_of
 from ..state import ServiceState, loaded_engine, service_state
 
 router = APIRouter()
@@ -22,15 +23,20 @@ ResultFile = Literal[RESULT_FILES]  # type: ignore[valid-type]
 
 
 @router.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
-            responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown or expired id"},
+            responses={200: {"content": {"image/png": {}}},
+                       404: {"description": "unknown or expired id, or a result another API key stored"},
                        422: {"description": "invalid parameters (alpha outside 0..1)"},
                        503: {"description": "too many re-renders in progress (see Retry-After)"}})
-async def result(result_id: str, name: ResultFile,
+async def result(request: Request, result_id: str, name: ResultFile,
                  # As `POST /segment?alpha=` (same default and bounds), so the page's download matches its slider.
                  alpha: float = Query(RenderOptions.alpha, ge=0.0, le=1.0,
                                       description="overlay opacity of the class colours (overlay only)"),
                  state: ServiceState = Depends(service_state), engine: Engine = Depends(loaded_engine)) -> Response:
-    if result_id not in state.cache:  # cheap, so that an unknown id is a 404 even while renders are busy
+    # A result is read back only with the key that stored it (none where the service has no keys): its id travels
+    # in access logs and Referer headers, which holders of other keys may see. Another key's result is answered as
+    # an unknown id, so that nobody learns it exists.
+    owner = key_fingerprint_of(request.scope)
+    if not state.cache.kept_for(result_id, owner):  # cheap: an unknown id is a 404 even while renders are busy
         raise _not_found(result_id)
     kind = name.removesuffix(PNG.suffix)
 
@@ -39,7 +45,7 @@ async def result(result_id: str, name: ResultFile,
         # tens of MB (its upload), and refetches read on the loop (503 ones too) held up every request of the worker
         # (measured, 2 workers: /healthz p50 613 ms while 12 clients refetched a 19 MB upload's labels; 91 after).
         stored = state.cache.get(result_id)
-        if stored is None:  # expired or evicted since
+        if stored is None or stored.owner != owner:  # expired or evicted since (or stored again under the id)
             raise _not_found(result_id)
         # The upload was accepted once, so it decodes again; only an overlay needs its pixels. As for
         # `POST /segment`, they keep an RGB ICC profile's numbers and the overlay is drawn in, and carries, it.

@@ -27,6 +27,7 @@ from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..errors import ApiError
 from ..metrics import Metrics
+from ..middleware import key_fingerprint_of
 from ..multipart_preamble import without_preamble
 from ..request_memory import HeldResponse, decoded_bytes
 from ..results_cache import new_result_id
@@ -267,10 +268,10 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
     metrics.stage("inference").observe(result.inference_s)
 
     t0 = time.perf_counter()
-    result_id = new_result_id()
+    result_id, owner = new_result_id(), key_fingerprint_of(request.scope)  # only its key reads it (results.py)
     try:
         body, media, kept = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
-                                               keep=lambda label_map: state.cache.put(result_id, label_map, data),
+                                               keep=lambda labels: state.cache.put(result_id, labels, data, owner),
                                                crf_place=crf_place)
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
