@@ -120,6 +120,8 @@ def envelope(status: int, code: str, message: str, request_id: str | None = None
     the answer to a request no app sees; `request_id` is its own (a new one when None)."""
     request_id = request_id or uuid.uuid4().hex
     body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    # nosniff as on every answer of the app (service/security_headers.py): the message may quote the client.
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"x-content-type-options: nosniff\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n")
     return head.encode("ascii") + body

@@ -9,9 +9,9 @@ middlewares too).
 - `/docs` and `/redoc` (Swagger UI and ReDoc, served from this service, service/app.py) start themselves with an
   inline script, so they get the framing ban alone.
 
-What this cannot reach: the answers the HTTP protocol gives before any app runs (service/http_refusals.py: 400,
-408, 414, 431, 501, 505) and the 503 `shutting_down` of a request cut off by the shutdown (service/server.py
-`answer_cut_off`, which wraps the app). They are JSON error envelopes, which no browser renders as a page.
+The answers the HTTP protocol gives before any app runs (service/http_refusals.py: 400, 408, 414, 431, 501, 505) and
+the 503 `shutting_down` of a request cut off by the shutdown (service/server.py `answer_cut_off`, which wraps the
+app) never pass through here: they carry nosniff themselves.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def answer_cut_off(app: ASGIApp, on_reject: RejectHook = _noop) -> ASGIApp:
             request_id = request_id_of(scope)
             log.warning("request %s: stopped by the shutdown before it was answered; 503", request_id)
             on_reject("shutting_down")
-            headers = {"Retry-After": "1", "Connection": "close"}
+            headers = {"Retry-After": "1", "Connection": "close", "X-Content-Type-Options": "nosniff"}
             if request_id:
                 headers[REQUEST_ID_HEADER] = request_id
             error = ApiError(503, "shutting_down", "the server is shutting down and stopped this request before it "

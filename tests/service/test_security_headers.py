@@ -3,6 +3,7 @@ Content-Security-Policy and a framing ban on the web page, and the framing ban o
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from service.security_headers import PAGE_POLICY
+from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, running_server, scene
 
 KEY = "headers-test-key"
@@ -19,6 +21,13 @@ KEY = "headers-test-key"
 def base(rule_model: Path) -> Iterator[str]:
     with running_server(rule_model, api_keys=[KEY], max_upload_bytes=1 << 20) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def served(rule_model: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(rule_model) as server:
+        server.wait_ready(60)
+        yield server
 
 
 def directives(policy: str) -> dict[str, str]:
@@ -51,6 +60,24 @@ def test_every_kind_of_answer_is_nosniff(base: str) -> None:
     assert missing == []
     # The API's answers are not pages: no page policy on them.
     assert "content-security-policy" not in answers["200 JSON"].headers
+
+
+BIG_HEAD = b"GET /classes HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"  # 431
+
+
+@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", BIG_HEAD])  # 400: no request line to parse
+def test_the_http_layer_refusals_are_nosniff_too(served: ServerProcess, request_bytes: bytes) -> None:
+    """Refused before any app runs (service/http_refusals.py), by a real `segment-serve` (its HTTP protocol), on a
+    raw socket: nosniff all the same."""
+    url = httpx.URL(served.url)
+    with socket.create_connection((url.host, url.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.split(" ")[1] in ("400", "431"), head
+    assert "\r\nx-content-type-options: nosniff" in head, head
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
