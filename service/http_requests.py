@@ -27,6 +27,8 @@ from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from .middleware import CLIENT_GONE
+
 # How long a connection without a request in progress may still bring one once a graceful shutdown has begun: a
 # request a client sent as the shutdown began arrives well within it (a round trip), and connections that send
 # nothing more hold the shutdown no longer than this.
@@ -123,6 +125,7 @@ class TrackedHttpToolsProtocol(HttpToolsProtocol):
         for cycle in self._cycles():
             if not cycle.response_complete:
                 cycle.disconnected = True
+                cycle.scope.setdefault("state", {})[CLIENT_GONE] = True  # its answer, if any, is not counted as sent
                 cycle.message_event.set()
 
     def on_headers_complete(self) -> None:

@@ -48,6 +48,9 @@ _REFUSED = "refused"  # the key, in the request's state, of a refusal made by a 
 # (a malformed chunk): the disconnect the app then sees is that refusal, which the protocol counts, not a client
 # that went away.
 REFUSED_BELOW_APP = "refused_below_app"
+# Set in a request's state by the HTTP protocol when its client went away before its answer was written whole
+# (service/http_requests.py): the app may still have produced an answer, which no one received.
+CLIENT_GONE = "client_gone"
 
 
 async def refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,6 +171,13 @@ class RequestContextMiddleware:
         finally:
             if tracked:
                 self.metrics.inflight.dec()
+            if status < 400 and scope["state"].get(CLIENT_GONE) and not scope["state"].get(REFUSED_BELOW_APP):
+                # Answered, but the client hung up while the answer was made (encoded, rendered) or written: nobody
+                # got it, so it is no success for the success ratio or the latency histograms; counted as the hang-ups
+                # before the answer are (a refusal, 4xx/5xx, keeps its own count).
+                status = 499
+                self.metrics.count_rejection("client_closed")
+                log.info("request %s: client closed the connection before its answer was written", request_id)
             refused = scope["state"].get(_REFUSED)
             if refused is not None:
                 self.metrics.count_rejection(refused)
