@@ -37,7 +37,6 @@ from cachetools import TTLCache
 from .core.outputs.labelmap import LabelMap
 from .results_cache import ResultStore, StoredResult
 from .results_files import PREFIX_BYTES, deserialised, owner_of, serialised
-from .results_files import serialised as _serialised  # noqa: F401  (its name here before the layout moved)
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours

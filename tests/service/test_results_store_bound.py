@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from service.results_cache import StoredResult, new_result_id
-from service.results_shared import SharedResultsCache, _serialised
+from service.results_files import serialised
+from service.results_shared import SharedResultsCache
 from testkit.images import encode
 from testkit.photos import PHOTOS, photo
 
@@ -43,7 +44,7 @@ def folder_bytes(folder: Path) -> int:
 
 def test_concurrent_stores_never_hold_the_folder_above_its_share(tmp_path: Path) -> None:
     results = [real_result(PHOTOS[i % len(PHOTOS)]) for i in range(WRITERS)]
-    file_sizes = [sum(len(part) for part in _serialised(StoredResult(labels, source, 0.0)))
+    file_sizes = [sum(len(part) for part in serialised(StoredResult(labels, source, 0.0)))
                   for labels, source in results]
     share = 3 * max(file_sizes)  # three results: every store evicts once the folder is full
     cache = SharedResultsCache(tmp_path, ttl_s=600, max_bytes=share, owner="101")
