@@ -4,12 +4,11 @@ download) with no violation of the policy, and a page on another origin cannot f
 from __future__ import annotations
 
 import contextlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.web.page_helpers import KEY, download_output, page_problems, upload_and_wait
+from tests.weights.http_server import serve
 
 # Every violation the document reports, whether or not the browser also logs it.
 RECORD_VIOLATIONS = """window.__violations = [];
@@ -18,29 +17,12 @@ document.addEventListener('securitypolicyviolation',
 
 
 @contextlib.contextmanager
-def framing_site(service: str) -> Iterator[str]:
+def framing_site(service: str, folder: Path) -> Iterator[str]:
     """A page on another origin (its own local server) that puts the service's page in an iframe; yields its URL."""
-    html = f'<!doctype html><title>other site</title><iframe id="frame" src="{service}/"></iframe>'.encode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(html)))
-            self.end_headers()
-            self.wfile.write(html)
-
-        def log_message(self, *args: object) -> None:  # quiet test output
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    (folder / "index.html").write_text(f'<!doctype html><title>other site</title><iframe id="frame" src="{service}/">'
+                                       "</iframe>")
+    with serve(folder) as base:
+        yield base
 
 
 def test_the_page_works_under_its_policy(browser_page: object, rule_url: str, picture: Path) -> None:
@@ -64,11 +46,11 @@ def test_the_page_works_under_its_policy(browser_page: object, rule_url: str, pi
     assert problems == []
 
 
-def test_another_site_cannot_frame_the_page(browser_page: object, rule_url: str) -> None:
+def test_another_site_cannot_frame_the_page(browser_page: object, rule_url: str, tmp_path: Path) -> None:
     page = browser_page
     console: list[str] = []
     page.on("console", lambda msg: console.append(msg.text))  # type: ignore[attr-defined]
-    with framing_site(rule_url) as other:
+    with framing_site(rule_url, tmp_path) as other:
         page.goto(other, wait_until="load")  # type: ignore[attr-defined]
         (frame,) = [f for f in page.frames if f != page.main_frame]  # type: ignore[attr-defined]
         page.wait_for_timeout(300)  # type: ignore[attr-defined]  # the refusal's console message
