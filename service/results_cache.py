@@ -81,13 +81,10 @@ class ResultStore(ABC):
         """The result, or None when unknown or expired."""
 
     @abstractmethod
-    def __contains__(self, result_id: object) -> bool:
-        """Whether a result is kept, asked cheaply (no read of it): False is certain, True may be gone by the time
-        it is read (`get`)."""
-
-    @abstractmethod
-    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
-        """`result_id in self`, for `owner` alone: False for a result another key stored (as cheap)."""
+    def kept_for(self, result_id: object, owner: bytes | None) -> bool:
+        """Whether a result is kept for `owner` (a key's fingerprint, or None), asked cheaply (no read of the whole
+        result): False is certain, and for a result another key stored; True may be gone by the time it is read
+        (`get`)."""
 
 
 class ResultsCache(ResultStore):
@@ -123,13 +120,9 @@ class ResultsCache(ResultStore):
             self._items[result_id] = item  # expires old entries, then evicts LRU ones until it fits
         return True
 
-    def __contains__(self, result_id: object) -> bool:
+    def kept_for(self, result_id: object, owner: bytes | None) -> bool:
         with self._lock:
-            return result_id in self._items  # an expired one is not (TTLCache checks its time)
-
-    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
-        with self._lock:
-            item = self._items.get(result_id)  # None for an expired one
+            item = self._items.get(result_id)  # None for an expired one (TTLCache checks its time)
         return item is not None and item.owner == owner
 
     def get(self, result_id: str) -> StoredResult | None:

@@ -195,24 +195,13 @@ class SharedResultsCache(ResultStore):
         for key in keys:
             (self._own / key).unlink(missing_ok=True)
 
-    def __contains__(self, result_id: object) -> bool:
-        """Whether some worker's file holds the result, by its metadata alone (cheap enough for the event loop; a
-        `get` reads the whole file, the upload included). A file is written after its result's `created`, so one
-        modified a TTL ago or more holds an expired result; a second's grace, as file times lag the clock by up to
-        a tick (`get` then decides at the exact TTL)."""
+    def kept_for(self, result_id: object, owner: bytes | None) -> bool:
+        """Whether some worker's file holds the result, stored for `owner`: by the file's metadata and its first
+        bytes alone (`owner_of`; cheap enough for the event loop, where a `get` reads the whole file, the upload
+        included). A file is written after its result's `created`, so one modified a TTL ago or more holds an
+        expired result; a second's grace, as file times lag the clock by up to a tick (`get` then decides at the
+        exact TTL)."""
         if not isinstance(result_id, str) or not _ID.match(result_id):
-            return False
-        for owner in _owners(self.directory):
-            try:
-                modified = (self.directory / owner / result_id).stat().st_mtime
-            except OSError:
-                continue
-            return self._clock() - modified < self.ttl_s + 1.0
-        return False
-
-    def kept_for(self, result_id: str, owner: bytes | None) -> bool:
-        """`result_id in self`, and the file's owner, read from its first bytes alone (`owner_of`), is `owner`."""
-        if not _ID.match(result_id):
             return False
         for folder in _owners(self.directory):
             try:

@@ -105,16 +105,16 @@ def test_a_result_is_gone_at_its_ttl_in_either_store(tmp_path: Path) -> None:
     assert reader.get("r") is None
 
 
-def test_asking_whether_a_result_is_kept_reads_no_file_and_agrees_with_get(tmp_path: Path) -> None:
-    """`in` is what `GET /results` asks on the event loop, before it takes a render slot and reads the file."""
+def test_asking_whether_a_result_is_kept_agrees_with_get(tmp_path: Path) -> None:
+    """`kept_for` is what `GET /results` asks on the event loop, before it takes a render slot and reads the file."""
     writer = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="101")
     reader = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, owner="102")
     memory = ResultsCache(ttl_s=60, max_bytes=10_000)
     for store, asked in ((writer, reader), (memory, memory)):
         rid = new_result_id()
         assert store.put(rid, *result(100))
-        assert rid in asked and asked.get(rid) is not None
+        assert asked.kept_for(rid, None) and asked.get(rid) is not None
         for other in (new_result_id(), "../101", "", "x" * 65, 7):
-            assert other not in asked
+            assert not asked.kept_for(other, None)
     expired = SharedResultsCache(tmp_path, ttl_s=60, max_bytes=10_000, clock=lambda: time.time() + 120, owner="103")
-    assert not any(name in expired for name in files(tmp_path))  # every file is older than the TTL for it
+    assert not any(expired.kept_for(name, None) for name in files(tmp_path))  # every file is older than the TTL for it
