@@ -24,9 +24,10 @@ def api_key_list(value: object) -> object:
     """`SEGMENT_API_KEYS` as a list. A value that holds nothing but commas and spaces (`${KEY},` with KEY unset, a
     Secret holding a space) is refused: it would turn authentication off without a word; only an empty value
     does."""
-    if isinstance(value, str) and value and not split_csv(value):
+    keys = split_csv(value)
+    if isinstance(value, str) and value and not keys:
         raise ValueError("holds no key (only commas or spaces): set it empty to turn authentication off")
-    return split_csv(value)
+    return keys
 
 
 def header_safe_keys(keys: list[str]) -> list[str]:
