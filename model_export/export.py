@@ -95,6 +95,7 @@ def build_metadata(model: SegmentationModel, *, num_classes: int, classes: Seque
     return ModelMetadata(
         classes=names, palette=colours, input_size=size, arch=model.arch, source=source,
         source_sha256=source_sha256, mean=list(mean), std=list(std), channel_order=order,
+        # How the graph maps logit cells to pixels, for the record: the Resize node does it, the service reads none.
         project_version=__version__, extra={**(extra or {}), "upsampling": upsampling_name(model)},
     )
 
@@ -129,9 +130,6 @@ def export_onnx(model: SegmentationModel, out_path: str | Path, metadata: ModelM
         proto = onnx.load(str(draft))
         meta = metadata.to_props()
         meta["confidence"] = "true" if confidence else "false"
-        # How the graph maps logit cells to pixels (as build_metadata records it, from the model that was traced),
-        # for the record: the Resize node does it, the service reads nothing.
-        meta["upsampling"] = upsampling_name(model)
         onnx.helper.set_model_props(proto, meta)
         proto.doc_string = f"{metadata.arch} segmentation model, ONNX contract v1 (uint8 NHWC RGB -> uint8 labels)"
         onnx.checker.check_model(proto, full_check=True)
