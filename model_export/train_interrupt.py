@@ -69,8 +69,6 @@ class StopOnSigint:
 def interrupted(what: str, ckpt_path: Path, saved: int | None) -> TrainingInterrupted:
     """Print the one line a user reads (`what` happened; what the checkpoint on disk holds) and return the exception
     that ends the run with status 130."""
-    tmp = ckpt_path.with_suffix(ckpt_path.suffix + ".tmp")
-    tmp.unlink(missing_ok=True)  # a save cut short by a second Ctrl-C: its rename never happened
     resume = f"continue with --resume {ckpt_path}"
     if what.startswith("interrupted at iteration"):
         message = f"{what}; checkpoint saved to {ckpt_path}; {resume}"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from model_export.atomic import leftover_partials
+
 TRAIN = ["train", "--arch", "deeplabv3_thin", "--classes", "synthetic", "--base-width", "4", "--head-channels", "8",
          "--output-stride", "16", "--crop-size", "32", "--batch-size", "2", "--iters", "5000", "--save-every", "4000",
          "--log-every", "1", "--no-progress", "--train-bn", "--threads", "1"]
@@ -53,7 +55,7 @@ def _saved_iteration(err: str, out: Path) -> int:
     assert saved_to == f"checkpoint saved to {ckpt}" and resume == f"continue with --resume {ckpt}"
     iteration = int(head.removeprefix("interrupted at iteration "))
     assert torch.load(ckpt, weights_only=False)["iteration"] == iteration
-    assert not ckpt.with_suffix(".pt.tmp").exists()
+    assert not ckpt.with_suffix(".pt.tmp").exists() and leftover_partials(ckpt.parent) == []  # no save left half
     return iteration
 
 
