@@ -52,12 +52,6 @@ MAX_PIXELS = 1 << 31
 Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
 
 
-def decode(path: Path) -> np.ndarray:
-    """A dataset image as training reads it (`model_export.data.load_image`): stored pixels, EXIF orientation not
-    applied (the labels are drawn on the stored grid), colours converted to sRGB as the service converts them."""
-    return load_image(path)
-
-
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto", protocol: str = "letterbox",
                    crf: CrfParams | None = None) -> tuple[Predictor, list[str]]:
     """Predict through the service engine; returns the predictor and the model's class names.
@@ -74,11 +68,11 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
     classes = list(engine.metadata.classes)
     if resolve_protocol(protocol, classes) != "letterbox" or crf is not None:
         return onnx_protocol_predictor(pipeline, model_path, resolve_protocol(protocol, classes), crf,
-                                       decode), classes
+                                       load_image), classes
 
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
         # The service's letterbox (pad colour, geometry) on the stored pixels.
-        return pipeline.label_maps([pipeline.prepare_image(decode(p)) for p in paths])
+        return pipeline.label_maps([pipeline.prepare_image(load_image(p)) for p in paths])
 
     return predict, classes
 
@@ -150,7 +144,7 @@ def checkpoint_predictor(path: str | Path, input_size: int | None = None, scales
         labels = crf_on_canvas(canvas, probs, box, crf) if crf is not None else probs.argmax(0).astype(np.uint8)
         return unletterbox(labels, box)
 
-    return (lambda paths: [one(decode(p)) for p in paths]), list(info["classes"])
+    return (lambda paths: [one(load_image(p)) for p in paths]), list(info["classes"])
 
 
 def evaluate_split(predict: Predictor, dataset: VOCSegmentation, num_classes: int, *,

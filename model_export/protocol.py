@@ -72,7 +72,7 @@ def logits_session(model_path: str | Path, engine: Any) -> tuple[Any, str]:
 def onnx_protocol_predictor(pipeline: Pipeline, model_path: str | Path, protocol: str, crf: CrfParams | None,
                             load: Callable[[Path], np.ndarray]) -> Callable[[Sequence[Path]], list[np.ndarray]]:
     """Predict image by image with the given geometry (and CRF); labels at original size. `load` reads a dataset
-    image's RGB pixels (stored, as its label is drawn on them: model_export.evaluate.decode)."""
+    image's RGB pixels (stored, as its label is drawn on them: model_export.data.load_image)."""
     engine = pipeline.engine
     session, logits_name = logits_session(model_path, engine) if crf is not None else (None, "")
 

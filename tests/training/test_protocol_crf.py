@@ -11,8 +11,8 @@ import pytest
 
 from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
-from model_export.data import VOCSegmentation
-from model_export.evaluate import decode, evaluate_model
+from model_export.data import VOCSegmentation, load_image
+from model_export.evaluate import evaluate_model
 from model_export.export import build_metadata, export_onnx, read_metadata
 from model_export.protocol import pad_native, resolve_protocol
 from model_export.synthetic import CLASSES
@@ -69,7 +69,7 @@ def test_native_protocol_runs_the_padded_unresized_image(tiny_voc: Path, padded_
     pad = read_metadata(padded_onnx).pad_rgb
     data = VOCSegmentation(tiny_voc, "val")
     for index, name in enumerate(data.ids):
-        image = decode(data.image_path(index))
+        image = load_image(data.image_path(index))
         canvas, _ = pad_native(image, 96, pad)
         (labels,) = session.run(None, {"image": canvas[None]})
         assert np.array_equal(preds[name], labels[0, :image.shape[0], :image.shape[1]])
