@@ -53,18 +53,12 @@ def upsample_logits(model: SegmentationModel, logits: torch.Tensor, size: Sequen
                     ) -> torch.Tensor:
     """Bilinear upsampling of `model`'s logits to `size`, with the pixel mapping its weights were trained for
     (`SegmentationModel.upsample_align_corners`): export and evaluation share it, so they score what is served."""
-    return F.interpolate(logits, size=size, mode="bilinear",
-                         align_corners=upsampling_align_corners(model))
-
-
-def upsampling_align_corners(model: SegmentationModel) -> bool:
-    """The model's `upsample_align_corners` (False for an object built before it existed)."""
-    return bool(getattr(model, "upsample_align_corners", False))
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=model.upsample_align_corners)
 
 
 def upsampling_name(model: SegmentationModel) -> str:
     """The ONNX Resize coordinate mode the exported graph upsamples the logits with, for the metadata."""
-    return "align_corners" if upsampling_align_corners(model) else "half_pixel"
+    return "align_corners" if model.upsample_align_corners else "half_pixel"
 
 
 class ExportWrapper(nn.Module):
