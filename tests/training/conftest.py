@@ -40,3 +40,14 @@ def tiny_checkpoint(tiny_voc: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     out = tmp_path_factory.mktemp("tiny_run")
     return Path(train(tiny_config(tiny_voc, out, max_iter=4))["checkpoint"])
+
+
+def checkpoint_as_onnx(checkpoint: Path, out: Path) -> Path:
+    """`checkpoint`'s model exported to `out` with its own classes, palette and input size."""
+    from model_export.checkpoint import load_checkpoint_model
+    from model_export.export import build_metadata, export_onnx
+
+    model, info = load_checkpoint_model(checkpoint)
+    meta = build_metadata(model, num_classes=info["num_classes"], classes=info["classes"],
+                          palette=info["palette"], input_size=info["input_size"], source="tests")
+    return export_onnx(model, out, meta)

@@ -10,13 +10,12 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from model_export.checkpoint import load_checkpoint_model
 from model_export.cli import main
 from model_export.data import VOCSegmentation
 from model_export.errors import ModelExportError
 from model_export.evaluate import evaluate_model, evaluate_split
-from model_export.export import build_metadata, export_onnx
 from model_export.metrics import ConfusionMatrix
+from tests.training.conftest import checkpoint_as_onnx
 
 
 def _torchmetrics(targets: list[np.ndarray], preds: list[np.ndarray], n: int, average: str | None) -> torch.Tensor:
@@ -82,10 +81,7 @@ def test_ground_truth_ids_the_model_lacks_are_left_out_with_a_warning(tiny_voc: 
 
 @pytest.fixture(scope="module")
 def tiny_onnx_from_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, info = load_checkpoint_model(tiny_checkpoint)
-    meta = build_metadata(model, num_classes=info["num_classes"], classes=info["classes"],
-                          palette=info["palette"], input_size=info["input_size"], source="tests")
-    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", meta)
+    return checkpoint_as_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 def test_onnx_evaluation_goes_through_the_service_and_matches_torchmetrics(

@@ -12,13 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model_export.checkpoint import load_checkpoint_model
 from model_export.evaluate import evaluate_model
-from model_export.export import build_metadata, export_onnx
 from model_export.synthetic import SceneConfig, write_dataset
 from model_export.train import train
 
-from .conftest import tiny_config
+from .conftest import checkpoint_as_onnx, tiny_config
 
 JPEGS = Path("VOCdevkit/VOC2012/JPEGImages")
 
@@ -65,10 +63,7 @@ def varied_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def tiny_onnx(varied_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, info = load_checkpoint_model(varied_checkpoint)
-    meta = build_metadata(model, num_classes=info["num_classes"], classes=info["classes"],
-                          palette=info["palette"], input_size=info["input_size"], source="tests")
-    return export_onnx(model, tmp_path_factory.mktemp("exif_onnx") / "tiny.onnx", meta)
+    return checkpoint_as_onnx(varied_checkpoint, tmp_path_factory.mktemp("exif_onnx") / "tiny.onnx")
 
 
 @pytest.mark.parametrize("side", [(56, 56), (44, 60)], ids=["square", "non-square"])
