@@ -29,13 +29,26 @@ from testkit.server import ServerProcess
 POOLS = {False: "shared", True: "per-connection"}  # how each load-generator process holds its connections
 
 
-def python_threads(server: ServerProcess) -> dict[int, str]:
-    """tid -> Python thread name, from the map `bench.thread_map` keeps (empty without one)."""
+def python_threads(server: ServerProcess, taken_after: float, wait_s: float = 2.0) -> dict[int, str]:
+    """tid -> Python thread name, from the map `bench.thread_map` keeps (empty without one). It waits up to
+    `wait_s` for a map listed after `taken_after` (wall time): a pool thread started near the end of a short load
+    point is otherwise missing from it, and its CPU would count as `native`."""
     path = server.env.get("BENCH_THREAD_MAP")
-    try:
-        return {int(k): v for k, v in json.loads(Path(path).read_text()).items()} if path else {}
-    except (OSError, ValueError):
+    if not path:
         return {}
+    deadline = time.monotonic() + wait_s
+    threads: dict[int, str] = {}
+    while True:
+        try:
+            snapshot = json.loads(Path(path).read_text())
+            threads = {int(k): v for k, v in snapshot["threads"].items()}
+            if snapshot["checked_at"] >= taken_after:
+                return threads
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() >= deadline:
+            return threads  # the server stopped writing it: the last map read, if any
+        time.sleep(0.05)
 
 
 def thread_group(pid: int, tid: int, name: str | None, comm: str = "", main_comm: str = "") -> str:
@@ -114,6 +127,7 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
             results = list(pool.map(_drive, [(targets, bodies, seconds, output, per_connection) for targets in plan]))
         cpu1 = [tree_cpu_seconds(s.pid) for s in servers]
         threads1 = [thread_times(s.pid) for s in servers]
+        threads_listed = time.time()
         after = [s.metrics() for s in servers] if service else []
     except BaseException:
         if sampler is not None:  # its result will not be read: stop py-spy and remove its file
@@ -126,7 +140,7 @@ def load_point(pool: ProcessPoolExecutor, servers: ServerProcess | Sequence[Serv
     summary: dict[str, Any] = latency_summary(ok, wall)
     per_server = []
     for k, server in enumerate(servers):
-        names = python_threads(server)
+        names = python_threads(server, threads_listed)
         mine = [s for s in samples if s[0] == k]
         per_server.append({"throughput": len([s for s in mine if s[1] == 200]) / wall,
                            "cores": (cpu1[k] - cpu0[k]) / wall,
