@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPPPooling
 
 from .models import SegmentationModel
 
@@ -86,3 +87,16 @@ def head_norms(model: SegmentationModel) -> dict[str, nn.Module]:
     heads = {id(m) for head in model.head_modules() for m in head.modules()}
     return {name: m for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) in heads}
+
+
+def hold_pooled_statistics(model: nn.Module) -> list[str]:
+    """Put the BN layers of DeepLab-v3's image-pooling branch (torchvision's `ASPPPooling`) in eval mode, and return
+    their names: for BN that trains at one image per batch. That branch normalises a 1x1 map, one value per channel
+    with a single image, so training mode has no statistics to take and fails ("Expected more than 1 value per
+    channel"); they keep their running statistics, and their gamma/beta train as before."""
+    pooled = {id(m) for branch in model.modules() if isinstance(branch, ASPPPooling) for m in branch.modules()}
+    held = [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) in pooled]
+    for name in held:
+        model.get_submodule(name).eval()
+    return held

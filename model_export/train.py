@@ -50,7 +50,7 @@ from .errors import OPTION, ModelExportError
 from .init_weights import init_geometry, initialise, read_init_file
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
-from .schedule import MOMENTUM, freeze_bn, param_groups, set_lr
+from .schedule import MOMENTUM, freeze_bn, hold_pooled_statistics, param_groups, set_lr
 from .train_config import NETWORK, TrainConfig, check_config, resume_conflicts
 from .train_interrupt import StopOnSigint, ignore_sigint, interrupted
 from .train_log import ScalarLog
@@ -183,6 +183,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                      "" if cfg.batch_size > 1 else " (gamma/beta only, at batch size 1)", ", ".join(trained_norms))
     elif not cfg.bn_affine:
         freeze_bn(model, statistics=False)
+    if cfg.train_bn and cfg.batch_size == 1:
+        held = hold_pooled_statistics(model)
+        if held:
+            log.info("BN trains, except the statistics of the image-pooling branch at batch size 1: %s",
+                     ", ".join(held))
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.base_lr, momentum=MOMENTUM)
     start = 0
     if resume is not None:
