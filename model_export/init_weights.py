@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import is_training_checkpoint, read_training_checkpoint, trained_geometry
-from .models import SegmentationModel
+from .checkpoint import checkpoint_model_kwargs, is_training_checkpoint, read_training_checkpoint, trained_geometry
+from .models import CAFFE_STYLE_ARCHS, SegmentationModel
 from .schedule import head_norms
 from .torch_io import NotTorchFileError, UnsafeFileError, compare_state_dicts, error_line, load_torch_file
 from .weights_download import fetch
@@ -54,6 +54,29 @@ def init_geometry(blob: Any, path: str | Path, arch: str) -> dict[str, bool]:
                     "its backbone starts from weights trained in another network", path, blob.get("arch"),
                     ", ".join(sorted(trained)), arch)
     return {}
+
+
+def backbone_geometry(init: str | Path, blob: Any, arch: str) -> dict[str, bool]:
+    """`{"caffe_style": False}` when a Caffe-style `arch` (DeepLab-v2's) starts from a backbone trained in
+    torchvision's geometry: `init` is "imagenet", `blob` a plain ResNet state dict (`layer1...` names, no
+    `backbone.`), or one of our checkpoints of a network in that geometry (DeepLab-v3, or DeepLab-v2 built so).
+    Those weights were trained with the stride on each downsampling block's 3x3 and a floor-mode max pool; in the
+    Caffe geometry (stride on the 1x1, ceil-mode pool, as MSRA's weights were trained) the same weights compute other
+    features, and their frozen BN statistics no longer fit them. A run builds the geometry its weights were
+    trained in; else none."""
+    if arch not in CAFFE_STYLE_ARCHS:
+        return {}
+    if init == "imagenet":
+        return {"caffe_style": False}
+    if not isinstance(blob, dict):
+        return {}
+    if is_training_checkpoint(blob, init):
+        caffe = blob.get("arch") in CAFFE_STYLE_ARCHS and checkpoint_model_kwargs(blob).get("caffe_style", True)
+        return {} if caffe else {"caffe_style": False}
+    state = blob.get("state_dict", blob)
+    names = [k.removeprefix("module.") for k in state] if isinstance(state, dict) else []
+    plain_resnet = bool(names) and not any(k.startswith(("backbone.", "classifier.")) for k in names)
+    return {"caffe_style": False} if plain_resnet else {}
 
 
 def init_from_file(model: SegmentationModel, path: str | Path, blob: Any = None) -> set[str]:

@@ -236,11 +236,12 @@ def deeplabv3_resnet101(num_classes: int = 21, aux_loss: bool = False, output_st
 
 
 def deeplabv2_thin(num_classes: int = 21, aux_loss: bool = False, output_stride: int = 8,
-                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
+                   base_width: int = 16, layers: Sequence[int] = (1, 1, 1, 1), caffe_style: bool = True,
                    legacy_dilation: bool = False, legacy_caffe_stride: bool = False) -> SegmentationModel:
     """A narrow, shallow DeepLab-v2 (same structure, fewer channels) for tests."""
     net = _resnet(layers, output_stride, base_width, legacy_dilation)
-    _caffe_style(net, output_stride, legacy_dilation, legacy_caffe_stride)
+    if caffe_style:
+        _caffe_style(net, output_stride, legacy_dilation, legacy_caffe_stride)
     head = ASPPSum(base_width * 32, num_classes)
     return _assemble(net, head, base_width * 16 if aux_loss else None, num_classes, "deeplabv2_thin",
                      "imagenet", output_stride)

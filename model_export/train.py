@@ -47,7 +47,7 @@ from .data import Augment, TrainStream, VOCSegmentation, next_batch
 from .dataset_census import split_census, warn_exif_oriented
 from .device import pick_device
 from .errors import OPTION, ModelExportError
-from .init_weights import init_geometry, initialise, read_init_file
+from .init_weights import backbone_geometry, init_geometry, initialise, read_init_file
 from .loss import multiscale_logits, multiscale_loss
 from .models import SegmentationModel
 from .schedule import MOMENTUM, freeze_bn, hold_pooled_statistics, param_groups, set_lr
@@ -82,15 +82,17 @@ class TrainingDiverged(ModelExportError):
 
 def _build(cfg: TrainConfig) -> tuple[SegmentationModel, list[str]]:
     """The network, initialised as `cfg.init` says, and the names of its head BN layers the initial weights do not
-    supply (`init_weights.initialise`). Weights from a checkpoint trained in an older geometry are trained on in
-    it, which `cfg.model_kwargs` (and so the run's checkpoints) records: built in the current one, the same weights
-    would compute something else, silently."""
+    supply (`init_weights.initialise`). Weights are trained on in the geometry they were trained in (a checkpoint's
+    older geometry; torchvision's for its ResNet backbone in DeepLab-v2), which `cfg.model_kwargs` (and so the
+    run's checkpoints) records: built in another, the same weights would compute something else, silently."""
     blob = read_init_file(cfg.init) if cfg.init and cfg.init != "imagenet" else None
-    if blob is not None:
-        for flag, value in init_geometry(blob, cfg.init, cfg.arch).items():
-            if flag not in cfg.model_kwargs:  # a setting given explicitly stands
-                log.info("%s was trained with %s=%s: the run keeps that geometry", cfg.init, flag, value)
-                cfg.model_kwargs = {**cfg.model_kwargs, flag: value}
+    geometry = init_geometry(blob, cfg.init, cfg.arch) if blob is not None else {}
+    if cfg.init:
+        geometry |= backbone_geometry(cfg.init, blob, cfg.arch)
+    for flag, value in geometry.items():
+        if flag not in cfg.model_kwargs:  # a setting given explicitly stands
+            log.info("the weights of %s were trained with %s=%s: the run keeps that geometry", cfg.init, flag, value)
+            cfg.model_kwargs = {**cfg.model_kwargs, flag: value}
     model = build_model(cfg.arch, len(cfg.classes), **cfg.model_kwargs)
     return model, initialise(model, cfg.init, blob)
 

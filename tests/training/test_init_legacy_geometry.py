@@ -205,7 +205,13 @@ def test_init_from_a_torchvision_backbone_file_with_the_cli(tiny_voc: Path, tmp_
     torch.save(state, tmp_path / "resnet.pth")
     new = train_cli(tiny_voc, tmp_path / "run", tmp_path / "resnet.pth", "--output-stride", "16")
     ckpt = read_training_checkpoint(new)
-    assert ckpt["model_kwargs"] == THIN and ckpt["source"] == f"init={tmp_path / 'resnet.pth'}"
+    # Trained in torchvision's geometry, the backbone is trained on in it: stride on the 3x3, floor-mode pooling.
+    assert ckpt["model_kwargs"] == {**THIN, "caffe_style": False}
+    assert ckpt["source"] == f"init={tmp_path / 'resnet.pth'}"
+    backbone = load_checkpoint_model(new)[0].backbone
+    assert backbone.maxpool.ceil_mode is False
+    for stage in (backbone.layer2, backbone.layer3):
+        assert (stage[0].conv1.stride[0], stage[0].conv2.stride[0]) == TORCHVISION_3X3
     # BN is frozen on given weights: its statistics are the file's.
     key = "backbone.layer3.0.bn2.running_var"
     assert torch.equal(ckpt["state_dict"][key], donor[key])
