@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from pydantic import ValidationError
 from uvicorn.config import (
@@ -119,6 +120,7 @@ def restart_in_place() -> None:
     # Ignored across the exec (a handled signal is reset to the default, which kills) until the new process's
     # `serve` handles it: a second SIGHUP while it starts must not kill a container's PID 1.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _stop_resource_tracker()
     for fd in _open_fds():  # a descriptor left inheritable by a library (a device's) would outlive the exec
         with contextlib.suppress(OSError):
             os.set_inheritable(fd, False)
@@ -130,6 +132,35 @@ def restart_in_place() -> None:
     except OSError as exc:  # the interpreter gone (an upgrade under a running server): stop, to be restarted
         print(f"cannot restart in place: {exc}; exiting", file=sys.stderr)
         sys.exit(1)
+
+
+def _stop_resource_tracker(wait_s: float = 5.0) -> None:
+    """Stop and reap multiprocessing's resource tracker, a child of this process once the CRF pool has started.
+    Across the exec it would see its pipe close and exit, and the new program, which never waits for a child it
+    did not start, would keep it as a zombie: one more after every restart, each holding a PID slot. Python 3.12
+    has `_stop` for this; 3.11 holds the same `_fd`/`_pid` (both private, so read with care)."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    stop = getattr(tracker, "_stop", None)
+    if callable(stop):
+        with contextlib.suppress(Exception):
+            stop()
+        return
+    fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+    if fd is None or pid is None:
+        return  # never started
+    with contextlib.suppress(OSError):
+        os.close(fd)  # end of its pipe: it unlinks what is still registered, then exits
+    tracker._fd = tracker._pid = None
+    deadline = time.monotonic() + wait_s
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:  # stuck: a zombie-free exec matters more than its cleanup
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.01)
 
 
 def _open_fds() -> list[int]:
