@@ -35,7 +35,7 @@ from uvicorn.config import (
 
 from .server import SingleServer, build_config, quiet_startup_failure
 from .settings import SECRET_SETTINGS, Settings
-from .settings_environment import log_authentication, unknown_variables
+from .settings_environment import log_authentication, stray_worker_slot, unknown_variables
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ def serve(argv: list[str] | None) -> None:
         log.warning(warning)
     log_authentication(settings)
     workers = worker_count(settings)
+    if workers == 1 and (stray := stray_worker_slot(settings)):  # a supervisor sets each worker's own
+        log.warning(stray)
     if workers > 1:
         sys.exit(serve_workers(settings.model_copy(update={"workers": workers}), overrides))
     # A SIGHUP before the server handles it: the model is not loaded yet, so there is nothing to reload; ignored,

@@ -57,3 +57,14 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name, or empty (every interface)
         return False
+
+
+def stray_worker_slot(settings: Settings) -> str | None:
+    """The warning for a `SEGMENT_WORKER_SLOT` set on a server started by hand, else None. The supervisor sets it
+    for each worker it starts (never through `main`); copied from a worker's environment, it would silently pick
+    another CUDA device (the slot modulo the devices) and another `worker` label on every metric."""
+    if settings.worker_slot is None:
+        return None
+    return (f"SEGMENT_WORKER_SLOT={settings.worker_slot} is set: the supervisor sets it for its workers; here it "
+            "picks the CUDA device (slot modulo the devices) and the 'worker' label of the metrics. Unset it; to "
+            "choose the device, use SEGMENT_CUDA_OPTIONS=device_id=N")

@@ -71,6 +71,17 @@ def test_a_misspelt_setting_is_named_at_startup_with_the_setting_meant(rule_mode
     assert server.log.count("is not a setting") == 1, server.log  # once, and only for that name
 
 
+def test_a_worker_slot_set_by_hand_is_warned_of(rule_model: Path) -> None:
+    """The supervisor sets SEGMENT_WORKER_SLOT for its workers; on a server started by hand it would pick another
+    CUDA device and metric label without a word."""
+    with ServerProcess(rule_model, SEGMENT_WORKER_SLOT="3") as server:
+        server.wait_ready()
+    assert "SEGMENT_WORKER_SLOT=3 is set" in server.log and "device_id" in server.log, server.log
+    with ServerProcess(rule_model) as server:
+        server.wait_ready()
+    assert "SEGMENT_WORKER_SLOT" not in server.log, server.log
+
+
 def test_the_variables_known_to_be_no_settings_are_read_by_the_project() -> None:
     """Each name exempt from the warning is read somewhere: a name no longer used would hide a typo."""
     sources = [*REPO.glob("service/**/*.py"), *REPO.glob("model_export/**/*.py"), *REPO.glob("clients/*.py"),
