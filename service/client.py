@@ -13,8 +13,10 @@ network failures raise `SegmentConnectionError` (code `connection_error`). A 503
 be made are retried, with growing waits stretched at random so that clients refused together do not come back
 together; a TLS connection no retry can mend is not, and is raised at once: a server certificate that is not
 accepted (`SegmentCertificateError`, code `certificate_error`) or a server that does not speak TLS, as an https://
-URL for a plain-HTTP server (`SegmentTlsError`, code `tls_error`). Neither imports the server side: the client
-needs only httpx, numpy and Pillow, and reads the output kinds (`OUTPUTS`) from the service's standard-library table.
+URL for a plain-HTTP server (`SegmentTlsError`, code `tls_error`). A success answer whose body is not the JSON due
+(a captive portal's page, JSON cut short) raises `SegmentResponseError` (code `invalid_response`), not retried.
+Neither imports the server side: the client needs only httpx, numpy and Pillow, and reads the output kinds
+(`OUTPUTS`) from the service's standard-library table.
 
 This module is the client's public entry point: the result and error types live in `service.client_types`,
 request building in `service.client_wire` and `AsyncSegmentClient` in `service.client_async`.
@@ -40,8 +42,10 @@ from .client_types import (
     SegmentCertificateError,
     SegmentClientError,
     SegmentConnectionError,
+    SegmentResponseError,
     SegmentResult,
     SegmentTlsError,
+    response_json,
 )
 from .client_wire import (
     Retries,
@@ -71,6 +75,7 @@ __all__ = [
     "SegmentClient",
     "SegmentClientError",
     "SegmentConnectionError",
+    "SegmentResponseError",
     "SegmentResult",
     "SegmentTlsError",
 ]
@@ -191,4 +196,4 @@ class SegmentClient:
     def _json(self, path: str) -> dict[str, Any]:
         response = self._send("GET", path)
         raise_for_error(response)
-        return response.json()
+        return response_json(response)  # a proxy's HTML page raises `SegmentResponseError`, not a bare JSON error

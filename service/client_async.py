@@ -14,6 +14,7 @@ from .client_types import (
     OverlayFormat,
     ResultName,
     SegmentResult,
+    response_json,
 )
 from .client_wire import (
     Retries,
@@ -92,4 +93,4 @@ class AsyncSegmentClient:
     async def _json(self, path: str) -> dict[str, Any]:
         response = await self._send("GET", path)
         raise_for_error(response)
-        return response.json()
+        return response_json(response)  # `SegmentResponseError` for a body that is not JSON, as in the sync client

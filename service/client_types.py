@@ -10,12 +10,15 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from .core.output_kinds import OUTPUT_KINDS, OUTPUTS
+
+if TYPE_CHECKING:
+    import httpx
 
 Output = Literal[OUTPUTS]  # type: ignore[valid-type]  # every output kind of the table
 # The kinds `GET /results/{id}/{name}.png` renders again: the image kinds (JSON kinds are not cached as files).
@@ -66,6 +69,40 @@ class SegmentApiError(SegmentClientError):
         self.retry_after = retry_after
 
 
+class SegmentResponseError(SegmentClientError):
+    """A success answer whose body is not the JSON the service sends: a captive portal's or a proxy's HTML page, or
+    JSON cut short. Not retried: the same path would answer the same. `status`, `media_type` and `body_start` (the
+    body's first characters) tell what answered instead."""
+
+    code = "invalid_response"
+    BODY_START_CHARS = 200  # enough to recognise a login page or a proxy's banner; bounded, as bodies are not
+
+    def __init__(self, status: int, media_type: str, body: bytes) -> None:
+        self.status = status
+        self.media_type = media_type
+        self.body_start = body[:self.BODY_START_CHARS].decode("utf-8", errors="replace")
+        super().__init__(f"{status} answer is not JSON ({media_type or 'no Content-Type'}): {self.body_start!r}")
+
+
+def media_type_of(content_type: str) -> str:
+    """The media type of a Content-Type value, without its parameters."""
+    return content_type.split(";")[0].strip()
+
+
+def json_body(content: bytes, status: int, media_type: str) -> Any:
+    """`content` decoded as JSON; `SegmentResponseError` when it is not JSON."""
+    try:
+        return json.loads(content)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise SegmentResponseError(status, media_type, content) from exc
+
+
+def response_json(response: httpx.Response) -> Any:
+    """The JSON body of a success answer, for the sync and async clients alike; `SegmentResponseError` when the
+    body is not JSON (`response.json()` would raise a bare `JSONDecodeError`)."""
+    return json_body(response.content, response.status_code, media_type_of(response.headers.get("content-type", "")))
+
+
 @dataclass(frozen=True)
 class SegmentResult:
     """One answer of `POST /segment`: the body as returned, plus the ids from the headers."""
@@ -75,16 +112,19 @@ class SegmentResult:
     media_type: str
     result_id: str | None
     request_id: str | None
+    status: int = 200  # the HTTP status it came with (a 2xx)
 
     @property
     def is_json(self) -> bool:
         return "json" in self.media_type
 
     def json(self) -> dict[str, Any]:
-        """The JSON body (the JSON output kinds, such as `stats`)."""
-        if not self.is_json:
+        """The JSON body (the JSON output kinds, such as `stats`). `SegmentResponseError` when a JSON kind came with
+        a body that is not JSON (a proxy's page, JSON cut short); `ValueError` when asked of an image kind."""
+        kind = OUTPUT_KINDS.get(self.output)
+        if not self.is_json and not (kind is not None and kind.is_json):
             raise ValueError(f"output {self.output!r} is {self.media_type}, not JSON")
-        return json.loads(self.content)
+        return json_body(self.content, self.status, self.media_type)
 
     def image(self) -> Image.Image:
         """The image body (the image output kinds, such as `labels`) as a Pillow image."""

@@ -189,7 +189,7 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
         output=output, content=response.content,
         media_type=response.headers.get("content-type", "").split(";")[0].strip(),
         result_id=response.headers.get("x-result-id"), request_id=response.headers.get("x-request-id"),
-    )
+        status=response.status_code)
 
 
 def retry_sleep(error: SegmentClientError, attempt: int) -> float | None:

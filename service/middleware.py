@@ -1,5 +1,5 @@
-"""Pure-ASGI middleware: HEAD as GET, request ids + request metrics, and API-key auth (the upload's limits:
-service/body_limits.py).
+"""Pure-ASGI middleware: HEAD as GET (service/head_routing.py), request ids + request metrics, and API-key auth
+(the upload's limits: service/body_limits.py).
 
 Pure ASGI (not BaseHTTPMiddleware) so uploads stream through untouched and the size limit can count bytes as
 they arrive.
@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
+from .head_routing import HeadAsGetMiddleware as HeadAsGetMiddleware  # re-exported: the app adds it from here
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -88,20 +89,6 @@ def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
             yield from _flat_routes(included.routes)
         else:
             yield route
-
-
-class HeadAsGetMiddleware:
-    """Outermost: a HEAD request is routed as GET. HTTP asks every server to answer HEAD wherever it answers GET
-    (RFC 9110), and monitors and `curl -I` send it; FastAPI's GET routes alone answer it 405. The server's own
-    scope keeps the method HEAD (a copy goes inward), so uvicorn sends the GET answer's headers without its body."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
-            scope = {**scope, "method": "GET"}
-        await self.app(scope, receive, send)
 
 
 class RequestContextMiddleware:

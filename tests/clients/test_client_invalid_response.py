@@ -1,0 +1,140 @@
+"""A success answer whose body is not JSON (a captive portal's or a proxy's HTML page, JSON cut short) raises the
+client's own `SegmentResponseError` (code `invalid_response`), not a bare `JSONDecodeError`, from the sync and the
+async client alike, and is not sent again. The answers come from a real HTTP server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from service.client import AsyncSegmentClient, SegmentClient, SegmentClientError, SegmentResponseError
+
+PORTAL = b"<!doctype html><html><head><title>Sign in to the hotel Wi-Fi</title></head><body>" + b"x" * 400 + b"</html>"
+# (what, media type, body): each answered 200 to every request.
+NOT_JSON = [
+    ("html_page", "text/html; charset=utf-8", PORTAL),
+    ("json_cut_short", "application/json", b'{"classes": ["background", "person"'),
+    ("not_utf8", "application/json", b'{"classes": ["\xff\xfe"]}'),
+    ("empty", "application/json", b""),
+]
+
+
+@dataclass
+class Answer:
+    """What the fake server answers, and the requests it has seen."""
+
+    media_type: str = "application/json"
+    body: bytes = b"{}"
+    requests: int = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    answer: Answer  # set per server
+
+    def log_message(self, *args: object) -> None:  # quiet test output
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.answer.requests += 1
+        self.send_response(200)
+        self.send_header("Content-Type", self.answer.media_type)
+        self.send_header("Content-Length", str(len(self.answer.body)))
+        self.end_headers()
+        self.wfile.write(self.answer.body)
+
+    do_GET = do_POST = _answer
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, Answer]]:
+    """A real HTTP server on a loopback port answering `Answer`; its URL and the `Answer` to set."""
+    answer = Answer()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (Handler,), {"answer": answer}))
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)  # quick to shut down
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", answer
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def check(error: SegmentResponseError, media_type: str, body: bytes) -> None:
+    assert isinstance(error, SegmentClientError)
+    assert error.code == "invalid_response"
+    assert error.status == 200
+    assert error.media_type == media_type.split(";")[0]
+    assert error.body_start == body[:200].decode("utf-8", errors="replace")
+    assert len(error.body_start) <= 200
+
+
+@pytest.mark.parametrize("what,media_type,body", NOT_JSON, ids=[n[0] for n in NOT_JSON])
+@pytest.mark.parametrize("call", ["classes", "outputs"])
+def test_sync_client_raises_invalid_response(served: tuple[str, Answer], call: str, what: str, media_type: str,
+                                             body: bytes) -> None:
+    url, answer = served
+    answer.media_type, answer.body = media_type, body
+    with SegmentClient(url, retries=3) as client, pytest.raises(SegmentResponseError) as raised:
+        getattr(client, call)()
+    check(raised.value, media_type, body)
+    assert answer.requests == 1  # not retried
+
+
+@pytest.mark.parametrize("what,media_type,body", NOT_JSON, ids=[n[0] for n in NOT_JSON])
+@pytest.mark.parametrize("call", ["classes", "outputs"])
+def test_async_client_raises_invalid_response(served: tuple[str, Answer], call: str, what: str, media_type: str,
+                                              body: bytes) -> None:
+    url, answer = served
+    answer.media_type, answer.body = media_type, body
+
+    async def ask() -> None:
+        async with AsyncSegmentClient(url, retries=3) as client:
+            await getattr(client, call)()
+
+    with pytest.raises(SegmentResponseError) as raised:
+        asyncio.run(ask())
+    check(raised.value, media_type, body)
+    assert answer.requests == 1
+
+
+@pytest.mark.parametrize("what,media_type,body", NOT_JSON, ids=[n[0] for n in NOT_JSON])
+def test_segment_result_json_raises_invalid_response(served: tuple[str, Answer], what: str, media_type: str,
+                                                     body: bytes) -> None:
+    """`stats` is a JSON kind: a body that is not JSON is the answer's fault, whatever its media type."""
+    url, answer = served
+    answer.media_type, answer.body = media_type, body
+    with SegmentClient(url, retries=3) as client:
+        result = client.segment(b"\x89PNG\r\n\x1a\n not decoded by this server", "stats")
+        with pytest.raises(SegmentResponseError) as raised:
+            result.json()
+        with pytest.raises(SegmentResponseError):
+            client.stats(b"\x89PNG\r\n\x1a\n not decoded by this server")
+    check(raised.value, media_type, body)
+    assert answer.requests == 2  # one per call, none retried
+
+
+def test_json_of_an_image_kind_is_still_a_caller_error(served: tuple[str, Answer]) -> None:
+    """Asking an image kind for JSON is the caller's mistake, not the answer's: a plain ValueError, as before."""
+    url, answer = served
+    answer.media_type, answer.body = "image/png", b"\x89PNG\r\n\x1a\n"
+    with SegmentClient(url) as client:
+        result = client.segment(b"\x89PNG\r\n\x1a\n not decoded by this server", "labels")
+    with pytest.raises(ValueError, match="not JSON") as raised:
+        result.json()
+    assert not isinstance(raised.value, SegmentClientError)
+
+
+def test_valid_json_still_reads(served: tuple[str, Answer]) -> None:
+    url, answer = served
+    answer.body = b'{"classes": ["background"], "outputs": []}'
+    with SegmentClient(url) as client:
+        assert client.classes()["classes"] == ["background"]
+        assert client.outputs() == []
