@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight / worker threads")
     parser.add_argument("--alpha", type=_unit_float, default=None, help="overlay opacity 0..1")
     parser.add_argument("--format", choices=OVERLAY_FORMATS, default=None,
-                        help=f"overlay format (default {OVERLAY_FORMATS[0]})")
+                        help=f"overlay format (default {OVERLAY_FORMATS[0]}); the other kinds have one each")
     parser.add_argument("--tolerance", type=_non_negative_float, default=None, help="polygon simplification, pixels")
     parser.add_argument("--min-area", type=_non_negative_float, default=None,
                         help="drop polygons smaller than this, pixels")
@@ -57,6 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    try:  # the service refuses a format the kind is not written in (422): say so once, before any file
+        OUTPUT_KINDS[args.output].encoding(args.format)
+    except ValueError as exc:
+        parser.error(f"--format: {exc}")
     return args
 
 

@@ -9,21 +9,19 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .openapi_contract import UNAUTHORIZED
+
 # The two ways `ApiKeyMiddleware` takes a key (service/middleware.py); either will do.
 SCHEMES = {
     "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "BearerKey": {"type": "http", "scheme": "bearer", "description": "the API key as a bearer token"},
 }
-UNAUTHORIZED = {"description": "missing or invalid API key (`unauthorized`)",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-ERROR_BODY = {"type": "object", "title": "ErrorBody", "properties": {"error": {
-    "type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-    "required": ["code", "message"]}}}
 
 
 def document_api_keys(app: FastAPI, public_paths: Iterable[str], public_prefixes: Iterable[str] = ()) -> None:
     """Make `app.openapi()` declare the API-key schemes, require one on every operation outside `public_paths` and
-    `public_prefixes`, and list its 401 answer there."""
+    `public_prefixes`, and list its 401 answer there (its body is the `ErrorBody` every error declares:
+    service/openapi_contract.py)."""
     public, prefixes = frozenset(public_paths), tuple(public_prefixes)
     build: Callable[[], dict[str, Any]] = app.openapi
 
@@ -33,7 +31,6 @@ def document_api_keys(app: FastAPI, public_paths: Iterable[str], public_prefixes
         schema = build()
         components = schema.setdefault("components", {})
         components.setdefault("securitySchemes", {}).update(SCHEMES)
-        components.setdefault("schemas", {}).setdefault("ErrorBody", ERROR_BODY)
         for path, operations in schema.get("paths", {}).items():
             if path in public or path.startswith(prefixes):
                 continue

@@ -40,6 +40,7 @@ from .middleware import (
     RequestContextMiddleware,
     error_response,
 )
+from .openapi_contract import describe_contract
 from .refusal_log import RefusalLog
 from .results_cache import ResultsCache, ResultStore
 from .results_shared import SharedResultsCache, slot_folder
@@ -181,7 +182,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app = FastAPIOffline(
         static_url="/static/docs", title="Segmentation service", version=__version__, lifespan=lifespan,
         description="Semantic segmentation (DeepLab ResNet-ASPP on onnxruntime) with dynamic batching. "
-                    "Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code.",
+                    "Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable code.",
     )
     app.state.service = state
 
@@ -207,6 +208,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     for router in (segment.router, results.router, ops.router):
         app.include_router(router)
     install_web_page(app)
+    describe_contract(app)  # before the keys: theirs finishes the document this one builds
     if settings.api_keys:
         document_api_keys(app, PUBLIC_PATHS, PUBLIC_PREFIXES)
     metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API

@@ -14,6 +14,7 @@ from ..core.output_kinds import describe as describe_outputs
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import Metrics
 from ..metrics_files import metrics_files_lock
+from ..openapi_contract import HEALTH_RESPONSES, NOT_READY, READY_RESPONSES
 from ..state import ServiceState, loaded_engine, service_state
 from ..worker_census import read_census
 from ..worker_slots import supervisor_dir
@@ -21,7 +22,7 @@ from ..worker_slots import supervisor_dir
 router = APIRouter()
 
 
-@router.get("/classes", summary="Class names and colours from the model metadata")
+@router.get("/classes", summary="Class names and colours from the model metadata", responses={503: NOT_READY})
 async def classes(engine: Engine = Depends(loaded_engine)) -> dict[str, Any]:
     meta = engine.metadata
     return {
@@ -39,8 +40,7 @@ async def output_kinds() -> dict[str, Any]:
 
 @router.get("/healthz", summary="Liveness: the process answers, and model runs have neither failed nor hung for "
                                  "SEGMENT_INFERENCE_UNHEALTHY_AFTER_S",
-            responses={503: {"description": "model runs have failed (`inference_failing`) or one has run "
-                                             "(`inference_stuck`) that long: restart the process"}})
+            responses=HEALTH_RESPONSES)
 async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
     health = state.batcher.health if state.batcher is not None else None
     if health is None or health.unhealthy is None:
@@ -49,8 +49,7 @@ async def healthz(state: ServiceState = Depends(service_state)) -> JSONResponse:
 
 
 @router.get("/readyz", summary="Readiness: model loaded, warmed up, queue below its limit",
-            responses={503: {"description": "not ready: loading, warming up, overloaded (not with "
-                                             "`overload=ready`), model runs failing or hung, or shutting down"}})
+            responses=READY_RESPONSES)
 async def readyz(state: ServiceState = Depends(service_state),
                  overload: Literal["unready", "ready"] = Query(
                      "unready", description="`ready`: a momentary overload (queue or memory budgets full) answers "

@@ -14,6 +14,7 @@ from ..core.output_kinds import OUTPUT_KINDS, PNG, RenderOptions
 from ..core.outputs.render import render
 from ..errors import ApiError
 from ..middleware import key_fingerprint_of
+from ..openapi_contract import RESULT_RESPONSES
 from ..state import ServiceState, loaded_engine, service_state
 
 router = APIRouter()
@@ -22,11 +23,9 @@ RESULT_FILES = tuple(f"{kind.name}{PNG.suffix}" for kind in OUTPUT_KINDS.values(
 ResultFile = Literal[RESULT_FILES]  # type: ignore[valid-type]
 
 
-@router.get("/results/{result_id}/{name}", summary="Fetch a recent result again",
-            responses={200: {"content": {"image/png": {}}},
-                       404: {"description": "unknown or expired id, or a result another API key stored"},
-                       422: {"description": "invalid parameters (alpha outside 0..1)"},
-                       503: {"description": "too many re-renders in progress (see Retry-After)"}})
+# `response_class=Response`: the 200 is image/png alone, not FastAPI's default application/json beside it.
+@router.get("/results/{result_id}/{name}", summary="Fetch a recent result again", response_class=Response,
+            responses=RESULT_RESPONSES)
 async def result(request: Request, result_id: str, name: ResultFile,
                  # As `POST /segment?alpha=` (same default and bounds), so the page's download matches its slider.
                  alpha: float = Query(RenderOptions.alpha, ge=0.0, le=1.0,

@@ -6,7 +6,7 @@ import codecs
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -29,6 +29,7 @@ from ..errors import ApiError
 from ..metrics import Metrics
 from ..middleware import key_fingerprint_of
 from ..multipart_preamble import without_preamble
+from ..openapi_contract import SEGMENT_REQUEST, SEGMENT_RESPONSES
 from ..request_memory import HeldResponse, decoded_bytes
 from ..results_cache import new_result_id
 from ..settings import Settings
@@ -44,10 +45,12 @@ router = APIRouter(route_class=QueryModelRoute)
 
 # The `output` parameter's type, from the output-kind table.
 OutputName = Literal[OUTPUTS]  # type: ignore[valid-type]
-_OVERLAY_FORMATS = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
-OverlayFormat = Literal[_OVERLAY_FORMATS]  # type: ignore[valid-type]
+# `format` names an encoding of the output kind, as `GET /outputs` lists them; each kind takes only its own.
+_FORMATS = tuple(dict.fromkeys(e.format for kind in OUTPUT_KINDS.values() for e in kind.encodings))
+FormatName = Literal[_FORMATS]  # type: ignore[valid-type]
 _OUTPUT_HELP = "; ".join(f"{kind.name}: {kind.description}" for kind in OUTPUT_KINDS.values())
-_MEDIA_TYPES = sorted({e.media_type for kind in OUTPUT_KINDS.values() for e in kind.encodings})
+_FORMAT_HELP = "; ".join(f"{kind.name}: {', '.join(e.format for e in kind.encodings)}"
+                         for kind in OUTPUT_KINDS.values())
 
 
 # The multipart `charset` parameters accepted (codec names as `codecs.lookup` gives them). Starlette decodes every
@@ -159,40 +162,14 @@ async def _read_body(request: Request, ticket: Admission) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-_SEGMENT_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                "image": {"type": "string", "format": "binary"}}}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    },
-    "responses": {
-        "200": {"description": "The segmentation, as asked for by `output` (or the Accept header)",
-                "content": {media: {} for media in _MEDIA_TYPES}},
-        "400": {"description": "empty body, corrupt image, or a multipart body cut short before its closing "
-                               "boundary"},
-        "408": {"description": "the body stopped arriving (body deadline)"},
-        "413": {"description": "upload or image too large"},
-        "415": {"description": "not a supported image, a multipart charset other than utf-8, us-ascii or "
-                               "iso-8859-1, or a Content-Encoding other than identity"},
-        "422": {"description": "invalid parameters, not exactly one multipart field `image`, or polygons too "
-                               "complex to answer (`output_too_complex`)"},
-        "501": {"description": "`crf=true` on a server without the crf extra"},
-        "503": {"description": "overloaded (see Retry-After)"},
-        "504": {"description": "inference timed out"},
-    },
-}
-
-
 class SegmentQuery(BaseModel):
     """The query parameters of `POST /segment` (validated in one call: service/routes/query_model.py)."""
 
     output: OutputName | None = Query(None, description=f"{_OUTPUT_HELP}. Default: from the Accept header, "
                                                         "else labels")
     alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours")
-    format: OverlayFormat = Query(_OVERLAY_FORMATS[0], description="overlay image format")
+    format: FormatName | None = Query(None, description="the answer's encoding, one of its output kind's formats "
+                                                        f"in GET /outputs, the first by default ({_FORMAT_HELP})")
     tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels")
     min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
                                                              "default 0.01% of the image")
@@ -201,11 +178,18 @@ class SegmentQuery(BaseModel):
                                          "crf extra, else 501)")
 
 
-@router.post("/segment", summary="Segment an image", openapi_extra=_SEGMENT_BODY_DOC)
+# `response_class=Response`: FastAPI would otherwise list an empty application/json first among the 200's types.
+@router.post("/segment", summary="Segment an image", response_class=Response, responses=SEGMENT_RESPONSES,
+             openapi_extra=SEGMENT_REQUEST)
 async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> Response:
     # The state, engine, batcher, codec and admission are taken here rather than through `Depends`: FastAPI's
     # dependency solving cost ~0.2 CPU-ms per request for those five (in-process, the app alone: 528 -> 316 µs).
     state: ServiceState = request.app.state.service
+    output = query.output or negotiate(request.headers.get("accept"))
+    try:  # before admission: a parameter error costs no budget, as FastAPI's own 422s do not
+        OUTPUT_KINDS[output].encoding(query.format)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"format: {exc}") from None
     with state.admission(request) as ticket:
         engine, batcher, codec = state.serving()
         if query.crf and not crf_available():
@@ -216,9 +200,9 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit(len(data))
-        options = SegmentOptions(query.output or negotiate(request.headers.get("accept")),
-                                 RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
-                                               min_area=query.min_area), crf=query.crf)
+        render = RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
+                               min_area=query.min_area)
+        options = SegmentOptions(output, render, crf=query.crf)
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:

@@ -133,7 +133,7 @@ def test_a_folder_recorded_before_models_resumes_and_records_the_model(tiny_onnx
     ("overlay", ["--format", "jpeg"], []),
     ("overlay", [], ["--alpha", "0.5"]),
     ("polygons", [], ["--tolerance", "1"]),
-    ("color", [], ["--format", "jpeg"]),  # a format the kind is not written in: the service ignores it
+    ("color", [], ["--format", "png"]),  # the kind's one format, named
 ])
 def test_an_explicit_default_resumes(output: str, first: list[str], again: list[str], tiny_onnx_model: Path,
                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
