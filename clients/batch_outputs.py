@@ -21,6 +21,7 @@ from service.client import (
     SegmentCertificateError,
     SegmentClientError,
     SegmentConnectionError,
+    SegmentResponseError,
     SegmentResult,
     SegmentTlsError,
 )
@@ -198,11 +199,14 @@ def remove_outputs(jobs: Iterable[Job], suffixes: Iterable[str] = ()) -> None:
 
 def answer_target(target: Path, result: SegmentResult) -> Path:
     """`target` with the suffix of the answer's media type: an overlay asked for as JPEG is PNG when a side
-    exceeds JPEG's limit, and a .jpg file must not hold PNG bytes."""
-    for encoding in OUTPUT_KINDS[result.output].encodings:
+    exceeds JPEG's limit, and a .jpg file must not hold PNG bytes. An answer in none of the kind's media types (a
+    proxy's HTML page) raises `SegmentResponseError`: stored, it would pass for an output and be skipped by reruns."""
+    kind = OUTPUT_KINDS[result.output]
+    for encoding in kind.encodings:
         if encoding.media_type == result.media_type:
             return target.with_suffix(encoding.suffix)
-    return target
+    raise SegmentResponseError(result.status, result.media_type, result.content,
+                               f"{kind.name} ({', '.join(e.media_type for e in kind.encodings)})")
 
 
 def payload(result: SegmentResult) -> bytes:
@@ -222,18 +226,19 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
     try:
         result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
                                  tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
+        target, body = answer_target(job.target, result), payload(result)
     except SegmentApiError as exc:
         return Failure(job.source, exc.code, exc.message)
     except SegmentConnectionError as exc:  # see `clients.batch._count`: both codes stop the run
         return Failure(job.source, exc.code, str(exc))
-    except SegmentClientError as exc:
-        return Failure(job.source, "client_error", str(exc))
+    except SegmentClientError as exc:  # e.g. `invalid_response`: a proxy's page where the answer was due
+        return Failure(job.source, exc.code, str(exc))
     except DecodeError as exc:  # local mode: the code the service would answer with
         return Failure(job.source, exc.code, exc.message)
     except Exception as exc:  # a bug, still reported per file rather than killing the run
         return Failure(job.source, "error", repr(exc))
     try:
-        write_atomic(answer_target(job.target, result), payload(result))
+        write_atomic(target, body)
     except OSError as exc:
         return Failure(job.source, "write_error", str(exc))
     return None

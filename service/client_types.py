@@ -33,6 +33,8 @@ ImageInput = str | os.PathLike[str] | bytes | np.ndarray
 class SegmentClientError(Exception):
     """Base class of everything this client raises."""
 
+    code = "client_error"  # each subclass has its own stable code
+
 
 class SegmentConnectionError(SegmentClientError):
     """The service could not be reached, or the connection broke (wraps the httpx error). A connection that could
@@ -70,18 +72,19 @@ class SegmentApiError(SegmentClientError):
 
 
 class SegmentResponseError(SegmentClientError):
-    """A success answer whose body is not the JSON the service sends: a captive portal's or a proxy's HTML page, or
-    JSON cut short. Not retried: the same path would answer the same. `status`, `media_type` and `body_start` (the
-    body's first characters) tell what answered instead."""
+    """A success answer whose body is not the JSON or the image the service sends: a captive portal's or a proxy's
+    HTML page, or a body cut short. Not retried: the same path would answer the same. `status`, `media_type` and
+    `body_start` (the body's first characters) tell what answered instead."""
 
     code = "invalid_response"
     BODY_START_CHARS = 200  # enough to recognise a login page or a proxy's banner; bounded, as bodies are not
 
-    def __init__(self, status: int, media_type: str, body: bytes) -> None:
+    def __init__(self, status: int, media_type: str, body: bytes, expected: str = "JSON") -> None:
         self.status = status
         self.media_type = media_type
         self.body_start = body[:self.BODY_START_CHARS].decode("utf-8", errors="replace")
-        super().__init__(f"{status} answer is not JSON ({media_type or 'no Content-Type'}): {self.body_start!r}")
+        super().__init__(f"{status} answer is not {expected} ({media_type or 'no Content-Type'}): "
+                         f"{self.body_start!r}")
 
 
 def media_type_of(content_type: str) -> str:
@@ -127,11 +130,15 @@ class SegmentResult:
         return json_body(self.content, self.status, self.media_type)
 
     def image(self) -> Image.Image:
-        """The image body (the image output kinds, such as `labels`) as a Pillow image."""
+        """The image body (the image output kinds, such as `labels`) as a Pillow image; `SegmentResponseError`
+        when the body is no image (a proxy's page, an image cut short)."""
         if self.is_json:
             raise ValueError(f"output {self.output!r} is JSON, not an image")
-        img = Image.open(io.BytesIO(self.content))
-        img.load()
+        try:
+            img = Image.open(io.BytesIO(self.content))
+            img.load()
+        except OSError as exc:  # UnidentifiedImageError and a truncated image alike
+            raise SegmentResponseError(self.status, self.media_type, self.content, "an image") from exc
         return img
 
     def array(self) -> np.ndarray:

@@ -9,9 +9,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from clients.batch import main as batch_main
 from service.client import AsyncSegmentClient, SegmentClient, SegmentClientError, SegmentResponseError
 
 PORTAL = b"<!doctype html><html><head><title>Sign in to the hotel Wi-Fi</title></head><body>" + b"x" * 400 + b"</html>"
@@ -31,6 +34,7 @@ class Answer:
     media_type: str = "application/json"
     body: bytes = b"{}"
     requests: int = 0
+    post: tuple[str, bytes] | None = None  # (media type, body) for POSTs, when they differ from the rest
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,11 +47,13 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         self.answer.requests += 1
+        media_type, body = (self.answer.post if self.command == "POST" and self.answer.post
+                            else (self.answer.media_type, self.answer.body))
         self.send_response(200)
-        self.send_header("Content-Type", self.answer.media_type)
-        self.send_header("Content-Length", str(len(self.answer.body)))
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.answer.body)
+        self.wfile.write(body)
 
     do_GET = do_POST = _answer
 
@@ -138,3 +144,38 @@ def test_valid_json_still_reads(served: tuple[str, Answer]) -> None:
     with SegmentClient(url) as client:
         assert client.classes()["classes"] == ["background"]
         assert client.outputs() == []
+
+
+@pytest.mark.parametrize("what,media_type,body", [("html_page", "text/html", PORTAL),
+                                                  ("png_cut_short", "image/png", b"\x89PNG\r\n\x1a\n\x00\x00")])
+def test_an_image_kind_whose_body_is_no_image_raises_invalid_response(served: tuple[str, Answer], what: str,
+                                                                       media_type: str, body: bytes) -> None:
+    """`labels` is an image kind: a proxy's page or a PNG cut short is the answer's fault too (Pillow's own
+    UnidentifiedImageError before), from `image()` and `array()` alike."""
+    url, answer = served
+    answer.media_type, answer.body = media_type, body
+    with SegmentClient(url) as client:
+        result = client.segment(b"\x89PNG\r\n\x1a\n not decoded by this server", "labels")
+    for read in (result.image, result.array):
+        with pytest.raises(SegmentResponseError) as raised:
+            read()
+        check(raised.value, media_type, body)
+        assert "not an image" in str(raised.value)
+
+
+def test_the_batch_cli_names_the_failure_invalid_response(served: tuple[str, Answer], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch CLI reports each client error by its own code, not a generic `client_error`, and stores nothing for
+    it: here the server says which model it serves (GET /classes, JSON), and a proxy answers the upload with its
+    page, which was stored as `a.png` and counted written."""
+    url, answer = served
+    answer.body = b'{"classes": ["background", "thing"], "model": "m", "sha256": "0"}'
+    answer.post = ("text/html", PORTAL)
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    code = batch_main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--server", url, "--output", "labels",
+                       "--no-progress", "--wait", "0"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "invalid_response" in err and "client_error" not in err, err
+    assert not list((tmp_path / "out").glob("a.*")), "a proxy's page stored as the output, to be skipped by reruns"
