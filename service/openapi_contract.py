@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 SCHEMAS = "#/components/schemas/"
+# An upload's bytes, as a multipart field or the whole body: what client generators read as a file to send.
 BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
-# The image types the decoder reads (README "Accepted images"); any other raw body is sniffed the same way.
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
+# An answer's bytes (an image): in OpenAPI 3.1 a media type without a schema. A `type: string` schema there made
+# validators (openapi-core) check the raw bytes as text and refuse every image answer.
+RAW_BYTES: dict[str, Any] = {}
 
 
 class ErrorDetail(BaseModel):
@@ -150,18 +152,21 @@ NOT_READY = busy("`not_ready`: the model is still loading or warming up")
 UNAUTHORIZED = {"description": "missing or invalid API key (`unauthorized`)",
                 "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}},
                 "headers": {"WWW-Authenticate": WWW_AUTHENTICATE, "X-Request-ID": REQUEST_ID}}
-OTHER_ERRORS = {"description": "any other refusal, e.g. of the HTTP layer (400, 405, 408, 414, 431, 505)",
+OTHER_ERRORS = {"description": "any other refusal, e.g. of the HTTP layer (400, 405, 408, 414, 431; 505)",
                 "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}}}
 
 SEGMENT_REQUEST: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                        "properties": {"image": BINARY}}},
-    **{media: {"schema": BINARY} for media in ("application/octet-stream", *IMAGE_TYPES, "image/*")},
+    # `image/*` covers every image type the decoder reads (README "Accepted images"); the body is sniffed anyway,
+    # so the bundled client sends application/octet-stream. Each concrete type listed besides made generators warn
+    # once per type, for nothing more.
+    **{media: {"schema": BINARY} for media in ("application/octet-stream", "image/*")},
 }}}
 
 SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The segmentation, as asked for by `output` (or the Accept header)",
-          "content": {"image/png": {"schema": BINARY}, "image/jpeg": {"schema": BINARY},
+          "content": {"image/png": RAW_BYTES, "image/jpeg": RAW_BYTES,
                       "application/json": {"schema": {"$ref": f"{SCHEMAS}Stats"}},
                       "application/geo+json": {"schema": {"$ref": f"{SCHEMAS}FeatureCollection"}}},
           "headers": {"X-Result-ID": RESULT_ID,
@@ -183,7 +188,7 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The result rendered again, as PNG", "content": {"image/png": {"schema": BINARY}},
+    200: {"description": "The result rendered again, as PNG", "content": {"image/png": RAW_BYTES},
           "headers": {"X-Result-ID": header("the result's id")}},
     404: error("`result_not_found`: unknown or expired id, or a result another API key stored"),
     422: error("`invalid_request`: an unknown file name, or alpha outside 0..1"),
@@ -233,7 +238,10 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.setdefault("500", _declared(INTERNAL))
-            responses.setdefault("default", copy.deepcopy(OTHER_ERRORS))  # a copy each: headers are added below
+            # Status ranges rather than `default`: a generated client parses any answer no status declares with
+            # `default`'s schema, and a success whose media type it cannot model (an image) became an ErrorBody.
+            for status_range in ("4XX", "5XX"):
+                responses.setdefault(status_range, copy.deepcopy(OTHER_ERRORS))  # a copy each: headers go in below
             for response in responses.values():
                 response.setdefault("headers", {}).setdefault("X-Request-ID", REQUEST_ID)
     return document

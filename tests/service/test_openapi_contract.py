@@ -66,7 +66,9 @@ class Contract:
                       .iter_errors(answer.json())]
             assert not errors, f"{where}: body does not match its schema: {errors[:3]}"
         else:
-            assert content[media].get("schema") == {"type": "string", "format": "binary"}, where
+            # Raw bytes: OpenAPI 3.1 gives such a media type no schema (a `type: string` one made validators check
+            # the bytes as text).
+            assert "schema" not in content[media], where
         for name, spec in declared.get("headers", {}).items():
             value = answer.headers.get(name)
             if spec.get("required"):
@@ -112,9 +114,10 @@ def test_the_document_is_valid_and_says_the_truth(rule_server: LiveServer, keyed
         assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Stats"}
         assert ok["application/geo+json"]["schema"] == {"$ref": "#/components/schemas/FeatureCollection"}
         uploads = segment["requestBody"]["content"]
-        for media in ("multipart/form-data", "application/octet-stream", "image/jpeg", "image/png", "image/webp",
-                      "image/bmp", "image/gif", "image/tiff", "image/*"):
-            assert media in uploads
+        assert set(uploads) == {"multipart/form-data", "application/octet-stream", "image/*"}
+        for operations in document["paths"].values():  # ranges, never `default`: a generated client parses an
+            for operation in operations.values():      # answer it cannot model (an image) with `default`'s schema
+                assert "default" not in operation["responses"] and {"4XX", "5XX"} <= set(operation["responses"])
         result = document["paths"]["/results/{result_id}/{name}"]["get"]["responses"]
         assert list(result["200"]["content"]) == ["image/png"]
     unauthorized = document["paths"]["/segment"]["post"]["responses"]["401"]  # the keyed server's
