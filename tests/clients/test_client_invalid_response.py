@@ -5,10 +5,8 @@ async client alike, and is not sent again. The answers come from a real HTTP ser
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from PIL import Image
 
 from clients.batch import main as batch_main
 from service.client import AsyncSegmentClient, SegmentClient, SegmentClientError, SegmentResponseError
+from testkit.http_stub import QuietHandler, serving
 
 PORTAL = b"<!doctype html><html><head><title>Sign in to the hotel Wi-Fi</title></head><body>" + b"x" * 400 + b"</html>"
 # (what, media type, body): each answered 200 to every request.
@@ -37,12 +36,9 @@ class Answer:
     post: tuple[str, bytes] | None = None  # (media type, body) for POSTs, when they differ from the rest
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
     answer: Answer  # set per server
-
-    def log_message(self, *args: object) -> None:  # quiet test output
-        pass
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -62,15 +58,8 @@ class Handler(BaseHTTPRequestHandler):
 def served() -> Iterator[tuple[str, Answer]]:
     """A real HTTP server on a loopback port answering `Answer`; its URL and the `Answer` to set."""
     answer = Answer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (Handler,), {"answer": answer}))
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)  # quick to shut down
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", answer
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(type("Bound", (Handler,), {"answer": answer})) as url:
+        yield url, answer
 
 
 def check(error: SegmentResponseError, media_type: str, body: bytes) -> None:

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +20,7 @@ from PIL import Image
 from clients.batch import main as batch_main
 from service.client import AsyncSegmentClient, SegmentApiError, SegmentClient, SegmentConnectionError
 from service.client_wire import request_body
+from testkit.http_stub import QuietHandler, serving
 from tests.clients.conftest import write_photos
 from tests.service.svc_helpers import make_rule_model, running_server
 
@@ -117,7 +117,7 @@ def busy_server() -> Iterator[tuple[str, list[str], dict[str, str]]]:
     asked: list[str] = []
     header = {"value": "1"}
 
-    class Busy(BaseHTTPRequestHandler):
+    class Busy(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             asked.append(self.path)
@@ -129,17 +129,8 @@ def busy_server() -> Iterator[tuple[str, list[str], dict[str, str]]]:
             self.end_headers()
             self.wfile.write(body.encode())
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked, header
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Busy) as url:
+        yield url, asked, header
 
 
 def test_a_retry_after_longer_than_the_client_waits_is_not_retried_sooner(

@@ -4,9 +4,7 @@ after part of it. Nothing partial may reach the cache, whatever the file is call
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 from model_export.cli import main as cli_main
 from model_export.torch_io import sha256_file
 from model_export.weights import WeightsError, fetch
+from testkit.http_stub import QuietHandler, serving
 
 
 @pytest.fixture()
@@ -23,7 +22,7 @@ def cut_short(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
     torch.save({"w": torch.arange(20000, dtype=torch.float32)}, tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # http.server calls it by this name
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
@@ -32,17 +31,8 @@ def cut_short(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", data
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield f"{url}/", data
 
 
 def _cached(cache: Path) -> list[Path]:
