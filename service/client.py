@@ -45,6 +45,7 @@ from .client_types import (
     SegmentResponseError,
     SegmentResult,
     SegmentTlsError,
+    output_kinds,
     response_json,
 )
 from .client_wire import (
@@ -166,7 +167,7 @@ class SegmentClient:
         """The output kinds the service answers with (`GET /outputs`): name, description, whether it is JSON,
         the Accept types that choose it, and its encodings (format, media type, file suffix; the first is the
         default)."""
-        return self._json("/outputs")["outputs"]
+        return output_kinds(self._json("/outputs"))
 
     def ready(self, timeout: float | None = None) -> bool:
         """True when `/readyz` answers 200 within `timeout` seconds (None: the client's timeout). A server certificate

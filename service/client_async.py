@@ -14,6 +14,7 @@ from .client_types import (
     OverlayFormat,
     ResultName,
     SegmentResult,
+    output_kinds,
     response_json,
 )
 from .client_wire import (
@@ -88,7 +89,7 @@ class AsyncSegmentClient:
 
     async def outputs(self) -> list[dict[str, Any]]:
         """The output kinds the service answers with; see `SegmentClient.outputs`."""
-        return (await self._json("/outputs"))["outputs"]
+        return output_kinds(await self._json("/outputs"))
 
     async def _json(self, path: str) -> dict[str, Any]:
         response = await self._send("GET", path)

@@ -100,6 +100,15 @@ def json_body(content: bytes, status: int, media_type: str) -> Any:
         raise SegmentResponseError(status, media_type, content) from exc
 
 
+def output_kinds(body: Any) -> list[dict[str, Any]]:
+    """The list in a `GET /outputs` answer; `SegmentResponseError` when the JSON holds none (another service's
+    JSON at that path)."""
+    kinds = body.get("outputs") if isinstance(body, dict) else None
+    if not isinstance(kinds, list):
+        raise SegmentResponseError(200, "application/json", json.dumps(body).encode(), "a list of output kinds")
+    return kinds
+
+
 def response_json(response: httpx.Response) -> Any:
     """The JSON body of a success answer, for the sync and async clients alike; `SegmentResponseError` when the
     body is not JSON (`response.json()` would raise a bare `JSONDecodeError`)."""

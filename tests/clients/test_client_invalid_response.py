@@ -166,3 +166,12 @@ def test_the_batch_cli_names_the_failure_invalid_response(served: tuple[str, Ans
     err = capsys.readouterr().err
     assert "invalid_response" in err and "client_error" not in err, err
     assert not list((tmp_path / "out").glob("a.*")), "a proxy's page stored as the output, to be skipped by reruns"
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_outputs_without_its_list_raises_invalid_response(served: tuple[str, Answer], use_async: bool) -> None:
+    """Valid JSON, but not the service's `GET /outputs` (another service at that path): a KeyError before."""
+    url, answer = served
+    answer.body = b'{"status": "ok"}'
+    with pytest.raises(SegmentResponseError, match="not a list of output kinds"):
+        ask(url, "outputs", use_async)
