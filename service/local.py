@@ -16,7 +16,7 @@ import numpy as np
 from .client import SegmentResult
 from .core.engine import Engine, load_engine
 from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EngineOptions
-from .core.output_kinds import OUTPUT_KINDS, RenderOptions
+from .core.output_kinds import RenderOptions
 from .core.pipeline import Pipeline, SegmentOptions
 
 
@@ -41,8 +41,6 @@ class LocalSegmenter:
         the service answers with); `crf=True` refines the mask with the dense CRF, as `POST /segment?crf=true`
         does (`service.core.crf.CrfUnavailable` without the crf extra). A `format` the output kind is not written
         in raises ValueError, as the service answers it 422."""
-        if output in OUTPUT_KINDS:  # an unknown kind is the pipeline's to refuse
-            OUTPUT_KINDS[output].encoding(format)
         render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
                                tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)
         answer = self.pipeline.segment(data, SegmentOptions(output, render, crf=crf), {"model": self.engine.name})

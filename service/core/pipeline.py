@@ -54,6 +54,13 @@ class SegmentOptions:
     render: RenderOptions = field(default_factory=RenderOptions)
     crf: bool = False
 
+    def __post_init__(self) -> None:
+        # Each kind is written in its own formats only (`GET /outputs`): another is refused here, where the service
+        # and the in-process backend both state what they ask for, rather than ignored by the renderer.
+        kind = OUTPUT_KINDS.get(self.output)  # an unknown kind fails where its kind is first looked up, as before
+        if kind is not None:
+            kind.encoding(self.render.format)  # ValueError for a format the kind has not
+
     @property
     def full_resolution(self) -> bool:
         """Whether the upload must be decoded at full size (only kinds that show the image need it)."""

@@ -185,10 +185,10 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
     # The state, engine, batcher, codec and admission are taken here rather than through `Depends`: FastAPI's
     # dependency solving cost ~0.2 CPU-ms per request for those five (in-process, the app alone: 528 -> 316 µs).
     state: ServiceState = request.app.state.service
-    output = query.output or negotiate(request.headers.get("accept"))
+    render = RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance, min_area=query.min_area)
     try:  # before admission: a parameter error costs no budget, as FastAPI's own 422s do not
-        OUTPUT_KINDS[output].encoding(query.format)
-    except ValueError as exc:
+        options = SegmentOptions(query.output or negotiate(request.headers.get("accept")), render, crf=query.crf)
+    except ValueError as exc:  # a format the output kind has not
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
     with state.admission(request) as ticket:
         engine, batcher, codec = state.serving()
@@ -200,9 +200,6 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit(len(data))
-        render = RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance,
-                               min_area=query.min_area)
-        options = SegmentOptions(output, render, crf=query.crf)
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:
