@@ -31,12 +31,12 @@ from .core.letterbox import pad_canvas
 from .core.pipeline import Pipeline
 from .errors import ApiError
 from .gpu_metrics import register_gpu_metrics
+from .head_routing import HeadAsGetMiddleware
 from .inference_guard import InferenceHealth
 from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
 from .middleware import (
     ApiKeyMiddleware,
-    HeadAsGetMiddleware,
     RequestContextMiddleware,
     error_response,
 )

@@ -26,6 +26,7 @@ from .client_types import (
     SegmentConnectionError,
     SegmentResult,
     SegmentTlsError,
+    media_type_of,
 )
 from .core.signatures import HEAD_BYTES, has_image_signature
 
@@ -187,7 +188,7 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
     raise_for_error(response)
     return SegmentResult(
         output=output, content=response.content,
-        media_type=response.headers.get("content-type", "").split(";")[0].strip(),
+        media_type=media_type_of(response.headers.get("content-type", "")),
         result_id=response.headers.get("x-result-id"), request_id=response.headers.get("x-request-id"),
         status=response.status_code)
 

@@ -24,7 +24,6 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
-from .head_routing import HeadAsGetMiddleware as HeadAsGetMiddleware  # re-exported: the app adds it from here
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

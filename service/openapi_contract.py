@@ -124,6 +124,10 @@ class Readiness(BaseModel):
     inference: dict[str, Any] | None = None
 
 
+# The body of every error, as a response's `content`.
+ERROR_CONTENT: dict[str, Any] = {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}}
+
+
 def header(description: str, schema: dict[str, Any] | None = None, *, required: bool = True) -> dict[str, Any]:
     """A response header object."""
     return {"description": description, "required": required, "schema": schema or {"type": "string"}}
@@ -150,10 +154,10 @@ INTERNAL = error("`internal_error` (a bug, or a worker process that died), `infe
                  "failed the model run on its own)")
 NOT_READY = busy("`not_ready`: the model is still loading or warming up")
 UNAUTHORIZED = {"description": "missing or invalid API key (`unauthorized`)",
-                "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}},
+                "content": ERROR_CONTENT,
                 "headers": {"WWW-Authenticate": WWW_AUTHENTICATE, "X-Request-ID": REQUEST_ID}}
 OTHER_ERRORS = {"description": "any other refusal, e.g. of the HTTP layer (400, 405, 408, 414, 431; 505)",
-                "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}}}
+                "content": ERROR_CONTENT}
 
 SEGMENT_REQUEST: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
@@ -250,7 +254,7 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
 def _declared(response: dict[str, Any]) -> dict[str, Any]:
     """An `error(...)` response as the document writes it (FastAPI turns `model` into content when it builds)."""
     return {"description": response["description"], "headers": dict(response["headers"]),
-            "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}}}
+            "content": ERROR_CONTENT}
 
 
 def _replace_refs(node: Any, old: str, new: str) -> None:
