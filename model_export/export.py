@@ -1,4 +1,4 @@
-"""Export a SegmentationModel to the ONNX contract (see shared/DESIGN.md)."""
+"""Export a SegmentationModel to the ONNX contract (docs/CONTRACT.md)."""
 
 from __future__ import annotations
 

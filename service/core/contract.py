@@ -1,4 +1,4 @@
-"""The ONNX contract shared by the exporter and the service (see shared/DESIGN.md).
+"""The ONNX contract shared by the exporter and the service (docs/CONTRACT.md).
 
 This module is deliberately free of torch and onnx: the exporter writes these keys, the service reads them
 through onnxruntime's model metadata.
@@ -44,6 +44,10 @@ class LabelsShapeError(ContractError):
         if tuple(labels_shape) != tuple(input_shape[:3]):
             raise LabelsShapeError(f"model returned labels {tuple(labels_shape)} for input {tuple(input_shape)}: "
                                    f"the contract's {LABELS_OUTPUT!r} output has the input's batch, height and width")
+
+
+class BatchSizeError(ContractError):
+    """The model runs one image but fails a batch of several: its batch dimension is declared dynamic and is not."""
 
 
 def voc_colormap(n: int = 256) -> list[list[int]]:
