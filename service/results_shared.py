@@ -10,7 +10,8 @@ change that number, and a share fixed at start let more workers hold more than t
 A worker that is gone (killed, restarted, stopped by the watchdog) leaves its files where they are, readable by
 the others, and its replacement, which takes its slot, adopts them as it starts (`_adopt`): the clients hold
 their ids, and the TTL has not passed. Named by pid, a folder went with its worker and every result in it was a
-404 from then on. The supervisor removes a slot's folder once no worker holds that slot any more (SIGTTOU, a
+404 from then on. What a process gone for good leaves (a single server's folder is its pid's) is removed once
+expired by the others, as they start and now and then as they store (service/results_sweep.py). The supervisor removes a slot's folder once no worker holds that slot any more (SIGTTOU, a
 worker moved down a slot, `remove_unkept_results`), and the whole directory as it stops.
 
 Every `/segment` stores one, in its encode job (off the event loop). Files, not a database, and written with
@@ -37,6 +38,7 @@ from cachetools import TTLCache
 from .core.outputs.labelmap import LabelMap
 from .results_cache import ResultStore, StoredResult
 from .results_files import PREFIX_BYTES, deserialised, owner_of, serialised
+from .results_sweep import remove_expired_results
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
@@ -71,6 +73,8 @@ class SharedResultsCache(ResultStore):
         self._total: int | None = None
         self._workers: Callable[[], int | None] = lambda: None
         self._adopt()
+        self._swept = self._clock()
+        remove_expired_results(directory, ttl_s, self._swept)  # what processes gone for good left (results_sweep)
 
     def _now(self) -> float:
         """The TTL index's clock: an entry expires a TTL after it is inserted, and an adopted file's is its own
@@ -135,6 +139,7 @@ class SharedResultsCache(ResultStore):
         with self._room:
             if not self._reserve(size):
                 return False
+        self._sweep_now_and_then()
         kept = False
         try:
             kept = self._write(result_id, parts, size)
@@ -147,6 +152,16 @@ class SharedResultsCache(ResultStore):
                         self._owned[result_id] = size
                 self._room.notify_all()  # its bytes are now evictable (or free): a store waiting for room looks again
         return kept
+
+    def _sweep_now_and_then(self) -> None:
+        """Remove the expired files of processes gone for good (`remove_expired_results`), at most every half TTL
+        (and 10 s): a listing of every folder costs more than a store."""
+        now = self._clock()
+        with self._lock:
+            if now - self._swept < max(self.ttl_s / 2, 10.0):
+                return
+            self._swept = now
+        remove_expired_results(self.directory, self.ttl_s, now)
 
     def _reserve(self, size: int) -> bool:
         """Make room for `size` bytes and count them as being written; the caller holds the lock. False when they
