@@ -11,8 +11,9 @@ A worker that is gone (killed, restarted, stopped by the watchdog) leaves its fi
 the others, and its replacement, which takes its slot, adopts them as it starts (`_adopt`): the clients hold
 their ids, and the TTL has not passed. Named by pid, a folder went with its worker and every result in it was a
 404 from then on. What a process gone for good leaves (a single server's folder is its pid's) is removed once
-expired by the others, as they start and now and then as they store (service/results_sweep.py). The supervisor removes a slot's folder once no worker holds that slot any more (SIGTTOU, a
-worker moved down a slot, `remove_unkept_results`), and the whole directory as it stops.
+expired by the others, as they start and now and then as they store (service/results_sweep.py). The supervisor
+removes a slot's folder once no worker holds that slot any more (SIGTTOU, a worker moved down a slot,
+`remove_unkept_results`), and the whole directory as it stops.
 
 Every `/segment` stores one, in its encode job (off the event loop). Files, not a database, and written with
 the arrays' and the upload's own bytes rather than a pickled copy of them (pickle protocol 5's out-of-band
