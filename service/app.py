@@ -25,7 +25,7 @@ from .connection import BodyDeadlineMiddleware
 from .core.contract import ContractError
 from .core.crf import CrfPool
 from .core.decode_budget import DECODE_BUDGET
-from .core.engine import Engine, EngineError, LabelsShapeError
+from .core.engine import Engine, EngineError
 from .core.handoff import WorkerThreads
 from .core.letterbox import pad_canvas
 from .core.pipeline import Pipeline
@@ -155,10 +155,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                                                             settings.shutdown_timeout_s + settings.request_timeout_s,
                                                             warming=lambda: not state.warm))
         started.push_async_callback(stop, watchdog, crf_pool)
-        try:  # labels of the wrong shape refuse the model now; a device failing is left to warm-up's retries
-            await loop.run_in_executor(None, eng.check_labels, state.batcher.guard.health.running)
+        # Labels of the wrong shape, or a batch dimension that fails above 1 image, refuse the model now (both
+        # ContractErrors); a device failing is left to warm-up's retries.
+        try:
+            await loop.run_in_executor(None, eng.check_labels, state.batcher.guard.health.running,
+                                       settings.max_batch_size)
         except Exception as exc:
-            if isinstance(exc, LabelsShapeError):
+            if isinstance(exc, ContractError):
                 raise
         state.warmup_task = loop.create_task(warm_up(state, serving=not warm_before_serving))
         if warm_before_serving:

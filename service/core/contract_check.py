@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
-from .contract import INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
+from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, ModelMetadata
 
 
 def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
@@ -27,6 +27,11 @@ def validate_contract(session: ort.InferenceSession) -> ModelMetadata:
     if labels.type != "tensor(uint8)" or len(labels.shape) != 3:
         raise ContractError(f"output {LABELS_OUTPUT!r} must be uint8 [batch, height, width], "
                             f"got {labels.type} {labels.shape}")
+    # Optional, but when present it has the labels' type and rank: a float or per-class output is another contract.
+    confidence = outputs.get(CONFIDENCE_OUTPUT)
+    if confidence is not None and (confidence.type != "tensor(uint8)" or len(confidence.shape) != 3):
+        raise ContractError(f"output {CONFIDENCE_OUTPUT!r} must be uint8 [batch, height, width], "
+                            f"got {confidence.type} {confidence.shape}")
     props = session.get_modelmeta().custom_metadata_map
     if not props:
         raise ContractError("model has no metadata_props (classes, palette, input_size...); "

@@ -94,7 +94,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParam
 
 def probs_from_labels(labels: np.ndarray, num_classes: int, confidence: np.ndarray | float = 0.7) -> np.ndarray:
     """Scores [C, H, W] for a model that only outputs labels (the ONNX contract): the predicted class gets
-    `confidence` (the optional uint8 `confidence` output / 255, or a constant), the others share the rest."""
+    `confidence` (a scalar, or per-pixel values in 0..1), the others share the rest. The service always passes
+    the constant 0.7 (`refine_region` leaves the default): it does not read a model's `confidence` output."""
     conf = np.asarray(confidence, dtype=np.float32)
     lo = 1.0 / num_classes + 1e-3  # keep the predicted class the most likely one
     conf = np.clip(conf, lo, 1.0 - 1e-3)

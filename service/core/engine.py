@@ -18,7 +18,15 @@ import numpy as np
 import onnxruntime as ort
 
 from .buckets import fill_bucket, normalise_buckets
-from .contract import CONFIDENCE_OUTPUT, INPUT_NAME, LABELS_OUTPUT, ContractError, LabelsShapeError, ModelMetadata
+from .contract import (
+    CONFIDENCE_OUTPUT,
+    INPUT_NAME,
+    LABELS_OUTPUT,
+    BatchSizeError,
+    ContractError,
+    LabelsShapeError,
+    ModelMetadata,
+)
 from .contract_check import validate_contract
 from .engine_resolve import EngineError, resolve_model_path, resolve_providers
 from .fixed_shapes import Binding, FixedShapeRunner, OnEachThread
@@ -29,8 +37,8 @@ from .sessions import CPU, CUDA, GPU_PROVIDERS, bucket_cuda_options, create_sess
 log = logging.getLogger(__name__)
 
 # Imported from here by callers, beside what is defined here; the resolving and the contract check live apart.
-__all__ = ["CPU", "CUDA", "Engine", "EngineError", "LabelsShapeError", "file_sha256", "load_engine",
-           "resolve_model_path", "resolve_providers", "uses_fixed_shapes", "validate_contract"]
+__all__ = ["CPU", "CUDA", "BatchSizeError", "Engine", "EngineError", "LabelsShapeError", "file_sha256",
+           "load_engine", "resolve_model_path", "resolve_providers", "uses_fixed_shapes", "validate_contract"]
 
 
 @dataclass
@@ -118,14 +126,35 @@ class Engine:
         LabelsShapeError.check(labels.shape, input_shape)
         return labels
 
-    def check_labels(self, each_run: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
-        """Run one padded image, as warm-up's first run does, so that labels of the wrong shape refuse the model
-        (LabelsShapeError) before the server starts. Only without fixed shapes: their bucket sessions are built
-        by warm-up, whose runs check them (`BucketSession.warm`)."""
-        if self.runner is None:
-            size = self.input_size
+    def check_labels(self, each_run: Callable[[], AbstractContextManager[object]] = nullcontext,
+                     max_batch_size: int = 1) -> None:
+        """Run padded images before the server starts, so that a model that cannot serve is refused now: labels
+        of the wrong shape (LabelsShapeError) and, when batches of 2 or more will run, a batch dimension that is
+        declared dynamic but fails above 1 (BatchSizeError). One run: a batch of 2 when `max_batch_size` allows
+        it, else of 1. Only without fixed shapes: their bucket sessions are built by warm-up, whose runs check
+        each bucket (`BucketSession.warm`)."""
+        if self.runner is not None:
+            return
+        pad = pad_canvas(self.input_size, self.input_size, self.metadata.pad_rgb)
+        if max_batch_size < 2:
             with each_run():
-                self.run(pad_canvas(size, size, self.metadata.pad_rgb)[None])
+                self.run(pad[None])
+            return
+        try:
+            with each_run():
+                self.run(fill_bucket([pad], 2, self.metadata.pad_rgb))
+        except ContractError:
+            raise
+        except Exception as batched:  # onnxruntime's own error types; which one depends on the failing node
+            # Batch 1 tells the two apart: failing too, it is the device (left to warm-up's retries); working,
+            # the model cannot run batches, and every batch would fail and be re-run image by image.
+            with each_run():
+                self.run(pad[None])
+            said = " ".join(str(batched).split())  # one `cannot start` line, whatever onnxruntime's wording
+            raise BatchSizeError(
+                f"model runs 1 image but fails a batch of 2: SEGMENT_MAX_BATCH_SIZE is {max_batch_size}, so its "
+                "batch dimension must really be dynamic; re-export it with a dynamic batch, or serve it with "
+                f"SEGMENT_MAX_BATCH_SIZE=1 (onnxruntime: {said})") from None
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,),
                 each_run: Callable[[], AbstractContextManager[object]] = nullcontext,

@@ -118,7 +118,7 @@ def half_resolution_model(path: Path, rule: Path) -> Path:
 def test_labels_of_another_size_than_the_input_refuse_the_model(rule: Path, tmp_path: Path) -> None:
     """A contract error, not a device failing: no retrying every SEGMENT_INFERENCE_PROBE_S until unhealthy."""
     line = refusal(half_resolution_model(tmp_path / "half.onnx", rule))
-    assert "cannot start: model returned labels (1, 48, 48) for input (1, 96, 96, 3)" in line
+    assert "cannot start: model returned labels (2, 48, 48) for input (2, 96, 96, 3)" in line
 
 
 FLOAT_SETTINGS = [name for name, field in Settings.model_fields.items() if field.annotation in (float, float | None)]
