@@ -171,15 +171,18 @@ class Pipeline:
             # Under its own pixel count, not the uploads' `max_pixels`: a limit set below this image is the
             # uploads' business, and a warm-up failing on it would be taken for a failing device.
             decoded, orig_hw = decode_image_for_model(buffer.getvalue(), height * width, self.engine.input_size)
-        prepared = self.prepare_image(decoded, orig_hw)
+        # Kinds that show the image render on a full-size decode, as `preprocess(full_resolution=True)` gives them:
+        # for a model input under 48x64 the decode above is reduced, and its pixels no longer match the labels.
+        prepared = {False: self.prepare_image(decoded, orig_hw), True: self.prepare_image(image)}
         size = self.engine.input_size
         labels = np.zeros((size, size), np.uint8)
         labels[: size // 2, : size // 2] = min(1, self.engine.metadata.num_classes - 1)  # a region and a hole
         labels[size // 8 : size // 4, size // 8 : size // 4] = 0
-        label_map = self.postprocess(labels, prepared)
+        label_map = self.postprocess(labels, prepared[False])
         for name, kind in OUTPUT_KINDS.items():
             for encoding in kind.encodings:
-                self.render(name, prepared, label_map, RenderOptions(format=encoding.format), {"id": "", "model": ""})
+                self.render(name, prepared[kind.shows_image], label_map, RenderOptions(format=encoding.format),
+                            {"id": "", "model": ""})
         return time.perf_counter() - start
 
     # -- all steps ---------------------------------------------------------------------------------------------
