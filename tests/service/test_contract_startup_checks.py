@@ -20,7 +20,7 @@ from service.settings import Settings
 from tests.service.svc_helpers import LiveServer, png_bytes, scene
 from tests.service.test_startup_refusals import refusal
 
-SIZE = 64  # the models' input_size: small, so each run costs little (below 64 warm-up's sample image fails)
+SIZE = 64  # the models' input_size: small, so each run costs little
 
 
 def save_model(path: Path, nodes: list[onnx.NodeProto], *, inits: tuple[onnx.TensorProto, ...] = (),
