@@ -27,14 +27,17 @@ def make_poisonable_model(path: Path) -> Path:
     g.initializer.extend([
         helper.make_tensor("start", TensorProto.INT64, [4], [0, 0, 0, 0]),
         helper.make_tensor("end", TensorProto.INT64, [4], [2**62, 1, 1, 1]),
-        helper.make_tensor("table", TensorProto.UINT8, [POISON], [0] * POISON),
+        helper.make_tensor("table", TensorProto.INT32, [POISON], [0] * POISON),
     ])
     g.node.extend([
         helper.make_node("Slice", ["image", "start", "end"], ["corner"]),  # [N,1,1,1] uint8: R of pixel (0,0)
         helper.make_node("ReduceMax", ["corner"], ["corner_max"], keepdims=0),  # scalar: any image can poison
         helper.make_node("Cast", ["corner_max"], ["index"], to=TensorProto.INT64),
         helper.make_node("Gather", ["table", "index"], ["zero_or_fail"], axis=0),
-        helper.make_node("Add", ["labels_clean", "zero_or_fail"], ["labels"]),
+        # In int32: onnxruntime has no uint8 Add before 1.21, and the service supports older ones.
+        helper.make_node("Cast", ["labels_clean"], ["labels_wide"], to=TensorProto.INT32),
+        helper.make_node("Add", ["labels_wide", "zero_or_fail"], ["labels_sum"]),
+        helper.make_node("Cast", ["labels_sum"], ["labels"], to=TensorProto.UINT8),
     ])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
