@@ -6,7 +6,6 @@ precision variant) is `service.core.engine_resolve`, the contract check `service
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from .contract_check import validate_contract
 from .engine_resolve import EngineError, resolve_model_path, resolve_providers
 from .fixed_shapes import Binding, FixedShapeRunner, OnEachThread
 from .letterbox import pad_canvas
+from .model_file import ModelFileIdentity, file_sha256
 from .options import EngineOptions
 from .sessions import CPU, CUDA, GPU_PROVIDERS, bucket_cuda_options, create_session, fixed_dims
 
@@ -193,13 +193,6 @@ def uses_fixed_shapes(mode: str, provider: str) -> bool:
     return mode == "on" or (mode == "auto" and provider in GPU_PROVIDERS)
 
 
-def file_sha256(path: str | Path) -> str:
-    """The hex sha256 of a file, read in chunks (a model is hundreds of MB; about 0.1 s each). model_export hashes
-    its weight files with it too (`model_export.torch_io.sha256_file`)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def load_engine(options: EngineOptions) -> Engine:
     """Create the ORT session(s), check the contract and the provider actually in use."""
     given = Path(options.model_path)
@@ -212,6 +205,7 @@ def load_engine(options: EngineOptions) -> Engine:
         raise EngineError(f"model file {path} not found; give a .onnx file exported with `segment-export export`",
                           "model_path")
     threads = options.threads_for(on_gpu=requested[0] in GPU_PROVIDERS)
+    identity = ModelFileIdentity.of(path)  # every later opening checks it is still this file (model_file.py)
     session = _open_session(path, requested, threads, options)
     metadata = validate_contract(session)
     active = session.get_providers()[0]
@@ -229,15 +223,19 @@ def load_engine(options: EngineOptions) -> Engine:
             fitting_path = path
         if (fitting_threads, fitting_path) != (threads, path):  # one remake for both
             threads, path = fitting_threads, fitting_path
+            identity = ModelFileIdentity.of(path)
             session = _open_session(path, requested, threads, options)
             metadata = validate_contract(session)
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")
     concurrent = options.concurrent_batches or (2 if active in GPU_PROVIDERS else 1)
+    sha256 = file_sha256(path)
+    identity.check(path, "its sha256")
     runner = None
     if uses_fixed_shapes(options.fixed_shapes, active):
-        runner = _fixed_shape_runner(options, path, requested, session, metadata, active, concurrent, threads)
+        runner = _fixed_shape_runner(options, path, identity, requested, session, metadata, active, concurrent,
+                                     threads)
     elif options.io_binding != "off":
         raise EngineError(f"io_binding '{options.io_binding}' runs fixed-shape buckets; fixed_shapes is "
                           f"'{options.fixed_shapes}' on {active} (set it to 'on')", "io_binding")
@@ -245,7 +243,7 @@ def load_engine(options: EngineOptions) -> Engine:
         session=session, metadata=metadata, model_path=path, provider=active, requested_providers=requested,
         intra_op_threads=threads, concurrent_batches=concurrent, device_id=options.device_id,
         has_confidence=CONFIDENCE_OUTPUT in {o.name for o in session.get_outputs()}, runner=runner,
-        sha256=file_sha256(path),
+        sha256=sha256,
     )
     log.info("loaded %s (%s, %s, %d classes, input %d) on %s with %d intra-op threads%s", path, metadata.arch,
              metadata.precision, metadata.num_classes, metadata.input_size, active, threads,
@@ -270,8 +268,9 @@ def _open_session(path: Path, requested: list[str], threads: int, options: Engin
         raise ContractError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
-def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str], session: ort.InferenceSession,
-                        metadata: ModelMetadata, active: str, concurrent: int, threads: int) -> FixedShapeRunner:
+def _fixed_shape_runner(options: EngineOptions, path: Path, identity: ModelFileIdentity, requested: list[str],
+                        session: ort.InferenceSession, metadata: ModelMetadata, active: str, concurrent: int,
+                        threads: int) -> FixedShapeRunner:
     """Buckets whose sessions are built with their one shape fixed, bound to buffers if `io_binding` says so."""
     if options.io_binding == "cuda_graph" and active != CUDA:
         raise EngineError(f"io_binding 'cuda_graph' needs the CUDA provider; the provider in use is {active}",
@@ -282,6 +281,7 @@ def _fixed_shape_runner(options: EngineOptions, path: Path, requested: list[str]
 
     def make_bucket_session(batch: int) -> ort.InferenceSession:
         dims = fixed_dims(input_shape, batch, size, size)
+        identity.check(path, f"the session of bucket {batch}")  # built in warm-up, long after the first opening
         return create_session(path, requested, threads, cuda_options, fixed_dims=dims)
 
     binding = None
