@@ -19,7 +19,8 @@
   outputs before it records the new run, so that whatever stops it, each file is new or absent.
 - Ctrl-C (also while the inputs are listed) starts no more files, lets the running ones finish, prints the
   summary and exits 130; a second Ctrl-C does not wait for them.
-- A file that fails (corrupt, unsupported, refused by the server) is reported and skipped; the run goes on. The
+- A file that fails (corrupt, unsupported, refused by the server, or answered by another model than the run's, as
+  when the server's model changes mid-run: `model_changed`) is reported and skipped; the run goes on. The
   summary at the end lists every failure, and the exit status is 1 when anything failed. After
   `--max-connection-failures` files in a row could not reach the server, the run stops (exit 2): the server is
   gone, and every other file would fail alike; so it does at once when the server's TLS certificate is not
@@ -81,8 +82,10 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
     return client, client
 
 
-def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, tally: Tally) -> None:
-    """Run `todo` on `args.jobs` threads, counting outcomes in `tally`. Each thread takes the next job only when it
+def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, tally: Tally,
+             model_sha256: str | None = None) -> None:
+    """Run `todo` on `args.jobs` threads, counting outcomes in `tally`; an answer from another model than
+    `model_sha256` (the run's) is not stored (see `run_job`). Each thread takes the next job only when it
     is free, so at most `args.jobs` jobs are taken and unfinished at any time, however long `todo` is. A first
     Ctrl-C takes no more jobs and waits for those in progress; a second returns at once, leaving them behind (the
     threads are daemons: they do not hold up the interpreter's exit, as a ThreadPoolExecutor's would)."""
@@ -98,7 +101,7 @@ def run_jobs(backend: Backend, todo: Iterable[Job], args: argparse.Namespace, ta
                     if job is None:
                         return
                     tally.in_progress += 1
-                failure = run_job(backend, job, args)
+                failure = run_job(backend, job, args, model_sha256)
                 with tally.lock:
                     count_outcome(tally, failure, args, bar, stop)
         finally:
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage = "while removing the temporary files of earlier runs"
         remove_stale_temps({job.target.parent for job in jobs} | {args.out})
         stage = None
-        run_jobs(backend, todo, args, tally)
+        run_jobs(backend, todo, args, tally, _run_sha256(model))
     except KeyboardInterrupt:
         if stage is not None or tally is None:
             print(f"segment: interrupted {stage}; no file was segmented", file=sys.stderr)
@@ -230,6 +233,12 @@ def _start(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None] | i
     except Exception as exc:  # model missing/invalid, bad URL: nothing can succeed
         print(f"segment: cannot start: {exc}", file=sys.stderr)
     return 2
+
+
+def _run_sha256(model: dict[str, object]) -> str | None:
+    """The sha256 of the run's model, which every answer is checked against; None when it was not told."""
+    sha256 = model.get("sha256")
+    return sha256 if isinstance(sha256, str) and sha256 else None
 
 
 def _removed(todo: list[Job], suffixes: list[str]) -> bool:

@@ -71,10 +71,11 @@ outputs:
   (in1/x.jpg, in2/x.jpg), or names that still collide, stop the run before anything is written: use separate
   --out folders. So does an --out that is an input folder, or an output file that would be an input image.
   A rerun skips the files already written, unless it asks for another --output, other options or another model
-  than the run recorded in --out: then it stops, and --overwrite redoes everything. An overlay too large for
-  JPEG is stored as .png. --overwrite first deletes the outputs of the files it will redo, so an interrupted
-  run resumes without --overwrite. Ctrl-C stops after the files in progress, a second Ctrl-C at once; both print
-  the summary and exit 130.
+  than the run recorded in --out: then it stops, and --overwrite redoes everything. A file answered by another
+  model than the run's (the server's model changed during the run) is not written, and fails (model_changed).
+  An overlay too large for JPEG is stored as .png. --overwrite first deletes the outputs of the files it will
+  redo, so an interrupted run resumes without --overwrite. Ctrl-C stops after the files in progress, a second
+  Ctrl-C at once; both print the summary and exit 130.
 exit status: 0 all written, 1 some files failed, 2 cannot start, the server could not be reached
   (--max-connection-failures), its TLS certificate is not accepted or it does not speak TLS, 130 interrupted"""
 

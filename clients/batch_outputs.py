@@ -36,6 +36,8 @@ _VOLATILE_FIELDS = ("id", "timing_ms")
 CONNECTION_ERROR = SegmentConnectionError.code  # the failure code of a file that could not reach the server
 # ... as no TLS connection can be made (its certificate is not accepted, or it does not speak TLS): no other file can
 TLS_ERRORS = frozenset({SegmentCertificateError.code, SegmentTlsError.code})
+# The failure code of a file answered by another model than the run's (the server's model changed during the run)
+MODEL_CHANGED = "model_changed"
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,20 @@ def payload(result: SegmentResult) -> bytes:
     return (json.dumps(body, indent=1) + "\n").encode()
 
 
-def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | None:
-    """Segment one file and store the output; a failure is returned, never raised."""
+def model_changed(result: SegmentResult, run_sha256: str | None) -> str | None:
+    """Why `result` must not be stored in a run of the model of sha256 `run_sha256`: it names another model. None
+    when it names the run's, or when either is not told (a server older than the answer's model header)."""
+    answered = result.model_sha256
+    if not answered or not run_sha256 or answered == run_sha256.lower():
+        return None
+    # A digest's first 12 digits tell two files apart, as in the run record's conflicts.
+    return (f"answered by model sha256 {answered[:12]}, not the run's {run_sha256[:12]} (the server's model "
+            "changed during the run); not written")
+
+
+def run_job(backend: Backend, job: Job, args: argparse.Namespace, model_sha256: str | None = None) -> Failure | None:
+    """Segment one file and store the output; a failure is returned, never raised. `model_sha256`: the run's model
+    (`clients.batch_record`): an answer that names another is not stored, but failed as `MODEL_CHANGED`."""
     try:
         data = job.source.read_bytes()
     except OSError as exc:
@@ -227,6 +241,9 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace) -> Failure | N
         result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
                                  tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
         target, body = answer_target(job.target, result), payload(result)
+        if (changed := model_changed(result, model_sha256)) is not None:
+            # Stored, it would be skipped as done by every rerun: a file that holds another model's answer.
+            return Failure(job.source, MODEL_CHANGED, changed)
     except SegmentApiError as exc:
         return Failure(job.source, exc.code, exc.message)
     except SegmentConnectionError as exc:  # see `clients.batch._count`: both codes stop the run

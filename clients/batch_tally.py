@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from clients.batch_outputs import CONNECTION_ERROR, TLS_ERRORS, Failure
+from clients.batch_outputs import CONNECTION_ERROR, MODEL_CHANGED, TLS_ERRORS, Failure
 
 
 @dataclass
@@ -42,6 +42,12 @@ def summary(tally: Tally) -> str:
         lines[0] += f" ({tally.abandoned} of them left in progress)"
     failures = sorted(tally.failures, key=lambda failure: str(failure.source))
     lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in failures]
+    if changed := sum(failure.code == MODEL_CHANGED for failure in failures):
+        # What to do next, once: the rerun that would mend it is not the one a rollout suggests.
+        files = "1 file was" if changed == 1 else f"{changed} files were"
+        lines.append(f"segment: {files} answered by another model than the run's, and not written: a "
+                     "rerun against the run's model does them; against the new model it stops, and --overwrite "
+                     "redoes every file with it")
     return "\n".join(lines)
 
 

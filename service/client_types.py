@@ -117,7 +117,7 @@ def response_json(response: httpx.Response) -> Any:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """One answer of `POST /segment`: the body as returned, plus the ids from the headers."""
+    """One answer of `POST /segment`: the body as returned, plus the ids and the model from the headers."""
 
     output: str
     content: bytes
@@ -125,10 +125,26 @@ class SegmentResult:
     result_id: str | None
     request_id: str | None
     status: int = 200  # the HTTP status it came with (a 2xx)
+    # The answer's X-Model-SHA256 header as sent; `model_sha256` is what to read.
+    model_header: str | None = None
 
     @property
     def is_json(self) -> bool:
         return "json" in self.media_type
+
+    @property
+    def model_sha256(self) -> str | None:
+        """The hex sha256 of the model file that made this answer, lower case: the X-Model-SHA256 header, else a
+        JSON answer's `model_sha256` field; None when the server does not tell it (an older server)."""
+        if self.model_header and self.model_header.strip():
+            return self.model_header.strip().lower()
+        if not self.is_json:
+            return None
+        try:  # read only when the header is missing; a body that is not JSON is `json()`'s error to raise
+            value = json.loads(self.content).get("model_sha256")
+        except (ValueError, AttributeError):
+            return None
+        return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
     def json(self) -> dict[str, Any]:
         """The JSON body (the JSON output kinds, such as `stats`). `SegmentResponseError` when a JSON kind came with

@@ -190,7 +190,7 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
         output=output, content=response.content,
         media_type=media_type_of(response.headers.get("content-type", "")),
         result_id=response.headers.get("x-result-id"), request_id=response.headers.get("x-request-id"),
-        status=response.status_code)
+        status=response.status_code, model_header=response.headers.get("x-model-sha256"))
 
 
 def retry_sleep(error: SegmentClientError, attempt: int) -> float | None:

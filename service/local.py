@@ -43,7 +43,8 @@ class LocalSegmenter:
         in raises ValueError, as the service answers it 422."""
         render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
                                tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)
-        answer = self.pipeline.segment(data, SegmentOptions(output, render, crf=crf), {"model": self.engine.name})
+        header = {"model": self.engine.name, "model_sha256": self.engine.sha256}
+        answer = self.pipeline.segment(data, SegmentOptions(output, render, crf=crf), header)
         if isinstance(answer.body, dict):
             body = {**answer.body, "timing_ms": {k: round(v * 1000, 3) for k, v in answer.timing.items()}}
             content = json.dumps(body).encode()

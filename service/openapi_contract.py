@@ -52,7 +52,9 @@ class _JsonAnswer(BaseModel):
     """The fields every JSON output kind of `POST /segment` carries."""
 
     id: str | None = Field(description="the result's id for `GET /results`; null when it was not kept")
-    model: str
+    model: str = Field(description="the model file's name, without `.onnx`")
+    model_sha256: str = Field(description="the hex sha256 of the model file that made the labels, also sent as "
+                                          "X-Model-SHA256: tells a retrained file of the same name apart")
     width: int
     height: int
     classes_present: list[str]
@@ -138,6 +140,8 @@ RETRY_AFTER = header("seconds to wait before retrying", {"type": "integer", "min
 RESULT_ID = header("the result's id for `GET /results/{id}/...`; absent when the result was not kept",
                    required=False)
 WWW_AUTHENTICATE = header("`Bearer`")
+MODEL_SHA256 = header("the hex sha256 of the model file that made the labels (a retrained file of the same name "
+                      "has another)")
 
 
 def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -173,7 +177,7 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"image/png": RAW_BYTES, "image/jpeg": RAW_BYTES,
                       "application/json": {"schema": {"$ref": f"{SCHEMAS}Stats"}},
                       "application/geo+json": {"schema": {"$ref": f"{SCHEMAS}FeatureCollection"}}},
-          "headers": {"X-Result-ID": RESULT_ID,
+          "headers": {"X-Result-ID": RESULT_ID, "X-Model-SHA256": MODEL_SHA256,
                       "X-Batch-Size": header("images in the model run that produced these labels",
                                              {"type": "integer", "minimum": 1}),
                       "Server-Timing": header("decode, queue, inference and encode times (ms)")}},
@@ -193,8 +197,13 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The result rendered again, as PNG", "content": {"image/png": RAW_BYTES},
-          "headers": {"X-Result-ID": header("the result's id")}},
-    404: error("`result_not_found`: unknown or expired id, or a result another API key stored"),
+          "headers": {"X-Result-ID": header("the result's id"),
+                      "X-Model-SHA256": header("the hex sha256 of the model file that made the result; absent for "
+                                               "a result stored before results recorded their model",
+                                               required=False)}},
+    404: error("`result_not_found`: unknown or expired id, a result another API key stored, or a result another "
+               "model made (the server runs another model file now, or shares its results directory with a "
+               "server on another model)"),
     422: error("`invalid_request`: an unknown file name, or alpha outside 0..1"),
     500: INTERNAL,
     503: busy("`overloaded` (too many re-renders, or the decode memory budget is full) or `not_ready`"),

@@ -33,6 +33,9 @@ class StoredResult:
     # The fingerprint of the API key that stored it (service/middleware.py `key_fingerprint`): only that key reads
     # it back. None where the service has no keys: anyone holding the id reads it.
     owner: bytes | None = None
+    # The hex sha256 of the model file that made `labels` (`Engine.sha256`): a refetch re-renders with the running
+    # model's classes and palette, wrong for another model's labels. None: not recorded (a file of an older layout).
+    model_sha256: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -66,15 +69,18 @@ class ResultStore(ABC):
     def enabled(self) -> bool:
         return self.ttl_s > 0 and self.max_bytes > 0
 
-    def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None) -> StoredResult | None:
+    def _to_keep(self, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None,
+                 model_sha256: str | None = None) -> StoredResult | None:
         """The result in the form kept, or None when it cannot be (larger than the bound, or the store is off)."""
         item = StoredResult(bare(labels.compact() if isinstance(labels, LabelMap) else labels), source, self._clock(),
-                            owner)
+                            owner, model_sha256)
         return item if self.enabled and item.nbytes <= self.max_bytes else None
 
     @abstractmethod
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
-        """Store a result for `owner` (a key's fingerprint, or None); False when it is not kept."""
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None,
+            model_sha256: str | None = None) -> bool:
+        """Store a result for `owner` (a key's fingerprint, or None), made by the model file of `model_sha256`;
+        False when it is not kept."""
 
     @abstractmethod
     def get(self, result_id: str) -> StoredResult | None:
@@ -111,9 +117,10 @@ class ResultsCache(ResultStore):
             self._items.expire()
             return len(self._items)
 
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None,
+            model_sha256: str | None = None) -> bool:
         """Store a result; False when it is larger than the whole cache (or the cache is off)."""
-        item = self._to_keep(labels, source, owner)
+        item = self._to_keep(labels, source, owner, model_sha256)
         if item is None:
             return False  # TTLCache would raise ValueError("value too large")
         with self._lock:

@@ -2,8 +2,9 @@
 
 A fixed prefix (a magic number and the owner: the fingerprint of the API key that stored the result, which
 `owner_of` reads from the first bytes alone, as cheaply as a stat), then a header of part sizes, the pickle of
-(labels, created) without the arrays' bytes, those bytes, and the upload. A file without the prefix is one
-written before results had owners, read as ownerless: where the service has keys, no key reads it.
+(labels, created, model_sha256) without the arrays' bytes, those bytes, and the upload. A file without the prefix
+is one written before results had owners, read as ownerless: where the service has keys, no key reads it. A pickle
+of (labels, created) alone is one written before results recorded their model, read with none recorded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def serialised(item: StoredResult) -> list[bytes | memoryview]:
     if len(owner) > OWNER_BYTES:
         raise ValueError(f"an owner is at most {OWNER_BYTES} bytes, not {len(owner)}")
     buffers: list[pickle.PickleBuffer] = []
-    meta = pickle.dumps((item.labels, item.created), protocol=5, buffer_callback=buffers.append)
+    meta = pickle.dumps((item.labels, item.created, item.model_sha256), protocol=5, buffer_callback=buffers.append)
     parts: list[bytes | memoryview] = [meta, *(buffer.raw() for buffer in buffers), item.source]
     header = struct.pack(f"<I{len(parts)}Q", len(parts), *(len(part) for part in parts))
     return [_PREFIX.pack(MAGIC, len(owner), owner), header, *parts]
@@ -55,5 +56,6 @@ def deserialised(data: bytes) -> StoredResult:
         offset += size
     meta, *buffers, source = parts
     # Unpickling files this service wrote itself, in its private (0700) directory.
-    labels, created = pickle.loads(meta, buffers=buffers)
-    return StoredResult(labels, bytes(source), created, owner)
+    labels, created, *rest = pickle.loads(meta, buffers=buffers)
+    model_sha256 = rest[0] if rest else None  # an older file's two-element pickle: no model recorded
+    return StoredResult(labels, bytes(source), created, owner, model_sha256)

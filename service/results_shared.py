@@ -126,11 +126,12 @@ class SharedResultsCache(ResultStore):
         (None: keep the share as it is). Where the number grew, the next store evicts down to the smaller share."""
         self._total, self._workers = total_bytes, workers
 
-    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None) -> bool:
+    def put(self, result_id: str, labels: np.ndarray | LabelMap, source: bytes, owner: bytes | None = None,
+            model_sha256: str | None = None) -> bool:
         """Store a result for every worker; False when it is larger than this worker's share (or caching is off)."""
         if self._total is not None and (count := self._workers()):
             self.max_bytes = self._total // count
-        item = self._to_keep(labels, source, owner)
+        item = self._to_keep(labels, source, owner, model_sha256)
         if item is None:
             return False
         parts = serialised(item)

@@ -46,6 +46,13 @@ async def result(request: Request, result_id: str, name: ResultFile,
         stored = state.cache.get(result_id)
         if stored is None or stored.owner != owner:  # expired or evicted since (or stored again under the id)
             raise _not_found(result_id)
+        # Rendered with the running model's classes and palette, another model's labels would come back named and
+        # painted wrong (its ids this model lacks in black): after a swap in place, or from a server on another
+        # model sharing the results directory. A result of an older file, with no model recorded, renders as before.
+        if stored.model_sha256 is not None and engine.sha256 and stored.model_sha256 != engine.sha256:
+            raise ApiError(404, "result_not_found", f"result {result_id!r} was made by another model (sha256 "
+                           f"{stored.model_sha256[:12]}...) than the one this server runs ({engine.sha256[:12]}...)")
+        made_by.append(stored.model_sha256)
         # The upload was accepted once, so it decodes again; only an overlay needs its pixels. As for
         # `POST /segment`, they keep an RGB ICC profile's numbers and the overlay is drawn in, and carries, it.
         image, profile = None, None
@@ -58,9 +65,13 @@ async def result(request: Request, result_id: str, name: ResultFile,
         body, _ = render(kind, image, stored.labels, engine.metadata, options)
         return body  # type: ignore[return-value]  # image kinds are always bytes
 
+    made_by: list[str | None] = []  # the stored result's model, as `encode` read it
     with state.renders:  # bounded and in its own pool: refetches cannot starve /segment
         data = await state.render_pool.run(encode)
-    return Response(data, media_type="image/png", headers={"X-Result-ID": result_id})
+    headers = {"X-Result-ID": result_id}
+    if made_by[0]:  # unknown for a result of an older file: no header rather than a guess
+        headers["X-Model-SHA256"] = made_by[0]
+    return Response(data, media_type="image/png", headers=headers)
 
 
 def _not_found(result_id: str) -> ApiError:

@@ -22,6 +22,7 @@ from ..connection import while_connected
 from ..core.crf import CrfPlace
 from ..core.crf import available as crf_available
 from ..core.decode import Upload
+from ..core.engine import Engine
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
@@ -203,14 +204,15 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:
-            return await _segment(request, state, engine.name, batcher, codec, data, options, ticket, crf_place)
+            return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place)
         finally:
             if crf_place is not None:
                 crf_place.release()  # unless its refinement holds it: then when the worker is done
 
 
-async def _segment(request: Request, state: ServiceState, model: str, batcher: Batcher, codec: Codec, data: bytes,
-                   options: SegmentOptions, ticket: Admission, crf_place: CrfPlace | None = None) -> Response:
+async def _segment(request: Request, state: ServiceState, engine: Engine, batcher: Batcher, codec: Codec,
+                   data: bytes, options: SegmentOptions, ticket: Admission,
+                   crf_place: CrfPlace | None = None) -> Response:
     """Decode, infer, encode one admitted upload; the response with its timing. Each stage's time is observed as
     the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing."""
     settings, metrics = state.settings, state.metrics
@@ -250,16 +252,20 @@ async def _segment(request: Request, state: ServiceState, model: str, batcher: B
 
     t0 = time.perf_counter()
     result_id, owner = new_result_id(), key_fingerprint_of(request.scope)  # only its key reads it (results.py)
+    # The model file's hash, computed once at load: the name alone is the same for a retrained file put in its
+    # place, and a stored result must not be re-rendered with another model's classes (results.py).
+    sha256 = engine.sha256
+    header = {"id": result_id, "model": engine.name, "model_sha256": sha256}
     try:
-        body, media, kept = await codec.encode(prepared, result.labels, options, {"id": result_id, "model": model},
-                                               keep=lambda labels: state.cache.put(result_id, labels, data, owner),
-                                               crf_place=crf_place)
+        body, media, kept = await codec.encode(
+            prepared, result.labels, options, header, crf_place=crf_place,
+            keep=lambda labels: state.cache.put(result_id, labels, data, owner, sha256 or None))
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
     finally:
         timing["encode"] = _observed(metrics, "encode", t0)
 
-    headers = {"X-Batch-Size": str(result.batch_size),
+    headers = {"X-Batch-Size": str(result.batch_size), "X-Model-SHA256": sha256,
                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
     if kept:  # only an id `GET /results` can answer
         headers["X-Result-ID"] = result_id

@@ -18,7 +18,8 @@ const KEY_STORAGE = "segment.apiKey";
 // The model's classes and colours, its header line and demo note, from `GET /classes`; throws where it fails.
 async function readClasses() {
   const info = await (await api("/classes")).json();
-  Object.assign(state, { classes: info.classes, model: info.model });
+  // `sha256`: the model file's, which tells a file swapped in under the same name apart (null from older servers).
+  Object.assign(state, { classes: info.classes, model: info.model, modelSha256: info.sha256 ?? null });
   $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
   showModelNote(info);
   if (!state.stats) renderClassList();
@@ -43,11 +44,13 @@ function showClassesLink(on) {
 }
 
 // Whether a JSON answer of `/segment` came from another model than the one /classes described (the server was
-// restarted with another model, or another replica answered): by its model name, or a class the page names
-// otherwise.
+// restarted with another model, or another replica answered): by its model name, its model file's sha256 (a file
+// swapped in place under the same name, with the same class names, may colour them otherwise), or a class the
+// page names otherwise. An answer without the sha256 (an older server) is judged by the rest.
 function fromAnotherModel(answer) {
   const named = (entry) => state.classes.find((c) => c.id === entry.class_id)?.name === entry.class_name;
-  return answer.model !== state.model || !answer.classes.every(named);
+  const otherFile = Boolean(answer.model_sha256) && answer.model_sha256 !== state.modelSha256;
+  return answer.model !== state.model || otherFile || !answer.classes.every(named);
 }
 
 async function togglePolygons() {
