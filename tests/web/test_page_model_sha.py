@@ -22,6 +22,7 @@ from service.core.contract import ModelMetadata
 from testkit.http_stub import QuietHandler, serving
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import make_rule_model
+from tests.web.test_page_model_change import _expected, _legend, _upload
 
 # Not forwarded: the connection's own, and what httpx has already undone (it hands over the body decoded, whole).
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
@@ -81,25 +82,6 @@ def _named(backend: str) -> Iterator[str]:
     """The URL of a `_NamingProxy` in front of `backend`."""
     with serving(type("Bound", (_NamingProxy,), {"backend": backend})) as url:
         yield url
-
-
-def _legend(page: object) -> list[list[str]]:
-    """Each legend entry's class name and swatch colour, as the page shows them."""
-    return page.eval_on_selector_all(  # type: ignore[attr-defined]
-        "#legend li", "items => items.map(li => [li.dataset.className,"
-        " getComputedStyle(li.querySelector('.swatch')).backgroundColor])")
-
-
-def _expected(url: str, picture: Path, meta: ModelMetadata) -> list[list[str]]:
-    """The legend of `picture`'s stats from the server at `url`, in the colours of `meta`."""
-    stats = httpx.post(f"{url}/segment?output=stats", content=picture.read_bytes(),
-                       headers={"Content-Type": "image/png"}, timeout=30).json()
-    return [[c["class_name"], "rgb({}, {}, {})".format(*meta.palette[c["class_id"]])] for c in stats["classes"]]
-
-
-def _upload(page: object, picture: Path) -> None:
-    page.set_input_files("#file", str(picture))  # type: ignore[attr-defined]
-    page.wait_for_selector("#stage[data-state=ready]")  # type: ignore[attr-defined]
 
 
 def _serving_another_file(server: ServerProcess, sha256: str, timeout: float = 120) -> str:
