@@ -226,7 +226,8 @@ def test_the_server_answers_the_definitions_of_the_map_it_kept() -> None:
                 kept = state.cache.get(result_id).labels
                 full = kept.full if isinstance(kept, LabelMap) else kept
                 want, _ = state.codec.pipeline.render("stats", None, LabelMap.from_array(full), RenderOptions(),
-                                                      {"id": result_id, "model": state.engine.name})
+                                                      {"id": result_id, "model": state.engine.name,
+                                                       "model_sha256": state.engine.sha256})
                 body = json.loads(r.content)
                 timing = json_bytes({"timing_ms": body["timing_ms"]})[1:-1]
                 assert r.content == json_bytes(want)[:-1] + b"," + timing + b"}"

@@ -60,7 +60,8 @@ def test_ordinary_image_gets_the_same_geojson(server: LiveServer) -> None:
     body = r.json()
     want = json.loads(json.dumps(polygons_geojson(labels, RULE_CLASSES, 1, 4)))
     assert 3 <= len(body["features"]) < 50 and body["features"] == want["features"]
-    assert list(body) == ["type", "features", "id", "model", "width", "height", "classes_present", "timing_ms"]
+    assert list(body) == ["type", "features", "id", "model", "model_sha256", "width", "height", "classes_present",
+                          "timing_ms"]
     assert set(body["timing_ms"]) == {"decode", "queue", "inference", "encode"}
     # The bytes are Starlette's JSONResponse's, as before the body was serialised in the codec thread.
     assert r.content == JSONResponse(body).body
