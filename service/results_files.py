@@ -10,10 +10,16 @@ of (labels, created) alone is one written before results recorded their model, r
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 
 from .results_cache import StoredResult
 
+# A result file's name: what `new_result_id` makes; anything else in the directory is not a file of ours.
+RESULT_FILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A file is written after its result's `created`, so one modified a TTL ago is expired; a second's grace beyond it,
+# as file times lag the clock by up to a tick.
+MTIME_GRACE_S = 1.0
 MAGIC = b"SRK1"
 OWNER_BYTES = 16  # service/middleware.py `key_fingerprint`
 # The magic, the owner's length (0: none) and the owner, padded to its fixed size.

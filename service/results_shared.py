@@ -38,11 +38,10 @@ from cachetools import TTLCache
 
 from .core.outputs.labelmap import LabelMap
 from .results_cache import ResultStore, StoredResult
-from .results_files import PREFIX_BYTES, deserialised, owner_of, serialised
+from .results_files import MTIME_GRACE_S, PREFIX_BYTES, RESULT_FILE_NAME, deserialised, owner_of, serialised
 from .results_sweep import remove_expired_results
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what new_result_id() makes; anything else is not a file name of ours
 _SLOT = re.compile(r"slot-[0-9]+")  # a slot's folder (`slot_folder`)
 
 
@@ -102,7 +101,7 @@ class SharedResultsCache(ResultStore):
                 info = entry.stat()
             except OSError:  # trimmed by the supervisor meanwhile
                 continue
-            if not _ID.match(entry.name):
+            if not RESULT_FILE_NAME.match(entry.name):
                 continue
             if now - info.st_mtime >= self.ttl_s:  # written after its result's `created`: expired by then too
                 Path(entry.path).unlink(missing_ok=True)
@@ -218,7 +217,7 @@ class SharedResultsCache(ResultStore):
         included). A file is written after its result's `created`, so one modified a TTL ago or more holds an
         expired result; a second's grace, as file times lag the clock by up to a tick (`get` then decides at the
         exact TTL)."""
-        if not isinstance(result_id, str) or not _ID.match(result_id):
+        if not isinstance(result_id, str) or not RESULT_FILE_NAME.match(result_id):
             return False
         for folder in _owners(self.directory):
             try:
@@ -226,12 +225,12 @@ class SharedResultsCache(ResultStore):
                     modified, head = os.fstat(file.fileno()).st_mtime, file.read(PREFIX_BYTES)
             except OSError:
                 continue
-            return self._clock() - modified < self.ttl_s + 1.0 and owner_of(head) == owner
+            return self._clock() - modified < self.ttl_s + MTIME_GRACE_S and owner_of(head) == owner
         return False
 
     def get(self, result_id: str) -> StoredResult | None:
         """The result, whichever worker stored it; None when unknown or expired."""
-        if not _ID.match(result_id):
+        if not RESULT_FILE_NAME.match(result_id):
             return None
         for owner in _owners(self.directory):
             try:

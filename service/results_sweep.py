@@ -12,17 +12,14 @@ Folders are left: a live process creates its own as it next stores, and an empty
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a result file's name (`new_result_id`); nothing else is ours
-# A second beyond the TTL: file times lag the clock by up to a tick (`SharedResultsCache.kept_for` reads them so).
-GRACE_S = 1.0
+from .results_files import MTIME_GRACE_S, RESULT_FILE_NAME
 
 
 def remove_expired_results(directory: Path, ttl_s: float, now: float) -> int:
     """Remove every result file under `directory` (in any process's folder, or flat from older versions) last
-    modified at least `ttl_s` + `GRACE_S` before `now` (wall time); partial files of writers that died long ago
+    modified at least `ttl_s` + `MTIME_GRACE_S` before `now` (wall time); partial files of writers that died long ago
     too. Returns the bytes removed."""
     removed = 0
     try:
@@ -33,7 +30,7 @@ def remove_expired_results(directory: Path, ttl_s: float, now: float) -> int:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             removed += _sweep_folder(Path(entry.path), ttl_s, now)
-        elif _ID.match(entry.name):  # a flat file of an older version: nothing reads it
+        elif RESULT_FILE_NAME.match(entry.name):  # a flat file of an older version: nothing reads it
             removed += _remove_if_expired(entry, ttl_s, now)
     return removed
 
@@ -44,7 +41,7 @@ def _sweep_folder(folder: Path, ttl_s: float, now: float) -> int:
         with os.scandir(folder) as listing:
             for entry in listing:
                 # `.<id>.partial`: a write under way, or cut off; one untouched for a TTL is cut off.
-                if _ID.match(entry.name.removeprefix(".").removesuffix(".partial")):
+                if RESULT_FILE_NAME.match(entry.name.removeprefix(".").removesuffix(".partial")):
                     removed += _remove_if_expired(entry, ttl_s, now)
     except OSError:  # removed meanwhile (the supervisor drops folders no worker holds)
         pass
@@ -54,7 +51,7 @@ def _sweep_folder(folder: Path, ttl_s: float, now: float) -> int:
 def _remove_if_expired(entry: os.DirEntry[str], ttl_s: float, now: float) -> int:
     try:
         info = entry.stat(follow_symlinks=False)
-        if now - info.st_mtime < ttl_s + GRACE_S:
+        if now - info.st_mtime < ttl_s + MTIME_GRACE_S:
             return 0
         os.unlink(entry.path)
     except OSError:  # gone meanwhile: its owner expired or evicted it

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service.results_files import MTIME_GRACE_S as GRACE_S
 from service.results_shared import SharedResultsCache
-from service.results_sweep import GRACE_S, remove_expired_results
+from service.results_sweep import remove_expired_results
 from testkit.images import encode
 from testkit.photos import photo
 from testkit.server import ServerProcess
