@@ -50,5 +50,6 @@ class LocalSegmenter:
             content = json.dumps(body).encode()
         else:
             content = answer.body
+        # The model in the header, as a server sends it: a JSON body is then never parsed again to find it.
         return SegmentResult(output=output, content=content, media_type=answer.media_type, result_id=None,
-                             request_id=None)
+                             request_id=None, model_header=self.engine.sha256 or None)

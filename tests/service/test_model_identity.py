@@ -180,3 +180,13 @@ def test_the_document_declares_the_model_header_and_field(rule: tuple[LiveServer
     schemas = document["components"]["schemas"]
     for name in ("Stats", "FeatureCollection"):
         assert "model_sha256" in schemas[name]["required"], name
+
+
+@pytest.mark.parametrize("output", ["labels", "stats"])
+def test_the_in_process_backend_names_its_model_as_a_server_does(tmp_path: Path, output: str) -> None:
+    """`segment --local` answers carry the model in the header field too, binary and JSON alike."""
+    from service.local import LocalSegmenter
+
+    model = make_rule_model(tmp_path / "rule.onnx")
+    answer = LocalSegmenter(model, providers="cpu", threads=1).segment(png_bytes(scene()), output)
+    assert answer.model_header == answer.model_sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
