@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.core.contract import ModelMetadata, voc_colormap
+from testkit import REPO
 from testkit.metrics import metric_sum
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
@@ -42,15 +43,17 @@ def start_time(server: ServerProcess) -> float:
     return metric_sum(httpx.get(f"{server.url}/metrics", timeout=10).text, "segment_worker_start_time_seconds")
 
 
-def test_sighup_restarts_in_place_after_answering_requests_in_flight(very_slow_model: Path, rule_model: Path,
+def test_sighup_restarts_in_place_after_answering_requests_in_flight(tiny_onnx_model: Path, rule_model: Path,
                                                                      tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
-    shutil.copyfile(very_slow_model, model)  # ~0.5 s an image: four requests are still in flight at the signal
+    shutil.copyfile(tiny_onnx_model, model)
     images = [scene(100 + 10 * i, 70) for i in range(4)]
+    hold = tmp_path / "hold"  # model runs wait while it exists: the four requests are in flight at the signal
     # The installed entry point, as a container's PID 1 runs it.
     with ServerProcess(model, command=[str(SEGMENT_SERVE)], log_level="info", SEGMENT_MAX_BATCH_SIZE="2",
-                       SEGMENT_MAX_WAIT_MS="5") as server:
+                       SEGMENT_MAX_WAIT_MS="5", PYTHONPATH=held_runs_path(), TESTKIT_HOLD_FILE=str(hold)) as server:
         server.wait_ready()
+        hold.touch()
         before = readyz(server)
         assert before is not None and before["arch"] == "deeplabv3_thin"
         started = start_time(server)
@@ -68,6 +71,8 @@ def test_sighup_restarts_in_place_after_answering_requests_in_flight(very_slow_m
             shutil.copyfile(rule_model, tmp_path / "next.onnx")
             os.replace(tmp_path / "next.onnx", model)
             server.proc.send_signal(signal.SIGHUP)
+            wait_for_line(server, RESTART_LINE)
+            hold.unlink()
             responses = [f.result() for f in futures]
         assert [r.status_code for r in responses] == [200] * len(images), server.log
         for image, r in zip(images, responses, strict=True):
@@ -89,9 +94,15 @@ def test_sighup_restarts_in_place_after_answering_requests_in_flight(very_slow_m
 
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 0)])
-def test_a_stop_during_a_restarts_drain_stops(very_slow_model: Path, stop: signal.Signals, status: int) -> None:
-    with ServerProcess(very_slow_model, log_level="info", SEGMENT_MAX_BATCH_SIZE="1") as server:
+def test_a_stop_during_a_restarts_drain_stops(rule_model: Path, tmp_path: Path, stop: signal.Signals,
+                                              status: int) -> None:
+    # Model runs wait while the hold file exists: both requests are certainly in flight through the restart and
+    # the stop, however fast the machine (a slow model let both finish between two polls now and then).
+    hold = tmp_path / "hold"
+    with ServerProcess(rule_model, log_level="info", SEGMENT_MAX_BATCH_SIZE="1", PYTHONPATH=held_runs_path(),
+                       TESTKIT_HOLD_FILE=str(hold)) as server:
         server.wait_ready()
+        hold.touch()
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(httpx.post, f"{server.url}/segment", content=png_bytes(scene()), timeout=60)
                        for _ in range(2)]
@@ -102,10 +113,18 @@ def test_a_stop_during_a_restarts_drain_stops(very_slow_model: Path, stop: signa
             server.proc.send_signal(signal.SIGHUP)
             wait_for_line(server, RESTART_LINE)
             server.proc.send_signal(stop)  # a first Ctrl-C too: drained, not cut short as a second one is
+            time.sleep(0.5)
+            assert not any(f.done() for f in futures), server.log  # still held: the stop came during the drain
+            hold.unlink()
             assert [f.result().status_code for f in futures] == [200, 200], server.log
         assert server.proc.wait(60) == status, server.log
     server._reader.join(5)
     assert server.log.count("Started server process") == 1, server.log  # not executed again
+
+
+def held_runs_path() -> str:
+    """PYTHONPATH for a server whose model runs wait while its TESTKIT_HOLD_FILE exists (`testkit/held_runs`)."""
+    return os.pathsep.join([str(REPO / "testkit" / "held_runs"), str(REPO), os.environ.get("PYTHONPATH", "")])
 
 
 def wait_for_line(server: ServerProcess, text: str, timeout: float = 20) -> None:
