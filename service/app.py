@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         check_request_memory(settings, state.engine.input_size)
         eng = state.engine
         metrics.set_model(provider=eng.provider, precision=eng.precision, arch=eng.metadata.arch,
-                          model=eng.name)
+                          model=eng.name, sha256=eng.sha256)
         if eng.on_gpu:
             # Any worker may answer a scrape for all of them, so each reads every device the workers run on.
             devices = ([eng.device_id] if settings.worker_slot is None

@@ -120,8 +120,10 @@ class Metrics:
                                        "changes each time the slot's worker is replaced", ["worker"],
                                        multiprocess_mode="max", registry=r)
         self.worker_start_time.labels(worker=self.worker).set(time.time())
-        self.model_info = Gauge("segment_model_info", "The loaded model and the execution provider in use",
-                                ["provider", "precision", "arch", "model"],
+        # `sha256` names the file itself (a retrained file keeps its name): workers, or replicas, that answer from
+        # two different files show as two series, which an alert counts (docker/prometheus-rules.yml).
+        self.model_info = Gauge("segment_model_info", "The loaded model (its file's sha256) and the execution "
+                                "provider in use", ["provider", "precision", "arch", "model", "sha256"],
                                 multiprocess_mode="max", registry=r)
         self._own_collectors: list[Collector] = []  # read at scrape time in this process (GPU gauges)
         # prometheus-client picks per-process value files from this at import; the same holds for rendering.
@@ -154,11 +156,11 @@ class Metrics:
             for status in API_STATUSES:
                 self.requests.labels(route=route, status=str(status))
 
-    def set_model(self, *, provider: str, precision: str, arch: str, model: str) -> None:
+    def set_model(self, *, provider: str, precision: str, arch: str, model: str, sha256: str) -> None:
         """Publish the loaded model as an info gauge (value 1)."""
         if not self._shared_dir:  # a worker sets it once; clear() is per process there
             self.model_info.clear()
-        self.model_info.labels(provider=provider, precision=precision, arch=arch, model=model).set(1)
+        self.model_info.labels(provider=provider, precision=precision, arch=arch, model=model, sha256=sha256).set(1)
 
     def count_rejection(self, code: str) -> None:
         """Count one request refused with error `code`."""

@@ -120,6 +120,7 @@ class Readiness(BaseModel):
     worker_slot: int | None = None
     provider: str | None = None
     model: str | None = None
+    model_sha256: str | None = Field(None, description="the hex sha256 of the model file loaded (`X-Model-SHA256`)")
     input_size: int | None = None
     queue_depth: int | None = None
     max_queue: int | None = None

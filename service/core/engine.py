@@ -33,6 +33,7 @@ from .letterbox import pad_canvas
 from .model_file import ModelFileIdentity, file_sha256
 from .options import EngineOptions
 from .sessions import CPU, CUDA, GPU_PROVIDERS, bucket_cuda_options, create_session, fixed_dims
+from .variants import check_variant
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ def load_engine(options: EngineOptions) -> Engine:
             identity = ModelFileIdentity.of(path)
             session = _open_session(path, requested, threads, options)
             metadata = validate_contract(session)
+    if path != given:  # a precision variant picked beside the file given: the same model, or refused
+        check_variant(given, path, metadata)
     if options.require_gpu and active != CUDA:
         raise EngineError(f"a GPU is required but the provider in use is {active} "
                           f"(requested {requested}, available {ort.get_available_providers()})", "require_gpu")

@@ -67,7 +67,7 @@ async def readyz(state: ServiceState = Depends(service_state),
     if state.engine is not None:
         eng = state.engine
         body.update(provider=eng.provider, requested_providers=eng.requested_providers,
-                    precision=eng.precision, arch=eng.metadata.arch, model=eng.name,
+                    precision=eng.precision, arch=eng.metadata.arch, model=eng.name, model_sha256=eng.sha256,
                     input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
                     max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None)
         if eng.on_gpu:

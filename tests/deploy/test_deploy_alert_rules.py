@@ -155,3 +155,18 @@ def test_workers_short_for_minutes_fires_and_a_replacement_starting_does_not(tmp
           [fired("SegmentWorkersShort", "3", instance="a", job="segment")])
     check(tmp_path, series, "SegmentWorkersShort", "12m", [])  # short for 2 minutes so far: not yet
     check(tmp_path, series, "SegmentWorkersShort", "2m30s", [])  # the replacement loading its model
+
+
+def test_two_model_files_for_half_an_hour_fires_and_a_rollout_does_not(tmp_path: Path) -> None:
+    """Replica a serves file 1 throughout; replica b serves file 1, then (minute 5) a worker of it is replaced
+    after the file was swapped and loads file 2; replica c rolls over from file 1 to file 2 in 3 minutes, as a
+    deployment does."""
+    info = 'segment_model_info{{instance="{}",job="segment",sha256="{}",model="m",arch="a",precision="fp32",' \
+           'provider="CPUExecutionProvider"}}'
+    series = {info.format("a", "1"): "1x200",
+              info.format("b", "1"): "1x200", info.format("b", "2"): "_x20 1x180",
+              info.format("c", "1"): "1x20 _x180", info.format("c", "2"): "_x8 1x192"}
+    check(tmp_path, series, "SegmentMixedModels", "40m", [fired("SegmentMixedModels", "2", job="segment")])
+    check(tmp_path, series, "SegmentMixedModels", "30m", [])  # mixed for 25 minutes so far: not yet
+    rollout = {info.format("a", "1"): "1x20 _x180", info.format("a", "2"): "_x8 1x192"}
+    check(tmp_path, rollout, "SegmentMixedModels", "40m", [])  # old and new for 3 minutes only

@@ -120,6 +120,8 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert "segment_batch_size_bucket" in exprs and "segment_queue_depth" in exprs
     assert 'status=~"5.."' in exprs and 'status="503"' in exprs  # 5xx and 503 shown apart
     assert "segment_model_info" in exprs  # the provider actually in use
+    # and the model file: workers or replicas on two files show as two rows
+    assert any("segment_model_info" in e and "sha256" in e for _, e in dashboard_exprs())
     dash = json.loads(DASHBOARD.read_text())
     (datasource,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     for panel in dash["panels"]:

@@ -182,6 +182,7 @@ def test_classes_readyz_docs(rule_server: LiveServer) -> None:
         assert classes["sha256"] == hashlib.sha256(model_file).hexdigest()
         ready = client.get("/readyz").json()
         assert ready["ready"] and ready["provider"] == "CPUExecutionProvider" and ready["arch"] == "rule"
+        assert ready["model_sha256"] == classes["sha256"]
         assert client.get("/docs").status_code == 200
         spec = client.get("/openapi.json").json()
         body = spec["paths"]["/segment"]["post"]["requestBody"]["content"]
@@ -193,6 +194,7 @@ def test_metrics_parse_and_carry_the_agreed_names(rule_server: LiveServer, good_
         client.post("/segment", content=good_png)
         client.post("/segment", params={"output": "bogus"}, content=good_png)
         r = client.get("/metrics")
+        ready = client.get("/readyz").json()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     for name in ("segment_requests", "segment_request_duration_seconds", "segment_stage_duration_seconds",
@@ -207,7 +209,9 @@ def test_metrics_parse_and_carry_the_agreed_names(rule_server: LiveServer, good_
     stages = {s.labels["stage"] for s in samples if s.name == "segment_stage_duration_seconds_count"}
     assert stages == {"decode", "queue", "inference", "encode"}
     info = [s for s in samples if s.name == "segment_model_info"]
+    sha = hashlib.sha256(rule_server.settings.model_path.read_bytes()).hexdigest()
     assert info[0].labels == {"provider": "CPUExecutionProvider", "precision": "fp32", "arch": "rule",
-                              "model": "rule"} and info[0].value == 1
+                              "model": "rule", "sha256": sha} and info[0].value == 1
+    assert ready["model_sha256"] == sha
     # Unmatched paths share one label value: scanners cannot blow up the series count.
     assert not any(s.labels.get("route", "").startswith("/nope") for s in samples)
