@@ -17,6 +17,7 @@ from model_export.cli import command_line_message
 from model_export.export import read_metadata
 from model_export.quantize import make_variant
 from service.core.contract import ModelMetadata
+from service.core.variants import differences
 from testkit.photos import photo
 from tests.quantize.variant_helpers import (
     INT8_MIN_AGREEMENT,
@@ -50,6 +51,7 @@ def test_int8_keeps_the_contract_and_the_fp32_metadata(int8_model: Path, trained
     meta = ModelMetadata.from_props(int8)
     assert meta.precision == "int8" and fp32["precision"] == "fp32"
     assert meta.classes == read_metadata(trained_tiny_onnx).classes
+    assert differences(read_metadata(trained_tiny_onnx), meta) == []  # served beside it as the same model
     # The calibration set is recorded: count and a sha256 over the image files in name order (not README.txt).
     files = sorted(p for p in photo_dir.iterdir() if p.suffix in (".png", ".jpg"))
     expected = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in files)).hexdigest()
