@@ -176,9 +176,11 @@ class Batcher:
             self._incoming -= 1
 
     async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None,
-                    on_abandoned: Callable[[WaitSplit], None] | None = None) -> InferenceResult:
-        """Queue one letterboxed image and wait for its labels. If the wait is cancelled (its client hung up),
-        `on_abandoned` is told where the wait went before the cancellation goes on.
+                    on_abandoned: Callable[[WaitSplit], None] | None = None,
+                    wait_s: float | None = None) -> InferenceResult:
+        """Queue one letterboxed image and wait for its labels, at most `timeout_s` (the server's request timeout)
+        or `wait_s`, a request's own shorter deadline. If the wait is cancelled (its client hung up), `on_abandoned`
+        is told where the wait went before the cancellation goes on.
 
         Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing, or
         `stalled`), 504 `timeout` (an `InferenceTimeout`, which splits the wait into queue and run), 500
@@ -186,7 +188,9 @@ class Batcher:
         """
         if not self.running or self._line is None:
             raise ApiError(503, "shutting_down", "the server is not accepting work", self._retry_after())
+        # The server's timeout, never a request's own: a run outliving a client's 50 ms budget is no hung device.
         self._timeout_s = max(self._timeout_s or 0.0, timeout_s)
+        limit_s = timeout_s if wait_s is None else min(wait_s, timeout_s)
         self.refuse_if_stalled()
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
         item = QueuedImage(tensor, future, request_id)
@@ -198,9 +202,9 @@ class Batcher:
         self._observe_depth()
         try:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
-            return await asyncio.wait_for(future, timeout_s)
+            return await asyncio.wait_for(future, limit_s)
         except TimeoutError:  # its wait until it left the line is queueing; after that, its batch ran
-            raise InferenceTimeout.after(timeout_s, self._wait_of(item)) from None
+            raise InferenceTimeout.after(limit_s, self._wait_of(item)) from None
         except asyncio.CancelledError:
             if on_abandoned is not None:
                 on_abandoned(self._wait_of(item))

@@ -126,15 +126,18 @@ class SegmentClient:
 
     def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
-                min_area: float | None = None, crf: bool | None = None) -> SegmentResult:
+                min_area: float | None = None, crf: bool | None = None,
+                timeout_s: float | None = None) -> SegmentResult:
         """Segment one image: a file path, encoded bytes, an RGB (or grey, RGBA) uint8 array sent as lossless PNG,
         or a 1-D uint8 array holding an encoded file (what `cv2.imencode` returns); another array is a ValueError.
         `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
-        the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`). None: the service's
-        default."""
+        the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`); `timeout_s` is the request's
+        own deadline on the server, from the end of its upload to its labels (at most the server's request
+        timeout): passed, the server answers 504 `timeout` (`SegmentApiError`, not retried) and never runs the
+        image. None: the service's default."""
         content, media = request_body(image)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                              params=segment_params(output, alpha, format, tolerance, min_area, crf))
+                              params=segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s))
         return segment_result(response, output)
 
     def labels(self, image: ImageInput) -> np.ndarray:

@@ -68,12 +68,14 @@ class AsyncSegmentClient:
 
     async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
-                      min_area: float | None = None, crf: bool | None = None) -> SegmentResult:
+                      min_area: float | None = None, crf: bool | None = None,
+                      timeout_s: float | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""
         # Reading a file is blocking; do it off the loop.
         content, media = await asyncio.to_thread(request_body, image)
         response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                                    params=segment_params(output, alpha, format, tolerance, min_area, crf))
+                                    params=segment_params(output, alpha, format, tolerance, min_area, crf,
+                                                          timeout_s))
         return segment_result(response, output)
 
     async def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:

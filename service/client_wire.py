@@ -89,12 +89,14 @@ def request_body(image: ImageInput) -> tuple[bytes, str]:
 
 
 def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance: float | None,
-                   min_area: float | None, crf: bool | None = None) -> dict[str, str]:
+                   min_area: float | None, crf: bool | None = None,
+                   timeout_s: float | None = None) -> dict[str, str]:
     """The query of `POST /segment`; a ValueError for an output kind the service does not have."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     params = {"output": output}
-    for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area)):
+    for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area),
+                       ("timeout_s", timeout_s)):
         if value is not None:
             params[key] = str(value)
     if crf is not None:

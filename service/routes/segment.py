@@ -177,6 +177,11 @@ class SegmentQuery(BaseModel):
     crf: bool = Query(False, description="refine the mask's boundaries with DeepLab-v2's dense CRF (about "
                                          "+0.3 s for a 640x480 photo on the demo model; needs the server's "
                                          "crf extra, else 501)")
+    timeout_s: float | None = Query(None, gt=0.0, le=3600.0, description=(
+        "this request's own deadline, in seconds from the end of its upload, for its decode, queueing and model "
+        "run; at most the server's request timeout (longer is cut to it). Passed: 504 `timeout`, and its image "
+        "leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, and "
+        "the model never runs images nobody waits for. Default: the server's request timeout"))
 
 
 # `response_class=Response`: FastAPI would otherwise list an empty application/json first among the 200's types.
@@ -204,7 +209,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:
-            return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place)
+            return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place,
+                                  query.timeout_s)
         finally:
             if crf_place is not None:
                 crf_place.release()  # unless its refinement holds it: then when the worker is done
@@ -212,9 +218,10 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
 
 async def _segment(request: Request, state: ServiceState, engine: Engine, batcher: Batcher, codec: Codec,
                    data: bytes, options: SegmentOptions, ticket: Admission,
-                   crf_place: CrfPlace | None = None) -> Response:
+                   crf_place: CrfPlace | None = None, timeout_s: float | None = None) -> Response:
     """Decode, infer, encode one admitted upload; the response with its timing. Each stage's time is observed as
-    the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing."""
+    the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing. `timeout_s`: the
+    request's own deadline from now (its upload is in) until its labels, at most the server's request timeout."""
     settings, metrics = state.settings, state.metrics
     request_id = request.state.request_id
     timing: dict[str, float] = {}
@@ -225,7 +232,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     def reserve(upload: Upload) -> None:  # in the codec thread, from the header, before a pixel is decoded
         hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
 
-    t0 = time.perf_counter()
+    t0 = started = time.perf_counter()
     try:
         with batcher.expecting():  # a batch being formed now waits for this image
             prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve)
@@ -240,9 +247,15 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         if wait.inference_s is not None:
             metrics.stage("inference").observe(wait.inference_s)
 
+    wait_s = None  # the server's request timeout: the model's whole wait, as always
+    if timeout_s is not None and timeout_s < settings.request_timeout_s:
+        wait_s = timeout_s - (time.perf_counter() - started)  # what the decode left of the request's own
+        if wait_s <= 0:
+            raise ApiError(504, "timeout", f"the request's timeout_s ({timeout_s:g}s) passed while its image was "
+                                           "decoded; it was not queued")
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
         result = await while_connected(request.receive, batcher.infer(
-            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait))
+            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s))
     except InferenceTimeout as exc:
         observe_wait(exc)
         raise

@@ -17,6 +17,7 @@ from testkit.metrics import Labels, samples
 from testkit.server import ServerProcess
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def server_errors(metrics_text: str) -> dict[Labels, float]:
@@ -26,7 +27,7 @@ def server_errors(metrics_text: str) -> dict[Labels, float]:
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(rule_proc: ServerProcess, tmp_path: Path) -> None:
-    cmd = [str(SCHEMATHESIS), "run", f"{rule_proc.url}/openapi.json", "--checks", "all",
+    cmd = [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"{rule_proc.url}/openapi.json", "--checks", "all",
            "--exclude-checks", "positive_data_acceptance", "--max-examples", "50", "--workers", "1",
            "--seed", "20240611", "--phases", "examples,coverage,fuzzing", "--continue-on-failure",
            "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]

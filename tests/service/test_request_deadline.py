@@ -1,0 +1,115 @@
+"""`POST /segment?timeout_s=`: a request's own deadline (Triton's per-request timeout). Passed, the answer is 504
+`timeout` at once and the image leaves the queue unrun; it is never longer than the server's request timeout, and
+a client's short budget never makes a slow device look hung. Real uvicorn servers whose model runs wait on a gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import SegmentClient
+from service.client_types import SegmentApiError
+from tests.service.gated_server import GatedServer
+from tests.service.svc_helpers import png_bytes, scene
+
+BODY = png_bytes(scene(96, 64))
+
+
+def post(url: str, **params: object) -> httpx.Response:
+    return httpx.post(f"{url}/segment", params={"output": "stats", **params}, content=BODY, timeout=60)
+
+
+def images_run(gated: GatedServer) -> int:
+    return sum(gated.runs)
+
+
+def hold_one_run(gated: GatedServer) -> threading.Thread:
+    """Close the gate and start a request without a deadline, whose run then holds the only inference slot."""
+    gated.gate.clear()
+    before = len(gated.runs)
+    holder = threading.Thread(target=lambda: gated.results.append(post(gated.live.url)))
+    holder.start()
+    deadline = time.monotonic() + 10
+    while gated.metric("segment_batches_in_flight") < 1:  # its run started, and waits at the gate
+        assert time.monotonic() < deadline and len(gated.runs) == before
+        time.sleep(0.01)
+    return holder
+
+
+@pytest.fixture
+def gated(rule_model: Path):
+    server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=30)
+    server.results = []  # type: ignore[attr-defined]
+    with server.running():
+        yield server
+
+
+def test_a_passed_deadline_answers_504_at_once_and_its_image_is_never_run(gated: GatedServer) -> None:
+    holder = hold_one_run(gated)
+    run_before = images_run(gated)
+    started = time.monotonic()
+    r = post(gated.live.url, timeout_s=0.3)
+    took = time.monotonic() - started
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+    assert 0.25 <= took < 3, took  # its own deadline, not the server's 30 s
+    assert gated.metric("segment_queue_depth") == 0  # out of the line at once
+    gated.gate.set()
+    holder.join(30)
+    assert gated.results[0].status_code == 200  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    assert images_run(gated) == run_before + 1  # the held run only (counted as the gate opened): never the late one
+    assert gated.metric("segment_requests_total", route="/segment", status="504") == 1
+
+
+def test_a_deadline_longer_than_the_servers_timeout_is_cut_to_it(rule_model: Path) -> None:
+    server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=0.5)
+    server.results = []  # type: ignore[attr-defined]
+    with server.running():
+        hold_one_run(server)
+        started = time.monotonic()
+        r = post(server.live.url, timeout_s=100)
+        took = time.monotonic() - started
+    assert r.status_code == 504 and took < 5, (r.text, took)
+
+
+def test_a_client_deadline_shorter_than_a_run_is_no_hung_device(gated: GatedServer) -> None:
+    """The run outlives the client's 0.2 s by far: the server is busy, not stalled (a hung device is judged by the
+    server's own request timeout)."""
+    gated.gate.clear()
+    r = post(gated.live.url, timeout_s=0.2)  # its run starts and waits at the gate
+    assert r.status_code == 504, r.text
+    time.sleep(0.5)
+    ready = httpx.get(f"{gated.live.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
+    assert post(gated.live.url, timeout_s=0.2).status_code == 504  # still queued, not refused as unavailable
+    gated.gate.set()
+    assert post(gated.live.url, timeout_s=5).status_code == 200
+
+
+def test_the_client_sends_the_deadline_and_does_not_retry_its_504(gated: GatedServer) -> None:
+    hold_one_run(gated)
+    with SegmentClient(gated.live.url, retries=3) as client, pytest.raises(SegmentApiError) as raised:
+        client.segment(BODY, "stats", timeout_s=0.2)
+    assert raised.value.status == 504 and raised.value.code == "timeout"
+    gated.gate.set()
+    assert gated.metric("segment_requests_total", route="/segment", status="504") == 1  # sent once
+
+
+def test_a_deadline_that_passes_during_the_decode_is_not_queued(gated: GatedServer) -> None:
+    big = png_bytes(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
+    runs = len(gated.runs)
+    r = httpx.post(f"{gated.live.url}/segment", params={"timeout_s": 0.001}, content=big, timeout=60)
+    assert r.status_code == 504 and "decoded" in r.json()["error"]["message"], r.text
+    assert len(gated.runs) == runs
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "3601", "soon"])
+def test_a_deadline_that_is_no_positive_number_is_422(gated: GatedServer, value: str) -> None:
+    r = post(gated.live.url, timeout_s=value)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert "timeout_s" in r.text
