@@ -10,15 +10,12 @@ temporary one, never the `x.onnx` beside it.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import onnxruntime as ort
 
 from .contract import ModelMetadata
 from .engine_resolve import EngineError
-
-log = logging.getLogger(__name__)
 
 # Always present (required, or with a default).
 _MODEL_FIELDS = ("arch", "classes", "palette", "input_size", "mean", "std", "channel_order", "source")
