@@ -28,11 +28,9 @@ import sys
 import time
 
 from pydantic import ValidationError
-from uvicorn.config import (
-    LOG_LEVELS,
-    STARTUP_FAILURE,  # uvicorn's own exit code when the application cannot start
-)
+from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
+from .log_format import configure_logging
 from .server import SingleServer, build_config, quiet_startup_failure
 from .settings import SECRET_SETTINGS, Settings
 from .settings_environment import log_authentication, stray_worker_slot, unknown_variables
@@ -83,8 +81,7 @@ def serve(argv: list[str] | None) -> None:
     except ValidationError as exc:
         print(settings_error(exc), file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    logging.basicConfig(level=LOG_LEVELS[settings.log_level],  # a number: 'trace' is uvicorn's own
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     for warning in unknown_variables(os.environ):  # here, once: the workers of a supervisor do not run main()
         log.warning(warning)
     log_authentication(settings)

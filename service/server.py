@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError
 from .http_protocol import HardenedHttpToolsProtocol, RejectHook
+from .log_format import logged_app, uvicorn_log_config
 from .middleware import REQUEST_ID_HEADER, error_response, request_id_of
 from .settings import Settings
 
@@ -40,6 +41,8 @@ def _noop(_code: str) -> None:
 def server_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options every `segment-serve` server runs with, one process or each of several workers."""
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "lifespan": "on",
+            # uvicorn applies it in this process and again in each worker it spawns (SEGMENT_LOG_FORMAT)
+            "log_config": uvicorn_log_config(settings.log_format, settings.log_level),
             # Below compose's 30 s stop_grace_period and the pod's grace minus its preStop sleep. A stalled upload
             # cannot hold it: the body deadline answers it 408 first.
             "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout_s),
@@ -50,7 +53,8 @@ def build_config(app: Any, settings: Settings, on_reject: RejectHook = _noop) ->
     """The uvicorn configuration `segment-serve` runs with; `on_reject(code)` is called for each refusal made
     outside the app (a head too large, too slow, malformed; a request cut off by the shutdown)."""
     protocol = HardenedHttpToolsProtocol.configured(settings, on_reject)
-    return uvicorn.Config(answer_cut_off(app, on_reject), http=protocol, **server_options(settings))
+    served = logged_app(answer_cut_off(app, on_reject), settings.log_format)
+    return uvicorn.Config(served, http=protocol, **server_options(settings))
 
 
 class DrainingServer(uvicorn.Server):

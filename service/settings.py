@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     results_dir: DirectoryPath | None = Field(None, description="keep results as files here, shared by the worker "
                                      "processes (the supervisor sets it when SEGMENT_WORKERS > 1)")
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text': lines for a terminal; 'json': one JSON object per line (time, level, logger, "
+                            "message, pid, a worker's slot, an exception's traceback; an access line's client, "
+                            "method, path, status and request id), for a log collector")
     precision: Precision = Field(
         "auto", description="'auto' prefers a sibling *.fp16.onnx when CUDA is active; others pick that variant")
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(

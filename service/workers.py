@@ -31,9 +31,10 @@ from socket import socket
 from typing import IO, Any
 
 import uvicorn
-from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
+from uvicorn.config import STARTUP_FAILURE
 
 from .http_protocol import HardenedHttpToolsProtocol
+from .log_format import configure_logging, logged_app
 from .results_shared import SharedResultsCache
 from .server import answer_cut_off, quiet_startup_failure, server_options
 from .settings import Settings
@@ -59,8 +60,7 @@ def worker_app() -> Any:
     from .app import create_app  # the supervisor itself never loads the app
 
     settings = Settings()
-    logging.basicConfig(level=LOG_LEVELS[settings.log_level],  # a number: 'trace' is uvicorn's own
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    configure_logging(settings.log_format, settings.log_level, worker=True)
     directory = supervisor_dir()
     if directory is not None:
         _held.append(hold(directory.parent))  # the shared folder is in use while this worker runs
@@ -79,7 +79,8 @@ def worker_app() -> Any:
             service.cache.follow(settings.result_cache_bytes, kept_workers(directory))
     count_rejection = service.metrics.count_rejection
     WorkerHttpProtocol.apply_limits(settings, count_rejection)
-    return answer_cut_off(quiet_startup_failure(app), count_rejection)  # as `build_config` does for one process
+    # as `build_config` does for one process
+    return logged_app(answer_cut_off(quiet_startup_failure(app), count_rejection), settings.log_format)
 
 
 def _cuda_available(providers: str) -> bool:
