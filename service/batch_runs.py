@@ -43,21 +43,29 @@ class InferenceResult:
 
 
 TIMEOUT = (504, "timeout")  # the status and code of a request whose inference did not finish in time
+# A request's own deadline (`timeout_s`) passed: 504 as well, but a code of its own, as it is the client's choice and
+# no fault of the server's (its log lines are few, and the 5xx alert leaves it out).
+DEADLINE_EXCEEDED = (504, "deadline_exceeded")
 
 
 class InferenceTimeout(ApiError):
-    """504 `timeout`, with where the request's wait went: `queue_s` until its image left the line (all of it when
-    it never did), `inference_s` the rest, while its batch ran (None when it never ran)."""
+    """504 `timeout` (the server's request timeout) or `deadline_exceeded` (the request's own), with where the
+    request's wait went: `queue_s` until its image left the line (all of it when it never did), `inference_s` the
+    rest, while its batch ran (None when it never ran)."""
 
-    def __init__(self, timeout_s: float, queue_s: float, inference_s: float | None) -> None:
-        super().__init__(*TIMEOUT, f"inference did not finish within {timeout_s:g}s")
+    def __init__(self, timeout_s: float, queue_s: float, inference_s: float | None, own: bool = False) -> None:
+        if own:
+            super().__init__(*DEADLINE_EXCEEDED, f"the request's timeout_s passed ({timeout_s:g}s left of it "
+                                                 "when its image was queued) before its labels were ready")
+        else:
+            super().__init__(*TIMEOUT, f"inference did not finish within {timeout_s:g}s")
         self.queue_s = queue_s
         self.inference_s = inference_s
 
     @classmethod
-    def after(cls, timeout_s: float, wait: WaitSplit) -> InferenceTimeout:
-        """The timeout of an image whose wait was `wait`."""
-        return cls(timeout_s, wait.queue_s, wait.inference_s)
+    def after(cls, timeout_s: float, wait: WaitSplit, own: bool = False) -> InferenceTimeout:
+        """The timeout of an image whose wait was `wait` (`own`: the request's own deadline)."""
+        return cls(timeout_s, wait.queue_s, wait.inference_s, own)
 
 
 @dataclass(frozen=True)

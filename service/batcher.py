@@ -204,7 +204,7 @@ class Batcher:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, limit_s)
         except TimeoutError:  # its wait until it left the line is queueing; after that, its batch ran
-            raise InferenceTimeout.after(limit_s, self._wait_of(item)) from None
+            raise InferenceTimeout.after(limit_s, self._wait_of(item), own=limit_s < timeout_s) from None
         except asyncio.CancelledError:
             if on_abandoned is not None:
                 on_abandoned(self._wait_of(item))

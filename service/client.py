@@ -133,7 +133,7 @@ class SegmentClient:
         `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
         the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`); `timeout_s` is the request's
         own deadline on the server, from the end of its upload to its labels (at most the server's request
-        timeout): passed, the server answers 504 `timeout` (`SegmentApiError`, not retried) and never runs the
+        timeout): passed, the server answers 504 `deadline_exceeded` (`SegmentApiError`, not retried) and never runs the
         image. None: the service's default."""
         content, media = request_body(image)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},

@@ -35,8 +35,8 @@ INFERENCE_RUNS = ("batch", "image", "probe")
 # the two that answer nothing: `client_closed`, a client gone mid-upload, and `send_timeout`, a client that stopped
 # reading its answer (service/connection.py). The `http_<status>` codes of unexpected HTTP errors are open-ended.
 REJECTION_REASONS = (
-    "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "empty_body",
-    "header_timeout", "headers_too_large", "image_too_large", "incomplete_multipart", "inference_failed",
+    "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "deadline_exceeded",
+    "empty_body", "header_timeout", "headers_too_large", "image_too_large", "incomplete_multipart", "inference_failed",
     "inference_unavailable", "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready",
     "output_too_complex", "overloaded", "payload_too_large", "range_not_satisfiable", "result_not_found",
     "send_timeout", "shutting_down", "timeout", "unauthorized", "unsupported_content_encoding",

@@ -15,7 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..admission import Admission
-from ..batch_runs import InferenceTimeout, WaitSplit
+from ..batch_runs import DEADLINE_EXCEEDED, InferenceTimeout, WaitSplit
 from ..batcher import Batcher
 from ..codec import Codec
 from ..connection import while_connected
@@ -179,9 +179,9 @@ class SegmentQuery(BaseModel):
                                          "crf extra, else 501)")
     timeout_s: float | None = Query(None, gt=0.0, le=3600.0, description=(
         "this request's own deadline, in seconds from the end of its upload, for its decode, queueing and model "
-        "run; at most the server's request timeout (longer is cut to it). Passed: 504 `timeout`, and its image "
-        "leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, and "
-        "the model never runs images nobody waits for. Default: the server's request timeout"))
+        "run; at most the server's request timeout (longer is cut to it). Passed: 504 `deadline_exceeded`, and its "
+        "image leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, "
+        "and the model never runs images nobody waits for. Default: the server's request timeout"))
 
 
 # `response_class=Response`: FastAPI would otherwise list an empty application/json first among the 200's types.
@@ -251,8 +251,8 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     if timeout_s is not None and timeout_s < settings.request_timeout_s:
         wait_s = timeout_s - (time.perf_counter() - started)  # what the decode left of the request's own
         if wait_s <= 0:
-            raise ApiError(504, "timeout", f"the request's timeout_s ({timeout_s:g}s) passed while its image was "
-                                           "decoded; it was not queued")
+            raise ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed while its image "
+                                               "was decoded; it was not queued")
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
         result = await while_connected(request.receive, batcher.infer(
             prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s))

@@ -81,6 +81,16 @@ def test_healthy_api_traffic_does_not_fire(tmp_path: Path, per_15s: float) -> No
     check(tmp_path, series, "SegmentHighServerErrorRate", "19m", [])
 
 
+def test_requests_own_deadlines_passing_do_not_fire_and_the_servers_timeouts_do(tmp_path: Path) -> None:
+    """10 % of /segment answers are 504: a client's own `timeout_s` passing (`deadline_exceeded`) is its choice;
+    the server's request timeout passing is a fault."""
+    base = {**BACKGROUND, requests("/segment", 200): "0+2.7x80", requests("/segment", 504): "0+0.3x80"}
+    own = 'segment_rejected_total{instance="a",job="segment",reason="deadline_exceeded"}'
+    check(tmp_path, {**base, own: "0+0.3x80"}, "SegmentHighServerErrorRate", "19m", [])
+    check(tmp_path, {**base, own: "0+0x80"}, "SegmentHighServerErrorRate", "19m", [fired("SegmentHighServerErrorRate")])
+    check(tmp_path, base, "SegmentHighServerErrorRate", "19m", [fired("SegmentHighServerErrorRate")])  # none counted
+
+
 def test_the_error_rate_counts_exactly_the_api_routes() -> None:
     """The alert's route filter matches every route the API documents but the probes and /metrics."""
     paths = list(create_app(Settings()).openapi()["paths"])

@@ -1,9 +1,11 @@
 """`POST /segment?timeout_s=`: a request's own deadline (Triton's per-request timeout). Passed, the answer is 504
-`timeout` at once and the image leaves the queue unrun; it is never longer than the server's request timeout, and
-a client's short budget never makes a slow device look hung. Real uvicorn servers whose model runs wait on a gate."""
+`deadline_exceeded` at once and the image leaves the queue unrun; it is never longer than the server's request
+timeout, and a client's short budget never makes a slow device look hung. Real uvicorn servers whose model runs
+wait on a gate."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -55,7 +57,7 @@ def test_a_passed_deadline_answers_504_at_once_and_its_image_is_never_run(gated:
     started = time.monotonic()
     r = post(gated.live.url, timeout_s=0.3)
     took = time.monotonic() - started
-    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
     assert 0.25 <= took < 3, took  # its own deadline, not the server's 30 s
     assert gated.metric("segment_queue_depth") == 0  # out of the line at once
     gated.gate.set()
@@ -64,6 +66,8 @@ def test_a_passed_deadline_answers_504_at_once_and_its_image_is_never_run(gated:
     time.sleep(0.3)
     assert images_run(gated) == run_before + 1  # the held run only (counted as the gate opened): never the late one
     assert gated.metric("segment_requests_total", route="/segment", status="504") == 1
+    assert gated.metric("segment_rejected_total", reason="deadline_exceeded") == 1  # told apart from `timeout`
+    assert gated.metric("segment_rejected_total", reason="timeout") == 0
 
 
 def test_a_deadline_longer_than_the_servers_timeout_is_cut_to_it(rule_model: Path) -> None:
@@ -75,6 +79,7 @@ def test_a_deadline_longer_than_the_servers_timeout_is_cut_to_it(rule_model: Pat
         r = post(server.live.url, timeout_s=100)
         took = time.monotonic() - started
     assert r.status_code == 504 and took < 5, (r.text, took)
+    assert r.json()["error"]["code"] == "timeout"  # the server's own timeout passed, not one the client chose
 
 
 def test_a_client_deadline_shorter_than_a_run_is_no_hung_device(gated: GatedServer) -> None:
@@ -95,7 +100,7 @@ def test_the_client_sends_the_deadline_and_does_not_retry_its_504(gated: GatedSe
     hold_one_run(gated)
     with SegmentClient(gated.live.url, retries=3) as client, pytest.raises(SegmentApiError) as raised:
         client.segment(BODY, "stats", timeout_s=0.2)
-    assert raised.value.status == 504 and raised.value.code == "timeout"
+    assert raised.value.status == 504 and raised.value.code == "deadline_exceeded"
     gated.gate.set()
     assert gated.metric("segment_requests_total", route="/segment", status="504") == 1  # sent once
 
@@ -105,6 +110,7 @@ def test_a_deadline_that_passes_during_the_decode_is_not_queued(gated: GatedServ
     runs = len(gated.runs)
     r = httpx.post(f"{gated.live.url}/segment", params={"timeout_s": 0.001}, content=big, timeout=60)
     assert r.status_code == 504 and "decoded" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
     assert len(gated.runs) == runs
 
 
@@ -113,3 +119,18 @@ def test_a_deadline_that_is_no_positive_number_is_422(gated: GatedServer, value:
     r = post(gated.live.url, timeout_s=value)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
     assert "timeout_s" in r.text
+
+
+def test_deadlines_passing_are_logged_as_shedding_is_not_a_line_each(rule_model: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A client's own deadline is no fault: its 504s get one warning, then one every 10 s with the count, rather
+    than a line each as the server's own timeouts do."""
+    caplog.set_level(logging.WARNING, logger="service.app")
+    server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=30)
+    server.results = []  # type: ignore[attr-defined]
+    with server.running():
+        hold_one_run(server)
+        answers = [post(server.live.url, timeout_s=0.05) for _ in range(5)]
+    assert [r.json()["error"]["code"] for r in answers] == ["deadline_exceeded"] * 5
+    logged = [r.getMessage() for r in caplog.records if ": deadline_exceeded " in r.getMessage()]
+    assert len(logged) == 1, logged
