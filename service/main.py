@@ -64,6 +64,18 @@ def settings_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def report_settings_error(text: str) -> None:
+    """The `cannot start` lines of settings that do not validate: on stderr as they are, or, where the environment
+    asks for JSON logs, as JSON log lines (the settings, `SEGMENT_LOG_FORMAT` among them, could not be read whole;
+    a log collector must not get one raw line from a server that otherwise writes only JSON)."""
+    if os.environ.get("SEGMENT_LOG_FORMAT", "").strip().lower() != "json":
+        print(text, file=sys.stderr)
+        return
+    configure_logging("json", "info")
+    for line in text.splitlines():
+        log.error(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `segment-serve`."""
     try:
@@ -79,7 +91,7 @@ def serve(argv: list[str] | None) -> None:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(settings_error(exc), file=sys.stderr)
+        report_settings_error(settings_error(exc))
         sys.exit(STARTUP_FAILURE)
     configure_logging(settings.log_format, settings.log_level)
     for warning in unknown_variables(os.environ):  # here, once: the workers of a supervisor do not run main()

@@ -193,7 +193,8 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: INTERNAL,
     501: error("`crf_unavailable`: `crf=true` on a server without the crf extra"),
     503: busy("`overloaded`, `inference_unavailable`, `not_ready` or `shutting_down`"),
-    504: error("`timeout`: the answer took longer than the request timeout"),
+    504: error("`timeout`: the answer took longer than the request timeout; `deadline_exceeded`: the request's "
+               "own `timeout_s` passed first"),
 }
 
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -10,12 +10,15 @@ temporary one, never the `x.onnx` beside it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import onnxruntime as ort
 
 from .contract import ModelMetadata
 from .engine_resolve import EngineError
+
+log = logging.getLogger(__name__)
 
 # Always present (required, or with a default).
 _MODEL_FIELDS = ("arch", "classes", "palette", "input_size", "mean", "std", "channel_order", "source")
@@ -46,7 +49,11 @@ def read_metadata(path: Path) -> ModelMetadata:
 
 
 def check_variant(given: Path, variant: Path, variant_metadata: ModelMetadata) -> None:
-    """Refuse `variant`, picked for `given`, when its metadata names another model (EngineError, `precision`)."""
+    """Refuse `variant`, picked for `given`, when its metadata names another model (EngineError, `precision`).
+    A deployment that ships the variant alone (no `given` file) has nothing to compare it with: it is served."""
+    if not given.exists():
+        log.info("%s is not there: %s is served without a check against it", given, variant.name)
+        return
     try:
         given_metadata = read_metadata(given)
     except Exception as exc:  # ORT raises its own exception types; the file given is what must load
@@ -54,6 +61,10 @@ def check_variant(given: Path, variant: Path, variant_metadata: ModelMetadata) -
                           f"{variant.name} against it: {exc}", "model_path") from None
     found = differences(given_metadata, variant_metadata)
     if not found:
+        if not (given_metadata.source_sha256 and variant_metadata.source_sha256):
+            # Two exports of random weights, or files that do not record their weights: alike on paper only.
+            log.warning("%s and %s do not both record the sha256 of their weights (source_sha256): served as a "
+                        "variant of it on their other metadata alone", variant.name, given.name)
         return
     shown = ", ".join(f"{key} ({_short(given_metadata, key)} against {_short(variant_metadata, key)})"
                       for key in found)

@@ -230,6 +230,9 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     input_size = codec.pipeline.engine.input_size
 
     def reserve(upload: Upload) -> None:  # in the codec thread, from the header, before a pixel is decoded
+        if timeout_s is not None and time.perf_counter() - started >= timeout_s:  # waited for a codec thread
+            raise ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed before its image "
+                                               "was decoded; it was not queued")
         hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
 
     t0 = started = time.perf_counter()

@@ -144,3 +144,13 @@ def test_an_exception_is_one_json_line_with_its_traceback() -> None:
     assert record["message"] == "it failed: badly" and record["level"] == "ERROR", record
     assert "Traceback (most recent call last)" in record["exc_info"], record
     assert "ValueError: bad value" in record["exc_info"], record
+
+
+def test_settings_that_do_not_validate_are_reported_as_json_lines(rule_model: Path) -> None:
+    """The settings could not be read whole, `SEGMENT_LOG_FORMAT` among them: the environment's word is taken."""
+    with ServerProcess(rule_model, log_level="info", SEGMENT_LOG_FORMAT="JSON", SEGMENT_MAX_QUEUE="-5") as server:
+        assert server.proc.wait(60) == 3
+        server._reader.join(5)
+    records = json_lines(server.log)
+    assert any(r["message"].startswith("cannot start: SEGMENT_MAX_QUEUE") and r["level"] == "ERROR"
+               for r in records), server.log

@@ -53,6 +53,8 @@ def test_a_variant_of_the_same_weights_is_served(fp32: Path, tmp_path: Path, var
         r = httpx.post(f"{server.url}/segment", params={"output": "stats"}, content=png_bytes(scene()), timeout=30)
     assert ready and body["precision"] == "fp16" and body["model"] == "model.fp16", body
     assert r.status_code == 200, r.text
+    # Weights recorded by one file only: alike on the rest of their metadata, which is said.
+    assert ("do not both record the sha256 of their weights" in server.log) == (variant_sha == ""), server.log
 
 
 def test_the_file_given_as_the_variant_itself_is_not_compared(fp32: Path, tmp_path: Path) -> None:
@@ -86,3 +88,12 @@ def test_a_variant_beside_a_copy_of_its_fp32_file_passes(rule_model: Path, tmp_p
     with ServerProcess(tmp_path / "m.onnx", SEGMENT_PRECISION="int8", SEGMENT_PROVIDERS="cpu") as server:
         body = server.wait_ready().proc.poll() is None and httpx.get(f"{server.url}/readyz", timeout=10).json()
     assert body and body["precision"] == "int8", body
+
+
+def test_a_variant_shipped_without_its_fp32_file_is_served(fp32: Path, tmp_path: Path) -> None:
+    """Only `model.fp16.onnx` deployed, `SEGMENT_MODEL_PATH` naming `model.onnx`: nothing to compare it with."""
+    retagged(fp32, tmp_path / "model.fp16.onnx", precision="fp16")
+    fp32.unlink()
+    with ServerProcess(fp32, SEGMENT_PRECISION="fp16", SEGMENT_PROVIDERS="cpu") as server:
+        body = server.wait_ready().proc.poll() is None and httpx.get(f"{server.url}/readyz", timeout=10).json()
+    assert body and body["model"] == "model.fp16", body
