@@ -15,7 +15,7 @@
 #
 # Why each step: the kit alone is 62.9 MB (its onnxruntime CUDA library is 50.7 MB even at xz -9e; other xz filters
 # measured no smaller), and the five serving packages the host lacks (simplejpeg, zlib-ng, shapely, cachetools,
-# fastapi-offline) add 3.7 MB more as wheels (nvidia-ml-py, pure Python, tens of KB). Wheels are deflate-compressed
+# fastapi-offline) add 3.7 MB more as wheels (nvidia-ml-py and python-json-logger, pure Python, tens of KB). Wheels are deflate-compressed
 # zips; stored uncompressed inside one xz archive all fourteen take 5.4 MB instead of 7.7. That still leaves the full
 # tree (4.2 MB) over the limit, so `slim` sends a tree without the parts a benchmark run never reads.
 set -euo pipefail
@@ -25,7 +25,7 @@ LIMIT=$((64 * 1024 * 1024))
 # and NVML's binding at the GPU image's version (docker/Dockerfile.gpu): without it the run has no bucket memory
 # in /readyz and no segment_gpu_* metrics (`service.core.nvml` reads nothing), which the `pow2` variant compares.
 EXTRA_WHEELS=${GPU_EXTRA_WHEELS:-"simplejpeg==1.9.0 zlib-ng==1.1.0 shapely==2.2.0 cachetools==8.0.2 fastapi-offline==1.7.7
- nvidia-ml-py==13.580.126"}
+ nvidia-ml-py==13.580.126 python-json-logger==4.2.0"}
 # What a benchmark run never reads (tests, user docs, clients, container files, the embedded model).
 SLIM_DROP=(tests docs clients docker models service/models/default.onnx)
 RETURN=.git/gpu-host-return

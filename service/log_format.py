@@ -20,8 +20,6 @@ import os
 from contextvars import ContextVar
 from typing import Any
 
-from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
@@ -75,8 +73,12 @@ def configure_logging(log_format: str, log_level: str, *, worker: bool = False) 
     logging.basicConfig(level=LOG_LEVELS[log_level], format=WORKER_TEXT_FORMAT if worker else TEXT_FORMAT)
 
 
-def json_formatter() -> JsonFormatter:
+def json_formatter() -> logging.Formatter:
     """The JSON formatter, built in the process that logs, so that a worker finds its own slot."""
+    # Imported here: a server logging text never needs python-json-logger.
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
     return JsonFormatter(
         "%(levelname)s %(name)s %(message)s %(process)d",
         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},

@@ -42,3 +42,13 @@ def test_the_bundle_carries_nvml_at_the_gpu_images_version() -> None:
     wheels = re.search(r'EXTRA_WHEELS=\$\{GPU_EXTRA_WHEELS:-"([^"]*)"\}', (REPO / "bench" / "gpu_host.sh").read_text())
     assert wheels is not None
     assert f"nvidia-ml-py=={pinned.group(1)}" in wheels.group(1).split()
+
+
+def test_the_bundle_carries_the_json_log_formatter_at_the_serving_images_version() -> None:
+    """`SEGMENT_LOG_FORMAT=json` needs python-json-logger, which the host's image lacks."""
+    pinned = re.search(r"^python-json-logger==(\S+)$", (REPO / "docker" / "constraints-serve.txt").read_text(),
+                       re.MULTILINE)
+    assert pinned is not None
+    wheels = re.search(r'EXTRA_WHEELS=\$\{GPU_EXTRA_WHEELS:-"([^"]*)"\}', (REPO / "bench" / "gpu_host.sh").read_text())
+    assert wheels is not None
+    assert f"python-json-logger=={pinned.group(1)}" in wheels.group(1).split()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,11 @@ def test_settings_that_do_not_validate_are_reported_as_json_lines(rule_model: Pa
     records = json_lines(server.log)
     assert any(r["message"].startswith("cannot start: SEGMENT_MAX_QUEUE") and r["level"] == "ERROR"
                for r in records), server.log
+
+
+def test_a_server_logging_text_does_not_need_the_json_formatter() -> None:
+    """A host without python-json-logger still serves with the default format: nothing imports it until JSON."""
+    code = ("import sys, service.main, service.server, service.workers, service.app; "
+            "assert 'pythonjsonlogger' not in sys.modules, sorted(m for m in sys.modules if 'json' in m)")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
