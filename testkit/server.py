@@ -137,3 +137,10 @@ def proc_memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM", "VmSize"):
             out[key] = int(value.split()[0])
     return out
+
+
+def held_runs_environ(hold: Path) -> dict[str, str]:
+    """The environment that makes a server's model runs wait while the file `hold` exists (testkit/held_runs): a
+    test then knows its requests are in flight for as long as it keeps the file, however fast the machine."""
+    path = os.pathsep.join([str(REPO / "testkit" / "held_runs"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, "TESTKIT_HOLD_FILE": str(hold)}

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto
 from PIL import Image
 
-from testkit.server import ServerProcess
+from testkit.server import ServerProcess, held_runs_environ
 from tests.service.svc_helpers import make_rule_model, png_bytes, scene
 
 SEGMENT_SERVE = Path(sys.executable).with_name("segment-serve")
@@ -61,12 +61,14 @@ def test_startup_refuses_a_model_off_contract(processes, tmp_path: Path, kind: s
     assert "cannot start" in server.log and expect in server.log, server.log
 
 
-def test_sigterm_drains_in_flight_requests(processes, very_slow_model: Path) -> None:
-    # ~0.5 s an image, so the first batch of 2 is still running when the sixth request (its own connection,
-    # from a thread that a busy machine may start late) arrives: all six are in flight before the signal.
-    server = serve_process(very_slow_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5")
+def test_sigterm_drains_in_flight_requests(processes, rule_model: Path, tmp_path: Path) -> None:
+    # The model's runs wait while the hold file exists: all six requests are in flight at the signal, however fast
+    # the machine (a slow model let the first batch finish before the sixth arrived, now and then).
+    hold = tmp_path / "hold"
+    server = serve_process(rule_model, SEGMENT_MAX_BATCH_SIZE="2", SEGMENT_MAX_WAIT_MS="5", **held_runs_environ(hold))
     processes.append(server)
     server.wait_ready()
+    hold.touch()
     images = [scene(100 + 10 * i, 70) for i in range(6)]
 
     def post(image) -> httpx.Response:
@@ -79,6 +81,9 @@ def test_sigterm_drains_in_flight_requests(processes, very_slow_model: Path) -> 
             assert time.monotonic() < deadline
             time.sleep(0.01)
         server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert not any(f.done() for f in futures)  # held: drained after the signal, not answered before it
+        hold.unlink()
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * len(images)
     for image, r in zip(images, responses, strict=True):

@@ -21,9 +21,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.core.contract import ModelMetadata, voc_colormap
-from testkit import REPO
 from testkit.metrics import metric_sum
-from testkit.server import ServerProcess
+from testkit.server import ServerProcess, held_runs_environ
 from tests.service.svc_helpers import png_bytes, scene
 
 SEGMENT_SERVE = Path(sys.executable).with_name("segment-serve")
@@ -51,7 +50,7 @@ def test_sighup_restarts_in_place_after_answering_requests_in_flight(tiny_onnx_m
     hold = tmp_path / "hold"  # model runs wait while it exists: the four requests are in flight at the signal
     # The installed entry point, as a container's PID 1 runs it.
     with ServerProcess(model, command=[str(SEGMENT_SERVE)], log_level="info", SEGMENT_MAX_BATCH_SIZE="2",
-                       SEGMENT_MAX_WAIT_MS="5", PYTHONPATH=held_runs_path(), TESTKIT_HOLD_FILE=str(hold)) as server:
+                       SEGMENT_MAX_WAIT_MS="5", **held_runs_environ(hold)) as server:
         server.wait_ready()
         hold.touch()
         before = readyz(server)
@@ -99,8 +98,7 @@ def test_a_stop_during_a_restarts_drain_stops(rule_model: Path, tmp_path: Path, 
     # Model runs wait while the hold file exists: both requests are certainly in flight through the restart and
     # the stop, however fast the machine (a slow model let both finish between two polls now and then).
     hold = tmp_path / "hold"
-    with ServerProcess(rule_model, log_level="info", SEGMENT_MAX_BATCH_SIZE="1", PYTHONPATH=held_runs_path(),
-                       TESTKIT_HOLD_FILE=str(hold)) as server:
+    with ServerProcess(rule_model, log_level="info", SEGMENT_MAX_BATCH_SIZE="1", **held_runs_environ(hold)) as server:
         server.wait_ready()
         hold.touch()
         with ThreadPoolExecutor(2) as pool:
@@ -120,11 +118,6 @@ def test_a_stop_during_a_restarts_drain_stops(rule_model: Path, tmp_path: Path, 
         assert server.proc.wait(60) == status, server.log
     server._reader.join(5)
     assert server.log.count("Started server process") == 1, server.log  # not executed again
-
-
-def held_runs_path() -> str:
-    """PYTHONPATH for a server whose model runs wait while its TESTKIT_HOLD_FILE exists (`testkit/held_runs`)."""
-    return os.pathsep.join([str(REPO / "testkit" / "held_runs"), str(REPO), os.environ.get("PYTHONPATH", "")])
 
 
 def wait_for_line(server: ServerProcess, text: str, timeout: float = 20) -> None:
