@@ -59,8 +59,7 @@ def test_overload_gives_503_and_loses_no_accepted_request(rule_model: Path) -> N
         gated.gate.clear()
         task = asyncio.ensure_future(_burst(gated.live.url, [png_bytes(im) for im in images], {"output": "labels"}))
         async with httpx.AsyncClient(base_url=gated.live.url) as client:
-            # One running (held at the gate), two queued: everything else is refused.
-            await asyncio.to_thread(gated.wait_metric, "segment_rejected_total", len(images) - 3)
+            # The queue at its limit, and it cannot drain while the gate holds the run: /readyz must say so.
             await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 2)
             full = await client.get("/readyz")
             gated.gate.set()
@@ -68,10 +67,12 @@ def test_overload_gives_503_and_loses_no_accepted_request(rule_model: Path) -> N
 
     with gated.running():
         responses, full = asyncio.run(run())
+        refused = gated.metric("segment_rejected_total", reason="overloaded")
         with gated.live.client() as client:
             assert client.get("/readyz").status_code == 200  # and comes back
     codes = [r.status_code for r in responses]
-    assert sorted(codes) == [200] * 3 + [503] * 7, codes
+    # Two queued, and one running unless it was still in the batch being formed when the queue filled.
+    assert codes.count(503) == refused and codes.count(200) in (2, 3), codes
     for image, r in zip(images, responses, strict=True):
         if r.status_code == 503:
             assert r.json()["error"]["code"] == "overloaded"
