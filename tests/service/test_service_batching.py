@@ -51,28 +51,36 @@ def test_batching_off_runs_one_by_one(serve, rule_model: Path) -> None:
 
 def test_overload_gives_503_and_loses_no_accepted_request(rule_model: Path) -> None:
     # The model's runs wait on a gate: the queue stays at its limit, and /readyz overloaded, until the test opens it
-    # (a slow model let the queue drain between two polls of /readyz on a loaded machine).
+    # (a slow model let the queue drain between two polls of /readyz on a loaded machine). The requests go in
+    # steps, each once the one before is where it stays: one running, two queued, then seven that find it full.
     gated = GatedServer(rule_model, max_batch_size=1, max_queue=2, max_wait_ms=0, concurrent_batches=1)
     images = [scene(100 + i, 80) for i in range(10)]
 
     async def run() -> tuple[list[httpx.Response], httpx.Response]:
         gated.gate.clear()
-        task = asyncio.ensure_future(_burst(gated.live.url, [png_bytes(im) for im in images], {"output": "labels"}))
-        async with httpx.AsyncClient(base_url=gated.live.url) as client:
-            # The queue at its limit, and it cannot drain while the gate holds the run: /readyz must say so.
-            await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 2)
+        limits = httpx.Limits(max_connections=len(images) + 4)
+        async with httpx.AsyncClient(base_url=gated.live.url, timeout=60, limits=limits) as client:
+            def post(image: np.ndarray) -> asyncio.Future[httpx.Response]:
+                return asyncio.ensure_future(client.post("/segment", content=png_bytes(image),
+                                                         params={"output": "labels"}))
+
+            tasks = [post(images[0])]
+            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)  # held at the gate
+            for depth, image in enumerate(images[1:3], start=1):
+                tasks.append(post(image))
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
             full = await client.get("/readyz")
+            refused = [await post(image) for image in images[3:]]  # answered while the gate is still shut
             gated.gate.set()
-            return await task, full
+            return [*(await asyncio.gather(*tasks)), *refused], full
 
     with gated.running():
         responses, full = asyncio.run(run())
-        refused = gated.metric("segment_rejected_total", reason="overloaded")
+        refusals = gated.metric("segment_rejected_total", reason="overloaded")
         with gated.live.client() as client:
             assert client.get("/readyz").status_code == 200  # and comes back
-    codes = [r.status_code for r in responses]
-    # Two queued, and one running unless it was still in the batch being formed when the queue filled.
-    assert codes.count(503) == refused and codes.count(200) in (2, 3), codes
+    assert [r.status_code for r in responses] == [200] * 3 + [503] * 7, [r.text for r in responses]
+    assert refusals == 7
     for image, r in zip(images, responses, strict=True):
         if r.status_code == 503:
             assert r.json()["error"]["code"] == "overloaded"
