@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -30,12 +31,13 @@ def images_run(gated: GatedServer) -> int:
     return sum(gated.runs)
 
 
-def hold_one_run(gated: GatedServer) -> threading.Thread:
-    """Close the gate and start a request without a deadline, whose run then holds the only inference slot."""
+def hold_one_run(gated: GatedServer) -> Future[httpx.Response]:
+    """Close the gate and start a request without a deadline, whose run then holds the only inference slot; its
+    answer, once the gate opens."""
     gated.gate.clear()
     before = len(gated.runs)
-    holder = threading.Thread(target=lambda: gated.results.append(post(gated.live.url)))
-    holder.start()
+    holder: Future[httpx.Response] = Future()
+    threading.Thread(target=lambda: holder.set_result(post(gated.live.url)), daemon=True).start()
     deadline = time.monotonic() + 10
     while gated.metric("segment_batches_in_flight") < 1:  # its run started, and waits at the gate
         assert time.monotonic() < deadline and len(gated.runs) == before
@@ -46,7 +48,6 @@ def hold_one_run(gated: GatedServer) -> threading.Thread:
 @pytest.fixture
 def gated(rule_model: Path):
     server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=30)
-    server.results = []  # type: ignore[attr-defined]
     with server.running():
         yield server
 
@@ -61,8 +62,7 @@ def test_a_passed_deadline_answers_504_at_once_and_its_image_is_never_run(gated:
     assert 0.25 <= took < 3, took  # its own deadline, not the server's 30 s
     assert gated.metric("segment_queue_depth") == 0  # out of the line at once
     gated.gate.set()
-    holder.join(30)
-    assert gated.results[0].status_code == 200  # type: ignore[attr-defined]
+    assert holder.result(30).status_code == 200
     time.sleep(0.3)
     assert images_run(gated) == run_before + 1  # the held run only (counted as the gate opened): never the late one
     assert gated.metric("segment_requests_total", route="/segment", status="504") == 1
@@ -72,7 +72,6 @@ def test_a_passed_deadline_answers_504_at_once_and_its_image_is_never_run(gated:
 
 def test_a_deadline_longer_than_the_servers_timeout_is_cut_to_it(rule_model: Path) -> None:
     server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=0.5)
-    server.results = []  # type: ignore[attr-defined]
     with server.running():
         hold_one_run(server)
         started = time.monotonic()
@@ -134,7 +133,6 @@ def test_deadlines_passing_are_logged_as_shedding_is_not_a_line_each(rule_model:
     than a line each as the server's own timeouts do."""
     caplog.set_level(logging.WARNING, logger="service.app")
     server = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, request_timeout_s=30)
-    server.results = []  # type: ignore[attr-defined]
     with server.running():
         hold_one_run(server)
         answers = [post(server.live.url, timeout_s=0.05) for _ in range(5)]
