@@ -229,10 +229,13 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     assert hold is not None
     input_size = codec.pipeline.engine.input_size
 
+    def deadline_passed(when: str) -> ApiError:
+        return ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed {when} its image was "
+                                           "decoded; it was not queued")
+
     def reserve(upload: Upload) -> None:  # in the codec thread, from the header, before a pixel is decoded
         if timeout_s is not None and time.perf_counter() - started >= timeout_s:  # waited for a codec thread
-            raise ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed before its image "
-                                               "was decoded; it was not queued")
+            raise deadline_passed("before")
         hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
 
     t0 = started = time.perf_counter()
@@ -254,8 +257,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     if timeout_s is not None and timeout_s < settings.request_timeout_s:
         wait_s = timeout_s - (time.perf_counter() - started)  # what the decode left of the request's own
         if wait_s <= 0:
-            raise ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed while its image "
-                                               "was decoded; it was not queued")
+            raise deadline_passed("while")
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
         result = await while_connected(request.receive, batcher.infer(
             prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s))
