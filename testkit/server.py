@@ -139,8 +139,13 @@ def proc_memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def site_pythonpath(folder: str) -> str:
+    """PYTHONPATH for a child process that imports `testkit/<folder>/sitecustomize.py` at start (this checkout
+    first, then the inherited path)."""
+    return os.pathsep.join([str(REPO / "testkit" / folder), str(REPO), os.environ.get("PYTHONPATH", "")])
+
+
 def held_runs_environ(hold: Path) -> dict[str, str]:
     """The environment that makes a server's model runs wait while the file `hold` exists (testkit/held_runs): a
     test then knows its requests are in flight for as long as it keeps the file, however fast the machine."""
-    path = os.pathsep.join([str(REPO / "testkit" / "held_runs"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    return {"PYTHONPATH": path, "TESTKIT_HOLD_FILE": str(hold)}
+    return {"PYTHONPATH": site_pythonpath("held_runs"), "TESTKIT_HOLD_FILE": str(hold)}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from service.settings import default_model_path
 from testkit import REPO
+from testkit.server import site_pythonpath
 from tests.bench.bench_helpers import run_python
 
 FAILING_WARM_UP = Path(__file__).resolve().parent / "failing_warm_up"
-SLOW_WARM_UP = REPO / "testkit" / "slow_warm_up"
 
 
 def start_one_config(env: dict[str, str], ready_timeout: float | None = None) -> str:
@@ -55,7 +55,7 @@ def test_a_service_whose_warm_up_fails_fails_its_stage_at_once() -> None:
 
 
 def test_a_service_not_ready_in_time_fails_its_stage_after_the_ready_timeout() -> None:
-    path = os.pathsep.join([str(SLOW_WARM_UP), str(REPO), os.environ.get("PYTHONPATH", "")])
+    path = site_pythonpath("slow_warm_up")
     output = start_one_config({"PYTHONPATH": path, "TESTKIT_WARM_UP_S": "120"}, ready_timeout=4)
     assert "not ready after 4 s" in output, output
     assert elapsed_s(output) < 30, output

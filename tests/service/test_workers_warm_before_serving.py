@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from testkit import REPO
-from testkit.server import ServerProcess
+from testkit.server import ServerProcess, site_pythonpath
 from tests.service.svc_helpers import png_bytes, scene
 
 WARM_UP_S = 3.0
@@ -20,7 +19,7 @@ WARM_UP_S = 3.0
 
 def test_a_replacement_takes_no_connection_before_it_is_warm(rule_model: Path) -> None:
     body = png_bytes(scene(120, 80))
-    slow = os.pathsep.join([str(REPO / "testkit" / "slow_warm_up"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    slow = site_pythonpath("slow_warm_up")
     with ServerProcess(rule_model, SEGMENT_WORKERS="2", SEGMENT_INTRA_OP_THREADS="1", SEGMENT_WORKER_THREADS="2",
                        PYTHONPATH=slow, TESTKIT_WARM_UP_S=str(WARM_UP_S)) as server:
         first = set(server.wait_ready(120).worker_pids)  # both workers ready
