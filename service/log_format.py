@@ -89,6 +89,13 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+def json_line(logger: str, level: int, message: str) -> str:
+    """`message` as one JSON log line with the fields of every other (`json_formatter`), formatted here: for a
+    line written after `logging.shutdown()` has closed the handlers."""
+    record = logging.getLogger(logger).makeRecord(logger, level, "(unknown file)", 0, message, (), None)
+    return json_formatter().format(record)
+
+
 def worker_field() -> dict[str, int]:
     """`{"worker": slot}` in a worker of a supervisor, which sets its slot in the environment it spawns it with;
     nothing elsewhere (the supervisor's own environment holds the slot of the last worker it started)."""

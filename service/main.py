@@ -28,9 +28,10 @@ import sys
 import time
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from uvicorn.config import STARTUP_FAILURE  # uvicorn's own exit code when the application cannot start
 
-from .log_format import configure_logging
+from .log_format import configure_logging, json_line
 from .server import SingleServer, build_config, quiet_startup_failure
 from .settings import SECRET_SETTINGS, Settings
 from .settings_environment import log_authentication, stray_worker_slot, unknown_variables
@@ -64,11 +65,28 @@ def settings_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def report_settings_error(text: str) -> None:
-    """The `cannot start` lines of settings that do not validate: on stderr as they are, or, where the environment
-    asks for JSON logs, as JSON log lines (the settings, `SEGMENT_LOG_FORMAT` among them, could not be read whole;
-    a log collector must not get one raw line from a server that otherwise writes only JSON)."""
-    if os.environ.get("SEGMENT_LOG_FORMAT", "").strip().lower() != "json":
+class _LogFormatOnly(BaseSettings):
+    """`log_format` alone, read by pydantic-settings as `Settings` reads it (its config: the prefix, names in any
+    case), in the same precedence: arguments (the command line's), then the environment."""
+
+    model_config = Settings.model_config | {"extra": "ignore"}  # the other settings are not this one's to judge
+    log_format: str = "text"  # a str: ` JSON ` still says what it means where the settings refuse it
+
+
+def settings_log_format(overrides: dict[str, object]) -> str:
+    """'json' or 'text': the log format that settings which do not validate as a whole ask for, read on its own."""
+    try:
+        value = _LogFormatOnly(**{k: v for k, v in overrides.items() if k == "log_format"}).log_format
+    except Exception:  # unreadable on its own too (a source that fails): the default, rather than a traceback
+        return "text"
+    return "json" if value.strip().lower() == "json" else "text"
+
+
+def report_settings_error(text: str, log_format: str) -> None:
+    """The `cannot start` lines of settings that do not validate: on stderr as they are, or, where the settings'
+    sources ask for JSON logs (`settings_log_format`), as JSON log lines (the settings could not be read whole; a
+    log collector must not get one raw line from a server that otherwise writes only JSON)."""
+    if log_format != "json":
         print(text, file=sys.stderr)
         return
     configure_logging("json", "info")
@@ -91,7 +109,7 @@ def serve(argv: list[str] | None) -> None:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        report_settings_error(settings_error(exc))
+        report_settings_error(settings_error(exc), settings_log_format(overrides))
         sys.exit(STARTUP_FAILURE)
     configure_logging(settings.log_format, settings.log_level)
     for warning in unknown_variables(os.environ):  # here, once: the workers of a supervisor do not run main()
@@ -122,12 +140,13 @@ def serve(argv: list[str] | None) -> None:
     if not server.started or server.refused:
         sys.exit(STARTUP_FAILURE)
     if server.restart:
-        restart_in_place()
+        restart_in_place(settings.log_format)
 
 
-def restart_in_place() -> None:
+def restart_in_place(log_format: str) -> None:
     """Execute this process's command line again, drained (SIGHUP): same interpreter, arguments (`sys.orig_argv`,
-    `-m service.main` included) and environment (as this process was started with), so the same PID."""
+    `-m service.main` included) and environment (as this process was started with), so the same PID. Where that
+    fails, exit 1 with a line in `log_format`."""
     # Ignored across the exec (a handled signal is reset to the default, which kills) until the new process's
     # `serve` handles it: a second SIGHUP while it starts must not kill a container's PID 1.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -141,7 +160,9 @@ def restart_in_place() -> None:
     try:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], STARTED_ENV)
     except OSError as exc:  # the interpreter gone (an upgrade under a running server): stop, to be restarted
-        print(f"cannot restart in place: {exc}; exiting", file=sys.stderr)
+        line = f"cannot restart in place: {exc}; exiting"
+        # logging is shut down by now: the JSON line is formatted here, as the handlers would have
+        print(json_line(__name__, logging.ERROR, line) if log_format == "json" else line, file=sys.stderr)
         sys.exit(1)
 
 

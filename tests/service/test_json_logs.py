@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from service.log_format import json_formatter
+from testkit import REPO
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
 
@@ -164,3 +167,52 @@ def test_a_server_logging_text_does_not_need_the_json_formatter() -> None:
             "assert 'pythonjsonlogger' not in sys.modules, sorted(m for m in sys.modules if 'json' in m)")
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr[-2000:]
+
+
+def environment_without_log_format() -> dict[str, str]:
+    """This process's environment less any `SEGMENT_LOG_FORMAT`, in any case (the settings read names in any)."""
+    return {k: v for k, v in os.environ.items() if k.lower() != "segment_log_format"}
+
+
+def test_settings_that_do_not_validate_follow_the_format_as_the_settings_read_it(rule_model: Path) -> None:
+    """The settings read variable names in any case: the report reads the format as they do, not one spelling."""
+    with ServerProcess(rule_model, base_env=environment_without_log_format(), log_level="info",
+                       segment_log_format="json", SEGMENT_MAX_QUEUE="-5") as server:
+        assert server.proc.wait(60) == 3
+        server._reader.join(5)
+    records = json_lines(server.log)
+    assert any(r["message"].startswith("cannot start: SEGMENT_MAX_QUEUE") and r["level"] == "ERROR"
+               for r in records), server.log
+
+
+# A server that has drained for a restart in place (SIGHUP) finds its interpreter gone, as after an upgrade under
+# it: `restart_in_place` executes `sys.executable`, here a path that does not exist.
+FAILED_RESTART = """
+import logging, sys
+from service.log_format import configure_logging
+from service.main import restart_in_place
+configure_logging(sys.argv[1], "info")
+logging.getLogger("service.main").info("drained")
+sys.executable = sys.argv[2]
+restart_in_place(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_restart_in_place_that_cannot_execute_says_so_in_the_log_format(tmp_path: Path, log_format: str) -> None:
+    missing = tmp_path / "python3"
+    child = subprocess.Popen([sys.executable, "-c", FAILED_RESTART, log_format, str(missing)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 1, stderr
+    expected = f"cannot restart in place: [Errno 2] No such file or directory: '{missing}'; exiting"
+    if log_format == "json":
+        drained, failed = json_lines(stderr)  # nothing else, and no raw line
+        assert drained["message"] == "drained", drained
+        assert (failed["level"], failed["logger"], failed["message"]) == ("ERROR", "service.main", expected), failed
+        assert failed["pid"] == child.pid and failed.keys() == drained.keys(), (drained, failed)
+    else:
+        drained, failed = stderr.splitlines()
+        assert drained.endswith(" INFO service.main: drained"), stderr
+        assert failed == expected, stderr
