@@ -78,7 +78,8 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
         if args.crf and not crf.available():
             raise RuntimeError("--crf --local needs the crf extra here: pip install '.[crf]'")
         return LocalSegmenter(args.local, providers=args.providers, threads=args.threads), None
-    client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs, retries=args.retries)
+    client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs, retries=args.retries,
+                           priority=args.priority)
     return client, client
 
 

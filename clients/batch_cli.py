@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.client import OUTPUTS, OVERLAY_FORMATS
+from service.client import OUTPUTS, OVERLAY_FORMATS, PRIORITIES
 from service.core.output_kinds import OUTPUT_KINDS
 
 
@@ -44,6 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="refine each mask with the dense CRF (the crf extra, on the server or, --local, here)")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
+    parser.add_argument("--priority", choices=PRIORITIES, default="bulk",
+                        help="--server: the requests' priority (default bulk: the server runs interactive requests "
+                             "first and keeps part of its queue for them, so a folder never crowds out live users)")
     parser.add_argument("--wait", type=float, default=30.0, help="--server: seconds to wait for it to be ready")
     parser.add_argument("--retries", type=_non_negative_int, default=2,
                         help="--server: the Python client's retries for each file: extra attempts after a 503 "

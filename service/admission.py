@@ -12,6 +12,10 @@ A /segment request passes two gates, in order:
    no more on their way to the inference queue (waiting for or in their decode) than it has places left, so that
    none is refused by a full queue after paying for its decode; and room in the request memory budget for its
    upload (service/request_memory.py), in which its decode then reserves the image it keeps, before decoding.
+A `bulk` request (service/batch_line.py) is admitted at the second gate only while its share of the queue's places
+(`SEGMENT_BULK_QUEUE_SHARE`, counting every priority) is not taken, and as many places in progress as the queue keeps
+are free besides, so that the rest is kept for interactive requests: a bulk backlog never refuses them. Refused
+there, it gets 503 `bulk_overloaded`, which says interactive requests are still taken.
 A request refused at either gate gets 503 with Retry-After (`/readyz` says `overloaded` while the second refuses);
 an upload larger than the whole upload budget, which no retry would fit, is refused 413 by the body limit instead
 (from its Content-Length up front, or as a chunked body grows past it).
@@ -43,6 +47,12 @@ RETRY = {"Retry-After": "1"}
 def overloaded(what: str) -> ApiError:
     """The 503 every gate answers."""
     return ApiError(503, "overloaded", f"{what}; retry shortly", RETRY)
+
+
+def bulk_overloaded(what: str) -> ApiError:
+    """The 503 of a bulk request refused to keep room for interactive ones."""
+    return ApiError(503, "bulk_overloaded", f"{what}, the rest is kept for interactive requests; retry later",
+                    RETRY)
 
 
 class UploadBudget:
@@ -93,8 +103,12 @@ class Admissible(Protocol):
     @property
     def max_admitted(self) -> int: ...
 
-    def queue_places(self) -> int:
-        """Places for requests on their way to the inference queue (service/state.py)."""
+    @property
+    def bulk_max_admitted(self) -> int: ...
+
+    def queue_places(self, bulk: bool = False) -> int:
+        """Places for requests on their way to the inference queue; for a bulk one, those beyond what is kept for
+        interactive requests (service/state.py)."""
         ...
 
 
@@ -122,14 +136,18 @@ class Admission:
             exc.headers = {**exc.headers, "Connection": "close"}
             raise
 
-    def admit(self, upload_bytes: int) -> None:
+    def admit(self, upload_bytes: int, bulk: bool = False) -> None:
         """The body (`upload_bytes`) has arrived: give back its upload reservation, take a place and hold the
-        upload in the request memory, or raise 503 (413 for an upload larger than all of that memory)."""
+        upload in the request memory, or raise 503 (413 for an upload larger than all of that memory). A `bulk`
+        request takes a place only within the bulk share (503 `bulk_overloaded`)."""
         self.uploads.release(self.reserved)
         self.reserved = 0
         state = self.state
         if state.admitted >= state.max_admitted:
             raise overloaded(f"too many requests in progress ({state.max_admitted})")
+        if bulk and state.admitted >= state.bulk_max_admitted:
+            raise bulk_overloaded(f"bulk requests may find {state.bulk_max_admitted} of the {state.max_admitted} "
+                                  f"places in progress taken ({state.admitted} are)")
         # Decoded only when the queue will have a place for it: refused by a full queue after its decode, it would
         # have paid for that decode for nothing (with a queue of 4, 157 of 210 refusals were after the decode).
         # A place taken by a decode in progress is free again as soon as a batch takes images from the queue.
@@ -137,6 +155,9 @@ class Admission:
         if state.on_the_way >= places:
             raise overloaded(f"no place left in the inference queue ({state.on_the_way} requests being decoded "
                              f"for the {max(places, 0)} free)")
+        if bulk and state.on_the_way >= (bulk_places := state.queue_places(bulk=True)):
+            raise bulk_overloaded(f"no place left for bulk requests in the inference queue ({state.on_the_way} "
+                                  f"requests being decoded for the {max(bulk_places, 0)} free to them)")
         hold = state.memory.hold()
         hold.reserve(upload_bytes)  # kept until encoded (for `/results`)
         self.hold = hold

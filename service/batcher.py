@@ -29,6 +29,7 @@ from .batch_line import QueuedImage, WaitingLine
 from .batch_runs import InferenceResult, InferenceTimeout, RunCounter, WaitSplit
 from .busy_estimate import BusyEstimate
 from .core.handoff import WorkerThreads
+from .core.priorities import Priority
 from .errors import ApiError
 from .inference_guard import InferenceGuard, InferenceHealth
 from .metrics import Metrics
@@ -177,10 +178,11 @@ class Batcher:
 
     async def infer(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None,
                     on_abandoned: Callable[[WaitSplit], None] | None = None,
-                    wait_s: float | None = None) -> InferenceResult:
+                    wait_s: float | None = None, priority: Priority = "interactive") -> InferenceResult:
         """Queue one letterboxed image and wait for its labels, at most `timeout_s` (the server's request timeout)
         or `wait_s`, a request's own shorter deadline. If the wait is cancelled (its client hung up), `on_abandoned`
-        is told where the wait went before the cancellation goes on.
+        is told where the wait went before the cancellation goes on. Interactive images are taken before bulk ones
+        (service/batch_line.py).
 
         Raises ApiError 503 `overloaded` (queue full) or `inference_unavailable` (the device is failing, or
         `stalled`), 504 `timeout` (an `InferenceTimeout`, which splits the wait into queue and run), 500
@@ -193,7 +195,7 @@ class Batcher:
         limit_s = timeout_s if wait_s is None else min(wait_s, timeout_s)
         self.refuse_if_stalled()
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
-        item = QueuedImage(tensor, future, request_id)
+        item = QueuedImage(tensor, future, request_id, priority)
         try:
             self._line.put(item)
         except asyncio.QueueFull:

@@ -60,16 +60,19 @@ from .client_wire import (
     tls_error,
 )
 from .core.output_kinds import DEFAULT_OUTPUT
+from .core.priorities import PRIORITIES, Priority
 
 _MIN_PROBE_S = 0.1  # the shortest wait for one /readyz answer, so that a last probe can still succeed
 
 __all__ = [
     "OUTPUTS",
     "OVERLAY_FORMATS",
+    "PRIORITIES",
     "AsyncSegmentClient",
     "ImageInput",
     "Output",
     "OverlayFormat",
+    "Priority",
     "ResultName",
     "SegmentApiError",
     "SegmentCertificateError",
@@ -87,17 +90,19 @@ class SegmentClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
                  max_connections: int = 8, transport: httpx.BaseTransport | None = None,
-                 retry_budget: float | None = None) -> None:
-        """`url`: http:// or https://. `retries`: extra attempts after a 503 (overloaded, not ready) or a
-        connection that could not be made (refused: nothing was sent), but not after a server certificate that is not
-        accepted or a server that does not speak TLS (`SegmentTlsError`: no retry could succeed). Each waits the
-        server's Retry-After (else 0.2 s) doubled per retry, at most 5 s, times a random 1-1.5; a Retry-After over
-        5 s is not waited for (the error is raised, with its `retry_after`). `retry_budget`: at most this many
-        seconds of waiting per call (None: only `retries` bounds it). A bad URL or API key raises
-        `SegmentClientError` here."""
+                 retry_budget: float | None = None, priority: Priority | None = None) -> None:
+        """`url`: http:// or https://. `priority`: every `segment` call's unless it names its own (`bulk` for
+        offline work, which the server runs after interactive requests; None: the server's default, interactive).
+        `retries`: extra attempts after a 503 (overloaded, not ready) or a connection that could not be made
+        (refused: nothing was sent), but not after a server certificate that is not accepted or a server that does
+        not speak TLS (`SegmentTlsError`: no retry could succeed). Each waits the server's Retry-After (else 0.2 s)
+        doubled per retry, at most 5 s, times a random 1-1.5; a Retry-After over 5 s is not waited for (the error
+        is raised, with its `retry_after`). `retry_budget`: at most this many seconds of waiting per call (None:
+        only `retries` bounds it). A bad URL or API key raises `SegmentClientError` here."""
         self.url = server_url(url)
         self.retries = max(0, retries)
         self.retry_budget = retry_budget
+        self.priority = priority
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(base_url=self.url, headers=auth_headers(api_key), timeout=timeout, limits=limits,
                                   transport=transport)
@@ -127,17 +132,19 @@ class SegmentClient:
     def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None, crf: bool | None = None,
-                timeout_s: float | None = None) -> SegmentResult:
+                timeout_s: float | None = None, priority: Priority | None = None) -> SegmentResult:
         """Segment one image: a file path, encoded bytes, an RGB (or grey, RGBA) uint8 array sent as lossless PNG,
         or a 1-D uint8 array holding an encoded file (what `cv2.imencode` returns); another array is a ValueError.
         `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
         the dense CRF (a server without the CRF extra answers 501 `crf_unavailable`); `timeout_s` is the request's
         own deadline on the server, from the end of its upload to its labels (at most the server's request
         timeout): passed, the server answers 504 `deadline_exceeded` (`SegmentApiError`, not retried) and never runs the
-        image. None: the service's default."""
+        image; None: the service's default. `priority`: `interactive` or `bulk` (run after every interactive
+        request waiting; refused 503 `bulk_overloaded`, retried, beyond its share of the server's queue); None: the
+        client's."""
         content, media = request_body(image)
-        response = self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                              params=segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s))
+        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority)
+        response = self._send("POST", "/segment", content=content, headers={"Content-Type": media}, params=params)
         return segment_result(response, output)
 
     def labels(self, image: ImageInput) -> np.ndarray:

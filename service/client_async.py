@@ -28,6 +28,7 @@ from .client_wire import (
     server_url,
 )
 from .core.output_kinds import DEFAULT_OUTPUT
+from .core.priorities import Priority
 
 
 class AsyncSegmentClient:
@@ -35,11 +36,12 @@ class AsyncSegmentClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
                  max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None,
-                 retry_budget: float | None = None) -> None:
+                 retry_budget: float | None = None, priority: Priority | None = None) -> None:
         """The arguments, retries and errors of `SegmentClient`."""
         self.url = server_url(url)
         self.retries = max(0, retries)
         self.retry_budget = retry_budget
+        self.priority = priority
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(api_key), timeout=timeout,
                                        limits=limits, transport=transport)
@@ -69,13 +71,13 @@ class AsyncSegmentClient:
     async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
                       min_area: float | None = None, crf: bool | None = None,
-                      timeout_s: float | None = None) -> SegmentResult:
+                      timeout_s: float | None = None, priority: Priority | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""
         # Reading a file is blocking; do it off the loop.
         content, media = await asyncio.to_thread(request_body, image)
+        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority)
         response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
-                                    params=segment_params(output, alpha, format, tolerance, min_area, crf,
-                                                          timeout_s))
+                                    params=params)
         return segment_result(response, output)
 
     async def result(self, result_id: str, name: ResultName, alpha: float | None = None) -> bytes:

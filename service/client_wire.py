@@ -28,6 +28,7 @@ from .client_types import (
     SegmentTlsError,
     media_type_of,
 )
+from .core.priorities import PRIORITIES
 from .core.signatures import HEAD_BYTES, has_image_signature
 
 # Statuses worth retrying: the queue was full, the model was still loading or its runs were failing; all carry
@@ -90,13 +91,15 @@ def request_body(image: ImageInput) -> tuple[bytes, str]:
 
 def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance: float | None,
                    min_area: float | None, crf: bool | None = None,
-                   timeout_s: float | None = None) -> dict[str, str]:
-    """The query of `POST /segment`; a ValueError for an output kind the service does not have."""
+                   timeout_s: float | None = None, priority: str | None = None) -> dict[str, str]:
+    """The query of `POST /segment`; a ValueError for an output kind or priority the service does not have."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if priority is not None and priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
     params = {"output": output}
     for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area),
-                       ("timeout_s", timeout_s)):
+                       ("timeout_s", timeout_s), ("priority", priority)):
         if value is not None:
             params[key] = str(value)
     if crf is not None:

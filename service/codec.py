@@ -38,6 +38,15 @@ HEAVY_DECODE_PIXELS = 16_000_000
 # decoded image, labels: service/request_memory.py) sooner, rather than holding it behind newer requests' decodes.
 # Decodes cannot starve: every encode follows a decode that has finished.
 ENCODE_PRIORITY = 1
+# An interactive request's codec jobs are taken before every bulk request's (`priority=bulk`, service/batch_line.py):
+# on a CPU shared by a flood of offline work, a decode waiting behind the flood's decodes cost an interactive request
+# as much as the flood's wait in the inference queue.
+INTERACTIVE_BOOST = 2
+
+
+def _boosted(priority: int, bulk: bool) -> int:
+    """A codec job's priority in `WorkerThreads`: interactive requests' above every bulk one's."""
+    return priority if bulk else priority + INTERACTIVE_BOOST
 
 
 def _ignore(_label_map: LabelMap) -> bool:
@@ -71,15 +80,17 @@ class Codec:
         self.crf = crf  # None: `crf=true` refines in the codec thread, holding the interpreter lock throughout
 
     async def decode(self, data: bytes, *, full_resolution: bool,
-                     before_decode: Callable[[Upload], object] | None = None) -> Prepared:
-        """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP).
+                     before_decode: Callable[[Upload], object] | None = None, bulk: bool = False) -> Prepared:
+        """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP). A `bulk`
+        request's decode waits for every interactive request's codec job queued.
 
         `before_decode(upload)` is called in the codec thread once the header has been read, before a pixel is
         decoded: the route reserves there what the decode will hold, and its refusal (an exception) is raised
         here with nothing decoded."""
         # The structure checks and the header read run once, in the pool, not on the event loop (~0.07 ms for a
         # JPEG); a heavy upload then moves, opened, to the low-priority pool.
-        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution, before_decode)
+        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution, before_decode,
+                                      priority=_boosted(0, bulk))
         if isinstance(done, Prepared):
             return done
         return await self.heavy_threads.run(self._preprocess, done, full_resolution)
@@ -118,7 +129,7 @@ class Codec:
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,
-                     crf_place: CrfPlace | None = None) -> tuple[bytes, str, bool]:
+                     crf_place: CrfPlace | None = None, bulk: bool = False) -> tuple[bytes, str, bool]:
         """The answer's body and media type, and whether `keep(label map at the upload's size)` stored it for
         `/results` (in the same job: off the event loop, where under several workers it is a file write). A JSON
         kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
@@ -127,7 +138,8 @@ class Codec:
         if options.crf and self.crf is not None:
             labels = await self._refined(prepared, labels, crf_place)
             options = replace(options, crf=False)  # refined: the codec thread has only the rest to do
-        return await self.threads.run(self._encode, prepared, labels, options, header, keep, priority=ENCODE_PRIORITY)
+        return await self.threads.run(self._encode, prepared, labels, options, header, keep,
+                                      priority=_boosted(ENCODE_PRIORITY, bulk))
 
     async def _refined(self, prepared: Prepared, labels: np.ndarray, place: CrfPlace | None) -> np.ndarray:
         """The dense CRF's labels, from a worker process (`CrfPool`), in `place` (None: one taken now): 503

@@ -21,6 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .core.options import DEFAULT_BATCH_SIZE
+from .core.priorities import PRIORITIES
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # The loop's timers have a 1 ms clock: below 2 ms is on time.
@@ -35,11 +36,11 @@ INFERENCE_RUNS = ("batch", "image", "probe")
 # the two that answer nothing: `client_closed`, a client gone mid-upload, and `send_timeout`, a client that stopped
 # reading its answer (service/connection.py). The `http_<status>` codes of unexpected HTTP errors are open-ended.
 REJECTION_REASONS = (
-    "bad_request", "body_timeout", "client_closed", "corrupt_image", "crf_unavailable", "deadline_exceeded",
-    "empty_body", "header_timeout", "headers_too_large", "image_too_large", "incomplete_multipart", "inference_failed",
-    "inference_unavailable", "internal_error", "invalid_request", "method_not_allowed", "not_found", "not_ready",
-    "output_too_complex", "overloaded", "payload_too_large", "range_not_satisfiable", "result_not_found",
-    "send_timeout", "shutting_down", "timeout", "unauthorized", "unsupported_content_encoding",
+    "bad_request", "body_timeout", "bulk_overloaded", "client_closed", "corrupt_image", "crf_unavailable",
+    "deadline_exceeded", "empty_body", "header_timeout", "headers_too_large", "image_too_large", "incomplete_multipart",
+    "inference_failed", "inference_unavailable", "internal_error", "invalid_request", "method_not_allowed",
+    "not_found", "not_ready", "output_too_complex", "overloaded", "payload_too_large", "range_not_satisfiable",
+    "result_not_found", "send_timeout", "shutting_down", "timeout", "unauthorized", "unsupported_content_encoding",
     "unsupported_http_version", "unsupported_media_type", "unsupported_transfer_encoding", "uri_too_long",
 )
 
@@ -67,6 +68,12 @@ class Metrics:
         self.batch_size = Histogram("segment_batch_size", "Images per inference batch that ran (after a failed "
                                     "batch, each image run again alone is a batch of one)",
                                     buckets=[float(b) for b in batch_buckets], registry=r)
+        # By priority: the queue stage above mixes the two, and a bulk backlog's waits would hide whether
+        # interactive requests still pass it at once (service/batch_line.py).
+        self.queue_wait = Histogram("segment_queue_wait_seconds", "Seconds each /segment image waited in the "
+                                    "inference queue, by request priority (interactive or bulk)", ["priority"],
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self._queue_waits = {priority: self.queue_wait.labels(priority=priority) for priority in PRIORITIES}
         self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker",
                                  multiprocess_mode="livesum", registry=r)
         self.padding_images = Counter("segment_batch_padding_images",
@@ -133,6 +140,11 @@ class Metrics:
 
     # Labelled children looked up once: `labels()` validates and locks on every call (14 -> 5 µs for the six
     # observations of one /segment request, measured).
+    def queued(self, priority: str, seconds: float) -> None:
+        """One image's wait in the inference queue: the `queue` stage and its priority's histogram."""
+        self.stage("queue").observe(seconds)
+        self._queue_waits[priority].observe(seconds)
+
     def stage(self, name: str) -> Any:
         """The `stage_duration` histogram of one stage."""
         child = self._stages.get(name)

@@ -192,7 +192,8 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
                "multipart field `image`) or `output_too_complex` (polygons past the bounds)"),
     500: INTERNAL,
     501: error("`crf_unavailable`: `crf=true` on a server without the crf extra"),
-    503: busy("`overloaded`, `inference_unavailable`, `not_ready` or `shutting_down`"),
+    503: busy("`overloaded`, `bulk_overloaded` (a `priority=bulk` request beyond the bulk share of the queue; "
+              "interactive requests are still taken), `inference_unavailable`, `not_ready` or `shutting_down`"),
     504: error("`timeout`: the answer took longer than the request timeout; `deadline_exceeded`: the request's "
                "own `timeout_s` passed first"),
 }

@@ -1,7 +1,7 @@
 """How requests answered 5xx reach the log. A fault (500, 504 `timeout`) is a line each. Shedding load (503
-`overloaded`, `not_ready`, `shutting_down`, `inference_unavailable`) is what the server does by design at the moment
-the log matters most: a line per refused request flooded it (37 lines for 37 refusals at four times the queue), and
-`segment_rejected_total{reason}` already counts each; so is a request's own deadline passing (504
+`overloaded`, `bulk_overloaded`, `not_ready`, `shutting_down`, `inference_unavailable`) is what the server does by
+design at the moment the log matters most: a line per refused request flooded it (37 lines for 37 refusals at four
+times the queue), and `segment_rejected_total{reason}` already counts each; so is a request's own deadline passing (504
 `deadline_exceeded`), which its client chose. So each such code gets one line, then at most one line every
 `interval_s` while it goes on, which says how many more were refused since."""
 
@@ -14,7 +14,8 @@ from collections.abc import Callable
 from .errors import ApiError
 
 # And a request's own deadline passing (504 `deadline_exceeded`): the client's choice, frequent by design under load.
-SHEDDING = frozenset({"overloaded", "not_ready", "shutting_down", "inference_unavailable", "deadline_exceeded"})
+SHEDDING = frozenset({"overloaded", "bulk_overloaded", "not_ready", "shutting_down", "inference_unavailable",
+                      "deadline_exceeded"})
 
 
 class RefusalLog:

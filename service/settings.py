@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    bulk_queue_share: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="the share of the inference queue that `priority=bulk` requests may fill; the rest (and as "
+                    "many places among the requests in progress) is kept for interactive ones, which are also run "
+                    "first. 1: none kept")
     request_timeout_s: float = Field(30.0, gt=0)
     # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
     max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)

@@ -56,15 +56,29 @@ class ServiceState:
         bounded by its places besides (`queue_places`)."""
         return 2 * self.settings.max_queue + self.settings.max_batch_size
 
-    def queue_places(self) -> int:
+    @property
+    def kept_for_interactive(self) -> int:
+        """The queue's places a bulk request may not take (service/admission.py): beyond its share
+        (`SEGMENT_BULK_QUEUE_SHARE`, at least one place). As many places in progress are kept too."""
+        max_queue = self.settings.max_queue
+        return max_queue - max(1, int(self.settings.bulk_queue_share * max_queue))
+
+    @property
+    def bulk_max_admitted(self) -> int:
+        """The requests in progress (of any priority) below which a bulk one is admitted."""
+        return self.max_admitted - self.kept_for_interactive
+
+    def queue_places(self, bulk: bool = False) -> int:
         """Places for requests on their way to the inference queue: its free places (every image waiting for a
         batch takes one, a forming batch's too), and one for each inference slot running no batch, whose worker
         takes an image off the queue as soon as it comes. Admission keeps those on their way within them
-        (service/admission.py), so that none finds the queue full after its decode."""
+        (service/admission.py), so that none finds the queue full after its decode. For a `bulk` request, those
+        `kept_for_interactive` are not free."""
+        kept = self.kept_for_interactive if bulk else 0
         if self.batcher is None:
-            return self.settings.max_queue
+            return self.settings.max_queue - kept
         batcher = self.batcher
-        return batcher.max_queue - batcher.depth + batcher.concurrency - batcher.in_flight
+        return batcher.max_queue - batcher.depth + batcher.concurrency - batcher.in_flight - kept
 
     def serving(self) -> tuple[Engine, Batcher, Codec]:
         """The engine, batcher and codec a /segment request needs, or 503 (with Retry-After) before its body is

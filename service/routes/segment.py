@@ -26,6 +26,7 @@ from ..core.engine import Engine
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
+from ..core.priorities import Priority
 from ..errors import ApiError
 from ..metrics import Metrics
 from ..middleware import key_fingerprint_of
@@ -182,6 +183,11 @@ class SegmentQuery(BaseModel):
         "run; at most the server's request timeout (longer is cut to it). Passed: 504 `deadline_exceeded`, and its "
         "image leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, "
         "and the model never runs images nobody waits for. Default: the server's request timeout"))
+    priority: Priority = Query("interactive", description=(
+        "`interactive`: someone waits for the answer; `bulk`: offline work (a folder being labelled), run after "
+        "every interactive request waiting, and admitted only within its share of the queue "
+        "(SEGMENT_BULK_QUEUE_SHARE): beyond it 503 `bulk_overloaded` with Retry-After while interactive requests "
+        "are still taken"))
 
 
 # `response_class=Response`: FastAPI would otherwise list an empty application/json first among the 200's types.
@@ -205,12 +211,12 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         data = await _read_upload(request, state.settings, ticket)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
-        ticket.admit(len(data))
+        ticket.admit(len(data), bulk=query.priority == "bulk")
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:
             return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place,
-                                  query.timeout_s)
+                                  query.timeout_s, query.priority)
         finally:
             if crf_place is not None:
                 crf_place.release()  # unless its refinement holds it: then when the worker is done
@@ -218,7 +224,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
 
 async def _segment(request: Request, state: ServiceState, engine: Engine, batcher: Batcher, codec: Codec,
                    data: bytes, options: SegmentOptions, ticket: Admission,
-                   crf_place: CrfPlace | None = None, timeout_s: float | None = None) -> Response:
+                   crf_place: CrfPlace | None = None, timeout_s: float | None = None,
+                   priority: Priority = "interactive") -> Response:
     """Decode, infer, encode one admitted upload; the response with its timing. Each stage's time is observed as
     the stage ends, whatever comes after it: a timeout storm shows its decodes and its queueing. `timeout_s`: the
     request's own deadline from now (its upload is in) until its labels, at most the server's request timeout."""
@@ -241,7 +248,8 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     t0 = started = time.perf_counter()
     try:
         with batcher.expecting():  # a batch being formed now waits for this image
-            prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve)
+            prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve,
+                                          bulk=priority == "bulk")
     finally:
         ticket.queued()  # decoded or not, no longer on its way: infer() queues it before its first await
     timing["decode"] = _observed(metrics, "decode", t0)
@@ -249,7 +257,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         prepared = prepared.without_image()  # the answer does not show it: not kept through the queue
 
     def observe_wait(wait: WaitSplit | InferenceTimeout) -> None:  # queueing until it left the line; then its run
-        metrics.stage("queue").observe(wait.queue_s)
+        metrics.queued(priority, wait.queue_s)
         if wait.inference_s is not None:
             metrics.stage("inference").observe(wait.inference_s)
 
@@ -260,12 +268,13 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
             raise deadline_passed("while")
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
         result = await while_connected(request.receive, batcher.infer(
-            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s))
+            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s,
+            priority=priority))
     except InferenceTimeout as exc:
         observe_wait(exc)
         raise
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
-    metrics.stage("queue").observe(result.queue_s)
+    metrics.queued(priority, result.queue_s)
     metrics.stage("inference").observe(result.inference_s)
 
     t0 = time.perf_counter()
@@ -277,7 +286,8 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     try:
         body, media, kept = await codec.encode(
             prepared, result.labels, options, header, crf_place=crf_place,
-            keep=lambda labels: state.cache.put(result_id, labels, data, owner, sha256 or None))
+            keep=lambda labels: state.cache.put(result_id, labels, data, owner, sha256 or None),
+            bulk=priority == "bulk")
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
     finally:

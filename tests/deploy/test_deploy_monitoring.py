@@ -118,6 +118,7 @@ def test_dashboard_shows_what_operators_need() -> None:
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(segment_request_duration_seconds_bucket" in exprs
     assert "segment_batch_size_bucket" in exprs and "segment_queue_depth" in exprs
+    assert "sum by (le, priority) (rate(segment_queue_wait_seconds_bucket" in exprs  # interactive apart from bulk
     assert 'status=~"5.."' in exprs and 'status="503"' in exprs  # 5xx and 503 shown apart
     assert "segment_model_info" in exprs  # the provider actually in use
     # and the model file: workers or replicas on two files show as two rows

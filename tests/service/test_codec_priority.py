@@ -1,5 +1,6 @@
 """The codec pool takes a finished request's encode before queued decodes of newer requests (`Codec.encode` runs at
-`ENCODE_PRIORITY` in `WorkerThreads`), in submission order within one priority, and a queued job of either priority
+`ENCODE_PRIORITY` in `WorkerThreads`), an interactive request's jobs before a bulk one's, in submission order within
+one priority, and a queued job of either priority
 is still skipped when its wait is cancelled, cancelled by `shutdown(cancel_futures=True)`, or run before the
 threads end on a plain `shutdown`."""
 
@@ -96,6 +97,46 @@ def test_an_encode_runs_before_decodes_queued_ahead_of_it(codec: Codec, pipeline
         classes = np.asarray(answer)
     assert classes.shape == (48, 64)
     assert (classes[:, :30] == 1).all() and (classes[:, 34:] == 0).all()
+
+
+def test_an_interactive_requests_codec_jobs_run_before_every_bulk_ones(codec: Codec, pipeline: Pipeline) -> None:
+    """The one codec thread is held inside a decode; a bulk request's decode and a bulk request's encode queue, then
+    an interactive request's decode (`priority=bulk`: service/batch_line.py). Released, the thread takes the
+    interactive decode first, then the bulk encode, then the bulk decode."""
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+    options = SegmentOptions(output="labels")
+
+    def hold(_upload: Upload) -> None:
+        holding.set()
+        assert release.wait(10)
+
+    def decoding(name: str) -> Callable[[Upload], None]:
+        return lambda _upload: order.append(name)
+
+    def keep(_label_map: object) -> bool:
+        order.append("bulk-encode")
+        return False
+
+    async def main() -> None:
+        done = await codec.decode(png(64, 48), full_resolution=False, bulk=True)
+        (labels,) = pipeline.infer([done.tensor])
+        held = asyncio.ensure_future(codec.decode(png(40, 30), full_resolution=False, before_decode=hold))
+        await until(holding)
+        jobs = [asyncio.ensure_future(codec.decode(png(50, 20), full_resolution=False,
+                                                   before_decode=decoding("bulk-decode"), bulk=True))]
+        await asyncio.sleep(0)
+        jobs.append(asyncio.ensure_future(codec.encode(done, labels, options, {"id": "r", "model": "m"}, keep=keep,
+                                                       bulk=True)))
+        await asyncio.sleep(0)
+        jobs.append(asyncio.ensure_future(codec.decode(png(30, 60), full_resolution=False,
+                                                       before_decode=decoding("interactive-decode"))))
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(held, *jobs)
+
+    asyncio.run(main())
+    assert order == ["interactive-decode", "bulk-encode", "bulk-decode"]
 
 
 def test_a_saturated_pool_takes_higher_priority_first_and_fifo_within_one() -> None:

@@ -1,0 +1,196 @@
+"""`POST /segment?priority=`: interactive requests are run before every bulk one waiting, and bulk requests may
+fill only their share of the queue (`SEGMENT_BULK_QUEUE_SHARE`), so a bulk backlog never refuses or delays an
+interactive request beyond the batches already running. Real uvicorn servers whose model runs wait on a gate, the
+waiting line itself, the clients and the folder tool."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from clients.batch import main as segment_folder
+from service.admission import Admission, UploadBudget
+from service.batch_line import QueuedImage, WaitingLine
+from service.client import AsyncSegmentClient, SegmentClient
+from service.client_wire import segment_params
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.settings import Settings
+from service.state import ServiceState
+from tests.clients.conftest import write_photos
+from tests.service.gated_server import GatedServer
+from tests.service.svc_helpers import png_bytes
+
+
+def flat(value: int) -> bytes:
+    """A PNG of one grey level: its model input says which request a run was for (its median)."""
+    return png_bytes(np.full((80, 100, 3), value, np.uint8))
+
+
+def test_the_line_takes_interactive_images_first_and_each_priority_in_arrival_order() -> None:
+    async def order() -> list[str]:
+        line = WaitingLine(8)
+        loop = asyncio.get_running_loop()
+        images = {name: QueuedImage(np.zeros(1), loop.create_future(), name, priority)
+                  for name, priority in (("b1", "bulk"), ("b2", "bulk"), ("i1", "interactive"), ("b3", "bulk"),
+                                         ("i2", "interactive"), ("i3", "interactive"))}
+        for image in images.values():
+            line.put(image)
+        assert line.discard(images["i2"]) and line.discard(images["b2"])  # out of the heap, wherever they stand
+        assert not line.discard(images["b2"])
+        first = [line.next_waiting() for _ in range(3)]
+        assert first[-1] is images["b1"]
+        line.hold(first[-1:])  # a split batch's leftover, first in line unless an interactive image comes
+        line.put(QueuedImage(np.zeros(1), loop.create_future(), "i4", "interactive"))
+        rest = [line.next_waiting() for _ in range(3)]
+        assert line.next_waiting() is None
+        return [image.request_id for image in (*first, *rest) if image is not None]
+
+    assert asyncio.run(order()) == ["i1", "i3", "b1", "i4", "b1", "b3"]
+
+
+def posted(client: httpx.AsyncClient, value: int, priority: str) -> asyncio.Future[httpx.Response]:
+    return asyncio.ensure_future(client.post("/segment", content=flat(value),
+                                             params={"output": "stats", "priority": priority}))
+
+
+def test_an_interactive_request_overtakes_a_bulk_backlog(rule_model: Path) -> None:
+    order: list[int] = []
+    gated = GatedServer(rule_model, on_run=lambda images: order.extend(int(np.median(i)) for i in images),
+                        max_batch_size=1, concurrent_batches=1, max_queue=8, max_wait_ms=0)
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
+            gated.gate.clear()
+            tasks = [posted(client, 10, "bulk")]
+            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)  # held at the gate
+            for depth, value in enumerate((20, 30, 40), start=1):  # a bulk backlog behind it
+                tasks.append(posted(client, value, "bulk"))
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
+            tasks.append(posted(client, 50, "interactive"))
+            await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 4)
+            gated.gate.set()
+            return list(await asyncio.gather(*tasks))
+
+    with gated.running():
+        order.clear()  # warm-up's runs
+        responses = asyncio.run(run())
+        waits = {p: gated.metric("segment_queue_wait_seconds_count", priority=p) for p in ("interactive", "bulk")}
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    assert order == [10, 50, 20, 30, 40]  # the interactive one ran as soon as the device was free
+    assert waits == {"interactive": 1, "bulk": 4}
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_bulk_requests_fill_only_their_share_and_interactive_ones_are_still_taken(rule_model: Path,
+                                                                                  share: float) -> None:
+    # A queue of 4: with half for bulk, one bulk request running and two queued fill the bulk share.
+    gated = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_queue=4, max_wait_ms=0,
+                        bulk_queue_share=share)
+
+    async def run() -> tuple[list[httpx.Response], httpx.Response | None, httpx.Response | None, httpx.Response]:
+        async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
+            gated.gate.clear()
+            tasks = [posted(client, 10, "bulk")]
+            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)
+            for depth in (1, 2):
+                tasks.append(posted(client, 10 + depth, "bulk"))
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
+            beyond = posted(client, 13, "bulk")
+            if share == 1.0:  # nothing kept for interactive requests: queued like them
+                tasks.append(beyond)
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 3)
+                bulk_beyond = ready = None
+            else:  # answered while the gate is still shut
+                bulk_beyond = await asyncio.wait_for(beyond, 10)
+                ready = await client.get("/readyz")
+            depth = 3 if share == 1.0 else 2
+            while depth < 4:  # interactive requests take the places kept for them, up to the full queue
+                tasks.append(posted(client, 20 + depth, "interactive"))
+                depth += 1
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
+            interactive_beyond = await posted(client, 30, "interactive")
+            gated.gate.set()
+            return list(await asyncio.gather(*tasks)), bulk_beyond, ready, interactive_beyond
+
+    with gated.running():
+        accepted, bulk_beyond, ready, interactive_beyond = asyncio.run(run())
+        refused = {r: gated.metric("segment_rejected_total", reason=r) for r in ("bulk_overloaded", "overloaded")}
+    assert [r.status_code for r in accepted] == [200] * 5, [r.text for r in accepted]
+    assert interactive_beyond.status_code == 503 and interactive_beyond.json()["error"]["code"] == "overloaded"
+    if share == 1.0:
+        assert refused == {"bulk_overloaded": 0, "overloaded": 1}
+        return
+    assert bulk_beyond is not None and ready is not None
+    assert bulk_beyond.status_code == 503, bulk_beyond.text
+    assert bulk_beyond.json()["error"]["code"] == "bulk_overloaded" and int(bulk_beyond.headers["retry-after"]) >= 1
+    assert "interactive" in bulk_beyond.json()["error"]["message"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text  # bulk shedding is no overload
+    assert refused == {"bulk_overloaded": 1, "overloaded": 1}
+
+
+def test_an_unknown_priority_is_422(rule_model: Path) -> None:
+    gated = GatedServer(rule_model)
+    with gated.running(), gated.live.client() as client:
+        r = client.post("/segment", content=flat(5), params={"priority": "urgent"})
+        document = client.get("/openapi.json").json()
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+    parameter = next(p for p in document["paths"]["/segment"]["post"]["parameters"] if p["name"] == "priority")
+    assert parameter["schema"]["enum"] == ["interactive", "bulk"] and parameter["schema"]["default"] == "interactive"
+    assert "bulk_overloaded" in document["paths"]["/segment"]["post"]["responses"]["503"]["description"]
+
+
+def test_the_clients_and_the_folder_tool_send_the_priority(rule_model: Path, tmp_path: Path) -> None:
+    gated = GatedServer(rule_model)
+    url = gated.live.url
+
+    def waited() -> dict[str, float]:
+        return {p: gated.metric("segment_queue_wait_seconds_count", priority=p) for p in ("interactive", "bulk")}
+
+    async def async_calls() -> None:
+        async with AsyncSegmentClient(url, priority="bulk") as client:
+            await client.segment(flat(1), "stats")
+            await client.segment(flat(1), "stats", priority="interactive")
+
+    with gated.running():
+        with SegmentClient(url) as client:
+            client.segment(flat(1), "stats")  # the server's default
+            client.segment(flat(1), "stats", priority="bulk")
+        with SegmentClient(url, priority="bulk") as client:
+            client.segment(flat(1), "stats")
+        assert waited() == {"interactive": 1, "bulk": 2}
+        asyncio.run(async_calls())
+        assert waited() == {"interactive": 2, "bulk": 3}
+        write_photos(tmp_path / "in")  # three files, sent as bulk work unless told otherwise
+        assert segment_folder([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--output", "stats",
+                               "--server", url, "--no-progress"]) == 0
+        assert waited() == {"interactive": 2, "bulk": 6}
+        assert segment_folder([str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--output", "stats",
+                               "--server", url, "--no-progress", "--priority", "interactive"]) == 0
+        assert waited() == {"interactive": 5, "bulk": 6}
+    with pytest.raises(ValueError, match="priority"):
+        segment_params("stats", None, None, None, None, priority="urgent")
+
+
+def test_bulk_requests_take_only_their_share_of_the_places_in_progress(tmp_path: Path) -> None:
+    """Requests past the queue (running, encoding) hold places in progress too: a bulk backlog there (heavy
+    outputs) must leave the rest of them to interactive requests, as it leaves them the rest of the queue."""
+    settings = Settings(model_path=tmp_path / "unused.onnx", max_queue=4, max_batch_size=1, bulk_queue_share=0.5)
+    state = ServiceState(settings, Metrics(), cache=None, pool=None, uploads=None, renders=None,  # type: ignore[arg-type]
+                         render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
+    assert (state.max_admitted, state.bulk_max_admitted) == (9, 7)  # the two places kept in the queue, kept here
+    state.admitted = 7  # seven requests past the queue, the queue empty
+    with pytest.raises(ApiError) as refused, Admission(state, UploadBudget(1 << 20), None) as bulk:
+        bulk.admit(100, bulk=True)
+    assert (refused.value.status, refused.value.code) == (503, "bulk_overloaded")
+    with Admission(state, UploadBudget(1 << 20), None) as interactive:
+        interactive.admit(100)
+        assert state.admitted == 8
+    state.admitted = 6
+    with Admission(state, UploadBudget(1 << 20), None) as bulk:
+        bulk.admit(100, bulk=True)
+        assert state.admitted == 7
