@@ -6,11 +6,10 @@ import codecs
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -23,7 +22,7 @@ from ..core.crf import CrfPlace
 from ..core.crf import available as crf_available
 from ..core.decode import Upload
 from ..core.engine import Engine
-from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS, RenderOptions, json_bytes, negotiate
+from ..core.output_kinds import OUTPUT_KINDS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..core.priorities import Priority
@@ -37,6 +36,7 @@ from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
 from .query_model import QueryModelRoute
+from .segment_query import SegmentQuery
 
 try:  # the module's name since python-multipart 0.0.13; the project allows older ones, as Starlette does
     from python_multipart.multipart import parse_options_header
@@ -45,14 +45,6 @@ except ModuleNotFoundError:  # pragma: no cover
 
 router = APIRouter(route_class=QueryModelRoute)
 
-# The `output` parameter's type, from the output-kind table.
-OutputName = Literal[OUTPUTS]  # type: ignore[valid-type]
-# `format` names an encoding of the output kind, as `GET /outputs` lists them; each kind takes only its own.
-_FORMATS = tuple(dict.fromkeys(e.format for kind in OUTPUT_KINDS.values() for e in kind.encodings))
-FormatName = Literal[_FORMATS]  # type: ignore[valid-type]
-_OUTPUT_HELP = "; ".join(f"{kind.name}: {kind.description}" for kind in OUTPUT_KINDS.values())
-_FORMAT_HELP = "; ".join(f"{kind.name}: {', '.join(e.format for e in kind.encodings)}"
-                         for kind in OUTPUT_KINDS.values())
 
 
 # The multipart `charset` parameters accepted (codec names as `codecs.lookup` gives them). Starlette decodes every
@@ -162,32 +154,6 @@ async def _read_body(request: Request, ticket: Admission) -> bytes:
     (35 µs for a 133 KB JPEG)."""
     chunks = [chunk async for chunk in _arriving(request, ticket) if chunk]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class SegmentQuery(BaseModel):
-    """The query parameters of `POST /segment` (validated in one call: service/routes/query_model.py)."""
-
-    output: OutputName | None = Query(None, description=f"{_OUTPUT_HELP}. Default: from the Accept header, "
-                                                        "else labels")
-    alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours")
-    format: FormatName | None = Query(None, description="the answer's encoding, one of its output kind's formats "
-                                                        f"in GET /outputs, the first by default ({_FORMAT_HELP})")
-    tolerance: float = Query(1.0, ge=0.0, description="polygon simplification tolerance, pixels")
-    min_area: float | None = Query(None, ge=0.0, description="drop polygons smaller than this, pixels²; "
-                                                             "default 0.01% of the image")
-    crf: bool = Query(False, description="refine the mask's boundaries with DeepLab-v2's dense CRF (about "
-                                         "+0.3 s for a 640x480 photo on the demo model; needs the server's "
-                                         "crf extra, else 501)")
-    timeout_s: float | None = Query(None, gt=0.0, le=3600.0, description=(
-        "this request's own deadline, in seconds from the end of its upload, for its decode, queueing and model "
-        "run; at most the server's request timeout (longer is cut to it). Passed: 504 `deadline_exceeded`, and its "
-        "image leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, "
-        "and the model never runs images nobody waits for. Default: the server's request timeout"))
-    priority: Priority = Query("interactive", description=(
-        "`interactive`: someone waits for the answer; `bulk`: offline work (a folder being labelled), run after "
-        "every interactive request waiting, and admitted only within its share of the queue "
-        "(SEGMENT_BULK_QUEUE_SHARE): beyond it 503 `bulk_overloaded` with Retry-After while interactive requests "
-        "are still taken"))
 
 
 # `response_class=Response`: FastAPI would otherwise list an empty application/json first among the 200's types.

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from service.routes.query_model import QueryModelRoute
-from service.routes.segment import SegmentQuery
+from service.routes.segment_query import SegmentQuery
 
 QUERIES = [
     "", "output=polygons", "output=labels&output=stats", "output=nope", "output=", "Output=stats",
