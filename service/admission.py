@@ -158,7 +158,7 @@ class Admission:
         if bulk and state.on_the_way >= (bulk_places := state.queue_places(bulk=True)):
             raise bulk_overloaded(f"no place left for bulk requests in the inference queue ({state.on_the_way} "
                                   f"requests being decoded for the {max(bulk_places, 0)} free to them)")
-        hold = state.memory.hold()
+        hold = state.memory.hold(bulk)
         hold.reserve(upload_bytes)  # kept until encoded (for `/results`)
         self.hold = hold
         state.admitted += 1

@@ -49,6 +49,9 @@ class BatchForming:
         back what the plan says should wait for the next batch."""
         async with self._forming:
             batch = await self._gather()
+        # In the line's order: an interactive image that came while the batch filled goes before the bulk ones
+        # taken earlier, so that a split runs it now and holds bulk images back.
+        batch.sort()
         keep = self._take(len(batch))
         if keep < len(batch):
             self._line.hold(batch[keep:])

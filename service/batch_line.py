@@ -112,9 +112,9 @@ class WaitingLine:
         return None
 
     def hold(self, images: list[QueuedImage]) -> None:
-        """Put `images` (left by a split batch, in the order they were taken) back at the head of the line for the
-        next batch."""
-        self.held.extendleft(reversed(images))
+        """Put `images` (left by a split batch) back at the head of the line for the next batch, among any held
+        already in the line's order (by priority, then arrival)."""
+        self.held = deque(sorted([*images, *self.held]))
 
 
     def discard(self, image: QueuedImage) -> bool:

@@ -93,7 +93,7 @@ class Codec:
                                       priority=_boosted(0, bulk))
         if isinstance(done, Prepared):
             return done
-        return await self.heavy_threads.run(self._preprocess, done, full_resolution)
+        return await self.heavy_threads.run(self._preprocess, done, full_resolution, priority=_boosted(0, bulk))
 
     def _preprocess(self, data: bytes | Upload, full_resolution: bool) -> Prepared:
         try:

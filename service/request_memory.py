@@ -9,6 +9,10 @@ their size (before a pixel is decoded), its answer once encoded, until the answe
 that does not fit is refused at once with 503 `overloaded`, before the decode, and nothing ever waits for room: a
 request whose image has been decoded only grows its share without a check (its answer), so it always gets its
 answer. One that could never fit is refused 413.
+
+A bulk request (`priority=bulk`: service/batch_line.py) may take only `bulk_share` of the budget with the other bulk
+requests (503 `bulk_overloaded` beyond; one alone is let past it): the rest is kept for interactive requests, as
+their share of the queue is, so that bulk overlays of large photos never refuse them or make /readyz unready.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .admission import overloaded
+from .admission import bulk_overloaded, overloaded
 from .core.decode_budget import readable_bytes
 from .core.upload import Upload
 from .errors import ApiError
@@ -38,9 +42,11 @@ class RequestMemory:
     """A byte budget shared by the requests in progress (thread-safe: the decode's share is reserved in a codec
     thread). `gauge`, a Prometheus gauge, shows the bytes held."""
 
-    def __init__(self, capacity: int, gauge: Any = None) -> None:
+    def __init__(self, capacity: int, gauge: Any = None, bulk_share: float = 1.0) -> None:
         self.capacity = capacity
+        self.bulk_capacity = int(bulk_share * capacity)
         self.in_use = 0
+        self.bulk_in_use = 0
         self.peak = 0
         self._refused = 0  # the last reservation refused: /readyz is unready while one as large would be again
         self._gauge = gauge
@@ -53,11 +59,11 @@ class RequestMemory:
             return self.in_use >= self.capacity or (self._refused > 0 and
                                                     self.in_use + self._refused > self.capacity)
 
-    def hold(self) -> Hold:
-        """A new, empty share for one request."""
-        return Hold(self)
+    def hold(self, bulk: bool = False) -> Hold:
+        """A new, empty share for one request (a bulk one's within `bulk_share`)."""
+        return Hold(self, bulk)
 
-    def _add(self, nbytes: int, check: bool, held: int) -> None:
+    def _add(self, nbytes: int, check: bool, held: int, bulk: bool = False) -> None:
         with self._lock:
             if check:
                 if held + nbytes > self.capacity:  # alone larger than all of it: no retry would fit
@@ -65,17 +71,26 @@ class RequestMemory:
                                    f"this request needs ~{readable_bytes(held + nbytes)} of memory while it waits "
                                    f"for its answer, more than the request memory budget of "
                                    f"{readable_bytes(self.capacity)}")
+                # Not counted as `_refused`: bulk requests turned away leave /readyz ready.
+                if bulk and self.bulk_in_use + nbytes > self.bulk_capacity and self.bulk_in_use > held:
+                    raise bulk_overloaded(f"bulk requests hold their share of the memory budget "
+                                          f"({readable_bytes(self.bulk_in_use)} of "
+                                          f"{readable_bytes(self.bulk_capacity)})")
                 if self.in_use + nbytes > self.capacity:
                     self._refused = nbytes
                     raise overloaded(f"requests in progress hold the memory budget ({readable_bytes(self.in_use)} "
                                      f"of {readable_bytes(self.capacity)})")
             self.in_use += nbytes
+            if bulk:
+                self.bulk_in_use += nbytes
             self.peak = max(self.peak, self.in_use)
             self._show()
 
-    def _sub(self, nbytes: int) -> None:
+    def _sub(self, nbytes: int, bulk: bool = False) -> None:
         with self._lock:
             self.in_use -= nbytes
+            if bulk:
+                self.bulk_in_use -= nbytes
             if self.in_use + self._refused <= self.capacity:
                 self._refused = 0  # it would fit now: no longer a reason to be unready
             self._show()
@@ -90,8 +105,9 @@ class Hold:
     (`resize`), and is given back once (`release`). A reservation that comes after the release (a decode that
     finished for a request that had already given up) takes nothing, so nothing leaks."""
 
-    def __init__(self, memory: RequestMemory) -> None:
+    def __init__(self, memory: RequestMemory, bulk: bool = False) -> None:
         self.memory = memory
+        self.bulk = bulk
         self.held = 0
         self._released = False
         self._lock = threading.Lock()
@@ -102,7 +118,7 @@ class Hold:
         with self._lock:
             if self._released:
                 raise overloaded("the request ended while it was being decoded")
-            self.memory._add(nbytes, True, self.held)
+            self.memory._add(nbytes, True, self.held, self.bulk)
             self.held += nbytes
 
     def resize(self, nbytes: int) -> None:
@@ -112,9 +128,9 @@ class Hold:
             if self._released:
                 return
             if nbytes > self.held:
-                self.memory._add(nbytes - self.held, False, self.held)
+                self.memory._add(nbytes - self.held, False, self.held, self.bulk)
             elif nbytes < self.held:
-                self.memory._sub(self.held - nbytes)
+                self.memory._sub(self.held - nbytes, self.bulk)
             self.held = nbytes
 
     def release(self) -> None:
@@ -125,7 +141,7 @@ class Hold:
             self._released = True
             held, self.held = self.held, 0
         if held:
-            self.memory._sub(held)
+            self.memory._sub(held, self.bulk)
 
 
 class HeldResponse(Response):

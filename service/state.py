@@ -46,7 +46,8 @@ class ServiceState:
     memory: RequestMemory = field(init=False)
 
     def __post_init__(self) -> None:
-        self.memory = RequestMemory(self.settings.request_memory_bytes, self.metrics.request_memory)
+        self.memory = RequestMemory(self.settings.request_memory_bytes, self.metrics.request_memory,
+                                    bulk_share=self.settings.bulk_queue_share)
 
     @property
     def max_admitted(self) -> int:
@@ -59,9 +60,12 @@ class ServiceState:
     @property
     def kept_for_interactive(self) -> int:
         """The queue's places a bulk request may not take (service/admission.py): beyond its share
-        (`SEGMENT_BULK_QUEUE_SHARE`, at least one place). As many places in progress are kept too."""
-        max_queue = self.settings.max_queue
-        return max_queue - max(1, int(self.settings.bulk_queue_share * max_queue))
+        (`SEGMENT_BULK_QUEUE_SHARE`; at least one place is kept, and one left to bulk, unless the share is 1). As
+        many places in progress are kept too."""
+        max_queue, share = self.settings.max_queue, self.settings.bulk_queue_share
+        kept = max_queue - max(1, int(share * max_queue))
+        # A queue of one would otherwise keep nothing: bulk requests still run whenever an inference slot is free.
+        return max(kept, 1) if share < 1 else kept
 
     @property
     def bulk_max_admitted(self) -> int:

@@ -242,3 +242,33 @@ def test_shutdown_runs_or_cancels_queued_jobs_of_every_priority(cancel_futures: 
     assert not [t for t in threading.enumerate() if t.name == "down_0"]
     with pytest.raises(RuntimeError, match="after shutdown"):
         threads.submit(lambda: None)
+
+
+def test_heavy_decodes_take_interactive_requests_first(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full-resolution decodes of large images run in a pool of their own; there too an interactive request's
+    decode goes before the bulk ones queued ahead of it (every decode heavy here: the threshold set to 0)."""
+    monkeypatch.setattr("service.codec.HEAVY_DECODE_PIXELS", 0)
+    threads, heavy = WorkerThreads(1, "codec"), WorkerThreads(1, "heavy")
+    codec = Codec(pipeline, threads, heavy_threads=heavy)
+    release = threading.Event()
+    finished: list[str] = []
+
+    async def main() -> None:
+        blocker = heavy.submit(release.wait, 10)  # the one heavy thread busy
+        jobs = []
+        for name, bulk in (("bulk-1", True), ("bulk-2", True), ("interactive", False)):
+            job = asyncio.ensure_future(codec.decode(png(40, 30), full_resolution=True, bulk=bulk))
+            job.add_done_callback(lambda _job, name=name: finished.append(name))
+            jobs.append(job)
+            for _ in range(50):  # its header read in the codec pool, then queued in the heavy pool
+                await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*jobs)
+        assert blocker.result(5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        threads.shutdown()
+        heavy.shutdown()
+    assert finished == ["interactive", "bulk-1", "bulk-2"]

@@ -14,9 +14,11 @@ import pytest
 
 from clients.batch import main as segment_folder
 from service.admission import Admission, UploadBudget
+from service.batch_forming import BatchForming
 from service.batch_line import QueuedImage, WaitingLine
 from service.client import AsyncSegmentClient, SegmentClient
 from service.client_wire import segment_params
+from service.core.priorities import Priority
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -194,3 +196,76 @@ def test_bulk_requests_take_only_their_share_of_the_places_in_progress(tmp_path:
     with Admission(state, UploadBudget(1 << 20), None) as bulk:
         bulk.admit(100, bulk=True)
         assert state.admitted == 7
+
+
+def test_a_split_batch_runs_the_interactive_image_that_came_while_it_filled() -> None:
+    """A batch waits for images being decoded; an interactive one arrives last, and the plan runs one image now
+    (a preferred size): that one is the interactive image, and the bulk ones are held back, still in order."""
+    async def run_order() -> tuple[list[list[str]], list[str]]:
+        loop = asyncio.get_running_loop()
+        line, incoming = WaitingLine(16), [3]
+
+        def image(name: str, priority: Priority) -> QueuedImage:
+            return QueuedImage(np.zeros(1), loop.create_future(), name, priority)
+
+        forming = BatchForming(line, max_batch_size=8, max_wait_s=5.0, concurrency=1, in_flight=lambda: 0,
+                               incoming=lambda: incoming[0], take=lambda count: 1, busy=None, metrics=None)
+        line.put(image("b1", "bulk"))
+
+        async def arrive() -> None:  # requests finishing their decode while the batch waits for them
+            for name, priority in (("b2", "bulk"), ("b3", "bulk"), ("i1", "interactive")):
+                await asyncio.sleep(0.01)
+                line.put(image(name, priority))
+                incoming[0] -= 1
+
+        arriving = asyncio.create_task(arrive())
+        batches = [[item.request_id or "" for item in await forming.next_batch()] for _ in range(4)]
+        await arriving
+        other = WaitingLine(4)  # two splits in a row: held images stay in the line's order
+        other.hold([image("i9", "interactive")])
+        other.hold([image("b9", "bulk")])
+        return batches, [item.request_id or "" for item in other.held]
+
+    batches, held = asyncio.run(run_order())
+    assert batches == [["i1"], ["b1"], ["b2"], ["b3"]]
+    assert held == ["i9", "b9"]
+
+
+def test_bulk_requests_take_only_their_share_of_the_request_memory(tmp_path: Path) -> None:
+    """Bulk overlays of large photos must not spend the memory interactive requests need (which would refuse them
+    and make /readyz unready); a bulk request alone may still pass the bulk share."""
+    settings = Settings(model_path=tmp_path / "unused.onnx", request_memory_bytes=1000 * 1024, bulk_queue_share=0.5)
+    state = ServiceState(settings, Metrics(), cache=None, pool=None, uploads=None, renders=None,  # type: ignore[arg-type]
+                         render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
+    uploads = UploadBudget(1 << 30)
+    with Admission(state, uploads, None) as first, Admission(state, uploads, None) as second:
+        first.admit(300 * 1024, bulk=True)
+        assert first.hold is not None
+        first.hold.reserve(300 * 1024)  # its decode: 600 KiB, past the 500 KiB bulk share, alone
+        with pytest.raises(ApiError) as refused:
+            second.admit(100 * 1024, bulk=True)
+        assert (refused.value.status, refused.value.code) == (503, "bulk_overloaded")
+        with Admission(state, uploads, None) as interactive:
+            interactive.admit(300 * 1024)  # the rest is still there for interactive requests
+            assert state.memory.in_use == 900 * 1024 and not state.memory.spent
+    assert state.memory.in_use == state.memory.bulk_in_use == 0  # every share given back
+
+
+def test_a_queue_of_one_still_keeps_its_place_for_interactive_requests(rule_model: Path) -> None:
+    gated = GatedServer(rule_model, max_batch_size=1, concurrent_batches=1, max_queue=1, max_wait_ms=0)
+
+    async def run() -> tuple[httpx.Response, list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
+            gated.gate.clear()
+            tasks = [posted(client, 10, "bulk")]  # the device is free: a bulk request runs
+            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)
+            refused = await asyncio.wait_for(posted(client, 20, "bulk"), 10)  # the one place is kept
+            tasks.append(posted(client, 30, "interactive"))
+            await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 1)
+            gated.gate.set()
+            return refused, list(await asyncio.gather(*tasks))
+
+    with gated.running():
+        refused, accepted = asyncio.run(run())
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "bulk_overloaded", refused.text
+    assert [r.status_code for r in accepted] == [200, 200]
