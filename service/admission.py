@@ -14,8 +14,10 @@ A /segment request passes two gates, in order:
    upload (service/request_memory.py), in which its decode then reserves the image it keeps, before decoding.
 A `bulk` request (service/batch_line.py) is admitted at the second gate only while its share of the queue's places
 (`SEGMENT_BULK_QUEUE_SHARE`, counting every priority) is not taken, and as many places in progress as the queue keeps
-are free besides, so that the rest is kept for interactive requests: a bulk backlog never refuses them. Refused
-there, it gets 503 `bulk_overloaded`, which says interactive requests are still taken.
+are free besides, so that the rest is kept for interactive requests: a bulk backlog never refuses them. The same
+share bounds what bulk bodies may hold of the upload budget, at the first gate, and of the request memory
+(service/request_memory.py). Refused, a bulk request gets 503 `bulk_overloaded`, which says interactive requests
+are still taken.
 A request refused at either gate gets 503 with Retry-After (`/readyz` says `overloaded` while the second refuses);
 an upload larger than the whole upload budget, which no retry would fit, is refused 413 by the body limit instead
 (from its Content-Length up front, or as a chunked body grows past it).
@@ -56,35 +58,53 @@ def bulk_overloaded(what: str) -> ApiError:
 
 
 class UploadBudget:
-    """Bytes of request bodies still arriving, reserved as they arrive (never on a declared size alone)."""
+    """Bytes of request bodies still arriving, reserved as they arrive (never on a declared size alone). Bulk
+    requests' bodies may hold only `bulk_share` of it together (one alone may hold more), as they may of the queue."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, bulk_share: float = 1.0) -> None:
         self.capacity = capacity
+        self.bulk_capacity = int(bulk_share * capacity)
         self.reserved = 0
+        self.bulk_reserved = 0
 
-    def room_for(self, declared: int) -> None:
+    def room_for(self, declared: int, bulk: bool = False) -> None:
         """503 before reading when the bytes already held leave no room for a body of `declared` bytes: it would be
         refused as it arrives, after spending its bandwidth. Nothing is reserved (a declared size costs nothing
         until its bytes come). One larger than the whole budget never gets here: the body limit answers 413."""
         if self.reserved + declared > self.capacity:
             raise self._full(declared)
+        if bulk and self._past_bulk_share(declared, 0):
+            raise self._bulk_full(declared)
 
-    def reserve(self, nbytes: int) -> int:
-        """Reserve `nbytes` (bytes that have arrived), at most the whole budget, or raise 503; returns what it
-        reserved. A body never grows past the whole budget here: the body limit, which app.py sets no higher than
-        it, answers 413 first."""
+    def reserve(self, nbytes: int, bulk: bool = False, own: int = 0) -> int:
+        """Reserve `nbytes` (bytes that have arrived) for a body that holds `own` already, at most the whole budget,
+        or raise 503; returns what it reserved. A body never grows past the whole budget here: the body limit, which
+        app.py sets no higher than it, answers 413 first."""
         nbytes = min(nbytes, self.capacity)
         if self.reserved + nbytes > self.capacity:
             raise self._full(nbytes)
+        if bulk and self._past_bulk_share(nbytes, own):
+            raise self._bulk_full(nbytes)
         self.reserved += nbytes
+        if bulk:
+            self.bulk_reserved += nbytes
         return nbytes
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, bulk: bool = False) -> None:
         self.reserved -= nbytes
+        if bulk:
+            self.bulk_reserved -= nbytes
+
+    def _past_bulk_share(self, nbytes: int, own: int) -> bool:
+        return self.bulk_reserved > own and self.bulk_reserved + nbytes > self.bulk_capacity
 
     def _full(self, nbytes: int) -> ApiError:
         return overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes held, "
                           f"{nbytes} more needed)")
+
+    def _bulk_full(self, nbytes: int) -> ApiError:
+        return bulk_overloaded(f"bulk uploads arriving hold their share of the upload buffer ({self.bulk_reserved} "
+                               f"of {self.bulk_capacity} bytes, {nbytes} more needed)")
 
 
 def declared_length(headers: Headers) -> int | None:
@@ -119,10 +139,10 @@ class Admission:
 
     A context manager: leaving it releases whichever it holds (the memory share unless `hand_over()` took it)."""
 
-    def __init__(self, state: Admissible, uploads: UploadBudget, declared: int | None) -> None:
-        self.state, self.uploads = state, uploads
+    def __init__(self, state: Admissible, uploads: UploadBudget, declared: int | None, bulk: bool = False) -> None:
+        self.state, self.uploads, self.bulk = state, uploads, bulk
         if declared:
-            uploads.room_for(declared)
+            uploads.room_for(declared, bulk)
         self.reserved = 0
         self.admitted = self.on_the_way = False
         self.hold: Hold | None = None
@@ -131,18 +151,18 @@ class Admission:
         """`nbytes` more of the body have been received: reserve them, or raise 503 with `Connection: close`, since
         the rest of the body will not be read (RFC 9112 9.6)."""
         try:
-            self.reserved += self.uploads.reserve(nbytes)
+            self.reserved += self.uploads.reserve(nbytes, self.bulk, self.reserved)
         except ApiError as exc:
             exc.headers = {**exc.headers, "Connection": "close"}
             raise
 
-    def admit(self, upload_bytes: int, bulk: bool = False) -> None:
+    def admit(self, upload_bytes: int) -> None:
         """The body (`upload_bytes`) has arrived: give back its upload reservation, take a place and hold the
-        upload in the request memory, or raise 503 (413 for an upload larger than all of that memory). A `bulk`
+        upload in the request memory, or raise 503 (413 for an upload larger than all of that memory). A bulk
         request takes a place only within the bulk share (503 `bulk_overloaded`)."""
-        self.uploads.release(self.reserved)
+        self.uploads.release(self.reserved, self.bulk)
         self.reserved = 0
-        state = self.state
+        state, bulk = self.state, self.bulk
         if state.admitted >= state.max_admitted:
             raise overloaded(f"too many requests in progress ({state.max_admitted})")
         if bulk and state.admitted >= state.bulk_max_admitted:
@@ -182,7 +202,7 @@ class Admission:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.uploads.release(self.reserved)
+        self.uploads.release(self.reserved, self.bulk)
         self.reserved = 0
         self.queued()
         if self.hold is not None:

@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         settings=settings, metrics=metrics,
         cache=results_cache(settings),
         pool=WorkerThreads(codec_threads, "codec"),
-        uploads=UploadBudget(settings.upload_buffer_bytes),
+        uploads=UploadBudget(settings.upload_buffer_bytes, settings.bulk_queue_share),
         renders=Slots(settings.max_result_renders, "result renders"),
         render_pool=low_priority_pool(settings.max_result_renders, "render"),
         heavy_pool=low_priority_pool(codec_threads, "heavy-decode"),

@@ -99,11 +99,11 @@ class ServiceState:
             raise self.batcher.health.unavailable() if self.warmup_error else _not_ready()
         return self.engine, self.batcher, self.codec
 
-    def admission(self, request: Request) -> Admission:
+    def admission(self, request: Request, bulk: bool = False) -> Admission:
         """A /segment request's admission (service/admission.py): an upload reservation that grows as its body
         arrives, then `admit()` counts it among those in progress, or refuses it with 503 + Retry-After before
         decoding."""
-        return Admission(self, self.uploads, declared_length(request.headers))
+        return Admission(self, self.uploads, declared_length(request.headers), bulk)
 
     def readiness(self, overload_ready: bool = False) -> tuple[bool, str]:
         """Whether to send this server new requests, and its state: `ok`, or why not (`loading`, `warmup_failed`,

@@ -168,7 +168,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         options = SegmentOptions(query.output or negotiate(request.headers.get("accept")), render, crf=query.crf)
     except ValueError as exc:  # a format the output kind has not
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
-    with state.admission(request) as ticket:
+    with state.admission(request, bulk=query.priority == "bulk") as ticket:
         engine, batcher, codec = state.serving()
         if query.crf and not crf_available():
             raise ApiError(501, "crf_unavailable", "CRF refinement is not installed on this server "
@@ -177,7 +177,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         data = await _read_upload(request, state.settings, ticket)
         if not data:
             raise ApiError(400, "empty_body", "the request carried no image bytes")
-        ticket.admit(len(data), bulk=query.priority == "bulk")
+        ticket.admit(len(data))
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
         crf_place = codec.reserve_crf(options)
         try:

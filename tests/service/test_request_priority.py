@@ -6,6 +6,7 @@ waiting line itself, the clients and the folder tool."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,8 @@ from service.errors import ApiError
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
+from testkit import rawhttp
+from testkit.rawhttp import http_request
 from tests.clients.conftest import write_photos
 from tests.service.gated_server import GatedServer
 from tests.service.svc_helpers import png_bytes
@@ -186,15 +189,15 @@ def test_bulk_requests_take_only_their_share_of_the_places_in_progress(tmp_path:
                          render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
     assert (state.max_admitted, state.bulk_max_admitted) == (9, 7)  # the two places kept in the queue, kept here
     state.admitted = 7  # seven requests past the queue, the queue empty
-    with pytest.raises(ApiError) as refused, Admission(state, UploadBudget(1 << 20), None) as bulk:
-        bulk.admit(100, bulk=True)
+    with pytest.raises(ApiError) as refused, Admission(state, UploadBudget(1 << 20), None, bulk=True) as bulk:
+        bulk.admit(100)
     assert (refused.value.status, refused.value.code) == (503, "bulk_overloaded")
     with Admission(state, UploadBudget(1 << 20), None) as interactive:
         interactive.admit(100)
         assert state.admitted == 8
     state.admitted = 6
-    with Admission(state, UploadBudget(1 << 20), None) as bulk:
-        bulk.admit(100, bulk=True)
+    with Admission(state, UploadBudget(1 << 20), None, bulk=True) as bulk:
+        bulk.admit(100)
         assert state.admitted == 7
 
 
@@ -238,12 +241,12 @@ def test_bulk_requests_take_only_their_share_of_the_request_memory(tmp_path: Pat
     state = ServiceState(settings, Metrics(), cache=None, pool=None, uploads=None, renders=None,  # type: ignore[arg-type]
                          render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
     uploads = UploadBudget(1 << 30)
-    with Admission(state, uploads, None) as first, Admission(state, uploads, None) as second:
-        first.admit(300 * 1024, bulk=True)
+    with Admission(state, uploads, None, bulk=True) as first, Admission(state, uploads, None, bulk=True) as second:
+        first.admit(300 * 1024)
         assert first.hold is not None
         first.hold.reserve(300 * 1024)  # its decode: 600 KiB, past the 500 KiB bulk share, alone
         with pytest.raises(ApiError) as refused:
-            second.admit(100 * 1024, bulk=True)
+            second.admit(100 * 1024)
         assert (refused.value.status, refused.value.code) == (503, "bulk_overloaded")
         with Admission(state, uploads, None) as interactive:
             interactive.admit(300 * 1024)  # the rest is still there for interactive requests
@@ -269,3 +272,28 @@ def test_a_queue_of_one_still_keeps_its_place_for_interactive_requests(rule_mode
         refused, accepted = asyncio.run(run())
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "bulk_overloaded", refused.text
     assert [r.status_code for r in accepted] == [200, 200]
+
+
+def test_bulk_uploads_take_only_their_share_of_the_upload_buffer(rule_model: Path) -> None:
+    """A bulk upload that has sent 40 000 of its bytes and stalls holds them in the 100 000-byte upload buffer; a
+    second bulk upload that cannot fit in the bulk half is refused 503 `bulk_overloaded` before it is read, while an
+    interactive one of 40 000 bytes more is served, and /readyz stays ready."""
+    gated = GatedServer(rule_model, upload_buffer_bytes=100_000, body_timeout_s=10, bulk_queue_share=0.5)
+    noise = png_bytes(np.random.default_rng(0).integers(0, 256, (120, 120, 3), np.uint8))
+    assert 40_000 < len(noise) < 60_000
+    with gated.running():
+        filler = rawhttp.connect(gated.live.url)
+        try:
+            filler.sendall(http_request("POST /segment?priority=bulk HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+                                        "Content-Length: 40001", b"\0" * 40_000))
+            time.sleep(0.5)  # its bytes have been read
+            url = f"{gated.live.url}/segment"
+            bulk = httpx.post(url, params={"priority": "bulk", "output": "stats"}, content=noise[:15_000], timeout=10)
+            interactive = httpx.post(url, params={"output": "stats"}, content=noise, timeout=10)
+            ready = httpx.get(f"{gated.live.url}/readyz", timeout=10)
+        finally:
+            filler.close()
+    assert bulk.status_code == 503 and bulk.json()["error"]["code"] == "bulk_overloaded", bulk.text
+    assert "upload buffer" in bulk.json()["error"]["message"]
+    assert interactive.status_code == 200, interactive.text
+    assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
