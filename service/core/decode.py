@@ -64,7 +64,7 @@ from PIL import Image
 
 from . import jpeg
 from .colour import to_rgb_array
-from .decode_budget import DECODE_BUDGET, estimate_bytes, plane_bytes
+from .decode_budget import DECODE_BUDGET, WAIT_S, estimate_bytes, plane_bytes
 from .errors import DecodeError
 from .frames import hides_default_image, load_first_frame, may_leave_canvas, white_outside
 from .icc import conversion_for, keeps_profile, to_srgb
@@ -113,6 +113,10 @@ def decode_image_for_model(data: bytes | Upload, max_pixels: int, size: int) -> 
     return _decode(data, max_pixels, size)[:2]
 
 
+def _memory_wait_s(upload: Upload) -> float:
+    return WAIT_S if upload.memory_wait_s is None else upload.memory_wait_s
+
+
 def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
             keep_profile: bool = False) -> tuple[np.ndarray, tuple[int, int], bytes | None]:
     # The structure checks and the header read happen once per upload: here, or before, by whoever opened it.
@@ -131,7 +135,7 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
             out_pixels = -(-width // denom) * -(-height // denom)
             # libjpeg-turbo writes the RGB array directly; an EXIF orientation other than 1 makes a turned copy.
             copies = 1 if orientation in (None, 1) else 2
-            with DECODE_BUDGET.reserve(3 * out_pixels * copies):
+            with DECODE_BUDGET.reserve(3 * out_pixels * copies, _memory_wait_s(upload)):
                 fast = decode_jpeg_fast(data, img, denom, orientation, fit)
                 if fast is not None:
                     # libjpeg-turbo ignores the APP2 profile Pillow read from the header; converted at the reduced
@@ -146,7 +150,7 @@ def _decode(data: bytes | Upload, max_pixels: int, reduce_to: int | None,
         nbytes = estimate_bytes(img.mode, budget_pixels, has_alpha=has_alpha)
         if hides_default_image(img):  # Pillow keeps a copy of the default image while it decodes the first frame
             nbytes += plane_bytes(img.mode, budget_pixels)
-        with DECODE_BUDGET.reserve(nbytes):
+        with DECODE_BUDGET.reserve(nbytes, _memory_wait_s(upload)):
             try:
                 img, box = load_first_frame(img, data)  # raises on truncated or corrupt data
             except Exception as exc:

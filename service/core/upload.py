@@ -52,6 +52,9 @@ class Upload:
     def __init__(self, data: bytes, image: Image.Image) -> None:
         self.data = data
         self.image = image
+        # The longest its decode waits for room in the decode memory budget (None: the budget's own bound): a
+        # request's own deadline, set once the header is read (service/routes/segment.py).
+        self.memory_wait_s: float | None = None
 
     @property
     def is_jpeg(self) -> bool:

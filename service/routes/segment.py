@@ -207,8 +207,11 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
                                            "decoded; it was not queued")
 
     def reserve(upload: Upload) -> None:  # in the codec thread, from the header, before a pixel is decoded
-        if timeout_s is not None and time.perf_counter() - started >= timeout_s:  # waited for a codec thread
-            raise deadline_passed("before")
+        if timeout_s is not None:
+            left_s = timeout_s - (time.perf_counter() - started)
+            if left_s <= 0:  # waited for a codec thread
+                raise deadline_passed("before")
+            upload.memory_wait_s = left_s  # a wait for decode memory ends with the deadline
         hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
 
     t0 = started = time.perf_counter()
@@ -216,6 +219,10 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         with batcher.expecting():  # a batch being formed now waits for this image
             prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve,
                                           bulk=priority == "bulk")
+    except ApiError as exc:  # the decode memory was still taken when the request's own deadline passed
+        if exc.code == "overloaded" and timeout_s is not None and time.perf_counter() - started >= timeout_s:
+            raise deadline_passed("while") from None
+        raise
     finally:
         ticket.queued()  # decoded or not, no longer on its way: infer() queues it before its first await
     timing["decode"] = _observed(metrics, "decode", t0)

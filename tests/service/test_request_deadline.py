@@ -17,6 +17,7 @@ import pytest
 
 from service.client import SegmentClient
 from service.client_types import SegmentApiError
+from service.core.decode_budget import DECODE_BUDGET
 from tests.service.gated_server import GatedServer
 from tests.service.svc_helpers import png_bytes, scene
 
@@ -139,3 +140,17 @@ def test_deadlines_passing_are_logged_as_shedding_is_not_a_line_each(rule_model:
     assert [r.json()["error"]["code"] for r in answers] == ["deadline_exceeded"] * 5
     logged = [r.getMessage() for r in caplog.records if ": deadline_exceeded " in r.getMessage()]
     assert len(logged) == 1, logged
+
+
+def test_a_wait_for_decode_memory_ends_with_the_deadline(gated: GatedServer) -> None:
+    """The decode memory budget is taken (as by large decodes in flight): a request with a deadline waits for room
+    only until its deadline, then answers 504 `deadline_exceeded`, not 503 after the budget's own 30 s."""
+    runs = len(gated.runs)
+    with DECODE_BUDGET.reserve(DECODE_BUDGET.capacity):  # every byte of it, for as long as the request waits
+        started = time.monotonic()
+        r = post(gated.live.url, timeout_s=0.5)
+        took = time.monotonic() - started
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
+    assert 0.4 < took < 5, took
+    assert len(gated.runs) == runs  # never decoded, never run
+    assert post(gated.live.url, timeout_s=5).status_code == 200  # room again: served
