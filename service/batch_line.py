@@ -116,7 +116,6 @@ class WaitingLine:
         already in the line's order (by priority, then arrival)."""
         self.held = deque(sorted([*images, *self.held]))
 
-
     def discard(self, image: QueuedImage) -> bool:
         """Take `image` out of line, wherever it waits; whether it was there (a batch already cut skips it)."""
         if self.queue.discard(image):
