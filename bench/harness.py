@@ -48,16 +48,22 @@ def histogram_totals(metrics_text: str, name: str, label: str) -> dict[str, tupl
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def histogram_means_ms(before: str, after: str, name: str, label: str) -> dict[str, float]:
+    """Mean ms per observation of histogram `name` for each value of `label` between two /metrics scrapes (values
+    with no new observation left out)."""
+    b = histogram_totals(before, name, label)
+    a = histogram_totals(after, name, label)
+    means = {}
+    for value, (total, count) in a.items():
+        total0, count0 = b.get(value, (0.0, 0.0))
+        if count > count0:
+            means[value] = (total - total0) / (count - count0) * 1000
+    return means
+
+
 def stage_means_ms(before: str, after: str) -> dict[str, float]:
     """Mean ms per request in each service stage between two /metrics scrapes."""
-    b = histogram_totals(before, "segment_stage_duration_seconds", "stage")
-    a = histogram_totals(after, "segment_stage_duration_seconds", "stage")
-    means = {}
-    for stage, (total, count) in a.items():
-        total0, count0 = b.get(stage, (0.0, 0.0))
-        if count > count0:
-            means[stage] = (total - total0) / (count - count0) * 1000
-    return means
+    return histogram_means_ms(before, after, "segment_stage_duration_seconds", "stage")
 
 
 def loop_lag_ms(before: str, after: str) -> dict[str, float]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import histogram_totals, latency_summary, machine_note
+from bench.harness import histogram_means_ms, latency_summary, machine_note
 from bench.markdown import write_section
 from testkit.images import encode
 from testkit.load import Sample, closed_loop
@@ -31,17 +31,6 @@ from testkit.photos import PHOTOS, photo
 from testkit.server import ServerProcess
 
 MODES = ("bulk", "interactive")  # the flood's priority
-
-
-def queue_wait_ms(before: str, after: str) -> dict[str, float]:
-    """Mean queue wait (ms) per priority between two scrapes of /metrics."""
-    first = histogram_totals(before, "segment_queue_wait_seconds", "priority")
-    last = histogram_totals(after, "segment_queue_wait_seconds", "priority")
-    means = {}
-    for priority, (total, count) in last.items():
-        total0, count0 = first.get(priority, (0.0, 0.0))
-        means[priority] = 1000 * (total - total0) / (count - count0) if count > count0 else float("nan")
-    return means
 
 
 async def _flood(url: str, bodies: list[bytes], clients: int, seconds: float, priority: str) -> list[int]:
@@ -85,7 +74,7 @@ def one_round(server: ServerProcess, bodies: list[bytes], flood: int, seconds: f
     if any(s.status != 200 for s in samples):
         raise RuntimeError(f"an interactive answer was not 200: {[s.status for s in samples if s.status != 200]}")
     point = latency_summary([s.latency_s for s in samples], wall)
-    waits = queue_wait_ms(before, server.metrics())
+    waits = histogram_means_ms(before, server.metrics(), "segment_queue_wait_seconds", "priority")
     point.update({"interactive_wait_ms": waits.get("interactive", float("nan")),
                   "bulk_wait_ms": waits.get("bulk", float("nan")),
                   "flood_throughput": sum(status == 200 for status in flooded) / wall,

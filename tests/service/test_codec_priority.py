@@ -40,6 +40,28 @@ async def until(event: threading.Event) -> None:
     raise AssertionError("the codec thread never got there")
 
 
+class CodecOrder:
+    """What a test sees of the one codec thread: `hold`, a `before_decode` that keeps it busy until `release` is
+    set, and `order`, the order in which decodes (`decoding(name)`) and encodes (`keep`, named `encode_name`)
+    reached it."""
+
+    def __init__(self, encode_name: str = "encode") -> None:
+        self.order: list[str] = []
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.encode_name = encode_name
+
+    def hold(self, _upload: Upload) -> None:
+        self.holding.set()
+        assert self.release.wait(10)
+
+    def decoding(self, name: str) -> Callable[[Upload], None]:
+        return lambda _upload: self.order.append(name)
+
+    def keep(self, _label_map: object) -> bool:
+        self.order.append(self.encode_name)  # called in the encode's job, before the render
+        return False
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     return rule_pipeline(tmp_path_factory.mktemp("priority"))
@@ -56,20 +78,10 @@ def test_an_encode_runs_before_decodes_queued_ahead_of_it(codec: Codec, pipeline
     """The one codec thread is held inside a decode (at `before_decode`, in the codec thread); two newer decodes
     queue, then a finished request's encode. Released, the thread takes the encode first, then the decodes in
     their order."""
-    order: list[str] = []
-    holding, release = threading.Event(), threading.Event()
+    seen = CodecOrder()
+    order, holding, release, hold, decoding, keep = (seen.order, seen.holding, seen.release, seen.hold,
+                                                      seen.decoding, seen.keep)
     options = SegmentOptions(output="labels")
-
-    def hold(_upload: Upload) -> None:
-        holding.set()
-        assert release.wait(10)
-
-    def decoding(name: str) -> Callable[[Upload], None]:
-        return lambda _upload: order.append(name)
-
-    def keep(_label_map: object) -> bool:
-        order.append("encode")  # called in the encode's job, before the render
-        return False
 
     async def main() -> tuple[tuple[bytes, str, bool], list[tuple[int, int]]]:
         done = await codec.decode(png(64, 48), full_resolution=False)  # a request whose model run is over
@@ -103,20 +115,10 @@ def test_an_interactive_requests_codec_jobs_run_before_every_bulk_ones(codec: Co
     """The one codec thread is held inside a decode; a bulk request's decode and a bulk request's encode queue, then
     an interactive request's decode (`priority=bulk`: service/batch_line.py). Released, the thread takes the
     interactive decode first, then the bulk encode, then the bulk decode."""
-    order: list[str] = []
-    holding, release = threading.Event(), threading.Event()
+    seen = CodecOrder("bulk-encode")
+    order, holding, release, hold, decoding, keep = (seen.order, seen.holding, seen.release, seen.hold,
+                                                      seen.decoding, seen.keep)
     options = SegmentOptions(output="labels")
-
-    def hold(_upload: Upload) -> None:
-        holding.set()
-        assert release.wait(10)
-
-    def decoding(name: str) -> Callable[[Upload], None]:
-        return lambda _upload: order.append(name)
-
-    def keep(_label_map: object) -> bool:
-        order.append("bulk-encode")
-        return False
 
     async def main() -> None:
         done = await codec.decode(png(64, 48), full_resolution=False, bulk=True)
