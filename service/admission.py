@@ -59,7 +59,7 @@ def bulk_overloaded(what: str) -> ApiError:
 
 class UploadBudget:
     """Bytes of request bodies still arriving, reserved as they arrive (never on a declared size alone). Bulk
-    requests' bodies may hold only `bulk_share` of it together (one alone may hold more), as they may of the queue."""
+    requests' bodies may hold only `bulk_share` of it together, as they may of the queue."""
 
     def __init__(self, capacity: int, bulk_share: float = 1.0) -> None:
         self.capacity = capacity
@@ -73,8 +73,8 @@ class UploadBudget:
         until its bytes come). One larger than the whole budget never gets here: the body limit answers 413."""
         if self.reserved + declared > self.capacity:
             raise self._full(declared)
-        if bulk and self._past_bulk_share(declared, 0):
-            raise self._bulk_full(declared)
+        if bulk:
+            self._check_bulk(declared, 0)
 
     def reserve(self, nbytes: int, bulk: bool = False, own: int = 0) -> int:
         """Reserve `nbytes` (bytes that have arrived) for a body that holds `own` already, at most the whole budget,
@@ -83,8 +83,8 @@ class UploadBudget:
         nbytes = min(nbytes, self.capacity)
         if self.reserved + nbytes > self.capacity:
             raise self._full(nbytes)
-        if bulk and self._past_bulk_share(nbytes, own):
-            raise self._bulk_full(nbytes)
+        if bulk:
+            self._check_bulk(nbytes, own)
         self.reserved += nbytes
         if bulk:
             self.bulk_reserved += nbytes
@@ -95,8 +95,14 @@ class UploadBudget:
         if bulk:
             self.bulk_reserved -= nbytes
 
-    def _past_bulk_share(self, nbytes: int, own: int) -> bool:
-        return self.bulk_reserved > own and self.bulk_reserved + nbytes > self.bulk_capacity
+    def _check_bulk(self, nbytes: int, own: int) -> None:
+        """413 for a bulk body that alone outgrows the bulk share (no retry would fit), 503 `bulk_overloaded` when
+        the bulk bodies' share has no room for `nbytes` more."""
+        if own + nbytes > self.bulk_capacity:
+            raise ApiError(413, "payload_too_large", f"a bulk upload may hold at most {self.bulk_capacity} bytes of "
+                           "the upload buffer; send it as an interactive request")
+        if self.bulk_reserved + nbytes > self.bulk_capacity:
+            raise self._bulk_full(nbytes)
 
     def _full(self, nbytes: int) -> ApiError:
         return overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes held, "

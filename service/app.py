@@ -147,7 +147,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                                 probe_image=pad_canvas(eng.input_size, eng.input_size, eng.metadata.pad_rgb))
         state.batcher.start()
         pipeline = Pipeline(eng, max_pixels=settings.max_pixels, batch_size=settings.max_batch_size)
-        crf_pool = CrfPool(settings.crf_pool_processes())  # no process until the first crf=true request
+        # No process until the first crf=true request.
+        crf_pool = CrfPool(settings.crf_pool_processes(), bulk_share=settings.bulk_queue_share)
         state.codec = Codec(pipeline, state.pool, heavy_threads=state.heavy_pool, crf=crf_pool)
         watchdog = None
         if settings.exit_when_unhealthy:  # bounded by uvicorn's graceful shutdown, then the batcher's drain

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .admission import overloaded
+from .admission import bulk_overloaded, overloaded
 from .core.crf import CrfBusy, CrfFailed, CrfPlace, CrfPool
 from .core.decode import Upload
 from .core.errors import DecodeError
@@ -115,17 +115,17 @@ class Codec:
             return upload
         return self._preprocess(upload, full_resolution)
 
-    def reserve_crf(self, options: SegmentOptions) -> CrfPlace | None:
+    def reserve_crf(self, options: SegmentOptions, bulk: bool = False) -> CrfPlace | None:
         """The CRF place of a `crf=true` request, taken at its admission, before its decode and model run (None
-        without one, or without a pool): 503 `overloaded` when every place is taken. The caller releases it
-        (`CrfPlace.release`) when the request ends; the refinement, once handed it, keeps it until its worker is
-        done."""
+        without one, or without a pool): 503 `overloaded` when every place is taken, `bulk_overloaded` when a bulk
+        request finds the bulk share of them taken. The caller releases it (`CrfPlace.release`) when the request
+        ends; the refinement, once handed it, keeps it until its worker is done."""
         if not options.crf or self.crf is None:
             return None
         try:
-            return self.crf.reserve()
+            return self.crf.reserve(bulk)
         except CrfBusy as exc:
-            raise overloaded(f"dense CRF: {exc}") from None
+            raise (bulk_overloaded if exc.bulk else overloaded)(f"dense CRF: {exc}") from None
 
     async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,

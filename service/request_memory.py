@@ -11,8 +11,9 @@ request whose image has been decoded only grows its share without a check (its a
 answer. One that could never fit is refused 413.
 
 A bulk request (`priority=bulk`: service/batch_line.py) may take only `bulk_share` of the budget with the other bulk
-requests (503 `bulk_overloaded` beyond; one alone is let past it): the rest is kept for interactive requests, as
-their share of the queue is, so that bulk overlays of large photos never refuse them or make /readyz unready.
+requests (503 `bulk_overloaded` beyond; 413 for one that alone needs more): the rest is kept for interactive
+requests, as their share of the queue is, so that bulk overlays of large photos never refuse them or make /readyz
+unready.
 """
 
 from __future__ import annotations
@@ -71,11 +72,8 @@ class RequestMemory:
                                    f"this request needs ~{readable_bytes(held + nbytes)} of memory while it waits "
                                    f"for its answer, more than the request memory budget of "
                                    f"{readable_bytes(self.capacity)}")
-                # Not counted as `_refused`: bulk requests turned away leave /readyz ready.
-                if bulk and self.bulk_in_use + nbytes > self.bulk_capacity and self.bulk_in_use > held:
-                    raise bulk_overloaded(f"bulk requests hold their share of the memory budget "
-                                          f"({readable_bytes(self.bulk_in_use)} of "
-                                          f"{readable_bytes(self.bulk_capacity)})")
+                if bulk:
+                    self._check_bulk(nbytes, held)
                 if self.in_use + nbytes > self.capacity:
                     self._refused = nbytes
                     raise overloaded(f"requests in progress hold the memory budget ({readable_bytes(self.in_use)} "
@@ -85,6 +83,20 @@ class RequestMemory:
                 self.bulk_in_use += nbytes
             self.peak = max(self.peak, self.in_use)
             self._show()
+
+    def _check_bulk(self, nbytes: int, held: int) -> None:
+        """413 for a bulk request that alone needs more than the bulk share (it would take what is kept for
+        interactive requests), 503 `bulk_overloaded` when the bulk requests' share, or the whole budget, has no room
+        for it. Neither counts as `_refused`: bulk requests turned away leave /readyz ready."""
+        if held + nbytes > self.bulk_capacity:
+            raise ApiError(413, "image_too_large",
+                           f"this bulk request needs ~{readable_bytes(held + nbytes)} of memory while it waits for "
+                           f"its answer, more than the bulk share of the request memory budget "
+                           f"({readable_bytes(self.bulk_capacity)}); send it as an interactive request")
+        if self.bulk_in_use + nbytes > self.bulk_capacity or self.in_use + nbytes > self.capacity:
+            raise bulk_overloaded(f"bulk requests hold their share of the memory budget "
+                                  f"({readable_bytes(self.bulk_in_use)} of {readable_bytes(self.bulk_capacity)}), or "
+                                  f"it is all taken")
 
     def _sub(self, nbytes: int, bulk: bool = False) -> None:
         with self._lock:

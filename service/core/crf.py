@@ -40,7 +40,11 @@ class CrfUnavailable(RuntimeError):
 
 class CrfBusy(RuntimeError):
     """Every place in the CRF pool (its processes and the queue before them) is taken, or the pool is shut down:
-    retry shortly."""
+    retry shortly. `bulk`: a bulk request's refusal, the bulk refinements holding their share of the places."""
+
+    def __init__(self, message: str, bulk: bool = False) -> None:
+        super().__init__(message)
+        self.bulk = bulk
 
 
 class CrfFailed(RuntimeError):
@@ -189,11 +193,16 @@ class CrfPool:
     state they are. A worker that dies fails the refinements in flight (`CrfFailed`) and the next one gets a fresh
     pool."""
 
-    def __init__(self, processes: int, queued: int | None = None) -> None:
+    def __init__(self, processes: int, queued: int | None = None, bulk_share: float = 1.0) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self.processes = processes
         self.capacity = processes + (processes if queued is None else queued)
+        # The places bulk requests' refinements may hold together (`priority=bulk`): their share, at least one,
+        # leaving at least one to interactive requests unless the share is 1.
+        shared = max(1, int(bulk_share * self.capacity))
+        self.bulk_places = self.capacity if bulk_share >= 1 else min(shared, self.capacity - 1)
+        self._bulk_held = 0
         # Taken on the event loop, given back when the worker is done (the executor's thread): a refinement
         # whose request was cancelled keeps its place while it still runs.
         self._places = threading.BoundedSemaphore(self.capacity)
@@ -201,11 +210,28 @@ class CrfPool:
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
 
-    def reserve(self) -> CrfPlace:
-        """A place for one refinement; `CrfBusy` when every place is taken."""
+    def reserve(self, bulk: bool = False) -> CrfPlace:
+        """A place for one refinement; `CrfBusy` when every place is taken, or for a `bulk` request when the bulk
+        refinements hold their share of them."""
+        if bulk:
+            with self._lock:
+                if self._bulk_held >= self.bulk_places:
+                    raise CrfBusy(f"bulk refinements hold their {self.bulk_places} of the {self.capacity} CRF "
+                                  "places", bulk=True)
+                self._bulk_held += 1
         if not self._places.acquire(blocking=False):
+            if bulk:
+                self._bulk_given_back()
             raise CrfBusy(f"every CRF process is busy and {self.capacity - self.processes} more refinements wait")
-        return CrfPlace(self._places.release)
+        return CrfPlace(self._release_bulk if bulk else self._places.release)
+
+    def _bulk_given_back(self) -> None:
+        with self._lock:
+            self._bulk_held -= 1
+
+    def _release_bulk(self) -> None:
+        self._bulk_given_back()
+        self._places.release()
 
     async def refine(self, canvas: np.ndarray, labels: np.ndarray, info: LetterboxInfo, num_classes: int,
                      params: CrfParams = CrfParams(), place: CrfPlace | None = None) -> np.ndarray:

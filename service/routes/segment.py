@@ -179,7 +179,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit(len(data))
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
-        crf_place = codec.reserve_crf(options)
+        crf_place = codec.reserve_crf(options, bulk=query.priority == "bulk")
         try:
             return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place,
                                   query.timeout_s, query.priority)

@@ -19,6 +19,10 @@ from service.batch_forming import BatchForming
 from service.batch_line import QueuedImage, WaitingLine
 from service.client import AsyncSegmentClient, SegmentClient
 from service.client_wire import segment_params
+from service.codec import Codec
+from service.core.crf import CrfPool
+from service.core.handoff import WorkerThreads
+from service.core.pipeline import SegmentOptions
 from service.core.priorities import Priority
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -28,7 +32,7 @@ from testkit import rawhttp
 from testkit.rawhttp import http_request
 from tests.clients.conftest import write_photos
 from tests.service.gated_server import GatedServer
-from tests.service.svc_helpers import png_bytes
+from tests.service.svc_helpers import png_bytes, rule_pipeline
 
 
 def flat(value: int) -> bytes:
@@ -236,21 +240,29 @@ def test_a_split_batch_runs_the_interactive_image_that_came_while_it_filled() ->
 
 def test_bulk_requests_take_only_their_share_of_the_request_memory(tmp_path: Path) -> None:
     """Bulk overlays of large photos must not spend the memory interactive requests need (which would refuse them
-    and make /readyz unready); a bulk request alone may still pass the bulk share."""
+    and make /readyz unready): bulk requests share half of the budget, one that alone needs more is 413, and one
+    that finds the whole budget taken is `bulk_overloaded`, which leaves /readyz ready."""
     settings = Settings(model_path=tmp_path / "unused.onnx", request_memory_bytes=1000 * 1024, bulk_queue_share=0.5)
     state = ServiceState(settings, Metrics(), cache=None, pool=None, uploads=None, renders=None,  # type: ignore[arg-type]
                          render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
     uploads = UploadBudget(1 << 30)
-    with Admission(state, uploads, None, bulk=True) as first, Admission(state, uploads, None, bulk=True) as second:
+
+    def refused(upload_bytes: int) -> tuple[int, str]:
+        with pytest.raises(ApiError) as raised, Admission(state, uploads, None, bulk=True) as bulk:
+            bulk.admit(upload_bytes)
+        return raised.value.status, raised.value.code
+
+    with Admission(state, uploads, None, bulk=True) as first:
         first.admit(300 * 1024)
         assert first.hold is not None
-        first.hold.reserve(300 * 1024)  # its decode: 600 KiB, past the 500 KiB bulk share, alone
-        with pytest.raises(ApiError) as refused:
-            second.admit(100 * 1024)
-        assert (refused.value.status, refused.value.code) == (503, "bulk_overloaded")
+        first.hold.reserve(150 * 1024)  # its decode: 450 of the 500 KiB bulk share
+        assert refused(100 * 1024) == (503, "bulk_overloaded")
+        assert refused(600 * 1024) == (413, "image_too_large")  # alone more than the share: no retry would fit
         with Admission(state, uploads, None) as interactive:
-            interactive.admit(300 * 1024)  # the rest is still there for interactive requests
-            assert state.memory.in_use == 900 * 1024 and not state.memory.spent
+            interactive.admit(540 * 1024)  # the rest is still there for interactive requests
+            assert state.memory.in_use == 990 * 1024
+            assert refused(20 * 1024) == (503, "bulk_overloaded")  # within the bulk share, past the whole budget
+            assert not state.memory.spent  # a bulk refusal is no overload
     assert state.memory.in_use == state.memory.bulk_in_use == 0  # every share given back
 
 
@@ -276,8 +288,9 @@ def test_a_queue_of_one_still_keeps_its_place_for_interactive_requests(rule_mode
 
 def test_bulk_uploads_take_only_their_share_of_the_upload_buffer(rule_model: Path) -> None:
     """A bulk upload that has sent 40 000 of its bytes and stalls holds them in the 100 000-byte upload buffer; a
-    second bulk upload that cannot fit in the bulk half is refused 503 `bulk_overloaded` before it is read, while an
-    interactive one of 40 000 bytes more is served, and /readyz stays ready."""
+    second bulk upload that cannot fit in the bulk half is refused 503 `bulk_overloaded` before it is read, one
+    larger than the whole half 413, while an interactive one of 40 000 bytes more is served, and /readyz stays
+    ready."""
     gated = GatedServer(rule_model, upload_buffer_bytes=100_000, body_timeout_s=10, bulk_queue_share=0.5)
     noise = png_bytes(np.random.default_rng(0).integers(0, 256, (120, 120, 3), np.uint8))
     assert 40_000 < len(noise) < 60_000
@@ -289,11 +302,46 @@ def test_bulk_uploads_take_only_their_share_of_the_upload_buffer(rule_model: Pat
             time.sleep(0.5)  # its bytes have been read
             url = f"{gated.live.url}/segment"
             bulk = httpx.post(url, params={"priority": "bulk", "output": "stats"}, content=noise[:15_000], timeout=10)
+            too_large = httpx.post(url, params={"priority": "bulk"}, content=b"\0" * 60_000, timeout=10)
             interactive = httpx.post(url, params={"output": "stats"}, content=noise, timeout=10)
             ready = httpx.get(f"{gated.live.url}/readyz", timeout=10)
         finally:
             filler.close()
     assert bulk.status_code == 503 and bulk.json()["error"]["code"] == "bulk_overloaded", bulk.text
     assert "upload buffer" in bulk.json()["error"]["message"]
+    # Larger than the whole bulk share: no retry would fit (sent as interactive, it would).
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "payload_too_large", too_large.text
     assert interactive.status_code == 200, interactive.text
     assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
+
+
+def test_bulk_refinements_take_only_their_share_of_the_crf_places(tmp_path: Path) -> None:
+    """`crf=true` requests take a place in the CRF pool when admitted: bulk ones only within their share (one of
+    the two places of one process), so an interactive refinement is still taken."""
+    pool = CrfPool(1, bulk_share=0.5)
+    threads = WorkerThreads(1, "codec")
+    codec = Codec(rule_pipeline(tmp_path), threads, crf=pool)
+    options = SegmentOptions(crf=True)
+
+    def refused(bulk: bool) -> tuple[int, str]:
+        with pytest.raises(ApiError) as raised:
+            codec.reserve_crf(options, bulk=bulk)
+        return raised.value.status, raised.value.code
+
+    try:
+        first = codec.reserve_crf(options, bulk=True)
+        assert first is not None
+        assert refused(bulk=True) == (503, "bulk_overloaded")
+        interactive = codec.reserve_crf(options)
+        assert interactive is not None
+        assert refused(bulk=False) == (503, "overloaded")  # every place taken
+        first.release()
+        again = codec.reserve_crf(options, bulk=True)  # the bulk share given back with the place
+        assert again is not None
+        again.release()
+        interactive.release()
+    finally:
+        threads.shutdown()
+        pool.close()
+    assert (pool.bulk_places, CrfPool(1, bulk_share=1.0).bulk_places, CrfPool(4, bulk_share=0.1).bulk_places) == \
+        (1, 2, 1)
