@@ -49,6 +49,7 @@ class Batcher:
                  probe_image: np.ndarray | None = None) -> None:
         self._run_images = run_images
         self._take = take or (lambda count: count)
+        self._padded_size = padded_size or (lambda count: count)
         self.concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -69,7 +70,7 @@ class Batcher:
         self._busy = BusyEstimate(expected_s) if expected_s is not None else None
         # A failed batch: the device's fault or the batch's? (service/inference_guard.py) It tells the counter of
         # the requests' runs only, never of its probes (service/batch_runs.py).
-        self._runs = RunCounter(metrics, padded_size or (lambda count: count))
+        self._runs = RunCounter(metrics, self._padded_size)
         self._guard = InferenceGuard(lambda tensors: self._executor.run(self._timed_run, tensors),
                                      health or InferenceHealth(), probe_image, metrics, ran=self._runs.ran)
 
@@ -80,7 +81,7 @@ class Batcher:
         self._forming = BatchForming(self._line, max_batch_size=self.max_batch_size, max_wait_s=self.max_wait_s,
                                      concurrency=self.concurrency, in_flight=lambda: self.in_flight,
                                      incoming=lambda: self._incoming, take=self._take, busy=self._busy,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, padded_size=self._padded_size)
         self._accepting = True
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work(), name=f"batcher-{i}") for i in range(self.concurrency)]

@@ -83,7 +83,8 @@ class Metrics:
                                       "the waste", registry=r)
         self.held_images = Counter("segment_batch_held_images",
                                    "Images a batch left for the next one, because a smaller full bucket now and "
-                                   "the rest later costs less than padding them all", registry=r)
+                                   "the rest later costs less than padding them all, or because they are bulk "
+                                   "images that would have lengthened a batch of interactive ones", registry=r)
         self.batches_in_flight = Gauge("segment_batches_in_flight", "Inference batches running now",
                                        multiprocess_mode="livesum", registry=r)
         self.inference_busy = Counter("segment_inference_busy_seconds",

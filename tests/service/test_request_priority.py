@@ -345,3 +345,62 @@ def test_bulk_refinements_take_only_their_share_of_the_crf_places(tmp_path: Path
         pool.close()
     assert (pool.bulk_places, CrfPool(1, bulk_share=1.0).bulk_places, CrfPool(4, bulk_share=0.1).bulk_places) == \
         (1, 2, 1)
+
+
+@pytest.mark.parametrize(("buckets", "expected"), [
+    (None, [["i1"], ["b1", "b2", "b3", "b4"]]),  # every row costs: interactive images run alone
+    ((1, 2, 4, 8), [["i1", "i2", "i3", "b1"], ["b2", "b3", "b4"]]),  # bulk fills only the bucket's padding
+])
+def test_bulk_images_ride_with_interactive_ones_only_in_padding_rows(buckets: tuple[int, ...] | None,
+                                                                     expected: list[list[str]]) -> None:
+    def padded(count: int) -> int:
+        return count if buckets is None else next(size for size in buckets if size >= count)
+
+    async def batches() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        line = WaitingLine(16)
+        names = ["b1", "b2", "b3", "b4"] + (["i1"] if buckets is None else ["i1", "i2", "i3"])
+        for name in names:
+            line.put(QueuedImage(np.zeros(1), loop.create_future(), name,
+                                 "bulk" if name.startswith("b") else "interactive"))
+        forming = BatchForming(line, max_batch_size=8, max_wait_s=0.0, concurrency=1, in_flight=lambda: 0,
+                               incoming=lambda: 0, take=lambda count: count, busy=None, metrics=None,
+                               padded_size=padded)
+        cut = []
+        while line.depth:  # every batch the line gives (a batch past the end would wait for an image forever)
+            cut.append([item.request_id or "" for item in await asyncio.wait_for(forming.next_batch(), 5)])
+        return cut
+
+    assert asyncio.run(batches()) == expected
+
+
+@pytest.mark.parametrize("buckets", [None, "1,2,4,8"])
+def test_an_interactive_request_never_waits_for_bulk_work_in_its_own_batch(rule_model: Path,
+                                                                          buckets: str | None) -> None:
+    """Three bulk images and then three interactive ones wait behind a running batch. Without buckets (every row
+    costs) the interactive ones run alone; with buckets their batch of 4 takes one bulk image into its padding."""
+    shapes = {} if buckets is None else {"fixed_shapes": "on", "batch_buckets": buckets}
+    gated = GatedServer(rule_model, max_batch_size=8, concurrent_batches=1, max_queue=16, max_wait_ms=0, **shapes)
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
+            gated.gate.clear()
+            tasks = [posted(client, 10, "bulk")]
+            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)
+            for depth, (value, priority) in enumerate(((20, "bulk"), (30, "bulk"), (40, "bulk"), (50, "interactive"),
+                                                       (60, "interactive"), (70, "interactive")), start=1):
+                tasks.append(posted(client, value, priority))
+                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
+            gated.gate.set()
+            return list(await asyncio.gather(*tasks))
+
+    with gated.running():
+        responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 7, [r.text for r in responses]
+    sizes = [int(r.headers["x-batch-size"]) for r in responses]
+    assert sizes[0] == 1
+    if buckets is None:
+        assert sizes[1:] == [3, 3, 3, 3, 3, 3]
+    else:
+        bulk = sorted(sizes[1:4])  # one in the interactive batch; the two others as the plan says (2, or 1 + 1)
+        assert sizes[4:] == [4, 4, 4] and bulk[2] == 4 and bulk[1] <= 2, sizes
