@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 from starlette.datastructures import Headers
 
 from .core.handoff import WorkerThreads
+from .core.priorities import BulkBytes
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -63,9 +64,8 @@ class UploadBudget:
 
     def __init__(self, capacity: int, bulk_share: float = 1.0) -> None:
         self.capacity = capacity
-        self.bulk_capacity = int(bulk_share * capacity)
         self.reserved = 0
-        self.bulk_reserved = 0
+        self.bulk = BulkBytes(capacity, bulk_share)
 
     def room_for(self, declared: int, bulk: bool = False) -> None:
         """503 before reading when the bytes already held leave no room for a body of `declared` bytes: it would be
@@ -87,30 +87,28 @@ class UploadBudget:
             self._check_bulk(nbytes, own)
         self.reserved += nbytes
         if bulk:
-            self.bulk_reserved += nbytes
+            self.bulk.held += nbytes
         return nbytes
 
     def release(self, nbytes: int, bulk: bool = False) -> None:
         self.reserved -= nbytes
         if bulk:
-            self.bulk_reserved -= nbytes
+            self.bulk.held -= nbytes
 
     def _check_bulk(self, nbytes: int, own: int) -> None:
         """413 for a bulk body that alone outgrows the bulk share (no retry would fit), 503 `bulk_overloaded` when
         the bulk bodies' share has no room for `nbytes` more."""
-        if own + nbytes > self.bulk_capacity:
-            raise ApiError(413, "payload_too_large", f"a bulk upload may hold at most {self.bulk_capacity} bytes of "
+        refusal = self.bulk.refusal(nbytes, own)
+        if refusal == "too_large":
+            raise ApiError(413, "payload_too_large", f"a bulk upload may hold at most {self.bulk.capacity} bytes of "
                            "the upload buffer; send it as an interactive request")
-        if self.bulk_reserved + nbytes > self.bulk_capacity:
-            raise self._bulk_full(nbytes)
+        if refusal == "full":
+            raise bulk_overloaded(f"bulk uploads arriving hold their share of the upload buffer ({self.bulk.held} "
+                                  f"of {self.bulk.capacity} bytes, {nbytes} more needed)")
 
     def _full(self, nbytes: int) -> ApiError:
         return overloaded(f"too many uploads arriving ({self.reserved} of {self.capacity} bytes held, "
                           f"{nbytes} more needed)")
-
-    def _bulk_full(self, nbytes: int) -> ApiError:
-        return bulk_overloaded(f"bulk uploads arriving hold their share of the upload buffer ({self.bulk_reserved} "
-                               f"of {self.bulk_capacity} bytes, {nbytes} more needed)")
 
 
 def declared_length(headers: Headers) -> int | None:

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admission import bulk_overloaded, overloaded
 from .core.decode_budget import readable_bytes
+from .core.priorities import BulkBytes
 from .core.upload import Upload
 from .errors import ApiError
 
@@ -45,9 +46,8 @@ class RequestMemory:
 
     def __init__(self, capacity: int, gauge: Any = None, bulk_share: float = 1.0) -> None:
         self.capacity = capacity
-        self.bulk_capacity = int(bulk_share * capacity)
         self.in_use = 0
-        self.bulk_in_use = 0
+        self.bulk = BulkBytes(capacity, bulk_share)
         self.peak = 0
         self._refused = 0  # the last reservation refused: /readyz is unready while one as large would be again
         self._gauge = gauge
@@ -80,7 +80,7 @@ class RequestMemory:
                                      f"of {readable_bytes(self.capacity)})")
             self.in_use += nbytes
             if bulk:
-                self.bulk_in_use += nbytes
+                self.bulk.held += nbytes
             self.peak = max(self.peak, self.in_use)
             self._show()
 
@@ -88,21 +88,22 @@ class RequestMemory:
         """413 for a bulk request that alone needs more than the bulk share (it would take what is kept for
         interactive requests), 503 `bulk_overloaded` when the bulk requests' share, or the whole budget, has no room
         for it. Neither counts as `_refused`: bulk requests turned away leave /readyz ready."""
-        if held + nbytes > self.bulk_capacity:
+        refusal = self.bulk.refusal(nbytes, held)
+        if refusal == "too_large":
             raise ApiError(413, "image_too_large",
                            f"this bulk request needs ~{readable_bytes(held + nbytes)} of memory while it waits for "
                            f"its answer, more than the bulk share of the request memory budget "
-                           f"({readable_bytes(self.bulk_capacity)}); send it as an interactive request")
-        if self.bulk_in_use + nbytes > self.bulk_capacity or self.in_use + nbytes > self.capacity:
+                           f"({readable_bytes(self.bulk.capacity)}); send it as an interactive request")
+        if refusal == "full" or self.in_use + nbytes > self.capacity:
             raise bulk_overloaded(f"bulk requests hold their share of the memory budget "
-                                  f"({readable_bytes(self.bulk_in_use)} of {readable_bytes(self.bulk_capacity)}), or "
+                                  f"({readable_bytes(self.bulk.held)} of {readable_bytes(self.bulk.capacity)}), or "
                                   f"it is all taken")
 
     def _sub(self, nbytes: int, bulk: bool = False) -> None:
         with self._lock:
             self.in_use -= nbytes
             if bulk:
-                self.bulk_in_use -= nbytes
+                self.bulk.held -= nbytes
             if self.in_use + self._refused <= self.capacity:
                 self._refused = 0  # it would fit now: no longer a reason to be unready
             self._show()

@@ -12,6 +12,7 @@ from .batcher import Batcher
 from .codec import Codec
 from .core.engine import Engine
 from .core.handoff import WorkerThreads
+from .core.priorities import bulk_places
 from .errors import ApiError
 from .loop_lag import LoopLagMonitor
 from .metrics import Metrics
@@ -60,12 +61,9 @@ class ServiceState:
     @property
     def kept_for_interactive(self) -> int:
         """The queue's places a bulk request may not take (service/admission.py): beyond its share
-        (`SEGMENT_BULK_QUEUE_SHARE`; at least one place is kept, and one left to bulk, unless the share is 1). As
-        many places in progress are kept too."""
-        max_queue, share = self.settings.max_queue, self.settings.bulk_queue_share
-        kept = max_queue - max(1, int(share * max_queue))
-        # A queue of one would otherwise keep nothing: bulk requests still run whenever an inference slot is free.
-        return max(kept, 1) if share < 1 else kept
+        (`SEGMENT_BULK_QUEUE_SHARE`, `bulk_places`). As many places in progress are kept too."""
+        max_queue = self.settings.max_queue
+        return max_queue - bulk_places(max_queue, self.settings.bulk_queue_share)
 
     @property
     def bulk_max_admitted(self) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .letterbox import LetterboxInfo
+from .priorities import bulk_places
 
 # The CRF workers' nice value: as the service's other bulk CPU work (huge decodes, /results renders), they take the
 # CPUs only when the server process, its event loop and model runs, leave them.
@@ -198,10 +199,8 @@ class CrfPool:
             raise ValueError("processes must be at least 1")
         self.processes = processes
         self.capacity = processes + (processes if queued is None else queued)
-        # The places bulk requests' refinements may hold together (`priority=bulk`): their share, at least one,
-        # leaving at least one to interactive requests unless the share is 1.
-        shared = max(1, int(bulk_share * self.capacity))
-        self.bulk_places = self.capacity if bulk_share >= 1 else min(shared, self.capacity - 1)
+        # The places bulk requests' refinements may hold together (`priority=bulk`).
+        self.bulk_places = bulk_places(self.capacity, bulk_share)
         self._bulk_held = 0
         # Taken on the event loop, given back when the worker is done (the executor's thread): a refinement
         # whose request was cancelled keeps its place while it still runs.

@@ -168,7 +168,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         options = SegmentOptions(query.output or negotiate(request.headers.get("accept")), render, crf=query.crf)
     except ValueError as exc:  # a format the output kind has not
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
-    with state.admission(request, bulk=query.priority == "bulk") as ticket:
+    bulk = query.priority == "bulk"
+    with state.admission(request, bulk=bulk) as ticket:
         engine, batcher, codec = state.serving()
         if query.crf and not crf_available():
             raise ApiError(501, "crf_unavailable", "CRF refinement is not installed on this server "
@@ -179,7 +180,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
             raise ApiError(400, "empty_body", "the request carried no image bytes")
         ticket.admit(len(data))
         # Before its decode and model run: a request the CRF has no room for must not pay for them first.
-        crf_place = codec.reserve_crf(options, bulk=query.priority == "bulk")
+        crf_place = codec.reserve_crf(options, bulk=bulk)
         try:
             return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place,
                                   query.timeout_s, query.priority)
@@ -201,6 +202,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     hold = ticket.hold
     assert hold is not None
     input_size = codec.pipeline.engine.input_size
+    bulk = priority == "bulk"
 
     def deadline_passed(when: str) -> ApiError:
         return ApiError(*DEADLINE_EXCEEDED, f"the request's timeout_s ({timeout_s:g}s) passed {when} its image was "
@@ -218,7 +220,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     try:
         with batcher.expecting():  # a batch being formed now waits for this image
             prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve,
-                                          bulk=priority == "bulk")
+                                          bulk=bulk)
     except ApiError as exc:  # the decode memory was still taken when the request's own deadline passed
         if exc.code == "overloaded" and timeout_s is not None and time.perf_counter() - started >= timeout_s:
             raise deadline_passed("while") from None
@@ -260,7 +262,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         body, media, kept = await codec.encode(
             prepared, result.labels, options, header, crf_place=crf_place,
             keep=lambda labels: state.cache.put(result_id, labels, data, owner, sha256 or None),
-            bulk=priority == "bulk")
+            bulk=bulk)
     except PolygonsTooComplex as exc:  # refused before the costly geometry work (service/core/outputs/polygons.py)
         raise ApiError(422, "output_too_complex", str(exc)) from None
     finally:

@@ -263,7 +263,7 @@ def test_bulk_requests_take_only_their_share_of_the_request_memory(tmp_path: Pat
             assert state.memory.in_use == 990 * 1024
             assert refused(20 * 1024) == (503, "bulk_overloaded")  # within the bulk share, past the whole budget
             assert not state.memory.spent  # a bulk refusal is no overload
-    assert state.memory.in_use == state.memory.bulk_in_use == 0  # every share given back
+    assert state.memory.in_use == state.memory.bulk.held == 0  # every share given back
 
 
 def test_a_queue_of_one_still_keeps_its_place_for_interactive_requests(rule_model: Path) -> None:
