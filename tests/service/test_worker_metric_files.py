@@ -16,7 +16,13 @@ from service.metrics_files import fold_dead_metrics, metrics_files_lock
 from testkit.metrics import metric_sum, samples
 from testkit.server import ServerProcess
 from tests.service.svc_helpers import png_bytes, scene
+from tests.service.worker_checks import wait_for
 from tests.service.worker_helpers import WORKERS, ready_pids, replacements, segment, worker_environ
+
+
+def answered(server: ServerProcess) -> float:
+    """The /segment requests the workers have counted as answered 200."""
+    return samples(server.metrics(), "segment_requests_total").get((("route", "/segment"), ("status", "200")), 0)
 
 
 def file_ids(directory: Path) -> list[str]:
@@ -37,6 +43,9 @@ def test_the_metric_files_of_dead_workers_are_folded_not_kept(rule_model: Path) 
             for _ in range(4):
                 assert segment(server.url, body).status_code == 200
                 sent += 1
+            # A worker counts a request once its answer is written, a moment after the client has it: a SIGKILL in
+            # that moment loses the count with the process, which is not what this test is about.
+            wait_for(lambda sent=sent: answered(server) == sent, f"{sent} requests counted", server)
             victims = victims or set(pids)
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
