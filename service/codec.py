@@ -26,7 +26,7 @@ from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
 from .core.output_kinds import json_bytes
 from .core.outputs.labelmap import LabelMap
-from .core.pipeline import Pipeline, Prepared, SegmentOptions
+from .core.pipeline import Pipeline, Prepared, Resolution, SegmentOptions
 from .errors import ApiError
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
@@ -63,10 +63,11 @@ def _closed_if_raising(upload: Upload) -> Iterator[None]:
         raise
 
 
-def full_size_pixels(upload: Upload, full_resolution: bool) -> int:
+def full_size_pixels(upload: Upload, full_resolution: bool, resolution: Resolution = None) -> int:
     """Pixels the decode of an opened upload produces at full size: what sends it to the low-priority pool
-    beyond `HEAVY_DECODE_PIXELS`. A JPEG for the model is decoded reduced (at most ~4x the model's pixels): 0."""
-    return 0 if upload.is_jpeg and not full_resolution else upload.pixels
+    beyond `HEAVY_DECODE_PIXELS`. A JPEG for the model at its input size is decoded reduced (at most ~4x the model's
+    pixels): 0; at a higher `resolution` it may not be."""
+    return 0 if upload.is_jpeg and not full_resolution and resolution is None else upload.pixels
 
 
 class Codec:
@@ -80,7 +81,8 @@ class Codec:
         self.crf = crf  # None: `crf=true` refines in the codec thread, holding the interpreter lock throughout
 
     async def decode(self, data: bytes, *, full_resolution: bool,
-                     before_decode: Callable[[Upload], object] | None = None, bulk: bool = False) -> Prepared:
+                     before_decode: Callable[[Upload], object] | None = None, bulk: bool = False,
+                     resolution: Resolution = None) -> Prepared:
         """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP). A `bulk`
         request's decode waits for every interactive request's codec job queued.
 
@@ -89,20 +91,22 @@ class Codec:
         here with nothing decoded."""
         # The structure checks and the header read run once, in the pool, not on the event loop (~0.07 ms for a
         # JPEG); a heavy upload then moves, opened, to the low-priority pool.
-        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution, before_decode,
+        done = await self.threads.run(self._decode_unless_heavy, data, full_resolution, before_decode, resolution,
                                       priority=_boosted(0, bulk))
         if isinstance(done, Prepared):
             return done
-        return await self.heavy_threads.run(self._preprocess, done, full_resolution, priority=_boosted(0, bulk))
+        return await self.heavy_threads.run(self._preprocess, done, full_resolution, resolution,
+                                            priority=_boosted(0, bulk))
 
-    def _preprocess(self, data: bytes | Upload, full_resolution: bool) -> Prepared:
+    def _preprocess(self, data: bytes | Upload, full_resolution: bool, resolution: Resolution) -> Prepared:
         try:
-            return self.pipeline.preprocess(data, full_resolution=full_resolution)
+            return self.pipeline.preprocess(data, full_resolution=full_resolution, resolution=resolution)
         except DecodeError as exc:
             raise ApiError.from_decode(exc) from None
 
     def _decode_unless_heavy(self, data: bytes, full_resolution: bool,
-                             before_decode: Callable[[Upload], object] | None) -> Prepared | Upload:
+                             before_decode: Callable[[Upload], object] | None,
+                             resolution: Resolution) -> Prepared | Upload:
         """The upload decoded here, or opened only (the checks and the header read) when it is heavy."""
         try:
             upload = self.pipeline.open(data)
@@ -111,9 +115,9 @@ class Codec:
         if before_decode is not None:
             with _closed_if_raising(upload):
                 before_decode(upload)
-        if full_size_pixels(upload, full_resolution) > HEAVY_DECODE_PIXELS:
+        if full_size_pixels(upload, full_resolution, resolution) > HEAVY_DECODE_PIXELS:
             return upload
-        return self._preprocess(upload, full_resolution)
+        return self._preprocess(upload, full_resolution, resolution)
 
     def reserve_crf(self, options: SegmentOptions, bulk: bool = False) -> CrfPlace | None:
         """The CRF place of a `crf=true` request, taken at its admission, before its decode and model run (None
@@ -127,7 +131,7 @@ class Codec:
         except CrfBusy as exc:
             raise (bulk_overloaded if exc.bulk else overloaded)(f"dense CRF: {exc}") from None
 
-    async def encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
+    async def encode(self, prepared: Prepared, labels: np.ndarray | list[np.ndarray], options: SegmentOptions,
                      header: dict[str, Any], keep: Callable[[LabelMap], bool] = _ignore,
                      crf_place: CrfPlace | None = None, bulk: bool = False) -> tuple[bytes, str, bool]:
         """The answer's body and media type, and whether `keep(label map at the upload's size)` stored it for
@@ -135,8 +139,8 @@ class Codec:
         kind's `id` (from `header`) is null when it was not kept: a result id nobody can fetch only sends a client
         to a 404. A JSON body comes serialised here too: a large one (polygons: megabytes) would otherwise stall
         the event loop."""
-        if options.crf and self.crf is not None:
-            labels = await self._refined(prepared, labels, crf_place)
+        if options.crf and self.crf is not None:  # never tiled (the route refuses it): no stitch on the loop
+            labels = await self._refined(prepared, self.pipeline.joined(labels, prepared), crf_place)
             options = replace(options, crf=False)  # refined: the codec thread has only the rest to do
         return await self.threads.run(self._encode, prepared, labels, options, header, keep,
                                       priority=_boosted(ENCODE_PRIORITY, bulk))
@@ -153,7 +157,7 @@ class Codec:
         except CrfFailed as exc:
             raise ApiError(500, "internal_error", str(exc)) from None
 
-    def _encode(self, prepared: Prepared, labels: np.ndarray, options: SegmentOptions,
+    def _encode(self, prepared: Prepared, labels: np.ndarray | list[np.ndarray], options: SegmentOptions,
                 header: dict[str, Any], keep: Callable[[LabelMap], bool]) -> tuple[bytes, str, bool]:
         label_map = self.pipeline.postprocess(labels, prepared, refine=options.crf)
         kept = keep(label_map)  # first: the store takes the map bare, whatever a render caches on it later

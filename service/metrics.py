@@ -40,9 +40,12 @@ REJECTION_REASONS = (
     "deadline_exceeded", "empty_body", "header_timeout", "headers_too_large", "image_too_large", "incomplete_multipart",
     "inference_failed", "inference_unavailable", "internal_error", "invalid_request", "method_not_allowed",
     "not_found", "not_ready", "output_too_complex", "overloaded", "payload_too_large", "range_not_satisfiable",
-    "result_not_found", "send_timeout", "shutting_down", "timeout", "unauthorized", "unsupported_content_encoding",
-    "unsupported_http_version", "unsupported_media_type", "unsupported_transfer_encoding", "uri_too_long",
+    "result_not_found", "send_timeout", "shutting_down", "timeout", "too_many_tiles", "unauthorized",
+    "unsupported_content_encoding", "unsupported_http_version", "unsupported_media_type",
+    "unsupported_transfer_encoding", "uri_too_long",
 )
+
+_TILE_BUCKETS = (2, 3, 4, 6, 9, 12, 16, 25, 36, 64, 100)
 
 # What an API route answers that the alerts read: successes and the 5xx of failing runs, shedding and timeouts.
 # Created at 0 for every API route (`start_routes`); other statuses appear when first answered.
@@ -74,6 +77,11 @@ class Metrics:
                                     "inference queue, by request priority (interactive or bulk)", ["priority"],
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self._queue_waits = {priority: self.queue_wait.labels(priority=priority) for priority in PRIORITIES}
+        # Requests segmented above the model's input size: how many there are, and how many model inputs each
+        # became (`_sum`), the load a `resolution` adds beyond one image a request.
+        self.request_tiles = Histogram("segment_request_tiles", "Tiles each /segment request segmented at a "
+                                       "resolution above the model's input size ran in", buckets=_TILE_BUCKETS,
+                                       registry=r)
         self.queue_depth = Gauge("segment_queue_depth", "Images waiting for the inference worker",
                                  multiprocess_mode="livesum", registry=r)
         self.padding_images = Counter("segment_batch_padding_images",

@@ -181,6 +181,9 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
           "headers": {"X-Result-ID": RESULT_ID, "X-Model-SHA256": MODEL_SHA256,
                       "X-Batch-Size": header("images in the model run that produced these labels",
                                              {"type": "integer", "minimum": 1}),
+                      "X-Tiles": header("the tiles the image ran in, when it was segmented at a `resolution` above "
+                                        "the model's input size", {"type": "integer", "minimum": 2},
+                                        required=False),
                       "Server-Timing": header("decode, queue, inference and encode times (ms)")}},
     400: error("`empty_body`, `corrupt_image`, `incomplete_multipart` (cut short before its closing boundary) "
                "or `bad_request` (a malformed multipart body)"),
@@ -189,7 +192,8 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: error("`unsupported_media_type` (not a supported image, a multipart charset other than utf-8, us-ascii "
                "or iso-8859-1) or `unsupported_content_encoding`"),
     422: error("`invalid_request` (a bad parameter, a `format` the output kind has not, not exactly one "
-               "multipart field `image`) or `output_too_complex` (polygons past the bounds)"),
+               "multipart field `image`), `output_too_complex` (polygons past the bounds) or `too_many_tiles` (a "
+               "`resolution` needing more tiles than the server runs for one request)"),
     500: INTERNAL,
     501: error("`crf_unavailable`: `crf=true` on a server without the crf extra"),
     503: busy("`overloaded`, `bulk_overloaded` (a `priority=bulk` request beyond the bulk share of the queue; "

@@ -28,16 +28,19 @@ from starlette.types import Receive, Scope, Send
 from .admission import bulk_overloaded, overloaded
 from .core.decode_budget import readable_bytes
 from .core.priorities import BulkBytes
+from .core.tiles import TileGrid
 from .core.upload import Upload
 from .errors import ApiError
 
 
-def decoded_bytes(upload: Upload, full_resolution: bool, input_size: int) -> int:
-    """Bytes a request keeps of its decode while it waits: the model input (uint8, `input_size`² × 3) and, for an
-    answer drawn on the upload (an overlay), the RGB image at full size. Any other answer keeps no image (the
-    route lets go of it once decoded: service/routes/segment.py)."""
+def decoded_bytes(upload: Upload, full_resolution: bool, canvas: int, tiles: TileGrid | None = None) -> int:
+    """Bytes a request keeps of its decode while it waits: the model input (uint8, `canvas`² × 3, the letterbox
+    at the model's input size or at a higher resolution) and, for an answer drawn on the upload (an overlay), the RGB
+    image at full size; when it runs in `tiles`, their labels and the map they are stitched into too. Any other
+    answer keeps no image (the route lets go of it once decoded: service/routes/segment.py)."""
     image = 3 * upload.pixels if full_resolution else 0
-    return image + 3 * input_size * input_size
+    labels = 0 if tiles is None else len(tiles) * tiles.tile * tiles.tile + canvas * canvas
+    return image + 3 * canvas * canvas + labels
 
 
 class RequestMemory:

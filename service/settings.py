@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         description="the share of the inference queue that `priority=bulk` requests may fill; the rest (and as "
                     "many places among the requests in progress) is kept for interactive ones, which are also run "
                     "first. 1: none kept")
+    max_tiles: int = Field(
+        16, ge=1, description="the most model inputs one request may run in: an image segmented at a `resolution` "
+                              "above the model's input size runs in overlapping tiles of it; 422 `too_many_tiles` "
+                              "beyond (the answer names the highest resolution that fits)")
     request_timeout_s: float = Field(30.0, gt=0)
     # ByteSize: `20MiB`, `20MB`, `1.5GB` or plain bytes.
     max_upload_bytes: ByteSize = Field(ByteSize(20 * MB), ge=1)

@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,12 @@ from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 from .output_kinds import OUTPUT_KINDS, Body, RenderOptions
 from .outputs.labelmap import LabelMap
 from .outputs.render import render
+from .tiles import TileGrid, grid_at
+
+# The resolution an image is segmented at (the long side of its letterbox): None, the model's input size; a number
+# of pixels; or `native`, the upload's own long side. Above the input size the image runs in tiles (core/tiles.py).
+NATIVE = "native"
+Resolution = int | Literal["native"] | None
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,13 @@ class Prepared:
     info: LetterboxInfo
     # The RGB ICC profile whose numbers `image` kept (a full-size decode; `tensor` is sRGB all the same), or None.
     icc_profile: bytes | None = None
+    # The tiles `tensor` runs in, when it is larger than the model's input (core/tiles.py); None: it runs whole.
+    tiles: TileGrid | None = None
+
+    @property
+    def model_inputs(self) -> list[np.ndarray]:
+        """What the model runs for this upload: the letterboxed tensor, or each of its tiles."""
+        return [self.tensor] if self.tiles is None else self.tiles.split(self.tensor)
 
     def without_image(self) -> Prepared:
         """The same without the decoded image, for an answer that does not show it: a format that cannot decode
@@ -53,6 +66,7 @@ class SegmentOptions:
     output: str = "labels"
     render: RenderOptions = field(default_factory=RenderOptions)
     crf: bool = False
+    resolution: Resolution = None  # the long side to segment at (see `Pipeline.canvas_size`)
 
     def __post_init__(self) -> None:
         # Each kind is written in its own formats only (`GET /outputs`): another is refused here, where the service
@@ -100,15 +114,35 @@ class Pipeline:
         `preprocess`, which neither checks nor reads the header again."""
         return open_upload(data, self.max_pixels)
 
-    def preprocess(self, data: bytes | Upload, *, full_resolution: bool = False) -> Prepared:
+    def canvas_size(self, height: int, width: int, resolution: Resolution = None) -> int:
+        """The side of the letterbox an image of `height` x `width` is segmented at: the model's input size, or
+        `resolution` (`native`: the image's long side) where that is larger."""
+        size = self.engine.input_size
+        if resolution is None:
+            return size
+        return max(size, max(height, width) if resolution == NATIVE else int(resolution))
+
+    def tile_grid(self, height: int, width: int, resolution: Resolution = None) -> TileGrid | None:
+        """The tiles an image of `height` x `width` runs in at `resolution`; None when it runs whole."""
+        size = self.canvas_size(height, width, resolution)
+        return None if size == self.engine.input_size else grid_at(height, width, size, self.engine.input_size)
+
+    def preprocess(self, data: bytes | Upload, *, full_resolution: bool = False,
+                   resolution: Resolution = None) -> Prepared:
         """Upload bytes (or an `Upload` from `open`) → `Prepared`. Raises `DecodeError` for bad bytes.
 
         Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large
-        JPEG decodes reduced (`decode_image_for_model`) and the geometry still maps back to its original size.
+        JPEG decodes reduced (`decode_image_for_model`, never below the letterbox) and the geometry still maps back
+        to its original size. `resolution` above the model's input size segments it in tiles (`Prepared.tiles`).
         """
+        size = self.engine.input_size
+        if resolution is not None:
+            data = data if isinstance(data, Upload) else self.open(data)
+            width, height = data.image.size  # as stored: an EXIF turn keeps the long side
+            size = self.canvas_size(height, width, resolution)
         if full_resolution:
             image, profile = decode_image_keeping_profile(data, self.max_pixels)
-            prepared = self.prepare_image(image)
+            prepared = self.prepare_image(image, resolution=resolution)
             if profile is None:
                 return prepared
             # The upload keeps its profile's numbers (the overlay is drawn in it); the model sees sRGB: only the
@@ -119,15 +153,21 @@ class Pipeline:
             to_srgb(prepared.tensor[info.top : info.top + info.new_h, info.left : info.left + info.new_w], profile,
                     "RGB")
             return replace(prepared, icc_profile=profile)
-        image, orig_hw = decode_image_for_model(data, self.max_pixels, self.engine.input_size)
-        return self.prepare_image(image, orig_hw)
+        image, orig_hw = decode_image_for_model(data, self.max_pixels, size)
+        return self.prepare_image(image, orig_hw, resolution)
 
-    def prepare_image(self, image: np.ndarray, orig_hw: tuple[int, int] | None = None) -> Prepared:
-        """Letterbox a decoded RGB image to the model's square input (padding in the model's mean colour).
+    def prepare_image(self, image: np.ndarray, orig_hw: tuple[int, int] | None = None,
+                      resolution: Resolution = None) -> Prepared:
+        """Letterbox a decoded RGB image to the model's square input (padding in the model's mean colour), or to
+        `resolution` in tiles of it when that is larger.
 
         `orig_hw`: the original size when `image` was decoded reduced."""
-        tensor, info = letterbox(image, self.engine.input_size, self.engine.metadata.pad_rgb, orig_hw=orig_hw)
-        return Prepared(image, tensor, info)
+        height, width = orig_hw or image.shape[:2]
+        size = self.canvas_size(height, width, resolution)
+        tensor, info = letterbox(image, size, self.engine.metadata.pad_rgb, orig_hw=orig_hw)
+        tiles = None if size == self.engine.input_size else TileGrid.covering(info.new_h, info.new_w,
+                                                                              self.engine.input_size)
+        return Prepared(image, tensor, info, tiles=tiles)
 
     # -- infer -------------------------------------------------------------------------------------------------
 
@@ -135,13 +175,31 @@ class Pipeline:
         """Labels [N, size, size] for letterboxed tensors, in one model run (the engine pads to its buckets)."""
         return self.engine.run_images(tensors)
 
+    def infer_all(self, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Labels for any number of model inputs, in runs of at most `batch_size`."""
+        labels: list[np.ndarray] = []
+        for start in range(0, len(tensors), self.batch_size):
+            labels.extend(self.infer(tensors[start : start + self.batch_size]))
+        return labels
+
     # -- postprocess -------------------------------------------------------------------------------------------
 
-    def postprocess(self, labels: np.ndarray, prepared: Prepared, *, refine: bool = False) -> LabelMap:
-        """The model's letterboxed labels → the map at the upload's size (a `LabelMap`: no full-size copy).
+    @staticmethod
+    def joined(labels: np.ndarray | Sequence[np.ndarray], prepared: Prepared) -> np.ndarray:
+        """The letterboxed label map of `prepared`: the model's labels for its `model_inputs`, its tiles' stitched
+        into one (a single input's labels as they are)."""
+        if prepared.tiles is None:
+            return labels if isinstance(labels, np.ndarray) and labels.ndim == 2 else labels[0]
+        return prepared.tiles.stitch(labels, prepared.info.size)
+
+    def postprocess(self, labels: np.ndarray | Sequence[np.ndarray], prepared: Prepared, *,
+                    refine: bool = False) -> LabelMap:
+        """The model's letterboxed labels (for a tiled upload, its tiles' labels, stitched here) → the map at the
+        upload's size (a `LabelMap`: no full-size copy).
 
         `refine` runs DeepLab-v2's dense CRF on the image the model saw first; the contract gives labels, not
         scores, so the predicted class gets 0.7, as `segment-export evaluate --crf` does."""
+        labels = self.joined(labels, prepared)
         if refine:  # in this thread; the service refines in its CRF processes instead (service.codec)
             labels = crf.refine_labels(prepared.tensor, labels, prepared.info, self.engine.metadata.num_classes)
         return LabelMap.from_model(labels, prepared.info)
@@ -191,9 +249,9 @@ class Pipeline:
                 header: dict[str, Any] | None = None) -> Segmented:
         """One upload through every step in this thread, as `POST /segment` answers it."""
         t0 = time.perf_counter()
-        prepared = self.preprocess(data, full_resolution=options.full_resolution)
+        prepared = self.preprocess(data, full_resolution=options.full_resolution, resolution=options.resolution)
         t1 = time.perf_counter()
-        (labels,) = self.infer([prepared.tensor])
+        labels = self.infer_all(prepared.model_inputs)
         t2 = time.perf_counter()
         label_map = self.postprocess(labels, prepared, refine=options.crf)
         body, media = self.render(options.output, prepared, label_map, options.render, header)
@@ -202,13 +260,14 @@ class Pipeline:
 
     def label_maps(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Label maps at the uploads' sizes (plain arrays), in model runs of at most `batch_size` images."""
+        inputs = [p.model_inputs for p in prepared]  # a tiled upload's tiles run in the same batches as the rest
+        labels = self.infer_all([tensor for each in inputs for tensor in each])
         results: list[np.ndarray] = []
-        for start in range(0, len(prepared), self.batch_size):
-            chunk = prepared[start:start + self.batch_size]
-            labels = self.infer([p.tensor for p in chunk])
-            results.extend(unletterbox(lab, p.info) for lab, p in zip(labels, chunk, strict=True))
+        for p, count in zip(prepared, map(len, inputs), strict=True):
+            results.append(unletterbox(self.joined(labels[:count], p), p.info))
+            labels = labels[count:]
         return results
 
-    def segment_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Label maps at original size for decoded RGB uint8 images."""
-        return self.label_maps([self.prepare_image(image) for image in images])
+    def segment_images(self, images: Sequence[np.ndarray], resolution: Resolution = None) -> list[np.ndarray]:
+        """Label maps at original size for decoded RGB uint8 images (at `resolution`: see `prepare_image`)."""
+        return self.label_maps([self.prepare_image(image, resolution=resolution) for image in images])

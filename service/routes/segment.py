@@ -26,6 +26,7 @@ from ..core.output_kinds import OUTPUT_KINDS, RenderOptions, json_bytes, negotia
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..core.priorities import Priority
+from ..core.tiles import highest_size
 from ..errors import ApiError
 from ..metrics import Metrics
 from ..middleware import key_fingerprint_of
@@ -35,6 +36,7 @@ from ..request_memory import HeldResponse, decoded_bytes
 from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
+from ..tiled_inference import infer_inputs
 from .query_model import QueryModelRoute
 from .segment_query import SegmentQuery
 
@@ -165,7 +167,8 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
     state: ServiceState = request.app.state.service
     render = RenderOptions(alpha=query.alpha, format=query.format, tolerance=query.tolerance, min_area=query.min_area)
     try:  # before admission: a parameter error costs no budget, as FastAPI's own 422s do not
-        options = SegmentOptions(query.output or negotiate(request.headers.get("accept")), render, crf=query.crf)
+        options = SegmentOptions(query.output or negotiate(request.headers.get("accept")), render, crf=query.crf,
+                                 resolution=query.resolution)
     except ValueError as exc:  # a format the output kind has not
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
     bulk = query.priority == "bulk"
@@ -201,7 +204,7 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     timing: dict[str, float] = {}
     hold = ticket.hold
     assert hold is not None
-    input_size = codec.pipeline.engine.input_size
+    pipeline = codec.pipeline
     bulk = priority == "bulk"
 
     def deadline_passed(when: str) -> ApiError:
@@ -214,13 +217,18 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
             if left_s <= 0:  # waited for a codec thread
                 raise deadline_passed("before")
             upload.memory_wait_s = left_s  # a wait for decode memory ends with the deadline
-        hold.reserve(decoded_bytes(upload, options.full_resolution, input_size))
+        width, height = upload.image.size
+        canvas = pipeline.canvas_size(height, width, options.resolution)
+        tiles = pipeline.tile_grid(height, width, options.resolution)
+        if tiles is not None:
+            _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size, settings.max_tiles)
+        hold.reserve(decoded_bytes(upload, options.full_resolution, canvas, tiles))
 
     t0 = started = time.perf_counter()
     try:
         with batcher.expecting():  # a batch being formed now waits for this image
             prepared = await codec.decode(data, full_resolution=options.full_resolution, before_decode=reserve,
-                                          bulk=bulk)
+                                          bulk=bulk, resolution=options.resolution)
     except ApiError as exc:  # the decode memory was still taken when the request's own deadline passed
         if exc.code == "overloaded" and timeout_s is not None and time.perf_counter() - started >= timeout_s:
             raise deadline_passed("while") from None
@@ -242,15 +250,17 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         if wait_s <= 0:
             raise deadline_passed("while")
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
-        result = await while_connected(request.receive, batcher.infer(
-            prepared.tensor, settings.request_timeout_s, request_id, on_abandoned=observe_wait, wait_s=wait_s,
-            priority=priority))
+        result = await while_connected(request.receive, infer_inputs(
+            batcher, prepared.model_inputs, settings.request_timeout_s, request_id, on_abandoned=observe_wait,
+            wait_s=wait_s, priority=priority))
     except InferenceTimeout as exc:
         observe_wait(exc)
         raise
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
     metrics.queued(priority, result.queue_s)
     metrics.stage("inference").observe(result.inference_s)
+    if prepared.tiles is not None:
+        metrics.request_tiles.observe(len(prepared.tiles))
 
     t0 = time.perf_counter()
     result_id, owner = new_result_id(), key_fingerprint_of(request.scope)  # only its key reads it (results.py)
@@ -272,6 +282,8 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())}
     if kept:  # only an id `GET /results` can answer
         headers["X-Result-ID"] = result_id
+    if prepared.tiles is not None:
+        headers["X-Tiles"] = str(len(prepared.tiles))
     if OUTPUT_KINDS[options.output].is_json:
         # The body came serialised from the codec thread (megabytes of polygons would stall the event loop);
         # `timing_ms`, known only now, goes in as the last member: the bytes `{**body, "timing_ms": ...}` gives.
@@ -280,6 +292,21 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     # From here on the request holds its answer alone, until it has been sent.
     hold.resize(len(body))
     return HeldResponse(ticket.hand_over(), body, media_type=media, headers=headers)
+
+
+def _check_tiles(count: int, canvas: int, height: int, width: int, options: SegmentOptions, input_size: int,
+                 max_tiles: int) -> None:
+    """422 for a request that would run in `count` tiles (a letterbox of side `canvas`): `invalid_request` with
+    the CRF (it refines one letterboxed image in a worker process, at a cost that grows with its pixels),
+    `too_many_tiles` beyond `max_tiles`, naming the highest resolution that would fit."""
+    if options.crf:
+        raise ApiError(422, "invalid_request", f"crf=true refines at the model's input size ({input_size}); it "
+                       "cannot be combined with a resolution above it")
+    if count > max_tiles:
+        fits = highest_size(height, width, input_size, max_tiles, below=canvas)
+        raise ApiError(422, "too_many_tiles", f"resolution {options.resolution} needs {count} tiles of the model's "
+                       f"{input_size}x{input_size} input for this {width}x{height} image; this server runs at most "
+                       f"{max_tiles} for one request: ask for a resolution of at most {fits}")
 
 
 def _observed(metrics: Metrics, stage: str, started: float) -> float:

@@ -3,10 +3,10 @@ their documentation, which the OpenAPI document and the API page show."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS
 from ..core.priorities import Priority
@@ -40,6 +40,13 @@ class SegmentQuery(BaseModel):
         "run; at most the server's request timeout (longer is cut to it). Passed: 504 `deadline_exceeded`, and its "
         "image leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, "
         "and the model never runs images nobody waits for. Default: the server's request timeout"))
+    resolution: Annotated[int, Field(ge=1, le=32768)] | Literal["native"] | None = Query(None, description=(
+        "the long side, in pixels, to segment the image at; `native`: the upload's own long side. Default: the "
+        "model's input size (`GET /readyz`: `input_size`), one model run on the image scaled to it. Above it the "
+        "image, scaled to this size, runs in overlapping tiles of the input size, batched like any images, and "
+        "their labels are stitched (each pixel from the tile it lies deepest in): thin and small things a "
+        "downscale would lose keep their pixels, for as many model runs as tiles. Beyond SEGMENT_MAX_TILES tiles, "
+        "422 `too_many_tiles` (naming the highest resolution that fits); with crf=true, 422 `invalid_request`"))
     priority: Priority = Query("interactive", description=(
         "`interactive`: someone waits for the answer; `bulk`: offline work (a folder being labelled), run after "
         "every interactive request waiting, and admitted only within its share of the queue "
