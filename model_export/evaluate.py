@@ -32,7 +32,7 @@ from tqdm import tqdm
 from service.core.crf import CrfParams, crf_on_canvas
 from service.core.engine import EngineError, load_engine
 from service.core.options import DEFAULT_BATCH_SIZE, EngineOptions
-from service.core.pipeline import Pipeline
+from service.core.pipeline import Pipeline, Resolution
 
 from .checkpoint import load_checkpoint_model
 from .data import DatasetError, VOCSegmentation, load_image
@@ -53,10 +53,11 @@ Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
 
 
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto", protocol: str = "letterbox",
-                   crf: CrfParams | None = None) -> tuple[Predictor, list[str]]:
+                   crf: CrfParams | None = None, resolution: Resolution = None) -> tuple[Predictor, list[str]]:
     """Predict through the service engine; returns the predictor and the model's class names.
 
-    `protocol` (see model_export.protocol) and `crf` change the geometry and add the dense CRF."""
+    `protocol` (see model_export.protocol) and `crf` change the geometry and add the dense CRF; `resolution`
+    (letterbox protocol only) segments in tiles above the model's input size, as `POST /segment?resolution=`."""
     # The file as given: `precision=auto` would score its fp16 sibling on a GPU.
     options = EngineOptions(model_path=Path(model_path), providers=providers, precision="fp32",
                             intra_op_threads=threads, fixed_shapes="off")
@@ -66,13 +67,16 @@ def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "a
         raise ValueError(str(exc)) from None
     pipeline = Pipeline(engine, max_pixels=MAX_PIXELS)
     classes = list(engine.metadata.classes)
+    if resolution is not None and (resolve_protocol(protocol, classes) != "letterbox" or crf is not None):
+        raise ValueError("--resolution scores the served letterbox in tiles: it needs --protocol letterbox (or auto "
+                         "for a model without the VOC classes) and no --crf")
     if resolve_protocol(protocol, classes) != "letterbox" or crf is not None:
         return onnx_protocol_predictor(pipeline, model_path, resolve_protocol(protocol, classes), crf,
                                        load_image), classes
 
     def predict(paths: Sequence[Path]) -> list[np.ndarray]:
         # The service's letterbox (pad colour, geometry) on the stored pixels.
-        return pipeline.label_maps([pipeline.prepare_image(load_image(p)) for p in paths])
+        return pipeline.label_maps([pipeline.prepare_image(load_image(p), resolution=resolution) for p in paths])
 
     return predict, classes
 
@@ -192,7 +196,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
                    input_size: int | None = None, threads: int = 0, device: str = "auto",
                    batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
-                   ) -> tuple[SegmentationScores, list[str]]:
+                   resolution: Resolution = None) -> tuple[SegmentationScores, list[str]]:
     """Score an `.onnx` file or a training checkpoint on a split; returns the scores and class names."""
     path = Path(model_path)
     if not path.is_file():
@@ -207,7 +211,10 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
             raise ModelExportError(f"{OPTION} needs a PyTorch checkpoint; for an ONNX file, bake multi-scale "
                                    "testing into the graph with `segment-export msc`", option=checkpoint_only[0])
         predict, classes = onnx_predictor(path, threads=threads, providers="cpu" if device == "cpu" else "auto",
-                                          protocol=protocol, crf=crf)
+                                          protocol=protocol, crf=crf, resolution=resolution)
+    elif resolution is not None:
+        raise ModelExportError(f"{OPTION} scores an exported .onnx file as the service serves it; for a checkpoint, "
+                               "--input-size 0 runs at native resolution", option="resolution")
     else:
         predict, classes = checkpoint_predictor(path, input_size, scales, flip, device, fusion, protocol, crf)
     dataset = VOCSegmentation(data, split, labels_dir)

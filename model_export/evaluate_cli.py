@@ -16,6 +16,19 @@ DESCRIPTION = '`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy
 
 
 
+def _resolution(text: str) -> int | str:
+    """`--resolution`: a positive number of pixels or `native`."""
+    if text == "native":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'native', got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `segment-export evaluate`."""
     p = subparsers.add_parser("evaluate", help="mIoU / per-class IoU / pixel accuracy of a model on a split",
@@ -34,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (DeepLab-v2's parameters; "
                                                       "needs pydensecrf2)")
     p.add_argument("--input-size", type=int, help="checkpoints only: letterbox size (0 = native resolution)")
+    p.add_argument("--resolution", type=_resolution,
+                   help="ONNX files only (letterbox protocol): the long side to segment at, in pixels, or 'native', "
+                        "in overlapping tiles of the model's input size, as the service's POST /segment?resolution= "
+                        "does")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--threads", type=int, default=0, help="torch / onnxruntime intra-op threads")
@@ -62,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             flip=args.flip, fusion=args.fusion, protocol=args.protocol, crf=CrfParams() if args.crf else None,
             input_size=args.input_size, threads=args.threads, device=args.device,
             batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
+            resolution=args.resolution,
         )
     except ModelExportError:
         raise  # `main` names the flag at fault
