@@ -221,7 +221,9 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         canvas = pipeline.canvas_size(height, width, options.resolution)
         tiles = pipeline.tile_grid(height, width, options.resolution)
         if tiles is not None:
-            _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size, settings.max_tiles)
+            # Each tile is a place in the queue: more than it has would be refused 503 however long one waited.
+            _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size,
+                         min(settings.max_tiles, settings.max_queue))
         hold.reserve(decoded_bytes(upload, options.full_resolution, canvas, tiles))
 
     t0 = started = time.perf_counter()
