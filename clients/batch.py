@@ -77,9 +77,10 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, SegmentClient | None]:
 
         if args.crf and not crf.available():
             raise RuntimeError("--crf --local needs the crf extra here: pip install '.[crf]'")
-        return LocalSegmenter(args.local, providers=args.providers, threads=args.threads), None
+        return LocalSegmenter(args.local, providers=args.providers, threads=args.threads,
+                              resolution=args.resolution), None
     client = SegmentClient(args.server, api_key=args.api_key, max_connections=args.jobs, retries=args.retries,
-                           priority=args.priority)
+                           priority=args.priority, resolution=args.resolution)
     return client, client
 
 

@@ -9,14 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.client import OUTPUTS, OVERLAY_FORMATS, PRIORITIES
+from service.client_types import MAX_RESOLUTION, NATIVE, Resolution, resolution_param
 from service.core.output_kinds import OUTPUT_KINDS
 
 
 def run_options(args: argparse.Namespace) -> dict[str, object]:
     """What decides the content of every output file; recorded in --out so that a rerun can tell."""
-    # `crf` only when asked for: a folder written before the flag existed holds masks without it, and is resumed.
+    # `crf` and `resolution` only when asked for: a folder written before the flags existed holds masks without
+    # them, and is resumed.
     return {"output": args.output, "format": args.format, "alpha": args.alpha, "tolerance": args.tolerance,
-            "min_area": args.min_area, **({"crf": True} if args.crf else {})}
+            "min_area": args.min_area, **({"crf": True} if args.crf else {}),
+            **({"resolution": args.resolution} if args.resolution is not None else {})}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,6 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="drop polygons smaller than this, pixels")
     parser.add_argument("--crf", action="store_true",
                         help="refine each mask with the dense CRF (the crf extra, on the server or, --local, here)")
+    parser.add_argument("--resolution", type=_resolution, default=None, metavar="N|native",
+                        help="segment each image at this long side in pixels, or native (its own), rather than the "
+                             "model's input size: above it the image runs in overlapping tiles, which keeps thin and "
+                             "small things a downscale loses, at a model run per tile (a server refuses more than "
+                             "its SEGMENT_MAX_TILES: too_many_tiles); not with --crf")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--priority", choices=PRIORITIES, default="bulk",
@@ -60,6 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.crf and args.resolution is not None:  # the service refuses it (422) for every tiled image
+        parser.error("--crf refines at the model's input size: it cannot be combined with --resolution")
     try:  # the service refuses a format the kind is not written in (422): say so once, before any file
         OUTPUT_KINDS[args.output].encoding(args.format)
     except ValueError as exc:
@@ -96,6 +106,15 @@ def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
+    return value
+
+
+def _resolution(text: str) -> Resolution:
+    value: Resolution = NATIVE if text == NATIVE else int(text)  # int: argparse words a ValueError itself
+    try:
+        resolution_param(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {NATIVE} or 1..{MAX_RESOLUTION}, got {text}") from None
     return value
 
 

@@ -37,6 +37,7 @@ from .client_types import (
     ImageInput,
     Output,
     OverlayFormat,
+    Resolution,
     ResultName,
     SegmentApiError,
     SegmentCertificateError,
@@ -46,6 +47,7 @@ from .client_types import (
     SegmentResult,
     SegmentTlsError,
     output_kinds,
+    resolution_param,
     response_json,
 )
 from .client_wire import (
@@ -73,6 +75,7 @@ __all__ = [
     "Output",
     "OverlayFormat",
     "Priority",
+    "Resolution",
     "ResultName",
     "SegmentApiError",
     "SegmentCertificateError",
@@ -90,9 +93,11 @@ class SegmentClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
                  max_connections: int = 8, transport: httpx.BaseTransport | None = None,
-                 retry_budget: float | None = None, priority: Priority | None = None) -> None:
+                 retry_budget: float | None = None, priority: Priority | None = None,
+                 resolution: Resolution | None = None) -> None:
         """`url`: http:// or https://. `priority`: every `segment` call's unless it names its own (`bulk` for
         offline work, which the server runs after interactive requests; None: the server's default, interactive).
+        `resolution`: every `segment` call's likewise (see there; a ValueError here for a value the API refuses).
         `retries`: extra attempts after a 503 (overloaded, not ready) or a connection that could not be made
         (refused: nothing was sent), but not after a server certificate that is not accepted or a server that does
         not speak TLS (`SegmentTlsError`: no retry could succeed). Each waits the server's Retry-After (else 0.2 s)
@@ -103,6 +108,8 @@ class SegmentClient:
         self.retries = max(0, retries)
         self.retry_budget = retry_budget
         self.priority = priority
+        resolution_param(resolution)  # a ValueError here, not at the first call
+        self.resolution = resolution
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.Client(base_url=self.url, headers=auth_headers(api_key), timeout=timeout, limits=limits,
                                   transport=transport)
@@ -132,7 +139,8 @@ class SegmentClient:
     def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                 format: OverlayFormat | None = None, tolerance: float | None = None,
                 min_area: float | None = None, crf: bool | None = None,
-                timeout_s: float | None = None, priority: Priority | None = None) -> SegmentResult:
+                timeout_s: float | None = None, priority: Priority | None = None,
+                resolution: Resolution | None = None) -> SegmentResult:
         """Segment one image: a file path, encoded bytes, an RGB (or grey, RGBA) uint8 array sent as lossless PNG,
         or a 1-D uint8 array holding an encoded file (what `cv2.imencode` returns); another array is a ValueError.
         `output` is one of `OUTPUTS`; `format` chooses the overlay's encoding; `crf=True` refines the mask with
@@ -141,9 +149,14 @@ class SegmentClient:
         timeout): passed, the server answers 504 `deadline_exceeded` (`SegmentApiError`, not retried) and never runs the
         image; None: the service's default. `priority`: `interactive` or `bulk` (run after every interactive
         request waiting; refused 503 `bulk_overloaded`, retried, beyond its share of the server's queue); None: the
-        client's."""
+        client's. `resolution`: the long side in pixels (1-32768) to segment the image at, or `native` (its own);
+        above the model's input size it runs in overlapping tiles, a model run each (`SegmentResult.tiles`), which
+        keeps thin and small things a downscale would lose; more tiles than the server allows is 422
+        `too_many_tiles` (`SegmentApiError`). Another value is a ValueError, before anything is sent; None: the
+        client's, else the model's input size."""
         content, media = request_body(image)
-        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority)
+        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority,
+                                self.resolution if resolution is None else resolution)
         response = self._send("POST", "/segment", content=content, headers={"Content-Type": media}, params=params)
         return segment_result(response, output)
 

@@ -12,9 +12,11 @@ from .client_types import (
     ImageInput,
     Output,
     OverlayFormat,
+    Resolution,
     ResultName,
     SegmentResult,
     output_kinds,
+    resolution_param,
     response_json,
 )
 from .client_wire import (
@@ -36,12 +38,15 @@ class AsyncSegmentClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0, retries: int = 2,
                  max_connections: int = 8, transport: httpx.AsyncBaseTransport | None = None,
-                 retry_budget: float | None = None, priority: Priority | None = None) -> None:
+                 retry_budget: float | None = None, priority: Priority | None = None,
+                 resolution: Resolution | None = None) -> None:
         """The arguments, retries and errors of `SegmentClient`."""
         self.url = server_url(url)
         self.retries = max(0, retries)
         self.retry_budget = retry_budget
         self.priority = priority
+        resolution_param(resolution)  # a ValueError here, not at the first call
+        self.resolution = resolution
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(api_key), timeout=timeout,
                                        limits=limits, transport=transport)
@@ -71,11 +76,13 @@ class AsyncSegmentClient:
     async def segment(self, image: ImageInput, output: Output = DEFAULT_OUTPUT, *, alpha: float | None = None,
                       format: OverlayFormat | None = None, tolerance: float | None = None,
                       min_area: float | None = None, crf: bool | None = None,
-                      timeout_s: float | None = None, priority: Priority | None = None) -> SegmentResult:
+                      timeout_s: float | None = None, priority: Priority | None = None,
+                      resolution: Resolution | None = None) -> SegmentResult:
         """Segment one image; see `SegmentClient.segment`."""
         # Reading a file is blocking; do it off the loop.
         content, media = await asyncio.to_thread(request_body, image)
-        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority)
+        params = segment_params(output, alpha, format, tolerance, min_area, crf, timeout_s, priority or self.priority,
+                                self.resolution if resolution is None else resolution)
         response = await self._send("POST", "/segment", content=content, headers={"Content-Type": media},
                                     params=params)
         return segment_result(response, output)

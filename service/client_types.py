@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,10 @@ ResultName = Literal[RESULT_NAMES]  # type: ignore[valid-type]
 OVERLAY_FORMATS: tuple[str, ...] = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
 OverlayFormat = Literal[OVERLAY_FORMATS]  # type: ignore[valid-type]
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
+# `resolution`: the long side, in pixels, to segment an image at, or `native` (the upload's own); the API's bounds.
+NATIVE = "native"
+MAX_RESOLUTION = 32768
+Resolution = int | Literal["native"]
 
 
 class SegmentClientError(Exception):
@@ -87,6 +92,27 @@ class SegmentResponseError(SegmentClientError):
                          f"{self.body_start!r}")
 
 
+def resolution_param(value: Resolution | None) -> str | None:
+    """`resolution` as the query spells it (None: not sent); a ValueError for anything the service would refuse,
+    raised before a request is made. A bool is refused, though Python counts it as a number."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value == NATIVE:
+        return NATIVE
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= MAX_RESOLUTION:
+        return str(int(value))  # a numpy integer as plain digits
+    raise ValueError(f"resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION} or {NATIVE!r}, "
+                     f"got {value!r}")
+
+
+def tile_count(response: httpx.Response) -> int | None:
+    """The answer's X-Tiles: the tiles its image ran in; None when it ran whole (or the server does not tell)."""
+    try:
+        return int(response.headers.get("x-tiles", ""))
+    except ValueError:
+        return None
+
+
 def media_type_of(content_type: str) -> str:
     """The media type of a Content-Type value, without its parameters."""
     return content_type.split(";")[0].strip()
@@ -127,6 +153,9 @@ class SegmentResult:
     status: int = 200  # the HTTP status it came with (a 2xx)
     # The answer's X-Model-SHA256 header as sent; `model_sha256` is what to read.
     model_header: str | None = None
+    # The tiles the image ran in (X-Tiles), when segmented at a `resolution` above the model's input size; else None
+    # (as from `service.local`, which does not count them).
+    tiles: int | None = None
 
     @property
     def is_json(self) -> bool:

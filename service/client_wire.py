@@ -27,6 +27,8 @@ from .client_types import (
     SegmentResult,
     SegmentTlsError,
     media_type_of,
+    resolution_param,
+    tile_count,
 )
 from .core.priorities import PRIORITIES
 from .core.signatures import HEAD_BYTES, has_image_signature
@@ -91,15 +93,16 @@ def request_body(image: ImageInput) -> tuple[bytes, str]:
 
 def segment_params(output: str, alpha: float | None, fmt: str | None, tolerance: float | None,
                    min_area: float | None, crf: bool | None = None,
-                   timeout_s: float | None = None, priority: str | None = None) -> dict[str, str]:
-    """The query of `POST /segment`; a ValueError for an output kind or priority the service does not have."""
+                   timeout_s: float | None = None, priority: str | None = None,
+                   resolution: int | str | None = None) -> dict[str, str]:
+    """The query of `POST /segment`; a ValueError for an output kind, priority or resolution the service refuses."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if priority is not None and priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
     params = {"output": output}
     for key, value in (("alpha", alpha), ("format", fmt), ("tolerance", tolerance), ("min_area", min_area),
-                       ("timeout_s", timeout_s), ("priority", priority)):
+                       ("timeout_s", timeout_s), ("priority", priority), ("resolution", resolution_param(resolution))):
         if value is not None:
             params[key] = str(value)
     if crf is not None:
@@ -195,7 +198,7 @@ def segment_result(response: httpx.Response, output: str) -> SegmentResult:
         output=output, content=response.content,
         media_type=media_type_of(response.headers.get("content-type", "")),
         result_id=response.headers.get("x-result-id"), request_id=response.headers.get("x-request-id"),
-        status=response.status_code, model_header=response.headers.get("x-model-sha256"))
+        status=response.status_code, model_header=response.headers.get("x-model-sha256"), tiles=tile_count(response))
 
 
 def retry_sleep(error: SegmentClientError, attempt: int) -> float | None:

@@ -14,17 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from .client import SegmentResult
+from .client_types import resolution_param
 from .core.engine import Engine, load_engine
 from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EngineOptions
 from .core.output_kinds import RenderOptions
-from .core.pipeline import Pipeline, SegmentOptions
+from .core.pipeline import Pipeline, Resolution, SegmentOptions
 
 
 class LocalSegmenter:
     """An ORT session in this process, answering like `SegmentClient.segment` does. Thread-safe."""
 
     def __init__(self, model_path: str | Path, *, providers: str = "auto", threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 resolution: Resolution = None) -> None:
+        """`resolution`: every `segment` call's unless it names its own, as `SegmentClient(resolution=...)`."""
+        resolution_param(resolution)  # the client's ValueError for a value the service would refuse
+        self.resolution = resolution
         options = EngineOptions(model_path=Path(model_path), providers=providers, intra_op_threads=threads or 0,
                                 max_batch_size=batch_size)
         self.engine: Engine = load_engine(options)
@@ -36,15 +41,19 @@ class LocalSegmenter:
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,
-                min_area: float | None = None, crf: bool = False) -> SegmentResult:
+                min_area: float | None = None, crf: bool = False, resolution: Resolution = None) -> SegmentResult:
         """Segment encoded image bytes. Bad input raises `service.core.errors.DecodeError` (its `code` is the one
         the service answers with); `crf=True` refines the mask with the dense CRF, as `POST /segment?crf=true`
         does (`service.core.crf.CrfUnavailable` without the crf extra). A `format` the output kind is not written
-        in raises ValueError, as the service answers it 422."""
+        in raises ValueError, as the service answers it 422. `resolution` above the model's input size segments in
+        tiles, as `POST /segment?resolution=` does (without the server's bound on their number)."""
+        resolution = self.resolution if resolution is None else resolution
+        resolution_param(resolution)
         render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
                                tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)
         header = {"model": self.engine.name, "model_sha256": self.engine.sha256}
-        answer = self.pipeline.segment(data, SegmentOptions(output, render, crf=crf), header)
+        options = SegmentOptions(output, render, crf=crf, resolution=resolution)
+        answer = self.pipeline.segment(data, options, header)
         if isinstance(answer.body, dict):
             body = {**answer.body, "timing_ms": {k: round(v * 1000, 3) for k, v in answer.timing.items()}}
             content = json.dumps(body).encode()
