@@ -126,10 +126,12 @@ export async function segment(file, output, query = "", signal = undefined) {
 
 // An image kind of a result as PNG: rendered again by `GET /results/{id}/{name}.png` (the overlay at `alpha`),
 // or, where the service did not keep that result (a null id: its result cache is off, or the result is larger
-// than it) or no longer holds it (expired, evicted by newer ones), by segmenting `file` again.
-export async function resultImage(file, resultId, name, alpha = null, signal = undefined) {
+// than it) or no longer holds it (expired, evicted by newer ones), by segmenting `file` again, with `detail`, the
+// resolution query the result was made with (the stored result needs none: it is re-rendered as it was made).
+export async function resultImage(file, resultId, name, alpha = null, signal = undefined, detail = "") {
   const opacity = name === "overlay" && alpha !== null ? `alpha=${alpha}` : "";
-  const again = async () => (await segmentResponse(file, name, `&format=png${opacity && "&" + opacity}`, signal)).blob();
+  const query = `&format=png${opacity && "&" + opacity}${detail}`;
+  const again = async () => (await segmentResponse(file, name, query, signal)).blob();
   if (resultId === null) return again();
   try {
     return await (await api(`/results/${resultId}/${name}.png${opacity && "?" + opacity}`, { signal })).blob();

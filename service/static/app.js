@@ -3,8 +3,11 @@
 // a canvas, so the opacity slider is instant. An upload the browser cannot decode (TIFF) is shown as the service
 // decodes it (one more request). Polygons are asked for only when their toggle is switched on.
 // The download list and its file names come from the service's table of output kinds (`GET /outputs`).
+// The "Detail" choice (`resolution`) is sent with every request that segments the upload; changing it segments
+// the upload again.
 import { $, state } from "./page_state.js";
-import { api, authHeaders, segment, segmentResponse, setStatus, showError } from "./api.js";
+import { api, authHeaders, segmentResponse, setStatus, showError } from "./api.js";
+import { detailQuery, showDetailChoices, tileCount, tilesText } from "./detail.js";
 import { download, enableDownloads, loadOutputs } from "./downloads.js";
 import { acceptDroppedFiles } from "./drop.js";
 import { readPolygons } from "./polygons.js";
@@ -19,7 +22,9 @@ const KEY_STORAGE = "segment.apiKey";
 async function readClasses() {
   const info = await (await api("/classes")).json();
   // `sha256`: the model file's, which tells a file swapped in under the same name apart (null from older servers).
-  Object.assign(state, { classes: info.classes, model: info.model, modelSha256: info.sha256 ?? null });
+  Object.assign(state, { classes: info.classes, model: info.model, modelSha256: info.sha256 ?? null,
+    inputSize: info.input_size ?? null });
+  showDetailChoices();
   $("model").textContent = `model ${info.model} · ${info.arch} · ${info.precision} · ${info.classes.length} classes`;
   showModelNote(info);
   if (!state.stats) renderClassList();
@@ -89,7 +94,8 @@ async function decodeHere(file) {
   }
 }
 
-// The upload as the service decodes it: its overlay at opacity 0, as PNG, is the image itself, losslessly.
+// The upload as the service decodes it: its overlay at opacity 0, as PNG, is the image itself, losslessly. Asked
+// at model size whatever the detail: the picture is the same, and tiles would only cost model runs.
 async function decodeOnServer(file, signal) {
   const blob = await (await segmentResponse(file, "overlay", "&alpha=0&format=png", signal)).blob();
   return createImageBitmap(blob);
@@ -104,8 +110,11 @@ async function handleFile(file) {
   state.controller?.abort();
   const controller = new AbortController();
   const { signal } = controller;
+  // The detail chosen now is this result's: its polygons and downloads are asked for with it too.
+  const detail = detailQuery();
   // The previous upload's picture and result go at once: neither is this file's, whatever the service answers.
-  Object.assign(state, { file, image: null, controller });
+  // The same file segmented again (another detail) keeps its picture.
+  Object.assign(state, { file, detail, image: file === state.file ? state.image : null, controller });
   clearResult();
   enableDownloads(false);
   $("stage").dataset.state = "busy";
@@ -121,20 +130,22 @@ async function handleFile(file) {
       state.image = image;
       render();
     }
-    const stats = await segment(file, "stats", "", signal);
+    const answer = await segmentResponse(file, "stats", detail, signal);
+    const [stats, tiles] = [await answer.json(), tileCount(answer)];
     // The legend's colours, the mask's transparent background and the header must be this answer's model's.
     if (fromAnotherModel(stats)) await readClasses();
-    const mask = await loadMask(file, stats.id, signal);
+    const mask = await loadMask(file, stats.id, signal, detail);
     if (!decodedHere) image = await decodeOnServer(file, signal);
     if (run !== state.run) return;
     Object.assign(state, { image, stats, mask });
     render();
-    renderLegend(stats);
+    renderLegend(stats, tiles);
     describeCanvas(resultDescription(file.name, stats));
     enableDownloads(true);
     $("stage").dataset.state = "ready";
     $("stage").dataset.resultId = stats.id ?? "";  // null: not kept (see resultImage)
-    setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found.` +
+    setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found` +
+      (tiles ? ` in ${tilesText(tiles)}.` : ".") +
       (decodedHere ? "" : " (This browser cannot show the file: the picture is the service's decode of it.)"));
     await togglePolygons();
   } catch (err) {
@@ -175,6 +186,7 @@ function setUp() {
     render();
   });
   $("view").addEventListener("change", render);
+  $("detail").addEventListener("change", () => { if (state.file) handleFile(state.file); });
   window.addEventListener("resize", () => { if (state.image) fitToViewer($("canvas")); });
   $("polygons").addEventListener("change", togglePolygons);
   $("fill-polygons").addEventListener("change", renderPolygons);

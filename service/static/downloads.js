@@ -67,11 +67,12 @@ export function enableDownloads(on) {
 }
 
 // The JSON answer of an output kind for the current upload: stats as the page holds it, polygons as the page holds
-// them or is reading them (one request, shared with the polygons toggle), any other JSON kind asked for now.
+// them or is reading them (one request, shared with the polygons toggle), any other JSON kind asked for now (at
+// the detail the result was made with).
 async function jsonAnswer(name) {
   if (name === "stats") return state.stats;
   if (name === "polygons") return readPolygons(true);
-  return segment(state.file, name);
+  return segment(state.file, name, state.detail);
 }
 
 // The download links whose download is under way: a second click (a double click) on one is ignored, instead of
@@ -85,7 +86,7 @@ export async function download(event) {
   const kind = (state.outputs || []).find((k) => k.name === a.dataset.output);
   if (!state.stats || !kind) return;
   const encoding = downloadEncoding(kind);
-  const { file, stats } = state;
+  const { file, stats, detail } = state;
   const base = (file.name || "image").replace(/\.[^.]+$/, "");
   // The overlay is drawn at the opacity the slider shows now (0..100 % -> alpha 0..1), as on the canvas.
   const alpha = Number($("alpha").value) / 100;
@@ -94,7 +95,7 @@ export async function download(event) {
   try {
     const blob = kind.json
       ? new Blob([JSON.stringify(await jsonAnswer(kind.name), null, 1)], { type: encoding.media_type })
-      : await resultImage(file, stats.id, kind.name, alpha);
+      : await resultImage(file, stats.id, kind.name, alpha, undefined, detail);
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
     link.download = `${base}-${kind.name}${encoding.suffix}`;

@@ -14,7 +14,8 @@ export function readPolygons(forDownload = false) {
     const run = state.run;
     const own = new AbortController();
     state.controller?.signal.addEventListener("abort", () => { if (!read.downloaded) own.abort(); }, { once: true });
-    const read = segment(state.file, "polygons", POLYGON_QUERY, own.signal).then(
+    // At the detail the shown result was segmented with: its outlines then match the mask.
+    const read = segment(state.file, "polygons", POLYGON_QUERY + state.detail, own.signal).then(
       (answer) => {
         if (run === state.run) state.polygons = answer;
         return answer;

@@ -1,6 +1,7 @@
 // What the page shows: the image with its mask on a canvas, the legend, the polygon layer, the model note.
 import { $, state } from "./page_state.js";
 import { resultImage } from "./api.js";
+import { tilesText } from "./detail.js";
 
 // The embedded model was trained on synthetic shapes only: say so before anyone uploads a photo.
 export function showModelNote(info) {
@@ -25,9 +26,9 @@ export function classColor(id) {
 }
 
 // The colour mask of `file`'s result with the background (class 0's colour) made transparent, as the server's
-// overlay leaves the background unblended.
-export async function loadMask(file, resultId, signal) {
-  const blob = await resultImage(file, resultId, "color", null, signal);
+// overlay leaves the background unblended. `detail`: the resolution query the result was segmented with.
+export async function loadMask(file, resultId, signal, detail) {
+  const blob = await resultImage(file, resultId, "color", null, signal, detail);
   const bitmap = await createImageBitmap(blob);
   const canvas = document.createElement("canvas");
   canvas.width = bitmap.width;
@@ -99,7 +100,8 @@ export function resultDescription(name, stats) {
   return `${name}, segmented: ${found || "no class found"}`;
 }
 
-export function renderLegend(stats) {
+// `tiles`: the tiles the result ran in (0: whole, at the model's input size), shown on the timing line.
+export function renderLegend(stats, tiles = 0) {
   const legend = $("legend");
   legend.replaceChildren();
   for (const entry of stats.classes) {
@@ -124,7 +126,8 @@ export function renderLegend(stats) {
   legend.dataset.kind = stats.width ? "result" : "classes";
   const t = stats.timing_ms || {};
   $("timing").textContent = stats.width ? `${stats.width}×${stats.height} · ` +
-    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ") : "";
+    Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ") + (tiles ? ` · ${tilesText(tiles)}` : "")
+    : "";
 }
 
 // Nothing of a result that is not the current upload's stays on screen: called when an upload starts and when it
