@@ -179,7 +179,8 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
                       "application/json": {"schema": {"$ref": f"{SCHEMAS}Stats"}},
                       "application/geo+json": {"schema": {"$ref": f"{SCHEMAS}FeatureCollection"}}},
           "headers": {"X-Result-ID": RESULT_ID, "X-Model-SHA256": MODEL_SHA256,
-                      "X-Batch-Size": header("images in the model run that produced these labels",
+                      "X-Batch-Size": header("images in the model run that produced these labels (of an image run "
+                                             "in tiles, the largest of its tiles' runs)",
                                              {"type": "integer", "minimum": 1}),
                       "X-Tiles": header("the tiles the image ran in, when it was segmented at a `resolution` above "
                                         "the model's input size", {"type": "integer", "minimum": 2},
