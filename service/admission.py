@@ -189,6 +189,21 @@ class Admission:
         state.on_the_way += 1
         self.admitted = self.on_the_way = True
 
+    def room_for_images(self, images: int) -> None:
+        """503 unless the inference queue has a place for each of `images` (a request run in tiles queues one
+        image a tile; admission counted one place), besides those of the other requests on their way: `overloaded`,
+        or `bulk_overloaded` beyond the bulk share. Called once the header tells the count (in a codec thread: it
+        only reads the counts), and again on the event loop just before they are queued."""
+        state = self.state
+        others = state.on_the_way - (1 if self.on_the_way else 0)
+        places = state.queue_places() - others
+        if images > places:
+            raise overloaded(f"no room in the inference queue for this image's {images} tiles ({max(places, 0)} "
+                             "places free)")
+        if self.bulk and images > (bulk_places := state.queue_places(bulk=True) - others):
+            raise bulk_overloaded(f"no room for this bulk request's {images} tiles in the inference queue "
+                                  f"({max(bulk_places, 0)} places free to bulk requests)")
+
     def queued(self) -> None:
         """It has reached the inference queue, or never will: its place on the way is free (idempotent)."""
         if self.on_the_way:

@@ -65,6 +65,13 @@ class ServiceState:
         max_queue = self.settings.max_queue
         return max_queue - bulk_places(max_queue, self.settings.bulk_queue_share)
 
+    def max_tiles(self, bulk: bool = False) -> int:
+        """The most tiles one request may run in (`SEGMENT_MAX_TILES`): each is a place in the queue, so never more
+        than it has, or than its bulk share for a `bulk` request; more could never be queued, however long one
+        waited."""
+        places = self.settings.max_queue - (self.kept_for_interactive if bulk else 0)
+        return min(self.settings.max_tiles, places)
+
     @property
     def bulk_max_admitted(self) -> int:
         """The requests in progress (of any priority) below which a bulk one is admitted."""

@@ -70,7 +70,7 @@ async def readyz(state: ServiceState = Depends(service_state),
                     precision=eng.precision, arch=eng.metadata.arch, model=eng.name, model_sha256=eng.sha256,
                     input_size=eng.input_size, intra_op_threads=eng.intra_op_threads,
                     max_batch_size=state.settings.max_batch_size, fixed_shapes=eng.runner is not None,
-                    max_tiles=min(state.settings.max_tiles, state.settings.max_queue))
+                    max_tiles=state.max_tiles())
         if eng.on_gpu:
             body["cuda_device"] = eng.device_id
         if eng.runner is not None:

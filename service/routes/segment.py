@@ -221,9 +221,9 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         canvas = pipeline.canvas_size(height, width, options.resolution)
         tiles = pipeline.tile_grid(height, width, options.resolution)
         if tiles is not None:
-            # Each tile is a place in the queue: more than it has would be refused 503 however long one waited.
             _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size,
-                         min(settings.max_tiles, settings.max_queue))
+                         state.max_tiles(bulk))
+            ticket.room_for_images(len(tiles))  # before the decode, which a refusal after would waste
         hold.reserve(decoded_bytes(upload, options.full_resolution, canvas, tiles))
 
     t0 = started = time.perf_counter()
@@ -251,6 +251,8 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         wait_s = timeout_s - (time.perf_counter() - started)  # what the decode left of the request's own
         if wait_s <= 0:
             raise deadline_passed("while")
+    if prepared.tiles is not None:  # the counts may have moved during the decode: again, just before they are queued
+        ticket.room_for_images(len(prepared.tiles))
     try:  # a client that hangs up meanwhile cancels the wait: `observe_wait` is told where it went
         result = await while_connected(request.receive, infer_inputs(
             batcher, prepared.model_inputs, settings.request_timeout_s, request_id, on_abandoned=observe_wait,
