@@ -196,12 +196,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     # is refused as too large (413, from its Content-Length or as it grows) rather than told to retry (503).
     app.add_middleware(BodyLimitMiddleware, max_bytes=min(settings.max_upload_bytes, settings.upload_buffer_bytes))
     app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS,
-                       public_prefixes=PUBLIC_PREFIXES)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.accepted_api_keys, bulk_keys=settings.bulk_api_keys,
+                       public_paths=PUBLIC_PATHS, public_prefixes=PUBLIC_PREFIXES)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Result-ID", "Retry-After"],
-                           max_age=600)
+                           allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "X-Result-ID", "Retry-After", "X-Tiles"], max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(HeadAsGetMiddleware)  # outside the rest, so that they all see the GET it is routed as
     # Outermost: nosniff, and the page's and the docs' framing and content policies, on every answer the app sends,
@@ -213,7 +213,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         app.include_router(router)
     install_web_page(app)
     describe_contract(app)  # before the keys: theirs finishes the document this one builds
-    if settings.api_keys:
+    if settings.accepted_api_keys:
         document_api_keys(app, PUBLIC_PATHS, PUBLIC_PREFIXES)
     metrics.start_routes(path for path in app.openapi()["paths"] if path not in PROBE_PATHS)  # the documented API
     return app

@@ -225,6 +225,7 @@ async def _no_receive() -> Message:  # a response sent from within `send` never 
 # The request's state key of the fingerprint of the API key it presented (`key_fingerprint`); absent when the service
 # has no keys (or the path is public).
 KEY_FINGERPRINT = "api_key_fingerprint"
+BULK_KEY = "bulk_api_key"
 
 
 def key_fingerprint(key: bytes) -> bytes:
@@ -242,14 +243,21 @@ def key_fingerprint_of(scope: Scope) -> bytes | None:
     return scope.get("state", {}).get(KEY_FINGERPRINT)
 
 
+def bulk_key_of(scope: Scope) -> bool:
+    """Whether this request was let in with one of `SEGMENT_BULK_API_KEYS`: its work is bulk, whatever it asks."""
+    return scope.get("state", {}).get(BULK_KEY, False)
+
+
 class ApiKeyMiddleware:
     """401 `unauthorized` unless `X-API-Key: <key>` or `Authorization: Bearer <key>` matches a configured key;
-    the matched key's fingerprint goes in the request's state (`key_fingerprint_of`), to whom results belong."""
+    the matched key's fingerprint goes in the request's state (`key_fingerprint_of`), to whom results belong, and
+    whether it is one of the `bulk_keys` (`bulk_key_of`)."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str],
-                 public_prefixes: Iterable[str] = ()) -> None:
+                 public_prefixes: Iterable[str] = (), bulk_keys: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.bulk_keys = frozenset(k.encode() for k in bulk_keys)
         self.fingerprints = {key: key_fingerprint(key) for key in self.keys}  # once, not per request
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
@@ -269,7 +277,9 @@ class ApiKeyMiddleware:
         key = self._matched(Headers(scope=scope))
         if key is None:
             return False
-        scope.setdefault("state", {})[KEY_FINGERPRINT] = self.fingerprints[key]
+        state = scope.setdefault("state", {})
+        state[KEY_FINGERPRINT] = self.fingerprints[key]
+        state[BULK_KEY] = key in self.bulk_keys
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -25,7 +25,7 @@ from .core.options import (
 from .settings_values import api_key_list, count, header_safe_keys, split_csv
 
 MB = 1024 * 1024
-SECRET_SETTINGS = frozenset({"api_keys"})  # never repeated in an error message: it goes to the logs
+SECRET_SETTINGS = frozenset({"api_keys", "bulk_api_keys"})  # never repeated in an error message: it goes to the logs
 
 
 def default_model_path() -> Path:
@@ -79,6 +79,9 @@ class Settings(BaseSettings):
                     "503 overloaded beyond, before decoding; 413 for one request that needs more than all of it")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma list; empty turns auth off")
+    bulk_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma list of API keys whose /segment requests are all bulk, whatever "
+                                          "their `priority` (an offline job's); accepted as SEGMENT_API_KEYS are")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list, or *")
     result_ttl_s: float = Field(300.0, ge=0)
     result_cache_bytes: ByteSize = Field(ByteSize(256 * MB), ge=0)
@@ -182,12 +185,12 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return split_csv(value)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "bulk_api_keys", mode="before")
     @classmethod
     def _key_list(cls, value: object) -> object:
         return api_key_list(value)
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "bulk_api_keys")
     @classmethod
     def _header_safe(cls, value: list[str]) -> list[str]:
         return header_safe_keys(value)
@@ -287,6 +290,11 @@ class Settings(BaseSettings):
         """The devices `workers` workers run on (slots 0..workers-1)."""
         devices = self.cuda_device_list()
         return sorted({devices[slot % len(devices)] for slot in range(workers)})
+
+    @property
+    def accepted_api_keys(self) -> list[str]:
+        """Every key a request may present: `api_keys` and `bulk_api_keys`; none, and authentication is off."""
+        return list(dict.fromkeys([*self.api_keys, *self.bulk_api_keys]))
 
     def engine_options(self) -> EngineOptions:
         """What the core's `load_engine` needs, from these settings."""

@@ -40,9 +40,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 def log_authentication(settings: Settings) -> None:
     """One line on whether requests need an API key: a warning when none does and the server listens beyond this
     machine, so that a deployment that lost its keys (a Secret not mounted) says so in its first lines."""
-    if settings.api_keys:
-        log.info("authentication on: %d API key(s); every route but the probes, /metrics and the docs needs one",
-                 len(settings.api_keys))
+    if settings.accepted_api_keys:
+        log.info("authentication on: %d API key(s), %d of them bulk only; every route but the probes, /metrics and "
+                 "the docs needs one", len(settings.accepted_api_keys), len(settings.bulk_api_keys))
     elif _loopback(settings.host):
         log.info("authentication off (SEGMENT_API_KEYS is empty); listening on this machine only (%s)", settings.host)
     else:

@@ -29,7 +29,7 @@ from ..core.priorities import Priority
 from ..core.tiles import highest_size
 from ..errors import ApiError
 from ..metrics import Metrics
-from ..middleware import key_fingerprint_of
+from ..middleware import bulk_key_of, key_fingerprint_of
 from ..multipart_preamble import without_preamble
 from ..openapi_contract import SEGMENT_REQUEST, SEGMENT_RESPONSES
 from ..request_memory import HeldResponse, decoded_bytes
@@ -171,7 +171,10 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
                                  resolution=query.resolution)
     except ValueError as exc:  # a format the output kind has not
         raise ApiError(422, "invalid_request", f"format: {exc}") from None
-    bulk = query.priority == "bulk"
+    # A bulk key's requests are bulk whatever they ask: an offline job cannot crowd out live users by leaving the
+    # parameter out.
+    priority: Priority = "bulk" if bulk_key_of(request.scope) else query.priority
+    bulk = priority == "bulk"
     with state.admission(request, bulk=bulk) as ticket:
         engine, batcher, codec = state.serving()
         if query.crf and not crf_available():
@@ -186,7 +189,7 @@ async def segment(request: Request, query: Annotated[SegmentQuery, Query()]) -> 
         crf_place = codec.reserve_crf(options, bulk=bulk)
         try:
             return await _segment(request, state, engine, batcher, codec, data, options, ticket, crf_place,
-                                  query.timeout_s, query.priority)
+                                  query.timeout_s, priority)
         finally:
             if crf_place is not None:
                 crf_place.release()  # unless its refinement holds it: then when the worker is done
