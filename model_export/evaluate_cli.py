@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from service.core.options import DEFAULT_BATCH_SIZE
+from service.core.options import DEFAULT_BATCH_SIZE, MAX_RESOLUTION
 
 from .cli import CliError
 from .protocol import PROTOCOLS
@@ -17,15 +17,16 @@ DESCRIPTION = '`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy
 
 
 def _resolution(text: str) -> int | str:
-    """`--resolution`: a positive number of pixels or `native`."""
+    """`--resolution`: a number of pixels up to the service's bound, or `native`."""
     if text == "native":
         return text
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'native', got {text!r}")
+    if not 1 <= value <= MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels from 1 to {MAX_RESOLUTION} or 'native', "
+                                         f"got {text!r}")
     return value
 
 

@@ -189,11 +189,17 @@ class Batcher:
         `stalled`), 504 `timeout` (an `InferenceTimeout`, which splits the wait into queue and run), 500
         `inference_failed`.
         """
+        item = self.enqueue(tensor, timeout_s, request_id, priority)
+        return await self.wait(item, timeout_s, on_abandoned, wait_s)
+
+    def enqueue(self, tensor: np.ndarray, timeout_s: float, request_id: str | None = None,
+                priority: Priority = "interactive") -> QueuedImage:
+        """`infer`'s first half, with no await: the image in line (its refusals), for `wait`. Several images
+        enqueued in a row are in line together before any other request's."""
         if not self.running or self._line is None:
             raise ApiError(503, "shutting_down", "the server is not accepting work", self._retry_after())
         # The server's timeout, never a request's own: a run outliving a client's 50 ms budget is no hung device.
         self._timeout_s = max(self._timeout_s or 0.0, timeout_s)
-        limit_s = timeout_s if wait_s is None else min(wait_s, timeout_s)
         self.refuse_if_stalled()
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
         item = QueuedImage(tensor, future, request_id, priority)
@@ -203,6 +209,16 @@ class Batcher:
             raise ApiError(503, "overloaded", f"the inference queue is full ({self.max_queue}); retry shortly",
                            self._retry_after()) from None
         self._observe_depth()
+        return item
+
+    async def wait(self, item: QueuedImage, timeout_s: float,
+                   on_abandoned: Callable[[WaitSplit], None] | None = None,
+                   wait_s: float | None = None) -> InferenceResult:
+        """`infer`'s second half: the labels of an `enqueue`d image (see `infer`). An image whose wait never
+        began (its task cancelled first) is taken out of line with `withdraw`."""
+        assert self._line is not None
+        future = item.future
+        limit_s = timeout_s if wait_s is None else min(wait_s, timeout_s)
         try:
             # A timeout or a cancelled handler (the client hung up) cancels the future.
             return await asyncio.wait_for(future, limit_s)
@@ -215,6 +231,11 @@ class Batcher:
         finally:
             if future.cancelled() and self._line.discard(item):  # stopped waiting: out of line at once
                 self._observe_depth()
+
+    def withdraw(self, item: QueuedImage) -> None:
+        """Take an `enqueue`d image nobody waits for out of line (nothing once it has its labels)."""
+        if item.future.cancel() and self._line is not None and self._line.discard(item):
+            self._observe_depth()
 
     @staticmethod
     def _wait_of(item: QueuedImage) -> WaitSplit:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
+from .core.options import MAX_RESOLUTION
 from .core.output_kinds import OUTPUT_KINDS, OUTPUTS
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ OverlayFormat = Literal[OVERLAY_FORMATS]  # type: ignore[valid-type]
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
 # `resolution`: the long side, in pixels, to segment an image at, or `native` (the upload's own); the API's bounds.
 NATIVE = "native"
-MAX_RESOLUTION = 32768
 Resolution = int | Literal["native"]
 
 

@@ -11,16 +11,18 @@ class ApiError(Exception):
     `code` is stable and documented; clients switch on it. `message` is for humans.
     """
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}  # members beside code and message a client can act on (declared: ErrorDetail)
 
     def to_body(self, request_id: str | None = None) -> dict[str, object]:
         """The JSON body for this error."""
-        body: dict[str, object] = {"code": self.code, "message": self.message}
+        body: dict[str, object] = {"code": self.code, "message": self.message, **self.details}
         if request_id:
             body["request_id"] = request_id
         return {"error": body}

@@ -36,8 +36,8 @@ class LocalSegmenter:
         self.pipeline = Pipeline(self.engine, max_pixels=max_pixels, batch_size=batch_size)
 
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Label maps at original size for decoded RGB images."""
-        return self.pipeline.segment_images(images)
+        """Label maps at original size for decoded RGB images, at the segmenter's `resolution`."""
+        return self.pipeline.segment_images(images, self.resolution)
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,
@@ -48,6 +48,8 @@ class LocalSegmenter:
         in raises ValueError, as the service answers it 422. `resolution` above the model's input size segments in
         tiles, as `POST /segment?resolution=` does (without the server's bound on their number)."""
         resolution = self.resolution if resolution is None else resolution
+        if crf and resolution is not None:  # as the service and the folder tool refuse it
+            raise ValueError("crf=True refines at the model's input size: it cannot be combined with a resolution")
         resolution_param(resolution)
         render = RenderOptions(alpha=0.5 if alpha is None else alpha, format=format,
                                tolerance=1.0 if tolerance is None else tolerance, min_area=min_area)

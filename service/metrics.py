@@ -152,6 +152,11 @@ class Metrics:
     def queued(self, priority: str, seconds: float) -> None:
         """One image's wait in the inference queue: the `queue` stage and its priority's histogram."""
         self.stage("queue").observe(seconds)
+        self.image_waited(priority, seconds)
+
+    def image_waited(self, priority: str, seconds: float) -> None:
+        """One image's wait in the inference queue in its priority's histogram alone (each tile of a request run in
+        tiles is an image; the request's `queue` stage is observed once)."""
         self._queue_waits[priority].observe(seconds)
 
     def stage(self, name: str) -> Any:

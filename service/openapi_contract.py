@@ -29,6 +29,8 @@ class ErrorDetail(BaseModel):
 
     code: str = Field(description="stable error code (README: the list of codes)")
     message: str
+    max_resolution: int | None = Field(None, description="`too_many_tiles` only: the highest `resolution` this image "
+                                                         "can be segmented at on this server")
     request_id: str = Field(description="the request's id, also sent as X-Request-ID")
 
 

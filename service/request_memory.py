@@ -33,14 +33,16 @@ from .core.upload import Upload
 from .errors import ApiError
 
 
-def decoded_bytes(upload: Upload, full_resolution: bool, canvas: int, tiles: TileGrid | None = None) -> int:
-    """Bytes a request keeps of its decode while it waits: the model input (uint8, `canvas`² × 3, the letterbox
-    at the model's input size or at a higher resolution) and, for an answer drawn on the upload (an overlay), the RGB
-    image at full size; when it runs in `tiles`, their labels and the map they are stitched into too. Any other
-    answer keeps no image (the route lets go of it once decoded: service/routes/segment.py)."""
+def decoded_bytes(upload: Upload, full_resolution: bool, input_size: int, tiles: TileGrid | None = None) -> int:
+    """Bytes a request keeps of its decode while it waits: the model input (uint8, `input_size`² × 3, or the
+    canvas its `tiles` cover) and, for an answer drawn on the upload (an overlay), the RGB image at full size; when
+    it runs in tiles, their labels and the map they are stitched into too. Any other answer keeps no image (the
+    route lets go of it once decoded: service/routes/segment.py)."""
     image = 3 * upload.pixels if full_resolution else 0
-    labels = 0 if tiles is None else len(tiles) * tiles.tile * tiles.tile + canvas * canvas
-    return image + 3 * canvas * canvas + labels
+    if tiles is None:
+        return image + 3 * input_size * input_size
+    height, width = tiles.extent
+    return image + 4 * height * width + len(tiles) * tiles.tile * tiles.tile
 
 
 class RequestMemory:

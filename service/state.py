@@ -67,9 +67,10 @@ class ServiceState:
 
     def max_tiles(self, bulk: bool = False) -> int:
         """The most tiles one request may run in (`SEGMENT_MAX_TILES`): each is a place in the queue, so never more
-        than it has, or than its bulk share for a `bulk` request; more could never be queued, however long one
-        waited."""
-        places = self.settings.max_queue - (self.kept_for_interactive if bulk else 0)
+        than its share: a bulk request's, or for an interactive one the places kept for interactive requests (the
+        whole queue when none are), which a bulk flood leaves free; more could be refused however long one waited."""
+        kept = self.kept_for_interactive
+        places = self.settings.max_queue - kept if bulk else kept or self.settings.max_queue
         return min(self.settings.max_tiles, places)
 
     @property

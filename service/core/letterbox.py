@@ -99,6 +99,28 @@ def letterbox(
     return out, info
 
 
+def fill_pad(region: np.ndarray, pad_rgb: Sequence[int]) -> None:
+    """Fill an H×W×3 region with the pad colour by copying one row of it: numpy broadcasting the 3-value colour
+    itself walks the region byte by byte (749 µs for the 128-row strip of a 513 letterbox, 13 µs this way). Where
+    the size is any a client asks for (tiled images), caching a whole canvas of it (`pad_canvas`) would keep one
+    per size."""
+    if region.size:
+        row = np.empty((region.shape[1], 3), np.uint8)
+        row[...] = pad_rgb
+        region[...] = row
+
+
+def letterbox_onto(image: np.ndarray, info: LetterboxInfo, height: int, width: int,
+                   pad_rgb: Sequence[int]) -> np.ndarray:
+    """`image` resized to the letterbox `info` describes, top-left in a `height` x `width` canvas (at least the
+    content) padded with the pad colour: the letterbox of an image run in tiles, only as large as they reach."""
+    out = np.empty((height, width, 3), np.uint8)
+    fit_content(image, info, out[: info.new_h, : info.new_w])
+    fill_pad(out[: info.new_h, info.new_w :], pad_rgb)
+    fill_pad(out[info.new_h :, :], pad_rgb)
+    return out
+
+
 def fit_content(image: np.ndarray, info: LetterboxInfo, region: np.ndarray | None = None) -> np.ndarray:
     """`image` (the original, or a JPEG of it decoded reduced) resized to the letterbox content, `info.new_h` x
     `info.new_w`, written into `region` when given; see `letterbox` for the interpolation."""

@@ -21,7 +21,7 @@ from . import crf
 from .decode import Upload, decode_image_for_model, decode_image_keeping_profile, open_upload
 from .engine import Engine
 from .icc import to_srgb
-from .letterbox import LetterboxInfo, letterbox, unletterbox
+from .letterbox import LetterboxInfo, compute_letterbox, letterbox, letterbox_onto, unletterbox
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 from .output_kinds import OUTPUT_KINDS, Body, RenderOptions
 from .outputs.labelmap import LabelMap
@@ -163,11 +163,15 @@ class Pipeline:
 
         `orig_hw`: the original size when `image` was decoded reduced."""
         height, width = orig_hw or image.shape[:2]
-        size = self.canvas_size(height, width, resolution)
-        tensor, info = letterbox(image, size, self.engine.metadata.pad_rgb, orig_hw=orig_hw)
-        tiles = None if size == self.engine.input_size else TileGrid.covering(info.new_h, info.new_w,
-                                                                              self.engine.input_size)
-        return Prepared(image, tensor, info, tiles=tiles)
+        size, pad = self.canvas_size(height, width, resolution), self.engine.metadata.pad_rgb
+        if size == self.engine.input_size:
+            tensor, info = letterbox(image, size, pad, orig_hw=orig_hw)
+            return Prepared(image, tensor, info)
+        # Tiled: the canvas only as large as the tiles reach, not size x size (a 4000x10 panorama at 3500 would
+        # hold 37 MB for one row of tiles); the geometry is the letterbox's at `size` all the same.
+        info = compute_letterbox(height, width, size)
+        tiles = TileGrid.covering(info.new_h, info.new_w, self.engine.input_size)
+        return Prepared(image, letterbox_onto(image, info, *tiles.extent, pad), info, tiles=tiles)
 
     # -- infer -------------------------------------------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class Pipeline:
         into one (a single input's labels as they are)."""
         if prepared.tiles is None:
             return labels if isinstance(labels, np.ndarray) and labels.ndim == 2 else labels[0]
-        return prepared.tiles.stitch(labels, prepared.info.size)
+        return prepared.tiles.stitch(labels)
 
     def postprocess(self, labels: np.ndarray | Sequence[np.ndarray], prepared: Prepared, *,
                     refine: bool = False) -> LabelMap:

@@ -63,18 +63,23 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
 
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Height and width of what the tiles cover: the content, or a tile where the content is smaller."""
+        return self.rows[-1] + self.tile, self.cols[-1] + self.tile
+
     def split(self, canvas: np.ndarray) -> list[np.ndarray]:
-        """The tiles of a letterboxed canvas (H x W x 3, at least `tile` on each side): views, not copies; the batch
-        copies each into its input once."""
+        """The tiles of a letterboxed canvas (H x W x 3, at least `extent`): views, not copies; the batch copies
+        each into its input once."""
         side = self.tile
         return [canvas[y : y + side, x : x + side] for y in self.rows for x in self.cols]
 
-    def stitch(self, labels: Sequence[np.ndarray], size: int) -> np.ndarray:
-        """The tiles' label maps (each `tile` x `tile`, in `split`'s order) as one `size` x `size` map: the content
+    def stitch(self, labels: Sequence[np.ndarray]) -> np.ndarray:
+        """The tiles' label maps (each `tile` x `tile`, in `split`'s order) as one map of `extent`: the content
         from the tile in which each pixel lies farthest from an edge, 0 in the padding beyond it."""
         if len(labels) != len(self):
             raise ValueError(f"{len(labels)} label maps for {len(self)} tiles")
-        out = np.zeros((size, size), dtype=np.uint8)
+        out = np.zeros(self.extent, dtype=np.uint8)
         row_cuts, col_cuts = _cuts(self.rows, self.tile, self.height), _cuts(self.cols, self.tile, self.width)
         index = 0
         for i, y in enumerate(self.rows):

@@ -22,6 +22,7 @@ from ..core.crf import CrfPlace
 from ..core.crf import available as crf_available
 from ..core.decode import Upload
 from ..core.engine import Engine
+from ..core.orientation import exif_orientation
 from ..core.output_kinds import OUTPUT_KINDS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
@@ -220,14 +221,14 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
             if left_s <= 0:  # waited for a codec thread
                 raise deadline_passed("before")
             upload.memory_wait_s = left_s  # a wait for decode memory ends with the deadline
-        width, height = upload.image.size
-        canvas = pipeline.canvas_size(height, width, options.resolution)
+        height, width = _upright_size(upload) if options.resolution is not None else (0, 0)
         tiles = pipeline.tile_grid(height, width, options.resolution)
         if tiles is not None:
+            canvas = pipeline.canvas_size(height, width, options.resolution)
             _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size,
                          state.max_tiles(bulk))
             ticket.room_for_images(len(tiles))  # before the decode, which a refusal after would waste
-        hold.reserve(decoded_bytes(upload, options.full_resolution, canvas, tiles))
+        hold.reserve(decoded_bytes(upload, options.full_resolution, pipeline.engine.input_size, tiles))
 
     t0 = started = time.perf_counter()
     try:
@@ -264,7 +265,9 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
         observe_wait(exc)
         raise
     timing["queue"], timing["inference"] = result.queue_s, result.inference_s
-    metrics.queued(priority, result.queue_s)
+    metrics.stage("queue").observe(result.queue_s)
+    for wait in result.queue_waits:
+        metrics.image_waited(priority, wait)
     metrics.stage("inference").observe(result.inference_s)
     if prepared.tiles is not None:
         metrics.request_tiles.observe(len(prepared.tiles))
@@ -301,6 +304,13 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     return HeldResponse(ticket.hand_over(), body, media_type=media, headers=headers)
 
 
+def _upright_size(upload: Upload) -> tuple[int, int]:
+    """Height and width of the upload as shown, turned by its EXIF orientation (read from the header alone)."""
+    width, height = upload.image.size
+    turned = exif_orientation(upload.image, upload.data) in (5, 6, 7, 8)  # those swap the sides
+    return (width, height) if turned else (height, width)
+
+
 def _check_tiles(count: int, canvas: int, height: int, width: int, options: SegmentOptions, input_size: int,
                  max_tiles: int) -> None:
     """422 for a request that would run in `count` tiles (a letterbox of side `canvas`): `invalid_request` with
@@ -313,7 +323,8 @@ def _check_tiles(count: int, canvas: int, height: int, width: int, options: Segm
         fits = highest_size(height, width, input_size, max_tiles, below=canvas)
         raise ApiError(422, "too_many_tiles", f"resolution {options.resolution} needs {count} tiles of the model's "
                        f"{input_size}x{input_size} input for this {width}x{height} image; this server runs at most "
-                       f"{max_tiles} for one request: ask for a resolution of at most {fits}")
+                       f"{max_tiles} for one request: ask for a resolution of at most {fits}",
+                       details={"max_resolution": fits})
 
 
 def _observed(metrics: Metrics, stage: str, started: float) -> float:

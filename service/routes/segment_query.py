@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel, Field
 
+from ..core.options import MAX_RESOLUTION
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS
 from ..core.priorities import Priority
 
@@ -40,7 +41,7 @@ class SegmentQuery(BaseModel):
         "run; at most the server's request timeout (longer is cut to it). Passed: 504 `deadline_exceeded`, and its "
         "image leaves the queue unrun, so a client with a latency budget gets its answer or its refusal in time, "
         "and the model never runs images nobody waits for. Default: the server's request timeout"))
-    resolution: Annotated[int, Field(ge=1, le=32768)] | Literal["native"] | None = Query(None, description=(
+    resolution: Annotated[int, Field(ge=1, le=MAX_RESOLUTION)] | Literal["native"] | None = Query(None, description=(
         "the long side, in pixels, to segment the image at; `native`: the upload's own long side. Default: the "
         "model's input size (`GET /readyz`: `input_size`), one model run on the image scaled to it. Above it the "
         "image, scaled to this size, runs in overlapping tiles of the input size, batched like any images, and "

@@ -15,11 +15,13 @@ const RETRY_BUDGET_S = 30;
 
 export class ApiError extends Error {
   // `retryAfter`: the seconds the service asked to wait before trying again (its Retry-After), or null.
-  constructor(status, code, message, retryAfter = null) {
+  // `details`: the error object of the answer (`max_resolution` of a too_many_tiles, for one), or {}.
+  constructor(status, code, message, retryAfter = null, details = {}) {
     super(`${code}: ${message}`);
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.details = details;
   }
 }
 
@@ -75,12 +77,12 @@ export async function api(path, options = {}) {
       continue;
     }
     if (!response.ok) {
-      let code = `http_${response.status}`, message = response.statusText;
+      let code = `http_${response.status}`, message = response.statusText, details = {};
       try {
         const body = await response.json();
-        if (body && body.error) ({ code, message } = body.error);
+        if (body && body.error) ({ code, message } = details = body.error);
       } catch (_) { /* not JSON: keep the status line */ }
-      throw new ApiError(response.status, code, message, asked);
+      throw new ApiError(response.status, code, message, asked, details);
     }
     return response;
   }

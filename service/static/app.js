@@ -7,7 +7,7 @@
 // the upload again.
 import { $, state } from "./page_state.js";
 import { api, authHeaders, segmentResponse, setStatus, showError } from "./api.js";
-import { detailQuery, showDetailChoices, tileCount, tilesText } from "./detail.js";
+import { detailQuery, showDetailChoices, statsAtDetail, tileCount, tilesText } from "./detail.js";
 import { download, enableDownloads, loadOutputs } from "./downloads.js";
 import { acceptDroppedFiles } from "./drop.js";
 import { readPolygons } from "./polygons.js";
@@ -110,8 +110,9 @@ async function handleFile(file) {
   state.controller?.abort();
   const controller = new AbortController();
   const { signal } = controller;
-  // The detail chosen now is this result's: its polygons and downloads are asked for with it too.
-  const detail = detailQuery();
+  // The detail chosen now is this result's: its polygons and downloads are asked for with it too (lowered to the
+  // most the service gives, where it gives less).
+  let detail = detailQuery();
   // The previous upload's picture and result go at once: neither is this file's, whatever the service answers.
   // The same file segmented again (another detail) keeps its picture.
   Object.assign(state, { file, detail, image: file === state.file ? state.image : null, controller });
@@ -130,7 +131,9 @@ async function handleFile(file) {
       state.image = image;
       render();
     }
-    const answer = await segmentResponse(file, "stats", detail, signal);
+    const { answer, detail: used, lowered } = await statsAtDetail(file, detail, signal);
+    if (run !== state.run) return;
+    state.detail = detail = used;
     const [stats, tiles] = [await answer.json(), tileCount(answer)];
     // The legend's colours, the mask's transparent background and the header must be this answer's model's.
     if (fromAnotherModel(stats)) await readClasses();
@@ -146,6 +149,7 @@ async function handleFile(file) {
     $("stage").dataset.resultId = stats.id ?? "";  // null: not kept (see resultImage)
     setStatus(`${file.name}: ${stats.classes_present.join(", ") || "nothing"} found` +
       (tiles ? ` in ${tilesText(tiles)}.` : ".") +
+      (lowered ? ` (At ${lowered} px: the most detail this service gives for this image.)` : "") +
       (decodedHere ? "" : " (This browser cannot show the file: the picture is the service's decode of it.)"));
     await togglePolygons();
   } catch (err) {

@@ -189,3 +189,17 @@ def test_the_folder_tool_refuses_a_bad_resolution_before_any_file(extra: list[st
         segment_folder([str(folder), "--out", str(tmp_path / "out"), "--server", "http://127.0.0.1:9", *extra])
     assert info.value.code == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_the_in_process_segmenter_keeps_its_resolution_and_refuses_it_with_crf(model: Path, image_png: bytes) -> None:
+    from service.local import LocalSegmenter
+
+    tiled = LocalSegmenter(model, providers="cpu", threads=1, resolution="native")
+    np.testing.assert_array_equal(tiled.labels([thin_lines()])[0], EXPECTED)  # its `labels` too, not only `segment`
+    whole = LocalSegmenter(model, providers="cpu", threads=1)
+    assert not np.array_equal(whole.labels([thin_lines()])[0], EXPECTED)
+    # As the service answers it 422: the CRF refines one image at the model's input size.
+    with pytest.raises(ValueError, match="crf"):
+        tiled.segment(image_png, crf=True)
+    with pytest.raises(ValueError, match="crf"):
+        whole.segment(image_png, crf=True, resolution=400)

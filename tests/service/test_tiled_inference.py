@@ -125,13 +125,18 @@ def test_an_overlay_is_drawn_on_the_full_size_upload_from_the_tiled_labels(serve
     assert not np.array_equal(plain, got)  # the line's colour is drawn only where the tiles kept it
 
 
-def test_an_exif_turned_jpeg_at_native_is_its_turned_pixels(server: LiveServer) -> None:
-    stored = np.ascontiguousarray(np.rot90(LINES, 1))  # 192 x 288 as stored; orientation 6 turns it back
+def _turned_jpeg() -> bytes:
+    """LINES as a JPEG stored on its side (192 wide, 288 high), with EXIF orientation 6 to show it upright."""
+    stored = np.ascontiguousarray(np.rot90(LINES, 1))
     buffer = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(buffer, format="JPEG", quality=95, exif=exif)
-    jpeg = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def test_an_exif_turned_jpeg_at_native_is_its_turned_pixels(server: LiveServer) -> None:
+    jpeg = _turned_jpeg()
     shown, _ = decode_image_keeping_profile(jpeg, DEFAULT_MAX_PIXELS)  # the service's own decode, turned
     assert shown.shape == (192, 288, 3)
     from_jpeg = post(server.url, jpeg, resolution="native")
@@ -173,12 +178,17 @@ def test_too_many_tiles_is_422_naming_the_highest_resolution_that_fits(rule_96: 
         assert "12 tiles" in message, message
         fits = int(re.search(r"at most (\d+)$", message).group(1))  # type: ignore[union-attr]
         assert SIZE < fits < 288
+        assert r.json()["error"]["max_resolution"] == fits  # for a client to act on, without parsing the message
+        # An upload stored on its side (EXIF orientation 6) is named as shown: 288x192, not 192x288.
+        turned = post(live.url, _turned_jpeg(), resolution="native")
+        assert turned.status_code == 422 and "for this 288x192 image" in turned.text, turned.text
+        assert turned.json()["error"]["max_resolution"] == fits
         ok = post(live.url, LINES, resolution=fits)
         assert ok.status_code == 200, ok.text
         assert 1 < int(ok.headers["X-Tiles"]) <= 4
         over = post(live.url, LINES, resolution=fits + 1)  # the highest: one more pixel needs more tiles
         assert over.status_code == 422 and error_code(over) == "too_many_tiles", over.text
-        assert metric(live.url, "segment_rejected_total", reason="too_many_tiles") == 2
+        assert metric(live.url, "segment_rejected_total", reason="too_many_tiles") == 3
         assert metric(live.url, "segment_request_memory_bytes") == 0
     finally:
         live.stop()
@@ -212,9 +222,11 @@ RUN_CORNERS: list[int] = []  # the top-left red value of each image the gated se
 
 @pytest.fixture(scope="module")
 def gated_server(rule_96: Path) -> Iterator[GatedServer]:
-    # bulk_queue_share 0.5 (the default): 3 of the 6 places are bulk requests' to fill, 3 kept for interactive ones
-    server = GatedServer(rule_96, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, max_queue=6,
-                         request_timeout_s=30, on_run=lambda run: RUN_CORNERS.extend(int(i[0, 0, 0]) for i in run))
+    # 3 of the 9 places are bulk requests' to fill, 6 kept for interactive ones: a bulk request runs in at most 3
+    # tiles, an interactive one in at most 6
+    server = GatedServer(rule_96, max_batch_size=1, concurrent_batches=1, max_wait_ms=1, max_queue=9,
+                         bulk_queue_share=1 / 3, request_timeout_s=30,
+                         on_run=lambda run: RUN_CORNERS.extend(int(i[0, 0, 0]) for i in run))
     with server.running():
         yield server
 
@@ -228,13 +240,13 @@ def gated(gated_server: GatedServer) -> Iterator[GatedServer]:
 def test_a_queue_without_room_for_every_tile_refuses_the_request_and_runs_none(gated: GatedServer) -> None:
     holder = hold_one_run(gated)
     before = sum(gated.runs)
-    waiting = posted(gated.live.url, THREE_TILES, resolution="native")
-    gated.wait_metric("segment_queue_depth", 3)  # 3 of the 6 places taken: room for half the next one's tiles
+    waiting = [posted(gated.live.url, THREE_TILES, resolution="native"), posted(gated.live.url, FLAT)]
+    gated.wait_metric("segment_queue_depth", 4)  # 4 of the 9 places taken: no room for the next one's 6 tiles
     r = post(gated.live.url, SIX_TILES, resolution="native")
     assert r.status_code == 503 and error_code(r) == "overloaded", r.text
-    assert httpx.get(f"{gated.live.url}/readyz").json()["queue_depth"] == 3  # those it had queued left the line
-    released(gated, [holder, waiting], before, 1 + 3)
-    assert waiting.result().headers["X-Tiles"] == "3"
+    assert httpx.get(f"{gated.live.url}/readyz").json()["queue_depth"] == 4  # none of it joined the line
+    released(gated, [holder, *waiting], before, 1 + 3 + 1)
+    assert waiting[0].result().headers["X-Tiles"] == "3"
     ok = post(gated.live.url, SIX_TILES, resolution="native")  # as many tiles as the queue holds
     assert ok.status_code == 200 and ok.headers["X-Tiles"] == "6"
     assert httpx.get(f"{gated.live.url}/readyz").json()["queue_depth"] == 0
@@ -323,14 +335,31 @@ def test_a_bulk_tiled_request_leaves_the_places_kept_for_interactive_ones(gated:
 def test_a_tiled_request_the_queue_has_no_room_for_is_refused_before_its_decode(gated: GatedServer) -> None:
     holder = hold_one_run(gated)
     before = sum(gated.runs)
-    waiting = posted(gated.live.url, THREE_TILES, resolution="native")
-    gated.wait_metric("segment_queue_depth", 3)
+    waiting = [posted(gated.live.url, THREE_TILES, resolution="native"), posted(gated.live.url, FLAT)]
+    gated.wait_metric("segment_queue_depth", 4)
     decoded_before = decodes(gated)
     r = post(gated.live.url, SIX_TILES, resolution="native")
     assert r.status_code == 503 and error_code(r) == "overloaded" and "6 tiles" in r.text, r.text
     assert decodes(gated) == decoded_before  # the header told the count: nothing was decoded for it
-    released(gated, [holder, waiting], before, 1 + 3)
+    released(gated, [holder, *waiting], before, 1 + 3 + 1)
+
+
+def test_a_bulk_flood_leaves_room_for_the_largest_interactive_tiled_request(gated: GatedServer) -> None:
+    holder = hold_one_run(gated)
+    before = sum(gated.runs)
+    bulk = []
+    for depth in (1, 2, 3):  # the bulk share filled
+        bulk.append(posted(gated.live.url, FLAT, priority="bulk"))
+        gated.wait_metric("segment_queue_depth", depth)
+    more = post(gated.live.url, FLAT, priority="bulk")
+    assert more.status_code == 503 and error_code(more) == "bulk_overloaded", more.text
+    assert httpx.get(f"{gated.live.url}/readyz").json()["max_tiles"] == 6
+    interactive = posted(gated.live.url, SIX_TILES, resolution="native")  # as many tiles as /readyz allows
+    gated.wait_metric("segment_queue_depth", 9)
+    released(gated, [holder, *bulk, interactive], before, 1 + 3 + 6)
+    assert interactive.result().headers["X-Tiles"] == "6"
 
 
 def test_readyz_names_the_tile_limit(gated: GatedServer) -> None:
-    assert httpx.get(f"{gated.live.url}/readyz").json()["max_tiles"] == 6  # SEGMENT_MAX_TILES 16, 6 places
+    # SEGMENT_MAX_TILES 16, but 6 places are kept for interactive requests: what a bulk flood leaves them
+    assert httpx.get(f"{gated.live.url}/readyz").json()["max_tiles"] == 6

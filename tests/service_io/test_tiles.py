@@ -57,10 +57,9 @@ def _owner(position: int, starts: tuple[int, ...], tile: int) -> int:
 @pytest.mark.parametrize(("height", "width"), [(32, 32), (20, 75), (75, 20), (64, 100), (33, 97), (150, 150)])
 def test_stitch_takes_each_pixel_from_the_tile_it_lies_deepest_in(height: int, width: int) -> None:
     grid = TileGrid.covering(height, width, TILE)
-    size = max(height, width, TILE)
     tiles = [np.full((TILE, TILE), index + 1, np.uint8) for index in range(len(grid))]  # each tile's own number
-    out = grid.stitch(tiles, size)
-    assert out.shape == (size, size)
+    out = grid.stitch(tiles)
+    assert out.shape == grid.extent == (max(height, TILE), max(width, TILE))  # as far as the tiles reach
     assert (out[height:] == 0).all() and (out[:, width:] == 0).all()  # the padding beyond the content
     columns = len(grid.cols)
     for y, x in itertools.product(range(height), range(width)):
@@ -75,7 +74,7 @@ def test_stitch_takes_each_pixel_from_the_tile_it_lies_deepest_in(height: int, w
 
 def test_stitch_cuts_each_overlap_in_its_middle() -> None:
     grid = TileGrid.covering(32, 200, TILE)  # one row: 8 tiles along x
-    row = grid.stitch([np.full((TILE, TILE), i, np.uint8) for i in range(len(grid))], 200)[0]
+    row = grid.stitch([np.full((TILE, TILE), i, np.uint8) for i in range(len(grid))])[0]
     cut_at = [x for x in range(1, 200) if row[x] != row[x - 1]]
     assert list(row[[0, *cut_at]]) == list(range(len(grid)))  # every tile in turn, in order
     assert len(cut_at) == len(grid.cols) - 1
@@ -91,7 +90,7 @@ def test_stitch_refuses_a_wrong_number_of_label_maps() -> None:
     labels = [np.zeros((TILE, TILE), np.uint8)] * len(grid)
     for wrong in (labels[:-1], [*labels, labels[0]], []):
         with pytest.raises(ValueError, match="label maps"):
-            grid.stitch(wrong, 64)
+            grid.stitch(wrong)
 
 
 @pytest.mark.parametrize(("height", "width", "max_tiles"),
@@ -113,9 +112,13 @@ def test_a_tiled_segmentation_is_the_canvas_run_in_one_piece(pipeline: Pipeline,
     image = IMAGES[name]
     side = canvas_side(pipeline.engine, *image.shape[:2], resolution)
     prepared = pipeline.prepare_image(image, resolution=resolution)
-    assert prepared.tensor.shape[:2] == (side, side)
-    if side > TILE:  # it did run in tiles, every one the model's input
+    assert prepared.info.size == side
+    if side > TILE:  # it did run in tiles, every one the model's input, on a canvas as large as they reach
         assert prepared.tiles is not None and len(prepared.model_inputs) == len(prepared.tiles) > 1
+        assert prepared.tensor.shape[:2] == prepared.tiles.extent
+        assert prepared.tiles.extent == (max(prepared.info.new_h, TILE), max(prepared.info.new_w, TILE))
+    else:
+        assert prepared.tensor.shape[:2] == (side, side)
         assert all(tile.shape == (TILE, TILE, 3) for tile in prepared.model_inputs)
     (got,) = pipeline.segment_images([image], resolution=resolution)
     np.testing.assert_array_equal(got, one_piece_labels(pipeline.engine, image, resolution))
@@ -139,3 +142,46 @@ def test_label_maps_give_each_image_its_own_map_when_tiled_and_whole_ones_mix(tm
     assert len(maps) == len(asked)
     for got, (image, res) in zip(maps, asked, strict=True):
         np.testing.assert_array_equal(got, one_piece_labels(engine, image, res))
+
+
+def test_a_tiled_canvas_is_only_as_large_as_its_tiles_reach_and_caches_nothing(pipeline: Pipeline) -> None:
+    from service.core.letterbox import _pad_canvas
+
+    panorama = scene(400, 3)  # a strip: one row of tiles
+    cached = _pad_canvas.cache_info().currsize
+    for resolution in (300, 310, 320, 330, 340):
+        prepared = pipeline.prepare_image(panorama, resolution=resolution)
+        assert prepared.tiles is not None and len(prepared.tiles.rows) == 1
+        assert prepared.tensor.shape == (TILE, resolution, 3)  # not resolution x resolution
+    # Sizes a client chooses make no cached pad canvas each (it would keep one per size, for good).
+    assert _pad_canvas.cache_info().currsize == cached
+
+
+def test_a_tiled_requests_images_join_the_line_together() -> None:
+    import asyncio
+
+    from service.batcher import Batcher
+    from service.tiled_inference import infer_inputs
+
+    ran: list[int] = []
+
+    def run_images(images: list[np.ndarray]) -> np.ndarray:
+        ran.extend(int(image[0, 0, 0]) for image in images)
+        return np.zeros((len(images), *images[0].shape[:2]), np.uint8)
+
+    def tagged(value: int) -> np.ndarray:
+        return np.full((TILE, TILE, 3), value, np.uint8)
+
+    async def scenario() -> None:
+        batcher = Batcher(run_images, max_batch_size=1, max_wait_ms=0, max_queue=8, concurrency=1)
+        batcher.start()
+        # The untiled request's task is scheduled right after the tiled one has checked its room: it must not take
+        # a place between the tiled request's images.
+        tiled = infer_inputs(batcher, [tagged(1), tagged(2), tagged(3)], 30, "tiled")
+        alone = batcher.infer(tagged(9), 30, "alone")
+        labelled, _ = await asyncio.gather(tiled, alone)
+        assert len(labelled.labels) == 3 and len(labelled.queue_waits) == 3
+        await batcher.stop(1)
+
+    asyncio.run(scenario())
+    assert ran == [1, 2, 3, 9]

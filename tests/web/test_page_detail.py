@@ -2,7 +2,7 @@
 at input size 96): by default no `resolution` is sent; "2x" sends twice the input size, "full resolution" sends
 `native`, and changing it segments the shown image again, with the same resolution for its mask, polygons and
 downloads; the status and timing lines name the tiles that ran; a thin line lost at the model's size shows at full
-resolution; a request past the server's tile limit shows the service's message."""
+resolution; past the server's tile limit, the page asks for the most detail the service names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -163,17 +164,29 @@ def test_a_thin_line_shows_at_full_resolution(browser_page: object, server: Live
     assert problems == []
 
 
-def test_too_many_tiles_shows_the_services_message(browser_page: object, capped: LiveServer, picture: Path) -> None:
+def test_full_resolution_past_the_tile_limit_is_the_most_the_service_gives(browser_page: object,
+                                                                          capped: LiveServer, picture: Path) -> None:
     page = browser_page
-    _open(page, capped.url)
+    problems = _open(page, capped.url)
+    sent = SegmentRequests(page)
     upload_and_wait(page, picture)
-    page.select_option("#detail", "native")
-    page.wait_for_selector("#status.error")
+    sent.clear()
+    _choose(page, "native", picture.name)
+    # native is refused (422 too_many_tiles, naming the most this image may ask); the page asks for that instead.
+    most = httpx.post(f"{capped.url}/segment", params={"resolution": "native"}, content=picture.read_bytes(),
+                      headers={"content-type": "image/png"}).json()["error"]["max_resolution"]
+    assert most > INPUT_SIZE
+    resolutions = [q.get("resolution") for q in sent.queries]
+    assert resolutions[0] == "native" and set(resolutions[1:]) == {str(most)}, resolutions
     status = page.text_content("#status")
-    assert status.startswith("Error 422 too_many_tiles: resolution native needs")
-    assert "ask for a resolution of at most" in status
-    assert page.get_attribute("#stage", "data-state") == "error"
-
-    # Back at model size, the same image is segmented again.
-    _choose(page, "", picture.name)
+    assert f"found in {sent.tiles[-1]} tiles. (At {most} px: the most detail this service gives" in status, status
+    assert int(sent.tiles[-1]) <= 2
     assert not page.eval_on_selector("#status", "el => el.classList.contains('error')")
+
+    # Its polygons ask at the resolution that was given, not the one refused.
+    sent.clear()
+    page.click("#polygons")
+    page.wait_for_selector("#stage[data-polygons]:not([data-polygons=''])")
+    assert [q.get("resolution") for q in sent.queries] == [str(most)]
+    # The browser logs the refused request itself; nothing else went wrong.
+    assert [p for p in problems if "status of 422" not in p] == []
