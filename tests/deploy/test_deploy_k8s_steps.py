@@ -58,10 +58,13 @@ def test_steps_name_what_the_manifests_name(steps: list[list[str]]) -> None:
         if argv[0] == "kubectl" and "-n" in argv:
             assert argv[argv.index("-n") + 1] == namespace, argv
     (ctr,) = load_one(K8S / "deployment.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
-    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in ctr["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in ctr["env"] if "secretKeyRef" in e.get("valueFrom", {})]
     secret = steps[index(steps, "create", "secret")]
-    assert secret[secret.index("generic") + 1] == ref["name"]
-    assert any(a.startswith(f"--from-literal={ref['key']}=") for a in secret), secret
+    # One Secret holds the API keys and, optionally, the offline jobs' bulk keys; without it, auth is off.
+    assert {ref["name"] for ref in refs} == {secret[secret.index("generic") + 1]}
+    assert [ref["key"] for ref in refs] == ["SEGMENT_API_KEYS", "SEGMENT_BULK_API_KEYS"]
+    assert all(ref.get("optional") for ref in refs)
+    assert any(a.startswith("--from-literal=SEGMENT_API_KEYS=") for a in secret), secret
     image_step = steps[index(steps, "edit", "set", "image")]
     name = image_step[-1].split("=", 1)[0]
     (entry,) = yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]
