@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 RETRY = {"Retry-After": "1"}
 
 
+# What a bulk request alone too large for its share of a budget can do (its key may be what makes it bulk).
+AS_INTERACTIVE = ("send it as an interactive request (an offline job's API key makes every request bulk: use "
+                  "another key)")
+
+
 def overloaded(what: str) -> ApiError:
     """The 503 every gate answers."""
     return ApiError(503, "overloaded", f"{what}; retry shortly", RETRY)
@@ -101,7 +106,7 @@ class UploadBudget:
         refusal = self.bulk.refusal(nbytes, own)
         if refusal == "too_large":
             raise ApiError(413, "payload_too_large", f"a bulk upload may hold at most {self.bulk.capacity} bytes of "
-                           "the upload buffer; send it as an interactive request")
+                           f"the upload buffer; {AS_INTERACTIVE}")
         if refusal == "full":
             raise bulk_overloaded(f"bulk uploads arriving hold their share of the upload buffer ({self.bulk.held} "
                                   f"of {self.bulk.capacity} bytes, {nbytes} more needed)")

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .admission import bulk_overloaded, overloaded
+from .admission import AS_INTERACTIVE, bulk_overloaded, overloaded
 from .core.decode_budget import readable_bytes
 from .core.priorities import BulkBytes
 from .core.tiles import TileGrid
@@ -98,7 +98,7 @@ class RequestMemory:
             raise ApiError(413, "image_too_large",
                            f"this bulk request needs ~{readable_bytes(held + nbytes)} of memory while it waits for "
                            f"its answer, more than the bulk share of the request memory budget "
-                           f"({readable_bytes(self.bulk.capacity)}); send it as an interactive request")
+                           f"({readable_bytes(self.bulk.capacity)}); {AS_INTERACTIVE}")
         if refusal == "full" or self.in_use + nbytes > self.capacity:
             raise bulk_overloaded(f"bulk requests hold their share of the memory budget "
                                   f"({readable_bytes(self.bulk.held)} of {readable_bytes(self.bulk.capacity)}), or "

@@ -187,8 +187,8 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys", "bulk_api_keys", mode="before")
     @classmethod
-    def _key_list(cls, value: object) -> object:
-        return api_key_list(value)
+    def _key_list(cls, value: object, info: ValidationInfo) -> object:
+        return api_key_list(value, bulk=info.field_name == "bulk_api_keys")
 
     @field_validator("api_keys", "bulk_api_keys")
     @classmethod

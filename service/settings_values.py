@@ -20,14 +20,15 @@ def split_csv(value: object) -> object:
     return value
 
 
-def api_key_list(value: object) -> object:
-    """`SEGMENT_API_KEYS` as a list. A value that holds nothing but commas and spaces (`${KEY},` with KEY unset, a
-    Secret holding a space) is refused: it would turn authentication off without a word; only an empty value
-    does."""
+def api_key_list(value: object, bulk: bool = False) -> object:
+    """`SEGMENT_API_KEYS` (or `SEGMENT_BULK_API_KEYS`, `bulk`) as a list, each key once. A value that holds nothing
+    but commas and spaces (`${KEY},` with KEY unset, a Secret holding a space) is refused: it would turn
+    authentication off (or the bulk keys) without a word; only an empty value does."""
     keys = split_csv(value)
     if isinstance(value, str) and value and not keys:
-        raise ValueError("holds no key (only commas or spaces): set it empty to turn authentication off")
-    return keys
+        empty = "for no offline jobs' keys" if bulk else "to turn authentication off"
+        raise ValueError(f"holds no key (only commas or spaces): set it empty {empty}")
+    return list(dict.fromkeys(keys)) if isinstance(keys, list) else keys
 
 
 def header_safe_keys(keys: list[str]) -> list[str]:

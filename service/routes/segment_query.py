@@ -52,4 +52,5 @@ class SegmentQuery(BaseModel):
         "`interactive`: someone waits for the answer; `bulk`: offline work (a folder being labelled), run after "
         "every interactive request waiting, and admitted only within its share of the queue "
         "(SEGMENT_BULK_QUEUE_SHARE): beyond it 503 `bulk_overloaded` with Retry-After while interactive requests "
-        "are still taken"))
+        "are still taken. A request with one of the server's offline-job keys (SEGMENT_BULK_API_KEYS) is bulk "
+        "whatever it asks"))

@@ -110,3 +110,17 @@ def test_bulk_keys_stay_out_of_settings_errors(monkeypatch: pytest.MonkeyPatch, 
     assert "bulk_api_keys" in said.lower() and "printable ascii" in said.lower(), said
     assert "s3cret" not in said and "fine" not in said
     assert Settings(bulk_api_keys="a, b").bulk_api_keys == ["a", "b"]
+
+
+def test_each_bulk_key_counts_once_and_an_empty_list_is_explained(caplog: pytest.LogCaptureFixture) -> None:
+    from pydantic import ValidationError
+
+    from service.settings_environment import log_authentication
+
+    settings = Settings(api_keys="live", bulk_api_keys="job, job ,other")
+    assert settings.bulk_api_keys == ["job", "other"]
+    with caplog.at_level(logging.INFO, logger="service.settings_environment"):
+        log_authentication(settings)
+    assert "authentication on: 3 API key(s), 2 of them bulk only" in caplog.text, caplog.text
+    with pytest.raises(ValidationError, match="set it empty for no offline jobs' keys"):
+        Settings(api_keys="live", bulk_api_keys=" , ")
