@@ -16,50 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
-
 from bench.harness import machine_note
 from bench.markdown import write_section
 from model_export.evaluate import evaluate_model
-from model_export.synthetic import SceneConfig, render_scene, save_label_png, voc_paths
+from model_export.synthetic_mosaic import CELL, write_mosaics
 from service.core.engine import load_engine
 from service.core.options import EngineOptions
 from service.core.pipeline import Pipeline
 from service.settings import default_model_path
-
-SCENE = 160  # the embedded model's scenes: long side 160, served at 320
-CELL = 2 * SCENE
-
-
-def mosaic(seed: int, first: int, cols: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """`cols` x `rows` square scenes, each enlarged 2x as the service enlarges them for the model."""
-    config = SceneConfig(min_side=SCENE, max_side=SCENE)
-    image = np.empty((rows * CELL, cols * CELL, 3), np.uint8)
-    label = np.empty((rows * CELL, cols * CELL), np.uint8)
-    for index in range(cols * rows):
-        scene, truth = render_scene(seed, first + index, config)
-        r, c = divmod(index, cols)
-        cell = np.s_[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
-        image[cell] = cv2.resize(scene, (CELL, CELL), interpolation=cv2.INTER_LINEAR)
-        label[cell] = cv2.resize(truth, (CELL, CELL), interpolation=cv2.INTER_NEAREST)
-    return image, label
-
-
-def write_mosaics(root: Path, images: int, cols: int, rows: int) -> None:
-    """A VOC-layout `val` split of mosaics (JPEG quality 95, as `segment-export synth` writes scenes)."""
-    voc = voc_paths(root)
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / folder).mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(images):
-        name = f"mosaic_{i:04d}"
-        image, label = mosaic(1, i * cols * rows, cols, rows)
-        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
-        save_label_png(label, voc / "SegmentationClass" / f"{name}.png")
-        names.append(name)
-    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
 
 
 def tiles_per_image(resolution: int | str | None, cols: int, rows: int) -> int:

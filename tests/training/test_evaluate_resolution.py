@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.tiles_bench import write_mosaics
 from model_export.cli import main
 from model_export.errors import ModelExportError
 from model_export.evaluate import evaluate_model
+from model_export.synthetic_mosaic import write_mosaics
 from service.settings import default_model_path
 
 
