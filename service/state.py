@@ -67,11 +67,12 @@ class ServiceState:
 
     def max_tiles(self, bulk: bool = False) -> int:
         """The most tiles one request may run in (`SEGMENT_MAX_TILES`): each is a place in the queue, so never more
-        than its share: a bulk request's, or for an interactive one the places kept for interactive requests (the
-        whole queue when none are), which a bulk flood leaves free; more could be refused however long one waited."""
+        than a bulk request's share of it; an interactive request no more than the places kept for interactive
+        requests, which a bulk flood leaves free (so it cannot refuse one), and never fewer than a bulk request
+        (with a bulk share above half, more than those kept; with none kept, the whole queue)."""
         kept = self.kept_for_interactive
-        places = self.settings.max_queue - kept if bulk else kept or self.settings.max_queue
-        return min(self.settings.max_tiles, places)
+        bulk_places = self.settings.max_queue - kept
+        return min(self.settings.max_tiles, bulk_places if bulk else max(kept, bulk_places))
 
     @property
     def bulk_max_admitted(self) -> int:

@@ -363,3 +363,21 @@ def test_a_bulk_flood_leaves_room_for_the_largest_interactive_tiled_request(gate
 def test_readyz_names_the_tile_limit(gated: GatedServer) -> None:
     # SEGMENT_MAX_TILES 16, but 6 places are kept for interactive requests: what a bulk flood leaves them
     assert httpx.get(f"{gated.live.url}/readyz").json()["max_tiles"] == 6
+
+
+@pytest.mark.parametrize("share", [0.1, 1 / 3, 0.5, 0.75, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize(("max_queue", "max_tiles"), [(64, 16), (8, 16), (9, 6), (1, 16)])
+def test_an_interactive_request_may_run_in_as_many_tiles_as_a_bulk_one(share: float, max_queue: int,
+                                                                       max_tiles: int) -> None:
+    from service.metrics import Metrics
+    from service.state import ServiceState
+
+    settings = Settings(model_path=Path("unused.onnx"), max_queue=max_queue, max_tiles=max_tiles,
+                        bulk_queue_share=share)
+    state = ServiceState(settings, Metrics(), cache=None, pool=None, uploads=None, renders=None,  # type: ignore[arg-type]
+                         render_pool=None, heavy_pool=None, loop_lag=None)  # type: ignore[arg-type]
+    interactive, bulk = state.max_tiles(), state.max_tiles(bulk=True)
+    assert 0 <= bulk <= interactive <= min(max_tiles, max_queue)  # a queue of one keeps its place: no bulk tiles
+    assert bulk <= max_queue - state.kept_for_interactive  # a bulk request never needs the places kept
+    if share <= 0.5:  # the places kept for interactive requests hold the largest one: no bulk flood refuses it
+        assert interactive <= state.kept_for_interactive or state.kept_for_interactive == 0
