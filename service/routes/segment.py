@@ -22,12 +22,10 @@ from ..core.crf import CrfPlace
 from ..core.crf import available as crf_available
 from ..core.decode import Upload
 from ..core.engine import Engine
-from ..core.orientation import exif_orientation
 from ..core.output_kinds import OUTPUT_KINDS, RenderOptions, json_bytes, negotiate
 from ..core.outputs.polygons import PolygonsTooComplex
 from ..core.pipeline import SegmentOptions
 from ..core.priorities import Priority
-from ..core.tiles import highest_size
 from ..errors import ApiError
 from ..metrics import Metrics
 from ..middleware import bulk_key_of, key_fingerprint_of
@@ -37,6 +35,7 @@ from ..request_memory import HeldResponse, decoded_bytes
 from ..results_cache import new_result_id
 from ..settings import Settings
 from ..state import ServiceState
+from ..tile_limits import check_tiles, upright_size
 from ..tiled_inference import infer_inputs
 from .query_model import QueryModelRoute
 from .segment_query import SegmentQuery
@@ -221,11 +220,11 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
             if left_s <= 0:  # waited for a codec thread
                 raise deadline_passed("before")
             upload.memory_wait_s = left_s  # a wait for decode memory ends with the deadline
-        height, width = _upright_size(upload) if options.resolution is not None else (0, 0)
+        height, width = upright_size(upload) if options.resolution is not None else (0, 0)
         tiles = pipeline.tile_grid(height, width, options.resolution)
         if tiles is not None:
             canvas = pipeline.canvas_size(height, width, options.resolution)
-            _check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size,
+            check_tiles(len(tiles), canvas, height, width, options, pipeline.engine.input_size,
                          state.max_tiles(bulk))
             ticket.room_for_images(len(tiles))  # before the decode, which a refusal after would waste
         hold.reserve(decoded_bytes(upload, options.full_resolution, pipeline.engine.input_size, tiles))
@@ -302,29 +301,6 @@ async def _segment(request: Request, state: ServiceState, engine: Engine, batche
     # From here on the request holds its answer alone, until it has been sent.
     hold.resize(len(body))
     return HeldResponse(ticket.hand_over(), body, media_type=media, headers=headers)
-
-
-def _upright_size(upload: Upload) -> tuple[int, int]:
-    """Height and width of the upload as shown, turned by its EXIF orientation (read from the header alone)."""
-    width, height = upload.image.size
-    turned = exif_orientation(upload.image, upload.data) in (5, 6, 7, 8)  # those swap the sides
-    return (width, height) if turned else (height, width)
-
-
-def _check_tiles(count: int, canvas: int, height: int, width: int, options: SegmentOptions, input_size: int,
-                 max_tiles: int) -> None:
-    """422 for a request that would run in `count` tiles (a letterbox of side `canvas`): `invalid_request` with
-    the CRF (it refines one letterboxed image in a worker process, at a cost that grows with its pixels),
-    `too_many_tiles` beyond `max_tiles`, naming the highest resolution that would fit."""
-    if options.crf:
-        raise ApiError(422, "invalid_request", f"crf=true refines at the model's input size ({input_size}); it "
-                       "cannot be combined with a resolution above it")
-    if count > max_tiles:
-        fits = highest_size(height, width, input_size, max_tiles, below=canvas)
-        raise ApiError(422, "too_many_tiles", f"resolution {options.resolution} needs {count} tiles of the model's "
-                       f"{input_size}x{input_size} input for this {width}x{height} image; this server runs at most "
-                       f"{max_tiles} for one request: ask for a resolution of at most {fits}",
-                       details={"max_resolution": fits})
 
 
 def _observed(metrics: Metrics, stage: str, started: float) -> float:
