@@ -64,16 +64,18 @@ class SegmentCertificateError(SegmentTlsError):
 
 
 class SegmentApiError(SegmentClientError):
-    """The service answered an error: HTTP `status`, stable `code`, human `message`."""
+    """The service answered an error: HTTP `status`, stable `code`, human `message`; for `too_many_tiles`,
+    `max_resolution`, the highest `resolution` the server gives that image (else None)."""
 
     def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, max_resolution: int | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        self.max_resolution = max_resolution
 
 
 class SegmentResponseError(SegmentClientError):

@@ -180,15 +180,16 @@ def raise_for_error(response: httpx.Response) -> None:
 def api_error(response: httpx.Response) -> SegmentApiError:
     """The `SegmentApiError` of an error answer."""
     code, message = f"http_{response.status_code}", response.reason_phrase or "error"
-    request_id = response.headers.get("x-request-id")
+    request_id, most = response.headers.get("x-request-id"), None
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
         request_id = error.get("request_id", request_id)
-    except (ValueError, KeyError, TypeError):
+        most = error.get("max_resolution") if isinstance(error.get("max_resolution"), int) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
         text = response.text.strip()
         message = text[:500] if text else message  # e.g. a proxy's HTML page
-    return SegmentApiError(response.status_code, code, message, request_id, _retry_after(response))
+    return SegmentApiError(response.status_code, code, message, request_id, _retry_after(response), most)
 
 
 def segment_result(response: httpx.Response, output: str) -> SegmentResult:

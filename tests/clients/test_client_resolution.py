@@ -133,6 +133,10 @@ def test_too_many_tiles_is_the_clients_422(url: str, image_png: bytes) -> None:
         client.segment(image_png, "labels", resolution=1000)  # 192 tiles
     assert (info.value.status, info.value.code) == (422, "too_many_tiles")
     assert "at most" in info.value.message
+    most = info.value.max_resolution  # the most the server gives this image: asked for, it is answered
+    assert isinstance(most, int) and 96 < most < 1000
+    with SegmentClient(url) as client:
+        assert client.segment(image_png, "labels", resolution=most).tiles is not None
 
     async def call() -> None:
         async with AsyncSegmentClient(url, resolution=1000) as client:
