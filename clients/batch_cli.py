@@ -48,8 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=_resolution, default=None, metavar="N|native",
                         help="segment each image at this long side in pixels, or native (its own), rather than the "
                              "model's input size: above it the image runs in overlapping tiles, which keeps thin and "
-                             "small things a downscale loses, at a model run per tile (a server refuses more than "
-                             "its SEGMENT_MAX_TILES: too_many_tiles); not with --crf")
+                             "small things a downscale loses, at a model run per tile (an image that needs more tiles "
+                             "than the server runs for one is segmented at the highest resolution it gives); not with "
+                             "--crf")
     parser.add_argument("--providers", default="auto", help="--local: onnxruntime providers (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="--local: onnxruntime intra-op threads")
     parser.add_argument("--priority", choices=PRIORITIES, default="bulk",

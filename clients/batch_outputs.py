@@ -48,7 +48,8 @@ class Job:
 
 class Backend(Protocol):
     def segment(self, data: bytes, output: str, *, alpha: float | None = None, format: str | None = None,
-                tolerance: float | None = None, min_area: float | None = None, crf: bool = False) -> SegmentResult: ...
+                tolerance: float | None = None, min_area: float | None = None, crf: bool = False,
+                resolution: int | str | None = None) -> SegmentResult: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,29 @@ class Failure:
     source: Path
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A file written at a lower resolution than `--resolution`: the most the server gives it (more would need more
+    tiles than it runs for one image)."""
+
+    source: Path
+    resolution: int
+
+
+def segment_at_most(backend: Backend, data: bytes, args: argparse.Namespace) -> tuple[SegmentResult, int | None]:
+    """The answer for one file, and the resolution it was lowered to (None: as asked). A file whose `--resolution`
+    needs more tiles than the server runs (422 `too_many_tiles`) is segmented at the highest it names, as the web
+    page's "full resolution" is: `native` over a folder of photos gives each the most detail the server allows."""
+    options = {"alpha": args.alpha, "format": args.format, "tolerance": args.tolerance, "min_area": args.min_area,
+               "crf": args.crf}
+    try:
+        return backend.segment(data, args.output, **options), None
+    except SegmentApiError as exc:
+        if exc.code != "too_many_tiles" or exc.max_resolution is None:
+            raise
+        return backend.segment(data, args.output, resolution=exc.max_resolution, **options), exc.max_resolution
 
 
 class PlanError(Exception):
@@ -230,16 +254,17 @@ def model_changed(result: SegmentResult, run_sha256: str | None) -> str | None:
             "changed during the run); not written")
 
 
-def run_job(backend: Backend, job: Job, args: argparse.Namespace, model_sha256: str | None = None) -> Failure | None:
-    """Segment one file and store the output; a failure is returned, never raised. `model_sha256`: the run's model
-    (`clients.batch_record`): an answer that names another is not stored, but failed as `MODEL_CHANGED`."""
+def run_job(backend: Backend, job: Job, args: argparse.Namespace,
+            model_sha256: str | None = None) -> Failure | Lowered | None:
+    """Segment one file and store the output; a failure is returned, never raised, and so is a file written at a
+    lower resolution than asked (`Lowered`). `model_sha256`: the run's model (`clients.batch_record`): an answer
+    that names another is not stored, but failed as `MODEL_CHANGED`."""
     try:
         data = job.source.read_bytes()
     except OSError as exc:
         return Failure(job.source, "read_error", str(exc))
     try:
-        result = backend.segment(data, args.output, alpha=args.alpha, format=args.format,
-                                 tolerance=args.tolerance, min_area=args.min_area, crf=args.crf)
+        result, lowered = segment_at_most(backend, data, args)
         target, body = answer_target(job.target, result), payload(result)
         if (changed := model_changed(result, model_sha256)) is not None:
             # Stored, it would be skipped as done by every rerun: a file that holds another model's answer.
@@ -258,4 +283,4 @@ def run_job(backend: Backend, job: Job, args: argparse.Namespace, model_sha256: 
         write_atomic(target, body)
     except OSError as exc:
         return Failure(job.source, "write_error", str(exc))
-    return None
+    return None if lowered is None else Lowered(job.source, lowered)

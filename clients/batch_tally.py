@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from clients.batch_outputs import CONNECTION_ERROR, MODEL_CHANGED, TLS_ERRORS, Failure
+from clients.batch_outputs import CONNECTION_ERROR, MODEL_CHANGED, TLS_ERRORS, Failure, Lowered
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Tally:
     total: int
     skipped: int
     written: int = 0
+    lowered: int = 0  # of those written, at a lower resolution than asked: the most the server gives them
     failures: list[Failure] = field(default_factory=list)
     in_progress: int = 0
     connection_streak: int = 0  # files in a row that could not reach the server
@@ -40,6 +41,9 @@ def summary(tally: Tally) -> str:
         lines[0] += f"; {'interrupted' if tally.interrupted else 'stopped'}, {tally.not_done()} not done"
     if tally.abandoned:
         lines[0] += f" ({tally.abandoned} of them left in progress)"
+    if tally.lowered:
+        lines.append(f"segment: {tally.lowered} of the files written needed more tiles at --resolution than the "
+                     "server runs for one image, and were segmented at the highest resolution it gives them")
     failures = sorted(tally.failures, key=lambda failure: str(failure.source))
     lines += [f"  FAILED {f.source}: {f.code}: {f.message}" for f in failures]
     if changed := sum(failure.code == MODEL_CHANGED for failure in failures):
@@ -51,11 +55,14 @@ def summary(tally: Tally) -> str:
     return "\n".join(lines)
 
 
-def count_outcome(tally: Tally, failure: Failure | None, args: argparse.Namespace, bar: tqdm,
+def count_outcome(tally: Tally, failure: Failure | Lowered | None, args: argparse.Namespace, bar: tqdm,
                   stop: threading.Event) -> None:
     """Add one file's outcome to `tally` (under its lock); stop the run once the server is unreachable, or at once
     when no TLS connection can be made to it: every other file would fail alike, each after a handshake."""
     tally.in_progress -= 1
+    if isinstance(failure, Lowered):
+        tally.lowered += 1
+        failure = None
     if failure is None:
         tally.written += 1
     else:

@@ -8,6 +8,7 @@ blend into the dark background and vanish; at the image's own resolution every l
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,10 +172,20 @@ def test_the_folder_tool_sends_resolution_to_the_server(url: str, folder: Path, 
     assert "native" in json.dumps(record)
     assert segment_folder([*common, "--out", str(tmp_path / "tiled"), "--resolution", "400"]) == 2
     assert segment_folder([*common, "--out", str(tmp_path / "tiled"), "--resolution", "native"]) == 0  # resumed
-    # Past the server's bound the file fails with the server's code, and the run says so.
+    # Past the server's bound the file is segmented at the most the server gives it (as the page does), and the
+    # run says so: the masks are those of the resolution the server names.
     capsys.readouterr()
-    assert segment_folder([*common, "--out", str(tmp_path / "many"), "--resolution", "1000"]) == 1
-    assert "too_many_tiles" in capsys.readouterr().err
+    assert segment_folder([*common, "--out", str(tmp_path / "many"), "--resolution", "1000"]) == 0
+    err = capsys.readouterr().err
+    assert "1 written" in err and "segment: 1 of the files written needed more tiles" in err, err
+    with SegmentClient(url) as client, pytest.raises(SegmentApiError) as refused:
+        client.segment(png_bytes(thin_lines()), "labels", resolution=1000)
+    most = refused.value.max_resolution
+    assert most is not None
+    with SegmentClient(url) as client:
+        at_most = client.segment(png_bytes(thin_lines()), "labels", resolution=most)
+    np.testing.assert_array_equal(written_labels(tmp_path / "many"),
+                                  np.asarray(Image.open(io.BytesIO(at_most.content))))
 
 
 def test_the_folder_tool_passes_resolution_to_the_local_pipeline(model: Path, folder: Path, tmp_path: Path) -> None:
