@@ -296,7 +296,7 @@ def test_holes_touching_at_corners_give_valid_polygons_equal_to_the_mask(case: s
 def test_the_costliest_repair_allowed_is_fast_and_exact() -> None:
     """Random specks (45 %) on a 225 px map: 8-connected, they form huge regions that touch themselves and their
     holes at corners, just under the bound on vertices to repair. The polygons equal the mask pixel for pixel,
-    and the call stays well under the 2.5 CPU-s it took with GEOS's default repair method (0.6 s with the one
+    and the call stays well under the 3.7 CPU-s it took with GEOS's default repair method (0.8 s with the one
     used) on the development machine."""
     labels = (np.random.default_rng(0).random((225, 225)) < 0.45).astype(np.uint8)
     start = time.thread_time()
@@ -305,7 +305,9 @@ def test_the_costliest_repair_allowed_is_fast_and_exact() -> None:
     assert {f["properties"]["class_id"] for f in feats} == {1}  # the background is not traced
     np.testing.assert_array_equal(rasterise(feats, labels.shape), labels == 1)  # every geometry valid too
     assert sum(f["properties"]["area"] for f in feats) == (labels == 1).sum()
-    assert cpu_s < 1.5, cpu_s
+    # Room for a busy 2-CPU host (1.6 CPU-s seen while a parallel suite ran beside other work; 0.8-1.0 alone):
+    # GEOS's default repair method, which this guards against, took 3.7.
+    assert cpu_s < 2.2, cpu_s
 
 
 # Maps on which plain Douglas-Peucker at the API's tolerance (1) makes a ring cross itself and GEOS repairs it
