@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.client import OUTPUTS, OVERLAY_FORMATS, PRIORITIES
-from service.client_types import MAX_RESOLUTION, NATIVE, Resolution, resolution_param
 from service.core.output_kinds import OUTPUT_KINDS
+from service.core.resolution import resolution_argument
 
 
 def run_options(args: argparse.Namespace) -> dict[str, object]:
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="drop polygons smaller than this, pixels")
     parser.add_argument("--crf", action="store_true",
                         help="refine each mask with the dense CRF (the crf extra, on the server or, --local, here)")
-    parser.add_argument("--resolution", type=_resolution, default=None, metavar="N|native",
+    parser.add_argument("--resolution", type=resolution_argument, default=None, metavar="N|native",
                         help="segment each image at this long side in pixels, or native (its own), rather than the "
                              "model's input size: above it the image runs in overlapping tiles, which keeps thin and "
                              "small things a downscale loses, at a model run per tile (an image that needs more tiles "
@@ -107,15 +107,6 @@ def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
-    return value
-
-
-def _resolution(text: str) -> Resolution:
-    value: Resolution = NATIVE if text == NATIVE else int(text)  # int: argparse words a ValueError itself
-    try:
-        resolution_param(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {NATIVE} or 1..{MAX_RESOLUTION}, got {text}") from None
     return value
 
 

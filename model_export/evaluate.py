@@ -32,7 +32,8 @@ from tqdm import tqdm
 from service.core.crf import CrfParams, crf_on_canvas
 from service.core.engine import EngineError, load_engine
 from service.core.options import DEFAULT_BATCH_SIZE, EngineOptions
-from service.core.pipeline import Pipeline, Resolution
+from service.core.pipeline import Pipeline
+from service.core.resolution import Resolution
 
 from .checkpoint import load_checkpoint_model
 from .data import DatasetError, VOCSegmentation, load_image
@@ -53,7 +54,7 @@ Predictor = Callable[[Sequence[Path]], list[np.ndarray]]
 
 
 def onnx_predictor(model_path: str | Path, threads: int = 0, providers: str = "auto", protocol: str = "letterbox",
-                   crf: CrfParams | None = None, resolution: Resolution = None) -> tuple[Predictor, list[str]]:
+                   crf: CrfParams | None = None, resolution: Resolution | None = None) -> tuple[Predictor, list[str]]:
     """Predict through the service engine; returns the predictor and the model's class names.
 
     `protocol` (see model_export.protocol) and `crf` change the geometry and add the dense CRF; `resolution`
@@ -196,7 +197,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "val",
                    input_size: int | None = None, threads: int = 0, device: str = "auto",
                    batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, progress: bool = True,
                    on_prediction: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
-                   resolution: Resolution = None) -> tuple[SegmentationScores, list[str]]:
+                   resolution: Resolution | None = None) -> tuple[SegmentationScores, list[str]]:
     """Score an `.onnx` file or a training checkpoint on a split; returns the scores and class names."""
     path = Path(model_path)
     if not path.is_file():

@@ -7,27 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from service.core.options import DEFAULT_BATCH_SIZE, MAX_RESOLUTION
+from service.core.options import DEFAULT_BATCH_SIZE
+from service.core.resolution import resolution_argument
 
 from .cli import CliError
 from .protocol import PROTOCOLS
 
 DESCRIPTION = '`segment-export evaluate`: mIoU, per-class IoU and pixel accuracy over a whole VOC-layout split.'
 
-
-
-def _resolution(text: str) -> int | str:
-    """`--resolution`: a number of pixels up to the service's bound, or `native`."""
-    if text == "native":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_RESOLUTION:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels from 1 to {MAX_RESOLUTION} or 'native', "
-                                         f"got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (DeepLab-v2's parameters; "
                                                       "needs pydensecrf2)")
     p.add_argument("--input-size", type=int, help="checkpoints only: letterbox size (0 = native resolution)")
-    p.add_argument("--resolution", type=_resolution,
+    p.add_argument("--resolution", type=resolution_argument,
                    help="ONNX files only (letterbox protocol): the long side to segment at, in pixels, or 'native', "
                         "in overlapping tiles of the model's input size, as the service's POST /segment?resolution= "
                         "does")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import numbers
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from .core.options import MAX_RESOLUTION
 from .core.output_kinds import OUTPUT_KINDS, OUTPUTS
+from .core.resolution import MAX_RESOLUTION, NATIVE, Resolution, is_resolution
 
 if TYPE_CHECKING:
     import httpx
@@ -30,9 +29,6 @@ ResultName = Literal[RESULT_NAMES]  # type: ignore[valid-type]
 OVERLAY_FORMATS: tuple[str, ...] = tuple(e.format for e in OUTPUT_KINDS["overlay"].encodings)
 OverlayFormat = Literal[OVERLAY_FORMATS]  # type: ignore[valid-type]
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
-# `resolution`: the long side, in pixels, to segment an image at, or `native` (the upload's own); the API's bounds.
-NATIVE = "native"
-Resolution = int | Literal["native"]
 
 
 class SegmentClientError(Exception):
@@ -99,10 +95,8 @@ def resolution_param(value: Resolution | None) -> str | None:
     raised before a request is made. A bool is refused, though Python counts it as a number."""
     if value is None:
         return None
-    if isinstance(value, str) and value == NATIVE:
-        return NATIVE
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= MAX_RESOLUTION:
-        return str(int(value))  # a numpy integer as plain digits
+    if is_resolution(value):
+        return NATIVE if value == NATIVE else str(int(value))  # a numpy integer as plain digits
     raise ValueError(f"resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION} or {NATIVE!r}, "
                      f"got {value!r}")
 

@@ -26,7 +26,8 @@ from .core.errors import DecodeError
 from .core.handoff import WorkerThreads
 from .core.output_kinds import json_bytes
 from .core.outputs.labelmap import LabelMap
-from .core.pipeline import Pipeline, Prepared, Resolution, SegmentOptions
+from .core.pipeline import Pipeline, Prepared, SegmentOptions
+from .core.resolution import Resolution
 from .errors import ApiError
 
 # Above this many pixels decoded at full size, a decode goes to the low-priority pool. A JPEG for the model is
@@ -63,7 +64,7 @@ def _closed_if_raising(upload: Upload) -> Iterator[None]:
         raise
 
 
-def full_size_pixels(upload: Upload, full_resolution: bool, resolution: Resolution = None) -> int:
+def full_size_pixels(upload: Upload, full_resolution: bool, resolution: Resolution | None = None) -> int:
     """Pixels the decode of an opened upload produces at full size: what sends it to the low-priority pool
     beyond `HEAVY_DECODE_PIXELS`. A JPEG for the model at its input size is decoded reduced (at most ~4x the model's
     pixels): 0; at a higher `resolution` it may not be."""
@@ -82,7 +83,7 @@ class Codec:
 
     async def decode(self, data: bytes, *, full_resolution: bool,
                      before_decode: Callable[[Upload], object] | None = None, bulk: bool = False,
-                     resolution: Resolution = None) -> Prepared:
+                     resolution: Resolution | None = None) -> Prepared:
         """The upload, preprocessed; raises `ApiError` for bad bytes (the decode error's code, as HTTP). A `bulk`
         request's decode waits for every interactive request's codec job queued.
 
@@ -98,7 +99,7 @@ class Codec:
         return await self.heavy_threads.run(self._preprocess, done, full_resolution, resolution,
                                             priority=_boosted(0, bulk))
 
-    def _preprocess(self, data: bytes | Upload, full_resolution: bool, resolution: Resolution) -> Prepared:
+    def _preprocess(self, data: bytes | Upload, full_resolution: bool, resolution: Resolution | None) -> Prepared:
         try:
             return self.pipeline.preprocess(data, full_resolution=full_resolution, resolution=resolution)
         except DecodeError as exc:
@@ -106,7 +107,7 @@ class Codec:
 
     def _decode_unless_heavy(self, data: bytes, full_resolution: bool,
                              before_decode: Callable[[Upload], object] | None,
-                             resolution: Resolution) -> Prepared | Upload:
+                             resolution: Resolution | None) -> Prepared | Upload:
         """The upload decoded here, or opened only (the checks and the header read) when it is heavy."""
         try:
             upload = self.pipeline.open(data)

@@ -18,7 +18,8 @@ from .client_types import resolution_param
 from .core.engine import Engine, load_engine
 from .core.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, EngineOptions
 from .core.output_kinds import RenderOptions
-from .core.pipeline import Pipeline, Resolution, SegmentOptions
+from .core.pipeline import Pipeline, SegmentOptions
+from .core.resolution import Resolution
 
 
 class LocalSegmenter:
@@ -26,7 +27,7 @@ class LocalSegmenter:
 
     def __init__(self, model_path: str | Path, *, providers: str = "auto", threads: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 resolution: Resolution = None) -> None:
+                 resolution: Resolution | None = None) -> None:
         """`resolution`: every `segment` call's unless it names its own, as `SegmentClient(resolution=...)`."""
         resolution_param(resolution)  # the client's ValueError for a value the service would refuse
         self.resolution = resolution
@@ -41,7 +42,8 @@ class LocalSegmenter:
 
     def segment(self, data: bytes, output: str = "labels", *, alpha: float | None = None,
                 format: str | None = None, tolerance: float | None = None,
-                min_area: float | None = None, crf: bool = False, resolution: Resolution = None) -> SegmentResult:
+                min_area: float | None = None, crf: bool = False,
+                resolution: Resolution | None = None) -> SegmentResult:
         """Segment encoded image bytes. Bad input raises `service.core.errors.DecodeError` (its `code` is the one
         the service answers with); `crf=True` refines the mask with the dense CRF, as `POST /segment?crf=true`
         does (`service.core.crf.CrfUnavailable` without the crf extra). A `format` the output kind is not written

@@ -16,9 +16,6 @@ from .cpus import available_cpus
 DEFAULT_BATCH_SIZE = 8
 # Pixels an upload may have (checked on the header, before decoding).
 DEFAULT_MAX_PIXELS = 40_000_000
-# The highest `resolution` (long side, pixels) an image may be asked to be segmented at: the API's bound on the
-# parameter, checked before the upload is read (the tile limit then bounds what a given image may ask).
-MAX_RESOLUTION = 32768
 # The embedded demo model ships inside the package (package data), so every install finds it, editable or not.
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
 

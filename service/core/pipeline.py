@@ -12,7 +12,7 @@ import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,12 +26,8 @@ from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 from .output_kinds import OUTPUT_KINDS, Body, RenderOptions
 from .outputs.labelmap import LabelMap
 from .outputs.render import render
+from .resolution import NATIVE, Resolution
 from .tiles import TileGrid, grid_at
-
-# The resolution an image is segmented at (the long side of its letterbox): None, the model's input size; a number
-# of pixels; or `native`, the upload's own long side. Above the input size the image runs in tiles (core/tiles.py).
-NATIVE = "native"
-Resolution = int | Literal["native"] | None
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class SegmentOptions:
     output: str = "labels"
     render: RenderOptions = field(default_factory=RenderOptions)
     crf: bool = False
-    resolution: Resolution = None  # the long side to segment at (see `Pipeline.canvas_size`)
+    resolution: Resolution | None = None  # the long side to segment at (see `Pipeline.canvas_size`)
 
     def __post_init__(self) -> None:
         # Each kind is written in its own formats only (`GET /outputs`): another is refused here, where the service
@@ -114,7 +110,7 @@ class Pipeline:
         `preprocess`, which neither checks nor reads the header again."""
         return open_upload(data, self.max_pixels)
 
-    def canvas_size(self, height: int, width: int, resolution: Resolution = None) -> int:
+    def canvas_size(self, height: int, width: int, resolution: Resolution | None = None) -> int:
         """The side of the letterbox an image of `height` x `width` is segmented at: the model's input size, or
         `resolution` (`native`: the image's long side) where that is larger."""
         size = self.engine.input_size
@@ -122,13 +118,13 @@ class Pipeline:
             return size
         return max(size, max(height, width) if resolution == NATIVE else int(resolution))
 
-    def tile_grid(self, height: int, width: int, resolution: Resolution = None) -> TileGrid | None:
+    def tile_grid(self, height: int, width: int, resolution: Resolution | None = None) -> TileGrid | None:
         """The tiles an image of `height` x `width` runs in at `resolution`; None when it runs whole."""
         size = self.canvas_size(height, width, resolution)
         return None if size == self.engine.input_size else grid_at(height, width, size, self.engine.input_size)
 
     def preprocess(self, data: bytes | Upload, *, full_resolution: bool = False,
-                   resolution: Resolution = None) -> Prepared:
+                   resolution: Resolution | None = None) -> Prepared:
         """Upload bytes (or an `Upload` from `open`) → `Prepared`. Raises `DecodeError` for bad bytes.
 
         Only an answer that shows the upload's pixels (an overlay) needs `full_resolution`; otherwise a large
@@ -157,7 +153,7 @@ class Pipeline:
         return self.prepare_image(image, orig_hw, resolution)
 
     def prepare_image(self, image: np.ndarray, orig_hw: tuple[int, int] | None = None,
-                      resolution: Resolution = None) -> Prepared:
+                      resolution: Resolution | None = None) -> Prepared:
         """Letterbox a decoded RGB image to the model's square input (padding in the model's mean colour), or to
         `resolution` in tiles of it when that is larger.
 
@@ -272,6 +268,6 @@ class Pipeline:
             labels = labels[count:]
         return results
 
-    def segment_images(self, images: Sequence[np.ndarray], resolution: Resolution = None) -> list[np.ndarray]:
+    def segment_images(self, images: Sequence[np.ndarray], resolution: Resolution | None = None) -> list[np.ndarray]:
         """Label maps at original size for decoded RGB uint8 images (at `resolution`: see `prepare_image`)."""
         return self.label_maps([self.prepare_image(image, resolution=resolution) for image in images])

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel, Field
 
-from ..core.options import MAX_RESOLUTION
 from ..core.output_kinds import OUTPUT_KINDS, OUTPUTS
 from ..core.priorities import Priority
+from ..core.resolution import MAX_RESOLUTION
 
 # The `output` parameter's type, from the output-kind table.
 OutputName = Literal[OUTPUTS]  # type: ignore[valid-type]
