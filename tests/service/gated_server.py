@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -53,6 +54,18 @@ class GatedServer:
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples (those whose labels include `labels`), scraped from `/metrics`."""
         return metric_sum(httpx.get(f"{self.live.url}/metrics", timeout=10).text, name, **labels)
+
+    async def queued_in_order(self, sends: Sequence[Callable[[], Awaitable[httpx.Response]]]) -> list[httpx.Response]:
+        """The gate closed, the first request sent and its run held there, each next one sent once the one before
+        it is queued, then the gate opened: their answers in sending order. (A test of the order they run in.)"""
+        self.gate.clear()
+        tasks = [asyncio.ensure_future(sends[0]())]
+        await asyncio.to_thread(self.wait_metric, "segment_batches_in_flight", 1)  # held at the gate
+        for depth, send in enumerate(sends[1:], start=1):
+            tasks.append(asyncio.ensure_future(send()))
+            await asyncio.to_thread(self.wait_metric, "segment_queue_depth", depth)
+        self.gate.set()
+        return list(await asyncio.gather(*tasks))
 
     def wait_metric(self, name: str, value: float, within_s: float = 15) -> None:
         """Wait until metric `name` reads `value`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -38,17 +39,11 @@ def test_a_bulk_keys_requests_run_after_interactive_ones_whatever_they_ask(rule_
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
-            gated.gate.clear()
-            tasks = [asyncio.ensure_future(posted(client, 10, LIVE))]
-            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)  # held at the gate
-            # The job's requests: one without a priority, one claiming to be interactive.
-            for depth, (value, params) in enumerate(((20, {}), (30, {"priority": "interactive"})), start=1):
-                tasks.append(asyncio.ensure_future(posted(client, value, JOB, **params)))
-                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
-            tasks.append(asyncio.ensure_future(posted(client, 40, LIVE)))  # a live user's, queued last
-            await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 3)
-            gated.gate.set()
-            return list(await asyncio.gather(*tasks))
+            # A live user's request held; the job's, one without a priority and one claiming to be interactive;
+            # a live user's queued last.
+            return await gated.queued_in_order([partial(posted, client, 10, LIVE), partial(posted, client, 20, JOB),
+                                                partial(posted, client, 30, JOB, priority="interactive"),
+                                                partial(posted, client, 40, LIVE)])
 
     with gated.running():
         order.clear()  # warm-up's runs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -74,16 +75,9 @@ def test_an_interactive_request_overtakes_a_bulk_backlog(rule_model: Path) -> No
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
-            gated.gate.clear()
-            tasks = [posted(client, 10, "bulk")]
-            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)  # held at the gate
-            for depth, value in enumerate((20, 30, 40), start=1):  # a bulk backlog behind it
-                tasks.append(posted(client, value, "bulk"))
-                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
-            tasks.append(posted(client, 50, "interactive"))
-            await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", 4)
-            gated.gate.set()
-            return list(await asyncio.gather(*tasks))
+            # One held, a bulk backlog behind it, then an interactive request.
+            sent = ((10, "bulk"), (20, "bulk"), (30, "bulk"), (40, "bulk"), (50, "interactive"))
+            return await gated.queued_in_order([partial(posted, client, value, priority) for value, priority in sent])
 
     with gated.running():
         order.clear()  # warm-up's runs
@@ -384,15 +378,9 @@ def test_an_interactive_request_never_waits_for_bulk_work_in_its_own_batch(rule_
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gated.live.url, timeout=60) as client:
-            gated.gate.clear()
-            tasks = [posted(client, 10, "bulk")]
-            await asyncio.to_thread(gated.wait_metric, "segment_batches_in_flight", 1)
-            for depth, (value, priority) in enumerate(((20, "bulk"), (30, "bulk"), (40, "bulk"), (50, "interactive"),
-                                                       (60, "interactive"), (70, "interactive")), start=1):
-                tasks.append(posted(client, value, priority))
-                await asyncio.to_thread(gated.wait_metric, "segment_queue_depth", depth)
-            gated.gate.set()
-            return list(await asyncio.gather(*tasks))
+            sent = ((10, "bulk"), (20, "bulk"), (30, "bulk"), (40, "bulk"), (50, "interactive"), (60, "interactive"),
+                    (70, "interactive"))
+            return await gated.queued_in_order([partial(posted, client, value, priority) for value, priority in sent])
 
     with gated.running():
         responses = asyncio.run(run())
